@@ -1,0 +1,1 @@
+"""cryptopass-bench: load generator for Cryptopass relays."""

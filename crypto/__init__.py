@@ -1,0 +1,1 @@
+"""End-to-end cryptography for Cryptopass (pure: no I/O)."""

@@ -1,0 +1,1 @@
+"""Organisations, declared users, SMS verification and device registration."""

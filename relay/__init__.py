@@ -1,0 +1,1 @@
+"""Cryptopass Relay: QUIC relay for sealed envelopes."""

@@ -1,0 +1,339 @@
+"""Storage interfaces: the narrow contract every backend implements.
+
+Each method states its atomicity rule. Backends never read the clock or the
+random source: callers pass ``now`` (milliseconds since the Unix epoch, UTC)
+and any random material in. Phone numbers are E.164 strings already validated
+by the caller; ``phone_key`` values are keyed hashes of phone numbers (see
+``enrolment.codes``), so that numbers which were never declared are not kept
+in clear.
+
+Backends must pass ``tests/storage_conformance.py``.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol, TypeVar
+
+__all__ = [
+    "AlreadyExists",
+    "Device",
+    "Envelope",
+    "NewSend",
+    "NotFound",
+    "Organisation",
+    "OrganisationState",
+    "PendingResult",
+    "Principal",
+    "RegistrationRefusal",
+    "RegistrationRefused",
+    "SeatLimitReached",
+    "SendOutcome",
+    "SendStatus",
+    "Store",
+    "StoreError",
+    "User",
+    "UserState",
+]
+
+
+class StoreError(Exception):
+    """Base class of the errors a store raises on purpose."""
+
+
+class AlreadyExists(StoreError):
+    """The organisation name or phone number is already taken."""
+
+
+class NotFound(StoreError):
+    """The organisation, user or device does not exist."""
+
+
+class SeatLimitReached(StoreError):
+    """Declaring one more user would exceed the organisation's seat licence."""
+
+    def __init__(self, *, seats: int) -> None:
+        super().__init__(f"all {seats} seats of the licence are in use")
+        self.seats = seats
+
+
+class RegistrationRefusal(enum.Enum):
+    """Why ``Store.register_device`` refused."""
+
+    CODE_CONSUMED = "code_consumed"  # the pending code was used or replaced meanwhile
+    NOT_DECLARED = "not_declared"  # the number is not (or no longer) declared
+    ORGANISATION_INACTIVE = "organisation_inactive"  # suspended or terminated
+    TOO_MANY_DEVICES = "too_many_devices"  # the user already has the maximum
+
+
+class RegistrationRefused(StoreError):
+    """``register_device`` changed nothing, for ``reason``."""
+
+    def __init__(self, reason: RegistrationRefusal) -> None:
+        super().__init__(reason.value)
+        self.reason = reason
+
+
+class OrganisationState(enum.Enum):
+    ACTIVE = "active"
+    SUSPENDED = "suspended"
+    TERMINATED = "terminated"
+
+
+class UserState(enum.Enum):
+    DECLARED = "declared"  # declared by an administrator, no device yet
+    ENROLLED = "enrolled"  # at least one device registered
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Organisation:
+    organisation_id: int
+    """Store-assigned identifier."""
+    name: str
+    """Unique short name used by operators (``acme``)."""
+    seats: int
+    """Number of users the licence allows."""
+    state: OrganisationState
+    """Whether its users may communicate."""
+    created_at: int
+    """Milliseconds since the epoch."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class User:
+    user_id: str
+    """Opaque identifier (32 lowercase hex digits), never reused."""
+    organisation_id: int
+    """Organisation that declared the user."""
+    phone: str
+    """E.164 phone number."""
+    state: UserState
+    """Declared or enrolled."""
+    declared_at: int
+    """Milliseconds since the epoch."""
+    enrolled_at: int | None
+    """When the first device registered, or None."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Device:
+    user_id: str
+    """Owner."""
+    device_id: int
+    """Small positive integer, unique per user, never reused for that user."""
+    identity_key: bytes
+    """Ed25519 public key (32 bytes) the device authenticates with."""
+    registered_at: int
+    """Milliseconds since the epoch."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Principal:
+    """Everything the relay checks when a device authenticates."""
+
+    user: User
+    device: Device
+    organisation: Organisation
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Envelope:
+    envelope_id: int
+    """Store-assigned, strictly increasing in commit order across the store."""
+    recipient_user_id: str
+    recipient_device_id: int
+    sender_user_id: str
+    sender_device_id: int
+    client_message_id: int
+    """Sender-chosen idempotency key (0 <= id < 2**63)."""
+    ciphertext: bytes
+    """Opaque sealed payload for this recipient device."""
+    accepted_at: int
+    """Milliseconds since the epoch, when the relay committed it."""
+    expires_at: int
+    """Milliseconds since the epoch; the sweeper deletes it after that."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class NewSend:
+    """One send: the same logical message for every device of one recipient user."""
+
+    sender_user_id: str
+    sender_device_id: int
+    recipient_user_id: str
+    client_message_id: int
+    payloads: Mapping[int, bytes]
+    """Recipient device id -> ciphertext for that device."""
+    accepted_at: int
+    expires_at: int
+    max_queue_depth: int
+    """Refuse the whole send if any addressed device already holds this many envelopes."""
+    exclude_device_id: int | None = None
+    """A device that need not be addressed (the sender's own, on a send to self)."""
+
+
+class SendStatus(enum.Enum):
+    ACCEPTED = "accepted"  # committed now
+    DUPLICATE = "duplicate"  # the same (sender device, client message id) was committed before
+    UNKNOWN_RECIPIENT = "unknown_recipient"  # no such user, or it has no device
+    MISMATCHED_DEVICES = "mismatched_devices"  # payloads do not address exactly the devices
+    QUEUE_FULL = "queue_full"  # an addressed device's queue is at max_queue_depth
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class SendOutcome:
+    status: SendStatus
+    envelopes: tuple[Envelope, ...] = ()
+    """The committed envelopes (ACCEPTED only), in envelope id order."""
+    missing_devices: tuple[int, ...] = ()
+    """MISMATCHED_DEVICES: current devices with no payload."""
+    extra_devices: tuple[int, ...] = ()
+    """MISMATCHED_DEVICES: payloads for devices that do not exist (or are revoked)."""
+    full_devices: tuple[int, ...] = ()
+    """QUEUE_FULL: devices whose queue is full."""
+
+
+T_co = TypeVar("T_co", covariant=True)
+
+
+class PendingResult(Protocol[T_co]):
+    """A submitted write whose commit can be awaited."""
+
+    async def wait(self) -> T_co:
+        """Wait for the commit and return its result (or raise its error)."""
+        ...
+
+
+class Store(Protocol):
+    """The relay's whole persistent state. All methods are safe to call concurrently."""
+
+    # -- lifecycle -----------------------------------------------------------
+
+    async def close(self) -> None:
+        """Finish writes already submitted, then release every resource."""
+        ...
+
+    async def get_or_create_secret(self, name: str, candidate: bytes) -> bytes:
+        """Return the secret stored under ``name``; store ``candidate`` first if none is.
+
+        Atomic: concurrent callers all receive the same value.
+        """
+        ...
+
+    # -- organisations and users ---------------------------------------------
+
+    async def create_organisation(self, *, name: str, seats: int, now: int) -> Organisation:
+        """Create an active organisation. Raises AlreadyExists if the name is taken."""
+        ...
+
+    async def get_organisation(self, name: str) -> Organisation | None:
+        ...
+
+    async def declare_user(self, *, organisation: str, phone: str, user_id: str,
+                           now: int) -> User:
+        """Declare ``phone`` in ``organisation`` under the new ``user_id``.
+
+        Atomic: the seat check and the insert happen in one transaction, so
+        concurrent declarations never exceed the licence.
+        Raises NotFound (organisation), AlreadyExists (phone declared anywhere),
+        SeatLimitReached.
+        """
+        ...
+
+    async def list_users(self, organisation: str) -> list[User]:
+        """Users of the organisation, ordered by phone. Raises NotFound."""
+        ...
+
+    async def delete_user(self, *, organisation: str, phone: str) -> User:
+        """Delete the user with its devices, queued envelopes and pending code.
+
+        Atomic. Returns the deleted user so the caller can close its connections.
+        Raises NotFound.
+        """
+        ...
+
+    async def find_user_by_phone(self, phone: str) -> User | None:
+        ...
+
+    async def list_devices(self, user_id: str) -> list[Device]:
+        """Current devices of the user, by device id."""
+        ...
+
+    async def load_principal(self, user_id: str, device_id: int) -> Principal | None:
+        """The current device with its user and organisation, or None if any is gone."""
+        ...
+
+    # -- SMS verification ----------------------------------------------------
+
+    async def record_verification_code(self, *, phone_key: bytes, code_hash: bytes, now: int,
+                                       expires_at: int, window_ms: int,
+                                       max_sends: int) -> bool:
+        """Record one code sent to ``phone_key``, unless the sending limit is reached.
+
+        Atomic: if fewer than ``max_sends`` codes were recorded for the key in
+        ``(now - window_ms, now]``, record this send and make ``code_hash`` the
+        key's only pending code (its attempt count starts at 0); return True.
+        Otherwise change nothing and return False.
+        """
+        ...
+
+    async def take_verification_attempt(self, *, phone_key: bytes, now: int,
+                                        max_attempts: int) -> bytes | None:
+        """Count one check of the pending code and return its hash.
+
+        Atomic: if the key has a pending code with ``expires_at > now`` and fewer
+        than ``max_attempts`` attempts, increment its attempts and return its
+        hash; otherwise change nothing and return None.
+        """
+        ...
+
+    async def register_device(self, *, phone: str, phone_key: bytes, code_hash: bytes,
+                              identity_key: bytes, now: int, max_devices: int) -> Device:
+        """Consume the pending code and register a new device for the user of ``phone``.
+
+        Atomic and single-use: the pending code of ``phone_key`` is deleted only
+        if it still equals ``code_hash``; in the same transaction the device is
+        created (next unused device id of the user) and the user becomes
+        ENROLLED. Raises RegistrationRefused (changing nothing) otherwise.
+        """
+        ...
+
+    # -- envelopes -------------------------------------------------------------
+
+    def submit_send(self, send: NewSend) -> PendingResult[SendOutcome]:
+        """Queue a send for commit; await ``wait()`` for its outcome.
+
+        Submission is synchronous, so sends submitted in a given order are
+        committed in that order (envelope ids increase accordingly). The device
+        set check, the queue-depth check, the idempotency check and the inserts
+        happen in one transaction: either every payload is committed or none.
+        A send whose (sender user, sender device, client message id) was
+        committed before returns DUPLICATE and inserts nothing.
+        """
+        ...
+
+    async def fetch_queue(self, *, user_id: str, device_id: int, after_envelope_id: int,
+                          limit: int, now: int) -> list[Envelope]:
+        """Unexpired envelopes for the device with id > after_envelope_id, by id."""
+        ...
+
+    async def acknowledge(self, *, user_id: str, device_id: int,
+                          envelope_ids: Sequence[int]) -> int:
+        """Delete those envelopes if (and only if) they belong to the device.
+
+        Returns how many were deleted; unknown ids are ignored.
+        """
+        ...
+
+    async def queue_depth(self, *, user_id: str, device_id: int) -> int:
+        ...
+
+    async def expire(self, *, now: int, limit: int) -> int:
+        """Delete up to ``limit`` envelopes, and up to ``limit`` idempotency records,
+        with expires_at <= now (a record expires with the send it remembers).
+
+        Keeps every device's queue depth exact. Returns the envelopes deleted.
+        """
+        ...
