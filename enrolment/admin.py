@@ -1,0 +1,96 @@
+"""Operator operations on organisations and declared users (used by the CLI).
+
+Store errors (``AlreadyExists``, ``NotFound``, ``SeatLimitReached``) propagate
+unchanged: the CLI, at the edge, turns them into messages.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from collections.abc import Callable
+
+from enrolment.errors import InvalidRequest
+from enrolment.phone import parse_phone
+from storage.base import Organisation, Store, User
+
+__all__ = [
+    "MAX_ORGANISATION_NAME_CHARS",
+    "MAX_SEATS",
+    "create_organisation",
+    "declare_user",
+    "delete_user",
+    "list_users",
+]
+
+MAX_ORGANISATION_NAME_CHARS = 64
+"""Names are typed by operators and appear in logs and URLs: short and plain."""
+
+MAX_SEATS = 1_000_000
+"""Largest licence we sell; anything above is a typo."""
+
+_ORGANISATION_NAME = re.compile(rf"[a-z0-9-]{{1,{MAX_ORGANISATION_NAME_CHARS}}}")
+
+
+def _new_user_id() -> str:
+    return secrets.token_hex(16)
+
+
+def _check_organisation_name(name: str) -> None:
+    if _ORGANISATION_NAME.fullmatch(name) is None:
+        raise InvalidRequest(
+            f"an organisation name is 1 to {MAX_ORGANISATION_NAME_CHARS} characters "
+            "among lowercase letters, digits and '-'"
+        )
+
+
+async def create_organisation(store: Store, name: str, seats: int, now: int) -> Organisation:
+    """Create an active organisation.
+
+    Raises:
+        InvalidRequest: bad name, or seats outside 1..MAX_SEATS.
+        AlreadyExists: the name is taken.
+    """
+    _check_organisation_name(name)
+    if not 1 <= seats <= MAX_SEATS:
+        raise InvalidRequest(f"seats must be between 1 and {MAX_SEATS}")
+    return await store.create_organisation(name=name, seats=seats, now=now)
+
+
+async def declare_user(
+    store: Store,
+    organisation: str,
+    phone_text: str,
+    now: int,
+    new_user_id: Callable[[], str] = _new_user_id,
+) -> User:
+    """Declare a phone number in an organisation, taking one seat.
+
+    Raises:
+        InvalidPhoneNumber: the number is not valid.
+        NotFound: no such organisation.
+        AlreadyExists: the number is declared (in any organisation).
+        SeatLimitReached: every seat is taken.
+    """
+    phone = parse_phone(phone_text)
+    return await store.declare_user(
+        organisation=organisation, phone=phone, user_id=new_user_id(), now=now
+    )
+
+
+async def delete_user(store: Store, organisation: str, phone_text: str) -> User:
+    """Delete a user with its devices and queued envelopes; returns it.
+
+    The caller must then close the user's live connections.
+
+    Raises:
+        InvalidPhoneNumber: the number is not valid.
+        NotFound: no such organisation or user.
+    """
+    phone = parse_phone(phone_text)
+    return await store.delete_user(organisation=organisation, phone=phone)
+
+
+async def list_users(store: Store, organisation: str) -> list[User]:
+    """Users of the organisation, ordered by phone. Raises NotFound."""
+    return await store.list_users(organisation)

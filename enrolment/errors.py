@@ -1,0 +1,63 @@
+"""Errors the enrolment package raises on purpose.
+
+Every one derives from ``EnrolmentError`` and carries a message that can be
+shown to the person who caused it. ``InvalidRequest`` (and its subclass
+``InvalidPhoneNumber``) is the caller's fault; the others are refusals.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "EnrolmentError",
+    "InvalidPhoneNumber",
+    "InvalidRequest",
+    "OrganisationInactive",
+    "RateLimited",
+    "TooManyDevices",
+    "VerificationFailed",
+]
+
+
+class EnrolmentError(Exception):
+    """Base class of every error of the enrolment package."""
+
+
+class InvalidRequest(EnrolmentError, ValueError):
+    """The request is malformed (bad code format, bad key, bad name...); nothing changed."""
+
+
+class InvalidPhoneNumber(InvalidRequest):
+    """The text is not a valid phone number in international form."""
+
+
+class RateLimited(EnrolmentError):
+    """Too many codes were sent to this number recently."""
+
+    def __init__(self) -> None:
+        super().__init__("too many codes were requested for this number; try again later")
+
+
+class VerificationFailed(EnrolmentError):
+    """The code is wrong, expired, exhausted, already used or the number is unknown.
+
+    Deliberately one error for all of these: telling them apart would let a
+    caller learn which numbers are declared.
+    """
+
+    def __init__(self) -> None:
+        super().__init__("the verification code is wrong or no longer valid")
+
+
+class TooManyDevices(EnrolmentError):
+    """The user already has the maximum number of devices."""
+
+    def __init__(self, *, max_devices: int) -> None:
+        super().__init__(f"this account already has the maximum of {max_devices} devices")
+        self.max_devices = max_devices
+
+
+class OrganisationInactive(EnrolmentError):
+    """The user's organisation is suspended or terminated."""
+
+    def __init__(self) -> None:
+        super().__init__("the organisation of this account is not active")

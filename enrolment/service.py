@@ -1,0 +1,185 @@
+"""Enrolment by SMS code: request a code for a number, then trade it for a device.
+
+An attacker must not learn from ``start`` whether a number is declared: a
+declared and an undeclared number get the same answer, the same exceptions,
+the same rate limit and the same store work; only the SMS differs, and it is
+sent in the background (see ``enrolment.sms``).
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable
+
+import nacl.bindings
+
+from enrolment.codes import (
+    CODE_TTL_MS,
+    MAX_CHECKS_PER_CODE,
+    MAX_DEVICES_PER_USER,
+    MAX_SENDS_PER_NUMBER_PER_DAY,
+    SEND_WINDOW_MS,
+    codes_match,
+    generate_code,
+    hash_code,
+    is_well_formed_code,
+    phone_key,
+)
+from enrolment.errors import (
+    InvalidRequest,
+    OrganisationInactive,
+    RateLimited,
+    TooManyDevices,
+    VerificationFailed,
+)
+from enrolment.phone import parse_phone
+from enrolment.sms import SmsDispatcher, SmsMessage, utc_timestamp
+from storage.base import Device, RegistrationRefusal, RegistrationRefused, Store
+
+__all__ = ["ENROLMENT_SECRET_NAME", "IDENTITY_KEY_BYTES", "SECRET_BYTES", "EnrolmentService"]
+
+ENROLMENT_SECRET_NAME = "enrolment"  # noqa: S105 (the name of a secret, not one)
+"""Name of the HMAC key in ``Store.get_or_create_secret``."""
+
+SECRET_BYTES = 32
+"""Size of the HMAC key: the full strength of HMAC-SHA256."""
+
+IDENTITY_KEY_BYTES = 32
+"""Size of an Ed25519 public key."""
+
+_CODE_TTL_MINUTES = CODE_TTL_MS // 60_000
+
+
+class EnrolmentService:
+    """Sends verification codes and registers devices against them."""
+
+    def __init__(
+        self,
+        store: Store,
+        dispatcher: SmsDispatcher,
+        *,
+        secret: bytes,
+        randbelow: Callable[[int], int] = secrets.randbelow,
+    ) -> None:
+        if len(secret) < SECRET_BYTES:
+            raise ValueError(f"the enrolment secret must have at least {SECRET_BYTES} bytes")
+        self._store = store
+        self._dispatcher = dispatcher
+        self._secret = secret
+        self._randbelow = randbelow
+
+    @classmethod
+    async def create(
+        cls,
+        store: Store,
+        dispatcher: SmsDispatcher,
+        *,
+        token_bytes: Callable[[int], bytes] = secrets.token_bytes,
+        randbelow: Callable[[int], int] = secrets.randbelow,
+    ) -> EnrolmentService:
+        """Build the service with the store's enrolment secret, creating it on first use.
+
+        Every node of a cluster gets the same secret, so a code sent by one node
+        verifies on another.
+        """
+        secret = await store.get_or_create_secret(
+            ENROLMENT_SECRET_NAME, token_bytes(SECRET_BYTES)
+        )
+        return cls(store, dispatcher, secret=secret, randbelow=randbelow)
+
+    async def start(self, phone_text: str, now: int) -> None:
+        """Send a verification code to ``phone_text`` if it is declared.
+
+        Returns the same way whether or not the number is declared.
+
+        Raises:
+            InvalidPhoneNumber: the text is not a valid international number.
+            RateLimited: ``MAX_SENDS_PER_NUMBER_PER_DAY`` codes were already
+                requested in the last ``SEND_WINDOW_MS``.
+        """
+        phone = parse_phone(phone_text)
+        key = phone_key(self._secret, phone)
+        code = generate_code(self._randbelow)
+        recorded = await self._store.record_verification_code(
+            phone_key=key,
+            code_hash=hash_code(self._secret, key, code),
+            now=now,
+            expires_at=now + CODE_TTL_MS,
+            window_ms=SEND_WINDOW_MS,
+            max_sends=MAX_SENDS_PER_NUMBER_PER_DAY,
+        )
+        if not recorded:
+            raise RateLimited()
+        user = await self._store.find_user_by_phone(phone)
+        # Only declared numbers get an SMS. The organisation's state is checked
+        # at registration: Store has no lookup by organisation id yet, so users
+        # of a suspended organisation still receive a code they cannot use.
+        if user is not None:
+            self._dispatcher.submit(
+                SmsMessage(
+                    to=phone,
+                    body=(
+                        f"Your Cryptopass code is {code}. "
+                        f"It expires in {_CODE_TTL_MINUTES} minutes."
+                    ),
+                    sent_at=utc_timestamp(now),
+                )
+            )
+
+    async def verify(self, phone_text: str, code: str, identity_key: bytes, now: int) -> Device:
+        """Register a new device with ``identity_key`` if ``code`` is the pending one.
+
+        Every call with a well-formed code uses one of the code's
+        ``MAX_CHECKS_PER_CODE`` checks; a successful one consumes the code.
+
+        Raises:
+            InvalidPhoneNumber: the text is not a valid international number.
+            InvalidRequest: the code is not 6 digits, or the key is not an
+                Ed25519 public key (nothing is counted).
+            VerificationFailed: wrong, expired, exhausted or used code, or an
+                unknown number (deliberately indistinguishable).
+            TooManyDevices: the user already has ``MAX_DEVICES_PER_USER`` devices.
+            OrganisationInactive: the organisation is suspended or terminated.
+        """
+        phone = parse_phone(phone_text)
+        if not is_well_formed_code(code):
+            raise InvalidRequest("the verification code must be 6 digits")
+        _check_identity_key(identity_key)
+        key = phone_key(self._secret, phone)
+        pending_hash = await self._store.take_verification_attempt(
+            phone_key=key, now=now, max_attempts=MAX_CHECKS_PER_CODE
+        )
+        if pending_hash is None:
+            raise VerificationFailed()
+        if not codes_match(hash_code(self._secret, key, code), pending_hash):
+            raise VerificationFailed()
+        try:
+            return await self._store.register_device(
+                phone=phone,
+                phone_key=key,
+                code_hash=pending_hash,
+                identity_key=identity_key,
+                now=now,
+                max_devices=MAX_DEVICES_PER_USER,
+            )
+        except RegistrationRefused as refusal:
+            raise _translate_refusal(refusal.reason) from refusal
+
+
+def _check_identity_key(identity_key: bytes) -> None:
+    if len(identity_key) != IDENTITY_KEY_BYTES:
+        raise InvalidRequest(f"the identity key must be {IDENTITY_KEY_BYTES} bytes")
+    # nacl.signing.VerifyKey only checks the length; this rejects encodings that
+    # are not on the curve and small-order points (which any signature verifies).
+    if not nacl.bindings.crypto_core_ed25519_is_valid_point(identity_key):
+        raise InvalidRequest("the identity key is not a valid Ed25519 public key")
+
+
+def _translate_refusal(reason: RegistrationRefusal) -> Exception:
+    if reason is RegistrationRefusal.TOO_MANY_DEVICES:
+        return TooManyDevices(max_devices=MAX_DEVICES_PER_USER)
+    if reason is RegistrationRefusal.ORGANISATION_INACTIVE:
+        return OrganisationInactive()
+    # CODE_CONSUMED (a concurrent verify won) and NOT_DECLARED (deleted, or
+    # never declared and the code guessed) look like any other failed check.
+    return VerificationFailed()

@@ -1,0 +1,394 @@
+"""EnrolmentService and the admin operations, over a real SQLite store (no mocks)."""
+
+from __future__ import annotations
+
+import json
+import re
+import sqlite3
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import nacl.signing
+import pytest
+import trio
+
+from enrolment import admin
+from enrolment.codes import (
+    CODE_TTL_MS,
+    MAX_CHECKS_PER_CODE,
+    MAX_DEVICES_PER_USER,
+    MAX_SENDS_PER_NUMBER_PER_DAY,
+    SEND_WINDOW_MS,
+    hash_code,
+    phone_key,
+)
+from enrolment.errors import (
+    InvalidPhoneNumber,
+    InvalidRequest,
+    OrganisationInactive,
+    RateLimited,
+    TooManyDevices,
+    VerificationFailed,
+)
+from enrolment.service import ENROLMENT_SECRET_NAME, EnrolmentService
+from enrolment.sms import OutboxGateway, SmsDispatcher, SmsMessage
+from storage.base import AlreadyExists, NotFound, SeatLimitReached, UserState
+from storage.sqlite import SqliteStore, open_sqlite_store
+
+T0 = 1_700_000_000_000
+DECLARED = "+33612345678"
+UNDECLARED = "+33698765432"
+ORGANISATION = "acme"
+WAIT_S = 10  # generous bound on anything that could hang
+
+
+def new_identity_key() -> bytes:
+    return bytes(nacl.signing.SigningKey.generate().verify_key)
+
+
+@dataclass
+class Relay:
+    """The pieces a test drives: service, store, outbox and delivered SMS."""
+
+    service: EnrolmentService
+    store: SqliteStore
+    database: Path
+    outbox: Path
+    dispatcher: SmsDispatcher
+    delivered: trio.MemoryReceiveChannel[SmsMessage]
+
+    async def next_sms(self) -> SmsMessage:
+        with trio.fail_after(WAIT_S):
+            return await self.delivered.receive()
+
+    async def request_code(self, phone: str = DECLARED, now: int = T0) -> str:
+        """Start enrolment for a declared number and return the code it received."""
+        await self.service.start(phone, now)
+        message = await self.next_sms()
+        assert message.to == phone
+        match = re.search(r"\b(\d{6})\b", message.body)
+        assert match is not None
+        return match.group(1)
+
+    def outbox_lines(self) -> list[dict[str, str]]:
+        if not self.outbox.exists():
+            return []
+        return [json.loads(line) for line in self.outbox.read_text("utf-8").splitlines()]
+
+    def sql(self, statement: str, parameters: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
+        with sqlite3.connect(self.database, timeout=WAIT_S) as connection:
+            return connection.execute(statement, parameters).fetchall()
+
+
+@pytest.fixture
+async def relay(tmp_path: Path, nursery: trio.Nursery) -> AsyncIterator[Relay]:
+    database = tmp_path / "relay.db"
+    outbox = tmp_path / "sms-outbox.jsonl"
+    send_delivered, receive_delivered = trio.open_memory_channel[SmsMessage](1000)
+    # One worker: SMS are delivered in submission order, so once a later SMS
+    # arrives we know an earlier submission would have arrived before it.
+    dispatcher = SmsDispatcher(OutboxGateway(outbox), workers=1,
+                               on_sent=send_delivered.send_nowait)
+    async with open_sqlite_store(database) as store:
+        await nursery.start(dispatcher.run)
+        service = await EnrolmentService.create(store, dispatcher)
+        await admin.create_organisation(store, ORGANISATION, 10, T0)
+        await admin.declare_user(store, ORGANISATION, DECLARED, T0)
+        yield Relay(service, store, database, outbox, dispatcher, receive_delivered)
+
+
+# -- happy path and single use -------------------------------------------------
+
+
+async def test_happy_path_registers_a_device(relay: Relay) -> None:
+    code = await relay.request_code()
+    [line] = relay.outbox_lines()
+    assert set(line) == {"to", "body", "sent_at"}
+    assert line["to"] == DECLARED
+    assert "expires in 10 minutes" in line["body"]
+
+    identity_key = new_identity_key()
+    device = await relay.service.verify(DECLARED, code, identity_key, T0 + 1_000)
+
+    assert device.device_id == 1
+    assert device.identity_key == identity_key
+    assert device.registered_at == T0 + 1_000
+    user = await relay.store.find_user_by_phone(DECLARED)
+    assert user is not None
+    assert user.state is UserState.ENROLLED
+    assert device.user_id == user.user_id
+    assert await relay.store.list_devices(user.user_id) == [device]
+
+
+async def test_phone_may_be_written_in_any_international_form(relay: Relay) -> None:
+    code = await relay.request_code()
+    device = await relay.service.verify("+33 6 12 34 56 78", code, new_identity_key(), T0)
+    assert device.device_id == 1
+
+
+async def test_code_is_single_use(relay: Relay) -> None:
+    code = await relay.request_code()
+    await relay.service.verify(DECLARED, code, new_identity_key(), T0 + 1)
+    with pytest.raises(VerificationFailed):
+        await relay.service.verify(DECLARED, code, new_identity_key(), T0 + 2)
+
+
+async def test_a_new_code_replaces_the_previous_one(relay: Relay) -> None:
+    first = await relay.request_code(now=T0)
+    second = await relay.request_code(now=T0 + 1)
+    if first != second:
+        with pytest.raises(VerificationFailed):
+            await relay.service.verify(DECLARED, first, new_identity_key(), T0 + 2)
+    await relay.service.verify(DECLARED, second, new_identity_key(), T0 + 3)
+
+
+# -- failures --------------------------------------------------------------------
+
+
+def other_code(code: str) -> str:
+    return f"{(int(code) + 1) % 1_000_000:06d}"
+
+
+async def test_wrong_code_fails_and_right_code_still_works(relay: Relay) -> None:
+    code = await relay.request_code()
+    with pytest.raises(VerificationFailed):
+        await relay.service.verify(DECLARED, other_code(code), new_identity_key(), T0 + 1)
+    device = await relay.service.verify(DECLARED, code, new_identity_key(), T0 + 2)
+    assert device.device_id == 1
+
+
+async def test_expired_code_fails(relay: Relay) -> None:
+    code = await relay.request_code()
+    with pytest.raises(VerificationFailed):
+        await relay.service.verify(DECLARED, code, new_identity_key(), T0 + CODE_TTL_MS)
+    # The last millisecond of validity still works (fresh code: the check above used one).
+    code = await relay.request_code(now=T0 + CODE_TTL_MS)
+    await relay.service.verify(DECLARED, code, new_identity_key(), T0 + 2 * CODE_TTL_MS - 1)
+
+
+async def test_check_after_the_limit_is_refused_even_with_the_right_code(relay: Relay) -> None:
+    code = await relay.request_code()
+    for attempt in range(MAX_CHECKS_PER_CODE):
+        with pytest.raises(VerificationFailed):
+            await relay.service.verify(DECLARED, other_code(code), new_identity_key(), T0 + attempt)
+    with pytest.raises(VerificationFailed):
+        await relay.service.verify(DECLARED, code, new_identity_key(), T0 + 10)
+
+
+async def test_unknown_number_fails_like_a_wrong_code(relay: Relay) -> None:
+    with pytest.raises(VerificationFailed) as unknown:
+        await relay.service.verify(UNDECLARED, "123456", new_identity_key(), T0)
+    code = await relay.request_code()
+    with pytest.raises(VerificationFailed) as wrong:
+        await relay.service.verify(DECLARED, other_code(code), new_identity_key(), T0)
+    assert str(unknown.value) == str(wrong.value)
+
+
+@pytest.mark.parametrize("bad_code", ["", "12345", "1234567", "12a456", "١٢٣٤٥٦", " 123456"])
+async def test_malformed_code_is_an_invalid_request_and_counts_nothing(
+    relay: Relay, bad_code: str
+) -> None:
+    code = await relay.request_code()
+    for _ in range(MAX_CHECKS_PER_CODE + 1):
+        with pytest.raises(InvalidRequest):
+            await relay.service.verify(DECLARED, bad_code, new_identity_key(), T0)
+    await relay.service.verify(DECLARED, code, new_identity_key(), T0)
+
+
+@pytest.mark.parametrize(
+    "identity_key",
+    [
+        b"",
+        bytes(31),
+        bytes(33),
+        bytes(32),  # small-order point: any signature would verify against it
+        bytes([1]) + bytes(31),  # the identity point
+        b"\xff" * 32,  # not a point encoding
+    ],
+)
+async def test_bad_identity_key_is_an_invalid_request(relay: Relay, identity_key: bytes) -> None:
+    code = await relay.request_code()
+    with pytest.raises(InvalidRequest):
+        await relay.service.verify(DECLARED, code, identity_key, T0)
+    await relay.service.verify(DECLARED, code, new_identity_key(), T0)
+
+
+async def test_invalid_phone_number_propagates(relay: Relay) -> None:
+    with pytest.raises(InvalidPhoneNumber):
+        await relay.service.start("06 12 34 56 78", T0)
+    with pytest.raises(InvalidPhoneNumber):
+        await relay.service.verify("+33 1", "123456", new_identity_key(), T0)
+
+
+# -- rate limit, and undeclared numbers -------------------------------------------
+
+
+async def test_sends_are_rate_limited_over_a_rolling_window(relay: Relay) -> None:
+    for index in range(MAX_SENDS_PER_NUMBER_PER_DAY):
+        await relay.request_code(now=T0 + index)
+    with pytest.raises(RateLimited):
+        await relay.service.start(DECLARED, T0 + MAX_SENDS_PER_NUMBER_PER_DAY)
+    with pytest.raises(RateLimited):
+        await relay.service.start(DECLARED, T0 + SEND_WINDOW_MS - 1)
+    # The first send leaves the window: exactly one more is allowed.
+    await relay.request_code(now=T0 + SEND_WINDOW_MS)
+    with pytest.raises(RateLimited):
+        await relay.service.start(DECLARED, T0 + SEND_WINDOW_MS)
+    assert len(relay.outbox_lines()) == MAX_SENDS_PER_NUMBER_PER_DAY + 1
+
+
+async def test_undeclared_number_is_answered_like_a_declared_one(relay: Relay) -> None:
+    for index in range(MAX_SENDS_PER_NUMBER_PER_DAY):
+        now = T0 + index
+        # Same answer: both return normally (start returns None by signature).
+        await relay.service.start(UNDECLARED, now)
+        await relay.service.start(DECLARED, now)
+        # Delivery is in submission order: had the undeclared number been
+        # submitted, it would arrive before this one.
+        assert (await relay.next_sms()).to == DECLARED
+
+    later = T0 + MAX_SENDS_PER_NUMBER_PER_DAY
+    with pytest.raises(RateLimited) as undeclared_refusal:
+        await relay.service.start(UNDECLARED, later)
+    with pytest.raises(RateLimited) as declared_refusal:
+        await relay.service.start(DECLARED, later)
+    assert str(undeclared_refusal.value) == str(declared_refusal.value)
+
+    # The same store work happened for both numbers...
+    secret = await relay.store.get_or_create_secret(ENROLMENT_SECRET_NAME, bytes(32))
+    for phone in (DECLARED, UNDECLARED):
+        key = phone_key(secret, phone)
+        [(sends,)] = relay.sql("SELECT COUNT(*) FROM sms_sends WHERE phone_key = ?", (key,))
+        assert sends == MAX_SENDS_PER_NUMBER_PER_DAY
+    # ...but only the declared one got SMS.
+    assert {line["to"] for line in relay.outbox_lines()} == {DECLARED}
+    assert len(relay.outbox_lines()) == MAX_SENDS_PER_NUMBER_PER_DAY
+    assert relay.dispatcher.outcomes.sent == MAX_SENDS_PER_NUMBER_PER_DAY
+    assert relay.dispatcher.outcomes.dropped == 0
+
+
+# -- secrets at rest ---------------------------------------------------------------
+
+
+def _text_values(relay: Relay) -> list[str]:
+    tables = [name for (name,) in relay.sql("SELECT name FROM sqlite_master WHERE type='table'")]
+    values: list[str] = []
+    for table in tables:
+        # Table names come from sqlite_master, not from input.
+        for row in relay.sql(f'SELECT * FROM "{table}"'):
+            values.extend(str(value) for value in row if not isinstance(value, bytes))
+    return values
+
+
+async def test_code_is_stored_as_a_keyed_hash(relay: Relay) -> None:
+    code = await relay.request_code()
+    secret = await relay.store.get_or_create_secret(ENROLMENT_SECRET_NAME, bytes(32))
+    key = phone_key(secret, DECLARED)
+
+    [(stored_hash,)] = relay.sql("SELECT code_hash FROM verification_codes WHERE phone_key = ?",
+                                 (key,))
+    assert isinstance(stored_hash, bytes)
+    assert stored_hash == hash_code(secret, key, code)
+    assert code.encode() not in stored_hash
+    assert not any(code in value for value in _text_values(relay))
+
+
+async def test_undeclared_numbers_are_not_kept_in_clear(relay: Relay) -> None:
+    await relay.service.start(UNDECLARED, T0)
+    assert not any(UNDECLARED[1:] in value for value in _text_values(relay))
+    for path in relay.database.parent.glob(relay.database.name + "*"):  # with -wal and -shm
+        assert UNDECLARED[1:].encode() not in path.read_bytes()
+
+
+async def test_services_sharing_a_store_share_the_secret(relay: Relay) -> None:
+    code = await relay.request_code()
+    other_node = await EnrolmentService.create(relay.store, relay.dispatcher)
+    await other_node.verify(DECLARED, code, new_identity_key(), T0)
+
+
+# -- device limit and organisation state ---------------------------------------------
+
+
+async def test_too_many_devices(relay: Relay) -> None:
+    # One round per window, so the send limit never interferes.
+    for index in range(MAX_DEVICES_PER_USER):
+        now = T0 + index * SEND_WINDOW_MS
+        code = await relay.request_code(now=now)
+        device = await relay.service.verify(DECLARED, code, new_identity_key(), now)
+        assert device.device_id == index + 1
+    now = T0 + MAX_DEVICES_PER_USER * SEND_WINDOW_MS
+    code = await relay.request_code(now=now)
+    with pytest.raises(TooManyDevices):
+        await relay.service.verify(DECLARED, code, new_identity_key(), now)
+    user = await relay.store.find_user_by_phone(DECLARED)
+    assert user is not None
+    assert len(await relay.store.list_devices(user.user_id)) == MAX_DEVICES_PER_USER
+
+
+@pytest.mark.parametrize("state", ["suspended", "terminated"])
+async def test_inactive_organisation_cannot_register_devices(relay: Relay, state: str) -> None:
+    code = await relay.request_code()
+    # Store has no suspend method yet: set the state directly.
+    relay.sql("UPDATE organisations SET state = ? WHERE name = ?", (state, ORGANISATION))
+    with pytest.raises(OrganisationInactive):
+        await relay.service.verify(DECLARED, code, new_identity_key(), T0)
+    user = await relay.store.find_user_by_phone(DECLARED)
+    assert user is not None
+    assert user.state is UserState.DECLARED
+
+
+async def test_deleted_user_cannot_register(relay: Relay) -> None:
+    code = await relay.request_code()
+    await admin.delete_user(relay.store, ORGANISATION, DECLARED)
+    with pytest.raises(VerificationFailed):
+        await relay.service.verify(DECLARED, code, new_identity_key(), T0)
+
+
+# -- admin operations ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["", "Acme", "acme corp", "acme_corp", "é", "a" * 65, "acme\n"])
+async def test_create_organisation_rejects_bad_names(relay: Relay, name: str) -> None:
+    with pytest.raises(InvalidRequest):
+        await admin.create_organisation(relay.store, name, 5, T0)
+
+
+@pytest.mark.parametrize("seats", [0, -1, 1_000_001])
+async def test_create_organisation_rejects_bad_seat_counts(relay: Relay, seats: int) -> None:
+    with pytest.raises(InvalidRequest):
+        await admin.create_organisation(relay.store, "beta", seats, T0)
+
+
+async def test_admin_operations(relay: Relay) -> None:
+    organisation = await admin.create_organisation(relay.store, "beta-2", 2, T0)
+    assert organisation.name == "beta-2"
+    assert organisation.seats == 2
+    with pytest.raises(AlreadyExists):
+        await admin.create_organisation(relay.store, "beta-2", 2, T0)
+    assert (await admin.create_organisation(relay.store, "b" * 64, 1_000_000, T0)).seats == 10**6
+
+    first = await admin.declare_user(relay.store, "beta-2", "+33 6 11 11 11 02", T0,
+                                     new_user_id=lambda: "ab" * 16)
+    assert first.user_id == "ab" * 16
+    assert first.phone == "+33611111102"
+    await admin.declare_user(relay.store, "beta-2", "+33611111101", T0)
+    with pytest.raises(SeatLimitReached):
+        await admin.declare_user(relay.store, "beta-2", "+33611111103", T0)
+    with pytest.raises(AlreadyExists):
+        await admin.declare_user(relay.store, ORGANISATION, "+33611111101", T0)
+    with pytest.raises(InvalidPhoneNumber):
+        await admin.declare_user(relay.store, "beta-2", "0611111104", T0)
+
+    users = await admin.list_users(relay.store, "beta-2")
+    assert [user.phone for user in users] == ["+33611111101", "+33611111102"]
+
+    deleted = await admin.delete_user(relay.store, "beta-2", "+33 6 11 11 11 02")
+    assert deleted == first
+    with pytest.raises(NotFound):
+        await admin.delete_user(relay.store, "beta-2", "+33611111102")
+    with pytest.raises(InvalidPhoneNumber):
+        await admin.delete_user(relay.store, "beta-2", "garbage")
+    assert [user.phone for user in await admin.list_users(relay.store, "beta-2")] == [
+        "+33611111101"
+    ]
