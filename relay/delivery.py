@@ -1,0 +1,207 @@
+"""Routing committed envelopes to connected devices, in order, without loss.
+
+Two pieces:
+
+* ``CommitPipeline``: sends are submitted to the store synchronously, in the
+  order their frames arrived, and their outcomes are consumed in that same
+  order by one task, which answers the sender and offers the new envelopes to
+  the recipients' pumps. No task per message, and offers reach each pump in
+  envelope id order.
+* ``DeliveryPump``: one per authenticated connection. It first drains the
+  device's stored queue page by page (then says QUEUE_EMPTY), then forwards
+  live envelopes straight from memory. The queue in the store stays the truth:
+  an envelope leaves it only on acknowledgement, and whenever the pump cannot
+  trust its memory (too many unacknowledged envelopes, a wake-up from
+  elsewhere) it goes back to reading the store after its cursor.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import structlog
+import trio
+
+from relay.frames import Deliver, QueueEmpty, encode_frame
+from storage.base import Envelope, PendingResult, SendOutcome, Store
+
+__all__ = [
+    "DELIVERY_PAGE_SIZE",
+    "MAX_UNACKNOWLEDGED",
+    "CommitPipeline",
+    "DeliveryPump",
+    "Presence",
+]
+
+log = structlog.get_logger("relay.delivery")
+
+DELIVERY_PAGE_SIZE = 256
+"""Envelopes read from the store per backlog page."""
+
+MAX_UNACKNOWLEDGED = 1024
+"""Envelopes pushed to one device and not yet acknowledged before the pump pauses:
+bounds the memory a slow or silent device can pin in the relay."""
+
+DeviceKey = tuple[str, int]
+
+
+class DeliveryPump:
+    """Pushes one device's envelopes on its delivery stream, in envelope id order."""
+
+    def __init__(self, *, store: Store, device: DeviceKey, write: Callable[[bytes], None],
+                 now_ms: Callable[[], int]) -> None:
+        self._store = store
+        self.device = device
+        self._write = write
+        self._now_ms = now_ms
+        self._cursor = 0  # highest envelope id pushed on this connection
+        self._unacknowledged: set[int] = set()
+        self._live: list[Envelope] = []
+        self._from_store = True  # read the store, not memory, until caught up
+        self._queue_empty_sent = False
+        self._wakeup = trio.Event()
+        self.delivered = 0
+
+    def offer(self, envelopes: Iterable[Envelope]) -> None:
+        """Envelopes just committed for this device.
+
+        Kept even while the pump reads the store: they may have committed after
+        the read began. Duplicates are skipped by id when pushed. While paused,
+        they are not kept (memory bound); the store read after the pause has them.
+        """
+        if len(self._unacknowledged) < MAX_UNACKNOWLEDGED:
+            self._live.extend(envelopes)
+        self._wakeup.set()
+
+    def wake(self) -> None:
+        """Something may have been queued that was not offered (another node, an expiry)."""
+        self._from_store = True
+        self._wakeup.set()
+
+    def acknowledged(self, envelope_ids: Iterable[int]) -> None:
+        before = len(self._unacknowledged)
+        self._unacknowledged.difference_update(envelope_ids)
+        if before >= MAX_UNACKNOWLEDGED > len(self._unacknowledged):
+            self._wakeup.set()
+
+    async def run(self) -> None:
+        """Deliver until cancelled (the connection closed)."""
+        while True:
+            if len(self._unacknowledged) >= MAX_UNACKNOWLEDGED:
+                # Paused: what arrives meanwhile is read back from the store later.
+                self._from_store = True
+                self._live.clear()
+                await self._sleep_until_woken()
+            elif self._from_store:
+                # Clear before reading: an offer made before this point was
+                # committed before the read begins, so the read returns it.
+                self._live.clear()
+                page = await self._store.fetch_queue(
+                    user_id=self.device[0], device_id=self.device[1],
+                    after_envelope_id=self._cursor, limit=DELIVERY_PAGE_SIZE,
+                    now=self._now_ms())
+                self._push(page)
+                if len(page) < DELIVERY_PAGE_SIZE:
+                    self._from_store = False
+                    if not self._queue_empty_sent:
+                        self._queue_empty_sent = True
+                        self._write(encode_frame(QueueEmpty()))
+            elif self._live:
+                live, self._live = self._live, []
+                live.sort(key=_envelope_id)
+                self._push(live)
+            else:
+                await self._sleep_until_woken()
+
+    async def _sleep_until_woken(self) -> None:
+        await self._wakeup.wait()
+        self._wakeup = trio.Event()
+
+    def _push(self, envelopes: list[Envelope]) -> None:
+        chunks = []
+        for envelope in envelopes:
+            if envelope.envelope_id <= self._cursor:
+                continue  # already pushed (read from the store and offered live)
+            self._cursor = envelope.envelope_id
+            self._unacknowledged.add(envelope.envelope_id)
+            chunks.append(encode_frame(Deliver(
+                envelope_id=envelope.envelope_id, sender_user_id=envelope.sender_user_id,
+                sender_device_id=envelope.sender_device_id,
+                client_message_id=envelope.client_message_id,
+                accepted_at=envelope.accepted_at, ciphertext=envelope.ciphertext)))
+        if chunks:
+            self.delivered += len(chunks)
+            self._write(b"".join(chunks))
+
+
+def _envelope_id(envelope: Envelope) -> int:
+    return envelope.envelope_id
+
+
+class Presence:
+    """Which devices are connected to this node, and their pumps."""
+
+    def __init__(self) -> None:
+        self._pumps: dict[DeviceKey, DeliveryPump] = {}
+
+    def attach(self, pump: DeliveryPump) -> None:
+        self._pumps[pump.device] = pump
+
+    def detach(self, pump: DeliveryPump) -> None:
+        if self._pumps.get(pump.device) is pump:
+            del self._pumps[pump.device]
+
+    def offer(self, envelopes: tuple[Envelope, ...]) -> None:
+        """Hand freshly committed envelopes to the pumps of connected recipients."""
+        by_device: dict[DeviceKey, list[Envelope]] = {}
+        for envelope in envelopes:
+            key = (envelope.recipient_user_id, envelope.recipient_device_id)
+            if key in self._pumps:
+                by_device.setdefault(key, []).append(envelope)
+        for key, batch in by_device.items():
+            self._pumps[key].offer(batch)
+
+    def __len__(self) -> int:
+        return len(self._pumps)
+
+
+@dataclass(slots=True)
+class _Submitted:
+    pending: PendingResult[SendOutcome]
+    answer: Callable[[SendOutcome | BaseException], None]
+
+
+class CommitPipeline:
+    """Consumes send outcomes in submission order (see module docstring)."""
+
+    def __init__(self, store: Store, presence: Presence) -> None:
+        self._store = store
+        self._presence = presence
+        self._queue: deque[_Submitted] = deque()
+        self._wakeup = trio.Event()
+
+    def submit(self, pending: PendingResult[SendOutcome],
+               answer: Callable[[SendOutcome | BaseException], None]) -> None:
+        """Register a submitted send; ``answer`` is called (synchronously) once it commits."""
+        self._queue.append(_Submitted(pending, answer))
+        self._wakeup.set()
+
+    async def run(self) -> None:
+        queue = self._queue
+        while True:
+            if not queue:
+                await self._wakeup.wait()
+                self._wakeup = trio.Event()
+                continue
+            submitted = queue[0]
+            try:
+                outcome: SendOutcome | BaseException = await submitted.pending.wait()
+            except Exception as error:  # a failed commit is answered, never dropped
+                log.error("send_commit_failed", error=type(error).__name__)
+                outcome = error
+            queue.popleft()
+            submitted.answer(outcome)
+            if isinstance(outcome, SendOutcome) and outcome.envelopes:
+                self._presence.offer(outcome.envelopes)

@@ -1,0 +1,105 @@
+"""A client profile: one device's identity and settings, in a directory.
+
+Files: ``profile.json`` (relay address, CA path, phone, user and device ids),
+``identity.key`` (the Ed25519 private key seed, mode 0600) and
+``received.json`` (recent envelope ids, to drop a delivery that arrives again
+after a connection broke before its acknowledgement).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from nacl.signing import SigningKey
+
+__all__ = ["PROFILE_VERSION", "Profile", "ProfileError", "RECENT_IDS_KEPT"]
+
+PROFILE_VERSION = 1
+RECENT_IDS_KEPT = 10_000
+"""Envelope ids remembered for de-duplication (older re-deliveries cannot happen:
+the relay only re-sends what is unacknowledged)."""
+
+
+class ProfileError(Exception):
+    """The profile is missing, incomplete or damaged; the message says what to do."""
+
+
+@dataclass
+class ProfileData:
+    version: int = PROFILE_VERSION
+    relay: str | None = None
+    ca: str | None = None
+    phone: str | None = None
+    user_id: str | None = None
+    device_id: int | None = None
+
+
+class Profile:
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.data = ProfileData()
+        path = directory / "profile.json"
+        if path.exists():
+            try:
+                raw = json.loads(path.read_text())
+                self.data = ProfileData(**raw)
+            except (ValueError, TypeError) as error:
+                raise ProfileError(f"{path} is damaged: {error}") from error
+            if self.data.version != PROFILE_VERSION:
+                raise ProfileError(f"{path} has version {self.data.version}; "
+                                   f"this client reads version {PROFILE_VERSION}")
+
+    def save(self) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        _write_private(self.directory / "profile.json",
+                       json.dumps(asdict(self.data), indent=2).encode())
+
+    def signing_key(self, *, create: bool = False) -> SigningKey:
+        path = self.directory / "identity.key"
+        if path.exists():
+            seed = path.read_bytes()
+            if len(seed) != 32:
+                raise ProfileError(f"{path} is damaged (expected a 32-byte key)")
+            return SigningKey(seed)
+        if not create:
+            raise ProfileError(f"no identity key in {self.directory}; run 'cryptopass enrol'")
+        key = SigningKey.generate()
+        self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        _write_private(path, bytes(key))
+        return key
+
+    def require_enrolled(self) -> tuple[str, int, str, str | None]:
+        """(user_id, device_id, relay, ca) or a ProfileError saying what to run."""
+        data = self.data
+        if data.user_id is None or data.device_id is None or data.relay is None:
+            raise ProfileError(f"{self.directory} is not enrolled; run 'cryptopass enrol' "
+                               "then 'cryptopass verify'")
+        return data.user_id, data.device_id, data.relay, data.ca
+
+    def recent_ids(self) -> list[int]:
+        path = self.directory / "received.json"
+        if not path.exists():
+            return []
+        try:
+            value = json.loads(path.read_text())
+        except ValueError:
+            return []
+        return [item for item in value if isinstance(item, int)] if isinstance(value, list) else []
+
+    def save_recent_ids(self, ids: list[int]) -> None:
+        _write_private(self.directory / "received.json",
+                       json.dumps(ids[-RECENT_IDS_KEPT:]).encode())
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    """Write atomically (temporary file + rename) with mode 0600."""
+    temporary = path.with_suffix(path.suffix + ".tmp")
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "wb") as file:
+        file.write(data)
+        file.flush()
+        os.fsync(file.fileno())
+    os.replace(temporary, path)

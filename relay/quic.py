@@ -1,0 +1,366 @@
+"""The trio shell around aioquic's sans-IO ``QuicConnection``.
+
+One UDP socket per endpoint, many connections, each found by the destination
+connection id of the packets that reach it (never by address, so a client that
+changes address keeps its connection). The shell is thin (STYLE.md 5):
+
+* the receive task wakes when the socket is readable, reads every datagram
+  queued there (up to ``MAX_RECEIVE_BATCH``) and feeds them all before it
+  drains events and flushes, so one flush answers a whole batch;
+* application code writes on a connection and marks it dirty; one flush per
+  scheduling round coalesces everything written meanwhile into as few
+  packets as aioquic can build;
+* one timer task serves every connection from a heap of deadlines, instead of
+  a task or a timer per packet;
+* a server validates client addresses with QUIC Retry (RFC 9000 §8.1.2).
+
+aioquic's asyncio layer is never used.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import os
+import socket
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import structlog
+import trio
+from aioquic.buffer import Buffer
+from aioquic.quic import events
+from aioquic.quic.configuration import SMALLEST_MAX_DATAGRAM_SIZE, QuicConfiguration
+from aioquic.quic.connection import QuicConnection
+from aioquic.quic.packet import (
+    QuicPacketType,
+    encode_quic_retry,
+    encode_quic_version_negotiation,
+    pull_quic_header,
+)
+from aioquic.quic.retry import QuicRetryTokenHandler
+
+__all__ = [
+    "ConnectionHandler",
+    "QuicEndpoint",
+    "QuicLink",
+    "open_udp_socket",
+]
+
+log = structlog.get_logger("relay.quic")
+
+NetworkAddress = tuple[Any, ...]
+
+MAX_RECEIVE_BATCH = 256
+"""Datagrams read per wake-up before flushing: bounds the latency one batch adds."""
+
+MAX_DATAGRAM_BYTES = 65_535
+"""Largest UDP payload we read."""
+
+SOCKET_BUFFER_BYTES = 4 * 1024 * 1024
+"""Kernel socket buffers: bursts of thousands of datagrams must not be dropped."""
+
+RETRY_CID_BYTES = 8
+"""Length of the connection id chosen in a Retry packet."""
+
+
+class ConnectionHandler(Protocol):
+    """What the application attaches to each connection."""
+
+    def quic_events(self, link: QuicLink, batch: list[events.QuicEvent]) -> None:
+        """Handle the events of one batch, synchronously (spawn tasks for slow work)."""
+        ...
+
+
+class QuicLink:
+    """One QUIC connection as the application sees it."""
+
+    __slots__ = ("_endpoint", "_timer_at", "closed", "handler", "peer_address", "quic",
+                 "terminated_by")
+
+    def __init__(self, endpoint: QuicEndpoint, quic: QuicConnection,
+                 handler: ConnectionHandler | None, peer_address: NetworkAddress) -> None:
+        self._endpoint = endpoint
+        self.quic = quic
+        self.handler = handler
+        self.peer_address = peer_address
+        self.closed = trio.Event()
+        self.terminated_by: events.ConnectionTerminated | None = None
+        self._timer_at: float | None = None
+
+    def send_stream_data(self, stream_id: int, data: bytes, end_stream: bool = False) -> None:
+        """Queue bytes on a stream; they leave at the next flush."""
+        if self.closed.is_set():
+            return
+        self.quic.send_stream_data(stream_id, data, end_stream)
+        self._endpoint.mark_dirty(self)
+
+    def new_stream(self, *, unidirectional: bool = False) -> int:
+        """Open a stream of ours and return its id."""
+        return self.quic.get_next_available_stream_id(is_unidirectional=unidirectional)
+
+    def reset_stream(self, stream_id: int, error_code: int) -> None:
+        if self.closed.is_set():
+            return
+        self.quic.reset_stream(stream_id, error_code)
+        self._endpoint.mark_dirty(self)
+
+    def close(self, error_code: int, reason: str = "") -> None:
+        """Close with an application error code and a readable reason."""
+        if self.closed.is_set():
+            return
+        self.quic.close(error_code=error_code, reason_phrase=reason)
+        self._endpoint.mark_dirty(self)
+
+    def ping(self) -> None:
+        """Send a PING (keeps an idle connection alive)."""
+        if not self.closed.is_set():
+            self.quic.send_ping(0)
+            self._endpoint.mark_dirty(self)
+
+    @property
+    def connection_id(self) -> str:
+        """The connection's own id in hex, for logs (it identifies no user)."""
+        return self.quic.host_cid.hex()
+
+
+class QuicEndpoint:
+    """A UDP socket and the QUIC connections that live on it (server or client).
+
+    Args:
+        sock: a bound, non-blocking UDP socket (see ``open_udp_socket``).
+        configuration: server configuration (None for a client-only endpoint).
+        on_connection: server only; called with each new link, returns its handler.
+        retry: validate client addresses with a Retry round trip before
+            creating any connection state.
+        clock: time source in seconds (aioquic's ``now``); trio's by default.
+    """
+
+    def __init__(self, sock: socket.socket, *, configuration: QuicConfiguration | None = None,
+                 on_connection: Callable[[QuicLink], ConnectionHandler] | None = None,
+                 retry: bool = True, clock: Callable[[], float] = trio.current_time) -> None:
+        self._sock = sock
+        self._configuration = configuration
+        self._on_connection = on_connection
+        self._retry = QuicRetryTokenHandler() if retry and configuration is not None else None
+        self._clock = clock
+        self._links: dict[bytes, QuicLink] = {}
+        self._dirty: set[QuicLink] = set()
+        self._timers: list[tuple[float, int, QuicLink]] = []
+        self._timer_sequence = itertools.count()
+        self._wakeup = trio.Event()
+        self._armed_deadline = float("inf")
+        self._accepting = configuration is not None
+        self.datagrams_received = 0
+        self.datagrams_sent = 0
+        self.datagrams_dropped = 0
+
+    @property
+    def local_address(self) -> NetworkAddress:
+        return tuple(self._sock.getsockname())
+
+    @property
+    def links(self) -> set[QuicLink]:
+        """Every live connection."""
+        return set(self._links.values())
+
+    def stop_accepting(self) -> None:
+        """Refuse new connections (graceful shutdown); existing ones go on."""
+        self._accepting = False
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Receive, dispatch, flush and fire timers until cancelled."""
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._timer_loop)
+            task_status.started()
+            await self._receive_loop()
+
+    def connect(self, address: NetworkAddress, configuration: QuicConfiguration,
+                handler: ConnectionHandler) -> QuicLink:
+        """Start a client connection; its handler sees HandshakeCompleted when it is up."""
+        quic = QuicConnection(configuration=configuration)
+        link = QuicLink(self, quic, handler, address)
+        self._links[quic.host_cid] = link
+        quic.connect(address, now=self._clock())
+        self.mark_dirty(link)
+        return link
+
+    async def drain(self) -> None:
+        """Return once everything written so far has been handed to the socket."""
+        while self._dirty:
+            await trio.lowlevel.checkpoint()
+
+    def mark_dirty(self, link: QuicLink) -> None:
+        """Ask for a flush of ``link`` at the end of this scheduling round."""
+        if not self._dirty:
+            self._wakeup.set()
+        self._dirty.add(link)
+
+    # -- receiving -------------------------------------------------------------
+
+    async def _receive_loop(self) -> None:
+        sock = self._sock
+        while True:
+            await trio.lowlevel.wait_readable(sock)
+            now = self._clock()
+            for _ in range(MAX_RECEIVE_BATCH):
+                try:
+                    data, address = sock.recvfrom(MAX_DATAGRAM_BYTES)
+                except (BlockingIOError, InterruptedError):
+                    break
+                except OSError:  # e.g. ICMP port unreachable reported on the socket
+                    continue
+                self.datagrams_received += 1
+                self._datagram_received(data, address, now)
+            self._flush(now)
+
+    def _datagram_received(self, data: bytes, address: NetworkAddress, now: float) -> None:
+        cid_length = (self._configuration.connection_id_length
+                      if self._configuration is not None else 8)
+        try:
+            header = pull_quic_header(Buffer(data=data), host_cid_length=cid_length)
+        except ValueError:
+            return  # not QUIC: ignore, never answer garbage
+        link = self._links.get(header.destination_cid)
+        if link is None:
+            link = self._accept(header, data, address, now)
+            if link is None:
+                return
+        link.quic.receive_datagram(data, address, now)
+        self._dirty.add(link)
+
+    def _accept(self, header: Any, data: bytes, address: NetworkAddress,
+                now: float) -> QuicLink | None:
+        configuration = self._configuration
+        if configuration is None or self._on_connection is None or not self._accepting:
+            return None
+        if (header.packet_type != QuicPacketType.VERSION_NEGOTIATION
+                and header.version is not None
+                and header.version not in configuration.supported_versions):
+            self._send(encode_quic_version_negotiation(
+                source_cid=header.destination_cid, destination_cid=header.source_cid,
+                supported_versions=configuration.supported_versions), address)
+            return None
+        # A client Initial is padded to 1200 bytes (RFC 9000 §14.1); anything
+        # smaller could be used to amplify traffic towards a spoofed address.
+        if header.packet_type != QuicPacketType.INITIAL or len(data) < SMALLEST_MAX_DATAGRAM_SIZE:
+            return None
+        original_cid = header.destination_cid
+        retry_cid: bytes | None = None
+        if self._retry is not None:
+            if not header.token:
+                retry_cid = os.urandom(RETRY_CID_BYTES)
+                token = self._retry.create_token(
+                    address=address, original_destination_connection_id=header.destination_cid,
+                    retry_source_connection_id=retry_cid, now=now)
+                self._send(encode_quic_retry(
+                    version=header.version, source_cid=retry_cid,
+                    destination_cid=header.source_cid,
+                    original_destination_cid=header.destination_cid, retry_token=token), address)
+                return None
+            try:
+                original_cid = self._retry.validate_token(
+                    address=address, destination_cid=header.destination_cid,
+                    token=header.token, now=now)
+            except ValueError:
+                return None  # forged, expired or for another address: drop silently
+            retry_cid = header.destination_cid
+        quic = QuicConnection(configuration=configuration,
+                              original_destination_connection_id=original_cid,
+                              retry_source_connection_id=retry_cid)
+        link = QuicLink(self, quic, None, address)
+        link.handler = self._on_connection(link)
+        self._links[header.destination_cid] = link
+        self._links[quic.host_cid] = link
+        return link
+
+    # -- flushing and timers ---------------------------------------------------
+
+    def _flush(self, now: float) -> None:
+        """Drain events and send datagrams for every dirty link (handlers may dirty more)."""
+        while self._dirty:
+            dirty, self._dirty = self._dirty, set()
+            for link in dirty:
+                self._service(link, now)
+
+    def _service(self, link: QuicLink, now: float) -> None:
+        quic = link.quic
+        batch: list[events.QuicEvent] = []
+        event = quic.next_event()
+        while event is not None:
+            if isinstance(event, events.ConnectionIdIssued):
+                self._links[event.connection_id] = link
+            elif isinstance(event, events.ConnectionIdRetired):
+                self._links.pop(event.connection_id, None)
+            elif isinstance(event, events.ConnectionTerminated):
+                link.terminated_by = event
+            batch.append(event)
+            event = quic.next_event()
+        if batch and link.handler is not None:
+            link.handler.quic_events(link, batch)
+        for data, address in quic.datagrams_to_send(now=now):
+            self._send(data, address)
+        if link.terminated_by is not None:
+            self._forget(link)
+            return
+        timer_at = quic.get_timer()
+        if timer_at != link._timer_at:
+            link._timer_at = timer_at
+            if timer_at is not None:
+                heapq.heappush(self._timers, (timer_at, next(self._timer_sequence), link))
+                if timer_at < self._armed_deadline:
+                    self._wakeup.set()  # the timer task sleeps past this deadline
+
+    def _forget(self, link: QuicLink) -> None:
+        for cid in [cid for cid, other in self._links.items() if other is link]:
+            del self._links[cid]
+        link._timer_at = None
+        link.closed.set()
+
+    async def _timer_loop(self) -> None:
+        timers = self._timers
+        while True:
+            self._armed_deadline = timers[0][0] if timers else float("inf")
+            if not self._dirty:
+                with trio.move_on_at(self._armed_deadline):
+                    await self._wakeup.wait()
+            else:
+                await trio.lowlevel.checkpoint()
+            self._wakeup = trio.Event()
+            self._armed_deadline = -float("inf")  # awake: _service need not wake us
+            now = self._clock()
+            while timers and timers[0][0] <= now:
+                timer_at, _, link = heapq.heappop(timers)
+                if link._timer_at != timer_at or link.closed.is_set():
+                    continue  # superseded by a later deadline
+                link._timer_at = None
+                link.quic.handle_timer(now=now)
+                self._dirty.add(link)
+            self._flush(now)
+
+    def _send(self, data: bytes, address: NetworkAddress) -> None:
+        try:
+            self._sock.sendto(data, address)
+            self.datagrams_sent += 1
+        except (BlockingIOError, InterruptedError):
+            # The kernel buffer is full: QUIC's loss recovery resends, as after
+            # a drop on the network; waiting here would stall every connection.
+            self.datagrams_dropped += 1
+        except OSError as error:
+            self.datagrams_dropped += 1
+            log.debug("udp_send_failed", error=type(error).__name__)
+
+
+def open_udp_socket(host: str, port: int) -> socket.socket:
+    """A non-blocking UDP socket bound to (host, port), with large buffers."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        sock.setblocking(False)
+        for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+            sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER_BYTES)
+        sock.bind((host, port))
+    except BaseException:
+        sock.close()
+        raise
+    return sock

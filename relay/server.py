@@ -1,0 +1,217 @@
+"""Assembles a relay: store, enrolment, QUIC endpoint, delivery, control socket.
+
+``serve()`` owns every task it starts (one nursery) and reports readiness
+with ``task_status.started(RunningRelay)``; leaving it closes connections
+with GOING_AWAY, lets submitted commits finish and closes the store.
+"""
+
+from __future__ import annotations
+
+import datetime
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import structlog
+import trio
+from aioquic.quic.configuration import QuicConfiguration
+
+from enrolment.service import EnrolmentService
+from enrolment.sms import HttpGateway, OutboxGateway, SmsDispatcher, SmsGateway, SmsMessage
+from relay.control import serve_control_socket
+from relay.delivery import CommitPipeline, Presence
+from relay.frames import ALPN, ErrorCode
+from relay.limits import LOOKUPS_PER_MINUTE, TokenBucket
+from relay.quic import QuicEndpoint, QuicLink, open_udp_socket
+from relay.session import DeviceSession
+from relay.settings import RelaySettings
+from relay.tls import ensure_development_certificate
+from storage.base import SendOutcome, SendStatus, Store
+from storage.sqlite import open_sqlite_store
+
+__all__ = ["RelayContext", "RelayMetrics", "RunningRelay", "serve"]
+
+log = structlog.get_logger("relay.server")
+
+SWEEP_BATCH = 10_000
+"""Expired envelopes deleted per sweeper transaction (keeps each write short)."""
+
+SHUTDOWN_GRACE_SECONDS = 2.0
+"""How long closing connections may take to reach clients on shutdown."""
+
+
+@dataclass
+class RelayMetrics:
+    """Counters read by tests and benchmarks (Prometheus export comes with operations)."""
+
+    accepted: int = 0
+    duplicates: int = 0
+    refused: int = 0
+    acknowledged: int = 0
+    expired: int = 0
+    rate_limited: int = 0
+
+    def count_send(self, outcome: SendOutcome | BaseException) -> None:
+        if isinstance(outcome, BaseException):
+            self.refused += 1
+        elif outcome.status is SendStatus.ACCEPTED:
+            self.accepted += 1
+        elif outcome.status is SendStatus.DUPLICATE:
+            self.duplicates += 1
+        else:
+            self.refused += 1
+
+
+@dataclass
+class RelayContext:
+    """What every session shares."""
+
+    settings: RelaySettings
+    store: Store
+    enrolment: EnrolmentService
+    nursery: trio.Nursery
+    presence: Presence
+    pipeline: CommitPipeline
+    now_ms: Callable[[], int]
+    metrics: RelayMetrics = field(default_factory=RelayMetrics)
+    lookup_limiter: TokenBucket = field(
+        default_factory=lambda: TokenBucket(capacity=LOOKUPS_PER_MINUTE, period_ms=60_000))
+    sessions: dict[tuple[str, int], DeviceSession] = field(default_factory=dict)
+    endpoint: QuicEndpoint | None = None
+
+    async def endpoint_drained(self) -> None:
+        """Wait until everything written so far has left (or at least one scheduling round)."""
+        await trio.lowlevel.checkpoint()
+        if self.endpoint is not None:
+            await self.endpoint.drain()
+
+    def attach(self, session: DeviceSession) -> None:
+        """Register an authenticated session; an older one of the same device is closed."""
+        assert session.device is not None
+        previous = self.sessions.get(session.device)
+        self.sessions[session.device] = session
+        if previous is not None and previous is not session:
+            previous.close(ErrorCode.REPLACED, "a newer connection of this device took over")
+
+    def detach(self, session: DeviceSession) -> None:
+        if session.device is not None and self.sessions.get(session.device) is session:
+            del self.sessions[session.device]
+
+    def revoke_user(self, user_id: str, code: ErrorCode = ErrorCode.DEVICE_REVOKED,
+                    reason: str = "this device was revoked") -> int:
+        """Close every live connection of the user at once; returns how many."""
+        doomed = [session for (owner, _), session in self.sessions.items() if owner == user_id]
+        for session in doomed:
+            session.close(code, reason)
+        return len(doomed)
+
+
+@dataclass
+class RunningRelay:
+    """Handed to ``serve``'s caller once the relay listens."""
+
+    address: tuple[str, int]
+    cert_path: Path
+    context: RelayContext
+    endpoint: QuicEndpoint
+    stop: Callable[[], None]
+
+
+def wall_clock_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def _sms_gateway(settings: RelaySettings) -> SmsGateway:
+    if settings.sms_gateway == "http":
+        assert settings.sms_http_url is not None and settings.sms_http_token is not None
+        return HttpGateway(settings.sms_http_url, settings.sms_http_token)
+    return OutboxGateway(settings.data_dir / "sms-outbox.jsonl")
+
+
+def _quic_configuration(settings: RelaySettings, cert: Path, key: Path) -> QuicConfiguration:
+    configuration = QuicConfiguration(
+        is_client=False, alpn_protocols=[ALPN], idle_timeout=settings.idle_timeout_s,
+        max_datagram_frame_size=65_536,  # reserved for call media (DATAGRAM frames)
+        max_stream_data=4 * 1024 * 1024, max_data=16 * 1024 * 1024)
+    configuration.load_cert_chain(str(cert), str(key))
+    return configuration
+
+
+async def serve(settings: RelaySettings, *,
+                task_status: trio.TaskStatus[RunningRelay] = trio.TASK_STATUS_IGNORED,
+                now_ms: Callable[[], int] = wall_clock_ms,
+                on_sms_sent: Callable[[SmsMessage], None] | None = None) -> None:
+    """Run a relay until cancelled or until ``RunningRelay.stop()`` is called.
+
+    Args:
+        settings: where to listen and keep data, limits.
+        task_status: receives the ``RunningRelay`` once it listens.
+        now_ms: wall clock in milliseconds (tests move it to expire things).
+        on_sms_sent: called after each SMS leaves through the gateway.
+    """
+    data_dir = settings.data_dir
+    data_dir.mkdir(parents=True, exist_ok=True)
+    cert, key = settings.cert, settings.key
+    if cert is None or key is None:
+        cert, key, generated = ensure_development_certificate(
+            data_dir / "tls", now=datetime.datetime.now(datetime.UTC))
+        if generated:
+            log.warning("development_certificate_generated", path=str(cert))
+    configuration = _quic_configuration(settings, cert, key)
+    sock = open_udp_socket(settings.listen_host, settings.listen_port)
+    stop_requested = trio.Event()
+    try:
+        async with open_sqlite_store(data_dir / "relay.db") as store:
+            dispatcher = SmsDispatcher(_sms_gateway(settings), on_sent=on_sms_sent)
+            enrolment = await EnrolmentService.create(store, dispatcher)
+            async with trio.open_nursery() as nursery:
+                presence = Presence()
+                context = RelayContext(settings=settings, store=store, enrolment=enrolment,
+                                       nursery=nursery, presence=presence,
+                                       pipeline=CommitPipeline(store, presence), now_ms=now_ms)
+
+                def on_connection(link: QuicLink) -> DeviceSession:
+                    return DeviceSession(context, link)
+
+                endpoint = QuicEndpoint(sock, configuration=configuration,
+                                        on_connection=on_connection, retry=settings.retry)
+                context.endpoint = endpoint
+                await nursery.start(dispatcher.run)
+                nursery.start_soon(context.pipeline.run)
+                nursery.start_soon(_sweep, context)
+                await nursery.start(serve_control_socket, data_dir, context)
+                await nursery.start(endpoint.run)
+                address = endpoint.local_address
+                log.info("relay_listening", host=address[0], port=address[1])
+                task_status.started(RunningRelay(address=(address[0], address[1]),
+                                                 cert_path=cert, context=context,
+                                                 endpoint=endpoint, stop=stop_requested.set))
+                await stop_requested.wait()
+                await _close_gracefully(endpoint, context)
+                nursery.cancel_scope.cancel()
+    finally:
+        sock.close()
+    log.info("relay_stopped")
+
+
+async def _close_gracefully(endpoint: QuicEndpoint, context: RelayContext) -> None:
+    """Stop accepting; tell every client to go elsewhere; let the close frames leave."""
+    endpoint.stop_accepting()
+    links = endpoint.links
+    for link in links:
+        link.close(int(ErrorCode.GOING_AWAY), "relay shutting down")
+    with trio.move_on_after(SHUTDOWN_GRACE_SECONDS):
+        for link in links:
+            await link.closed.wait()
+
+
+async def _sweep(context: RelayContext) -> None:
+    """Delete expired envelopes now and then (they are already never delivered)."""
+    while True:
+        deleted = await context.store.expire(now=context.now_ms(), limit=SWEEP_BATCH)
+        context.metrics.expired += deleted
+        if deleted:
+            log.info("envelopes_expired", count=deleted)
+        if deleted < SWEEP_BATCH:
+            await trio.sleep(context.settings.sweep_interval_s)

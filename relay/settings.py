@@ -1,0 +1,60 @@
+"""Relay settings, with their defaults and units."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+__all__ = [
+    "DEFAULT_DATA_DIR",
+    "DEFAULT_ENVELOPE_TTL_MS",
+    "DEFAULT_LISTEN",
+    "DEFAULT_MAX_QUEUE_DEPTH",
+    "RelaySettings",
+    "parse_host_port",
+]
+
+DEFAULT_DATA_DIR = Path("cryptopass-data")
+DEFAULT_LISTEN = "127.0.0.1:4433"
+
+DEFAULT_ENVELOPE_TTL_MS = 30 * 24 * 3600 * 1000
+"""An envelope not acknowledged within 30 days is deleted (the device is likely gone)."""
+
+DEFAULT_MAX_QUEUE_DEPTH = 10_000
+"""Envelopes one device may hold before sends to it are refused with QUEUE_FULL
+(never dropped): bounds the storage one absent device can consume."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class RelaySettings:
+    data_dir: Path = DEFAULT_DATA_DIR
+    """Holds relay.db, tls/, sms-outbox.jsonl and the control socket."""
+    listen_host: str = "127.0.0.1"
+    listen_port: int = 4433
+    """UDP port for QUIC (0: any free port)."""
+    cert: Path | None = None
+    key: Path | None = None
+    """TLS certificate chain and key (PEM); a development pair is generated if unset."""
+    envelope_ttl_ms: int = DEFAULT_ENVELOPE_TTL_MS
+    max_queue_depth: int = DEFAULT_MAX_QUEUE_DEPTH
+    idle_timeout_s: float = 60.0
+    """A connection silent this long is closed (clients keep alive with PINGs)."""
+    retry: bool = True
+    """Validate client addresses with QUIC Retry before keeping any state."""
+    sweep_interval_s: float = 60.0
+    """Seconds between expiry sweeps."""
+    sms_gateway: Literal["outbox", "http"] = "outbox"
+    sms_http_url: str | None = None
+    sms_http_token: str | None = None
+
+
+def parse_host_port(text: str) -> tuple[str, int]:
+    """Split ``HOST:PORT`` (``[::1]:4433`` for IPv6); raise ValueError with a clear message."""
+    host, separator, port_text = text.rpartition(":")
+    if not separator or not host or not port_text.isdigit():
+        raise ValueError(f"expected HOST:PORT, got {text!r}")
+    port = int(port_text)
+    if not 0 <= port <= 65535:
+        raise ValueError(f"port {port} is out of range 0-65535")
+    return host.strip("[]"), port
