@@ -15,7 +15,7 @@ from pathlib import Path
 
 from nacl.signing import SigningKey
 
-__all__ = ["PROFILE_VERSION", "Profile", "ProfileError", "RECENT_IDS_KEPT"]
+__all__ = ["PROFILE_VERSION", "RECENT_IDS_KEPT", "Profile", "ProfileError"]
 
 PROFILE_VERSION = 1
 RECENT_IDS_KEPT = 10_000

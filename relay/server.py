@@ -163,7 +163,8 @@ async def serve(settings: RelaySettings, *,
     stop_requested = trio.Event()
     try:
         async with open_sqlite_store(data_dir / "relay.db") as store:
-            dispatcher = SmsDispatcher(_sms_gateway(settings), on_sent=on_sms_sent)
+            gateway = _sms_gateway(settings)
+            dispatcher = SmsDispatcher(gateway, on_sent=on_sms_sent)
             enrolment = await EnrolmentService.create(store, dispatcher)
             async with trio.open_nursery() as nursery:
                 presence = Presence()
@@ -190,6 +191,8 @@ async def serve(settings: RelaySettings, *,
                 await stop_requested.wait()
                 await _close_gracefully(endpoint, context)
                 nursery.cancel_scope.cancel()
+            if isinstance(gateway, HttpGateway):
+                await gateway.aclose()
     finally:
         sock.close()
     log.info("relay_stopped")

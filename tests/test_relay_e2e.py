@@ -283,7 +283,7 @@ async def test_enrolment_over_quic_refuses_abuse(relay: RelayUnderTest) -> None:
         with pytest.raises(RelayError) as invalid:
             await client.enrol_start("12")
         assert invalid.value.code is ErrorCode.INVALID_PHONE_NUMBER
-        user_id, device_id = await client.enrol_verify(ALICE, code, key)
+        _, device_id = await client.enrol_verify(ALICE, code, key)
         assert device_id == 1
 
 
