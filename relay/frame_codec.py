@@ -1,0 +1,280 @@
+"""Frames <-> bytes: the length prefix, the msgpack envelope and its decoding limits.
+
+Every frame on a stream is a 4-byte big-endian length N, then N bytes of msgpack encoding the
+array ``[version, frame_type, body]``, where body maps field names to values (PROTOCOL.md
+"Framing"). Import these names from :mod:`relay.frames`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import struct
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
+from typing import Any, Final
+
+import msgpack
+
+from relay.frames import (
+    LENGTH_PREFIX_SIZE,
+    MAX_ACK_IDS,
+    MAX_FRAME_SIZE,
+    MAX_REASON_LENGTH,
+    PROTOCOL_VERSION,
+    Ack,
+    Acked,
+    Authenticate,
+    Authenticated,
+    Challenge,
+    Deliver,
+    DirectoryEntry,
+    Enrolled,
+    EnrolStart,
+    EnrolStarted,
+    EnrolVerify,
+    Error,
+    ErrorCode,
+    Frame,
+    Hello,
+    LocalProtocolError,
+    Lookup,
+    LookupResult,
+    QueueEmpty,
+    RemoteProtocolError,
+    Send,
+    SendAccepted,
+)
+
+__all__ = ["FrameDecoder", "decode_body", "encode_frame"]
+
+_FRAME_CLASSES: Final[tuple[type[Any], ...]] = (
+    EnrolStart, EnrolVerify, Hello, Authenticate, Lookup, Send, Ack,
+    EnrolStarted, Enrolled, Challenge, Authenticated, LookupResult, SendAccepted, Acked, Error,
+    Deliver, QueueEmpty,
+)  # fmt: skip
+_CLASS_BY_TYPE: Final[dict[int, type[Any]]] = {cls.frame_type: cls for cls in _FRAME_CLASSES}
+# Field names in declaration order, computed once: encode_frame runs once per message.
+_FIELD_NAMES: Final[dict[type[Any], tuple[str, ...]]] = {
+    cls: tuple(field.name for field in dataclasses.fields(cls))
+    for cls in (*_FRAME_CLASSES, DirectoryEntry)
+}
+# Fields that may be absent on the wire (they have defaults), per class.
+_OPTIONAL_FIELDS: Final[dict[type[Any], frozenset[str]]] = {
+    cls: frozenset(
+        field.name for field in dataclasses.fields(cls) if field.default is not dataclasses.MISSING
+    )
+    for cls in _FIELD_NAMES
+}
+
+_U32: Final = struct.Struct(">I")
+_MAX_MAP_ENTRIES: Final = 64  # fields in one body, unknown ones included, or SEND payload entries
+# Limits for msgpack itself, so a 5-byte header cannot make it allocate gigabytes before our
+# field checks run. Ciphertexts are bounded by the frame size here and by MAX_CIPHERTEXT_SIZE in
+# Send/Deliver, so that an oversize one is reported as PAYLOAD_TOO_LARGE.
+_MAX_BIN_SIZE: Final = MAX_FRAME_SIZE
+_MAX_STR_SIZE: Final = 4 * MAX_REASON_LENGTH  # the longest str field; UTF-8 is <= 4 bytes a char
+# One over the longest array field, so that one item too many is reported by the field's name.
+_MAX_ARRAY_ITEMS: Final = MAX_ACK_IDS + 1
+
+
+def _pack_default(value: object) -> object:
+    """msgpack hook for the two non-native values frames hold."""
+    if isinstance(value, MappingProxyType):
+        return dict(value)
+    if isinstance(value, DirectoryEntry):
+        return {name: getattr(value, name) for name in _FIELD_NAMES[DirectoryEntry]}
+    raise TypeError(f"cannot encode {type(value).__name__}")
+
+
+def encode_frame(frame: Frame) -> bytes:
+    """Encode one frame, length prefix included, ready to write on a stream.
+
+    Raises:
+        LocalProtocolError: ``frame`` is not a frame, or encodes to more than MAX_FRAME_SIZE.
+    """
+    names = _FIELD_NAMES.get(type(frame))
+    if names is None or type(frame) not in _CLASS_BY_TYPE.values():
+        raise LocalProtocolError(
+            ErrorCode.MALFORMED_FRAME, f"{type(frame).__name__} is not a frame"
+        )
+    body = {name: getattr(frame, name) for name in names}
+    packed: bytes = msgpack.packb((PROTOCOL_VERSION, frame.frame_type, body), default=_pack_default)
+    if len(packed) > MAX_FRAME_SIZE:
+        raise LocalProtocolError(
+            ErrorCode.FRAME_TOO_LARGE, f"{type(frame).__name__} encodes to {len(packed)} bytes"
+        )
+    return _U32.pack(len(packed)) + packed
+
+
+def _decode_entries(value: object) -> object:
+    if type(value) is not tuple:
+        return value  # LookupResult.__post_init__ names the problem
+    return tuple(_build(DirectoryEntry, entry) if type(entry) is dict else entry for entry in value)
+
+
+def _decode_error_code(value: object) -> object:
+    return ErrorCode.from_wire(value) if type(value) is int else value
+
+
+# Wire shapes that differ from the dataclass field's type; everything else is passed as decoded
+# and checked by the dataclass itself, so validation lives in one place.
+_CONVERTERS: Final[dict[str, Callable[[object], object]]] = {
+    "entries": _decode_entries,
+    "code": _decode_error_code,
+}
+
+
+def _build(cls: type[Any], body: Mapping[object, object]) -> Any:
+    """Construct ``cls`` from a decoded body map; unknown keys are ignored."""
+    arguments: dict[str, object] = {}
+    for name in _FIELD_NAMES[cls]:
+        if name in body:
+            value = body[name]
+            converter = _CONVERTERS.get(name)
+            arguments[name] = value if converter is None else converter(value)
+        elif name not in _OPTIONAL_FIELDS[cls]:
+            raise RemoteProtocolError(
+                ErrorCode.MALFORMED_FRAME, f"{cls.__name__}.{name} is missing"
+            )
+    try:
+        return cls(**arguments)
+    except LocalProtocolError as error:  # the peer built it, so it is their fault
+        raise RemoteProtocolError(error.code, error.reason) from None
+
+
+def decode_body(data: bytes | bytearray | memoryview) -> Frame:
+    """Decode one frame's msgpack body (the bytes after the length prefix).
+
+    Raises:
+        RemoteProtocolError: MALFORMED_FRAME, UNSUPPORTED_VERSION, UNKNOWN_FRAME_TYPE or
+            PAYLOAD_TOO_LARGE, with a reason naming the offending field.
+    """
+    try:
+        envelope = msgpack.unpackb(
+            data,
+            raw=False,
+            strict_map_key=False,
+            use_list=False,  # arrays decode as tuples, the type of every sequence field
+            max_bin_len=_MAX_BIN_SIZE,
+            max_str_len=_MAX_STR_SIZE,
+            max_array_len=_MAX_ARRAY_ITEMS,
+            max_map_len=_MAX_MAP_ENTRIES,
+            max_ext_len=0,  # no extension types in version 1
+        )
+    except Exception as error:  # msgpack raises ValueError, TypeError, StackError, ExtraData...
+        raise RemoteProtocolError(
+            ErrorCode.MALFORMED_FRAME, f"undecodable msgpack: {error}"
+        ) from None
+    if type(envelope) is not tuple or len(envelope) != 3:
+        raise RemoteProtocolError(
+            ErrorCode.MALFORMED_FRAME, "a frame must be the array [version, frame_type, body]"
+        )
+    version, frame_type, body = envelope
+    if type(version) is not int:
+        raise RemoteProtocolError(ErrorCode.MALFORMED_FRAME, "version must be an int")
+    if version != PROTOCOL_VERSION:
+        raise RemoteProtocolError(
+            ErrorCode.UNSUPPORTED_VERSION, f"version {version} is not {PROTOCOL_VERSION}"
+        )
+    if type(frame_type) is not int:
+        raise RemoteProtocolError(ErrorCode.MALFORMED_FRAME, "frame_type must be an int")
+    cls = _CLASS_BY_TYPE.get(frame_type)
+    if cls is None:
+        raise RemoteProtocolError(
+            ErrorCode.UNKNOWN_FRAME_TYPE, f"frame type {frame_type} is not assigned"
+        )
+    if type(body) is not dict:
+        raise RemoteProtocolError(ErrorCode.MALFORMED_FRAME, f"{cls.__name__} body must be a map")
+    frame: Frame = _build(cls, body)
+    return frame
+
+
+class FrameDecoder:
+    """Reassembles the frames of one stream direction from chunks of any size.
+
+    Whole frames are decoded straight from the chunk given to ``feed``; only an incomplete tail
+    is copied into the buffer, and consumed bytes are dropped once per ``feed``, so each byte is
+    copied at most a bounded number of times whatever the chunking. After an error the decoder
+    is poisoned: every later call raises the same error.
+    """
+
+    __slots__ = ("_buffer", "_error")
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()  # the incomplete frame's bytes, prefix included
+        self._error: RemoteProtocolError | None = None
+
+    @property
+    def error(self) -> RemoteProtocolError | None:
+        """The error that poisoned this decoder, if any (set even when ``feed`` returned)."""
+        return self._error
+
+    @property
+    def buffered(self) -> int:
+        """Bytes held for an incomplete frame."""
+        return len(self._buffer)
+
+    def feed(self, data: bytes) -> list[Frame]:
+        """Add received bytes; return the frames they complete, in order.
+
+        If garbage follows complete frames in ``data``, those frames are returned and the error
+        is raised by the next call; ``error`` reports it at once.
+
+        Raises:
+            RemoteProtocolError: FRAME_TOO_LARGE as soon as a length prefix exceeds
+                MAX_FRAME_SIZE (before its body is buffered), or any ``decode_body`` error.
+        """
+        if self._error is not None:
+            raise self._error
+        buffer = self._buffer
+        if buffer:
+            buffer += data
+            source: bytes | bytearray = buffer
+        else:
+            source = data
+        frames: list[Frame] = []
+        offset = 0
+        end_of_data = len(source)
+        view = memoryview(source)
+        try:
+            while end_of_data - offset >= LENGTH_PREFIX_SIZE:
+                (length,) = _U32.unpack_from(source, offset)
+                if length > MAX_FRAME_SIZE:
+                    raise RemoteProtocolError(
+                        ErrorCode.FRAME_TOO_LARGE,
+                        f"frame of {length} bytes exceeds {MAX_FRAME_SIZE}",
+                    )
+                frame_end = offset + LENGTH_PREFIX_SIZE + length
+                if frame_end > end_of_data:
+                    break
+                frames.append(decode_body(view[offset + LENGTH_PREFIX_SIZE : frame_end]))
+                offset = frame_end
+        except RemoteProtocolError as error:
+            self._error = error
+            self._buffer = bytearray()  # a fresh one: a traceback may still pin the old one
+            if not frames:
+                raise
+            # The frames before the garbage stand; the error comes with the next call.
+            return frames
+        finally:
+            view.release()
+        if source is buffer:
+            del buffer[:offset]
+        elif offset < end_of_data:
+            buffer += data[offset:]
+        return frames
+
+    def end_of_stream(self) -> None:
+        """The peer finished this stream direction.
+
+        Raises:
+            RemoteProtocolError: TRUNCATED_FRAME if an incomplete frame is buffered.
+        """
+        if self._error is not None:
+            raise self._error
+        if self._buffer:
+            self._error = RemoteProtocolError(
+                ErrorCode.TRUNCATED_FRAME,
+                f"stream ended inside a frame ({len(self._buffer)} bytes buffered)",
+            )
+            raise self._error

@@ -1,0 +1,362 @@
+"""Per-connection protocol state machines, sans-IO: stream bytes in, events out.
+
+The shell (relay/quic.py) feeds every stream's bytes to ``receive_stream_data`` and acts on the
+returned events; it writes the bytes of ``encode_frame`` (and ``issue_challenge``) itself. Nothing
+here does I/O, reads the clock or draws random numbers. PROTOCOL.md is the contract.
+
+Streams (RFC 9000 section 2.1): requests travel only on client-initiated bidirectional streams,
+pushes only on server-initiated unidirectional streams.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+import nacl.exceptions
+import nacl.signing
+
+from relay.frames import (
+    Challenge,
+    ErrorCode,
+    Frame,
+    FrameDecoder,
+    FrameType,
+    Hello,
+    LocalProtocolError,
+    ProtocolError,
+    RemoteProtocolError,
+    auth_transcript,
+    encode_frame,
+)
+
+__all__ = [
+    "ALLOWED_REQUESTS",
+    "PUSH_FRAME_TYPES",
+    "RESPONSE_FRAME_TYPES",
+    "TRANSITIONS",
+    "AuthenticationRequested",
+    "ClientEvent",
+    "ClientProtocol",
+    "ConnectionState",
+    "Event",
+    "PushReceived",
+    "RequestReceived",
+    "ResponseReceived",
+    "ServerEvent",
+    "ServerProtocol",
+    "StreamEnded",
+    "StreamFailed",
+    "is_client_bidirectional",
+    "is_server_unidirectional",
+]
+
+
+class ConnectionState(Enum):
+    """Where a connection stands, as seen by the relay."""
+
+    NEW = "new"  # only enrolment and HELLO
+    CHALLENGED = "challenged"  # HELLO received; waiting for AUTHENTICATE
+    AUTHENTICATING = "authenticating"  # AUTHENTICATE received; the shell is checking it
+    AUTHENTICATED = "authenticated"  # acts for ``authenticated_device``
+    CLOSED = "closed"  # nothing more is accepted
+
+
+_ENROLMENT = frozenset({FrameType.ENROL_START, FrameType.ENROL_VERIFY})
+
+# The whole state machine: which requests each state accepts...
+ALLOWED_REQUESTS: dict[ConnectionState, frozenset[FrameType]] = {
+    ConnectionState.NEW: _ENROLMENT | {FrameType.HELLO},
+    ConnectionState.CHALLENGED: _ENROLMENT | {FrameType.AUTHENTICATE},
+    # A second AUTHENTICATE while the first is checked is refused: one attempt per connection.
+    ConnectionState.AUTHENTICATING: _ENROLMENT,
+    ConnectionState.AUTHENTICATED: frozenset({FrameType.LOOKUP, FrameType.SEND, FrameType.ACK}),
+    ConnectionState.CLOSED: frozenset(),
+}
+# ...and which accepted requests move it (the others leave the state as it is). The moves out of
+# AUTHENTICATING are made by ServerProtocol.check_authentication, and to CLOSED by close().
+TRANSITIONS: dict[tuple[ConnectionState, FrameType], ConnectionState] = {
+    (ConnectionState.NEW, FrameType.HELLO): ConnectionState.CHALLENGED,
+    (ConnectionState.CHALLENGED, FrameType.AUTHENTICATE): ConnectionState.AUTHENTICATING,
+}
+
+RESPONSE_FRAME_TYPES = frozenset(frame_type for frame_type in FrameType if 64 <= frame_type < 128)
+PUSH_FRAME_TYPES = frozenset({FrameType.DELIVER, FrameType.QUEUE_EMPTY})
+
+
+def is_client_bidirectional(stream_id: int) -> bool:
+    """A client-initiated bidirectional stream: the only place for requests and responses."""
+    return stream_id % 4 == 0
+
+
+def is_server_unidirectional(stream_id: int) -> bool:
+    """A server-initiated unidirectional stream: the only place for pushes."""
+    return stream_id % 4 == 3
+
+
+# --- Events ---------------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class RequestReceived:
+    """A request the connection's state allows; answer it on the same stream, in order."""
+
+    stream_id: int  #: the client bidirectional stream it arrived on
+    frame: Frame  #: the request
+
+
+@dataclass(frozen=True, slots=True)
+class AuthenticationRequested:
+    """A HELLO: look the device up and answer with ``issue_challenge``."""
+
+    stream_id: int  #: the stream to write the CHALLENGE on
+    user_id: str  #: the claimed user
+    device_id: int  #: the claimed device
+
+
+@dataclass(frozen=True, slots=True)
+class StreamFailed:
+    """The stream carried something invalid; answer with an ERROR frame and end the stream.
+
+    Reported once per stream; later data on it is dropped. The connection survives.
+    """
+
+    stream_id: int  #: the failed stream
+    error: ProtocolError  #: its ``code`` and ``reason`` go into the ERROR frame
+
+
+@dataclass(frozen=True, slots=True)
+class StreamEnded:
+    """The peer finished sending on this stream, cleanly; end our side once answers are out."""
+
+    stream_id: int  #: the finished stream
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseReceived:
+    """Client side: a response on the stream that carried the request."""
+
+    stream_id: int  #: the client bidirectional stream
+    frame: Frame  #: the response (ERROR included)
+
+
+@dataclass(frozen=True, slots=True)
+class PushReceived:
+    """Client side: a DELIVER or QUEUE_EMPTY from the relay's push stream."""
+
+    frame: Frame  #: the push
+
+
+ServerEvent = RequestReceived | AuthenticationRequested | StreamFailed | StreamEnded
+ClientEvent = ResponseReceived | PushReceived | StreamFailed | StreamEnded
+Event = ServerEvent | ClientEvent
+
+
+# --- Stream reassembly, shared by both sides ------------------------------------------------------
+class _StreamReader:
+    """One FrameDecoder per receiving stream; a failed stream is reported once, then ignored."""
+
+    def __init__(self) -> None:
+        self._decoders: dict[int, FrameDecoder] = {}
+        # Failed streams, forgotten when the peer ends or resets them (QUIC sends nothing after).
+        self._failed: set[int] = set()
+
+    def _receive(
+        self, stream_id: int, data: bytes, end_stream: bool
+    ) -> tuple[list[Frame], ProtocolError | None]:
+        decoder = self._decoders.get(stream_id)
+        if decoder is None:
+            decoder = self._decoders[stream_id] = FrameDecoder()
+        frames: list[Frame] = []
+        try:
+            if data:
+                frames = decoder.feed(data)
+            if decoder.error is not None:
+                raise decoder.error  # garbage after the frames returned
+            if end_stream:
+                del self._decoders[stream_id]
+                decoder.end_of_stream()
+        except RemoteProtocolError as error:
+            self._fail(stream_id, end_stream)
+            return frames, error
+        return frames, None
+
+    def _ignores(self, stream_id: int, end_stream: bool) -> bool:
+        """True for a stream that already failed: its data is dropped without a word."""
+        if stream_id not in self._failed:
+            return False
+        if end_stream:
+            self._failed.discard(stream_id)
+        return True
+
+    def _fail(self, stream_id: int, end_stream: bool) -> None:
+        self._decoders.pop(stream_id, None)
+        if not end_stream:
+            self._failed.add(stream_id)
+
+    def _refuse_stream(self, stream_id: int, data: bytes, end_stream: bool) -> list[StreamFailed]:
+        """Data on a stream kind that carries nothing in this version: report it once."""
+        if not (data or end_stream):
+            return []
+        self._fail(stream_id, end_stream)
+        reason = f"stream {stream_id} may not carry frames to this endpoint"
+        return [StreamFailed(stream_id, _unexpected(reason))]
+
+    def stream_reset(self, stream_id: int) -> None:
+        """The peer reset the stream: forget its partial frame; nothing is reported."""
+        self._decoders.pop(stream_id, None)
+        self._failed.discard(stream_id)
+
+
+def _unexpected(reason: str) -> RemoteProtocolError:
+    return RemoteProtocolError(ErrorCode.UNEXPECTED_FRAME, reason)
+
+
+def _finish(
+    events: list[ServerEvent] | list[ClientEvent],
+    stream_id: int,
+    end_stream: bool,
+    error: ProtocolError | None,
+) -> None:
+    if error is not None:
+        events.append(StreamFailed(stream_id, error))
+    elif end_stream:
+        events.append(StreamEnded(stream_id))
+
+
+# --- Server side ----------------------------------------------------------------------------------
+class ServerProtocol(_StreamReader):
+    """The relay's view of one client connection.
+
+    Authentication: HELLO yields ``AuthenticationRequested``; the shell calls ``issue_challenge``
+    with a fresh random nonce and writes the bytes returned; AUTHENTICATE yields
+    ``RequestReceived``; the shell calls ``check_authentication`` with the device's stored key.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.state = ConnectionState.NEW
+        self._claimed_device: tuple[str, int] | None = None
+        self._nonce: bytes | None = None
+        self._challenge_issued = False
+
+    @property
+    def authenticated_device(self) -> tuple[str, int]:
+        """``(user_id, device_id)`` of the authenticated device.
+
+        Raises:
+            LocalProtocolError: the connection is not authenticated.
+        """
+        if self.state is not ConnectionState.AUTHENTICATED or self._claimed_device is None:
+            raise LocalProtocolError(
+                ErrorCode.UNEXPECTED_FRAME, f"not authenticated (state {self.state.name})"
+            )
+        return self._claimed_device
+
+    def receive_stream_data(
+        self, stream_id: int, data: bytes, end_stream: bool
+    ) -> list[ServerEvent]:
+        """Feed bytes received on a stream; return what they mean, in stream order."""
+        events: list[ServerEvent] = []
+        if self._ignores(stream_id, end_stream):
+            return events
+        if not is_client_bidirectional(stream_id):
+            events.extend(self._refuse_stream(stream_id, data, end_stream))
+            return events
+        frames, error = self._receive(stream_id, data, end_stream)
+        for frame in frames:
+            try:
+                events.append(self._accept(stream_id, frame))
+            except RemoteProtocolError as refusal:
+                # The requests before it stand; the stream is finished for everything after.
+                self._fail(stream_id, end_stream)
+                error = refusal
+                break
+        _finish(events, stream_id, end_stream, error)
+        return events
+
+    def _accept(self, stream_id: int, frame: Frame) -> ServerEvent:
+        frame_type = frame.frame_type
+        if frame_type not in ALLOWED_REQUESTS[self.state]:
+            raise _unexpected(f"{frame_type.name} is not allowed in state {self.state.name}")
+        self.state = TRANSITIONS.get((self.state, frame_type), self.state)
+        if isinstance(frame, Hello):
+            self._claimed_device = (frame.user_id, frame.device_id)
+            return AuthenticationRequested(stream_id, frame.user_id, frame.device_id)
+        return RequestReceived(stream_id, frame)
+
+    def issue_challenge(self, nonce: bytes) -> bytes:
+        """Remember ``nonce`` as this connection's only challenge; return the CHALLENGE frame.
+
+        Args:
+            nonce: NONCE_SIZE fresh random bytes (the caller owns the random source).
+
+        Raises:
+            LocalProtocolError: not right after a HELLO, a challenge was already issued, or the
+                nonce has the wrong size.
+        """
+        if self.state is not ConnectionState.CHALLENGED or self._challenge_issued:
+            raise LocalProtocolError(
+                ErrorCode.UNEXPECTED_FRAME,
+                f"a challenge needs a fresh HELLO (state {self.state.name})",
+            )
+        frame = encode_frame(Challenge(nonce=nonce))  # validates the size
+        self._nonce = nonce
+        self._challenge_issued = True
+        return frame
+
+    def check_authentication(self, signature: bytes, identity_key: bytes) -> bool:
+        """Verify the AUTHENTICATE signature with the claimed device's identity key.
+
+        The nonce is consumed whatever the outcome: one attempt per connection. On success the
+        state becomes AUTHENTICATED; on failure (including no outstanding challenge, a
+        malformed key or signature) it becomes CLOSED and the shell closes the connection
+        with AUTHENTICATION_FAILED.
+        """
+        nonce, self._nonce = self._nonce, None
+        claimed = self._claimed_device
+        if (
+            nonce is None
+            or claimed is None
+            or self.state not in (ConnectionState.CHALLENGED, ConnectionState.AUTHENTICATING)
+        ):
+            self.close()
+            return False
+        transcript = auth_transcript(nonce=nonce, user_id=claimed[0], device_id=claimed[1])
+        try:
+            nacl.signing.VerifyKey(identity_key).verify(transcript, signature)
+        except (nacl.exceptions.CryptoError, ValueError, TypeError):
+            self.close()
+            return False
+        self.state = ConnectionState.AUTHENTICATED
+        return True
+
+    def close(self) -> None:
+        """Refuse everything from now on (the shell is closing the connection)."""
+        self.state = ConnectionState.CLOSED
+        self._nonce = None
+
+
+# --- Client side ----------------------------------------------------------------------------------
+class ClientProtocol(_StreamReader):
+    """The reference client's view: responses on its own streams, pushes on the relay's."""
+
+    def receive_stream_data(
+        self, stream_id: int, data: bytes, end_stream: bool
+    ) -> list[ClientEvent]:
+        """Feed bytes received on a stream; return what they mean, in stream order."""
+        events: list[ClientEvent] = []
+        if self._ignores(stream_id, end_stream):
+            return events
+        pushes = is_server_unidirectional(stream_id)
+        if not (pushes or is_client_bidirectional(stream_id)):
+            events.extend(self._refuse_stream(stream_id, data, end_stream))
+            return events
+        allowed = PUSH_FRAME_TYPES if pushes else RESPONSE_FRAME_TYPES
+        frames, error = self._receive(stream_id, data, end_stream)
+        for frame in frames:
+            if frame.frame_type not in allowed:
+                self._fail(stream_id, end_stream)
+                error = _unexpected(f"{frame.frame_type.name} is not allowed on stream {stream_id}")
+                break
+            events.append(PushReceived(frame) if pushes else ResponseReceived(stream_id, frame))
+        _finish(events, stream_id, end_stream, error)
+        return events
