@@ -137,6 +137,8 @@ class RelayClient:
                 waiter = queue.popleft()
                 waiter.result = event.frame
                 waiter.done.set()
+                if not queue and event.stream_id != self._send_stream:
+                    del self._waiters[event.stream_id]  # a one-request stream is done
         elif isinstance(event, PushReceived):
             if isinstance(event.frame, Deliver | QueueEmpty):
                 self._pushes.append(event.frame)

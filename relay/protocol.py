@@ -239,6 +239,11 @@ class ServerProtocol(_StreamReader):
         self._challenge_issued = False
 
     @property
+    def claimed_device(self) -> tuple[str, int] | None:
+        """``(user_id, device_id)`` named by the HELLO, before it is proven; or None."""
+        return self._claimed_device
+
+    @property
     def authenticated_device(self) -> tuple[str, int]:
         """``(user_id, device_id)`` of the authenticated device.
 

@@ -53,6 +53,7 @@ from relay.protocol import (
     ConnectionState,
     RequestReceived,
     ServerProtocol,
+    StreamEnded,
     StreamFailed,
 )
 from relay.quic import QuicLink
@@ -98,6 +99,7 @@ class DeviceSession:
         self._link = link
         self._core = ServerProtocol()
         self._slots: dict[int, deque[_Slot]] = {}
+        self._ended_by_peer: set[int] = set()
         self._pump: DeliveryPump | None = None
         self._pump_scope: trio.CancelScope | None = None
         self.device: tuple[str, int] | None = None
@@ -114,6 +116,7 @@ class DeviceSession:
             elif isinstance(event, quic_events.StreamReset):
                 self._core.stream_reset(event.stream_id)
                 self._slots.pop(event.stream_id, None)
+                self._ended_by_peer.discard(event.stream_id)
             elif isinstance(event, quic_events.ConnectionTerminated):
                 self._terminated()
 
@@ -127,6 +130,9 @@ class DeviceSession:
             slot = self._reserve(event.stream_id)
             self._fill(event.stream_id, slot, _error(event.error.code, event.error.reason),
                        end_stream=True)
+        elif isinstance(event, StreamEnded):
+            self._ended_by_peer.add(event.stream_id)
+            self._finish_if_answered(event.stream_id)
 
     def _request(self, stream_id: int, frame: Frame) -> None:
         slot = self._reserve(stream_id)
@@ -164,7 +170,17 @@ class DeviceSession:
             self._link.send_stream_data(stream_id, ready.data, ready.end_stream)
             if ready.end_stream:
                 self._slots.pop(stream_id, None)
+                self._ended_by_peer.discard(stream_id)
                 return
+        self._finish_if_answered(stream_id)
+
+    def _finish_if_answered(self, stream_id: int) -> None:
+        """End our side once the peer ended theirs and every request is answered,
+        so that neither we nor aioquic keep state for finished streams."""
+        if stream_id in self._ended_by_peer and not self._slots.get(stream_id):
+            self._ended_by_peer.discard(stream_id)
+            self._slots.pop(stream_id, None)
+            self._link.send_stream_data(stream_id, b"", end_stream=True)
 
     def _spawn(self, stream_id: int, slot: _Slot, work: Awaitable[bytes]) -> None:
         async def run() -> None:
@@ -198,7 +214,7 @@ class DeviceSession:
         self._relay.pipeline.submit(pending, answer)
 
     async def _authenticate(self, frame: Authenticate) -> bytes:
-        claimed = self._core._claimed_device
+        claimed = self._core.claimed_device
         principal = None
         if claimed is not None:
             principal = await self._relay.store.load_principal(*claimed)
