@@ -26,7 +26,14 @@ from enrolment.phone import national_format
 from relay.control import notify_relay
 from relay.logs import LogFormat, configure_logging
 from relay.server import RunningRelay, serve
-from relay.settings import DEFAULT_DATA_DIR, DEFAULT_LISTEN, RelaySettings, parse_host_port
+from relay.settings import (
+    DEFAULT_DATA_DIR,
+    DEFAULT_ENVELOPE_TTL_MS,
+    DEFAULT_LISTEN,
+    DEFAULT_MAX_QUEUE_DEPTH,
+    RelaySettings,
+    parse_host_port,
+)
 from storage.base import StoreError, User
 from storage.sqlite import open_sqlite_store
 
@@ -62,8 +69,14 @@ def serve_command(
         cert: Annotated[Path | None, typer.Option(help="TLS certificate chain (PEM).")] = None,
         key: Annotated[Path | None, typer.Option(help="TLS private key (PEM).")] = None,
         log_format: Annotated[str, typer.Option(help="json or console.")] = "json",
-        no_retry: Annotated[bool, typer.Option(
-            help="Skip QUIC Retry address validation.")] = False) -> None:
+        retry: Annotated[bool, typer.Option(
+            help="Validate client addresses with QUIC Retry.")] = True,
+        envelope_ttl_days: Annotated[float, typer.Option(
+            help="Delete envelopes not acknowledged within this many days.", min=0.001)]
+        = DEFAULT_ENVELOPE_TTL_MS / 86_400_000,
+        max_queue_depth: Annotated[int, typer.Option(
+            help="Envelopes one device may hold before sends to it are refused.", min=1)]
+        = DEFAULT_MAX_QUEUE_DEPTH) -> None:
     """Run the relay until SIGTERM or SIGINT."""
     if (cert is None) != (key is None):
         _fail("--cert and --key go together")
@@ -76,7 +89,9 @@ def serve_command(
     fmt: LogFormat = "console" if log_format == "console" else "json"
     configure_logging(fmt)
     settings = RelaySettings(data_dir=data_dir, listen_host=host, listen_port=port,
-                             cert=cert, key=key, retry=not no_retry)
+                             cert=cert, key=key, retry=retry,
+                             envelope_ttl_ms=int(envelope_ttl_days * 86_400_000),
+                             max_queue_depth=max_queue_depth)
 
     async def run() -> None:
         async with trio.open_nursery() as nursery:
