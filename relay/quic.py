@@ -60,6 +60,10 @@ MAX_DATAGRAM_BYTES = 65_535
 SOCKET_BUFFER_BYTES = 4 * 1024 * 1024
 """Kernel socket buffers: bursts of thousands of datagrams must not be dropped."""
 
+INTERNAL_ERROR_CODE = 50
+"""Application close code used when a handler fails (relay.frames.ErrorCode.INTERNAL_ERROR;
+not imported, to keep this transport module free of the application protocol)."""
+
 RETRY_CID_BYTES = 8
 """Length of the connection id chosen in a Retry packet."""
 
@@ -75,8 +79,8 @@ class ConnectionHandler(Protocol):
 class QuicLink:
     """One QUIC connection as the application sees it."""
 
-    __slots__ = ("_endpoint", "_timer_at", "closed", "handler", "peer_address", "quic",
-                 "terminated_by")
+    __slots__ = ("_cids", "_endpoint", "_timer_at", "closed", "handler", "peer_address",
+                 "quic", "terminated_by")
 
     def __init__(self, endpoint: QuicEndpoint, quic: QuicConnection,
                  handler: ConnectionHandler | None, peer_address: NetworkAddress) -> None:
@@ -87,6 +91,7 @@ class QuicLink:
         self.closed = trio.Event()
         self.terminated_by: events.ConnectionTerminated | None = None
         self._timer_at: float | None = None
+        self._cids: set[bytes] = set()  # every connection id routed to this link
 
     def send_stream_data(self, stream_id: int, data: bytes, end_stream: bool = False) -> None:
         """Queue bytes on a stream; they leave at the next flush."""
@@ -180,7 +185,7 @@ class QuicEndpoint:
         """Start a client connection; its handler sees HandshakeCompleted when it is up."""
         quic = QuicConnection(configuration=configuration)
         link = QuicLink(self, quic, handler, address)
-        self._links[quic.host_cid] = link
+        self._route(quic.host_cid, link)
         quic.connect(address, now=self._clock())
         self.mark_dirty(link)
         return link
@@ -189,6 +194,10 @@ class QuicEndpoint:
         """Return once everything written so far has been handed to the socket."""
         while self._dirty:
             await trio.lowlevel.checkpoint()
+
+    def _route(self, cid: bytes, link: QuicLink) -> None:
+        self._links[cid] = link
+        link._cids.add(cid)
 
     def mark_dirty(self, link: QuicLink) -> None:
         """Ask for a flush of ``link`` at the end of this scheduling round."""
@@ -270,8 +279,8 @@ class QuicEndpoint:
                               retry_source_connection_id=retry_cid)
         link = QuicLink(self, quic, None, address)
         link.handler = self._on_connection(link)
-        self._links[header.destination_cid] = link
-        self._links[quic.host_cid] = link
+        self._route(header.destination_cid, link)
+        self._route(quic.host_cid, link)
         return link
 
     # -- flushing and timers ---------------------------------------------------
@@ -289,15 +298,21 @@ class QuicEndpoint:
         event = quic.next_event()
         while event is not None:
             if isinstance(event, events.ConnectionIdIssued):
-                self._links[event.connection_id] = link
+                self._route(event.connection_id, link)
             elif isinstance(event, events.ConnectionIdRetired):
                 self._links.pop(event.connection_id, None)
+                link._cids.discard(event.connection_id)
             elif isinstance(event, events.ConnectionTerminated):
                 link.terminated_by = event
             batch.append(event)
             event = quic.next_event()
         if batch and link.handler is not None:
-            link.handler.quic_events(link, batch)
+            try:
+                link.handler.quic_events(link, batch)
+            except Exception:
+                # One connection's bug must not stop the endpoint serving the others.
+                log.exception("connection_handler_failed", connection_id=link.connection_id)
+                quic.close(error_code=INTERNAL_ERROR_CODE, reason_phrase="internal error")
         for data, address in quic.datagrams_to_send(now=now):
             self._send(data, address)
         if link.terminated_by is not None:
@@ -312,8 +327,10 @@ class QuicEndpoint:
                     self._wakeup.set()  # the timer task sleeps past this deadline
 
     def _forget(self, link: QuicLink) -> None:
-        for cid in [cid for cid, other in self._links.items() if other is link]:
-            del self._links[cid]
+        for cid in link._cids:
+            if self._links.get(cid) is link:
+                del self._links[cid]
+        link._cids.clear()
         link._timer_at = None
         link.closed.set()
 
