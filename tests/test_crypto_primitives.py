@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 
 import pytest
 
@@ -271,6 +272,37 @@ def test_mlkem1024_keypair_from_seed_is_deterministic_and_sized() -> None:
     # Not a published vector: a regression pin taken from cryptography 50 / OpenSSL, so a change
     # in how the 64-byte seed (d || z, FIPS 203 §7.1) is interpreted cannot pass unnoticed.
     assert hashlib.sha256(first.public_key).hexdigest() == MLKEM1024_PUBLIC_KEY_SHA256
+
+
+def load_vector(name: str) -> dict[str, bytes]:
+    """Read `key = hex` lines from tests/vectors/<name>, skipping # comments."""
+    values: dict[str, bytes] = {}
+    for line in (Path(__file__).parent / "vectors" / name).read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            key, _, value = line.partition(" = ")
+            values[key] = bytes.fromhex(value)
+    return values
+
+
+# https://github.com/C2SP/CCTV/blob/main/ML-KEM/unluckysample/ML-KEM-1024.txt
+CCTV_UNLUCKY = load_vector("mlkem1024_cctv_unluckysample.txt")
+
+
+def test_mlkem1024_cctv_known_answer_decapsulation() -> None:
+    # The published K only comes out if both the seed expansion (FIPS 203 §7.1, d || z) and
+    # decapsulation (§7.3) match the standard, since K = G(m || H(ek)).
+    seed = CCTV_UNLUCKY["d"] + CCTV_UNLUCKY["z"]
+    assert mlkem1024_decapsulate(seed, CCTV_UNLUCKY["c"]) == CCTV_UNLUCKY["K"]
+
+
+@pytest.mark.parametrize("index", [0, 1000, MLKEM1024_CIPHERTEXT_SIZE - 1])
+def test_mlkem1024_implicit_rejection_matches_fips203(index: int) -> None:
+    # FIPS 203 §6.3 (Algorithm 18, ML-KEM.Decaps_internal): a ciphertext that does not
+    # re-encrypt yields K = J(z || c) = SHAKE256(z || c, 256 bits), computed here independently.
+    seed = CCTV_UNLUCKY["d"] + CCTV_UNLUCKY["z"]
+    tampered = flip_bit(CCTV_UNLUCKY["c"], index)
+    expected = hashlib.shake_256(CCTV_UNLUCKY["z"] + tampered).digest(32)
+    assert mlkem1024_decapsulate(seed, tampered) == expected
 
 
 def test_mlkem1024_round_trip_from_fixed_seed() -> None:
