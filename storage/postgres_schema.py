@@ -1,0 +1,189 @@
+"""PostgreSQL schema of the server store: tables and migrations.
+
+It mirrors ``storage.sqlite_schema`` table for table (the SQLite store is the
+reference; see the comments there for why each column exists). The database
+(more exactly: the first schema of the connection's ``search_path``) records
+its version in ``schema_meta``; opening the store applies, in order and in one
+transaction, every migration newer than that version. A database written by a
+newer release is refused rather than guessed at.
+
+Differences from SQLite, all invisible through ``storage.base.Store``:
+
+* ``envelopes.envelope_id`` is an identity column (a sequence). Sequences hand
+  out values in call order, not commit order; the store's single writer thread
+  serialises sends, so on ONE node ids still increase in commit order. With
+  several relay nodes writing to one database that no longer holds: a later
+  cluster change must deal with it (for instance a commit-ordered cursor).
+* The enrolment counter (``declaration_sequence`` / ``recorded_sequence``) is a
+  real SEQUENCE rather than a row, so that it is never a hot locked row.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+
+from storage.sqlite_schema import Migration, SchemaVersionTooNew
+
+__all__ = [
+    "LATEST_SCHEMA_VERSION",
+    "MIGRATIONS",
+    "SchemaVersionTooNew",
+    "apply_migrations",
+    "read_schema_version",
+]
+
+_VERSION_1 = Migration(
+    version=1,
+    statements=(
+        """
+        CREATE TABLE organisations (
+            organisation_id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            name TEXT NOT NULL UNIQUE,
+            seats INTEGER NOT NULL CHECK (seats >= 0),
+            state TEXT NOT NULL,
+            created_at BIGINT NOT NULL
+        )
+        """,
+        """
+        CREATE TABLE users (
+            user_id TEXT PRIMARY KEY,
+            organisation_id BIGINT NOT NULL
+                REFERENCES organisations (organisation_id) ON DELETE CASCADE,
+            phone TEXT NOT NULL UNIQUE,
+            state TEXT NOT NULL,
+            declared_at BIGINT NOT NULL,
+            enrolled_at BIGINT,
+            next_device_id INTEGER NOT NULL DEFAULT 1,
+            declaration_sequence BIGINT NOT NULL
+        )
+        """,
+        "CREATE INDEX users_by_organisation ON users (organisation_id, phone)",
+        """
+        CREATE TABLE devices (
+            user_id TEXT NOT NULL REFERENCES users (user_id) ON DELETE CASCADE,
+            device_id INTEGER NOT NULL,
+            identity_key BYTEA NOT NULL,
+            registered_at BIGINT NOT NULL,
+            queue_depth INTEGER NOT NULL DEFAULT 0 CHECK (queue_depth >= 0),
+            PRIMARY KEY (user_id, device_id)
+        )
+        """,
+        # An identity never hands out a value twice, even after the newest
+        # envelopes are acknowledged (clients use ids as a resume cursor).
+        """
+        CREATE TABLE envelopes (
+            envelope_id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            recipient_user_id TEXT NOT NULL,
+            recipient_device_id INTEGER NOT NULL,
+            sender_user_id TEXT NOT NULL,
+            sender_device_id INTEGER NOT NULL,
+            client_message_id BIGINT NOT NULL,
+            ciphertext BYTEA NOT NULL,
+            accepted_at BIGINT NOT NULL,
+            expires_at BIGINT NOT NULL,
+            FOREIGN KEY (recipient_user_id, recipient_device_id)
+                REFERENCES devices (user_id, device_id) ON DELETE CASCADE
+        )
+        """,
+        """
+        CREATE INDEX envelopes_by_recipient
+            ON envelopes (recipient_user_id, recipient_device_id, envelope_id)
+        """,
+        "CREATE INDEX envelopes_by_expiry ON envelopes (expires_at)",
+        """
+        CREATE TABLE idempotency_records (
+            sender_user_id TEXT NOT NULL,
+            sender_device_id INTEGER NOT NULL,
+            client_message_id BIGINT NOT NULL,
+            expires_at BIGINT NOT NULL,
+            PRIMARY KEY (sender_user_id, sender_device_id, client_message_id)
+        )
+        """,
+        "CREATE INDEX idempotency_records_by_expiry ON idempotency_records (expires_at)",
+        """
+        CREATE TABLE verification_codes (
+            phone_key BYTEA PRIMARY KEY,
+            code_hash BYTEA NOT NULL,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            expires_at BIGINT NOT NULL,
+            recorded_sequence BIGINT NOT NULL
+        )
+        """,
+        """
+        CREATE TABLE sms_sends (
+            phone_key BYTEA NOT NULL,
+            sent_at BIGINT NOT NULL
+        )
+        """,
+        "CREATE INDEX sms_sends_by_key ON sms_sends (phone_key, sent_at)",
+        """
+        CREATE TABLE secrets (
+            name TEXT PRIMARY KEY,
+            value BYTEA NOT NULL
+        )
+        """,
+        "CREATE SEQUENCE enrolment_sequence AS BIGINT",
+    ),
+)
+
+MIGRATIONS: tuple[Migration, ...] = (_VERSION_1,)
+"""Every migration, oldest first; versions are consecutive from 1."""
+
+LATEST_SCHEMA_VERSION = MIGRATIONS[-1].version
+
+_MIGRATION_LOCK = 0x63727970_746F7061  # "cryptopa": serialises concurrent openers
+"""Key of the transaction-scoped advisory lock held while migrating."""
+
+_CREATE_SCHEMA_META = """
+    CREATE TABLE IF NOT EXISTS schema_meta (
+        singleton INTEGER PRIMARY KEY CHECK (singleton = 1),
+        version INTEGER NOT NULL
+    )
+"""
+
+Connection = psycopg.Connection[tuple[Any, ...]]
+
+
+def read_schema_version(connection: Connection) -> int:
+    """Return the database's schema version (0 for a new, empty schema)."""
+    row = connection.execute("SELECT to_regclass('schema_meta') IS NOT NULL").fetchone()
+    if row is None or not row[0]:
+        return 0
+    row = connection.execute("SELECT version FROM schema_meta WHERE singleton = 1").fetchone()
+    return 0 if row is None else int(row[0])
+
+
+def apply_migrations(connection: Connection) -> int:
+    """Bring the database up to ``LATEST_SCHEMA_VERSION`` in one transaction.
+
+    Args:
+        connection: An idle connection (not in autocommit mode is fine either way).
+
+    Returns:
+        The schema version afterwards.
+
+    Raises:
+        SchemaVersionTooNew: The database has a version this code does not know.
+    """
+    with connection.transaction():
+        # Two nodes starting at once must not both migrate (nor race on
+        # CREATE TABLE IF NOT EXISTS, which is not safe against concurrency).
+        connection.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
+        connection.execute(_CREATE_SCHEMA_META)
+        version = read_schema_version(connection)
+        if version > LATEST_SCHEMA_VERSION:
+            raise SchemaVersionTooNew(found=version, supported=LATEST_SCHEMA_VERSION)
+        for migration in MIGRATIONS:
+            if migration.version <= version:
+                continue
+            for statement in migration.statements:
+                connection.execute(statement.encode())
+            version = migration.version
+        connection.execute(
+            "INSERT INTO schema_meta (singleton, version) VALUES (1, %s)"
+            " ON CONFLICT (singleton) DO UPDATE SET version = excluded.version",
+            (version,),
+        )
+    return version
