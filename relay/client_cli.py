@@ -51,9 +51,19 @@ def _fail(message: str) -> None:
     raise typer.Exit(1)
 
 
+def _sole_exception(error: BaseException) -> BaseException:
+    """The one exception inside nested single-member groups (trio nurseries wrap errors)."""
+    while isinstance(error, BaseExceptionGroup) and len(error.exceptions) == 1:
+        error = error.exceptions[0]
+    return error
+
+
 def _run(work: Callable[[], Awaitable[None]]) -> None:
     try:
-        trio.run(work)
+        try:
+            trio.run(work)
+        except BaseExceptionGroup as group:
+            raise _sole_exception(group) from None
     except (ProfileError, InvalidPhoneNumber, ValueError) as error:
         _fail(str(error))
     except RelayError as error:

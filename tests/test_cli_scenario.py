@@ -104,6 +104,13 @@ async def test_readme_scenario_survives_sigkill(tmp_path: Path) -> None:
             await run("cryptopass", "--profile", profile, "enrol", phone, "--relay", address,
                       "--ca", cert)
             await relay.wait_for("sms_sent", count)
+            refused = await trio.run_process(
+                [str(BIN / "cryptopass"), "--profile", profile, "verify", "000000"
+                 if last_code(data / "sms-outbox.jsonl", phone) != "000000" else "111111"],
+                capture_stdout=True, capture_stderr=True, check=False)
+            assert refused.returncode == 1
+            assert refused.stderr.decode().startswith(
+                "error: the relay refused: VERIFICATION_FAILED"), refused.stderr
             await run("cryptopass", "--profile", profile, "verify",
                       last_code(data / "sms-outbox.jsonl", phone))
         assert (Path(profile_a) / "identity.key").stat().st_mode & 0o777 == 0o600
