@@ -211,6 +211,12 @@ class Store(Protocol):
 
     # -- lifecycle -----------------------------------------------------------
 
+    @property
+    def commit_count(self) -> int:
+        """Write transactions committed since opening; several writes may share one
+        (group commit), which is what lets tests and operators see it working."""
+        ...
+
     async def close(self) -> None:
         """Finish writes already submitted, then release every resource."""
         ...
@@ -229,6 +235,15 @@ class Store(Protocol):
         ...
 
     async def get_organisation(self, name: str) -> Organisation | None:
+        ...
+
+    async def set_organisation_state(self, *, name: str,
+                                     state: OrganisationState) -> Organisation:
+        """Suspend, reactivate or terminate an organisation. Raises NotFound.
+
+        Changes nothing else: queued envelopes and devices are kept (the relay
+        refuses service to an inactive organisation's users).
+        """
         ...
 
     async def declare_user(self, *, organisation: str, phone: str, user_id: str,

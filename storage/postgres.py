@@ -7,12 +7,10 @@ trio worker threads (``trio.to_thread.run_sync``):
   connections, each read in one REPEATABLE READ, READ ONLY transaction; a trio
   ``CapacityLimiter`` of the same size keeps trio from parking more threads
   than there are connections.
-* Every write goes through ``PostgresGroupCommitWriter``: one thread, on its
-  own one-connection pool, takes every operation submitted since its last
-  commit into ONE transaction, each under its own SAVEPOINT, then hands all the
-  results back to trio in one hop (the structure of
-  ``storage.sqlite_threads.GroupCommitWriter``, whose types and transaction
-  handling are SQLite's own).
+* Every write goes through the shared ``storage.group_commit.GroupCommitWriter``
+  on its own one-connection pool: every operation submitted since the last
+  commit goes into ONE transaction, each under its own SAVEPOINT
+  (``run_postgres_batch``), and the results go back to trio in one hop.
 
 Other processes (another relay node, the operator CLI) may write to the same
 database concurrently, so the checks that must be atomic also take row locks:
@@ -29,12 +27,11 @@ must handle that before running more than one node.
 from __future__ import annotations
 
 import collections
-import contextlib
+import functools
 import hmac
-import threading
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
-from typing import Any, Generic, TypeVar
+from typing import Any, TypeVar
 
 import psycopg
 import trio
@@ -58,6 +55,7 @@ from storage.base import (
     User,
     UserState,
 )
+from storage.group_commit import GroupCommitWriter, Outcome, WriteOperation
 from storage.postgres_schema import Connection, SchemaVersionTooNew, apply_migrations
 from storage.sqlite_schema import (
     device_from_row,
@@ -66,8 +64,13 @@ from storage.sqlite_schema import (
     user_from_row,
 )
 
-__all__ = ["CONNECT_TIMEOUT_S", "READER_POOL_SIZE", "PostgresGroupCommitWriter",
-           "PostgresStore", "SchemaVersionTooNew", "open_postgres_store"]
+__all__ = [
+    "CONNECT_TIMEOUT_S",
+    "READER_POOL_SIZE",
+    "PostgresStore",
+    "SchemaVersionTooNew",
+    "open_postgres_store",
+]
 
 T = TypeVar("T")
 
@@ -83,144 +86,35 @@ Work = Callable[[Connection], T]
 # -- the writer -------------------------------------------------------------------
 
 
-class WriteOperation(Generic[T]):
-    """A unit of work submitted to the writer; ``wait()`` returns after its commit.
+def run_postgres_batch(pool: ConnectionPool[Connection],
+                       batch: Sequence[WriteOperation[Any]]) -> list[Outcome]:
+    """The PostgreSQL ``BatchRunner``: one transaction, a SAVEPOINT per operation.
 
-    Cancelling ``wait()`` does not withdraw the operation: once submitted it is
-    committed (or fails) with its batch.
+    The pool replaces a connection found broken, so one lost connection fails
+    one batch, not the writer.
     """
-
-    __slots__ = ("_done", "_error", "_result", "work")
-
-    def __init__(self, work: Work[T]) -> None:
-        self.work = work
-        self._done = trio.Event()
-        self._result: T | None = None
-        self._error: BaseException | None = None
-
-    def settle(self, result: T | None, error: BaseException | None) -> None:
-        """Record the outcome and wake the waiter. Call only from the trio thread."""
-        self._result = result
-        self._error = error
-        self._done.set()
-
-    async def wait(self) -> T:
-        """Wait for the batch holding this operation to commit.
-
-        Raises:
-            Whatever the work function raised (its changes were rolled back), or
-            the error that made the whole batch's transaction fail.
-        """
-        await self._done.wait()
-        if self._error is not None:
-            raise self._error
-        return self._result  # type: ignore[return-value]  # set whenever _error is None
+    outcomes: list[Outcome] = []
+    with pool.connection(timeout=CONNECT_TIMEOUT_S) as connection, connection.transaction():
+        for operation in batch:
+            try:
+                # A nested transaction() is a SAVEPOINT: an operation that
+                # raises undoes only its own changes.
+                with connection.transaction():
+                    result = operation.work(connection)
+            except Exception as error:
+                if connection.broken:
+                    raise
+                outcomes.append((None, error))
+            else:
+                outcomes.append((result, None))
+    return outcomes
 
 
-_Outcome = tuple[Any, BaseException | None]
-
-
-def _settle_batch(batch: Sequence[WriteOperation[Any]], outcomes: Sequence[_Outcome]) -> None:
-    for operation, (result, error) in zip(batch, outcomes, strict=True):
-        operation.settle(result, error)
-
-
-class PostgresGroupCommitWriter:
-    """The one thread that writes, committing everything pending in one transaction.
-
-    Operations are committed in submission order.
-    """
-
-    def __init__(self, pool: ConnectionPool[Connection],
-                 trio_token: trio.lowlevel.TrioToken) -> None:
-        """Args:
-        pool: An open pool (one connection is enough); closed by ``stop``.
-        trio_token: The trio run to hand results back to.
-        """
-        self._pool = pool
-        self._trio_token = trio_token
-        self._pending: collections.deque[WriteOperation[Any]] = collections.deque()
-        self._condition = threading.Condition()
-        self._stopping = False
-        self._commit_count = 0
-        self._thread = threading.Thread(target=self._run, name="postgres-writer", daemon=True)
-
-    @property
-    def commit_count(self) -> int:
-        """Transactions committed so far (one per batch); lets tests see group commit."""
-        return self._commit_count
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def submit(self, work: Work[T]) -> WriteOperation[T]:
-        """Queue ``work`` to run in the writer's next transaction. Synchronous.
-
-        Raises:
-            RuntimeError: The writer is stopping (the store is closed).
-        """
-        operation = WriteOperation(work)
-        with self._condition:
-            if self._stopping:
-                raise RuntimeError("the store is closed")
-            self._pending.append(operation)
-            self._condition.notify()
-        return operation
-
-    async def stop(self) -> None:
-        """Commit what was submitted, stop the thread and close its pool."""
-        with self._condition:
-            self._stopping = True
-            self._condition.notify()
-        await trio.to_thread.run_sync(self._thread.join)
-
-    def _run(self) -> None:
-        try:
-            while True:
-                with self._condition:
-                    while not self._pending and not self._stopping:
-                        self._condition.wait()
-                    if not self._pending:
-                        return
-                    batch = list(self._pending)
-                    self._pending.clear()
-                outcomes = self._commit_batch(batch)
-                self._hand_back(batch, outcomes)
-        finally:
-            self._pool.close()
-
-    def _commit_batch(self, batch: Sequence[WriteOperation[Any]]) -> list[_Outcome]:
-        outcomes: list[_Outcome] = []
-        try:
-            # The pool replaces a connection found broken, so one lost
-            # connection fails one batch, not the writer.
-            with self._pool.connection(timeout=CONNECT_TIMEOUT_S) as connection, \
-                    connection.transaction():
-                for operation in batch:
-                    try:
-                        # A nested transaction() is a SAVEPOINT: an operation
-                        # that raises undoes only its own changes.
-                        with connection.transaction():
-                            result = operation.work(connection)
-                    except Exception as error:
-                        if connection.broken:
-                            raise
-                        outcomes.append((None, error))
-                    else:
-                        outcomes.append((result, None))
-        except Exception as error:
-            # Nothing of this batch is durable, so every operation reports failure.
-            return [(None, error)] * len(batch)
-        self._commit_count += 1
-        return outcomes
-
-    def _hand_back(self, batch: Sequence[WriteOperation[Any]],
-                   outcomes: Sequence[_Outcome]) -> None:
-        # One hop into trio per batch, not per operation.
-        # RunFinishedError: the trio run is gone, so nobody is waiting.
-        with contextlib.suppress(trio.RunFinishedError):
-            trio.from_thread.run_sync(_settle_batch, batch, outcomes,
-                                      trio_token=self._trio_token)
+def postgres_writer(pool: ConnectionPool[Connection],
+                    trio_token: trio.lowlevel.TrioToken) -> GroupCommitWriter[Connection]:
+    """The group-commit writer on ``pool`` (one connection is enough); closes it when done."""
+    return GroupCommitWriter(functools.partial(run_postgres_batch, pool), close=pool.close,
+                             trio_token=trio_token, thread_name="postgres-writer")
 
 
 # -- queries ------------------------------------------------------------------------
@@ -264,7 +158,7 @@ def _lock_phone_key(connection: Connection, phone_key: bytes) -> None:
 class PostgresStore:
     """``storage.base.Store`` on PostgreSQL. Create with ``open_postgres_store``."""
 
-    def __init__(self, *, writer: PostgresGroupCommitWriter,
+    def __init__(self, *, writer: GroupCommitWriter[Connection],
                  readers: ConnectionPool[Connection]) -> None:
         self._writer = writer
         self._readers = readers
@@ -336,7 +230,6 @@ class PostgresStore:
                                      state: OrganisationState) -> Organisation:
         """Suspend, reactivate or terminate an organisation. Raises NotFound.
 
-        Not (yet) part of ``Store``; the admin API will need it.
         """
         def work(connection: Connection) -> Organisation:
             row = connection.execute(
@@ -682,7 +575,7 @@ async def open_postgres_store(dsn: str) -> AsyncIterator[PostgresStore]:
     """
     trio_token = trio.lowlevel.current_trio_token()
     writer_pool, reader_pool = await trio.to_thread.run_sync(_open_pools, dsn)
-    writer = PostgresGroupCommitWriter(writer_pool, trio_token)
+    writer = postgres_writer(writer_pool, trio_token)
     store = PostgresStore(writer=writer, readers=reader_pool)
     writer.start()
     try:

@@ -37,6 +37,7 @@ from storage.base import (
     User,
     UserState,
 )
+from storage.group_commit import GroupCommitWriter
 from storage.sqlite_schema import (
     SchemaVersionTooNew,
     apply_migrations,
@@ -45,7 +46,7 @@ from storage.sqlite_schema import (
     organisation_from_row,
     user_from_row,
 )
-from storage.sqlite_threads import GroupCommitWriter, ReaderPool
+from storage.sqlite_threads import ReaderPool, sqlite_writer
 
 __all__ = ["BUSY_TIMEOUT_MS", "READER_POOL_SIZE", "SchemaVersionTooNew", "SqliteStore",
            "open_sqlite_store"]
@@ -130,7 +131,7 @@ def _require_organisation(connection: sqlite3.Connection, name: str) -> Organisa
 class SqliteStore:
     """``storage.base.Store`` on one SQLite file. Create with ``open_sqlite_store``."""
 
-    def __init__(self, *, path: pathlib.Path, writer: GroupCommitWriter,
+    def __init__(self, *, path: pathlib.Path, writer: GroupCommitWriter[sqlite3.Connection],
                  readers: ReaderPool) -> None:
         self.path = path
         self._writer = writer
@@ -185,7 +186,6 @@ class SqliteStore:
                                      state: OrganisationState) -> Organisation:
         """Suspend, reactivate or terminate an organisation. Raises NotFound.
 
-        Not (yet) part of ``Store``; the admin API will need it.
         """
         def work(connection: sqlite3.Connection) -> Organisation:
             _require_organisation(connection, name)
@@ -493,7 +493,7 @@ async def open_sqlite_store(path: pathlib.Path, *,
     trio_token = trio.lowlevel.current_trio_token()
     write_connection = await trio.to_thread.run_sync(
         _open_writer_connection, path, synchronous_pragma)
-    writer = GroupCommitWriter(write_connection, trio_token)
+    writer = sqlite_writer(write_connection, trio_token)
     readers = ReaderPool(lambda: _connect(path, synchronous_pragma), size=READER_POOL_SIZE)
     store = SqliteStore(path=path, writer=writer, readers=readers)
     writer.start()

@@ -429,12 +429,9 @@ async def test_registration_beyond_max_devices_is_refused_and_keeps_the_code(
 
 
 async def test_registration_in_an_inactive_organisation_is_refused(store: Store) -> None:
-    set_state = getattr(store, "set_organisation_state", None)
-    if set_state is None:
-        pytest.skip("the backend cannot change an organisation's state")
     organisation = await _organisation(store)
     user = await _declared(store, organisation)
-    await set_state(name=organisation, state=OrganisationState.SUSPENDED)
+    await store.set_organisation_state(name=organisation, state=OrganisationState.SUSPENDED)
     phone_key = await _code_for(store, user.phone)
     with pytest.raises(RegistrationRefused) as refused:
         await store.register_device(phone=user.phone, phone_key=phone_key, code_hash=b"hash",
@@ -547,8 +544,6 @@ async def test_concurrently_submitted_sends_commit_in_submission_order(store: St
 
 
 async def test_concurrent_sends_share_commits(store: Store) -> None:
-    if not hasattr(store, "commit_count"):
-        pytest.skip("the backend does not report its commits")
     sender, _ = await _enrolled(store)
     recipient, devices = await _enrolled(store, devices=1)
     before = store.commit_count

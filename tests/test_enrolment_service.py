@@ -33,7 +33,7 @@ from enrolment.errors import (
 )
 from enrolment.service import ENROLMENT_SECRET_NAME, EnrolmentService
 from enrolment.sms import OutboxGateway, SmsDispatcher, SmsMessage
-from storage.base import AlreadyExists, NotFound, SeatLimitReached, UserState
+from storage.base import AlreadyExists, NotFound, OrganisationState, SeatLimitReached, UserState
 from storage.sqlite import SqliteStore, open_sqlite_store
 
 T0 = 1_700_000_000_000
@@ -329,8 +329,8 @@ async def test_too_many_devices(relay: Relay) -> None:
 @pytest.mark.parametrize("state", ["suspended", "terminated"])
 async def test_inactive_organisation_cannot_register_devices(relay: Relay, state: str) -> None:
     code = await relay.request_code()
-    # Store has no suspend method yet: set the state directly.
-    relay.sql("UPDATE organisations SET state = ? WHERE name = ?", (state, ORGANISATION))
+    await relay.store.set_organisation_state(name=ORGANISATION,
+                                             state=OrganisationState(state))
     with pytest.raises(OrganisationInactive):
         await relay.service.verify(DECLARED, code, new_identity_key(), T0)
     user = await relay.store.find_user_by_phone(DECLARED)
