@@ -42,6 +42,7 @@ from typing import Any, Literal, Protocol
 import trio
 from nacl.signing import SigningKey
 
+from bench.relay_process import RelayProcess
 from enrolment import admin
 from enrolment.sms import SmsMessage
 from relay.client import ConnectionClosed, RelayClient, RelayError, connect_relay
@@ -159,49 +160,17 @@ class InProcessRelay:
                 await self.arrived.wait()
 
 
-@dataclass
-class SubprocessRelay:
-    process: trio.Process
+@dataclass(kw_only=True)
+class SubprocessRelay(RelayProcess):
     data_dir: Path
     host: str = "127.0.0.1"
     port: int = 0
     cert: Path = Path()
-    events: list[dict[str, Any]] = field(default_factory=list)
-    changed: trio.Event = field(default_factory=trio.Event)
     codes_read: int = 0
 
     @property
     def pid(self) -> int | None:
         return self.process.pid
-
-    async def follow_log(self) -> None:
-        """Parse the relay's JSON log lines (and keep its stderr pipe drained)."""
-        assert self.process.stderr is not None
-        buffer = b""
-        async for chunk in self.process.stderr:
-            buffer += chunk
-            *lines, buffer = buffer.split(b"\n")
-            for line in lines:
-                try:
-                    event = json.loads(line)
-                except ValueError:
-                    continue
-                if isinstance(event, dict):
-                    self.events.append(event)
-            self.changed.set()
-            self.changed = trio.Event()
-        self.changed.set()
-
-    async def wait_for(self, event: str, count: int = 1) -> dict[str, Any]:
-        with trio.fail_after(STARTUP_TIMEOUT):
-            while True:
-                matching = [e for e in self.events if e.get("event") == event]
-                if len(matching) >= count:
-                    return matching[count - 1]
-                if self.process.returncode is not None:
-                    raise RuntimeError(f"relay exited ({self.process.returncode}) "
-                                       f"before {event!r}")
-                await self.changed.wait()
 
     async def code_for(self, phone: str) -> str:
         self.codes_read += 1

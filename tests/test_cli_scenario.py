@@ -8,10 +8,11 @@ import os
 import signal
 import subprocess
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import trio
+
+from bench.relay_process import RelayProcess
 
 ALICE, BOB = "+33612345678", "+33698765432"
 BIN = Path(sys.executable).parent
@@ -26,43 +27,12 @@ async def run(*args: str, timeout: float = 60) -> str:
     return result.stdout.decode()
 
 
-@dataclass
-class RelayProcess:
-    """A ``cryptopass-relay serve`` subprocess whose JSON log we follow."""
-
-    process: trio.Process
-    events: list[dict[str, object]] = field(default_factory=list)
-    changed: trio.Event = field(default_factory=trio.Event)
-
-    async def follow_log(self) -> None:
-        assert self.process.stderr is not None
-        buffer = b""
-        async for chunk in self.process.stderr:
-            buffer += chunk
-            *lines, buffer = buffer.split(b"\n")
-            for line in lines:
-                try:
-                    self.events.append(json.loads(line))
-                except ValueError:
-                    continue
-            self.changed.set()
-            self.changed = trio.Event()
-
-    async def wait_for(self, event: str, count: int = 1) -> dict[str, object]:
-        with trio.fail_after(30):
-            while True:
-                matching = [e for e in self.events if e.get("event") == event]
-                if len(matching) >= count:
-                    return matching[count - 1]
-                await self.changed.wait()
-
-
 async def start_relay(nursery: trio.Nursery, data_dir: Path, port: int) -> RelayProcess:
     process = await trio.lowlevel.open_process(
         [str(BIN / "cryptopass-relay"), "serve", "--data-dir", str(data_dir),
          "--listen", f"127.0.0.1:{port}"], stderr=subprocess.PIPE,
         env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    relay = RelayProcess(process)
+    relay = RelayProcess(process=process)
     nursery.start_soon(relay.follow_log)
     await relay.wait_for("relay_listening")
     return relay
