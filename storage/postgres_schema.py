@@ -10,10 +10,11 @@ newer release is refused rather than guessed at.
 Differences from SQLite, all invisible through ``storage.base.Store``:
 
 * ``envelopes.envelope_id`` is an identity column (a sequence). Sequences hand
-  out values in call order, not commit order; the store's single writer thread
-  serialises sends, so on ONE node ids still increase in commit order. With
-  several relay nodes writing to one database that no longer holds: a later
-  cluster change must deal with it (for instance a commit-ordered cursor).
+  out values in call order, not commit order, so across several nodes ids are
+  NOT commit-ordered store-wide. They are per recipient device, which is what
+  the delivery cursor needs: a send locks the recipient's device rows FOR
+  UPDATE before it inserts (draws ids), so two sends to one device draw their
+  ids one after the other's commit (tests/test_storage_postgres_cluster.py).
 * The enrolment counter (``declaration_sequence`` / ``recorded_sequence``) is a
   real SEQUENCE rather than a row, so that it is never a hot locked row.
 """
@@ -128,7 +129,31 @@ _VERSION_1 = Migration(
     ),
 )
 
-MIGRATIONS: tuple[Migration, ...] = (_VERSION_1,)
+_VERSION_2 = Migration(
+    version=2,
+    statements=(
+        # Cluster presence (storage.postgres_presence): which node holds each
+        # connected device, until expires_at (a lease the node keeps renewing).
+        # channel is the LISTEN channel of that node; session_token tells the
+        # holder's connections apart so that a takeover closes the right one.
+        """
+        CREATE TABLE presence (
+            user_id TEXT NOT NULL,
+            device_id INTEGER NOT NULL,
+            node_name TEXT NOT NULL,
+            channel TEXT NOT NULL,
+            session_token TEXT NOT NULL,
+            expires_at BIGINT NOT NULL,
+            PRIMARY KEY (user_id, device_id),
+            FOREIGN KEY (user_id, device_id)
+                REFERENCES devices (user_id, device_id) ON DELETE CASCADE
+        )
+        """,
+        "CREATE INDEX presence_by_channel ON presence (channel)",
+    ),
+)
+
+MIGRATIONS: tuple[Migration, ...] = (_VERSION_1, _VERSION_2)
 """Every migration, oldest first; versions are consecutive from 1."""
 
 LATEST_SCHEMA_VERSION = MIGRATIONS[-1].version
