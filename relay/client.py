@@ -111,6 +111,7 @@ class RelayClient:
         self._pushes: deque[Delivery] = deque()
         self._push_event = trio.Event()
         self._send_stream: int | None = None
+        self._ack_stream: int | None = None
         self._pending_acks: list[int] = []
         self._nursery: trio.Nursery | None = None
         self._ack_waiters: list[_Waiter] = []
@@ -137,7 +138,7 @@ class RelayClient:
                 waiter = queue.popleft()
                 waiter.result = event.frame
                 waiter.done.set()
-                if not queue and event.stream_id != self._send_stream:
+                if not queue and event.stream_id not in (self._send_stream, self._ack_stream):
                     del self._waiters[event.stream_id]  # a one-request stream is done
         elif isinstance(event, PushReceived):
             if isinstance(event.frame, Deliver | QueueEmpty):
@@ -236,14 +237,18 @@ class RelayClient:
         link = self._link
         if link is None or self._closed is not None:
             return
+        if self._pending_acks and self._ack_stream is None:
+            # One long-lived stream for every ACK: opening a stream per batch
+            # costs stream frames and credit updates in both directions.
+            self._ack_stream = link.new_stream()
         while self._pending_acks:
             batch = self._pending_acks[:ACK_FLUSH_MAX]
             del self._pending_acks[:ACK_FLUSH_MAX]
-            stream_id = link.new_stream()
+            assert self._ack_stream is not None
             waiter = _Waiter()
-            self._waiters.setdefault(stream_id, deque()).append(waiter)
+            self._waiters.setdefault(self._ack_stream, deque()).append(waiter)
             self._ack_waiters.append(waiter)
-            link.send_stream_data(stream_id, encode_frame(Ack(envelope_ids=tuple(batch))), True)
+            link.send_stream_data(self._ack_stream, encode_frame(Ack(envelope_ids=tuple(batch))))
 
     async def settle(self) -> None:
         """Send pending acknowledgements and wait until the relay has them.
@@ -293,32 +298,65 @@ def client_configuration(*, ca: Path | None, server_name: str | None = None,
 @asynccontextmanager
 async def connect_relay(host: str, port: int, *, ca: Path | None,
                         server_name: str | None = None,
-                        connect_timeout: float = 10.0) -> AsyncIterator[RelayClient]:
-    """Connect to a relay over QUIC; the connection closes when the block exits."""
+                        connect_timeout: float = 10.0,
+                        endpoint: QuicEndpoint | None = None) -> AsyncIterator[RelayClient]:
+    """Connect to a relay over QUIC; the connection closes when the block exits.
+
+    Args:
+        endpoint: a running client endpoint to share (a load generator drives
+            hundreds of connections from one socket); by default each
+            connection gets its own socket.
+    """
+    if endpoint is not None:
+        async with _connection(endpoint, host, port, ca=ca, server_name=server_name,
+                               connect_timeout=connect_timeout) as client:
+            yield client
+        return
+    async with open_client_endpoint(host) as own_endpoint, _connection(
+            own_endpoint, host, port, ca=ca, server_name=server_name,
+            connect_timeout=connect_timeout) as client:
+        yield client
+
+
+@asynccontextmanager
+async def open_client_endpoint(host: str = "127.0.0.1") -> AsyncIterator[QuicEndpoint]:
+    """A running client endpoint on an ephemeral UDP port of ``host``'s family."""
     family_host = "::" if ":" in host else "0.0.0.0"  # noqa: S104 - an ephemeral client port
     sock = open_udp_socket(family_host, 0)
-    client = RelayClient()
     try:
         endpoint = QuicEndpoint(sock, retry=False)
         async with trio.open_nursery() as nursery:
             await nursery.start(endpoint.run)
-            configuration = client_configuration(ca=ca, server_name=server_name or host)
-            client._link = endpoint.connect((host, port), configuration, client)
-            with trio.fail_after(connect_timeout):
-                await client._handshake.wait()
-            if client._closed is not None:
-                raise client._closed
-            client._nursery = nursery
-            nursery.start_soon(client._keepalive)
             try:
-                yield client
+                yield endpoint
             finally:
-                with trio.move_on_after(SETTLE_SECONDS) as settling:
-                    settling.shield = True
-                    await client.settle()
-                client.close()
-                with trio.move_on_after(1):
+                with trio.move_on_after(1) as draining:
+                    draining.shield = True
                     await endpoint.drain()
                 nursery.cancel_scope.cancel()
     finally:
         sock.close()
+
+
+@asynccontextmanager
+async def _connection(endpoint: QuicEndpoint, host: str, port: int, *, ca: Path | None,
+                      server_name: str | None,
+                      connect_timeout: float) -> AsyncIterator[RelayClient]:
+    client = RelayClient()
+    async with trio.open_nursery() as nursery:
+        configuration = client_configuration(ca=ca, server_name=server_name or host)
+        client._link = endpoint.connect((host, port), configuration, client)
+        with trio.fail_after(connect_timeout):
+            await client._handshake.wait()
+        if client._closed is not None:
+            raise client._closed
+        client._nursery = nursery
+        nursery.start_soon(client._keepalive)
+        try:
+            yield client
+        finally:
+            with trio.move_on_after(SETTLE_SECONDS) as settling:
+                settling.shield = True
+                await client.settle()
+            client.close()
+            nursery.cancel_scope.cancel()
