@@ -44,19 +44,31 @@ from relay.frames import (
     Send,
     SendAccepted,
 )
+from relay.prekey_frames import (
+    PREKEY_FRAME_CLASSES,
+    DeviceBundle,
+    DeviceInfo,
+    KemPrekey,
+    OneTimePrekey,
+    SignedPrekey,
+)
 
 __all__ = ["FrameDecoder", "decode_body", "encode_frame"]
 
 _FRAME_CLASSES: Final[tuple[type[Any], ...]] = (
     EnrolStart, EnrolVerify, Hello, Authenticate, Lookup, Send, Ack,
     EnrolStarted, Enrolled, Challenge, Authenticated, LookupResult, SendAccepted, Acked, Error,
-    Deliver, QueueEmpty,
+    Deliver, QueueEmpty, *PREKEY_FRAME_CLASSES,
 )  # fmt: skip
 _CLASS_BY_TYPE: Final[dict[int, type[Any]]] = {cls.frame_type: cls for cls in _FRAME_CLASSES}
+# Values nested inside frames, encoded as maps like frame bodies.
+_NESTED_CLASSES: Final[tuple[type[Any], ...]] = (
+    DirectoryEntry, SignedPrekey, OneTimePrekey, KemPrekey, DeviceBundle, DeviceInfo,
+)
 # Field names in declaration order, computed once: encode_frame runs once per message.
 _FIELD_NAMES: Final[dict[type[Any], tuple[str, ...]]] = {
     cls: tuple(field.name for field in dataclasses.fields(cls))
-    for cls in (*_FRAME_CLASSES, DirectoryEntry)
+    for cls in (*_FRAME_CLASSES, *_NESTED_CLASSES)
 }
 # Fields that may be absent on the wire (they have defaults), per class.
 _OPTIONAL_FIELDS: Final[dict[type[Any], frozenset[str]]] = {
@@ -81,8 +93,8 @@ def _pack_default(value: object) -> object:
     """msgpack hook for the two non-native values frames hold."""
     if isinstance(value, MappingProxyType):
         return dict(value)
-    if isinstance(value, DirectoryEntry):
-        return {name: getattr(value, name) for name in _FIELD_NAMES[DirectoryEntry]}
+    if type(value) in _NESTED_CLASSES:
+        return {name: getattr(value, name) for name in _FIELD_NAMES[type(value)]}
     raise TypeError(f"cannot encode {type(value).__name__}")
 
 
@@ -112,6 +124,17 @@ def _decode_entries(value: object) -> object:
     return tuple(_build(DirectoryEntry, entry) if type(entry) is dict else entry for entry in value)
 
 
+def _nested(cls: type[Any]) -> Callable[[object], object]:
+    """Decode a map field as ``cls``; anything else is left for the owner's check to name."""
+    return lambda value: _build(cls, value) if type(value) is dict else value
+
+
+def _nested_tuple(cls: type[Any]) -> Callable[[object], object]:
+    """Decode an array-of-maps field as a tuple of ``cls``."""
+    build = _nested(cls)
+    return lambda value: tuple(map(build, value)) if type(value) is tuple else value
+
+
 def _decode_error_code(value: object) -> object:
     return ErrorCode.from_wire(value) if type(value) is int else value
 
@@ -121,6 +144,14 @@ def _decode_error_code(value: object) -> object:
 _CONVERTERS: Final[dict[str, Callable[[object], object]]] = {
     "entries": _decode_entries,
     "code": _decode_error_code,
+    "signed_prekey": _nested(SignedPrekey),
+    "kem_last_resort_prekey": _nested(KemPrekey),
+    "one_time_prekeys": _nested_tuple(OneTimePrekey),
+    "kem_one_time_prekeys": _nested_tuple(KemPrekey),
+    "one_time_prekey": _nested(OneTimePrekey),
+    "kem_prekey": _nested(KemPrekey),
+    "bundles": _nested_tuple(DeviceBundle),
+    "devices": _nested_tuple(DeviceInfo),
 }
 
 

@@ -13,10 +13,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import IntEnum
 from types import MappingProxyType
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, ClassVar, Union
 
 if TYPE_CHECKING:
     from relay.frame_codec import FrameDecoder, decode_body, encode_frame
+    from relay.prekey_frames import PrekeyFrame
 
 __all__ = [
     "ALPN",
@@ -105,6 +106,10 @@ class FrameType(IntEnum):
     LOOKUP = 5
     SEND = 6
     ACK = 7
+    UPLOAD_PREKEYS = 8
+    FETCH_BUNDLE = 9
+    GET_PREKEY_COUNTS = 10
+    LIST_DEVICES = 11
     ENROL_STARTED = 64
     ENROLLED = 65
     CHALLENGE = 66
@@ -112,16 +117,21 @@ class FrameType(IntEnum):
     LOOKUP_RESULT = 68
     SEND_ACCEPTED = 69
     ACKED = 70
+    PREKEYS_UPLOADED = 71
+    BUNDLE = 72
+    PREKEY_COUNTS = 73
+    DEVICE_LIST = 74
     ERROR = 127
     DELIVER = 128
     QUEUE_EMPTY = 129
+    PREKEYS_LOW = 130
 
 
 class ErrorCode(IntEnum):
     """Stable error numbers, sent in ERROR frames and used as QUIC application close codes.
 
     Grouped by tens: framing 1-9, authentication 10-19, enrolment and requests 20-29,
-    delivery 30-39, organisation 40-49, server and connection 50-59.
+    delivery 30-39, organisation 40-49, server and connection 50-59, prekeys 60-69.
     """
 
     NO_ERROR = 0  # normal close
@@ -147,6 +157,8 @@ class ErrorCode(IntEnum):
     GOING_AWAY = 51  # the relay is shutting down; reconnect, possibly to another node
     REPLACED = 52  # a newer connection of the same device took over
     IDLE_TIMEOUT = 53  # no activity for the idle timeout
+    INVALID_PREKEY_SIGNATURE = 60  # an uploaded prekey's signature does not verify; nothing stored
+    PREKEY_POOL_FULL = 61  # the upload would overfill a one-time prekey pool; nothing stored
 
     @classmethod
     def from_wire(cls, value: int) -> ErrorCode:
@@ -517,25 +529,28 @@ class QueueEmpty:
     frame_type: ClassVar[FrameType] = FrameType.QUEUE_EMPTY
 
 
-Frame = (
-    EnrolStart
-    | EnrolVerify
-    | Hello
-    | Authenticate
-    | Lookup
-    | Send
-    | Ack
-    | EnrolStarted
-    | Enrolled
-    | Challenge
-    | Authenticated
-    | LookupResult
-    | SendAccepted
-    | Acked
-    | Error
-    | Deliver
-    | QueueEmpty
-)
+# The prekey frames live in relay.prekey_frames, which imports this module; naming them by string
+# keeps the union complete for the type checker without an import cycle (nothing isinstance()s it).
+Frame = Union[  # typing.Union: "A | 'B'" with a string fails at runtime
+    EnrolStart,
+    EnrolVerify,
+    Hello,
+    Authenticate,
+    Lookup,
+    Send,
+    Ack,
+    EnrolStarted,
+    Enrolled,
+    Challenge,
+    Authenticated,
+    LookupResult,
+    SendAccepted,
+    Acked,
+    Error,
+    Deliver,
+    QueueEmpty,
+    "PrekeyFrame",
+]
 
 # --- Authentication transcript --------------------------------------------------------------------
 AUTH_TRANSCRIPT_LABEL = b"cryptopass/1 authenticate\x00"

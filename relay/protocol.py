@@ -70,7 +70,10 @@ ALLOWED_REQUESTS: dict[ConnectionState, frozenset[FrameType]] = {
     ConnectionState.CHALLENGED: _ENROLMENT | {FrameType.AUTHENTICATE},
     # A second AUTHENTICATE while the first is checked is refused: one attempt per connection.
     ConnectionState.AUTHENTICATING: _ENROLMENT,
-    ConnectionState.AUTHENTICATED: frozenset({FrameType.LOOKUP, FrameType.SEND, FrameType.ACK}),
+    ConnectionState.AUTHENTICATED: frozenset({
+        FrameType.LOOKUP, FrameType.SEND, FrameType.ACK, FrameType.UPLOAD_PREKEYS,
+        FrameType.FETCH_BUNDLE, FrameType.GET_PREKEY_COUNTS, FrameType.LIST_DEVICES,
+    }),
     ConnectionState.CLOSED: frozenset(),
 }
 # ...and which accepted requests move it (the others leave the state as it is). The moves out of
@@ -81,7 +84,7 @@ TRANSITIONS: dict[tuple[ConnectionState, FrameType], ConnectionState] = {
 }
 
 RESPONSE_FRAME_TYPES = frozenset(frame_type for frame_type in FrameType if 64 <= frame_type < 128)
-PUSH_FRAME_TYPES = frozenset({FrameType.DELIVER, FrameType.QUEUE_EMPTY})
+PUSH_FRAME_TYPES = frozenset({FrameType.DELIVER, FrameType.QUEUE_EMPTY, FrameType.PREKEYS_LOW})
 
 
 def is_client_bidirectional(stream_id: int) -> bool:
@@ -140,7 +143,7 @@ class ResponseReceived:
 
 @dataclass(frozen=True, slots=True)
 class PushReceived:
-    """Client side: a DELIVER or QUEUE_EMPTY from the relay's push stream."""
+    """Client side: a DELIVER, QUEUE_EMPTY or PREKEYS_LOW from the relay's push stream."""
 
     frame: Frame  #: the push
 
