@@ -9,12 +9,13 @@ connections at once).
 from __future__ import annotations
 
 import json
-import signal
+import os
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
+import psycopg
 import trio
 import typer
 from rich.console import Console
@@ -23,19 +24,20 @@ from rich.table import Table
 from enrolment import admin
 from enrolment.errors import EnrolmentError
 from enrolment.phone import national_format
+from relay.config import ConfigError, load_config, parse_assignment
 from relay.control import notify_relay
-from relay.logs import LogFormat, configure_logging
-from relay.server import RunningRelay, serve
+from relay.lifecycle import run_until_signalled
+from relay.logs import configure_logging
+from relay.operations_cli import register_operations_commands
 from relay.settings import (
     DEFAULT_DATA_DIR,
     DEFAULT_ENVELOPE_TTL_MS,
     DEFAULT_LISTEN,
     DEFAULT_MAX_QUEUE_DEPTH,
-    RelaySettings,
     parse_host_port,
 )
 from storage.base import StoreError, User
-from storage.sqlite import open_sqlite_store
+from storage.store_url import open_store, parse_store_url
 
 __all__ = ["app", "main"]
 
@@ -49,12 +51,17 @@ user_app = typer.Typer(help="Declared users of an organisation.", no_args_is_hel
 app.add_typer(admin_app, name="admin")
 admin_app.add_typer(org_app, name="org")
 admin_app.add_typer(user_app, name="user")
+register_operations_commands(app)
 
 DataDirOption = Annotated[Path | None, typer.Option(
     "--data-dir", help=f"Relay data directory [default: {DEFAULT_DATA_DIR}].")]
 JsonOption = Annotated[bool | None, typer.Option("--json", help="Print JSON.")]
 
-_admin_options: dict[str, Any] = {"data_dir": DEFAULT_DATA_DIR, "json": False}
+StoreOption = Annotated[str | None, typer.Option(
+    "--store", help="Store URL: sqlite:///PATH or postgresql://USER@HOST/DB "
+                    "[default: sqlite in the data directory].")]
+
+_admin_options: dict[str, Any] = {"data_dir": DEFAULT_DATA_DIR, "json": False, "store": None}
 
 
 def _now_ms() -> int:
@@ -63,54 +70,67 @@ def _now_ms() -> int:
 
 @app.command("serve")
 def serve_command(
-        data_dir: Annotated[Path, typer.Option(help="Data directory.")] = DEFAULT_DATA_DIR,
-        listen: Annotated[str, typer.Option(help="UDP address for QUIC, HOST:PORT.")]
-        = DEFAULT_LISTEN,
+        config: Annotated[Path | None, typer.Option(
+            help="TOML configuration file (keys: setting names) [env: CRYPTOPASS_CONFIG].")]
+        = None,
+        data_dir: Annotated[Path | None, typer.Option(
+            help=f"Data directory [default: {DEFAULT_DATA_DIR}].")] = None,
+        listen: Annotated[str | None, typer.Option(
+            help=f"UDP address for QUIC, HOST:PORT [default: {DEFAULT_LISTEN}].")] = None,
         cert: Annotated[Path | None, typer.Option(help="TLS certificate chain (PEM).")] = None,
         key: Annotated[Path | None, typer.Option(help="TLS private key (PEM).")] = None,
-        log_format: Annotated[str, typer.Option(help="json or console.")] = "json",
-        retry: Annotated[bool, typer.Option(
-            help="Validate client addresses with QUIC Retry.")] = True,
-        envelope_ttl_days: Annotated[float, typer.Option(
-            help="Delete envelopes not acknowledged within this many days.", min=0.001)]
-        = DEFAULT_ENVELOPE_TTL_MS / 86_400_000,
-        max_queue_depth: Annotated[int, typer.Option(
-            help="Envelopes one device may hold before sends to it are refused.", min=1)]
-        = DEFAULT_MAX_QUEUE_DEPTH) -> None:
-    """Run the relay until SIGTERM or SIGINT."""
-    if (cert is None) != (key is None):
-        _fail("--cert and --key go together")
-    if log_format not in ("json", "console"):
-        _fail("--log-format must be json or console")
-    try:
-        host, port = parse_host_port(listen)
-    except ValueError as error:
-        _fail(f"--listen: {error}")
-    fmt: LogFormat = "console" if log_format == "console" else "json"
-    configure_logging(fmt)
-    settings = RelaySettings(data_dir=data_dir, listen_host=host, listen_port=port,
-                             cert=cert, key=key, retry=retry,
-                             envelope_ttl_ms=int(envelope_ttl_days * 86_400_000),
-                             max_queue_depth=max_queue_depth)
+        log_format: Annotated[str | None, typer.Option(
+            help="json or console [default: json].")] = None,
+        retry: Annotated[bool | None, typer.Option(
+            help="Validate client addresses with QUIC Retry [default: retry].")] = None,
+        envelope_ttl_days: Annotated[float | None, typer.Option(
+            help="Delete envelopes not acknowledged within this many days "
+                 f"[default: {DEFAULT_ENVELOPE_TTL_MS / 86_400_000:g}].", min=0.001)] = None,
+        max_queue_depth: Annotated[int | None, typer.Option(
+            help="Envelopes one device may hold before sends to it are refused "
+                 f"[default: {DEFAULT_MAX_QUEUE_DEPTH}].", min=1)] = None,
+        metrics_listen: Annotated[str | None, typer.Option(
+            help="TCP HOST:PORT for /metrics, /healthz, /readyz (internal).")] = None,
+        set_: Annotated[list[str] | None, typer.Option(
+            "--set", help="Any setting, FIELD=VALUE (repeatable).")] = None) -> None:
+    """Run the relay until SIGTERM or SIGINT (SIGHUP reloads the TLS certificate).
 
-    async def run() -> None:
-        async with trio.open_nursery() as nursery:
-            running: RunningRelay = await nursery.start(serve, settings)
-            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-                async for _ in signals:
-                    running.stop()
-                    break
-
+    Settings come from flags, then CRYPTOPASS_* variables, then the --config file.
+    """
     try:
-        trio.run(run)
+        flags: dict[str, Any] = dict(parse_assignment(text) for text in set_ or [])
+    except ConfigError as error:
+        _fail(str(error))
+    if listen is not None:
+        try:
+            flags["listen_host"], flags["listen_port"] = parse_host_port(listen)
+        except ValueError as error:
+            _fail(f"--listen: {error}")
+    if envelope_ttl_days is not None:
+        flags["envelope_ttl_ms"] = int(envelope_ttl_days * 86_400_000)
+    named = {"data_dir": data_dir, "cert": cert, "key": key, "log_format": log_format,
+             "retry": retry, "max_queue_depth": max_queue_depth,
+             "metrics_listen": metrics_listen}
+    flags.update({name: value for name, value in named.items() if value is not None})
+    try:
+        loaded = load_config(config_file=config, environ=os.environ, flags=flags)
+    except ConfigError as error:
+        _fail(str(error))
+        raise  # unreachable: _fail exits
+    configure_logging(loaded.settings.log_format, loaded.settings.log_level)
+    try:
+        run_until_signalled(loaded)
     except OSError as error:
         _fail(f"cannot start: {error}")
 
 
 @admin_app.callback()
-def _admin(data_dir: DataDirOption = None, json_output: JsonOption = None) -> None:
+def _admin(data_dir: DataDirOption = None, json_output: JsonOption = None,
+           store: StoreOption = None) -> None:
     if data_dir is not None:
         _admin_options["data_dir"] = data_dir
+    if store is not None:
+        _admin_options["store"] = store
     if json_output is not None:
         _admin_options["json"] = json_output
 
@@ -127,13 +147,21 @@ def _fail(message: str) -> None:
 
 def _with_store(data_dir: Path, work: Callable[[Any], Awaitable[T]]) -> T:
     async def run() -> T:
-        async with open_sqlite_store(data_dir / "relay.db") as store:
+        async with open_store(location) as store:
             return await work(store)
+
+    try:
+        location = parse_store_url(_admin_options["store"], data_dir=data_dir)
+    except ValueError as error:
+        _fail(f"--store: {error}")
 
     try:
         return trio.run(run)
     except (EnrolmentError, StoreError) as error:
         _fail(str(error) or type(error).__name__)
+        raise  # unreachable: _fail exits
+    except psycopg.OperationalError as error:
+        _fail(f"cannot open the store {location.describe()}: {error}")
         raise  # unreachable: _fail exits
 
 

@@ -51,8 +51,10 @@ class DeliveryPump:
     """Pushes one device's envelopes on its delivery stream, in envelope id order."""
 
     def __init__(self, *, store: Store, device: DeviceKey, write: Callable[[bytes], None],
-                 now_ms: Callable[[], int]) -> None:
+                 now_ms: Callable[[], int],
+                 on_pushed: Callable[[list[Envelope], int], None] | None = None) -> None:
         self._store = store
+        self._on_pushed = on_pushed
         self.device = device
         self._write = write
         self._now_ms = now_ms
@@ -120,10 +122,11 @@ class DeliveryPump:
         self._wakeup = trio.Event()
 
     def _push(self, envelopes: list[Envelope]) -> None:
-        chunks = []
+        chunks, pushed = [], []
         for envelope in envelopes:
             if envelope.envelope_id <= self._cursor:
                 continue  # already pushed (read from the store and offered live)
+            pushed.append(envelope)
             self._cursor = envelope.envelope_id
             self._unacknowledged.add(envelope.envelope_id)
             chunks.append(encode_frame(Deliver(
@@ -134,6 +137,8 @@ class DeliveryPump:
         if chunks:
             self.delivered += len(chunks)
             self._write(b"".join(chunks))
+            if self._on_pushed is not None:
+                self._on_pushed(pushed, self._now_ms())
 
 
 def _envelope_id(envelope: Envelope) -> int:
@@ -187,6 +192,11 @@ class CommitPipeline:
         """Register a submitted send; ``answer`` is called (synchronously) once it commits."""
         self._queue.append(_Submitted(pending, answer))
         self._wakeup.set()
+
+    @property
+    def pending(self) -> int:
+        """Sends submitted and not yet answered (waiting for their commit)."""
+        return len(self._queue)
 
     async def run(self) -> None:
         queue = self._queue

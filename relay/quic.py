@@ -169,6 +169,24 @@ class QuicEndpoint:
         """Every live connection."""
         return set(self._links.values())
 
+    @property
+    def configuration(self) -> QuicConfiguration | None:
+        """The configuration given to connections accepted from now on."""
+        return self._configuration
+
+    def replace_configuration(self, configuration: QuicConfiguration) -> None:
+        """Use ``configuration`` for new connections (e.g. a renewed certificate).
+
+        Each connection keeps the configuration object it was created with, so
+        the ones already open are not disturbed.
+        """
+        self._configuration = configuration
+
+    @property
+    def accepting(self) -> bool:
+        """Whether new connections are accepted (False once stopping)."""
+        return self._accepting
+
     def stop_accepting(self) -> None:
         """Refuse new connections (graceful shutdown); existing ones go on."""
         self._accepting = False

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import datetime
 import time
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,8 +27,14 @@ from relay.limits import LOOKUPS_PER_MINUTE, TokenBucket
 from relay.quic import QuicEndpoint, QuicLink, open_udp_socket
 from relay.session import DeviceSession
 from relay.settings import RelaySettings
+from relay.telemetry import (
+    DELIVERY_LATENCY_BUCKETS,
+    STORAGE_LATENCY_BUCKETS,
+    LatencyHistogram,
+    relay_registry,
+)
 from relay.tls import ensure_development_certificate
-from storage.base import SendOutcome, SendStatus, Store
+from storage.base import Envelope, SendOutcome, SendStatus, Store
 from storage.sqlite import open_sqlite_store
 
 __all__ = ["RelayContext", "RelayMetrics", "RunningRelay", "serve"]
@@ -43,7 +50,7 @@ SHUTDOWN_GRACE_SECONDS = 2.0
 
 @dataclass
 class RelayMetrics:
-    """Counters read by tests and benchmarks (Prometheus export comes with operations)."""
+    """Counters read by tests, benchmarks and the Prometheus export (relay/telemetry.py)."""
 
     accepted: int = 0
     duplicates: int = 0
@@ -51,16 +58,37 @@ class RelayMetrics:
     acknowledged: int = 0
     expired: int = 0
     rate_limited: int = 0
+    delivered: int = 0
+    connections_opened: int = 0
+    refusals: Counter[str] = field(default_factory=Counter)
+    """Refused sends by reason (a SendStatus name, or "error")."""
+    enrolment: Counter[tuple[str, str]] = field(default_factory=Counter)
+    """(step, outcome) -> requests; e.g. ("verify", "verification_failed")."""
+    delivery_latency: LatencyHistogram = field(
+        default_factory=lambda: LatencyHistogram(DELIVERY_LATENCY_BUCKETS))
+    commit_latency: LatencyHistogram = field(
+        default_factory=lambda: LatencyHistogram(STORAGE_LATENCY_BUCKETS))
 
     def count_send(self, outcome: SendOutcome | BaseException) -> None:
         if isinstance(outcome, BaseException):
             self.refused += 1
+            self.refusals["error"] += 1
         elif outcome.status is SendStatus.ACCEPTED:
             self.accepted += 1
         elif outcome.status is SendStatus.DUPLICATE:
             self.duplicates += 1
         else:
             self.refused += 1
+            self.refusals[outcome.status.name.lower()] += 1
+
+    def send_outcomes(self) -> dict[str, int]:
+        """Sends by outcome: accepted, duplicate, and each refusal reason."""
+        return {"accepted": self.accepted, "duplicate": self.duplicates, **self.refusals}
+
+    def count_delivered(self, envelopes: Sequence[Envelope], now_ms: int) -> None:
+        self.delivered += len(envelopes)
+        for envelope in envelopes:
+            self.delivery_latency.observe(max(0, now_ms - envelope.accepted_at) / 1000)
 
 
 @dataclass
@@ -183,6 +211,11 @@ async def serve(settings: RelaySettings, *,
                 nursery.start_soon(_sweep, context)
                 await nursery.start(serve_control_socket, data_dir, context)
                 await nursery.start(endpoint.run)
+                if settings.metrics_listen is not None:
+                    from relay.operations_http import serve_operations_http  # noqa: PLC0415
+
+                    await nursery.start(serve_operations_http, settings.metrics_listen, context,
+                                        relay_registry(context, dispatcher.outcomes))
                 address = endpoint.local_address
                 log.info("relay_listening", host=address[0], port=address[1])
                 task_status.started(RunningRelay(address=(address[0], address[1]),

@@ -104,6 +104,7 @@ class DeviceSession:
         self._pump_scope: trio.CancelScope | None = None
         self.device: tuple[str, int] | None = None
         self._log = log.bind(connection_id=link.connection_id)
+        relay.metrics.connections_opened += 1
 
     # -- QUIC events -----------------------------------------------------------
 
@@ -207,7 +208,10 @@ class DeviceSession:
             max_queue_depth=self._relay.settings.max_queue_depth,
             exclude_device_id=device_id if frame.recipient_user_id == user_id else None))
 
+        submitted_at = trio.current_time()
+
         def answer(outcome: SendOutcome | BaseException) -> None:
+            self._relay.metrics.commit_latency.observe(trio.current_time() - submitted_at)
             self._relay.metrics.count_send(outcome)
             self._fill(stream_id, slot, _send_answer(outcome))
 
@@ -228,7 +232,15 @@ class DeviceSession:
                                 f"organisation {principal.organisation.state.value}")
         if self._link.closed.is_set():
             return b""
-        self.device = (principal.user.user_id, principal.device.device_id)
+        device = (principal.user.user_id, principal.device.device_id)
+        cluster = self._relay.cluster
+        if cluster is not None:
+            # Held cluster-wide before the pump's first read (see relay.cluster).
+            await cluster.claim(device, self)
+            if self._link.closed.is_set():
+                cluster.release(device, self)
+                return b""
+        self.device = device
         self._log = self._log.bind(organisation_id=principal.organisation.organisation_id)
         self._relay.attach(self)
         self._start_pump()
@@ -252,7 +264,8 @@ class DeviceSession:
         assert self.device is not None
         pump = DeliveryPump(store=self._relay.store, device=self.device,
                             write=lambda data: self._link.send_stream_data(stream_id, data),
-                            now_ms=self._relay.now_ms)
+                            now_ms=self._relay.now_ms,
+                            on_pushed=self._relay.metrics.count_delivered)
         self._pump = pump
         self._relay.presence.attach(pump)
         scope = trio.CancelScope()
@@ -268,9 +281,10 @@ class DeviceSession:
         try:
             await self._relay.enrolment.start(frame.phone, self._relay.now_ms())
         except InvalidPhoneNumber as error:
-            return _error(ErrorCode.INVALID_PHONE_NUMBER, str(error))
+            return self._enrolment_refused("start", ErrorCode.INVALID_PHONE_NUMBER, str(error))
         except EnrolmentError as error:
-            return _enrolment_error(error)
+            return self._enrolment_refused("start", _enrolment_code(error), str(error))
+        self._relay.metrics.enrolment["start", "ok"] += 1
         return encode_frame(EnrolStarted())
 
     async def _enrol_verify(self, frame: EnrolVerify) -> bytes:
@@ -278,11 +292,16 @@ class DeviceSession:
             device = await self._relay.enrolment.verify(
                 frame.phone, frame.code, frame.identity_key, self._relay.now_ms())
         except InvalidPhoneNumber as error:
-            return _error(ErrorCode.INVALID_PHONE_NUMBER, str(error))
+            return self._enrolment_refused("verify", ErrorCode.INVALID_PHONE_NUMBER, str(error))
         except EnrolmentError as error:
-            return _enrolment_error(error)
+            return self._enrolment_refused("verify", _enrolment_code(error), str(error))
+        self._relay.metrics.enrolment["verify", "ok"] += 1
         self._log.info("device_enrolled")
         return encode_frame(Enrolled(user_id=device.user_id, device_id=device.device_id))
+
+    def _enrolment_refused(self, step: str, code: ErrorCode, reason: str) -> bytes:
+        self._relay.metrics.enrolment[step, code.name.lower()] += 1
+        return _error(code, reason)
 
     async def _lookup(self, frame: Lookup) -> bytes:
         assert self.device is not None
@@ -341,6 +360,8 @@ class DeviceSession:
             self._pump_scope.cancel()
         if self._pump is not None:
             self._relay.presence.detach(self._pump)
+        if self.device is not None and self._relay.cluster is not None:
+            self._relay.cluster.release(self.device, self)
         self._relay.detach(self)
         if not keep_answers:
             self._slots.clear()
@@ -350,10 +371,9 @@ def _error(code: ErrorCode, reason: str) -> bytes:
     return encode_frame(Error(code=code, reason=reason))
 
 
-def _enrolment_error(error: EnrolmentError) -> bytes:
-    code = next((code for kind, code in _ENROLMENT_ERRORS.items() if isinstance(error, kind)),
+def _enrolment_code(error: EnrolmentError) -> ErrorCode:
+    return next((code for kind, code in _ENROLMENT_ERRORS.items() if isinstance(error, kind)),
                 ErrorCode.INVALID_REQUEST)
-    return _error(code, str(error))
 
 
 def _send_answer(outcome: SendOutcome | BaseException) -> bytes:

@@ -47,6 +47,10 @@ class RelaySettings:
     sms_gateway: Literal["outbox", "http"] = "outbox"
     sms_http_url: str | None = None
     sms_http_token: str | None = None
+    metrics_listen: str | None = None
+    """TCP HOST:PORT serving /metrics, /healthz and /readyz (an internal address); off if unset."""
+    log_format: Literal["json", "console"] = "json"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
 
 
 def parse_host_port(text: str) -> tuple[str, int]:

@@ -1,0 +1,127 @@
+"""Operator commands around the relay process: ``config check|show``, ``backup``, ``restore``.
+
+Registered on ``cryptopass-relay`` by ``relay.cli``.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+from pathlib import Path
+from typing import Annotated, Any
+
+import trio
+import typer
+
+from relay.config import ConfigError, LoadedConfig, load_config, masked, parse_assignment
+from relay.control import notify_relay
+from relay.settings import DEFAULT_DATA_DIR
+from storage.sqlite_backup import BackupError, backup_database, restore_database
+
+__all__ = ["DATABASE_NAME", "register_operations_commands"]
+
+DATABASE_NAME = "relay.db"
+
+config_app = typer.Typer(help="Check or show the relay's configuration.", no_args_is_help=True)
+
+ConfigOption = Annotated[Path | None, typer.Option(
+    "--config", help="TOML configuration file [env: CRYPTOPASS_CONFIG].")]
+SetOption = Annotated[list[str] | None, typer.Option(
+    "--set", help="Any setting, FIELD=VALUE (repeatable), as for serve.")]
+DataDirOption = Annotated[Path | None, typer.Option(
+    "--data-dir", help="Relay data directory [default: the configured data_dir, "
+                       f"else {DEFAULT_DATA_DIR}].")]
+
+
+def _fail(message: str) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(1)
+
+
+def _load(config: Path | None, assignments: list[str] | None) -> LoadedConfig:
+    try:
+        flags = dict(parse_assignment(text) for text in assignments or [])
+        return load_config(config_file=config, environ=os.environ, flags=flags)
+    except ConfigError as error:
+        _fail(str(error))
+        raise  # unreachable: _fail exits
+
+
+@config_app.command("check")
+def config_check(config: ConfigOption = None, set_: SetOption = None) -> None:
+    """Validate the configuration (file, CRYPTOPASS_* variables, --set); exit 1 if wrong."""
+    loaded = _load(config, set_)
+    for warning in loaded.warnings:
+        typer.echo(f"warning: {warning}", err=True)
+    typer.echo("configuration is valid")
+
+
+@config_app.command("show")
+def config_show(config: ConfigOption = None, set_: SetOption = None,
+                json_output: Annotated[bool, typer.Option("--json", help="Print JSON.")]
+                = False) -> None:
+    """Print every setting with its source; secrets are masked."""
+    loaded = _load(config, set_)
+    values = masked(loaded.settings)
+    if json_output:
+        typer.echo(json.dumps({name: {"value": value, "source": loaded.sources[name]}
+                               for name, value in values.items()}, indent=2))
+        return
+    for warning in loaded.warnings:
+        typer.echo(f"warning: {warning}", err=True)
+    for name, value in values.items():
+        if value is None:  # TOML has no null: an unset setting is shown as a comment
+            typer.echo(f"# {name} is unset  # {loaded.sources[name]}")
+        else:
+            typer.echo(f"{name} = {_toml_value(value)}  # {loaded.sources[name]}")
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    return json.dumps(str(value))
+
+
+def _data_dir(data_dir: Path | None, config: Path | None) -> Path:
+    if data_dir is not None:
+        return data_dir
+    return _load(config, None).settings.data_dir
+
+
+def backup_command(
+        to: Annotated[Path, typer.Option("--to", help="Backup file to write.")],
+        data_dir: DataDirOption = None, config: ConfigOption = None) -> None:
+    """Copy the store to --to, consistently, while the relay keeps serving."""
+    directory = _data_dir(data_dir, config)
+    try:
+        size = backup_database(directory / DATABASE_NAME, to)
+    except (BackupError, OSError) as error:
+        _fail(str(error))
+    typer.echo(f"backed up {directory / DATABASE_NAME} to {to} ({size} bytes)")
+
+
+def restore_command(
+        from_: Annotated[Path, typer.Option("--from", help="Backup file to restore.")],
+        data_dir: DataDirOption = None, config: ConfigOption = None) -> None:
+    """Replace the store with --from. Refused while a relay runs on the data directory."""
+    directory = _data_dir(data_dir, config)
+    if directory.is_dir() and trio.run(notify_relay, directory, {"op": "ping"}) is not None:
+        _fail(f"a relay is running on {directory}: stop it before restoring")
+    try:
+        safety = restore_database(from_, directory / DATABASE_NAME,
+                                  now=datetime.datetime.now(datetime.UTC))
+    except (BackupError, OSError) as error:
+        _fail(str(error))
+        raise  # unreachable: _fail exits
+    kept = f"; the previous store is kept as {safety}" if safety else ""
+    typer.echo(f"restored {directory / DATABASE_NAME} from {from_}{kept}")
+
+
+def register_operations_commands(app: typer.Typer) -> None:
+    """Add ``config``, ``backup`` and ``restore`` to the relay's command line."""
+    app.add_typer(config_app, name="config")
+    app.command("backup")(backup_command)
+    app.command("restore")(restore_command)

@@ -1,0 +1,154 @@
+"""Prometheus metrics of one relay, read from the counters it already keeps.
+
+The relay counts in plain fields (``RelayMetrics``, the SMS dispatcher's
+outcomes, the endpoint's connections) at the points where things happen; this
+module turns them into Prometheus families when scraped, in a registry of its
+own (never the process-global one, so two relays in one test process do not
+collide). No label carries a user, device, phone number or organisation: only
+bounded sets of outcomes and operations.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from enrolment.sms import SmsOutcomes
+    from relay.server import RelayContext
+
+__all__ = [
+    "DELIVERY_LATENCY_BUCKETS",
+    "STORAGE_LATENCY_BUCKETS",
+    "LatencyHistogram",
+    "RelayCollector",
+    "relay_registry",
+]
+
+DELIVERY_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0, 300.0,
+                            3600.0, 86_400.0)
+"""Seconds from acceptance to push: milliseconds for an online recipient, up to
+days for one that was offline (the envelope waited in its queue)."""
+
+STORAGE_LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+                           1.0, 2.5)
+"""Seconds from submitting a send to its commit (group commit, one fsync per batch)."""
+
+
+@dataclass
+class LatencyHistogram:
+    """A cumulative histogram in seconds, cheap enough to observe on every message."""
+
+    buckets: tuple[float, ...]
+    counts: list[int] = field(default_factory=list)
+    total: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.counts = [0] * (len(self.buckets) + 1)  # the last one is +Inf
+
+    def observe(self, seconds: float) -> None:
+        self.counts[bisect.bisect_left(self.buckets, seconds)] += 1
+        self.total += seconds
+
+    @property
+    def count(self) -> int:
+        return sum(self.counts)
+
+    def cumulative(self) -> list[tuple[str, float]]:
+        """(upper bound, observations at or below it), as Prometheus wants them."""
+        running, rows = 0, []
+        for bound, count in zip((*self.buckets, float("inf")), self.counts, strict=True):
+            running += count
+            rows.append(("+Inf" if bound == float("inf") else repr(bound), float(running)))
+        return rows
+
+
+class RelayCollector(Collector):
+    """Reads a relay's counters at scrape time."""
+
+    def __init__(self, context: RelayContext, sms_outcomes: SmsOutcomes) -> None:
+        self._context = context
+        self._sms_outcomes = sms_outcomes
+
+    def collect(self) -> Iterator[Metric]:
+        context = self._context
+        metrics = context.metrics
+        endpoint = context.endpoint
+        yield _counter("cryptopass_connections_opened", "QUIC connections accepted.",
+                       metrics.connections_opened)
+        yield _gauge("cryptopass_connections_open", "QUIC connections open now.",
+                     len(endpoint.links) if endpoint is not None else 0)
+        yield _gauge("cryptopass_devices_connected", "Authenticated device connections now.",
+                     len(context.sessions))
+        sends = CounterMetricFamily("cryptopass_sends", "Send requests by outcome.",
+                                    labels=["outcome"])
+        for outcome, count in sorted(metrics.send_outcomes().items()):
+            sends.add_metric([outcome], count)
+        yield sends
+        yield _counter("cryptopass_envelopes_delivered",
+                       "Envelopes pushed to connected devices.", metrics.delivered)
+        yield _counter("cryptopass_envelopes_acknowledged",
+                       "Envelopes acknowledged by their device (and deleted).",
+                       metrics.acknowledged)
+        yield _counter("cryptopass_envelopes_expired",
+                       "Envelopes deleted unacknowledged after their TTL.", metrics.expired)
+        limited = CounterMetricFamily("cryptopass_rate_limited",
+                                      "Requests refused by a rate limit.", labels=["operation"])
+        limited.add_metric(["lookup"], metrics.rate_limited)
+        limited.add_metric(["enrolment"], sum(
+            count for (_, outcome), count in metrics.enrolment.items()
+            if outcome == "rate_limited"))
+        yield limited
+        enrolment = CounterMetricFamily("cryptopass_enrolment",
+                                        "Enrolment requests by step and outcome.",
+                                        labels=["step", "outcome"])
+        for (step, outcome), count in sorted(metrics.enrolment.items()):
+            enrolment.add_metric([step, outcome], count)
+        yield enrolment
+        sms = CounterMetricFamily("cryptopass_sms", "SMS by outcome.", labels=["outcome"])
+        for outcome in ("sent", "failed", "dropped"):
+            sms.add_metric([outcome], getattr(self._sms_outcomes, outcome))
+        yield sms
+        yield _gauge("cryptopass_commit_queue_depth",
+                     "Sends submitted to storage and not yet committed.",
+                     context.pipeline.pending)
+        yield _counter("cryptopass_storage_commits",
+                       "Storage write transactions (group commits).", context.store.commit_count)
+        yield _histogram("cryptopass_delivery_latency_seconds",
+                         "From acceptance to push to the recipient device.",
+                         metrics.delivery_latency)
+        yield _histogram("cryptopass_storage_commit_latency_seconds",
+                         "From submitting a send to its durable commit.",
+                         metrics.commit_latency)
+
+
+def relay_registry(context: RelayContext, sms_outcomes: SmsOutcomes) -> CollectorRegistry:
+    """A registry of its own holding the relay's collector."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(RelayCollector(context, sms_outcomes))
+    return registry
+
+
+def _counter(name: str, documentation: str, value: float) -> CounterMetricFamily:
+    return CounterMetricFamily(name, documentation, value=value)
+
+
+def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, documentation, value=value)
+
+
+def _histogram(name: str, documentation: str,
+               histogram: LatencyHistogram) -> HistogramMetricFamily:
+    return HistogramMetricFamily(name, documentation, buckets=histogram.cumulative(),
+                                 sum_value=histogram.total)
