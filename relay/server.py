@@ -20,6 +20,7 @@ from aioquic.quic.configuration import QuicConfiguration
 
 from enrolment.service import EnrolmentService
 from enrolment.sms import HttpGateway, OutboxGateway, SmsDispatcher, SmsGateway, SmsMessage
+from relay.cluster import ClusterNode, cluster_node_for, presence_for
 from relay.control import serve_control_socket
 from relay.delivery import CommitPipeline, Presence
 from relay.frames import ALPN, ErrorCode
@@ -35,7 +36,7 @@ from relay.telemetry import (
 )
 from relay.tls import ensure_development_certificate
 from storage.base import Envelope, SendOutcome, SendStatus, Store
-from storage.sqlite import open_sqlite_store
+from storage.store_url import open_store, parse_store_url
 
 __all__ = ["RelayContext", "RelayMetrics", "RunningRelay", "serve"]
 
@@ -107,6 +108,8 @@ class RelayContext:
         default_factory=lambda: TokenBucket(capacity=LOOKUPS_PER_MINUTE, period_ms=60_000))
     sessions: dict[tuple[str, int], DeviceSession] = field(default_factory=dict)
     endpoint: QuicEndpoint | None = None
+    cluster: ClusterNode | None = None
+    """This node's presence and wake-ups when several nodes share PostgreSQL."""
 
     async def endpoint_drained(self) -> None:
         """Wait until everything written so far has left (or at least one scheduling round)."""
@@ -190,12 +193,14 @@ async def serve(settings: RelaySettings, *,
     sock = open_udp_socket(settings.listen_host, settings.listen_port)
     stop_requested = trio.Event()
     try:
-        async with open_sqlite_store(data_dir / "relay.db") as store:
+        location = parse_store_url(settings.store, data_dir=data_dir)
+        log.info("store_opening", store=location.describe())
+        async with open_store(location) as store:
             gateway = _sms_gateway(settings)
             dispatcher = SmsDispatcher(gateway, on_sent=on_sms_sent)
             enrolment = await EnrolmentService.create(store, dispatcher)
             async with trio.open_nursery() as nursery:
-                presence = Presence()
+                presence = presence_for(store)
                 context = RelayContext(settings=settings, store=store, enrolment=enrolment,
                                        nursery=nursery, presence=presence,
                                        pipeline=CommitPipeline(store, presence), now_ms=now_ms)
@@ -208,6 +213,11 @@ async def serve(settings: RelaySettings, *,
                 context.endpoint = endpoint
                 await nursery.start(dispatcher.run)
                 nursery.start_soon(context.pipeline.run)
+                context.cluster = cluster_node_for(
+                    store=store, presence=presence, dsn=location.postgres_dsn,
+                    node_name=settings.node_name, now_ms=now_ms)
+                if context.cluster is not None:  # listening before any device can claim
+                    await nursery.start(context.cluster.run)
                 nursery.start_soon(_sweep, context)
                 await nursery.start(serve_control_socket, data_dir, context)
                 await nursery.start(endpoint.run)

@@ -47,6 +47,12 @@ class RelaySettings:
     sms_gateway: Literal["outbox", "http"] = "outbox"
     sms_http_url: str | None = None
     sms_http_token: str | None = None
+    store: str | None = None
+    """Store URL: ``sqlite:///PATH`` or ``postgresql://...`` (several nodes); None is
+    SQLite in ``data_dir`` (``relay.db``). See ``storage.store_url``."""
+    node_name: str | None = None
+    """This node's name in a PostgreSQL cluster, unique among live nodes; None is
+    the host name."""
     metrics_listen: str | None = None
     """TCP HOST:PORT serving /metrics, /healthz and /readyz (an internal address); off if unset."""
     log_format: Literal["json", "console"] = "json"

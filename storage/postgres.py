@@ -19,9 +19,11 @@ queue depths), the user row (device numbering), the pending code (single use).
 
 Envelope ids come from an identity column. The single writer serialises this
 node's sends, so on one node ids increase in commit order, as ``Store``
-requires. Across SEVERAL nodes sharing a database they do NOT: a send with a
-smaller id may commit after a larger one was fetched. A later cluster change
-must handle that before running more than one node.
+requires. Across SEVERAL nodes sharing a database they are commit-ordered per
+recipient device only (which is what delivery cursors need): a send locks the
+recipient's device rows before drawing ids, so a send to the same device on
+another node draws after this one commits. Sends also NOTIFY the nodes holding
+their recipients (``storage.postgres_presence``), on commit.
 """
 
 from __future__ import annotations
@@ -56,6 +58,9 @@ from storage.base import (
     UserState,
 )
 from storage.group_commit import GroupCommitWriter, Outcome, WriteOperation
+from storage.prekey_records import ClaimedBundle, PrekeyCounts, PrekeyUpload
+from storage.prekey_sql import POSTGRES, claim_bundles, prekey_counts, store_prekeys
+from storage.postgres_presence import notify_recipient_nodes
 from storage.postgres_schema import Connection, SchemaVersionTooNew, apply_migrations
 from storage.sqlite_schema import (
     device_from_row,
@@ -164,6 +169,9 @@ class PostgresStore:
         self._readers = readers
         self._reader_limiter = trio.CapacityLimiter(READER_POOL_SIZE)
         self._closed = False
+        self.node_channel: str | None = None
+        """This relay node's LISTEN channel, set by ``relay.cluster``: sends do not
+        notify it (its own pumps are woken directly)."""
 
     @property
     def commit_count(self) -> int:
@@ -413,7 +421,9 @@ class PostgresStore:
 
     def submit_send(self, send: NewSend) -> PendingResult[SendOutcome]:
         payloads = dict(send.payloads)  # a snapshot: the caller may reuse its mapping
-        return self._writer.submit(lambda connection: _commit_send(connection, send, payloads))
+        skip_channel = self.node_channel
+        return self._writer.submit(
+            lambda connection: _commit_send(connection, send, payloads, skip_channel))
 
     async def fetch_queue(self, *, user_id: str, device_id: int, after_envelope_id: int,
                           limit: int, now: int) -> list[Envelope]:
@@ -472,9 +482,27 @@ class PostgresStore:
             return len(expired)
         return await self._write(work)
 
+    # -- prekeys (the SQL is shared with SQLite: storage.prekey_sql) -----------
 
-def _commit_send(connection: Connection, send: NewSend,
-                 payloads: dict[int, bytes]) -> SendOutcome:
+    async def store_prekeys(self, *, user_id: str, device_id: int, upload: PrekeyUpload,
+                            now: int, max_pool_size: int) -> PrekeyCounts:
+        return await self._write(lambda connection: store_prekeys(
+            connection, POSTGRES, user_id=user_id, device_id=device_id, upload=upload, now=now,
+            max_pool_size=max_pool_size))
+
+    async def prekey_counts(self, *, user_id: str, device_id: int) -> PrekeyCounts:
+        return await self._read(lambda connection: prekey_counts(
+            connection, POSTGRES, user_id=user_id, device_id=device_id))
+
+    async def claim_bundles(self, *, user_id: str,
+                            device_ids: Sequence[int] | None) -> list[ClaimedBundle]:
+        wanted = None if device_ids is None else tuple(device_ids)
+        return await self._write(lambda connection: claim_bundles(
+            connection, POSTGRES, user_id=user_id, device_ids=wanted))
+
+
+def _commit_send(connection: Connection, send: NewSend, payloads: dict[int, bytes],
+                 skip_channel: str | None = None) -> SendOutcome:
     """Check and insert one send. Runs on the writer thread, in the batch transaction."""
     sender = (send.sender_user_id, send.sender_device_id, send.client_message_id)
     # Lock the recipient's device rows first: the device set and the queue
@@ -521,6 +549,11 @@ def _commit_send(connection: Connection, send: NewSend,
         "UPDATE devices SET queue_depth = queue_depth + 1"
         " WHERE user_id = %s AND device_id = ANY(%s)",
         (send.recipient_user_id, sorted(payloads)))
+    # NOTIFY fires on commit only: the node holding a recipient wakes once the
+    # envelopes are readable, never for a send that rolled back.
+    notify_recipient_nodes(connection, user_id=send.recipient_user_id,
+                           device_ids=sorted(payloads), now=send.accepted_at,
+                           skip_channel=skip_channel)
     # The record lives as long as the envelopes it guards against duplicating.
     connection.execute(
         "INSERT INTO idempotency_records (sender_user_id, sender_device_id, client_message_id,"

@@ -1,0 +1,304 @@
+"""This relay node's part in a cluster of nodes sharing one PostgreSQL store.
+
+* Presence: on authentication a device is claimed for this node (a row in
+  ``presence`` with a lease renewed every ``LEASE_RENEW_INTERVAL_S``); the
+  previous holder, if another node, is told to close its connection (REPLACED).
+* Wake-ups: one dedicated psycopg connection LISTENs on this node's channel;
+  trio waits on its socket (``trio.lowlevel.wait_readable``: psycopg's async
+  API needs asyncio). A notification only wakes a pump, which re-reads the
+  store after its cursor. After the listening connection is lost and comes
+  back, every local pump re-reads (whatever committed meanwhile went unheard).
+* Local delivery: ``ClusterPresence`` wakes pumps instead of handing them
+  envelopes from memory, because a live envelope from this node could
+  overtake an older one committed by another node for the same device (ids
+  are commit-ordered per device, so reading the store after the cursor is
+  always gap-free).
+
+The SQL lives in ``storage.postgres_presence``.
+"""
+
+from __future__ import annotations
+
+import functools
+import secrets
+import socket
+from collections.abc import Callable, Iterable
+from typing import Any, Protocol, TypeVar
+
+import psycopg
+import structlog
+import trio
+from psycopg import sql
+from psycopg_pool import ConnectionPool
+
+from relay.delivery import DeliveryPump, Presence
+from relay.frames import ErrorCode
+from storage.base import Envelope
+from storage.postgres import PostgresStore
+from storage.postgres_presence import (
+    NotificationKind,
+    claim_device,
+    current_schema,
+    forget_node,
+    node_channel,
+    parse_notification,
+    release_device,
+    renew_leases,
+)
+from storage.postgres_schema import Connection
+
+__all__ = [
+    "LEASE_MS",
+    "LEASE_RENEW_INTERVAL_S",
+    "ClusterNode",
+    "ClusterPresence",
+    "HeldSession",
+    "cluster_node_for",
+    "presence_for",
+]
+
+log = structlog.get_logger("relay.cluster")
+
+T = TypeVar("T")
+DeviceKey = tuple[str, int]
+
+LEASE_MS = 30_000
+"""A presence row is trusted this long after its last renewal: a dead node's
+devices stop being notified on its behalf within 30 s (they reconnect elsewhere
+long before, as soon as their connection times out)."""
+
+LEASE_RENEW_INTERVAL_S = 10.0
+"""Renewal period: a third of the lease, so one slow or failed renewal loses nothing."""
+
+RECONNECT_DELAYS_S = (0.1, 0.5, 1.0, 2.0, 5.0)
+"""Waits between attempts to get the listening connection back (then 5 s each)."""
+
+PRESENCE_POOL_SIZE = 2
+"""Connections for claims, releases and renewals (short transactions)."""
+
+CONNECT_TIMEOUT_S = 10
+"""Seconds to wait for PostgreSQL when connecting."""
+
+KEEPALIVE = {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5,
+             "keepalives_count": 3}
+"""TCP keepalives on the listening connection: it only ever reads, so without
+them a silently dropped connection (PostgreSQL failover) would go unnoticed."""
+
+
+class HeldSession(Protocol):
+    """What the cluster needs from a device session."""
+
+    def close(self, code: ErrorCode, reason: str) -> None: ...
+
+
+class ClusterPresence(Presence):
+    """``Presence`` whose pumps always read the store (see module docstring)."""
+
+    def offer(self, envelopes: tuple[Envelope, ...]) -> None:
+        self.wake_devices({(envelope.recipient_user_id, envelope.recipient_device_id)
+                           for envelope in envelopes})
+
+    def wake_devices(self, devices: Iterable[DeviceKey]) -> None:
+        for device in devices:
+            pump = self.pump(device)
+            if pump is not None:
+                pump.wake()
+
+    def pump(self, device: DeviceKey) -> DeliveryPump | None:
+        return self._pumps.get(device)
+
+    def wake_all(self) -> None:
+        for pump in list(self._pumps.values()):
+            pump.wake()
+
+
+class ClusterNode:
+    """Presence, leases and wake-ups for one node. Start with ``run``."""
+
+    def __init__(self, *, dsn: str, node_name: str, store: PostgresStore,
+                 presence: ClusterPresence, now_ms: Callable[[], int]) -> None:
+        self._dsn = dsn
+        self.node_name = node_name
+        self._store = store
+        self._presence = presence
+        self._now_ms = now_ms
+        self.channel = ""
+        self._pool: ConnectionPool[Connection] | None = None
+        self._held: dict[DeviceKey, tuple[str, HeldSession]] = {}
+        self._nursery: trio.Nursery | None = None
+        self.listening = trio.Event()
+        self.notifications = 0
+        self.listen_reconnections = 0
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                  ) -> None:
+        """Listen and renew leases until cancelled; forget this node's presence on exit."""
+        self._pool = await trio.to_thread.run_sync(self._open_pool)
+        try:
+            self.channel = await self._in_transaction(_channel_of, self.node_name)
+            # Rows left by an earlier run of this node name hold nobody now.
+            await self._in_transaction(functools.partial(forget_node, channel=self.channel))
+            listener = await self._connect_listener()
+            self._store.node_channel = self.channel
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                nursery.start_soon(self._listen, listener)
+                nursery.start_soon(self._renew_leases)
+                log.info("cluster_node_ready", node=self.node_name)
+                task_status.started()
+        finally:
+            with trio.CancelScope(shield=True):
+                await self._shut_down()
+
+    # -- presence ----------------------------------------------------------------
+
+    async def claim(self, device: DeviceKey, session: HeldSession) -> None:
+        """Make ``session`` the device's holder, cluster-wide, before its pump starts."""
+        token = secrets.token_hex(16)
+        previous = await self._in_transaction(functools.partial(
+            claim_device, user_id=device[0], device_id=device[1], node_name=self.node_name,
+            channel=self.channel, session_token=token,
+            expires_at=self._now_ms() + LEASE_MS))
+        self._held[device] = (token, session)
+        if previous is not None and previous.channel != self.channel:
+            log.info("device_taken_over", from_node=previous.node_name)
+
+    def release(self, device: DeviceKey, session: HeldSession) -> None:
+        """The session ended: forget its presence (unless a newer one holds the device)."""
+        held = self._held.get(device)
+        if held is None or held[1] is not session:
+            return
+        del self._held[device]
+        if self._nursery is not None:
+            self._nursery.start_soon(self._release, device, held[0])
+
+    async def _release(self, device: DeviceKey, token: str) -> None:
+        try:
+            await self._in_transaction(functools.partial(
+                release_device, user_id=device[0], device_id=device[1], session_token=token))
+        except psycopg.Error as error:  # the lease expires on its own
+            log.warning("presence_release_failed", error=type(error).__name__)
+
+    async def _renew_leases(self) -> None:
+        while True:
+            await trio.sleep(LEASE_RENEW_INTERVAL_S)
+            try:
+                await self._in_transaction(functools.partial(
+                    renew_leases, channel=self.channel, expires_at=self._now_ms() + LEASE_MS))
+            except psycopg.Error as error:
+                log.warning("lease_renewal_failed", error=type(error).__name__)
+
+    # -- wake-ups ------------------------------------------------------------------
+
+    async def _connect_listener(self) -> Connection:
+        def connect() -> Connection:
+            dsn = psycopg.conninfo.make_conninfo(self._dsn, **KEEPALIVE)
+            connection = psycopg.connect(dsn, autocommit=True,
+                                         connect_timeout=CONNECT_TIMEOUT_S)
+            connection.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self.channel)))
+            return connection
+        connection = await trio.to_thread.run_sync(connect)
+        self.listening.set()
+        return connection
+
+    async def _listen(self, connection: Connection) -> None:
+        attempt = 0
+        while True:
+            try:
+                await self._receive(connection)
+            except psycopg.Error as error:
+                log.warning("listen_connection_lost", error=type(error).__name__)
+            finally:
+                self.listening = trio.Event()
+                connection.close()
+            while True:
+                delay = RECONNECT_DELAYS_S[min(attempt, len(RECONNECT_DELAYS_S) - 1)]
+                attempt += 1
+                await trio.sleep(delay)
+                try:
+                    connection = await self._connect_listener()
+                except psycopg.Error as error:
+                    log.warning("listen_reconnect_failed", error=type(error).__name__)
+                    continue
+                break
+            attempt = 0
+            self.listen_reconnections += 1
+            log.info("listen_connection_restored")
+            # Listening again: anything committed while deaf is now in the
+            # store, and anything committed from now on notifies us.
+            self._presence.wake_all()
+
+    async def _receive(self, connection: Connection) -> None:
+        pgconn = connection.pgconn
+        while True:
+            await trio.lowlevel.wait_readable(connection.fileno())
+            pgconn.consume_input()  # raises OperationalError once the connection is gone
+            while (notify := pgconn.notifies()) is not None:
+                self.notifications += 1
+                self._handle(notify.extra.decode("utf-8", errors="replace"))
+
+    def _handle(self, payload: str) -> None:
+        notification = parse_notification(payload)
+        if notification is None:
+            log.warning("unknown_notification_ignored")
+            return
+        device = (notification.user_id, notification.device_id)
+        if notification.kind is NotificationKind.WAKE:
+            self._presence.wake_devices((device,))
+            return
+        held = self._held.get(device)
+        if held is not None and secrets.compare_digest(held[0],
+                                                       notification.session_token or ""):
+            del self._held[device]
+            held[1].close(ErrorCode.REPLACED, "this device connected to another relay node")
+
+    # -- plumbing --------------------------------------------------------------------
+
+    def _open_pool(self) -> ConnectionPool[Connection]:
+        pool: ConnectionPool[Connection] = ConnectionPool(
+            self._dsn, min_size=1, max_size=PRESENCE_POOL_SIZE, open=False,
+            name="cluster-presence", kwargs={"connect_timeout": CONNECT_TIMEOUT_S})
+        pool.open(wait=True, timeout=CONNECT_TIMEOUT_S)
+        return pool
+
+    async def _in_transaction(self, work: Callable[..., T], *args: Any) -> T:
+        pool = self._pool
+        assert pool is not None
+
+        def run() -> T:
+            with pool.connection(timeout=CONNECT_TIMEOUT_S) as connection, \
+                    connection.transaction():
+                return work(connection, *args)
+        return await trio.to_thread.run_sync(run)
+
+    async def _shut_down(self) -> None:
+        self._store.node_channel = None
+        pool = self._pool
+        if pool is None:
+            return
+        if self.channel:
+            try:
+                await self._in_transaction(functools.partial(forget_node,
+                                                             channel=self.channel))
+            except psycopg.Error as error:  # the leases expire on their own
+                log.warning("presence_forget_failed", error=type(error).__name__)
+        await trio.to_thread.run_sync(pool.close)
+
+
+def _channel_of(connection: Connection, node_name: str) -> str:
+    return node_channel(current_schema(connection), node_name)
+
+
+def presence_for(store: object) -> Presence:
+    """The ``Presence`` a relay on ``store`` needs (``ClusterPresence`` on PostgreSQL)."""
+    return ClusterPresence() if isinstance(store, PostgresStore) else Presence()
+
+
+def cluster_node_for(*, store: object, presence: Presence, dsn: str | None,
+                     node_name: str | None, now_ms: Callable[[], int]) -> ClusterNode | None:
+    """This node's ``ClusterNode`` on a PostgreSQL store; None on SQLite (one node)."""
+    if not isinstance(store, PostgresStore):
+        return None
+    assert isinstance(presence, ClusterPresence) and dsn is not None
+    return ClusterNode(dsn=dsn, node_name=node_name or socket.gethostname(), store=store,
+                       presence=presence, now_ms=now_ms)
