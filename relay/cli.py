@@ -91,6 +91,10 @@ def serve_command(
                  f"[default: {DEFAULT_MAX_QUEUE_DEPTH}].", min=1)] = None,
         metrics_listen: Annotated[str | None, typer.Option(
             help="TCP HOST:PORT for /metrics, /healthz, /readyz (internal).")] = None,
+        store: StoreOption = None,
+        node_name: Annotated[str | None, typer.Option(
+            help="This node's name, unique in a PostgreSQL cluster [default: host name].")]
+        = None,
         set_: Annotated[list[str] | None, typer.Option(
             "--set", help="Any setting, FIELD=VALUE (repeatable).")] = None) -> None:
     """Run the relay until SIGTERM or SIGINT (SIGHUP reloads the TLS certificate).
@@ -110,18 +114,32 @@ def serve_command(
         flags["envelope_ttl_ms"] = int(envelope_ttl_days * 86_400_000)
     named = {"data_dir": data_dir, "cert": cert, "key": key, "log_format": log_format,
              "retry": retry, "max_queue_depth": max_queue_depth,
-             "metrics_listen": metrics_listen}
+             "metrics_listen": metrics_listen, "store": store, "node_name": node_name}
     flags.update({name: value for name, value in named.items() if value is not None})
     try:
         loaded = load_config(config_file=config, environ=os.environ, flags=flags)
     except ConfigError as error:
         _fail(str(error))
         raise  # unreachable: _fail exits
+    try:
+        parse_store_url(loaded.settings.store, data_dir=loaded.settings.data_dir)
+    except ValueError as error:
+        _fail(f"store: {error}")
     configure_logging(loaded.settings.log_format, loaded.settings.log_level)
     try:
         run_until_signalled(loaded)
-    except OSError as error:
+    except (OSError, psycopg.OperationalError) as error:
         _fail(f"cannot start: {error}")
+    except ExceptionGroup as group:  # raised from inside serve's nursery
+        unreachable, _ = group.split((OSError, psycopg.OperationalError))
+        if unreachable is None:
+            raise
+        _fail(f"cannot start: {_first_leaf(unreachable)}")
+
+
+def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    first = group.exceptions[0]
+    return _first_leaf(first) if isinstance(first, BaseExceptionGroup) else first
 
 
 @admin_app.callback()
