@@ -59,7 +59,8 @@ MAX_SKIPPED_MESSAGES_PER_CHAIN = 1000
 flight, and each skip costs a stored key, so a forged huge counter cannot exhaust us."""
 MAX_STORED_SKIPPED_KEYS = 2000
 """Skipped keys kept per session at most (as libsignal); past it the oldest are dropped and
-those late messages become undecryptable (`DuplicateMessageError`)."""
+those late messages are refused (`DuplicateMessageError` in the current chain, otherwise
+`DecryptionError`)."""
 MAX_MESSAGE_NUMBER = 2**32 - 1  # Header counters are 4 bytes.
 
 ROOT_INFO = b"cryptopass/1 ratchet root"
