@@ -58,10 +58,10 @@ from storage.base import (
     UserState,
 )
 from storage.group_commit import GroupCommitWriter, Outcome, WriteOperation
-from storage.prekey_records import ClaimedBundle, PrekeyCounts, PrekeyUpload
-from storage.prekey_sql import POSTGRES, claim_bundles, prekey_counts, store_prekeys
 from storage.postgres_presence import notify_recipient_nodes
 from storage.postgres_schema import Connection, SchemaVersionTooNew, apply_migrations
+from storage.prekey_records import ClaimedBundle, PrekeyCounts, PrekeyUpload
+from storage.prekey_sql import POSTGRES, claim_bundles, prekey_counts, store_prekeys
 from storage.sqlite_schema import (
     device_from_row,
     envelope_from_row,

@@ -25,6 +25,7 @@ from typing import Any
 
 import psycopg
 
+from storage.prekey_sql import POSTGRES_PREKEY_TABLES
 from storage.sqlite_schema import Migration, SchemaVersionTooNew
 
 __all__ = [
@@ -153,7 +154,10 @@ _VERSION_2 = Migration(
     ),
 )
 
-MIGRATIONS: tuple[Migration, ...] = (_VERSION_1, _VERSION_2)
+# Prekeys: the signed and last-resort prekey of each device, and its one-time pools.
+_VERSION_3 = Migration(version=3, statements=POSTGRES_PREKEY_TABLES)
+
+MIGRATIONS: tuple[Migration, ...] = (_VERSION_1, _VERSION_2, _VERSION_3)
 """Every migration, oldest first; versions are consecutive from 1."""
 
 LATEST_SCHEMA_VERSION = MIGRATIONS[-1].version

@@ -38,6 +38,8 @@ from storage.base import (
     UserState,
 )
 from storage.group_commit import GroupCommitWriter
+from storage.prekey_records import ClaimedBundle, PrekeyCounts, PrekeyUpload
+from storage.prekey_sql import SQLITE, claim_bundles, prekey_counts, store_prekeys
 from storage.sqlite_schema import (
     SchemaVersionTooNew,
     apply_migrations,
@@ -416,6 +418,25 @@ class SqliteStore:
                 (now, limit))
             return len(expired)
         return await self._write(work)
+
+
+    # -- prekeys (the SQL is shared with PostgreSQL: storage.prekey_sql) --------
+
+    async def store_prekeys(self, *, user_id: str, device_id: int, upload: PrekeyUpload,
+                            now: int, max_pool_size: int) -> PrekeyCounts:
+        return await self._write(lambda connection: store_prekeys(
+            connection, SQLITE, user_id=user_id, device_id=device_id, upload=upload, now=now,
+            max_pool_size=max_pool_size))
+
+    async def prekey_counts(self, *, user_id: str, device_id: int) -> PrekeyCounts:
+        return await self._readers.run(lambda connection: prekey_counts(
+            connection, SQLITE, user_id=user_id, device_id=device_id))
+
+    async def claim_bundles(self, *, user_id: str,
+                            device_ids: Sequence[int] | None) -> list[ClaimedBundle]:
+        wanted = None if device_ids is None else tuple(device_ids)
+        return await self._write(lambda connection: claim_bundles(
+            connection, SQLITE, user_id=user_id, device_ids=wanted))
 
 
 def _commit_send(connection: sqlite3.Connection, send: NewSend,

@@ -22,6 +22,7 @@ from storage.base import (
     User,
     UserState,
 )
+from storage.prekey_sql import SQLITE_PREKEY_TABLES
 
 __all__ = [
     "LATEST_SCHEMA_VERSION",
@@ -166,7 +167,10 @@ _VERSION_1 = Migration(
     ),
 )
 
-MIGRATIONS: tuple[Migration, ...] = (_VERSION_1,)
+# Prekeys: the signed and last-resort prekey of each device, and its one-time pools.
+_VERSION_2 = Migration(version=2, statements=SQLITE_PREKEY_TABLES)
+
+MIGRATIONS: tuple[Migration, ...] = (_VERSION_1, _VERSION_2)
 """Every migration, oldest first; versions are consecutive from 1."""
 
 LATEST_SCHEMA_VERSION = MIGRATIONS[-1].version

@@ -693,6 +693,9 @@ async def _check_queue_depth_invariant(store: Store, operations: list[tuple[Any,
             assert depth <= 4
 
 
+# The prekey methods' tests join this suite (that module imports the helpers above).
+from tests.prekey_conformance import *  # noqa: E402, F403
+
 # What ``import *`` hands a backend module: the fixture and every test.
 # Built from the names so that a new test cannot be forgotten here.
 __all__ = ["store", *sorted(name for name in dict(globals()) if name.startswith("test_"))]  # noqa: PLE0604
