@@ -108,6 +108,8 @@ class RelayContext:
         default_factory=lambda: TokenBucket(capacity=LOOKUPS_PER_MINUTE, period_ms=60_000))
     sessions: dict[tuple[str, int], DeviceSession] = field(default_factory=dict)
     endpoint: QuicEndpoint | None = None
+    operations_address: tuple[str, int] | None = None
+    """Where /metrics, /healthz and /readyz are served (None: not served)."""
     cluster: ClusterNode | None = None
     """This node's presence and wake-ups when several nodes share PostgreSQL."""
 
@@ -224,8 +226,9 @@ async def serve(settings: RelaySettings, *,
                 if settings.metrics_listen is not None:
                     from relay.operations_http import serve_operations_http  # noqa: PLC0415
 
-                    await nursery.start(serve_operations_http, settings.metrics_listen, context,
-                                        relay_registry(context, dispatcher.outcomes))
+                    context.operations_address = await nursery.start(
+                        serve_operations_http, settings.metrics_listen, context,
+                        relay_registry(context, dispatcher.outcomes))
                 address = endpoint.local_address
                 log.info("relay_listening", host=address[0], port=address[1])
                 task_status.started(RunningRelay(address=(address[0], address[1]),
