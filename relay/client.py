@@ -47,6 +47,22 @@ from relay.frames import (
     auth_transcript,
     encode_frame,
 )
+from relay.prekey_frames import (
+    Bundle,
+    DeviceBundle,
+    DeviceInfo,
+    DeviceList,
+    FetchBundle,
+    GetPrekeyCounts,
+    KemPrekey,
+    ListDevices,
+    OneTimePrekey,
+    PrekeyCounts,
+    PrekeysLow,
+    PrekeysUploaded,
+    SignedPrekey,
+    UploadPrekeys,
+)
 from relay.protocol import ClientProtocol, PushReceived, ResponseReceived, StreamFailed
 from relay.quic import QuicEndpoint, QuicLink, open_udp_socket
 
@@ -110,6 +126,8 @@ class RelayClient:
         self._closed: ConnectionClosed | None = None
         self._pushes: deque[Delivery] = deque()
         self._push_event = trio.Event()
+        self._prekeys_low: deque[PrekeysLow] = deque()
+        self._prekeys_low_event = trio.Event()
         self._send_stream: int | None = None
         self._ack_stream: int | None = None
         self._pending_acks: list[int] = []
@@ -144,6 +162,9 @@ class RelayClient:
             if isinstance(event.frame, Deliver | QueueEmpty):
                 self._pushes.append(event.frame)
                 self._push_event.set()
+            elif isinstance(event.frame, PrekeysLow):
+                self._prekeys_low.append(event.frame)
+                self._prekeys_low_event.set()
         elif isinstance(event, StreamFailed):
             queue = self._waiters.pop(event.stream_id, deque())
             for waiter in queue:
@@ -159,6 +180,7 @@ class RelayClient:
                 waiter.done.set()
         self._waiters.clear()
         self._push_event.set()
+        self._prekeys_low_event.set()
 
     # -- requests --------------------------------------------------------------------
 
@@ -206,6 +228,57 @@ class RelayClient:
         answer = await self.request(Lookup(phones=tuple(phones)))
         assert isinstance(answer, LookupResult)
         return list(answer.entries)
+
+    # -- prekeys (PROTOCOL.md "Prekeys") -----------------------------------------------
+
+    async def upload_prekeys(self, *, signed_prekey: SignedPrekey | None = None,
+                             kem_last_resort_prekey: KemPrekey | None = None,
+                             one_time_prekeys: Sequence[OneTimePrekey] = (),
+                             kem_one_time_prekeys: Sequence[KemPrekey] = ()) -> PrekeysUploaded:
+        """Publish this device's prekeys (at most MAX_PREKEYS_PER_UPLOAD per one-time kind).
+
+        Raises:
+            RelayError: INVALID_PREKEY_SIGNATURE or PREKEY_POOL_FULL (nothing was stored).
+        """
+        answer = await self.request(UploadPrekeys(
+            signed_prekey=signed_prekey, kem_last_resort_prekey=kem_last_resort_prekey,
+            one_time_prekeys=tuple(one_time_prekeys),
+            kem_one_time_prekeys=tuple(kem_one_time_prekeys)))
+        assert isinstance(answer, PrekeysUploaded)
+        return answer
+
+    async def fetch_bundle(self, user_id: str,
+                           device_ids: Sequence[int] = ()) -> list[DeviceBundle]:
+        """Claim a bundle per current device of ``user_id`` (only ``device_ids`` if given;
+        never this device itself). Verify every signature before using a bundle.
+
+        Raises:
+            RelayError: UNKNOWN_RECIPIENT, or RATE_LIMITED.
+        """
+        answer = await self.request(FetchBundle(user_id=user_id, device_ids=tuple(device_ids)))
+        assert isinstance(answer, Bundle)
+        return list(answer.bundles)
+
+    async def prekey_counts(self) -> PrekeyCounts:
+        """How many prekeys the relay holds for this device."""
+        answer = await self.request(GetPrekeyCounts())
+        assert isinstance(answer, PrekeyCounts)
+        return answer
+
+    async def list_devices(self, user_id: str | None = None) -> list[DeviceInfo]:
+        """The current devices of ``user_id`` (by default this device's own user)."""
+        answer = await self.request(ListDevices(user_id=user_id))
+        assert isinstance(answer, DeviceList)
+        return list(answer.devices)
+
+    async def next_prekeys_low(self) -> PrekeysLow:
+        """Wait for the relay to say a one-time pool of this device runs low."""
+        while not self._prekeys_low:
+            if self._closed is not None:
+                raise self._closed
+            await self._prekeys_low_event.wait()
+            self._prekeys_low_event = trio.Event()
+        return self._prekeys_low.popleft()
 
     async def send(self, recipient_user_id: str, payloads: Mapping[int, bytes], *,
                    client_message_id: int) -> bool:

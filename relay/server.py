@@ -8,6 +8,7 @@ with GOING_AWAY, lets submitted commits finish and closes the store.
 from __future__ import annotations
 
 import datetime
+import functools
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -25,6 +26,7 @@ from relay.control import serve_control_socket
 from relay.delivery import CommitPipeline, Presence
 from relay.frames import ALPN, ErrorCode
 from relay.limits import LOOKUPS_PER_MINUTE, TokenBucket
+from relay.prekeys import PrekeyService
 from relay.quic import QuicEndpoint, QuicLink, open_udp_socket
 from relay.session import DeviceSession
 from relay.settings import RelaySettings
@@ -118,6 +120,11 @@ class RelayContext:
         await trio.lowlevel.checkpoint()
         if self.endpoint is not None:
             await self.endpoint.drain()
+
+    @functools.cached_property
+    def prekeys(self) -> PrekeyService:
+        """The prekey service (relay/prekeys.py), with its per-node fetch limits."""
+        return PrekeyService(self)
 
     def attach(self, session: DeviceSession) -> None:
         """Register an authenticated session; an older one of the same device is closed."""

@@ -48,6 +48,7 @@ from relay.frames import (
     SendAccepted,
     encode_frame,
 )
+from relay.prekey_frames import FetchBundle, GetPrekeyCounts, ListDevices, UploadPrekeys
 from relay.protocol import (
     AuthenticationRequested,
     ConnectionState,
@@ -102,6 +103,7 @@ class DeviceSession:
         self._ended_by_peer: set[int] = set()
         self._pump: DeliveryPump | None = None
         self._pump_scope: trio.CancelScope | None = None
+        self._push_stream: int | None = None
         self.device: tuple[str, int] | None = None
         self._log = log.bind(connection_id=link.connection_id)
         relay.metrics.connections_opened += 1
@@ -149,6 +151,9 @@ class DeviceSession:
             self._spawn(stream_id, slot, self._lookup(frame))
         elif isinstance(frame, Ack):
             self._spawn(stream_id, slot, self._acknowledge(frame))
+        elif isinstance(frame, UploadPrekeys | FetchBundle | GetPrekeyCounts | ListDevices):
+            assert self.device is not None  # the state table allows them only when authenticated
+            self._spawn(stream_id, slot, self._relay.prekeys.handle(self.device, frame))
         else:  # the core's state table lets nothing else through
             self._fill(stream_id, slot, _error(ErrorCode.UNEXPECTED_FRAME,
                                                f"{type(frame).__name__} is not a request"))
@@ -259,8 +264,14 @@ class DeviceSession:
         self._relay.nursery.start_soon(close_once_sent)
         return _error(code, reason)
 
+    def push(self, data: bytes) -> None:
+        """Write an encoded push frame (not a DELIVER) on this device's push stream."""
+        if self._push_stream is not None and not self._link.closed.is_set():
+            self._link.send_stream_data(self._push_stream, data)
+
     def _start_pump(self) -> None:
         stream_id = self._link.new_stream(unidirectional=True)
+        self._push_stream = stream_id
         assert self.device is not None
         pump = DeliveryPump(store=self._relay.store, device=self.device,
                             write=lambda data: self._link.send_stream_data(stream_id, data),

@@ -1,0 +1,233 @@
+"""The relay's prekey service: uploads, bundle claims, counts, device lists, low-pool pushes.
+
+Each handler takes the authenticated device and its request and returns the encoded answer;
+the session writes it on the request's stream. What the relay promises (PROTOCOL.md
+"Prekeys", DESIGN.md invariants 4 and 5): every signature is verified against the device's
+stored identity key before anything is stored, and an upload is stored whole or not at all;
+a one-time prekey is handed out at most once (``Store.claim_bundles``); fetches are rate-limited
+per requester and target, so no one can drain a user's pools.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+import structlog
+
+from crypto.prekey_format import PrekeyKind, verify_prekey_signature
+from relay.frames import Error, ErrorCode, encode_frame
+from relay.limits import TokenBucket
+from relay.prekey_frames import (
+    Bundle,
+    DeviceBundle,
+    DeviceInfo,
+    DeviceList,
+    FetchBundle,
+    GetPrekeyCounts,
+    KemPrekey,
+    ListDevices,
+    OneTimePrekey,
+    PrekeyCounts,
+    PrekeysLow,
+    PrekeysUploaded,
+    SignedPrekey,
+    UploadPrekeys,
+)
+from storage.base import Device, NotFound, OrganisationState, UserState
+from storage.prekey_records import ClaimedBundle, Prekey, PrekeyPoolFull, PrekeyUpload
+from storage.prekey_records import PrekeyCounts as StoredCounts
+
+if TYPE_CHECKING:
+    from relay.server import RelayContext
+
+__all__ = [
+    "BUNDLE_FETCHES_PER_TARGET",
+    "BUNDLE_FETCH_PERIOD_MS",
+    "MAX_ONE_TIME_PREKEYS_PER_DEVICE",
+    "PREKEYS_LOW_THRESHOLD",
+    "PrekeyRequest",
+    "PrekeyService",
+]
+
+log = structlog.get_logger("relay.prekeys")
+
+BUNDLE_FETCHES_PER_TARGET = 20
+"""Bundle fetches one device may make for one target user per period: a client fetches when it
+starts a session or the target adds a device; more would only drain the target's one-time pools."""
+BUNDLE_FETCH_PERIOD_MS = 60 * 60 * 1000
+"""The period over which BUNDLE_FETCHES_PER_TARGET refills (one hour)."""
+MAX_ONE_TIME_PREKEYS_PER_DEVICE = 1000
+"""One-time keys of each kind the relay keeps per device: ten full uploads, ~1.6 MB of KEM keys;
+a bound on what one device can make the relay store."""
+PREKEYS_LOW_THRESHOLD = 10
+"""Below this many one-time keys of a kind after a claim, the device is told to upload more."""
+
+PrekeyRequest = UploadPrekeys | FetchBundle | GetPrekeyCounts | ListDevices
+
+
+def _error(code: ErrorCode, reason: str) -> bytes:
+    return encode_frame(Error(code=code, reason=reason))
+
+
+def _counts_answer(answer: type[PrekeyCounts | PrekeysUploaded], counts: StoredCounts) -> bytes:
+    return encode_frame(answer(one_time=counts.one_time, kem_one_time=counts.kem_one_time,
+                               signed_prekey_id=counts.signed_prekey_id,
+                               kem_last_resort_prekey_id=counts.kem_last_resort_prekey_id))
+
+
+def _first_bad_signature(identity_key: bytes, frame: UploadPrekeys) -> str | None:
+    """Name the first signed key whose signature does not verify, or None."""
+    signed: list[tuple[PrekeyKind, SignedPrekey | KemPrekey]] = []
+    if frame.signed_prekey is not None:
+        signed.append((PrekeyKind.SIGNED, frame.signed_prekey))
+    if frame.kem_last_resort_prekey is not None:
+        signed.append((PrekeyKind.KEM_LAST_RESORT, frame.kem_last_resort_prekey))
+    signed.extend((PrekeyKind.KEM_ONE_TIME, key) for key in frame.kem_one_time_prekeys)
+    for kind, key in signed:
+        if not verify_prekey_signature(identity_key, kind, key.key_id, key.public_key,
+                                       key.signature):
+            return f"the {kind.value} prekey {key.key_id}"
+    return None
+
+
+def _stored(key: SignedPrekey | KemPrekey | OneTimePrekey) -> Prekey:
+    return Prekey(key_id=key.key_id, public_key=key.public_key,
+                  signature=None if isinstance(key, OneTimePrekey) else key.signature)
+
+
+def _device_bundle(claimed: ClaimedBundle) -> DeviceBundle:
+    def signed(key: Prekey | None) -> SignedPrekey | None:
+        if key is None or key.signature is None:
+            return None
+        return SignedPrekey(key_id=key.key_id, public_key=key.public_key,
+                            signature=key.signature)
+
+    def kem(key: Prekey | None) -> KemPrekey | None:
+        if key is None or key.signature is None:
+            return None
+        return KemPrekey(key_id=key.key_id, public_key=key.public_key, signature=key.signature)
+
+    one_time = claimed.one_time_prekey
+    return DeviceBundle(
+        device_id=claimed.device.device_id, identity_key=claimed.device.identity_key,
+        signed_prekey=signed(claimed.signed_prekey),
+        one_time_prekey=None if one_time is None else OneTimePrekey(
+            key_id=one_time.key_id, public_key=one_time.public_key),
+        kem_prekey=kem(claimed.kem_prekey), kem_one_time=claimed.kem_one_time)
+
+
+def _ran_low(claimed: ClaimedBundle) -> bool:
+    """A pool this claim took from is now below the threshold."""
+    took_one_time = claimed.one_time_prekey is not None
+    took_kem = claimed.kem_one_time
+    return ((took_one_time and claimed.remaining.one_time < PREKEYS_LOW_THRESHOLD)
+            or (took_kem and claimed.remaining.kem_one_time < PREKEYS_LOW_THRESHOLD))
+
+
+class PrekeyService:
+    """One per relay; its rate limits are per node (like the look-up limit)."""
+
+    def __init__(self, relay: RelayContext) -> None:
+        self._relay = relay
+        self.bundle_limiter = TokenBucket(capacity=BUNDLE_FETCHES_PER_TARGET,
+                                          period_ms=BUNDLE_FETCH_PERIOD_MS)
+
+    async def handle(self, device: tuple[str, int], frame: PrekeyRequest) -> bytes:
+        """Answer one prekey request of the authenticated ``device``."""
+        if isinstance(frame, UploadPrekeys):
+            return await self._upload(device, frame)
+        if isinstance(frame, FetchBundle):
+            return await self._fetch_bundle(device, frame)
+        if isinstance(frame, GetPrekeyCounts):
+            return await self._counts(device)
+        return await self._list_devices(device, frame)
+
+    async def _upload(self, device: tuple[str, int], frame: UploadPrekeys) -> bytes:
+        store = self._relay.store
+        principal = await store.load_principal(*device)
+        if principal is None:
+            return _error(ErrorCode.DEVICE_REVOKED, "this device was revoked")
+        bad = _first_bad_signature(principal.device.identity_key, frame)
+        if bad is not None:
+            log.info("prekey_upload_refused", reason="bad_signature")
+            return _error(ErrorCode.INVALID_PREKEY_SIGNATURE,
+                          f"the signature of {bad} does not verify with this device's "
+                          "identity key; nothing was stored")
+        upload = PrekeyUpload(
+            signed_prekey=None if frame.signed_prekey is None else _stored(frame.signed_prekey),
+            kem_last_resort_prekey=None if frame.kem_last_resort_prekey is None
+            else _stored(frame.kem_last_resort_prekey),
+            one_time_prekeys=tuple(map(_stored, frame.one_time_prekeys)),
+            kem_one_time_prekeys=tuple(map(_stored, frame.kem_one_time_prekeys)))
+        try:
+            counts = await store.store_prekeys(
+                user_id=device[0], device_id=device[1], upload=upload, now=self._relay.now_ms(),
+                max_pool_size=MAX_ONE_TIME_PREKEYS_PER_DEVICE)
+        except PrekeyPoolFull as error:
+            return _error(ErrorCode.PREKEY_POOL_FULL, f"{error}; nothing was stored")
+        except NotFound:
+            return _error(ErrorCode.DEVICE_REVOKED, "this device was revoked")
+        log.info("prekeys_uploaded", one_time=counts.one_time, kem_one_time=counts.kem_one_time)
+        return _counts_answer(PrekeysUploaded, counts)
+
+    async def _counts(self, device: tuple[str, int]) -> bytes:
+        try:
+            counts = await self._relay.store.prekey_counts(user_id=device[0],
+                                                           device_id=device[1])
+        except NotFound:
+            return _error(ErrorCode.DEVICE_REVOKED, "this device was revoked")
+        return _counts_answer(PrekeyCounts, counts)
+
+    async def _reachable_devices(self, user_id: str) -> list[Device] | None:
+        """The user's current devices, or None if the user cannot be reached (as LOOKUP:
+        only enrolled users of active organisations)."""
+        store = self._relay.store
+        devices = await store.list_devices(user_id)
+        if not devices:
+            return None
+        principal = await store.load_principal(user_id, devices[0].device_id)
+        if (principal is None or principal.user.state is not UserState.ENROLLED
+                or principal.organisation.state is not OrganisationState.ACTIVE):
+            return None
+        return devices
+
+    async def _fetch_bundle(self, requester: tuple[str, int], frame: FetchBundle) -> bytes:
+        relay = self._relay
+        if not self.bundle_limiter.allow((requester, frame.user_id), 1, relay.now_ms()):
+            relay.metrics.rate_limited += 1
+            return _error(ErrorCode.RATE_LIMITED, "too many bundle fetches for this user; "
+                          "retry later")
+        devices = await self._reachable_devices(frame.user_id)
+        if devices is None:
+            return _error(ErrorCode.UNKNOWN_RECIPIENT, "no such user, or not reachable")
+        wanted = {device.device_id for device in devices}
+        if frame.device_ids:
+            wanted &= set(frame.device_ids)
+        if frame.user_id == requester[0]:
+            wanted.discard(requester[1])  # one's own device needs no session with itself
+        claimed = await relay.store.claim_bundles(user_id=frame.user_id,
+                                                  device_ids=sorted(wanted))
+        self._warn_low(frame.user_id, (bundle for bundle in claimed if _ran_low(bundle)))
+        return encode_frame(Bundle(user_id=frame.user_id,
+                                   bundles=tuple(map(_device_bundle, claimed))))
+
+    def _warn_low(self, user_id: str, low: Iterable[ClaimedBundle]) -> None:
+        """Tell each device whose pool ran low, if it is connected to this node."""
+        for claimed in low:
+            session = self._relay.sessions.get((user_id, claimed.device.device_id))
+            if session is not None:
+                session.push(encode_frame(PrekeysLow(
+                    one_time=claimed.remaining.one_time,
+                    kem_one_time=claimed.remaining.kem_one_time)))
+
+    async def _list_devices(self, requester: tuple[str, int], frame: ListDevices) -> bytes:
+        user_id = requester[0] if frame.user_id is None else frame.user_id
+        devices = await self._reachable_devices(user_id)
+        if devices is None:
+            if user_id == requester[0]:
+                return _error(ErrorCode.DEVICE_REVOKED, "this device was revoked")
+            return _error(ErrorCode.UNKNOWN_RECIPIENT, "no such user, or not reachable")
+        return encode_frame(DeviceList(user_id=user_id, devices=tuple(
+            DeviceInfo(device_id=device.device_id, registered_at=device.registered_at)
+            for device in devices)))
