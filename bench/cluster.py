@@ -1,0 +1,256 @@
+"""Relay nodes as subprocesses on one store, and a benchmark across them.
+
+    .venv/bin/python -m bench.cluster --nodes 2 --store postgresql \\
+        [--postgres postgresql://postgres@127.0.0.1:5432/test] \\
+        [--messages 1000] [--size 256] [--mode pipelined|sequential] [--json]
+
+Device A is connected to node 1 and device B to the last node: with
+``--nodes 2`` every message crosses nodes (committed by node 1, woken on
+node 2 by NOTIFY, read from the store there). ``--nodes 1`` runs the same load
+on one node, on PostgreSQL or (``--store sqlite``) on SQLite. With PostgreSQL
+the run uses a fresh schema of the ``--postgres`` database, dropped afterwards.
+Latency and throughput are measured as in ``bench.loopback`` (same payload
+header, receiver, percentiles).
+
+``relay_node`` is also what the cluster tests use to run real nodes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+from urllib.parse import quote
+
+import psycopg
+import trio
+from psycopg import sql
+
+from bench.loopback import (
+    BIN,
+    ORGANISATION,
+    PHONE_A,
+    PHONE_B,
+    BenchResult,
+    Receiver,
+    Stats,
+    SubprocessRelay,
+    enrol,
+    percentile,
+    process_cpu_seconds,
+    self_cpu_seconds,
+    send_pipelined,
+    send_sequential,
+)
+from enrolment import admin
+from relay.client import RelayClient, connect_relay
+from storage.store_url import open_store, parse_store_url
+
+__all__ = ["ClusterConfig", "declare", "relay_node", "run_cluster_benchmark", "temporary_schema"]
+
+StoreKind = Literal["sqlite", "postgresql"]
+
+DEFAULT_POSTGRES = "postgresql://postgres@127.0.0.1:5432/test"
+STARTUP_TIMEOUT = 30.0
+"""Seconds a node may take to log relay_listening."""
+
+
+@asynccontextmanager
+async def relay_node(*, data_dir: Path, store: str | None, name: str,
+                     extra_args: Sequence[str] = ()) -> AsyncIterator[SubprocessRelay]:
+    """``cryptopass-relay serve`` on ``store`` as node ``name``; stopped (SIGTERM) on exit.
+
+    A test may SIGKILL it meanwhile (``node.process.kill()``).
+    """
+    data_dir.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 (once, before starting)
+    store_args = ["--store", store] if store is not None else []
+    process = await trio.lowlevel.open_process(
+        [str(BIN / "cryptopass-relay"), "serve", "--data-dir", str(data_dir),
+         "--listen", "127.0.0.1:0", "--node-name", name, *store_args, *extra_args],
+        stderr=subprocess.PIPE, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    node = SubprocessRelay(process=process, data_dir=data_dir)
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(node.follow_log)
+            listening = await node.wait_for("relay_listening")
+            node.port = int(listening["port"])
+            node.cert = data_dir / "tls" / "cert.pem"
+            try:
+                yield node
+            finally:
+                with trio.CancelScope(shield=True):
+                    if process.returncode is None:
+                        process.terminate()
+                    with trio.move_on_after(10):
+                        await process.wait()
+                nursery.cancel_scope.cancel()
+    finally:
+        if process.returncode is None:
+            process.kill()
+            with trio.CancelScope(shield=True):
+                await process.wait()
+
+
+def connect(node: SubprocessRelay) -> AbstractAsyncContextManager[RelayClient]:
+    return connect_relay(node.host, node.port, ca=node.cert, server_name="localhost")
+
+
+async def declare(store_url: str | None, data_dir: Path, phones: Sequence[str], *,
+                  organisation: str = ORGANISATION) -> None:
+    """Create the organisation and declare the phones, as an operator would."""
+    async with open_store(parse_store_url(store_url, data_dir=data_dir)) as store:
+        await admin.create_organisation(store, organisation, max(10, len(phones)), 0)
+        for phone in phones:
+            await admin.declare_user(store, organisation, phone, 0)
+
+
+@contextmanager
+def temporary_schema(server_url: str) -> Iterator[str]:
+    """A fresh schema in the ``server_url`` database; yields a URL selecting it."""
+    schema = f"cryptopass_bench_{uuid.uuid4().hex}"
+    with psycopg.connect(server_url, autocommit=True) as connection:
+        connection.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
+        try:
+            separator = "&" if "?" in server_url else "?"
+            yield f"{server_url}{separator}options={quote(f'-csearch_path={schema}', safe='')}"
+        finally:
+            connection.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(
+                sql.Identifier(schema)))
+
+
+# --- The benchmark ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    nodes: int = 2
+    store: StoreKind = "postgresql"
+    postgres: str = DEFAULT_POSTGRES
+    messages: int = 1000
+    size: int = 256
+    mode: Literal["pipelined", "sequential"] = "pipelined"
+    window: int = 64
+    timeout: float = 120.0
+
+
+async def run_cluster_benchmark(config: ClusterConfig) -> BenchResult:
+    if config.store == "sqlite" and config.nodes != 1:
+        raise ValueError("several nodes need --store postgresql")
+    with tempfile.TemporaryDirectory(prefix="cryptopass-cluster-") as tmp:
+        if config.store == "sqlite":
+            return await _run_nodes(config, None, Path(tmp))
+        with temporary_schema(config.postgres) as url:
+            return await _run_nodes(config, url, Path(tmp))
+
+
+async def _run_nodes(config: ClusterConfig, store_url: str | None, tmp: Path) -> BenchResult:
+    first_dir = tmp / "node-1"
+    first_dir.mkdir()
+    await declare(store_url, first_dir, (PHONE_A, PHONE_B))
+    async with relay_node(data_dir=first_dir, store=store_url, name="node-1") as first:
+        if config.nodes == 1:
+            return await _run(config, first, first)
+        async with relay_node(data_dir=tmp / "node-2", store=store_url,
+                              name="node-2") as second:
+            return await _run(config, first, second)
+
+
+async def _run(config: ClusterConfig, node_a: SubprocessRelay,
+               node_b: SubprocessRelay) -> BenchResult:
+    device_a = await enrol(node_a, PHONE_A)
+    device_b = await enrol(node_a, PHONE_B)
+    stats = Stats()
+    async with connect(node_a) as client_a, connect(node_b) as client_b, \
+            trio.open_nursery() as nursery:
+        await client_a.authenticate(device_a.user_id, device_a.device_id, device_a.key)
+        await client_b.authenticate(device_b.user_id, device_b.device_id, device_b.key)
+        receiver = Receiver(client_b, stats)
+        receiver.expected = config.messages
+        nursery.start_soon(receiver.run)
+        with trio.fail_after(STARTUP_TIMEOUT):
+            await receiver.backlog_drained.wait()
+        pids = {node.process.pid for node in (node_a, node_b)}
+        cpu_before = sum(process_cpu_seconds(pid) for pid in pids)
+        client_cpu_before = self_cpu_seconds()
+        started = time.perf_counter_ns()
+        with trio.move_on_after(config.timeout) as deadline:
+            if config.mode == "pipelined":
+                await send_pipelined(client_a, device_b, config.messages, config.size,
+                                     config.window, stats)
+            else:
+                await send_sequential(client_a, device_b, receiver, config.messages,
+                                      config.size, stats)
+            await receiver.complete.wait()
+        if deadline.cancelled_caught:
+            stats.error(f"timed out after {config.timeout} s")
+        with trio.move_on_after(5):
+            await client_b.settle()
+        cpu_after = sum(process_cpu_seconds(pid) for pid in pids)
+        client_cpu = self_cpu_seconds() - client_cpu_before
+        nursery.cancel_scope.cancel()
+    delivered = len(stats.latencies_ns)
+    seconds = ((stats.last_receipt_ns if delivered else time.perf_counter_ns()) - started) / 1e9
+    latencies_ms = [ns / 1e6 for ns in stats.latencies_ns]
+    latency = ({f"p{p}": round(percentile(latencies_ms, p), 3) for p in (50, 95, 99)}
+               if latencies_ms else {"p50": float("nan"), "p95": float("nan"),
+                                     "p99": float("nan")})
+    return BenchResult(
+        mode=config.mode, relay=f"{config.nodes} node(s), {config.store}", both_ways=False,
+        size=config.size, sent=config.messages, delivered=delivered,
+        seconds=round(seconds, 4),
+        messages_per_second=round(delivered / seconds, 1) if seconds > 0 else 0.0,
+        latency_ms=latency, errors=stats.errors,
+        server_cpu_us_per_message=(round((cpu_after - cpu_before) / delivered * 1e6, 1)
+                                   if delivered else None),
+        client_cpu_us_per_message=round(client_cpu / max(delivered, 1) * 1e6, 1),
+        duplicates=stats.duplicates, out_of_order=stats.out_of_order,
+        error_samples=stats.error_samples)
+
+
+def parse_args(argv: Sequence[str] | None = None) -> tuple[ClusterConfig, bool]:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.cluster",
+        description="A -> B through relay nodes sharing one store (B on the last node).")
+    parser.add_argument("--nodes", type=int, choices=(1, 2), default=2)
+    parser.add_argument("--store", choices=("sqlite", "postgresql"), default="postgresql")
+    parser.add_argument("--postgres", default=DEFAULT_POSTGRES,
+                        help="PostgreSQL database URL (a fresh schema is used in it)")
+    parser.add_argument("--messages", type=int, default=1000)
+    parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--mode", choices=("pipelined", "sequential"), default="pipelined")
+    parser.add_argument("--window", type=int, default=64)
+    parser.add_argument("--timeout", type=float, default=120.0)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+    if args.store == "sqlite" and args.nodes != 1:
+        parser.error("several nodes need --store postgresql")
+    if args.messages < 1 or args.window < 1 or args.size < 16:
+        parser.error("--messages and --window must be positive, --size at least 16")
+    return ClusterConfig(nodes=args.nodes, store=args.store, postgres=args.postgres,
+                         messages=args.messages, size=args.size, mode=args.mode,
+                         window=args.window, timeout=args.timeout), bool(args.json)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    config, as_json = parse_args(argv)
+    result = trio.run(run_cluster_benchmark, config)
+    print(json.dumps(result.to_json()))
+    if not as_json:
+        print(f"{result.relay}: {result.messages_per_second} msg/s, "
+              f"p50 {result.latency_ms['p50']} ms, p99 {result.latency_ms['p99']} ms",
+              file=sys.stderr)
+    return 0 if result.errors == 0 and result.delivered == result.sent else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

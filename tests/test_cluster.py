@@ -1,0 +1,202 @@
+"""Two real relay processes (``cryptopass-relay serve --store postgresql://...``) on one
+PostgreSQL schema: cross-node delivery, takeover, and a node SIGKILLed mid-stream.
+
+Each test has its own schema (dropped afterwards); clients are real QUIC clients.
+Nothing sleeps: the tests wait on deliveries, log events and answers, each bounded.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import trio
+
+from bench.cluster import connect, declare, relay_node
+from bench.loopback import Device, SubprocessRelay, enrol
+from relay.client import ConnectionClosed, RelayClient
+from relay.frames import Deliver, ErrorCode, QueueEmpty
+from tests.postgres_schemas import fresh_schema, store_url
+
+WAIT_S = 30
+"""Bound on anything that could hang (a lost wake-up), not a timing assertion."""
+
+PHONE_A, PHONE_B = "+33612345678", "+33698765432"
+INDEX = struct.Struct(">Q")
+
+
+@dataclass
+class Cluster:
+    url: str
+    nodes: list[SubprocessRelay]
+
+
+@pytest.fixture
+def cluster_url() -> Iterator[str]:
+    with fresh_schema() as schema:
+        yield store_url(schema)
+
+
+@pytest.fixture
+async def cluster(cluster_url: str, tmp_path: Path) -> AsyncIterator[Cluster]:
+    await declare(cluster_url, tmp_path, (PHONE_A, PHONE_B), organisation="acme")
+    async with relay_node(data_dir=tmp_path / "node-1", store=cluster_url,
+                          name="node-1") as first, \
+            relay_node(data_dir=tmp_path / "node-2", store=cluster_url,
+                       name="node-2") as second:
+        yield Cluster(url=cluster_url, nodes=[first, second])
+
+
+async def _enrol_both(cluster: Cluster) -> tuple[Device, Device]:
+    # Enrolment is store state too: A enrols through node 1, B through node 2.
+    return await enrol(cluster.nodes[0], PHONE_A), await enrol(cluster.nodes[1], PHONE_B)
+
+
+async def _authenticated(client: RelayClient, device: Device) -> None:
+    await client.authenticate(device.user_id, device.device_id, device.key)
+
+
+async def _next_delivery(deliveries: AsyncIterator[Deliver | QueueEmpty]) -> Deliver | QueueEmpty:
+    with trio.fail_after(WAIT_S):
+        return await deliveries.__anext__()
+
+
+async def test_live_and_offline_delivery_across_nodes(cluster: Cluster) -> None:
+    device_a, device_b = await _enrol_both(cluster)
+    async with connect(cluster.nodes[0]) as client_a:
+        await _authenticated(client_a, device_a)
+        # B is offline: node 1 commits, nobody is notified.
+        await client_a.send(device_b.user_id, {device_b.device_id: b"offline"},
+                            client_message_id=1)
+        async with connect(cluster.nodes[1]) as client_b:
+            await _authenticated(client_b, device_b)
+            deliveries = client_b.deliveries()
+            stored = await _next_delivery(deliveries)
+            assert isinstance(stored, Deliver) and stored.ciphertext == b"offline"
+            client_b.acknowledge(stored.envelope_id)
+            assert isinstance(await _next_delivery(deliveries), QueueEmpty)
+            # B is live on node 2: node 1's commit NOTIFYs node 2, which pushes it.
+            await client_a.send(device_b.user_id, {device_b.device_id: b"live"},
+                                client_message_id=2)
+            live = await _next_delivery(deliveries)
+            assert isinstance(live, Deliver) and live.ciphertext == b"live"
+            assert live.sender_user_id == device_a.user_id
+            assert live.envelope_id > stored.envelope_id
+            client_b.acknowledge(live.envelope_id)
+            # And back: B's send through node 2 reaches A, live on node 1.
+            a_deliveries = client_a.deliveries()
+            assert isinstance(await _next_delivery(a_deliveries), QueueEmpty)
+            await client_b.send(device_a.user_id, {device_a.device_id: b"reply"},
+                                client_message_id=1)
+            reply = await _next_delivery(a_deliveries)
+            assert isinstance(reply, Deliver) and reply.ciphertext == b"reply"
+            client_a.acknowledge(reply.envelope_id)
+            await client_b.settle()
+        await client_a.settle()
+    assert cluster.nodes[1].process.returncode is None
+
+
+async def test_a_device_connecting_to_a_second_node_takes_over(cluster: Cluster) -> None:
+    device_a, device_b = await _enrol_both(cluster)
+    async with connect(cluster.nodes[0]) as first:
+        await _authenticated(first, device_b)
+        old_deliveries = first.deliveries()
+        assert isinstance(await _next_delivery(old_deliveries), QueueEmpty)
+        async with connect(cluster.nodes[1]) as second:
+            await _authenticated(second, device_b)
+            with pytest.raises(ConnectionClosed) as closed:
+                with trio.fail_after(WAIT_S):
+                    async for _ in old_deliveries:
+                        pass
+            assert closed.value.code == ErrorCode.REPLACED
+            # The new holder is the one woken for sends from elsewhere.
+            new_deliveries = second.deliveries()
+            assert isinstance(await _next_delivery(new_deliveries), QueueEmpty)
+            async with connect(cluster.nodes[0]) as client_a:
+                await _authenticated(client_a, device_a)
+                await client_a.send(device_b.user_id, {device_b.device_id: b"to the new one"},
+                                    client_message_id=1)
+            delivered = await _next_delivery(new_deliveries)
+            assert isinstance(delivered, Deliver) and delivered.ciphertext == b"to the new one"
+            second.acknowledge(delivered.envelope_id)
+            await second.settle()
+
+
+async def test_a_node_killed_mid_stream_loses_no_accepted_envelope(cluster: Cluster) -> None:
+    total = 200
+    kill_after = 60
+    device_a, device_b = await _enrol_both(cluster)
+    doomed, survivor = cluster.nodes
+    accepted: set[int] = set()
+    received: dict[int, int] = {}  # envelope id -> message index (client-side dedup)
+    killed = trio.Event()
+
+    async def send_until_killed(client: RelayClient, indexes: range) -> None:
+        async with trio.open_nursery() as nursery:
+            window = trio.Semaphore(16)
+
+            async def one(index: int) -> None:
+                try:
+                    await client.send(device_b.user_id,
+                                      {device_b.device_id: INDEX.pack(index)},
+                                      client_message_id=index)
+                    accepted.add(index)
+                    if len(accepted) >= kill_after and not killed.is_set():
+                        doomed.process.kill()  # SIGKILL, mid-stream
+                        killed.set()
+                finally:
+                    window.release()
+
+            for index in indexes:
+                await window.acquire()
+                if killed.is_set():
+                    window.release()
+                    break
+                nursery.start_soon(one, index)
+            await killed.wait()
+            nursery.cancel_scope.cancel()  # sends in flight to the dead node: outcome unknown
+
+    async def receive(client: RelayClient, all_received: trio.Event | None) -> None:
+        async for delivery in client.deliveries():
+            if isinstance(delivery, Deliver):
+                received[delivery.envelope_id] = INDEX.unpack(delivery.ciphertext)[0]
+                client.acknowledge(delivery.envelope_id)
+            if all_received is not None and set(received.values()) >= set(range(total)):
+                all_received.set()
+                return
+
+    # Both devices on the node that dies; B receives while A streams.
+    with trio.fail_after(WAIT_S):
+        async with connect(doomed) as client_a, connect(doomed) as client_b, \
+                trio.open_nursery() as nursery:
+            await _authenticated(client_a, device_a)
+            await _authenticated(client_b, device_b)
+            nursery.start_soon(receive, client_b, None)
+            await send_until_killed(client_a, range(total))
+            nursery.cancel_scope.cancel()
+    assert doomed.process.returncode is not None
+    assert kill_after <= len(accepted) < total
+
+    # They reconnect to the surviving node; A re-sends everything it was not
+    # told was accepted (same client message ids: the idempotency key).
+    all_received = trio.Event()
+    with trio.fail_after(WAIT_S):
+        async with connect(survivor) as client_a, connect(survivor) as client_b, \
+                trio.open_nursery() as nursery:
+            await _authenticated(client_a, device_a)
+            await _authenticated(client_b, device_b)
+            nursery.start_soon(receive, client_b, all_received)
+            for index in range(total):
+                if index not in accepted:
+                    await client_a.send(device_b.user_id,
+                                        {device_b.device_id: INDEX.pack(index)},
+                                        client_message_id=index)
+            await all_received.wait()
+            await client_b.settle()
+            nursery.cancel_scope.cancel()
+    # Every accepted message arrived, each under exactly one envelope id: the
+    # re-sends of messages the dead node had committed were duplicates.
+    assert sorted(received.values()) == list(range(total))
