@@ -43,6 +43,7 @@ import trio
 from nacl.signing import SigningKey
 
 from bench.relay_process import RelayProcess
+from bench.stats import percentile
 from enrolment import admin
 from enrolment.sms import SmsMessage
 from relay.client import ConnectionClosed, RelayClient, RelayError, connect_relay
@@ -69,22 +70,6 @@ HEADER = struct.Struct(">QQ")
 BIN = Path(sys.executable).parent
 STARTUP_TIMEOUT = 30.0
 CODE_PATTERN = re.compile(r"\b(\d{6})\b")
-
-
-def percentile(values: Sequence[float], p: float) -> float:
-    """Nearest-rank percentile: the smallest value with at least p % of values <= it.
-
-    ``p`` is in [0, 100]; p = 0 gives the minimum, p = 100 the maximum.
-    Raises ValueError on an empty sequence or p out of range.
-    """
-    if not values:
-        raise ValueError("percentile of an empty sequence")
-    if not 0 <= p <= 100:
-        raise ValueError(f"percentile {p} outside [0, 100]")
-    ordered = sorted(values)
-    # Rounding first keeps float noise (99.9 / 100 * 1000 = 999.0000000000001) off the rank.
-    rank = max(1, math.ceil(round(p / 100 * len(ordered), 9)))
-    return ordered[rank - 1]
 
 
 @dataclass(frozen=True)

@@ -64,6 +64,12 @@ INTERNAL_ERROR_CODE = 50
 """Application close code used when a handler fails (relay.frames.ErrorCode.INTERNAL_ERROR;
 not imported, to keep this transport module free of the application protocol)."""
 
+ACK_DELAY_SECONDS = 0.015
+"""How long a receiver may hold back a QUIC ACK (RFC 9000 §13.2.1) so that it rides
+on a data packet instead of leaving alone; aioquic's 1 ms default sends an
+ACK-only packet for nearly every packet under load. It stays below the 25 ms
+max_ack_delay aioquic advertises, which the peer's loss recovery allows for."""
+
 RETRY_CID_BYTES = 8
 """Length of the connection id chosen in a Retry packet."""
 
@@ -202,6 +208,7 @@ class QuicEndpoint:
                 handler: ConnectionHandler) -> QuicLink:
         """Start a client connection; its handler sees HandshakeCompleted when it is up."""
         quic = QuicConnection(configuration=configuration)
+        quic._ack_delay = ACK_DELAY_SECONDS  # no public knob (see ACK_DELAY_SECONDS)
         link = QuicLink(self, quic, handler, address)
         self._route(quic.host_cid, link)
         quic.connect(address, now=self._clock())
@@ -295,6 +302,7 @@ class QuicEndpoint:
         quic = QuicConnection(configuration=configuration,
                               original_destination_connection_id=original_cid,
                               retry_source_connection_id=retry_cid)
+        quic._ack_delay = ACK_DELAY_SECONDS  # no public knob (see ACK_DELAY_SECONDS)
         link = QuicLink(self, quic, None, address)
         link.handler = self._on_connection(link)
         self._route(header.destination_cid, link)

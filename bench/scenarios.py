@@ -1,0 +1,273 @@
+"""The scenarios of ``cryptopass-bench``; each returns its JSON-ready result.
+
+Every result has ``messages_per_second``, ``latency_ms`` (p50/p95/p99, where
+latency applies), ``errors``, and for a relay the bench started,
+``server_cpu_us_per_message`` and ``server_peak_rss_mib``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+import sys
+import time
+from contextlib import AsyncExitStack
+from typing import TYPE_CHECKING, Any
+
+import trio
+from nacl.signing import SigningKey
+
+from bench.live import LiveConfig, LiveResult, connect_devices, run_live
+from bench.provision import BenchDevice, bench_phone, provision_sqlite
+from bench.spawn import cpu_seconds, peak_rss_mib, rss_mib
+from bench.stats import latency_summary
+from bench.stats import rate as rate_of
+from enrolment import admin
+from relay.client import connect_relay, open_client_endpoint
+from relay.frames import Deliver, QueueEmpty
+from storage.sqlite import open_sqlite_store
+
+if TYPE_CHECKING:
+    from bench.cli import Target
+
+__all__ = ["connections", "enrol", "live", "offline"]
+
+CODE_PATTERN = re.compile(r"\b(\d{6})\b")
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def _server_costs(target: Target, cpu_before: float | None, count: int) -> dict[str, Any]:
+    if target.server is None or cpu_before is None:
+        return {"server_cpu_us_per_message": None, "server_peak_rss_mib": None}
+    used = cpu_seconds(target.server.pid) - cpu_before
+    return {"server_cpu_us_per_message": round(used / count * 1e6, 1) if count else None,
+            "server_peak_rss_mib": round(peak_rss_mib(target.server.pid), 1)}
+
+
+def _cpu_now(target: Target) -> float | None:
+    return cpu_seconds(target.server.pid) if target.server is not None else None
+
+
+async def live(target: Target, *, devices: int, messages: int, size: int, rate: float,
+               window: int, processes: int, time_limit: float) -> dict[str, Any]:
+    provisioned = await provision_sqlite(target.data_dir, count=devices, now=now_ms())
+    seed = secrets.randbits(32)
+    slices = [tuple(range(devices))[number::processes] for number in range(processes)]
+    cpu_before = _cpu_now(target)
+    if processes == 1:
+        results = [await run_live(LiveConfig(
+            host=target.host, port=target.port, ca=target.ca, devices=tuple(provisioned),
+            local=slices[0], messages=messages, size=size, rate=rate, window=window,
+            seed=seed, timeout=time_limit))]
+    else:
+        results = await _run_workers(target, provisioned, slices, messages=messages, size=size,
+                                     rate=rate / processes, window=window, seed=seed,
+                                     timeout=time_limit)
+    merged = _merge(results)
+    seconds = max(0.0, (merged.last_receipt_ns - merged.first_send_ns) / 1e9)
+    return {"scenario": "live", "devices": devices, "messages_per_device": messages,
+            "size": size, "target_rate": rate, "processes": processes,
+            "sent": merged.sent, "delivered": merged.delivered, "expected": merged.expected,
+            "seconds": round(seconds, 3),
+            "messages_per_second": rate_of(merged.delivered, seconds),
+            "latency_ms": latency_summary(merged.latencies_ms),
+            "errors": merged.errors, "error_samples": merged.error_samples,
+            "duplicates": merged.duplicates,
+            **_server_costs(target, cpu_before, merged.delivered)}
+
+
+
+def _merge(results: list[LiveResult]) -> LiveResult:
+    merged = LiveResult()
+    for result in results:
+        merged.sent += result.sent
+        merged.delivered += result.delivered
+        merged.expected += result.expected
+        merged.errors += result.errors
+        merged.error_samples += result.error_samples
+        merged.duplicates += result.duplicates
+        merged.latencies_ms += result.latencies_ms
+        merged.last_receipt_ns = max(merged.last_receipt_ns, result.last_receipt_ns)
+    starts = [result.first_send_ns for result in results if result.first_send_ns]
+    merged.first_send_ns = min(starts) if starts else 0
+    return merged
+
+
+async def _run_workers(target: Target, provisioned: list[BenchDevice],
+                       slices: list[tuple[int, ...]], **settings: Any) -> list[LiveResult]:
+    """Run one ``bench.worker`` process per slice; they start sending together."""
+    start_at_ns = time.time_ns() + int(3e9 + len(provisioned) * 20e6)  # after every handshake
+    results: list[LiveResult] = []
+
+    async def one(local: tuple[int, ...]) -> None:
+        request = {"host": target.host, "port": target.port,
+                   "ca": str(target.ca) if target.ca else None,
+                   "devices": [device.to_json() for device in provisioned],
+                   "local": list(local), "start_at_ns": start_at_ns, **settings}
+        completed = await trio.run_process(
+            [sys.executable, "-m", "bench.worker"], stdin=json.dumps(request).encode(),
+            capture_stdout=True, capture_stderr=True, check=False)
+        if completed.returncode != 0:
+            failed = LiveResult()
+            failed.error(f"worker failed: {completed.stderr.decode()[-300:]}")
+            results.append(failed)
+            return
+        answer = json.loads(completed.stdout)
+        results.append(LiveResult(**answer))
+
+    async with trio.open_nursery() as nursery:
+        for local in slices:
+            nursery.start_soon(one, local)
+    return results
+
+
+async def offline(target: Target, *, messages: int, size: int, window: int,
+                  time_limit: float) -> dict[str, Any]:
+    sender, recipient = await provision_sqlite(target.data_dir, count=2, now=now_ms())
+    payload = bytes(size)
+    errors: list[str] = []
+    cpu_start = _cpu_now(target)
+    async with open_client_endpoint(target.host) as endpoint:
+        async with connect_relay(target.host, target.port, ca=target.ca,
+                                 server_name="localhost", endpoint=endpoint) as client:
+            await client.authenticate(sender.user_id, sender.device_id, sender.key)
+            started = time.perf_counter()
+            slots = trio.Semaphore(window)
+
+            async def send(number: int) -> None:
+                try:
+                    await client.send(recipient.user_id, {recipient.device_id: payload},
+                                      client_message_id=number)
+                except Exception as error:  # counted and reported, never fatal
+                    errors.append(str(error))
+                finally:
+                    slots.release()
+
+            with trio.fail_after(time_limit):
+                async with trio.open_nursery() as nursery:
+                    for number in range(messages):
+                        await slots.acquire()
+                        nursery.start_soon(send, number)
+            accept_seconds = time.perf_counter() - started
+        cpu_accepted = _cpu_now(target)
+        async with connect_relay(target.host, target.port, ca=target.ca,
+                                 server_name="localhost", endpoint=endpoint) as client:
+            started = time.perf_counter()
+            await client.authenticate(recipient.user_id, recipient.device_id, recipient.key)
+            drained = 0
+            with trio.fail_after(time_limit):
+                async for delivery in client.deliveries():
+                    if isinstance(delivery, QueueEmpty):
+                        break
+                    if isinstance(delivery, Deliver):
+                        drained += 1
+                        client.acknowledge(delivery.envelope_id)
+            await client.settle()
+            drain_seconds = time.perf_counter() - started
+    accepted = messages - len(errors)
+    result: dict[str, Any] = {
+        "scenario": "offline", "messages": messages, "size": size, "window": window,
+        "accepted": accepted, "drained": drained,
+        "accept_seconds": round(accept_seconds, 3),
+        "accepted_per_second": rate_of(accepted, accept_seconds),
+        "drain_seconds": round(drain_seconds, 3),
+        "messages_per_second": rate_of(drained, drain_seconds),
+        "latency_ms": None,
+        "errors": len(errors) + (accepted - drained), "error_samples": errors[:5],
+    }
+    if target.server is not None and cpu_start is not None and cpu_accepted is not None:
+        end = cpu_seconds(target.server.pid)
+        result["server_cpu_us_per_accept"] = round(
+            (cpu_accepted - cpu_start) / max(accepted, 1) * 1e6, 1)
+        result["server_cpu_us_per_message"] = round((end - cpu_accepted) / max(drained, 1)
+                                                    * 1e6, 1)
+        result["server_peak_rss_mib"] = round(peak_rss_mib(target.server.pid), 1)
+    return result
+
+
+async def enrol(target: Target, *, devices: int, concurrency: int) -> dict[str, Any]:
+    assert target.server is not None
+    organisation = f"bench-{secrets.token_hex(4)}"
+    first = secrets.randbelow(9_000_000)
+    phones = [bench_phone(first + number) for number in range(devices)]
+    errors: list[str] = []
+    server = target.server
+    sent_before = sum(1 for event in server.events if event.get("event") == "sms_sent")
+    started = time.perf_counter()
+    cpu_before = _cpu_now(target)
+    async with open_sqlite_store(target.data_dir / "relay.db") as store:
+        await admin.create_organisation(store, organisation, devices, now_ms())
+        for phone in phones:
+            await admin.declare_user(store, organisation, phone, now_ms())
+    limiter = trio.CapacityLimiter(concurrency)
+    outbox = target.data_dir / "sms-outbox.jsonl"
+    codes_seen = [sent_before]
+
+    async def code_for(phone: str) -> str:
+        while True:
+            if outbox.exists():
+                for line in reversed(outbox.read_text().splitlines()):
+                    message = json.loads(line)
+                    match = CODE_PATTERN.search(message["body"])
+                    if message["to"] == phone and match:
+                        return match.group(1)
+            codes_seen[0] += 1
+            await server.wait_for("sms_sent", codes_seen[0])
+
+    async with open_client_endpoint(target.host) as endpoint:
+        async def one(phone: str) -> None:
+            async with limiter:
+                try:
+                    async with connect_relay(target.host, target.port, ca=target.ca,
+                                             server_name="localhost",
+                                             endpoint=endpoint) as client:
+                        await client.enrol_start(phone)
+                        code = await code_for(phone)
+                        await client.enrol_verify(phone, code,
+                                                  SigningKey.generate().verify_key.encode())
+                except Exception as error:  # counted and reported
+                    errors.append(f"{type(error).__name__}: {error}")
+
+        async with trio.open_nursery() as nursery:
+            for phone in phones:
+                nursery.start_soon(one, phone)
+    seconds = time.perf_counter() - started
+    enrolled = devices - len(errors)
+    return {"scenario": "enrol", "devices": devices, "concurrency": concurrency,
+            "enrolled": enrolled, "seconds": round(seconds, 3),
+            "messages_per_second": rate_of(enrolled, seconds),
+            "enrolments_per_second": rate_of(enrolled, seconds), "latency_ms": None,
+            "errors": len(errors), "error_samples": errors[:5],
+            **_server_costs(target, cpu_before, enrolled)}
+
+
+async def connections(target: Target, *, devices: int, processes: int) -> dict[str, Any]:
+    provisioned = await provision_sqlite(target.data_dir, count=devices, now=now_ms())
+    server = target.server
+    baseline = rss_mib(server.pid) if server is not None else None
+    started = time.perf_counter()
+    async with open_client_endpoint(target.host) as endpoint, AsyncExitStack() as stack:
+        clients = await connect_devices(stack, endpoint, target.host, target.port, target.ca,
+                                        provisioned)
+        connect_seconds = time.perf_counter() - started
+        # Every device is authenticated and its delivery stream open: the relay is idle.
+        held = rss_mib(server.pid) if server is not None else None
+    result: dict[str, Any] = {
+        "scenario": "connections", "devices": devices, "connected": len(clients),
+        "connect_seconds": round(connect_seconds, 3),
+        "messages_per_second": rate_of(len(clients), connect_seconds),
+        "latency_ms": None, "errors": devices - len(clients),
+        "server_cpu_us_per_message": None,
+        "server_peak_rss_mib": round(peak_rss_mib(server.pid), 1) if server else None,
+    }
+    if baseline is not None and held is not None:
+        result["server_rss_before_mib"] = round(baseline, 1)
+        result["server_rss_held_mib"] = round(held, 1)
+        result["server_kib_per_connection"] = round((held - baseline) * 1024 / devices, 1)
+    return result
+
+

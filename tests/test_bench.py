@@ -1,0 +1,99 @@
+"""cryptopass-bench: statistics, the send plan, and a short smoke run of every scenario
+(real relay subprocess, real QUIC; no timing assertions)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import trio
+
+from bench.live import make_plan
+from bench.stats import latency_summary, percentile, rate
+
+BENCH = str(Path(sys.executable).parent / "cryptopass-bench")
+COMMON_FIELDS = ("messages_per_second", "latency_ms", "errors", "server_cpu_us_per_message",
+                 "server_peak_rss_mib")
+
+
+def test_percentiles_and_rates() -> None:
+    values = [float(v) for v in range(1, 101)]
+    assert percentile(values, 50) == 50.0
+    assert percentile(values, 99) == 99.0
+    assert percentile(values, 100) == 100.0
+    assert latency_summary([3.0, 1.0, 2.0]) == {"p50": 2.0, "p95": 3.0, "p99": 3.0}
+    assert latency_summary([]) is None
+    assert rate(500, 2.0) == 250.0
+    assert rate(5, 0.0) == 0.0
+    with pytest.raises(ValueError, match="empty"):
+        percentile([], 50)
+
+
+def test_plan_never_sends_to_self_and_is_reproducible() -> None:
+    plan = make_plan(5, 200, seed=7)
+    assert plan == make_plan(5, 200, seed=7)
+    assert plan != make_plan(5, 200, seed=8)
+    for sender, recipients in enumerate(plan):
+        assert len(recipients) == 200
+        assert sender not in recipients
+        assert set(recipients) == set(range(5)) - {sender}  # every other device is used
+    received = Counter(recipient for recipients in plan for recipient in recipients)
+    assert sum(received.values()) == 1000
+    with pytest.raises(ValueError, match="at least 2"):
+        make_plan(1, 10, seed=1)
+
+
+async def bench(*args: str) -> dict[str, object]:
+    # The bench's own --timeout makes a stuck run end with errors (and its output).
+    with trio.fail_after(200):
+        completed = await trio.run_process([BENCH, *args, "--json", "--timeout", "60"]
+                                           if args[0] != "enrol" and args[0] != "connections"
+                                           else [BENCH, *args, "--json"], capture_stdout=True,
+                                           capture_stderr=True, check=False)
+    assert completed.returncode == 0, completed.stderr.decode()[-2000:]
+    result: dict[str, object] = json.loads(completed.stdout)
+    for name in COMMON_FIELDS:
+        assert name in result, name
+    assert result["errors"] == 0
+    return result
+
+
+async def test_live_smoke() -> None:
+    result = await bench("live", "--devices", "4", "--messages", "5")
+    assert result["delivered"] == result["expected"] == 20
+    assert result["duplicates"] == 0
+    assert isinstance(result["server_cpu_us_per_message"], float)
+
+
+async def test_live_smoke_with_two_processes_and_a_rate() -> None:
+    result = await bench("live", "--devices", "4", "--messages", "5", "--processes", "2",
+                         "--rate", "200")
+    assert result["delivered"] == 20
+
+
+async def test_offline_smoke() -> None:
+    result = await bench("offline", "--messages", "30")
+    assert result["accepted"] == result["drained"] == 30
+
+
+async def test_enrol_smoke() -> None:
+    result = await bench("enrol", "--devices", "3")
+    assert result["enrolled"] == 3
+
+
+async def test_connections_smoke() -> None:
+    result = await bench("connections", "--devices", "5")
+    assert result["connected"] == 5
+    assert "server_kib_per_connection" in result
+
+
+async def test_transport_smoke_compares_with_the_relay() -> None:
+    result = await bench("transport", "--devices", "2", "--messages", "5")
+    assert result["echoed"] == 10
+    relay = result["relay"]
+    assert isinstance(relay, dict) and relay["delivered"] == 10
+    ratios = result["relay_over_ceiling"]
+    assert isinstance(ratios, dict) and "server_cpu_us_per_message" in ratios
