@@ -145,6 +145,15 @@ def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
 @admin_app.callback()
 def _admin(data_dir: DataDirOption = None, json_output: JsonOption = None,
            store: StoreOption = None) -> None:
+    # Defaults come from the relay's configuration (CRYPTOPASS_* variables, the
+    # CRYPTOPASS_CONFIG file), so that in a container `admin` finds the store `serve` uses.
+    try:
+        configured = load_config(environ=os.environ).settings
+    except ConfigError as error:
+        _fail(str(error))
+        raise  # unreachable: _fail exits
+    _admin_options["data_dir"] = configured.data_dir
+    _admin_options["store"] = configured.store
     if data_dir is not None:
         _admin_options["data_dir"] = data_dir
     if store is not None:

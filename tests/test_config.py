@@ -153,3 +153,12 @@ def test_serve_refuses_a_bad_configuration_before_starting(tmp_path: Path) -> No
     assert result.exit_code == 1
     assert "setting envelope_ttl_ms (from flag): expected an integer" in result.output
     assert not (tmp_path / "d").exists()  # nothing was created
+
+
+def test_admin_commands_find_the_configured_data_dir(tmp_path: Path) -> None:
+    """In a container, `admin` must open the store `serve` uses (CRYPTOPASS_DATA_DIR=/data)."""
+    data = tmp_path / "configured"
+    result = CliRunner().invoke(app, ["admin", "org", "create", "acme", "--seats", "1"],
+                                env={"CRYPTOPASS_DATA_DIR": str(data)})
+    assert result.exit_code == 0, result.output
+    assert (data / "relay.db").is_file()
