@@ -36,6 +36,7 @@ from relay.frames import ErrorCode
 from storage.base import Envelope
 from storage.postgres import PostgresStore
 from storage.postgres_presence import (
+    DeviceGone,
     NotificationKind,
     claim_device,
     current_schema,
@@ -52,8 +53,10 @@ __all__ = [
     "LEASE_RENEW_INTERVAL_S",
     "ClusterNode",
     "ClusterPresence",
+    "DeviceGone",
     "HeldSession",
     "cluster_node_for",
+    "listen_application_name",
     "presence_for",
 ]
 
@@ -78,6 +81,9 @@ PRESENCE_POOL_SIZE = 2
 
 CONNECT_TIMEOUT_S = 10
 """Seconds to wait for PostgreSQL when connecting."""
+
+APPLICATION_NAME_MAX = 63
+"""PostgreSQL truncates application_name to NAMEDATALEN - 1 bytes; so do we, visibly."""
 
 KEEPALIVE = {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5,
              "keepalives_count": 3}
@@ -153,7 +159,11 @@ class ClusterNode:
     # -- presence ----------------------------------------------------------------
 
     async def claim(self, device: DeviceKey, session: HeldSession) -> None:
-        """Make ``session`` the device's holder, cluster-wide, before its pump starts."""
+        """Make ``session`` the device's holder, cluster-wide, before its pump starts.
+
+        Raises:
+            DeviceGone: the device was deleted meanwhile; refuse the connection.
+        """
         token = secrets.token_hex(16)
         previous = await self._in_transaction(functools.partial(
             claim_device, user_id=device[0], device_id=device[1], node_name=self.node_name,
@@ -192,7 +202,9 @@ class ClusterNode:
 
     async def _connect_listener(self) -> Connection:
         def connect() -> Connection:
-            dsn = psycopg.conninfo.make_conninfo(self._dsn, **KEEPALIVE)
+            dsn = psycopg.conninfo.make_conninfo(
+                self._dsn, application_name=listen_application_name(self.node_name),
+                **KEEPALIVE)
             connection = psycopg.connect(dsn, autocommit=True,
                                          connect_timeout=CONNECT_TIMEOUT_S)
             connection.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self.channel)))
@@ -247,8 +259,12 @@ class ClusterNode:
             self._presence.wake_devices((device,))
             return
         held = self._held.get(device)
-        if held is not None and secrets.compare_digest(held[0],
-                                                       notification.session_token or ""):
+        if held is None:
+            return
+        if notification.kind is NotificationKind.REVOKED:
+            del self._held[device]
+            held[1].close(ErrorCode.DEVICE_REVOKED, "this device was revoked")
+        elif secrets.compare_digest(held[0], notification.session_token or ""):
             del self._held[device]
             held[1].close(ErrorCode.REPLACED, "this device connected to another relay node")
 
@@ -283,6 +299,11 @@ class ClusterNode:
             except psycopg.Error as error:  # the leases expire on their own
                 log.warning("presence_forget_failed", error=type(error).__name__)
         await trio.to_thread.run_sync(pool.close)
+
+
+def listen_application_name(node_name: str) -> str:
+    """How the listening connection shows in pg_stat_activity (for operators and tests)."""
+    return f"cryptopass-listen {node_name}"[:APPLICATION_NAME_MAX]
 
 
 def _channel_of(connection: Connection, node_name: str) -> str:

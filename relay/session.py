@@ -28,6 +28,7 @@ from enrolment.errors import (
     VerificationFailed,
 )
 from enrolment.phone import InvalidPhoneNumber, parse_phone
+from relay.cluster import DeviceGone
 from relay.delivery import DeliveryPump
 from relay.frames import (
     Ack,
@@ -241,7 +242,10 @@ class DeviceSession:
         cluster = self._relay.cluster
         if cluster is not None:
             # Held cluster-wide before the pump's first read (see relay.cluster).
-            await cluster.claim(device, self)
+            try:
+                await cluster.claim(device, self)
+            except DeviceGone:  # deleted since load_principal read it
+                return self._refuse(ErrorCode.DEVICE_REVOKED, "this device was revoked")
             if self._link.closed.is_set():
                 cluster.release(device, self)
                 return b""

@@ -58,7 +58,7 @@ from storage.base import (
     UserState,
 )
 from storage.group_commit import GroupCommitWriter, Outcome, WriteOperation
-from storage.postgres_presence import notify_recipient_nodes
+from storage.postgres_presence import notify_recipient_nodes, notify_revoked_devices
 from storage.postgres_schema import Connection, SchemaVersionTooNew, apply_migrations
 from storage.prekey_records import ClaimedBundle, PrekeyCounts, PrekeyUpload
 from storage.prekey_sql import POSTGRES, claim_bundles, prekey_counts, store_prekeys
@@ -299,6 +299,8 @@ class PostgresStore:
                 _SELECT_USER_BY_PHONE + " FOR UPDATE", (phone,)).fetchone()
             if row is None or row[1] != found.organisation_id:
                 raise NotFound("no such user in this organisation")
+            # Nodes holding its devices close them on commit (several nodes).
+            notify_revoked_devices(connection, user_id=row[0])
             # Devices and their queued envelopes go by ON DELETE CASCADE; the
             # pending code is made unusable by declaration_sequence (as SQLite).
             connection.execute("DELETE FROM users WHERE user_id = %s", (row[0],))

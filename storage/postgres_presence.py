@@ -14,6 +14,8 @@ Notifications are only wake-ups, never data:
 * ``replaced USER DEVICE TOKEN``: the device connected to another node; the
   holder closes its connection whose session token is TOKEN (and no other: a
   later connection of the device to the same node keeps running).
+* ``revoked USER DEVICE``: the device was deleted (with its user); the holder
+  closes it at once, whatever its token (invariant: revocation is immediate).
 
 Every function here runs in a worker thread on a connection in a transaction
 (the caller's), and takes ``now``/``expires_at`` from the caller's clock.
@@ -29,6 +31,7 @@ from dataclasses import dataclass
 from storage.postgres_schema import Connection
 
 __all__ = [
+    "DeviceGone",
     "Notification",
     "NotificationKind",
     "PreviousHolder",
@@ -38,6 +41,7 @@ __all__ = [
     "holders",
     "node_channel",
     "notify_recipient_nodes",
+    "notify_revoked_devices",
     "parse_notification",
     "release_device",
     "renew_leases",
@@ -53,6 +57,11 @@ MAX_NOTIFICATION_BYTES = 512
 class NotificationKind(enum.Enum):
     WAKE = "wake"
     REPLACED = "replaced"
+    REVOKED = "revoked"
+
+
+class DeviceGone(Exception):
+    """The device was deleted before it could be claimed: refuse the connection."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -99,12 +108,16 @@ def claim_device(connection: Connection, *, user_id: str, device_id: int, node_n
     every send to the device takes, so a send either committed before this
     claim (and the new holder's first queue read sees it) or it notifies the
     new holder. Returns the previous holder (None if there was none).
+
+    Raises:
+        DeviceGone: the device was deleted meanwhile (``notify_revoked_devices``
+            locks the device rows too, so a claim never slips past a deletion).
     """
     locked = connection.execute(
         "SELECT 1 FROM devices WHERE user_id = %s AND device_id = %s FOR SHARE",
         (user_id, device_id)).fetchone()
     if locked is None:
-        return None  # revoked meanwhile: nothing to hold
+        raise DeviceGone(f"device {device_id} of this user no longer exists")
     row = connection.execute(
         "SELECT node_name, channel, session_token, expires_at FROM presence"
         " WHERE user_id = %s AND device_id = %s FOR UPDATE", (user_id, device_id)).fetchone()
@@ -167,6 +180,19 @@ def notify_recipient_nodes(connection: Connection, *, user_id: str,
         " WHERE user_id = %s AND device_id = ANY(%s) AND expires_at > %s"
         " AND channel IS DISTINCT FROM %s",
         (user_id, list(device_ids), now, skip_channel))
+
+
+def notify_revoked_devices(connection: Connection, *, user_id: str) -> None:
+    """Tell the nodes holding the user's devices to close them, once the deletion commits.
+
+    Call in the deleting transaction, before deleting. The device rows are
+    locked first: a concurrent claim is either visible here (and notified) or
+    waits and then finds the device gone.
+    """
+    connection.execute("SELECT 1 FROM devices WHERE user_id = %s FOR UPDATE", (user_id,))
+    connection.execute(
+        "SELECT pg_notify(channel, 'revoked ' || user_id || ' ' || device_id) FROM presence"
+        " WHERE user_id = %s", (user_id,))
 
 
 def _payload(kind: NotificationKind, user_id: str, device_id: int,

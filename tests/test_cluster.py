@@ -12,13 +12,17 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import psycopg
 import pytest
 import trio
 
 from bench.cluster import connect, declare, relay_node
-from bench.loopback import Device, SubprocessRelay, enrol
-from relay.client import ConnectionClosed, RelayClient
+from bench.loopback import BIN, Device, SubprocessRelay, enrol
+from relay.client import ConnectionClosed, RelayClient, connect_relay
+from relay.cluster import listen_application_name
 from relay.frames import Deliver, ErrorCode, QueueEmpty
+from relay.server import RunningRelay, serve
+from relay.settings import RelaySettings
 from tests.postgres_schemas import fresh_schema, store_url
 
 WAIT_S = 30
@@ -200,3 +204,81 @@ async def test_a_node_killed_mid_stream_loses_no_accepted_envelope(cluster: Clus
     # Every accepted message arrived, each under exactly one envelope id: the
     # re-sends of messages the dead node had committed were duplicates.
     assert sorted(received.values()) == list(range(total))
+
+
+async def test_deleting_a_user_closes_its_devices_on_every_node(cluster: Cluster,
+                                                                 tmp_path: Path) -> None:
+    _, device_b = await _enrol_both(cluster)
+    async with connect(cluster.nodes[1]) as client_b:
+        await _authenticated(client_b, device_b)
+        deliveries = client_b.deliveries()
+        assert isinstance(await _next_delivery(deliveries), QueueEmpty)
+        # The operator's command talks to the store only (and node 1's directory,
+        # whose control socket does not know this connection): node 2 learns of
+        # it from the deleting transaction's notification.
+        with trio.fail_after(WAIT_S):
+            result = await trio.run_process(
+                [str(BIN / "cryptopass-relay"), "admin", "--data-dir", str(tmp_path / "node-1"),
+                 "--store", cluster.url, "user", "delete", PHONE_B, "--org", "acme"],
+                capture_stdout=True, capture_stderr=True, check=False)
+        assert result.returncode == 0, result.stderr
+        with pytest.raises(ConnectionClosed) as closed:
+            with trio.fail_after(WAIT_S):
+                async for _ in deliveries:
+                    pass
+        assert closed.value.code == ErrorCode.DEVICE_REVOKED
+
+
+async def test_a_node_whose_listening_connection_was_lost_drains_what_it_missed(
+        cluster_url: str, tmp_path: Path, nursery: trio.Nursery) -> None:
+    await declare(cluster_url, tmp_path, (PHONE_A, PHONE_B), organisation="acme")
+    settings = RelaySettings(data_dir=tmp_path / "node-2", listen_port=0, store=cluster_url,
+                             node_name="node-2")
+    running: RunningRelay = await nursery.start(serve, settings)
+    node_2 = running.context.cluster
+    assert node_2 is not None
+    # Hold the listener's reconnection until a send has committed unheard.
+    reconnecting, may_reconnect = trio.Event(), trio.Event()
+    connect_listener = node_2._connect_listener
+
+    async def gated_connect_listener() -> object:
+        reconnecting.set()
+        await may_reconnect.wait()
+        return await connect_listener()
+
+    node_2._connect_listener = gated_connect_listener  # type: ignore[method-assign]
+    try:
+        async with relay_node(data_dir=tmp_path / "node-1", store=cluster_url,
+                              name="node-1") as node_1:
+            device_a = await enrol(node_1, PHONE_A)
+            device_b = await enrol(node_1, PHONE_B)
+            async with connect_relay("127.0.0.1", running.address[1], ca=running.cert_path,
+                                     server_name="localhost") as client_b:
+                await _authenticated(client_b, device_b)
+                deliveries = client_b.deliveries()
+                assert isinstance(await _next_delivery(deliveries), QueueEmpty)
+                _terminate_backends(cluster_url, listen_application_name("node-2"))
+                with trio.fail_after(WAIT_S):
+                    await reconnecting.wait()
+                async with connect(node_1) as client_a:
+                    await _authenticated(client_a, device_a)
+                    await client_a.send(device_b.user_id, {device_b.device_id: b"while deaf"},
+                                        client_message_id=1)
+                may_reconnect.set()
+                missed = await _next_delivery(deliveries)
+                assert isinstance(missed, Deliver) and missed.ciphertext == b"while deaf"
+                assert node_2.listen_reconnections == 1
+                client_b.acknowledge(missed.envelope_id)
+                await client_b.settle()
+    finally:
+        running.stop()
+
+
+def _terminate_backends(url: str, application_name: str) -> None:
+    """What a PostgreSQL restart or failover does to a connection."""
+    with psycopg.connect(url, autocommit=True) as connection:
+        terminated = connection.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE application_name = %s AND datname = current_database()",
+            (application_name,)).fetchall()
+    assert terminated == [(True,)]
