@@ -18,17 +18,21 @@ import trio
 
 from bench.cluster import connect, declare, relay_node
 from bench.loopback import BIN, Device, SubprocessRelay, enrol
+from crypto.prekey_format import PrekeyKind
 from relay.client import ConnectionClosed, RelayClient, connect_relay
 from relay.cluster import listen_application_name
 from relay.frames import Deliver, ErrorCode, QueueEmpty
+from relay.prekey_frames import DeviceBundle
+from relay.prekeys import BUNDLE_FETCHES_PER_TARGET
 from relay.server import RunningRelay, serve
 from relay.settings import RelaySettings
 from tests.postgres_schemas import fresh_schema, store_url
+from tests.test_prekeys_e2e import kem_one_time_prekeys, kem_prekey, one_time_prekeys, signed_prekey
 
 WAIT_S = 30
 """Bound on anything that could hang (a lost wake-up), not a timing assertion."""
 
-PHONE_A, PHONE_B = "+33612345678", "+33698765432"
+PHONE_A, PHONE_B, PHONE_C = "+33612345678", "+33698765432", "+33611111111"
 INDEX = struct.Struct(">Q")
 
 
@@ -46,7 +50,7 @@ def cluster_url() -> Iterator[str]:
 
 @pytest.fixture
 async def cluster(cluster_url: str, tmp_path: Path) -> AsyncIterator[Cluster]:
-    await declare(cluster_url, tmp_path, (PHONE_A, PHONE_B), organisation="acme")
+    await declare(cluster_url, tmp_path, (PHONE_A, PHONE_B, PHONE_C), organisation="acme")
     async with relay_node(data_dir=tmp_path / "node-1", store=cluster_url,
                           name="node-1") as first, \
             relay_node(data_dir=tmp_path / "node-2", store=cluster_url,
@@ -282,3 +286,43 @@ def _terminate_backends(url: str, application_name: str) -> None:
             " WHERE application_name = %s AND datname = current_database()",
             (application_name,)).fetchall()
     assert terminated == [(True,)]
+
+
+async def test_concurrent_bundle_fetches_through_two_nodes_never_share_a_one_time_key(
+        cluster: Cluster) -> None:
+    pool = 30
+    device_a, device_b = await _enrol_both(cluster)
+    device_c = await enrol(cluster.nodes[1], PHONE_C)
+    async with connect(cluster.nodes[0]) as client_b:
+        await _authenticated(client_b, device_b)
+        await client_b.upload_prekeys(
+            signed_prekey=signed_prekey(device_b.key),
+            kem_last_resort_prekey=kem_prekey(device_b.key, 1, PrekeyKind.KEM_LAST_RESORT),
+            one_time_prekeys=one_time_prekeys(pool),
+            kem_one_time_prekeys=kem_one_time_prekeys(device_b.key, pool))
+    bundles: list[DeviceBundle] = []
+
+    async def fetch_many(client: RelayClient) -> None:
+        async with trio.open_nursery() as fetching:
+            for _ in range(BUNDLE_FETCHES_PER_TARGET):  # each requester's whole allowance
+                fetching.start_soon(fetch_one, client)
+
+    async def fetch_one(client: RelayClient) -> None:
+        bundles.extend(await client.fetch_bundle(device_b.user_id))
+
+    # A through node 1 and C through node 2, all at once: 2 x 20 claims for 30 keys.
+    async with connect(cluster.nodes[0]) as client_a, connect(cluster.nodes[1]) as client_c:
+        await _authenticated(client_a, device_a)
+        await _authenticated(client_c, device_c)
+        with trio.fail_after(WAIT_S):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(fetch_many, client_a)
+                nursery.start_soon(fetch_many, client_c)
+    assert len(bundles) == 2 * BUNDLE_FETCHES_PER_TARGET
+    one_time = [bundle.one_time_prekey.key_id for bundle in bundles if bundle.one_time_prekey]
+    assert len(one_time) == len(set(one_time)) == pool
+    kem_one_time = [bundle.kem_prekey.key_id for bundle in bundles
+                    if bundle.kem_one_time and bundle.kem_prekey]
+    assert len(kem_one_time) == len(set(kem_one_time)) == pool
+    last_resort = [bundle for bundle in bundles if not bundle.kem_one_time]
+    assert len(last_resort) == 2 * BUNDLE_FETCHES_PER_TARGET - pool
