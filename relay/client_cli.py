@@ -1,37 +1,41 @@
 """``cryptopass``: the reference client on the command line.
 
-Until end-to-end encryption lands, the message content (sender phone, text,
-time) travels as plain msgpack inside the envelope; the relay already treats
-it as opaque bytes and never parses it.
+Every message is end-to-end encrypted by `relay.messenger` (PQXDH + Double Ratchet,
+docs/CRYPTO.md) for every device of the recipient and the sender's own other devices;
+the relay only sees ciphertext. Identity changes are warned about on stderr and block
+sending until ``cryptopass trust PHONE``.
 """
 
 from __future__ import annotations
 
 import datetime
 import json
-import secrets
 import sys
 from collections.abc import Awaitable, Callable
+from contextlib import aclosing
 from pathlib import Path
 from typing import Annotated, Any
 
-import msgpack
 import trio
 import typer
 
+from crypto.primitives import CryptoError
+from crypto.safety_number import format_safety_number
 from enrolment.phone import InvalidPhoneNumber, parse_phone
-from relay.client import ConnectionClosed, RelayClient, RelayError, connect_relay
-from relay.frames import QueueEmpty
+from relay.client import ConnectionClosed, RelayError, connect_relay
+from relay.message_content import MAX_TEXT_BYTES
+from relay.messenger import (
+    IdentityChangedError,
+    Messenger,
+    ReceivedMessage,
+    UnknownContactError,
+    create_device_state,
+)
+from relay.prekey_upkeep import MissingPrekeysError
 from relay.profile import Profile, ProfileError
 from relay.settings import parse_host_port
 
-__all__ = ["app", "decode_content", "encode_content", "main"]
-
-CONTENT_VERSION = 1
-MAX_TEXT_BYTES = 64 * 1024
-"""Longest text one message carries (the envelope limit is 96 KiB)."""
-RECENT_IDS_SAVE_EVERY = 100
-"""Received envelope ids are written to the profile after this many messages."""
+__all__ = ["app", "main", "message_line"]
 
 app = typer.Typer(help="Cryptopass reference client.", no_args_is_help=True,
                   pretty_exceptions_enable=False)
@@ -64,8 +68,11 @@ def _run(work: Callable[[], Awaitable[None]]) -> None:
             trio.run(work)
         except BaseExceptionGroup as group:
             raise _sole_exception(group) from None
-    except (ProfileError, InvalidPhoneNumber, ValueError) as error:
+    except (ProfileError, InvalidPhoneNumber, ValueError, UnknownContactError,
+            IdentityChangedError, MissingPrekeysError) as error:
         _fail(str(error))
+    except CryptoError as error:
+        _fail(f"end-to-end encryption refused: {error}")
     except RelayError as error:
         _fail(f"the relay refused: {error.code.name}: {error.reason}")
     except ConnectionClosed as error:
@@ -76,26 +83,22 @@ def _run(work: Callable[[], Awaitable[None]]) -> None:
         _fail(f"network error: {error}")
 
 
-def encode_content(*, sender_phone: str, text: str, sent_at: datetime.datetime) -> bytes:
-    return msgpack.packb({"v": CONTENT_VERSION, "from": sender_phone, "text": text,
-                          "sent_at": sent_at.isoformat(timespec="milliseconds")})
-
-
-def decode_content(data: bytes) -> dict[str, Any]:
-    """Parse message content; content that is not ours is reported, not fatal."""
-    try:
-        value = msgpack.unpackb(data, raw=False)
-    except (ValueError, msgpack.UnpackException):
-        return {"error": "unreadable content"}
-    if not isinstance(value, dict) or value.get("v") != CONTENT_VERSION:
-        return {"error": "unsupported content"}
-    return {"from": value.get("from"), "text": value.get("text"), "sent_at": value.get("sent_at")}
-
-
-def _connection(profile: Profile) -> tuple[str, int, Path | None]:
-    _, _, relay, ca = profile.require_enrolled()
-    host, port = parse_host_port(relay)
-    return host, port, Path(ca) if ca else None
+def message_line(message: ReceivedMessage) -> dict[str, Any]:
+    """The JSON line ``receive`` prints for one message (never logs it anywhere else)."""
+    sent_at = datetime.datetime.fromtimestamp(message.accepted_at / 1000, datetime.UTC)
+    line: dict[str, Any] = {"sender_user_id": message.sender.user_id,
+                            "sender_device_id": message.sender.device_id,
+                            "accepted_at": sent_at.isoformat(timespec="milliseconds")}
+    if message.content is None:
+        return {"error": message.problem, **line}
+    content = message.content
+    if not message.sender_confirmed:
+        line["error"] = "the relay does not confirm the sender's number"
+        line["claimed_from"] = content.sender_phone
+    else:
+        line["from"] = content.sender_phone
+    return {**line, "to": content.recipient_phone, "text": content.text,
+            "sent_at": content.sent_at, "identity_changed": message.identity_changed}
 
 
 @app.command()
@@ -148,36 +151,36 @@ def _verify(profile: Profile, code: str, identity_key: bytes) -> None:
             user_id, device_id = await client.enrol_verify(phone, code, identity_key)
         profile.data.user_id, profile.data.device_id = user_id, device_id
         profile.save()
+        create_device_state(profile)
+        # Publish the signed, last-resort and one-time prekeys at once, so that
+        # others can start sessions with this device (PROTOCOL.md "Prekeys").
+        async with Messenger.connect(profile):
+            pass
 
     _run(work)
     typer.echo(f"Enrolled {phone} as device {profile.data.device_id}.")
 
 
-async def _authenticated(profile: Profile, client: RelayClient) -> None:
-    user_id, device_id, _, _ = profile.require_enrolled()
-    await client.authenticate(user_id, device_id, profile.signing_key())
+def _warn_identity_changed(message: ReceivedMessage, phone: str) -> None:
+    typer.echo(f"warning: the safety number with {phone} changed (device "
+               f"{message.sender.device_id} has a new identity key). Sending to {phone} is "
+               f"blocked until you compare 'cryptopass safety-number {phone}' with them and "
+               f"run 'cryptopass trust {phone}'.", err=True)
 
 
 @app.command()
 def send(phone: str, text: str) -> None:
-    """Send TEXT to the user with PHONE (stored by the relay if they are offline)."""
+    """Send TEXT, end-to-end encrypted, to the user with PHONE (and copies to this user's
+    other devices); the relay stores it while they are offline."""
     profile = Profile(_state["profile"])
-    host, port, ca = _connection(profile)
+    profile.require_enrolled()
     number = parse_phone(phone)
     if len(text.encode()) > MAX_TEXT_BYTES:
         _fail(f"the text is longer than {MAX_TEXT_BYTES} bytes")
 
     async def work() -> None:
-        async with connect_relay(host, port, ca=ca) as client:
-            await _authenticated(profile, client)
-            entries = await client.lookup([number])
-            if not entries:
-                _fail(f"{number} is not a reachable Cryptopass user")
-            content = encode_content(sender_phone=profile.data.phone or "", text=text,
-                                     sent_at=datetime.datetime.now(datetime.UTC))
-            await client.send(entries[0].user_id,
-                              dict.fromkeys(entries[0].device_ids, content),
-                              client_message_id=secrets.randbelow(2**63))
+        async with Messenger.connect(profile) as messenger:
+            await messenger.send_text(number, text)
 
     _run(work)
 
@@ -189,35 +192,85 @@ def receive(follow: Annotated[bool, typer.Option(
                 help="Exit after this many messages.", min=1)] = None,
             timeout: Annotated[float | None, typer.Option(
                 help="Exit after this many seconds.", min=0)] = None) -> None:
-    """Print received messages as JSON lines, acknowledging each once printed."""
+    """Decrypt received messages and print them as JSON lines, acknowledging each once
+    printed; warn on stderr when a contact's identity key changed."""
     profile = Profile(_state["profile"])
-    host, port, ca = _connection(profile)
+    profile.require_enrolled()
 
     async def work() -> None:
-        recent = profile.recent_ids()
-        seen = set(recent)
         received = 0
         with trio.move_on_after(timeout if timeout is not None else float("inf")):
-            async with connect_relay(host, port, ca=ca) as client:
-                await _authenticated(profile, client)
-                async for delivery in client.deliveries():
-                    if isinstance(delivery, QueueEmpty):
-                        if not follow:
-                            break
-                        continue
-                    if delivery.envelope_id not in seen:
-                        line = decode_content(delivery.ciphertext)
-                        typer.echo(json.dumps(line, ensure_ascii=False))
-                        sys.stdout.flush()
-                        seen.add(delivery.envelope_id)
-                        recent.append(delivery.envelope_id)
-                        received += 1
-                        if received % RECENT_IDS_SAVE_EVERY == 0:
-                            profile.save_recent_ids(recent)
-                    client.acknowledge(delivery.envelope_id)
+            async with Messenger.connect(profile) as messenger, aclosing(
+                    messenger.messages(stop_when_empty=not follow)) as messages:
+                async for message in messages:
+                    line = message_line(message)
+                    typer.echo(json.dumps(line, ensure_ascii=False))
+                    sys.stdout.flush()
+                    if message.identity_changed and message.content is not None:
+                        _warn_identity_changed(message, message.content.sender_phone)
+                    received += 1
                     if count is not None and received >= count:
                         break
-        profile.save_recent_ids(recent)
+
+    _run(work)
+
+
+@app.command("safety-number")
+def safety_number_command(phone: str) -> None:
+    """Print the safety number with PHONE: compare it with theirs (the same 60 digits)."""
+    profile = Profile(_state["profile"])
+    number = parse_phone(phone)
+
+    async def work() -> None:
+        async with Messenger.connect(profile) as messenger:
+            digits = await messenger.safety_number(number)
+            contact = messenger.contacts[number]
+        typer.echo(format_safety_number(digits))
+        if contact.changed:
+            typer.echo(f"warning: the keys of {number} changed since you last accepted them; "
+                       f"if these digits match theirs, run 'cryptopass trust {number}'",
+                       err=True)
+
+    _run(work)
+
+
+@app.command()
+def trust(phone: str,
+          safety_number: Annotated[str | None, typer.Option(
+              help="Trust only if the safety number is exactly these digits.")] = None) -> None:
+    """Accept PHONE's current identity keys after comparing safety numbers."""
+    profile = Profile(_state["profile"])
+    number = parse_phone(phone)
+
+    async def work() -> None:
+        async with Messenger.connect(profile) as messenger:
+            digits = await messenger.trust(number, expected_safety_number=safety_number)
+        typer.echo(f"Trusted {number}, safety number {format_safety_number(digits)}.")
+
+    _run(work)
+
+
+@app.command()
+def devices() -> None:
+    """List this user's devices (the one in use is marked)."""
+    profile = Profile(_state["profile"])
+
+    async def work() -> None:
+        async with Messenger.connect(profile) as messenger:
+            listed = await messenger.own_devices()
+            own = messenger.contacts[messenger.phone]
+            for info in listed:
+                registered = datetime.datetime.fromtimestamp(info.registered_at / 1000,
+                                                             datetime.UTC)
+                if info.device_id == messenger.device_id:
+                    state = "this device"
+                elif info.device_id in own.pending:
+                    state = "new, not trusted yet"
+                else:
+                    state = "trusted" if info.device_id in own.accepted else "not seen yet"
+                typer.echo(json.dumps({"device_id": info.device_id,
+                                       "registered_at": registered.isoformat(
+                                           timespec="seconds"), "state": state}))
 
     _run(work)
 

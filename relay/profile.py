@@ -1,7 +1,9 @@
 """A client profile: one device's identity and settings, in a directory.
 
 Files: ``profile.json`` (relay address, CA path, phone, user and device ids),
-``identity.key`` (the Ed25519 private key seed, mode 0600) and
+``identity.key`` (the Ed25519 private key seed, mode 0600),
+``device.state`` (the end-to-end state: prekey secrets, sessions and contacts, mode 0600,
+rewritten atomically after every change; see relay/messenger.py) and
 ``received.json`` (recent envelope ids, to drop a delivery that arrives again
 after a connection broke before its acknowledgement).
 """
@@ -15,9 +17,10 @@ from pathlib import Path
 
 from nacl.signing import SigningKey
 
-__all__ = ["PROFILE_VERSION", "RECENT_IDS_KEPT", "Profile", "ProfileError"]
+__all__ = ["DEVICE_STATE_FILE", "PROFILE_VERSION", "RECENT_IDS_KEPT", "Profile", "ProfileError"]
 
 PROFILE_VERSION = 1
+DEVICE_STATE_FILE = "device.state"
 RECENT_IDS_KEPT = 10_000
 """Envelope ids remembered for de-duplication (older re-deliveries cannot happen:
 the relay only re-sends what is unacknowledged)."""
@@ -78,6 +81,16 @@ class Profile:
             raise ProfileError(f"{self.directory} is not enrolled; run 'cryptopass enrol' "
                                "then 'cryptopass verify'")
         return data.user_id, data.device_id, data.relay, data.ca
+
+    def device_state(self) -> bytes | None:
+        """The saved end-to-end state, or None before the first `save_device_state`."""
+        path = self.directory / DEVICE_STATE_FILE
+        return path.read_bytes() if path.exists() else None
+
+    def save_device_state(self, data: bytes) -> None:
+        """Replace the end-to-end state atomically (mode 0600: it holds private keys)."""
+        self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        _write_private(self.directory / DEVICE_STATE_FILE, data)
 
     def recent_ids(self) -> list[int]:
         path = self.directory / "received.json"

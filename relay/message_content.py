@@ -1,0 +1,75 @@
+"""What a text message's plaintext holds, before `crypto` encrypts it.
+
+The content is a msgpack map ``{"v": 1, "from": PHONE, "to": PHONE, "text": TEXT,
+"sent_at": ISO-8601}``. The sender's phone number travels only here, inside the end-to-end
+encrypted content, so the relay never needs it in clear; ``to`` lets the sender's own other
+devices show the copy they receive as "sent to ...".
+"""
+
+from __future__ import annotations
+
+import datetime
+from dataclasses import dataclass
+
+import msgpack
+
+__all__ = ["CONTENT_VERSION", "MAX_TEXT_BYTES", "ContentError", "TextMessage",
+           "decode_content", "encode_content"]
+
+CONTENT_VERSION = 1
+MAX_TEXT_BYTES = 60 * 1024
+"""Longest text one message carries: with the map around it the plaintext stays under
+`crypto.device.MAX_PLAINTEXT_SIZE` (64 KiB); bigger content goes as an attachment."""
+_MAX_PHONE_CHARS = 32  # PROTOCOL.md's phone number limit.
+_MAX_TIMESTAMP_CHARS = 64  # An ISO-8601 time with offset is about 30 characters.
+
+
+class ContentError(ValueError):
+    """A decrypted plaintext is not text message content of a version we read."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class TextMessage:
+    """One text message as its sender wrote it."""
+
+    sender_phone: str  #: the sender's number, as the sender states it (check it against LOOKUP)
+    recipient_phone: str  #: the number it was sent to
+    text: str  #: the message, at most MAX_TEXT_BYTES bytes of UTF-8
+    sent_at: str  #: the sender's clock when sending, ISO-8601 with milliseconds
+
+
+def encode_content(*, sender_phone: str, recipient_phone: str, text: str,
+                   sent_at: datetime.datetime) -> bytes:
+    """The plaintext of a text message.
+
+    Raises:
+        ValueError: the text is over MAX_TEXT_BYTES bytes.
+    """
+    if len(text.encode()) > MAX_TEXT_BYTES:
+        raise ValueError(f"the text is longer than {MAX_TEXT_BYTES} bytes")
+    packed: bytes = msgpack.packb({
+        "v": CONTENT_VERSION, "from": sender_phone, "to": recipient_phone, "text": text,
+        "sent_at": sent_at.isoformat(timespec="milliseconds")})
+    return packed
+
+
+def decode_content(data: bytes) -> TextMessage:
+    """Parse a decrypted plaintext.
+
+    Raises:
+        ContentError: not msgpack, not our version, or a field missing, ill-typed or too long.
+    """
+    try:
+        value = msgpack.unpackb(data, raw=False)
+    except (ValueError, msgpack.UnpackException) as error:
+        raise ContentError("content is not msgpack") from error
+    if not isinstance(value, dict) or value.get("v") != CONTENT_VERSION:
+        raise ContentError("content of an unsupported version")
+    fields = {name: value.get(name) for name in ("from", "to", "text", "sent_at")}
+    limits = {"from": _MAX_PHONE_CHARS, "to": _MAX_PHONE_CHARS,
+              "text": MAX_TEXT_BYTES, "sent_at": _MAX_TIMESTAMP_CHARS}
+    for name, field_value in fields.items():
+        if not isinstance(field_value, str) or len(field_value) > limits[name]:
+            raise ContentError(f"content field {name!r} is missing, not text or too long")
+    return TextMessage(sender_phone=str(fields["from"]), recipient_phone=str(fields["to"]),
+                       text=str(fields["text"]), sent_at=str(fields["sent_at"]))
