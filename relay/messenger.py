@@ -402,11 +402,11 @@ class Messenger:
         """Trust on first use: accept ``known`` and every other current device of the
         contact now, so a reply reaches all of them without asking the user to trust each."""
         listed = {info.device_id for info in await self.client.list_devices(contact.user_id)}
-        others = listed - set(known) - {self.device_id}
+        myself = {self.device_id} if contact.user_id == self.user_id else set()
+        others = listed - set(known) - myself
         keys = {**known, **await self._first_contact_keys(contact, others)}
         contact.accept_first(keys)
-        contact.devices = set(keys) - ({self.device_id} if contact.user_id == self.user_id
-                                       else set())
+        contact.devices = set(keys) - myself
 
     async def _first_contact_keys(self, contact: Contact,
                                   device_ids: set[int]) -> dict[int, bytes]:
