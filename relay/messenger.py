@@ -308,8 +308,9 @@ class Messenger:
                 device_ids = (device_ids - set(error.error.extra_devices)) | set(
                     error.error.missing_devices)
                 continue
-            contact.devices = set(device_ids)
-            self.save()
+            if contact.devices != device_ids:  # Else nothing changed since the last save.
+                contact.devices = set(device_ids)
+                self.save()
             return tuple(sorted(device_ids)), retries
 
     async def _check_number_owner(self, contact: Contact) -> None:
