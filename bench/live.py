@@ -151,9 +151,11 @@ async def connect_devices(stack: AsyncExitStack, endpoint: QuicEndpoint, host: s
 
     async def connect(position: int, device: BenchDevice,
                       task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        async with limiter, connect_relay(host, port, ca=ca, server_name="localhost",
-                                          endpoint=endpoint) as client:
-            await client.authenticate(device.user_id, device.device_id, device.key)
+        async with AsyncExitStack() as connection:
+            async with limiter:  # only the handshake counts against the limit
+                client = await connection.enter_async_context(connect_relay(
+                    host, port, ca=ca, server_name="localhost", endpoint=endpoint))
+                await client.authenticate(device.user_id, device.device_id, device.key)
             clients[position] = client
             task_status.started()
             await trio.sleep_forever()
@@ -170,13 +172,17 @@ def _payload(sender: int, sequence: int, size: int) -> bytes:
     return HEADER.pack(time.time_ns(), sender, sequence) + bytes(size - HEADER.size)
 
 
-async def run_live(config: LiveConfig) -> LiveResult:
-    """Connect the local devices, run the plan, and return what they saw."""
+async def run_live(config: LiveConfig, result: LiveResult | None = None) -> LiveResult:
+    """Connect the local devices, run the plan, and return what they saw.
+
+    Args:
+        result: where to count (a caller may read it while the run goes on).
+    """
     if config.size < HEADER.size:
         raise ValueError(f"the payload size must be at least {HEADER.size} bytes")
     plan = make_plan(len(config.devices), config.messages, config.seed)
     local = set(config.local)
-    result = LiveResult()
+    result = result if result is not None else LiveResult()
     expected = {index: 0 for index in config.local}
     for recipients in plan:
         for recipient in recipients:

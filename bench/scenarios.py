@@ -19,6 +19,7 @@ import trio
 from nacl.signing import SigningKey
 
 from bench.live import LiveConfig, LiveResult, connect_devices, run_live
+from bench.progress import progress_of
 from bench.provision import BenchDevice, bench_phone, provision_sqlite
 from bench.spawn import cpu_seconds, peak_rss_mib, rss_mib
 from bench.stats import latency_summary
@@ -59,10 +60,12 @@ async def live(target: Target, *, devices: int, messages: int, size: int, rate: 
     slices = [tuple(range(devices))[number::processes] for number in range(processes)]
     cpu_before = _cpu_now(target)
     if processes == 1:
-        results = [await run_live(LiveConfig(
-            host=target.host, port=target.port, ca=target.ca, devices=tuple(provisioned),
-            local=slices[0], messages=messages, size=size, rate=rate, window=window,
-            seed=seed, timeout=time_limit))]
+        counting = LiveResult()
+        async with progress_of("delivered", devices * messages, lambda: counting.delivered):
+            results = [await run_live(LiveConfig(
+                host=target.host, port=target.port, ca=target.ca, devices=tuple(provisioned),
+                local=slices[0], messages=messages, size=size, rate=rate, window=window,
+                seed=seed, timeout=time_limit), counting)]
     else:
         results = await _run_workers(target, provisioned, slices, messages=messages, size=size,
                                      rate=rate / processes, window=window, seed=seed,
@@ -137,6 +140,7 @@ async def offline(target: Target, *, messages: int, size: int, window: int,
             await client.authenticate(sender.user_id, sender.device_id, sender.key)
             started = time.perf_counter()
             slots = trio.Semaphore(window)
+            number_sent = [0]
 
             async def send(number: int) -> None:
                 try:
@@ -148,8 +152,10 @@ async def offline(target: Target, *, messages: int, size: int, window: int,
                     slots.release()
 
             with trio.fail_after(time_limit):
-                async with trio.open_nursery() as nursery:
+                async with progress_of("accepted", messages,
+                                       lambda: number_sent[0]), trio.open_nursery() as nursery:
                     for number in range(messages):
+                        number_sent[0] = number
                         await slots.acquire()
                         nursery.start_soon(send, number)
             accept_seconds = time.perf_counter() - started
