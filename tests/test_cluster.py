@@ -8,6 +8,7 @@ Nothing sleeps: the tests wait on deliveries, log events and answers, each bound
 from __future__ import annotations
 
 import struct
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -236,8 +237,10 @@ async def test_deleting_a_user_closes_its_devices_on_every_node(cluster: Cluster
 async def test_a_node_whose_listening_connection_was_lost_drains_what_it_missed(
         cluster_url: str, tmp_path: Path, nursery: trio.Nursery) -> None:
     await declare(cluster_url, tmp_path, (PHONE_A, PHONE_B), organisation="acme")
+    # Unique: application names are database-wide, and other suites may run a node-2.
+    node_name = f"node-2-{uuid.uuid4().hex}"
     settings = RelaySettings(data_dir=tmp_path / "node-2", listen_port=0, store=cluster_url,
-                             node_name="node-2")
+                             node_name=node_name)
     running: RunningRelay = await nursery.start(serve, settings)
     node_2 = running.context.cluster
     assert node_2 is not None
@@ -261,7 +264,7 @@ async def test_a_node_whose_listening_connection_was_lost_drains_what_it_missed(
                 await _authenticated(client_b, device_b)
                 deliveries = client_b.deliveries()
                 assert isinstance(await _next_delivery(deliveries), QueueEmpty)
-                _terminate_backends(cluster_url, listen_application_name("node-2"))
+                _terminate_backends(cluster_url, listen_application_name(node_name))
                 with trio.fail_after(WAIT_S):
                     await reconnecting.wait()
                 async with connect(node_1) as client_a:
