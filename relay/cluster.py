@@ -43,6 +43,7 @@ from storage.postgres_presence import (
     forget_node,
     node_channel,
     parse_notification,
+    reassert_device,
     release_device,
     renew_leases,
 )
@@ -236,9 +237,25 @@ class ClusterNode:
             attempt = 0
             self.listen_reconnections += 1
             log.info("listen_connection_restored")
+            await self._reassert_presence()
             # Listening again: anything committed while deaf is now in the
             # store, and anything committed from now on notifies us.
             self._presence.wake_all()
+
+    async def _reassert_presence(self) -> None:
+        """Hold our devices again (a failover may have lost rows); close those taken over."""
+        for device, (token, session) in list(self._held.items()):
+            try:
+                still_ours = await self._in_transaction(functools.partial(
+                    reassert_device, user_id=device[0], device_id=device[1],
+                    node_name=self.node_name, channel=self.channel, session_token=token,
+                    expires_at=self._now_ms() + LEASE_MS))
+            except psycopg.Error as error:  # the next loss and recovery tries again
+                log.warning("presence_reassert_failed", error=type(error).__name__)
+                return
+            if not still_ours and self._held.get(device) == (token, session):
+                del self._held[device]
+                session.close(ErrorCode.REPLACED, "this device connected elsewhere meanwhile")
 
     async def _receive(self, connection: Connection) -> None:
         pgconn = connection.pgconn

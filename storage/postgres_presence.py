@@ -43,6 +43,7 @@ __all__ = [
     "notify_recipient_nodes",
     "notify_revoked_devices",
     "parse_notification",
+    "reassert_device",
     "release_device",
     "renew_leases",
 ]
@@ -136,6 +137,33 @@ def claim_device(connection: Connection, *, user_id: str, device_id: int, node_n
         connection.execute("SELECT pg_notify(%s, %s)", (previous.channel, _payload(
             NotificationKind.REPLACED, user_id, device_id, previous.session_token)))
     return previous
+
+
+def reassert_device(connection: Connection, *, user_id: str, device_id: int,
+                    node_name: str, channel: str, session_token: str,
+                    expires_at: int) -> bool:
+    """After this node was cut off: hold the device again, unless someone took it over.
+
+    Writes the row back if it is missing (a PostgreSQL failover may lose recent
+    commits) or already ours. Returns False if the device is gone or another
+    session holds it now: the caller closes its connection.
+    """
+    locked = connection.execute(
+        "SELECT 1 FROM devices WHERE user_id = %s AND device_id = %s FOR SHARE",
+        (user_id, device_id)).fetchone()
+    if locked is None:
+        return False
+    row = connection.execute(
+        "SELECT session_token FROM presence WHERE user_id = %s AND device_id = %s FOR UPDATE",
+        (user_id, device_id)).fetchone()
+    if row is not None and row[0] != session_token:
+        return False
+    connection.execute(
+        "INSERT INTO presence (user_id, device_id, node_name, channel, session_token,"
+        " expires_at) VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (user_id, device_id)"
+        " DO UPDATE SET expires_at = excluded.expires_at",
+        (user_id, device_id, node_name, channel, session_token, expires_at))
+    return True
 
 
 def release_device(connection: Connection, *, user_id: str, device_id: int,

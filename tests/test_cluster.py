@@ -267,6 +267,8 @@ async def test_a_node_whose_listening_connection_was_lost_drains_what_it_missed(
                 _terminate_backends(cluster_url, listen_application_name(node_name))
                 with trio.fail_after(WAIT_S):
                     await reconnecting.wait()
+                # A failover to a replica that had not received the claim yet.
+                assert _execute(cluster_url, "DELETE FROM presence") == 1
                 async with connect(node_1) as client_a:
                     await _authenticated(client_a, device_a)
                     await client_a.send(device_b.user_id, {device_b.device_id: b"while deaf"},
@@ -275,6 +277,9 @@ async def test_a_node_whose_listening_connection_was_lost_drains_what_it_missed(
                 missed = await _next_delivery(deliveries)
                 assert isinstance(missed, Deliver) and missed.ciphertext == b"while deaf"
                 assert node_2.listen_reconnections == 1
+                # The node held the device again before re-reading.
+                assert _execute(cluster_url, "SELECT count(*) FROM presence WHERE node_name = %s",
+                                node_name) == 1
                 client_b.acknowledge(missed.envelope_id)
                 await client_b.settle()
     finally:
@@ -329,3 +334,11 @@ async def test_concurrent_bundle_fetches_through_two_nodes_never_share_a_one_tim
     assert len(kem_one_time) == len(set(kem_one_time)) == pool
     last_resort = [bundle for bundle in bundles if not bundle.kem_one_time]
     assert len(last_resort) == 2 * BUNDLE_FETCHES_PER_TARGET - pool
+
+
+def _execute(url: str, query: str, *params: object) -> int:
+    """Run one statement; the first column of its row, or how many rows it changed."""
+    with psycopg.connect(url, autocommit=True) as connection:
+        cursor = connection.execute(query.encode(), params or None)
+        row = cursor.fetchone() if cursor.description else None
+        return int(row[0]) if row is not None else cursor.rowcount
