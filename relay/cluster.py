@@ -154,6 +154,7 @@ class ClusterNode:
                 log.info("cluster_node_ready", node=self.node_name)
                 task_status.started()
         finally:
+            self._nursery = None  # closed: releases from now on are left to _shut_down
             with trio.CancelScope(shield=True):
                 await self._shut_down()
 
