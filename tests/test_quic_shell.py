@@ -86,3 +86,13 @@ async def test_going_away_on_shutdown(relay: RelayUnderTest) -> None:
             async for _ in client.deliveries():
                 pass
         assert closed.value.code == ErrorCode.GOING_AWAY
+
+
+async def test_server_connections_drop_their_handshake_buffers(relay: RelayUnderTest) -> None:
+    from relay.quic import POST_HANDSHAKE_CRYPTO_BUFFER_BYTES
+
+    async with relay.connect() as client:
+        await client.enrol_start(ALICE)  # a request after the handshake still works
+        [link] = relay.running.endpoint.links
+        capacities = {buffer.capacity for buffer in link.quic._crypto_buffers.values()}
+        assert capacities == {POST_HANDSHAKE_CRYPTO_BUFFER_BYTES}
