@@ -12,7 +12,7 @@ from __future__ import annotations
 import random
 import struct
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -172,11 +172,14 @@ def _payload(sender: int, sequence: int, size: int) -> bytes:
     return HEADER.pack(time.time_ns(), sender, sequence) + bytes(size - HEADER.size)
 
 
-async def run_live(config: LiveConfig, result: LiveResult | None = None) -> LiveResult:
+async def run_live(config: LiveConfig, result: LiveResult | None = None,
+                   on_start: Callable[[], None] | None = None) -> LiveResult:
     """Connect the local devices, run the plan, and return what they saw.
 
     Args:
         result: where to count (a caller may read it while the run goes on).
+        on_start: called once every device is connected, just before sending
+            (where a caller starts measuring the relay's CPU).
     """
     if config.size < HEADER.size:
         raise ValueError(f"the payload size must be at least {HEADER.size} bytes")
@@ -203,6 +206,8 @@ async def run_live(config: LiveConfig, result: LiveResult | None = None) -> Live
                     await receiver.drained.wait()
             if config.start_at_ns:
                 await trio.sleep(max(0.0, (config.start_at_ns - time.time_ns()) / 1e9))
+            if on_start is not None:
+                on_start()
             result.first_send_ns = time.time_ns()
             with trio.move_on_after(config.timeout) as deadline:
                 await _send_all(config, plan, clients, result)

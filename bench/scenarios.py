@@ -12,6 +12,7 @@ import re
 import secrets
 import sys
 import time
+from collections.abc import Callable
 from contextlib import AsyncExitStack
 from typing import TYPE_CHECKING, Any
 
@@ -58,18 +59,23 @@ async def live(target: Target, *, devices: int, messages: int, size: int, rate: 
     provisioned = await provision_sqlite(target.data_dir, count=devices, now=now_ms())
     seed = secrets.randbits(32)
     slices = [tuple(range(devices))[number::processes] for number in range(processes)]
-    cpu_before = _cpu_now(target)
+    cpu_before: list[float | None] = [None]
+
+    def measure_from_here() -> None:
+        # After the handshakes: the relay's CPU per message excludes connecting.
+        cpu_before[0] = _cpu_now(target)
+
     if processes == 1:
         counting = LiveResult()
         async with progress_of("delivered", devices * messages, lambda: counting.delivered):
             results = [await run_live(LiveConfig(
                 host=target.host, port=target.port, ca=target.ca, devices=tuple(provisioned),
                 local=slices[0], messages=messages, size=size, rate=rate, window=window,
-                seed=seed, timeout=time_limit), counting)]
+                seed=seed, timeout=time_limit), counting, measure_from_here)]
     else:
         results = await _run_workers(target, provisioned, slices, messages=messages, size=size,
                                      rate=rate / processes, window=window, seed=seed,
-                                     timeout=time_limit)
+                                     timeout=time_limit, on_start=measure_from_here)
     merged = _merge(results)
     seconds = max(0.0, (merged.last_receipt_ns - merged.first_send_ns) / 1e9)
     return {"scenario": "live", "devices": devices, "messages_per_device": messages,
@@ -80,7 +86,7 @@ async def live(target: Target, *, devices: int, messages: int, size: int, rate: 
             "latency_ms": latency_summary(merged.latencies_ms),
             "errors": merged.errors, "error_samples": merged.error_samples,
             "duplicates": merged.duplicates,
-            **_server_costs(target, cpu_before, merged.delivered)}
+            **_server_costs(target, cpu_before[0], merged.delivered)}
 
 
 
@@ -101,10 +107,15 @@ def _merge(results: list[LiveResult]) -> LiveResult:
 
 
 async def _run_workers(target: Target, provisioned: list[BenchDevice],
-                       slices: list[tuple[int, ...]], **settings: Any) -> list[LiveResult]:
+                       slices: list[tuple[int, ...]], on_start: Callable[[], None],
+                       **settings: Any) -> list[LiveResult]:
     """Run one ``bench.worker`` process per slice; they start sending together."""
     start_at_ns = time.time_ns() + int(3e9 + len(provisioned) * 20e6)  # after every handshake
     results: list[LiveResult] = []
+
+    async def start_measuring() -> None:
+        await trio.sleep(max(0.0, (start_at_ns - time.time_ns()) / 1e9))
+        on_start()
 
     async def one(local: tuple[int, ...]) -> None:
         request = {"host": target.host, "port": target.port,
@@ -123,6 +134,7 @@ async def _run_workers(target: Target, provisioned: list[BenchDevice],
         results.append(LiveResult(**answer))
 
     async with trio.open_nursery() as nursery:
+        nursery.start_soon(start_measuring)
         for local in slices:
             nursery.start_soon(one, local)
     return results
