@@ -6,7 +6,8 @@ about users, but it is not for the public either).
 
 * ``/healthz``: 200 while the process's event loop answers (liveness).
 * ``/readyz``: 200 when the store answers a read within ``READINESS_TIMEOUT_SECONDS``
-  and the QUIC listener accepts connections; 503 otherwise (e.g. while stopping).
+  and the QUIC listener accepts connections (and, in a cluster, the node listens for
+  other nodes' notifications); 503 otherwise (e.g. while stopping).
 * ``/metrics``: Prometheus text format, from the relay's own registry.
 """
 
@@ -47,6 +48,10 @@ def operations_app(context: RelayContext, registry: CollectorRegistry) -> Starle
     async def readyz(request: Request) -> Response:
         checks = {"storage": await _store_answers(context),
                   "listener": context.endpoint is not None and context.endpoint.accepting}
+        if context.cluster is not None:
+            # Several nodes: without its LISTEN connection this node hears of sends
+            # from other nodes only when its devices reconnect (docs/CLUSTER.md).
+            checks["cluster_notifications"] = context.cluster.listening.is_set()
         ready = all(checks.values())
         return JSONResponse({"ready": ready, "checks": checks}, status_code=200 if ready else 503)
 

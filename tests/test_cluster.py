@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import psycopg
 import pytest
 import trio
@@ -241,7 +242,7 @@ async def test_a_node_whose_listening_connection_was_lost_drains_what_it_missed(
     # Unique: application names are database-wide, and other suites may run a node-2.
     node_name = f"node-2-{uuid.uuid4().hex}"
     settings = RelaySettings(data_dir=tmp_path / "node-2", listen_port=0, store=cluster_url,
-                             node_name=node_name)
+                             node_name=node_name, metrics_listen="127.0.0.1:0")
     running: RunningRelay = await nursery.start(serve, settings)
     node_2 = running.context.cluster
     assert node_2 is not None
@@ -265,9 +266,12 @@ async def test_a_node_whose_listening_connection_was_lost_drains_what_it_missed(
                 await _authenticated(client_b, device_b)
                 deliveries = client_b.deliveries()
                 assert isinstance(await _next_delivery(deliveries), QueueEmpty)
+                assert (await _readiness(running))["cluster_notifications"] is True
                 _terminate_backends(cluster_url, listen_application_name(node_name))
                 with trio.fail_after(WAIT_S):
                     await reconnecting.wait()
+                # Deaf: not ready, so that a balancer sends new connections elsewhere.
+                assert (await _readiness(running))["cluster_notifications"] is False
                 # A failover to a replica that had not received the claim yet.
                 assert _execute(cluster_url, "DELETE FROM presence") == 1
                 async with connect(node_1) as client_a:
@@ -278,6 +282,7 @@ async def test_a_node_whose_listening_connection_was_lost_drains_what_it_missed(
                 missed = await _next_delivery(deliveries)
                 assert isinstance(missed, Deliver) and missed.ciphertext == b"while deaf"
                 assert node_2.listen_reconnections == 1
+                assert (await _readiness(running))["cluster_notifications"] is True
                 # The node held the device again before re-reading.
                 assert _execute(cluster_url, "SELECT count(*) FROM presence WHERE node_name = %s",
                                 node_name) == 1
@@ -354,3 +359,14 @@ async def test_the_cluster_benchmark_delivers_everything_across_two_nodes(
     assert result.delivered == result.sent == 40
     assert (result.duplicates, result.out_of_order) == (0, 0)
     assert result.latency_ms["p50"] <= result.latency_ms["p99"]
+
+
+async def _readiness(running: RunningRelay) -> dict[str, bool]:
+    address = running.context.operations_address
+    assert address is not None
+    async with httpx.AsyncClient() as client:
+        with trio.fail_after(WAIT_S):
+            answer = await client.get(f"http://{address[0]}:{address[1]}/readyz")
+    checks: dict[str, bool] = answer.json()["checks"]
+    assert (answer.status_code == 200) == all(checks.values())
+    return checks
