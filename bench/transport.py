@@ -142,13 +142,19 @@ async def run_transport(*, devices: int, messages: int, size: int, window: int,
         relay = await scenarios.live(target, devices=devices, messages=messages, size=size,
                                      rate=0, window=window, processes=1,
                                      time_limit=time_limit)
-    ratios: dict[str, float | None] = {}
-    for field in ("server_cpu_us_per_message", "messages_per_second"):
-        if relay.get(field) and ceiling.get(field):
-            ratios[field] = round(relay[field] / ceiling[field], 2)
-    if relay.get("latency_ms") and ceiling.get("latency_ms"):
-        for name in ("p50", "p99"):
-            ratios[f"latency_{name}"] = round(relay["latency_ms"][name]
-                                              / ceiling["latency_ms"][name], 2)
+    ratios: dict[str, float | None] = {
+        field: _ratio(relay.get(field), ceiling.get(field))
+        for field in ("server_cpu_us_per_message", "messages_per_second")}
+    for name in ("p50", "p99"):
+        ratios[f"latency_{name}"] = _ratio((relay.get("latency_ms") or {}).get(name),
+                                           (ceiling.get("latency_ms") or {}).get(name))
     return {**ceiling, "errors": ceiling["errors"] + relay["errors"], "relay": relay,
             "relay_over_ceiling": ratios}
+
+
+def _ratio(relay: float | None, ceiling: float | None) -> float | None:
+    """relay / ceiling, or None when either is unknown or the ceiling is 0 (a run too
+    short for the 10 ms resolution of process CPU time)."""
+    if relay is None or not ceiling:
+        return None
+    return round(relay / ceiling, 2)

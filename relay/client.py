@@ -14,6 +14,7 @@ in flight (see docs/PROTOCOL.md, "Ordering").
 
 from __future__ import annotations
 
+import contextlib
 import ssl
 from collections import deque
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -135,7 +136,7 @@ class RelayClient:
         self._ack_stream: int | None = None
         self._pending_acks: list[int] = []
         self._nursery: trio.Nursery | None = None
-        self._ack_waiters: list[_Waiter] = []
+        self._unconfirmed_ack: int | None = None  # last id sent in an unanswered ACK
         self.user_id: str | None = None
         self.device_id: int | None = None
 
@@ -325,22 +326,26 @@ class RelayClient:
             batch = self._pending_acks[:ACK_FLUSH_MAX]
             del self._pending_acks[:ACK_FLUSH_MAX]
             assert self._ack_stream is not None
-            waiter = _Waiter()
-            self._waiters.setdefault(self._ack_stream, deque()).append(waiter)
-            self._ack_waiters.append(waiter)
-            link.send_stream_data(self._ack_stream, encode_frame(Ack(envelope_ids=tuple(batch))))
+            # No answer: an ACKED would cost the relay a packet, and us an
+            # ACK-only packet back, for each batch. settle() asks for one.
+            link.send_stream_data(self._ack_stream, encode_frame(
+                Ack(envelope_ids=tuple(batch), answer=False)))
+            self._unconfirmed_ack = batch[-1]
 
     async def settle(self) -> None:
         """Send pending acknowledgements and wait until the relay has them.
 
         Closing a QUIC connection discards stream data not yet sent, so a client
         that closes right after handing messages over must settle first, or the
-        relay would deliver them again on the next connection.
+        relay would deliver them again on the next connection. The relay
+        answers the requests of one stream in order, so one answered ACK (of an
+        id already acknowledged: acknowledging is idempotent) confirms every
+        unanswered one before it.
         """
         self._flush_acks()
-        waiters, self._ack_waiters = self._ack_waiters, []
-        for waiter in waiters:
-            await waiter.done.wait()
+        last, self._unconfirmed_ack = self._unconfirmed_ack, None
+        if last is not None and self._ack_stream is not None and self._closed is None:
+            await self.request(Ack(envelope_ids=(last,)), stream_id=self._ack_stream)
 
     async def deliveries(self) -> AsyncIterator[Delivery]:
         """Deliveries in queue order, then QUEUE_EMPTY once, then live ones."""
@@ -435,7 +440,9 @@ async def _connection(endpoint: QuicEndpoint, host: str, port: int, *, ca: Path 
         try:
             yield client
         finally:
-            with trio.move_on_after(SETTLE_SECONDS) as settling:
+            with trio.move_on_after(SETTLE_SECONDS) as settling, \
+                    contextlib.suppress(ConnectionClosed, RelayError):
+                # A connection the relay closed meanwhile has nothing to settle.
                 settling.shield = True
                 await client.settle()
             client.close()

@@ -361,8 +361,11 @@ class Ack:
 
     frame_type: ClassVar[FrameType] = FrameType.ACK
     envelope_ids: tuple[int, ...]  #: 1 to MAX_ACK_IDS ids from DELIVER frames
+    answer: bool = True  #: false: the relay sends no ACKED for this one (PROTOCOL.md)
 
     def __post_init__(self) -> None:
+        if type(self.answer) is not bool:
+            raise _fail(self, "answer", "a bool", ErrorCode.MALFORMED_FRAME)
         _check_int_tuple(
             self,
             "envelope_ids",

@@ -174,7 +174,8 @@ class DeviceSession:
         while queue and queue[0].data is not None:
             ready = queue.popleft()
             assert ready.data is not None
-            self._link.send_stream_data(stream_id, ready.data, ready.end_stream)
+            if ready.data or ready.end_stream:  # an unanswered request leaves no bytes
+                self._link.send_stream_data(stream_id, ready.data, ready.end_stream)
             if ready.end_stream:
                 self._slots.pop(stream_id, None)
                 self._ended_by_peer.discard(stream_id)
@@ -355,6 +356,8 @@ class DeviceSession:
             user_id=self.device[0], device_id=self.device[1], envelope_ids=frame.envelope_ids)
         if self._pump is not None:
             self._pump.acknowledged(frame.envelope_ids)
+        if not frame.answer:
+            return b""  # nothing goes back; later answers on the stream keep their order
         self._relay.metrics.acknowledged += count
         return encode_frame(Acked(count=count))
 
