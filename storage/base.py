@@ -18,6 +18,18 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
 if TYPE_CHECKING:  # storage.prekey_records builds on this module
+    import datetime
+
+    from storage.admin_records import (
+        Account,
+        AccountRole,
+        AdminSession,
+        ApiToken,
+        AuditEntry,
+        Licence,
+        LicenceOffer,
+        SeatReduction,
+    )
     from storage.prekey_records import ClaimedBundle, PrekeyCounts, PrekeyUpload
 
 __all__ = [
@@ -389,4 +401,131 @@ class Store(Protocol):
         returned with what it has and nothing is claimed from it. Deleted devices are
         absent (their prekeys went with them). A user without devices gives [].
         """
+        ...
+
+    # -- administration (value types in storage.admin_records) -------------------
+    # Secrets reach the store only hashed: session and token hashes are SHA-256 of random
+    # values the caller drew; password hashes are Argon2id. Emails are lowercased by callers.
+
+    async def list_organisations(self) -> list[Organisation]:
+        """Every organisation, by name."""
+        ...
+
+    async def create_account(self, *, email: str, role: AccountRole, organisation: str | None,
+                             password_hash: str, now: int) -> Account:
+        """Create an operator (``organisation`` None) or an organisation administrator.
+
+        Raises AlreadyExists (email taken), NotFound (organisation), ValueError (a role that
+        does not fit ``organisation``); changes nothing then.
+        """
+        ...
+
+    async def find_account(self, email: str) -> Account | None:
+        ...
+
+    async def set_account_password(self, *, account_id: int, password_hash: str,
+                                   keep_session_hash: bytes | None) -> None:
+        """Replace the password hash and, in the same transaction, end every session of the
+        account except ``keep_session_hash`` (the one changing it). Raises NotFound."""
+        ...
+
+    async def create_admin_session(self, *, session_hash: bytes, account_id: int,
+                                   csrf_token: str, now: int, expires_at: int) -> None:
+        """Start a console session (and forget sessions expired by ``now``). Raises NotFound."""
+        ...
+
+    async def load_admin_session(self, *, session_hash: bytes,
+                                 now: int) -> AdminSession | None:
+        """The session with its account, or None if unknown or expired by ``now``."""
+        ...
+
+    async def delete_admin_session(self, session_hash: bytes) -> None:
+        """Log out; an unknown hash is ignored."""
+        ...
+
+    async def create_api_token(self, *, organisation: str, token_hash: bytes,
+                               now: int) -> ApiToken:
+        """Record a token for that organisation only. Raises NotFound."""
+        ...
+
+    async def find_api_token(self, token_hash: bytes) -> ApiToken | None:
+        """The token with this hash unless unknown or revoked."""
+        ...
+
+    async def list_api_tokens(self, organisation: str) -> list[ApiToken]:
+        """Tokens of the organisation, revoked ones included, by id. Raises NotFound."""
+        ...
+
+    async def revoke_api_token(self, *, organisation: str, token_id: int,
+                               now: int) -> ApiToken:
+        """Revoke (idempotent; the first revocation time is kept). Raises NotFound, also for a
+        token of another organisation."""
+        ...
+
+    async def append_audit(self, *, organisation_id: int, actor: str, action: str,
+                           subject: str, address: str, now: int) -> AuditEntry:
+        """Append one entry. The log is append-only: no method deletes or edits an entry,
+        except ``erase_user`` replacing an erased number by its pseudonym."""
+        ...
+
+    async def list_audit(self, *, organisation_id: int, action: str | None = None,
+                         subject: str | None = None, before_entry_id: int | None = None,
+                         limit: int) -> list[AuditEntry]:
+        """The organisation's entries, newest first, filtered by exact action and subject
+        when given, older than ``before_entry_id`` when given (paging). Raises ValueError
+        unless 1 <= limit <= storage.admin_sql.MAX_AUDIT_PAGE."""
+        ...
+
+    async def erase_user(self, *, organisation: str, phone: str, pseudonym: str) -> User:
+        """Delete the user as ``delete_user`` does and, in the same transaction, replace
+        ``phone`` by ``pseudonym`` in the subject of the organisation's audit entries.
+        Raises NotFound."""
+        ...
+
+    async def terminate_organisation(self, name: str) -> list[User]:
+        """Atomically delete every user (devices, queues, prekeys with them) and mark the
+        organisation TERMINATED. Returns the deleted users so the caller can close their
+        connections. Raises NotFound."""
+        ...
+
+    async def get_licence(self, organisation: str) -> Licence:
+        """Seats in force and contract terms (month to month from the organisation's
+        creation day if none were set). Raises NotFound."""
+        ...
+
+    async def set_licence_terms(self, *, organisation: str, offer: LicenceOffer,
+                                period_start: datetime.date) -> Licence:
+        """Record the contract's offer and start. Raises NotFound."""
+        ...
+
+    async def add_seats(self, *, organisation: str, added: int) -> Licence:
+        """Add ``added`` >= 1 seats at once (ValueError otherwise). Raises NotFound."""
+        ...
+
+    async def request_seat_reduction(self, *, organisation: str, seats: int,
+                                     effective_on: datetime.date, now: int) -> SeatReduction:
+        """Record a pending reduction to ``seats``, applied on ``effective_on``.
+
+        Atomic against declarations: raises ReductionBelowDeclared if more than ``seats``
+        users are declared, ValueError unless 0 <= seats < current seats, NotFound; changes
+        nothing then.
+        """
+        ...
+
+    async def list_seat_reductions(self, organisation: str) -> list[SeatReduction]:
+        """Pending reductions, by effective date. Raises NotFound."""
+        ...
+
+    async def apply_due_seat_reductions(self, *, today: datetime.date) -> int:
+        """Apply (and forget) every reduction effective on or before ``today``; when several
+        of one organisation are due, the latest request wins. Returns how many were due."""
+        ...
+
+    async def cross_organisation_allowed(self, organisation_id: int) -> bool:
+        """Whether its users may communicate with other organisations (default True)."""
+        ...
+
+    async def set_cross_organisation_allowed(self, *, organisation: str,
+                                             allowed: bool) -> None:
+        """Raises NotFound."""
         ...

@@ -39,6 +39,7 @@ import psycopg
 import trio
 from psycopg_pool import ConnectionPool
 
+from storage.admin_store import AdminStoreMethods
 from storage.base import (
     AlreadyExists,
     Device,
@@ -160,8 +161,14 @@ def _lock_phone_key(connection: Connection, phone_key: bytes) -> None:
                        (phone_key,))
 
 
-class PostgresStore:
+class PostgresStore(AdminStoreMethods):
     """``storage.base.Store`` on PostgreSQL. Create with ``open_postgres_store``."""
+
+    _admin_dialect = POSTGRES
+
+    def _before_user_deleted(self, connection: Any, user_id: str) -> None:
+        # Nodes holding its devices close them on commit (as delete_user does).
+        notify_revoked_devices(connection, user_id=user_id)
 
     def __init__(self, *, writer: GroupCommitWriter[Connection],
                  readers: ConnectionPool[Connection]) -> None:

@@ -25,6 +25,7 @@ from typing import Any
 
 import psycopg
 
+from storage.admin_sql import POSTGRES_ADMIN_TABLES
 from storage.prekey_sql import POSTGRES_PREKEY_TABLES
 from storage.sqlite_schema import Migration, SchemaVersionTooNew
 
@@ -157,7 +158,11 @@ _VERSION_2 = Migration(
 # Prekeys: the signed and last-resort prekey of each device, and its one-time pools.
 _VERSION_3 = Migration(version=3, statements=POSTGRES_PREKEY_TABLES)
 
-MIGRATIONS: tuple[Migration, ...] = (_VERSION_1, _VERSION_2, _VERSION_3)
+# Administration: accounts, console sessions, API tokens, audit log, licence terms,
+# pending seat reductions, cross-organisation policy (storage.admin_sql).
+_VERSION_4 = Migration(version=4, statements=POSTGRES_ADMIN_TABLES)
+
+MIGRATIONS: tuple[Migration, ...] = (_VERSION_1, _VERSION_2, _VERSION_3, _VERSION_4)
 """Every migration, oldest first; versions are consecutive from 1."""
 
 LATEST_SCHEMA_VERSION = MIGRATIONS[-1].version

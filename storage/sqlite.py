@@ -19,6 +19,7 @@ from typing import TypeVar
 
 import trio
 
+from storage.admin_store import AdminStoreMethods
 from storage.base import (
     AlreadyExists,
     Device,
@@ -130,8 +131,10 @@ def _require_organisation(connection: sqlite3.Connection, name: str) -> Organisa
     return organisation_from_row(row)
 
 
-class SqliteStore:
+class SqliteStore(AdminStoreMethods):
     """``storage.base.Store`` on one SQLite file. Create with ``open_sqlite_store``."""
+
+    _admin_dialect = SQLITE
 
     def __init__(self, *, path: pathlib.Path, writer: GroupCommitWriter[sqlite3.Connection],
                  readers: ReaderPool) -> None:
@@ -147,6 +150,9 @@ class SqliteStore:
 
     async def _write(self, work: Callable[[sqlite3.Connection], T]) -> T:
         return await self._writer.submit(work).wait()
+
+    async def _read(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        return await self._readers.run(work)
 
     # -- lifecycle -----------------------------------------------------------
 

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from storage.admin_sql import SQLITE_ADMIN_TABLES
 from storage.base import (
     Device,
     Envelope,
@@ -170,7 +171,11 @@ _VERSION_1 = Migration(
 # Prekeys: the signed and last-resort prekey of each device, and its one-time pools.
 _VERSION_2 = Migration(version=2, statements=SQLITE_PREKEY_TABLES)
 
-MIGRATIONS: tuple[Migration, ...] = (_VERSION_1, _VERSION_2)
+# Administration: accounts, console sessions, API tokens, audit log, licence terms,
+# pending seat reductions, cross-organisation policy (storage.admin_sql).
+_VERSION_3 = Migration(version=3, statements=SQLITE_ADMIN_TABLES)
+
+MIGRATIONS: tuple[Migration, ...] = (_VERSION_1, _VERSION_2, _VERSION_3)
 """Every migration, oldest first; versions are consecutive from 1."""
 
 LATEST_SCHEMA_VERSION = MIGRATIONS[-1].version

@@ -693,7 +693,9 @@ async def _check_queue_depth_invariant(store: Store, operations: list[tuple[Any,
             assert depth <= 4
 
 
-# The prekey methods' tests join this suite (that module imports the helpers above).
+# The prekey and administration methods' tests join this suite (those modules import the
+# helpers above).
+from tests.admin_conformance import *  # noqa: E402, F403
 from tests.prekey_conformance import *  # noqa: E402, F403
 
 # What ``import *`` hands a backend module: the fixture and every test.

@@ -1,0 +1,536 @@
+"""Administration tables and the statements on them, shared by the SQLite and PostgreSQL stores.
+
+Accounts, console sessions, API tokens, the audit log, licence terms, pending seat reductions
+and the cross-organisation policy. As in ``storage.prekey_sql``, both backends run the same SQL
+through a ``Dialect``; every function runs inside the caller's transaction (a write's savepoint
+or a read's snapshot), so whatever it raises undoes everything it did.
+
+The audit log is append-only: triggers refuse deleting a row or changing anything but its
+subject, and the subject changes only to pseudonymise an erased user.
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from storage.admin_records import (
+    Account,
+    AccountRole,
+    AdminSession,
+    ApiToken,
+    AuditEntry,
+    Licence,
+    LicenceOffer,
+    ReductionBelowDeclared,
+    SeatReduction,
+)
+from storage.base import (
+    AlreadyExists,
+    NotFound,
+    Organisation,
+    OrganisationState,
+    User,
+    UserState,
+)
+from storage.prekey_sql import Connection, Dialect
+
+__all__ = [
+    "MAX_AUDIT_PAGE",
+    "POSTGRES_ADMIN_TABLES",
+    "SQLITE_ADMIN_TABLES",
+    "BeforeUserDeleted",
+    "add_seats",
+    "append_audit",
+    "apply_due_seat_reductions",
+    "create_account",
+    "create_admin_session",
+    "create_api_token",
+    "cross_organisation_allowed",
+    "delete_admin_session",
+    "erase_user",
+    "find_account",
+    "find_api_token",
+    "get_licence",
+    "list_api_tokens",
+    "list_audit",
+    "list_organisations",
+    "list_seat_reductions",
+    "load_admin_session",
+    "remove_all_users",
+    "request_seat_reduction",
+    "revoke_api_token",
+    "set_account_password",
+    "set_cross_organisation_allowed",
+    "set_licence_terms",
+]
+
+
+def _tables(*, identity: str, blob: str, big: str, boolean: str) -> tuple[str, ...]:
+    return (
+        f"""
+        CREATE TABLE accounts (
+            account_id {identity},
+            email TEXT NOT NULL UNIQUE,
+            role TEXT NOT NULL CHECK (role IN ('operator', 'organisation_admin')),
+            organisation_id INTEGER
+                REFERENCES organisations (organisation_id) ON DELETE CASCADE,
+            password_hash TEXT NOT NULL,
+            created_at {big} NOT NULL,
+            CHECK ((role = 'operator') = (organisation_id IS NULL))
+        )
+        """,
+        f"""
+        CREATE TABLE admin_sessions (
+            session_hash {blob} PRIMARY KEY,
+            account_id INTEGER NOT NULL REFERENCES accounts (account_id) ON DELETE CASCADE,
+            csrf_token TEXT NOT NULL,
+            expires_at {big} NOT NULL
+        )
+        """,
+        f"""
+        CREATE TABLE api_tokens (
+            token_id {identity},
+            token_hash {blob} NOT NULL UNIQUE,
+            organisation_id INTEGER NOT NULL
+                REFERENCES organisations (organisation_id) ON DELETE CASCADE,
+            created_at {big} NOT NULL,
+            revoked_at {big}
+        )
+        """,
+        # No foreign key: the log outlives whatever it mentions.
+        f"""
+        CREATE TABLE audit_log (
+            entry_id {identity},
+            organisation_id INTEGER NOT NULL,
+            actor TEXT NOT NULL,
+            action TEXT NOT NULL,
+            subject TEXT NOT NULL,
+            address TEXT NOT NULL,
+            at {big} NOT NULL
+        )
+        """,
+        "CREATE INDEX audit_log_by_organisation ON audit_log (organisation_id, entry_id)",
+        # Dates as ISO text (YYYY-MM-DD): they sort and compare as dates in both databases.
+        """
+        CREATE TABLE licence_terms (
+            organisation_id INTEGER PRIMARY KEY
+                REFERENCES organisations (organisation_id) ON DELETE CASCADE,
+            offer TEXT NOT NULL CHECK (offer IN ('monthly', 'annual_commitment')),
+            period_start TEXT NOT NULL
+        )
+        """,
+        f"""
+        CREATE TABLE seat_reductions (
+            reduction_id {identity},
+            organisation_id INTEGER NOT NULL
+                REFERENCES organisations (organisation_id) ON DELETE CASCADE,
+            seats INTEGER NOT NULL CHECK (seats >= 0),
+            requested_at {big} NOT NULL,
+            effective_on TEXT NOT NULL
+        )
+        """,
+        f"""
+        CREATE TABLE organisation_policies (
+            organisation_id INTEGER PRIMARY KEY
+                REFERENCES organisations (organisation_id) ON DELETE CASCADE,
+            cross_organisation {boolean} NOT NULL
+        )
+        """,
+    )
+
+
+SQLITE_ADMIN_TABLES: tuple[str, ...] = (
+    *_tables(identity="INTEGER PRIMARY KEY AUTOINCREMENT", blob="BLOB", big="INTEGER",
+             boolean="INTEGER"),
+    """
+    CREATE TRIGGER audit_log_no_delete BEFORE DELETE ON audit_log
+    BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END
+    """,
+    """
+    CREATE TRIGGER audit_log_only_pseudonymised
+    BEFORE UPDATE OF entry_id, organisation_id, actor, action, address, at ON audit_log
+    BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END
+    """,
+)
+
+POSTGRES_ADMIN_TABLES: tuple[str, ...] = (
+    *_tables(identity="BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY", blob="BYTEA",
+             big="BIGINT", boolean="BOOLEAN"),
+    """
+    CREATE FUNCTION audit_log_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        IF TG_OP = 'DELETE' OR NEW.entry_id <> OLD.entry_id
+           OR NEW.organisation_id <> OLD.organisation_id OR NEW.actor <> OLD.actor
+           OR NEW.action <> OLD.action OR NEW.address <> OLD.address OR NEW.at <> OLD.at THEN
+            RAISE EXCEPTION 'the audit log is append-only';
+        END IF;
+        RETURN NEW;
+    END $$
+    """,
+    """
+    CREATE TRIGGER audit_log_append_only BEFORE UPDATE OR DELETE ON audit_log
+    FOR EACH ROW EXECUTE FUNCTION audit_log_append_only()
+    """,
+)
+
+_ACCOUNT_COLUMNS = "account_id, email, role, organisation_id, password_hash, created_at"
+_AUDIT_COLUMNS = "entry_id, organisation_id, actor, action, subject, address, at"
+_ORGANISATION_COLUMNS = "organisation_id, name, seats, state, created_at"
+_USER_COLUMNS = "user_id, organisation_id, phone, state, declared_at, enrolled_at"
+
+# What a caller may ask of the audit log at once: a page, not the whole history.
+MAX_AUDIT_PAGE = 500
+"""Largest page of audit entries one call returns."""
+
+
+def _account(row: Sequence[Any]) -> Account:
+    account_id, email, role, organisation_id, password_hash, created_at = row
+    return Account(account_id=int(account_id), email=str(email), role=AccountRole(role),
+                   organisation_id=None if organisation_id is None else int(organisation_id),
+                   password_hash=str(password_hash), created_at=int(created_at))
+
+
+def _audit(row: Sequence[Any]) -> AuditEntry:
+    entry_id, organisation_id, actor, action, subject, address, at = row
+    return AuditEntry(entry_id=int(entry_id), organisation_id=int(organisation_id),
+                      actor=str(actor), action=str(action), subject=str(subject),
+                      address=str(address), at=int(at))
+
+
+def _organisation(row: Sequence[Any]) -> Organisation:
+    organisation_id, name, seats, state, created_at = row
+    return Organisation(organisation_id=int(organisation_id), name=str(name), seats=int(seats),
+                        state=OrganisationState(state), created_at=int(created_at))
+
+
+def _user(row: Sequence[Any]) -> User:
+    user_id, organisation_id, phone, state, declared_at, enrolled_at = row[:6]
+    return User(user_id=str(user_id), organisation_id=int(organisation_id), phone=str(phone),
+                state=UserState(state), declared_at=int(declared_at),
+                enrolled_at=None if enrolled_at is None else int(enrolled_at))
+
+
+def _require_organisation(connection: Connection, dialect: Dialect, name: str, *,
+                          lock: bool = False) -> Organisation:
+    # lock_device is the dialect's row-lock clause (FOR UPDATE on PostgreSQL, nothing on
+    # SQLite whose single writer serialises every transaction anyway).
+    query = f"SELECT {_ORGANISATION_COLUMNS} FROM organisations WHERE name = ?"  # noqa: S608
+    row = connection.execute(dialect.sql(query + (dialect.lock_device if lock else "")),
+                             (name,)).fetchone()
+    if row is None:
+        raise NotFound(f"no organisation named {name!r}")
+    return _organisation(row)
+
+
+def list_organisations(connection: Connection, dialect: Dialect) -> list[Organisation]:
+    """Every organisation, by name."""
+    rows = connection.execute(dialect.sql(
+        f"SELECT {_ORGANISATION_COLUMNS} FROM organisations ORDER BY name")).fetchall()  # noqa: S608
+    return [_organisation(row) for row in rows]
+
+
+# -- accounts and sessions -------------------------------------------------------
+
+
+def create_account(connection: Connection, dialect: Dialect, *, email: str, role: AccountRole,
+                   organisation: str | None, password_hash: str, now: int) -> Account:
+    """See ``Store.create_account``."""
+    organisation_id = None
+    if organisation is not None:
+        organisation_id = _require_organisation(connection, dialect, organisation).organisation_id
+    if (role is AccountRole.OPERATOR) != (organisation_id is None):
+        raise ValueError("an operator has no organisation; an organisation admin has one")
+    if connection.execute(dialect.sql("SELECT 1 FROM accounts WHERE email = ?"),
+                          (email,)).fetchone() is not None:
+        raise AlreadyExists("an account with this email already exists")
+    row = connection.execute(dialect.sql(
+        "INSERT INTO accounts (email, role, organisation_id, password_hash, created_at)"  # noqa: S608
+        f" VALUES (?, ?, ?, ?, ?) RETURNING {_ACCOUNT_COLUMNS}"),
+        (email, role.value, organisation_id, password_hash, now)).fetchone()
+    return _account(row)
+
+
+def find_account(connection: Connection, dialect: Dialect, email: str) -> Account | None:
+    row = connection.execute(dialect.sql(
+        f"SELECT {_ACCOUNT_COLUMNS} FROM accounts WHERE email = ?"), (email,)).fetchone()  # noqa: S608
+    return None if row is None else _account(row)
+
+
+def set_account_password(connection: Connection, dialect: Dialect, *, account_id: int,
+                         password_hash: str, keep_session_hash: bytes | None) -> None:
+    """See ``Store.set_account_password``."""
+    row = connection.execute(dialect.sql(
+        "UPDATE accounts SET password_hash = ? WHERE account_id = ? RETURNING account_id"),
+        (password_hash, account_id)).fetchone()
+    if row is None:
+        raise NotFound("no such account")
+    connection.execute(dialect.sql(
+        "DELETE FROM admin_sessions WHERE account_id = ? AND session_hash <> ?"),
+        (account_id, keep_session_hash if keep_session_hash is not None else b""))
+
+
+def create_admin_session(connection: Connection, dialect: Dialect, *, session_hash: bytes,
+                         account_id: int, csrf_token: str, now: int, expires_at: int) -> None:
+    """See ``Store.create_admin_session``."""
+    connection.execute(dialect.sql("DELETE FROM admin_sessions WHERE expires_at <= ?"), (now,))
+    if connection.execute(dialect.sql("SELECT 1 FROM accounts WHERE account_id = ?"),
+                          (account_id,)).fetchone() is None:
+        raise NotFound("no such account")
+    connection.execute(dialect.sql(
+        "INSERT INTO admin_sessions (session_hash, account_id, csrf_token, expires_at)"
+        " VALUES (?, ?, ?, ?)"), (session_hash, account_id, csrf_token, expires_at))
+
+
+def load_admin_session(connection: Connection, dialect: Dialect, *, session_hash: bytes,
+                       now: int) -> AdminSession | None:
+    row = connection.execute(dialect.sql(
+        "SELECT s.csrf_token, s.expires_at, a.account_id, a.email, a.role, a.organisation_id,"
+        " a.password_hash, a.created_at FROM admin_sessions AS s"
+        " JOIN accounts AS a ON a.account_id = s.account_id"
+        " WHERE s.session_hash = ? AND s.expires_at > ?"), (session_hash, now)).fetchone()
+    if row is None:
+        return None
+    return AdminSession(session_hash=session_hash, account=_account(row[2:]),
+                        csrf_token=str(row[0]), expires_at=int(row[1]))
+
+
+def delete_admin_session(connection: Connection, dialect: Dialect, session_hash: bytes) -> None:
+    connection.execute(dialect.sql("DELETE FROM admin_sessions WHERE session_hash = ?"),
+                       (session_hash,))
+
+
+# -- API tokens ----------------------------------------------------------------
+
+
+def _token(row: Sequence[Any]) -> ApiToken:
+    token_id, organisation_id, created_at, revoked_at = row
+    return ApiToken(token_id=int(token_id), organisation_id=int(organisation_id),
+                    created_at=int(created_at),
+                    revoked_at=None if revoked_at is None else int(revoked_at))
+
+
+def create_api_token(connection: Connection, dialect: Dialect, *, organisation: str,
+                     token_hash: bytes, now: int) -> ApiToken:
+    found = _require_organisation(connection, dialect, organisation)
+    row = connection.execute(dialect.sql(
+        "INSERT INTO api_tokens (token_hash, organisation_id, created_at) VALUES (?, ?, ?)"
+        " RETURNING token_id, organisation_id, created_at, revoked_at"),
+        (token_hash, found.organisation_id, now)).fetchone()
+    return _token(row)
+
+
+def find_api_token(connection: Connection, dialect: Dialect,
+                   token_hash: bytes) -> ApiToken | None:
+    row = connection.execute(dialect.sql(
+        "SELECT token_id, organisation_id, created_at, revoked_at FROM api_tokens"
+        " WHERE token_hash = ? AND revoked_at IS NULL"), (token_hash,)).fetchone()
+    return None if row is None else _token(row)
+
+
+def list_api_tokens(connection: Connection, dialect: Dialect, organisation: str) -> list[ApiToken]:
+    found = _require_organisation(connection, dialect, organisation)
+    rows = connection.execute(dialect.sql(
+        "SELECT token_id, organisation_id, created_at, revoked_at FROM api_tokens"
+        " WHERE organisation_id = ? ORDER BY token_id"), (found.organisation_id,)).fetchall()
+    return [_token(row) for row in rows]
+
+
+def revoke_api_token(connection: Connection, dialect: Dialect, *, organisation: str,
+                     token_id: int, now: int) -> ApiToken:
+    found = _require_organisation(connection, dialect, organisation)
+    row = connection.execute(dialect.sql(
+        "UPDATE api_tokens SET revoked_at = COALESCE(revoked_at, ?)"
+        " WHERE token_id = ? AND organisation_id = ?"
+        " RETURNING token_id, organisation_id, created_at, revoked_at"),
+        (now, token_id, found.organisation_id)).fetchone()
+    if row is None:
+        raise NotFound("no such token in this organisation")
+    return _token(row)
+
+
+# -- audit log -------------------------------------------------------------------
+
+
+def append_audit(connection: Connection, dialect: Dialect, *, organisation_id: int, actor: str,
+                 action: str, subject: str, address: str, now: int) -> AuditEntry:
+    row = connection.execute(dialect.sql(
+        "INSERT INTO audit_log (organisation_id, actor, action, subject, address, at)"  # noqa: S608
+        f" VALUES (?, ?, ?, ?, ?, ?) RETURNING {_AUDIT_COLUMNS}"),
+        (organisation_id, actor, action, subject, address, now)).fetchone()
+    return _audit(row)
+
+
+def list_audit(connection: Connection, dialect: Dialect, *, organisation_id: int,
+               action: str | None, subject: str | None, before_entry_id: int | None,
+               limit: int) -> list[AuditEntry]:
+    """See ``Store.list_audit``."""
+    if not 1 <= limit <= MAX_AUDIT_PAGE:
+        raise ValueError(f"limit must be between 1 and {MAX_AUDIT_PAGE}")
+    # Every filter is a bound parameter; a NULL parameter disables its filter.
+    rows = connection.execute(dialect.sql(
+        f"SELECT {_AUDIT_COLUMNS} FROM audit_log WHERE organisation_id = ?"  # noqa: S608
+        " AND (CAST(? AS TEXT) IS NULL OR action = ?)"
+        " AND (CAST(? AS TEXT) IS NULL OR subject = ?)"
+        " AND (CAST(? AS BIGINT) IS NULL OR entry_id < ?)"
+        " ORDER BY entry_id DESC LIMIT ?"),
+        (organisation_id, action, action, subject, subject, before_entry_id, before_entry_id,
+         limit)).fetchall()
+    return [_audit(row) for row in rows]
+
+
+BeforeUserDeleted = Callable[[Any, str], None]
+"""Called with (connection, user_id) in the deleting transaction, before the delete: the
+PostgreSQL store tells the nodes holding the user's devices to close them on commit."""
+
+
+def erase_user(connection: Connection, dialect: Dialect, *, organisation: str, phone: str,
+               pseudonym: str, before_delete: BeforeUserDeleted) -> User:
+    """See ``Store.erase_user``."""
+    found = _require_organisation(connection, dialect, organisation)
+    row = connection.execute(dialect.sql(
+        f"SELECT {_USER_COLUMNS} FROM users WHERE phone = ? AND organisation_id = ?"),  # noqa: S608
+        (phone, found.organisation_id)).fetchone()
+    if row is None:
+        raise NotFound("no such user in this organisation")
+    before_delete(connection, str(row[0]))
+    connection.execute(dialect.sql("DELETE FROM users WHERE user_id = ?"), (row[0],))
+    connection.execute(dialect.sql(
+        "UPDATE audit_log SET subject = ? WHERE organisation_id = ? AND subject = ?"),
+        (pseudonym, found.organisation_id, phone))
+    return _user(row)
+
+
+def remove_all_users(connection: Connection, dialect: Dialect, organisation: str, *,
+                     before_delete: BeforeUserDeleted) -> list[User]:
+    """See ``Store.terminate_organisation``: deletes every user, returns them."""
+    found = _require_organisation(connection, dialect, organisation, lock=True)
+    for (user_id,) in connection.execute(dialect.sql(
+            "SELECT user_id FROM users WHERE organisation_id = ?"),
+            (found.organisation_id,)).fetchall():
+        before_delete(connection, str(user_id))
+    rows = connection.execute(dialect.sql(
+        f"DELETE FROM users WHERE organisation_id = ? RETURNING {_USER_COLUMNS}"),  # noqa: S608
+        (found.organisation_id,)).fetchall()
+    connection.execute(dialect.sql("UPDATE organisations SET state = ? WHERE organisation_id = ?"),
+                       (OrganisationState.TERMINATED.value, found.organisation_id))
+    return sorted((_user(row) for row in rows), key=lambda user: user.phone)
+
+
+# -- licence ---------------------------------------------------------------------
+
+
+def get_licence(connection: Connection, dialect: Dialect, organisation: str) -> Licence:
+    """See ``Store.get_licence``."""
+    found = _require_organisation(connection, dialect, organisation)
+    row = connection.execute(dialect.sql(
+        "SELECT offer, period_start FROM licence_terms WHERE organisation_id = ?"),
+        (found.organisation_id,)).fetchone()
+    if row is None:  # no terms recorded: month to month since the organisation was created
+        start = datetime.datetime.fromtimestamp(found.created_at / 1000, datetime.UTC).date()
+        return Licence(organisation_id=found.organisation_id, seats=found.seats,
+                       offer=LicenceOffer.MONTHLY, period_start=start)
+    return Licence(organisation_id=found.organisation_id, seats=found.seats,
+                   offer=LicenceOffer(row[0]), period_start=datetime.date.fromisoformat(row[1]))
+
+
+def set_licence_terms(connection: Connection, dialect: Dialect, *, organisation: str,
+                      offer: LicenceOffer, period_start: datetime.date) -> Licence:
+    found = _require_organisation(connection, dialect, organisation)
+    connection.execute(dialect.sql(
+        "INSERT INTO licence_terms (organisation_id, offer, period_start) VALUES (?, ?, ?)"
+        " ON CONFLICT (organisation_id) DO UPDATE SET offer = excluded.offer,"
+        " period_start = excluded.period_start"),
+        (found.organisation_id, offer.value, period_start.isoformat()))
+    return get_licence(connection, dialect, organisation)
+
+
+def add_seats(connection: Connection, dialect: Dialect, *, organisation: str,
+              added: int) -> Licence:
+    """See ``Store.add_seats``."""
+    if added < 1:
+        raise ValueError("add at least one seat")
+    found = _require_organisation(connection, dialect, organisation, lock=True)
+    connection.execute(dialect.sql(
+        "UPDATE organisations SET seats = seats + ? WHERE organisation_id = ?"),
+        (added, found.organisation_id))
+    return get_licence(connection, dialect, organisation)
+
+
+def _reduction(row: Sequence[Any]) -> SeatReduction:
+    reduction_id, organisation_id, seats, requested_at, effective_on = row
+    return SeatReduction(reduction_id=int(reduction_id), organisation_id=int(organisation_id),
+                         seats=int(seats), requested_at=int(requested_at),
+                         effective_on=datetime.date.fromisoformat(effective_on))
+
+
+_REDUCTION_COLUMNS = "reduction_id, organisation_id, seats, requested_at, effective_on"
+
+
+def request_seat_reduction(connection: Connection, dialect: Dialect, *, organisation: str,
+                           seats: int, effective_on: datetime.date, now: int) -> SeatReduction:
+    """See ``Store.request_seat_reduction``."""
+    # The lock orders this against concurrent declarations on other nodes.
+    found = _require_organisation(connection, dialect, organisation, lock=True)
+    if not 0 <= seats < found.seats:
+        raise ValueError(f"a reduction goes below the current {found.seats} seats")
+    (declared,) = connection.execute(dialect.sql(
+        "SELECT COUNT(*) FROM users WHERE organisation_id = ?"),
+        (found.organisation_id,)).fetchone()
+    if int(declared) > seats:
+        raise ReductionBelowDeclared(seats=seats, declared=int(declared))
+    row = connection.execute(dialect.sql(
+        "INSERT INTO seat_reductions (organisation_id, seats, requested_at, effective_on)"  # noqa: S608
+        f" VALUES (?, ?, ?, ?) RETURNING {_REDUCTION_COLUMNS}"),
+        (found.organisation_id, seats, now, effective_on.isoformat())).fetchone()
+    return _reduction(row)
+
+
+def list_seat_reductions(connection: Connection, dialect: Dialect,
+                         organisation: str) -> list[SeatReduction]:
+    found = _require_organisation(connection, dialect, organisation)
+    rows = connection.execute(dialect.sql(
+        f"SELECT {_REDUCTION_COLUMNS} FROM seat_reductions WHERE organisation_id = ?"  # noqa: S608
+        " ORDER BY effective_on, reduction_id"), (found.organisation_id,)).fetchall()
+    return [_reduction(row) for row in rows]
+
+
+def apply_due_seat_reductions(connection: Connection, dialect: Dialect, *,
+                              today: datetime.date) -> int:
+    """See ``Store.apply_due_seat_reductions``."""
+    rows = connection.execute(dialect.sql(
+        f"DELETE FROM seat_reductions WHERE effective_on <= ? RETURNING {_REDUCTION_COLUMNS}"),  # noqa: S608
+        (today.isoformat(),)).fetchall()
+    # The latest request of each organisation wins (it was made knowing the earlier ones).
+    latest: dict[int, SeatReduction] = {}
+    for reduction in sorted((_reduction(row) for row in rows),
+                            key=lambda found: (found.effective_on, found.reduction_id)):
+        latest[reduction.organisation_id] = reduction
+    for reduction in latest.values():
+        connection.execute(dialect.sql(
+            "UPDATE organisations SET seats = ? WHERE organisation_id = ?"),
+            (reduction.seats, reduction.organisation_id))
+    return len(rows)
+
+
+# -- policy ----------------------------------------------------------------------
+
+
+def cross_organisation_allowed(connection: Connection, dialect: Dialect,
+                               organisation_id: int) -> bool:
+    """Allowed unless the organisation turned it off (the product's default is allowed)."""
+    row = connection.execute(dialect.sql(
+        "SELECT cross_organisation FROM organisation_policies WHERE organisation_id = ?"),
+        (organisation_id,)).fetchone()
+    return True if row is None else bool(row[0])
+
+
+def set_cross_organisation_allowed(connection: Connection, dialect: Dialect, *,
+                                   organisation: str, allowed: bool) -> None:
+    found = _require_organisation(connection, dialect, organisation)
+    connection.execute(dialect.sql(
+        "INSERT INTO organisation_policies (organisation_id, cross_organisation) VALUES (?, ?)"
+        " ON CONFLICT (organisation_id) DO UPDATE SET"
+        " cross_organisation = excluded.cross_organisation"),
+        (found.organisation_id, allowed))

@@ -1,0 +1,270 @@
+"""Conformance tests for the administration methods of ``storage.base.Store``.
+
+``tests/storage_conformance.py`` star-imports this module at its end, so every backend that
+runs the storage conformance suite runs these too (with the same ``store`` fixture).
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+
+import pytest
+
+from storage.admin_records import AccountRole, LicenceOffer, ReductionBelowDeclared
+from storage.admin_sql import MAX_AUDIT_PAGE
+from storage.base import AlreadyExists, NotFound, OrganisationState, SeatLimitReached, Store
+from tests.storage_conformance import (
+    DAY_MS,
+    NOW,
+    _declared,
+    _enrolled,
+    _fresh,
+    _fresh_phone,
+    _fresh_user_id,
+    _organisation,
+)
+
+TODAY = datetime.date(2023, 11, 14)
+"""The UTC day of NOW."""
+
+
+def _hash(text: str) -> bytes:
+    return hashlib.sha256(text.encode()).digest()
+
+
+async def test_accounts_are_created_found_and_unique(store: Store) -> None:
+    organisation = await _organisation(store)
+    email = _fresh("admin") + "@example.org"
+    admin = await store.create_account(email=email, role=AccountRole.ORGANISATION_ADMIN,
+                                       organisation=organisation, password_hash="$argon2id$x",
+                                       now=NOW)
+    found = await store.get_organisation(organisation)
+    assert found is not None
+    assert admin.organisation_id == found.organisation_id
+    assert await store.find_account(email) == admin
+    assert await store.find_account("nobody@example.org") is None
+    with pytest.raises(AlreadyExists):
+        await store.create_account(email=email, role=AccountRole.OPERATOR, organisation=None,
+                                   password_hash="h", now=NOW)
+    operator = await store.create_account(email=_fresh("op") + "@example.org",
+                                          role=AccountRole.OPERATOR, organisation=None,
+                                          password_hash="h", now=NOW)
+    assert operator.organisation_id is None
+
+
+async def test_an_account_role_must_fit_its_organisation(store: Store) -> None:
+    organisation = await _organisation(store)
+    email = _fresh("bad") + "@example.org"
+    with pytest.raises(ValueError, match="operator"):
+        await store.create_account(email=email, role=AccountRole.OPERATOR,
+                                   organisation=organisation, password_hash="h", now=NOW)
+    with pytest.raises(ValueError, match="operator"):
+        await store.create_account(email=email, role=AccountRole.ORGANISATION_ADMIN,
+                                   organisation=None, password_hash="h", now=NOW)
+    with pytest.raises(NotFound):
+        await store.create_account(email=email, role=AccountRole.ORGANISATION_ADMIN,
+                                   organisation="no-such-org", password_hash="h", now=NOW)
+    assert await store.find_account(email) is None
+
+
+async def test_sessions_expire_end_on_logout_and_on_password_change(store: Store) -> None:
+    account = await store.create_account(email=_fresh("s") + "@example.org",
+                                         role=AccountRole.OPERATOR, organisation=None,
+                                         password_hash="old", now=NOW)
+    first, second, third = _hash(_fresh("a")), _hash(_fresh("b")), _hash(_fresh("c"))
+    for session_hash in (first, second, third):
+        await store.create_admin_session(session_hash=session_hash,
+                                         account_id=account.account_id, csrf_token="csrf",
+                                         now=NOW, expires_at=NOW + DAY_MS)
+    loaded = await store.load_admin_session(session_hash=first, now=NOW)
+    assert loaded is not None
+    assert loaded.account == account
+    assert loaded.csrf_token == "csrf"
+    assert await store.load_admin_session(session_hash=first, now=NOW + DAY_MS) is None
+    await store.delete_admin_session(third)
+    assert await store.load_admin_session(session_hash=third, now=NOW) is None
+    await store.set_account_password(account_id=account.account_id, password_hash="new",
+                                     keep_session_hash=first)
+    assert await store.load_admin_session(session_hash=second, now=NOW) is None
+    kept = await store.load_admin_session(session_hash=first, now=NOW)
+    assert kept is not None
+    assert kept.account.password_hash == "new"
+    with pytest.raises(NotFound):
+        await store.set_account_password(account_id=10**9, password_hash="x",
+                                         keep_session_hash=None)
+    with pytest.raises(NotFound):
+        await store.create_admin_session(session_hash=_hash("x"), account_id=10**9,
+                                         csrf_token="c", now=NOW, expires_at=NOW + 1)
+
+
+async def test_api_tokens_belong_to_one_organisation_and_can_be_revoked(store: Store) -> None:
+    mine, other = await _organisation(store), await _organisation(store)
+    token_hash = _hash(_fresh("token"))
+    token = await store.create_api_token(organisation=mine, token_hash=token_hash, now=NOW)
+    assert await store.find_api_token(token_hash) == token
+    assert await store.list_api_tokens(mine) == [token]
+    assert await store.list_api_tokens(other) == []
+    with pytest.raises(NotFound):
+        await store.revoke_api_token(organisation=other, token_id=token.token_id, now=NOW)
+    assert await store.find_api_token(token_hash) == token
+    revoked = await store.revoke_api_token(organisation=mine, token_id=token.token_id,
+                                           now=NOW + 1)
+    assert revoked.revoked_at == NOW + 1
+    again = await store.revoke_api_token(organisation=mine, token_id=token.token_id,
+                                         now=NOW + 2)
+    assert again.revoked_at == NOW + 1
+    assert await store.find_api_token(token_hash) is None
+    with pytest.raises(NotFound):
+        await store.create_api_token(organisation="no-such-org", token_hash=_hash("y"), now=NOW)
+
+
+async def test_the_audit_log_filters_pages_and_stays_per_organisation(store: Store) -> None:
+    mine, other = await _organisation(store), await _organisation(store)
+    mine_id = (await store.get_organisation(mine)).organisation_id  # type: ignore[union-attr]
+    other_id = (await store.get_organisation(other)).organisation_id  # type: ignore[union-attr]
+    entries = [await store.append_audit(organisation_id=mine_id, actor="account:a@example.org",
+                                        action=action, subject=subject, address="192.0.2.1",
+                                        now=NOW + index)
+               for index, (action, subject) in enumerate([
+                   ("user.declare", "+447000000001"), ("user.declare", "+447000000002"),
+                   ("personal_data.read", "+447000000001"), ("user.delete", "+447000000001")])]
+    await store.append_audit(organisation_id=other_id, actor="cli", action="user.declare",
+                             subject="+447000000003", address="local", now=NOW)
+    assert await store.list_audit(organisation_id=mine_id, limit=10) == entries[::-1]
+    assert await store.list_audit(organisation_id=mine_id, action="user.declare",
+                                  limit=10) == [entries[1], entries[0]]
+    assert await store.list_audit(organisation_id=mine_id, subject="+447000000001",
+                                  limit=10) == [entries[3], entries[2], entries[0]]
+    page = await store.list_audit(organisation_id=mine_id, limit=2)
+    assert page == [entries[3], entries[2]]
+    assert await store.list_audit(organisation_id=mine_id, before_entry_id=page[-1].entry_id,
+                                  limit=2) == [entries[1], entries[0]]
+    for bad_limit in (0, MAX_AUDIT_PAGE + 1):
+        with pytest.raises(ValueError, match="limit"):
+            await store.list_audit(organisation_id=mine_id, limit=bad_limit)
+
+
+async def test_erasing_a_user_pseudonymises_its_audit_entries(store: Store) -> None:
+    organisation = await _organisation(store)
+    user = await _declared(store, organisation)
+    keep = await _declared(store, organisation)
+    organisation_id = user.organisation_id
+    for subject in (user.phone, keep.phone):
+        await store.append_audit(organisation_id=organisation_id, actor="cli",
+                                 action="user.declare", subject=subject, address="local",
+                                 now=NOW)
+    erased = await store.erase_user(organisation=organisation, phone=user.phone,
+                                    pseudonym="erased-1")
+    assert erased == user
+    assert await store.find_user_by_phone(user.phone) is None
+    subjects = [entry.subject
+                for entry in await store.list_audit(organisation_id=organisation_id, limit=10)]
+    assert subjects == [keep.phone, "erased-1"]
+    with pytest.raises(NotFound):
+        await store.erase_user(organisation=organisation, phone=user.phone, pseudonym="x")
+    other = await _organisation(store)
+    with pytest.raises(NotFound):  # a user of another organisation is not found
+        await store.erase_user(organisation=other, phone=keep.phone, pseudonym="x")
+    assert await store.find_user_by_phone(keep.phone) == keep
+
+
+async def test_terminating_removes_every_user_and_marks_the_organisation(store: Store) -> None:
+    organisation = await _organisation(store)
+    user, _devices = await _enrolled(store, organisation=organisation)
+    other = await _declared(store, organisation)
+    bystander = await _declared(store)
+    removed = await store.terminate_organisation(organisation)
+    assert sorted(found.user_id for found in removed) == sorted([user.user_id, other.user_id])
+    assert await store.list_users(organisation) == []
+    assert await store.list_devices(user.user_id) == []
+    terminated = await store.get_organisation(organisation)
+    assert terminated is not None
+    assert terminated.state is OrganisationState.TERMINATED
+    assert await store.find_user_by_phone(bystander.phone) == bystander
+    with pytest.raises(NotFound):
+        await store.terminate_organisation("no-such-org")
+
+
+async def test_licence_terms_and_additions(store: Store) -> None:
+    organisation = await _organisation(store, seats=2)
+    licence = await store.get_licence(organisation)
+    assert (licence.seats, licence.offer, licence.period_start) == (2, LicenceOffer.MONTHLY,
+                                                                      TODAY)
+    start = datetime.date(2024, 3, 31)
+    licence = await store.set_licence_terms(organisation=organisation,
+                                            offer=LicenceOffer.ANNUAL_COMMITMENT,
+                                            period_start=start)
+    assert (licence.offer, licence.period_start) == (LicenceOffer.ANNUAL_COMMITMENT, start)
+    assert (await store.add_seats(organisation=organisation, added=3)).seats == 5
+    with pytest.raises(ValueError, match="seat"):
+        await store.add_seats(organisation=organisation, added=0)
+    assert (await store.get_licence(organisation)).seats == 5
+    with pytest.raises(NotFound):
+        await store.get_licence("no-such-org")
+
+
+async def test_a_reduction_below_the_declared_users_is_refused(store: Store) -> None:
+    organisation = await _organisation(store, seats=5)
+    for _ in range(3):
+        await _declared(store, organisation)
+    effective_on = datetime.date(2024, 1, 1)
+    with pytest.raises(ReductionBelowDeclared, match="delete 1 of them") as refused:
+        await store.request_seat_reduction(organisation=organisation, seats=2,
+                                           effective_on=effective_on, now=NOW)
+    assert (refused.value.seats, refused.value.declared) == (2, 3)
+    for not_a_reduction in (5, 6, -1):
+        with pytest.raises(ValueError, match="reduction"):
+            await store.request_seat_reduction(organisation=organisation,
+                                               seats=not_a_reduction,
+                                               effective_on=effective_on, now=NOW)
+    assert await store.list_seat_reductions(organisation) == []
+    reduction = await store.request_seat_reduction(organisation=organisation, seats=3,
+                                                   effective_on=effective_on, now=NOW)
+    assert (reduction.seats, reduction.effective_on) == (3, effective_on)
+    assert await store.list_seat_reductions(organisation) == [reduction]
+    assert (await store.get_licence(organisation)).seats == 5  # pending, not in force
+
+
+async def test_due_reductions_apply_on_their_day_and_the_latest_wins(store: Store) -> None:
+    organisation = await _organisation(store, seats=10)
+    later = await _organisation(store, seats=10)
+    day = datetime.date(2024, 2, 1)
+    await store.request_seat_reduction(organisation=organisation, seats=8, effective_on=day,
+                                       now=NOW)
+    await store.request_seat_reduction(organisation=organisation, seats=6, effective_on=day,
+                                       now=NOW + 1)
+    await store.request_seat_reduction(organisation=later, seats=4,
+                                       effective_on=datetime.date(2024, 3, 1), now=NOW)
+    await store.apply_due_seat_reductions(today=datetime.date(2024, 1, 31))
+    assert (await store.get_licence(organisation)).seats == 10
+    assert await store.apply_due_seat_reductions(today=day) >= 2
+    assert (await store.get_licence(organisation)).seats == 6
+    assert await store.list_seat_reductions(organisation) == []
+    assert (await store.get_licence(later)).seats == 10
+    assert len(await store.list_seat_reductions(later)) == 1
+    for _ in range(6):
+        await _declared(store, organisation)
+    with pytest.raises(SeatLimitReached):
+        await store.declare_user(organisation=organisation, phone=_fresh_phone(),
+                                 user_id=_fresh_user_id(), now=NOW)
+
+
+async def test_cross_organisation_policy_defaults_to_allowed(store: Store) -> None:
+    organisation = await _organisation(store)
+    found = await store.get_organisation(organisation)
+    assert found is not None
+    assert await store.cross_organisation_allowed(found.organisation_id)
+    await store.set_cross_organisation_allowed(organisation=organisation, allowed=False)
+    assert not await store.cross_organisation_allowed(found.organisation_id)
+    await store.set_cross_organisation_allowed(organisation=organisation, allowed=True)
+    assert await store.cross_organisation_allowed(found.organisation_id)
+    with pytest.raises(NotFound):
+        await store.set_cross_organisation_allowed(organisation="no-such-org", allowed=False)
+
+
+async def test_organisations_are_listed_by_name(store: Store) -> None:
+    names = {await _organisation(store), await _organisation(store)}
+    listed = [found.name for found in await store.list_organisations()]
+    assert names <= set(listed)
+    assert listed == sorted(listed)
