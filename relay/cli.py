@@ -91,6 +91,8 @@ def serve_command(
                  f"[default: {DEFAULT_MAX_QUEUE_DEPTH}].", min=1)] = None,
         metrics_listen: Annotated[str | None, typer.Option(
             help="TCP HOST:PORT for /metrics, /healthz, /readyz (internal).")] = None,
+        admin_listen: Annotated[str | None, typer.Option(
+            help="TCP HOST:PORT for the admin console and API (HTTPS).")] = None,
         store: StoreOption = None,
         node_name: Annotated[str | None, typer.Option(
             help="This node's name, unique in a PostgreSQL cluster [default: host name].")]
@@ -114,7 +116,8 @@ def serve_command(
         flags["envelope_ttl_ms"] = int(envelope_ttl_days * 86_400_000)
     named = {"data_dir": data_dir, "cert": cert, "key": key, "log_format": log_format,
              "retry": retry, "max_queue_depth": max_queue_depth,
-             "metrics_listen": metrics_listen, "store": store, "node_name": node_name}
+             "metrics_listen": metrics_listen, "admin_listen": admin_listen, "store": store,
+             "node_name": node_name}
     flags.update({name: value for name, value in named.items() if value is not None})
     try:
         loaded = load_config(config_file=config, environ=os.environ, flags=flags)

@@ -112,6 +112,8 @@ class RelayContext:
     endpoint: QuicEndpoint | None = None
     operations_address: tuple[str, int] | None = None
     """Where /metrics, /healthz and /readyz are served (None: not served)."""
+    admin_address: tuple[str, int] | None = None
+    """Where the admin console and API are served over HTTPS (None: not served)."""
     cluster: ClusterNode | None = None
     """This node's presence and wake-ups when several nodes share PostgreSQL."""
 
@@ -236,6 +238,11 @@ async def serve(settings: RelaySettings, *,
                     context.operations_address = await nursery.start(
                         serve_operations_http, settings.metrics_listen, context,
                         relay_registry(context, dispatcher.outcomes))
+                if settings.admin_listen is not None:
+                    from relay.admin_http import serve_admin_https  # noqa: PLC0415
+
+                    context.admin_address = await nursery.start(
+                        serve_admin_https, settings.admin_listen, context, cert, key)
                 address = endpoint.local_address
                 log.info("relay_listening", host=address[0], port=address[1])
                 task_status.started(RunningRelay(address=(address[0], address[1]),

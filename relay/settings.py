@@ -55,6 +55,9 @@ class RelaySettings:
     the host name."""
     metrics_listen: str | None = None
     """TCP HOST:PORT serving /metrics, /healthz and /readyz (an internal address); off if unset."""
+    admin_listen: str | None = None
+    """TCP HOST:PORT serving the admin console and API over HTTPS (relay.admin_http);
+    off if unset."""
     log_format: Literal["json", "console"] = "json"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 

@@ -1,0 +1,360 @@
+"""Organisation administration: who may do what, and the audit entry every action leaves.
+
+Knows no HTTP. Every method takes the ``Caller`` (resolved from a session or a token) and the
+organisation's name, checks that the caller may act on that organisation, acts through the
+store, and appends an audit entry for every change and every read of personal data. Live
+connections are closed through ``ConnectionCloser`` (the relay), at once.
+"""
+
+from __future__ import annotations
+
+import datetime
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from enrolment.errors import InvalidRequest
+from enrolment.licence_dates import reduction_effective_on
+from enrolment.phone import national_format, parse_phone
+from storage.admin_records import (
+    AccountRole,
+    AuditEntry,
+    Licence,
+    SeatReduction,
+)
+from storage.admin_sql import MAX_AUDIT_PAGE
+from storage.base import (
+    AlreadyExists,
+    Device,
+    NotFound,
+    Organisation,
+    OrganisationState,
+    SeatLimitReached,
+    Store,
+    User,
+)
+
+__all__ = [
+    "MAX_ACTION_CHARS",
+    "AdminService",
+    "Caller",
+    "ConnectionCloser",
+    "Forbidden",
+    "OrganisationNotActive",
+    "UserView",
+    "audit_json",
+]
+
+MAX_ACTION_CHARS = 64
+"""Longest audit action filter accepted (actions are short verb phrases)."""
+
+MAX_CSV_IMPORT_ROWS = 10_000
+"""Phone numbers one CSV import may declare (the largest licences are smaller)."""
+
+
+class Forbidden(Exception):
+    """The caller may not do this (another organisation, or an operator-only action)."""
+
+
+class ConnectionCloser(Protocol):
+    """What the relay offers to end live connections at once."""
+
+    def user_deleted(self, user_id: str) -> int:
+        """Close the user's connections as revoked; returns how many were closed."""
+        ...
+
+    def organisation_suspended(self, user_id: str) -> int:
+        """Close the user's connections as suspended; returns how many were closed."""
+        ...
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Caller:
+    """Who makes a request."""
+
+    actor: str
+    """For the audit log: ``account:<email>`` or ``token:<id>``."""
+    role: AccountRole
+    organisation_id: int | None
+    """The only organisation an organisation administrator or a token may touch."""
+    address: str
+    """The client's network address, for the audit log."""
+
+    def may_act_on(self, organisation: Organisation) -> bool:
+        return self.role is AccountRole.OPERATOR \
+            or self.organisation_id == organisation.organisation_id
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class UserView:
+    """A user as the console and the API show it."""
+
+    user: User
+    devices: tuple[Device, ...]
+
+    def as_json(self) -> dict[str, Any]:
+        registered = [device.registered_at for device in self.devices]
+        return {
+            "phone": self.user.phone,
+            "phone_national": national_format(self.user.phone),
+            "status": self.user.state.value,
+            "declared_on": _day(self.user.declared_at),
+            "enrolled_on": None if self.user.enrolled_at is None else _day(self.user.enrolled_at),
+            # Devices do not report activity to the store yet: the newest registration is the
+            # last day the relay knows the user was seen.
+            "last_seen_on": _day(max(registered)) if registered else None,
+            "devices": [{"device_id": device.device_id, "registered_on": _day(device.registered_at)}
+                        for device in self.devices],
+        }
+
+
+def _day(ms: int) -> str:
+    return datetime.datetime.fromtimestamp(ms / 1000, datetime.UTC).date().isoformat()
+
+
+def _new_user_id() -> str:
+    return secrets.token_hex(16)
+
+
+class AdminService:
+    """The rules of organisation administration, over one store."""
+
+    def __init__(self, store: Store, closer: ConnectionCloser, now_ms: Callable[[], int]) -> None:
+        self.store = store
+        self._closer = closer
+        self._now_ms = now_ms
+
+    def now(self) -> int:
+        """Milliseconds since the epoch (the relay's clock)."""
+        return self._now_ms()
+
+    def today(self) -> datetime.date:
+        return datetime.datetime.fromtimestamp(self._now_ms() / 1000, datetime.UTC).date()
+
+    async def organisation(self, caller: Caller, name: str) -> Organisation:
+        """The organisation if the caller may act on it.
+
+        Raises Forbidden (for an organisation administrator, also when it does not exist, so
+        that names of other customers cannot be probed) or NotFound (operators).
+        """
+        found = await self.store.get_organisation(name)
+        if found is None:
+            if caller.role is AccountRole.OPERATOR:
+                raise NotFound(f"no organisation named {name!r}")
+            raise Forbidden("you may not administer this organisation")
+        if not caller.may_act_on(found):
+            raise Forbidden("you may not administer this organisation")
+        return found
+
+    async def _audit(self, caller: Caller, organisation: Organisation, action: str,
+                     subject: str) -> AuditEntry:
+        return await self.store.append_audit(
+            organisation_id=organisation.organisation_id, actor=caller.actor, action=action,
+            subject=subject, address=caller.address, now=self._now_ms())
+
+    async def _view(self, user: User) -> UserView:
+        return UserView(user=user, devices=tuple(await self.store.list_devices(user.user_id)))
+
+    # -- users -------------------------------------------------------------------------
+
+    async def list_users(self, caller: Caller, name: str, *,
+                         search: str | None = None) -> list[UserView]:
+        """Users with their devices, by phone; ``search`` keeps numbers containing its digits."""
+        await self.organisation(caller, name)
+        users = await self.store.list_users(name)
+        digits = "".join(character for character in search or "" if character.isdigit())
+        if digits:
+            users = [user for user in users if digits in user.phone]
+        return [await self._view(user) for user in users]
+
+    async def get_user(self, caller: Caller, name: str, phone_text: str) -> UserView:
+        organisation = await self.organisation(caller, name)
+        return await self._view(await self._user_of(organisation, phone_text))
+
+    async def _user_of(self, organisation: Organisation, phone_text: str) -> User:
+        user = await self.store.find_user_by_phone(parse_phone(phone_text))
+        if user is None or user.organisation_id != organisation.organisation_id:
+            raise NotFound("no such user in this organisation")
+        return user
+
+    async def declare(self, caller: Caller, name: str, phone_text: str) -> User:
+        """Raises InvalidPhoneNumber, AlreadyExists, SeatLimitReached, Forbidden, NotFound."""
+        organisation = await self.organisation(caller, name)
+        self._require_active(organisation)
+        user = await self.store.declare_user(organisation=name, phone=parse_phone(phone_text),
+                                             user_id=_new_user_id(), now=self._now_ms())
+        await self._audit(caller, organisation, "user.declare", user.phone)
+        return user
+
+    async def delete(self, caller: Caller, name: str, phone_text: str) -> User:
+        """Delete the user, its devices and queue; close its connections at once."""
+        organisation = await self.organisation(caller, name)
+        user = await self.store.delete_user(organisation=name, phone=parse_phone(phone_text))
+        self._closer.user_deleted(user.user_id)
+        await self._audit(caller, organisation, "user.delete", user.phone)
+        return user
+
+    async def replace(self, caller: Caller, name: str, old_phone_text: str,
+                      new_phone_text: str) -> User:
+        """Delete one number and declare another, which takes the freed seat.
+
+        Both numbers are checked before anything changes; if the declaration still fails
+        (a concurrent declaration took the number), the old user stays deleted.
+        """
+        organisation = await self.organisation(caller, name)
+        self._require_active(organisation)
+        old = await self._user_of(organisation, old_phone_text)
+        new_phone = parse_phone(new_phone_text)
+        if await self.store.find_user_by_phone(new_phone) is not None:
+            raise AlreadyExists("the new phone number is already declared")
+        await self.delete(caller, name, old.phone)
+        return await self.declare(caller, name, new_phone)
+
+    async def import_csv(self, caller: Caller, name: str, text: str) -> list[str]:
+        """Declare every number of a CSV (first column; a header line is skipped).
+
+        Returns one line per row that could not be declared, naming why; the others are
+        declared (each declaration stands alone, as if made one by one).
+        """
+        await self.organisation(caller, name)
+        rows = [line.split(",", 1)[0].strip().strip('"') for line in text.splitlines()]
+        rows = [row for row in rows if row and row.lower() != "phone"]
+        if len(rows) > MAX_CSV_IMPORT_ROWS:
+            raise InvalidRequest(f"a CSV import holds at most {MAX_CSV_IMPORT_ROWS} numbers")
+        problems = []
+        for number, row in enumerate(rows, start=1):
+            try:
+                await self.declare(caller, name, row)
+            except (InvalidRequest, AlreadyExists, SeatLimitReached) as error:
+                problems.append(f"row {number}: {error}")
+        return problems
+
+    async def export_csv(self, caller: Caller, name: str) -> str:
+        views = await self.list_users(caller, name)
+        lines = ["phone,status,declared_on,enrolled_on,devices"]
+        for view in views:
+            shown = view.as_json()
+            lines.append(f"{shown['phone']},{shown['status']},{shown['declared_on']},"
+                         f"{shown['enrolled_on'] or ''},{len(view.devices)}")
+        return "\n".join(lines) + "\n"
+
+    # -- personal data -----------------------------------------------------------------
+
+    async def export_personal_data(self, caller: Caller, name: str,
+                                   phone_text: str) -> dict[str, Any]:
+        """Everything the relay holds about one user (GDPR art. 15); the read is audited."""
+        organisation = await self.organisation(caller, name)
+        view = await self._view(await self._user_of(organisation, phone_text))
+        await self._audit(caller, organisation, "personal_data.read", view.user.phone)
+        entries = await self.store.list_audit(organisation_id=organisation.organisation_id,
+                                              subject=view.user.phone, limit=MAX_AUDIT_PAGE)
+        return {"organisation": organisation.name, "user": view.as_json(),
+                "audit": [audit_json(entry) for entry in entries]}
+
+    async def erase(self, caller: Caller, name: str, phone_text: str) -> str:
+        """Erase a user (GDPR art. 17): deleted, and its number replaced by a pseudonym in
+        the audit log. Returns the pseudonym."""
+        organisation = await self.organisation(caller, name)
+        pseudonym = "erased-" + secrets.token_hex(8)
+        user = await self.store.erase_user(organisation=name, phone=parse_phone(phone_text),
+                                           pseudonym=pseudonym)
+        self._closer.user_deleted(user.user_id)
+        await self._audit(caller, organisation, "user.erase", pseudonym)
+        return pseudonym
+
+    # -- licence -----------------------------------------------------------------------
+
+    async def licence(self, caller: Caller, name: str) -> tuple[Licence, list[SeatReduction]]:
+        await self.organisation(caller, name)
+        await self.store.apply_due_seat_reductions(today=self.today())
+        return await self.store.get_licence(name), await self.store.list_seat_reductions(name)
+
+    async def request_reduction(self, caller: Caller, name: str, seats: int) -> SeatReduction:
+        """Raises InvalidRequest, ReductionBelowDeclared, Forbidden, NotFound."""
+        organisation = await self.organisation(caller, name)
+        licence = await self.store.get_licence(name)
+        if not 0 <= seats < licence.seats:
+            raise InvalidRequest(f"a reduction asks for fewer than the {licence.seats} seats "
+                                 "of the licence")
+        effective_on = reduction_effective_on(offer=licence.offer, requested_on=self.today(),
+                                              contract_start=licence.period_start)
+        reduction = await self.store.request_seat_reduction(
+            organisation=name, seats=seats, effective_on=effective_on, now=self._now_ms())
+        await self._audit(caller, organisation, "licence.reduce",
+                          f"{seats} seats from {effective_on.isoformat()}")
+        return reduction
+
+    async def add_seats(self, caller: Caller, name: str, added: int) -> Licence:
+        """Operators only: additions are immediate."""
+        organisation = await self._operator_organisation(caller, name)
+        if not 1 <= added <= 1_000_000:
+            raise InvalidRequest("add between 1 and 1000000 seats")
+        licence = await self.store.add_seats(organisation=name, added=added)
+        await self._audit(caller, organisation, "licence.add", f"{added} seats")
+        return licence
+
+    # -- audit -------------------------------------------------------------------------
+
+    async def audit(self, caller: Caller, name: str, *, action: str | None = None,
+                    subject: str | None = None, before_entry_id: int | None = None,
+                    limit: int = 100) -> list[AuditEntry]:
+        organisation = await self.organisation(caller, name)
+        if action is not None and len(action) > MAX_ACTION_CHARS:
+            raise InvalidRequest("the action filter is too long")
+        if subject is not None and subject.startswith("+"):
+            subject = parse_phone(subject)
+        if not 1 <= limit <= MAX_AUDIT_PAGE:
+            raise InvalidRequest(f"limit is between 1 and {MAX_AUDIT_PAGE}")
+        return await self.store.list_audit(
+            organisation_id=organisation.organisation_id, action=action, subject=subject,
+            before_entry_id=before_entry_id, limit=limit)
+
+    # -- lifecycle (operators) ------------------------------------------------------------
+
+    async def _operator_organisation(self, caller: Caller, name: str) -> Organisation:
+        if caller.role is not AccountRole.OPERATOR:
+            raise Forbidden("only an operator may do this")
+        return await self.organisation(caller, name)
+
+    async def set_state(self, caller: Caller, name: str, state: OrganisationState) -> None:
+        """Suspend (connections closed, data kept), resume, or terminate (every user
+        removed and disconnected, audit entries pseudonymised as for erasure)."""
+        organisation = await self._operator_organisation(caller, name)
+        if state is OrganisationState.TERMINATED:
+            users = await self.store.terminate_organisation(name)
+            for user in users:
+                self._closer.user_deleted(user.user_id)
+        else:
+            await self.store.set_organisation_state(name=name, state=state)
+            if state is OrganisationState.SUSPENDED:
+                for user in await self.store.list_users(name):
+                    self._closer.organisation_suspended(user.user_id)
+        await self._audit(caller, organisation, f"organisation.{state.value}", name)
+
+    async def set_cross_organisation(self, caller: Caller, name: str, allowed: bool) -> None:
+        organisation = await self._operator_organisation(caller, name)
+        await self.store.set_cross_organisation_allowed(organisation=name, allowed=allowed)
+        await self._audit(caller, organisation, "policy.cross_organisation",
+                          "allowed" if allowed else "refused")
+
+    @staticmethod
+    def _require_active(organisation: Organisation) -> None:
+        if organisation.state is not OrganisationState.ACTIVE:
+            raise OrganisationNotActive(organisation.state)
+
+
+class OrganisationNotActive(Exception):
+    """Declaring is refused while the organisation is suspended or terminated."""
+
+    def __init__(self, state: OrganisationState) -> None:
+        super().__init__(f"the organisation is {state.value}")
+        self.state = state
+
+
+def audit_json(entry: AuditEntry) -> dict[str, Any]:
+    return {"id": entry.entry_id, "actor": entry.actor, "action": entry.action,
+            "subject": entry.subject, "address": entry.address,
+            "at": datetime.datetime.fromtimestamp(entry.at / 1000, datetime.UTC)
+            .isoformat(timespec="seconds")}
+
