@@ -356,9 +356,9 @@ class DeviceSession:
             user_id=self.device[0], device_id=self.device[1], envelope_ids=frame.envelope_ids)
         if self._pump is not None:
             self._pump.acknowledged(frame.envelope_ids)
+        self._relay.metrics.acknowledged += count
         if not frame.answer:
             return b""  # nothing goes back; later answers on the stream keep their order
-        self._relay.metrics.acknowledged += count
         return encode_frame(Acked(count=count))
 
     # -- closing -------------------------------------------------------------------
