@@ -24,6 +24,7 @@ from rich.table import Table
 from enrolment import admin
 from enrolment.errors import EnrolmentError
 from enrolment.phone import national_format
+from relay.admin_cli import register_account_commands
 from relay.config import ConfigError, load_config, parse_assignment
 from relay.control import notify_relay
 from relay.lifecycle import run_until_signalled
@@ -261,6 +262,9 @@ def user_delete(phone: str, org: Annotated[str, typer.Option(help="Organisation 
     else:
         typer.echo(f"Deleted {national_format(user.phone)} from {org}; "
                    f"{closed} live connection(s) closed.")
+
+
+register_account_commands(admin_app, org_app, with_store=_with_store, options=_options)
 
 
 def main() -> None:
