@@ -34,6 +34,7 @@ from relay.prekey_frames import (
     SignedPrekey,
     UploadPrekeys,
 )
+from relay.reachability import may_reach
 from storage.base import Device, NotFound, OrganisationState, UserState
 from storage.prekey_records import ClaimedBundle, Prekey, PrekeyPoolFull, PrekeyUpload
 from storage.prekey_records import PrekeyCounts as StoredCounts
@@ -179,9 +180,10 @@ class PrekeyService:
             return _error(ErrorCode.DEVICE_REVOKED, "this device was revoked")
         return _counts_answer(PrekeyCounts, counts)
 
-    async def _reachable_devices(self, user_id: str) -> list[Device] | None:
-        """The user's current devices, or None if the user cannot be reached (as LOOKUP:
-        only enrolled users of active organisations)."""
+    async def _reachable_devices(self, user_id: str,
+                                 requester: tuple[str, int]) -> list[Device] | None:
+        """The user's current devices, or None if the requester cannot reach the user (as
+        LOOKUP: only enrolled users of active organisations the policy lets it reach)."""
         store = self._relay.store
         devices = await store.list_devices(user_id)
         if not devices:
@@ -189,6 +191,11 @@ class PrekeyService:
         principal = await store.load_principal(user_id, devices[0].device_id)
         if (principal is None or principal.user.state is not UserState.ENROLLED
                 or principal.organisation.state is not OrganisationState.ACTIVE):
+            return None
+        session = self._relay.sessions.get(requester)
+        if not await may_reach(store, to_organisation_id=principal.organisation.organisation_id,
+                               from_organisation_id=None if session is None
+                               else session.organisation_id):
             return None
         return devices
 
@@ -198,7 +205,7 @@ class PrekeyService:
             relay.metrics.rate_limited += 1
             return _error(ErrorCode.RATE_LIMITED, "too many bundle fetches for this user; "
                           "retry later")
-        devices = await self._reachable_devices(frame.user_id)
+        devices = await self._reachable_devices(frame.user_id, requester)
         if devices is None:
             return _error(ErrorCode.UNKNOWN_RECIPIENT, "no such user, or not reachable")
         wanted = {device.device_id for device in devices}
@@ -223,7 +230,7 @@ class PrekeyService:
 
     async def _list_devices(self, requester: tuple[str, int], frame: ListDevices) -> bytes:
         user_id = requester[0] if frame.user_id is None else frame.user_id
-        devices = await self._reachable_devices(user_id)
+        devices = await self._reachable_devices(user_id, requester)
         if devices is None:
             if user_id == requester[0]:
                 return _error(ErrorCode.DEVICE_REVOKED, "this device was revoked")

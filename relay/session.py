@@ -59,6 +59,7 @@ from relay.protocol import (
     StreamFailed,
 )
 from relay.quic import QuicLink
+from relay.reachability import may_reach
 from storage.base import NewSend, OrganisationState, SendOutcome, SendStatus, UserState
 
 if TYPE_CHECKING:
@@ -106,6 +107,8 @@ class DeviceSession:
         self._pump_scope: trio.CancelScope | None = None
         self._push_stream: int | None = None
         self.device: tuple[str, int] | None = None
+        self.organisation_id: int | None = None
+        """The authenticated device's organisation (reachability policy)."""
         self._log = log.bind(connection_id=link.connection_id)
         relay.metrics.connections_opened += 1
 
@@ -213,7 +216,8 @@ class DeviceSession:
             client_message_id=frame.client_message_id, payloads=frame.payloads,
             accepted_at=now, expires_at=now + self._relay.settings.envelope_ttl_ms,
             max_queue_depth=self._relay.settings.max_queue_depth,
-            exclude_device_id=device_id if frame.recipient_user_id == user_id else None))
+            exclude_device_id=device_id if frame.recipient_user_id == user_id else None,
+            sender_organisation_id=self.organisation_id))
 
         submitted_at = trio.current_time()
 
@@ -251,6 +255,7 @@ class DeviceSession:
                 cluster.release(device, self)
                 return b""
         self.device = device
+        self.organisation_id = principal.organisation.organisation_id
         self._log = self._log.bind(organisation_id=principal.organisation.organisation_id)
         self._relay.attach(self)
         self._start_pump()
@@ -347,6 +352,9 @@ class DeviceSession:
         principal = await store.load_principal(user.user_id, devices[0].device_id)
         if principal is None or principal.organisation.state is not OrganisationState.ACTIVE:
             return None  # users of a suspended organisation cannot be reached
+        if not await may_reach(store, from_organisation_id=self.organisation_id,
+                               to_organisation_id=principal.organisation.organisation_id):
+            return None  # the organisations' policy keeps them apart: as if unknown
         return DirectoryEntry(phone=phone, user_id=user.user_id,
                               device_ids=tuple(device.device_id for device in devices))
 

@@ -58,6 +58,7 @@ __all__ = [
     "list_organisations",
     "list_seat_reductions",
     "load_admin_session",
+    "recipient_reachable",
     "remove_all_users",
     "request_seat_reduction",
     "revoke_api_token",
@@ -515,6 +516,20 @@ def apply_due_seat_reductions(connection: Connection, dialect: Dialect, *,
 
 
 # -- policy ----------------------------------------------------------------------
+
+
+def recipient_reachable(connection: Connection, dialect: Dialect, *,
+                        sender_organisation_id: int, recipient_user_id: str) -> bool:
+    """Whether a user of ``sender_organisation_id`` may reach ``recipient_user_id``: same
+    organisation, or both allow cross-organisation traffic. False for an unknown user."""
+    row = connection.execute(dialect.sql("SELECT organisation_id FROM users WHERE user_id = ?"),
+                             (recipient_user_id,)).fetchone()
+    if row is None:
+        return False
+    if int(row[0]) == sender_organisation_id:
+        return True
+    return (cross_organisation_allowed(connection, dialect, sender_organisation_id)
+            and cross_organisation_allowed(connection, dialect, int(row[0])))
 
 
 def cross_organisation_allowed(connection: Connection, dialect: Dialect,

@@ -186,6 +186,10 @@ class NewSend:
     max_queue_depth: int
     """Refuse the whole send if any addressed device already holds this many envelopes."""
     exclude_device_id: int | None = None
+    sender_organisation_id: int | None = None
+    """The sender's organisation: the send is refused as UNKNOWN_RECIPIENT unless the
+    recipient belongs to it or both organisations allow cross-organisation traffic (checked
+    in the send's transaction). None skips the check."""
     """A device that need not be addressed (the sender's own, on a send to self)."""
 
 

@@ -6,6 +6,7 @@ runs the storage conformance suite runs these too (with the same ``store`` fixtu
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import hashlib
 
@@ -13,16 +14,28 @@ import pytest
 
 from storage.admin_records import AccountRole, LicenceOffer, ReductionBelowDeclared
 from storage.admin_sql import MAX_AUDIT_PAGE
-from storage.base import AlreadyExists, NotFound, OrganisationState, SeatLimitReached, Store
+from storage.base import (
+    AlreadyExists,
+    NewSend,
+    NotFound,
+    OrganisationState,
+    SeatLimitReached,
+    SendStatus,
+    Store,
+    User,
+)
 from tests.storage_conformance import (
     DAY_MS,
     NOW,
     _declared,
     _enrolled,
+    _fetch_all,
     _fresh,
     _fresh_phone,
     _fresh_user_id,
     _organisation,
+    _send,
+    _send_now,
 )
 
 TODAY = datetime.date(2023, 11, 14)
@@ -268,3 +281,31 @@ async def test_organisations_are_listed_by_name(store: Store) -> None:
     listed = [found.name for found in await store.list_organisations()]
     assert names <= set(listed)
     assert listed == sorted(listed)
+
+
+async def test_sends_follow_the_cross_organisation_policy(store: Store) -> None:
+    mine, other = await _organisation(store), await _organisation(store)
+    sender, [sender_device] = await _enrolled(store, organisation=mine)
+    colleague, [colleague_device] = await _enrolled(store, organisation=mine)
+    stranger, [stranger_device] = await _enrolled(store, organisation=other)
+
+    def send(recipient: User, device_id: int, client_message_id: int) -> NewSend:
+        return dataclasses.replace(
+            _send(sender, recipient, [device_id], client_message_id,
+                  sender_device_id=sender_device),
+            sender_organisation_id=sender.organisation_id)
+
+    assert (await _send_now(store, send(stranger, stranger_device, 1))).status \
+        is SendStatus.ACCEPTED  # allowed by default, as the product promises
+    await store.set_cross_organisation_allowed(organisation=other, allowed=False)
+    refused = await _send_now(store, send(stranger, stranger_device, 2))
+    assert refused.status is SendStatus.UNKNOWN_RECIPIENT
+    assert len(await _fetch_all(store, stranger, stranger_device)) == 1  # nothing stored
+    assert (await _send_now(store, send(colleague, colleague_device, 3))).status \
+        is SendStatus.ACCEPTED  # inside the organisation, always
+    await store.set_cross_organisation_allowed(organisation=other, allowed=True)
+    await store.set_cross_organisation_allowed(organisation=mine, allowed=False)
+    assert (await _send_now(store, send(stranger, stranger_device, 4))).status \
+        is SendStatus.UNKNOWN_RECIPIENT  # the sender's own organisation refuses too
+    unchecked = _send(sender, stranger, [stranger_device], 5, sender_device_id=sender_device)
+    assert (await _send_now(store, unchecked)).status is SendStatus.ACCEPTED
