@@ -99,6 +99,11 @@ def register_account_commands(admin_app: typer.Typer, org_app: typer.Typer, *,
         print_password(*create_account(directory, email, AccountRole.ORGANISATION_ADMIN, org),
                        as_json)
 
+    _register_token_commands(token_app, with_store=with_store, options=options)
+
+
+def _register_token_commands(token_app: typer.Typer, *, with_store: WithStore,
+                             options: Options) -> None:
     @token_app.command("create")
     def token_create(org: Annotated[str, typer.Option(help="Organisation name.")],
                      data_dir: DataDirOption = None,
@@ -123,3 +128,25 @@ def register_account_commands(admin_app: typer.Typer, org_app: typer.Typer, *,
             typer.echo(json.dumps({"token_id": token_id, "token": token}))
         else:
             typer.echo(f"Token {token_id} for {org} (shown once): {token}")
+
+    @token_app.command("revoke")
+    def token_revoke(token_id: Annotated[int, typer.Argument(help="The token's id.")],
+                     org: Annotated[str, typer.Option(help="Organisation name.")],
+                     data_dir: DataDirOption = None,
+                     json_output: JsonOption = None) -> None:
+        """Revoke token TOKEN_ID of --org: it is refused from the next request on."""
+        directory, as_json = options(data_dir, json_output)
+
+        async def work(store: Store) -> int | None:
+            revoked = await store.revoke_api_token(organisation=org, token_id=token_id,
+                                                   now=_now_ms())
+            await store.append_audit(organisation_id=revoked.organisation_id, actor="cli",
+                                     action="token.revoke", subject=f"token:{token_id}",
+                                     address="local", now=_now_ms())
+            return revoked.revoked_at
+
+        revoked_at = with_store(directory, work)
+        if as_json:
+            typer.echo(json.dumps({"token_id": token_id, "revoked_at": revoked_at}))
+        else:
+            typer.echo(f"Token {token_id} of {org} revoked.")

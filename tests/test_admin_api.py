@@ -3,6 +3,7 @@ organisations, CSRF, the login rate limit, bad input, licence reductions and the
 
 from __future__ import annotations
 
+import datetime
 import urllib.parse
 
 import httpx
@@ -405,3 +406,16 @@ async def test_password_change_ends_other_sessions(admin_site: AdminSite) -> Non
         assert (await log_in(site, third, "admin@acme.example")).status_code == 401
         assert (await log_in(site, third, "admin@acme.example",
                              "a new long passphrase")).status_code == 303
+
+
+async def test_a_due_reduction_limits_declarations_from_its_first_day(
+        admin_site: AdminSite) -> None:
+    site = admin_site
+    # Recorded earlier, due on 1 January; the relay's clock says 18 January.
+    await site.store.request_seat_reduction(organisation="acme", seats=3,
+                                            effective_on=datetime.date(2026, 1, 1), now=0)
+    async with site.client(token=site.tokens["acme"]) as acme:
+        full = await acme.post("/api/v1/orgs/acme/users", json={"phone": NEW_PHONE})
+        assert (full.status_code, full.json()["error"]) == (409, "seat_limit")
+        licence = (await acme.get("/api/v1/orgs/acme/licence")).json()
+        assert (licence["seats"], licence["pending_reductions"]) == (3, [])

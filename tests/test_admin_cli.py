@@ -60,6 +60,11 @@ def test_accounts_and_tokens_are_created_with_working_secrets(tmp_path: Path) ->
     stored = _token(tmp_path, token)
     assert stored is not None
     assert stored.token_id == json.loads(output)["token_id"]
+    assert _run(tmp_path, "token", "revoke", str(stored.token_id), "--org", "other")[0] == 1
+    assert _token(tmp_path, token) is not None
+    code, output = _run(tmp_path, "token", "revoke", str(stored.token_id), "--org", "acme")
+    assert code == 0, output
+    assert _token(tmp_path, token) is None
 
 
 def test_bad_input_is_refused_and_changes_nothing(tmp_path: Path) -> None:

@@ -182,6 +182,8 @@ class AdminService:
         """Raises InvalidPhoneNumber, AlreadyExists, SeatLimitReached, Forbidden, NotFound."""
         organisation = await self.organisation(caller, name)
         self._require_active(organisation)
+        # A reduction that became due limits declarations from its first day on.
+        await self.store.apply_due_seat_reductions(today=self.today())
         user = await self.store.declare_user(organisation=name, phone=parse_phone(phone_text),
                                              user_id=_new_user_id(), now=self._now_ms())
         await self._audit(caller, organisation, "user.declare", user.phone)
