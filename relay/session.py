@@ -83,6 +83,8 @@ _SEND_REFUSALS: dict[SendStatus, tuple[ErrorCode, str]] = {
                                     "the payloads do not address the recipient's devices"),
     SendStatus.QUEUE_FULL: (ErrorCode.QUEUE_FULL,
                             "a recipient device's queue is full; retry later"),
+    SendStatus.ORGANISATION_SUSPENDED: (ErrorCode.ORGANISATION_SUSPENDED,
+                                        "organisation suspended"),
 }
 
 

@@ -31,6 +31,7 @@ from storage.base import (
     NotFound,
     Organisation,
     OrganisationState,
+    SendStatus,
     User,
     UserState,
 )
@@ -58,10 +59,10 @@ __all__ = [
     "list_organisations",
     "list_seat_reductions",
     "load_admin_session",
-    "recipient_reachable",
     "remove_all_users",
     "request_seat_reduction",
     "revoke_api_token",
+    "send_refusal",
     "set_account_password",
     "set_cross_organisation_allowed",
     "set_licence_terms",
@@ -518,18 +519,33 @@ def apply_due_seat_reductions(connection: Connection, dialect: Dialect, *,
 # -- policy ----------------------------------------------------------------------
 
 
-def recipient_reachable(connection: Connection, dialect: Dialect, *,
-                        sender_organisation_id: int, recipient_user_id: str) -> bool:
-    """Whether a user of ``sender_organisation_id`` may reach ``recipient_user_id``: same
-    organisation, or both allow cross-organisation traffic. False for an unknown user."""
-    row = connection.execute(dialect.sql("SELECT organisation_id FROM users WHERE user_id = ?"),
-                             (recipient_user_id,)).fetchone()
+def send_refusal(connection: Connection, dialect: Dialect, *, sender_organisation_id: int,
+                 recipient_user_id: str) -> SendStatus | None:
+    """Why a user of ``sender_organisation_id`` may not send to ``recipient_user_id`` now:
+    ORGANISATION_SUSPENDED (the sender's organisation is not active), UNKNOWN_RECIPIENT (no
+    such user, or another organisation and one of the two refuses cross-organisation
+    traffic); None if it may."""
+    # One statement of primary-key lookups: this runs in every send's transaction, where each
+    # statement costs more than the lookups themselves. A missing policy row means allowed.
+    row = connection.execute(dialect.sql(
+        "SELECT u.organisation_id, o.state, sender_policy.cross_organisation,"
+        " recipient_policy.cross_organisation FROM users AS u"
+        " JOIN organisations AS o ON o.organisation_id = ?"
+        " LEFT JOIN organisation_policies AS sender_policy"
+        " ON sender_policy.organisation_id = o.organisation_id"
+        " LEFT JOIN organisation_policies AS recipient_policy"
+        " ON recipient_policy.organisation_id = u.organisation_id"
+        " WHERE u.user_id = ?"), (sender_organisation_id, recipient_user_id)).fetchone()
     if row is None:
-        return False
-    if int(row[0]) == sender_organisation_id:
-        return True
-    return (cross_organisation_allowed(connection, dialect, sender_organisation_id)
-            and cross_organisation_allowed(connection, dialect, int(row[0])))
+        return SendStatus.UNKNOWN_RECIPIENT
+    recipient_organisation_id, sender_state, sender_allows, recipient_allows = row
+    if sender_state != OrganisationState.ACTIVE.value:
+        return SendStatus.ORGANISATION_SUSPENDED
+    if int(recipient_organisation_id) == sender_organisation_id or (
+            (sender_allows is None or bool(sender_allows))
+            and (recipient_allows is None or bool(recipient_allows))):
+        return None
+    return SendStatus.UNKNOWN_RECIPIENT
 
 
 def cross_organisation_allowed(connection: Connection, dialect: Dialect,

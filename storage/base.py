@@ -187,9 +187,10 @@ class NewSend:
     """Refuse the whole send if any addressed device already holds this many envelopes."""
     exclude_device_id: int | None = None
     sender_organisation_id: int | None = None
-    """The sender's organisation: the send is refused as UNKNOWN_RECIPIENT unless the
-    recipient belongs to it or both organisations allow cross-organisation traffic (checked
-    in the send's transaction). None skips the check."""
+    """The sender's organisation: the send is refused as ORGANISATION_SUSPENDED if it is not
+    active, and as UNKNOWN_RECIPIENT unless the recipient belongs to it or both organisations
+    allow cross-organisation traffic (checked in the send's transaction, so on every node).
+    None skips both checks."""
     """A device that need not be addressed (the sender's own, on a send to self)."""
 
 
@@ -199,6 +200,7 @@ class SendStatus(enum.Enum):
     UNKNOWN_RECIPIENT = "unknown_recipient"  # no such user, or it has no device
     MISMATCHED_DEVICES = "mismatched_devices"  # payloads do not address exactly the devices
     QUEUE_FULL = "queue_full"  # an addressed device's queue is at max_queue_depth
+    ORGANISATION_SUSPENDED = "organisation_suspended"  # the sender's organisation is inactive
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -39,7 +39,7 @@ import psycopg
 import trio
 from psycopg_pool import ConnectionPool
 
-from storage.admin_sql import recipient_reachable
+from storage.admin_sql import send_refusal
 from storage.admin_store import AdminStoreMethods
 from storage.base import (
     AlreadyExists,
@@ -531,10 +531,12 @@ def _commit_send(connection: Connection, send: NewSend, payloads: dict[int, byte
         return SendOutcome(status=SendStatus.DUPLICATE)
     if not depths:
         return SendOutcome(status=SendStatus.UNKNOWN_RECIPIENT)
-    if send.sender_organisation_id is not None and not recipient_reachable(
-            connection, POSTGRES, sender_organisation_id=send.sender_organisation_id,
-            recipient_user_id=send.recipient_user_id):
-        return SendOutcome(status=SendStatus.UNKNOWN_RECIPIENT)  # the policy forbids it
+    if send.sender_organisation_id is not None:
+        refusal = send_refusal(connection, POSTGRES,
+                               sender_organisation_id=send.sender_organisation_id,
+                               recipient_user_id=send.recipient_user_id)
+        if refusal is not None:
+            return SendOutcome(status=refusal)
     required = set(depths) - {send.exclude_device_id}
     missing = sorted(required - payloads.keys())
     extra = sorted(payloads.keys() - depths.keys())

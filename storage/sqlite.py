@@ -19,7 +19,7 @@ from typing import TypeVar
 
 import trio
 
-from storage.admin_sql import recipient_reachable
+from storage.admin_sql import send_refusal
 from storage.admin_store import AdminStoreMethods
 from storage.base import (
     AlreadyExists,
@@ -462,10 +462,12 @@ def _commit_send(connection: sqlite3.Connection, send: NewSend,
         (send.recipient_user_id,)).fetchall())
     if not depths:
         return SendOutcome(status=SendStatus.UNKNOWN_RECIPIENT)
-    if send.sender_organisation_id is not None and not recipient_reachable(
-            connection, SQLITE, sender_organisation_id=send.sender_organisation_id,
-            recipient_user_id=send.recipient_user_id):
-        return SendOutcome(status=SendStatus.UNKNOWN_RECIPIENT)  # the policy forbids it
+    if send.sender_organisation_id is not None:
+        refusal = send_refusal(connection, SQLITE,
+                               sender_organisation_id=send.sender_organisation_id,
+                               recipient_user_id=send.recipient_user_id)
+        if refusal is not None:
+            return SendOutcome(status=refusal)
     required = set(depths) - {send.exclude_device_id}
     missing = sorted(required - payloads.keys())
     extra = sorted(payloads.keys() - depths.keys())

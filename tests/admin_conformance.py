@@ -309,3 +309,23 @@ async def test_sends_follow_the_cross_organisation_policy(store: Store) -> None:
         is SendStatus.UNKNOWN_RECIPIENT  # the sender's own organisation refuses too
     unchecked = _send(sender, stranger, [stranger_device], 5, sender_device_id=sender_device)
     assert (await _send_now(store, unchecked)).status is SendStatus.ACCEPTED
+
+
+async def test_a_suspended_organisation_cannot_send_but_keeps_its_queues(store: Store) -> None:
+    organisation = await _organisation(store)
+    sender, [sender_device] = await _enrolled(store, organisation=organisation)
+    recipient, [recipient_device] = await _enrolled(store, organisation=organisation)
+
+    def send(client_message_id: int) -> NewSend:
+        return dataclasses.replace(
+            _send(sender, recipient, [recipient_device], client_message_id,
+                  sender_device_id=sender_device),
+            sender_organisation_id=sender.organisation_id)
+
+    assert (await _send_now(store, send(1))).status is SendStatus.ACCEPTED
+    for state in (OrganisationState.SUSPENDED, OrganisationState.TERMINATED):
+        await store.set_organisation_state(name=organisation, state=state)
+        assert (await _send_now(store, send(2))).status is SendStatus.ORGANISATION_SUSPENDED
+    assert len(await _fetch_all(store, recipient, recipient_device)) == 1  # kept
+    await store.set_organisation_state(name=organisation, state=OrganisationState.ACTIVE)
+    assert (await _send_now(store, send(2))).status is SendStatus.ACCEPTED
