@@ -74,7 +74,8 @@ async def open_target(relay: str | None, ca: Path | None, data_dir: Path | None,
         directory = Path(temporary) / "relay"
         directory.mkdir()
         async with spawn_server(relay_command(directory, *relay_args.split()), cpu=relay_cpu,
-                                cert=directory / "tls" / "cert.pem") as server:
+                                cert=directory / "tls" / "cert.pem",
+                                make=lambda process: SpawnedServer(process=process)) as server:
             yield Target(host="127.0.0.1", port=server.port, ca=server.cert,
                          data_dir=directory, server=server)
 

@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -37,7 +35,6 @@ import trio
 from psycopg import sql
 
 from bench.loopback import (
-    BIN,
     ORGANISATION,
     PHONE_A,
     PHONE_B,
@@ -52,6 +49,7 @@ from bench.loopback import (
     send_pipelined,
     send_sequential,
 )
+from bench.spawn import relay_command, spawn_server
 from enrolment import admin
 from relay.client import RelayClient, connect_relay
 from storage.store_url import open_store, parse_store_url
@@ -74,31 +72,11 @@ async def relay_node(*, data_dir: Path, store: str | None, name: str,
     """
     data_dir.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 (once, before starting)
     store_args = ["--store", store] if store is not None else []
-    process = await trio.lowlevel.open_process(
-        [str(BIN / "cryptopass-relay"), "serve", "--data-dir", str(data_dir),
-         "--listen", "127.0.0.1:0", "--node-name", name, *store_args, *extra_args],
-        stderr=subprocess.PIPE, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    node = SubprocessRelay(process=process, data_dir=data_dir)
-    try:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(node.follow_log)
-            listening = await node.wait_for("relay_listening")
-            node.port = int(listening["port"])
-            node.cert = data_dir / "tls" / "cert.pem"
-            try:
-                yield node
-            finally:
-                with trio.CancelScope(shield=True):
-                    if process.returncode is None:
-                        process.terminate()
-                    with trio.move_on_after(10):
-                        await process.wait()
-                nursery.cancel_scope.cancel()
-    finally:
-        if process.returncode is None:
-            process.kill()
-            with trio.CancelScope(shield=True):
-                await process.wait()
+    command = relay_command(data_dir, "--node-name", name, *store_args, *extra_args)
+    async with spawn_server(
+            command, cert=data_dir / "tls" / "cert.pem",
+            make=lambda process: SubprocessRelay(process=process, data_dir=data_dir)) as node:
+        yield node
 
 
 def connect(node: SubprocessRelay) -> AbstractAsyncContextManager[RelayClient]:

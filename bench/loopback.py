@@ -29,7 +29,6 @@ import os
 import re
 import resource
 import struct
-import subprocess
 import sys
 import tempfile
 import time
@@ -42,7 +41,7 @@ from typing import Any, Literal, Protocol
 import trio
 from nacl.signing import SigningKey
 
-from bench.relay_process import RelayProcess
+from bench.spawn import SpawnedServer, relay_command, spawn_server
 from bench.stats import percentile
 from enrolment import admin
 from enrolment.sms import SmsMessage
@@ -146,16 +145,9 @@ class InProcessRelay:
 
 
 @dataclass(kw_only=True)
-class SubprocessRelay(RelayProcess):
+class SubprocessRelay(SpawnedServer):
     data_dir: Path
-    host: str = "127.0.0.1"
-    port: int = 0
-    cert: Path = Path()
     codes_read: int = 0
-
-    @property
-    def pid(self) -> int | None:
-        return self.process.pid
 
     async def code_for(self, phone: str) -> str:
         self.codes_read += 1
@@ -212,31 +204,10 @@ async def subprocess_relay(data_dir: Path) -> AsyncIterator[SubprocessRelay]:
     await _admin(data_dir, "org", "create", ORGANISATION, "--seats", "10")
     for phone in (PHONE_A, PHONE_B):
         await _admin(data_dir, "user", "add", "--org", ORGANISATION, phone)
-    process = await trio.lowlevel.open_process(
-        [str(BIN / "cryptopass-relay"), "serve", "--data-dir", str(data_dir),
-         "--listen", "127.0.0.1:0"],
-        stderr=subprocess.PIPE, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    relay = SubprocessRelay(process=process, data_dir=data_dir)
-    try:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(relay.follow_log)
-            listening = await relay.wait_for("relay_listening")
-            relay.port = int(listening["port"])
-            relay.cert = data_dir / "tls" / "cert.pem"
-            try:
-                yield relay
-            finally:
-                with trio.CancelScope(shield=True):
-                    if process.returncode is None:
-                        process.terminate()
-                    with trio.move_on_after(10):
-                        await process.wait()
-                nursery.cancel_scope.cancel()
-    finally:
-        if process.returncode is None:
-            process.kill()
-            with trio.CancelScope(shield=True):
-                await process.wait()
+    async with spawn_server(
+            relay_command(data_dir), cert=data_dir / "tls" / "cert.pem",
+            make=lambda process: SubprocessRelay(process=process, data_dir=data_dir)) as relay:
+        yield relay
 
 
 @asynccontextmanager

@@ -5,10 +5,11 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import trio
 
@@ -17,6 +18,8 @@ from bench.relay_process import RelayProcess
 __all__ = ["SpawnedServer", "cpu_seconds", "peak_rss_mib", "rss_mib", "spawn_server"]
 
 BIN = Path(sys.executable).parent
+S = TypeVar("S", bound="SpawnedServer")
+
 STOP_SECONDS = 15.0
 """How long a stopped server may take to exit before it is killed."""
 
@@ -58,14 +61,16 @@ def cpu_seconds(pid: int) -> float:
 
 @asynccontextmanager
 async def spawn_server(command: Sequence[str], *, cpu: int | None = None,
-                       cert: Path | None = None) -> AsyncIterator[SpawnedServer]:
+                       cert: Path | None = None,
+                       make: Callable[[trio.Process], S]) -> AsyncIterator[S]:
     """Run ``command`` (a relay or echo server logging JSON with a ``relay_listening``
-    event carrying ``port``), optionally pinned to one CPU; stop it with SIGTERM on exit."""
+    event carrying ``port``), optionally pinned to one CPU; stop it with SIGTERM on exit
+    (a test may SIGKILL it meanwhile). ``make`` builds the object that follows it."""
     process = await trio.lowlevel.open_process(
         list(command), stderr=subprocess.PIPE, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     if cpu is not None:
         os.sched_setaffinity(process.pid, {cpu})
-    server = SpawnedServer(process=process)
+    server = make(process)
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(server.follow_log)

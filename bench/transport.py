@@ -19,7 +19,7 @@ import trio
 from aioquic.quic import events
 
 from bench.live import HEADER
-from bench.spawn import cpu_seconds, peak_rss_mib, spawn_server
+from bench.spawn import SpawnedServer, cpu_seconds, peak_rss_mib, spawn_server
 from bench.stats import latency_summary
 from bench.stats import rate as rate_of
 from relay.client import client_configuration, open_client_endpoint
@@ -88,7 +88,7 @@ async def _echo_run(*, devices: int, messages: int, size: int, window: int,
                     time_limit: float, relay_cpu: int | None) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="cryptopass-echo-") as temporary:
         command = [sys.executable, "-m", "bench.echo_server", "--tls-dir", temporary]
-        async with spawn_server(command, cpu=relay_cpu) as server:
+        async with spawn_server(command, cpu=relay_cpu, make=_spawned) as server:
             cert = Path(str(server.events[-1]["cert"]))
             latencies: list[float] = []
             clients = []
@@ -158,3 +158,7 @@ def _ratio(relay: float | None, ceiling: float | None) -> float | None:
     if relay is None or not ceiling:
         return None
     return round(relay / ceiling, 2)
+
+
+def _spawned(process: trio.Process) -> SpawnedServer:
+    return SpawnedServer(process=process)
