@@ -27,11 +27,4 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$wanted" ]; then
     "$venv/bin/python" -m pip install -q -e "$root[test]" >&2
     echo "$wanted" > "$stamp"
 fi
-# The console's browser tests drive Debian's Chromium through Playwright (whose own browser
-# download needs network access the test machines may not have).
-if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null; then
-    echo "installing chromium (Debian) for the console's browser tests ..." >&2
-    if [ "$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium >/dev/null
-    else sudo apt-get update -qq && sudo apt-get install -y -qq chromium >/dev/null; fi
-fi
 export PATH="$venv/bin:$PATH"
