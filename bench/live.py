@@ -140,11 +140,14 @@ class _Receiver:
 
 
 async def connect_devices(stack: AsyncExitStack, endpoint: QuicEndpoint, host: str, port: int,
-                          ca: Path | None, devices: Sequence[BenchDevice]) -> list[RelayClient]:
+                          ca: Path | None, devices: Sequence[BenchDevice], *,
+                          failures: list[str] | None = None) -> list[RelayClient]:
     """Connect and authenticate ``devices`` over ``endpoint``; ``stack`` closes them.
 
     Handshakes run CONNECT_CONCURRENCY at a time, each in its own connection
-    context entered into ``stack``.
+    context entered into ``stack``. With ``failures``, a device that cannot
+    connect is recorded there and left out (a scenario counting connections);
+    without it, the first failure ends the run.
     """
     clients: list[RelayClient | None] = [None] * len(devices)
     limiter = trio.CapacityLimiter(CONNECT_CONCURRENCY)
@@ -153,9 +156,16 @@ async def connect_devices(stack: AsyncExitStack, endpoint: QuicEndpoint, host: s
                       task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with AsyncExitStack() as connection:
             async with limiter:  # only the handshake counts against the limit
-                client = await connection.enter_async_context(connect_relay(
-                    host, port, ca=ca, server_name="localhost", endpoint=endpoint))
-                await client.authenticate(device.user_id, device.device_id, device.key)
+                try:
+                    client = await connection.enter_async_context(connect_relay(
+                        host, port, ca=ca, server_name="localhost", endpoint=endpoint))
+                    await client.authenticate(device.user_id, device.device_id, device.key)
+                except (trio.TooSlowError, ConnectionClosed, RelayError) as error:
+                    if failures is None:
+                        raise
+                    failures.append(f"{type(error).__name__}: {error}")
+                    task_status.started()
+                    return
             clients[position] = client
             task_status.started()
             await trio.sleep_forever()

@@ -269,8 +269,9 @@ async def connections(target: Target, *, devices: int, processes: int) -> dict[s
     baseline = rss_mib(server.pid) if server is not None else None
     started = time.perf_counter()
     async with open_client_endpoint(target.host) as endpoint, AsyncExitStack() as stack:
+        failures: list[str] = []
         clients = await connect_devices(stack, endpoint, target.host, target.port, target.ca,
-                                        provisioned)
+                                        provisioned, failures=failures)
         connect_seconds = time.perf_counter() - started
         # Every device is authenticated and its delivery stream open: the relay is idle.
         held = rss_mib(server.pid) if server is not None else None
@@ -278,7 +279,7 @@ async def connections(target: Target, *, devices: int, processes: int) -> dict[s
         "scenario": "connections", "devices": devices, "connected": len(clients),
         "connect_seconds": round(connect_seconds, 3),
         "messages_per_second": rate_of(len(clients), connect_seconds),
-        "latency_ms": None, "errors": devices - len(clients),
+        "latency_ms": None, "errors": devices - len(clients), "error_samples": failures[:5],
         "server_cpu_us_per_message": None,
         "server_peak_rss_mib": round(peak_rss_mib(server.pid), 1) if server else None,
     }
