@@ -37,6 +37,13 @@ class RelayConnectionCloser:
         return self._context.revoke_user(user_id, ErrorCode.DEVICE_REVOKED,
                                          "this device was revoked")
 
+    def device_revoked(self, user_id: str, device_id: int) -> int:
+        session = self._context.sessions.get((user_id, device_id))
+        if session is None:
+            return 0
+        session.close(ErrorCode.DEVICE_REVOKED, "this device was revoked")
+        return 1
+
     def organisation_suspended(self, user_id: str) -> int:
         return self._context.revoke_user(user_id, ErrorCode.ORGANISATION_SUSPENDED,
                                          "organisation suspended")

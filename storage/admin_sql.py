@@ -28,6 +28,7 @@ from storage.admin_records import (
 )
 from storage.base import (
     AlreadyExists,
+    Device,
     NotFound,
     Organisation,
     OrganisationState,
@@ -41,6 +42,7 @@ __all__ = [
     "MAX_AUDIT_PAGE",
     "POSTGRES_ADMIN_TABLES",
     "SQLITE_ADMIN_TABLES",
+    "BeforeDeviceDeleted",
     "BeforeUserDeleted",
     "add_seats",
     "append_audit",
@@ -62,6 +64,7 @@ __all__ = [
     "remove_all_users",
     "request_seat_reduction",
     "revoke_api_token",
+    "revoke_device",
     "send_refusal",
     "set_account_password",
     "set_cross_organisation_allowed",
@@ -402,6 +405,31 @@ def erase_user(connection: Connection, dialect: Dialect, *, organisation: str, p
         "UPDATE audit_log SET subject = ? WHERE organisation_id = ? AND subject = ?"),
         (pseudonym, found.organisation_id, phone))
     return _user(row)
+
+
+BeforeDeviceDeleted = Callable[[Any, str, int], None]
+"""Called with (connection, user_id, device_id) before one device is deleted."""
+
+
+def revoke_device(connection: Connection, dialect: Dialect, *, organisation: str, phone: str,
+                  device_id: int, before_delete: BeforeDeviceDeleted) -> Device:
+    """See ``Store.revoke_device``."""
+    found = _require_organisation(connection, dialect, organisation)
+    row = connection.execute(dialect.sql(
+        "SELECT d.user_id, d.device_id, d.identity_key, d.registered_at FROM devices AS d"
+        " JOIN users AS u ON u.user_id = d.user_id"
+        " WHERE u.phone = ? AND u.organisation_id = ? AND d.device_id = ?"),
+        (phone, found.organisation_id, device_id)).fetchone()
+    if row is None:
+        raise NotFound("no such device of a user of this organisation")
+    device = Device(user_id=str(row[0]), device_id=int(row[1]), identity_key=bytes(row[2]),
+                    registered_at=int(row[3]))
+    before_delete(connection, device.user_id, device.device_id)
+    # Its queued envelopes and prekeys go by ON DELETE CASCADE; the id is never reused
+    # (users.next_device_id).
+    connection.execute(dialect.sql("DELETE FROM devices WHERE user_id = ? AND device_id = ?"),
+                       (device.user_id, device.device_id))
+    return device
 
 
 def remove_all_users(connection: Connection, dialect: Dialect, organisation: str, *,

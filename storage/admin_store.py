@@ -22,7 +22,7 @@ from storage.admin_records import (
     LicenceOffer,
     SeatReduction,
 )
-from storage.base import Organisation, User
+from storage.base import Device, Organisation, User
 from storage.prekey_sql import Dialect
 
 __all__ = ["AdminStoreMethods"]
@@ -37,6 +37,9 @@ class AdminStoreMethods:
 
     def _before_user_deleted(self, connection: Any, user_id: str) -> None:
         """Hook run in the deleting transaction before a user goes (nothing by default)."""
+
+    def _before_device_deleted(self, connection: Any, user_id: str, device_id: int) -> None:
+        """Hook run in the deleting transaction before one device goes (nothing by default)."""
 
     if TYPE_CHECKING:
         async def _write(self, work: Callable[[Any], T]) -> T: ...
@@ -114,6 +117,11 @@ class AdminStoreMethods:
         return await self._write(lambda connection: admin_sql.erase_user(
             connection, self._admin_dialect, organisation=organisation, phone=phone,
             pseudonym=pseudonym, before_delete=self._before_user_deleted))
+
+    async def revoke_device(self, *, organisation: str, phone: str, device_id: int) -> Device:
+        return await self._write(lambda connection: admin_sql.revoke_device(
+            connection, self._admin_dialect, organisation=organisation, phone=phone,
+            device_id=device_id, before_delete=self._before_device_deleted))
 
     async def terminate_organisation(self, name: str) -> list[User]:
         return await self._write(lambda connection: admin_sql.remove_all_users(

@@ -488,6 +488,12 @@ class Store(Protocol):
         Raises NotFound."""
         ...
 
+    async def revoke_device(self, *, organisation: str, phone: str, device_id: int) -> Device:
+        """Delete one device of the organisation's user of ``phone`` (with its queue and
+        prekeys); its id is never reused. Returns it so the caller can close its connection.
+        Raises NotFound (also for a device of another organisation's user)."""
+        ...
+
     async def terminate_organisation(self, name: str) -> list[User]:
         """Atomically delete every user (devices, queues, prekeys with them) and mark the
         organisation TERMINATED. Returns the deleted users so the caller can close their

@@ -171,6 +171,9 @@ class PostgresStore(AdminStoreMethods):
         # Nodes holding its devices close them on commit (as delete_user does).
         notify_revoked_devices(connection, user_id=user_id)
 
+    def _before_device_deleted(self, connection: Any, user_id: str, device_id: int) -> None:
+        notify_revoked_devices(connection, user_id=user_id, device_id=device_id)
+
     def __init__(self, *, writer: GroupCommitWriter[Connection],
                  readers: ConnectionPool[Connection]) -> None:
         self._writer = writer

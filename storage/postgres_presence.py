@@ -210,17 +210,23 @@ def notify_recipient_nodes(connection: Connection, *, user_id: str,
         (user_id, list(device_ids), now, skip_channel))
 
 
-def notify_revoked_devices(connection: Connection, *, user_id: str) -> None:
-    """Tell the nodes holding the user's devices to close them, once the deletion commits.
+def notify_revoked_devices(connection: Connection, *, user_id: str,
+                           device_id: int | None = None) -> None:
+    """Tell the nodes holding the user's devices (only ``device_id`` if given) to close them,
+    once the deletion commits.
 
     Call in the deleting transaction, before deleting. The device rows are
     locked first: a concurrent claim is either visible here (and notified) or
     waits and then finds the device gone.
     """
-    connection.execute("SELECT 1 FROM devices WHERE user_id = %s FOR UPDATE", (user_id,))
+    # A NULL device_id selects every device of the user.
+    connection.execute("SELECT 1 FROM devices WHERE user_id = %s"
+                       " AND (%s::integer IS NULL OR device_id = %s) FOR UPDATE",
+                       (user_id, device_id, device_id))
     connection.execute(
         "SELECT pg_notify(channel, 'revoked ' || user_id || ' ' || device_id) FROM presence"
-        " WHERE user_id = %s", (user_id,))
+        " WHERE user_id = %s AND (%s::integer IS NULL OR device_id = %s)",
+        (user_id, device_id, device_id))
 
 
 def _payload(kind: NotificationKind, user_id: str, device_id: int,

@@ -329,3 +329,22 @@ async def test_a_suspended_organisation_cannot_send_but_keeps_its_queues(store: 
     assert len(await _fetch_all(store, recipient, recipient_device)) == 1  # kept
     await store.set_organisation_state(name=organisation, state=OrganisationState.ACTIVE)
     assert (await _send_now(store, send(2))).status is SendStatus.ACCEPTED
+
+
+async def test_one_device_is_revoked_with_its_queue(store: Store) -> None:
+    organisation = await _organisation(store)
+    user, [first, second] = await _enrolled(store, devices=2, organisation=organisation)
+    sender, [sender_device] = await _enrolled(store, organisation=organisation)
+    await _send_now(store, _send(sender, user, [first, second], 1,
+                                 sender_device_id=sender_device))
+    other = await _organisation(store)
+    with pytest.raises(NotFound):  # through another organisation, nothing happens
+        await store.revoke_device(organisation=other, phone=user.phone, device_id=first)
+    revoked = await store.revoke_device(organisation=organisation, phone=user.phone,
+                                        device_id=first)
+    assert (revoked.user_id, revoked.device_id) == (user.user_id, first)
+    assert [device.device_id for device in await store.list_devices(user.user_id)] == [second]
+    assert await store.queue_depth(user_id=user.user_id, device_id=first) == 0
+    assert len(await _fetch_all(store, user, second)) == 1
+    with pytest.raises(NotFound):
+        await store.revoke_device(organisation=organisation, phone=user.phone, device_id=first)

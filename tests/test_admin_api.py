@@ -41,6 +41,7 @@ def _endpoints(phone: str) -> list[tuple[str, str, object]]:
         ("POST", "/users.csv", None),
         ("GET", user, None),
         ("DELETE", user, None),
+        ("DELETE", user + "/devices/1", None),
         ("POST", user + "/replace", {"phone": NEW_PHONE}),
         ("GET", user + "/personal-data", None),
         ("POST", user + "/erase", None),

@@ -98,3 +98,25 @@ async def test_terminating_closes_connections_and_removes_the_users(
         assert await _operator(site, "POST", "/state", {"state": "terminated"}) == 200
         assert await _closed_with(client) == ErrorCode.DEVICE_REVOKED
     assert await site.store.find_user_by_phone(device.phone) is None
+
+
+async def test_revoking_one_device_closes_only_its_connection(admin_site: AdminSite) -> None:
+    site = admin_site
+    lost = await enrol(site.relay, ACME_PHONES[0])
+    site.relay.sms.messages.clear()  # the next code must be the new one, not the first
+    kept = await enrol(site.relay, ACME_PHONES[0])  # the same user's second device
+    assert (lost.user_id, lost.device_id + 1) == (kept.user_id, kept.device_id)
+    async with site.relay.connect() as lost_client, site.relay.connect() as kept_client:
+        await _connected(lost, lost_client)
+        await _connected(kept, kept_client)
+        async with site.client(token=site.tokens["acme"]) as acme:
+            phone = urllib.parse.quote(lost.phone, safe="")
+            answer = await acme.delete(f"/api/v1/orgs/acme/users/{phone}/devices/{lost.device_id}")
+            assert answer.json() == {"revoked_device_id": lost.device_id}
+            again = await acme.delete(f"/api/v1/orgs/acme/users/{phone}/devices/{lost.device_id}")
+            assert again.status_code == 404
+            bad = await acme.delete(f"/api/v1/orgs/acme/users/{phone}/devices/first")
+            assert bad.status_code == 422
+        assert await _closed_with(lost_client) == ErrorCode.DEVICE_REVOKED
+        assert [device.device_id for device in await kept_client.list_devices()] == [
+            kept.device_id]

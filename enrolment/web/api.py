@@ -105,6 +105,15 @@ class _AdminApi:
         user = await self.service.delete(caller, self.org(request), self.phone(request))
         return JSONResponse({"deleted": user.phone})
 
+    async def revoke_device(self, request: Request) -> Response:
+        caller = await self.caller_of(request)
+        text = str(request.path_params["device_id"])
+        if not text.isdigit() or len(text) > 9:
+            raise ApiError(422, "invalid_request", "a device id is a positive integer")
+        device = await self.service.revoke_device(caller, self.org(request),
+                                                  self.phone(request), int(text))
+        return JSONResponse({"revoked_device_id": device.device_id})
+
     async def replace_user(self, request: Request) -> Response:
         caller = await self.caller_of(request)
         body = await read_json(request)
@@ -198,6 +207,7 @@ def api_routes(service: AdminService) -> list[Route]:
         ("/users/{phone}", api.get_user, ["GET"]),
         ("/users/{phone}", api.delete_user, ["DELETE"]),
         ("/users/{phone}/replace", api.replace_user, ["POST"]),
+        ("/users/{phone}/devices/{device_id}", api.revoke_device, ["DELETE"]),
         ("/users/{phone}/personal-data", api.personal_data, ["GET"]),
         ("/users/{phone}/erase", api.erase, ["POST"]),
         ("/licence", api.licence, ["GET"]),

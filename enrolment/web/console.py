@@ -222,6 +222,14 @@ class _Console:
                                           request.state.form.get("phone", ""))
         return _see_other(f"/orgs/{name}/users/{urllib.parse.quote(user.phone)}")
 
+    async def revoke_device(self, request: Request, who: Authenticated) -> Response:
+        name, phone = request.path_params["org"], request.path_params["phone"]
+        text = str(request.path_params["device_id"])
+        if not text.isdigit() or len(text) > 9:
+            raise ApiError(422, "invalid_request", "a device id is a positive integer")
+        await self.service.revoke_device(who.caller, name, phone, int(text))
+        return _see_other(f"/orgs/{name}/users/{urllib.parse.quote(phone)}")
+
     async def erase_user(self, request: Request, who: Authenticated) -> Response:
         name = request.path_params["org"]
         await self.service.erase(who.caller, name, request.path_params["phone"])
@@ -341,6 +349,8 @@ def console_routes(service: AdminService, limiter: LoginRateLimiter) -> list[Rou
         Route(user + "/delete", page(console.delete_user), methods=["POST"]),
         Route(user + "/replace", page(console.replace_user), methods=["POST"]),
         Route(user + "/erase", page(console.erase_user), methods=["POST"]),
+        Route(user + "/devices/{device_id}/revoke", page(console.revoke_device),
+              methods=["POST"]),
         Route(org + "/licence", page(console.licence), methods=["GET"]),
         Route(org + "/licence", page(console.reduce), methods=["POST"]),
         Route(org + "/audit", page(console.audit)),

@@ -64,6 +64,10 @@ class ConnectionCloser(Protocol):
         """Close the user's connections as revoked; returns how many were closed."""
         ...
 
+    def device_revoked(self, user_id: str, device_id: int) -> int:
+        """Close that one device's connection as revoked; returns how many were closed."""
+        ...
+
     def organisation_suspended(self, user_id: str) -> int:
         """Close the user's connections as suspended; returns how many were closed."""
         ...
@@ -196,6 +200,17 @@ class AdminService:
         self._closer.user_deleted(user.user_id)
         await self._audit(caller, organisation, "user.delete", user.phone)
         return user
+
+    async def revoke_device(self, caller: Caller, name: str, phone_text: str,
+                            device_id: int) -> Device:
+        """Revoke one device of a user (a lost phone); its connection is closed at once."""
+        organisation = await self.organisation(caller, name)
+        phone = parse_phone(phone_text)
+        device = await self.store.revoke_device(organisation=name, phone=phone,
+                                                device_id=device_id)
+        self._closer.device_revoked(device.user_id, device.device_id)
+        await self._audit(caller, organisation, "device.revoke", phone)
+        return device
 
     async def replace(self, caller: Caller, name: str, old_phone_text: str,
                       new_phone_text: str) -> User:

@@ -165,7 +165,13 @@ _USER = """{% extends "base" %}{% block title %}{{ user.phone_national }}{% endb
 </dl>
 <h2>Devices</h2>
 {% if user.devices %}<ul>{% for device in user.devices %}
-<li>Device {{ device.device_id }}, registered {{ device.registered_on }}</li>
+<li>Device {{ device.device_id }}, registered {{ device.registered_on }}
+<form method="post" class="inline" action="/orgs/{{ org.name }}/users/
+{{- user.phone|urlencode }}/devices/{{ device.device_id }}/revoke">
+<input type="hidden" name="csrf_token" value="{{ csrf }}">
+<button type="submit" aria-label="Revoke device {{ device.device_id }}">Revoke</button>
+</form>
+</li>
 {% endfor %}</ul>{% else %}<p>No device yet.</p>{% endif %}
 <h2>Replace the number</h2>
 <form method="post" action="/orgs/{{ org.name }}/users/{{ user.phone|urlencode }}/replace">
