@@ -69,6 +69,7 @@ __all__ = [
     "set_account_password",
     "set_cross_organisation_allowed",
     "set_licence_terms",
+    "terminated_pseudonym",
 ]
 
 
@@ -443,9 +444,21 @@ def remove_all_users(connection: Connection, dialect: Dialect, organisation: str
     rows = connection.execute(dialect.sql(
         f"DELETE FROM users WHERE organisation_id = ? RETURNING {_USER_COLUMNS}"),  # noqa: S608
         (found.organisation_id,)).fetchall()
+    users = sorted((_user(row) for row in rows), key=lambda user: user.phone)
+    for user in users:
+        # Personal data goes as on erasure. The random user id, whose row is gone, makes a
+        # pseudonym nothing links back to the number.
+        connection.execute(dialect.sql(
+            "UPDATE audit_log SET subject = ? WHERE organisation_id = ? AND subject = ?"),
+            (terminated_pseudonym(user), found.organisation_id, user.phone))
     connection.execute(dialect.sql("UPDATE organisations SET state = ? WHERE organisation_id = ?"),
                        (OrganisationState.TERMINATED.value, found.organisation_id))
-    return sorted((_user(row) for row in rows), key=lambda user: user.phone)
+    return users
+
+
+def terminated_pseudonym(user: User) -> str:
+    """What replaces a number in the audit log when its organisation is terminated."""
+    return f"erased-{user.user_id[:16]}"
 
 
 # -- licence ---------------------------------------------------------------------

@@ -495,9 +495,10 @@ class Store(Protocol):
         ...
 
     async def terminate_organisation(self, name: str) -> list[User]:
-        """Atomically delete every user (devices, queues, prekeys with them) and mark the
-        organisation TERMINATED. Returns the deleted users so the caller can close their
-        connections. Raises NotFound."""
+        """Atomically delete every user (devices, queues, prekeys with them), replace their
+        numbers in the organisation's audit entries by pseudonyms
+        (``storage.admin_sql.terminated_pseudonym``) and mark the organisation TERMINATED.
+        Returns the deleted users so the caller can close their connections. Raises NotFound."""
         ...
 
     async def get_licence(self, organisation: str) -> Licence:

@@ -13,7 +13,7 @@ import hashlib
 import pytest
 
 from storage.admin_records import AccountRole, LicenceOffer, ReductionBelowDeclared
-from storage.admin_sql import MAX_AUDIT_PAGE
+from storage.admin_sql import MAX_AUDIT_PAGE, terminated_pseudonym
 from storage.base import (
     AlreadyExists,
     NewSend,
@@ -187,6 +187,10 @@ async def test_terminating_removes_every_user_and_marks_the_organisation(store: 
     user, _devices = await _enrolled(store, organisation=organisation)
     other = await _declared(store, organisation)
     bystander = await _declared(store)
+    for subject in (user.phone, other.phone, "cli"):
+        await store.append_audit(organisation_id=user.organisation_id, actor="cli",
+                                 action="user.declare", subject=subject, address="local",
+                                 now=NOW)
     removed = await store.terminate_organisation(organisation)
     assert sorted(found.user_id for found in removed) == sorted([user.user_id, other.user_id])
     assert await store.list_users(organisation) == []
@@ -194,6 +198,11 @@ async def test_terminating_removes_every_user_and_marks_the_organisation(store: 
     terminated = await store.get_organisation(organisation)
     assert terminated is not None
     assert terminated.state is OrganisationState.TERMINATED
+    subjects = [entry.subject
+                for entry in await store.list_audit(organisation_id=user.organisation_id,
+                                                    limit=10)]
+    assert subjects == ["cli", terminated_pseudonym(other), terminated_pseudonym(user)]
+    assert user.phone not in subjects
     assert await store.find_user_by_phone(bystander.phone) == bystander
     with pytest.raises(NotFound):
         await store.terminate_organisation("no-such-org")

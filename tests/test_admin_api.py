@@ -148,6 +148,10 @@ async def test_users_are_declared_listed_replaced_and_deleted(admin_site: AdminS
         assert taken.status_code == 409
         found = await acme.get(f"/api/v1/orgs/acme/users/{_quoted(NEW_PHONE)}")
         assert found.json()["devices"] == []
+        reads = (await acme.get("/api/v1/orgs/acme/audit",
+                                params={"action": "user.read"})).json()["entries"]
+        assert [(entry["subject"], entry["actor"][:6]) for entry in reads] == [
+            (NEW_PHONE, "token:")]
         searched = await acme.get("/api/v1/orgs/acme/users", params={"q": "22 22"})
         assert [user["phone"] for user in searched.json()["users"]] == [NEW_PHONE]
         replaced = await acme.post(f"/api/v1/orgs/acme/users/{_quoted(NEW_PHONE)}/replace",

@@ -173,8 +173,11 @@ class AdminService:
         return [await self._view(user) for user in users]
 
     async def get_user(self, caller: Caller, name: str, phone_text: str) -> UserView:
+        """One user with its devices; the read of its personal data is audited."""
         organisation = await self.organisation(caller, name)
-        return await self._view(await self._user_of(organisation, phone_text))
+        view = await self._view(await self._user_of(organisation, phone_text))
+        await self._audit(caller, organisation, "user.read", view.user.phone)
+        return view
 
     async def _user_of(self, organisation: Organisation, phone_text: str) -> User:
         user = await self.store.find_user_by_phone(parse_phone(phone_text))
