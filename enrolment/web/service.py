@@ -191,7 +191,12 @@ class AdminService:
         self._require_active(organisation)
         # A reduction that became due limits declarations from its first day on.
         await self.store.apply_due_seat_reductions(today=self.today())
-        user = await self.store.declare_user(organisation=name, phone=parse_phone(phone_text),
+        return await self._declare_in(caller, organisation, phone_text)
+
+    async def _declare_in(self, caller: Caller, organisation: Organisation,
+                          phone_text: str) -> User:
+        user = await self.store.declare_user(organisation=organisation.name,
+                                             phone=parse_phone(phone_text),
                                              user_id=_new_user_id(), now=self._now_ms())
         await self._audit(caller, organisation, "user.declare", user.phone)
         return user
@@ -237,15 +242,17 @@ class AdminService:
         Returns one line per row that could not be declared, naming why; the others are
         declared (each declaration stands alone, as if made one by one).
         """
-        await self.organisation(caller, name)
+        organisation = await self.organisation(caller, name)
         rows = [line.split(",", 1)[0].strip().strip('"') for line in text.splitlines()]
         rows = [row for row in rows if row and row.lower() != "phone"]
         if len(rows) > MAX_CSV_IMPORT_ROWS:
             raise InvalidRequest(f"a CSV import holds at most {MAX_CSV_IMPORT_ROWS} numbers")
         problems = []
+        self._require_active(organisation)
+        await self.store.apply_due_seat_reductions(today=self.today())
         for number, row in enumerate(rows, start=1):
             try:
-                await self.declare(caller, name, row)
+                await self._declare_in(caller, organisation, row)
             except (InvalidRequest, AlreadyExists, SeatLimitReached) as error:
                 problems.append(f"row {number}: {error}")
         return problems
