@@ -69,6 +69,7 @@ __all__ = [
     "set_account_password",
     "set_cross_organisation_allowed",
     "set_licence_terms",
+    "suspend_organisation",
     "terminated_pseudonym",
 ]
 
@@ -453,6 +454,21 @@ def remove_all_users(connection: Connection, dialect: Dialect, organisation: str
             (terminated_pseudonym(user), found.organisation_id, user.phone))
     connection.execute(dialect.sql("UPDATE organisations SET state = ? WHERE organisation_id = ?"),
                        (OrganisationState.TERMINATED.value, found.organisation_id))
+    return users
+
+
+def suspend_organisation(connection: Connection, dialect: Dialect, organisation: str, *,
+                         before_close: BeforeUserDeleted) -> list[User]:
+    """See ``Store.suspend_organisation``."""
+    found = _require_organisation(connection, dialect, organisation, lock=True)
+    rows = connection.execute(dialect.sql(
+        f"SELECT {_USER_COLUMNS} FROM users WHERE organisation_id = ? ORDER BY phone"),  # noqa: S608
+        (found.organisation_id,)).fetchall()
+    users = [_user(row) for row in rows]
+    for user in users:
+        before_close(connection, user.user_id)
+    connection.execute(dialect.sql("UPDATE organisations SET state = ? WHERE organisation_id = ?"),
+                       (OrganisationState.SUSPENDED.value, found.organisation_id))
     return users
 
 

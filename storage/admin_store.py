@@ -123,6 +123,11 @@ class AdminStoreMethods:
             connection, self._admin_dialect, organisation=organisation, phone=phone,
             device_id=device_id, before_delete=self._before_device_deleted))
 
+    async def suspend_organisation(self, name: str) -> list[User]:
+        # The same hook as a deletion: other nodes close the users' connections on commit.
+        return await self._write(lambda connection: admin_sql.suspend_organisation(
+            connection, self._admin_dialect, name, before_close=self._before_user_deleted))
+
     async def terminate_organisation(self, name: str) -> list[User]:
         return await self._write(lambda connection: admin_sql.remove_all_users(
             connection, self._admin_dialect, name, before_delete=self._before_user_deleted))

@@ -494,6 +494,12 @@ class Store(Protocol):
         Raises NotFound (also for a device of another organisation's user)."""
         ...
 
+    async def suspend_organisation(self, name: str) -> list[User]:
+        """Mark the organisation SUSPENDED, keeping users, devices and queues, and return its
+        users so the caller can close their connections; in a cluster the other nodes are
+        told to close them when this commits. Raises NotFound."""
+        ...
+
     async def terminate_organisation(self, name: str) -> list[User]:
         """Atomically delete every user (devices, queues, prekeys with them), replace their
         numbers in the organisation's audit entries by pseudonyms

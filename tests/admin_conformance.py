@@ -357,3 +357,18 @@ async def test_one_device_is_revoked_with_its_queue(store: Store) -> None:
     assert len(await _fetch_all(store, user, second)) == 1
     with pytest.raises(NotFound):
         await store.revoke_device(organisation=organisation, phone=user.phone, device_id=first)
+
+
+async def test_suspending_keeps_users_and_returns_them(store: Store) -> None:
+    organisation = await _organisation(store)
+    user, [device] = await _enrolled(store, organisation=organisation)
+    declared = await _declared(store, organisation)
+    suspended = await store.suspend_organisation(organisation)
+    assert sorted(found.user_id for found in suspended) == sorted([user.user_id,
+                                                                   declared.user_id])
+    found = await store.get_organisation(organisation)
+    assert found is not None
+    assert found.state is OrganisationState.SUSPENDED
+    assert [found.device_id for found in await store.list_devices(user.user_id)] == [device]
+    with pytest.raises(NotFound):
+        await store.suspend_organisation("no-such-org")

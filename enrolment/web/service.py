@@ -352,11 +352,11 @@ class AdminService:
             users = await self.store.terminate_organisation(name)
             for user in users:
                 self._closer.user_deleted(user.user_id)
+        elif state is OrganisationState.SUSPENDED:
+            for user in await self.store.suspend_organisation(name):
+                self._closer.organisation_suspended(user.user_id)
         else:
             await self.store.set_organisation_state(name=name, state=state)
-            if state is OrganisationState.SUSPENDED:
-                for user in await self.store.list_users(name):
-                    self._closer.organisation_suspended(user.user_id)
         await self._audit(caller, organisation, f"organisation.{state.value}", name)
 
     async def set_cross_organisation(self, caller: Caller, name: str, allowed: bool) -> None:
