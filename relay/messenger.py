@@ -121,7 +121,13 @@ class Messenger:
     """An authenticated, encrypting client. Use `Messenger.connect`."""
 
     def __init__(self, client: RelayClient, profile: Profile, device: DeviceCrypto,
-                 contacts: dict[str, Contact]) -> None:
+                 contacts: dict[str, Contact], *, persist_state: bool = True) -> None:
+        """Args:
+            persist_state: write the end-to-end state to the profile after every change
+                (the default, and the only safe choice for a real device: a crash must never
+                reuse a message key). False keeps it in memory only, for load generators
+                whose devices live for one run (``cryptopass-bench live --encrypted``).
+        """
         user_id, device_id, _, _ = profile.require_enrolled()
         if profile.data.phone is None:
             raise ProfileError(f"{profile.directory} has no phone number; re-enrol")
@@ -130,6 +136,7 @@ class Messenger:
         self.device = device
         self.contacts = contacts
         self.user_id, self.device_id, self.phone = user_id, device_id, profile.data.phone
+        self.persist_state = persist_state
         self._own_other_devices: set[int] = set()
 
     @classmethod
@@ -144,19 +151,33 @@ class Messenger:
         async with connect_relay(host, port, ca=Path(ca) if ca else None,
                                  endpoint=endpoint) as client:
             await client.authenticate(user_id, device_id, profile.signing_key())
-            messenger = cls(client, profile, device, contacts)
-            await messenger.refresh_prekeys()
-            await messenger._refresh_own_devices()
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(messenger._refill_when_told)
-                try:
-                    yield messenger
-                finally:
-                    nursery.cancel_scope.cancel()
+            async with cls.attach(client, profile, device, contacts) as messenger:
+                yield messenger
+
+    @classmethod
+    @asynccontextmanager
+    async def attach(cls, client: RelayClient, profile: Profile, device: DeviceCrypto,
+                     contacts: dict[str, Contact], *,
+                     persist_state: bool = True) -> AsyncIterator[Messenger]:
+        """Run a messenger on ``client``, already authenticated as the profile's device:
+        publish missing prekeys, learn this user's other devices, and keep refilling prekeys
+        until the block ends. `connect` uses it; a load generator that opens its own
+        connections (many devices on one endpoint) calls it directly."""
+        messenger = cls(client, profile, device, contacts, persist_state=persist_state)
+        await messenger.refresh_prekeys()
+        await messenger._refresh_own_devices()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(messenger._refill_when_told)
+            try:
+                yield messenger
+            finally:
+                nursery.cancel_scope.cancel()
 
     def save(self) -> None:
-        """Write the end-to-end state to the profile (atomic, mode 0600)."""
-        self.profile.save_device_state(_encode_state(self.device, self.contacts))
+        """Write the end-to-end state to the profile (atomic, mode 0600); nothing when the
+        messenger keeps its state in memory only (``persist_state=False``)."""
+        if self.persist_state:
+            self.profile.save_device_state(_encode_state(self.device, self.contacts))
 
     def _address(self, user_id: str, device_id: int) -> DeviceAddress:
         return DeviceAddress(user_id=user_id, device_id=device_id)
