@@ -25,6 +25,7 @@ from rich.console import Console
 from rich.table import Table
 
 from bench import scenarios
+from bench.encrypted_link import check_text_size
 from bench.spawn import SpawnedServer, relay_command, spawn_server
 from bench.transport import run_transport
 from relay.settings import parse_host_port
@@ -125,15 +126,24 @@ def live(devices: Annotated[int, typer.Option(help="Connected devices.", min=2)]
              help="Sends in flight per device when flat out.", min=1)] = 8,
          processes: Annotated[int, typer.Option(help="Load generator processes.", min=1)] = 1,
          timeout: Annotated[float, typer.Option(help="Seconds before giving up.")] = 120,
+         encrypted: Annotated[bool, typer.Option(
+             "--encrypted", help="End-to-end encrypted texts of --size bytes through the "
+             "client library (sessions set up in a warm-up).")] = False,
          relay: RelayOption = None, ca: CaOption = None, data_dir: DataDirOption = None,
          relay_cpu: RelayCpuOption = None, relay_args: RelayArgsOption = "",
          as_json: JsonOption = False) -> None:
     """Devices send to random others; delivered messages/s and end-to-end latency."""
+    if encrypted:
+        try:
+            check_text_size(size)
+        except ValueError as error:
+            raise typer.BadParameter(str(error), param_hint="--size") from error
+
     async def work() -> dict[str, Any]:
         async with open_target(relay, ca, data_dir, relay_cpu, relay_args) as target:
             return await scenarios.live(target, devices=devices, messages=messages, size=size,
                                         rate=rate, window=window, processes=processes,
-                                        time_limit=timeout)
+                                        time_limit=timeout, encrypted=encrypted)
     _run(work, as_json, "live", relay_cpu)
 
 

@@ -4,21 +4,30 @@ One process drives a slice of the devices over ONE client endpoint (one UDP
 socket for all its connections). The send plan is drawn from a seed, so every
 process of a multi-process run knows how many messages its own devices must
 receive. Timestamps are wall-clock nanoseconds so that a message sent by one
-process and received by another still has a latency.
+process and received by another still has a latency. Each device sends and receives
+through a `bench.live_link.Link`: plaintext frames, or (``encrypted``) texts through the
+end-to-end library, whose sessions a warm-up sets up before measuring.
 """
 
 from __future__ import annotations
 
 import random
-import struct
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import AsyncExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import trio
 
+from bench.encrypted_link import (
+    EncryptedLink,
+    check_text_size,
+    expected_warm_up,
+    open_encrypted_links,
+    warm_up,
+)
+from bench.live_link import HEADER, Link, LiveResult, PlaintextLink, Receiver
 from bench.provision import BenchDevice
 from relay.client import (
     ConnectionClosed,
@@ -27,18 +36,16 @@ from relay.client import (
     connect_relay,
     open_client_endpoint,
 )
-from relay.frames import Deliver, QueueEmpty
 from relay.quic import QuicEndpoint
 
-__all__ = ["HEADER", "LiveConfig", "LiveResult", "make_plan", "run_live"]
-
-HEADER = struct.Struct(">QII")
-"""Payload prefix: wall-clock send time (ns), sender index, sequence number."""
+__all__ = ["HEADER", "LiveConfig", "LiveResult", "Synchronise", "connect_devices", "make_plan",
+           "run_live"]
 
 CONNECT_CONCURRENCY = 32
 """Handshakes in flight while connecting the devices (bounds the setup burst)."""
 
-MAX_ERROR_SAMPLES = 5
+Synchronise = Callable[[str], Awaitable[None]]
+"""Waits at a named phase until every load process reached it (``bench.worker_pool``)."""
 
 
 @dataclass(frozen=True)
@@ -53,33 +60,15 @@ class LiveConfig:
     messages: int
     """Messages each device sends."""
     size: int
-    """Payload bytes per message (at least HEADER.size)."""
+    """Payload bytes per message (at least HEADER.size; encrypted: text bytes)."""
     rate: float
     """Messages per second this process sends in total; 0 = as fast as the window allows."""
     window: int
     """Sends in flight per device when sending flat out."""
     seed: int
-    start_at_ns: int = 0
-    """Wall-clock time at which sending starts (processes start together); 0 = now."""
+    encrypted: bool = False
+    """Send end-to-end encrypted texts through `relay.messenger` (`bench.encrypted_link`)."""
     timeout: float = 120.0
-
-
-@dataclass
-class LiveResult:
-    sent: int = 0
-    delivered: int = 0
-    expected: int = 0
-    errors: int = 0
-    error_samples: list[str] = field(default_factory=list)
-    duplicates: int = 0
-    latencies_ms: list[float] = field(default_factory=list)
-    first_send_ns: int = 0
-    last_receipt_ns: int = 0
-
-    def error(self, description: str) -> None:
-        self.errors += 1
-        if len(self.error_samples) < MAX_ERROR_SAMPLES:
-            self.error_samples.append(description)
 
 
 def make_plan(device_count: int, messages: int, seed: int) -> list[list[int]]:
@@ -95,48 +84,6 @@ def make_plan(device_count: int, messages: int, seed: int) -> list[list[int]]:
             recipients.append(recipient + (recipient >= sender))
         plan.append(recipients)
     return plan
-
-
-class _Receiver:
-    def __init__(self, client: RelayClient, result: LiveResult, expected: int) -> None:
-        self.client = client
-        self.result = result
-        self.expected = expected
-        self.received = 0
-        self.seen: set[tuple[int, int]] = set()
-        self.drained = trio.Event()
-        self.complete = trio.Event()
-        if expected == 0:
-            self.complete.set()
-
-    async def run(self) -> None:
-        try:
-            async for delivery in self.client.deliveries():
-                if isinstance(delivery, QueueEmpty):
-                    self.drained.set()
-                elif isinstance(delivery, Deliver):
-                    self._receive(delivery)
-        except ConnectionClosed as error:
-            self.result.error(f"receiver closed: {error}")
-            self.drained.set()
-            self.complete.set()
-
-    def _receive(self, delivery: Deliver) -> None:
-        now = time.time_ns()
-        self.client.acknowledge(delivery.envelope_id)
-        if not self.drained.is_set():
-            return  # left over from an earlier run on the same relay
-        sent_ns, sender, sequence = HEADER.unpack_from(delivery.ciphertext)
-        if (sender, sequence) in self.seen:
-            self.result.duplicates += 1
-            return
-        self.seen.add((sender, sequence))
-        self.result.delivered += 1
-        self.result.latencies_ms.append((now - sent_ns) / 1e6)
-        self.result.last_receipt_ns = max(self.result.last_receipt_ns, now)
-        self.received += 1
-        if self.received >= self.expected:
-            self.complete.set()
 
 
 async def connect_devices(stack: AsyncExitStack, endpoint: QuicEndpoint, host: str, port: int,
@@ -178,49 +125,63 @@ async def connect_devices(stack: AsyncExitStack, endpoint: QuicEndpoint, host: s
     return [client for client in clients if client is not None]
 
 
-def _payload(sender: int, sequence: int, size: int) -> bytes:
-    return HEADER.pack(time.time_ns(), sender, sequence) + bytes(size - HEADER.size)
-
-
 async def run_live(config: LiveConfig, result: LiveResult | None = None,
-                   on_start: Callable[[], None] | None = None) -> LiveResult:
+                   on_start: Callable[[], None] | None = None,
+                   synchronise: Synchronise | None = None) -> LiveResult:
     """Connect the local devices, run the plan, and return what they saw.
 
     Args:
         result: where to count (a caller may read it while the run goes on).
-        on_start: called once every device is connected, just before sending
-            (where a caller starts measuring the relay's CPU).
+        on_start: called once every device is connected (and, encrypted, every session
+            set up), just before sending (where a caller starts measuring the relay's CPU).
+        synchronise: with several load processes, waits at the phases ``published``
+            (encrypted: every device's prekeys are on the relay) and ``start``.
     """
-    if config.size < HEADER.size:
+    if config.encrypted:
+        check_text_size(config.size)
+    elif config.size < HEADER.size:
         raise ValueError(f"the payload size must be at least {HEADER.size} bytes")
     plan = make_plan(len(config.devices), config.messages, config.seed)
     local = set(config.local)
     result = result if result is not None else LiveResult()
-    expected = {index: 0 for index in config.local}
+    expected = dict.fromkeys(config.local, 0)
     for recipients in plan:
         for recipient in recipients:
             if recipient in local:
                 expected[recipient] += 1
     result.expected = sum(expected.values())
+    warm_ups = (expected_warm_up(plan, config.local) if config.encrypted
+                else dict.fromkeys(config.local, 0))
     async with open_client_endpoint(config.host) as endpoint, AsyncExitStack() as stack:
         connected = await connect_devices(stack, endpoint, config.host, config.port, config.ca,
                                           [config.devices[index] for index in config.local])
         clients = dict(zip(config.local, connected, strict=True))
+        links: dict[int, Link]
+        if config.encrypted:
+            encrypted = await open_encrypted_links(stack, clients, config.devices,
+                                                   f"{config.host}:{config.port}", config.ca)
+            links = dict(encrypted)
+        else:
+            links = {index: PlaintextLink(client) for index, client in clients.items()}
         async with trio.open_nursery() as nursery:
-            receivers = {index: _Receiver(clients[index], result, expected[index])
+            receivers = {index: Receiver(result, expected[index], warm_ups[index])
                          for index in config.local}
-            for receiver in receivers.values():
-                nursery.start_soon(receiver.run)
+            for index, receiver in receivers.items():
+                nursery.start_soon(links[index].receive, receiver)
             with trio.fail_after(config.timeout):
                 for receiver in receivers.values():
                     await receiver.drained.wait()
-            if config.start_at_ns:
-                await trio.sleep(max(0.0, (config.start_at_ns - time.time_ns()) / 1e9))
+            if config.encrypted:
+                if synchronise is not None:
+                    await synchronise("published")
+                await _warm_up(config, plan, encrypted, receivers, result)
+            if synchronise is not None:
+                await synchronise("start")
             if on_start is not None:
                 on_start()
             result.first_send_ns = time.time_ns()
             with trio.move_on_after(config.timeout) as deadline:
-                await _send_all(config, plan, clients, result)
+                await _send_all(config, plan, links, result)
                 for receiver in receivers.values():
                     await receiver.complete.wait()
             if deadline.cancelled_caught:
@@ -230,19 +191,29 @@ async def run_live(config: LiveConfig, result: LiveResult | None = None,
     return result
 
 
-async def _send_one(client: RelayClient, recipient: BenchDevice, sender: int, sequence: int,
+async def _warm_up(config: LiveConfig, plan: Sequence[Sequence[int]],
+                   links: dict[int, EncryptedLink], receivers: dict[int, Receiver],
+                   result: LiveResult) -> None:
+    """Set up every session of the plan before measuring (see bench.encrypted_link)."""
+    with trio.move_on_after(config.timeout) as deadline:
+        await warm_up(links, plan, config.devices, result)
+        for receiver in receivers.values():
+            await receiver.warmed.wait()
+    if deadline.cancelled_caught:
+        result.error(f"warm-up timed out after {config.timeout} s")
+
+
+async def _send_one(link: Link, recipient: BenchDevice, sender: int, sequence: int,
                     size: int, result: LiveResult) -> None:
     try:
-        await client.send(recipient.user_id, {recipient.device_id: _payload(sender, sequence,
-                                                                            size)},
-                          client_message_id=sequence)
+        await link.send(recipient, sender, sequence, size)
         result.sent += 1
-    except (RelayError, ConnectionClosed) as error:
-        result.error(f"send {sender}/{sequence}: {error}")
+    except Exception as error:  # counted and reported, never fatal
+        result.error(f"send {sender}/{sequence}: {type(error).__name__}: {error}")
 
 
 async def _send_all(config: LiveConfig, plan: Sequence[Sequence[int]],
-                    clients: dict[int, RelayClient], result: LiveResult) -> None:
+                    links: dict[int, Link], result: LiveResult) -> None:
     devices, size = config.devices, config.size
     async with trio.open_nursery() as nursery:
         if config.rate > 0:
@@ -254,19 +225,19 @@ async def _send_all(config: LiveConfig, plan: Sequence[Sequence[int]],
                 due = started + number / config.rate
                 if due > trio.current_time():
                     await trio.sleep_until(due)
-                nursery.start_soon(_send_one, clients[sender], devices[plan[sender][sequence]],
+                nursery.start_soon(_send_one, links[sender], devices[plan[sender][sequence]],
                                    sender, sequence, size, result)
             return
         for sender in config.local:
             sequences = iter(range(config.messages))
             for _ in range(min(config.window, config.messages)):
-                nursery.start_soon(_send_window, clients[sender], sender, sequences, plan,
+                nursery.start_soon(_send_window, links[sender], sender, sequences, plan,
                                    devices, size, result)
 
 
-async def _send_window(client: RelayClient, sender: int, sequences: Iterator[int],
+async def _send_window(link: Link, sender: int, sequences: Iterator[int],
                        plan: Sequence[Sequence[int]], devices: Sequence[BenchDevice],
                        size: int, result: LiveResult) -> None:
     # The window's tasks share one iterator: each takes the next message when free.
     for sequence in sequences:
-        await _send_one(client, devices[plan[sender][sequence]], sender, sequence, size, result)
+        await _send_one(link, devices[plan[sender][sequence]], sender, sequence, size, result)

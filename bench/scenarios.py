@@ -10,9 +10,7 @@ from __future__ import annotations
 import json
 import re
 import secrets
-import sys
 import time
-from collections.abc import Callable
 from contextlib import AsyncExitStack
 from typing import TYPE_CHECKING, Any
 
@@ -21,10 +19,11 @@ from nacl.signing import SigningKey
 
 from bench.live import LiveConfig, LiveResult, connect_devices, run_live
 from bench.progress import progress_of
-from bench.provision import BenchDevice, bench_phone, provision_sqlite
+from bench.provision import bench_phone, provision_sqlite
 from bench.spawn import cpu_seconds, peak_rss_mib, rss_mib
 from bench.stats import latency_summary
 from bench.stats import rate as rate_of
+from bench.worker_pool import merge_results, run_workers
 from enrolment import admin
 from relay.client import connect_relay, open_client_endpoint
 from relay.frames import Deliver, QueueEmpty
@@ -55,7 +54,8 @@ def _cpu_now(target: Target) -> float | None:
 
 
 async def live(target: Target, *, devices: int, messages: int, size: int, rate: float,
-               window: int, processes: int, time_limit: float) -> dict[str, Any]:
+               window: int, processes: int, time_limit: float,
+               encrypted: bool = False) -> dict[str, Any]:
     provisioned = await provision_sqlite(target.data_dir, count=devices, now=now_ms())
     seed = secrets.randbits(32)
     slices = [tuple(range(devices))[number::processes] for number in range(processes)]
@@ -71,15 +71,18 @@ async def live(target: Target, *, devices: int, messages: int, size: int, rate: 
             results = [await run_live(LiveConfig(
                 host=target.host, port=target.port, ca=target.ca, devices=tuple(provisioned),
                 local=slices[0], messages=messages, size=size, rate=rate, window=window,
-                seed=seed, timeout=time_limit), counting, measure_from_here)]
+                seed=seed, encrypted=encrypted, timeout=time_limit),
+                counting, measure_from_here)]
     else:
-        results = await _run_workers(target, provisioned, slices, messages=messages, size=size,
-                                     rate=rate / processes, window=window, seed=seed,
-                                     timeout=time_limit, on_start=measure_from_here)
-    merged = _merge(results)
+        results = await run_workers(
+            provisioned, slices, measure_from_here, host=target.host, port=target.port,
+            ca=str(target.ca) if target.ca else None, messages=messages, size=size,
+            rate=rate / processes, window=window, seed=seed, encrypted=encrypted,
+            timeout=time_limit)
+    merged = merge_results(results)
     seconds = max(0.0, (merged.last_receipt_ns - merged.first_send_ns) / 1e9)
     return {"scenario": "live", "devices": devices, "messages_per_device": messages,
-            "size": size, "target_rate": rate, "processes": processes,
+            "size": size, "target_rate": rate, "processes": processes, "encrypted": encrypted,
             "sent": merged.sent, "delivered": merged.delivered, "expected": merged.expected,
             "seconds": round(seconds, 3),
             "messages_per_second": rate_of(merged.delivered, seconds),
@@ -88,56 +91,6 @@ async def live(target: Target, *, devices: int, messages: int, size: int, rate: 
             "duplicates": merged.duplicates,
             **_server_costs(target, cpu_before[0], merged.delivered)}
 
-
-
-def _merge(results: list[LiveResult]) -> LiveResult:
-    merged = LiveResult()
-    for result in results:
-        merged.sent += result.sent
-        merged.delivered += result.delivered
-        merged.expected += result.expected
-        merged.errors += result.errors
-        merged.error_samples += result.error_samples
-        merged.duplicates += result.duplicates
-        merged.latencies_ms += result.latencies_ms
-        merged.last_receipt_ns = max(merged.last_receipt_ns, result.last_receipt_ns)
-    starts = [result.first_send_ns for result in results if result.first_send_ns]
-    merged.first_send_ns = min(starts) if starts else 0
-    return merged
-
-
-async def _run_workers(target: Target, provisioned: list[BenchDevice],
-                       slices: list[tuple[int, ...]], on_start: Callable[[], None],
-                       **settings: Any) -> list[LiveResult]:
-    """Run one ``bench.worker`` process per slice; they start sending together."""
-    start_at_ns = time.time_ns() + int(3e9 + len(provisioned) * 20e6)  # after every handshake
-    results: list[LiveResult] = []
-
-    async def start_measuring() -> None:
-        await trio.sleep(max(0.0, (start_at_ns - time.time_ns()) / 1e9))
-        on_start()
-
-    async def one(local: tuple[int, ...]) -> None:
-        request = {"host": target.host, "port": target.port,
-                   "ca": str(target.ca) if target.ca else None,
-                   "devices": [device.to_json() for device in provisioned],
-                   "local": list(local), "start_at_ns": start_at_ns, **settings}
-        completed = await trio.run_process(
-            [sys.executable, "-m", "bench.worker"], stdin=json.dumps(request).encode(),
-            capture_stdout=True, capture_stderr=True, check=False)
-        if completed.returncode != 0:
-            failed = LiveResult()
-            failed.error(f"worker failed: {completed.stderr.decode()[-300:]}")
-            results.append(failed)
-            return
-        answer = json.loads(completed.stdout)
-        results.append(LiveResult(**answer))
-
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(start_measuring)
-        for local in slices:
-            nursery.start_soon(one, local)
-    return results
 
 
 async def offline(target: Target, *, messages: int, size: int, window: int,

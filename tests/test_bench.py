@@ -7,12 +7,18 @@ import json
 import sys
 from collections import Counter
 from pathlib import Path
+from typing import cast
 
 import pytest
 import trio
 
 from bench.live import make_plan
 from bench.stats import latency_summary, percentile, rate
+from crypto.device import DeviceCrypto
+from crypto.primitives import SystemRandom, ed25519_keypair_from_private
+from relay.client import RelayClient
+from relay.messenger import Messenger
+from relay.profile import Profile
 
 BENCH = str(Path(sys.executable).parent / "cryptopass-bench")
 COMMON_FIELDS = ("messages_per_second", "latency_ms", "errors", "server_cpu_us_per_message",
@@ -46,6 +52,18 @@ def test_plan_never_sends_to_self_and_is_reproducible() -> None:
         make_plan(1, 10, seed=1)
 
 
+def test_a_bench_messenger_keeps_its_state_in_memory(tmp_path: Path) -> None:
+    profile = Profile(tmp_path)
+    profile.data.relay, profile.data.phone = "127.0.0.1:1", "+33610000000"
+    profile.data.user_id, profile.data.device_id = "user", 1
+    device = DeviceCrypto.create(ed25519_keypair_from_private(bytes(32)), SystemRandom())
+    client = cast(RelayClient, None)  # saving never touches the connection
+    Messenger(client, profile, device, {}, persist_state=False).save()
+    assert profile.device_state() is None
+    Messenger(client, profile, device, {}).save()  # the CLI's default is unchanged
+    assert profile.device_state() is not None
+
+
 async def bench(*args: str) -> dict[str, object]:
     # The bench's own --timeout makes a stuck run end with errors (and its output).
     with trio.fail_after(200):
@@ -65,6 +83,7 @@ async def test_live_smoke() -> None:
     result = await bench("live", "--devices", "4", "--messages", "5")
     assert result["delivered"] == result["expected"] == 20
     assert result["duplicates"] == 0
+    assert result["encrypted"] is False
     assert isinstance(result["server_cpu_us_per_message"], float)
 
 
@@ -72,6 +91,23 @@ async def test_live_smoke_with_two_processes_and_a_rate() -> None:
     result = await bench("live", "--devices", "4", "--messages", "5", "--processes", "2",
                          "--rate", "200")
     assert result["delivered"] == 20
+
+
+async def test_live_encrypted_smoke_delivers_and_decrypts_everything() -> None:
+    # Two worker processes: prekeys are published and sessions set up across processes.
+    result = await bench("live", "--devices", "4", "--messages", "5", "--encrypted",
+                         "--processes", "2", "--size", "100")
+    assert result["encrypted"] is True
+    assert result["delivered"] == result["expected"] == result["sent"] == 20
+    assert result["duplicates"] == 0
+    assert isinstance(result["latency_ms"], dict)
+
+
+async def test_live_encrypted_refuses_a_size_without_room_for_the_stamp() -> None:
+    completed = await trio.run_process([BENCH, "live", "--encrypted", "--size", "16"],
+                                       capture_stdout=True, capture_stderr=True, check=False)
+    assert completed.returncode != 0
+    assert b"--size" in completed.stderr
 
 
 async def test_offline_smoke() -> None:
