@@ -43,6 +43,7 @@ from aioquic.quic.retry import QuicRetryTokenHandler
 
 __all__ = [
     "ConnectionHandler",
+    "ConnectionIdRouting",
     "QuicEndpoint",
     "QuicLink",
     "open_udp_socket",
@@ -91,6 +92,25 @@ class ConnectionHandler(Protocol):
 
     def quic_events(self, link: QuicLink, batch: list[events.QuicEvent]) -> None:
         """Handle the events of one batch, synchronously (spawn tasks for slow work)."""
+        ...
+
+
+class ConnectionIdRouting(Protocol):
+    """How an endpoint sharing its UDP port with other processes issues connection ids
+    and hands on datagrams of connections that live elsewhere (relay/forwarding.py)."""
+
+    def new_connection(self, *, configuration: QuicConfiguration,
+                       original_destination_connection_id: bytes,
+                       retry_source_connection_id: bytes | None) -> QuicConnection:
+        """A server connection whose every connection id names this endpoint."""
+        ...
+
+    def new_retry_connection_id(self) -> bytes:
+        """The source connection id of a Retry packet (it names this endpoint too)."""
+        ...
+
+    def take_unrouted(self, header: Any, data: bytes, address: NetworkAddress) -> bool:
+        """True if it forwarded or dropped a datagram no local connection claims."""
         ...
 
 
@@ -159,16 +179,20 @@ class QuicEndpoint:
         retry: validate client addresses with a Retry round trip before
             creating any connection state.
         clock: time source in seconds (aioquic's ``now``); trio's by default.
+        routing: when several processes share the UDP port, issues connection ids
+            naming this one and forwards datagrams of the others' connections.
     """
 
     def __init__(self, sock: socket.socket, *, configuration: QuicConfiguration | None = None,
                  on_connection: Callable[[QuicLink], ConnectionHandler] | None = None,
-                 retry: bool = True, clock: Callable[[], float] = trio.current_time) -> None:
+                 retry: bool = True, clock: Callable[[], float] = trio.current_time,
+                 routing: ConnectionIdRouting | None = None) -> None:
         self._sock = sock
         self._configuration = configuration
         self._on_connection = on_connection
         self._retry = QuicRetryTokenHandler() if retry and configuration is not None else None
         self._clock = clock
+        self._routing = routing
         self._links: dict[bytes, QuicLink] = {}
         self._dirty: set[QuicLink] = set()
         self._timers: list[tuple[float, int, QuicLink]] = []
@@ -235,6 +259,14 @@ class QuicEndpoint:
         while self._dirty:
             await trio.lowlevel.checkpoint()
 
+    def receive_forwarded(self, datagrams: list[tuple[bytes, NetworkAddress]]) -> None:
+        """Handle datagrams that reached another process on this port but belong to
+        our connections, as if our socket had received them (answers leave from it)."""
+        now = self._clock()
+        for data, address in datagrams:
+            self._datagram_received(data, address, now)
+        self._flush(now)
+
     def _route(self, cid: bytes, link: QuicLink) -> None:
         self._links[cid] = link
         link._cids.add(cid)
@@ -272,6 +304,8 @@ class QuicEndpoint:
             return  # not QUIC: ignore, never answer garbage
         link = self._links.get(header.destination_cid)
         if link is None:
+            if self._routing is not None and self._routing.take_unrouted(header, data, address):
+                return  # another process's connection: forwarded there (or garbage)
             link = self._accept(header, data, address, now)
             if link is None:
                 return
@@ -298,7 +332,8 @@ class QuicEndpoint:
         retry_cid: bytes | None = None
         if self._retry is not None:
             if not header.token:
-                retry_cid = os.urandom(RETRY_CID_BYTES)
+                retry_cid = (os.urandom(RETRY_CID_BYTES) if self._routing is None
+                             else self._routing.new_retry_connection_id())
                 token = self._retry.create_token(
                     address=address, original_destination_connection_id=header.destination_cid,
                     retry_source_connection_id=retry_cid, now=now)
@@ -314,7 +349,8 @@ class QuicEndpoint:
             except ValueError:
                 return None  # forged, expired or for another address: drop silently
             retry_cid = header.destination_cid
-        quic = QuicConnection(configuration=configuration,
+        new_connection = QuicConnection if self._routing is None else self._routing.new_connection
+        quic = new_connection(configuration=configuration,
                               original_destination_connection_id=original_cid,
                               retry_source_connection_id=retry_cid)
         quic._ack_delay = ACK_DELAY_SECONDS  # no public knob (see ACK_DELAY_SECONDS)
@@ -462,14 +498,20 @@ _SHARED_EPOCH_SETS: dict[frozenset[Any], frozenset[Any]] = {}
 """One instance of each distinct epoch set found in aioquic's frame handler tables."""
 
 
-def open_udp_socket(host: str, port: int) -> socket.socket:
-    """A non-blocking UDP socket bound to (host, port), with large buffers."""
+def open_udp_socket(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
+    """A non-blocking UDP socket bound to (host, port), with large buffers.
+
+    ``reuse_port``: let other sockets (worker processes) bind the same port; the
+    kernel spreads datagrams over them by client address (SO_REUSEPORT).
+    """
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_DGRAM)
     try:
         sock.setblocking(False)
         for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
             sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER_BYTES)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind((host, port))
     except BaseException:
         sock.close()

@@ -18,12 +18,14 @@ from pathlib import Path
 import structlog
 import trio
 from aioquic.quic.configuration import QuicConfiguration
+from prometheus_client import CollectorRegistry
 
 from enrolment.service import EnrolmentService
 from enrolment.sms import HttpGateway, OutboxGateway, SmsDispatcher, SmsGateway, SmsMessage
 from relay.cluster import ClusterNode, cluster_node_for, presence_for
 from relay.control import serve_control_socket
 from relay.delivery import CommitPipeline, Presence
+from relay.forwarding import Worker
 from relay.frames import ALPN, ErrorCode
 from relay.limits import LOOKUPS_PER_MINUTE, TokenBucket
 from relay.prekeys import PrekeyService
@@ -183,7 +185,8 @@ def _quic_configuration(settings: RelaySettings, cert: Path, key: Path) -> QuicC
 async def serve(settings: RelaySettings, *,
                 task_status: trio.TaskStatus[RunningRelay] = trio.TASK_STATUS_IGNORED,
                 now_ms: Callable[[], int] = wall_clock_ms,
-                on_sms_sent: Callable[[SmsMessage], None] | None = None) -> None:
+                on_sms_sent: Callable[[SmsMessage], None] | None = None,
+                worker: Worker | None = None) -> None:
     """Run a relay until cancelled or until ``RunningRelay.stop()`` is called.
 
     Args:
@@ -191,6 +194,8 @@ async def serve(settings: RelaySettings, *,
         task_status: receives the ``RunningRelay`` once it listens.
         now_ms: wall clock in milliseconds (tests move it to expire things).
         on_sms_sent: called after each SMS leaves through the gateway.
+        worker: run as one of several worker processes sharing the UDP port
+            (relay/supervisor.py): its socket and connection-id routing.
     """
     data_dir = settings.data_dir
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -201,7 +206,8 @@ async def serve(settings: RelaySettings, *,
         if generated:
             log.warning("development_certificate_generated", path=str(cert))
     configuration = _quic_configuration(settings, cert, key)
-    sock = open_udp_socket(settings.listen_host, settings.listen_port)
+    sock = (worker.udp_socket if worker is not None
+            else open_udp_socket(settings.listen_host, settings.listen_port))
     stop_requested = trio.Event()
     try:
         location = parse_store_url(settings.store, data_dir=data_dir)
@@ -220,7 +226,8 @@ async def serve(settings: RelaySettings, *,
                     return DeviceSession(context, link)
 
                 endpoint = QuicEndpoint(sock, configuration=configuration,
-                                        on_connection=on_connection, retry=settings.retry)
+                                        on_connection=on_connection, retry=settings.retry,
+                                        routing=worker.routing if worker is not None else None)
                 context.endpoint = endpoint
                 await nursery.start(dispatcher.run)
                 nursery.start_soon(context.pipeline.run)
@@ -230,14 +237,14 @@ async def serve(settings: RelaySettings, *,
                 if context.cluster is not None:  # listening before any device can claim
                     await nursery.start(context.cluster.run)
                 nursery.start_soon(_sweep, context)
-                await nursery.start(serve_control_socket, data_dir, context)
+                await _start_local_services(nursery, context, worker)
                 await nursery.start(endpoint.run)
                 if settings.metrics_listen is not None:
                     from relay.operations_http import serve_operations_http  # noqa: PLC0415
 
                     context.operations_address = await nursery.start(
                         serve_operations_http, settings.metrics_listen, context,
-                        relay_registry(context, dispatcher.outcomes))
+                        _operations_registry(context, dispatcher, worker))
                 if settings.admin_listen is not None:
                     from relay.admin_http import serve_admin_https  # noqa: PLC0415
 
@@ -256,6 +263,25 @@ async def serve(settings: RelaySettings, *,
     finally:
         sock.close()
     log.info("relay_stopped")
+
+
+async def _start_local_services(nursery: trio.Nursery, context: RelayContext,
+                                worker: Worker | None) -> None:
+    """The control socket (one per data directory: worker 0 serves it) and, in a
+    worker, the datagrams other workers forward to it."""
+    if worker is None or worker.index == 0:
+        await nursery.start(serve_control_socket, context.settings.data_dir, context)
+    if worker is not None:
+        assert context.endpoint is not None
+        await nursery.start(worker.routing.run, context.endpoint)
+
+
+def _operations_registry(context: RelayContext, dispatcher: SmsDispatcher,
+                         worker: Worker | None) -> CollectorRegistry:
+    registry = relay_registry(context, dispatcher.outcomes)
+    if worker is not None:
+        registry.register(worker.routing.collector())
+    return registry
 
 
 async def _close_gracefully(endpoint: QuicEndpoint, context: RelayContext) -> None:
