@@ -45,6 +45,8 @@ class LiveResult:
     last_receipt_ns: int = 0
     warm_up_received: int = 0
     """Warm-up messages received (encrypted runs; never measured)."""
+    load_cpu_seconds: float = 0.0
+    """CPU time the load process used from the first send to the end (all its threads)."""
 
     def error(self, description: str) -> None:
         self.errors += 1

@@ -89,6 +89,9 @@ async def live(target: Target, *, devices: int, messages: int, size: int, rate: 
             "latency_ms": latency_summary(merged.latencies_ms),
             "errors": merged.errors, "error_samples": merged.error_samples,
             "duplicates": merged.duplicates,
+            # What sending and receiving cost the bench itself (encrypted: the library's work).
+            "load_cpu_us_per_message": (round(merged.load_cpu_seconds / merged.delivered * 1e6, 1)
+                                        if merged.delivered else None),
             **_server_costs(target, cpu_before[0], merged.delivered)}
 
 
