@@ -28,6 +28,7 @@ from bench import scenarios
 from bench.encrypted_link import check_text_size
 from bench.spawn import SpawnedServer, relay_command, spawn_server
 from bench.transport import run_transport
+from relay.message_content import MAX_TEXT_BYTES
 from relay.settings import parse_host_port
 
 __all__ = ["Target", "app", "main"]
@@ -152,14 +153,22 @@ def offline(messages: Annotated[int, typer.Option(help="Messages queued.", min=1
             size: Annotated[int, typer.Option(help="Payload bytes.", min=16)] = 256,
             window: Annotated[int, typer.Option(help="Sends in flight.", min=1)] = 256,
             timeout: Annotated[float, typer.Option(help="Seconds before giving up.")] = 120,
+            encrypted: Annotated[bool, typer.Option(
+                "--encrypted", help="End-to-end encrypted texts of --size bytes through "
+                "the client library; the drain decrypts each.")] = False,
             relay: RelayOption = None, ca: CaOption = None, data_dir: DataDirOption = None,
             relay_cpu: RelayCpuOption = None, relay_args: RelayArgsOption = "",
             as_json: JsonOption = False) -> None:
     """A sender queues messages for an offline device, which then connects and drains."""
+    if encrypted and size > MAX_TEXT_BYTES:
+        raise typer.BadParameter(f"an encrypted text is at most {MAX_TEXT_BYTES} bytes",
+                                 param_hint="--size")
+
     async def work() -> dict[str, Any]:
         async with open_target(relay, ca, data_dir, relay_cpu, relay_args) as target:
             return await scenarios.offline(target, messages=messages, size=size,
-                                           window=window, time_limit=timeout)
+                                           window=window, time_limit=timeout,
+                                           encrypted=encrypted)
     _run(work, as_json, "offline", relay_cpu)
 
 

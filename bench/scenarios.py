@@ -17,9 +17,10 @@ from typing import TYPE_CHECKING, Any
 import trio
 from nacl.signing import SigningKey
 
+from bench.encrypted_offline import OfflineCounts, queue_and_drain_encrypted
 from bench.live import LiveConfig, LiveResult, connect_devices, run_live
 from bench.progress import progress_of
-from bench.provision import bench_phone, provision_sqlite
+from bench.provision import BenchDevice, bench_phone, provision_sqlite
 from bench.spawn import cpu_seconds, peak_rss_mib, rss_mib
 from bench.stats import latency_summary
 from bench.stats import rate as rate_of
@@ -97,11 +98,46 @@ async def live(target: Target, *, devices: int, messages: int, size: int, rate: 
 
 
 async def offline(target: Target, *, messages: int, size: int, window: int,
-                  time_limit: float) -> dict[str, Any]:
+                  time_limit: float, encrypted: bool = False) -> dict[str, Any]:
     sender, recipient = await provision_sqlite(target.data_dir, count=2, now=now_ms())
+    if encrypted:
+        counts = await queue_and_drain_encrypted(
+            target.host, target.port, target.ca, sender, recipient, messages=messages,
+            size=size, window=window, time_limit=time_limit,
+            cpu_now=lambda: _cpu_now(target))
+    else:
+        counts = await _queue_and_drain(target, sender, recipient, messages=messages,
+                                        size=size, window=window, time_limit=time_limit)
+    accepted, drained = counts.accepted, counts.drained
+    result: dict[str, Any] = {
+        "scenario": "offline", "messages": messages, "size": size, "window": window,
+        "encrypted": encrypted, "accepted": accepted, "drained": drained,
+        "accept_seconds": round(counts.accept_seconds, 3),
+        "accepted_per_second": rate_of(accepted, counts.accept_seconds),
+        "drain_seconds": round(counts.drain_seconds, 3),
+        "messages_per_second": rate_of(drained, counts.drain_seconds),
+        "latency_ms": None,
+        "errors": len(counts.errors) + (accepted - drained),
+        "error_samples": counts.errors[:5],
+    }
+    if (target.server is not None and counts.cpu_start is not None
+            and counts.cpu_accepted is not None):
+        end = cpu_seconds(target.server.pid)
+        result["server_cpu_us_per_accept"] = round(
+            (counts.cpu_accepted - counts.cpu_start) / max(accepted, 1) * 1e6, 1)
+        result["server_cpu_us_per_message"] = round(
+            (end - counts.cpu_accepted) / max(drained, 1) * 1e6, 1)
+        result["server_peak_rss_mib"] = round(peak_rss_mib(target.server.pid), 1)
+    return result
+
+
+async def _queue_and_drain(target: Target, sender: BenchDevice, recipient: BenchDevice, *,
+                           messages: int, size: int, window: int,
+                           time_limit: float) -> OfflineCounts:
     payload = bytes(size)
-    errors: list[str] = []
-    cpu_start = _cpu_now(target)
+    counts = OfflineCounts()
+    errors = counts.errors
+    counts.cpu_start = _cpu_now(target)
     async with open_client_endpoint(target.host) as endpoint:
         async with connect_relay(target.host, target.port, ca=target.ca,
                                  server_name="localhost", endpoint=endpoint) as client:
@@ -126,41 +162,23 @@ async def offline(target: Target, *, messages: int, size: int, window: int,
                         number_sent[0] = number
                         await slots.acquire()
                         nursery.start_soon(send, number)
-            accept_seconds = time.perf_counter() - started
-        cpu_accepted = _cpu_now(target)
+            counts.accept_seconds = time.perf_counter() - started
+        counts.accepted = messages - len(errors)
+        counts.cpu_accepted = _cpu_now(target)
         async with connect_relay(target.host, target.port, ca=target.ca,
                                  server_name="localhost", endpoint=endpoint) as client:
             started = time.perf_counter()
             await client.authenticate(recipient.user_id, recipient.device_id, recipient.key)
-            drained = 0
             with trio.fail_after(time_limit):
                 async for delivery in client.deliveries():
                     if isinstance(delivery, QueueEmpty):
                         break
                     if isinstance(delivery, Deliver):
-                        drained += 1
+                        counts.drained += 1
                         client.acknowledge(delivery.envelope_id)
             await client.settle()
-            drain_seconds = time.perf_counter() - started
-    accepted = messages - len(errors)
-    result: dict[str, Any] = {
-        "scenario": "offline", "messages": messages, "size": size, "window": window,
-        "accepted": accepted, "drained": drained,
-        "accept_seconds": round(accept_seconds, 3),
-        "accepted_per_second": rate_of(accepted, accept_seconds),
-        "drain_seconds": round(drain_seconds, 3),
-        "messages_per_second": rate_of(drained, drain_seconds),
-        "latency_ms": None,
-        "errors": len(errors) + (accepted - drained), "error_samples": errors[:5],
-    }
-    if target.server is not None and cpu_start is not None and cpu_accepted is not None:
-        end = cpu_seconds(target.server.pid)
-        result["server_cpu_us_per_accept"] = round(
-            (cpu_accepted - cpu_start) / max(accepted, 1) * 1e6, 1)
-        result["server_cpu_us_per_message"] = round((end - cpu_accepted) / max(drained, 1)
-                                                    * 1e6, 1)
-        result["server_peak_rss_mib"] = round(peak_rss_mib(target.server.pid), 1)
-    return result
+            counts.drain_seconds = time.perf_counter() - started
+    return counts
 
 
 async def enrol(target: Target, *, devices: int, concurrency: int) -> dict[str, Any]:

@@ -115,6 +115,12 @@ async def test_offline_smoke() -> None:
     assert result["accepted"] == result["drained"] == 30
 
 
+async def test_offline_encrypted_smoke_drains_and_decrypts_everything() -> None:
+    result = await bench("offline", "--messages", "30", "--encrypted")
+    assert result["encrypted"] is True
+    assert result["accepted"] == result["drained"] == 30
+
+
 async def test_enrol_smoke() -> None:
     result = await bench("enrol", "--devices", "3")
     assert result["enrolled"] == 3
