@@ -41,6 +41,8 @@ from aioquic.quic.packet import (
 )
 from aioquic.quic.retry import QuicRetryTokenHandler
 
+from relay.connection_memory import release_after_handshake
+
 __all__ = [
     "ConnectionHandler",
     "ConnectionIdRouting",
@@ -470,32 +472,10 @@ def _piggyback_ack(quic: QuicConnection, now: float) -> None:
 
 
 def trim_after_handshake(quic: QuicConnection) -> None:
-    """Release the handshake's scratch buffers on a server connection.
-
-    aioquic gives every connection three 16 KiB buffers for the TLS messages
-    it writes (one per epoch) and keeps them for the connection's life. Once
-    the handshake is complete a server writes no more TLS messages (we issue
-    no session tickets), so small buffers suffice; the bytes already written
-    were moved to the crypto streams, which keep what retransmission needs.
-    About 45 KiB less per idle connection.
-
-    Each connection also builds its own table of ~30 frame handlers, each with
-    a frozenset of the epochs it is allowed in; those sets are the same for
-    every connection, so the table is rebuilt on shared ones (about 6 KiB).
-    """
-    quic._crypto_buffers = {
-        epoch: Buffer(capacity=POST_HANDSHAKE_CRYPTO_BUFFER_BYTES)
-        for epoch in quic._crypto_buffers
-    }
-    handlers = quic._QuicConnection__frame_handlers  # type: ignore[attr-defined]
-    quic._QuicConnection__frame_handlers = {  # type: ignore[attr-defined]
-        frame_type: (handler, _SHARED_EPOCH_SETS.setdefault(epochs, epochs))
-        for frame_type, (handler, epochs) in handlers.items()
-    }
-
-
-_SHARED_EPOCH_SETS: dict[frozenset[Any], frozenset[Any]] = {}
-"""One instance of each distinct epoch set found in aioquic's frame handler tables."""
+    """Release what a server connection no longer needs once its handshake is
+    confirmed: TLS context, handshake epochs' keys, spaces, streams and buffers,
+    spare connection ids (relay/connection_memory.py, docs/BENCHMARKS.md)."""
+    release_after_handshake(quic, crypto_buffer_bytes=POST_HANDSHAKE_CRYPTO_BUFFER_BYTES)
 
 
 def open_udp_socket(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
