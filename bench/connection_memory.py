@@ -90,15 +90,16 @@ def _roots_of(link: Any, tasks_by_pump: dict[int, Any]) -> list[tuple[str, objec
               if name not in ("quic", "handler", "_endpoint")]
     session = link.handler
     if session is not None:
+        pump = getattr(session, "_pump", None)
+        if pump is not None:  # before the session, which reaches it
+            roots.append(("pump (object)", pump))
+            roots += [(f"pump.{name}", value) for name, value in vars(pump).items()
+                      if name != "_wakeup"]  # the event's waiter is the task, next
+            task = tasks_by_pump.get(id(pump))
+            if task is not None:
+                roots.append(("delivery task", task))
         roots.append(("session (object)", session))
         roots += [(f"session.{name}", value) for name, value in vars(session).items()]
-        pump = getattr(session, "_pump", None)
-        if pump is not None:
-            roots.append(("pump (object)", pump))
-            roots += [(f"pump.{name}", value) for name, value in vars(pump).items()]
-        task = tasks_by_pump.get(id(pump))
-        if task is not None:
-            roots.append(("delivery task", task))
     return roots
 
 

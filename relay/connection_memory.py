@@ -33,9 +33,11 @@ from typing import Any, SupportsIndex, cast
 
 from aioquic import tls
 from aioquic.buffer import Buffer
-from aioquic.quic.connection import QuicConnection
+from aioquic.quic.connection import QuicConnection, QuicConnectionError
 from aioquic.quic.crypto import CryptoPair, NoCallback
+from aioquic.quic.packet import QuicErrorCode, QuicFrameType, QuicStreamFrame
 from aioquic.quic.recovery import QuicPacketSpace
+from aioquic.quic.stream import QuicStream
 
 __all__ = ["MAX_ISSUED_CONNECTION_IDS", "CompactQueue", "release_after_handshake"]
 
@@ -43,6 +45,9 @@ MAX_ISSUED_CONNECTION_IDS = 2
 """Connection ids of ours a client holds at once: the one in use and one to migrate
 to. aioquic issues as many as the client accepts (8 for most clients); RFC 9000
 §5.1.1 lets an endpoint supply fewer. Each costs an id object and an endpoint route."""
+
+UNEXPECTED_MESSAGE = int(tls.AlertDescription.unexpected_message)
+"""TLS alert carried in the QUIC error code (RFC 9001 §4.8) for post-handshake TLS data."""
 
 _HANDSHAKE_EPOCHS = (tls.Epoch.INITIAL, tls.Epoch.ZERO_RTT, tls.Epoch.HANDSHAKE)
 
@@ -54,6 +59,12 @@ _DISCARDED_SPACE = QuicPacketSpace()
 """The packet space of a discarded epoch: only ever read (a packet of that epoch is
 dropped before its space is touched), and listed in no connection's loss recovery."""
 _DISCARDED_SPACE.discarded = True
+
+_SHARED_CRYPTO_BUFFERS: dict[int, Buffer] = {}
+"""TLS output buffers of released connections, by capacity: never written to."""
+
+_SHARED_INITIAL_CRYPTOS: dict[tuple[int, ...], dict[int, CryptoPair]] = {}
+"""Per tuple of supported versions, their INITIAL crypto pairs once discarded."""
 
 _SHARED_FRAME_HANDLERS: dict[type[QuicConnection],
                              dict[int, tuple[Callable[..., None], frozenset[tls.Epoch]]]] = {}
@@ -108,6 +119,45 @@ class _CompletedTls:
             raise tls.AlertUnexpectedMessage("no TLS message is expected after the handshake")
 
 
+class _RefusingCryptoReceiver:
+    """Receives the 1-RTT CRYPTO stream of a completed server handshake: any byte
+    is a TLS message, refused with the alert the full TLS context would send."""
+
+    __slots__ = ()
+
+    def starting_offset(self) -> int:
+        return 0
+
+    def handle_frame(self, frame: QuicStreamFrame) -> None:
+        if frame.data:
+            raise QuicConnectionError(
+                error_code=QuicErrorCode.CRYPTO_ERROR + UNEXPECTED_MESSAGE,
+                frame_type=QuicFrameType.CRYPTO,
+                reason_phrase="no TLS message is expected after the handshake")
+
+
+class _EmptyCryptoSender:
+    """Sends nothing: a server without session tickets writes no TLS after the handshake."""
+
+    __slots__ = ()
+    buffer_is_empty = True
+
+    def write(self, data: bytes, end_stream: bool = False) -> None:
+        if data:
+            raise RuntimeError("TLS output after a released handshake")
+
+
+class _CompletedCryptoStream:
+    """Stands for every released server connection's 1-RTT CRYPTO stream (stateless)."""
+
+    __slots__ = ()
+    receiver = _RefusingCryptoReceiver()
+    sender = _EmptyCryptoSender()
+
+
+_COMPLETED_CRYPTO_STREAM = _CompletedCryptoStream()
+
+
 class _FrameHandlers:
     """A connection's frame-handler table, binding shared functions on lookup."""
 
@@ -155,14 +205,22 @@ def _releasable(quic: QuicConnection) -> bool:
             and not any(quic._cryptos[epoch].recv.is_valid() or quic._cryptos[epoch].send.is_valid()
                         for epoch in _HANDSHAKE_EPOCHS)
             and not any(pair.recv.is_valid() or pair.send.is_valid()
-                        for pair in quic._cryptos_initial.values()))
+                        for pair in quic._cryptos_initial.values())
+            and _crypto_stream_unused(quic._crypto_streams[tls.Epoch.ONE_RTT]))
+
+
+def _crypto_stream_unused(stream: QuicStream) -> bool:
+    return stream.sender.buffer_is_empty and stream.receiver.starting_offset() == 0
 
 
 def _share_discarded_epochs(quic: QuicConnection, crypto_buffer_bytes: int) -> None:
     """Point the discarded epochs at shared empty state; keep only 1-RTT's own."""
     for epoch in _HANDSHAKE_EPOCHS:
         quic._cryptos[epoch] = _DISCARDED_CRYPTO
-    quic._cryptos_initial = dict.fromkeys(quic._cryptos_initial, _DISCARDED_CRYPTO)
+    versions = tuple(quic._cryptos_initial)
+    shared_initial = _SHARED_INITIAL_CRYPTOS.setdefault(
+        versions, dict.fromkeys(versions, _DISCARDED_CRYPTO))
+    quic._cryptos_initial = shared_initial  # only read once INITIAL is discarded
     one_rtt = quic._cryptos[tls.Epoch.ONE_RTT]
     for context in (one_rtt.recv, one_rtt.send):
         # They only feed the QUIC logger, absent here (checked in _releasable).
@@ -171,9 +229,13 @@ def _share_discarded_epochs(quic: QuicConnection, crypto_buffer_bytes: int) -> N
     quic._spaces = {tls.Epoch.INITIAL: _DISCARDED_SPACE, tls.Epoch.HANDSHAKE: _DISCARDED_SPACE,
                     tls.Epoch.ONE_RTT: application_space}
     quic._loss.spaces = [application_space]
-    # CRYPTO frames are only accepted in epochs whose keys still exist: 1-RTT.
-    quic._crypto_streams = {tls.Epoch.ONE_RTT: quic._crypto_streams[tls.Epoch.ONE_RTT]}
-    quic._crypto_buffers = {tls.Epoch.ONE_RTT: Buffer(capacity=crypto_buffer_bytes)}
+    # CRYPTO frames are only accepted in epochs whose keys still exist: 1-RTT,
+    # where the shared stand-in refuses them; so nothing is ever written to the
+    # TLS output buffer either (kept for the shell's own check of its size).
+    quic._crypto_streams = {tls.Epoch.ONE_RTT: cast(QuicStream, _COMPLETED_CRYPTO_STREAM)}
+    buffer = _SHARED_CRYPTO_BUFFERS.setdefault(crypto_buffer_bytes,
+                                               Buffer(capacity=crypto_buffer_bytes))
+    quic._crypto_buffers = {tls.Epoch.ONE_RTT: buffer}
 
 
 def _share_frame_handlers(quic: QuicConnection) -> None:

@@ -54,7 +54,8 @@ class Echo:
                 self.released = [weakref.ref(quic.tls), weakref.ref(quic._spaces[tls.Epoch.INITIAL]),
                                  weakref.ref(quic._spaces[tls.Epoch.HANDSHAKE]),
                                  weakref.ref(quic._cryptos[tls.Epoch.HANDSHAKE]),
-                                 weakref.ref(quic._crypto_streams[tls.Epoch.HANDSHAKE])]
+                                 weakref.ref(quic._crypto_streams[tls.Epoch.HANDSHAKE]),
+                                 weakref.ref(quic._crypto_streams[tls.Epoch.ONE_RTT])]
             elif isinstance(event, events.StreamDataReceived):
                 if event.data == b"push":
                     stream_id = link.new_stream(unidirectional=True)
@@ -189,9 +190,9 @@ async def test_released_objects_are_gone(certificate: tuple[Path, Path]) -> None
     async with connected_pair(certificate) as pair:
         quic = pair.server_link.quic
         echo = pair.server_link.handler
-        assert isinstance(echo, Echo) and len(echo.released) == 5
+        assert isinstance(echo, Echo) and len(echo.released) == 6
         gc.collect()
-        assert [reference() for reference in echo.released] == [None] * 5
+        assert [reference() for reference in echo.released] == [None] * 6
         assert not isinstance(quic.tls, tls.Context)
         assert list(quic._crypto_streams) == [tls.Epoch.ONE_RTT]
         assert quic._loss.spaces == [quic._spaces[tls.Epoch.ONE_RTT]]
