@@ -181,11 +181,14 @@ async def run_live(config: LiveConfig, result: LiveResult | None = None,
                 on_start()
             result.first_send_ns = time.time_ns()
             cpu_at_start = time.process_time()
+            datagrams_at_start = endpoint.datagrams_sent + endpoint.datagrams_received
             with trio.move_on_after(config.timeout) as deadline:
                 await _send_all(config, plan, links, result)
                 for receiver in receivers.values():
                     await receiver.complete.wait()
             result.load_cpu_seconds = time.process_time() - cpu_at_start
+            result.datagrams = (endpoint.datagrams_sent + endpoint.datagrams_received
+                                - datagrams_at_start)
             if deadline.cancelled_caught:
                 result.error(f"timed out after {config.timeout} s with "
                              f"{result.delivered}/{result.expected} delivered")

@@ -47,6 +47,9 @@ class LiveResult:
     """Warm-up messages received (encrypted runs; never measured)."""
     load_cpu_seconds: float = 0.0
     """CPU time the load process used from the first send to the end (all its threads)."""
+    datagrams: int = 0
+    """UDP datagrams the devices sent and received from the first send to the end: the
+    relay's datagrams in and out, counted at the clients (loopback loses none)."""
 
     def error(self, description: str) -> None:
         self.errors += 1

@@ -93,6 +93,9 @@ async def live(target: Target, *, devices: int, messages: int, size: int, rate: 
             # What sending and receiving cost the bench itself (encrypted: the library's work).
             "load_cpu_us_per_message": (round(merged.load_cpu_seconds / merged.delivered * 1e6, 1)
                                         if merged.delivered else None),
+            # Packets are what the relay's CPU follows (docs/BENCHMARKS.md).
+            "server_datagrams_per_message": (round(merged.datagrams / merged.delivered, 2)
+                                             if merged.delivered else None),
             **_server_costs(target, cpu_before[0], merged.delivered)}
 
 

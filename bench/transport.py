@@ -104,6 +104,7 @@ async def _echo_run(*, devices: int, messages: int, size: int, window: int,
                     for client in clients:
                         await client.connected.wait()
                 cpu_before = cpu_seconds(server.pid)
+                datagrams_before = endpoint.datagrams_sent + endpoint.datagrams_received
                 started = time.perf_counter()
                 for client in clients:
                     client.start()
@@ -112,6 +113,8 @@ async def _echo_run(*, devices: int, messages: int, size: int, window: int,
                         await client.finished.wait()
                 seconds = time.perf_counter() - started
                 used = cpu_seconds(server.pid) - cpu_before
+                datagrams = (endpoint.datagrams_sent + endpoint.datagrams_received
+                             - datagrams_before)
                 for client in clients:
                     assert client.link is not None
                     client.link.close(0)
@@ -125,6 +128,7 @@ async def _echo_run(*, devices: int, messages: int, size: int, window: int,
                     "errors": len(errors) + (devices * messages - echoed),
                     "error_samples": errors[:5],
                     "server_cpu_us_per_message": round(used / max(echoed, 1) * 1e6, 1),
+                    "server_datagrams_per_message": round(datagrams / max(echoed, 1), 2),
                     "server_peak_rss_mib": round(peak_rss_mib(server.pid), 1)}
 
 
@@ -144,7 +148,8 @@ async def run_transport(*, devices: int, messages: int, size: int, window: int,
                                      time_limit=time_limit)
     ratios: dict[str, float | None] = {
         field: _ratio(relay.get(field), ceiling.get(field))
-        for field in ("server_cpu_us_per_message", "messages_per_second")}
+        for field in ("server_cpu_us_per_message", "server_datagrams_per_message",
+                      "messages_per_second")}
     for name in ("p50", "p99"):
         ratios[f"latency_{name}"] = _ratio((relay.get("latency_ms") or {}).get(name),
                                            (ceiling.get("latency_ms") or {}).get(name))

@@ -130,6 +130,7 @@ def merge_results(results: list[LiveResult]) -> LiveResult:
         merged.latencies_ms += result.latencies_ms
         merged.warm_up_received += result.warm_up_received
         merged.load_cpu_seconds += result.load_cpu_seconds
+        merged.datagrams += result.datagrams
         merged.last_receipt_ns = max(merged.last_receipt_ns, result.last_receipt_ns)
     starts = [result.first_send_ns for result in results if result.first_send_ns]
     merged.first_send_ns = min(starts) if starts else 0

@@ -17,9 +17,11 @@ Two pieces:
 
 from __future__ import annotations
 
+import contextlib
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import structlog
 import trio
@@ -45,6 +47,7 @@ MAX_UNACKNOWLEDGED = 1024
 bounds the memory a slow or silent device can pin in the relay."""
 
 DeviceKey = tuple[str, int]
+T = TypeVar("T")
 
 
 class DeliveryPump:
@@ -174,12 +177,19 @@ class Presence:
 
 @dataclass(slots=True)
 class _Submitted:
-    pending: PendingResult[SendOutcome]
-    answer: Callable[[SendOutcome | BaseException], None]
+    pending: PendingResult[Any]
+    answer: Callable[[Any], None]
+    is_send: bool
 
 
 class CommitPipeline:
-    """Consumes send outcomes in submission order (see module docstring)."""
+    """Consumes write outcomes in submission order (see module docstring).
+
+    Sends and acknowledgements go through it alike: each is submitted to the
+    store synchronously and answered by this one task once committed, so
+    neither costs a task of its own. Writes already committed are taken in one
+    go, without yielding to the scheduler once per write.
+    """
 
     def __init__(self, store: Store, presence: Presence) -> None:
         self._store = store
@@ -189,13 +199,20 @@ class CommitPipeline:
 
     def submit(self, pending: PendingResult[SendOutcome],
                answer: Callable[[SendOutcome | BaseException], None]) -> None:
-        """Register a submitted send; ``answer`` is called (synchronously) once it commits."""
-        self._queue.append(_Submitted(pending, answer))
+        """Register a submitted send; ``answer`` is called (synchronously) once it commits,
+        then its envelopes are offered to their recipients' pumps."""
+        self._queue.append(_Submitted(pending, answer, True))
+        self._wakeup.set()
+
+    def submit_write(self, pending: PendingResult[T],
+                     answer: Callable[[T | BaseException], None]) -> None:
+        """Register any other submitted write; ``answer`` is called once it commits."""
+        self._queue.append(_Submitted(pending, answer, False))
         self._wakeup.set()
 
     @property
     def pending(self) -> int:
-        """Sends submitted and not yet answered (waiting for their commit)."""
+        """Writes submitted and not yet answered (waiting for their commit)."""
         return len(self._queue)
 
     async def run(self) -> None:
@@ -205,13 +222,18 @@ class CommitPipeline:
                 await self._wakeup.wait()
                 self._wakeup = trio.Event()
                 continue
-            submitted = queue[0]
-            try:
-                outcome: SendOutcome | BaseException = await submitted.pending.wait()
-            except Exception as error:  # a failed commit is answered, never dropped
-                log.error("send_commit_failed", error=type(error).__name__)
-                outcome = error
-            queue.popleft()
-            submitted.answer(outcome)
-            if isinstance(outcome, SendOutcome) and outcome.envelopes:
-                self._presence.offer(outcome.envelopes)
+            if not queue[0].pending.done:
+                with contextlib.suppress(Exception):  # its outcome is taken below
+                    await queue[0].pending.wait()
+            while queue and queue[0].pending.done:
+                self._answer(queue.popleft())
+
+    def _answer(self, submitted: _Submitted) -> None:
+        try:
+            outcome: Any = submitted.pending.result()
+        except Exception as error:  # a failed commit is answered, never dropped
+            log.error("commit_failed", error=type(error).__name__)
+            outcome = error
+        submitted.answer(outcome)
+        if submitted.is_send and isinstance(outcome, SendOutcome) and outcome.envelopes:
+            self._presence.offer(outcome.envelopes)

@@ -156,7 +156,7 @@ class DeviceSession:
         elif isinstance(frame, Lookup):
             self._spawn(stream_id, slot, self._lookup(frame))
         elif isinstance(frame, Ack):
-            self._spawn(stream_id, slot, self._acknowledge(frame))
+            self._submit_acknowledge(stream_id, slot, frame)
         elif isinstance(frame, UploadPrekeys | FetchBundle | GetPrekeyCounts | ListDevices):
             assert self.device is not None  # the state table allows them only when authenticated
             self._spawn(stream_id, slot, self._relay.prekeys.handle(self.device, frame))
@@ -360,16 +360,26 @@ class DeviceSession:
         return DirectoryEntry(phone=phone, user_id=user.user_id,
                               device_ids=tuple(device.device_id for device in devices))
 
-    async def _acknowledge(self, frame: Ack) -> bytes:
-        assert self.device is not None
-        count = await self._relay.store.acknowledge(
-            user_id=self.device[0], device_id=self.device[1], envelope_ids=frame.envelope_ids)
+    def _submit_acknowledge(self, stream_id: int, slot: _Slot, frame: Ack) -> None:
+        assert self.device is not None  # the state table only lets ACK through when authenticated
         if self._pump is not None:
+            # Counted as acknowledged now: the delete commits in submission order, and an
+            # envelope whose delete failed is still queued and read back on reconnection.
             self._pump.acknowledged(frame.envelope_ids)
-        self._relay.metrics.acknowledged += count
-        if not frame.answer:
-            return b""  # nothing goes back; later answers on the stream keep their order
-        return encode_frame(Acked(count=count))
+        pending = self._relay.store.submit_acknowledge(
+            user_id=self.device[0], device_id=self.device[1], envelope_ids=frame.envelope_ids)
+
+        def answer(outcome: int | BaseException) -> None:
+            if isinstance(outcome, BaseException):
+                self._fill(stream_id, slot, _error(ErrorCode.INTERNAL_ERROR,
+                                                   "the acknowledgement could not be stored"))
+                return
+            self._relay.metrics.acknowledged += outcome
+            # A quiet ACK sends nothing back; later answers on the stream keep their order.
+            self._fill(stream_id, slot, encode_frame(Acked(count=outcome)) if frame.answer
+                       else b"")
+
+        self._relay.pipeline.submit_write(pending, answer)
 
     # -- closing -------------------------------------------------------------------
 

@@ -226,6 +226,22 @@ class PendingResult(Protocol[T_co]):
         """Wait for the commit and return its result (or raise its error)."""
         ...
 
+    @property
+    def done(self) -> bool:
+        """Whether the commit (or its failure) is known; ``result()`` may then be called."""
+        ...
+
+    def result(self) -> T_co:
+        """The result of a write that is ``done`` (or raise its error), without waiting.
+
+        Lets a consumer take a whole committed batch in one go instead of
+        yielding to the scheduler once per write.
+
+        Raises:
+            RuntimeError: the write is not done yet.
+        """
+        ...
+
 
 class Store(Protocol):
     """The relay's whole persistent state. All methods are safe to call concurrently."""
@@ -361,6 +377,13 @@ class Store(Protocol):
 
         Returns how many were deleted; unknown ids are ignored.
         """
+        ...
+
+    def submit_acknowledge(self, *, user_id: str, device_id: int,
+                           envelope_ids: Sequence[int]) -> PendingResult[int]:
+        """``acknowledge``, submitted synchronously: committed in submission order
+        with the sends around it (in the same group commit), so a device's
+        acknowledgements cost no task and no wait of their own."""
         ...
 
     async def queue_depth(self, *, user_id: str, device_id: int) -> int:

@@ -63,6 +63,21 @@ class WriteOperation(Generic[T]):
             the error that made the whole batch's transaction fail.
         """
         await self._done.wait()
+        return self.result()
+
+    @property
+    def done(self) -> bool:
+        """Whether the batch holding this operation has committed (or failed)."""
+        return self._done.is_set()
+
+    def result(self) -> T:
+        """What ``wait()`` returns or raises, for an operation that is ``done``.
+
+        Raises:
+            RuntimeError: the operation is not done yet.
+        """
+        if not self._done.is_set():
+            raise RuntimeError("the operation has not been committed yet")
         if self._error is not None:
             raise self._error
         return self._result  # type: ignore[return-value]  # set whenever _error is None

@@ -449,11 +449,16 @@ class PostgresStore(AdminStoreMethods):
 
     async def acknowledge(self, *, user_id: str, device_id: int,
                           envelope_ids: Sequence[int]) -> int:
+        return await self.submit_acknowledge(
+            user_id=user_id, device_id=device_id, envelope_ids=envelope_ids).wait()
+
+    def submit_acknowledge(self, *, user_id: str, device_id: int,
+                           envelope_ids: Sequence[int]) -> PendingResult[int]:
         unique_ids = sorted(set(envelope_ids))
-        if not unique_ids:
-            return 0
 
         def work(connection: Connection) -> int:
+            if not unique_ids:
+                return 0
             # The recipient columns in the WHERE clause are the ownership check.
             deleted = connection.execute(
                 "DELETE FROM envelopes WHERE envelope_id = ANY(%s) AND recipient_user_id = %s"
@@ -464,7 +469,7 @@ class PostgresStore(AdminStoreMethods):
                     "UPDATE devices SET queue_depth = queue_depth - %s"
                     " WHERE user_id = %s AND device_id = %s", (deleted, user_id, device_id))
             return deleted
-        return await self._write(work)
+        return self._writer.submit(work)
 
     async def queue_depth(self, *, user_id: str, device_id: int) -> int:
         def work(connection: Connection) -> int:

@@ -589,6 +589,29 @@ async def test_acknowledge_deletes_only_the_devices_own_envelopes(store: Store) 
                                    envelope_ids=[]) == 0
 
 
+async def test_submitted_acknowledgements_commit_in_order_with_sends(store: Store) -> None:
+    sender, _ = await _enrolled(store)
+    recipient, devices = await _enrolled(store)
+    first = await _send_now(store, _send(sender, recipient, devices, 0))
+    (envelope,) = first.envelopes
+    # Submitted synchronously between two sends: committed between them.
+    send_before = store.submit_send(_send(sender, recipient, devices, 1))
+    acknowledged = store.submit_acknowledge(user_id=recipient.user_id, device_id=1,
+                                            envelope_ids=[envelope.envelope_id])
+    send_after = store.submit_send(_send(sender, recipient, devices, 2))
+    assert not acknowledged.done
+    with pytest.raises(RuntimeError, match="not been committed"):
+        acknowledged.result()
+    with trio.fail_after(TIMEOUT_S):
+        await send_after.wait()
+    # Committed in submission order: the earlier writes are done without waiting.
+    assert acknowledged.done and send_before.done
+    assert acknowledged.result() == 1
+    queued = await _fetch_all(store, recipient, 1)
+    assert [queued_envelope.client_message_id for queued_envelope in queued] == [1, 2]
+    assert await store.queue_depth(user_id=recipient.user_id, device_id=1) == 2
+
+
 async def test_expire_deletes_old_envelopes_and_records_keeping_depths(store: Store) -> None:
     sender, _ = await _enrolled(store)
     recipient, devices = await _enrolled(store, devices=2)
