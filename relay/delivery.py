@@ -76,9 +76,15 @@ class DeliveryPump:
         the read began. Duplicates are skipped by id when pushed. While paused,
         they are not kept (memory bound); the store read after the pause has them.
         """
-        if len(self._unacknowledged) < MAX_UNACKNOWLEDGED:
+        if len(self._unacknowledged) >= MAX_UNACKNOWLEDGED:
+            self._wakeup.set()
+        elif self._from_store or self._live:
             self._live.extend(envelopes)
-        self._wakeup.set()
+            self._wakeup.set()
+        else:
+            # Caught up and nothing waiting: push now, in the committer's turn, rather
+            # than waking this pump's task for it (offers arrive in envelope id order).
+            self._push(list(envelopes))
 
     def wake(self) -> None:
         """Something may have been queued that was not offered (another node, an expiry)."""
