@@ -85,6 +85,9 @@ message ~950 us flushing at once, ~790 us waiting 1 ms (docs/BENCHMARKS.md)."""
 BUSY_FLUSH_INTERVAL_SECONDS = 0.002
 """An endpoint whose last flush is more recent than this counts as busy."""
 
+LONG_HEADER_BIT = 0x80
+"""First-byte bit set on long-header packets (RFC 9000 §17.2), clear on short ones."""
+
 RETRY_CID_BYTES = 8
 """Length of the connection id chosen in a Retry packet."""
 
@@ -300,6 +303,15 @@ class QuicEndpoint:
     def _datagram_received(self, data: bytes, address: NetworkAddress, now: float) -> None:
         cid_length = (self._configuration.connection_id_length
                       if self._configuration is not None else 8)
+        if data and not data[0] & LONG_HEADER_BIT:
+            # Nearly every datagram of an established connection has a short header,
+            # whose destination id simply follows the first byte (RFC 9000 §17.3):
+            # find its connection without parsing the header twice (aioquic parses it).
+            known = self._links.get(data[1:1 + cid_length])
+            if known is not None:
+                known.quic.receive_datagram(data, address, now)
+                self._dirty.add(known)
+                return
         try:
             header = pull_quic_header(Buffer(data=data), host_cid_length=cid_length)
         except ValueError:
