@@ -1,0 +1,121 @@
+"""What durable storage costs the relay per message, with no network at all.
+
+    .venv/bin/python -m bench.store_cost [--runs 3] [--messages 5000] [--batch 50] [--json]
+
+Drives the embedded store exactly as the relay does (``submit_send`` then
+``submit_acknowledge`` for every envelope, ``batch`` writes in flight, so group
+commit shares each fsync among them) on a real SQLite file with the relay's
+settings, and reports the process CPU per send and per acknowledgement: both
+threads, the trio side that submits and settles and the writer that runs SQL.
+It is the floor under the relay's CPU per delivered message that no transport
+work can remove (docs/BENCHMARKS.md compares it with the echo ceiling).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import statistics
+import tempfile
+import time
+from typing import Any
+
+import trio
+
+from bench.provision import provision
+from storage.base import NewSend, PendingResult, SendOutcome, Store
+from storage.sqlite import open_sqlite_store
+
+__all__ = ["main", "measure"]
+
+PAYLOAD_BYTES = 256
+"""The size cryptopass-bench sends by default."""
+
+DEVICES = 50
+"""Senders and recipients the messages go round (each sends to the next)."""
+
+TTL_MS = 30 * 24 * 3600 * 1000
+
+
+async def _one_run(store: Store, devices: list[Any], organisation_id: int, *, messages: int,
+                   batch: int, first_id: int) -> dict[str, float]:
+    now = int(time.time() * 1000)
+    sends: list[PendingResult[SendOutcome]] = []
+    started = time.process_time()
+    for number in range(messages):
+        sender, recipient = devices[number % DEVICES], devices[(number + 1) % DEVICES]
+        sends.append(store.submit_send(NewSend(
+            sender_user_id=sender.user_id, sender_device_id=sender.device_id,
+            recipient_user_id=recipient.user_id, client_message_id=first_id + number,
+            payloads={recipient.device_id: bytes(PAYLOAD_BYTES)}, accepted_at=now,
+            expires_at=now + TTL_MS, max_queue_depth=messages + 1, exclude_device_id=None,
+            sender_organisation_id=organisation_id)))
+        if len(sends) % batch == 0:
+            await sends[-1].wait()  # committed in order: the whole group is done
+    outcomes = [await pending.wait() for pending in sends]
+    send_seconds = time.process_time() - started
+    started = time.process_time()
+    acknowledgements: list[PendingResult[int]] = []
+    for outcome in outcomes:
+        (envelope,) = outcome.envelopes
+        acknowledgements.append(store.submit_acknowledge(
+            user_id=envelope.recipient_user_id, device_id=envelope.recipient_device_id,
+            envelope_ids=[envelope.envelope_id]))
+        if len(acknowledgements) % batch == 0:
+            await acknowledgements[-1].wait()
+    deleted = sum([await pending.wait() for pending in acknowledgements])
+    ack_seconds = time.process_time() - started
+    if deleted != messages:
+        raise RuntimeError(f"acknowledged {deleted} of {messages} envelopes")
+    return {"send_cpu_us": send_seconds / messages * 1e6,
+            "ack_cpu_us": ack_seconds / messages * 1e6}
+
+
+async def measure(*, runs: int, messages: int, batch: int) -> dict[str, Any]:
+    """Median CPU per send and per acknowledgement over ``runs`` runs."""
+    results = []
+    with tempfile.TemporaryDirectory(prefix="cryptopass-store-cost-") as directory:
+        async with open_sqlite_store(pathlib.Path(directory) / "relay.db") as store:
+            devices = await provision(store, organisation="store-cost", count=DEVICES,
+                                      now=int(time.time() * 1000))
+            principal = await store.load_principal(devices[0].user_id, devices[0].device_id)
+            assert principal is not None
+            commits_before = store.commit_count
+            for run in range(runs):
+                results.append(await _one_run(
+                    store, devices, principal.organisation.organisation_id,
+                    messages=messages, batch=batch, first_id=run * messages))
+            commits = store.commit_count - commits_before
+    send = statistics.median(result["send_cpu_us"] for result in results)
+    acknowledge = statistics.median(result["ack_cpu_us"] for result in results)
+    return {"runs": runs, "messages": messages, "batch": batch,
+            "send_cpu_us": [round(result["send_cpu_us"], 1) for result in results],
+            "ack_cpu_us": [round(result["ack_cpu_us"], 1) for result in results],
+            "median_send_cpu_us": round(send, 1), "median_ack_cpu_us": round(acknowledge, 1),
+            "median_cpu_us_per_message": round(send + acknowledge, 1),
+            "commits_per_run": round(commits / runs, 1)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Store CPU per message (SQLite, no network)")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--messages", type=int, default=5000)
+    parser.add_argument("--batch", type=int, default=50, help="writes in flight")
+    parser.add_argument("--json", action="store_true")
+    arguments = parser.parse_args()
+    if min(arguments.runs, arguments.messages, arguments.batch) < 1:
+        parser.error("--runs, --messages and --batch must be at least 1")
+    result = trio.run(lambda: measure(runs=arguments.runs, messages=arguments.messages,
+                                      batch=arguments.batch))
+    if arguments.json:
+        print(json.dumps(result))
+        return
+    print(f"send: {result['send_cpu_us']} us -> median {result['median_send_cpu_us']} us")
+    print(f"ack:  {result['ack_cpu_us']} us -> median {result['median_ack_cpu_us']} us")
+    print(f"per message (send + ack): {result['median_cpu_us_per_message']} us; "
+          f"{result['commits_per_run']} commits per run of {result['messages']}")
+
+
+if __name__ == "__main__":
+    main()
