@@ -37,6 +37,7 @@ from relay.settings import (
     DEFAULT_MAX_QUEUE_DEPTH,
     parse_host_port,
 )
+from relay.supervisor import WorkerFailed
 from storage.base import StoreError, User
 from storage.store_url import open_store, parse_store_url
 
@@ -98,6 +99,9 @@ def serve_command(
         node_name: Annotated[str | None, typer.Option(
             help="This node's name, unique in a PostgreSQL cluster [default: host name].")]
         = None,
+        workers: Annotated[int | None, typer.Option(
+            help="Relay processes sharing the UDP port, one per core; more than 1 needs "
+                 "a PostgreSQL --store [default: 1].", min=1)] = None,
         set_: Annotated[list[str] | None, typer.Option(
             "--set", help="Any setting, FIELD=VALUE (repeatable).")] = None) -> None:
     """Run the relay until SIGTERM or SIGINT (SIGHUP reloads the TLS certificate).
@@ -118,7 +122,7 @@ def serve_command(
     named = {"data_dir": data_dir, "cert": cert, "key": key, "log_format": log_format,
              "retry": retry, "max_queue_depth": max_queue_depth,
              "metrics_listen": metrics_listen, "admin_listen": admin_listen, "store": store,
-             "node_name": node_name}
+             "node_name": node_name, "workers": workers}
     flags.update({name: value for name, value in named.items() if value is not None})
     try:
         loaded = load_config(config_file=config, environ=os.environ, flags=flags)
@@ -134,6 +138,8 @@ def serve_command(
         run_until_signalled(loaded)
     except (OSError, psycopg.OperationalError) as error:
         _fail(f"cannot start: {error}")
+    except WorkerFailed as error:
+        _fail(str(error))
     except ExceptionGroup as group:  # raised from inside serve's nursery
         unreachable, _ = group.split((OSError, psycopg.OperationalError))
         if unreachable is None:

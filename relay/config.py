@@ -22,12 +22,12 @@ import tomllib
 import types
 import typing
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from relay.settings import RelaySettings, parse_host_port
+from relay.settings import MAX_WORKERS, RelaySettings, parse_host_port
 
 __all__ = [
     "CONFIG_FILE_VARIABLE",
@@ -261,3 +261,21 @@ def _check(settings: RelaySettings, sources: Mapping[str, str]) -> None:
         for name in ("sms_http_url", "sms_http_token"):
             if getattr(settings, name) is None:
                 fail(name, "required when sms_gateway is http")
+    _check_workers(settings, fail)
+
+
+def _check_workers(settings: RelaySettings, fail: Callable[[str, str], None]) -> None:
+    if settings.workers > MAX_WORKERS:
+        fail("workers", f"at most {MAX_WORKERS}, got {settings.workers}")
+    if settings.workers == 1:
+        return
+    if settings.store is None or settings.store.startswith("sqlite:"):
+        fail("workers", "more than 1 needs a PostgreSQL store (store = postgresql://...): "
+                        "each worker process is a cluster node, and presence and wake-ups "
+                        "between processes go through PostgreSQL (LISTEN/NOTIFY), which the "
+                        "embedded SQLite store does not have")
+    if settings.metrics_listen is not None:
+        _, port = parse_host_port(settings.metrics_listen)
+        if port != 0 and port + settings.workers - 1 > _MAX_PORT:
+            fail("metrics_listen", f"worker k listens on port {port} + k, beyond {_MAX_PORT} "
+                                   f"with {settings.workers} workers")

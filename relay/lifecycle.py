@@ -6,21 +6,27 @@
   loses nothing accepted (a send is answered only once it is committed).
 * SIGHUP: reload the TLS certificate and key from disk for new connections;
   open connections keep theirs.
+* With ``workers`` > 1 this process supervises worker processes instead
+  (relay/supervisor.py), passing these signals on to them.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import signal
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 
 import structlog
 import trio
 
 from relay.config import LoadedConfig
+from relay.forwarding import Worker
 from relay.server import RunningRelay, serve
+from relay.settings import RelaySettings
 
-__all__ = ["STOP_DEADLINE_SECONDS", "reload_certificate", "run_until_signalled"]
+__all__ = ["STOP_DEADLINE_SECONDS", "reload_certificate", "run_relay", "run_until_signalled"]
 
 log = structlog.get_logger("relay.lifecycle")
 
@@ -59,26 +65,66 @@ def reload_certificate(running: RunningRelay) -> bool:
 
 
 def run_until_signalled(loaded: LoadedConfig) -> None:
-    """Run a relay with ``loaded.settings`` until SIGTERM or SIGINT; return once it stopped."""
+    """Run a relay with ``loaded.settings`` until SIGTERM or SIGINT; return once it stopped.
 
-    async def run() -> None:
-        async with trio.open_nursery() as nursery:
-            # Listen for signals before starting, so that one arriving during
-            # start-up is handled rather than killing the process mid-way.
-            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT,
-                                           signal.SIGHUP) as signals:
-                running: RunningRelay = await nursery.start(serve, loaded.settings)
-                for warning in loaded.warnings:
-                    log.warning("configuration_warning", detail=warning)
-                async for received in signals:
-                    if received == signal.SIGHUP:
-                        reload_certificate(running)
-                        continue
-                    log.info("stop_requested", signal=signal.Signals(received).name)
-                    running.stop()
-                    break
-            nursery.cancel_scope.deadline = trio.current_time() + STOP_DEADLINE_SECONDS
-        if nursery.cancel_scope.cancelled_caught:
-            log.warning("stop_deadline_exceeded", seconds=STOP_DEADLINE_SECONDS)
+    With ``workers`` > 1 this process supervises that many relay processes
+    (relay/supervisor.py).
 
-    trio.run(run)
+    Raises:
+        WorkerFailed: a worker process failed (the relay stopped).
+    """
+    if loaded.settings.workers > 1:
+        from relay.supervisor import supervise  # noqa: PLC0415 (only with several workers)
+
+        trio.run(supervise, loaded)
+        return
+    trio.run(functools.partial(run_relay, loaded.settings, warnings=loaded.warnings))
+
+
+async def run_relay(settings: RelaySettings, *, warnings: Sequence[str] = (),
+                    worker: Worker | None = None,
+                    on_ready: Callable[[RunningRelay], None] | None = None,
+                    orphaned: Callable[[], Awaitable[None]] | None = None) -> None:
+    """Serve until SIGTERM or SIGINT (or until ``orphaned`` returns), then stop.
+
+    Args:
+        worker: run as one worker of several (relay/worker_process.py).
+        on_ready: called once the relay listens.
+        orphaned: returns when the supervisor of this worker is gone.
+    """
+    async with trio.open_nursery() as nursery:
+        # Listen for signals before starting, so that one arriving during
+        # start-up is handled rather than killing the process mid-way.
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT,
+                                       signal.SIGHUP) as signals:
+            running: RunningRelay = await nursery.start(
+                functools.partial(serve, settings, worker=worker))
+            for warning in warnings:
+                log.warning("configuration_warning", detail=warning)
+            if on_ready is not None:
+                on_ready(running)
+            await _wait_for_stop(signals, running, orphaned)
+            running.stop()
+        nursery.cancel_scope.deadline = trio.current_time() + STOP_DEADLINE_SECONDS
+    if nursery.cancel_scope.cancelled_caught:
+        log.warning("stop_deadline_exceeded", seconds=STOP_DEADLINE_SECONDS)
+
+
+async def _wait_for_stop(signals: AsyncIterator[int], running: RunningRelay,
+                         orphaned: Callable[[], Awaitable[None]] | None) -> None:
+    """Return on SIGTERM, SIGINT or ``orphaned()``; reload the certificate on SIGHUP."""
+    async with trio.open_nursery() as waiting:
+        if orphaned is not None:
+            async def stop_when_orphaned() -> None:
+                await orphaned()
+                log.warning("supervisor_gone")
+                waiting.cancel_scope.cancel()
+
+            waiting.start_soon(stop_when_orphaned)
+        async for received in signals:
+            if received == signal.SIGHUP:
+                reload_certificate(running)
+                continue
+            log.info("stop_requested", signal=signal.Signals(received).name)
+            break
+        waiting.cancel_scope.cancel()

@@ -11,6 +11,7 @@ __all__ = [
     "DEFAULT_ENVELOPE_TTL_MS",
     "DEFAULT_LISTEN",
     "DEFAULT_MAX_QUEUE_DEPTH",
+    "MAX_WORKERS",
     "RelaySettings",
     "parse_host_port",
 ]
@@ -24,6 +25,11 @@ DEFAULT_ENVELOPE_TTL_MS = 30 * 24 * 3600 * 1000
 DEFAULT_MAX_QUEUE_DEPTH = 10_000
 """Envelopes one device may hold before sends to it are refused with QUEUE_FULL
 (never dropped): bounds the storage one absent device can consume."""
+
+MAX_WORKERS = 64
+"""Worker processes per relay (``workers``). The index fits the first byte of a
+connection id with room to spare; more processes than cores only add contention,
+and each is a cluster node with up to 8 PostgreSQL connections."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -58,6 +64,9 @@ class RelaySettings:
     admin_listen: str | None = None
     """TCP HOST:PORT serving the admin console and API over HTTPS (relay.admin_http);
     off if unset."""
+    workers: int = 1
+    """Relay processes sharing the UDP port (SO_REUSEPORT), each a node of the
+    PostgreSQL cluster; more than 1 needs a PostgreSQL store (relay/supervisor.py)."""
     log_format: Literal["json", "console"] = "json"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 

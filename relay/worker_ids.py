@@ -24,6 +24,8 @@ from typing import Any
 
 from aioquic.quic.packet import QuicHeader, QuicPacketType
 
+from relay.settings import MAX_WORKERS
+
 __all__ = [
     "MAX_WORKERS",
     "ForwardingError",
@@ -35,11 +37,6 @@ __all__ = [
     "route_unrouted",
     "worker_of",
 ]
-
-MAX_WORKERS = 64
-"""Worker processes per relay. The index fits the first byte of a connection id
-with room to spare; more processes than cores only add contention, and each is a
-cluster node with up to 8 PostgreSQL connections."""
 
 FORWARD_FORMAT_VERSION = 1
 """First byte of a forwarded datagram's envelope (changes if the layout does)."""
