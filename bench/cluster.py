@@ -1,7 +1,7 @@
 """Relay nodes as subprocesses on one store, and a benchmark across them.
 
     .venv/bin/python -m bench.cluster --nodes 2 --store postgresql \\
-        [--postgres postgresql://postgres@127.0.0.1:5432/test] \\
+        [--postgres postgresql://postgres@127.0.0.1:5432/test] [--workers 1] [--pairs 1] \\
         [--messages 1000] [--size 256] [--mode pipelined|sequential] [--json]
 
 Device A is connected to node 1 and device B to the last node: with
@@ -9,6 +9,14 @@ Device A is connected to node 1 and device B to the last node: with
 node 2 by NOTIFY, read from the store there). ``--nodes 1`` runs the same load
 on one node, on PostgreSQL or (``--store sqlite``) on SQLite. With PostgreSQL
 the run uses a fresh schema of the ``--postgres`` database, dropped afterwards.
+
+``--pairs P`` runs P such pairs at once (A_i -> B_i, ``--messages`` shared out
+between them), each device on a connection and UDP socket of its own.
+``--workers W`` runs the node as ``serve --workers W`` (PostgreSQL, one node):
+the kernel spreads those connections over the workers by client address, so a
+pair's two devices may be on different workers; the relay description counts
+the connections each worker got. Devices are provisioned in the store before
+the nodes start (``bench.provision``), not enrolled by SMS.
 Latency and throughput are measured as in ``bench.loopback`` (same payload
 header, receiver, percentiles).
 
@@ -24,7 +32,12 @@ import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
-from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
+from contextlib import (
+    AbstractAsyncContextManager,
+    AsyncExitStack,
+    asynccontextmanager,
+    contextmanager,
+)
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -36,22 +49,22 @@ from psycopg import sql
 
 from bench.loopback import (
     ORGANISATION,
-    PHONE_A,
-    PHONE_B,
     BenchResult,
+    Device,
     Receiver,
     Stats,
     SubprocessRelay,
-    enrol,
     percentile,
     process_cpu_seconds,
     self_cpu_seconds,
     send_pipelined,
     send_sequential,
 )
+from bench.provision import provision
 from bench.spawn import relay_command, spawn_server
 from enrolment import admin
 from relay.client import RelayClient, connect_relay
+from relay.worker_ids import worker_of
 from storage.store_url import open_store, parse_store_url
 
 __all__ = ["ClusterConfig", "declare", "relay_node", "run_cluster_benchmark", "temporary_schema"]
@@ -119,11 +132,19 @@ class ClusterConfig:
     mode: Literal["pipelined", "sequential"] = "pipelined"
     window: int = 64
     timeout: float = 120.0
+    workers: int = 1
+    """Worker processes of each node (``serve --workers``)."""
+    pairs: int = 1
+    """Sender -> receiver pairs sending at once."""
 
 
 async def run_cluster_benchmark(config: ClusterConfig) -> BenchResult:
-    if config.store == "sqlite" and config.nodes != 1:
-        raise ValueError("several nodes need --store postgresql")
+    if config.store == "sqlite" and (config.nodes != 1 or config.workers != 1):
+        raise ValueError("several nodes or workers need --store postgresql")
+    if config.workers != 1 and config.nodes != 1:
+        raise ValueError("--workers runs on one node")
+    if config.messages < config.pairs:
+        raise ValueError("--messages must be at least --pairs")
     with tempfile.TemporaryDirectory(prefix="cryptopass-cluster-") as tmp:
         if config.store == "sqlite":
             return await _run_nodes(config, None, Path(tmp))
@@ -134,47 +155,91 @@ async def run_cluster_benchmark(config: ClusterConfig) -> BenchResult:
 async def _run_nodes(config: ClusterConfig, store_url: str | None, tmp: Path) -> BenchResult:
     first_dir = tmp / "node-1"
     first_dir.mkdir()
-    await declare(store_url, first_dir, (PHONE_A, PHONE_B))
-    async with relay_node(data_dir=first_dir, store=store_url, name="node-1") as first:
+    devices = await _provision(store_url, first_dir, 2 * config.pairs)
+    worker_args = ("--workers", str(config.workers)) if config.workers > 1 else ()
+    async with relay_node(data_dir=first_dir, store=store_url, name="node-1",
+                          extra_args=worker_args) as first:
+        if config.workers > 1:
+            await first.wait_for("workers_ready")
         if config.nodes == 1:
-            return await _run(config, first, first)
+            return await _run(config, first, first, devices)
         async with relay_node(data_dir=tmp / "node-2", store=store_url,
                               name="node-2") as second:
-            return await _run(config, first, second)
+            return await _run(config, first, second, devices)
 
 
-async def _run(config: ClusterConfig, node_a: SubprocessRelay,
-               node_b: SubprocessRelay) -> BenchResult:
-    device_a = await enrol(node_a, PHONE_A)
-    device_b = await enrol(node_a, PHONE_B)
+async def _provision(store_url: str | None, data_dir: Path, count: int) -> list[Device]:
+    async with open_store(parse_store_url(store_url, data_dir=data_dir)) as store:
+        provisioned = await provision(store, organisation=ORGANISATION, count=count,
+                                      now=time.time_ns() // 1_000_000)
+    return [Device(phone=device.phone, user_id=device.user_id, device_id=device.device_id,
+                   key=device.key) for device in provisioned]
+
+
+def _process_ids(nodes: Sequence[SubprocessRelay]) -> set[int]:
+    """Every relay process: the nodes, and the workers of a ``--workers`` node."""
+    return {node.process.pid for node in nodes} | {
+        int(event["pid"]) for node in nodes for event in node.events
+        if event.get("event") == "worker_started"}
+
+
+def _spread(clients: Sequence[RelayClient]) -> str:
+    """Connections per worker, read from the server's connection ids."""
+    counts: dict[int, int] = {}
+    for client in clients:
+        assert client._link is not None
+        worker = worker_of(client._link.quic._peer_cid.cid) or 0
+        counts[worker] = counts.get(worker, 0) + 1
+    return " ".join(f"{worker}:{count}" for worker, count in sorted(counts.items()))
+
+
+async def _run(config: ClusterConfig, node_a: SubprocessRelay, node_b: SubprocessRelay,
+               devices: Sequence[Device]) -> BenchResult:
+    senders, recipients = devices[0::2], devices[1::2]
+    shares = [config.messages // config.pairs + int(pair < config.messages % config.pairs)
+              for pair in range(config.pairs)]
     stats = Stats()
-    async with connect(node_a) as client_a, connect(node_b) as client_b, \
-            trio.open_nursery() as nursery:
-        await client_a.authenticate(device_a.user_id, device_a.device_id, device_a.key)
-        await client_b.authenticate(device_b.user_id, device_b.device_id, device_b.key)
-        receiver = Receiver(client_b, stats)
-        receiver.expected = config.messages
-        nursery.start_soon(receiver.run)
+    async with AsyncExitStack() as connections:
+        sending_clients = [await connections.enter_async_context(connect(node_a))
+                           for _ in senders]
+        receiving_clients = [await connections.enter_async_context(connect(node_b))
+                             for _ in recipients]
+        nursery = await connections.enter_async_context(trio.open_nursery())  # closes first
+        receivers = []
+        for client, device, share in zip(receiving_clients, recipients, shares, strict=True):
+            await client.authenticate(device.user_id, device.device_id, device.key)
+            receivers.append(Receiver(client, stats))
+            receivers[-1].expected = share
+            nursery.start_soon(receivers[-1].run)
+        for client, device in zip(sending_clients, senders, strict=True):
+            await client.authenticate(device.user_id, device.device_id, device.key)
         with trio.fail_after(STARTUP_TIMEOUT):
-            await receiver.backlog_drained.wait()
-        pids = {node.process.pid for node in (node_a, node_b)}
+            for receiver in receivers:
+                await receiver.backlog_drained.wait()
+        pids = _process_ids((node_a, node_b))
         cpu_before = sum(process_cpu_seconds(pid) for pid in pids)
         client_cpu_before = self_cpu_seconds()
         started = time.perf_counter_ns()
         with trio.move_on_after(config.timeout) as deadline:
-            if config.mode == "pipelined":
-                await send_pipelined(client_a, device_b, config.messages, config.size,
-                                     config.window, stats)
-            else:
-                await send_sequential(client_a, device_b, receiver, config.messages,
-                                      config.size, stats)
-            await receiver.complete.wait()
+            async with trio.open_nursery() as sending:
+                for client, recipient, receiver, share in zip(
+                        sending_clients, recipients, receivers, shares, strict=True):
+                    if config.mode == "pipelined":
+                        sending.start_soon(send_pipelined, client, recipient, share,
+                                           config.size, config.window, stats)
+                    else:
+                        sending.start_soon(send_sequential, client, recipient, receiver,
+                                           share, config.size, stats)
+            for receiver in receivers:
+                await receiver.complete.wait()
         if deadline.cancelled_caught:
             stats.error(f"timed out after {config.timeout} s")
         with trio.move_on_after(5):
-            await client_b.settle()
+            for client in receiving_clients:
+                await client.settle()
         cpu_after = sum(process_cpu_seconds(pid) for pid in pids)
         client_cpu = self_cpu_seconds() - client_cpu_before
+        spread = _spread([*sending_clients, *receiving_clients])
         nursery.cancel_scope.cancel()
     delivered = len(stats.latencies_ns)
     seconds = ((stats.last_receipt_ns if delivered else time.perf_counter_ns()) - started) / 1e9
@@ -183,7 +248,7 @@ async def _run(config: ClusterConfig, node_a: SubprocessRelay,
                if latencies_ms else {"p50": float("nan"), "p95": float("nan"),
                                      "p99": float("nan")})
     return BenchResult(
-        mode=config.mode, relay=f"{config.nodes} node(s), {config.store}", both_ways=False,
+        mode=config.mode, relay=_describe(config, spread), both_ways=False,
         size=config.size, sent=config.messages, delivered=delivered,
         seconds=round(seconds, 4),
         messages_per_second=round(delivered / seconds, 1) if seconds > 0 else 0.0,
@@ -193,6 +258,13 @@ async def _run(config: ClusterConfig, node_a: SubprocessRelay,
         client_cpu_us_per_message=round(client_cpu / max(delivered, 1) * 1e6, 1),
         duplicates=stats.duplicates, out_of_order=stats.out_of_order,
         error_samples=stats.error_samples)
+
+
+def _describe(config: ClusterConfig, spread: str) -> str:
+    if config.workers == 1:
+        return f"{config.nodes} node(s), {config.store}, {config.pairs} pair(s)"
+    return (f"1 node x {config.workers} workers, {config.store}, {config.pairs} pair(s) "
+            f"(connections per worker {spread})")
 
 
 def parse_args(argv: Sequence[str] | None = None) -> tuple[ClusterConfig, bool]:
@@ -208,15 +280,24 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[ClusterConfig, bool]:
     parser.add_argument("--mode", choices=("pipelined", "sequential"), default="pipelined")
     parser.add_argument("--window", type=int, default=64)
     parser.add_argument("--timeout", type=float, default=120.0)
+    parser.add_argument("--workers", type=int, default=1,
+                        help="worker processes of the node (serve --workers; PostgreSQL)")
+    parser.add_argument("--pairs", type=int, default=1,
+                        help="sender -> receiver pairs at once, each device its own socket")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
-    if args.store == "sqlite" and args.nodes != 1:
-        parser.error("several nodes need --store postgresql")
+    if args.store == "sqlite" and (args.nodes != 1 or args.workers != 1):
+        parser.error("several nodes or workers need --store postgresql")
+    if args.workers < 1 or args.pairs < 1 or (args.workers > 1 and args.nodes != 1):
+        parser.error("--workers and --pairs must be positive; --workers runs on one node")
+    if args.messages < args.pairs:
+        parser.error("--messages must be at least --pairs")
     if args.messages < 1 or args.window < 1 or args.size < 16:
         parser.error("--messages and --window must be positive, --size at least 16")
     return ClusterConfig(nodes=args.nodes, store=args.store, postgres=args.postgres,
                          messages=args.messages, size=args.size, mode=args.mode,
-                         window=args.window, timeout=args.timeout), bool(args.json)
+                         window=args.window, timeout=args.timeout, workers=args.workers,
+                         pairs=args.pairs), bool(args.json)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from bench.cluster import connect, declare, relay_node
+from bench.cluster import ClusterConfig, connect, declare, relay_node, run_cluster_benchmark
 from bench.loopback import BIN, Device, SubprocessRelay, enrol
 from relay.client import RelayClient
 from relay.config import ConfigError, load_config
@@ -27,6 +27,7 @@ from relay.settings import MAX_WORKERS, RelaySettings
 from relay.supervisor import worker_settings
 from relay.worker_ids import worker_of
 from tests.postgres_schemas import fresh_schema, store_url
+from tests.test_storage_postgres import _server_dsn
 
 WAIT_S = 30
 """Bound on anything that could hang (a lost wake-up), not a timing assertion."""
@@ -189,3 +190,14 @@ def test_each_worker_is_a_node_of_its_own_with_its_own_metrics_port() -> None:
     any_port = RelaySettings(workers=2, store="postgresql://db/relay",
                              metrics_listen="127.0.0.1:0")
     assert worker_settings(any_port, 1, port=1).metrics_listen == "127.0.0.1:0"
+
+
+async def test_the_cluster_benchmark_runs_pairs_over_two_workers(cluster_url: str) -> None:
+    # cluster_url: only for the server check (skip, or fail in CI); the run makes its schema.
+    result = await run_cluster_benchmark(ClusterConfig(
+        nodes=1, workers=2, pairs=4, postgres=_server_dsn(), messages=40, mode="pipelined",
+        timeout=WAIT_S))
+    assert result.errors == 0, result.error_samples
+    assert result.delivered == result.sent == 40
+    assert (result.duplicates, result.out_of_order) == (0, 0)
+    assert "2 workers" in result.relay and "connections per worker" in result.relay
