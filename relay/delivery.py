@@ -51,84 +51,107 @@ T = TypeVar("T")
 
 
 class DeliveryPump:
-    """Pushes one device's envelopes on its delivery stream, in envelope id order."""
+    """Pushes one device's envelopes on its delivery stream, in envelope id order.
+
+    A pump owns a task only while it reads the store (the backlog on
+    connection, a wake-up, a pause ending); a caught-up pump pushes offered
+    envelopes in the caller's turn and costs no task while the device idles.
+    """
 
     def __init__(self, *, store: Store, device: DeviceKey, write: Callable[[bytes], None],
-                 now_ms: Callable[[], int],
+                 now_ms: Callable[[], int], nursery: trio.Nursery,
                  on_pushed: Callable[[list[Envelope], int], None] | None = None) -> None:
         self._store = store
         self._on_pushed = on_pushed
         self.device = device
         self._write = write
         self._now_ms = now_ms
+        self._nursery = nursery
         self._cursor = 0  # highest envelope id pushed on this connection
         self._unacknowledged: set[int] = set()
         self._live: list[Envelope] = []
         self._from_store = True  # read the store, not memory, until caught up
+        self._wakeups = 0  # counts wake(): one during a read means reading again
         self._queue_empty_sent = False
-        self._wakeup = trio.Event()
+        self._reader: trio.CancelScope | None = None  # the reading task, while it runs
+        self._closed = False
         self.delivered = 0
 
-    def offer(self, envelopes: Iterable[Envelope]) -> None:
-        """Envelopes just committed for this device.
+    def start(self) -> None:
+        """Begin with the stored backlog (then QUEUE_EMPTY), then live envelopes."""
+        self._read_when_needed()
 
-        Kept even while the pump reads the store: they may have committed after
-        the read began. Duplicates are skipped by id when pushed. While paused,
+    def close(self) -> None:
+        """Stop for good (the connection closed)."""
+        self._closed = True
+        if self._reader is not None:
+            self._reader.cancel()
+
+    @property
+    def _paused(self) -> bool:
+        return len(self._unacknowledged) >= MAX_UNACKNOWLEDGED
+
+    def offer(self, envelopes: Iterable[Envelope]) -> None:
+        """Envelopes just committed for this device, in envelope id order.
+
+        Kept while the pump reads the store: they may have committed after the
+        read began (duplicates are skipped by id when pushed). While paused,
         they are not kept (memory bound); the store read after the pause has them.
         """
-        if len(self._unacknowledged) >= MAX_UNACKNOWLEDGED:
-            self._wakeup.set()
-        elif self._from_store or self._live:
+        if self._closed:
+            return
+        if self._paused:
+            self._from_store = True
+            self._live.clear()
+        elif self._from_store:
             self._live.extend(envelopes)
-            self._wakeup.set()
+            self._read_when_needed()
         else:
-            # Caught up and nothing waiting: push now, in the committer's turn, rather
-            # than waking this pump's task for it (offers arrive in envelope id order).
+            # Caught up and nothing waiting: push now, in the committer's turn.
             self._push(list(envelopes))
 
     def wake(self) -> None:
         """Something may have been queued that was not offered (another node, an expiry)."""
         self._from_store = True
-        self._wakeup.set()
+        self._wakeups += 1
+        self._read_when_needed()
 
     def acknowledged(self, envelope_ids: Iterable[int]) -> None:
         before = len(self._unacknowledged)
         self._unacknowledged.difference_update(envelope_ids)
         if before >= MAX_UNACKNOWLEDGED > len(self._unacknowledged):
-            self._wakeup.set()
+            self._read_when_needed()  # the pause is over: read what it left in the store
 
-    async def run(self) -> None:
-        """Deliver until cancelled (the connection closed)."""
-        while True:
-            if len(self._unacknowledged) >= MAX_UNACKNOWLEDGED:
-                # Paused: what arrives meanwhile is read back from the store later.
-                self._from_store = True
-                self._live.clear()
-                await self._sleep_until_woken()
-            elif self._from_store:
-                # Clear before reading: an offer made before this point was
-                # committed before the read begins, so the read returns it.
-                self._live.clear()
-                page = await self._store.fetch_queue(
-                    user_id=self.device[0], device_id=self.device[1],
-                    after_envelope_id=self._cursor, limit=DELIVERY_PAGE_SIZE,
-                    now=self._now_ms())
-                self._push(page)
-                if len(page) < DELIVERY_PAGE_SIZE:
-                    self._from_store = False
-                    if not self._queue_empty_sent:
-                        self._queue_empty_sent = True
-                        self._write(encode_frame(QueueEmpty()))
-            elif self._live:
-                live, self._live = self._live, []
-                live.sort(key=_envelope_id)
-                self._push(live)
-            else:
-                await self._sleep_until_woken()
+    def _read_when_needed(self) -> None:
+        if (self._from_store and self._reader is None and not self._closed
+                and not self._paused):
+            self._reader = trio.CancelScope()
+            self._nursery.start_soon(self._read, self._reader)
 
-    async def _sleep_until_woken(self) -> None:
-        await self._wakeup.wait()
-        self._wakeup = trio.Event()
+    async def _read(self, scope: trio.CancelScope) -> None:
+        try:
+            with scope:
+                while self._from_store and not self._paused:
+                    # Clear before reading: an offer made before this point was
+                    # committed before the read begins, so the read returns it.
+                    self._live.clear()
+                    wakeups = self._wakeups
+                    page = await self._store.fetch_queue(
+                        user_id=self.device[0], device_id=self.device[1],
+                        after_envelope_id=self._cursor, limit=DELIVERY_PAGE_SIZE,
+                        now=self._now_ms())
+                    self._push(page)
+                    if len(page) < DELIVERY_PAGE_SIZE and wakeups == self._wakeups:
+                        self._from_store = False
+                        if not self._queue_empty_sent:
+                            self._queue_empty_sent = True
+                            self._write(encode_frame(QueueEmpty()))
+                if not self._from_store and self._live:
+                    live, self._live = self._live, []
+                    live.sort(key=_envelope_id)
+                    self._push(live)
+        finally:
+            self._reader = None
 
     def _push(self, envelopes: list[Envelope]) -> None:
         chunks, pushed = [], []

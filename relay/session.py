@@ -106,7 +106,6 @@ class DeviceSession:
         self._slots: dict[int, deque[_Slot]] = {}
         self._ended_by_peer: set[int] = set()
         self._pump: DeliveryPump | None = None
-        self._pump_scope: trio.CancelScope | None = None
         self._push_stream: int | None = None
         self.device: tuple[str, int] | None = None
         self.organisation_id: int | None = None
@@ -287,18 +286,11 @@ class DeviceSession:
         assert self.device is not None
         pump = DeliveryPump(store=self._relay.store, device=self.device,
                             write=lambda data: self._link.send_stream_data(stream_id, data),
-                            now_ms=self._relay.now_ms,
+                            now_ms=self._relay.now_ms, nursery=self._relay.nursery,
                             on_pushed=self._relay.metrics.count_delivered)
         self._pump = pump
         self._relay.presence.attach(pump)
-        scope = trio.CancelScope()
-        self._pump_scope = scope
-
-        async def run() -> None:
-            with scope:
-                await pump.run()
-
-        self._relay.nursery.start_soon(run)
+        pump.start()
 
     async def _enrol_start(self, frame: EnrolStart) -> bytes:
         try:
@@ -394,9 +386,8 @@ class DeviceSession:
     def _stop(self, *, keep_answers: bool = False) -> None:
         if self._core.state is not ConnectionState.CLOSED:
             self._core.close()
-        if self._pump_scope is not None:
-            self._pump_scope.cancel()
         if self._pump is not None:
+            self._pump.close()
             self._relay.presence.detach(self._pump)
         if self.device is not None and self._relay.cluster is not None:
             self._relay.cluster.release(self.device, self)
