@@ -14,8 +14,10 @@ the run uses a fresh schema of the ``--postgres`` database, dropped afterwards.
 between them), each device on a connection and UDP socket of its own.
 ``--workers W`` runs the node as ``serve --workers W`` (PostgreSQL, one node):
 the kernel spreads those connections over the workers by client address, so a
-pair's two devices may be on different workers; the relay description counts
-the connections each worker got. Devices are provisioned in the store before
+pair's two devices may be on different workers (``--placement random``), or
+the bench reconnects until both devices of pair i are on worker i mod W
+(``--placement pair-per-worker``); the relay description counts the connections
+each worker got. Devices are provisioned in the store before
 the nodes start (``bench.provision``), not enrolled by SMS.
 Latency and throughput are measured as in ``bench.loopback`` (same payload
 header, receiver, percentiles).
@@ -70,10 +72,14 @@ from storage.store_url import open_store, parse_store_url
 __all__ = ["ClusterConfig", "declare", "relay_node", "run_cluster_benchmark", "temporary_schema"]
 
 StoreKind = Literal["sqlite", "postgresql"]
+Placement = Literal["random", "pair-per-worker"]
 
 DEFAULT_POSTGRES = "postgresql://postgres@127.0.0.1:5432/test"
 STARTUP_TIMEOUT = 30.0
 """Seconds a node may take to log relay_listening."""
+MAX_PLACEMENT_ATTEMPTS = 64
+"""Connections tried to land one on a given worker (each lands there with
+probability 1/W: 64 misses in a row mean the kernel is not spreading them)."""
 
 
 @asynccontextmanager
@@ -136,6 +142,9 @@ class ClusterConfig:
     """Worker processes of each node (``serve --workers``)."""
     pairs: int = 1
     """Sender -> receiver pairs sending at once."""
+    placement: Placement = "random"
+    """With workers: where the kernel puts each connection, or both devices of pair i
+    on worker i mod W (no two workers then lock the same devices' rows)."""
 
 
 async def run_cluster_benchmark(config: ClusterConfig) -> BenchResult:
@@ -183,6 +192,20 @@ def _process_ids(nodes: Sequence[SubprocessRelay]) -> set[int]:
         if event.get("event") == "worker_started"}
 
 
+async def _connect_on(stack: AsyncExitStack, node: SubprocessRelay,
+                      worker: int | None) -> RelayClient:
+    """A connection (entered into ``stack``), on ``worker`` if not None: the kernel
+    picks the worker by client address, so connect until one lands there."""
+    for _ in range(MAX_PLACEMENT_ATTEMPTS):
+        async with AsyncExitStack() as attempt:
+            client = await attempt.enter_async_context(connect(node))
+            assert client._link is not None
+            if worker is None or worker_of(client._link.quic._peer_cid.cid) == worker:
+                await stack.enter_async_context(attempt.pop_all())
+                return client
+    raise RuntimeError(f"no connection landed on worker {worker}")
+
+
 def _spread(clients: Sequence[RelayClient]) -> str:
     """Connections per worker, read from the server's connection ids."""
     counts: dict[int, int] = {}
@@ -200,10 +223,10 @@ async def _run(config: ClusterConfig, node_a: SubprocessRelay, node_b: Subproces
               for pair in range(config.pairs)]
     stats = Stats()
     async with AsyncExitStack() as connections:
-        sending_clients = [await connections.enter_async_context(connect(node_a))
-                           for _ in senders]
-        receiving_clients = [await connections.enter_async_context(connect(node_b))
-                             for _ in recipients]
+        placed = config.placement == "pair-per-worker" and config.workers > 1
+        places = [pair % config.workers if placed else None for pair in range(config.pairs)]
+        sending_clients = [await _connect_on(connections, node_a, place) for place in places]
+        receiving_clients = [await _connect_on(connections, node_b, place) for place in places]
         nursery = await connections.enter_async_context(trio.open_nursery())  # closes first
         receivers = []
         for client, device, share in zip(receiving_clients, recipients, shares, strict=True):
@@ -263,8 +286,8 @@ async def _run(config: ClusterConfig, node_a: SubprocessRelay, node_b: Subproces
 def _describe(config: ClusterConfig, spread: str) -> str:
     if config.workers == 1:
         return f"{config.nodes} node(s), {config.store}, {config.pairs} pair(s)"
-    return (f"1 node x {config.workers} workers, {config.store}, {config.pairs} pair(s) "
-            f"(connections per worker {spread})")
+    return (f"1 node x {config.workers} workers, {config.store}, {config.pairs} pair(s), "
+            f"placement {config.placement} (connections per worker {spread})")
 
 
 def parse_args(argv: Sequence[str] | None = None) -> tuple[ClusterConfig, bool]:
@@ -284,6 +307,9 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[ClusterConfig, bool]:
                         help="worker processes of the node (serve --workers; PostgreSQL)")
     parser.add_argument("--pairs", type=int, default=1,
                         help="sender -> receiver pairs at once, each device its own socket")
+    parser.add_argument("--placement", choices=("random", "pair-per-worker"), default="random",
+                        help="with --workers: where the kernel puts each connection, or both "
+                             "devices of pair i on worker i mod W")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     if args.store == "sqlite" and (args.nodes != 1 or args.workers != 1):
@@ -297,7 +323,7 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[ClusterConfig, bool]:
     return ClusterConfig(nodes=args.nodes, store=args.store, postgres=args.postgres,
                          messages=args.messages, size=args.size, mode=args.mode,
                          window=args.window, timeout=args.timeout, workers=args.workers,
-                         pairs=args.pairs), bool(args.json)
+                         pairs=args.pairs, placement=args.placement), bool(args.json)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

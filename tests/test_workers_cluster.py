@@ -195,9 +195,9 @@ def test_each_worker_is_a_node_of_its_own_with_its_own_metrics_port() -> None:
 async def test_the_cluster_benchmark_runs_pairs_over_two_workers(cluster_url: str) -> None:
     # cluster_url: only for the server check (skip, or fail in CI); the run makes its schema.
     result = await run_cluster_benchmark(ClusterConfig(
-        nodes=1, workers=2, pairs=4, postgres=_server_dsn(), messages=40, mode="pipelined",
-        timeout=WAIT_S))
+        nodes=1, workers=2, pairs=2, placement="pair-per-worker", postgres=_server_dsn(),
+        messages=40, mode="pipelined", timeout=WAIT_S))
     assert result.errors == 0, result.error_samples
     assert result.delivered == result.sent == 40
     assert (result.duplicates, result.out_of_order) == (0, 0)
-    assert "2 workers" in result.relay and "connections per worker" in result.relay
+    assert result.relay.endswith("(connections per worker 0:2 1:2)"), result.relay
