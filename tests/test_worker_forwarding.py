@@ -26,6 +26,7 @@ from aioquic.quic import events
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
 from aioquic.quic.packet import QuicHeader, QuicPacketType, QuicProtocolVersion, pull_quic_header
+from prometheus_client import CollectorRegistry, generate_latest
 
 from relay.client import client_configuration
 from relay.forwarding import CONNECTION_ID_BYTES, WorkerQuicConnection, WorkerRouting
@@ -297,6 +298,12 @@ async def client_endpoint() -> AsyncIterator[QuicEndpoint]:
             nursery.cancel_scope.cancel()
 
 
+def registry_of(routing: WorkerRouting) -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(routing.collector())
+    return registry
+
+
 def server_ids_known_to(link: QuicLink) -> list[bytes]:
     quic = link.quic
     return [quic._peer_cid.cid, *(entry.cid for entry in quic._peer_cid_available)]
@@ -330,6 +337,8 @@ async def test_a_datagram_reaching_the_wrong_worker_is_answered_by_its_owner(
         assert routing_b.received_forwarded == routing_a.forwarded
         assert routing_b.forwarded == 0
         assert not worker_a.links and len(worker_b.links) == 1
+        exported = generate_latest(registry_of(routing_a)).decode()
+        assert f"cryptopass_worker_datagrams_forwarded_total {routing_a.forwarded:.1f}" in exported
 
         # A new client reaching A is answered by A: its connection lives there.
         newcomer = Client()
