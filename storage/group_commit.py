@@ -38,10 +38,13 @@ class WriteOperation(Generic[T]):
     committed (or fails) with its batch.
     """
 
-    __slots__ = ("_done", "_error", "_result", "work")
+    __slots__ = ("_done", "_error", "_result", "locks", "work")
 
-    def __init__(self, work: Callable[[Any], T]) -> None:
+    def __init__(self, work: Callable[[Any], T], locks: tuple[str, ...] = ()) -> None:
         self.work = work
+        self.locks = locks
+        """Users whose device rows ``work`` locks: a backend shared by several writers
+        (PostgreSQL) locks every batch's rows up front, in one global order."""
         self._done = trio.Event()
         self._result: T | None = None
         self._error: BaseException | None = None
@@ -116,13 +119,16 @@ class GroupCommitWriter(Generic[C]):
     def start(self) -> None:
         self._thread.start()
 
-    def submit(self, work: Callable[[C], T]) -> WriteOperation[T]:
+    def submit(self, work: Callable[[C], T], *, locks: tuple[str, ...] = ()) -> WriteOperation[T]:
         """Queue ``work`` to run in the writer's next transaction. Synchronous.
+
+        ``locks`` names the users whose device rows ``work`` will lock (see
+        ``WriteOperation.locks``).
 
         Raises:
             RuntimeError: The writer is stopping (the store is closed).
         """
-        operation = WriteOperation(work)
+        operation = WriteOperation(work, locks)
         with self._condition:
             if self._stopping:
                 raise RuntimeError("the store is closed")

@@ -101,7 +101,15 @@ def run_postgres_batch(pool: ConnectionPool[Connection],
     one batch, not the writer.
     """
     outcomes: list[Outcome] = []
+    users = sorted({user_id for operation in batch for user_id in operation.locks})
     with pool.connection(timeout=CONNECT_TIMEOUT_S) as connection, connection.transaction():
+        if users:
+            # Every node's writer takes the device rows its batch will lock up front,
+            # in one global order: taken one operation at a time, in batch order, two
+            # nodes' batches deadlocked on each other's recipients.
+            connection.execute(
+                "SELECT 1 FROM devices WHERE user_id = ANY(%s) ORDER BY user_id, device_id"
+                " FOR UPDATE", (users,))
         for operation in batch:
             try:
                 # A nested transaction() is a SAVEPOINT: an operation that
@@ -436,7 +444,8 @@ class PostgresStore(AdminStoreMethods):
         payloads = dict(send.payloads)  # a snapshot: the caller may reuse its mapping
         skip_channel = self.node_channel
         return self._writer.submit(
-            lambda connection: _commit_send(connection, send, payloads, skip_channel))
+            lambda connection: _commit_send(connection, send, payloads, skip_channel),
+            locks=(send.recipient_user_id,))
 
     async def fetch_queue(self, *, user_id: str, device_id: int, after_envelope_id: int,
                           limit: int, now: int) -> list[Envelope]:
@@ -469,7 +478,7 @@ class PostgresStore(AdminStoreMethods):
                     "UPDATE devices SET queue_depth = queue_depth - %s"
                     " WHERE user_id = %s AND device_id = %s", (deleted, user_id, device_id))
             return deleted
-        return self._writer.submit(work)
+        return self._writer.submit(work, locks=(user_id,))
 
     async def queue_depth(self, *, user_id: str, device_id: int) -> int:
         def work(connection: Connection) -> int:

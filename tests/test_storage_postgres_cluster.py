@@ -21,7 +21,8 @@ import trio
 from psycopg import sql
 
 from storage.base import SendStatus, Store
-from storage.postgres import open_postgres_store
+from storage.group_commit import WriteOperation
+from storage.postgres import _commit_send, _open_pools, open_postgres_store, run_postgres_batch
 from storage.postgres_presence import (
     NotificationKind,
     claim_device,
@@ -263,3 +264,68 @@ def test_channels_differ_per_schema_and_node_and_are_identifiers() -> None:
     channels = {node_channel(schema, node) for schema in ("a", "b") for node in ("n1", "n2")}
     assert len(channels) == 4
     assert all(len(channel) <= 63 and channel.isidentifier() for channel in channels)
+
+
+async def test_two_writers_sending_crosswise_never_deadlock(postgres_dsn: str) -> None:
+    """Node 1's batch sends to B then A while node 2's sends to A then B: taken in batch
+    order, the row locks formed a cycle (PostgreSQL aborted one send). The interleaving
+    that closes the cycle is forced with two blocking connections."""
+    async with open_postgres_store(postgres_dsn) as store:
+        sender, _ = await _enrolled(store)
+        first_user, devices = await _enrolled(store)
+        second_user, _ = await _enrolled(store)
+    a_user, b_user = sorted((first_user, second_user), key=lambda user: user.user_id)
+
+    def send_to(user: Any, number: int) -> WriteOperation[Any]:
+        send = _send(sender, user, devices, number)
+        return WriteOperation(
+            lambda connection: _commit_send(connection, send, dict(send.payloads)),
+            locks=(user.user_id,))
+
+    node_1 = [send_to(b_user, 1), send_to(a_user, 2)]
+    node_2 = [send_to(a_user, 3), send_to(b_user, 4)]
+    holds_a, holds_b = psycopg.connect(postgres_dsn), psycopg.connect(postgres_dsn)
+    pools = [_open_pools(postgres_dsn)[0] for _ in range(2)]
+    outcomes: list[list[Any]] = []
+
+    async def run(pool: Any, batch: list[WriteOperation[Any]]) -> None:
+        outcomes.append(await trio.to_thread.run_sync(run_postgres_batch, pool, batch))
+
+    try:
+        for holder, user in ((holds_a, a_user), (holds_b, b_user)):
+            holder.execute("SELECT 1 FROM devices WHERE user_id = %s FOR UPDATE",
+                           (user.user_id,))
+        async with trio.open_nursery() as nursery:
+            try:
+                nursery.start_soon(run, pools[0], node_1)
+                await _wait_until_blocked(postgres_dsn, 1)
+                nursery.start_soon(run, pools[1], node_2)
+                await _wait_until_blocked(postgres_dsn, 2)
+                holds_b.commit()  # node 1 (batch order) takes B, then waits for A
+                await _wait_until_blocked(postgres_dsn, 2, not_by=holds_b.info.backend_pid)
+                holds_a.commit()  # batch order: node 2 takes A and waits for node 1's B
+            finally:  # the batches' threads cannot be cancelled: let them finish
+                holds_a.close()
+                holds_b.close()
+    finally:
+        for pool in pools:
+            pool.close()
+    errors = [error for batch in outcomes for _, error in batch if error is not None]
+    assert errors == []
+    assert len(outcomes) == 2
+
+
+async def _wait_until_blocked(dsn: str, count: int, not_by: int = 0) -> None:
+    """Until ``count`` backends wait for a lock, none of them for one ``not_by`` holds
+    (polled, as _wait_until_blocked_by)."""
+    def blocked() -> bool:
+        with psycopg.connect(dsn, autocommit=True) as connection:
+            row = connection.execute(
+                "SELECT count(*), count(*) FILTER (WHERE %s = ANY(pg_blocking_pids(pid)))"
+                " FROM pg_stat_activity WHERE cardinality(pg_blocking_pids(pid)) > 0",
+                (not_by,)).fetchone()
+            return row is not None and row[0] >= count and row[1] == 0
+
+    with trio.fail_after(TIMEOUT_S):
+        while not await trio.to_thread.run_sync(blocked):
+            await trio.lowlevel.checkpoint()
