@@ -22,8 +22,8 @@ otherwise it is left untouched. Key updates, migration, idle timeout, closing
 and stream data keep working (tests/test_connection_memory.py).
 
 This module reaches into aioquic's private attributes (checked against
-aioquic 1.7.2, which pyproject.toml pins); it is the only one that does so
-for memory.
+aioquic 1.7.2; pyproject.toml keeps aioquic within 1.7.x); it is the only one
+that does so for memory.
 """
 
 from __future__ import annotations
