@@ -7,39 +7,30 @@ latency applies), ``errors``, and for a relay the bench started,
 
 from __future__ import annotations
 
-import json
-import re
 import secrets
 import time
 from contextlib import AsyncExitStack
 from typing import TYPE_CHECKING, Any
 
 import trio
-from nacl.signing import SigningKey
 
 from bench.encrypted_offline import OfflineCounts, queue_and_drain_encrypted
+from bench.enrol_devices import enrol_phones
 from bench.live import LiveConfig, LiveResult, connect_devices, run_live
 from bench.progress import progress_of
-from bench.provision import BenchDevice, bench_phone, provision_sqlite
+from bench.provision import BenchDevice
+from bench.provisioners import fresh_phones
 from bench.spawn import cpu_seconds, peak_rss_mib, rss_mib
 from bench.stats import latency_summary
 from bench.stats import rate as rate_of
 from bench.worker_pool import merge_results, run_workers
-from enrolment import admin
 from relay.client import connect_relay, open_client_endpoint
 from relay.frames import Deliver, QueueEmpty
-from storage.sqlite import open_sqlite_store
 
 if TYPE_CHECKING:
-    from bench.cli import Target
+    from bench.target import Target
 
 __all__ = ["connections", "enrol", "live", "offline"]
-
-CODE_PATTERN = re.compile(r"\b(\d{6})\b")
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 def _server_costs(target: Target, cpu_before: float | None, count: int) -> dict[str, Any]:
@@ -57,7 +48,7 @@ def _cpu_now(target: Target) -> float | None:
 async def live(target: Target, *, devices: int, messages: int, size: int, rate: float,
                window: int, processes: int, time_limit: float,
                encrypted: bool = False) -> dict[str, Any]:
-    provisioned = await provision_sqlite(target.data_dir, count=devices, now=now_ms())
+    provisioned = await target.provisioner.provision(devices)
     seed = secrets.randbits(32)
     slices = [tuple(range(devices))[number::processes] for number in range(processes)]
     cpu_before: list[float | None] = [None]
@@ -102,7 +93,7 @@ async def live(target: Target, *, devices: int, messages: int, size: int, rate: 
 
 async def offline(target: Target, *, messages: int, size: int, window: int,
                   time_limit: float, encrypted: bool = False) -> dict[str, Any]:
-    sender, recipient = await provision_sqlite(target.data_dir, count=2, now=now_ms())
+    sender, recipient = await target.provisioner.provision(2)
     if encrypted:
         counts = await queue_and_drain_encrypted(
             target.host, target.port, target.ca, sender, recipient, messages=messages,
@@ -185,63 +176,26 @@ async def _queue_and_drain(target: Target, sender: BenchDevice, recipient: Bench
 
 
 async def enrol(target: Target, *, devices: int, concurrency: int) -> dict[str, Any]:
-    assert target.server is not None
-    organisation = f"bench-{secrets.token_hex(4)}"
-    first = secrets.randbelow(9_000_000)
-    phones = [bench_phone(first + number) for number in range(devices)]
-    errors: list[str] = []
-    server = target.server
-    sent_before = sum(1 for event in server.events if event.get("event") == "sms_sent")
+    """Declare fresh numbers, then enrol one device per number as phones do."""
+    assert target.codes is not None  # bench/target.py refuses enrol without a code source
+    phones = fresh_phones(devices)
     started = time.perf_counter()
     cpu_before = _cpu_now(target)
-    async with open_sqlite_store(target.data_dir / "relay.db") as store:
-        await admin.create_organisation(store, organisation, devices, now_ms())
-        for phone in phones:
-            await admin.declare_user(store, organisation, phone, now_ms())
-    limiter = trio.CapacityLimiter(concurrency)
-    outbox = target.data_dir / "sms-outbox.jsonl"
-    codes_seen = [sent_before]
-
-    async def code_for(phone: str) -> str:
-        while True:
-            if outbox.exists():
-                for line in reversed(outbox.read_text().splitlines()):
-                    message = json.loads(line)
-                    match = CODE_PATTERN.search(message["body"])
-                    if message["to"] == phone and match:
-                        return match.group(1)
-            codes_seen[0] += 1
-            await server.wait_for("sms_sent", codes_seen[0])
-
-    async with open_client_endpoint(target.host) as endpoint:
-        async def one(phone: str) -> None:
-            async with limiter:
-                try:
-                    async with connect_relay(target.host, target.port, ca=target.ca,
-                                             server_name="localhost",
-                                             endpoint=endpoint) as client:
-                        await client.enrol_start(phone)
-                        code = await code_for(phone)
-                        await client.enrol_verify(phone, code,
-                                                  SigningKey.generate().verify_key.encode())
-                except Exception as error:  # counted and reported
-                    errors.append(f"{type(error).__name__}: {error}")
-
-        async with trio.open_nursery() as nursery:
-            for phone in phones:
-                nursery.start_soon(one, phone)
+    await target.provisioner.declare(phones)
+    outcome = await enrol_phones(target.host, target.port, target.ca, phones, target.codes,
+                                 concurrency=concurrency)
     seconds = time.perf_counter() - started
-    enrolled = devices - len(errors)
+    enrolled = len(outcome.devices)
     return {"scenario": "enrol", "devices": devices, "concurrency": concurrency,
             "enrolled": enrolled, "seconds": round(seconds, 3),
             "messages_per_second": rate_of(enrolled, seconds),
             "enrolments_per_second": rate_of(enrolled, seconds), "latency_ms": None,
-            "errors": len(errors), "error_samples": errors[:5],
+            "errors": len(outcome.errors), "error_samples": outcome.errors[:5],
             **_server_costs(target, cpu_before, enrolled)}
 
 
 async def connections(target: Target, *, devices: int, processes: int) -> dict[str, Any]:
-    provisioned = await provision_sqlite(target.data_dir, count=devices, now=now_ms())
+    provisioned = await target.provisioner.provision(devices)
     server = target.server
     baseline = rss_mib(server.pid) if server is not None else None
     started = time.perf_counter()

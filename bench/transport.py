@@ -140,9 +140,10 @@ async def run_transport(*, devices: int, messages: int, size: int, window: int,
                               time_limit=time_limit, relay_cpu=relay_cpu)
     if not compare:
         return ceiling
-    from bench import cli, scenarios  # noqa: PLC0415 - cli imports this module
+    from bench import scenarios  # noqa: PLC0415 - loaded only to compare
+    from bench.target import TargetOptions, open_target  # noqa: PLC0415
 
-    async with cli.open_target(None, None, None, relay_cpu) as target:
+    async with open_target(TargetOptions(relay_cpu=relay_cpu)) as target:
         relay = await scenarios.live(target, devices=devices, messages=messages, size=size,
                                      rate=0, window=window, processes=1,
                                      time_limit=time_limit)

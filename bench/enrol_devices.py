@@ -1,0 +1,134 @@
+"""Enrolling bench devices over QUIC as a phone does: start, SMS code, verify.
+
+The code comes from a ``CodeSource``: the SMS outbox of a relay the bench started
+(``OutboxCodes``) or the bench's own SMS webhook (bench/sms_webhook.py).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import trio
+from nacl.signing import SigningKey
+
+from bench.provision import BenchDevice
+from bench.relay_process import DEFAULT_WAIT_SECONDS, RelayProcess
+from relay.client import connect_relay, open_client_endpoint
+
+__all__ = ["CODE_PATTERN", "CodeSource", "EnrolOutcome", "OutboxCodes", "enrol_phones"]
+
+CODE_PATTERN = re.compile(r"\b(\d{6})\b")
+"""The verification code in an SMS body (enrolment/codes.py makes six digits)."""
+
+SEED_BYTES = 32
+"""An Ed25519 private key seed."""
+
+
+class CodeSource(Protocol):
+    """Where the bench reads the verification code the relay sent to a number."""
+
+    def expect(self, phone: str) -> None:
+        """Keep the next code sent to ``phone``: called before asking the relay to send
+        one (the SMS may arrive before the relay's answer to the request)."""
+        ...
+
+    async def code_for(self, phone: str) -> str:
+        """The code sent to ``phone``, once the relay has sent it.
+
+        Raises:
+            trio.TooSlowError: no code arrived in time.
+        """
+        ...
+
+
+class OutboxCodes:
+    """Codes from ``DATA_DIR/sms-outbox.jsonl`` of a relay the bench started.
+
+    The relay logs ``sms_sent`` after each line it appends: the bench rereads the
+    file when the relay's log moves, rather than polling it.
+    """
+
+    def __init__(self, server: RelayProcess, outbox: Path) -> None:
+        self.server = server
+        self.outbox = outbox
+
+    def expect(self, phone: str) -> None:
+        """Nothing to do: the outbox keeps every code."""
+
+    def _read(self, phone: str) -> str | None:
+        if not self.outbox.exists():
+            return None
+        for line in reversed(self.outbox.read_text().splitlines()):
+            message = json.loads(line)
+            match = CODE_PATTERN.search(message["body"])
+            if message["to"] == phone and match:
+                return match.group(1)
+        return None
+
+    async def code_for(self, phone: str) -> str:
+        with trio.fail_after(DEFAULT_WAIT_SECONDS):
+            while True:
+                changed = self.server.changed  # taken first: a line written meanwhile wakes us
+                code = self._read(phone)
+                if code is not None:
+                    return code
+                if self.server.process.returncode is not None:
+                    raise RuntimeError("the relay exited before sending the SMS")
+                await changed.wait()
+
+
+def _first_leaf(error: BaseException) -> BaseException:
+    """The first exception inside nurseries' groups (the one worth reporting)."""
+    while isinstance(error, BaseExceptionGroup):
+        error = error.exceptions[0]
+    return error
+
+
+@dataclass
+class EnrolOutcome:
+    devices: list[BenchDevice] = field(default_factory=list)
+    """Enrolled devices, in the order of the numbers."""
+    errors: list[str] = field(default_factory=list)
+    """One ``Type: reason`` per failed enrolment (never a number or a code)."""
+
+
+async def enrol_phones(host: str, port: int, ca: Path | None, phones: Sequence[str],
+                       codes: CodeSource, *, concurrency: int) -> EnrolOutcome:
+    """Enrol one fresh device (new Ed25519 key) per declared number, ``concurrency`` at once.
+
+    Failures are counted in the outcome, never raised: the caller decides.
+    """
+    enrolled: dict[str, BenchDevice] = {}
+    outcome = EnrolOutcome()
+    limiter = trio.CapacityLimiter(concurrency)
+
+    async with open_client_endpoint(host) as endpoint:
+        async def enrol_one(phone: str) -> None:
+            async with limiter:
+                seed = secrets.token_bytes(SEED_BYTES)
+                try:
+                    async with connect_relay(host, port, ca=ca, server_name="localhost",
+                                             endpoint=endpoint) as client:
+                        codes.expect(phone)
+                        await client.enrol_start(phone)
+                        code = await codes.code_for(phone)
+                        user_id, device_id = await client.enrol_verify(
+                            phone, code, SigningKey(seed).verify_key.encode())
+                except Exception as error:  # counted and reported
+                    cause = _first_leaf(error)
+                    outcome.errors.append(f"{type(cause).__name__}: {cause}")
+                    return
+                enrolled[phone] = BenchDevice(phone=phone, user_id=user_id,
+                                              device_id=device_id, seed=seed)
+
+        async with trio.open_nursery() as nursery:
+            for phone in phones:
+                nursery.start_soon(enrol_one, phone)
+    outcome.devices = [enrolled[phone] for phone in phones if phone in enrolled]
+    return outcome
