@@ -35,6 +35,9 @@ app = typer.Typer(help="Load tests for Cryptopass relays.", no_args_is_help=True
                   pretty_exceptions_enable=False)
 
 
+SpawnRelayOption = Annotated[bool, typer.Option(
+    "--spawn-relay", help="Start a relay in a temporary data directory and measure its CPU "
+    "and memory (what happens without --relay).")]
 RelayOption = Annotated[str | None, typer.Option(
     help="Address of a running relay, HOST:PORT (default: start one). Devices are "
          "declared with --data-dir, --store or --admin-url.")]
@@ -136,6 +139,7 @@ def live(devices: Annotated[int, typer.Option(help="Connected devices.", min=2)]
          encrypted: Annotated[bool, typer.Option(
              "--encrypted", help="End-to-end encrypted texts of --size bytes through the "
              "client library (sessions set up in a warm-up).")] = False,
+         spawn_relay: SpawnRelayOption = False,
          relay: RelayOption = None, ca: CaOption = None, data_dir: DataDirOption = None,
          store: StoreOption = None, admin_url: AdminUrlOption = None,
          admin_token: AdminTokenOption = None, org: OrgOption = None,
@@ -143,7 +147,8 @@ def live(devices: Annotated[int, typer.Option(help="Connected devices.", min=2)]
          relay_cpu: RelayCpuOption = None, relay_args: RelayArgsOption = "",
          as_json: JsonOption = False) -> None:
     """Devices send to random others; delivered messages/s and end-to-end latency."""
-    options = TargetOptions(relay=relay, ca=ca, data_dir=data_dir, store=store,
+    options = TargetOptions(spawn_relay=spawn_relay, relay=relay, ca=ca, data_dir=data_dir,
+                            store=store,
                             admin_url=admin_url, admin_token=admin_token, org=org,
                             sms_listen=sms_listen, sms_token=sms_token, relay_cpu=relay_cpu,
                             relay_args=relay_args)
@@ -169,6 +174,7 @@ def offline(messages: Annotated[int, typer.Option(help="Messages queued.", min=1
             encrypted: Annotated[bool, typer.Option(
                 "--encrypted", help="End-to-end encrypted texts of --size bytes through "
                 "the client library; the drain decrypts each.")] = False,
+            spawn_relay: SpawnRelayOption = False,
             relay: RelayOption = None, ca: CaOption = None, data_dir: DataDirOption = None,
             store: StoreOption = None, admin_url: AdminUrlOption = None,
             admin_token: AdminTokenOption = None, org: OrgOption = None,
@@ -176,7 +182,8 @@ def offline(messages: Annotated[int, typer.Option(help="Messages queued.", min=1
             relay_cpu: RelayCpuOption = None, relay_args: RelayArgsOption = "",
             as_json: JsonOption = False) -> None:
     """A sender queues messages for an offline device, which then connects and drains."""
-    options = TargetOptions(relay=relay, ca=ca, data_dir=data_dir, store=store,
+    options = TargetOptions(spawn_relay=spawn_relay, relay=relay, ca=ca, data_dir=data_dir,
+                            store=store,
                             admin_url=admin_url, admin_token=admin_token, org=org,
                             sms_listen=sms_listen, sms_token=sms_token, relay_cpu=relay_cpu,
                             relay_args=relay_args)
@@ -195,6 +202,7 @@ def offline(messages: Annotated[int, typer.Option(help="Messages queued.", min=1
 @app.command()
 def enrol(devices: Annotated[int, typer.Option(help="Devices to enrol.", min=1)] = 50,
           concurrency: Annotated[int, typer.Option(help="Enrolments in flight.", min=1)] = 8,
+          spawn_relay: SpawnRelayOption = False,
           relay: RelayOption = None, ca: CaOption = None, data_dir: DataDirOption = None,
           store: StoreOption = None, admin_url: AdminUrlOption = None,
           admin_token: AdminTokenOption = None, org: OrgOption = None,
@@ -204,7 +212,8 @@ def enrol(devices: Annotated[int, typer.Option(help="Devices to enrol.", min=1)]
     """Devices enrolled per second end to end: declare, SMS code, verify.
 
     A running relay (--relay) needs --sms-listen: its SMS gateway posts the codes there."""
-    options = TargetOptions(relay=relay, ca=ca, data_dir=data_dir, store=store,
+    options = TargetOptions(spawn_relay=spawn_relay, relay=relay, ca=ca, data_dir=data_dir,
+                            store=store,
                             admin_url=admin_url, admin_token=admin_token, org=org,
                             sms_listen=sms_listen, sms_token=sms_token, relay_cpu=relay_cpu,
                             relay_args=relay_args)
@@ -219,6 +228,7 @@ def enrol(devices: Annotated[int, typer.Option(help="Devices to enrol.", min=1)]
 def connections(devices: Annotated[int, typer.Option(help="Idle devices.", min=1)] = 100,
                 processes: Annotated[int, typer.Option(
                     help="Load generator processes.", min=1)] = 1,
+                spawn_relay: SpawnRelayOption = False,
                 relay: RelayOption = None, ca: CaOption = None, data_dir: DataDirOption = None,
                 store: StoreOption = None, admin_url: AdminUrlOption = None,
                 admin_token: AdminTokenOption = None, org: OrgOption = None,
@@ -226,7 +236,8 @@ def connections(devices: Annotated[int, typer.Option(help="Idle devices.", min=1
                 relay_cpu: RelayCpuOption = None, relay_args: RelayArgsOption = "",
                 as_json: JsonOption = False) -> None:
     """Idle authenticated devices held by one relay, and its memory per connection."""
-    options = TargetOptions(relay=relay, ca=ca, data_dir=data_dir, store=store,
+    options = TargetOptions(spawn_relay=spawn_relay, relay=relay, ca=ca, data_dir=data_dir,
+                            store=store,
                             admin_url=admin_url, admin_token=admin_token, org=org,
                             sms_listen=sms_listen, sms_token=sms_token, relay_cpu=relay_cpu,
                             relay_args=relay_args)

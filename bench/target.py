@@ -40,6 +40,8 @@ SMS_TOKEN_BYTES = 32
 class TargetOptions:
     """The command line's say on the relay under test (all None: start one)."""
 
+    spawn_relay: bool = False
+    """Asked for explicitly (``--spawn-relay``); starting one is also the default."""
     relay: str | None = None
     ca: Path | None = None
     data_dir: Path | None = None
@@ -85,6 +87,9 @@ def check_options(options: TargetOptions, *, needs_codes: bool = False) -> Store
                    "--admin-url": options.admin_url, "--admin-token": options.admin_token,
                    "--org": options.org, "--sms-listen": options.sms_listen,
                    "--sms-token": options.sms_token, "--ca": options.ca}
+    if options.spawn_relay and options.relay is not None:
+        _refuse("--spawn-relay starts a relay; --relay names a running one: choose one",
+                "--spawn-relay")
     if options.relay is None:
         given = [name for name, value in remote_only.items() if value is not None]
         if given:

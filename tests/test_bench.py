@@ -89,8 +89,9 @@ async def test_live_smoke() -> None:
 
 async def test_live_smoke_with_two_processes_and_a_rate() -> None:
     result = await bench("live", "--devices", "4", "--messages", "5", "--processes", "2",
-                         "--rate", "200")
+                         "--rate", "200", "--spawn-relay")
     assert result["delivered"] == 20
+    assert isinstance(result["server_cpu_us_per_message"], float)  # the spawned relay's
 
 
 async def test_live_encrypted_smoke_delivers_and_decrypts_everything() -> None:

@@ -191,6 +191,8 @@ def _plain(output: str) -> str:
      "--sms-listen is used with --admin-url"),
     (["--relay", "127.0.0.1:4433", "--store", "mysql://db"], "unsupported store"),
     (["--relay", "nowhere", "--store", "sqlite:///x.db"], "expected HOST:PORT"),
+    (["--spawn-relay", "--relay", "127.0.0.1:4433", "--store", "sqlite:///x.db"],
+     "choose one"),
 ])
 def test_incoherent_option_sets_are_refused(arguments: list[str], message: str) -> None:
     result = runner.invoke(app, ["live", *arguments])
