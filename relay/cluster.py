@@ -32,7 +32,9 @@ from psycopg import sql
 from psycopg_pool import ConnectionPool
 
 from relay.delivery import DeliveryPump, Presence
+from relay.frame_codec import encode_frame
 from relay.frames import ErrorCode
+from relay.prekey_frames import PrekeysLow
 from storage.base import Envelope
 from storage.postgres import PostgresStore
 from storage.postgres_presence import (
@@ -42,6 +44,7 @@ from storage.postgres_presence import (
     current_schema,
     forget_node,
     node_channel,
+    notify_prekeys_low,
     parse_notification,
     reassert_device,
     release_device,
@@ -96,6 +99,10 @@ class HeldSession(Protocol):
     """What the cluster needs from a device session."""
 
     def close(self, code: ErrorCode, reason: str) -> None: ...
+
+    def push(self, data: bytes) -> None:
+        """Write an encoded push frame (PREKEYS_LOW) to the device."""
+        ...
 
 
 class ClusterPresence(Presence):
@@ -183,6 +190,26 @@ class ClusterNode:
         del self._held[device]
         if self._nursery is not None:
             self._nursery.start_soon(self._release, device, held[0])
+
+    def tell_prekeys_low(self, user_id: str, device_ids: list[int]) -> None:
+        """Devices whose one-time prekeys a claim here left low, held on other nodes:
+        their nodes push PREKEYS_LOW (best effort, as the push itself is)."""
+        if self._nursery is not None and device_ids:
+            self._nursery.start_soon(self._notify_prekeys_low, user_id, device_ids)
+
+    async def _notify_prekeys_low(self, user_id: str, device_ids: list[int]) -> None:
+        try:
+            await self._in_transaction(functools.partial(
+                notify_prekeys_low, user_id=user_id, device_ids=device_ids,
+                now=self._now_ms(), skip_channel=self.channel))
+        except psycopg.Error as error:  # the device also checks its counts on connection
+            log.warning("prekeys_low_notify_failed", error=type(error).__name__)
+
+    async def _push_prekeys_low(self, device: DeviceKey, session: HeldSession) -> None:
+        counts = await self._store.prekey_counts(user_id=device[0], device_id=device[1])
+        if self._held.get(device, (None, None))[1] is session:  # still connected here
+            session.push(encode_frame(PrekeysLow(
+                one_time=counts.one_time, kem_one_time=counts.kem_one_time)))
 
     async def _release(self, device: DeviceKey, token: str) -> None:
         try:
@@ -279,7 +306,10 @@ class ClusterNode:
         held = self._held.get(device)
         if held is None:
             return
-        if notification.kind is NotificationKind.REVOKED:
+        if notification.kind is NotificationKind.PREKEYS_LOW:
+            if self._nursery is not None:
+                self._nursery.start_soon(self._push_prekeys_low, device, held[1])
+        elif notification.kind is NotificationKind.REVOKED:
             del self._held[device]
             held[1].close(ErrorCode.DEVICE_REVOKED, "this device was revoked")
         elif secrets.compare_digest(held[0], notification.session_token or ""):

@@ -220,13 +220,19 @@ class PrekeyService:
                                    bundles=tuple(map(_device_bundle, claimed))))
 
     def _warn_low(self, user_id: str, low: Iterable[ClaimedBundle]) -> None:
-        """Tell each device whose pool ran low, if it is connected to this node."""
+        """Tell each device whose pool ran low: here if it is connected to this node,
+        through its node otherwise (cluster)."""
+        elsewhere = []
         for claimed in low:
             session = self._relay.sessions.get((user_id, claimed.device.device_id))
             if session is not None:
                 session.push(encode_frame(PrekeysLow(
                     one_time=claimed.remaining.one_time,
                     kem_one_time=claimed.remaining.kem_one_time)))
+            else:
+                elsewhere.append(claimed.device.device_id)
+        if elsewhere and self._relay.cluster is not None:
+            self._relay.cluster.tell_prekeys_low(user_id, elsewhere)
 
     async def _list_devices(self, requester: tuple[str, int], frame: ListDevices) -> bytes:
         user_id = requester[0] if frame.user_id is None else frame.user_id

@@ -40,6 +40,7 @@ __all__ = [
     "forget_node",
     "holders",
     "node_channel",
+    "notify_prekeys_low",
     "notify_recipient_nodes",
     "notify_revoked_devices",
     "parse_notification",
@@ -59,6 +60,7 @@ class NotificationKind(enum.Enum):
     WAKE = "wake"
     REPLACED = "replaced"
     REVOKED = "revoked"
+    PREKEYS_LOW = "prekeys_low"
 
 
 class DeviceGone(Exception):
@@ -206,6 +208,17 @@ def notify_recipient_nodes(connection: Connection, *, user_id: str,
     connection.execute(
         "SELECT pg_notify(channel, 'wake ' || user_id || ' ' || device_id) FROM presence"
         " WHERE user_id = %s AND device_id = ANY(%s) AND expires_at > %s"
+        " AND channel IS DISTINCT FROM %s",
+        (user_id, list(device_ids), now, skip_channel))
+
+
+def notify_prekeys_low(connection: Connection, *, user_id: str, device_ids: Sequence[int],
+                       now: int, skip_channel: str | None) -> None:
+    """Tell the nodes holding these devices that their one-time prekeys run low (a bundle
+    claim on another node took from them); the holder pushes PREKEYS_LOW."""
+    connection.execute(
+        "SELECT pg_notify(channel, 'prekeys_low ' || user_id || ' ' || device_id)"
+        " FROM presence WHERE user_id = %s AND device_id = ANY(%s) AND expires_at > %s"
         " AND channel IS DISTINCT FROM %s",
         (user_id, list(device_ids), now, skip_channel))
 

@@ -25,7 +25,7 @@ from relay.client import ConnectionClosed, RelayClient, connect_relay
 from relay.cluster import listen_application_name
 from relay.frames import Deliver, ErrorCode, QueueEmpty
 from relay.prekey_frames import DeviceBundle
-from relay.prekeys import BUNDLE_FETCHES_PER_TARGET
+from relay.prekeys import BUNDLE_FETCHES_PER_TARGET, PREKEYS_LOW_THRESHOLD
 from relay.server import RunningRelay, serve
 from relay.settings import RelaySettings
 from tests.postgres_schemas import fresh_schema, store_url
@@ -340,6 +340,26 @@ async def test_concurrent_bundle_fetches_through_two_nodes_never_share_a_one_tim
     assert len(kem_one_time) == len(set(kem_one_time)) == pool
     last_resort = [bundle for bundle in bundles if not bundle.kem_one_time]
     assert len(last_resort) == 2 * BUNDLE_FETCHES_PER_TARGET - pool
+
+
+async def test_a_device_on_another_node_is_told_when_a_claim_leaves_its_prekeys_low(
+        cluster: Cluster) -> None:
+    device_a, device_b = await _enrol_both(cluster)
+    async with connect(cluster.nodes[1]) as client_b:
+        await _authenticated(client_b, device_b)
+        await client_b.upload_prekeys(
+            signed_prekey=signed_prekey(device_b.key),
+            kem_last_resort_prekey=kem_prekey(device_b.key, 1, PrekeyKind.KEM_LAST_RESORT),
+            one_time_prekeys=one_time_prekeys(PREKEYS_LOW_THRESHOLD),
+            kem_one_time_prekeys=kem_one_time_prekeys(device_b.key, PREKEYS_LOW_THRESHOLD + 5))
+        # A claims through node 1; B is held by node 2, which must pass the warning on.
+        async with connect(cluster.nodes[0]) as client_a:
+            await _authenticated(client_a, device_a)
+            await client_a.fetch_bundle(device_b.user_id)
+        with trio.fail_after(WAIT_S):
+            low = await client_b.next_prekeys_low()
+    assert (low.one_time, low.kem_one_time) == (PREKEYS_LOW_THRESHOLD - 1,
+                                               PREKEYS_LOW_THRESHOLD + 4)
 
 
 def _execute(url: str, query: str, *params: object) -> int:
