@@ -122,8 +122,8 @@ class ConnectionIdRouting(Protocol):
 class QuicLink:
     """One QUIC connection as the application sees it."""
 
-    __slots__ = ("_cids", "_endpoint", "_sending", "_timer_at", "closed", "handler",
-                 "peer_address", "quic", "terminated_by")
+    __slots__ = ("_cids", "_endpoint", "_sending", "_stopped", "_timer_at", "closed",
+                 "handler", "peer_address", "quic", "terminated_by")
 
     def __init__(self, endpoint: QuicEndpoint, quic: QuicConnection,
                  handler: ConnectionHandler | None, peer_address: NetworkAddress) -> None:
@@ -136,10 +136,15 @@ class QuicLink:
         self._timer_at: float | None = None
         self._cids: set[bytes] = set()  # every connection id routed to this link
         self._sending = False  # stream data queued since the last flush
+        self._stopped: set[int] | None = None  # streams the peer stopped (STOP_SENDING)
 
     def send_stream_data(self, stream_id: int, data: bytes, end_stream: bool = False) -> None:
-        """Queue bytes on a stream; they leave at the next flush."""
-        if self.closed.is_set():
+        """Queue bytes on a stream; they leave at the next flush.
+
+        Bytes for a stream the peer stopped (STOP_SENDING, RFC 9000 §3.5) are
+        dropped: it said it will not read them, and aioquic refuses the write.
+        """
+        if self.closed.is_set() or (self._stopped is not None and stream_id in self._stopped):
             return
         self.quic.send_stream_data(stream_id, data, end_stream)
         self._sending = True
@@ -397,6 +402,10 @@ class QuicEndpoint:
                 link._cids.discard(event.connection_id)
             elif isinstance(event, events.ConnectionTerminated):
                 link.terminated_by = event
+            elif isinstance(event, events.StopSendingReceived):
+                if link._stopped is None:
+                    link._stopped = set()
+                link._stopped.add(event.stream_id)
             elif isinstance(event, events.HandshakeCompleted) and not quic._is_client:
                 trim_after_handshake(quic)
             batch.append(event)

@@ -121,6 +121,13 @@ class DeviceSession:
                 for core_event in self._core.receive_stream_data(
                         event.stream_id, event.data, event.end_stream):
                     self._dispatch(core_event)
+            elif isinstance(event, quic_events.StopSendingReceived):
+                if event.stream_id == self._push_stream:
+                    # Deliveries have nowhere to go: stop rather than fill the queue of
+                    # unacknowledged envelopes (they stay stored for the next connection).
+                    self.close(ErrorCode.UNEXPECTED_FRAME,
+                               "the delivery stream was stopped; deliveries need it")
+                # A request stream's answers are dropped by the link (the peer refused them).
             elif isinstance(event, quic_events.StreamReset):
                 self._core.stream_reset(event.stream_id)
                 self._slots.pop(event.stream_id, None)

@@ -7,7 +7,8 @@ import trio
 from nacl.signing import SigningKey
 
 from relay.client import ConnectionClosed, RelayClient, RelayError
-from relay.frames import Deliver, ErrorCode, QueueEmpty
+from relay.frame_codec import encode_frame
+from relay.frames import Deliver, ErrorCode, Lookup, QueueEmpty
 from relay.server import serve
 from relay.settings import RelaySettings
 from tests.conftest import EnrolledDevice, RelayUnderTest, SmsInbox, enrol
@@ -302,3 +303,35 @@ async def test_restart_keeps_stored_envelopes(relay_settings: RelaySettings,
             await authenticated(receiver, bob)
             assert [d.ciphertext for d in await drain_backlog(receiver)] == [b"survives"]
         running.stop()
+
+
+async def test_a_peer_stopping_its_streams_cannot_crash_the_relay(relay: RelayUnderTest) -> None:
+    """STOP_SENDING on the delivery stream closes that device's connection (it refuses
+    deliveries; they stay stored); on a request stream the relay drops the answers. Before,
+    the refused write raised in the relay's commit pipeline and stopped the whole relay."""
+    alice, bob = await enrol(relay, ALICE), await enrol(relay, BOB)
+    async with relay.connect() as sender:
+        await authenticated(sender, alice)
+        async with relay.connect() as receiver:
+            await authenticated(receiver, bob)
+            assert await drain_backlog(receiver) == []
+            link = receiver._link
+            assert link is not None
+            push_stream = 3  # the relay's first unidirectional stream (RFC 9000 §2.1)
+            link.quic.stop_stream(push_stream, 0)
+            # A send committed while the relay may not yet know: its push must not fail.
+            await sender.send(bob.user_id, {bob.device_id: b"refused"}, client_message_id=1)
+            with trio.fail_after(10):
+                await link.closed.wait()
+            assert link.terminated_by is not None
+            assert link.terminated_by.error_code == ErrorCode.UNEXPECTED_FRAME
+        sender_link = sender._link
+        assert sender_link is not None
+        request_stream = sender_link.new_stream()
+        sender_link.send_stream_data(request_stream, encode_frame(Lookup(phones=(BOB,))))
+        sender_link.quic.stop_stream(request_stream, 0)  # its answer is refused
+        await sender.send(bob.user_id, {bob.device_id: b"still here"}, client_message_id=2)
+    async with relay.connect() as receiver:
+        await authenticated(receiver, bob)
+        stored = await drain_backlog(receiver)
+        assert [delivery.ciphertext for delivery in stored] == [b"refused", b"still here"]
