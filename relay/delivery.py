@@ -263,6 +263,12 @@ class CommitPipeline:
         except Exception as error:  # a failed commit is answered, never dropped
             log.error("commit_failed", error=type(error).__name__)
             outcome = error
-        submitted.answer(outcome)
+        try:
+            submitted.answer(outcome)
+        except Exception:  # one connection's bug must not stop every other answer
+            log.exception("commit_answer_failed")
         if submitted.is_send and isinstance(outcome, SendOutcome) and outcome.envelopes:
-            self._presence.offer(outcome.envelopes)
+            try:
+                self._presence.offer(outcome.envelopes)
+            except Exception:  # the envelopes are stored: a pump re-reads them later
+                log.exception("commit_offer_failed")

@@ -12,7 +12,7 @@ import trio
 
 from bench.provision import BenchDevice, provision
 from relay import delivery
-from relay.delivery import DeliveryPump
+from relay.delivery import CommitPipeline, DeliveryPump, Presence
 from relay.frame_codec import FrameDecoder
 from relay.frames import Deliver, QueueEmpty
 from storage.base import Envelope, NewSend, Store
@@ -147,3 +147,28 @@ async def test_a_wake_up_during_a_read_is_not_lost(
     gated.release.set()
     await wire.wait_for(1)
     assert wire.delivered == [late.envelope_id]
+
+
+async def test_a_failing_answer_does_not_stop_the_commit_pipeline(
+        devices: tuple[Store, BenchDevice, BenchDevice], nursery: trio.Nursery) -> None:
+    store, sender, recipient = devices
+    presence = Presence()
+    pipeline = CommitPipeline(store, presence)
+    nursery.start_soon(pipeline.run)
+    answered = trio.Event()
+
+    def broken(outcome: object) -> None:
+        raise RuntimeError("a connection's bug")
+
+    def fine(outcome: object) -> None:
+        answered.set()
+
+    for number, answer in ((1, broken), (2, fine)):
+        pipeline.submit(store.submit_send(NewSend(
+            sender_user_id=sender.user_id, sender_device_id=sender.device_id,
+            recipient_user_id=recipient.user_id, client_message_id=number,
+            payloads={recipient.device_id: b"x"}, accepted_at=NOW, expires_at=NOW + 60_000,
+            max_queue_depth=1000)), answer)
+    with trio.fail_after(TIMEOUT_S):
+        await answered.wait()
+    assert pipeline.pending == 0
