@@ -17,7 +17,6 @@ import structlog
 
 from crypto.prekey_format import PrekeyKind, verify_prekey_signature
 from relay.frames import Error, ErrorCode, encode_frame
-from relay.limits import TokenBucket
 from relay.prekey_frames import (
     Bundle,
     DeviceBundle,
@@ -127,12 +126,10 @@ def _ran_low(claimed: ClaimedBundle) -> bool:
 
 
 class PrekeyService:
-    """One per relay; its rate limits are per node (like the look-up limit)."""
+    """One per relay; its rate limit lives in the store (shared by a cluster's nodes)."""
 
     def __init__(self, relay: RelayContext) -> None:
         self._relay = relay
-        self.bundle_limiter = TokenBucket(capacity=BUNDLE_FETCHES_PER_TARGET,
-                                          period_ms=BUNDLE_FETCH_PERIOD_MS)
 
     async def handle(self, device: tuple[str, int], frame: PrekeyRequest) -> bytes:
         """Answer one prekey request of the authenticated ``device``."""
@@ -201,7 +198,10 @@ class PrekeyService:
 
     async def _fetch_bundle(self, requester: tuple[str, int], frame: FetchBundle) -> bytes:
         relay = self._relay
-        if not self.bundle_limiter.allow((requester, frame.user_id), 1, relay.now_ms()):
+        if not await relay.store.take_tokens(
+                key=f"bundle {requester[0]} {requester[1]} {frame.user_id}", cost=1,
+                capacity=BUNDLE_FETCHES_PER_TARGET, period_ms=BUNDLE_FETCH_PERIOD_MS,
+                now=relay.now_ms()):
             relay.metrics.rate_limited += 1
             return _error(ErrorCode.RATE_LIMITED, "too many bundle fetches for this user; "
                           "retry later")

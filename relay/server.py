@@ -27,7 +27,6 @@ from relay.control import serve_control_socket
 from relay.delivery import CommitPipeline, Presence
 from relay.forwarding import Worker
 from relay.frames import ALPN, ErrorCode
-from relay.limits import LOOKUPS_PER_MINUTE, TokenBucket
 from relay.prekeys import PrekeyService
 from relay.quic import QuicEndpoint, QuicLink, open_udp_socket
 from relay.session import DeviceSession
@@ -108,8 +107,6 @@ class RelayContext:
     pipeline: CommitPipeline
     now_ms: Callable[[], int]
     metrics: RelayMetrics = field(default_factory=RelayMetrics)
-    lookup_limiter: TokenBucket = field(
-        default_factory=lambda: TokenBucket(capacity=LOOKUPS_PER_MINUTE, period_ms=60_000))
     sessions: dict[tuple[str, int], DeviceSession] = field(default_factory=dict)
     endpoint: QuicEndpoint | None = None
     operations_address: tuple[str, int] | None = None

@@ -49,6 +49,7 @@ from relay.frames import (
     SendAccepted,
     encode_frame,
 )
+from relay.limits import LOOKUP_PERIOD_MS, LOOKUPS_PER_MINUTE
 from relay.prekey_frames import FetchBundle, GetPrekeyCounts, ListDevices, UploadPrekeys
 from relay.protocol import (
     AuthenticationRequested,
@@ -327,8 +328,10 @@ class DeviceSession:
 
     async def _lookup(self, frame: Lookup) -> bytes:
         assert self.device is not None
-        if not self._relay.lookup_limiter.allow(self.device, len(frame.phones),
-                                                self._relay.now_ms()):
+        if not await self._relay.store.take_tokens(
+                key=f"lookup {self.device[0]} {self.device[1]}", cost=len(frame.phones),
+                capacity=LOOKUPS_PER_MINUTE, period_ms=LOOKUP_PERIOD_MS,
+                now=self._relay.now_ms()):
             self._relay.metrics.rate_limited += 1
             return _error(ErrorCode.RATE_LIMITED, "too many look-ups; retry later")
         entries = []

@@ -394,6 +394,20 @@ class Store(Protocol):
         with expires_at <= now (a record expires with the send it remembers).
 
         Keeps every device's queue depth exact. Returns the envelopes deleted.
+        Also forgets up to ``limit`` rate-limit buckets idle long enough to be full.
+        """
+        ...
+
+    # -- rate limits (storage.rate_limits) ---------------------------------------
+
+    async def take_tokens(self, *, key: str, cost: int, capacity: int, period_ms: int,
+                          now: int) -> bool:
+        """Take ``cost`` tokens from the bucket ``key`` (``capacity`` tokens, refilled
+        evenly over ``period_ms``; a new bucket is full) if it holds that many.
+
+        Returns whether they were taken. Concurrent takers never take more than the
+        bucket holds, and every process using the store shares the bucket (a cluster's
+        nodes grant one allowance between them, not one each).
         """
         ...
 

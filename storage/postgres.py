@@ -64,6 +64,7 @@ from storage.postgres_presence import notify_recipient_nodes, notify_revoked_dev
 from storage.postgres_schema import Connection, SchemaVersionTooNew, apply_migrations
 from storage.prekey_records import ClaimedBundle, PrekeyCounts, PrekeyUpload
 from storage.prekey_sql import POSTGRES, claim_bundles, prekey_counts, store_prekeys
+from storage.rate_limits import forget_idle_buckets, take_tokens
 from storage.sqlite_schema import (
     device_from_row,
     envelope_from_row,
@@ -506,8 +507,14 @@ class PostgresStore(AdminStoreMethods):
                 " client_message_id) IN (SELECT sender_user_id, sender_device_id,"
                 " client_message_id FROM idempotency_records WHERE expires_at <= %s"
                 " ORDER BY expires_at LIMIT %s FOR UPDATE SKIP LOCKED)", (now, limit))
+            forget_idle_buckets(connection, now=now, limit=limit)
             return len(expired)
         return await self._write(work)
+
+    async def take_tokens(self, *, key: str, cost: int, capacity: int, period_ms: int,
+                          now: int) -> bool:
+        return await self._write(lambda connection: take_tokens(
+            connection, key=key, cost=cost, capacity=capacity, period_ms=period_ms, now=now))
 
     # -- prekeys (the SQL is shared with SQLite: storage.prekey_sql) -----------
 

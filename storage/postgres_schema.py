@@ -27,6 +27,7 @@ import psycopg
 
 from storage.admin_sql import POSTGRES_ADMIN_TABLES
 from storage.prekey_sql import POSTGRES_PREKEY_TABLES
+from storage.rate_limits import POSTGRES_RATE_LIMIT_TABLES
 from storage.sqlite_schema import Migration, SchemaVersionTooNew
 
 __all__ = [
@@ -162,7 +163,11 @@ _VERSION_3 = Migration(version=3, statements=POSTGRES_PREKEY_TABLES)
 # pending seat reductions, cross-organisation policy (storage.admin_sql).
 _VERSION_4 = Migration(version=4, statements=POSTGRES_ADMIN_TABLES)
 
-MIGRATIONS: tuple[Migration, ...] = (_VERSION_1, _VERSION_2, _VERSION_3, _VERSION_4)
+# Rate limits shared by every node (storage.rate_limits).
+_VERSION_5 = Migration(version=5, statements=POSTGRES_RATE_LIMIT_TABLES)
+
+MIGRATIONS: tuple[Migration, ...] = (_VERSION_1, _VERSION_2, _VERSION_3, _VERSION_4,
+                                     _VERSION_5)
 """Every migration, oldest first; versions are consecutive from 1."""
 
 LATEST_SCHEMA_VERSION = MIGRATIONS[-1].version

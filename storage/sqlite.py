@@ -42,6 +42,7 @@ from storage.base import (
 from storage.group_commit import GroupCommitWriter
 from storage.prekey_records import ClaimedBundle, PrekeyCounts, PrekeyUpload
 from storage.prekey_sql import SQLITE, claim_bundles, prekey_counts, store_prekeys
+from storage.rate_limits import MemoryBuckets
 from storage.sqlite_schema import (
     SchemaVersionTooNew,
     apply_migrations,
@@ -143,6 +144,7 @@ class SqliteStore(AdminStoreMethods):
         self._writer = writer
         self._readers = readers
         self._closed = False
+        self._buckets = MemoryBuckets()  # one process per embedded store (see rate_limits)
 
     @property
     def commit_count(self) -> int:
@@ -410,6 +412,11 @@ class SqliteStore(AdminStoreMethods):
                 (user_id, device_id)).fetchone()
             return 0 if row is None else int(row[0])
         return await self._readers.run(work)
+
+    async def take_tokens(self, *, key: str, cost: int, capacity: int, period_ms: int,
+                          now: int) -> bool:
+        return self._buckets.take(key=key, cost=cost, capacity=capacity,
+                                  period_ms=period_ms, now=now)
 
     async def expire(self, *, now: int, limit: int) -> int:
         def work(connection: sqlite3.Connection) -> int:

@@ -16,6 +16,7 @@ Optional capabilities are used when the store has them and skipped otherwise:
 from __future__ import annotations
 
 import itertools
+import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Any
@@ -553,6 +554,42 @@ async def test_concurrent_sends_share_commits(store: Store) -> None:
         outcomes = [await result.wait() for result in pending]
     assert all(outcome.status is SendStatus.ACCEPTED for outcome in outcomes)
     assert store.commit_count - before < 200
+
+
+async def test_token_buckets_take_only_what_they_hold_and_refill(store: Store) -> None:
+    key = f"test {uuid.uuid4().hex}"
+
+    async def take(cost: int, now: int) -> bool:
+        return await store.take_tokens(key=key, cost=cost, capacity=10, period_ms=1000,
+                                       now=now)
+
+    assert await take(6, NOW)  # a new bucket is full
+    assert not await take(5, NOW)  # 4 left: refused, and nothing taken
+    assert await take(4, NOW)
+    assert not await take(1, NOW + 50)  # half a token refilled
+    assert await take(1, NOW + 100)  # 10 per second: one more after 100 ms
+    assert await take(10, NOW + 10_000)  # refilled to capacity, never beyond
+    assert not await take(1, NOW + 10_000)
+    assert not await take(1, NOW + 5_000)  # a clock behind the last take adds nothing
+    assert not await store.take_tokens(key=key + " other", cost=11, capacity=10,
+                                       period_ms=1000, now=NOW)  # more than it can hold
+    assert await store.take_tokens(key=key + " other", cost=10, capacity=10,
+                                   period_ms=1000, now=NOW)  # keys are separate
+
+
+async def test_concurrent_takers_never_take_more_than_the_bucket_holds(store: Store) -> None:
+    key = f"test {uuid.uuid4().hex}"
+    taken: list[bool] = []
+
+    async def take() -> None:
+        taken.append(await store.take_tokens(key=key, cost=1, capacity=30,
+                                             period_ms=3_600_000, now=NOW))
+
+    with trio.fail_after(TIMEOUT_S):
+        async with trio.open_nursery() as nursery:
+            for _ in range(50):
+                nursery.start_soon(take)
+    assert taken.count(True) == 30
 
 
 async def test_fetch_queue_pages_by_id_and_skips_expired(store: Store) -> None:

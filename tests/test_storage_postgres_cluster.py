@@ -329,3 +329,12 @@ async def _wait_until_blocked(dsn: str, count: int, not_by: int = 0) -> None:
     with trio.fail_after(TIMEOUT_S):
         while not await trio.to_thread.run_sync(blocked):
             await trio.lowlevel.checkpoint()
+
+
+async def test_two_nodes_share_one_rate_limit_bucket(postgres_dsn: str) -> None:
+    async with open_postgres_store(postgres_dsn) as first, \
+            open_postgres_store(postgres_dsn) as second:
+        taken = [await store.take_tokens(key="lookup u 1", cost=1, capacity=3,
+                                         period_ms=60_000, now=NOW)
+                 for store in (first, second, first, second)]
+        assert taken == [True, True, True, False]  # one allowance between them, not one each
