@@ -9,6 +9,9 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY relay ./relay
+COPY client ./client
+COPY wire ./wire
+COPY transport ./transport
 COPY crypto ./crypto
 COPY enrolment ./enrolment
 COPY storage ./storage

@@ -25,7 +25,7 @@ from bench.admin_provisioner import ProvisioningError
 from bench.encrypted_link import check_text_size
 from bench.target import Target, TargetOptions, check_options, open_target
 from bench.transport import run_transport
-from relay.message_content import MAX_TEXT_BYTES
+from client.message_content import MAX_TEXT_BYTES
 
 __all__ = ["Target", "app", "main"]
 

@@ -64,8 +64,8 @@ from bench.loopback import (
 )
 from bench.provision import provision
 from bench.spawn import relay_command, spawn_server
+from client.connection import RelayClient, connect_relay
 from enrolment import admin
-from relay.client import RelayClient, connect_relay
 from relay.worker_ids import worker_of
 from storage.store_url import open_store, parse_store_url
 

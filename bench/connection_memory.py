@@ -267,7 +267,7 @@ async def _hold_devices(data_dir: Path, port: int, ca: Path, devices: int) -> No
     """Child side: provision, connect and authenticate, print a line, hold until stdin ends."""
     from bench.live import connect_devices  # noqa: PLC0415
     from bench.provision import provision_sqlite  # noqa: PLC0415
-    from relay.client import open_client_endpoint  # noqa: PLC0415
+    from client.connection import open_client_endpoint  # noqa: PLC0415
     from relay.server import wall_clock_ms  # noqa: PLC0415
 
     provisioned = await provision_sqlite(data_dir, count=devices, now=wall_clock_ms())

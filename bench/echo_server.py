@@ -1,6 +1,6 @@
 """The transport ceiling's server: bare aioquic streams, every byte echoed back.
 
-It runs the same trio QUIC shell as the relay (``relay.quic``) with a handler
+It runs the same trio QUIC shell as the relay (``transport.quic``) with a handler
 that only echoes, so the relay's cost above it is the relay's own work.
 Prints one JSON line ``{"event": "relay_listening", "port": N}`` on standard
 error once listening; stops on SIGTERM.
@@ -20,9 +20,9 @@ import trio
 from aioquic.quic import events
 from aioquic.quic.configuration import QuicConfiguration
 
-from relay.frames import ALPN
-from relay.quic import QuicEndpoint, QuicLink, open_udp_socket
 from relay.tls import ensure_development_certificate
+from transport.quic import QuicEndpoint, QuicLink, open_udp_socket
+from wire.frames import ALPN
 
 __all__ = ["EchoHandler", "main"]
 

@@ -2,7 +2,7 @@
 
 Each local device gets a `crypto.device.DeviceCrypto` made from the very seed it
 authenticates with (`BenchDevice.seed`, registered by `bench.provision`), so its
-end-to-end identity key is its relay key, as `relay.messenger.create_device_state` makes
+end-to-end identity key is its relay key, as `client.messenger.create_device_state` makes
 it at enrolment. `Messenger.attach` publishes its prekeys through the relay. State is
 kept in memory (``persist_state=False``): the bench measures the library and the relay,
 not the disk, and its devices live for one run.
@@ -25,12 +25,12 @@ import trio
 
 from bench.live_link import HEADER, WARM_UP_SEQUENCE, LiveResult, Receiver
 from bench.provision import BenchDevice
+from client.connection import ConnectionClosed, RelayClient
+from client.message_content import MAX_TEXT_BYTES
+from client.messenger import Messenger
+from client.profile import Profile
 from crypto.device import DeviceCrypto
 from crypto.primitives import SystemRandom, ed25519_keypair_from_private
-from relay.client import ConnectionClosed, RelayClient
-from relay.message_content import MAX_TEXT_BYTES
-from relay.messenger import Messenger
-from relay.profile import Profile
 
 __all__ = ["TEXT_HEADER_CHARS", "EncryptedLink", "check_text_size", "expected_warm_up",
            "open_encrypted_links", "warm_up"]

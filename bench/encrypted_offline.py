@@ -21,13 +21,13 @@ from pathlib import Path
 import trio
 
 from bench.provision import BenchDevice
+from client.connection import connect_relay, open_client_endpoint
+from client.contacts import Contact
+from client.messenger import Messenger
+from client.profile import Profile
 from crypto.device import DeviceCrypto
 from crypto.primitives import SystemRandom, ed25519_keypair_from_private
-from relay.client import connect_relay, open_client_endpoint
-from relay.contacts import Contact
-from relay.messenger import Messenger
-from relay.profile import Profile
-from relay.quic import QuicEndpoint
+from transport.quic import QuicEndpoint
 
 __all__ = ["OfflineCounts", "queue_and_drain_encrypted"]
 

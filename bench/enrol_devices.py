@@ -19,7 +19,7 @@ from nacl.signing import SigningKey
 
 from bench.provision import BenchDevice
 from bench.relay_process import DEFAULT_WAIT_SECONDS, RelayProcess
-from relay.client import connect_relay, open_client_endpoint
+from client.connection import connect_relay, open_client_endpoint
 
 __all__ = ["CODE_PATTERN", "CodeSource", "EnrolOutcome", "OutboxCodes", "enrol_phones"]
 

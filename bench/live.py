@@ -29,14 +29,14 @@ from bench.encrypted_link import (
 )
 from bench.live_link import HEADER, Link, LiveResult, PlaintextLink, Receiver
 from bench.provision import BenchDevice
-from relay.client import (
+from client.connection import (
     ConnectionClosed,
     RelayClient,
     RelayError,
     connect_relay,
     open_client_endpoint,
 )
-from relay.quic import QuicEndpoint
+from transport.quic import QuicEndpoint
 
 __all__ = ["HEADER", "LiveConfig", "LiveResult", "Synchronise", "connect_devices", "make_plan",
            "run_live"]
@@ -70,7 +70,7 @@ class LiveConfig:
     """Sends in flight per device when sending flat out."""
     seed: int
     encrypted: bool = False
-    """Send end-to-end encrypted texts through `relay.messenger` (`bench.encrypted_link`)."""
+    """Send end-to-end encrypted texts through `client.messenger` (`bench.encrypted_link`)."""
     timeout: float = 120.0
 
 

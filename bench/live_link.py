@@ -1,7 +1,7 @@
 """What the ``live`` load counts, and how one device sends and receives (a `Link`).
 
-A link is either plaintext frames through `relay.client.RelayClient` (`PlaintextLink`,
-here) or end-to-end encrypted texts through `relay.messenger.Messenger`
+A link is either plaintext frames through `client.connection.RelayClient` (`PlaintextLink`,
+here) or end-to-end encrypted texts through `client.messenger.Messenger`
 (`bench.encrypted_link.EncryptedLink`). Both stamp each message with `HEADER` and hand
 every receipt to a `Receiver`, which counts deliveries, duplicates and latencies.
 """
@@ -16,8 +16,8 @@ from typing import Protocol
 import trio
 
 from bench.provision import BenchDevice
-from relay.client import ConnectionClosed, RelayClient
-from relay.frames import Deliver, QueueEmpty
+from client.connection import ConnectionClosed, RelayClient
+from wire.frames import Deliver, QueueEmpty
 
 __all__ = ["HEADER", "MAX_ERROR_SAMPLES", "WARM_UP_SEQUENCE", "Link", "LiveResult",
            "PlaintextLink", "Receiver"]

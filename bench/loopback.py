@@ -43,13 +43,13 @@ from nacl.signing import SigningKey
 
 from bench.spawn import SpawnedServer, relay_command, spawn_server
 from bench.stats import percentile
+from client.connection import ConnectionClosed, RelayClient, RelayError, connect_relay
 from enrolment import admin
 from enrolment.sms import SmsMessage
-from relay.client import ConnectionClosed, RelayClient, RelayError, connect_relay
-from relay.frames import Deliver, QueueEmpty
 from relay.server import RunningRelay, serve
 from relay.settings import RelaySettings
 from storage.sqlite import open_sqlite_store
+from wire.frames import Deliver, QueueEmpty
 
 __all__ = [
     "BenchConfig",

@@ -6,7 +6,7 @@ One relay (in this process, on a temporary data directory) and two enrolled devi
 Alice's and Bob's. Each run sends ``--messages`` texts of PLAINTEXT_SIZE bytes from Alice
 to Bob while Bob receives and acknowledges them, and times first send to last receipt:
 
-- ``encrypted``: `relay.messenger.Messenger` on both sides: content encoding, Double
+- ``encrypted``: `client.messenger.Messenger` on both sides: content encoding, Double
   Ratchet encrypt and decrypt, and the profile's state written (fsync) after every change,
   as ``cryptopass`` does. The session already exists (the first PQXDH happens in warm-up).
 - ``plaintext``: the previous path: `RelayClient.send` of the same content bytes, unencrypted,
@@ -32,16 +32,16 @@ from pathlib import Path
 import trio
 from nacl.signing import SigningKey
 
+from client.connection import connect_relay
+from client.message_content import encode_content
+from client.messenger import Messenger, create_device_state
+from client.profile import Profile
 from enrolment import admin
 from enrolment.sms import SmsMessage
-from relay.client import connect_relay
-from relay.frames import Deliver
-from relay.message_content import encode_content
-from relay.messenger import Messenger, create_device_state
-from relay.profile import Profile
 from relay.server import RunningRelay, serve
 from relay.settings import RelaySettings
 from storage.sqlite import open_sqlite_store
+from wire.frames import Deliver
 
 __all__ = ["main"]
 

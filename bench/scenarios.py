@@ -24,8 +24,8 @@ from bench.spawn import cpu_seconds, peak_rss_mib, rss_mib
 from bench.stats import latency_summary
 from bench.stats import rate as rate_of
 from bench.worker_pool import merge_results, run_workers
-from relay.client import connect_relay, open_client_endpoint
-from relay.frames import Deliver, QueueEmpty
+from client.connection import connect_relay, open_client_endpoint
+from wire.frames import Deliver, QueueEmpty
 
 if TYPE_CHECKING:
     from bench.target import Target

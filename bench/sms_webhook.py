@@ -23,7 +23,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from bench.enrol_devices import CODE_PATTERN
-from relay.settings import parse_host_port
+from transport.addresses import parse_host_port
 
 __all__ = ["CODE_WAIT_SECONDS", "MAX_BODY_BYTES", "SMS_WEBHOOK_PATH", "SmsInbox",
            "serve_sms_webhook", "sms_webhook_app"]

@@ -27,8 +27,8 @@ from bench.enrol_devices import CodeSource, OutboxCodes
 from bench.provisioners import Provisioner, StoreProvisioner
 from bench.sms_webhook import SMS_WEBHOOK_PATH, SmsInbox, serve_sms_webhook
 from bench.spawn import SpawnedServer, relay_command, spawn_server
-from relay.settings import parse_host_port
 from storage.store_url import StoreLocation, parse_store_url
+from transport.addresses import parse_host_port
 
 __all__ = ["Target", "TargetOptions", "check_options", "open_target"]
 

@@ -22,9 +22,12 @@ from bench.live import HEADER
 from bench.spawn import SpawnedServer, cpu_seconds, peak_rss_mib, spawn_server
 from bench.stats import latency_summary
 from bench.stats import rate as rate_of
-from relay.client import client_configuration, open_client_endpoint
-from relay.frames import FrameDecoder, Send, encode_frame
-from relay.quic import QuicLink
+from client.connection import client_configuration, open_client_endpoint
+from transport.quic import QuicLink
+from wire.codec import FrameDecoder, encode_frame
+from wire.frames import (
+    Send,
+)
 
 __all__ = ["EchoClient", "run_transport"]
 

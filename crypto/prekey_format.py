@@ -12,7 +12,7 @@ with ``label`` = ``b"cryptopass/1 signed-prekey\\x00"`` for the signed X25519
 prekey and ``b"cryptopass/1 kem-prekey\\x00"`` for ML-KEM-1024 prekeys (the
 last-resort one and the one-time ones alike). The labels separate the domains,
 so a signature over one kind can never pass for another, nor for the
-connection challenge (``relay.frames.auth_transcript``). One-time X25519
+connection challenge (``wire.frames.auth_transcript``). One-time X25519
 prekeys are not signed (as in Signal's PQXDH: the initiator gains nothing from
 a signature on a key that is used once and optional).
 """

@@ -20,7 +20,7 @@ import httpx
 import structlog
 import trio
 
-from enrolment.phone import mask_phone
+from wire.phone import mask_phone
 
 __all__ = [
     "DEFAULT_QUEUE_CAPACITY",

@@ -18,9 +18,9 @@ from hypercorn.trio import serve as hypercorn_serve
 
 from enrolment.web.app import admin_app
 from enrolment.web.service import AdminService
-from relay.frames import ErrorCode
 from relay.server import RelayContext
-from relay.settings import parse_host_port
+from transport.addresses import parse_host_port
+from wire.frames import ErrorCode
 
 __all__ = ["RelayConnectionCloser", "serve_admin_https"]
 

@@ -23,7 +23,6 @@ from rich.table import Table
 
 from enrolment import admin
 from enrolment.errors import EnrolmentError
-from enrolment.phone import national_format
 from relay.admin_cli import register_account_commands
 from relay.config import ConfigError, load_config, parse_assignment
 from relay.control import notify_relay
@@ -35,11 +34,12 @@ from relay.settings import (
     DEFAULT_ENVELOPE_TTL_MS,
     DEFAULT_LISTEN,
     DEFAULT_MAX_QUEUE_DEPTH,
-    parse_host_port,
 )
 from relay.supervisor import WorkerFailed
 from storage.base import StoreError, User
 from storage.store_url import open_store, parse_store_url
+from transport.addresses import parse_host_port
+from wire.phone import national_format
 
 __all__ = ["app", "main"]
 

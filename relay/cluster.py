@@ -32,9 +32,6 @@ from psycopg import sql
 from psycopg_pool import ConnectionPool
 
 from relay.delivery import DeliveryPump, Presence
-from relay.frame_codec import encode_frame
-from relay.frames import ErrorCode
-from relay.prekey_frames import PrekeysLow
 from storage.base import Envelope
 from storage.postgres import PostgresStore
 from storage.postgres_presence import (
@@ -51,6 +48,9 @@ from storage.postgres_presence import (
     renew_leases,
 )
 from storage.postgres_schema import Connection
+from wire.codec import encode_frame
+from wire.frames import ErrorCode
+from wire.prekey_frames import PrekeysLow
 
 __all__ = [
     "LEASE_MS",

@@ -27,7 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from relay.settings import MAX_WORKERS, RelaySettings, parse_host_port
+from relay.settings import MAX_WORKERS, RelaySettings
+from transport.addresses import parse_host_port
 
 __all__ = [
     "CONFIG_FILE_VARIABLE",

@@ -26,8 +26,12 @@ from typing import Any, TypeVar
 import structlog
 import trio
 
-from relay.frames import Deliver, QueueEmpty, encode_frame
 from storage.base import Envelope, PendingResult, SendOutcome, Store
+from wire.codec import encode_frame
+from wire.frames import (
+    Deliver,
+    QueueEmpty,
+)
 
 __all__ = [
     "DELIVERY_PAGE_SIZE",

@@ -31,7 +31,6 @@ from aioquic.quic.packet import QuicHeader, QuicProtocolVersion
 from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from relay.quic import MAX_DATAGRAM_BYTES, MAX_RECEIVE_BATCH, NetworkAddress, QuicEndpoint
 from relay.worker_ids import (
     ForwardingError,
     Route,
@@ -40,6 +39,7 @@ from relay.worker_ids import (
     encode_forwarded,
     route_unrouted,
 )
+from transport.quic import MAX_DATAGRAM_BYTES, MAX_RECEIVE_BATCH, NetworkAddress, QuicEndpoint
 
 __all__ = [
     "CONNECTION_ID_BYTES",
@@ -116,7 +116,7 @@ class WorkerRouting:
                                         "malformed": 0, "loop": 0}
         """Datagrams ignored, by reason."""
 
-    # -- ConnectionIdRouting (relay/quic.py) -------------------------------------------------
+    # -- ConnectionIdRouting (transport/quic.py) -------------------------------------------------
 
     def new_connection(self, *, configuration: QuicConfiguration,
                        original_destination_connection_id: bytes,

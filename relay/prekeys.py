@@ -16,8 +16,16 @@ from typing import TYPE_CHECKING
 import structlog
 
 from crypto.prekey_format import PrekeyKind, verify_prekey_signature
-from relay.frames import Error, ErrorCode, encode_frame
-from relay.prekey_frames import (
+from relay.reachability import may_reach
+from storage.base import Device, NotFound, OrganisationState, UserState
+from storage.prekey_records import ClaimedBundle, Prekey, PrekeyPoolFull, PrekeyUpload
+from storage.prekey_records import PrekeyCounts as StoredCounts
+from wire.codec import encode_frame
+from wire.frames import (
+    Error,
+    ErrorCode,
+)
+from wire.prekey_frames import (
     Bundle,
     DeviceBundle,
     DeviceInfo,
@@ -33,10 +41,6 @@ from relay.prekey_frames import (
     SignedPrekey,
     UploadPrekeys,
 )
-from relay.reachability import may_reach
-from storage.base import Device, NotFound, OrganisationState, UserState
-from storage.prekey_records import ClaimedBundle, Prekey, PrekeyPoolFull, PrekeyUpload
-from storage.prekey_records import PrekeyCounts as StoredCounts
 
 if TYPE_CHECKING:
     from relay.server import RelayContext

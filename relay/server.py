@@ -26,9 +26,7 @@ from relay.cluster import ClusterNode, cluster_node_for, presence_for
 from relay.control import serve_control_socket
 from relay.delivery import CommitPipeline, Presence
 from relay.forwarding import Worker
-from relay.frames import ALPN, ErrorCode
 from relay.prekeys import PrekeyService
-from relay.quic import QuicEndpoint, QuicLink, open_udp_socket
 from relay.session import DeviceSession
 from relay.settings import RelaySettings
 from relay.telemetry import (
@@ -40,6 +38,8 @@ from relay.telemetry import (
 from relay.tls import ensure_development_certificate
 from storage.base import Envelope, SendOutcome, SendStatus, Store
 from storage.store_url import open_store, parse_store_url
+from transport.quic import QuicEndpoint, QuicLink, open_udp_socket
+from wire.frames import ALPN, ErrorCode
 
 __all__ = ["RelayContext", "RelayMetrics", "RunningRelay", "serve"]
 

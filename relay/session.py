@@ -27,10 +27,14 @@ from enrolment.errors import (
     TooManyDevices,
     VerificationFailed,
 )
-from enrolment.phone import InvalidPhoneNumber, parse_phone
 from relay.cluster import DeviceGone
 from relay.delivery import DeliveryPump
-from relay.frames import (
+from relay.limits import LOOKUP_PERIOD_MS, LOOKUPS_PER_MINUTE
+from relay.reachability import may_reach
+from storage.base import NewSend, OrganisationState, SendOutcome, SendStatus, UserState
+from transport.quic import QuicLink
+from wire.codec import encode_frame
+from wire.frames import (
     Ack,
     Acked,
     Authenticate,
@@ -47,11 +51,10 @@ from relay.frames import (
     LookupResult,
     Send,
     SendAccepted,
-    encode_frame,
 )
-from relay.limits import LOOKUP_PERIOD_MS, LOOKUPS_PER_MINUTE
-from relay.prekey_frames import FetchBundle, GetPrekeyCounts, ListDevices, UploadPrekeys
-from relay.protocol import (
+from wire.phone import InvalidPhoneNumber, parse_phone
+from wire.prekey_frames import FetchBundle, GetPrekeyCounts, ListDevices, UploadPrekeys
+from wire.protocol import (
     AuthenticationRequested,
     ConnectionState,
     RequestReceived,
@@ -59,9 +62,6 @@ from relay.protocol import (
     StreamEnded,
     StreamFailed,
 )
-from relay.quic import QuicLink
-from relay.reachability import may_reach
-from storage.base import NewSend, OrganisationState, SendOutcome, SendStatus, UserState
 
 if TYPE_CHECKING:
     from relay.server import RelayContext

@@ -13,7 +13,6 @@ __all__ = [
     "DEFAULT_MAX_QUEUE_DEPTH",
     "MAX_WORKERS",
     "RelaySettings",
-    "parse_host_port",
 ]
 
 DEFAULT_DATA_DIR = Path("cryptopass-data")
@@ -70,13 +69,3 @@ class RelaySettings:
     log_format: Literal["json", "console"] = "json"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
-
-def parse_host_port(text: str) -> tuple[str, int]:
-    """Split ``HOST:PORT`` (``[::1]:4433`` for IPv6); raise ValueError with a clear message."""
-    host, separator, port_text = text.rpartition(":")
-    if not separator or not host or not port_text.isdigit():
-        raise ValueError(f"expected HOST:PORT, got {text!r}")
-    port = int(port_text)
-    if not 0 <= port <= 65535:
-        raise ValueError(f"port {port} is out of range 0-65535")
-    return host.strip("[]"), port

@@ -45,9 +45,10 @@ import structlog
 import trio
 
 from relay.config import LoadedConfig
-from relay.quic import open_udp_socket
-from relay.settings import RelaySettings, parse_host_port
+from relay.settings import RelaySettings
 from relay.tls import ensure_development_certificate
+from transport.addresses import parse_host_port
+from transport.quic import open_udp_socket
 
 __all__ = [
     "LAUNCH_FORMAT_VERSION",
@@ -72,7 +73,7 @@ what is left of its own stop after lifecycle.STOP_DEADLINE_SECONDS (15 s)."""
 
 FORWARDED_BUFFER_BYTES = 4 * 1024 * 1024
 """Kernel buffer of each forwarding socket: a burst of forwarded datagrams must
-not be dropped while the owner is busy (as relay.quic.SOCKET_BUFFER_BYTES)."""
+not be dropped while the owner is busy (as transport.quic.SOCKET_BUFFER_BYTES)."""
 
 _FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 

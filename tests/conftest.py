@@ -12,9 +12,9 @@ import pytest
 import trio
 from nacl.signing import SigningKey
 
+from client.connection import RelayClient, connect_relay
 from enrolment import admin
 from enrolment.sms import SmsMessage
-from relay.client import RelayClient, connect_relay
 from relay.server import RunningRelay, serve
 from relay.settings import RelaySettings
 from storage.sqlite import open_sqlite_store

@@ -6,8 +6,8 @@ Every optional field is set, so that round trips exercise each nested value.
 from __future__ import annotations
 
 from crypto.prekey_format import KEM_PUBLIC_KEY_SIZE
-from relay.frames import Frame, FrameType
-from relay.prekey_frames import (
+from wire.frames import Frame, FrameType
+from wire.prekey_frames import (
     Bundle,
     DeviceBundle,
     DeviceInfo,

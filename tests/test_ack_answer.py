@@ -6,9 +6,14 @@ from __future__ import annotations
 import pytest
 import trio
 
-from relay.frames import Ack, Acked, FrameDecoder, LocalProtocolError, decode_body, encode_frame
 from tests.conftest import RelayUnderTest, enrol
 from tests.test_relay_e2e import ALICE, BOB, authenticated
+from wire.codec import FrameDecoder, decode_body, encode_frame
+from wire.frames import (
+    Ack,
+    Acked,
+    LocalProtocolError,
+)
 
 
 def test_answer_defaults_to_true_and_must_be_a_bool() -> None:

@@ -16,11 +16,11 @@ from typing import Any
 import pytest
 import trio
 
-from relay.client import ConnectionClosed, RelayClient
-from relay.frames import ErrorCode
+from client.connection import ConnectionClosed, RelayClient
 from tests.admin_support import PASSWORD, AdminSite
 from tests.admin_support import admin_site as admin_site  # noqa: PLC0414 (fixture)
 from tests.conftest import EnrolledDevice, enrol
+from wire.frames import ErrorCode
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",

@@ -10,13 +10,13 @@ import pytest
 import trio
 
 from bench.cluster import connect
-from relay.client import ConnectionClosed, RelayError
-from relay.frames import ErrorCode, QueueEmpty
+from client.connection import ConnectionClosed, RelayError
 from storage.base import OrganisationState
 from storage.store_url import open_store, parse_store_url
 from tests.test_cluster import PHONE_A, PHONE_B, WAIT_S, Cluster, _enrol_both
 from tests.test_cluster import cluster as cluster  # noqa: PLC0414 (fixture)
 from tests.test_cluster import cluster_url as cluster_url  # noqa: PLC0414 (fixture)
+from wire.frames import ErrorCode, QueueEmpty
 
 
 async def test_suspending_closes_connections_on_every_node(cluster: Cluster,

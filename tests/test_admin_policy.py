@@ -6,11 +6,11 @@ from __future__ import annotations
 import pytest
 import trio
 
-from relay.client import RelayClient, RelayError
-from relay.frames import ErrorCode
+from client.connection import RelayClient, RelayError
 from tests.admin_support import ACME_PHONES, GLOBEX_PHONE, AdminSite, csrf_of, log_in
 from tests.admin_support import admin_site as admin_site  # noqa: PLC0414 (fixture)
 from tests.conftest import EnrolledDevice, enrol
+from wire.frames import ErrorCode
 
 TIMEOUT_S = 30
 

@@ -10,11 +10,11 @@ import pytest
 import trio
 from nacl.signing import SigningKey
 
-from relay.client import ConnectionClosed, RelayClient, RelayError
-from relay.frames import ErrorCode
+from client.connection import ConnectionClosed, RelayClient, RelayError
 from tests.admin_support import ACME_PHONES, AdminSite, csrf_of, log_in
 from tests.admin_support import admin_site as admin_site  # noqa: PLC0414 (fixture)
 from tests.conftest import EnrolledDevice, enrol
+from wire.frames import ErrorCode
 
 TIMEOUT_S = 10
 

@@ -14,11 +14,11 @@ import trio
 
 from bench.live import make_plan
 from bench.stats import latency_summary, percentile, rate
+from client.connection import RelayClient
+from client.messenger import Messenger
+from client.profile import Profile
 from crypto.device import DeviceCrypto
 from crypto.primitives import SystemRandom, ed25519_keypair_from_private
-from relay.client import RelayClient
-from relay.messenger import Messenger
-from relay.profile import Profile
 
 BENCH = str(Path(sys.executable).parent / "cryptopass-bench")
 COMMON_FIELDS = ("messages_per_second", "latency_ms", "errors", "server_cpu_us_per_message",

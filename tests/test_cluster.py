@@ -20,17 +20,17 @@ import trio
 
 from bench.cluster import ClusterConfig, connect, declare, relay_node, run_cluster_benchmark
 from bench.loopback import BIN, Device, SubprocessRelay, enrol
+from client.connection import ConnectionClosed, RelayClient, connect_relay
 from crypto.prekey_format import PrekeyKind
-from relay.client import ConnectionClosed, RelayClient, connect_relay
 from relay.cluster import listen_application_name
-from relay.frames import Deliver, ErrorCode, QueueEmpty
-from relay.prekey_frames import DeviceBundle
 from relay.prekeys import BUNDLE_FETCHES_PER_TARGET, PREKEYS_LOW_THRESHOLD
 from relay.server import RunningRelay, serve
 from relay.settings import RelaySettings
 from tests.postgres_schemas import fresh_schema, store_url
 from tests.test_prekeys_e2e import kem_one_time_prekeys, kem_prekey, one_time_prekeys, signed_prekey
 from tests.test_storage_postgres import _server_dsn
+from wire.frames import Deliver, ErrorCode, QueueEmpty
+from wire.prekey_frames import DeviceBundle
 
 WAIT_S = 30
 """Bound on anything that could hang (a lost wake-up), not a timing assertion."""

@@ -1,7 +1,7 @@
 """Server connections released after the handshake still do everything a connection does.
 
 Real QUIC on loopback between two QuicEndpoints: the server echoes every
-stream, and the tests check that once relay/connection_memory.py has released
+stream, and the tests check that once transport/connection_memory.py has released
 the handshake's state (which the shell does on HandshakeCompleted), data flows
 both ways, keys update, the client migrates, the idle timeout fires and closes
 carry their reason; and that the released objects are really gone.
@@ -25,11 +25,11 @@ from aioquic import tls
 from aioquic.quic import events
 from aioquic.quic.configuration import QuicConfiguration
 
-from relay.client import client_configuration
-from relay.connection_memory import MAX_ISSUED_CONNECTION_IDS, release_after_handshake
-from relay.frames import ALPN
-from relay.quic import QuicEndpoint, QuicLink, open_udp_socket
+from client.connection import client_configuration
 from relay.tls import ensure_development_certificate
+from transport.connection_memory import MAX_ISSUED_CONNECTION_IDS, release_after_handshake
+from transport.quic import QuicEndpoint, QuicLink, open_udp_socket
+from wire.frames import ALPN
 
 WAIT_SECONDS = 10
 """Bound on every wait: loopback answers in milliseconds, a hang fails the test."""

@@ -7,8 +7,8 @@ import datetime
 import msgpack
 import pytest
 
-from relay.contacts import Contact, decode_contacts, encode_contacts
-from relay.message_content import (
+from client.contacts import Contact, decode_contacts, encode_contacts
+from client.message_content import (
     MAX_TEXT_BYTES,
     ContentError,
     decode_content,

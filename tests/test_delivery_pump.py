@@ -13,10 +13,10 @@ import trio
 from bench.provision import BenchDevice, provision
 from relay import delivery
 from relay.delivery import CommitPipeline, DeliveryPump, Presence
-from relay.frame_codec import FrameDecoder
-from relay.frames import Deliver, QueueEmpty
 from storage.base import Envelope, NewSend, Store
 from storage.sqlite import open_sqlite_store
+from wire.codec import FrameDecoder
+from wire.frames import Deliver, QueueEmpty
 
 NOW = int(time.time() * 1000)
 TIMEOUT_S = 10

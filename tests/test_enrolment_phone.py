@@ -8,7 +8,7 @@ import phonenumbers
 import pytest
 
 from enrolment.errors import EnrolmentError, InvalidRequest
-from enrolment.phone import InvalidPhoneNumber, mask_phone, national_format, parse_phone
+from wire.phone import InvalidPhoneNumber, mask_phone, national_format, parse_phone
 
 
 @pytest.mark.parametrize(

@@ -13,7 +13,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from relay.frames import (
+from tests.prekey_samples import PREKEY_SAMPLE_FRAMES
+from wire.codec import FrameDecoder, decode_body, encode_frame
+from wire.frames import (
     LENGTH_PREFIX_SIZE,
     MAX_ACK_IDS,
     MAX_CIPHERTEXT_SIZE,
@@ -40,7 +42,6 @@ from relay.frames import (
     Error,
     ErrorCode,
     Frame,
-    FrameDecoder,
     FrameType,
     Hello,
     LocalProtocolError,
@@ -52,10 +53,7 @@ from relay.frames import (
     Send,
     SendAccepted,
     auth_transcript,
-    decode_body,
-    encode_frame,
 )
-from tests.prekey_samples import PREKEY_SAMPLE_FRAMES
 
 USER_ID = "u-0123456789abcdef"
 SAMPLE_FRAMES: dict[FrameType, Frame] = {

@@ -20,13 +20,13 @@ import trio
 from nacl.signing import SigningKey
 
 from bench.relay_process import RelayProcess
-from relay.client import ConnectionClosed, RelayClient, RelayError, connect_relay
-from relay.frames import ErrorCode
+from client.connection import ConnectionClosed, RelayClient, RelayError, connect_relay
 from relay.lifecycle import STOP_DEADLINE_SECONDS
 from relay.tls import ensure_development_certificate
 from tests.conftest import EnrolledDevice, declare
 from tests.test_cli_scenario import free_udp_port, last_code
 from tests.test_relay_e2e import authenticated, drain_backlog
+from wire.frames import ErrorCode
 
 ALICE, BOB = "+33612345678", "+33698765432"
 BIN = Path(sys.executable).parent

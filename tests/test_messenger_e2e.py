@@ -9,8 +9,8 @@ from pathlib import Path
 import trio
 from nacl.signing import SigningKey
 
-from relay.messenger import IdentityChangedError, Messenger, create_device_state
-from relay.profile import Profile
+from client.messenger import IdentityChangedError, Messenger, create_device_state
+from client.profile import Profile
 from tests.conftest import RelayUnderTest
 
 ALICE, BOB = "+33612345678", "+33698765432"

@@ -13,7 +13,7 @@ import pytest
 import trio
 from nacl.signing import SigningKey
 
-from relay.client import RelayClient
+from client.connection import RelayClient
 from relay.settings import RelaySettings
 from storage.sqlite import open_sqlite_store
 from storage.sqlite_backup import BackupError, backup_database, restore_database

@@ -11,8 +11,16 @@ from typing import Any
 import pytest
 
 from crypto.prekey_format import KEM_PUBLIC_KEY_SIZE, MAX_KEY_ID
-from relay.frames import MAX_DEVICES_PER_USER, MAX_FRAME_SIZE, ErrorCode, FrameType, encode_frame
-from relay.prekey_frames import (
+from tests.prekey_samples import KEM, ONE_TIME, SIGNED
+from tests.test_frames import assert_rejected_every_way, body_of, decode_every_way, raw_frame
+from wire.codec import encode_frame
+from wire.frames import (
+    MAX_DEVICES_PER_USER,
+    MAX_FRAME_SIZE,
+    ErrorCode,
+    FrameType,
+)
+from wire.prekey_frames import (
     MAX_PREKEYS_PER_UPLOAD,
     Bundle,
     DeviceBundle,
@@ -22,8 +30,6 @@ from relay.prekey_frames import (
     SignedPrekey,
     UploadPrekeys,
 )
-from tests.prekey_samples import KEM, ONE_TIME, SIGNED
-from tests.test_frames import assert_rejected_every_way, body_of, decode_every_way, raw_frame
 
 
 def _one_time(count: int) -> tuple[OneTimePrekey, ...]:

@@ -9,19 +9,19 @@ import pytest
 import trio
 from nacl.signing import SigningKey
 
+from client.connection import RelayClient, RelayError
 from crypto.prekey_format import (
     KEM_PUBLIC_KEY_SIZE,
     X25519_PUBLIC_KEY_SIZE,
     PrekeyKind,
     signed_message,
 )
-from relay.client import RelayClient, RelayError
-from relay.frames import ErrorCode
-from relay.prekey_frames import KemPrekey, OneTimePrekey, SignedPrekey
 from relay.prekeys import BUNDLE_FETCHES_PER_TARGET, PREKEYS_LOW_THRESHOLD
 from storage.base import OrganisationState
 from storage.sqlite import open_sqlite_store
 from tests.conftest import EnrolledDevice, RelayUnderTest, enrol
+from wire.frames import ErrorCode
+from wire.prekey_frames import KemPrekey, OneTimePrekey, SignedPrekey
 
 ALICE, BOB, CAROL = "+33612345678", "+33698765432", "+33611111111"
 TIMEOUT_S = 10

@@ -7,7 +7,9 @@ import itertools
 import pytest
 from nacl.signing import SigningKey
 
-from relay.frames import (
+from tests.test_frames import SAMPLE_FRAMES, chunkings
+from wire.codec import decode_body, encode_frame
+from wire.frames import (
     NONCE_SIZE,
     Ack,
     Authenticate,
@@ -21,10 +23,8 @@ from relay.frames import (
     QueueEmpty,
     SendAccepted,
     auth_transcript,
-    decode_body,
-    encode_frame,
 )
-from relay.protocol import (
+from wire.protocol import (
     ALLOWED_REQUESTS,
     TRANSITIONS,
     AuthenticationRequested,
@@ -38,7 +38,6 @@ from relay.protocol import (
     StreamEnded,
     StreamFailed,
 )
-from tests.test_frames import SAMPLE_FRAMES, chunkings
 
 USER_ID = "u-1"
 DEVICE_ID = 3

@@ -11,11 +11,11 @@ from aioquic.buffer import Buffer
 from aioquic.quic.connection import QuicConnection
 from aioquic.quic.packet import QuicPacketType, pull_quic_header
 
-from relay.client import ConnectionClosed, client_configuration
-from relay.frames import ErrorCode, QueueEmpty
+from client.connection import ConnectionClosed, client_configuration
 from relay.server import serve
 from relay.settings import RelaySettings
 from tests.conftest import RelayUnderTest, SmsInbox, declare, enrol
+from wire.frames import ErrorCode, QueueEmpty
 
 ALICE, BOB = "+33612345678", "+33698765432"
 
@@ -89,7 +89,7 @@ async def test_going_away_on_shutdown(relay: RelayUnderTest) -> None:
 
 
 async def test_server_connections_drop_their_handshake_buffers(relay: RelayUnderTest) -> None:
-    from relay.quic import POST_HANDSHAKE_CRYPTO_BUFFER_BYTES
+    from transport.quic import POST_HANDSHAKE_CRYPTO_BUFFER_BYTES
 
     async with relay.connect() as client:
         await client.enrol_start(ALICE)  # a request after the handshake still works

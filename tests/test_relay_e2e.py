@@ -6,12 +6,12 @@ import pytest
 import trio
 from nacl.signing import SigningKey
 
-from relay.client import ConnectionClosed, RelayClient, RelayError
-from relay.frame_codec import encode_frame
-from relay.frames import Deliver, ErrorCode, Lookup, QueueEmpty
+from client.connection import ConnectionClosed, RelayClient, RelayError
 from relay.server import serve
 from relay.settings import RelaySettings
 from tests.conftest import EnrolledDevice, RelayUnderTest, SmsInbox, enrol
+from wire.codec import encode_frame
+from wire.frames import Deliver, ErrorCode, Lookup, QueueEmpty
 
 ALICE, BOB, CAROL = "+33612345678", "+33698765432", "+33611111111"
 
@@ -182,7 +182,7 @@ async def test_wrong_key_is_refused_and_closed(relay: RelayUnderTest) -> None:
 
 async def test_replayed_answer_from_another_connection_is_refused(
         relay: RelayUnderTest) -> None:
-    from relay.frames import Authenticate, Challenge, Hello, auth_transcript
+    from wire.frames import Authenticate, Challenge, Hello, auth_transcript
 
     bob = await enrol(relay, BOB)
     async with relay.connect() as eavesdropped:

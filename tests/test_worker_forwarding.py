@@ -28,10 +28,8 @@ from aioquic.quic.connection import QuicConnection
 from aioquic.quic.packet import QuicHeader, QuicPacketType, QuicProtocolVersion, pull_quic_header
 from prometheus_client import CollectorRegistry, generate_latest
 
-from relay.client import client_configuration
+from client.connection import client_configuration
 from relay.forwarding import CONNECTION_ID_BYTES, WorkerQuicConnection, WorkerRouting
-from relay.frames import ALPN
-from relay.quic import QuicEndpoint, QuicLink, open_udp_socket
 from relay.tls import ensure_development_certificate
 from relay.worker_ids import (
     MAX_WORKERS,
@@ -44,6 +42,8 @@ from relay.worker_ids import (
     route_unrouted,
     worker_of,
 )
+from transport.quic import QuicEndpoint, QuicLink, open_udp_socket
+from wire.frames import ALPN
 
 WAIT_S = 10
 """Bound on anything that could hang (a lost datagram), not a timing assertion."""

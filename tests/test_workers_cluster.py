@@ -20,14 +20,14 @@ import trio
 
 from bench.cluster import ClusterConfig, connect, declare, relay_node, run_cluster_benchmark
 from bench.loopback import BIN, Device, SubprocessRelay, enrol
-from relay.client import RelayClient
+from client.connection import RelayClient
 from relay.config import ConfigError, load_config
-from relay.frames import Deliver, QueueEmpty
 from relay.settings import MAX_WORKERS, RelaySettings
 from relay.supervisor import worker_settings
 from relay.worker_ids import worker_of
 from tests.postgres_schemas import fresh_schema, store_url
 from tests.test_storage_postgres import _server_dsn
+from wire.frames import Deliver, QueueEmpty
 
 WAIT_S = 30
 """Bound on anything that could hang (a lost wake-up), not a timing assertion."""

@@ -16,7 +16,6 @@ from typing import Any, Protocol
 
 from enrolment.errors import InvalidRequest
 from enrolment.licence_dates import reduction_effective_on
-from enrolment.phone import national_format, parse_phone
 from storage.admin_records import (
     AccountRole,
     AuditEntry,
@@ -34,6 +33,7 @@ from storage.base import (
     Store,
     User,
 )
+from wire.phone import national_format, parse_phone
 
 __all__ = [
     "MAX_ACTION_CHARS",

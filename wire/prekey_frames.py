@@ -1,8 +1,9 @@
 """The prekey service's frames: upload, bundle fetch, counts, device list, and the low-pool push.
 
-Sans-IO like :mod:`relay.frames`, whose field checks and numbering these frames share; the codec
-in :mod:`relay.frame_codec` encodes and decodes them like every other frame. Key sizes and the
-signed message are fixed by :mod:`crypto.prekey_format`. PROTOCOL.md "Prekeys" is the contract.
+Sans-IO like :mod:`wire.frames`, whose field checks (:mod:`wire.checks`) and numbering
+(:mod:`wire.catalogue`) these frames share; :mod:`wire.codec` encodes and decodes them like every
+other frame. Key sizes and the signed message are fixed by :mod:`crypto.prekey_format`.
+PROTOCOL.md "Prekeys" is the contract.
 """
 
 from __future__ import annotations
@@ -11,20 +12,15 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from crypto.prekey_format import KEM_PUBLIC_KEY_SIZE, MAX_KEY_ID, X25519_PUBLIC_KEY_SIZE
-from relay.frames import (
+from wire.catalogue import ErrorCode, FrameType
+from wire.checks import check_bytes, check_int, check_int_tuple, check_str, field_error
+from wire.limits import (
     IDENTITY_KEY_SIZE,
     MAX_DEVICE_ID,
     MAX_DEVICES_PER_USER,
     MAX_TIMESTAMP_MS,
     MAX_USER_ID_LENGTH,
     SIGNATURE_SIZE,
-    ErrorCode,
-    FrameType,
-    LocalProtocolError,
-    _check_bytes,
-    _check_int,
-    _check_int_tuple,
-    _check_str,
 )
 
 __all__ = [
@@ -52,22 +48,17 @@ MAX_PREKEYS_PER_UPLOAD = 100  # keys of each one-time kind per UPLOAD_PREKEYS: ~
 MAX_REPORTED_PREKEY_COUNT = 2**31 - 1  # bound of a count field; the relay caps its pools far lower
 
 
-def _fail(owner: object, name: str, expected: str) -> LocalProtocolError:
-    return LocalProtocolError(ErrorCode.MALFORMED_FRAME,
-                              f"{type(owner).__name__}.{name} must be {expected}")
-
-
 def _check_key(owner: object, key_size: int, *, signed: bool) -> None:
-    _check_int(owner, "key_id", 0, MAX_KEY_ID)
-    _check_bytes(owner, "public_key", key_size, key_size, ErrorCode.MALFORMED_FRAME)
+    check_int(owner, "key_id", 0, MAX_KEY_ID)
+    check_bytes(owner, "public_key", key_size, key_size, ErrorCode.MALFORMED_FRAME)
     if signed:
-        _check_bytes(owner, "signature", SIGNATURE_SIZE, SIGNATURE_SIZE, ErrorCode.MALFORMED_FRAME)
+        check_bytes(owner, "signature", SIGNATURE_SIZE, SIGNATURE_SIZE, ErrorCode.MALFORMED_FRAME)
 
 
 def _check_optional(owner: object, name: str, kind: type) -> None:
     value = getattr(owner, name)
     if value is not None and type(value) is not kind:
-        raise _fail(owner, name, f"a {kind.__name__} or absent")
+        raise field_error(owner, name, f"a {kind.__name__} or absent")
 
 
 def _check_keys(owner: object, name: str, kind: type) -> None:
@@ -75,9 +66,9 @@ def _check_keys(owner: object, name: str, kind: type) -> None:
     values = getattr(owner, name)
     if (type(values) is not tuple or len(values) > MAX_PREKEYS_PER_UPLOAD
             or any(type(value) is not kind for value in values)):
-        raise _fail(owner, name, f"at most {MAX_PREKEYS_PER_UPLOAD} {kind.__name__} values")
+        raise field_error(owner, name, f"at most {MAX_PREKEYS_PER_UPLOAD} {kind.__name__} values")
     if len({value.key_id for value in values}) != len(values):
-        raise _fail(owner, name, "keys with distinct key ids")
+        raise field_error(owner, name, "keys with distinct key ids")
 
 
 # --- Nested values (not frames) -------------------------------------------------------------------
@@ -128,16 +119,16 @@ class DeviceBundle:
     kem_one_time: bool = False  #: true if kem_prekey is a one-time key (claimed for this fetch)
 
     def __post_init__(self) -> None:
-        _check_int(self, "device_id", 1, MAX_DEVICE_ID)
-        _check_bytes(self, "identity_key", IDENTITY_KEY_SIZE, IDENTITY_KEY_SIZE,
+        check_int(self, "device_id", 1, MAX_DEVICE_ID)
+        check_bytes(self, "identity_key", IDENTITY_KEY_SIZE, IDENTITY_KEY_SIZE,
                      ErrorCode.MALFORMED_FRAME)
         _check_optional(self, "signed_prekey", SignedPrekey)
         _check_optional(self, "one_time_prekey", OneTimePrekey)
         _check_optional(self, "kem_prekey", KemPrekey)
         if type(self.kem_one_time) is not bool:
-            raise _fail(self, "kem_one_time", "a bool")
+            raise field_error(self, "kem_one_time", "a bool")
         if self.kem_one_time and self.kem_prekey is None:
-            raise _fail(self, "kem_one_time", "false when kem_prekey is absent")
+            raise field_error(self, "kem_one_time", "false when kem_prekey is absent")
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -148,8 +139,8 @@ class DeviceInfo:
     registered_at: int  #: when it enrolled, milliseconds since the Unix epoch
 
     def __post_init__(self) -> None:
-        _check_int(self, "device_id", 1, MAX_DEVICE_ID)
-        _check_int(self, "registered_at", 0, MAX_TIMESTAMP_MS)
+        check_int(self, "device_id", 1, MAX_DEVICE_ID)
+        check_int(self, "registered_at", 0, MAX_TIMESTAMP_MS)
 
 
 # --- Requests (client -> relay) -------------------------------------------------------------------
@@ -170,7 +161,7 @@ class UploadPrekeys:
         _check_keys(self, "kem_one_time_prekeys", KemPrekey)
         if (self.signed_prekey is None and self.kem_last_resort_prekey is None
                 and not self.one_time_prekeys and not self.kem_one_time_prekeys):
-            raise _fail(self, "signed_prekey", "present when no other key is uploaded")
+            raise field_error(self, "signed_prekey", "present when no other key is uploaded")
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -182,8 +173,8 @@ class FetchBundle:
     device_ids: tuple[int, ...] = ()  #: only these devices; empty means every current device
 
     def __post_init__(self) -> None:
-        _check_str(self, "user_id", MAX_USER_ID_LENGTH)
-        _check_int_tuple(self, "device_ids", min_items=0, max_items=MAX_DEVICES_PER_USER,
+        check_str(self, "user_id", MAX_USER_ID_LENGTH)
+        check_int_tuple(self, "device_ids", min_items=0, max_items=MAX_DEVICES_PER_USER,
                          minimum=1, maximum=MAX_DEVICE_ID)
 
 
@@ -203,18 +194,18 @@ class ListDevices:
 
     def __post_init__(self) -> None:
         if self.user_id is not None:
-            _check_str(self, "user_id", MAX_USER_ID_LENGTH)
+            check_str(self, "user_id", MAX_USER_ID_LENGTH)
 
 
 # --- Responses (relay -> client) ------------------------------------------------------------------
 def _check_counts(owner: object) -> None:
-    _check_int(owner, "one_time", 0, MAX_REPORTED_PREKEY_COUNT)
-    _check_int(owner, "kem_one_time", 0, MAX_REPORTED_PREKEY_COUNT)
+    check_int(owner, "one_time", 0, MAX_REPORTED_PREKEY_COUNT)
+    check_int(owner, "kem_one_time", 0, MAX_REPORTED_PREKEY_COUNT)
 
 
 def _check_optional_key_id(owner: object, name: str) -> None:
     if getattr(owner, name) is not None:
-        _check_int(owner, name, 0, MAX_KEY_ID)
+        check_int(owner, name, 0, MAX_KEY_ID)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -253,9 +244,9 @@ def _check_values(owner: object, name: str, kind: type, maximum: int) -> None:
     values = getattr(owner, name)
     if (type(values) is not tuple or len(values) > maximum
             or any(type(value) is not kind for value in values)):
-        raise _fail(owner, name, f"at most {maximum} {kind.__name__} values")
+        raise field_error(owner, name, f"at most {maximum} {kind.__name__} values")
     if len({value.device_id for value in values}) != len(values):
-        raise _fail(owner, name, "one entry per device")
+        raise field_error(owner, name, "one entry per device")
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -267,7 +258,7 @@ class Bundle:
     bundles: tuple[DeviceBundle, ...]  #: 0 to MAX_DEVICES_PER_USER entries
 
     def __post_init__(self) -> None:
-        _check_str(self, "user_id", MAX_USER_ID_LENGTH)
+        check_str(self, "user_id", MAX_USER_ID_LENGTH)
         _check_values(self, "bundles", DeviceBundle, MAX_DEVICES_PER_USER)
 
 
@@ -280,7 +271,7 @@ class DeviceList:
     devices: tuple[DeviceInfo, ...]  #: 0 to MAX_DEVICES_PER_USER entries
 
     def __post_init__(self) -> None:
-        _check_str(self, "user_id", MAX_USER_ID_LENGTH)
+        check_str(self, "user_id", MAX_USER_ID_LENGTH)
         _check_values(self, "devices", DeviceInfo, MAX_DEVICES_PER_USER)
 
 

@@ -3,7 +3,7 @@
 Files: ``profile.json`` (relay address, CA path, phone, user and device ids),
 ``identity.key`` (the Ed25519 private key seed, mode 0600),
 ``device.state`` (the end-to-end state: prekey secrets, sessions and contacts, mode 0600,
-rewritten atomically after every change; see relay/messenger.py) and
+rewritten atomically after every change; see client/messenger.py) and
 ``received.json`` (recent envelope ids, to drop a delivery that arrives again
 after a connection broke before its acknowledgement).
 """

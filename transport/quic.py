@@ -41,7 +41,7 @@ from aioquic.quic.packet import (
 )
 from aioquic.quic.retry import QuicRetryTokenHandler
 
-from relay.connection_memory import release_after_handshake
+from transport.connection_memory import release_after_handshake
 
 __all__ = [
     "ConnectionHandler",
@@ -51,7 +51,7 @@ __all__ = [
     "open_udp_socket",
 ]
 
-log = structlog.get_logger("relay.quic")
+log = structlog.get_logger("transport.quic")
 
 NetworkAddress = tuple[Any, ...]
 
@@ -65,7 +65,7 @@ SOCKET_BUFFER_BYTES = 4 * 1024 * 1024
 """Kernel socket buffers: bursts of thousands of datagrams must not be dropped."""
 
 INTERNAL_ERROR_CODE = 50
-"""Application close code used when a handler fails (relay.frames.ErrorCode.INTERNAL_ERROR;
+"""Application close code used when a handler fails (wire.frames.ErrorCode.INTERNAL_ERROR;
 not imported, to keep this transport module free of the application protocol)."""
 
 ACK_DELAY_SECONDS = 0.015
@@ -495,7 +495,7 @@ def _piggyback_ack(quic: QuicConnection, now: float) -> None:
 def trim_after_handshake(quic: QuicConnection) -> None:
     """Release what a server connection no longer needs once its handshake is
     confirmed: TLS context, handshake epochs' keys, spaces, streams and buffers,
-    spare connection ids (relay/connection_memory.py, docs/BENCHMARKS.md)."""
+    spare connection ids (transport/connection_memory.py, docs/BENCHMARKS.md)."""
     release_after_handshake(quic, crypto_buffer_bytes=POST_HANDSHAKE_CRYPTO_BUFFER_BYTES)
 
 

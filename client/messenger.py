@@ -8,9 +8,9 @@
 
 Every text is encrypted for every current device of the recipient and for this user's own
 other devices (a copy, so they show the conversation); the relay only sees ciphertext, and
-the sender's phone number travels inside it (`relay.message_content`). The end-to-end state
+the sender's phone number travels inside it (`client.message_content`). The end-to-end state
 is written to the profile after every change, before anything built from it leaves: a
-message key is never used twice, even across a crash. Trust follows `relay.contacts`.
+message key is never used twice, even across a crash. Trust follows `client.contacts`.
 """
 
 from __future__ import annotations
@@ -25,19 +25,19 @@ from pathlib import Path
 import msgpack
 import trio
 
+from client.connection import ConnectionClosed, RelayClient, RelayError, connect_relay
+from client.contacts import Contact, decode_contacts, encode_contacts
+from client.message_content import ContentError, TextMessage, decode_content, encode_content
+from client.prekey_upkeep import bundle_from_wire, publish_prekeys
+from client.profile import Profile, ProfileError
 from crypto.device import DeviceAddress, DeviceCrypto
 from crypto.errors import DuplicateMessageError
 from crypto.primitives import CryptoError, SystemRandom, ed25519_keypair_from_private
 from crypto.safety_number import safety_number
-from relay.client import ConnectionClosed, RelayClient, RelayError, connect_relay
-from relay.contacts import Contact, decode_contacts, encode_contacts
-from relay.frames import Deliver, ErrorCode, QueueEmpty
-from relay.message_content import ContentError, TextMessage, decode_content, encode_content
-from relay.prekey_frames import DeviceInfo
-from relay.prekey_upkeep import bundle_from_wire, publish_prekeys
-from relay.profile import Profile, ProfileError
-from relay.quic import QuicEndpoint
-from relay.settings import parse_host_port
+from transport.addresses import parse_host_port
+from transport.quic import QuicEndpoint
+from wire.frames import Deliver, ErrorCode, QueueEmpty
+from wire.prekey_frames import DeviceInfo
 
 __all__ = ["MAX_MISMATCH_RETRIES", "IdentityChangedError", "Messenger", "ReceivedMessage",
            "SendReceipt", "UnknownContactError", "create_device_state"]

@@ -26,7 +26,9 @@ from aioquic.quic import events as quic_events
 from aioquic.quic.configuration import QuicConfiguration
 from nacl.signing import SigningKey
 
-from relay.frames import (
+from transport.quic import QuicEndpoint, QuicLink, open_udp_socket
+from wire.codec import encode_frame
+from wire.frames import (
     ALPN,
     Ack,
     Authenticate,
@@ -46,9 +48,8 @@ from relay.frames import (
     Send,
     SendAccepted,
     auth_transcript,
-    encode_frame,
 )
-from relay.prekey_frames import (
+from wire.prekey_frames import (
     Bundle,
     DeviceBundle,
     DeviceInfo,
@@ -64,8 +65,7 @@ from relay.prekey_frames import (
     SignedPrekey,
     UploadPrekeys,
 )
-from relay.protocol import ClientProtocol, PushReceived, ResponseReceived, StreamFailed
-from relay.quic import QuicEndpoint, QuicLink, open_udp_socket
+from wire.protocol import ClientProtocol, PushReceived, ResponseReceived, StreamFailed
 
 __all__ = ["ConnectionClosed", "RelayClient", "RelayError", "connect_relay"]
 

@@ -2,7 +2,7 @@
 
 Every frame on a stream is a 4-byte big-endian length N, then N bytes of msgpack encoding the
 array ``[version, frame_type, body]``, where body maps field names to values (PROTOCOL.md
-"Framing"). Import these names from :mod:`relay.frames`.
+"Framing"). Import these names from :mod:`wire.frames`.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any, Final
 
 import msgpack
 
-from relay.frames import (
+from wire.frames import (
     LENGTH_PREFIX_SIZE,
     MAX_ACK_IDS,
     MAX_FRAME_SIZE,
@@ -44,7 +44,7 @@ from relay.frames import (
     Send,
     SendAccepted,
 )
-from relay.prekey_frames import (
+from wire.prekey_frames import (
     PREKEY_FRAME_CLASSES,
     DeviceBundle,
     DeviceInfo,

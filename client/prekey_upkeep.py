@@ -11,12 +11,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from client.connection import RelayClient
 from crypto.device import DeviceCrypto
 from crypto.prekeys import OneTimePrekey as CryptoOneTimePrekey
 from crypto.prekeys import PrekeyBundle
 from crypto.prekeys import SignedPrekey as CryptoSignedPrekey
-from relay.client import RelayClient
-from relay.prekey_frames import (
+from wire.prekey_frames import (
     DeviceBundle,
     KemPrekey,
     OneTimePrekey,

@@ -1,6 +1,6 @@
 """Per-connection protocol state machines, sans-IO: stream bytes in, events out.
 
-The shell (relay/quic.py) feeds every stream's bytes to ``receive_stream_data`` and acts on the
+The shell (transport/quic.py) feeds every stream's bytes to ``receive_stream_data`` and acts on the
 returned events; it writes the bytes of ``encode_frame`` (and ``issue_challenge``) itself. Nothing
 here does I/O, reads the clock or draws random numbers. PROTOCOL.md is the contract.
 
@@ -16,18 +16,17 @@ from enum import Enum
 import nacl.exceptions
 import nacl.signing
 
-from relay.frames import (
+from wire.codec import FrameDecoder, encode_frame
+from wire.frames import (
     Challenge,
     ErrorCode,
     Frame,
-    FrameDecoder,
     FrameType,
     Hello,
     LocalProtocolError,
     ProtocolError,
     RemoteProtocolError,
     auth_transcript,
-    encode_frame,
 )
 
 __all__ = [

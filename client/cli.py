@@ -1,6 +1,6 @@
 """``cryptopass``: the reference client on the command line.
 
-Every message is end-to-end encrypted by `relay.messenger` (PQXDH + Double Ratchet,
+Every message is end-to-end encrypted by `client.messenger` (PQXDH + Double Ratchet,
 docs/CRYPTO.md) for every device of the recipient and the sender's own other devices;
 the relay only sees ciphertext. Identity changes are warned about on stderr and block
 sending until ``cryptopass trust PHONE``.
@@ -19,21 +19,21 @@ from typing import Annotated, Any
 import trio
 import typer
 
-from crypto.primitives import CryptoError
-from crypto.safety_number import format_safety_number
-from enrolment.phone import InvalidPhoneNumber, parse_phone
-from relay.client import ConnectionClosed, RelayError, connect_relay
-from relay.message_content import MAX_TEXT_BYTES
-from relay.messenger import (
+from client.connection import ConnectionClosed, RelayError, connect_relay
+from client.message_content import MAX_TEXT_BYTES
+from client.messenger import (
     IdentityChangedError,
     Messenger,
     ReceivedMessage,
     UnknownContactError,
     create_device_state,
 )
-from relay.prekey_upkeep import MissingPrekeysError
-from relay.profile import Profile, ProfileError
-from relay.settings import parse_host_port
+from client.prekey_upkeep import MissingPrekeysError
+from client.profile import Profile, ProfileError
+from crypto.primitives import CryptoError
+from crypto.safety_number import format_safety_number
+from transport.addresses import parse_host_port
+from wire.phone import InvalidPhoneNumber, parse_phone
 
 __all__ = ["app", "main", "message_line"]
 

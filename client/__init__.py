@@ -1,0 +1,1 @@
+"""The Cryptopass client library and the ``cryptopass`` command: what apps mirror."""

@@ -1,0 +1,1 @@
+"""The Cryptopass wire protocol, sans-IO: frames, codec, state machines, limits, error codes."""

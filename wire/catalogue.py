@@ -1,0 +1,91 @@
+"""The numbers of the protocol: frame types and error codes, with the blocks reserved for later.
+
+Sans-IO: enumerations only. ``docs/PROTOCOL.md`` "Frame types" and "Error codes" are the same
+tables; a new feature takes its numbers from its reserved block below and nowhere else.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+__all__ = ["ErrorCode", "FrameType"]
+
+
+class FrameType(IntEnum):
+    """Second element of every frame. Ranges: 1-63 requests, 64-127 responses, 128-191 pushes.
+
+    The unassigned numbers of each range are reserved for later frames (see PROTOCOL.md "Future").
+    """
+
+    ENROL_START = 1
+    ENROL_VERIFY = 2
+    HELLO = 3
+    AUTHENTICATE = 4
+    LOOKUP = 5
+    SEND = 6
+    ACK = 7
+    UPLOAD_PREKEYS = 8
+    FETCH_BUNDLE = 9
+    GET_PREKEY_COUNTS = 10
+    LIST_DEVICES = 11
+    ENROL_STARTED = 64
+    ENROLLED = 65
+    CHALLENGE = 66
+    AUTHENTICATED = 67
+    LOOKUP_RESULT = 68
+    SEND_ACCEPTED = 69
+    ACKED = 70
+    PREKEYS_UPLOADED = 71
+    BUNDLE = 72
+    PREKEY_COUNTS = 73
+    DEVICE_LIST = 74
+    ERROR = 127
+    DELIVER = 128
+    QUEUE_EMPTY = 129
+    PREKEYS_LOW = 130
+
+
+class ErrorCode(IntEnum):
+    """Stable error numbers, sent in ERROR frames and used as QUIC application close codes.
+
+    Grouped by tens: framing 1-9, authentication 10-19, enrolment and requests 20-29,
+    delivery 30-39, organisation 40-49, server and connection 50-59, prekeys 60-69.
+    """
+
+    NO_ERROR = 0  # normal close
+    MALFORMED_FRAME = 1  # undecodable msgpack, or a field missing, ill-typed or out of its limit
+    FRAME_TOO_LARGE = 2  # the length prefix exceeds MAX_FRAME_SIZE
+    UNSUPPORTED_VERSION = 3  # the frame's version is not PROTOCOL_VERSION
+    UNKNOWN_FRAME_TYPE = 4  # the frame type number is not assigned
+    UNEXPECTED_FRAME = 5  # the frame is not allowed in the connection's state or on this stream
+    TRUNCATED_FRAME = 6  # the stream ended in the middle of a frame
+    AUTHENTICATION_FAILED = 10  # unknown device, or the challenge signature did not verify
+    DEVICE_REVOKED = 11  # the device or its user was deleted
+    INVALID_PHONE_NUMBER = 20  # the number does not parse as E.164
+    RATE_LIMITED = 21  # too many requests of this kind; retry later
+    VERIFICATION_FAILED = 22  # wrong, expired or exhausted enrolment code
+    TOO_MANY_DEVICES = 23  # the user already holds MAX_DEVICES_PER_USER devices
+    INVALID_REQUEST = 24  # well-formed but refused (e.g. a number not declared by any organisation)
+    UNKNOWN_RECIPIENT = 30  # no such user, or not reachable from the sender's organisation
+    MISMATCHED_DEVICES = 31  # a SEND did not address exactly the recipient's current devices
+    QUEUE_FULL = 32  # a recipient device queue is full; nothing was stored, retry later
+    PAYLOAD_TOO_LARGE = 33  # a ciphertext exceeds MAX_CIPHERTEXT_SIZE
+    ORGANISATION_SUSPENDED = 40  # the user's organisation is suspended or terminated
+    INTERNAL_ERROR = 50  # the relay failed; retry later (also: an unrecognised code received)
+    GOING_AWAY = 51  # the relay is shutting down; reconnect, possibly to another node
+    REPLACED = 52  # a newer connection of the same device took over
+    IDLE_TIMEOUT = 53  # no activity for the idle timeout
+    INVALID_PREKEY_SIGNATURE = 60  # an uploaded prekey's signature does not verify; nothing stored
+    PREKEY_POOL_FULL = 61  # the upload would overfill a one-time prekey pool; nothing stored
+
+    @classmethod
+    def from_wire(cls, value: int) -> ErrorCode:
+        """Map a received number to a code; numbers this version does not know -> INTERNAL_ERROR.
+
+        A newer relay may add codes; an older client treats them like an internal error
+        (retry with back-off), the same way HTTP clients treat an unknown status as its class.
+        """
+        try:
+            return cls(value)
+        except ValueError:
+            return cls.INTERNAL_ERROR

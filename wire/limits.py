@@ -1,0 +1,50 @@
+"""The protocol's limits: every size and count a peer controls, with its unit and reason.
+
+``docs/PROTOCOL.md`` "Limits" is the same table. Sans-IO: constants only.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ALPN",
+    "IDENTITY_KEY_SIZE",
+    "LENGTH_PREFIX_SIZE",
+    "MAX_ACK_IDS",
+    "MAX_CIPHERTEXT_SIZE",
+    "MAX_CLIENT_MESSAGE_ID",
+    "MAX_DEVICES_PER_SEND",
+    "MAX_DEVICES_PER_USER",
+    "MAX_DEVICE_ID",
+    "MAX_ENVELOPE_ID",
+    "MAX_FRAME_SIZE",
+    "MAX_LOOKUP_PHONES",
+    "MAX_PHONE_LENGTH",
+    "MAX_REASON_LENGTH",
+    "MAX_TIMESTAMP_MS",
+    "MAX_USER_ID_LENGTH",
+    "NONCE_SIZE",
+    "PROTOCOL_VERSION",
+    "SIGNATURE_SIZE",
+    "VERIFICATION_CODE_LENGTH",
+]
+
+PROTOCOL_VERSION = 1  # first element of every frame; bumped only for incompatible changes
+ALPN = "cryptopass/1"  # TLS ALPN token; names the major version so old peers fail at handshake
+LENGTH_PREFIX_SIZE = 4  # bytes of big-endian unsigned length before each frame's msgpack body
+MAX_FRAME_SIZE = 2 * 1024 * 1024  # bytes of msgpack after the prefix: a full SEND fits
+MAX_CIPHERTEXT_SIZE = 96 * 1024  # bytes per device ciphertext: text messages; files go elsewhere
+MAX_DEVICES_PER_SEND = 16  # payload entries in one SEND, equal to the devices a user may hold
+MAX_DEVICES_PER_USER = MAX_DEVICES_PER_SEND  # device ids in a directory entry: a SEND covers all
+MAX_LOOKUP_PHONES = 32  # phone numbers per LOOKUP: bounds the directory work of one request
+MAX_ACK_IDS = 1024  # envelope ids per ACK: one drained backlog page, bounds one transaction
+MAX_REASON_LENGTH = 256  # characters of an ERROR reason: for humans and logs, not for parsing
+MAX_PHONE_LENGTH = 32  # characters of a phone number: E.164 is 16 at most, room for typos to fail
+MAX_USER_ID_LENGTH = 64  # characters of an opaque user id assigned by the relay
+NONCE_SIZE = 32  # bytes of the server's authentication challenge: 256 bits, never reused
+IDENTITY_KEY_SIZE = 32  # bytes of an Ed25519 public key (RFC 8032 section 5.1.5)
+SIGNATURE_SIZE = 64  # bytes of an Ed25519 signature (RFC 8032 section 5.1.6)
+VERIFICATION_CODE_LENGTH = 6  # ASCII digits of an SMS enrolment code
+MAX_CLIENT_MESSAGE_ID = 2**63 - 1  # client-chosen idempotency key: fits a signed 64-bit column
+MAX_ENVELOPE_ID = 2**63 - 1  # relay-assigned envelope id: fits a signed 64-bit column
+MAX_DEVICE_ID = 2**31 - 1  # device ids start at 1: fits a signed 32-bit column
+MAX_TIMESTAMP_MS = 2**63 - 1  # milliseconds since the Unix epoch: fits a signed 64-bit column
