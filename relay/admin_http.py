@@ -18,7 +18,7 @@ from hypercorn.trio import serve as hypercorn_serve
 
 from enrolment.web.app import admin_app
 from enrolment.web.service import AdminService
-from relay.server import RelayContext
+from relay.context import RelayContext
 from transport.addresses import parse_host_port
 from wire.frames import ErrorCode
 

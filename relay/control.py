@@ -17,13 +17,12 @@ import json
 import os
 import socket
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import structlog
 import trio
 
-if TYPE_CHECKING:
-    from relay.server import RelayContext
+from relay.context import RelayContext
 
 __all__ = ["CONTROL_SOCKET_NAME", "notify_relay", "serve_control_socket"]
 

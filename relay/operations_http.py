@@ -25,7 +25,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from relay.server import RelayContext
+from relay.context import RelayContext
 from transport.addresses import parse_host_port
 
 __all__ = ["READINESS_TIMEOUT_SECONDS", "operations_app", "serve_operations_http"]

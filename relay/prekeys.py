@@ -11,11 +11,11 @@ per requester and target, so no one can drain a user's pools.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
 
 import structlog
 
 from crypto.prekey_format import PrekeyKind, verify_prekey_signature
+from relay.context import RelayContext
 from relay.reachability import may_reach
 from storage.base import Device, NotFound, OrganisationState, UserState
 from storage.prekey_records import ClaimedBundle, Prekey, PrekeyPoolFull, PrekeyUpload
@@ -36,21 +36,18 @@ from wire.prekey_frames import (
     ListDevices,
     OneTimePrekey,
     PrekeyCounts,
+    PrekeyRequest,
     PrekeysLow,
     PrekeysUploaded,
     SignedPrekey,
     UploadPrekeys,
 )
 
-if TYPE_CHECKING:
-    from relay.server import RelayContext
-
 __all__ = [
     "BUNDLE_FETCHES_PER_TARGET",
     "BUNDLE_FETCH_PERIOD_MS",
     "MAX_ONE_TIME_PREKEYS_PER_DEVICE",
     "PREKEYS_LOW_THRESHOLD",
-    "PrekeyRequest",
     "PrekeyService",
 ]
 
@@ -66,8 +63,6 @@ MAX_ONE_TIME_PREKEYS_PER_DEVICE = 1000
 a bound on what one device can make the relay store."""
 PREKEYS_LOW_THRESHOLD = 10
 """Below this many one-time keys of a kind after a claim, the device is told to upload more."""
-
-PrekeyRequest = UploadPrekeys | FetchBundle | GetPrekeyCounts | ListDevices
 
 
 def _error(code: ErrorCode, reason: str) -> bytes:

@@ -8,11 +8,9 @@ with GOING_AWAY, lets submitted commits finish and closes the store.
 from __future__ import annotations
 
 import datetime
-import functools
 import time
-from collections import Counter
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import structlog
@@ -22,26 +20,22 @@ from prometheus_client import CollectorRegistry
 
 from enrolment.service import EnrolmentService
 from enrolment.sms import HttpGateway, OutboxGateway, SmsDispatcher, SmsGateway, SmsMessage
-from relay.cluster import ClusterNode, cluster_node_for, presence_for
+from relay.cluster import cluster_node_for, presence_for
+from relay.context import RelayContext
 from relay.control import serve_control_socket
-from relay.delivery import CommitPipeline, Presence
+from relay.delivery import CommitPipeline
 from relay.forwarding import Worker
 from relay.prekeys import PrekeyService
 from relay.session import DeviceSession
 from relay.settings import RelaySettings
-from relay.telemetry import (
-    DELIVERY_LATENCY_BUCKETS,
-    STORAGE_LATENCY_BUCKETS,
-    LatencyHistogram,
-    relay_registry,
-)
+from relay.telemetry import relay_registry
 from relay.tls import ensure_development_certificate
-from storage.base import Envelope, SendOutcome, SendStatus, Store
+from storage.base import Store
 from storage.store_url import open_store, parse_store_url
 from transport.quic import QuicEndpoint, QuicLink, open_udp_socket
 from wire.frames import ALPN, ErrorCode
 
-__all__ = ["RelayContext", "RelayMetrics", "RunningRelay", "serve"]
+__all__ = ["RunningRelay", "serve"]
 
 log = structlog.get_logger("relay.server")
 
@@ -50,102 +44,6 @@ SWEEP_BATCH = 10_000
 
 SHUTDOWN_GRACE_SECONDS = 2.0
 """How long closing connections may take to reach clients on shutdown."""
-
-
-@dataclass
-class RelayMetrics:
-    """Counters read by tests, benchmarks and the Prometheus export (relay/telemetry.py)."""
-
-    accepted: int = 0
-    duplicates: int = 0
-    refused: int = 0
-    acknowledged: int = 0
-    expired: int = 0
-    rate_limited: int = 0
-    delivered: int = 0
-    connections_opened: int = 0
-    refusals: Counter[str] = field(default_factory=Counter)
-    """Refused sends by reason (a SendStatus name, or "error")."""
-    enrolment: Counter[tuple[str, str]] = field(default_factory=Counter)
-    """(step, outcome) -> requests; e.g. ("verify", "verification_failed")."""
-    delivery_latency: LatencyHistogram = field(
-        default_factory=lambda: LatencyHistogram(DELIVERY_LATENCY_BUCKETS))
-    commit_latency: LatencyHistogram = field(
-        default_factory=lambda: LatencyHistogram(STORAGE_LATENCY_BUCKETS))
-
-    def count_send(self, outcome: SendOutcome | BaseException) -> None:
-        if isinstance(outcome, BaseException):
-            self.refused += 1
-            self.refusals["error"] += 1
-        elif outcome.status is SendStatus.ACCEPTED:
-            self.accepted += 1
-        elif outcome.status is SendStatus.DUPLICATE:
-            self.duplicates += 1
-        else:
-            self.refused += 1
-            self.refusals[outcome.status.name.lower()] += 1
-
-    def send_outcomes(self) -> dict[str, int]:
-        """Sends by outcome: accepted, duplicate, and each refusal reason."""
-        return {"accepted": self.accepted, "duplicate": self.duplicates, **self.refusals}
-
-    def count_delivered(self, envelopes: Sequence[Envelope], now_ms: int) -> None:
-        self.delivered += len(envelopes)
-        for envelope in envelopes:
-            self.delivery_latency.observe(max(0, now_ms - envelope.accepted_at) / 1000)
-
-
-@dataclass
-class RelayContext:
-    """What every session shares."""
-
-    settings: RelaySettings
-    store: Store
-    enrolment: EnrolmentService
-    nursery: trio.Nursery
-    presence: Presence
-    pipeline: CommitPipeline
-    now_ms: Callable[[], int]
-    metrics: RelayMetrics = field(default_factory=RelayMetrics)
-    sessions: dict[tuple[str, int], DeviceSession] = field(default_factory=dict)
-    endpoint: QuicEndpoint | None = None
-    operations_address: tuple[str, int] | None = None
-    """Where /metrics, /healthz and /readyz are served (None: not served)."""
-    admin_address: tuple[str, int] | None = None
-    """Where the admin console and API are served over HTTPS (None: not served)."""
-    cluster: ClusterNode | None = None
-    """This node's presence and wake-ups when several nodes share PostgreSQL."""
-
-    async def endpoint_drained(self) -> None:
-        """Wait until everything written so far has left (or at least one scheduling round)."""
-        await trio.lowlevel.checkpoint()
-        if self.endpoint is not None:
-            await self.endpoint.drain()
-
-    @functools.cached_property
-    def prekeys(self) -> PrekeyService:
-        """The prekey service (relay/prekeys.py), with its per-node fetch limits."""
-        return PrekeyService(self)
-
-    def attach(self, session: DeviceSession) -> None:
-        """Register an authenticated session; an older one of the same device is closed."""
-        assert session.device is not None
-        previous = self.sessions.get(session.device)
-        self.sessions[session.device] = session
-        if previous is not None and previous is not session:
-            previous.close(ErrorCode.REPLACED, "a newer connection of this device took over")
-
-    def detach(self, session: DeviceSession) -> None:
-        if session.device is not None and self.sessions.get(session.device) is session:
-            del self.sessions[session.device]
-
-    def revoke_user(self, user_id: str, code: ErrorCode = ErrorCode.DEVICE_REVOKED,
-                    reason: str = "this device was revoked") -> int:
-        """Close every live connection of the user at once; returns how many."""
-        doomed = [session for (owner, _), session in self.sessions.items() if owner == user_id]
-        for session in doomed:
-            session.close(code, reason)
-        return len(doomed)
 
 
 @dataclass
@@ -214,10 +112,7 @@ async def serve(settings: RelaySettings, *,
             dispatcher = SmsDispatcher(gateway, on_sent=on_sms_sent)
             enrolment = await EnrolmentService.create(store, dispatcher)
             async with trio.open_nursery() as nursery:
-                presence = presence_for(store)
-                context = RelayContext(settings=settings, store=store, enrolment=enrolment,
-                                       nursery=nursery, presence=presence,
-                                       pipeline=CommitPipeline(store, presence), now_ms=now_ms)
+                context = _relay_context(settings, store, enrolment, nursery, now_ms)
 
                 def on_connection(link: QuicLink) -> DeviceSession:
                     return DeviceSession(context, link)
@@ -229,7 +124,7 @@ async def serve(settings: RelaySettings, *,
                 await nursery.start(dispatcher.run)
                 nursery.start_soon(context.pipeline.run)
                 context.cluster = cluster_node_for(
-                    store=store, presence=presence, dsn=location.postgres_dsn,
+                    store=store, presence=context.presence, dsn=location.postgres_dsn,
                     node_name=settings.node_name, now_ms=now_ms)
                 if context.cluster is not None:  # listening before any device can claim
                     await nursery.start(context.cluster.run)
@@ -260,6 +155,17 @@ async def serve(settings: RelaySettings, *,
     finally:
         sock.close()
     log.info("relay_stopped")
+
+
+def _relay_context(settings: RelaySettings, store: Store, enrolment: EnrolmentService,
+                   nursery: trio.Nursery, now_ms: Callable[[], int]) -> RelayContext:
+    """The context every session shares, with its prekey service (which reads the context)."""
+    presence = presence_for(store)
+    context = RelayContext(settings=settings, store=store, enrolment=enrolment, nursery=nursery,
+                           presence=presence, pipeline=CommitPipeline(store, presence),
+                           now_ms=now_ms)
+    context.prekeys = PrekeyService(context)
+    return context
 
 
 async def _start_local_services(nursery: trio.Nursery, context: RelayContext,

@@ -13,7 +13,6 @@ from __future__ import annotations
 import secrets
 from collections import deque
 from collections.abc import Awaitable
-from typing import TYPE_CHECKING
 
 import structlog
 import trio
@@ -28,6 +27,7 @@ from enrolment.errors import (
     VerificationFailed,
 )
 from relay.cluster import DeviceGone
+from relay.context import RelayContext
 from relay.delivery import DeliveryPump
 from relay.limits import LOOKUP_PERIOD_MS, LOOKUPS_PER_MINUTE
 from relay.reachability import may_reach
@@ -62,9 +62,6 @@ from wire.protocol import (
     StreamEnded,
     StreamFailed,
 )
-
-if TYPE_CHECKING:
-    from relay.server import RelayContext
 
 __all__ = ["DeviceSession"]
 

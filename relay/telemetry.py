@@ -10,9 +10,7 @@ bounded sets of outcomes and operations.
 
 from __future__ import annotations
 
-import bisect
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry
@@ -24,55 +22,13 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from relay.context import RelayContext
+from relay.metrics import LatencyHistogram
+
 if TYPE_CHECKING:
     from enrolment.sms import SmsOutcomes
-    from relay.server import RelayContext
 
-__all__ = [
-    "DELIVERY_LATENCY_BUCKETS",
-    "STORAGE_LATENCY_BUCKETS",
-    "LatencyHistogram",
-    "RelayCollector",
-    "relay_registry",
-]
-
-DELIVERY_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0, 300.0,
-                            3600.0, 86_400.0)
-"""Seconds from acceptance to push: milliseconds for an online recipient, up to
-days for one that was offline (the envelope waited in its queue)."""
-
-STORAGE_LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
-                           1.0, 2.5)
-"""Seconds from submitting a send to its commit (group commit, one fsync per batch)."""
-
-
-@dataclass
-class LatencyHistogram:
-    """A cumulative histogram in seconds, cheap enough to observe on every message."""
-
-    buckets: tuple[float, ...]
-    counts: list[int] = field(default_factory=list)
-    total: float = 0.0
-
-    def __post_init__(self) -> None:
-        self.counts = [0] * (len(self.buckets) + 1)  # the last one is +Inf
-
-    def observe(self, seconds: float) -> None:
-        self.counts[bisect.bisect_left(self.buckets, seconds)] += 1
-        self.total += seconds
-
-    @property
-    def count(self) -> int:
-        return sum(self.counts)
-
-    def cumulative(self) -> list[tuple[str, float]]:
-        """(upper bound, observations at or below it), as Prometheus wants them."""
-        running, rows = 0, []
-        for bound, count in zip((*self.buckets, float("inf")), self.counts, strict=True):
-            running += count
-            rows.append(("+Inf" if bound == float("inf") else repr(bound), float(running)))
-        return rows
-
+__all__ = ["RelayCollector", "relay_registry"]
 
 class RelayCollector(Collector):
     """Reads a relay's counters at scrape time."""

@@ -38,6 +38,7 @@ __all__ = [
     "OneTimePrekey",
     "PrekeyCounts",
     "PrekeyFrame",
+    "PrekeyRequest",
     "PrekeysLow",
     "PrekeysUploaded",
     "SignedPrekey",
@@ -287,6 +288,9 @@ class PrekeysLow:
     def __post_init__(self) -> None:
         _check_counts(self)
 
+
+PrekeyRequest = UploadPrekeys | FetchBundle | GetPrekeyCounts | ListDevices
+"""The prekey service's requests, which an authenticated device sends."""
 
 PrekeyFrame = (
     UploadPrekeys

@@ -1,0 +1,101 @@
+"""What every session and service of one relay shares: the ``RelayContext``.
+
+Sessions (relay/session.py), the prekey service (relay/prekeys.py), the control socket and the
+HTTP servers import this module; it imports none of them. They meet it through the two small
+protocols below, which say what the context needs of a live session and of the prekey service.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import trio
+
+from enrolment.service import EnrolmentService
+from relay.cluster import ClusterNode
+from relay.delivery import CommitPipeline, Presence
+from relay.metrics import RelayMetrics
+from relay.settings import RelaySettings
+from storage.base import Store
+from transport.quic import QuicEndpoint
+from wire.catalogue import ErrorCode
+from wire.prekey_frames import PrekeyRequest
+
+__all__ = ["LiveSession", "PrekeyRequests", "RelayContext"]
+
+
+class LiveSession(Protocol):
+    """A device's connection as the rest of the relay sees it."""
+
+    @property
+    def device(self) -> tuple[str, int] | None:
+        """(user id, device id) once authenticated; None before."""
+
+    @property
+    def organisation_id(self) -> int | None:
+        """The device's organisation once authenticated; None before."""
+
+    def push(self, data: bytes) -> None:
+        """Write an encoded push frame on the device's push stream."""
+
+    def close(self, code: ErrorCode, reason: str) -> None:
+        """Close the connection now with an application error code."""
+
+
+class PrekeyRequests(Protocol):
+    """Answers the prekey requests of an authenticated device (relay/prekeys.py)."""
+
+    async def handle(self, device: tuple[str, int], frame: PrekeyRequest) -> bytes:
+        """Answer one request with an encoded frame."""
+
+
+@dataclass
+class RelayContext:
+    """What every session shares."""
+
+    settings: RelaySettings
+    store: Store
+    enrolment: EnrolmentService
+    nursery: trio.Nursery
+    presence: Presence
+    pipeline: CommitPipeline
+    now_ms: Callable[[], int]
+    metrics: RelayMetrics = field(default_factory=RelayMetrics)
+    sessions: dict[tuple[str, int], LiveSession] = field(default_factory=dict)
+    endpoint: QuicEndpoint | None = None
+    operations_address: tuple[str, int] | None = None
+    """Where /metrics, /healthz and /readyz are served (None: not served)."""
+    admin_address: tuple[str, int] | None = None
+    """Where the admin console and API are served over HTTPS (None: not served)."""
+    cluster: ClusterNode | None = None
+    """This node's presence and wake-ups when several nodes share PostgreSQL."""
+    prekeys: PrekeyRequests = field(init=False)
+    """The prekey service (relay/prekeys.py); ``serve`` sets it, since it reads this context."""
+
+    async def endpoint_drained(self) -> None:
+        """Wait until everything written so far has left (or at least one scheduling round)."""
+        await trio.lowlevel.checkpoint()
+        if self.endpoint is not None:
+            await self.endpoint.drain()
+
+    def attach(self, session: LiveSession) -> None:
+        """Register an authenticated session; an older one of the same device is closed."""
+        assert session.device is not None
+        previous = self.sessions.get(session.device)
+        self.sessions[session.device] = session
+        if previous is not None and previous is not session:
+            previous.close(ErrorCode.REPLACED, "a newer connection of this device took over")
+
+    def detach(self, session: LiveSession) -> None:
+        if session.device is not None and self.sessions.get(session.device) is session:
+            del self.sessions[session.device]
+
+    def revoke_user(self, user_id: str, code: ErrorCode = ErrorCode.DEVICE_REVOKED,
+                    reason: str = "this device was revoked") -> int:
+        """Close every live connection of the user at once; returns how many."""
+        doomed = [session for (owner, _), session in self.sessions.items() if owner == user_id]
+        for session in doomed:
+            session.close(code, reason)
+        return len(doomed)

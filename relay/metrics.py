@@ -1,0 +1,101 @@
+"""The relay's own counters and latency histograms, kept in plain fields where things happen.
+
+Sessions, the commit pipeline and the delivery pumps count here; :mod:`relay.telemetry` turns
+these counters into Prometheus families when scraped. Nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from storage.base import Envelope, SendOutcome, SendStatus
+
+__all__ = [
+    "DELIVERY_LATENCY_BUCKETS",
+    "STORAGE_LATENCY_BUCKETS",
+    "LatencyHistogram",
+    "RelayMetrics",
+]
+
+DELIVERY_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0, 300.0,
+                            3600.0, 86_400.0)
+"""Seconds from acceptance to push: milliseconds for an online recipient, up to
+days for one that was offline (the envelope waited in its queue)."""
+
+STORAGE_LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+                           1.0, 2.5)
+"""Seconds from submitting a send to its commit (group commit, one fsync per batch)."""
+
+
+@dataclass
+class LatencyHistogram:
+    """A cumulative histogram in seconds, cheap enough to observe on every message."""
+
+    buckets: tuple[float, ...]
+    counts: list[int] = field(default_factory=list)
+    total: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.counts = [0] * (len(self.buckets) + 1)  # the last one is +Inf
+
+    def observe(self, seconds: float) -> None:
+        self.counts[bisect.bisect_left(self.buckets, seconds)] += 1
+        self.total += seconds
+
+    @property
+    def count(self) -> int:
+        return sum(self.counts)
+
+    def cumulative(self) -> list[tuple[str, float]]:
+        """(upper bound, observations at or below it), as Prometheus wants them."""
+        running, rows = 0, []
+        for bound, count in zip((*self.buckets, float("inf")), self.counts, strict=True):
+            running += count
+            rows.append(("+Inf" if bound == float("inf") else repr(bound), float(running)))
+        return rows
+
+
+@dataclass
+class RelayMetrics:
+    """Counters read by tests, benchmarks and the Prometheus export (relay/telemetry.py)."""
+
+    accepted: int = 0
+    duplicates: int = 0
+    refused: int = 0
+    acknowledged: int = 0
+    expired: int = 0
+    rate_limited: int = 0
+    delivered: int = 0
+    connections_opened: int = 0
+    refusals: Counter[str] = field(default_factory=Counter)
+    """Refused sends by reason (a SendStatus name, or "error")."""
+    enrolment: Counter[tuple[str, str]] = field(default_factory=Counter)
+    """(step, outcome) -> requests; e.g. ("verify", "verification_failed")."""
+    delivery_latency: LatencyHistogram = field(
+        default_factory=lambda: LatencyHistogram(DELIVERY_LATENCY_BUCKETS))
+    commit_latency: LatencyHistogram = field(
+        default_factory=lambda: LatencyHistogram(STORAGE_LATENCY_BUCKETS))
+
+    def count_send(self, outcome: SendOutcome | BaseException) -> None:
+        if isinstance(outcome, BaseException):
+            self.refused += 1
+            self.refusals["error"] += 1
+        elif outcome.status is SendStatus.ACCEPTED:
+            self.accepted += 1
+        elif outcome.status is SendStatus.DUPLICATE:
+            self.duplicates += 1
+        else:
+            self.refused += 1
+            self.refusals[outcome.status.name.lower()] += 1
+
+    def send_outcomes(self) -> dict[str, int]:
+        """Sends by outcome: accepted, duplicate, and each refusal reason."""
+        return {"accepted": self.accepted, "duplicate": self.duplicates, **self.refusals}
+
+    def count_delivered(self, envelopes: Sequence[Envelope], now_ms: int) -> None:
+        self.delivered += len(envelopes)
+        for envelope in envelopes:
+            self.delivery_latency.observe(max(0, now_ms - envelope.accepted_at) / 1000)
