@@ -11,8 +11,8 @@ import secrets
 from collections.abc import Callable
 
 from enrolment.errors import InvalidRequest
+from enrolment.numbers import parse_phone
 from storage.base import Organisation, Store, User
-from wire.phone import parse_phone
 
 __all__ = [
     "MAX_ORGANISATION_NAME_CHARS",

@@ -7,6 +7,8 @@ shown to the person who caused it. ``InvalidRequest`` (and its subclass
 
 from __future__ import annotations
 
+from wire import phone
+
 __all__ = [
     "EnrolmentError",
     "InvalidPhoneNumber",
@@ -26,8 +28,12 @@ class InvalidRequest(EnrolmentError, ValueError):
     """The request is malformed (bad code format, bad key, bad name...); nothing changed."""
 
 
-class InvalidPhoneNumber(InvalidRequest):
-    """The text is not a valid phone number in international form."""
+class InvalidPhoneNumber(InvalidRequest, phone.InvalidPhoneNumber):
+    """The text is not a valid phone number in international form.
+
+    The enrolment package's form of :class:`wire.phone.InvalidPhoneNumber`, raised by
+    :func:`enrolment.numbers.parse_phone`: an ``InvalidRequest`` like every refusal of bad input.
+    """
 
 
 class RateLimited(EnrolmentError):

@@ -32,9 +32,9 @@ from enrolment.errors import (
     TooManyDevices,
     VerificationFailed,
 )
+from enrolment.numbers import parse_phone
 from enrolment.sms import SmsDispatcher, SmsMessage, utc_timestamp
 from storage.base import Device, RegistrationRefusal, RegistrationRefused, Store
-from wire.phone import parse_phone
 
 __all__ = ["ENROLMENT_SECRET_NAME", "IDENTITY_KEY_BYTES", "SECRET_BYTES", "EnrolmentService"]
 

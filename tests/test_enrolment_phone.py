@@ -7,6 +7,7 @@ import re
 import phonenumbers
 import pytest
 
+from enrolment import errors, numbers
 from enrolment.errors import EnrolmentError, InvalidRequest
 from wire.phone import InvalidPhoneNumber, mask_phone, national_format, parse_phone
 
@@ -43,9 +44,26 @@ def test_parse_requires_international_form(text: str) -> None:
 
 
 def test_invalid_phone_number_is_an_enrolment_value_error() -> None:
+    # The wire's error is a ValueError; the enrolment package raises its own form of it, which is
+    # also an InvalidRequest, so that every caller refusing bad input refuses bad numbers too.
     assert issubclass(InvalidPhoneNumber, ValueError)
-    assert issubclass(InvalidPhoneNumber, InvalidRequest)
-    assert issubclass(InvalidPhoneNumber, EnrolmentError)
+    assert issubclass(errors.InvalidPhoneNumber, InvalidPhoneNumber)
+    assert issubclass(errors.InvalidPhoneNumber, ValueError)
+    assert issubclass(errors.InvalidPhoneNumber, InvalidRequest)
+    assert issubclass(errors.InvalidPhoneNumber, EnrolmentError)
+
+
+@pytest.mark.parametrize("text", ["", "hello", "06 12 34 56 78", "+999 123 456 789"])
+def test_the_enrolment_package_refuses_bad_numbers_as_invalid_requests(text: str) -> None:
+    with pytest.raises(errors.InvalidPhoneNumber) as caught:
+        numbers.parse_phone(text)
+    with pytest.raises(InvalidPhoneNumber) as direct:
+        parse_phone(text)
+    assert str(caught.value) == str(direct.value)
+
+
+def test_the_enrolment_package_parses_like_the_wire() -> None:
+    assert numbers.parse_phone("+33 6 12 34 56 78") == parse_phone("+33 6 12 34 56 78")
 
 
 def test_mask_keeps_country_code_and_last_two_digits() -> None:

@@ -1,12 +1,19 @@
-"""Phone number parsing, formatting and masking (E.164, via ``phonenumbers``)."""
+"""Phone number parsing, formatting and masking (E.164, via ``phonenumbers``).
+
+Both ends need these rules: the relay keys users by E.164 number, and the client parses what its
+user types before it sends an ENROL_START or a LOOKUP. Nothing here does I/O.
+"""
 
 from __future__ import annotations
 
 import phonenumbers
 
-from enrolment.errors import InvalidPhoneNumber
-
 __all__ = ["InvalidPhoneNumber", "mask_phone", "national_format", "parse_phone"]
+
+
+class InvalidPhoneNumber(ValueError):
+    """The text is not a valid phone number in international form (INVALID_PHONE_NUMBER)."""
+
 
 # Longest input we hand to the parser: E.164 has at most 15 digits, and we
 # allow generous room for spaces, dashes and parentheses, not for megabytes.

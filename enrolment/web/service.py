@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 from enrolment.errors import InvalidRequest
 from enrolment.licence_dates import reduction_effective_on
+from enrolment.numbers import parse_phone
 from storage.admin_records import (
     AccountRole,
     AuditEntry,
@@ -33,7 +34,7 @@ from storage.base import (
     Store,
     User,
 )
-from wire.phone import national_format, parse_phone
+from wire.phone import national_format
 
 __all__ = [
     "MAX_ACTION_CHARS",
