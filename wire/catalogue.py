@@ -6,15 +6,31 @@ tables; a new feature takes its numbers from its reserved block below and nowher
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from enum import IntEnum
 
-__all__ = ["ErrorCode", "FrameType"]
+__all__ = [
+    "ERROR_CODE_RANGE",
+    "PUSH_RANGE",
+    "REQUEST_RANGE",
+    "RESERVED_BLOCKS",
+    "RESPONSE_RANGE",
+    "ErrorCode",
+    "FeatureBlock",
+    "FrameType",
+]
+
+REQUEST_RANGE = range(1, 64)  # frame types a client sends on its own bidirectional streams
+RESPONSE_RANGE = range(64, 128)  # frame types the relay answers with, on the request's stream
+PUSH_RANGE = range(128, 192)  # frame types the relay pushes on its unidirectional streams
+ERROR_CODE_RANGE = range(0, 256)  # error codes, grouped by tens; QUIC close codes are the same
 
 
 class FrameType(IntEnum):
     """Second element of every frame. Ranges: 1-63 requests, 64-127 responses, 128-191 pushes.
 
-    The unassigned numbers of each range are reserved for later frames (see PROTOCOL.md "Future").
+    Each feature under construction owns a block of every range (``RESERVED_BLOCKS``); the other
+    unassigned numbers are kept for the core protocol.
     """
 
     ENROL_START = 1
@@ -89,3 +105,41 @@ class ErrorCode(IntEnum):
             return cls(value)
         except ValueError:
             return cls.INTERNAL_ERROR
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class FeatureBlock:
+    """The numbers one feature may assign, so that features built side by side never collide.
+
+    A feature assigns its frame types and error codes only inside its block, and moves them from
+    here into ``FrameType`` and ``ErrorCode`` as it defines them (``docs/PROTOCOL.md``, "Reserved
+    numbers", shows the same table).
+    """
+
+    feature: str
+    """What the block is for, as the feature's issue names it."""
+    requests: range
+    """Request frame types (within REQUEST_RANGE)."""
+    responses: range
+    """Response frame types (within RESPONSE_RANGE)."""
+    pushes: range
+    """Push frame types (within PUSH_RANGE)."""
+    errors: range
+    """Error codes (within ERROR_CODE_RANGE): a group of ten."""
+
+
+RESERVED_BLOCKS: tuple[FeatureBlock, ...] = (
+    FeatureBlock(feature="linked devices", requests=range(16, 24), responses=range(80, 88),
+                 pushes=range(136, 140), errors=range(70, 80)),
+    FeatureBlock(feature="attachments", requests=range(24, 32), responses=range(88, 96),
+                 pushes=range(140, 144), errors=range(80, 90)),
+    FeatureBlock(feature="groups (multi-recipient sends)", requests=range(32, 40),
+                 responses=range(96, 104), pushes=range(144, 148), errors=range(90, 100)),
+    FeatureBlock(feature="calls", requests=range(40, 48), responses=range(104, 112),
+                 pushes=range(148, 152), errors=range(100, 110)),
+    FeatureBlock(feature="sealed sender", requests=range(48, 56), responses=range(112, 120),
+                 pushes=range(152, 156), errors=range(110, 120)),
+    FeatureBlock(feature="wake-up pushes", requests=range(56, 60), responses=range(120, 124),
+                 pushes=range(156, 160), errors=range(120, 130)),
+)
+"""Blocks reserved for the features being built; the core keeps 12-15, 75-79 and 131-135."""
