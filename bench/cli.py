@@ -1,9 +1,10 @@
 """``cryptopass-bench``: load tests against a relay, and the transport ceiling.
 
-Every scenario runs against a relay it starts itself (the default: a temporary
-data directory, the relay pinned to ``--relay-cpu``) or against a running one
+The scenarios that load a relay run against one they start themselves (the default: a
+temporary data directory, the relay pinned to ``--relay-cpu``) or against a running one
 (``--relay HOST:PORT --ca CERT`` with ``--data-dir``, ``--store`` or the admin API:
-bench/target.py). ``--json`` prints one machine-readable object instead of a table.
+bench/target.py); ``cluster`` starts its own nodes. ``--json`` prints one
+machine-readable object instead of a table.
 """
 
 from __future__ import annotations
@@ -25,10 +26,13 @@ from bench.cli_options import (
     JsonOption,
     RelayCpuOption,
     TimeoutOption,
+    exchange_load,
     target_options,
     with_options,
 )
+from bench.cluster import DEFAULT_POSTGRES, ClusterSetup, Placement, StoreKind, run_cluster
 from bench.encrypted_link import check_text_size
+from bench.exchange import ExchangeLoad, exchange_on
 from bench.target import Target, TargetOptions, check_options, open_target
 from bench.transport import run_transport
 from client.message_content import MAX_TEXT_BYTES
@@ -192,6 +196,44 @@ def transport(devices: Annotated[int, typer.Option(help="Connected clients.", mi
                                    window=window, time_limit=timeout, compare=compare,
                                    relay_cpu=relay_cpu)
     _run(work, as_json, "transport", relay_cpu=relay_cpu)
+
+
+@app.command()
+@with_options("load", exchange_load)
+@with_options("target", target_options)
+def exchange(as_json: JsonOption = False, *, load: ExchangeLoad,
+             target: TargetOptions) -> None:
+    """Device A sends to device B (per pair): throughput, latency, relay and client CPU.
+
+    --mode sequential sends one message at a time: its latency is the round time (send,
+    commit, push, receipt)."""
+    _run_on_target(lambda relay: exchange_on(relay, load), target, as_json, "exchange")
+
+
+@app.command()
+@with_options("load", exchange_load)
+def cluster(nodes: Annotated[int, typer.Option(
+                help="Relay nodes: A on the first, B on the last.", min=1, max=2)] = 2,
+            store: Annotated[StoreKind, typer.Option(
+                help="The nodes' store (postgresql: a fresh schema of --postgres).")
+            ] = StoreKind.POSTGRESQL,
+            postgres: Annotated[str, typer.Option(
+                help="PostgreSQL database for --store postgresql.")] = DEFAULT_POSTGRES,
+            workers: Annotated[int, typer.Option(
+                help="Worker processes of the node (serve --workers; PostgreSQL, one node).",
+                min=1)] = 1,
+            placement: Annotated[Placement, typer.Option(
+                help="With --workers: where the kernel puts each connection (random), or "
+                "both devices of pair i on worker i mod W.")] = Placement.RANDOM,
+            as_json: JsonOption = False, *, load: ExchangeLoad) -> None:
+    """The exchange through relay nodes (subprocesses) sharing one store."""
+    setup = ClusterSetup(nodes=nodes, store=store, postgres=postgres, workers=workers,
+                         placement=placement)
+    try:
+        setup.check()
+    except ValueError as error:
+        raise typer.BadParameter(str(error)) from error
+    _run(lambda: run_cluster(setup, load), as_json, "cluster")
 
 
 def main() -> None:

@@ -3,7 +3,8 @@
 ``with_options(name, build)`` gives a command the options that are ``build``'s
 parameters and passes the command what ``build`` makes of them, as the keyword argument
 ``name``. The commands that load a relay under test take `target_options` (the relay,
-and how the bench puts its devices there: bench/target.py).
+and how the bench puts its devices there: bench/target.py); ``exchange`` and ``cluster``
+take `exchange_load`.
 """
 
 from __future__ import annotations
@@ -16,11 +17,14 @@ from typing import Annotated, Any
 
 import typer
 
+from bench.exchange import HEADER, ExchangeLoad, Mode
 from bench.target import TargetOptions
 
-__all__ = ["JsonOption", "RelayCpuOption", "TimeoutOption", "target_options", "with_options"]
+__all__ = ["JsonOption", "RelayCpuOption", "TimeoutOption", "exchange_load", "target_options",
+           "with_options"]
 
 TARGET_PANEL = "Relay under test"
+LOAD_PANEL = "Load"
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON object.")]
 RelayCpuOption = Annotated[int | None, typer.Option(
@@ -102,3 +106,37 @@ def target_options(
                          store=store, admin_url=admin_url, admin_token=admin_token, org=org,
                          sms_listen=sms_listen, sms_token=sms_token, relay_cpu=relay_cpu,
                          relay_args=relay_args)
+
+
+def exchange_load(
+        messages: Annotated[int, typer.Option(
+            help="Messages in all, shared out between the flows.", min=1,
+            rich_help_panel=LOAD_PANEL)] = 1000,
+        size: Annotated[int, typer.Option(
+            help="Payload bytes per message.", min=HEADER.size,
+            rich_help_panel=LOAD_PANEL)] = 256,
+        mode: Annotated[Mode, typer.Option(
+            rich_help_panel=LOAD_PANEL,
+            help="pipelined: --window sends in flight per sender; sequential: one message "
+            "at a time, each sent once the previous one arrived (the round latency).")
+        ] = Mode.PIPELINED,
+        window: Annotated[int, typer.Option(
+            help="Sends in flight per sender (pipelined).", min=1,
+            rich_help_panel=LOAD_PANEL)] = 64,
+        both_ways: Annotated[bool, typer.Option(
+            "--both-ways", help="B sends to A at the same time, half of each pair's "
+            "messages each way.", rich_help_panel=LOAD_PANEL)] = False,
+        pairs: Annotated[int, typer.Option(
+            help="Sender -> receiver pairs at once, each device on a connection and UDP "
+            "socket of its own.", min=1, rich_help_panel=LOAD_PANEL)] = 1,
+        timeout: Annotated[float, typer.Option(
+            help="Seconds before an unfinished run is reported as such.",
+            rich_help_panel=LOAD_PANEL)] = 120) -> ExchangeLoad:
+    """The exchange load the command line describes (refused when it cannot run)."""
+    load = ExchangeLoad(messages=messages, size=size, mode=mode, window=window,
+                        both_ways=both_ways, pairs=pairs, timeout=timeout)
+    try:
+        load.check()
+    except ValueError as error:
+        raise typer.BadParameter(str(error), param_hint="--messages") from error
+    return load

@@ -18,7 +18,8 @@ import trio
 from nacl.signing import SigningKey
 
 from bench.provision import BenchDevice
-from bench.relay_process import DEFAULT_WAIT_SECONDS, RelayProcess
+from bench.relay_process import DEFAULT_WAIT_SECONDS
+from bench.spawn import SpawnedRelay
 from client.connection import connect_relay, open_client_endpoint
 
 __all__ = ["CODE_PATTERN", "CodeSource", "EnrolOutcome", "OutboxCodes", "enrol_phones"]
@@ -48,23 +49,28 @@ class CodeSource(Protocol):
 
 
 class OutboxCodes:
-    """Codes from ``DATA_DIR/sms-outbox.jsonl`` of a relay the bench started.
+    """Codes from the SMS outbox (``DATA_DIR/sms-outbox.jsonl``) of a relay the bench or a
+    test started.
 
     The relay logs ``sms_sent`` after each line it appends: the bench rereads the
-    file when the relay's log moves, rather than polling it.
+    file when the relay's log moves, rather than polling it. Only lines appended after
+    ``expect`` count, so a number enrolled again gets its new code.
     """
 
-    def __init__(self, server: RelayProcess, outbox: Path) -> None:
-        self.server = server
-        self.outbox = outbox
+    def __init__(self, relay: SpawnedRelay) -> None:
+        self.relay = relay
+        self._skipped: dict[str, int] = {}
+        """Per number: outbox lines written before its code was asked for."""
+
+    def _lines(self) -> list[str]:
+        outbox = self.relay.outbox
+        return outbox.read_text().splitlines() if outbox.exists() else []
 
     def expect(self, phone: str) -> None:
-        """Nothing to do: the outbox keeps every code."""
+        self._skipped[phone] = len(self._lines())
 
     def _read(self, phone: str) -> str | None:
-        if not self.outbox.exists():
-            return None
-        for line in reversed(self.outbox.read_text().splitlines()):
+        for line in reversed(self._lines()[self._skipped.get(phone, 0):]):
             message = json.loads(line)
             match = CODE_PATTERN.search(message["body"])
             if message["to"] == phone and match:
@@ -74,11 +80,11 @@ class OutboxCodes:
     async def code_for(self, phone: str) -> str:
         with trio.fail_after(DEFAULT_WAIT_SECONDS):
             while True:
-                changed = self.server.changed  # taken first: a line written meanwhile wakes us
+                changed = self.relay.changed  # taken first: a line written meanwhile wakes us
                 code = self._read(phone)
                 if code is not None:
                     return code
-                if self.server.process.returncode is not None:
+                if self.relay.process.returncode is not None:
                     raise RuntimeError("the relay exited before sending the SMS")
                 await changed.wait()
 

@@ -1,4 +1,9 @@
-"""Starting a relay (or the transport echo server) as a subprocess, and reading its costs."""
+"""Starting a relay (or the transport echo server) as a subprocess, and reading its costs.
+
+``spawn_relay`` is the one way the bench, and the tests that run real relay processes,
+start ``cryptopass-relay serve``: the relay a scenario loads (bench/target.py), the nodes
+of ``cryptopass-bench cluster``, and a test's nodes.
+"""
 
 from __future__ import annotations
 
@@ -15,9 +20,11 @@ import trio
 
 from bench.relay_process import RelayProcess
 
-__all__ = ["SpawnedServer", "cpu_seconds", "peak_rss_mib", "rss_mib", "spawn_server"]
+__all__ = ["BIN", "SpawnedRelay", "SpawnedServer", "cpu_seconds", "peak_rss_mib", "rss_mib",
+           "spawn_relay", "spawn_server"]
 
 BIN = Path(sys.executable).parent
+"""Where the project's commands are installed (the virtual environment's bin)."""
 S = TypeVar("S", bound="SpawnedServer")
 
 STOP_SECONDS = 15.0
@@ -33,6 +40,18 @@ class SpawnedServer(RelayProcess):
     @property
     def pid(self) -> int:
         return self.process.pid
+
+
+@dataclass(kw_only=True)
+class SpawnedRelay(SpawnedServer):
+    """A ``cryptopass-relay serve`` subprocess on ``data_dir``."""
+
+    data_dir: Path
+
+    @property
+    def outbox(self) -> Path:
+        """Where the relay's development SMS gateway appends what it sends."""
+        return self.data_dir / "sms-outbox.jsonl"
 
 
 def _proc_status(pid: int, field: str) -> float:
@@ -94,6 +113,30 @@ async def spawn_server(command: Sequence[str], *, cpu: int | None = None,
                 await process.wait()
 
 
-def relay_command(data_dir: Path, *extra: str) -> list[str]:
-    return [str(BIN / "cryptopass-relay"), "serve", "--data-dir", str(data_dir),
-            "--listen", "127.0.0.1:0", *extra]
+@asynccontextmanager
+async def spawn_relay(data_dir: Path, *serve_args: str, store: str | None = None,
+                      node_name: str | None = None, listen: str = "127.0.0.1:0",
+                      cpu: int | None = None) -> AsyncIterator[SpawnedRelay]:
+    """``cryptopass-relay serve --data-dir DATA_DIR --listen LISTEN``, once it listens.
+
+    Args:
+        serve_args: more arguments for ``serve`` (``--workers 2``, ``--set ...``).
+        store: ``--store`` (default: SQLite in ``data_dir``).
+        node_name: ``--node-name``, for a cluster node.
+        listen: the QUIC address (default: any free port on loopback).
+        cpu: pin the relay to this CPU.
+
+    Stopped with SIGTERM on exit (a test may SIGKILL it meanwhile: ``relay.process.kill()``).
+    """
+    data_dir.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 (once, before starting)
+    command = [str(BIN / "cryptopass-relay"), "serve", "--data-dir", str(data_dir),
+               "--listen", listen]
+    if store is not None:
+        command += ["--store", store]
+    if node_name is not None:
+        command += ["--node-name", node_name]
+    async with spawn_server([*command, *serve_args], cpu=cpu,
+                            cert=data_dir / "tls" / "cert.pem",
+                            make=lambda process: SpawnedRelay(process=process,
+                                                              data_dir=data_dir)) as relay:
+        yield relay

@@ -26,7 +26,7 @@ from bench.admin_provisioner import open_admin_provisioner
 from bench.enrol_devices import CodeSource, OutboxCodes
 from bench.provisioners import Provisioner, StoreProvisioner
 from bench.sms_webhook import SMS_WEBHOOK_PATH, SmsInbox, serve_sms_webhook
-from bench.spawn import SpawnedServer, relay_command, spawn_server
+from bench.spawn import SpawnedServer, spawn_relay
 from storage.store_url import StoreLocation, parse_store_url
 from transport.addresses import parse_host_port
 
@@ -184,14 +184,9 @@ def _announce_generated_token() -> str:
 @asynccontextmanager
 async def _spawned_target(options: TargetOptions) -> AsyncIterator[Target]:
     with tempfile.TemporaryDirectory(prefix="cryptopass-bench-") as temporary:
-        directory = Path(temporary) / "relay"
-        directory.mkdir()
-        command = relay_command(directory, *options.relay_args.split())
-        async with spawn_server(command, cpu=options.relay_cpu,
-                                cert=directory / "tls" / "cert.pem",
-                                make=lambda process: SpawnedServer(process=process)) as server:
-            location = parse_store_url(None, data_dir=directory)
+        async with spawn_relay(Path(temporary) / "relay", *options.relay_args.split(),
+                               cpu=options.relay_cpu) as server:
+            location = parse_store_url(None, data_dir=server.data_dir)
             yield Target(host="127.0.0.1", port=server.port, ca=server.cert,
-                         provisioner=StoreProvisioner(location),
-                         codes=OutboxCodes(server, directory / "sms-outbox.jsonl"),
+                         provisioner=StoreProvisioner(location), codes=OutboxCodes(server),
                          server=server)

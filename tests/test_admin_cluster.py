@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import trio
 
-from bench.cluster import connect
 from client.connection import ConnectionClosed, RelayError
 from storage.base import OrganisationState
 from storage.store_url import open_store, parse_store_url
+from tests.relay_processes import connect
 from tests.test_cluster import PHONE_A, PHONE_B, WAIT_S, Cluster, _enrol_both
 from tests.test_cluster import cluster as cluster  # noqa: PLC0414 (fixture)
 from tests.test_cluster import cluster_url as cluster_url  # noqa: PLC0414 (fixture)

@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-import json
-import sys
 from collections import Counter
 from pathlib import Path
 from typing import cast
@@ -19,8 +17,8 @@ from client.messenger import Messenger
 from client.profile import Profile
 from crypto.device import DeviceCrypto
 from crypto.primitives import SystemRandom, ed25519_keypair_from_private
+from tests.bench_support import BENCH, run_bench
 
-BENCH = str(Path(sys.executable).parent / "cryptopass-bench")
 COMMON_FIELDS = ("messages_per_second", "latency_ms", "errors", "server_cpu_us_per_message",
                  "server_peak_rss_mib")
 
@@ -66,13 +64,8 @@ def test_a_bench_messenger_keeps_its_state_in_memory(tmp_path: Path) -> None:
 
 async def bench(*args: str) -> dict[str, object]:
     # The bench's own --timeout makes a stuck run end with errors (and its output).
-    with trio.fail_after(200):
-        completed = await trio.run_process([BENCH, *args, "--json", "--timeout", "60"]
-                                           if args[0] != "enrol" and args[0] != "connections"
-                                           else [BENCH, *args, "--json"], capture_stdout=True,
-                                           capture_stderr=True, check=False)
-    assert completed.returncode == 0, completed.stderr.decode()[-2000:]
-    result: dict[str, object] = json.loads(completed.stdout)
+    timeout = ("--timeout", "60") if args[0] not in ("enrol", "connections") else ()
+    result = await run_bench(*args, *timeout)
     for name in COMMON_FIELDS:
         assert name in result, name
     assert result["errors"] == 0

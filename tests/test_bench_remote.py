@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 
 from bench.cli import app
 from bench.sms_webhook import SMS_WEBHOOK_PATH, SmsInbox, sms_webhook_app
-from bench.spawn import SpawnedServer, relay_command, spawn_server
+from bench.spawn import SpawnedRelay, spawn_relay
 from storage.sqlite import open_sqlite_store
 from tests.postgres_schemas import fresh_schema, store_url
 
@@ -34,7 +34,7 @@ RUN_SECONDS = 200
 
 @dataclass
 class RunningRelay:
-    server: SpawnedServer
+    server: SpawnedRelay
     data_dir: Path
     admin_url: str
     admin_token: str
@@ -70,12 +70,10 @@ async def running_relay(data_dir: Path, *extra: str) -> AsyncIterator[RunningRel
     token = json.loads(await _relay_admin(data_dir, *extra, "--json", "token", "create",
                                           "--org", ORGANISATION))["token"]
     sms_port = _free_tcp_port()
-    command = relay_command(
-        data_dir, *extra, "--admin-listen", "127.0.0.1:0", "--set", "sms_gateway=http",
-        "--set", f"sms_http_url=http://127.0.0.1:{sms_port}{SMS_WEBHOOK_PATH}",
-        "--set", f"sms_http_token={SMS_TOKEN}")
-    async with spawn_server(command, cert=data_dir / "tls" / "cert.pem",
-                            make=lambda process: SpawnedServer(process=process)) as server:
+    async with spawn_relay(
+            data_dir, *extra, "--admin-listen", "127.0.0.1:0", "--set", "sms_gateway=http",
+            "--set", f"sms_http_url=http://127.0.0.1:{sms_port}{SMS_WEBHOOK_PATH}",
+            "--set", f"sms_http_token={SMS_TOKEN}") as server:
         admin = await server.wait_for("admin_https_listening")
         yield RunningRelay(server=server, data_dir=data_dir,
                            admin_url=f"https://127.0.0.1:{admin['port']}", admin_token=token,
@@ -156,9 +154,7 @@ def postgres_url() -> Iterator[str]:
 
 
 async def test_live_through_a_postgresql_store_url(tmp_path: Path, postgres_url: str) -> None:
-    async with spawn_server(relay_command(tmp_path / "relay", "--store", postgres_url),
-                            cert=tmp_path / "relay" / "tls" / "cert.pem",
-                            make=lambda process: SpawnedServer(process=process)) as server:
+    async with spawn_relay(tmp_path / "relay", store=postgres_url) as server:
         result = await bench("live", "--devices", "4", "--messages", "5", "--timeout", "60",
                              "--relay", f"127.0.0.1:{server.port}", "--ca", str(server.cert),
                              "--store", postgres_url)

@@ -18,8 +18,10 @@ import psycopg
 import pytest
 import trio
 
-from bench.cluster import ClusterConfig, connect, declare, relay_node, run_cluster_benchmark
-from bench.loopback import BIN, Device, SubprocessRelay, enrol
+from bench.cluster import ClusterSetup, run_cluster
+from bench.exchange import ExchangeLoad
+from bench.provision import BenchDevice
+from bench.spawn import SpawnedRelay, spawn_relay
 from client.connection import ConnectionClosed, RelayClient, connect_relay
 from crypto.prekey_format import PrekeyKind
 from relay.cluster import listen_application_name
@@ -27,6 +29,7 @@ from relay.prekeys import BUNDLE_FETCHES_PER_TARGET, PREKEYS_LOW_THRESHOLD
 from relay.server import RunningRelay, serve
 from relay.settings import RelaySettings
 from tests.postgres_schemas import fresh_schema, store_url
+from tests.relay_processes import BIN, connect, declare, enrol
 from tests.test_prekeys_e2e import kem_one_time_prekeys, kem_prekey, one_time_prekeys, signed_prekey
 from tests.test_storage_postgres import _server_dsn
 from wire.frames import Deliver, ErrorCode, QueueEmpty
@@ -42,7 +45,7 @@ INDEX = struct.Struct(">Q")
 @dataclass
 class Cluster:
     url: str
-    nodes: list[SubprocessRelay]
+    nodes: list[SpawnedRelay]
 
 
 @pytest.fixture
@@ -54,19 +57,18 @@ def cluster_url() -> Iterator[str]:
 @pytest.fixture
 async def cluster(cluster_url: str, tmp_path: Path) -> AsyncIterator[Cluster]:
     await declare(cluster_url, tmp_path, (PHONE_A, PHONE_B, PHONE_C), organisation="acme")
-    async with relay_node(data_dir=tmp_path / "node-1", store=cluster_url,
-                          name="node-1") as first, \
-            relay_node(data_dir=tmp_path / "node-2", store=cluster_url,
-                       name="node-2") as second:
+    async with spawn_relay(tmp_path / "node-1", store=cluster_url,
+                           node_name="node-1") as first, \
+            spawn_relay(tmp_path / "node-2", store=cluster_url, node_name="node-2") as second:
         yield Cluster(url=cluster_url, nodes=[first, second])
 
 
-async def _enrol_both(cluster: Cluster) -> tuple[Device, Device]:
+async def _enrol_both(cluster: Cluster) -> tuple[BenchDevice, BenchDevice]:
     # Enrolment is store state too: A enrols through node 1, B through node 2.
     return await enrol(cluster.nodes[0], PHONE_A), await enrol(cluster.nodes[1], PHONE_B)
 
 
-async def _authenticated(client: RelayClient, device: Device) -> None:
+async def _authenticated(client: RelayClient, device: BenchDevice) -> None:
     await client.authenticate(device.user_id, device.device_id, device.key)
 
 
@@ -257,8 +259,8 @@ async def test_a_node_whose_listening_connection_was_lost_drains_what_it_missed(
 
     node_2._connect_listener = gated_connect_listener  # type: ignore[method-assign]
     try:
-        async with relay_node(data_dir=tmp_path / "node-1", store=cluster_url,
-                              name="node-1") as node_1:
+        async with spawn_relay(tmp_path / "node-1", store=cluster_url,
+                               node_name="node-1") as node_1:
             device_a = await enrol(node_1, PHONE_A)
             device_b = await enrol(node_1, PHONE_B)
             async with connect_relay("127.0.0.1", running.address[1], ca=running.cert_path,
@@ -373,12 +375,15 @@ def _execute(url: str, query: str, *params: object) -> int:
 async def test_the_cluster_benchmark_delivers_everything_across_two_nodes(
         cluster_url: str) -> None:
     # cluster_url: only for the server check (skip, or fail in CI); the run makes its schema.
-    result = await run_cluster_benchmark(ClusterConfig(
-        nodes=2, postgres=_server_dsn(), messages=40, mode="pipelined", timeout=WAIT_S))
-    assert result.errors == 0, result.error_samples
-    assert result.delivered == result.sent == 40
-    assert (result.duplicates, result.out_of_order) == (0, 0)
-    assert result.latency_ms["p50"] <= result.latency_ms["p99"]
+    # What `cryptopass-bench cluster --nodes 2 --messages 40` runs.
+    result = await run_cluster(ClusterSetup(nodes=2, postgres=_server_dsn()),
+                               ExchangeLoad(messages=40, timeout=WAIT_S))
+    assert result["errors"] == 0, result["error_samples"]
+    assert result["delivered"] == result["sent"] == result["messages"] == 40
+    assert (result["duplicates"], result["out_of_order"]) == (0, 0)
+    assert result["latency_ms"]["p50"] <= result["latency_ms"]["p99"]
+    assert result["relay"] == "2 node(s), postgresql, 1 pair(s)"
+    assert isinstance(result["server_cpu_us_per_message"], float)  # both nodes'
 
 
 async def _readiness(running: RunningRelay) -> dict[str, bool]:

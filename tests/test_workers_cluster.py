@@ -18,14 +18,17 @@ from pathlib import Path
 import pytest
 import trio
 
-from bench.cluster import ClusterConfig, connect, declare, relay_node, run_cluster_benchmark
-from bench.loopback import BIN, Device, SubprocessRelay, enrol
+from bench.cluster import ClusterSetup, Placement, run_cluster
+from bench.exchange import ExchangeLoad
+from bench.provision import BenchDevice
+from bench.spawn import SpawnedRelay, spawn_relay
 from client.connection import RelayClient
 from relay.config import ConfigError, load_config
 from relay.settings import MAX_WORKERS, RelaySettings
 from relay.supervisor import worker_settings
 from relay.worker_ids import worker_of
 from tests.postgres_schemas import fresh_schema, store_url
+from tests.relay_processes import BIN, connect, declare, enrol
 from tests.test_storage_postgres import _server_dsn
 from wire.frames import Deliver, QueueEmpty
 
@@ -46,10 +49,10 @@ def cluster_url() -> Iterator[str]:
 
 
 @pytest.fixture
-async def relay(cluster_url: str, tmp_path: Path) -> AsyncIterator[SubprocessRelay]:
+async def relay(cluster_url: str, tmp_path: Path) -> AsyncIterator[SpawnedRelay]:
     await declare(cluster_url, tmp_path, (PHONE_A, PHONE_B), organisation="acme")
-    async with relay_node(data_dir=tmp_path / "relay", store=cluster_url, name="relay",
-                          extra_args=("--workers", "2")) as node:
+    async with spawn_relay(tmp_path / "relay", "--workers", "2", store=cluster_url,
+                           node_name="relay") as node:
         with trio.fail_after(WAIT_S):
             await node.wait_for("workers_ready")
         yield node
@@ -61,7 +64,7 @@ def worker_serving(client: RelayClient) -> int | None:
     return worker_of(client._link.quic._peer_cid.cid)
 
 
-async def connect_to_worker(stack: AsyncExitStack, relay: SubprocessRelay,
+async def connect_to_worker(stack: AsyncExitStack, relay: SpawnedRelay,
                             wanted: int) -> RelayClient:
     for _ in range(MAX_CONNECTION_ATTEMPTS):
         async with AsyncExitStack() as attempt:
@@ -72,7 +75,7 @@ async def connect_to_worker(stack: AsyncExitStack, relay: SubprocessRelay,
     raise AssertionError(f"no connection landed on worker {wanted}")
 
 
-async def authenticated(stack: AsyncExitStack, relay: SubprocessRelay, device: Device,
+async def authenticated(stack: AsyncExitStack, relay: SpawnedRelay, device: BenchDevice,
                         worker: int) -> RelayClient:
     client = await connect_to_worker(stack, relay, worker)
     await client.authenticate(device.user_id, device.device_id, device.key)
@@ -85,13 +88,13 @@ async def next_delivery(deliveries: AsyncIterator[Deliver | QueueEmpty]
         return await deliveries.__anext__()
 
 
-def workers_that_logged(relay: SubprocessRelay, event: str) -> set[int]:
+def workers_that_logged(relay: SpawnedRelay, event: str) -> set[int]:
     return {entry["worker"] for entry in relay.events
             if entry.get("event") == event and "worker" in entry}
 
 
 async def test_devices_on_both_workers_exchange_messages_and_sigterm_stops_all(
-        relay: SubprocessRelay) -> None:
+        relay: SpawnedRelay) -> None:
     device_a, device_b = await enrol(relay, PHONE_A), await enrol(relay, PHONE_B)
     async with AsyncExitStack() as stack:
         client_a = await authenticated(stack, relay, device_a, worker=0)
@@ -132,7 +135,7 @@ async def test_devices_on_both_workers_exchange_messages_and_sigterm_stops_all(
     assert nodes == {"relay-0", "relay-1"}
 
 
-async def test_a_worker_dying_stops_the_relay_with_a_failure(relay: SubprocessRelay) -> None:
+async def test_a_worker_dying_stops_the_relay_with_a_failure(relay: SpawnedRelay) -> None:
     started = {entry["worker"]: entry["pid"] for entry in relay.events
                if entry.get("event") == "worker_started"}
     assert set(started) == {0, 1}
@@ -144,7 +147,7 @@ async def test_a_worker_dying_stops_the_relay_with_a_failure(relay: SubprocessRe
     assert workers_that_logged(relay, "relay_stopped") == {0}  # stopped, not killed
 
 
-async def test_workers_stop_when_their_supervisor_is_killed(relay: SubprocessRelay) -> None:
+async def test_workers_stop_when_their_supervisor_is_killed(relay: SpawnedRelay) -> None:
     relay.process.kill()  # SIGKILL: it can pass nothing on; its workers see their stdin close
     with trio.fail_after(WAIT_S):
         while workers_that_logged(relay, "relay_stopped") != {0, 1}:
@@ -194,10 +197,14 @@ def test_each_worker_is_a_node_of_its_own_with_its_own_metrics_port() -> None:
 
 async def test_the_cluster_benchmark_runs_pairs_over_two_workers(cluster_url: str) -> None:
     # cluster_url: only for the server check (skip, or fail in CI); the run makes its schema.
-    result = await run_cluster_benchmark(ClusterConfig(
-        nodes=1, workers=2, pairs=2, placement="pair-per-worker", postgres=_server_dsn(),
-        messages=40, mode="pipelined", timeout=WAIT_S))
-    assert result.errors == 0, result.error_samples
-    assert result.delivered == result.sent == 40
-    assert (result.duplicates, result.out_of_order) == (0, 0)
-    assert result.relay.endswith("(connections per worker 0:2 1:2)"), result.relay
+    # What `cryptopass-bench cluster --nodes 1 --workers 2 --pairs 2 --placement
+    # pair-per-worker --messages 40` runs.
+    result = await run_cluster(
+        ClusterSetup(nodes=1, workers=2, placement=Placement.PAIR_PER_WORKER,
+                     postgres=_server_dsn()),
+        ExchangeLoad(messages=40, pairs=2, timeout=WAIT_S))
+    assert result["errors"] == 0, result["error_samples"]
+    assert result["delivered"] == result["sent"] == result["messages"] == 40
+    assert (result["duplicates"], result["out_of_order"]) == (0, 0)
+    relay = result["relay"]
+    assert isinstance(relay, str) and relay.endswith("(connections per worker 0:2 1:2)"), relay
