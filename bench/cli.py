@@ -1,4 +1,5 @@
-"""``cryptopass-bench``: load tests against a relay, and the transport ceiling.
+"""``cryptopass-bench``: load tests against a relay, the transport ceiling, and the costs
+under them (store, cryptography, client library, memory per connection).
 
 The scenarios that load a relay run against one they start themselves (the default: a
 temporary data directory, the relay pinned to ``--relay-cpu``) or against a running one
@@ -20,7 +21,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from bench import scenarios
+from bench import connection_memory, crypto_cost, internal, scenarios, store_cost
 from bench.admin_provisioner import ProvisioningError
 from bench.cli_options import (
     JsonOption,
@@ -33,14 +34,17 @@ from bench.cli_options import (
 from bench.cluster import DEFAULT_POSTGRES, ClusterSetup, Placement, StoreKind, run_cluster
 from bench.encrypted_link import check_text_size
 from bench.exchange import ExchangeLoad, exchange_on
+from bench.messenger_cost import messenger_cost
 from bench.target import Target, TargetOptions, check_options, open_target
 from bench.transport import run_transport
 from client.message_content import MAX_TEXT_BYTES
+from relay.logs import configure_logging
 
 __all__ = ["Target", "app", "main"]
 
 app = typer.Typer(help="Load tests for Cryptopass relays.", no_args_is_help=True,
                   pretty_exceptions_enable=False)
+app.add_typer(internal.app, name="internal", hidden=True)
 
 Scenario = Callable[[Target], Awaitable[dict[str, Any]]]
 
@@ -55,8 +59,9 @@ def _avoid_cpu(relay_cpu: int | None) -> None:
 
 
 def _run(work: Callable[[], Awaitable[dict[str, Any]]], as_json: bool, title: str, *,
-         relay_cpu: int | None = None) -> None:
-    """Run ``work`` and print its result; exit 1 when it counted errors."""
+         relay_cpu: int | None = None, nested: bool = False) -> None:
+    """Run ``work`` and print its result (``nested``: as indented JSON, not a table);
+    exit 1 when it counted errors."""
     _avoid_cpu(relay_cpu)
     try:
         result = trio.run(work)
@@ -69,6 +74,8 @@ def _run(work: Callable[[], Awaitable[dict[str, Any]]], as_json: bool, title: st
     result["date"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     if as_json:
         typer.echo(json.dumps(result))
+    elif nested:
+        typer.echo(json.dumps(result, indent=2))
     else:
         _print_table(title, result)
     if result.get("errors"):
@@ -234,6 +241,63 @@ def cluster(nodes: Annotated[int, typer.Option(
     except ValueError as error:
         raise typer.BadParameter(str(error)) from error
     _run(lambda: run_cluster(setup, load), as_json, "cluster")
+
+
+@app.command()
+@with_options("target", target_options)
+def messenger(runs: Annotated[int, typer.Option(help="Rounds (encrypted, then plaintext).",
+                                                min=1)] = 3,
+              messages: Annotated[int, typer.Option(help="Messages per run.", min=1)] = 500,
+              size: Annotated[int, typer.Option(
+                  help="Text bytes per message.", min=1, max=MAX_TEXT_BYTES)] = 256,
+              timeout: Annotated[float, typer.Option(
+                  help="Seconds each run may take.")] = 120,
+              as_json: JsonOption = False, *, target: TargetOptions) -> None:
+    """Messages/s between two devices through the client library, encrypted and plaintext.
+
+    One message at a time; encrypted texts go through Messenger (Double Ratchet, the
+    end-to-end state written after every change), plaintext through RelayClient."""
+    _run_on_target(lambda relay: messenger_cost(relay, runs=runs, messages=messages,
+                                                size=size, time_limit=timeout),
+                   target, as_json, "messenger")
+
+
+@app.command()
+def crypto(runs: Annotated[int, typer.Option(help="Runs.", min=1)] = 5,
+           handshakes: Annotated[int, typer.Option(
+               help="PQXDH handshakes per run.", min=1)] = 200,
+           pairs: Annotated[int, typer.Option(
+               help="Encrypt + decrypt pairs of 256 bytes per run.", min=1)] = 2000,
+           as_json: JsonOption = False) -> None:
+    """End-to-end cryptography on one core: PQXDH handshakes/s and ratchet pairs/s."""
+    async def work() -> dict[str, Any]:
+        return crypto_cost.measure(runs=runs, handshakes=handshakes, pairs=pairs)
+    _run(work, as_json, "crypto")
+
+
+@app.command("store-cost")
+def store_cost_command(
+        runs: Annotated[int, typer.Option(help="Runs.", min=1)] = 3,
+        messages: Annotated[int, typer.Option(help="Sends (then acknowledgements) per run.",
+                                              min=1)] = 5000,
+        batch: Annotated[int, typer.Option(help="Writes in flight.", min=1)] = 50,
+        as_json: JsonOption = False) -> None:
+    """The embedded store's CPU per send and per acknowledgement, with no network."""
+    _run(lambda: store_cost.measure(runs=runs, messages=messages, batch=batch), as_json,
+         "store-cost")
+
+
+@app.command()
+def memory(devices: Annotated[int, typer.Option(help="Idle devices.", min=1)] = 1000,
+           tracemalloc: Annotated[bool, typer.Option(
+               "--tracemalloc", help="Also report the Python heap by file and line "
+               "(inflates RSS).")] = False,
+           top: Annotated[int, typer.Option(help="Lines and files reported.", min=1)] = 25,
+           as_json: JsonOption = False) -> None:
+    """Where an idle connection's memory goes, in a relay run inside the bench."""
+    configure_logging("json", "warning")  # the relay runs here; standard output is the result
+    _run(lambda: connection_memory.measure(devices, trace=tracemalloc, top=top), as_json,
+         "memory", nested=True)
 
 
 def main() -> None:

@@ -1,11 +1,11 @@
-"""Where an idle device connection's memory goes, measured inside a relay.
+"""The ``memory`` scenario: where an idle device connection's memory goes, inside a relay.
 
-``python -m bench.connection_memory --devices 1000 [--tracemalloc] [--json]``
+``cryptopass-bench memory --devices 1000 [--tracemalloc] [--json]``
 
 A relay runs in this process (so its objects can be inspected); a child process
-(this module with ``--connect``) provisions the devices, connects and
-authenticates them over loopback QUIC and holds them until told to go. Once
-they are held the report gives:
+(``cryptopass-bench internal hold-devices``, `hold_devices`) provisions the devices,
+connects and authenticates them over loopback QUIC and holds them until told to go.
+Once they are held the report gives:
 
 * RSS per connection (compare runs without ``--tracemalloc``: tracing costs
   memory of its own);
@@ -17,12 +17,12 @@ they are held the report gives:
   delivery task, and by object type (the mean over a sample of connections);
 * native memory outside the Python heap (OpenSSL contexts behind
   ``cryptography``'s AEAD and header-protection objects, the TLS key
-  schedule's hash), measured by creating many such objects and reading RSS.
+  schedule's hash), measured by creating many such objects and reading RSS in a fresh
+  process (``cryptopass-bench internal native-costs``).
 """
 
 from __future__ import annotations
 
-import argparse
 import gc
 import json
 import os
@@ -39,10 +39,9 @@ from typing import Any
 
 import trio
 
-from bench.spawn import rss_mib
-from relay.logs import configure_logging
+from bench.spawn import BIN, rss_mib
 
-__all__ = ["connection_anatomy", "main", "native_costs"]
+__all__ = ["connection_anatomy", "hold_devices", "measure", "native_costs"]
 
 SAMPLE_CONNECTIONS = 20
 """Connections whose object graph is walked (the walk is slow; the mean is stable)."""
@@ -205,7 +204,9 @@ def _tracemalloc_report(before: tracemalloc.Snapshot, after: tracemalloc.Snapsho
             "by_file": grouped("filename"), "by_line": grouped("lineno")}
 
 
-async def _measure(devices: int, *, trace: bool, top: int) -> dict[str, Any]:
+async def measure(devices: int, *, trace: bool, top: int) -> dict[str, Any]:
+    """The report for ``devices`` idle connections (``trace``: with tracemalloc's ``top``
+    files and lines)."""
     from relay.server import serve  # noqa: PLC0415
     from relay.settings import RelaySettings  # noqa: PLC0415
 
@@ -221,7 +222,7 @@ async def _measure(devices: int, *, trace: bool, top: int) -> dict[str, Any]:
             if trace:
                 tracemalloc.start()
                 snapshot_before = tracemalloc.take_snapshot()
-            command = [sys.executable, "-m", "bench.connection_memory", "--connect",
+            command = [str(BIN / "cryptopass-bench"), "internal", "hold-devices",
                        str(settings.data_dir), str(running.address[1]),
                        str(running.cert_path), str(devices)]
             child = await trio.lowlevel.open_process(
@@ -238,7 +239,9 @@ async def _measure(devices: int, *, trace: bool, top: int) -> dict[str, Any]:
                 await trio.sleep(SETTLE_SECONDS)
                 gc.collect()
                 links = [link for link in running.endpoint.links if link.handler is not None]
-                result: dict[str, Any] = {"devices": devices, **held, "links": len(links)}
+                result: dict[str, Any] = {"scenario": "memory", "devices": devices, **held,
+                                          "links": len(links),
+                                          "errors": devices - int(held["connected"])}
                 rss_held = rss_mib(os.getpid())
                 result["rss_kib_per_connection"] = round(
                     (rss_held - rss_before) * 1024 / max(len(links), 1), 1)
@@ -258,19 +261,21 @@ async def _measure(devices: int, *, trace: bool, top: int) -> dict[str, Any]:
             running.stop()
     # In a fresh process: freed relay memory would hide the growth here.
     measured = await trio.run_process(
-        [sys.executable, "-m", "bench.connection_memory", "--native"], capture_stdout=True)
+        [str(BIN / "cryptopass-bench"), "internal", "native-costs"], capture_stdout=True)
     result["native_bytes_per_object"] = json.loads(measured.stdout)
     return result
 
 
-async def _hold_devices(data_dir: Path, port: int, ca: Path, devices: int) -> None:
-    """Child side: provision, connect and authenticate, print a line, hold until stdin ends."""
+async def hold_devices(data_dir: Path, port: int, ca: Path, devices: int) -> None:
+    """Child side: provision ``devices`` in the relay's store (``data_dir``), connect and
+    authenticate them, print a JSON line, and hold them until standard input ends."""
     from bench.live import connect_devices  # noqa: PLC0415
-    from bench.provision import provision_sqlite  # noqa: PLC0415
+    from bench.provisioners import StoreProvisioner  # noqa: PLC0415
     from client.connection import open_client_endpoint  # noqa: PLC0415
-    from relay.server import wall_clock_ms  # noqa: PLC0415
+    from storage.store_url import parse_store_url  # noqa: PLC0415
 
-    provisioned = await provision_sqlite(data_dir, count=devices, now=wall_clock_ms())
+    location = parse_store_url(None, data_dir=data_dir)
+    provisioned = await StoreProvisioner(location).provision(devices)
     async with open_client_endpoint("127.0.0.1") as endpoint, AsyncExitStack() as stack:
         failures: list[str] = []
         clients = await connect_devices(stack, endpoint, "127.0.0.1", port, ca, provisioned,
@@ -279,30 +284,3 @@ async def _hold_devices(data_dir: Path, port: int, ca: Path, devices: int) -> No
         stdin = trio.lowlevel.FdStream(os.dup(sys.stdin.fileno()))
         while await stdin.receive_some():
             pass
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--devices", type=int, default=1000)
-    parser.add_argument("--tracemalloc", action="store_true",
-                        help="also report the Python heap by file and line (inflates RSS)")
-    parser.add_argument("--top", type=int, default=25, help="lines and files reported")
-    parser.add_argument("--connect", nargs=4, metavar=("DATA_DIR", "PORT", "CA", "DEVICES"),
-                        help=argparse.SUPPRESS)
-    parser.add_argument("--native", action="store_true", help=argparse.SUPPRESS)
-    arguments = parser.parse_args(argv)
-    configure_logging("json", "warning")  # stdout carries results only
-    if arguments.native:
-        print(json.dumps(native_costs()))
-        return
-    if arguments.connect:
-        data_dir, port, ca, devices = arguments.connect
-        trio.run(_hold_devices, Path(data_dir), int(port), Path(ca), int(devices))
-        return
-    result = trio.run(lambda: _measure(arguments.devices, trace=arguments.tracemalloc,
-                                       top=arguments.top))
-    print(json.dumps(result, indent=2))
-
-
-if __name__ == "__main__":
-    main()

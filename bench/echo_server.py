@@ -2,18 +2,19 @@
 
 It runs the same trio QUIC shell as the relay (``transport.quic``) with a handler
 that only echoes, so the relay's cost above it is the relay's own work.
-Prints one JSON line ``{"event": "relay_listening", "port": N}`` on standard
-error once listening; stops on SIGTERM.
+Prints one JSON line ``{"event": "relay_listening", "port": N, "cert": PATH}`` on
+standard error once listening; stops on SIGTERM.
+
+Internal: the ``transport`` scenario (bench/transport.py) starts it in a process of its
+own as ``cryptopass-bench internal echo-server TLS_DIR`` (bench/internal.py).
 """
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import json
 import signal
 import sys
-import tempfile
 from pathlib import Path
 
 import trio
@@ -24,7 +25,7 @@ from relay.tls import ensure_development_certificate
 from transport.quic import QuicEndpoint, QuicLink, open_udp_socket
 from wire.frames import ALPN
 
-__all__ = ["EchoHandler", "main"]
+__all__ = ["EchoHandler", "serve"]
 
 
 class EchoHandler:
@@ -34,7 +35,9 @@ class EchoHandler:
                 link.send_stream_data(event.stream_id, event.data, event.end_stream)
 
 
-async def serve(port: int, tls_dir: Path) -> None:
+async def serve(tls_dir: Path, port: int = 0) -> None:
+    """Echo on 127.0.0.1:``port`` (0: any) with a development certificate made in
+    ``tls_dir``, until SIGTERM or SIGINT."""
     cert, key, _ = ensure_development_certificate(tls_dir,
                                                   now=datetime.datetime.now(datetime.UTC))
     configuration = QuicConfiguration(is_client=False, alpn_protocols=[ALPN],
@@ -53,19 +56,3 @@ async def serve(port: int, tls_dir: Path) -> None:
             async for _ in signals:
                 nursery.cancel_scope.cancel()
                 break
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description="QUIC echo server (transport ceiling)")
-    parser.add_argument("--port", type=int, default=0)
-    parser.add_argument("--tls-dir", type=Path, default=None)
-    arguments = parser.parse_args()
-    if arguments.tls_dir is not None:
-        trio.run(serve, arguments.port, arguments.tls_dir)
-        return
-    with tempfile.TemporaryDirectory(prefix="cryptopass-echo-") as temporary:
-        trio.run(serve, arguments.port, Path(temporary))
-
-
-if __name__ == "__main__":
-    main()

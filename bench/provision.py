@@ -11,15 +11,13 @@ from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass
-from pathlib import Path
 
 from nacl.signing import SigningKey
 
 from enrolment import admin
 from storage.base import Store
-from storage.sqlite import open_sqlite_store
 
-__all__ = ["BenchDevice", "bench_phone", "provision", "provision_sqlite"]
+__all__ = ["BenchDevice", "bench_phone", "provision"]
 
 CODE_TTL_MS = 60_000
 """Lifetime of the throw-away verification code each provisioned device consumes."""
@@ -73,13 +71,3 @@ async def provision(store: Store, *, organisation: str, count: int, now: int,
         devices.append(BenchDevice(phone=phone, user_id=device.user_id,
                                    device_id=device.device_id, seed=seed))
     return devices
-
-
-async def provision_sqlite(data_dir: Path, *, count: int, now: int) -> list[BenchDevice]:
-    """Provision ``count`` devices in a fresh organisation of the relay on ``data_dir``."""
-    organisation = f"bench-{secrets.token_hex(4)}"
-    async with open_sqlite_store(data_dir / "relay.db") as store:
-        # Numbers are unique per relay: start after those of earlier bench organisations.
-        first_index = secrets.randbelow(9_000_000)
-        return await provision(store, organisation=organisation, count=count, now=now,
-                               first_index=first_index)

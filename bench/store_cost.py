@@ -1,6 +1,7 @@
-"""What durable storage costs the relay per message, with no network at all.
+"""The ``store-cost`` scenario: what durable storage costs the relay per message, with no
+network at all.
 
-    .venv/bin/python -m bench.store_cost [--runs 3] [--messages 5000] [--batch 50] [--json]
+    cryptopass-bench store-cost [--runs 3] [--messages 5000] [--batch 50] [--json]
 
 Drives the embedded store exactly as the relay does (``submit_send`` then
 ``submit_acknowledge`` for every envelope, ``batch`` writes in flight, so group
@@ -13,21 +14,17 @@ work can remove (docs/BENCHMARKS.md compares it with the echo ceiling).
 
 from __future__ import annotations
 
-import argparse
-import json
 import pathlib
 import statistics
 import tempfile
 import time
 from typing import Any
 
-import trio
-
 from bench.provision import provision
 from storage.base import NewSend, PendingResult, SendOutcome, Store
 from storage.sqlite import open_sqlite_store
 
-__all__ = ["main", "measure"]
+__all__ = ["measure"]
 
 PAYLOAD_BYTES = 256
 """The size cryptopass-bench sends by default."""
@@ -89,33 +86,9 @@ async def measure(*, runs: int, messages: int, batch: int) -> dict[str, Any]:
             commits = store.commit_count - commits_before
     send = statistics.median(result["send_cpu_us"] for result in results)
     acknowledge = statistics.median(result["ack_cpu_us"] for result in results)
-    return {"runs": runs, "messages": messages, "batch": batch,
+    return {"scenario": "store-cost", "runs": runs, "messages": messages, "batch": batch,
             "send_cpu_us": [round(result["send_cpu_us"], 1) for result in results],
             "ack_cpu_us": [round(result["ack_cpu_us"], 1) for result in results],
             "median_send_cpu_us": round(send, 1), "median_ack_cpu_us": round(acknowledge, 1),
             "median_cpu_us_per_message": round(send + acknowledge, 1),
             "commits_per_run": round(commits / runs, 1)}
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description="Store CPU per message (SQLite, no network)")
-    parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--messages", type=int, default=5000)
-    parser.add_argument("--batch", type=int, default=50, help="writes in flight")
-    parser.add_argument("--json", action="store_true")
-    arguments = parser.parse_args()
-    if min(arguments.runs, arguments.messages, arguments.batch) < 1:
-        parser.error("--runs, --messages and --batch must be at least 1")
-    result = trio.run(lambda: measure(runs=arguments.runs, messages=arguments.messages,
-                                      batch=arguments.batch))
-    if arguments.json:
-        print(json.dumps(result))
-        return
-    print(f"send: {result['send_cpu_us']} us -> median {result['median_send_cpu_us']} us")
-    print(f"ack:  {result['ack_cpu_us']} us -> median {result['median_ack_cpu_us']} us")
-    print(f"per message (send + ack): {result['median_cpu_us_per_message']} us; "
-          f"{result['commits_per_run']} commits per run of {result['messages']}")
-
-
-if __name__ == "__main__":
-    main()

@@ -1,15 +1,14 @@
 """The ``transport`` scenario: the ceiling that QUIC in Python sets.
 
 The same traffic shape as ``live`` (each client keeps ``window`` frames of the
-same size in flight on one stream), sent over bare aioquic streams to
-``bench.echo_server``, which runs the relay's own QUIC shell and echoes
-every byte. Its CPU per echoed frame is what the relay's CPU per delivered
-message is compared with, in the same run.
+same size in flight on one stream), sent over bare aioquic streams to the echo
+server (bench/echo_server.py, in a process of its own), which runs the relay's own
+QUIC shell and echoes every byte. Its CPU per echoed frame is what the relay's CPU per
+delivered message is compared with, in the same run.
 """
 
 from __future__ import annotations
 
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -19,7 +18,7 @@ import trio
 from aioquic.quic import events
 
 from bench.live import HEADER
-from bench.spawn import SpawnedServer, cpu_seconds, peak_rss_mib, spawn_server
+from bench.spawn import BIN, SpawnedServer, cpu_seconds, peak_rss_mib, spawn_server
 from bench.stats import latency_summary
 from bench.stats import rate as rate_of
 from client.connection import client_configuration, open_client_endpoint
@@ -90,9 +89,10 @@ class EchoClient:
 async def _echo_run(*, devices: int, messages: int, size: int, window: int,
                     time_limit: float, relay_cpu: int | None) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="cryptopass-echo-") as temporary:
-        command = [sys.executable, "-m", "bench.echo_server", "--tls-dir", temporary]
+        command = [str(BIN / "cryptopass-bench"), "internal", "echo-server", temporary]
         async with spawn_server(command, cpu=relay_cpu, make=_spawned) as server:
-            cert = Path(str(server.events[-1]["cert"]))
+            listening = await server.wait_for("relay_listening")
+            cert = Path(str(listening["cert"]))
             latencies: list[float] = []
             clients = []
             async with open_client_endpoint() as endpoint:

@@ -2,8 +2,8 @@
 
 An idle device holds its connection for hours; aioquic keeps, for the
 connection's whole life, state that only the handshake needed. Measured with
-``python -m bench.connection_memory`` (docs/BENCHMARKS.md, "Memory per idle
-connection"), the largest parts were:
+``cryptopass-bench memory`` (docs/BENCHMARKS.md, "Memory per idle connection"), the
+largest parts were:
 
 * the TLS context (key schedule and its transcript hash, the ephemeral key
   exchange private key, the client's extensions, callbacks);

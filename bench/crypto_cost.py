@@ -1,6 +1,6 @@
-"""End-to-end cryptography throughput on one core: PQXDH handshakes and ratchet round trips.
+"""The ``crypto`` scenario: end-to-end cryptography on one core, no relay, no network.
 
-    .venv/bin/python -m bench.crypto_bench [--runs 5] [--handshakes 200] [--pairs 2000]
+    cryptopass-bench crypto [--runs 5] [--handshakes 200] [--pairs 2000] [--json]
 
 - handshake: `DeviceCrypto.start_session` on a fresh bundle (verify two signatures, four
   X25519, one ML-KEM-1024 encapsulation, HKDF, first ratchet key) plus the responder's
@@ -9,21 +9,23 @@
 - pair: one `encrypt` of a 256-byte plaintext and its `decrypt` on the other device, the two
   devices alternating every 10 messages so that DH ratchet steps are included as in a chat.
 
-Prints each run and the median of each figure (JSON with --json).
+Reports each run and the median of each figure.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import statistics
+import sys
 import time
+from typing import Any
 
 from crypto.device import DeviceAddress, DeviceCrypto
 from crypto.prekeys import PrekeyBundle
 from crypto.primitives import SystemRandom, ed25519_generate
 
-PLAINTEXT_SIZE = 256  # Bytes: the loopback benchmark's message size.
+__all__ = ["handshakes_per_second", "measure", "pairs_per_second"]
+
+PLAINTEXT_SIZE = 256  # Bytes: the exchange scenario's default message size.
 MESSAGES_PER_TURN = 10  # Then the other side speaks, causing a DH ratchet step.
 ALICE, BOB = DeviceAddress("alice", 1), DeviceAddress("bob", 1)
 
@@ -65,28 +67,16 @@ def pairs_per_second(count: int) -> float:
     return count / (time.perf_counter() - started)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--handshakes", type=int, default=200)
-    parser.add_argument("--pairs", type=int, default=2000)
-    parser.add_argument("--json", action="store_true")
-    arguments = parser.parse_args()
-    runs = []
-    for run in range(1, arguments.runs + 1):
-        figures = {"handshakes_per_s": handshakes_per_second(arguments.handshakes),
-                   "pairs_per_s": pairs_per_second(arguments.pairs)}
-        runs.append(figures)
-        if not arguments.json:
-            print(f"run {run}: {figures['handshakes_per_s']:.1f} PQXDH handshakes/s, "
-                  f"{figures['pairs_per_s']:.0f} encrypt+decrypt pairs/s")
-    medians = {key: statistics.median(run[key] for run in runs) for key in runs[0]}
-    if arguments.json:
-        print(json.dumps({"runs": runs, "median": medians}))
-    else:
-        print(f"median: {medians['handshakes_per_s']:.1f} PQXDH handshakes/s, "
-              f"{medians['pairs_per_s']:.0f} encrypt+decrypt pairs/s")
-
-
-if __name__ == "__main__":
-    main()
+def measure(*, runs: int, handshakes: int, pairs: int) -> dict[str, Any]:
+    """``runs`` runs of ``handshakes`` handshakes and ``pairs`` pairs; each run and the
+    medians (progress on standard error)."""
+    handshake_rates, pair_rates = [], []
+    for run in range(1, runs + 1):
+        handshake_rates.append(round(handshakes_per_second(handshakes), 1))
+        pair_rates.append(round(pairs_per_second(pairs), 1))
+        print(f"run {run}: {handshake_rates[-1]:.1f} PQXDH handshakes/s, "
+              f"{pair_rates[-1]:.0f} encrypt+decrypt pairs/s", file=sys.stderr, flush=True)
+    return {"scenario": "crypto", "runs": runs, "handshakes": handshakes, "pairs": pairs,
+            "handshakes_per_second": handshake_rates, "pairs_per_second": pair_rates,
+            "median_handshakes_per_second": round(statistics.median(handshake_rates), 1),
+            "median_pairs_per_second": round(statistics.median(pair_rates), 1)}

@@ -1,0 +1,51 @@
+"""``cryptopass-bench internal ...``: processes the bench starts for itself (hidden).
+
+Not for users: each is the other end of a scenario, which starts it and reads what it
+prints. ``echo-server`` is the transport ceiling's server (bench/transport.py);
+``hold-devices`` and ``native-costs`` are the ``memory`` scenario's client process and
+fresh process (bench/connection_memory.py).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import trio
+import typer
+
+from bench import connection_memory, echo_server
+from relay.logs import configure_logging
+
+__all__ = ["app"]
+
+app = typer.Typer(help="Processes cryptopass-bench starts for itself.", hidden=True,
+                  no_args_is_help=True, pretty_exceptions_enable=False)
+
+
+def _quiet_logs() -> None:
+    # Standard output carries what the parent reads; warnings go to standard error.
+    configure_logging("json", "warning")
+
+
+@app.command("echo-server")
+def echo_server_command(
+        tls_dir: Annotated[Path, typer.Argument(help="Where to make its certificate.")]) -> None:
+    """The transport ceiling's QUIC echo server, until SIGTERM."""
+    _quiet_logs()
+    trio.run(echo_server.serve, tls_dir)
+
+
+@app.command("hold-devices")
+def hold_devices_command(data_dir: Path, port: int, ca: Path, devices: int) -> None:
+    """Provision, connect and hold DEVICES on the relay; one JSON line once held."""
+    _quiet_logs()
+    trio.run(connection_memory.hold_devices, data_dir, port, ca, devices)
+
+
+@app.command("native-costs")
+def native_costs_command() -> None:
+    """RSS per native object a connection holds, measured in this fresh process."""
+    _quiet_logs()
+    typer.echo(json.dumps(connection_memory.native_costs()))
