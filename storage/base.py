@@ -7,30 +7,48 @@ by the caller; ``phone_key`` values are keyed hashes of phone numbers (see
 ``enrolment.codes``), so that numbers which were never declared are not kept
 in clear.
 
-Backends must pass ``tests/storage_conformance.py``.
+Backends must pass ``tests/storage_conformance.py``. The values and errors named here are
+defined in ``storage.records``, ``storage.prekey_records`` and ``storage.admin_records``.
 """
 
 from __future__ import annotations
 
-import enum
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol, TypeVar
+import datetime
+from collections.abc import Sequence
+from typing import Protocol, TypeVar
 
-if TYPE_CHECKING:  # storage.prekey_records builds on this module
-    import datetime
+from storage.admin_records import (
+    Account,
+    AccountRole,
+    AdminSession,
+    ApiToken,
+    AuditEntry,
+    Licence,
+    LicenceOffer,
+    SeatReduction,
+)
+from storage.prekey_records import ClaimedBundle, PrekeyCounts, PrekeyUpload
 
-    from storage.admin_records import (
-        Account,
-        AccountRole,
-        AdminSession,
-        ApiToken,
-        AuditEntry,
-        Licence,
-        LicenceOffer,
-        SeatReduction,
-    )
-    from storage.prekey_records import ClaimedBundle, PrekeyCounts, PrekeyUpload
+# The contract's values and errors live in storage.records (which imports nothing, so that
+# storage.prekey_records can build on them); they are re-exported here with the interface.
+from storage.records import (
+    AlreadyExists,
+    Device,
+    Envelope,
+    NewSend,
+    NotFound,
+    Organisation,
+    OrganisationState,
+    Principal,
+    RegistrationRefusal,
+    RegistrationRefused,
+    SeatLimitReached,
+    SendOutcome,
+    SendStatus,
+    StoreError,
+    User,
+    UserState,
+)
 
 __all__ = [
     "AlreadyExists",
@@ -52,169 +70,6 @@ __all__ = [
     "User",
     "UserState",
 ]
-
-
-class StoreError(Exception):
-    """Base class of the errors a store raises on purpose."""
-
-
-class AlreadyExists(StoreError):
-    """The organisation name or phone number is already taken."""
-
-
-class NotFound(StoreError):
-    """The organisation, user or device does not exist."""
-
-
-class SeatLimitReached(StoreError):
-    """Declaring one more user would exceed the organisation's seat licence."""
-
-    def __init__(self, *, seats: int) -> None:
-        super().__init__(f"all {seats} seats of the licence are in use")
-        self.seats = seats
-
-
-class RegistrationRefusal(enum.Enum):
-    """Why ``Store.register_device`` refused."""
-
-    CODE_CONSUMED = "code_consumed"  # the pending code was used or replaced meanwhile
-    NOT_DECLARED = "not_declared"  # the number is not (or no longer) declared
-    ORGANISATION_INACTIVE = "organisation_inactive"  # suspended or terminated
-    TOO_MANY_DEVICES = "too_many_devices"  # the user already has the maximum
-
-
-class RegistrationRefused(StoreError):
-    """``register_device`` changed nothing, for ``reason``."""
-
-    def __init__(self, reason: RegistrationRefusal) -> None:
-        super().__init__(reason.value)
-        self.reason = reason
-
-
-class OrganisationState(enum.Enum):
-    ACTIVE = "active"
-    SUSPENDED = "suspended"
-    TERMINATED = "terminated"
-
-
-class UserState(enum.Enum):
-    DECLARED = "declared"  # declared by an administrator, no device yet
-    ENROLLED = "enrolled"  # at least one device registered
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class Organisation:
-    organisation_id: int
-    """Store-assigned identifier."""
-    name: str
-    """Unique short name used by operators (``acme``)."""
-    seats: int
-    """Number of users the licence allows."""
-    state: OrganisationState
-    """Whether its users may communicate."""
-    created_at: int
-    """Milliseconds since the epoch."""
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class User:
-    user_id: str
-    """Opaque identifier (32 lowercase hex digits), never reused."""
-    organisation_id: int
-    """Organisation that declared the user."""
-    phone: str
-    """E.164 phone number."""
-    state: UserState
-    """Declared or enrolled."""
-    declared_at: int
-    """Milliseconds since the epoch."""
-    enrolled_at: int | None
-    """When the first device registered, or None."""
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class Device:
-    user_id: str
-    """Owner."""
-    device_id: int
-    """Small positive integer, unique per user, never reused for that user."""
-    identity_key: bytes
-    """Ed25519 public key (32 bytes) the device authenticates with."""
-    registered_at: int
-    """Milliseconds since the epoch."""
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class Principal:
-    """Everything the relay checks when a device authenticates."""
-
-    user: User
-    device: Device
-    organisation: Organisation
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class Envelope:
-    envelope_id: int
-    """Store-assigned, strictly increasing in commit order across the store."""
-    recipient_user_id: str
-    recipient_device_id: int
-    sender_user_id: str
-    sender_device_id: int
-    client_message_id: int
-    """Sender-chosen idempotency key (0 <= id < 2**63)."""
-    ciphertext: bytes
-    """Opaque sealed payload for this recipient device."""
-    accepted_at: int
-    """Milliseconds since the epoch, when the relay committed it."""
-    expires_at: int
-    """Milliseconds since the epoch; the sweeper deletes it after that."""
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class NewSend:
-    """One send: the same logical message for every device of one recipient user."""
-
-    sender_user_id: str
-    sender_device_id: int
-    recipient_user_id: str
-    client_message_id: int
-    payloads: Mapping[int, bytes]
-    """Recipient device id -> ciphertext for that device."""
-    accepted_at: int
-    expires_at: int
-    max_queue_depth: int
-    """Refuse the whole send if any addressed device already holds this many envelopes."""
-    exclude_device_id: int | None = None
-    sender_organisation_id: int | None = None
-    """The sender's organisation: the send is refused as ORGANISATION_SUSPENDED if it is not
-    active, and as UNKNOWN_RECIPIENT unless the recipient belongs to it or both organisations
-    allow cross-organisation traffic (checked in the send's transaction, so on every node).
-    None skips both checks."""
-    """A device that need not be addressed (the sender's own, on a send to self)."""
-
-
-class SendStatus(enum.Enum):
-    ACCEPTED = "accepted"  # committed now
-    DUPLICATE = "duplicate"  # the same (sender device, client message id) was committed before
-    UNKNOWN_RECIPIENT = "unknown_recipient"  # no such user, or it has no device
-    MISMATCHED_DEVICES = "mismatched_devices"  # payloads do not address exactly the devices
-    QUEUE_FULL = "queue_full"  # an addressed device's queue is at max_queue_depth
-    ORGANISATION_SUSPENDED = "organisation_suspended"  # the sender's organisation is inactive
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class SendOutcome:
-    status: SendStatus
-    envelopes: tuple[Envelope, ...] = ()
-    """The committed envelopes (ACCEPTED only), in envelope id order."""
-    missing_devices: tuple[int, ...] = ()
-    """MISMATCHED_DEVICES: current devices with no payload."""
-    extra_devices: tuple[int, ...] = ()
-    """MISMATCHED_DEVICES: payloads for devices that do not exist (or are revoked)."""
-    full_devices: tuple[int, ...] = ()
-    """QUEUE_FULL: devices whose queue is full."""
-
 
 T_co = TypeVar("T_co", covariant=True)
 

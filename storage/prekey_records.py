@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from storage.base import Device, StoreError
+from storage.records import Device, StoreError
 
 __all__ = ["ClaimedBundle", "Prekey", "PrekeyCounts", "PrekeyPoolFull", "PrekeyUpload"]
 
