@@ -2,8 +2,8 @@
 
 Accounts, console sessions, API tokens, the audit log, licence terms, pending seat reductions
 and the cross-organisation policy. As in ``storage.prekey_sql``, both backends run the same SQL
-through a ``Dialect``; every function runs inside the caller's transaction (a write's savepoint
-or a read's snapshot), so whatever it raises undoes everything it did.
+through a ``storage.sql_dialect.Dialect``; every function runs inside the caller's transaction
+(a write's savepoint or a read's snapshot), so whatever it raises undoes everything it did.
 
 The audit log is append-only: triggers refuse deleting a row or changing anything but its
 subject, and the subject changes only to pseudonymise an erased user.
@@ -26,7 +26,7 @@ from storage.admin_records import (
     ReductionBelowDeclared,
     SeatReduction,
 )
-from storage.base import (
+from storage.records import (
     AlreadyExists,
     Device,
     NotFound,
@@ -36,7 +36,7 @@ from storage.base import (
     User,
     UserState,
 )
-from storage.prekey_sql import Connection, Dialect
+from storage.sql_dialect import Connection, Dialect
 
 __all__ = [
     "MAX_AUDIT_PAGE",
@@ -221,10 +221,9 @@ def _user(row: Sequence[Any]) -> User:
 
 def _require_organisation(connection: Connection, dialect: Dialect, name: str, *,
                           lock: bool = False) -> Organisation:
-    # lock_device is the dialect's row-lock clause (FOR UPDATE on PostgreSQL, nothing on
-    # SQLite whose single writer serialises every transaction anyway).
+    # for_update is empty on SQLite, whose single writer serialises every transaction anyway.
     query = f"SELECT {_ORGANISATION_COLUMNS} FROM organisations WHERE name = ?"  # noqa: S608
-    row = connection.execute(dialect.sql(query + (dialect.lock_device if lock else "")),
+    row = connection.execute(dialect.sql(query + (dialect.for_update if lock else "")),
                              (name,)).fetchone()
     if row is None:
         raise NotFound(f"no organisation named {name!r}")

@@ -1,7 +1,10 @@
-"""PostgreSQL schema of the server store: tables and migrations.
+"""PostgreSQL schema of the server store: its migrations, in order.
 
-It mirrors ``storage.sqlite_schema`` table for table (the SQLite store is the
-reference; see the comments there for why each column exists). The database
+The modules that own the tables (``storage.enrolment_sql``,
+``storage.envelope_sql``, ``storage.prekey_sql``, ``storage.admin_sql``) write
+their DDL for both databases and say why each column exists; only PostgreSQL
+has the cluster's ``presence`` (below) and ``rate_limits``
+(``storage.rate_limits``). The database
 (more exactly: the first schema of the connection's ``search_path``) records
 its version in ``schema_meta``; opening the store applies, in order and in one
 transaction, every migration newer than that version. A database written by a
@@ -26,6 +29,8 @@ from typing import Any
 import psycopg
 
 from storage.admin_sql import POSTGRES_ADMIN_TABLES
+from storage.enrolment_sql import POSTGRES_ENROLMENT_TABLES
+from storage.envelope_sql import POSTGRES_ENVELOPE_TABLES
 from storage.prekey_sql import POSTGRES_PREKEY_TABLES
 from storage.rate_limits import POSTGRES_RATE_LIMIT_TABLES
 from storage.sqlite_schema import Migration, SchemaVersionTooNew
@@ -38,99 +43,10 @@ __all__ = [
     "read_schema_version",
 ]
 
-_VERSION_1 = Migration(
-    version=1,
-    statements=(
-        """
-        CREATE TABLE organisations (
-            organisation_id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-            name TEXT NOT NULL UNIQUE,
-            seats INTEGER NOT NULL CHECK (seats >= 0),
-            state TEXT NOT NULL,
-            created_at BIGINT NOT NULL
-        )
-        """,
-        """
-        CREATE TABLE users (
-            user_id TEXT PRIMARY KEY,
-            organisation_id BIGINT NOT NULL
-                REFERENCES organisations (organisation_id) ON DELETE CASCADE,
-            phone TEXT NOT NULL UNIQUE,
-            state TEXT NOT NULL,
-            declared_at BIGINT NOT NULL,
-            enrolled_at BIGINT,
-            next_device_id INTEGER NOT NULL DEFAULT 1,
-            declaration_sequence BIGINT NOT NULL
-        )
-        """,
-        "CREATE INDEX users_by_organisation ON users (organisation_id, phone)",
-        """
-        CREATE TABLE devices (
-            user_id TEXT NOT NULL REFERENCES users (user_id) ON DELETE CASCADE,
-            device_id INTEGER NOT NULL,
-            identity_key BYTEA NOT NULL,
-            registered_at BIGINT NOT NULL,
-            queue_depth INTEGER NOT NULL DEFAULT 0 CHECK (queue_depth >= 0),
-            PRIMARY KEY (user_id, device_id)
-        )
-        """,
-        # An identity never hands out a value twice, even after the newest
-        # envelopes are acknowledged (clients use ids as a resume cursor).
-        """
-        CREATE TABLE envelopes (
-            envelope_id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-            recipient_user_id TEXT NOT NULL,
-            recipient_device_id INTEGER NOT NULL,
-            sender_user_id TEXT NOT NULL,
-            sender_device_id INTEGER NOT NULL,
-            client_message_id BIGINT NOT NULL,
-            ciphertext BYTEA NOT NULL,
-            accepted_at BIGINT NOT NULL,
-            expires_at BIGINT NOT NULL,
-            FOREIGN KEY (recipient_user_id, recipient_device_id)
-                REFERENCES devices (user_id, device_id) ON DELETE CASCADE
-        )
-        """,
-        """
-        CREATE INDEX envelopes_by_recipient
-            ON envelopes (recipient_user_id, recipient_device_id, envelope_id)
-        """,
-        "CREATE INDEX envelopes_by_expiry ON envelopes (expires_at)",
-        """
-        CREATE TABLE idempotency_records (
-            sender_user_id TEXT NOT NULL,
-            sender_device_id INTEGER NOT NULL,
-            client_message_id BIGINT NOT NULL,
-            expires_at BIGINT NOT NULL,
-            PRIMARY KEY (sender_user_id, sender_device_id, client_message_id)
-        )
-        """,
-        "CREATE INDEX idempotency_records_by_expiry ON idempotency_records (expires_at)",
-        """
-        CREATE TABLE verification_codes (
-            phone_key BYTEA PRIMARY KEY,
-            code_hash BYTEA NOT NULL,
-            attempts INTEGER NOT NULL DEFAULT 0,
-            expires_at BIGINT NOT NULL,
-            recorded_sequence BIGINT NOT NULL
-        )
-        """,
-        """
-        CREATE TABLE sms_sends (
-            phone_key BYTEA NOT NULL,
-            sent_at BIGINT NOT NULL
-        )
-        """,
-        "CREATE INDEX sms_sends_by_key ON sms_sends (phone_key, sent_at)",
-        """
-        CREATE TABLE secrets (
-            name TEXT PRIMARY KEY,
-            value BYTEA NOT NULL
-        )
-        """,
-        "CREATE SEQUENCE enrolment_sequence AS BIGINT",
-    ),
-)
+# The directory, enrolment and envelope tables (owned by storage.enrolment_sql and
+# storage.envelope_sql).
+_VERSION_1 = Migration(version=1, statements=(*POSTGRES_ENROLMENT_TABLES,
+                                              *POSTGRES_ENVELOPE_TABLES))
 
 _VERSION_2 = Migration(
     version=2,

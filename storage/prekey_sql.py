@@ -1,7 +1,8 @@
 """Prekey tables and the statements on them, shared by the SQLite and PostgreSQL stores.
 
-Both backends run the same SQL (``?`` placeholders are rewritten for psycopg); a ``Dialect``
-carries what differs: the row locks PostgreSQL needs because other nodes write concurrently.
+Both backends run the same SQL (``?`` placeholders are rewritten for psycopg); a
+``storage.sql_dialect.Dialect`` carries what differs: the row locks PostgreSQL needs because
+other nodes write concurrently.
 Every function here runs inside the caller's write transaction (the group-commit writer's
 savepoint), so whatever it raises undoes everything it did.
 
@@ -13,19 +14,16 @@ pool by upload and gives the claim a single row to delete.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 from crypto.prekey_format import PrekeyKind
-from storage.base import Device, NotFound
 from storage.prekey_records import ClaimedBundle, Prekey, PrekeyCounts, PrekeyPoolFull, PrekeyUpload
+from storage.records import Device, NotFound
+from storage.sql_dialect import Connection, Dialect
 
 __all__ = [
-    "POSTGRES",
     "POSTGRES_PREKEY_TABLES",
-    "SQLITE",
     "SQLITE_PREKEY_TABLES",
-    "Dialect",
     "claim_bundles",
     "prekey_counts",
     "store_prekeys",
@@ -105,39 +103,6 @@ POSTGRES_PREKEY_TABLES: tuple[str, ...] = (
 )
 
 
-class Cursor(Protocol):
-    def fetchone(self) -> Any: ...
-    def fetchall(self) -> list[Any]: ...
-
-
-class Connection(Protocol):
-    """What both sqlite3 and psycopg connections offer."""
-
-    def execute(self, query: Any, params: Any = ..., /) -> Cursor: ...
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class Dialect:
-    placeholder: str
-    """The driver's parameter marker."""
-    lock_device: str
-    """Appended to the device SELECT of an upload: serialises uploads across nodes."""
-    skip_locked: str
-    """Appended to the claim's sub-SELECT: concurrent claims take different rows."""
-
-    def sql(self, query: str) -> str:
-        return query.replace("?", self.placeholder)
-
-
-# SQLite has one writer for the whole file: the transaction itself serialises everything.
-SQLITE = Dialect(placeholder="?", lock_device="", skip_locked="")
-# READ COMMITTED across nodes: without SKIP LOCKED a second claimer would wait for the first,
-# find its row gone and claim nothing although keys remain; with it, it takes the next key.
-POSTGRES = Dialect(placeholder="%s", lock_device=" FOR UPDATE",
-                   skip_locked=" FOR UPDATE SKIP LOCKED")
-
-
-
 def _prekey(row: Sequence[Any]) -> Prekey:
     key_id, public_key, signature = row
     return Prekey(key_id=int(key_id), public_key=bytes(public_key),
@@ -148,7 +113,7 @@ def _require_device(connection: Connection, dialect: Dialect, user_id: str,
                     device_id: int, *, lock: bool) -> None:
     query = "SELECT 1 FROM devices WHERE user_id = ? AND device_id = ?"
     if lock:
-        query += dialect.lock_device
+        query += dialect.for_update
     if connection.execute(dialect.sql(query), (user_id, device_id)).fetchone() is None:
         raise NotFound("no such device")
 

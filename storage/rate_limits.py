@@ -9,10 +9,7 @@ the full allowance. The embedded store serves one process: ``MemoryBuckets``.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from storage.postgres_schema import Connection
+from storage.sql_dialect import Connection
 
 __all__ = [
     "BUCKET_IDLE_FORGET_MS",

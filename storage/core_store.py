@@ -1,0 +1,200 @@
+"""The methods of ``storage.base.Store`` that both backends share, written once.
+
+``SqliteStore`` and ``PostgresStore`` inherit ``CoreStoreMethods`` (and
+``storage.admin_store.AdminStoreMethods``) and keep only what differs: connections, threads,
+how a read reaches its connection, rate limits, and PostgreSQL's cluster wake-ups (the
+deletion hooks, and its own ``submit_send`` and ``expire``). The SQL lives in
+``storage.enrolment_sql``, ``storage.envelope_sql`` and ``storage.prekey_sql``. See the
+methods' contracts in ``storage.base.Store``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import trio
+
+from storage import enrolment_sql, envelope_sql, prekey_sql
+from storage.base import PendingResult
+from storage.group_commit import GroupCommitWriter
+from storage.prekey_records import ClaimedBundle, PrekeyCounts, PrekeyUpload
+from storage.records import (
+    Device,
+    Envelope,
+    NewSend,
+    Organisation,
+    OrganisationState,
+    Principal,
+    SendOutcome,
+    User,
+)
+from storage.sql_dialect import Dialect
+
+__all__ = ["BackendHooks", "CoreStoreMethods"]
+
+T = TypeVar("T")
+
+
+class BackendHooks:
+    """What a backend gives the shared methods: set ``_dialect``, ``_writer`` and ``_closed``,
+    define ``_read`` and ``_close_readers``; override a hook to act in the transaction that
+    deletes (or suspends) users."""
+
+    _dialect: Dialect
+    _writer: GroupCommitWriter[Any]
+    _closed: bool
+
+    if TYPE_CHECKING:
+        async def _read(self, work: Callable[[Any], T]) -> T: ...
+        async def _close_readers(self) -> None: ...
+
+    async def _write(self, work: Callable[[Any], T]) -> T:
+        return await self._writer.submit(work).wait()
+
+    def _before_user_deleted(self, connection: Any, user_id: str) -> None:
+        """Hook run in the deleting transaction before a user goes (nothing by default)."""
+
+    def _before_device_deleted(self, connection: Any, user_id: str, device_id: int) -> None:
+        """Hook run in the deleting transaction before one device goes (nothing by default)."""
+
+
+class CoreStoreMethods(BackendHooks):
+    """Lifecycle, directory, enrolment, envelope and prekey methods of ``Store``."""
+
+    @property
+    def commit_count(self) -> int:
+        """Write transactions committed since opening (one per group-committed batch)."""
+        return self._writer.commit_count
+
+    async def close(self) -> None:
+        """Commit the writes already submitted, stop the writer, close every connection."""
+        if self._closed:
+            return
+        self._closed = True
+        # Shielded: a cancelled caller must still not leak the writer thread or lose writes
+        # that were already submitted.
+        with trio.CancelScope(shield=True):
+            await self._writer.stop()
+            await self._close_readers()
+
+    async def get_or_create_secret(self, name: str, candidate: bytes) -> bytes:
+        return await self._write(lambda connection: enrolment_sql.get_or_create_secret(
+            connection, self._dialect, name, candidate))
+
+    # -- organisations and users ---------------------------------------------
+
+    async def create_organisation(self, *, name: str, seats: int, now: int) -> Organisation:
+        return await self._write(lambda connection: enrolment_sql.create_organisation(
+            connection, self._dialect, name=name, seats=seats, now=now))
+
+    async def set_organisation_state(self, *, name: str,
+                                     state: OrganisationState) -> Organisation:
+        return await self._write(lambda connection: enrolment_sql.set_organisation_state(
+            connection, self._dialect, name=name, state=state))
+
+    async def get_organisation(self, name: str) -> Organisation | None:
+        return await self._read(lambda connection: enrolment_sql.get_organisation(
+            connection, self._dialect, name))
+
+    async def declare_user(self, *, organisation: str, phone: str, user_id: str,
+                           now: int) -> User:
+        return await self._write(lambda connection: enrolment_sql.declare_user(
+            connection, self._dialect, organisation=organisation, phone=phone,
+            user_id=user_id, now=now))
+
+    async def list_users(self, organisation: str) -> list[User]:
+        return await self._read(lambda connection: enrolment_sql.list_users(
+            connection, self._dialect, organisation))
+
+    async def delete_user(self, *, organisation: str, phone: str) -> User:
+        return await self._write(lambda connection: enrolment_sql.delete_user(
+            connection, self._dialect, organisation=organisation, phone=phone,
+            before_delete=self._before_user_deleted))
+
+    async def find_user_by_phone(self, phone: str) -> User | None:
+        return await self._read(lambda connection: enrolment_sql.find_user_by_phone(
+            connection, self._dialect, phone))
+
+    async def list_devices(self, user_id: str) -> list[Device]:
+        return await self._read(lambda connection: enrolment_sql.list_devices(
+            connection, self._dialect, user_id))
+
+    async def load_principal(self, user_id: str, device_id: int) -> Principal | None:
+        return await self._read(lambda connection: enrolment_sql.load_principal(
+            connection, self._dialect, user_id, device_id))
+
+    # -- SMS verification ----------------------------------------------------
+
+    async def record_verification_code(self, *, phone_key: bytes, code_hash: bytes, now: int,
+                                       expires_at: int, window_ms: int,
+                                       max_sends: int) -> bool:
+        return await self._write(lambda connection: enrolment_sql.record_verification_code(
+            connection, self._dialect, phone_key=phone_key, code_hash=code_hash, now=now,
+            expires_at=expires_at, window_ms=window_ms, max_sends=max_sends))
+
+    async def take_verification_attempt(self, *, phone_key: bytes, now: int,
+                                        max_attempts: int) -> bytes | None:
+        return await self._write(lambda connection: enrolment_sql.take_verification_attempt(
+            connection, self._dialect, phone_key=phone_key, now=now,
+            max_attempts=max_attempts))
+
+    async def register_device(self, *, phone: str, phone_key: bytes, code_hash: bytes,
+                              identity_key: bytes, now: int, max_devices: int) -> Device:
+        return await self._write(lambda connection: enrolment_sql.register_device(
+            connection, self._dialect, phone=phone, phone_key=phone_key, code_hash=code_hash,
+            identity_key=identity_key, now=now, max_devices=max_devices))
+
+    # -- envelopes -------------------------------------------------------------
+    # ``locks`` names the users whose device rows a write locks: PostgreSQL's writer locks a
+    # whole batch's rows up front, in one order (SQLite's single writer has no use for it).
+
+    def submit_send(self, send: NewSend) -> PendingResult[SendOutcome]:
+        payloads = dict(send.payloads)  # a snapshot: the caller may reuse its mapping
+        dialect = self._dialect
+        return self._writer.submit(lambda connection: envelope_sql.commit_send(
+            connection, dialect, send, payloads), locks=(send.recipient_user_id,))
+
+    async def fetch_queue(self, *, user_id: str, device_id: int, after_envelope_id: int,
+                          limit: int, now: int) -> list[Envelope]:
+        return await self._read(lambda connection: envelope_sql.fetch_queue(
+            connection, self._dialect, user_id=user_id, device_id=device_id,
+            after_envelope_id=after_envelope_id, limit=limit, now=now))
+
+    async def acknowledge(self, *, user_id: str, device_id: int,
+                          envelope_ids: Sequence[int]) -> int:
+        return await self.submit_acknowledge(
+            user_id=user_id, device_id=device_id, envelope_ids=envelope_ids).wait()
+
+    def submit_acknowledge(self, *, user_id: str, device_id: int,
+                           envelope_ids: Sequence[int]) -> PendingResult[int]:
+        unique_ids, dialect = sorted(set(envelope_ids)), self._dialect
+        return self._writer.submit(lambda connection: envelope_sql.acknowledge(
+            connection, dialect, user_id=user_id, device_id=device_id,
+            envelope_ids=unique_ids), locks=(user_id,))
+
+    async def queue_depth(self, *, user_id: str, device_id: int) -> int:
+        return await self._read(lambda connection: envelope_sql.queue_depth(
+            connection, self._dialect, user_id=user_id, device_id=device_id))
+
+    async def expire(self, *, now: int, limit: int) -> int:
+        return await self._write(lambda connection: envelope_sql.expire(
+            connection, self._dialect, now=now, limit=limit))
+
+    # -- prekeys ---------------------------------------------------------------
+
+    async def store_prekeys(self, *, user_id: str, device_id: int, upload: PrekeyUpload,
+                            now: int, max_pool_size: int) -> PrekeyCounts:
+        return await self._write(lambda connection: prekey_sql.store_prekeys(
+            connection, self._dialect, user_id=user_id, device_id=device_id, upload=upload,
+            now=now, max_pool_size=max_pool_size))
+
+    async def prekey_counts(self, *, user_id: str, device_id: int) -> PrekeyCounts:
+        return await self._read(lambda connection: prekey_sql.prekey_counts(
+            connection, self._dialect, user_id=user_id, device_id=device_id))
+
+    async def claim_bundles(self, *, user_id: str,
+                            device_ids: Sequence[int] | None) -> list[ClaimedBundle]:
+        wanted = None if device_ids is None else tuple(device_ids)
+        return await self._write(lambda connection: prekey_sql.claim_bundles(
+            connection, self._dialect, user_id=user_id, device_ids=wanted))

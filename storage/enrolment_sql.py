@@ -1,0 +1,426 @@
+"""Organisations, users, devices and enrolment: tables and statements shared by both stores.
+
+This module owns the directory and enrolment tables: ``organisations``, ``users``,
+``devices``, ``verification_codes``, ``sms_sends``, ``secrets`` and the enrolment counter.
+Their DDL is part of schema version 1 of both stores; as for the envelope tables
+(``storage.envelope_sql``), change them only through a new migration written here and
+appended to the stores' ``MIGRATIONS``, never by editing the DDL below.
+
+Every function runs inside the caller's transaction (a write's savepoint in the group-commit
+writer, or a read's snapshot), so whatever it raises undoes everything it did. Statements are
+built once per dialect, at import; only the dialect's constant clauses are joined into them.
+"""
+
+# S608 (SQL built from strings): the statements join only constant text, column lists and the
+# dialect's clauses; every value is a bound parameter.
+# ruff: noqa: S608
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from storage.records import (
+    AlreadyExists,
+    Device,
+    NotFound,
+    Organisation,
+    OrganisationState,
+    Principal,
+    RegistrationRefusal,
+    RegistrationRefused,
+    SeatLimitReached,
+    User,
+    UserState,
+)
+from storage.sql_dialect import POSTGRES, SQLITE, Connection, Dialect
+
+__all__ = [
+    "POSTGRES_ENROLMENT_TABLES",
+    "SQLITE_ENROLMENT_TABLES",
+    "create_organisation",
+    "declare_user",
+    "delete_user",
+    "device_from_row",
+    "find_user_by_phone",
+    "get_or_create_secret",
+    "get_organisation",
+    "list_devices",
+    "list_users",
+    "load_principal",
+    "organisation_from_row",
+    "record_verification_code",
+    "register_device",
+    "require_organisation",
+    "set_organisation_state",
+    "take_verification_attempt",
+    "user_from_row",
+]
+
+
+def _tables(*, identity: str, blob: str, big: str) -> tuple[str, ...]:
+    return (
+        f"""
+        CREATE TABLE organisations (
+            organisation_id {identity},
+            name TEXT NOT NULL UNIQUE,
+            seats INTEGER NOT NULL CHECK (seats >= 0),
+            state TEXT NOT NULL,
+            created_at {big} NOT NULL
+        )
+        """,
+        # next_device_id lives on the user so a device id is never reused for that user, even
+        # after its device rows are gone. declaration_sequence orders this declaration against
+        # verification codes (see verification_codes).
+        f"""
+        CREATE TABLE users (
+            user_id TEXT PRIMARY KEY,
+            organisation_id {big} NOT NULL
+                REFERENCES organisations (organisation_id) ON DELETE CASCADE,
+            phone TEXT NOT NULL UNIQUE,
+            state TEXT NOT NULL,
+            declared_at {big} NOT NULL,
+            enrolled_at {big},
+            next_device_id INTEGER NOT NULL DEFAULT 1,
+            declaration_sequence {big} NOT NULL
+        )
+        """,
+        "CREATE INDEX users_by_organisation ON users (organisation_id, phone)",
+        # queue_depth is kept exact by storage.envelope_sql in the transactions that insert or
+        # delete envelopes, so the hot path never counts the queue.
+        f"""
+        CREATE TABLE devices (
+            user_id TEXT NOT NULL REFERENCES users (user_id) ON DELETE CASCADE,
+            device_id INTEGER NOT NULL,
+            identity_key {blob} NOT NULL,
+            registered_at {big} NOT NULL,
+            queue_depth INTEGER NOT NULL DEFAULT 0 CHECK (queue_depth >= 0),
+            PRIMARY KEY (user_id, device_id)
+        )
+        """,
+        # recorded_sequence comes from the same counter as users.declaration_sequence: a code
+        # recorded before the current declaration of a number (the user was deleted and
+        # declared again) is stale, because delete_user is given the number, not its phone_key.
+        f"""
+        CREATE TABLE verification_codes (
+            phone_key {blob} PRIMARY KEY,
+            code_hash {blob} NOT NULL,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            expires_at {big} NOT NULL,
+            recorded_sequence {big} NOT NULL
+        )
+        """,
+        f"""
+        CREATE TABLE sms_sends (
+            phone_key {blob} NOT NULL,
+            sent_at {big} NOT NULL
+        )
+        """,
+        "CREATE INDEX sms_sends_by_key ON sms_sends (phone_key, sent_at)",
+        f"""
+        CREATE TABLE secrets (
+            name TEXT PRIMARY KEY,
+            value {blob} NOT NULL
+        )
+        """,
+    )
+
+
+# The enrolment counter: a row on SQLite, a SEQUENCE on PostgreSQL (see Dialect).
+SQLITE_ENROLMENT_TABLES = (
+    *_tables(identity="INTEGER PRIMARY KEY AUTOINCREMENT", blob="BLOB", big="INTEGER"),
+    "CREATE TABLE sequences (name TEXT PRIMARY KEY, value INTEGER NOT NULL)",
+    "INSERT INTO sequences (name, value) VALUES ('enrolment', 0)",
+)
+POSTGRES_ENROLMENT_TABLES = (
+    *_tables(identity="BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY", blob="BYTEA",
+             big="BIGINT"),
+    "CREATE SEQUENCE enrolment_sequence AS BIGINT",
+)
+
+_ORGANISATION_COLUMNS = "organisation_id, name, seats, state, created_at"
+_USER_COLUMNS = "user_id, organisation_id, phone, state, declared_at, enrolled_at"
+_DEVICE_COLUMNS = "user_id, device_id, identity_key, registered_at"
+
+
+class _Statements:
+    """This module's statements in one dialect."""
+
+    def __init__(self, dialect: Dialect) -> None:
+        sql = dialect.sql
+        self.create_secret = sql(
+            "INSERT INTO secrets (name, value) VALUES (?, ?) ON CONFLICT (name) DO NOTHING")
+        self.secret = sql("SELECT value FROM secrets WHERE name = ?")
+        self.create_organisation = sql(
+            "INSERT INTO organisations (name, seats, state, created_at) VALUES (?, ?, ?, ?)"
+            " ON CONFLICT (name) DO NOTHING RETURNING organisation_id")
+        self.set_organisation_state = sql(
+            f"UPDATE organisations SET state = ? WHERE name = ? RETURNING {_ORGANISATION_COLUMNS}")
+        self.organisation = sql(
+            f"SELECT {_ORGANISATION_COLUMNS} FROM organisations WHERE name = ?")
+        self.organisation_locked = self.organisation + dialect.for_update
+        self.organisation_state_shared = sql(
+            "SELECT state FROM organisations WHERE organisation_id = ?" + dialect.for_share)
+        self.phone_declared = sql("SELECT 1 FROM users WHERE phone = ?")
+        self.count_users = sql("SELECT COUNT(*) FROM users WHERE organisation_id = ?")
+        # No conflict target: a phone number taken meanwhile (another node) or a reused
+        # user id both insert nothing.
+        self.declare_user = sql(
+            "INSERT INTO users (user_id, organisation_id, phone, state, declared_at,"
+            " declaration_sequence) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING"
+            " RETURNING user_id")
+        self.users_of = sql(
+            f"SELECT {_USER_COLUMNS} FROM users WHERE organisation_id = ?"
+            f" ORDER BY phone COLLATE {dialect.bytewise_collation}")
+        # Then next_device_id and declaration_sequence, for register_device.
+        self.user_by_phone = sql(
+            f"SELECT {_USER_COLUMNS}, next_device_id, declaration_sequence"
+            " FROM users WHERE phone = ?")
+        self.user_by_phone_locked = self.user_by_phone + dialect.for_update
+        self.delete_user = sql("DELETE FROM users WHERE user_id = ?")
+        self.devices_of = sql(
+            f"SELECT {_DEVICE_COLUMNS} FROM devices WHERE user_id = ?"
+            " ORDER BY device_id")
+        self.principal = sql(
+            "SELECT u.user_id, u.organisation_id, u.phone, u.state, u.declared_at,"
+            " u.enrolled_at, d.user_id, d.device_id, d.identity_key, d.registered_at,"
+            " o.organisation_id, o.name, o.seats, o.state, o.created_at"
+            " FROM devices AS d JOIN users AS u ON u.user_id = d.user_id"
+            " JOIN organisations AS o ON o.organisation_id = u.organisation_id"
+            " WHERE d.user_id = ? AND d.device_id = ?")
+        self.next_sequence = sql(dialect.next_enrolment_sequence)
+        self.lock_phone_key = (None if dialect.phone_key_lock is None
+                               else sql(dialect.phone_key_lock))
+        self.forget_old_sends = sql("DELETE FROM sms_sends WHERE phone_key = ? AND sent_at <= ?")
+        self.count_recent_sends = sql(
+            "SELECT COUNT(*) FROM sms_sends WHERE phone_key = ? AND sent_at > ? AND sent_at <= ?")
+        self.record_send = sql("INSERT INTO sms_sends (phone_key, sent_at) VALUES (?, ?)")
+        self.record_code = sql(
+            "INSERT INTO verification_codes (phone_key, code_hash, attempts, expires_at,"
+            " recorded_sequence) VALUES (?, ?, 0, ?, ?) ON CONFLICT (phone_key) DO UPDATE"
+            " SET code_hash = excluded.code_hash, attempts = 0,"
+            " expires_at = excluded.expires_at, recorded_sequence = excluded.recorded_sequence")
+        # One statement: the check and the increment are atomic.
+        self.take_attempt = sql(
+            "UPDATE verification_codes SET attempts = attempts + 1 WHERE phone_key = ?"
+            " AND expires_at > ? AND attempts < ? RETURNING code_hash")
+        self.pending_code_locked = sql(
+            "SELECT code_hash, recorded_sequence FROM verification_codes WHERE phone_key = ?"
+            + dialect.for_update)
+        self.count_devices = sql("SELECT COUNT(*) FROM devices WHERE user_id = ?")
+        self.delete_code = sql("DELETE FROM verification_codes WHERE phone_key = ?")
+        self.insert_device = sql(
+            f"INSERT INTO devices ({_DEVICE_COLUMNS}) VALUES (?, ?, ?, ?)")
+        self.enrol_user = sql(
+            "UPDATE users SET next_device_id = next_device_id + 1, state = ?,"
+            " enrolled_at = COALESCE(enrolled_at, ?) WHERE user_id = ?")
+
+
+_STATEMENTS = {dialect: _Statements(dialect) for dialect in (SQLITE, POSTGRES)}
+
+
+def organisation_from_row(row: Sequence[Any]) -> Organisation:
+    """From the organisations columns, in table order."""
+    organisation_id, name, seats, state, created_at = row
+    return Organisation(organisation_id=int(organisation_id), name=str(name), seats=int(seats),
+                        state=OrganisationState(state), created_at=int(created_at))
+
+
+def user_from_row(row: Sequence[Any]) -> User:
+    """From user_id .. enrolled_at, the first six users columns; later columns are ignored."""
+    user_id, organisation_id, phone, state, declared_at, enrolled_at = row[:6]
+    return User(user_id=str(user_id), organisation_id=int(organisation_id), phone=str(phone),
+                state=UserState(state), declared_at=int(declared_at),
+                enrolled_at=None if enrolled_at is None else int(enrolled_at))
+
+
+def device_from_row(row: Sequence[Any]) -> Device:
+    """From user_id, device_id, identity_key, registered_at."""
+    user_id, device_id, identity_key, registered_at = row
+    return Device(user_id=str(user_id), device_id=int(device_id),
+                  identity_key=bytes(identity_key), registered_at=int(registered_at))
+
+
+def get_or_create_secret(connection: Connection, dialect: Dialect, name: str,
+                         candidate: bytes) -> bytes:
+    """See ``Store.get_or_create_secret``."""
+    statements = _STATEMENTS[dialect]
+    # ON CONFLICT waits for a concurrent inserter (another node), and the SELECT, a new
+    # statement, sees its committed row.
+    connection.execute(statements.create_secret, (name, candidate))
+    (value,) = connection.execute(statements.secret, (name,)).fetchone()
+    return bytes(value)
+
+
+# -- organisations and users ---------------------------------------------------------
+
+
+def require_organisation(connection: Connection, dialect: Dialect, name: str, *,
+                         lock: bool = False) -> Organisation:
+    """The organisation named ``name``, its row locked until commit if ``lock``.
+
+    Raises NotFound.
+    """
+    statements = _STATEMENTS[dialect]
+    query = statements.organisation_locked if lock else statements.organisation
+    row = connection.execute(query, (name,)).fetchone()
+    if row is None:
+        raise NotFound(f"no organisation named {name!r}")
+    return organisation_from_row(row)
+
+
+def create_organisation(connection: Connection, dialect: Dialect, *, name: str, seats: int,
+                        now: int) -> Organisation:
+    """See ``Store.create_organisation``."""
+    row = connection.execute(_STATEMENTS[dialect].create_organisation,
+                             (name, seats, OrganisationState.ACTIVE.value, now)).fetchone()
+    if row is None:
+        raise AlreadyExists(f"organisation {name!r} already exists")
+    return Organisation(organisation_id=int(row[0]), name=name, seats=seats,
+                        state=OrganisationState.ACTIVE, created_at=now)
+
+
+def set_organisation_state(connection: Connection, dialect: Dialect, *, name: str,
+                           state: OrganisationState) -> Organisation:
+    """See ``Store.set_organisation_state``."""
+    row = connection.execute(_STATEMENTS[dialect].set_organisation_state,
+                             (state.value, name)).fetchone()
+    if row is None:
+        raise NotFound(f"no organisation named {name!r}")
+    return organisation_from_row(row)
+
+
+def get_organisation(connection: Connection, dialect: Dialect, name: str) -> Organisation | None:
+    row = connection.execute(_STATEMENTS[dialect].organisation, (name,)).fetchone()
+    return None if row is None else organisation_from_row(row)
+
+
+def declare_user(connection: Connection, dialect: Dialect, *, organisation: str, phone: str,
+                 user_id: str, now: int) -> User:
+    """See ``Store.declare_user``."""
+    statements = _STATEMENTS[dialect]
+    # The row lock makes the count and the insert atomic against declarations committed by
+    # other nodes.
+    found = require_organisation(connection, dialect, organisation, lock=True)
+    if connection.execute(statements.phone_declared, (phone,)).fetchone() is not None:
+        raise AlreadyExists("the phone number is already declared")
+    (declared,) = connection.execute(statements.count_users,
+                                     (found.organisation_id,)).fetchone()
+    if declared >= found.seats:
+        raise SeatLimitReached(seats=found.seats)
+    (sequence,) = connection.execute(statements.next_sequence).fetchone()
+    if connection.execute(statements.declare_user, (
+            user_id, found.organisation_id, phone, UserState.DECLARED.value, now,
+            sequence)).fetchone() is None:
+        raise AlreadyExists("the phone number or user id is already taken")
+    return User(user_id=user_id, organisation_id=found.organisation_id, phone=phone,
+                state=UserState.DECLARED, declared_at=now, enrolled_at=None)
+
+
+def list_users(connection: Connection, dialect: Dialect, organisation: str) -> list[User]:
+    """See ``Store.list_users``."""
+    statements = _STATEMENTS[dialect]
+    found = require_organisation(connection, dialect, organisation)
+    rows = connection.execute(statements.users_of, (found.organisation_id,)).fetchall()
+    return [user_from_row(row) for row in rows]
+
+
+def delete_user(connection: Connection, dialect: Dialect, *, organisation: str, phone: str,
+                before_delete: Callable[[Any, str], None]) -> User:
+    """See ``Store.delete_user``; ``before_delete(connection, user_id)`` runs just before."""
+    statements = _STATEMENTS[dialect]
+    found = require_organisation(connection, dialect, organisation)
+    row = connection.execute(statements.user_by_phone_locked, (phone,)).fetchone()
+    if row is None or row[1] != found.organisation_id:
+        raise NotFound("no such user in this organisation")
+    before_delete(connection, str(row[0]))
+    # Devices and their queued envelopes go by ON DELETE CASCADE. The pending code is keyed
+    # by phone_key, which this function is not given: declaration_sequence makes it unusable.
+    connection.execute(statements.delete_user, (row[0],))
+    return user_from_row(row)
+
+
+def find_user_by_phone(connection: Connection, dialect: Dialect, phone: str) -> User | None:
+    row = connection.execute(_STATEMENTS[dialect].user_by_phone, (phone,)).fetchone()
+    return None if row is None else user_from_row(row)
+
+
+def list_devices(connection: Connection, dialect: Dialect, user_id: str) -> list[Device]:
+    """See ``Store.list_devices``."""
+    rows = connection.execute(_STATEMENTS[dialect].devices_of, (user_id,)).fetchall()
+    return [device_from_row(row) for row in rows]
+
+
+def load_principal(connection: Connection, dialect: Dialect, user_id: str,
+                   device_id: int) -> Principal | None:
+    """See ``Store.load_principal``."""
+    row = connection.execute(_STATEMENTS[dialect].principal, (user_id, device_id)).fetchone()
+    if row is None:
+        return None
+    return Principal(user=user_from_row(row[0:6]), device=device_from_row(row[6:10]),
+                     organisation=organisation_from_row(row[10:15]))
+
+
+# -- enrolment -----------------------------------------------------------------------
+
+
+def record_verification_code(connection: Connection, dialect: Dialect, *, phone_key: bytes,
+                             code_hash: bytes, now: int, expires_at: int, window_ms: int,
+                             max_sends: int) -> bool:
+    """See ``Store.record_verification_code``."""
+    statements = _STATEMENTS[dialect]
+    if statements.lock_phone_key is not None:
+        connection.execute(statements.lock_phone_key, (phone_key,))
+    window_start = now - window_ms
+    # Sends older than the window can never count again. So on refusal only those were
+    # pruned: no observable change, as the contract requires.
+    connection.execute(statements.forget_old_sends, (phone_key, window_start))
+    (recent,) = connection.execute(statements.count_recent_sends,
+                                   (phone_key, window_start, now)).fetchone()
+    if recent >= max_sends:
+        return False
+    connection.execute(statements.record_send, (phone_key, now))
+    (sequence,) = connection.execute(statements.next_sequence).fetchone()
+    connection.execute(statements.record_code, (phone_key, code_hash, expires_at, sequence))
+    return True
+
+
+def take_verification_attempt(connection: Connection, dialect: Dialect, *, phone_key: bytes,
+                              now: int, max_attempts: int) -> bytes | None:
+    """See ``Store.take_verification_attempt``."""
+    row = connection.execute(_STATEMENTS[dialect].take_attempt,
+                             (phone_key, now, max_attempts)).fetchone()
+    return None if row is None else bytes(row[0])
+
+
+def register_device(connection: Connection, dialect: Dialect, *, phone: str, phone_key: bytes,
+                    code_hash: bytes, identity_key: bytes, now: int,
+                    max_devices: int) -> Device:
+    """See ``Store.register_device``."""
+    statements = _STATEMENTS[dialect]
+    # Locked until commit: a concurrent registration on another node with the same code
+    # waits, then finds it gone (single use).
+    code = connection.execute(statements.pending_code_locked, (phone_key,)).fetchone()
+    if code is None or not hmac.compare_digest(bytes(code[0]), code_hash):
+        raise RegistrationRefused(RegistrationRefusal.CODE_CONSUMED)
+    user = connection.execute(statements.user_by_phone_locked, (phone,)).fetchone()
+    if user is None:
+        raise RegistrationRefused(RegistrationRefusal.NOT_DECLARED)
+    user_id, organisation_id, next_device_id, declaration_sequence = (
+        user[0], user[1], user[6], user[7])
+    if code[1] < declaration_sequence:
+        # Sent for an earlier declaration of this number (since deleted).
+        raise RegistrationRefused(RegistrationRefusal.CODE_CONSUMED)
+    (state,) = connection.execute(statements.organisation_state_shared,
+                                  (organisation_id,)).fetchone()
+    if state != OrganisationState.ACTIVE.value:
+        raise RegistrationRefused(RegistrationRefusal.ORGANISATION_INACTIVE)
+    (devices,) = connection.execute(statements.count_devices, (user_id,)).fetchone()
+    if devices >= max_devices:
+        raise RegistrationRefused(RegistrationRefusal.TOO_MANY_DEVICES)
+    connection.execute(statements.delete_code, (phone_key,))
+    connection.execute(statements.insert_device, (user_id, next_device_id, identity_key, now))
+    connection.execute(statements.enrol_user, (UserState.ENROLLED.value, now, user_id))
+    return Device(user_id=str(user_id), device_id=int(next_device_id),
+                  identity_key=identity_key, registered_at=now)

@@ -1,0 +1,264 @@
+"""The envelope queue, its tables and every statement on them, shared by both stores.
+
+This module owns the envelope schema: the ``envelopes`` and ``idempotency_records`` tables
+(and it keeps exact ``devices.queue_depth``, a column of ``storage.enrolment_sql``'s table).
+Their DDL below is part of schema version 1 of both stores. Change these tables only through
+a migration written here: new DDL for both dialects, exported here and appended to
+``MIGRATIONS`` in ``storage.sqlite_schema`` and ``storage.postgres_schema``, which number the
+versions. Never edit the version-1 DDL: databases created with it would not see the change.
+
+Every function runs inside the caller's transaction (a write's savepoint in the group-commit
+writer, or a read's snapshot), so whatever it raises undoes everything it did. The send and
+acknowledgement are the hot paths: each statement is built once per dialect, at import, and
+only the dialect's constant clauses are ever joined into one (every value is a parameter).
+"""
+
+# S608 (SQL built from strings): the statements join only constant text, column lists and the
+# dialect's clauses; every value is a bound parameter.
+# ruff: noqa: S608
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Protocol, cast
+
+from storage.admin_sql import send_refusal
+from storage.records import Envelope, NewSend, SendOutcome, SendStatus
+from storage.sql_dialect import POSTGRES, SQLITE, Connection, Dialect
+
+__all__ = [
+    "POSTGRES_ENVELOPE_TABLES",
+    "SQLITE_ENVELOPE_TABLES",
+    "EnvelopesQueued",
+    "acknowledge",
+    "commit_send",
+    "expire",
+    "fetch_queue",
+    "queue_depth",
+]
+
+
+def _tables(*, identity: str, blob: str, big: str) -> tuple[str, ...]:
+    return (
+        # The identity never hands out an id twice, even after the newest envelopes are
+        # acknowledged: clients use ids as a resume cursor.
+        f"""
+        CREATE TABLE envelopes (
+            envelope_id {identity},
+            recipient_user_id TEXT NOT NULL,
+            recipient_device_id INTEGER NOT NULL,
+            sender_user_id TEXT NOT NULL,
+            sender_device_id INTEGER NOT NULL,
+            client_message_id {big} NOT NULL,
+            ciphertext {blob} NOT NULL,
+            accepted_at {big} NOT NULL,
+            expires_at {big} NOT NULL,
+            FOREIGN KEY (recipient_user_id, recipient_device_id)
+                REFERENCES devices (user_id, device_id) ON DELETE CASCADE
+        )
+        """,
+        """
+        CREATE INDEX envelopes_by_recipient
+            ON envelopes (recipient_user_id, recipient_device_id, envelope_id)
+        """,
+        "CREATE INDEX envelopes_by_expiry ON envelopes (expires_at)",
+        # One row per send ever accepted, until its envelopes expire: a resend is a duplicate.
+        f"""
+        CREATE TABLE idempotency_records (
+            sender_user_id TEXT NOT NULL,
+            sender_device_id INTEGER NOT NULL,
+            client_message_id {big} NOT NULL,
+            expires_at {big} NOT NULL,
+            PRIMARY KEY (sender_user_id, sender_device_id, client_message_id)
+        )
+        """,
+        "CREATE INDEX idempotency_records_by_expiry ON idempotency_records (expires_at)",
+    )
+
+
+SQLITE_ENVELOPE_TABLES = _tables(identity="INTEGER PRIMARY KEY AUTOINCREMENT", blob="BLOB",
+                                 big="INTEGER")
+POSTGRES_ENVELOPE_TABLES = _tables(identity="BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY",
+                                   blob="BYTEA", big="BIGINT")
+
+EnvelopesQueued = Callable[[Any, NewSend, list[int]], None]
+"""Called with (connection, send, device ids) in the sending transaction once the envelopes
+are queued: the PostgreSQL store wakes the nodes holding those devices (NOTIFY fires on
+commit only, so never for a send that rolls back)."""
+
+_ENVELOPE_COLUMNS = ("envelope_id, recipient_user_id, recipient_device_id, sender_user_id,"
+                     " sender_device_id, client_message_id, ciphertext, accepted_at, expires_at")
+_SENDER_KEY = "sender_user_id, sender_device_id, client_message_id"
+
+
+class _Statements:
+    """This module's statements in one dialect. ``*_ids`` ones end with the ids (``_for_ids``)."""
+
+    def __init__(self, dialect: Dialect) -> None:
+        sql = dialect.sql
+        ids = "= ANY(?)" if dialect.binds_arrays else "= ?"
+        self.recipient_depths = sql(
+            "SELECT device_id, queue_depth FROM devices WHERE user_id = ?"
+            " ORDER BY device_id" + dialect.for_update)
+        self.remembered_send = sql(
+            "SELECT expires_at FROM idempotency_records WHERE sender_user_id = ?"
+            " AND sender_device_id = ? AND client_message_id = ?")
+        self.insert_envelope = sql(
+            "INSERT INTO envelopes (recipient_user_id, recipient_device_id, sender_user_id,"
+            " sender_device_id, client_message_id, ciphertext, accepted_at, expires_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+            + ("" if dialect.has_lastrowid else " RETURNING envelope_id"))
+        self.count_queued_ids = sql(
+            "UPDATE devices SET queue_depth = queue_depth + 1 WHERE user_id = ?"
+            " AND device_id " + ids)
+        self.remember_send = sql(
+            f"INSERT INTO idempotency_records ({_SENDER_KEY}, expires_at) VALUES (?, ?, ?, ?)"
+            f" ON CONFLICT ({_SENDER_KEY}) DO UPDATE SET expires_at = excluded.expires_at")
+        self.envelopes_after = sql(
+            f"SELECT {_ENVELOPE_COLUMNS} FROM envelopes WHERE recipient_user_id = ?"
+            " AND recipient_device_id = ? AND envelope_id > ? AND expires_at > ?"
+            " ORDER BY envelope_id LIMIT ?")
+        # The recipient columns in the WHERE clause are the ownership check.
+        self.delete_acknowledged_ids = sql(
+            "DELETE FROM envelopes WHERE recipient_user_id = ? AND recipient_device_id = ?"
+            " AND envelope_id " + ids)
+        self.uncount = sql("UPDATE devices SET queue_depth = queue_depth - ?"
+                           " WHERE user_id = ? AND device_id = ?")
+        self.queue_depth = sql(
+            "SELECT queue_depth FROM devices WHERE user_id = ? AND device_id = ?")
+        self.delete_expired_envelopes = sql(
+            "DELETE FROM envelopes WHERE envelope_id IN (SELECT envelope_id FROM envelopes"
+            " WHERE expires_at <= ? ORDER BY expires_at LIMIT ?" + dialect.skip_locked + ")"
+            " RETURNING recipient_user_id, recipient_device_id")
+        self.delete_expired_records = sql(
+            f"DELETE FROM idempotency_records WHERE ({_SENDER_KEY}) IN"
+            f" (SELECT {_SENDER_KEY} FROM idempotency_records WHERE expires_at <= ?"
+            " ORDER BY expires_at LIMIT ?" + dialect.skip_locked + ")")
+
+
+_STATEMENTS = {dialect: _Statements(dialect) for dialect in (SQLITE, POSTGRES)}
+
+
+class _WithLastRowId(Protocol):
+    lastrowid: int  # set by every INSERT (None only before the cursor's first one)
+
+
+def _for_ids(connection: Connection, dialect: Dialect, statement: str,
+             parameters: tuple[object, ...], ids: Sequence[int]) -> int:
+    """Run a ``*_ids`` statement for every id of ``ids``; return how many rows it changed."""
+    if dialect.binds_arrays:
+        return connection.execute(statement, (*parameters, list(ids))).rowcount
+    cursor = connection.cursor()
+    cursor.executemany(statement, [(*parameters, id_) for id_ in ids])
+    return cursor.rowcount
+
+
+def _envelope(row: Sequence[Any]) -> Envelope:
+    (envelope_id, recipient_user_id, recipient_device_id, sender_user_id, sender_device_id,
+     client_message_id, ciphertext, accepted_at, expires_at) = row
+    return Envelope(envelope_id=int(envelope_id), recipient_user_id=str(recipient_user_id),
+                    recipient_device_id=int(recipient_device_id),
+                    sender_user_id=str(sender_user_id), sender_device_id=int(sender_device_id),
+                    client_message_id=int(client_message_id), ciphertext=bytes(ciphertext),
+                    accepted_at=int(accepted_at), expires_at=int(expires_at))
+
+
+def commit_send(connection: Connection, dialect: Dialect, send: NewSend,
+                payloads: Mapping[int, bytes],
+                on_queued: EnvelopesQueued | None = None) -> SendOutcome:
+    """Check and insert one send (see ``Store.submit_send``), all or nothing.
+
+    ``payloads`` is the caller's snapshot of ``send.payloads`` (taken when it was submitted).
+    """
+    statements = _STATEMENTS[dialect]
+    sender = (send.sender_user_id, send.sender_device_id, send.client_message_id)
+    # The recipient's device rows first, locked: the device set and the queue depths cannot
+    # change on another node before this commits, a concurrent identical send elsewhere is
+    # seen by the idempotency check below, and the ids drawn here follow those of any
+    # earlier send to these devices (the delivery cursor relies on it).
+    depths: dict[int, int] = dict(connection.execute(
+        statements.recipient_depths, (send.recipient_user_id,)).fetchall())
+    # Idempotency first: a retry after the recipient changed devices is still the same
+    # message, already delivered, not a device mismatch.
+    remembered = connection.execute(statements.remembered_send, sender).fetchone()
+    if remembered is not None and remembered[0] > send.accepted_at:
+        return SendOutcome(status=SendStatus.DUPLICATE)
+    if not depths:
+        return SendOutcome(status=SendStatus.UNKNOWN_RECIPIENT)
+    if send.sender_organisation_id is not None:
+        refusal = send_refusal(connection, dialect,
+                               sender_organisation_id=send.sender_organisation_id,
+                               recipient_user_id=send.recipient_user_id)
+        if refusal is not None:
+            return SendOutcome(status=refusal)
+    missing = sorted(set(depths) - {send.exclude_device_id} - payloads.keys())
+    extra = sorted(payloads.keys() - depths.keys())
+    if missing or extra:
+        return SendOutcome(status=SendStatus.MISMATCHED_DEVICES,
+                           missing_devices=tuple(missing), extra_devices=tuple(extra))
+    device_ids = sorted(payloads)
+    full = [device for device in device_ids if depths[device] >= send.max_queue_depth]
+    if full:
+        return SendOutcome(status=SendStatus.QUEUE_FULL, full_devices=tuple(full))
+    envelopes = []
+    for device_id in device_ids:
+        cursor = connection.execute(statements.insert_envelope, (
+            send.recipient_user_id, device_id, *sender, payloads[device_id], send.accepted_at,
+            send.expires_at))
+        envelope_id = (cast(_WithLastRowId, cursor).lastrowid if dialect.has_lastrowid
+                       else cursor.fetchone()[0])
+        envelopes.append(Envelope(
+            envelope_id=int(envelope_id), recipient_user_id=send.recipient_user_id,
+            recipient_device_id=device_id, sender_user_id=send.sender_user_id,
+            sender_device_id=send.sender_device_id, client_message_id=send.client_message_id,
+            ciphertext=payloads[device_id], accepted_at=send.accepted_at,
+            expires_at=send.expires_at))
+    _for_ids(connection, dialect, statements.count_queued_ids, (send.recipient_user_id,),
+             device_ids)
+    if on_queued is not None:
+        on_queued(connection, send, device_ids)
+    # The record lives as long as the envelopes it guards against duplicating.
+    connection.execute(statements.remember_send, (*sender, send.expires_at))
+    return SendOutcome(status=SendStatus.ACCEPTED, envelopes=tuple(envelopes))
+
+
+def fetch_queue(connection: Connection, dialect: Dialect, *, user_id: str, device_id: int,
+                after_envelope_id: int, limit: int, now: int) -> list[Envelope]:
+    """See ``Store.fetch_queue``."""
+    rows = connection.execute(_STATEMENTS[dialect].envelopes_after,
+                              (user_id, device_id, after_envelope_id, now, limit)).fetchall()
+    return [_envelope(row) for row in rows]
+
+
+def acknowledge(connection: Connection, dialect: Dialect, *, user_id: str, device_id: int,
+                envelope_ids: Sequence[int]) -> int:
+    """See ``Store.acknowledge``; ``envelope_ids`` must be distinct (the caller sorts them)."""
+    if not envelope_ids:
+        return 0
+    statements = _STATEMENTS[dialect]
+    deleted = _for_ids(connection, dialect, statements.delete_acknowledged_ids,
+                       (user_id, device_id), envelope_ids)
+    if deleted:
+        connection.execute(statements.uncount, (deleted, user_id, device_id))
+    return deleted
+
+
+def queue_depth(connection: Connection, dialect: Dialect, *, user_id: str,
+                device_id: int) -> int:
+    """See ``Store.queue_depth`` (0 for an unknown device)."""
+    row = connection.execute(_STATEMENTS[dialect].queue_depth, (user_id, device_id)).fetchone()
+    return 0 if row is None else int(row[0])
+
+
+def expire(connection: Connection, dialect: Dialect, *, now: int, limit: int) -> int:
+    """Delete expired envelopes and idempotency records, up to ``limit`` of each (see
+    ``Store.expire``, whose rate-limit part is the backend's); return the envelopes deleted."""
+    statements = _STATEMENTS[dialect]
+    expired = connection.execute(statements.delete_expired_envelopes, (now, limit)).fetchall()
+    per_device = collections.Counter((row[0], row[1]) for row in expired)
+    # In key order, so that two sweepers (on two nodes) cannot deadlock on device rows.
+    connection.cursor().executemany(statements.uncount, [
+        (count, user_id, device_id) for (user_id, device_id), count in sorted(per_device.items())])
+    connection.execute(statements.delete_expired_records, (now, limit))
+    return len(expired)
