@@ -26,6 +26,12 @@ from storage.admin_records import (
     ReductionBelowDeclared,
     SeatReduction,
 )
+from storage.enrolment_sql import (
+    device_from_row,
+    organisation_from_row,
+    require_organisation,
+    user_from_row,
+)
 from storage.records import (
     AlreadyExists,
     Device,
@@ -34,7 +40,6 @@ from storage.records import (
     OrganisationState,
     SendStatus,
     User,
-    UserState,
 )
 from storage.sql_dialect import Connection, Dialect
 
@@ -206,35 +211,11 @@ def _audit(row: Sequence[Any]) -> AuditEntry:
                       address=str(address), at=int(at))
 
 
-def _organisation(row: Sequence[Any]) -> Organisation:
-    organisation_id, name, seats, state, created_at = row
-    return Organisation(organisation_id=int(organisation_id), name=str(name), seats=int(seats),
-                        state=OrganisationState(state), created_at=int(created_at))
-
-
-def _user(row: Sequence[Any]) -> User:
-    user_id, organisation_id, phone, state, declared_at, enrolled_at = row[:6]
-    return User(user_id=str(user_id), organisation_id=int(organisation_id), phone=str(phone),
-                state=UserState(state), declared_at=int(declared_at),
-                enrolled_at=None if enrolled_at is None else int(enrolled_at))
-
-
-def _require_organisation(connection: Connection, dialect: Dialect, name: str, *,
-                          lock: bool = False) -> Organisation:
-    # for_update is empty on SQLite, whose single writer serialises every transaction anyway.
-    query = f"SELECT {_ORGANISATION_COLUMNS} FROM organisations WHERE name = ?"  # noqa: S608
-    row = connection.execute(dialect.sql(query + (dialect.for_update if lock else "")),
-                             (name,)).fetchone()
-    if row is None:
-        raise NotFound(f"no organisation named {name!r}")
-    return _organisation(row)
-
-
 def list_organisations(connection: Connection, dialect: Dialect) -> list[Organisation]:
     """Every organisation, by name."""
     rows = connection.execute(dialect.sql(
         f"SELECT {_ORGANISATION_COLUMNS} FROM organisations ORDER BY name")).fetchall()  # noqa: S608
-    return [_organisation(row) for row in rows]
+    return [organisation_from_row(row) for row in rows]
 
 
 # -- accounts and sessions -------------------------------------------------------
@@ -245,7 +226,7 @@ def create_account(connection: Connection, dialect: Dialect, *, email: str, role
     """See ``Store.create_account``."""
     organisation_id = None
     if organisation is not None:
-        organisation_id = _require_organisation(connection, dialect, organisation).organisation_id
+        organisation_id = require_organisation(connection, dialect, organisation).organisation_id
     if (role is AccountRole.OPERATOR) != (organisation_id is None):
         raise ValueError("an operator has no organisation; an organisation admin has one")
     if connection.execute(dialect.sql("SELECT 1 FROM accounts WHERE email = ?"),
@@ -319,7 +300,7 @@ def _token(row: Sequence[Any]) -> ApiToken:
 
 def create_api_token(connection: Connection, dialect: Dialect, *, organisation: str,
                      token_hash: bytes, now: int) -> ApiToken:
-    found = _require_organisation(connection, dialect, organisation)
+    found = require_organisation(connection, dialect, organisation)
     row = connection.execute(dialect.sql(
         "INSERT INTO api_tokens (token_hash, organisation_id, created_at) VALUES (?, ?, ?)"
         " RETURNING token_id, organisation_id, created_at, revoked_at"),
@@ -336,7 +317,7 @@ def find_api_token(connection: Connection, dialect: Dialect,
 
 
 def list_api_tokens(connection: Connection, dialect: Dialect, organisation: str) -> list[ApiToken]:
-    found = _require_organisation(connection, dialect, organisation)
+    found = require_organisation(connection, dialect, organisation)
     rows = connection.execute(dialect.sql(
         "SELECT token_id, organisation_id, created_at, revoked_at FROM api_tokens"
         " WHERE organisation_id = ? ORDER BY token_id"), (found.organisation_id,)).fetchall()
@@ -345,7 +326,7 @@ def list_api_tokens(connection: Connection, dialect: Dialect, organisation: str)
 
 def revoke_api_token(connection: Connection, dialect: Dialect, *, organisation: str,
                      token_id: int, now: int) -> ApiToken:
-    found = _require_organisation(connection, dialect, organisation)
+    found = require_organisation(connection, dialect, organisation)
     row = connection.execute(dialect.sql(
         "UPDATE api_tokens SET revoked_at = COALESCE(revoked_at, ?)"
         " WHERE token_id = ? AND organisation_id = ?"
@@ -394,7 +375,7 @@ PostgreSQL store tells the nodes holding the user's devices to close them on com
 def erase_user(connection: Connection, dialect: Dialect, *, organisation: str, phone: str,
                pseudonym: str, before_delete: BeforeUserDeleted) -> User:
     """See ``Store.erase_user``."""
-    found = _require_organisation(connection, dialect, organisation)
+    found = require_organisation(connection, dialect, organisation)
     row = connection.execute(dialect.sql(
         f"SELECT {_USER_COLUMNS} FROM users WHERE phone = ? AND organisation_id = ?"),  # noqa: S608
         (phone, found.organisation_id)).fetchone()
@@ -405,7 +386,7 @@ def erase_user(connection: Connection, dialect: Dialect, *, organisation: str, p
     connection.execute(dialect.sql(
         "UPDATE audit_log SET subject = ? WHERE organisation_id = ? AND subject = ?"),
         (pseudonym, found.organisation_id, phone))
-    return _user(row)
+    return user_from_row(row)
 
 
 BeforeDeviceDeleted = Callable[[Any, str, int], None]
@@ -415,7 +396,7 @@ BeforeDeviceDeleted = Callable[[Any, str, int], None]
 def revoke_device(connection: Connection, dialect: Dialect, *, organisation: str, phone: str,
                   device_id: int, before_delete: BeforeDeviceDeleted) -> Device:
     """See ``Store.revoke_device``."""
-    found = _require_organisation(connection, dialect, organisation)
+    found = require_organisation(connection, dialect, organisation)
     row = connection.execute(dialect.sql(
         "SELECT d.user_id, d.device_id, d.identity_key, d.registered_at FROM devices AS d"
         " JOIN users AS u ON u.user_id = d.user_id"
@@ -423,8 +404,7 @@ def revoke_device(connection: Connection, dialect: Dialect, *, organisation: str
         (phone, found.organisation_id, device_id)).fetchone()
     if row is None:
         raise NotFound("no such device of a user of this organisation")
-    device = Device(user_id=str(row[0]), device_id=int(row[1]), identity_key=bytes(row[2]),
-                    registered_at=int(row[3]))
+    device = device_from_row(row)
     before_delete(connection, device.user_id, device.device_id)
     # Its queued envelopes and prekeys go by ON DELETE CASCADE; the id is never reused
     # (users.next_device_id).
@@ -436,7 +416,7 @@ def revoke_device(connection: Connection, dialect: Dialect, *, organisation: str
 def remove_all_users(connection: Connection, dialect: Dialect, organisation: str, *,
                      before_delete: BeforeUserDeleted) -> list[User]:
     """See ``Store.terminate_organisation``: deletes every user, returns them."""
-    found = _require_organisation(connection, dialect, organisation, lock=True)
+    found = require_organisation(connection, dialect, organisation, lock=True)
     for (user_id,) in connection.execute(dialect.sql(
             "SELECT user_id FROM users WHERE organisation_id = ?"),
             (found.organisation_id,)).fetchall():
@@ -444,7 +424,7 @@ def remove_all_users(connection: Connection, dialect: Dialect, organisation: str
     rows = connection.execute(dialect.sql(
         f"DELETE FROM users WHERE organisation_id = ? RETURNING {_USER_COLUMNS}"),  # noqa: S608
         (found.organisation_id,)).fetchall()
-    users = sorted((_user(row) for row in rows), key=lambda user: user.phone)
+    users = sorted((user_from_row(row) for row in rows), key=lambda user: user.phone)
     for user in users:
         # Personal data goes as on erasure. The random user id, whose row is gone, makes a
         # pseudonym nothing links back to the number.
@@ -459,11 +439,11 @@ def remove_all_users(connection: Connection, dialect: Dialect, organisation: str
 def suspend_organisation(connection: Connection, dialect: Dialect, organisation: str, *,
                          before_close: BeforeUserDeleted) -> list[User]:
     """See ``Store.suspend_organisation``."""
-    found = _require_organisation(connection, dialect, organisation, lock=True)
+    found = require_organisation(connection, dialect, organisation, lock=True)
     rows = connection.execute(dialect.sql(
         f"SELECT {_USER_COLUMNS} FROM users WHERE organisation_id = ? ORDER BY phone"),  # noqa: S608
         (found.organisation_id,)).fetchall()
-    users = [_user(row) for row in rows]
+    users = [user_from_row(row) for row in rows]
     for user in users:
         before_close(connection, user.user_id)
     connection.execute(dialect.sql("UPDATE organisations SET state = ? WHERE organisation_id = ?"),
@@ -481,7 +461,7 @@ def terminated_pseudonym(user: User) -> str:
 
 def get_licence(connection: Connection, dialect: Dialect, organisation: str) -> Licence:
     """See ``Store.get_licence``."""
-    found = _require_organisation(connection, dialect, organisation)
+    found = require_organisation(connection, dialect, organisation)
     row = connection.execute(dialect.sql(
         "SELECT offer, period_start FROM licence_terms WHERE organisation_id = ?"),
         (found.organisation_id,)).fetchone()
@@ -495,7 +475,7 @@ def get_licence(connection: Connection, dialect: Dialect, organisation: str) -> 
 
 def set_licence_terms(connection: Connection, dialect: Dialect, *, organisation: str,
                       offer: LicenceOffer, period_start: datetime.date) -> Licence:
-    found = _require_organisation(connection, dialect, organisation)
+    found = require_organisation(connection, dialect, organisation)
     connection.execute(dialect.sql(
         "INSERT INTO licence_terms (organisation_id, offer, period_start) VALUES (?, ?, ?)"
         " ON CONFLICT (organisation_id) DO UPDATE SET offer = excluded.offer,"
@@ -509,7 +489,7 @@ def add_seats(connection: Connection, dialect: Dialect, *, organisation: str,
     """See ``Store.add_seats``."""
     if added < 1:
         raise ValueError("add at least one seat")
-    found = _require_organisation(connection, dialect, organisation, lock=True)
+    found = require_organisation(connection, dialect, organisation, lock=True)
     connection.execute(dialect.sql(
         "UPDATE organisations SET seats = seats + ? WHERE organisation_id = ?"),
         (added, found.organisation_id))
@@ -530,7 +510,7 @@ def request_seat_reduction(connection: Connection, dialect: Dialect, *, organisa
                            seats: int, effective_on: datetime.date, now: int) -> SeatReduction:
     """See ``Store.request_seat_reduction``."""
     # The lock orders this against concurrent declarations on other nodes.
-    found = _require_organisation(connection, dialect, organisation, lock=True)
+    found = require_organisation(connection, dialect, organisation, lock=True)
     if not 0 <= seats < found.seats:
         raise ValueError(f"a reduction goes below the current {found.seats} seats")
     (declared,) = connection.execute(dialect.sql(
@@ -547,7 +527,7 @@ def request_seat_reduction(connection: Connection, dialect: Dialect, *, organisa
 
 def list_seat_reductions(connection: Connection, dialect: Dialect,
                          organisation: str) -> list[SeatReduction]:
-    found = _require_organisation(connection, dialect, organisation)
+    found = require_organisation(connection, dialect, organisation)
     rows = connection.execute(dialect.sql(
         f"SELECT {_REDUCTION_COLUMNS} FROM seat_reductions WHERE organisation_id = ?"  # noqa: S608
         " ORDER BY effective_on, reduction_id"), (found.organisation_id,)).fetchall()
@@ -615,7 +595,7 @@ def cross_organisation_allowed(connection: Connection, dialect: Dialect,
 
 def set_cross_organisation_allowed(connection: Connection, dialect: Dialect, *,
                                    organisation: str, allowed: bool) -> None:
-    found = _require_organisation(connection, dialect, organisation)
+    found = require_organisation(connection, dialect, organisation)
     connection.execute(dialect.sql(
         "INSERT INTO organisation_policies (organisation_id, cross_organisation) VALUES (?, ?)"
         " ON CONFLICT (organisation_id) DO UPDATE SET"
