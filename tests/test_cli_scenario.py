@@ -4,15 +4,13 @@ the relay killed with SIGKILL in the middle keeps what it accepted."""
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
 import sys
 from pathlib import Path
 
 import trio
 
-from bench.relay_process import RelayProcess
+from bench.spawn import SpawnedRelay, spawn_relay
 
 ALICE, BOB = "+33612345678", "+33698765432"
 BIN = Path(sys.executable).parent
@@ -27,15 +25,18 @@ async def run(*args: str, timeout: float = 60) -> str:
     return result.stdout.decode()
 
 
-async def start_relay(nursery: trio.Nursery, data_dir: Path, port: int) -> RelayProcess:
-    process = await trio.lowlevel.open_process(
-        [str(BIN / "cryptopass-relay"), "serve", "--data-dir", str(data_dir),
-         "--listen", f"127.0.0.1:{port}"], stderr=subprocess.PIPE,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    relay = RelayProcess(process=process)
-    nursery.start_soon(relay.follow_log)
-    await relay.wait_for("relay_listening")
+async def start_relay(nursery: trio.Nursery, data_dir: Path, port: int) -> SpawnedRelay:
+    """A relay on ``port`` until it exits (a test may kill it and start another on the same
+    port) or ``nursery`` is cancelled, which stops it."""
+    relay: SpawnedRelay = await nursery.start(_relay_until_it_exits, data_dir, port)
     return relay
+
+
+async def _relay_until_it_exits(data_dir: Path, port: int, *,
+                                task_status: trio.TaskStatus[SpawnedRelay]) -> None:
+    async with spawn_relay(data_dir, listen=f"127.0.0.1:{port}") as relay:
+        task_status.started(relay)
+        await relay.process.wait()
 
 
 def last_code(outbox: Path, phone: str) -> str:

@@ -7,11 +7,8 @@ from __future__ import annotations
 
 import datetime
 import json
-import os
 import shutil
 import signal
-import subprocess
-import sys
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
@@ -19,7 +16,7 @@ from pathlib import Path
 import trio
 from nacl.signing import SigningKey
 
-from bench.relay_process import RelayProcess
+from bench.spawn import SpawnedRelay, spawn_relay
 from client.connection import ConnectionClosed, RelayClient, RelayError, connect_relay
 from relay.lifecycle import STOP_DEADLINE_SECONDS
 from relay.tls import ensure_development_certificate
@@ -29,35 +26,22 @@ from tests.test_relay_e2e import authenticated, drain_backlog
 from wire.frames import ErrorCode
 
 ALICE, BOB = "+33612345678", "+33698765432"
-BIN = Path(sys.executable).parent
 SENDERS = 4
 """Concurrent send loops on one connection: several sends are in flight when SIGTERM lands."""
 SENDS_BEFORE_SIGTERM = 100
 
 
 @asynccontextmanager
-async def relay_process(data_dir: Path, port: int, *extra: str) -> AsyncIterator[RelayProcess]:
-    async with trio.open_nursery() as nursery:
-        process = await trio.lowlevel.open_process(
-            [str(BIN / "cryptopass-relay"), "serve", "--data-dir", str(data_dir),
-             "--listen", f"127.0.0.1:{port}", *extra], stderr=subprocess.PIPE,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        relay = RelayProcess(process=process)
-        nursery.start_soon(relay.follow_log)
-        try:
-            await relay.wait_for("relay_listening")
-            yield relay
-        finally:
-            if process.returncode is None:
-                process.kill()
-            await process.wait()
+async def relay_process(data_dir: Path, port: int, *extra: str) -> AsyncIterator[SpawnedRelay]:
+    async with spawn_relay(data_dir, *extra, listen=f"127.0.0.1:{port}") as relay:
+        yield relay
 
 
 def connect(port: int, ca: Path) -> AbstractAsyncContextManager[RelayClient]:
     return connect_relay("127.0.0.1", port, ca=ca, server_name="localhost")
 
 
-async def enrol_through(relay: RelayProcess, data_dir: Path, port: int, phone: str,
+async def enrol_through(relay: SpawnedRelay, data_dir: Path, port: int, phone: str,
                         count: int) -> EnrolledDevice:
     key = SigningKey.generate()
     async with connect(port, data_dir / "tls" / "cert.pem") as client:
