@@ -18,8 +18,7 @@ import trio
 from nacl.signing import SigningKey
 
 from bench.provision import BenchDevice
-from bench.relay_process import DEFAULT_WAIT_SECONDS
-from bench.spawn import SpawnedRelay
+from bench.spawn import DEFAULT_WAIT_SECONDS, SpawnedRelay
 from client.connection import connect_relay, open_client_endpoint
 
 __all__ = ["CODE_PATTERN", "CodeSource", "EnrolOutcome", "OutboxCodes", "enrol_phones"]

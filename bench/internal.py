@@ -1,9 +1,10 @@
 """``cryptopass-bench internal ...``: processes the bench starts for itself (hidden).
 
 Not for users: each is the other end of a scenario, which starts it and reads what it
-prints. ``echo-server`` is the transport ceiling's server (bench/transport.py);
-``hold-devices`` and ``native-costs`` are the ``memory`` scenario's client process and
-fresh process (bench/connection_memory.py).
+prints. ``live-worker`` is one load process of ``live --processes N``
+(bench/worker.py); ``echo-server`` is the transport ceiling's server
+(bench/transport.py); ``hold-devices`` and ``native-costs`` are the ``memory``
+scenario's client process and fresh process (bench/connection_memory.py).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Annotated
 import trio
 import typer
 
-from bench import connection_memory, echo_server
+from bench import connection_memory, echo_server, worker
 from relay.logs import configure_logging
 
 __all__ = ["app"]
@@ -27,6 +28,13 @@ app = typer.Typer(help="Processes cryptopass-bench starts for itself.", hidden=T
 def _quiet_logs() -> None:
     # Standard output carries what the parent reads; warnings go to standard error.
     configure_logging("json", "warning")
+
+
+@app.command("live-worker")
+def live_worker_command() -> None:
+    """One load process of a multi-process live run: settings on standard input."""
+    _quiet_logs()
+    worker.main()
 
 
 @app.command("echo-server")

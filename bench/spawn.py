@@ -1,27 +1,29 @@
-"""Starting a relay (or the transport echo server) as a subprocess, and reading its costs.
+"""Starting a relay (or the transport echo server) as a subprocess, following it through
+its JSON log, and reading its costs.
 
 ``spawn_relay`` is the one way the bench, and the tests that run real relay processes,
 start ``cryptopass-relay serve``: the relay a scenario loads (bench/target.py), the nodes
-of ``cryptopass-bench cluster``, and a test's nodes.
+of ``cryptopass-bench cluster``, and the tests' relays. Waiting for a log event
+(``relay_listening``, ``sms_sent``, ``device_authenticated``) is how they know the relay
+did something, without sleeping.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import trio
 
-from bench.relay_process import RelayProcess
-
-__all__ = ["BIN", "SpawnedRelay", "SpawnedServer", "cpu_seconds", "peak_rss_mib", "rss_mib",
-           "spawn_relay", "spawn_server"]
+__all__ = ["BIN", "DEFAULT_WAIT_SECONDS", "RelayProcess", "SpawnedRelay", "SpawnedServer",
+           "cpu_seconds", "peak_rss_mib", "rss_mib", "spawn_relay", "spawn_server"]
 
 BIN = Path(sys.executable).parent
 """Where the project's commands are installed (the virtual environment's bin)."""
@@ -29,6 +31,55 @@ S = TypeVar("S", bound="SpawnedServer")
 
 STOP_SECONDS = 15.0
 """How long a stopped server may take to exit before it is killed."""
+DEFAULT_WAIT_SECONDS = 30.0
+"""How long ``wait_for`` waits for an event before failing."""
+
+
+@dataclass(kw_only=True)
+class RelayProcess:
+    """A relay subprocess whose standard error (JSON lines) is parsed as it arrives."""
+
+    process: trio.Process
+    events: list[dict[str, Any]] = field(default_factory=list)
+    changed: trio.Event = field(default_factory=trio.Event)
+
+    async def follow_log(self) -> None:
+        """Parse the relay's JSON log lines (and keep its stderr pipe drained)."""
+        assert self.process.stderr is not None
+        buffer = b""
+        async for chunk in self.process.stderr:
+            buffer += chunk
+            *lines, buffer = buffer.split(b"\n")
+            for line in lines:
+                try:
+                    event = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(event, dict):
+                    self.events.append(event)
+            self._wake()
+        self._wake()
+
+    def _wake(self) -> None:
+        self.changed.set()
+        self.changed = trio.Event()
+
+    async def wait_for(self, event: str, count: int = 1) -> dict[str, Any]:
+        """The ``count``-th log event named ``event``, once it is logged.
+
+        Raises:
+            RuntimeError: the relay exited first.
+            trio.TooSlowError: not logged within DEFAULT_WAIT_SECONDS.
+        """
+        with trio.fail_after(DEFAULT_WAIT_SECONDS):
+            while True:
+                matching = [e for e in self.events if e.get("event") == event]
+                if len(matching) >= count:
+                    return matching[count - 1]
+                if self.process.returncode is not None:
+                    raise RuntimeError(f"relay exited ({self.process.returncode}) "
+                                       f"before {event!r}")
+                await self.changed.wait()
 
 
 @dataclass(kw_only=True)

@@ -1,4 +1,5 @@
-"""One load-generator process of a multi-process ``live`` run.
+"""One load-generator process of a multi-process ``live`` run, started by
+`bench.worker_pool` as ``cryptopass-bench internal live-worker`` (bench/internal.py).
 
 The conversation with the parent (`bench.worker_pool`), one line at a time:
 
@@ -49,7 +50,3 @@ def main() -> None:
         encrypted=request["encrypted"], timeout=request["timeout"])
     result = trio.run(_run, config)
     print(json.dumps(asdict(result)), flush=True)
-
-
-if __name__ == "__main__":
-    main()

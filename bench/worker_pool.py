@@ -1,4 +1,4 @@
-"""Several ``bench.worker`` processes driving one ``live`` run, kept in step.
+"""Several `bench.worker` processes driving one ``live`` run, kept in step.
 
 Each worker announces the phases it reaches (every device connected and ready to
 receive; for encrypted runs, also every device's prekeys published); the pool lets
@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import json
 import subprocess
-import sys
 from collections.abc import AsyncIterator, Callable
 from functools import partial
 from typing import Any
@@ -20,6 +19,7 @@ import trio
 
 from bench.live_link import LiveResult
 from bench.provision import BenchDevice
+from bench.spawn import BIN
 from bench.worker import GO, PHASE_PREFIX
 
 __all__ = ["merge_results", "run_workers"]
@@ -81,7 +81,7 @@ async def run_workers(devices: list[BenchDevice], slices: list[tuple[int, ...]],
         try:
             async with trio.open_nursery() as nursery:
                 process: trio.Process = await nursery.start(partial(
-                    trio.run_process, [sys.executable, "-m", "bench.worker"],
+                    trio.run_process, [str(BIN / "cryptopass-bench"), "internal", "live-worker"],
                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                     check=False))
                 assert process.stdin and process.stdout and process.stderr

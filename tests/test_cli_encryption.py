@@ -9,7 +9,7 @@ from pathlib import Path
 
 import trio
 
-from bench.relay_process import RelayProcess
+from bench.spawn import RelayProcess
 from tests.test_cli_scenario import BIN, free_udp_port, last_code, run, start_relay
 
 ALICE, BOB = "+33612345678", "+33698765432"
