@@ -8,14 +8,17 @@ from pathlib import Path
 import pytest
 import trio
 from aioquic.buffer import Buffer
+from aioquic.quic import events as quic_events
 from aioquic.quic.connection import QuicConnection
 from aioquic.quic.packet import QuicPacketType, pull_quic_header
 
-from client.connection import ConnectionClosed, client_configuration
+from client.connection import ConnectionClosed, client_configuration, open_client_endpoint
 from relay.server import serve
 from relay.settings import RelaySettings
 from tests.conftest import RelayUnderTest, SmsInbox, declare, enrol
-from wire.frames import ErrorCode, QueueEmpty
+from transport.quic import QuicLink
+from wire.codec import encode_frame
+from wire.frames import ErrorCode, Hello, QueueEmpty
 
 ALICE, BOB = "+33612345678", "+33698765432"
 
@@ -96,3 +99,29 @@ async def test_server_connections_drop_their_handshake_buffers(relay: RelayUnder
         [link] = relay.running.endpoint.links
         capacities = {buffer.capacity for buffer in link.quic._crypto_buffers.values()}
         assert capacities == {POST_HANDSHAKE_CRYPTO_BUFFER_BYTES}
+
+
+class _Handshake:
+    """A connection handler that only notes the end of the handshake."""
+
+    def __init__(self) -> None:
+        self.completed = trio.Event()
+
+    def quic_events(self, link: QuicLink, batch: list[quic_events.QuicEvent]) -> None:
+        if any(isinstance(event, quic_events.HandshakeCompleted) for event in batch):
+            self.completed.set()
+
+
+async def test_drain_returns_once_what_was_written_has_left(relay: RelayUnderTest) -> None:
+    async with open_client_endpoint() as endpoint:
+        handshake = _Handshake()
+        configuration = client_configuration(ca=relay.running.cert_path, server_name="localhost")
+        link = endpoint.connect(("127.0.0.1", relay.port), configuration, handshake)
+        with trio.fail_after(10):
+            await handshake.completed.wait()
+            await endpoint.drain()  # nothing waiting: returns after one scheduling round
+            sent = endpoint.datagrams_sent
+            link.send_stream_data(link.new_stream(), encode_frame(Hello(user_id="u", device_id=1)))
+            await endpoint.drain()
+        assert endpoint.datagrams_sent > sent
+        link.close(int(ErrorCode.NO_ERROR), "done")

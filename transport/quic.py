@@ -205,6 +205,8 @@ class QuicEndpoint:
         self._routing = routing
         self._links: dict[bytes, QuicLink] = {}
         self._dirty: set[QuicLink] = set()
+        self._flushed: trio.Event | None = None
+        """Set by the next flush, for ``drain`` waiters; None while nobody waits."""
         self._timers: list[tuple[float, int, QuicLink]] = []
         self._timer_sequence = itertools.count()
         self._wakeup = trio.Event()
@@ -266,8 +268,12 @@ class QuicEndpoint:
 
     async def drain(self) -> None:
         """Return once everything written so far has been handed to the socket."""
-        while self._dirty:
+        if not self._dirty:
             await trio.lowlevel.checkpoint()
+            return
+        if self._flushed is None:
+            self._flushed = trio.Event()
+        await self._flushed.wait()  # a flush empties the dirty set before it returns
 
     def receive_forwarded(self, datagrams: list[tuple[bytes, NetworkAddress]]) -> None:
         """Handle datagrams that reached another process on this port but belong to
@@ -389,6 +395,9 @@ class QuicEndpoint:
             dirty, self._dirty = self._dirty, set()
             for link in dirty:
                 self._service(link, now)
+        if self._flushed is not None:  # a fresh Event per flush that someone waits for
+            self._flushed.set()
+            self._flushed = None
 
     def _service(self, link: QuicLink, now: float) -> None:
         quic = link.quic
