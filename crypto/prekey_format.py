@@ -1,7 +1,7 @@
 """What a device signs when it publishes prekeys, and how anyone checks it.
 
 Shared by the device (which signs) and the relay (which verifies every
-signature before storing a key, DESIGN.md invariant 5). The identity key is
+signature before storing a key: docs/ARCHITECTURE.md, "Invariants and where they hold"). The identity key is
 the device's Ed25519 key, the one it authenticates with.
 
 Signed message (bytes), for each kind of signed prekey::
