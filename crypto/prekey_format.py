@@ -1,8 +1,9 @@
 """What a device signs when it publishes prekeys, and how anyone checks it.
 
 Shared by the device (which signs) and the relay (which verifies every
-signature before storing a key: docs/ARCHITECTURE.md, "Invariants and where they hold"). The identity key is
-the device's Ed25519 key, the one it authenticates with.
+signature before storing a key: docs/ARCHITECTURE.md, "Invariants and where
+they hold"). The identity key is the device's Ed25519 key, the one it
+authenticates with.
 
 Signed message (bytes), for each kind of signed prekey::
 

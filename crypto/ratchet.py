@@ -11,8 +11,8 @@ Functions (§5.2 "recommended cryptographic algorithms", made concrete):
   AES-256 key (32) || nonce (12); AES-256-GCM over pt with ad || encoded header.
 
 `decrypt` never changes the state it is given: it works on a copy and returns the new state
-only when the message authenticates (docs/ARCHITECTURE.md, "Rules of the code"). Skipped message keys are capped per step and
-in total (named constants below), as §3.5 and §6.5 ask.
+only when the message authenticates (docs/ARCHITECTURE.md, "Rules of the code"). Skipped
+message keys are capped per step and in total (named constants below), as §3.5 and §6.5 ask.
 """
 
 from __future__ import annotations

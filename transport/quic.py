@@ -2,7 +2,8 @@
 
 One UDP socket per endpoint, many connections, each found by the destination
 connection id of the packets that reach it (never by address, so a client that
-changes address keeps its connection). The shell is thin (docs/ARCHITECTURE.md, "Rules of the code"):
+changes address keeps its connection). The shell is thin (docs/ARCHITECTURE.md,
+"Rules of the code"):
 
 * the receive task wakes when the socket is readable, reads every datagram
   queued there (up to ``MAX_RECEIVE_BATCH``) and feeds them all before it
