@@ -19,6 +19,7 @@ relay's own processes hold an end.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -174,11 +175,18 @@ class WorkerRouting:
                     self.dropped["malformed"] += 1
             self.received_forwarded += len(batch)
             if batch:
-                self._feeding_forwarded = True
-                try:
+                with self.feeding_forwarded():
                     endpoint.receive_forwarded(batch)
-                finally:
-                    self._feeding_forwarded = False
+
+    @contextlib.contextmanager
+    def feeding_forwarded(self) -> Iterator[None]:
+        """While open, what reaches the endpoint was forwarded by another worker: a datagram
+        that names a third worker then is dropped as a loop, never passed on again."""
+        self._feeding_forwarded = True
+        try:
+            yield
+        finally:
+            self._feeding_forwarded = False
 
     def collector(self) -> Collector:
         """Prometheus families of this worker's forwarding counters."""

@@ -19,6 +19,7 @@ from typing import Any
 
 from crypto import pqxdh
 from crypto.device import DeviceAddress, DeviceCrypto
+from crypto.device_state import decode_device_state
 from crypto.identity import identity_dh_public_key
 from crypto.prekeys import PrekeyBundle, SignedPrekey
 from crypto.primitives import (
@@ -79,8 +80,8 @@ def build(encapsulation: MlKem1024Encapsulation | None) -> dict[str, Any]:
     steps.append({"step": "bob: identity seed, signed prekey private key, last-resort KEM seed",
                   "draws": bob_random.take()})
     alice_identity = ed25519_generate(alice_random)
-    alice = DeviceCrypto(DeviceCrypto.create(alice_identity, alice_random)._state, alice_random,
-                         encapsulate)
+    created = DeviceCrypto.create(alice_identity, alice_random)
+    alice = DeviceCrypto(decode_device_state(created.to_bytes()), alice_random, encapsulate)
     steps.append({"step": "alice: identity seed, signed prekey private key, last-resort KEM seed",
                   "draws": alice_random.take()})
     one_time = bob.generate_one_time_prekeys(1)[0]
@@ -92,11 +93,11 @@ def build(encapsulation: MlKem1024Encapsulation | None) -> dict[str, Any]:
     alice.start_session(BOB, bundle)
     steps.append({"step": "alice starts the session: base key private, first ratchet private",
                   "draws": alice_random.take()})
-    session = alice._state.sessions[BOB][0]
+    session = decode_device_state(alice.to_bytes()).sessions[BOB][0]
     header = session.pending_prekey_header
     assert header is not None
     kem = recorded[0]
-    bob_prekeys = bob._state.prekeys
+    bob_prekeys = decode_device_state(bob.to_bytes()).prekeys
     signed_pair = bob_prekeys.signed_prekey_pair(header.signed_prekey_id)
     kem_seed = bob_prekeys.kem_seed(header.kem_prekey_id)
     assert signed_pair is not None and kem_seed is not None

@@ -8,8 +8,10 @@ interpreter, where nothing else has been imported yet.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 SERVER_SIDE = ("relay", "storage", "enrolment", "bench")
 
@@ -44,3 +46,21 @@ def test_the_wire_protocol_loads_no_io_and_no_clock_source() -> None:
     assert "wire.protocol" in loaded
     for forbidden in ("trio", "aioquic", "transport", "storage", "relay", "client"):
         assert forbidden not in loaded, forbidden
+
+
+def test_the_shared_test_helpers_keep_their_asserts_under_python_optimize() -> None:
+    # Each helper module with asserts must be registered for rewriting in tests/__init__.py:
+    # otherwise `python -O` strips its asserts and the suites that use it check nothing.
+    import tests
+
+    registered = _registered_for_rewriting()
+    helpers = {path.stem for path in Path(tests.__file__).parent.glob("*.py")
+               if not path.stem.startswith("test_") and path.stem not in {"__init__", "conftest"}}
+    with_asserts = {name for name in helpers
+                    if "assert " in (Path(tests.__file__).parent / f"{name}.py").read_text()}
+    assert {f"tests.{name}" for name in with_asserts} <= registered
+
+
+def _registered_for_rewriting() -> set[str]:
+    source = (Path(__file__).parent / "__init__.py").read_text()
+    return set(re.findall(r'"(tests\.\w+)"', source))

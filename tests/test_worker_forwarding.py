@@ -389,10 +389,9 @@ def test_a_forwarded_datagram_naming_a_third_worker_is_not_passed_on() -> None:
         routing = WorkerRouting(worker_index=1, worker_count=3, receive_socket=pairs[1][0],
                                 peer_sockets={0: pairs[0][1], 2: pairs[2][1]})
         packet = header(QuicPacketType.ONE_RTT, bytes([2]) + bytes(7))
-        routing._feeding_forwarded = True  # as while feeding what worker 0 forwarded
-        assert routing.take_unrouted(packet, b"datagram", ("192.0.2.1", 1))
+        with routing.feeding_forwarded():  # as while feeding what worker 0 forwarded
+            assert routing.take_unrouted(packet, b"datagram", ("192.0.2.1", 1))
         assert routing.dropped["loop"] == 1 and routing.forwarded == 0
-        routing._feeding_forwarded = False
         assert routing.take_unrouted(packet, b"datagram", ("192.0.2.1", 1))
         assert routing.forwarded == 1
         assert decode_forwarded(pairs[2][0].recv(100)) == (b"datagram", ("192.0.2.1", 1))

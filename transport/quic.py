@@ -175,6 +175,12 @@ class QuicLink:
             self._endpoint.mark_dirty(self)
 
     @property
+    def routed_connection_ids(self) -> frozenset[bytes]:
+        """Every connection id the endpoint routes to this link (what it issued and still
+        honours): the ones a peer may put in a datagram's destination."""
+        return frozenset(self._cids)
+
+    @property
     def connection_id(self) -> str:
         """The connection's own id in hex, for logs (it identifies no user)."""
         return self.quic.host_cid.hex()
