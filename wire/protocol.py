@@ -19,15 +19,18 @@ import nacl.signing
 from wire.codec import FrameDecoder, encode_frame
 from wire.frames import (
     Challenge,
+    Deliver,
     ErrorCode,
     Frame,
     FrameType,
     Hello,
     LocalProtocolError,
     ProtocolError,
+    QueueEmpty,
     RemoteProtocolError,
     auth_transcript,
 )
+from wire.prekey_frames import PrekeysLow
 
 __all__ = [
     "ALLOWED_REQUESTS",
@@ -142,9 +145,13 @@ class ResponseReceived:
 
 @dataclass(frozen=True, slots=True)
 class PushReceived:
-    """Client side: a DELIVER, QUEUE_EMPTY or PREKEYS_LOW from the relay's push stream."""
+    """Client side: a DELIVER, QUEUE_EMPTY or PREKEYS_LOW from the relay's push stream.
 
-    frame: Frame  #: the push
+    ``frame`` is typed as exactly those classes (PUSH_FRAME_TYPES), so a client can dispatch
+    on it with ``match`` and ``typing.assert_never``.
+    """
+
+    frame: Deliver | QueueEmpty | PrekeysLow  #: the push
 
 
 ServerEvent = RequestReceived | AuthenticationRequested | StreamFailed | StreamEnded
@@ -357,13 +364,16 @@ class ClientProtocol(_StreamReader):
         if not (pushes or is_client_bidirectional(stream_id)):
             events.extend(self._refuse_stream(stream_id, data, end_stream))
             return events
-        allowed = PUSH_FRAME_TYPES if pushes else RESPONSE_FRAME_TYPES
         frames, error = self._receive(stream_id, data, end_stream)
         for frame in frames:
-            if frame.frame_type not in allowed:
+            # The class check is the PUSH_FRAME_TYPES check, in a form mypy narrows.
+            if pushes and isinstance(frame, Deliver | QueueEmpty | PrekeysLow):
+                events.append(PushReceived(frame))
+            elif not pushes and frame.frame_type in RESPONSE_FRAME_TYPES:
+                events.append(ResponseReceived(stream_id, frame))
+            else:
                 self._fail(stream_id, end_stream)
                 error = _unexpected(f"{frame.frame_type.name} is not allowed on stream {stream_id}")
                 break
-            events.append(PushReceived(frame) if pushes else ResponseReceived(stream_id, frame))
         _finish(events, stream_id, end_stream, error)
         return events
