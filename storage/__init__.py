@@ -1,1 +1,1 @@
-"""Storage backends behind narrow interfaces (see storage.base)."""
+"""Storage backends behind narrow interfaces (storage.interfaces, composed in storage.base)."""

@@ -2,7 +2,8 @@
 
 ``SqliteStore`` and ``PostgresStore`` inherit ``AdminStoreMethods`` and give it what
 ``storage.core_store.BackendHooks`` names; the SQL itself lives in ``storage.admin_sql``.
-See the methods' contracts in ``storage.base.Store``.
+The methods' contracts are on ``storage.interfaces.administration.AdminStore`` and
+``storage.interfaces.directory.OrganisationPolicy``.
 """
 
 from __future__ import annotations

@@ -4,8 +4,10 @@
 ``storage.admin_store.AdminStoreMethods``) and keep only what differs: connections, threads,
 how a read reaches its connection, rate limits, and PostgreSQL's cluster wake-ups (the
 deletion hooks, and its own ``submit_send`` and ``expire``). The SQL lives in
-``storage.enrolment_sql``, ``storage.envelope_sql`` and ``storage.prekey_sql``. See the
-methods' contracts in ``storage.base.Store``.
+``storage.enrolment_sql``, ``storage.envelope_sql`` and ``storage.prekey_sql``. The methods'
+contracts are on the protocols of ``storage.interfaces`` (``StoreLifecycle``, ``Directory``,
+``EnrolmentStore``, ``EnvelopeQueue``, ``PrekeyStore``, and ``AdminStore`` for creating
+organisations and declaring and deleting users), which ``storage.base.Store`` composes.
 """
 
 from __future__ import annotations

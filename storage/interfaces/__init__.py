@@ -1,0 +1,13 @@
+"""The store's contract, cut into the small protocols its callers need.
+
+Each module holds one capability and states its rules on its methods:
+``envelope_queue`` (sends, the queue, acknowledgements, expiry), ``directory`` (who exists, and
+the cross-organisation policy), ``enrolment`` (SMS codes, device registration, secrets),
+``prekeys``, ``rate_limits``, ``administration`` (organisations, users, accounts, sessions,
+tokens, audit, licences) and ``lifecycle``. ``storage.base.Store`` composes them all; a caller
+that needs one capability asks for that protocol only.
+"""
+
+from __future__ import annotations
+
+__all__: list[str] = []
