@@ -14,7 +14,7 @@ import sys
 from collections.abc import Awaitable, Callable
 from contextlib import aclosing
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import trio
 import typer
@@ -33,6 +33,7 @@ from client.profile import Profile, ProfileError
 from crypto.primitives import CryptoError
 from crypto.safety_number import format_safety_number
 from transport.addresses import parse_host_port
+from wire.errors import RemoteProtocolError
 from wire.phone import InvalidPhoneNumber, parse_phone
 
 __all__ = ["app", "main", "message_line"]
@@ -50,7 +51,7 @@ def _options(profile: Annotated[Path, typer.Option(
     _state["profile"] = profile
 
 
-def _fail(message: str) -> None:
+def _fail(message: str) -> NoReturn:
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(1)
 
@@ -75,6 +76,8 @@ def _run(work: Callable[[], Awaitable[None]]) -> None:
         _fail(f"end-to-end encryption refused: {error}")
     except RelayError as error:
         _fail(f"the relay refused: {error.code.name}: {error.reason}")
+    except RemoteProtocolError as error:
+        _fail(f"the relay broke the protocol: {error}")
     except ConnectionClosed as error:
         _fail(str(error))
     except trio.TooSlowError:
@@ -141,7 +144,6 @@ def verify(code: str) -> None:
 def _verify(profile: Profile, code: str, identity_key: bytes) -> None:
     if profile.data.phone is None or profile.data.relay is None:
         _fail("run 'cryptopass enrol PHONE' first")
-    assert profile.data.phone is not None and profile.data.relay is not None
     host, port = parse_host_port(profile.data.relay)
     ca = Path(profile.data.ca) if profile.data.ca else None
     phone = profile.data.phone

@@ -239,9 +239,8 @@ class Messenger:
             device_id for device_id in device_ids
             if not self.device.has_session(self._address(user_id, device_id))
             and device_id not in contact.pending)
-        if wanted == []:
-            assert device_ids is not None
-            return device_ids
+        if device_ids is not None and wanted == []:
+            return device_ids  # every one has a session or awaits trust: nothing to fetch
         bundles = await self.client.fetch_bundle(user_id, wanted or ())
         fetched = {bundle.device_id for bundle in bundles}
         existing = fetched if device_ids is None else (
@@ -392,7 +391,8 @@ class Messenger:
         except ContentError as error:
             return unreadable(str(error))
         record = self.device.identity_of(sender)
-        assert record is not None  # decrypt records the sender's identity
+        if record is None:  # never: decrypt records the sender's identity
+            raise RuntimeError("no identity on record for a sender just decrypted")
         contact = await self._contact_of_sender(sender, content.sender_phone)
         identity_changed = decrypted.identity_changed
         if contact is not None:
