@@ -54,6 +54,12 @@ class BackendHooks:
     async def _write(self, work: Callable[[Any], T]) -> T:
         return await self._writer.submit(work).wait()
 
+    def submit_write_for_tests(self, work: Callable[[Any], T]) -> PendingResult[T]:
+        """Test hook: submit ``work`` to the group-commit writer as the store's own writes
+        are (in submission order, under its own SAVEPOINT in the next batch), outside every
+        ``Store`` contract. Lets tests hold the writer or fail one write of a batch."""
+        return self._writer.submit(work)
+
     def _before_user_deleted(self, connection: Any, user_id: str) -> None:
         """Hook run in the deleting transaction before a user goes (nothing by default)."""
 

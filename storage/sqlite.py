@@ -103,6 +103,11 @@ class SqliteStore(CoreStoreMethods, AdminStoreMethods):
         return self._buckets.take(key=key, cost=cost, capacity=capacity,
                                   period_ms=period_ms, now=now)
 
+    async def read_for_tests(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """Test hook: run ``work`` on a reader connection, outside every ``Store`` contract
+        (to inspect connection settings such as PRAGMAs)."""
+        return await self._read(work)
+
 
 @asynccontextmanager
 async def open_sqlite_store(path: pathlib.Path, *,

@@ -146,7 +146,7 @@ async def _hold_the_writer(store: PostgresStore) -> threading.Event:
         entered.set()
         release.wait(TIMEOUT_S)
 
-    store._writer.submit(block)
+    store.submit_write_for_tests(block)
     await trio.to_thread.run_sync(entered.wait, TIMEOUT_S)
     return release
 
@@ -163,7 +163,7 @@ async def test_a_failing_operation_rolls_back_only_itself(postgres_dsn: str) -> 
             connection.execute("UPDATE devices SET queue_depth = 999")
             connection.execute("SELECT 1 / 0")  # a database error aborts the savepoint
 
-        failing = store._writer.submit(half_done_then_fail)
+        failing = store.submit_write_for_tests(half_done_then_fail)
         last = store.submit_send(_send(sender, recipient, devices, 2))
         release.set()
         with trio.fail_after(TIMEOUT_S):
@@ -187,7 +187,7 @@ async def test_a_lost_connection_fails_the_batch_and_the_writer_recovers(
             # What a server restart or a network failure looks like.
             connection.execute("SELECT pg_terminate_backend(pg_backend_pid())")
 
-        failing = store._writer.submit(lose_the_connection)
+        failing = store.submit_write_for_tests(lose_the_connection)
         last = store.submit_send(_send(sender, recipient, devices, 2))
         release.set()
         with trio.fail_after(TIMEOUT_S):

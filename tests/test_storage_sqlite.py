@@ -58,7 +58,7 @@ async def test_the_default_is_full_synchronous(database_path: pathlib.Path) -> N
             return (connection.execute("PRAGMA synchronous").fetchone()[0],
                     connection.execute("PRAGMA foreign_keys").fetchone()[0],
                     connection.execute("PRAGMA busy_timeout").fetchone()[0])
-        synchronous, foreign_keys, busy_timeout = await store._readers.run(read)
+        synchronous, foreign_keys, busy_timeout = await store.read_for_tests(read)
     assert (synchronous, foreign_keys) == (2, 1)  # 2 is FULL
     assert busy_timeout > 0
 
@@ -108,7 +108,7 @@ async def _hold_the_writer(store: SqliteStore) -> tuple[threading.Event, threadi
         entered.set()
         release.wait(TIMEOUT_S)
 
-    store._writer.submit(block)
+    store.submit_write_for_tests(block)
     await trio.to_thread.run_sync(entered.wait, TIMEOUT_S)
     return entered, release
 
@@ -125,7 +125,7 @@ async def test_a_failing_operation_rolls_back_only_itself(database_path: pathlib
             connection.execute("UPDATE devices SET queue_depth = 999")
             raise RuntimeError("boom")
 
-        failing = store._writer.submit(half_done_then_fail)
+        failing = store.submit_write_for_tests(half_done_then_fail)
         last = store.submit_send(_send(sender, recipient, devices, 2))
         release.set()
         with trio.fail_after(TIMEOUT_S):
@@ -149,7 +149,7 @@ async def test_a_lost_transaction_fails_the_whole_batch(database_path: pathlib.P
             connection.execute("ROLLBACK")
             raise sqlite3.OperationalError("database or disk is full")
 
-        failing = store._writer.submit(lose_the_transaction)
+        failing = store.submit_write_for_tests(lose_the_transaction)
         last = store.submit_send(_send(sender, recipient, devices, 2))
         release.set()
         with trio.fail_after(TIMEOUT_S):
