@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 from enrolment.errors import InvalidRequest
 from enrolment.numbers import parse_phone
-from storage.base import Organisation, Store, User
+from storage.base import AdminStore, Organisation, User
 
 __all__ = [
     "MAX_ORGANISATION_NAME_CHARS",
@@ -44,7 +44,7 @@ def _check_organisation_name(name: str) -> None:
         )
 
 
-async def create_organisation(store: Store, name: str, seats: int, now: int) -> Organisation:
+async def create_organisation(store: AdminStore, name: str, seats: int, now: int) -> Organisation:
     """Create an active organisation.
 
     Raises:
@@ -58,7 +58,7 @@ async def create_organisation(store: Store, name: str, seats: int, now: int) -> 
 
 
 async def declare_user(
-    store: Store,
+    store: AdminStore,
     organisation: str,
     phone_text: str,
     now: int,
@@ -78,7 +78,7 @@ async def declare_user(
     )
 
 
-async def delete_user(store: Store, organisation: str, phone_text: str) -> User:
+async def delete_user(store: AdminStore, organisation: str, phone_text: str) -> User:
     """Delete a user with its devices and queued envelopes; returns it.
 
     The caller must then close the user's live connections.
@@ -91,6 +91,6 @@ async def delete_user(store: Store, organisation: str, phone_text: str) -> User:
     return await store.delete_user(organisation=organisation, phone=phone)
 
 
-async def list_users(store: Store, organisation: str) -> list[User]:
+async def list_users(store: AdminStore, organisation: str) -> list[User]:
     """Users of the organisation, ordered by phone. Raises NotFound."""
     return await store.list_users(organisation)

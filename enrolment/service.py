@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Callable
+from typing import Protocol
 
 import nacl.bindings
 
@@ -34,12 +35,24 @@ from enrolment.errors import (
 )
 from enrolment.numbers import parse_phone
 from enrolment.sms import SmsDispatcher, SmsMessage, utc_timestamp
-from storage.base import Device, RegistrationRefusal, RegistrationRefused, Store
+from storage.base import (
+    Device,
+    Directory,
+    EnrolmentStore,
+    RegistrationRefusal,
+    RegistrationRefused,
+)
 
-__all__ = ["ENROLMENT_SECRET_NAME", "IDENTITY_KEY_BYTES", "SECRET_BYTES", "EnrolmentService"]
+__all__ = [
+    "ENROLMENT_SECRET_NAME",
+    "IDENTITY_KEY_BYTES",
+    "SECRET_BYTES",
+    "EnrolmentService",
+    "EnrolmentServiceStore",
+]
 
 ENROLMENT_SECRET_NAME = "enrolment"  # noqa: S105 (the name of a secret, not one)
-"""Name of the HMAC key in ``Store.get_or_create_secret``."""
+"""Name of the HMAC key in ``EnrolmentStore.get_or_create_secret``."""
 
 SECRET_BYTES = 32
 """Size of the HMAC key: the full strength of HMAC-SHA256."""
@@ -50,12 +63,17 @@ IDENTITY_KEY_BYTES = 32
 _CODE_TTL_MINUTES = CODE_TTL_MS // 60_000
 
 
+class EnrolmentServiceStore(EnrolmentStore, Directory, Protocol):
+    """What enrolment needs of the store: codes, registration and the enrolment secret, and
+    the directory look-up that decides whether an SMS leaves."""
+
+
 class EnrolmentService:
     """Sends verification codes and registers devices against them."""
 
     def __init__(
         self,
-        store: Store,
+        store: EnrolmentServiceStore,
         dispatcher: SmsDispatcher,
         *,
         secret: bytes,
@@ -71,7 +89,7 @@ class EnrolmentService:
     @classmethod
     async def create(
         cls,
-        store: Store,
+        store: EnrolmentServiceStore,
         dispatcher: SmsDispatcher,
         *,
         token_bytes: Callable[[int], bytes] = secrets.token_bytes,
@@ -112,7 +130,7 @@ class EnrolmentService:
             raise RateLimited()
         user = await self._store.find_user_by_phone(phone)
         # Only declared numbers get an SMS. The organisation's state is checked
-        # at registration: Store has no lookup by organisation id yet, so users
+        # at registration: the directory has no lookup by organisation id yet, so users
         # of a suspended organisation still receive a code they cannot use.
         if user is not None:
             self._dispatcher.submit(

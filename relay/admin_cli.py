@@ -13,16 +13,17 @@ import re
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Protocol, TypeVar
 
 import typer
 
 from enrolment.errors import InvalidRequest
 from enrolment.web.auth import hash_password, new_api_token, new_one_time_password, secret_hash
 from storage.admin_records import AccountRole
-from storage.base import NotFound, Store
+from storage.base import AccountStore, AuditLog, Directory, NotFound
 
-__all__ = ["MAX_EMAIL_CHARS", "normalised_email", "register_account_commands"]
+__all__ = ["MAX_EMAIL_CHARS", "AccountCommandsStore", "normalised_email",
+           "register_account_commands"]
 
 T = TypeVar("T")
 
@@ -34,6 +35,11 @@ DataDirOption = Annotated[Path | None, typer.Option("--data-dir", help="Relay da
 JsonOption = Annotated[bool | None, typer.Option("--json", help="Print JSON.")]
 WithStore = Callable[[Path, Callable[[Any], Awaitable[Any]]], Any]
 Options = Callable[[Path | None, bool | None], tuple[Path, bool]]
+
+
+class AccountCommandsStore(AccountStore, AuditLog, Directory, Protocol):
+    """What these commands need of the store: accounts and tokens, the audit log, and the
+    organisation they concern."""
 
 
 def normalised_email(text: str) -> str:
@@ -59,7 +65,7 @@ def register_account_commands(admin_app: typer.Typer, org_app: typer.Typer, *,
 
     def create_account(directory: Path, email_text: str, role: AccountRole,
                        organisation: str | None) -> tuple[str, str]:
-        async def work(store: Store) -> tuple[str, str]:
+        async def work(store: AccountCommandsStore) -> tuple[str, str]:
             email = normalised_email(email_text)
             password = new_one_time_password()
             await store.create_account(email=email, role=role, organisation=organisation,
@@ -111,7 +117,7 @@ def _register_token_commands(token_app: typer.Typer, *, with_store: WithStore,
         """Create an API token for --org's admin API; prints it once."""
         directory, as_json = options(data_dir, json_output)
 
-        async def work(store: Store) -> tuple[int, str]:
+        async def work(store: AccountCommandsStore) -> tuple[int, str]:
             token = new_api_token()
             found = await store.get_organisation(org)
             if found is None:
@@ -137,7 +143,7 @@ def _register_token_commands(token_app: typer.Typer, *, with_store: WithStore,
         """Revoke token TOKEN_ID of --org: it is refused from the next request on."""
         directory, as_json = options(data_dir, json_output)
 
-        async def work(store: Store) -> int | None:
+        async def work(store: AccountCommandsStore) -> int | None:
             revoked = await store.revoke_api_token(organisation=org, token_id=token_id,
                                                    now=_now_ms())
             await store.append_audit(organisation_id=revoked.organisation_id, actor="cli",

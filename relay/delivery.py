@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 import structlog
 import trio
 
-from storage.base import Envelope, PendingResult, SendOutcome, Store
+from storage.base import Envelope, EnvelopeQueue, PendingResult, SendOutcome
 from wire.codec import encode_frame
 from wire.frames import (
     Deliver,
@@ -62,7 +62,8 @@ class DeliveryPump:
     envelopes in the caller's turn and costs no task while the device idles.
     """
 
-    def __init__(self, *, store: Store, device: DeviceKey, write: Callable[[bytes], None],
+    def __init__(self, *, store: EnvelopeQueue, device: DeviceKey,
+                 write: Callable[[bytes], None],
                  now_ms: Callable[[], int], nursery: trio.Nursery,
                  on_pushed: Callable[[list[Envelope], int], None] | None = None) -> None:
         self._store = store
@@ -224,7 +225,9 @@ class CommitPipeline:
     go, without yielding to the scheduler once per write.
     """
 
-    def __init__(self, store: Store, presence: Presence) -> None:
+    def __init__(self, store: EnvelopeQueue, presence: Presence) -> None:
+        # Only the sessions submit to ``store``; the pipeline awaits their pending results,
+        # relying on the queue's rule that submission order is commit order.
         self._store = store
         self._presence = presence
         self._queue: deque[_Submitted] = deque()

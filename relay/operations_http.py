@@ -26,6 +26,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from relay.context import RelayContext
+from storage.base import Directory
 from transport.addresses import parse_host_port
 
 __all__ = ["READINESS_TIMEOUT_SECONDS", "operations_app", "serve_operations_http"]
@@ -46,7 +47,7 @@ def operations_app(context: RelayContext, registry: CollectorRegistry) -> Starle
         return PlainTextResponse("ok\n")
 
     async def readyz(request: Request) -> Response:
-        checks = {"storage": await _store_answers(context),
+        checks = {"storage": await _store_answers(context.store),
                   "listener": context.endpoint is not None and context.endpoint.accepting}
         if context.cluster is not None:
             # Several nodes: without its LISTEN connection this node hears of sends
@@ -62,10 +63,10 @@ def operations_app(context: RelayContext, registry: CollectorRegistry) -> Starle
                              Route("/metrics", metrics)])
 
 
-async def _store_answers(context: RelayContext) -> bool:
+async def _store_answers(store: Directory) -> bool:
     with trio.move_on_after(READINESS_TIMEOUT_SECONDS):
         try:
-            await context.store.get_organisation(READINESS_PROBE_ORGANISATION)
+            await store.get_organisation(READINESS_PROBE_ORGANISATION)
         except Exception as error:  # any failure means "not ready", never a crash
             log.warning("readiness_store_failed", error=type(error).__name__)
             return False

@@ -1,23 +1,34 @@
 """The relay's prekey service: uploads, bundle claims, counts, device lists, low-pool pushes.
 
 Each handler takes the authenticated device and its request and returns the encoded answer;
-the session writes it on the request's stream. What the relay promises (PROTOCOL.md
-"Prekeys", DESIGN.md invariants 4 and 5): every signature is verified against the device's
-stored identity key before anything is stored, and an upload is stored whole or not at all;
-a one-time prekey is handed out at most once (``Store.claim_bundles``); fetches are rate-limited
-per requester and target, so no one can drain a user's pools.
+the session writes it on the request's stream. What the relay promises (docs/PROTOCOL.md
+"Prekeys", and the prekey rows of the invariants table in docs/ARCHITECTURE.md): every
+signature is verified against the device's stored identity key before anything is stored, and
+an upload is stored whole or not at all; a one-time prekey is handed out at most once
+(``PrekeyStore.claim_bundles``); fetches are rate-limited per requester and target, so no one
+can drain a user's pools.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Protocol
 
 import structlog
 
 from crypto.prekey_format import PrekeyKind, verify_prekey_signature
 from relay.context import RelayContext
 from relay.reachability import may_reach
-from storage.base import Device, NotFound, OrganisationState, UserState
+from storage.base import (
+    Device,
+    Directory,
+    NotFound,
+    OrganisationPolicy,
+    OrganisationState,
+    PrekeyStore,
+    RateLimits,
+    UserState,
+)
 from storage.prekey_records import ClaimedBundle, Prekey, PrekeyPoolFull, PrekeyUpload
 from storage.prekey_records import PrekeyCounts as StoredCounts
 from wire.codec import encode_frame
@@ -49,6 +60,7 @@ __all__ = [
     "MAX_ONE_TIME_PREKEYS_PER_DEVICE",
     "PREKEYS_LOW_THRESHOLD",
     "PrekeyService",
+    "PrekeyServiceStore",
 ]
 
 log = structlog.get_logger("relay.prekeys")
@@ -124,11 +136,19 @@ def _ran_low(claimed: ClaimedBundle) -> bool:
             or (took_kem and claimed.remaining.kem_one_time < PREKEYS_LOW_THRESHOLD))
 
 
+class PrekeyServiceStore(PrekeyStore, Directory, OrganisationPolicy, RateLimits, Protocol):
+    """What the prekey service reads and writes: the prekeys, the devices they belong to, the
+    cross-organisation policy and the fetch rate limit."""
+
+
 class PrekeyService:
     """One per relay; its rate limit lives in the store (shared by a cluster's nodes)."""
 
-    def __init__(self, relay: RelayContext) -> None:
+    def __init__(self, relay: RelayContext, store: PrekeyServiceStore | None = None) -> None:
+        """``store`` defaults to the relay's (``relay.store``); the service uses no more of it
+        than ``PrekeyServiceStore`` names."""
         self._relay = relay
+        self._store: PrekeyServiceStore = relay.store if store is None else store
 
     async def handle(self, device: tuple[str, int], frame: PrekeyRequest) -> bytes:
         """Answer one prekey request of the authenticated ``device``."""
@@ -141,7 +161,7 @@ class PrekeyService:
         return await self._list_devices(device, frame)
 
     async def _upload(self, device: tuple[str, int], frame: UploadPrekeys) -> bytes:
-        store = self._relay.store
+        store = self._store
         principal = await store.load_principal(*device)
         if principal is None:
             return _error(ErrorCode.DEVICE_REVOKED, "this device was revoked")
@@ -170,8 +190,7 @@ class PrekeyService:
 
     async def _counts(self, device: tuple[str, int]) -> bytes:
         try:
-            counts = await self._relay.store.prekey_counts(user_id=device[0],
-                                                           device_id=device[1])
+            counts = await self._store.prekey_counts(user_id=device[0], device_id=device[1])
         except NotFound:
             return _error(ErrorCode.DEVICE_REVOKED, "this device was revoked")
         return _counts_answer(PrekeyCounts, counts)
@@ -180,7 +199,7 @@ class PrekeyService:
                                  requester: tuple[str, int]) -> list[Device] | None:
         """The user's current devices, or None if the requester cannot reach the user (as
         LOOKUP: only enrolled users of active organisations the policy lets it reach)."""
-        store = self._relay.store
+        store = self._store
         devices = await store.list_devices(user_id)
         if not devices:
             return None
@@ -197,7 +216,7 @@ class PrekeyService:
 
     async def _fetch_bundle(self, requester: tuple[str, int], frame: FetchBundle) -> bytes:
         relay = self._relay
-        if not await relay.store.take_tokens(
+        if not await self._store.take_tokens(
                 key=f"bundle {requester[0]} {requester[1]} {frame.user_id}", cost=1,
                 capacity=BUNDLE_FETCHES_PER_TARGET, period_ms=BUNDLE_FETCH_PERIOD_MS,
                 now=relay.now_ms()):
@@ -212,7 +231,7 @@ class PrekeyService:
             wanted &= set(frame.device_ids)
         if frame.user_id == requester[0]:
             wanted.discard(requester[1])  # one's own device needs no session with itself
-        claimed = await relay.store.claim_bundles(user_id=frame.user_id,
+        claimed = await self._store.claim_bundles(user_id=frame.user_id,
                                                   device_ids=sorted(wanted))
         self._warn_low(frame.user_id, (bundle for bundle in claimed if _ran_low(bundle)))
         return encode_frame(Bundle(user_id=frame.user_id,
