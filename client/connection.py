@@ -10,33 +10,43 @@
 Requests each open their own stream, except sends, which share one stream
 so that the relay commits them in the order they were made while many are
 in flight (see docs/PROTOCOL.md, "Ordering").
+
+Failures (`client.errors`): `RelayError` when the relay refuses a request,
+`ConnectionClosed` once the connection ended, `wire.errors.RemoteProtocolError`
+when the relay breaks the protocol (garbage, or an answer of the wrong kind).
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 import ssl
 from collections import deque
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import TypeVar, assert_never
 
 import trio
 from aioquic.quic import events as quic_events
 from aioquic.quic.configuration import QuicConfiguration
 from nacl.signing import SigningKey
 
+from client.errors import ConnectionClosed, RelayError, expect_answer
 from transport.quic import QuicEndpoint, QuicLink, open_udp_socket
 from wire.codec import encode_frame
 from wire.frames import (
     ALPN,
     Ack,
+    Acked,
     Authenticate,
+    Authenticated,
     Challenge,
     Deliver,
     DirectoryEntry,
     Enrolled,
     EnrolStart,
+    EnrolStarted,
     EnrolVerify,
     Error,
     ErrorCode,
@@ -44,7 +54,9 @@ from wire.frames import (
     Hello,
     Lookup,
     LookupResult,
+    ProtocolError,
     QueueEmpty,
+    RemoteProtocolError,
     Send,
     SendAccepted,
     auth_transcript,
@@ -65,9 +77,17 @@ from wire.prekey_frames import (
     SignedPrekey,
     UploadPrekeys,
 )
-from wire.protocol import ClientProtocol, PushReceived, ResponseReceived, StreamFailed
+from wire.protocol import (
+    ClientEvent,
+    ClientProtocol,
+    PushReceived,
+    ResponseReceived,
+    StreamEnded,
+    StreamFailed,
+    is_server_unidirectional,
+)
 
-__all__ = ["ConnectionClosed", "RelayClient", "RelayError", "connect_relay"]
+__all__ = ["PUSH_BUFFER", "ConnectionClosed", "RelayClient", "RelayError", "connect_relay"]
 
 KEEPALIVE_SECONDS = 15.0
 """PING interval, well under the relay's 60 s idle timeout."""
@@ -81,39 +101,33 @@ ACK_FLUSH_DELAY_SECONDS = 0.01
 ACK_FLUSH_MAX = 512
 """Envelope ids per ACK frame sent by the client (the protocol allows 1024)."""
 
+PUSH_BUFFER = math.inf
+"""Pushes held for readers (`RelayClient.deliveries`, `RelayClient.next_prekeys_low`):
+unbounded, as before there were memory channels, because no finite bound can be kept
+without losing a push. A push is taken in the endpoint's synchronous event handler, which
+cannot wait for a reader; and aioquic grants the relay new stream credit as bytes arrive,
+not as a reader takes them, so a full buffer could not hold the relay back through QUIC
+flow control. A full buffer would thus have to drop a DELIVER and deliver the ones after
+it, out of order. What keeps the buffer small is the relay: it stops pushing to a device
+that holds MAX_UNACKNOWLEDGED (1024) envelopes not yet acknowledged, and a client
+acknowledges only what a reader took."""
 
-class RelayError(Exception):
-    """The relay answered a request with an ERROR frame."""
-
-    def __init__(self, error: Error) -> None:
-        super().__init__(f"{error.code.name}: {error.reason}")
-        self.code = error.code
-        self.reason = error.reason
-        self.error = error
-
-
-class ConnectionClosed(Exception):
-    """The connection ended; ``code`` is the application error code when there is one."""
-
-    def __init__(self, code: int, reason: str) -> None:
-        super().__init__(f"connection closed ({_code_name(code)}): {reason}")
-        self.code = code
-        self.reason = reason
-
-
-def _code_name(code: int) -> str:
-    try:
-        return ErrorCode(code).name
-    except ValueError:
-        return str(code)
+_Push = TypeVar("_Push", Deliver | QueueEmpty, PrekeysLow)
+_Answer = TypeVar("_Answer", bound=Frame)
 
 
 class _Waiter:
+    """One request's answer: set once, with the frame or the error that ends the wait."""
+
     __slots__ = ("done", "result")
 
     def __init__(self) -> None:
         self.done = trio.Event()
         self.result: Frame | BaseException | None = None
+
+    def set(self, result: Frame | BaseException) -> None:
+        self.result = result
+        self.done.set()
 
 
 Delivery = Deliver | QueueEmpty
@@ -128,10 +142,12 @@ class RelayClient:
         self._waiters: dict[int, deque[_Waiter]] = {}
         self._handshake = trio.Event()
         self._closed: ConnectionClosed | None = None
-        self._pushes: deque[Delivery] = deque()
-        self._push_event = trio.Event()
-        self._prekeys_low: deque[PrekeysLow] = deque()
-        self._prekeys_low_event = trio.Event()
+        # Closed (the send side) when the connection closes: readers take what is
+        # buffered, then get EndOfChannel and raise ConnectionClosed.
+        self._deliveries_in, self._deliveries_out = trio.open_memory_channel[Delivery](
+            PUSH_BUFFER)
+        self._prekeys_low_in, self._prekeys_low_out = trio.open_memory_channel[PrekeysLow](
+            PUSH_BUFFER)
         self._send_stream: int | None = None
         self._ack_stream: int | None = None
         self._pending_acks: list[int] = []
@@ -143,57 +159,139 @@ class RelayClient:
     # -- the handler side (called by the endpoint) --------------------------------
 
     def quic_events(self, link: QuicLink, batch: list[quic_events.QuicEvent]) -> None:
+        """Handle one batch of the connection's QUIC events (the endpoint calls this)."""
         for event in batch:
-            if isinstance(event, quic_events.HandshakeCompleted):
-                self._handshake.set()
-            elif isinstance(event, quic_events.StreamDataReceived):
-                for core_event in self._core.receive_stream_data(
-                        event.stream_id, event.data, event.end_stream):
-                    self._core_event(core_event)
-            elif isinstance(event, quic_events.ConnectionTerminated):
-                self._fail_all(ConnectionClosed(event.error_code, event.reason_phrase))
+            match event:
+                case quic_events.HandshakeCompleted():
+                    self._handshake.set()
+                case quic_events.StreamDataReceived():
+                    for core_event in self._core.receive_stream_data(
+                            event.stream_id, event.data, event.end_stream):
+                        self._core_event(core_event)
+                case quic_events.StreamReset():
+                    self._core.stream_reset(event.stream_id)
+                    self._stream_broken(event.stream_id, RemoteProtocolError(
+                        ErrorCode.UNEXPECTED_FRAME,
+                        f"the relay reset stream {event.stream_id} (code {event.error_code})"))
+                case quic_events.ConnectionTerminated():
+                    self._fail_all(ConnectionClosed(event.error_code, event.reason_phrase))
+                case _:
+                    pass  # pings, connection ids, ...: the transport's business
 
-    def _core_event(self, event: object) -> None:
-        if isinstance(event, ResponseReceived):
-            queue = self._waiters.get(event.stream_id)
-            if queue:
-                waiter = queue.popleft()
-                waiter.result = event.frame
-                waiter.done.set()
-                if not queue and event.stream_id not in (self._send_stream, self._ack_stream):
-                    del self._waiters[event.stream_id]  # a one-request stream is done
-        elif isinstance(event, PushReceived):
-            if isinstance(event.frame, Deliver | QueueEmpty):
-                self._pushes.append(event.frame)
-                self._push_event.set()
-            elif isinstance(event.frame, PrekeysLow):
-                self._prekeys_low.append(event.frame)
-                self._prekeys_low_event.set()
-        elif isinstance(event, StreamFailed):
-            queue = self._waiters.pop(event.stream_id, deque())
-            for waiter in queue:
-                waiter.result = event.error
-                waiter.done.set()
+    def _core_event(self, event: ClientEvent) -> None:
+        match event:
+            case ResponseReceived():
+                self._answer(event.stream_id, event.frame)
+            case PushReceived():
+                self._push(event.frame)
+            case StreamFailed():
+                self._stream_broken(event.stream_id, event.error)
+            case StreamEnded():
+                self._stream_ended(event.stream_id)
+            case _:
+                assert_never(event)
+
+    def _answer(self, stream_id: int, frame: Frame) -> None:
+        queue = self._waiters.get(stream_id)
+        if not queue:
+            # Nothing asked: an ACKED for a quiet ACK (a relay predating ``answer``) is one.
+            return
+        queue.popleft().set(frame)
+        if not queue and stream_id not in (self._send_stream, self._ack_stream):
+            del self._waiters[stream_id]  # a one-request stream is done
+
+    def _push(self, frame: Deliver | QueueEmpty | PrekeysLow) -> None:
+        if self._closed is not None:
+            return  # the channels are closed; unacknowledged, it comes again next connection
+        match frame:
+            case Deliver() | QueueEmpty():
+                self._deliveries_in.send_nowait(frame)  # never full: PUSH_BUFFER
+            case PrekeysLow():
+                self._prekeys_low_in.send_nowait(frame)
+            case _:
+                assert_never(frame)
+
+    def _stream_broken(self, stream_id: int, error: ProtocolError) -> None:
+        """The relay's stream failed (garbage, a frame out of place) or was reset."""
+        if is_server_unidirectional(stream_id):
+            # A push stream: no delivery can follow on this connection. Close it, so
+            # that readers raise ConnectionClosed (the envelopes stay stored).
+            self.close(error.code, error.reason)
+            self._fail_all(ConnectionClosed(error.code, error.reason))
+        else:
+            self._end_requests(stream_id, error)
+
+    def _stream_ended(self, stream_id: int) -> None:
+        # The relay ends a stream after the answers to every request on it, or after
+        # the ERROR of a request that failed the stream: the requests behind that
+        # one were dropped unanswered.
+        queue = self._waiters.get(stream_id)
+        if queue:
+            self._end_requests(stream_id, RemoteProtocolError(
+                ErrorCode.UNEXPECTED_FRAME,
+                f"the relay ended stream {stream_id} with {len(queue)} request(s) unanswered"))
+        else:
+            self._forget_stream(stream_id)
+
+    def _end_requests(self, stream_id: int, error: BaseException) -> None:
+        """No answer will come on ``stream_id``: fail its waiting requests with ``error``."""
+        for waiter in self._waiters.pop(stream_id, ()):
+            waiter.set(error)
+        self._forget_stream(stream_id)
+
+    def _forget_stream(self, stream_id: int) -> None:
+        """Never use ``stream_id`` again: the next send or acknowledgement opens a new one."""
+        if stream_id == self._send_stream:
+            self._send_stream = None
+        if stream_id == self._ack_stream:
+            self._ack_stream = None
 
     def _fail_all(self, error: ConnectionClosed) -> None:
-        self._closed = error
+        if self._closed is None:
+            self._closed = error
         self._handshake.set()
         for queue in self._waiters.values():
             for waiter in queue:
-                waiter.result = error
-                waiter.done.set()
+                waiter.set(self._closed)
         self._waiters.clear()
-        self._push_event.set()
-        self._prekeys_low_event.set()
+        self._deliveries_in.close()
+        self._prekeys_low_in.close()
+
+    def _require_link(self) -> QuicLink:
+        if self._link is None:
+            raise RuntimeError("this RelayClient is not connected: use connect_relay")
+        return self._link
+
+    async def _next_push(self, channel: trio.MemoryReceiveChannel[_Push]) -> _Push:
+        """The next push of ``channel``, once the connection closed: ConnectionClosed."""
+        try:
+            try:
+                # A buffered push is taken at once, without a checkpoint, as the
+                # deque these channels replaced did: draining a backlog stays cheap.
+                return channel.receive_nowait()
+            except trio.WouldBlock:
+                return await channel.receive()
+        except trio.EndOfChannel:
+            raise self._closed_error() from None
+
+    def _closed_error(self) -> ConnectionClosed:
+        if self._closed is None:  # the channels close only after _closed is set
+            return ConnectionClosed(ErrorCode.NO_ERROR, "connection closed")
+        return self._closed
 
     # -- requests --------------------------------------------------------------------
 
     async def request(self, frame: Frame, *, stream_id: int | None = None) -> Frame:
-        """Send one request and wait for its answer; raise RelayError on an ERROR frame."""
+        """Send one request and wait for its answer.
+
+        Raises:
+            RelayError: the relay answered with an ERROR frame.
+            ConnectionClosed: the connection ended first.
+            RemoteProtocolError: the relay broke the protocol on the request's stream.
+        """
         if self._closed is not None:
             raise self._closed
-        link = self._link
-        assert link is not None
+        link = self._require_link()
         if stream_id is None:
             stream_id = link.new_stream()
             end_stream = True
@@ -204,33 +302,40 @@ class RelayClient:
         link.send_stream_data(stream_id, encode_frame(frame), end_stream)
         await waiter.done.wait()
         result = waiter.result
+        if result is None:  # done is set only with a result
+            raise RuntimeError("a request's wait ended without an answer")
         if isinstance(result, BaseException):
             raise result
         if isinstance(result, Error):
             raise RelayError(result)
-        assert result is not None
         return result
 
+    async def _ask(self, frame: Frame, expected: type[_Answer], *,
+                   stream_id: int | None = None) -> _Answer:
+        """`request`, then `expect_answer`: RemoteProtocolError for an answer of another kind."""
+        return expect_answer(await self.request(frame, stream_id=stream_id), expected)
+
     async def enrol_start(self, phone: str) -> None:
-        await self.request(EnrolStart(phone=phone))
+        """Ask the relay to send an enrolment code by SMS to ``phone``."""
+        await self._ask(EnrolStart(phone=phone), EnrolStarted)
 
     async def enrol_verify(self, phone: str, code: str, identity_key: bytes) -> tuple[str, int]:
-        answer = await self.request(EnrolVerify(phone=phone, code=code,
-                                                identity_key=identity_key))
-        assert isinstance(answer, Enrolled)
+        """Register this device with the SMS ``code``; returns ``(user_id, device_id)``."""
+        answer = await self._ask(EnrolVerify(phone=phone, code=code, identity_key=identity_key),
+                                 Enrolled)
         return answer.user_id, answer.device_id
 
     async def authenticate(self, user_id: str, device_id: int, signing_key: SigningKey) -> None:
         """Prove possession of the device key; the relay then starts delivering."""
-        challenge = await self.request(Hello(user_id=user_id, device_id=device_id))
-        assert isinstance(challenge, Challenge)
+        challenge = await self._ask(Hello(user_id=user_id, device_id=device_id), Challenge)
         transcript = auth_transcript(nonce=challenge.nonce, user_id=user_id, device_id=device_id)
-        await self.request(Authenticate(signature=signing_key.sign(transcript).signature))
+        await self._ask(Authenticate(signature=signing_key.sign(transcript).signature),
+                        Authenticated)
         self.user_id, self.device_id = user_id, device_id
 
     async def lookup(self, phones: Sequence[str]) -> list[DirectoryEntry]:
-        answer = await self.request(Lookup(phones=tuple(phones)))
-        assert isinstance(answer, LookupResult)
+        """The enrolled users among ``phones``, with their current devices."""
+        answer = await self._ask(Lookup(phones=tuple(phones)), LookupResult)
         return list(answer.entries)
 
     # -- prekeys (PROTOCOL.md "Prekeys") -----------------------------------------------
@@ -244,12 +349,10 @@ class RelayClient:
         Raises:
             RelayError: INVALID_PREKEY_SIGNATURE or PREKEY_POOL_FULL (nothing was stored).
         """
-        answer = await self.request(UploadPrekeys(
+        return await self._ask(UploadPrekeys(
             signed_prekey=signed_prekey, kem_last_resort_prekey=kem_last_resort_prekey,
             one_time_prekeys=tuple(one_time_prekeys),
-            kem_one_time_prekeys=tuple(kem_one_time_prekeys)))
-        assert isinstance(answer, PrekeysUploaded)
-        return answer
+            kem_one_time_prekeys=tuple(kem_one_time_prekeys)), PrekeysUploaded)
 
     async def fetch_bundle(self, user_id: str,
                            device_ids: Sequence[int] = ()) -> list[DeviceBundle]:
@@ -259,30 +362,26 @@ class RelayClient:
         Raises:
             RelayError: UNKNOWN_RECIPIENT, or RATE_LIMITED.
         """
-        answer = await self.request(FetchBundle(user_id=user_id, device_ids=tuple(device_ids)))
-        assert isinstance(answer, Bundle)
+        answer = await self._ask(FetchBundle(user_id=user_id, device_ids=tuple(device_ids)),
+                                 Bundle)
         return list(answer.bundles)
 
     async def prekey_counts(self) -> PrekeyCounts:
         """How many prekeys the relay holds for this device."""
-        answer = await self.request(GetPrekeyCounts())
-        assert isinstance(answer, PrekeyCounts)
-        return answer
+        return await self._ask(GetPrekeyCounts(), PrekeyCounts)
 
     async def list_devices(self, user_id: str | None = None) -> list[DeviceInfo]:
         """The current devices of ``user_id`` (by default this device's own user)."""
-        answer = await self.request(ListDevices(user_id=user_id))
-        assert isinstance(answer, DeviceList)
+        answer = await self._ask(ListDevices(user_id=user_id), DeviceList)
         return list(answer.devices)
 
     async def next_prekeys_low(self) -> PrekeysLow:
-        """Wait for the relay to say a one-time pool of this device runs low."""
-        while not self._prekeys_low:
-            if self._closed is not None:
-                raise self._closed
-            await self._prekeys_low_event.wait()
-            self._prekeys_low_event = trio.Event()
-        return self._prekeys_low.popleft()
+        """Wait for the relay to say a one-time pool of this device runs low.
+
+        Raises:
+            ConnectionClosed: the connection ended (after every PREKEYS_LOW received).
+        """
+        return await self._next_push(self._prekeys_low_out)
 
     async def send(self, recipient_user_id: str, payloads: Mapping[int, bytes], *,
                    client_message_id: int) -> bool:
@@ -291,12 +390,10 @@ class RelayClient:
         Sends made from one client are committed in the order they were made.
         """
         if self._send_stream is None:
-            assert self._link is not None
-            self._send_stream = self._link.new_stream()
-        answer = await self.request(
+            self._send_stream = self._require_link().new_stream()
+        answer = await self._ask(
             Send(recipient_user_id=recipient_user_id, client_message_id=client_message_id,
-                 payloads=dict(payloads)), stream_id=self._send_stream)
-        assert isinstance(answer, SendAccepted)
+                 payloads=dict(payloads)), SendAccepted, stream_id=self._send_stream)
         return answer.duplicate
 
     def acknowledge(self, envelope_id: int) -> None:
@@ -316,19 +413,19 @@ class RelayClient:
 
     def _flush_acks(self) -> None:
         link = self._link
-        if link is None or self._closed is not None:
+        if link is None or self._closed is not None or not self._pending_acks:
             return
-        if self._pending_acks and self._ack_stream is None:
+        ack_stream = self._ack_stream
+        if ack_stream is None:
             # One long-lived stream for every ACK: opening a stream per batch
             # costs stream frames and credit updates in both directions.
-            self._ack_stream = link.new_stream()
+            ack_stream = self._ack_stream = link.new_stream()
         while self._pending_acks:
             batch = self._pending_acks[:ACK_FLUSH_MAX]
             del self._pending_acks[:ACK_FLUSH_MAX]
-            assert self._ack_stream is not None
             # No answer: an ACKED would cost the relay a packet, and us an
             # ACK-only packet back, for each batch. settle() asks for one.
-            link.send_stream_data(self._ack_stream, encode_frame(
+            link.send_stream_data(ack_stream, encode_frame(
                 Ack(envelope_ids=tuple(batch), answer=False)))
             self._unconfirmed_ack = batch[-1]
 
@@ -345,17 +442,16 @@ class RelayClient:
         self._flush_acks()
         last, self._unconfirmed_ack = self._unconfirmed_ack, None
         if last is not None and self._ack_stream is not None and self._closed is None:
-            await self.request(Ack(envelope_ids=(last,)), stream_id=self._ack_stream)
+            await self._ask(Ack(envelope_ids=(last,)), Acked, stream_id=self._ack_stream)
 
     async def deliveries(self) -> AsyncIterator[Delivery]:
-        """Deliveries in queue order, then QUEUE_EMPTY once, then live ones."""
+        """Deliveries in queue order, then QUEUE_EMPTY once, then live ones.
+
+        Raises:
+            ConnectionClosed: the connection ended (after every delivery received).
+        """
         while True:
-            while self._pushes:
-                yield self._pushes.popleft()
-            if self._closed is not None:
-                raise self._closed
-            await self._push_event.wait()
-            self._push_event = trio.Event()
+            yield await self._next_push(self._deliveries_out)
 
     async def _keepalive(self) -> None:
         while True:
@@ -364,6 +460,7 @@ class RelayClient:
                 self._link.ping()
 
     def close(self, code: ErrorCode = ErrorCode.NO_ERROR, reason: str = "") -> None:
+        """Close the connection with ``code`` (``connect_relay`` closes it on exit)."""
         if self._link is not None:
             self._link.close(int(code), reason)
 
@@ -441,7 +538,7 @@ async def _connection(endpoint: QuicEndpoint, host: str, port: int, *, ca: Path 
             yield client
         finally:
             with trio.move_on_after(SETTLE_SECONDS) as settling, \
-                    contextlib.suppress(ConnectionClosed, RelayError):
+                    contextlib.suppress(ConnectionClosed, RelayError, RemoteProtocolError):
                 # A connection the relay closed meanwhile has nothing to settle.
                 settling.shield = True
                 await client.settle()
