@@ -14,7 +14,9 @@
   are commit-ordered per device, so reading the store after the cursor is
   always gap-free).
 
-The SQL lives in ``storage.postgres_presence``.
+The SQL lives in ``storage.postgres_presence``. Whether a relay runs as a cluster node is
+the store's answer, not its class: ``ClusterCapable.cluster_wakeups`` is None for a store that
+serves one node (SQLite) and the store's wake-up side for one several nodes share (PostgreSQL).
 """
 
 from __future__ import annotations
@@ -32,8 +34,7 @@ from psycopg import sql
 from psycopg_pool import ConnectionPool
 
 from relay.delivery import DeliveryPump, Presence
-from storage.base import Envelope
-from storage.postgres import PostgresStore
+from storage.base import ClusterCapable, ClusterWakeups, Envelope, PrekeyStore
 from storage.postgres_presence import (
     DeviceGone,
     NotificationKind,
@@ -57,6 +58,7 @@ __all__ = [
     "LEASE_RENEW_INTERVAL_S",
     "ClusterNode",
     "ClusterPresence",
+    "ClusterStore",
     "DeviceGone",
     "HeldSession",
     "cluster_node_for",
@@ -126,14 +128,23 @@ class ClusterPresence(Presence):
             pump.wake()
 
 
+class ClusterStore(ClusterCapable, PrekeyStore, Protocol):
+    """What a cluster node needs of its store: the cluster capability, and the prekey counts
+    it pushes to a device whose pools a claim on another node left low."""
+
+
 class ClusterNode:
     """Presence, leases and wake-ups for one node. Start with ``run``."""
 
-    def __init__(self, *, dsn: str, node_name: str, store: PostgresStore,
-                 presence: ClusterPresence, now_ms: Callable[[], int]) -> None:
+    def __init__(self, *, dsn: str, node_name: str, wakeups: ClusterWakeups,
+                 prekeys: PrekeyStore, presence: ClusterPresence,
+                 now_ms: Callable[[], int]) -> None:
+        """``wakeups`` is the shared store's cluster side (``cluster_wakeups()``): it learns
+        this node's channel while the node runs, so its sends do not notify this node."""
         self._dsn = dsn
         self.node_name = node_name
-        self._store = store
+        self._wakeups = wakeups
+        self._prekeys = prekeys
         self._presence = presence
         self._now_ms = now_ms
         self.channel = ""
@@ -153,7 +164,7 @@ class ClusterNode:
             # Rows left by an earlier run of this node name hold nobody now.
             await self._in_transaction(functools.partial(forget_node, channel=self.channel))
             listener = await self._connect_listener()
-            self._store.node_channel = self.channel
+            self._wakeups.node_channel = self.channel
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 nursery.start_soon(self._listen, listener)
@@ -206,7 +217,7 @@ class ClusterNode:
             log.warning("prekeys_low_notify_failed", error=type(error).__name__)
 
     async def _push_prekeys_low(self, device: DeviceKey, session: HeldSession) -> None:
-        counts = await self._store.prekey_counts(user_id=device[0], device_id=device[1])
+        counts = await self._prekeys.prekey_counts(user_id=device[0], device_id=device[1])
         if self._held.get(device, (None, None))[1] is session:  # still connected here
             session.push(encode_frame(PrekeysLow(
                 one_time=counts.one_time, kem_one_time=counts.kem_one_time)))
@@ -336,7 +347,7 @@ class ClusterNode:
         return await trio.to_thread.run_sync(run)
 
     async def _shut_down(self) -> None:
-        self._store.node_channel = None
+        self._wakeups.node_channel = None
         pool = self._pool
         if pool is None:
             return
@@ -358,16 +369,22 @@ def _channel_of(connection: Connection, node_name: str) -> str:
     return node_channel(current_schema(connection), node_name)
 
 
-def presence_for(store: object) -> Presence:
-    """The ``Presence`` a relay on ``store`` needs (``ClusterPresence`` on PostgreSQL)."""
-    return ClusterPresence() if isinstance(store, PostgresStore) else Presence()
+def presence_for(store: ClusterCapable) -> Presence:
+    """The ``Presence`` a relay on ``store`` needs: ``ClusterPresence`` (pumps always read
+    the store) if several nodes may share it, the plain one otherwise."""
+    return Presence() if store.cluster_wakeups() is None else ClusterPresence()
 
 
-def cluster_node_for(*, store: object, presence: Presence, dsn: str | None,
+def cluster_node_for(*, store: ClusterStore, presence: Presence, dsn: str | None,
                      node_name: str | None, now_ms: Callable[[], int]) -> ClusterNode | None:
-    """This node's ``ClusterNode`` on a PostgreSQL store; None on SQLite (one node)."""
-    if not isinstance(store, PostgresStore):
+    """This node's ``ClusterNode`` if several nodes may share ``store`` (PostgreSQL); None if
+    it serves one node only (SQLite).
+
+    ``presence`` must come from ``presence_for(store)`` and ``dsn`` name the shared database.
+    """
+    wakeups = store.cluster_wakeups()
+    if wakeups is None:
         return None
     assert isinstance(presence, ClusterPresence) and dsn is not None
-    return ClusterNode(dsn=dsn, node_name=node_name or socket.gethostname(), store=store,
-                       presence=presence, now_ms=now_ms)
+    return ClusterNode(dsn=dsn, node_name=node_name or socket.gethostname(), wakeups=wakeups,
+                       prekeys=store, presence=presence, now_ms=now_ms)

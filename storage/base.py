@@ -19,6 +19,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from storage.interfaces.administration import AccountStore, AdminStore, AuditLog
+from storage.interfaces.cluster import ClusterCapable, ClusterWakeups
 from storage.interfaces.directory import Directory, OrganisationPolicy
 from storage.interfaces.enrolment import EnrolmentStore
 from storage.interfaces.envelope_queue import EnvelopeQueue
@@ -50,6 +51,8 @@ __all__ = [
     "AdminStore",
     "AlreadyExists",
     "AuditLog",
+    "ClusterCapable",
+    "ClusterWakeups",
     "Device",
     "Directory",
     "EnrolmentStore",
@@ -77,7 +80,7 @@ __all__ = [
 ]
 
 
-class Store(StoreLifecycle, EnvelopeQueue, Directory, OrganisationPolicy,
+class Store(StoreLifecycle, ClusterCapable, EnvelopeQueue, Directory, OrganisationPolicy,
             EnrolmentStore, PrekeyStore, RateLimits, AdminStore, Protocol):
     """The relay's whole persistent state: every capability of ``storage.interfaces``.
 

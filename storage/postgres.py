@@ -144,6 +144,11 @@ class PostgresStore(CoreStoreMethods, AdminStoreMethods):
     async def _close_readers(self) -> None:
         await trio.to_thread.run_sync(self._readers.close)
 
+    def cluster_wakeups(self) -> PostgresStore:
+        """This store itself: several relay nodes may share the database, and its sends and
+        deletions notify the nodes holding the devices concerned (``node_channel``)."""
+        return self
+
     def _before_user_deleted(self, connection: Any, user_id: str) -> None:
         # Nodes holding its devices close them on commit.
         notify_revoked_devices(connection, user_id=user_id)

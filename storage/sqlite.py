@@ -103,6 +103,10 @@ class SqliteStore(CoreStoreMethods, AdminStoreMethods):
         return self._buckets.take(key=key, cost=cost, capacity=capacity,
                                   period_ms=period_ms, now=now)
 
+    def cluster_wakeups(self) -> None:
+        """None: one relay process serves the file, so there is no other node to wake."""
+        return None
+
     async def read_for_tests(self, work: Callable[[sqlite3.Connection], T]) -> T:
         """Test hook: run ``work`` on a reader connection, outside every ``Store`` contract
         (to inspect connection settings such as PRAGMAs)."""
