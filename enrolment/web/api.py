@@ -138,7 +138,7 @@ class _AdminApi:
     async def licence(self, request: Request) -> Response:
         caller = await self.caller_of(request)
         found, reductions = await self.service.licence(caller, self.org(request))
-        declared = len(await self.service.store.list_users(self.org(request)))
+        declared = await self.service.declared_count(caller, self.org(request))
         return JSONResponse(licence_json(found, reductions, declared))
 
     async def reduce(self, request: Request) -> Response:

@@ -16,17 +16,8 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from enrolment.web.auth import (
-    MAX_PASSWORD_CHARS,
-    MIN_PASSWORD_CHARS,
-    LoginRateLimiter,
-    hash_password,
-    new_secret,
-    same_secret,
-    secret_hash,
-    spend_verification_time,
-    verify_password,
-)
+from enrolment.errors import InvalidRequest
+from enrolment.web.auth import MIN_PASSWORD_CHARS, LoginRateLimiter, new_secret, same_secret
 from enrolment.web.http import (
     CSRF_FIELD,
     MAX_CSV_BODY_BYTES,
@@ -39,7 +30,7 @@ from enrolment.web.http import (
     read_body,
     translate_error,
 )
-from enrolment.web.service import AdminService, UserView, audit_json
+from enrolment.web.service import AdminService, Forbidden, UserView, audit_json
 from enrolment.web.templates import CSS, render
 from storage.admin_records import AccountRole
 from storage.base import Organisation, OrganisationState
@@ -145,27 +136,19 @@ class _Console:
         if not self.limiter.allowed(keys, now):
             return _page("login", status=429, csrf=expected,
                          error="too many failed attempts: wait 15 minutes and try again")
-        account = await self.service.store.find_account(email) if email else None
-        if len(password) > MAX_PASSWORD_CHARS:
-            account = None
-        if account is None:
-            spend_verification_time(password[:MAX_PASSWORD_CHARS])
-        if account is None or not verify_password(account.password_hash, password):
+        opened = await self.service.log_in(email, password, lifetime_ms=SESSION_LIFETIME_MS)
+        if opened is None:
             self.limiter.failed(keys, now)
             return _page("login", status=401, csrf=expected, error="wrong email or password")
-        session, csrf = new_secret(), new_secret()
-        await self.service.store.create_admin_session(
-            session_hash=secret_hash(session), account_id=account.account_id, csrf_token=csrf,
-            now=now, expires_at=now + SESSION_LIFETIME_MS)
         response = _see_other("/")
-        _session_cookie(response, SESSION_COOKIE, session, SESSION_LIFETIME_MS // 1000)
+        _session_cookie(response, SESSION_COOKIE, opened.cookie, SESSION_LIFETIME_MS // 1000)
         response.delete_cookie(LOGIN_COOKIE, path="/", secure=True, httponly=True,
                                samesite="strict")
         return response
 
     async def logout(self, request: Request, who: Authenticated) -> Response:
         assert who.session is not None
-        await self.service.store.delete_admin_session(who.session.session_hash)
+        await self.service.log_out(who.session)
         response = _see_other("/login")
         response.delete_cookie(SESSION_COOKIE, path="/", secure=True, httponly=True,
                                samesite="strict")
@@ -174,18 +157,17 @@ class _Console:
     # -- pages -------------------------------------------------------------------------
 
     async def home(self, request: Request, who: Authenticated) -> Response:
-        organisations = await self.service.store.list_organisations()
-        if who.caller.role is not AccountRole.OPERATOR:
-            mine = [found for found in organisations
-                    if found.organisation_id == who.caller.organisation_id]
-            return _see_other(f"/orgs/{mine[0].name}" if mine else "/account")
+        organisations = await self.service.organisations(who.caller)
+        if who.caller.role is not AccountRole.OPERATOR:  # its own organisation, if any
+            return _see_other(f"/orgs/{organisations[0].name}" if organisations
+                              else "/account")
         return _page("organisations", organisations=organisations, **self.values(who))
 
     async def dashboard(self, request: Request, who: Authenticated) -> Response:
         name = request.path_params["org"]
         org = await self.service.organisation(who.caller, name)
         licence, reductions = await self.service.licence(who.caller, name)
-        declared = len(await self.service.store.list_users(name))
+        declared = await self.service.declared_count(who.caller, name)
         return _page("dashboard", licence=licence, reductions=reductions, declared=declared,
                      **self.values(who, org))
 
@@ -195,7 +177,8 @@ class _Console:
         org = await self.service.organisation(who.caller, name)
         search = request.query_params.get("q", "")[:64]
         views = await self.service.list_users(who.caller, name, search=search)
-        declared = len(await self.service.store.list_users(name)) if search else len(views)
+        declared = (await self.service.declared_count(who.caller, name) if search
+                    else len(views))
         return _page("users", status=status, error=error,
                      users=[view.as_json() for view in views], search=search,
                      declared=declared, seats=org.seats, **self.values(who, org))
@@ -260,7 +243,7 @@ class _Console:
         name = request.path_params["org"]
         org = await self.service.organisation(who.caller, name)
         licence, reductions = await self.service.licence(who.caller, name)
-        declared = len(await self.service.store.list_users(name))
+        declared = await self.service.declared_count(who.caller, name)
         return _page("licence", status=status, error=error, licence=licence,
                      reductions=reductions, declared=declared, **self.values(who, org))
 
@@ -306,17 +289,13 @@ class _Console:
     async def change_password(self, request: Request, who: Authenticated) -> Response:
         assert who.session is not None
         form = request.state.form
-        current, new = form.get("current", ""), form.get("new", "")
-        if not verify_password(who.session.account.password_hash, current[:MAX_PASSWORD_CHARS]):
-            return await self.account(request, who, status=403,
-                                      error="the current password is wrong")
-        if not MIN_PASSWORD_CHARS <= len(new) <= MAX_PASSWORD_CHARS:
-            return await self.account(
-                request, who, status=422,
-                error=f"a password has {MIN_PASSWORD_CHARS} to {MAX_PASSWORD_CHARS} characters")
-        await self.service.store.set_account_password(
-            account_id=who.session.account.account_id, password_hash=hash_password(new),
-            keep_session_hash=who.session.session_hash)
+        try:
+            await self.service.change_password(who.session, current=form.get("current", ""),
+                                               new=form.get("new", ""))
+        except Forbidden as error:  # the current password is wrong
+            return await self.account(request, who, status=403, error=str(error))
+        except InvalidRequest as error:  # the new one is too short or too long
+            return await self.account(request, who, status=422, error=str(error))
         return await self.account(request, who, message="password changed; other sessions ended")
 
 

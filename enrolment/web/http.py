@@ -12,9 +12,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from enrolment.errors import InvalidPhoneNumber, InvalidRequest
-from enrolment.web.auth import same_secret, secret_hash
+from enrolment.web.auth import same_secret
 from enrolment.web.service import AdminService, Caller, Forbidden, OrganisationNotActive
-from storage.admin_records import AccountRole, AdminSession, ReductionBelowDeclared
+from storage.admin_records import AdminSession, ReductionBelowDeclared
 from storage.base import AlreadyExists, NotFound, SeatLimitReached
 
 __all__ = [
@@ -81,32 +81,24 @@ async def authenticate(request: Request, service: AdminService, *,
     """
     address = client_address(request)
     authorization = request.headers.get("authorization")
-    now = service.now()
     if authorization is not None:
         scheme, _, token = authorization.partition(" ")
         if scheme.lower() != "bearer" or not token:
             raise ApiError(401, "unauthenticated", "use Authorization: Bearer <token>")
-        found = await service.store.find_api_token(secret_hash(token.strip()))
-        if found is None:
+        caller = await service.token_caller(token.strip(), address=address)
+        if caller is None:
             raise ApiError(401, "unauthenticated", "unknown or revoked token")
-        return Authenticated(session=None, caller=Caller(
-            actor=f"token:{found.token_id}", role=AccountRole.ORGANISATION_ADMIN,
-            organisation_id=found.organisation_id, address=address))
+        return Authenticated(session=None, caller=caller)
     cookie = request.cookies.get(SESSION_COOKIE)
-    session = None
-    if cookie:
-        session = await service.store.load_admin_session(session_hash=secret_hash(cookie),
-                                                         now=now)
+    session = await service.session(cookie) if cookie else None
     if session is None:
         raise ApiError(401, "unauthenticated", "log in, or use an API token")
     if request.method not in _SAFE_METHODS:
         given = request.headers.get(CSRF_HEADER) or form_csrf or ""
         if not same_secret(session.csrf_token, given):
             raise ApiError(403, "csrf", "the form is stale or forged: reload the page")
-    account = session.account
-    return Authenticated(session=session, caller=Caller(
-        actor=f"account:{account.email}", role=account.role,
-        organisation_id=account.organisation_id, address=address))
+    return Authenticated(session=session, caller=service.session_caller(session,
+                                                                        address=address))
 
 
 async def read_body(request: Request, limit: int) -> bytes:

@@ -1,9 +1,12 @@
 """Organisation administration: who may do what, and the audit entry every action leaves.
 
-Knows no HTTP. Every method takes the ``Caller`` (resolved from a session or a token) and the
-organisation's name, checks that the caller may act on that organisation, acts through the
-store, and appends an audit entry for every change and every read of personal data. Live
-connections are closed through ``ConnectionCloser`` (the relay), at once.
+Knows no HTTP. The console and the API reach the store only through ``AdminService``, where
+every authorisation rule lives. Its authentication methods turn an API token or a session
+cookie into a ``Caller`` and open, close and re-key console sessions; every other method takes
+the ``Caller`` and the organisation's name, checks that the caller may act on that
+organisation, acts through the store, and appends an audit entry for every change and every
+read of personal data. Live connections are closed through ``ConnectionCloser`` (the relay),
+at once.
 """
 
 from __future__ import annotations
@@ -17,21 +20,32 @@ from typing import Any, Protocol
 from enrolment.errors import InvalidRequest
 from enrolment.licence_dates import reduction_effective_on
 from enrolment.numbers import parse_phone
+from enrolment.web.auth import (
+    MAX_PASSWORD_CHARS,
+    MIN_PASSWORD_CHARS,
+    hash_password,
+    new_secret,
+    secret_hash,
+    spend_verification_time,
+    verify_password,
+)
 from storage.admin_records import (
     AccountRole,
+    AdminSession,
     AuditEntry,
     Licence,
     SeatReduction,
 )
 from storage.admin_sql import MAX_AUDIT_PAGE
 from storage.base import (
+    AdminStore,
     AlreadyExists,
     Device,
+    Directory,
     NotFound,
     Organisation,
     OrganisationState,
     SeatLimitReached,
-    Store,
     User,
 )
 from wire.phone import national_format
@@ -39,9 +53,11 @@ from wire.phone import national_format
 __all__ = [
     "MAX_ACTION_CHARS",
     "AdminService",
+    "AdminServiceStore",
     "Caller",
     "ConnectionCloser",
     "Forbidden",
+    "NewSession",
     "OrganisationNotActive",
     "UserView",
     "audit_json",
@@ -114,6 +130,21 @@ class UserView:
         }
 
 
+@dataclass(frozen=True, kw_only=True, slots=True)
+class NewSession:
+    """A console session just opened: what the browser keeps. The store has only the cookie's
+    hash."""
+
+    cookie: str
+    """The session cookie's value."""
+    csrf_token: str
+    """What every form and state-changing API call of the session must echo back."""
+
+
+class AdminServiceStore(AdminStore, Directory, Protocol):
+    """What administration needs of the store: the administrative side and the directory."""
+
+
 def _day(ms: int) -> str:
     return datetime.datetime.fromtimestamp(ms / 1000, datetime.UTC).date().isoformat()
 
@@ -123,10 +154,11 @@ def _new_user_id() -> str:
 
 
 class AdminService:
-    """The rules of organisation administration, over one store."""
+    """The rules of organisation administration, over one store (which only it reaches)."""
 
-    def __init__(self, store: Store, closer: ConnectionCloser, now_ms: Callable[[], int]) -> None:
-        self.store = store
+    def __init__(self, store: AdminServiceStore, closer: ConnectionCloser,
+                 now_ms: Callable[[], int]) -> None:
+        self._store = store
         self._closer = closer
         self._now_ms = now_ms
 
@@ -137,13 +169,90 @@ class AdminService:
     def today(self) -> datetime.date:
         return datetime.datetime.fromtimestamp(self._now_ms() / 1000, datetime.UTC).date()
 
+    # -- authentication ------------------------------------------------------------------
+
+    async def token_caller(self, token: str, *, address: str) -> Caller | None:
+        """The caller an API token stands for, or None if it is unknown or revoked.
+
+        A token acts as an administrator of its own organisation only, never as an operator.
+        """
+        found = await self._store.find_api_token(secret_hash(token))
+        if found is None:
+            return None
+        return Caller(actor=f"token:{found.token_id}", role=AccountRole.ORGANISATION_ADMIN,
+                      organisation_id=found.organisation_id, address=address)
+
+    async def session(self, cookie: str) -> AdminSession | None:
+        """The console session of a session cookie, unless unknown or expired (by the relay's
+        clock)."""
+        return await self._store.load_admin_session(session_hash=secret_hash(cookie),
+                                                    now=self._now_ms())
+
+    @staticmethod
+    def session_caller(session: AdminSession, *, address: str) -> Caller:
+        """The caller a console session stands for: its account, with the account's role."""
+        account = session.account
+        return Caller(actor=f"account:{account.email}", role=account.role,
+                      organisation_id=account.organisation_id, address=address)
+
+    async def log_in(self, email: str, password: str, *,
+                     lifetime_ms: int) -> NewSession | None:
+        """Open a console session of ``lifetime_ms`` if ``password`` is the account's.
+
+        None for an unknown email and for a wrong or over-long password alike, after the
+        same work (a password hash is checked either way), so the answer does not tell
+        which emails have accounts. Limiting attempts is the caller's (per email and
+        address, ``enrolment.web.auth.LoginRateLimiter``).
+        """
+        account = await self._store.find_account(email) if email else None
+        if len(password) > MAX_PASSWORD_CHARS:
+            account = None
+        if account is None:
+            spend_verification_time(password[:MAX_PASSWORD_CHARS])
+        if account is None or not verify_password(account.password_hash, password):
+            return None
+        opened = NewSession(cookie=new_secret(), csrf_token=new_secret())
+        now = self._now_ms()
+        await self._store.create_admin_session(
+            session_hash=secret_hash(opened.cookie), account_id=account.account_id,
+            csrf_token=opened.csrf_token, now=now, expires_at=now + lifetime_ms)
+        return opened
+
+    async def log_out(self, session: AdminSession) -> None:
+        """End this console session (others of the account go on)."""
+        await self._store.delete_admin_session(session.session_hash)
+
+    async def change_password(self, session: AdminSession, *, current: str, new: str) -> None:
+        """Change the password of the session's own account (no one changes another's) and
+        end the account's other sessions; this one goes on.
+
+        Raises Forbidden (``current`` is not the password), InvalidRequest (``new`` has not
+        MIN_PASSWORD_CHARS to MAX_PASSWORD_CHARS characters); nothing changes then.
+        """
+        if not verify_password(session.account.password_hash, current[:MAX_PASSWORD_CHARS]):
+            raise Forbidden("the current password is wrong")
+        if not MIN_PASSWORD_CHARS <= len(new) <= MAX_PASSWORD_CHARS:
+            raise InvalidRequest(
+                f"a password has {MIN_PASSWORD_CHARS} to {MAX_PASSWORD_CHARS} characters")
+        await self._store.set_account_password(
+            account_id=session.account.account_id, password_hash=hash_password(new),
+            keep_session_hash=session.session_hash)
+
+    # -- organisations -------------------------------------------------------------------
+
+    async def organisations(self, caller: Caller) -> list[Organisation]:
+        """The organisations the caller may act on, by name: every one for an operator, its
+        own (if it still exists) for anyone else."""
+        return [found for found in await self._store.list_organisations()
+                if caller.may_act_on(found)]
+
     async def organisation(self, caller: Caller, name: str) -> Organisation:
         """The organisation if the caller may act on it.
 
         Raises Forbidden (for an organisation administrator, also when it does not exist, so
         that names of other customers cannot be probed) or NotFound (operators).
         """
-        found = await self.store.get_organisation(name)
+        found = await self._store.get_organisation(name)
         if found is None:
             if caller.role is AccountRole.OPERATOR:
                 raise NotFound(f"no organisation named {name!r}")
@@ -154,12 +263,12 @@ class AdminService:
 
     async def _audit(self, caller: Caller, organisation: Organisation, action: str,
                      subject: str) -> AuditEntry:
-        return await self.store.append_audit(
+        return await self._store.append_audit(
             organisation_id=organisation.organisation_id, actor=caller.actor, action=action,
             subject=subject, address=caller.address, now=self._now_ms())
 
     async def _view(self, user: User) -> UserView:
-        return UserView(user=user, devices=tuple(await self.store.list_devices(user.user_id)))
+        return UserView(user=user, devices=tuple(await self._store.list_devices(user.user_id)))
 
     # -- users -------------------------------------------------------------------------
 
@@ -167,11 +276,16 @@ class AdminService:
                          search: str | None = None) -> list[UserView]:
         """Users with their devices, by phone; ``search`` keeps numbers containing its digits."""
         await self.organisation(caller, name)
-        users = await self.store.list_users(name)
+        users = await self._store.list_users(name)
         digits = "".join(character for character in search or "" if character.isdigit())
         if digits:
             users = [user for user in users if digits in user.phone]
         return [await self._view(user) for user in users]
+
+    async def declared_count(self, caller: Caller, name: str) -> int:
+        """How many users the organisation has declared (the seats in use)."""
+        await self.organisation(caller, name)
+        return len(await self._store.list_users(name))
 
     async def get_user(self, caller: Caller, name: str, phone_text: str) -> UserView:
         """One user with its devices; the read of its personal data is audited."""
@@ -181,7 +295,7 @@ class AdminService:
         return view
 
     async def _user_of(self, organisation: Organisation, phone_text: str) -> User:
-        user = await self.store.find_user_by_phone(parse_phone(phone_text))
+        user = await self._store.find_user_by_phone(parse_phone(phone_text))
         if user is None or user.organisation_id != organisation.organisation_id:
             raise NotFound("no such user in this organisation")
         return user
@@ -191,12 +305,12 @@ class AdminService:
         organisation = await self.organisation(caller, name)
         self._require_active(organisation)
         # A reduction that became due limits declarations from its first day on.
-        await self.store.apply_due_seat_reductions(today=self.today())
+        await self._store.apply_due_seat_reductions(today=self.today())
         return await self._declare_in(caller, organisation, phone_text)
 
     async def _declare_in(self, caller: Caller, organisation: Organisation,
                           phone_text: str) -> User:
-        user = await self.store.declare_user(organisation=organisation.name,
+        user = await self._store.declare_user(organisation=organisation.name,
                                              phone=parse_phone(phone_text),
                                              user_id=_new_user_id(), now=self._now_ms())
         await self._audit(caller, organisation, "user.declare", user.phone)
@@ -205,7 +319,7 @@ class AdminService:
     async def delete(self, caller: Caller, name: str, phone_text: str) -> User:
         """Delete the user, its devices and queue; close its connections at once."""
         organisation = await self.organisation(caller, name)
-        user = await self.store.delete_user(organisation=name, phone=parse_phone(phone_text))
+        user = await self._store.delete_user(organisation=name, phone=parse_phone(phone_text))
         self._closer.user_deleted(user.user_id)
         await self._audit(caller, organisation, "user.delete", user.phone)
         return user
@@ -215,7 +329,7 @@ class AdminService:
         """Revoke one device of a user (a lost phone); its connection is closed at once."""
         organisation = await self.organisation(caller, name)
         phone = parse_phone(phone_text)
-        device = await self.store.revoke_device(organisation=name, phone=phone,
+        device = await self._store.revoke_device(organisation=name, phone=phone,
                                                 device_id=device_id)
         self._closer.device_revoked(device.user_id, device.device_id)
         await self._audit(caller, organisation, "device.revoke", phone)
@@ -232,7 +346,7 @@ class AdminService:
         self._require_active(organisation)
         old = await self._user_of(organisation, old_phone_text)
         new_phone = parse_phone(new_phone_text)
-        if await self.store.find_user_by_phone(new_phone) is not None:
+        if await self._store.find_user_by_phone(new_phone) is not None:
             raise AlreadyExists("the new phone number is already declared")
         await self.delete(caller, name, old.phone)
         return await self.declare(caller, name, new_phone)
@@ -250,7 +364,7 @@ class AdminService:
             raise InvalidRequest(f"a CSV import holds at most {MAX_CSV_IMPORT_ROWS} numbers")
         problems = []
         self._require_active(organisation)
-        await self.store.apply_due_seat_reductions(today=self.today())
+        await self._store.apply_due_seat_reductions(today=self.today())
         for number, row in enumerate(rows, start=1):
             try:
                 await self._declare_in(caller, organisation, row)
@@ -275,7 +389,7 @@ class AdminService:
         organisation = await self.organisation(caller, name)
         view = await self._view(await self._user_of(organisation, phone_text))
         await self._audit(caller, organisation, "personal_data.read", view.user.phone)
-        entries = await self.store.list_audit(organisation_id=organisation.organisation_id,
+        entries = await self._store.list_audit(organisation_id=organisation.organisation_id,
                                               subject=view.user.phone, limit=MAX_AUDIT_PAGE)
         return {"organisation": organisation.name, "user": view.as_json(),
                 "audit": [audit_json(entry) for entry in entries]}
@@ -285,7 +399,7 @@ class AdminService:
         the audit log. Returns the pseudonym."""
         organisation = await self.organisation(caller, name)
         pseudonym = "erased-" + secrets.token_hex(8)
-        user = await self.store.erase_user(organisation=name, phone=parse_phone(phone_text),
+        user = await self._store.erase_user(organisation=name, phone=parse_phone(phone_text),
                                            pseudonym=pseudonym)
         self._closer.user_deleted(user.user_id)
         await self._audit(caller, organisation, "user.erase", pseudonym)
@@ -295,19 +409,19 @@ class AdminService:
 
     async def licence(self, caller: Caller, name: str) -> tuple[Licence, list[SeatReduction]]:
         await self.organisation(caller, name)
-        await self.store.apply_due_seat_reductions(today=self.today())
-        return await self.store.get_licence(name), await self.store.list_seat_reductions(name)
+        await self._store.apply_due_seat_reductions(today=self.today())
+        return await self._store.get_licence(name), await self._store.list_seat_reductions(name)
 
     async def request_reduction(self, caller: Caller, name: str, seats: int) -> SeatReduction:
         """Raises InvalidRequest, ReductionBelowDeclared, Forbidden, NotFound."""
         organisation = await self.organisation(caller, name)
-        licence = await self.store.get_licence(name)
+        licence = await self._store.get_licence(name)
         if not 0 <= seats < licence.seats:
             raise InvalidRequest(f"a reduction asks for fewer than the {licence.seats} seats "
                                  "of the licence")
         effective_on = reduction_effective_on(offer=licence.offer, requested_on=self.today(),
                                               contract_start=licence.period_start)
-        reduction = await self.store.request_seat_reduction(
+        reduction = await self._store.request_seat_reduction(
             organisation=name, seats=seats, effective_on=effective_on, now=self._now_ms())
         await self._audit(caller, organisation, "licence.reduce",
                           f"{seats} seats from {effective_on.isoformat()}")
@@ -318,7 +432,7 @@ class AdminService:
         organisation = await self._operator_organisation(caller, name)
         if not 1 <= added <= 1_000_000:
             raise InvalidRequest("add between 1 and 1000000 seats")
-        licence = await self.store.add_seats(organisation=name, added=added)
+        licence = await self._store.add_seats(organisation=name, added=added)
         await self._audit(caller, organisation, "licence.add", f"{added} seats")
         return licence
 
@@ -334,7 +448,7 @@ class AdminService:
             subject = parse_phone(subject)
         if not 1 <= limit <= MAX_AUDIT_PAGE:
             raise InvalidRequest(f"limit is between 1 and {MAX_AUDIT_PAGE}")
-        return await self.store.list_audit(
+        return await self._store.list_audit(
             organisation_id=organisation.organisation_id, action=action, subject=subject,
             before_entry_id=before_entry_id, limit=limit)
 
@@ -350,19 +464,19 @@ class AdminService:
         removed and disconnected, audit entries pseudonymised as for erasure)."""
         organisation = await self._operator_organisation(caller, name)
         if state is OrganisationState.TERMINATED:
-            users = await self.store.terminate_organisation(name)
+            users = await self._store.terminate_organisation(name)
             for user in users:
                 self._closer.user_deleted(user.user_id)
         elif state is OrganisationState.SUSPENDED:
-            for user in await self.store.suspend_organisation(name):
+            for user in await self._store.suspend_organisation(name):
                 self._closer.organisation_suspended(user.user_id)
         else:
-            await self.store.set_organisation_state(name=name, state=state)
+            await self._store.set_organisation_state(name=name, state=state)
         await self._audit(caller, organisation, f"organisation.{state.value}", name)
 
     async def set_cross_organisation(self, caller: Caller, name: str, allowed: bool) -> None:
         organisation = await self._operator_organisation(caller, name)
-        await self.store.set_cross_organisation_allowed(organisation=name, allowed=allowed)
+        await self._store.set_cross_organisation_allowed(organisation=name, allowed=allowed)
         await self._audit(caller, organisation, "policy.cross_organisation",
                           "allowed" if allowed else "refused")
 
@@ -370,6 +484,7 @@ class AdminService:
     def _require_active(organisation: Organisation) -> None:
         if organisation.state is not OrganisationState.ACTIVE:
             raise OrganisationNotActive(organisation.state)
+
 
 
 class OrganisationNotActive(Exception):
