@@ -7,6 +7,7 @@ shown to the person who caused it. ``InvalidRequest`` (and its subclass
 
 from __future__ import annotations
 
+from storage.records import OrganisationState
 from wire import phone
 
 __all__ = [
@@ -63,7 +64,13 @@ class TooManyDevices(EnrolmentError):
 
 
 class OrganisationInactive(EnrolmentError):
-    """The user's organisation is suspended or terminated."""
+    """The organisation is suspended or terminated: registering a device of one of its users,
+    and declaring users in it, are refused (the relay answers ORGANISATION_SUSPENDED, the admin
+    API ``organisation_suspended``)."""
 
-    def __init__(self) -> None:
-        super().__init__("the organisation of this account is not active")
+    def __init__(self, state: OrganisationState | None = None) -> None:
+        """``state`` is the organisation's, when the refusal may name it (to its administrator);
+        without it the message speaks of the account (to a device)."""
+        super().__init__("the organisation of this account is not active" if state is None
+                         else f"the organisation is {state.value}")
+        self.state = state

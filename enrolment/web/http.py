@@ -11,9 +11,9 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from enrolment.errors import InvalidPhoneNumber, InvalidRequest
+from enrolment.errors import InvalidPhoneNumber, InvalidRequest, OrganisationInactive
 from enrolment.web.auth import same_secret
-from enrolment.web.service import AdminService, Caller, Forbidden, OrganisationNotActive
+from enrolment.web.service import AdminService, Caller, Forbidden
 from storage.admin_records import AdminSession, ReductionBelowDeclared
 from storage.base import AlreadyExists, NotFound, SeatLimitReached
 
@@ -139,7 +139,7 @@ def translate_error(error: Exception) -> ApiError | None:
         return ApiError(409, "reduction_below_declared", str(error))
     if isinstance(error, AlreadyExists):
         return ApiError(409, "already_exists", str(error))
-    if isinstance(error, OrganisationNotActive):
+    if isinstance(error, OrganisationInactive):
         return ApiError(409, "organisation_suspended", str(error))
     if isinstance(error, InvalidPhoneNumber):
         return ApiError(422, "invalid_phone", str(error))

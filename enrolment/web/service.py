@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from enrolment.errors import InvalidRequest
+from enrolment.errors import InvalidRequest, OrganisationInactive
 from enrolment.licence_dates import reduction_effective_on
 from enrolment.numbers import parse_phone
 from enrolment.web.auth import (
@@ -58,7 +58,6 @@ __all__ = [
     "ConnectionCloser",
     "Forbidden",
     "NewSession",
-    "OrganisationNotActive",
     "UserView",
     "audit_json",
 ]
@@ -483,16 +482,8 @@ class AdminService:
     @staticmethod
     def _require_active(organisation: Organisation) -> None:
         if organisation.state is not OrganisationState.ACTIVE:
-            raise OrganisationNotActive(organisation.state)
+            raise OrganisationInactive(organisation.state)
 
-
-
-class OrganisationNotActive(Exception):
-    """Declaring is refused while the organisation is suspended or terminated."""
-
-    def __init__(self, state: OrganisationState) -> None:
-        super().__init__(f"the organisation is {state.value}")
-        self.state = state
 
 
 def audit_json(entry: AuditEntry) -> dict[str, Any]:
