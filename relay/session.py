@@ -3,9 +3,14 @@ protocol core, enrolment, the store and delivery.
 
 Everything here runs in the relay's trio thread. ``quic_events`` is
 synchronous: frames are decoded and sends are submitted to the store in the
-order they arrived; slow work (store reads, enrolment) runs in tasks of the
-relay's nursery and answers through per-stream response slots, so answers on
-one stream keep the order of its requests.
+order they arrived; slow work (store reads, enrolment) runs in tasks that the
+session owns (each in a cancel scope the session cancels when the connection
+ends) and answers through per-stream response slots, so answers on one stream
+keep the order of its requests.
+
+"Authenticated" is one fact: the core's state. The core holds every request
+that arrives behind AUTHENTICATE until the session confirms, and the session
+sets its ``AuthenticatedDevice`` record, in one step, just before confirming.
 """
 
 from __future__ import annotations
@@ -13,6 +18,8 @@ from __future__ import annotations
 import secrets
 from collections import deque
 from collections.abc import Awaitable
+from dataclasses import dataclass
+from typing import assert_never
 
 import structlog
 import trio
@@ -52,18 +59,20 @@ from wire.frames import (
     Send,
     SendAccepted,
 )
+from wire.limits import NONCE_SIZE
 from wire.phone import InvalidPhoneNumber, parse_phone
 from wire.prekey_frames import FetchBundle, GetPrekeyCounts, ListDevices, UploadPrekeys
 from wire.protocol import (
     AuthenticationRequested,
     ConnectionState,
     RequestReceived,
+    ServerEvent,
     ServerProtocol,
     StreamEnded,
     StreamFailed,
 )
 
-__all__ = ["DeviceSession"]
+__all__ = ["AuthenticatedDevice", "DeviceSession"]
 
 log = structlog.get_logger("relay.session")
 
@@ -86,6 +95,23 @@ _SEND_REFUSALS: dict[SendStatus, tuple[ErrorCode, str]] = {
 }
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AuthenticatedDevice:
+    """Who a connection acts for, once authenticated: set once, in one step."""
+
+    user_id: str
+    """The device's user."""
+    device_id: int
+    """The device, within its user."""
+    organisation_id: int
+    """The user's organisation (reachability policy, sends)."""
+
+    @property
+    def key(self) -> tuple[str, int]:
+        """(user id, device id): how the relay indexes live sessions."""
+        return (self.user_id, self.device_id)
+
+
 class _Slot:
     __slots__ = ("data", "end_stream")
 
@@ -105,11 +131,36 @@ class DeviceSession:
         self._ended_by_peer: set[int] = set()
         self._pump: DeliveryPump | None = None
         self._push_stream: int | None = None
-        self.device: tuple[str, int] | None = None
-        self.organisation_id: int | None = None
-        """The authenticated device's organisation (reachability policy)."""
+        self._authenticated: AuthenticatedDevice | None = None
+        self._requests: set[trio.CancelScope] = set()
+        """One scope per request task; all are cancelled when the connection ends."""
         self._log = log.bind(connection_id=link.connection_id)
         relay.metrics.connections_opened += 1
+
+    @property
+    def authenticated(self) -> AuthenticatedDevice | None:
+        """The device this connection acts for; None until authentication is confirmed."""
+        return self._authenticated
+
+    @property
+    def device(self) -> tuple[str, int] | None:
+        """(user id, device id) once authenticated; None before."""
+        return None if self._authenticated is None else self._authenticated.key
+
+    @property
+    def organisation_id(self) -> int | None:
+        """The authenticated device's organisation; None before."""
+        return None if self._authenticated is None else self._authenticated.organisation_id
+
+    @property
+    def requests_held(self) -> int:
+        """Requests sent behind AUTHENTICATE, held until authentication is confirmed."""
+        return self._core.held_frames
+
+    @property
+    def requests_in_flight(self) -> int:
+        """Request tasks running for this connection (store reads, enrolment, prekeys)."""
+        return len(self._requests)
 
     # -- QUIC events -----------------------------------------------------------
 
@@ -133,40 +184,52 @@ class DeviceSession:
             elif isinstance(event, quic_events.ConnectionTerminated):
                 self._terminated()
 
-    def _dispatch(self, event: object) -> None:
-        if isinstance(event, RequestReceived):
-            self._request(event.stream_id, event.frame)
-        elif isinstance(event, AuthenticationRequested):
-            slot = self._reserve(event.stream_id)
-            self._fill(event.stream_id, slot, self._core.issue_challenge(secrets.token_bytes(32)))
-        elif isinstance(event, StreamFailed):
-            slot = self._reserve(event.stream_id)
-            self._fill(event.stream_id, slot, _error(event.error.code, event.error.reason),
-                       end_stream=True)
-        elif isinstance(event, StreamEnded):
-            self._ended_by_peer.add(event.stream_id)
-            self._finish_if_answered(event.stream_id)
+    def _dispatch(self, event: ServerEvent) -> None:
+        match event:
+            case RequestReceived(stream_id=stream_id, frame=frame):
+                self._request(stream_id, frame)
+            case AuthenticationRequested(stream_id=stream_id):
+                slot = self._reserve(stream_id)
+                nonce = secrets.token_bytes(NONCE_SIZE)
+                self._fill(stream_id, slot, self._core.issue_challenge(nonce))
+            case StreamFailed(stream_id=stream_id, error=error):
+                slot = self._reserve(stream_id)
+                self._fill(stream_id, slot, _error(error.code, error.reason), end_stream=True)
+            case StreamEnded(stream_id=stream_id):
+                self._ended_by_peer.add(stream_id)
+                self._finish_if_answered(stream_id)
+            case _:
+                assert_never(event)
 
     def _request(self, stream_id: int, frame: Frame) -> None:
         slot = self._reserve(stream_id)
-        if isinstance(frame, Send):
-            self._submit_send(stream_id, slot, frame)
-        elif isinstance(frame, Authenticate):
-            self._spawn(stream_id, slot, self._authenticate(frame))
-        elif isinstance(frame, EnrolStart):
-            self._spawn(stream_id, slot, self._enrol_start(frame))
-        elif isinstance(frame, EnrolVerify):
-            self._spawn(stream_id, slot, self._enrol_verify(frame))
-        elif isinstance(frame, Lookup):
-            self._spawn(stream_id, slot, self._lookup(frame))
-        elif isinstance(frame, Ack):
-            self._submit_acknowledge(stream_id, slot, frame)
-        elif isinstance(frame, UploadPrekeys | FetchBundle | GetPrekeyCounts | ListDevices):
-            assert self.device is not None  # the state table allows them only when authenticated
-            self._spawn(stream_id, slot, self._relay.prekeys.handle(self.device, frame))
-        else:  # the core's state table lets nothing else through
-            self._fill(stream_id, slot, _error(ErrorCode.UNEXPECTED_FRAME,
-                                               f"{type(frame).__name__} is not a request"))
+        match frame:
+            case Authenticate():
+                self._spawn(stream_id, slot, self._authenticate(frame))
+            case EnrolStart():
+                self._spawn(stream_id, slot, self._enrol_start(frame))
+            case EnrolVerify():
+                self._spawn(stream_id, slot, self._enrol_verify(frame))
+            case _ if self._authenticated is not None:
+                self._device_request(stream_id, slot, self._authenticated, frame)
+            case _:  # the core releases a device's requests only once authenticated
+                self._fill(stream_id, slot, _error(ErrorCode.UNEXPECTED_FRAME,
+                                                   f"{type(frame).__name__} needs authentication"))
+
+    def _device_request(self, stream_id: int, slot: _Slot, device: AuthenticatedDevice,
+                        frame: Frame) -> None:
+        match frame:
+            case Send():
+                self._submit_send(stream_id, slot, device, frame)
+            case Ack():
+                self._submit_acknowledge(stream_id, slot, device, frame)
+            case Lookup():
+                self._spawn(stream_id, slot, self._lookup(device, frame))
+            case UploadPrekeys() | FetchBundle() | GetPrekeyCounts() | ListDevices():
+                self._spawn(stream_id, slot, self._relay.prekeys.handle(device.key, frame))
+            case _:  # the core's state table lets nothing else through
+                self._fill(stream_id, slot, _error(ErrorCode.UNEXPECTED_FRAME,
+                                                   f"{type(frame).__name__} is not a request"))
 
     # -- response ordering -------------------------------------------------------
 
@@ -180,11 +243,10 @@ class DeviceSession:
         queue = self._slots.get(stream_id)
         if queue is None:
             return  # the stream was reset meanwhile
-        while queue and queue[0].data is not None:
+        while queue and (ready_data := queue[0].data) is not None:
             ready = queue.popleft()
-            assert ready.data is not None
-            if ready.data or ready.end_stream:  # an unanswered request leaves no bytes
-                self._link.send_stream_data(stream_id, ready.data, ready.end_stream)
+            if ready_data or ready.end_stream:  # an unanswered request leaves no bytes
+                self._link.send_stream_data(stream_id, ready_data, ready.end_stream)
             if ready.end_stream:
                 self._slots.pop(stream_id, None)
                 self._ended_by_peer.discard(stream_id)
@@ -200,21 +262,29 @@ class DeviceSession:
             self._link.send_stream_data(stream_id, b"", end_stream=True)
 
     def _spawn(self, stream_id: int, slot: _Slot, work: Awaitable[bytes]) -> None:
+        """Run ``work`` in a task this connection owns; its answer fills ``slot``."""
+        scope = trio.CancelScope()
+        self._requests.add(scope)
+
         async def run() -> None:
             try:
-                data = await work
-            except Exception:
-                self._log.exception("request_failed")
-                data = _error(ErrorCode.INTERNAL_ERROR, "internal error")
-            self._fill(stream_id, slot, data)
+                with scope:
+                    try:
+                        data = await work
+                    except Exception:
+                        self._log.exception("request_failed")
+                        data = _error(ErrorCode.INTERNAL_ERROR, "internal error")
+                    self._fill(stream_id, slot, data)
+            finally:
+                self._requests.discard(scope)
 
         self._relay.nursery.start_soon(run)
 
     # -- requests ------------------------------------------------------------------
 
-    def _submit_send(self, stream_id: int, slot: _Slot, frame: Send) -> None:
-        assert self.device is not None  # the state table only lets SEND through when authenticated
-        user_id, device_id = self.device
+    def _submit_send(self, stream_id: int, slot: _Slot, device: AuthenticatedDevice,
+                     frame: Send) -> None:
+        user_id, device_id = device.key
         now = self._relay.now_ms()
         pending = self._relay.store.submit_send(NewSend(
             sender_user_id=user_id, sender_device_id=device_id,
@@ -223,7 +293,7 @@ class DeviceSession:
             accepted_at=now, expires_at=now + self._relay.settings.envelope_ttl_ms,
             max_queue_depth=self._relay.settings.max_queue_depth,
             exclude_device_id=device_id if frame.recipient_user_id == user_id else None,
-            sender_organisation_id=self.organisation_id))
+            sender_organisation_id=device.organisation_id))
 
         submitted_at = trio.current_time()
 
@@ -235,38 +305,43 @@ class DeviceSession:
         self._relay.pipeline.submit(pending, answer)
 
     async def _authenticate(self, frame: Authenticate) -> bytes:
+        """Check the answer, claim the device, then confirm: the held requests follow."""
         claimed = self._core.claimed_device
         principal = None
         if claimed is not None:
             principal = await self._relay.store.load_principal(*claimed)
         if principal is None:
-            self._core.check_authentication(frame.signature, bytes(32))  # consume the nonce
+            self._core.refuse_authentication()
             return self._refuse(ErrorCode.AUTHENTICATION_FAILED, "unknown or revoked device")
         if not self._core.check_authentication(frame.signature, principal.device.identity_key):
             return self._refuse(ErrorCode.AUTHENTICATION_FAILED, "the signature does not verify")
         if principal.organisation.state is not OrganisationState.ACTIVE:
+            self._core.refuse_authentication()
             return self._refuse(ErrorCode.ORGANISATION_SUSPENDED,
                                 f"organisation {principal.organisation.state.value}")
-        if self._link.closed.is_set():
-            return b""
-        device = (principal.user.user_id, principal.device.device_id)
+        device = AuthenticatedDevice(user_id=principal.user.user_id,
+                                     device_id=principal.device.device_id,
+                                     organisation_id=principal.organisation.organisation_id)
         cluster = self._relay.cluster
         if cluster is not None:
             # Held cluster-wide before the pump's first read (see relay.cluster).
             try:
-                await cluster.claim(device, self)
+                await cluster.claim(device.key, self)
             except DeviceGone:  # deleted since load_principal read it
+                self._core.refuse_authentication()
                 return self._refuse(ErrorCode.DEVICE_REVOKED, "this device was revoked")
-            if self._link.closed.is_set():
-                cluster.release(device, self)
+            if self._core.state is ConnectionState.CLOSED:  # the connection ended meanwhile
+                cluster.release(device.key, self)
                 return b""
-        self.device = device
-        self.organisation_id = principal.organisation.organisation_id
-        self._log = self._log.bind(organisation_id=principal.organisation.organisation_id)
+        self._authenticated = device
+        self._log = self._log.bind(organisation_id=device.organisation_id)
         self._relay.attach(self)
-        self._start_pump()
+        self._start_pump(device)
         self._log.info("device_authenticated")
-        return encode_frame(Authenticated())
+        answer = encode_frame(Authenticated())
+        for event in self._core.confirm_authentication():  # requests sent behind AUTHENTICATE
+            self._dispatch(event)
+        return answer
 
     def _refuse(self, code: ErrorCode, reason: str) -> bytes:
         """Answer with the error, then close: closing at once would discard the answer."""
@@ -285,11 +360,10 @@ class DeviceSession:
         if self._push_stream is not None and not self._link.closed.is_set():
             self._link.send_stream_data(self._push_stream, data)
 
-    def _start_pump(self) -> None:
+    def _start_pump(self, device: AuthenticatedDevice) -> None:
         stream_id = self._link.new_stream(unidirectional=True)
         self._push_stream = stream_id
-        assert self.device is not None
-        pump = DeliveryPump(store=self._relay.store, device=self.device,
+        pump = DeliveryPump(store=self._relay.store, device=device.key,
                             write=lambda data: self._link.send_stream_data(stream_id, data),
                             now_ms=self._relay.now_ms, nursery=self._relay.nursery,
                             on_pushed=self._relay.metrics.count_delivered)
@@ -323,10 +397,9 @@ class DeviceSession:
         self._relay.metrics.enrolment[step, code.name.lower()] += 1
         return _error(code, reason)
 
-    async def _lookup(self, frame: Lookup) -> bytes:
-        assert self.device is not None
+    async def _lookup(self, device: AuthenticatedDevice, frame: Lookup) -> bytes:
         if not await self._relay.store.take_tokens(
-                key=f"lookup {self.device[0]} {self.device[1]}", cost=len(frame.phones),
+                key=f"lookup {device.user_id} {device.device_id}", cost=len(frame.phones),
                 capacity=LOOKUPS_PER_MINUTE, period_ms=LOOKUP_PERIOD_MS,
                 now=self._relay.now_ms()):
             self._relay.metrics.rate_limited += 1
@@ -337,12 +410,13 @@ class DeviceSession:
                 phone = parse_phone(text)
             except InvalidPhoneNumber as error:
                 return _error(ErrorCode.INVALID_PHONE_NUMBER, str(error))
-            entry = await self._directory_entry(phone)
+            entry = await self._directory_entry(device, phone)
             if entry is not None:
                 entries.append(entry)
         return encode_frame(LookupResult(entries=tuple(entries)))
 
-    async def _directory_entry(self, phone: str) -> DirectoryEntry | None:
+    async def _directory_entry(self, device: AuthenticatedDevice,
+                               phone: str) -> DirectoryEntry | None:
         store = self._relay.store
         user = await store.find_user_by_phone(phone)
         if user is None or user.state is not UserState.ENROLLED:
@@ -353,20 +427,20 @@ class DeviceSession:
         principal = await store.load_principal(user.user_id, devices[0].device_id)
         if principal is None or principal.organisation.state is not OrganisationState.ACTIVE:
             return None  # users of a suspended organisation cannot be reached
-        if not await may_reach(store, from_organisation_id=self.organisation_id,
+        if not await may_reach(store, from_organisation_id=device.organisation_id,
                                to_organisation_id=principal.organisation.organisation_id):
             return None  # the organisations' policy keeps them apart: as if unknown
         return DirectoryEntry(phone=phone, user_id=user.user_id,
                               device_ids=tuple(device.device_id for device in devices))
 
-    def _submit_acknowledge(self, stream_id: int, slot: _Slot, frame: Ack) -> None:
-        assert self.device is not None  # the state table only lets ACK through when authenticated
+    def _submit_acknowledge(self, stream_id: int, slot: _Slot, device: AuthenticatedDevice,
+                            frame: Ack) -> None:
         if self._pump is not None:
             # Counted as acknowledged now: the delete commits in submission order, and an
             # envelope whose delete failed is still queued and read back on reconnection.
             self._pump.acknowledged(frame.envelope_ids)
         pending = self._relay.store.submit_acknowledge(
-            user_id=self.device[0], device_id=self.device[1], envelope_ids=frame.envelope_ids)
+            user_id=device.user_id, device_id=device.device_id, envelope_ids=frame.envelope_ids)
 
         def answer(outcome: int | BaseException) -> None:
             if isinstance(outcome, BaseException):
@@ -391,8 +465,13 @@ class DeviceSession:
         self._stop()
 
     def _stop(self, *, keep_answers: bool = False) -> None:
+        """The connection is over: stop its pump, its presence and (unless an answer must still
+        leave) its requests in flight."""
         if self._core.state is not ConnectionState.CLOSED:
             self._core.close()
+        if not keep_answers:
+            for scope in self._requests:
+                scope.cancel()
         if self._pump is not None:
             self._pump.close()
             self._relay.presence.detach(self._pump)

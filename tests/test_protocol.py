@@ -26,6 +26,9 @@ from wire.frames import (
 )
 from wire.protocol import (
     ALLOWED_REQUESTS,
+    HOLDING_STATES,
+    MAX_HELD_BYTES,
+    MAX_HELD_FRAMES,
     TRANSITIONS,
     AuthenticationRequested,
     ClientProtocol,
@@ -90,6 +93,7 @@ def server_in(state: ConnectionState) -> ServerProtocol:
     if state is ConnectionState.AUTHENTICATING:
         return server
     assert server.check_authentication(sign(NONCE), IDENTITY_KEY)
+    assert server.confirm_authentication() == []
     return server
 
 
@@ -107,6 +111,12 @@ def test_server_in_reaches_each_state(state: ConnectionState) -> None:
 def test_every_state_and_frame_type(state: ConnectionState, frame_type: FrameType) -> None:
     server = server_in(state)
     events = server.receive_stream_data(4, encode_frame(SAMPLE_FRAMES[frame_type]), False)
+    if state in HOLDING_STATES:
+        # Held, not judged: once confirmed, the frame is judged as if it arrived authenticated.
+        assert events == []
+        assert server.check_authentication(sign(NONCE), IDENTITY_KEY)
+        events = server.confirm_authentication()
+        state = ConnectionState.AUTHENTICATED
     if frame_type in ALLOWED_REQUESTS[state]:
         assert server.state is TRANSITIONS.get((state, frame_type), state)
         if frame_type is FrameType.HELLO:
@@ -140,7 +150,12 @@ def test_hello_then_valid_signature_authenticates() -> None:
     events = server.receive_stream_data(0, encode_frame(Authenticate(signature=signature)), False)
     assert events == [RequestReceived(0, Authenticate(signature=signature))]
     assert server.check_authentication(signature, IDENTITY_KEY)
-    assert server.state is ConnectionState.AUTHENTICATED  # type: ignore[comparison-overlap]
+    # Verified, but not yet authenticated: the shell confirms once it can serve the device.
+    assert server.state is ConnectionState.AUTHENTICATING  # type: ignore[comparison-overlap]
+    with pytest.raises(LocalProtocolError):
+        _ = server.authenticated_device
+    assert server.confirm_authentication() == []
+    assert server.state is ConnectionState.AUTHENTICATED
     assert server.authenticated_device == (USER_ID, DEVICE_ID)
 
 
@@ -187,12 +202,108 @@ def test_authenticate_without_a_challenge_fails() -> None:
 
 def test_second_authenticate_while_checking_is_refused() -> None:
     server = server_in(ConnectionState.AUTHENTICATING)
-    (event,) = server.receive_stream_data(
+    assert server.receive_stream_data(
         4, encode_frame(Authenticate(signature=sign(NONCE))), False
-    )
+    ) == []  # held
+    assert server.check_authentication(sign(NONCE), IDENTITY_KEY)
+    (event,) = server.confirm_authentication()
     assert isinstance(event, StreamFailed)
     assert event.error.code is ErrorCode.UNEXPECTED_FRAME
+    assert event.error.reason == "AUTHENTICATE is not allowed in state AUTHENTICATED"
+
+
+# --- requests sent right behind AUTHENTICATE ------------------------------------------------------
+def authenticating_with(data: bytes, stream_id: int = 0) -> ServerProtocol:
+    """A server that received AUTHENTICATE on stream 0 and then ``data`` on ``stream_id``."""
+    server = server_in(ConnectionState.AUTHENTICATING)
+    assert server.receive_stream_data(stream_id, data, False) == []
+    return server
+
+
+def test_requests_behind_authenticate_wait_for_the_confirmation_then_come_out_in_order() -> None:
+    requests = [Lookup(phones=("+33612345678",)), Ack(envelope_ids=(7,)), Ack(envelope_ids=(8,))]
+    data = b"".join(encode_frame(request) for request in requests)
+    for chunks in chunkings(data):
+        server = server_in(ConnectionState.AUTHENTICATING)
+        for chunk in chunks:
+            assert server.receive_stream_data(0, chunk, False) == []
+        assert server.receive_stream_data(4, encode_frame(requests[0]), True) == []
+        assert server.check_authentication(sign(NONCE), IDENTITY_KEY)
+        assert server.confirm_authentication() == [
+            *(RequestReceived(0, request) for request in requests),
+            RequestReceived(4, requests[0]), StreamEnded(4)]
+        # Later frames are judged at once.
+        assert server.receive_stream_data(8, encode_frame(requests[1]), False) == [
+            RequestReceived(8, requests[1])]
+
+
+def test_requests_in_the_same_bytes_as_authenticate_are_held_too() -> None:
+    requests = [Lookup(phones=("+33612345678",)), Ack(envelope_ids=(7,))]
+    data = b"".join(encode_frame(frame) for frame in (Authenticate(signature=sign(NONCE)),
+                                                       *requests))
+    for chunks in chunkings(data):
+        server = server_in(ConnectionState.CHALLENGED)
+        events = [event for chunk in chunks for event in server.receive_stream_data(0, chunk, False)]
+        assert events == [RequestReceived(0, Authenticate(signature=sign(NONCE)))]
+        assert server.check_authentication(sign(NONCE), IDENTITY_KEY)
+        assert server.confirm_authentication() == [RequestReceived(0, request)
+                                                   for request in requests]
+
+
+@pytest.mark.parametrize("refuse", ["bad-signature", "refused-by-shell", "closed"])
+def test_held_requests_are_dropped_when_authentication_fails(refuse: str) -> None:
+    server = authenticating_with(encode_frame(Lookup(phones=("+33612345678",))))
+    if refuse == "bad-signature":
+        assert not server.check_authentication(sign(OTHER_NONCE), IDENTITY_KEY)
+    elif refuse == "refused-by-shell":
+        server.refuse_authentication()
+    else:
+        assert server.check_authentication(sign(NONCE), IDENTITY_KEY)
+        server.close()
+    assert server.state is ConnectionState.CLOSED
+    with pytest.raises(LocalProtocolError):
+        server.confirm_authentication()
+
+
+def test_confirmation_needs_a_verified_signature() -> None:
+    for state in ConnectionState:
+        with pytest.raises(LocalProtocolError):
+            server_in(state).confirm_authentication()
+
+
+def test_held_frames_are_bounded_in_number() -> None:
+    ack = encode_frame(Ack(envelope_ids=(1,)))
+    server = authenticating_with(ack * (MAX_HELD_FRAMES + 3))
     assert server.check_authentication(sign(NONCE), IDENTITY_KEY)
+    events = server.confirm_authentication()
+    assert events[:-1] == [RequestReceived(0, Ack(envelope_ids=(1,)))] * MAX_HELD_FRAMES
+    assert isinstance(events[-1], StreamFailed)
+    assert events[-1].error.code is ErrorCode.RATE_LIMITED
+    assert server.receive_stream_data(0, ack, False) == []  # the failed stream stays failed
+
+
+def test_held_bytes_are_bounded() -> None:
+    chunk = bytes(1024 * 1024)  # part of a frame that never completes
+    server = authenticating_with(encode_frame(Ack(envelope_ids=(1,))), stream_id=4)
+    for stream_id in range(8, 8 + 4 * (MAX_HELD_BYTES // len(chunk)), 4):
+        server.receive_stream_data(stream_id, b"\x00\x01\x00\x00" + chunk[:-4], False)
+    assert server.receive_stream_data(12, b"", True) == []
+    server.receive_stream_data(4, encode_frame(Ack(envelope_ids=(2,))), False)
+    assert server.check_authentication(sign(NONCE), IDENTITY_KEY)
+    events = server.confirm_authentication()
+    assert events[0] == RequestReceived(4, Ack(envelope_ids=(1,)))
+    refused = [event for event in events if isinstance(event, StreamFailed) and event.stream_id == 4]
+    assert refused and refused[0].error.code is ErrorCode.RATE_LIMITED
+
+
+def test_a_malformed_frame_behind_authenticate_fails_its_stream_in_order() -> None:
+    good = encode_frame(Ack(envelope_ids=(1,)))
+    server = authenticating_with(good + b"\x00\x00\x00\x01\xc1" + good)
+    assert server.check_authentication(sign(NONCE), IDENTITY_KEY)
+    events = server.confirm_authentication()
+    assert events[0] == RequestReceived(0, Ack(envelope_ids=(1,)))
+    assert isinstance(events[1], StreamFailed) and events[1].error.code is ErrorCode.MALFORMED_FRAME
+    assert len(events) == 2
 
 
 @pytest.mark.parametrize(
@@ -368,4 +479,5 @@ def test_handshake_between_two_cores_in_memory() -> None:
     assert isinstance(request, RequestReceived)
     assert isinstance(request.frame, Authenticate)
     assert server.check_authentication(request.frame.signature, IDENTITY_KEY)
+    assert server.confirm_authentication() == [StreamEnded(4)]
     assert server.authenticated_device == (requested.user_id, requested.device_id)

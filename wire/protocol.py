@@ -34,6 +34,9 @@ from wire.prekey_frames import PrekeysLow
 
 __all__ = [
     "ALLOWED_REQUESTS",
+    "HOLDING_STATES",
+    "MAX_HELD_BYTES",
+    "MAX_HELD_FRAMES",
     "PUSH_FRAME_TYPES",
     "RESPONSE_FRAME_TYPES",
     "TRANSITIONS",
@@ -59,7 +62,7 @@ class ConnectionState(Enum):
 
     NEW = "new"  # only enrolment and HELLO
     CHALLENGED = "challenged"  # HELLO received; waiting for AUTHENTICATE
-    AUTHENTICATING = "authenticating"  # AUTHENTICATE received; the shell is checking it
+    AUTHENTICATING = "authenticating"  # AUTHENTICATE received; frames are held until decided
     AUTHENTICATED = "authenticated"  # acts for ``authenticated_device``
     CLOSED = "closed"  # nothing more is accepted
 
@@ -70,8 +73,9 @@ _ENROLMENT = frozenset({FrameType.ENROL_START, FrameType.ENROL_VERIFY})
 ALLOWED_REQUESTS: dict[ConnectionState, frozenset[FrameType]] = {
     ConnectionState.NEW: _ENROLMENT | {FrameType.HELLO},
     ConnectionState.CHALLENGED: _ENROLMENT | {FrameType.AUTHENTICATE},
-    # A second AUTHENTICATE while the first is checked is refused: one attempt per connection.
-    ConnectionState.AUTHENTICATING: _ENROLMENT,
+    # Nothing is judged while the answer is checked: every frame is held (HOLDING_STATES), then
+    # judged by the AUTHENTICATED table once confirmed, or dropped with the connection if refused.
+    ConnectionState.AUTHENTICATING: frozenset(),
     ConnectionState.AUTHENTICATED: frozenset({
         FrameType.LOOKUP, FrameType.SEND, FrameType.ACK, FrameType.UPLOAD_PREKEYS,
         FrameType.FETCH_BUNDLE, FrameType.GET_PREKEY_COUNTS, FrameType.LIST_DEVICES,
@@ -79,11 +83,18 @@ ALLOWED_REQUESTS: dict[ConnectionState, frozenset[FrameType]] = {
     ConnectionState.CLOSED: frozenset(),
 }
 # ...and which accepted requests move it (the others leave the state as it is). The moves out of
-# AUTHENTICATING are made by ServerProtocol.check_authentication, and to CLOSED by close().
+# AUTHENTICATING are made by ServerProtocol.confirm_authentication (to AUTHENTICATED, once the
+# signature verified and the shell has claimed the device) and by a failed check_authentication,
+# refuse_authentication or close() (to CLOSED).
 TRANSITIONS: dict[tuple[ConnectionState, FrameType], ConnectionState] = {
     (ConnectionState.NEW, FrameType.HELLO): ConnectionState.CHALLENGED,
     (ConnectionState.CHALLENGED, FrameType.AUTHENTICATE): ConnectionState.AUTHENTICATING,
 }
+# States in which received frames are held, in arrival order, instead of judged: a client may send
+# requests right behind AUTHENTICATE without waiting for its answer.
+HOLDING_STATES = frozenset({ConnectionState.AUTHENTICATING})
+MAX_HELD_FRAMES = 64  # frames held while authenticating: a full pipeline window and then some
+MAX_HELD_BYTES = 4 * 1024 * 1024  # bytes received while authenticating: two full SENDs
 
 RESPONSE_FRAME_TYPES = frozenset(frame_type for frame_type in FrameType if 64 <= frame_type < 128)
 PUSH_FRAME_TYPES = frozenset({FrameType.DELIVER, FrameType.QUEUE_EMPTY, FrameType.PREKEYS_LOW})
@@ -237,7 +248,12 @@ class ServerProtocol(_StreamReader):
 
     Authentication: HELLO yields ``AuthenticationRequested``; the shell calls ``issue_challenge``
     with a fresh random nonce and writes the bytes returned; AUTHENTICATE yields
-    ``RequestReceived``; the shell calls ``check_authentication`` with the device's stored key.
+    ``RequestReceived``. From then on the core holds every frame it receives. The shell calls
+    ``check_authentication`` with the device's stored key (or ``refuse_authentication`` when it
+    knows no key), does what must precede service (claiming the device in a cluster), then calls
+    ``confirm_authentication``, which returns the held frames as events judged in the
+    AUTHENTICATED state. "Authenticated" is thus one fact, this core's state: no request of the
+    device reaches the shell before the shell has confirmed.
     """
 
     def __init__(self) -> None:
@@ -246,6 +262,9 @@ class ServerProtocol(_StreamReader):
         self._claimed_device: tuple[str, int] | None = None
         self._nonce: bytes | None = None
         self._challenge_issued = False
+        self._signature_verified = False
+        self._held: list[tuple[int, Frame | StreamFailed | StreamEnded]] = []
+        self._held_bytes = 0
 
     @property
     def claimed_device(self) -> tuple[str, int] | None:
@@ -265,10 +284,19 @@ class ServerProtocol(_StreamReader):
             )
         return self._claimed_device
 
+    @property
+    def held_frames(self) -> int:
+        """Frames received behind AUTHENTICATE and held until the shell decides."""
+        return sum(1 for _, item in self._held if not isinstance(item, StreamFailed | StreamEnded))
+
     def receive_stream_data(
         self, stream_id: int, data: bytes, end_stream: bool
     ) -> list[ServerEvent]:
-        """Feed bytes received on a stream; return what they mean, in stream order."""
+        """Feed bytes received on a stream; return what they mean, in stream order.
+
+        While authenticating, what arrives (frames, a stream's end or failure) is held instead,
+        and returned by ``confirm_authentication``.
+        """
         events: list[ServerEvent] = []
         if self._ignores(stream_id, end_stream):
             return events
@@ -276,7 +304,10 @@ class ServerProtocol(_StreamReader):
             events.extend(self._refuse_stream(stream_id, data, end_stream))
             return events
         frames, error = self._receive(stream_id, data, end_stream)
-        for frame in frames:
+        for index, frame in enumerate(frames):
+            if self.state in HOLDING_STATES:  # from the start, or behind this chunk's AUTHENTICATE
+                self._hold(stream_id, frames[index:], error, end_stream, len(data))
+                return events
             try:
                 events.append(self._accept(stream_id, frame))
             except RemoteProtocolError as refusal:
@@ -284,6 +315,9 @@ class ServerProtocol(_StreamReader):
                 self._fail(stream_id, end_stream)
                 error = refusal
                 break
+        if self.state in HOLDING_STATES:
+            self._hold(stream_id, [], error, end_stream, len(data))
+            return events
         _finish(events, stream_id, end_stream, error)
         return events
 
@@ -296,6 +330,23 @@ class ServerProtocol(_StreamReader):
             self._claimed_device = (frame.user_id, frame.device_id)
             return AuthenticationRequested(stream_id, frame.user_id, frame.device_id)
         return RequestReceived(stream_id, frame)
+
+    def _hold(self, stream_id: int, frames: list[Frame], error: ProtocolError | None,
+              end_stream: bool, size: int) -> None:
+        """Keep what arrived while authenticating, within MAX_HELD_FRAMES and MAX_HELD_BYTES."""
+        self._held_bytes += size
+        for frame in frames:
+            if len(self._held) >= MAX_HELD_FRAMES or self._held_bytes > MAX_HELD_BYTES:
+                self._fail(stream_id, end_stream)
+                error = RemoteProtocolError(
+                    ErrorCode.RATE_LIMITED,
+                    "too many requests before authentication completed; retry once authenticated")
+                break
+            self._held.append((stream_id, frame))
+        if error is not None:
+            self._held.append((stream_id, StreamFailed(stream_id, error)))
+        elif end_stream:
+            self._held.append((stream_id, StreamEnded(stream_id)))
 
     def issue_challenge(self, nonce: bytes) -> bytes:
         """Remember ``nonce`` as this connection's only challenge; return the CHALLENGE frame.
@@ -321,9 +372,9 @@ class ServerProtocol(_StreamReader):
         """Verify the AUTHENTICATE signature with the claimed device's identity key.
 
         The nonce is consumed whatever the outcome: one attempt per connection. On success the
-        state becomes AUTHENTICATED; on failure (including no outstanding challenge, a
-        malformed key or signature) it becomes CLOSED and the shell closes the connection
-        with AUTHENTICATION_FAILED.
+        state stays AUTHENTICATING until ``confirm_authentication``; on failure (including no
+        outstanding challenge, a malformed key or signature) it becomes CLOSED, the held frames
+        are dropped, and the shell closes the connection with AUTHENTICATION_FAILED.
         """
         nonce, self._nonce = self._nonce, None
         claimed = self._claimed_device
@@ -340,13 +391,59 @@ class ServerProtocol(_StreamReader):
         except (nacl.exceptions.CryptoError, ValueError, TypeError):
             self.close()
             return False
-        self.state = ConnectionState.AUTHENTICATED
+        self.state = ConnectionState.AUTHENTICATING  # until confirmed
+        self._signature_verified = True
         return True
+
+    def confirm_authentication(self) -> list[ServerEvent]:
+        """The shell is ready to serve the verified device: become AUTHENTICATED.
+
+        Returns:
+            The frames held since AUTHENTICATE, judged now by the AUTHENTICATED table, in the
+            order they arrived; the shell handles them as if they had just been received.
+
+        Raises:
+            LocalProtocolError: no successful ``check_authentication`` on this connection.
+        """
+        if self.state is not ConnectionState.AUTHENTICATING or not self._signature_verified:
+            raise LocalProtocolError(
+                ErrorCode.UNEXPECTED_FRAME,
+                f"nothing verified to confirm (state {self.state.name})",
+            )
+        self.state = ConnectionState.AUTHENTICATED
+        held, self._held, self._held_bytes = self._held, [], 0
+        events: list[ServerEvent] = []
+        refused: set[int] = set()
+        for stream_id, item in held:
+            if stream_id in refused:
+                if isinstance(item, StreamEnded):
+                    self._failed.discard(stream_id)  # as _ignores does when the peer ends it
+                continue
+            if isinstance(item, StreamFailed | StreamEnded):
+                events.append(item)
+                continue
+            try:
+                events.append(self._accept(stream_id, item))
+            except RemoteProtocolError as refusal:
+                refused.add(stream_id)
+                self._fail(stream_id, end_stream=False)
+                events.append(StreamFailed(stream_id, refusal))
+        return events
+
+    def refuse_authentication(self) -> None:
+        """The shell refuses the device (unknown, revoked, suspended): consume the nonce, close.
+
+        The held frames are dropped; the shell answers AUTHENTICATE with the reason and closes.
+        """
+        self.close()
 
     def close(self) -> None:
         """Refuse everything from now on (the shell is closing the connection)."""
         self.state = ConnectionState.CLOSED
         self._nonce = None
+        self._signature_verified = False
+        self._held.clear()
+        self._held_bytes = 0
 
 
 # --- Client side ----------------------------------------------------------------------------------
