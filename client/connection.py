@@ -257,6 +257,16 @@ class RelayClient:
         self._deliveries_in.close()
         self._prekeys_low_in.close()
 
+    @property
+    def link(self) -> QuicLink:
+        """The QUIC connection under this client: for diagnostics, and for tests that play a
+        misbehaving app (raw frames on a stream of their own, stopped streams).
+
+        Raises:
+            RuntimeError: the client is not connected.
+        """
+        return self._require_link()
+
     def _require_link(self) -> QuicLink:
         if self._link is None:
             raise RuntimeError("this RelayClient is not connected: use connect_relay")

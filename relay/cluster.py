@@ -163,7 +163,7 @@ class ClusterNode:
             self.channel = await self._in_transaction(_channel_of, self.node_name)
             # Rows left by an earlier run of this node name hold nobody now.
             await self._in_transaction(functools.partial(forget_node, channel=self.channel))
-            listener = await self._connect_listener()
+            listener = await self.connect_listener()
             self._wakeups.node_channel = self.channel
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
@@ -240,7 +240,9 @@ class ClusterNode:
 
     # -- wake-ups ------------------------------------------------------------------
 
-    async def _connect_listener(self) -> Connection:
+    async def connect_listener(self) -> Connection:
+        """Open this node's LISTEN connection (also on every reconnection: a test may wrap it
+        to hold a reconnection back)."""
         def connect() -> Connection:
             dsn = psycopg.conninfo.make_conninfo(
                 self._dsn, application_name=listen_application_name(self.node_name),
@@ -268,7 +270,7 @@ class ClusterNode:
                 attempt += 1
                 await trio.sleep(delay)
                 try:
-                    connection = await self._connect_listener()
+                    connection = await self.connect_listener()
                 except psycopg.Error as error:
                     log.warning("listen_reconnect_failed", error=type(error).__name__)
                     continue

@@ -42,9 +42,8 @@ async def test_unanswered_acks_delete_and_are_confirmed_in_order(
                 if not hasattr(delivery, "envelope_id"):
                     break
                 ids.append(delivery.envelope_id)
-        assert receiver._link is not None
-        stream = receiver._link.new_stream()
-        receiver._link.send_stream_data(stream, encode_frame(Ack(envelope_ids=tuple(ids[:2]),
+        stream = receiver.link.new_stream()
+        receiver.link.send_stream_data(stream, encode_frame(Ack(envelope_ids=tuple(ids[:2]),
                                                                  answer=False)))
         # The only answer on the stream is the one to the answered ACK that follows.
         answer = await receiver.request(Ack(envelope_ids=(ids[2],)), stream_id=stream)

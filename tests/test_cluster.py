@@ -250,14 +250,14 @@ async def test_a_node_whose_listening_connection_was_lost_drains_what_it_missed(
     assert node_2 is not None
     # Hold the listener's reconnection until a send has committed unheard.
     reconnecting, may_reconnect = trio.Event(), trio.Event()
-    connect_listener = node_2._connect_listener
+    connect_listener = node_2.connect_listener
 
     async def gated_connect_listener() -> object:
         reconnecting.set()
         await may_reconnect.wait()
         return await connect_listener()
 
-    node_2._connect_listener = gated_connect_listener  # type: ignore[method-assign]
+    node_2.connect_listener = gated_connect_listener  # type: ignore[method-assign]
     try:
         async with spawn_relay(tmp_path / "node-1", store=cluster_url,
                                node_name="node-1") as node_1:

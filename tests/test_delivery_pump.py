@@ -3,7 +3,6 @@ against a queue that is nothing but an ``EnvelopeQueue`` (the interface it is ha
 
 from __future__ import annotations
 
-import time
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any, Generic, TypeVar
@@ -27,7 +26,7 @@ from storage.sqlite import open_sqlite_store
 from wire.codec import FrameDecoder
 from wire.frames import Deliver, QueueEmpty
 
-NOW = int(time.time() * 1000)
+NOW = 1_700_000_000_000  # a fixed instant (ms): the pump reads time only through now_ms
 TIMEOUT_S = 10
 T = TypeVar("T")
 

@@ -315,8 +315,7 @@ async def test_a_peer_stopping_its_streams_cannot_crash_the_relay(relay: RelayUn
         async with relay.connect() as receiver:
             await authenticated(receiver, bob)
             assert await drain_backlog(receiver) == []
-            link = receiver._link
-            assert link is not None
+            link = receiver.link
             push_stream = 3  # the relay's first unidirectional stream (RFC 9000 §2.1)
             link.quic.stop_stream(push_stream, 0)
             # A send committed while the relay may not yet know: its push must not fail.
@@ -325,8 +324,7 @@ async def test_a_peer_stopping_its_streams_cannot_crash_the_relay(relay: RelayUn
                 await link.closed.wait()
             assert link.terminated_by is not None
             assert link.terminated_by.error_code == ErrorCode.UNEXPECTED_FRAME
-        sender_link = sender._link
-        assert sender_link is not None
+        sender_link = sender.link
         request_stream = sender_link.new_stream()
         sender_link.send_stream_data(request_stream, encode_frame(Lookup(phones=(BOB,))))
         sender_link.quic.stop_stream(request_stream, 0)  # its answer is refused

@@ -60,8 +60,7 @@ async def relay(cluster_url: str, tmp_path: Path) -> AsyncIterator[SpawnedRelay]
 
 def worker_serving(client: RelayClient) -> int | None:
     """The worker holding the client's connection: named by the server's connection id."""
-    assert client._link is not None
-    return worker_of(client._link.quic._peer_cid.cid)
+    return worker_of(client.link.quic._peer_cid.cid)  # aioquic keeps the peer's id private
 
 
 async def connect_to_worker(stack: AsyncExitStack, relay: SpawnedRelay,
