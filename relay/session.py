@@ -19,7 +19,7 @@ import secrets
 from collections import deque
 from collections.abc import Awaitable
 from dataclasses import dataclass
-from typing import assert_never
+from typing import Protocol, assert_never
 
 import structlog
 import trio
@@ -39,6 +39,9 @@ from relay.delivery import DeliveryPump
 from relay.limits import LOOKUP_PERIOD_MS, LOOKUPS_PER_MINUTE
 from relay.reachability import may_reach
 from storage.base import NewSend, OrganisationState, SendOutcome, SendStatus, UserState
+from storage.interfaces.directory import Directory, OrganisationPolicy
+from storage.interfaces.envelope_queue import EnvelopeQueue
+from storage.interfaces.rate_limits import RateLimits
 from transport.quic import QuicLink
 from wire.codec import encode_frame
 from wire.frames import (
@@ -72,7 +75,7 @@ from wire.protocol import (
     StreamFailed,
 )
 
-__all__ = ["AuthenticatedDevice", "DeviceSession"]
+__all__ = ["AuthenticatedDevice", "DeviceSession", "SessionStore"]
 
 log = structlog.get_logger("relay.session")
 
@@ -93,6 +96,11 @@ _SEND_REFUSALS: dict[SendStatus, tuple[ErrorCode, str]] = {
     SendStatus.ORGANISATION_SUSPENDED: (ErrorCode.ORGANISATION_SUSPENDED,
                                         "organisation suspended"),
 }
+
+
+class SessionStore(EnvelopeQueue, Directory, OrganisationPolicy, RateLimits, Protocol):
+    """What a device session needs of the store: its queue, the directory (authentication and
+    look-ups), the cross-organisation policy and its rate limits."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -125,6 +133,7 @@ class DeviceSession:
 
     def __init__(self, relay: RelayContext, link: QuicLink) -> None:
         self._relay = relay
+        self._store: SessionStore = relay.store
         self._link = link
         self._core = ServerProtocol()
         self._slots: dict[int, deque[_Slot]] = {}
@@ -286,7 +295,7 @@ class DeviceSession:
                      frame: Send) -> None:
         user_id, device_id = device.key
         now = self._relay.now_ms()
-        pending = self._relay.store.submit_send(NewSend(
+        pending = self._store.submit_send(NewSend(
             sender_user_id=user_id, sender_device_id=device_id,
             recipient_user_id=frame.recipient_user_id,
             client_message_id=frame.client_message_id, payloads=frame.payloads,
@@ -309,7 +318,7 @@ class DeviceSession:
         claimed = self._core.claimed_device
         principal = None
         if claimed is not None:
-            principal = await self._relay.store.load_principal(*claimed)
+            principal = await self._store.load_principal(*claimed)
         if principal is None:
             self._core.refuse_authentication()
             return self._refuse(ErrorCode.AUTHENTICATION_FAILED, "unknown or revoked device")
@@ -363,7 +372,7 @@ class DeviceSession:
     def _start_pump(self, device: AuthenticatedDevice) -> None:
         stream_id = self._link.new_stream(unidirectional=True)
         self._push_stream = stream_id
-        pump = DeliveryPump(store=self._relay.store, device=device.key,
+        pump = DeliveryPump(store=self._store, device=device.key,
                             write=lambda data: self._link.send_stream_data(stream_id, data),
                             now_ms=self._relay.now_ms, nursery=self._relay.nursery,
                             on_pushed=self._relay.metrics.count_delivered)
@@ -398,7 +407,7 @@ class DeviceSession:
         return _error(code, reason)
 
     async def _lookup(self, device: AuthenticatedDevice, frame: Lookup) -> bytes:
-        if not await self._relay.store.take_tokens(
+        if not await self._store.take_tokens(
                 key=f"lookup {device.user_id} {device.device_id}", cost=len(frame.phones),
                 capacity=LOOKUPS_PER_MINUTE, period_ms=LOOKUP_PERIOD_MS,
                 now=self._relay.now_ms()):
@@ -417,7 +426,7 @@ class DeviceSession:
 
     async def _directory_entry(self, device: AuthenticatedDevice,
                                phone: str) -> DirectoryEntry | None:
-        store = self._relay.store
+        store = self._store
         user = await store.find_user_by_phone(phone)
         if user is None or user.state is not UserState.ENROLLED:
             return None
@@ -439,7 +448,7 @@ class DeviceSession:
             # Counted as acknowledged now: the delete commits in submission order, and an
             # envelope whose delete failed is still queued and read back on reconnection.
             self._pump.acknowledged(frame.envelope_ids)
-        pending = self._relay.store.submit_acknowledge(
+        pending = self._store.submit_acknowledge(
             user_id=device.user_id, device_id=device.device_id, envelope_ids=frame.envelope_ids)
 
         def answer(outcome: int | BaseException) -> None:
