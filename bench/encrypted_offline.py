@@ -29,7 +29,7 @@ from crypto.device import DeviceCrypto
 from crypto.primitives import SystemRandom, ed25519_keypair_from_private
 from transport.quic import QuicEndpoint
 
-__all__ = ["OfflineCounts", "queue_and_drain_encrypted"]
+__all__ = ["EncryptedDevice", "OfflineCounts", "encrypted_device", "queue_and_drain_encrypted"]
 
 
 @dataclass
@@ -46,20 +46,25 @@ class OfflineCounts:
 
 
 @dataclass
-class _Device:
+class EncryptedDevice:
+    """A provisioned device with a profile and its end-to-end state, kept in memory."""
+
     credentials: BenchDevice
     profile: Profile
     crypto: DeviceCrypto
     contacts: dict[str, Contact] = field(default_factory=dict)
 
 
-def _device(credentials: BenchDevice, unsaved: Path, relay: str, ca: Path | None) -> _Device:
-    profile = Profile(unsaved / str(credentials.device_id) / credentials.user_id)
+def encrypted_device(credentials: BenchDevice, directory: Path, relay: str,
+                     ca: Path | None) -> EncryptedDevice:
+    """The device's profile (in ``directory``, not saved) and a fresh end-to-end state whose
+    identity key is the key it authenticates with, as enrolment makes it."""
+    profile = Profile(directory)
     profile.data.relay, profile.data.ca = relay, str(ca) if ca else None
     profile.data.phone, profile.data.user_id = credentials.phone, credentials.user_id
     profile.data.device_id = credentials.device_id
     crypto = DeviceCrypto.create(ed25519_keypair_from_private(credentials.seed), SystemRandom())
-    return _Device(credentials=credentials, profile=profile, crypto=crypto)
+    return EncryptedDevice(credentials=credentials, profile=profile, crypto=crypto)
 
 
 async def queue_and_drain_encrypted(host: str, port: int, ca: Path | None,
@@ -72,8 +77,10 @@ async def queue_and_drain_encrypted(host: str, port: int, ca: Path | None,
     text = "x" * size
     with tempfile.TemporaryDirectory(prefix="bench-profiles-") as temporary:
         # Profiles only name the devices for the library: nothing is written to them.
-        sender, recipient = (_device(credentials, Path(temporary), f"{host}:{port}", ca)
-                             for credentials in (sender_credentials, recipient_credentials))
+        sender, recipient = (
+            encrypted_device(credentials, Path(temporary) / str(credentials.device_id)
+                             / credentials.user_id, f"{host}:{port}", ca)
+            for credentials in (sender_credentials, recipient_credentials))
 
         async with open_client_endpoint(host) as endpoint:
             with trio.fail_after(time_limit):
@@ -103,7 +110,7 @@ async def queue_and_drain_encrypted(host: str, port: int, ca: Path | None,
 
 @asynccontextmanager
 async def _messenger(endpoint: QuicEndpoint, host: str, port: int, ca: Path | None,
-                     device: _Device) -> AsyncIterator[Messenger]:
+                     device: EncryptedDevice) -> AsyncIterator[Messenger]:
     """Connect ``device`` and run its messenger on its in-memory state."""
     async with connect_relay(host, port, ca=ca, server_name="localhost",
                              endpoint=endpoint) as client:

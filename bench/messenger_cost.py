@@ -26,20 +26,16 @@ import tempfile
 import time
 from collections.abc import AsyncIterator
 from contextlib import aclosing, asynccontextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import trio
 
+from bench.encrypted_offline import EncryptedDevice, encrypted_device
 from bench.provision import BenchDevice
 from client.connection import RelayClient, connect_relay
-from client.contacts import Contact
 from client.message_content import encode_content
 from client.messenger import Messenger
-from client.profile import Profile
-from crypto.device import DeviceCrypto
-from crypto.primitives import SystemRandom, ed25519_keypair_from_private
 from wire.frames import Deliver
 
 if TYPE_CHECKING:
@@ -51,26 +47,10 @@ WARM_UP_MESSAGES = 10
 """Encrypted messages sent before measuring: prekeys published, the session set up."""
 
 
-@dataclass
-class _Device:
-    """A provisioned device with a saved profile and its end-to-end state."""
-
-    credentials: BenchDevice
-    profile: Profile
-    crypto: DeviceCrypto
-    contacts: dict[str, Contact] = field(default_factory=dict)
-
-
-def _device(credentials: BenchDevice, directory: Path, target: Target) -> _Device:
-    profile = Profile(directory)
-    profile.data.relay = f"{target.host}:{target.port}"
-    profile.data.ca = str(target.ca) if target.ca else None
-    profile.data.phone, profile.data.user_id = credentials.phone, credentials.user_id
-    profile.data.device_id = credentials.device_id
-    profile.save()
-    # The identity key is the key it authenticates with, as create_device_state makes it.
-    crypto = DeviceCrypto.create(ed25519_keypair_from_private(credentials.seed), SystemRandom())
-    return _Device(credentials=credentials, profile=profile, crypto=crypto)
+def _device(credentials: BenchDevice, directory: Path, target: Target) -> EncryptedDevice:
+    device = encrypted_device(credentials, directory, f"{target.host}:{target.port}", target.ca)
+    device.profile.save()
+    return device
 
 
 @asynccontextmanager
@@ -81,8 +61,8 @@ async def _connected(target: Target, device: BenchDevice) -> AsyncIterator[Relay
         yield client
 
 
-async def _encrypted_run(target: Target, alice: _Device, bob: _Device, messages: int,
-                         size: int) -> float:
+async def _encrypted_run(target: Target, alice: EncryptedDevice, bob: EncryptedDevice,
+                         messages: int, size: int) -> float:
     text = "x" * size
     done = trio.Event()
     async with _connected(target, alice.credentials) as sending, \
@@ -107,8 +87,8 @@ async def _encrypted_run(target: Target, alice: _Device, bob: _Device, messages:
             return time.perf_counter() - started
 
 
-async def _plaintext_run(target: Target, alice: _Device, bob: _Device, messages: int,
-                         size: int) -> float:
+async def _plaintext_run(target: Target, alice: EncryptedDevice, bob: EncryptedDevice,
+                         messages: int, size: int) -> float:
     content = encode_content(sender_phone=alice.credentials.phone,
                              recipient_phone=bob.credentials.phone, text="x" * size,
                              sent_at=datetime.datetime.now(datetime.UTC))
