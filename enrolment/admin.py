@@ -21,6 +21,7 @@ __all__ = [
     "declare_user",
     "delete_user",
     "list_users",
+    "new_user_id",
 ]
 
 MAX_ORGANISATION_NAME_CHARS = 64
@@ -32,8 +33,14 @@ MAX_SEATS = 1_000_000
 _ORGANISATION_NAME = re.compile(rf"[a-z0-9-]{{1,{MAX_ORGANISATION_NAME_CHARS}}}")
 
 
-def _new_user_id() -> str:
-    return secrets.token_hex(16)
+USER_ID_BYTES = 16
+"""Random bytes of a user id (hex on the wire): 128 bits, unguessable and never reused, so an
+id says nothing about the number or the order of enrolment."""
+
+
+def new_user_id() -> str:
+    """A fresh opaque user id."""
+    return secrets.token_hex(USER_ID_BYTES)
 
 
 def _check_organisation_name(name: str) -> None:
@@ -62,7 +69,7 @@ async def declare_user(
     organisation: str,
     phone_text: str,
     now: int,
-    new_user_id: Callable[[], str] = _new_user_id,
+    new_user_id: Callable[[], str] = new_user_id,
 ) -> User:
     """Declare a phone number in an organisation, taking one seat.
 

@@ -82,6 +82,10 @@ LEASE_RENEW_INTERVAL_S = 10.0
 RECONNECT_DELAYS_S = (0.1, 0.5, 1.0, 2.0, 5.0)
 """Waits between attempts to get the listening connection back (then 5 s each)."""
 
+SESSION_TOKEN_BYTES = 16
+"""Random bytes naming one claim of a device (hex): a release removes only its own claim,
+never the one a newer connection made since."""
+
 PRESENCE_POOL_SIZE = 2
 """Connections for claims, releases and renewals (short transactions)."""
 
@@ -184,7 +188,7 @@ class ClusterNode:
         Raises:
             DeviceGone: the device was deleted meanwhile; refuse the connection.
         """
-        token = secrets.token_hex(16)
+        token = secrets.token_hex(SESSION_TOKEN_BYTES)
         previous = await self._in_transaction(functools.partial(
             claim_device, user_id=device[0], device_id=device[1], node_name=self.node_name,
             channel=self.channel, session_token=token,

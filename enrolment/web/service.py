@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from enrolment.admin import new_user_id
 from enrolment.errors import InvalidRequest, OrganisationInactive
 from enrolment.licence_dates import reduction_effective_on
 from enrolment.numbers import parse_phone
@@ -61,6 +62,10 @@ __all__ = [
     "UserView",
     "audit_json",
 ]
+
+PSEUDONYM_BYTES = 8
+"""Random bytes of an erased user's pseudonym in the audit log: unique among an organisation's
+erasures, and no link to the number it replaces."""
 
 MAX_ACTION_CHARS = 64
 """Longest audit action filter accepted (actions are short verb phrases)."""
@@ -146,10 +151,6 @@ class AdminServiceStore(AdminStore, Directory, Protocol):
 
 def _day(ms: int) -> str:
     return datetime.datetime.fromtimestamp(ms / 1000, datetime.UTC).date().isoformat()
-
-
-def _new_user_id() -> str:
-    return secrets.token_hex(16)
 
 
 class AdminService:
@@ -311,7 +312,7 @@ class AdminService:
                           phone_text: str) -> User:
         user = await self._store.declare_user(organisation=organisation.name,
                                              phone=parse_phone(phone_text),
-                                             user_id=_new_user_id(), now=self._now_ms())
+                                             user_id=new_user_id(), now=self._now_ms())
         await self._audit(caller, organisation, "user.declare", user.phone)
         return user
 
@@ -397,7 +398,7 @@ class AdminService:
         """Erase a user (GDPR art. 17): deleted, and its number replaced by a pseudonym in
         the audit log. Returns the pseudonym."""
         organisation = await self.organisation(caller, name)
-        pseudonym = "erased-" + secrets.token_hex(8)
+        pseudonym = "erased-" + secrets.token_hex(PSEUDONYM_BYTES)
         user = await self._store.erase_user(organisation=name, phone=parse_phone(phone_text),
                                            pseudonym=pseudonym)
         self._closer.user_deleted(user.user_id)
