@@ -81,14 +81,21 @@ class RelayContext:
             await self.endpoint.drain()
 
     def attach(self, session: LiveSession) -> None:
-        """Register an authenticated session; an older one of the same device is closed."""
-        assert session.device is not None
-        previous = self.sessions.get(session.device)
-        self.sessions[session.device] = session
+        """Register an authenticated session; an older one of the same device is closed.
+
+        Raises:
+            ValueError: the session is not authenticated (a bug of the caller's).
+        """
+        device = session.device
+        if device is None:
+            raise ValueError("only an authenticated session can be attached")
+        previous = self.sessions.get(device)
+        self.sessions[device] = session
         if previous is not None and previous is not session:
             previous.close(ErrorCode.REPLACED, "a newer connection of this device took over")
 
     def detach(self, session: LiveSession) -> None:
+        """Forget ``session`` if it is still the one registered for its device."""
         if session.device is not None and self.sessions.get(session.device) is session:
             del self.sessions[session.device]
 

@@ -145,9 +145,12 @@ class WorkerRouting:
             # that; a datagram is forwarded once, never passed around.
             self.dropped["loop"] += 1
             return True
-        assert decision.worker_index is not None
+        owner = decision.worker_index
+        if owner is None or owner not in self._peer_sockets:  # no such worker here: as DROP
+            self.dropped["unknown_worker"] += 1
+            return True
         try:
-            self._peer_sockets[decision.worker_index].send(encode_forwarded(data, address))
+            self._peer_sockets[owner].send(encode_forwarded(data, address))
         except OSError:  # the owner's queue is full, or it is gone: as a loss on the network
             self.dropped["forward_failed"] += 1
         else:
