@@ -26,6 +26,7 @@ from enrolment.errors import EnrolmentError
 from relay.admin_cli import register_account_commands
 from relay.config import ConfigError, load_config, parse_assignment
 from relay.control import notify_relay
+from relay.data_dir import DataDirectoryInUse
 from relay.lifecycle import run_until_signalled
 from relay.logs import configure_logging
 from relay.operations_cli import register_operations_commands
@@ -136,6 +137,8 @@ def serve_command(
     configure_logging(loaded.settings.log_format, loaded.settings.log_level)
     try:
         run_until_signalled(loaded)
+    except DataDirectoryInUse as error:  # another relay runs on it: refused, nothing touched
+        _fail(f"cannot start: {error}")
     except (OSError, psycopg.OperationalError) as error:
         _fail(f"cannot start: {error}")
     except WorkerFailed as error:

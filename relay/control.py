@@ -6,6 +6,12 @@ what changed so that it acts at once (e.g. closes a deleted user's
 connections). The socket lives in the data directory with mode 0600: whoever
 can write the store can already do everything it allows.
 
+Only the holder of the data directory's lock (relay/data_dir.py) creates and
+removes the socket: a relay refused because another runs never gets here, so
+it cannot take the running relay's socket away. A socket found at start is a
+killed relay's (its lock died with it) and is replaced; at the end, the relay
+removes the socket only if it is still the one it bound.
+
 Wire: one JSON object per line each way. Requests: ``{"op": "revoke-user",
 "user_id": ...}``; answers: ``{"ok": true, "closed": N}`` or ``{"ok": false,
 "error": ...}``.
@@ -23,6 +29,7 @@ import structlog
 import trio
 
 from relay.context import RelayContext
+from relay.data_dir import DataDirLock
 
 __all__ = ["CONTROL_SOCKET_NAME", "notify_relay", "serve_control_socket"]
 
@@ -39,20 +46,26 @@ def _socket_path(directory_fd: int) -> str:
     return f"/proc/self/fd/{directory_fd}/{CONTROL_SOCKET_NAME}"
 
 
-async def serve_control_socket(data_dir: Path, context: RelayContext, *,
+async def serve_control_socket(data_dir_lock: DataDirLock, context: RelayContext, *,
                                task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                                ) -> None:
+    """Serve ``DATA_DIR/relay.sock`` until cancelled; only the lock's holder may."""
+    data_dir = data_dir_lock.data_dir
+    if not data_dir_lock.held:
+        raise ValueError("the control socket is served under the data directory's lock")
     directory_fd = os.open(data_dir, os.O_RDONLY | os.O_DIRECTORY)
     sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    bound: os.stat_result | None = None
     try:
         path = data_dir / CONTROL_SOCKET_NAME
         if path.is_socket():
-            path.unlink()  # left by a relay that was killed
+            path.unlink()  # left by a relay that was killed (we hold the lock)
         old_umask = os.umask(0o177)
         try:
             await sock.bind(_socket_path(directory_fd))
         finally:
             os.umask(old_umask)
+        bound = os.stat(CONTROL_SOCKET_NAME, dir_fd=directory_fd)
         sock.listen(16)
         listener = trio.SocketListener(sock)
         task_status.started()
@@ -67,8 +80,19 @@ async def serve_control_socket(data_dir: Path, context: RelayContext, *,
         await trio.serve_listeners(handle, [listener])
     finally:
         sock.close()
-        os.close(directory_fd)
-        (data_dir / CONTROL_SOCKET_NAME).unlink(missing_ok=True)
+        try:
+            if bound is not None and _is_same_file(directory_fd, bound):
+                os.unlink(CONTROL_SOCKET_NAME, dir_fd=directory_fd)
+        finally:
+            os.close(directory_fd)
+
+
+def _is_same_file(directory_fd: int, bound: os.stat_result) -> bool:
+    try:
+        now = os.stat(CONTROL_SOCKET_NAME, dir_fd=directory_fd)
+    except FileNotFoundError:
+        return False
+    return (now.st_dev, now.st_ino) == (bound.st_dev, bound.st_ino)
 
 
 def _apply(request: dict[str, Any], context: RelayContext) -> dict[str, Any]:

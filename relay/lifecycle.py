@@ -8,6 +8,10 @@
   open connections keep theirs.
 * With ``workers`` > 1 this process supervises worker processes instead
   (relay/supervisor.py), passing these signals on to them.
+
+Before anything else the process takes the data directory's lock
+(relay/data_dir.py) and holds it until it exits: a second relay on the same
+directory is refused at once and touches nothing.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import structlog
 import trio
 
 from relay.config import LoadedConfig
+from relay.data_dir import DataDirLock, lock_data_dir
 from relay.forwarding import Worker
 from relay.server import RunningRelay, serve
 from relay.settings import RelaySettings
@@ -67,27 +72,34 @@ def reload_certificate(running: RunningRelay) -> bool:
 def run_until_signalled(loaded: LoadedConfig) -> None:
     """Run a relay with ``loaded.settings`` until SIGTERM or SIGINT; return once it stopped.
 
-    With ``workers`` > 1 this process supervises that many relay processes
-    (relay/supervisor.py).
+    The data directory's lock is taken first and held throughout. With ``workers`` > 1
+    this process supervises that many relay processes (relay/supervisor.py), which
+    share its lock.
 
     Raises:
+        DataDirectoryInUse: another relay (or a restore) holds the data directory.
         WorkerFailed: a worker process failed (the relay stopped).
     """
-    if loaded.settings.workers > 1:
-        from relay.supervisor import supervise  # noqa: PLC0415 (only with several workers)
+    with lock_data_dir(loaded.settings.data_dir, purpose="serve") as data_dir_lock:
+        if loaded.settings.workers > 1:
+            from relay.supervisor import supervise  # noqa: PLC0415 (only with several workers)
 
-        trio.run(supervise, loaded)
-        return
-    trio.run(functools.partial(run_relay, loaded.settings, warnings=loaded.warnings))
+            trio.run(supervise, loaded, data_dir_lock)
+            return
+        trio.run(functools.partial(run_relay, loaded.settings, warnings=loaded.warnings,
+                                   data_dir_lock=data_dir_lock))
 
 
-async def run_relay(settings: RelaySettings, *, warnings: Sequence[str] = (),
+async def run_relay(settings: RelaySettings, *, data_dir_lock: DataDirLock,
+                    warnings: Sequence[str] = (),
                     worker: Worker | None = None,
                     on_ready: Callable[[RunningRelay], None] | None = None,
                     orphaned: Callable[[], Awaitable[None]] | None = None) -> None:
     """Serve until SIGTERM or SIGINT (or until ``orphaned`` returns), then stop.
 
     Args:
+        data_dir_lock: the data directory's lock, held by this process (or, for a
+            worker, by its supervisor, which passed it down).
         worker: run as one worker of several (relay/worker_process.py).
         on_ready: called once the relay listens.
         orphaned: returns when the supervisor of this worker is gone.
@@ -98,7 +110,8 @@ async def run_relay(settings: RelaySettings, *, warnings: Sequence[str] = (),
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT,
                                        signal.SIGHUP) as signals:
             running: RunningRelay = await nursery.start(
-                functools.partial(serve, settings, worker=worker))
+                functools.partial(serve, settings, worker=worker,
+                                  data_dir_lock=data_dir_lock))
             for warning in warnings:
                 log.warning("configuration_warning", detail=warning)
             if on_ready is not None:

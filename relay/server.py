@@ -2,7 +2,8 @@
 
 ``serve()`` owns every task it starts (one nursery) and reports readiness
 with ``task_status.started(RunningRelay)``; leaving it closes connections
-with GOING_AWAY, lets submitted commits finish and closes the store.
+with GOING_AWAY, lets submitted commits finish and closes the store. It runs
+holding the data directory's lock (relay/data_dir.py), its caller's or its own.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from enrolment.sms import HttpGateway, OutboxGateway, SmsDispatcher, SmsGateway,
 from relay.cluster import cluster_node_for, presence_for
 from relay.context import RelayContext
 from relay.control import serve_control_socket
+from relay.data_dir import DataDirLock, lock_data_dir
 from relay.delivery import CommitPipeline
 from relay.forwarding import Worker
 from relay.prekeys import PrekeyService
@@ -55,6 +57,8 @@ class RunningRelay:
     context: RelayContext
     endpoint: QuicEndpoint
     stop: Callable[[], None]
+    stopped: trio.Event
+    """Set once ``serve`` has returned: the store is closed and the data directory free."""
 
 
 def wall_clock_ms() -> int:
@@ -81,7 +85,8 @@ async def serve(settings: RelaySettings, *,
                 task_status: trio.TaskStatus[RunningRelay] = trio.TASK_STATUS_IGNORED,
                 now_ms: Callable[[], int] = wall_clock_ms,
                 on_sms_sent: Callable[[SmsMessage], None] | None = None,
-                worker: Worker | None = None) -> None:
+                worker: Worker | None = None,
+                data_dir_lock: DataDirLock | None = None) -> None:
     """Run a relay until cancelled or until ``RunningRelay.stop()`` is called.
 
     Args:
@@ -91,7 +96,30 @@ async def serve(settings: RelaySettings, *,
         on_sms_sent: called after each SMS leaves through the gateway.
         worker: run as one of several worker processes sharing the UDP port
             (relay/supervisor.py): its socket and connection-id routing.
+        data_dir_lock: the data directory's lock, held by the caller; without it,
+            ``serve`` takes the lock itself and lets go of it when it returns.
+
+    Raises:
+        DataDirectoryInUse: without ``data_dir_lock``, another relay holds the directory.
     """
+    stopped = trio.Event()
+    try:
+        if data_dir_lock is not None:
+            await _serve_holding(settings, data_dir_lock, stopped, task_status=task_status,
+                                 now_ms=now_ms, on_sms_sent=on_sms_sent, worker=worker)
+            return
+        with lock_data_dir(settings.data_dir, purpose="serve") as own_lock:
+            await _serve_holding(settings, own_lock, stopped, task_status=task_status,
+                                 now_ms=now_ms, on_sms_sent=on_sms_sent, worker=worker)
+    finally:
+        stopped.set()
+
+
+async def _serve_holding(settings: RelaySettings, data_dir_lock: DataDirLock,
+                         stopped: trio.Event, *, task_status: trio.TaskStatus[RunningRelay],
+                         now_ms: Callable[[], int],
+                         on_sms_sent: Callable[[SmsMessage], None] | None,
+                         worker: Worker | None) -> None:
     data_dir = settings.data_dir
     data_dir.mkdir(parents=True, exist_ok=True)
     cert, key = settings.cert, settings.key
@@ -129,7 +157,7 @@ async def serve(settings: RelaySettings, *,
                 if context.cluster is not None:  # listening before any device can claim
                     await nursery.start(context.cluster.run)
                 nursery.start_soon(_sweep, context)
-                await _start_local_services(nursery, context, worker)
+                await _start_local_services(nursery, context, worker, data_dir_lock)
                 await nursery.start(endpoint.run)
                 if settings.metrics_listen is not None:
                     from relay.operations_http import serve_operations_http  # noqa: PLC0415
@@ -146,7 +174,8 @@ async def serve(settings: RelaySettings, *,
                 log.info("relay_listening", host=address[0], port=address[1])
                 task_status.started(RunningRelay(address=(address[0], address[1]),
                                                  cert_path=cert, context=context,
-                                                 endpoint=endpoint, stop=stop_requested.set))
+                                                 endpoint=endpoint, stop=stop_requested.set,
+                                                 stopped=stopped))
                 await stop_requested.wait()
                 await _close_gracefully(endpoint, context)
                 nursery.cancel_scope.cancel()
@@ -169,11 +198,11 @@ def _relay_context(settings: RelaySettings, store: Store, enrolment: EnrolmentSe
 
 
 async def _start_local_services(nursery: trio.Nursery, context: RelayContext,
-                                worker: Worker | None) -> None:
-    """The control socket (one per data directory: worker 0 serves it) and, in a
-    worker, the datagrams other workers forward to it."""
+                                worker: Worker | None, data_dir_lock: DataDirLock) -> None:
+    """The control socket (one per data directory, served under its lock: worker 0
+    serves it) and, in a worker, the datagrams other workers forward to it."""
     if worker is None or worker.index == 0:
-        await nursery.start(serve_control_socket, context.settings.data_dir, context)
+        await nursery.start(serve_control_socket, data_dir_lock, context)
     if worker is not None:
         assert context.endpoint is not None
         await nursery.start(worker.routing.run, context.endpoint)

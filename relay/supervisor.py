@@ -7,6 +7,11 @@ another through the store, as between machines.
 
 The supervisor (the ``serve`` process):
 
+* holds the data directory's lock (relay/data_dir.py, taken by
+  relay/lifecycle.py before it starts) and hands the locked descriptor to
+  every worker: they share its lock and never take one of their own, so the
+  directory stays locked until the last of them has exited, even if the
+  supervisor is killed first;
 * prepares what the workers share: the data directory, the development
   certificate if none is configured (made once, so workers never race to
   write it), N UDP sockets bound to one port with SO_REUSEPORT (the kernel
@@ -45,6 +50,7 @@ import structlog
 import trio
 
 from relay.config import LoadedConfig
+from relay.data_dir import DataDirLock
 from relay.settings import RelaySettings
 from relay.tls import ensure_development_certificate
 from transport.addresses import parse_host_port
@@ -61,8 +67,8 @@ __all__ = [
 
 log = structlog.get_logger("relay.supervisor")
 
-LAUNCH_FORMAT_VERSION = 1
-"""Version of the launch message a worker reads on its standard input."""
+LAUNCH_FORMAT_VERSION = 2
+"""Version of the launch message a worker reads on its standard input (2: ``lock_fd``)."""
 
 READY_LINE = b"ready\n"
 """What a worker writes on its standard output once it listens."""
@@ -139,14 +145,15 @@ def _shared_sockets(host: str, port: int, count: int) -> Iterator[list[_WorkerSo
         yield sockets
 
 
-def _launch_message(settings: RelaySettings, index: int, sockets: Sequence[_WorkerSockets]
-                    ) -> bytes:
+def _launch_message(settings: RelaySettings, index: int, sockets: Sequence[_WorkerSockets],
+                    data_dir_lock: DataDirLock) -> bytes:
     mine = sockets[index]
     values = {name: str(value) if isinstance(value, PurePath) else value
               for name, value in dataclasses.asdict(settings).items()}
     return json.dumps({
         "version": LAUNCH_FORMAT_VERSION, "index": index, "count": len(sockets),
         "udp_fd": mine.udp.fileno(), "receive_fd": mine.receive.fileno(),
+        "lock_fd": data_dir_lock.descriptor,
         "peer_fds": {str(other): entry.send.fileno()
                      for other, entry in enumerate(sockets) if other != index},
         "settings": values}).encode() + b"\n"
@@ -158,8 +165,12 @@ class _Worker:
     process: trio.Process
 
 
-async def supervise(loaded: LoadedConfig) -> None:
+async def supervise(loaded: LoadedConfig, data_dir_lock: DataDirLock) -> None:
     """Run ``loaded.settings.workers`` relay processes until SIGTERM or SIGINT.
+
+    Args:
+        data_dir_lock: the data directory's lock, held by this process; every worker
+            gets a copy of its descriptor.
 
     Raises:
         WorkerFailed: a worker exited unasked (or failed to start).
@@ -183,7 +194,8 @@ async def supervise(loaded: LoadedConfig) -> None:
                 port = sockets[0].udp.getsockname()[1]
                 log.info("workers_starting", workers=settings.workers, port=port)
                 for index in range(settings.workers):
-                    workers.append(await _start(settings, index, sockets, port))
+                    workers.append(await _start(settings, index, sockets, port,
+                                                data_dir_lock))
             # Our copies are closed: each socket now lives in its worker only, so a
             # worker that dies takes its place in the port group with it.
             await _watch(workers, signals, port)
@@ -199,9 +211,9 @@ async def supervise(loaded: LoadedConfig) -> None:
 
 
 async def _start(settings: RelaySettings, index: int, sockets: Sequence[_WorkerSockets],
-                 port: int) -> _Worker:
+                 port: int, data_dir_lock: DataDirLock) -> _Worker:
     mine = sockets[index]
-    descriptors = [mine.udp.fileno(), mine.receive.fileno(),
+    descriptors = [mine.udp.fileno(), mine.receive.fileno(), data_dir_lock.descriptor,
                    *(entry.send.fileno() for other, entry in enumerate(sockets)
                      if other != index)]
     process = await trio.lowlevel.open_process(
@@ -212,7 +224,7 @@ async def _start(settings: RelaySettings, index: int, sockets: Sequence[_WorkerS
         start_new_session=True)
     assert process.stdin is not None
     await process.stdin.send_all(_launch_message(
-        worker_settings(settings, index, port=port), index, sockets))
+        worker_settings(settings, index, port=port), index, sockets, data_dir_lock))
     # stdin stays open: a worker stops when it closes (this process is gone).
     log.info("worker_started", worker=index, pid=process.pid)
     return _Worker(index=index, process=process)

@@ -3,7 +3,9 @@
 Started by relay/supervisor.py, never by hand. It reads one JSON line on
 standard input: its index, the worker count, the numbers of the descriptors it
 inherited (its UDP socket on the shared port, its forwarding socket and one
-towards each other worker) and its settings, which are validated again here.
+towards each other worker, the supervisor's lock on the data directory) and its
+settings, which are validated again here. The worker holds that lock with the
+supervisor (relay/data_dir.py); it never takes one of its own.
 It writes ``ready`` on standard output once it listens. Standard input stays
 open: end of file means the supervisor is gone (even killed), and the worker
 stops as on SIGTERM, so no worker outlives it holding the port.
@@ -25,6 +27,7 @@ import structlog
 import trio
 
 from relay.config import ConfigError, load_config
+from relay.data_dir import DataDirectoryInUse, inherit_data_dir_lock
 from relay.forwarding import Worker, WorkerRouting
 from relay.lifecycle import run_relay
 from relay.logs import configure_logging
@@ -82,7 +85,15 @@ def main() -> int:
     structlog.contextvars.bind_contextvars(worker=int(launch["index"]))
     worker = _worker(launch)
     try:
+        data_dir_lock = inherit_data_dir_lock(settings.data_dir, int(launch["lock_fd"]))
+    except (OSError, ValueError, DataDirectoryInUse) as error:
+        log.error("worker_start_failed", error=str(error))
+        worker.routing.close()
+        worker.udp_socket.close()
+        return 1
+    try:
         trio.run(functools.partial(run_relay, settings, worker=worker,
+                                   data_dir_lock=data_dir_lock,
                                    on_ready=_report_ready, orphaned=_supervisor_gone))
     except (OSError, psycopg.OperationalError) as error:
         log.error("worker_start_failed", error=str(error))
@@ -96,6 +107,7 @@ def main() -> int:
     finally:
         worker.routing.close()
         worker.udp_socket.close()
+        data_dir_lock.release()
     return 0
 
 

@@ -295,6 +295,7 @@ async def test_restart_keeps_stored_envelopes(relay_settings: RelaySettings,
         await authenticated(sender, alice)
         await sender.send(bob.user_id, {bob.device_id: b"survives"}, client_message_id=1)
     relay.running.stop()
+    await relay.running.stopped.wait()  # the data directory is one relay's at a time
     async with trio.open_nursery() as nursery:
         running = await nursery.start(lambda task_status: serve(
             relay_settings, task_status=task_status))
