@@ -1,6 +1,11 @@
 """Operator commands around the relay process: ``config check|show``, ``backup``, ``restore``.
 
 Registered on ``cryptopass-relay`` by ``relay.cli``.
+
+``restore`` replaces the store, so it takes the data directory's lock
+(relay/data_dir.py) for its duration: refused while a relay runs on the
+directory, and no relay can start meanwhile. ``backup`` takes no lock: it reads
+the store through SQLite, consistently, while the relay keeps serving.
 """
 
 from __future__ import annotations
@@ -11,11 +16,10 @@ import os
 from pathlib import Path
 from typing import Annotated, Any
 
-import trio
 import typer
 
 from relay.config import ConfigError, LoadedConfig, load_config, masked, parse_assignment
-from relay.control import notify_relay
+from relay.data_dir import DataDirectoryInUse, lock_data_dir
 from relay.settings import DEFAULT_DATA_DIR
 from storage.sqlite_backup import BackupError, backup_database, restore_database
 
@@ -108,11 +112,13 @@ def restore_command(
         data_dir: DataDirOption = None, config: ConfigOption = None) -> None:
     """Replace the store with --from. Refused while a relay runs on the data directory."""
     directory = _data_dir(data_dir, config)
-    if directory.is_dir() and trio.run(notify_relay, directory, {"op": "ping"}) is not None:
-        _fail(f"a relay is running on {directory}: stop it before restoring")
     try:
-        safety = restore_database(from_, directory / DATABASE_NAME,
-                                  now=datetime.datetime.now(datetime.UTC))
+        with lock_data_dir(directory, purpose="restore"):
+            safety = restore_database(from_, directory / DATABASE_NAME,
+                                      now=datetime.datetime.now(datetime.UTC))
+    except DataDirectoryInUse as error:
+        _fail(f"cannot restore: {error}; stop it first")
+        raise  # unreachable: _fail exits
     except (BackupError, OSError) as error:
         _fail(str(error))
         raise  # unreachable: _fail exits
