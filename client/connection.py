@@ -12,8 +12,10 @@ so that the relay commits them in the order they were made while many are
 in flight (see docs/PROTOCOL.md, "Ordering").
 
 Failures (`client.errors`): `RelayError` when the relay refuses a request,
-`ConnectionClosed` once the connection ended, `wire.errors.RemoteProtocolError`
-when the relay breaks the protocol (garbage, or an answer of the wrong kind).
+`ConnectionClosed` once the connection ended (`RelayUnreachable` and `HandshakeFailed` when
+it never opened), `wire.errors.RemoteProtocolError` when the relay breaks the protocol
+(garbage, or an answer of the wrong kind), `CertificateFileError` for a CA file that cannot
+be used.
 """
 
 from __future__ import annotations
@@ -32,7 +34,14 @@ from aioquic.quic import events as quic_events
 from aioquic.quic.configuration import QuicConfiguration
 from nacl.signing import SigningKey
 
-from client.errors import ConnectionClosed, RelayError, expect_answer
+from client.errors import (
+    CertificateFileError,
+    ConnectionClosed,
+    HandshakeFailed,
+    RelayError,
+    RelayUnreachable,
+    expect_answer,
+)
 from transport.quic import QuicEndpoint, QuicLink, open_udp_socket
 from wire.codec import encode_frame
 from wire.frames import (
@@ -87,7 +96,8 @@ from wire.protocol import (
     is_server_unidirectional,
 )
 
-__all__ = ["PUSH_BUFFER", "ConnectionClosed", "RelayClient", "RelayError", "connect_relay"]
+__all__ = ["PUSH_BUFFER", "CertificateFileError", "ConnectionClosed", "HandshakeFailed",
+           "RelayClient", "RelayError", "RelayUnreachable", "check_ca_file", "connect_relay"]
 
 KEEPALIVE_SECONDS = 15.0
 """PING interval, well under the relay's 60 s idle timeout."""
@@ -140,7 +150,8 @@ class RelayClient:
         self._core = ClientProtocol()
         self._link: QuicLink | None = None
         self._waiters: dict[int, deque[_Waiter]] = {}
-        self._handshake = trio.Event()
+        self._handshake = trio.Event()  # set once the handshake completed or failed
+        self._opened = False  # the handshake completed
         self._closed: ConnectionClosed | None = None
         # Closed (the send side) when the connection closes: readers take what is
         # buffered, then get EndOfChannel and raise ConnectionClosed.
@@ -163,6 +174,7 @@ class RelayClient:
         for event in batch:
             match event:
                 case quic_events.HandshakeCompleted():
+                    self._opened = True
                     self._handshake.set()
                 case quic_events.StreamDataReceived():
                     for core_event in self._core.receive_stream_data(
@@ -481,10 +493,28 @@ def client_configuration(*, ca: Path | None, server_name: str | None = None,
                                       max_stream_data=4 * 1024 * 1024,
                                       max_data=16 * 1024 * 1024, server_name=server_name)
     if ca is not None:
+        check_ca_file(ca)
         configuration.load_verify_locations(cafile=str(ca))
     if not verify:
         configuration.verify_mode = ssl.CERT_NONE
     return configuration
+
+
+def check_ca_file(ca: Path) -> None:
+    """Load ``ca`` as a TLS context would, so that a missing or wrong file fails here, once and
+    clearly, rather than inside the handshake (where aioquic reads it, at the first packet).
+
+    Raises:
+        CertificateFileError: no such file, unreadable, or no PEM certificate in it.
+    """
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cafile=str(ca))
+    except FileNotFoundError as error:
+        raise CertificateFileError(ca, "no such file", missing=True) from error
+    except ssl.SSLError as error:
+        raise CertificateFileError(ca, "not a PEM certificate", missing=False) from error
+    except OSError as error:
+        raise CertificateFileError(ca, error.strerror or str(error), missing=False) from error
 
 
 @asynccontextmanager
@@ -498,6 +528,12 @@ async def connect_relay(host: str, port: int, *, ca: Path | None,
         endpoint: a running client endpoint to share (a load generator drives
             hundreds of connections from one socket); by default each
             connection gets its own socket.
+
+    Raises:
+        CertificateFileError: ``ca`` is missing or holds no certificate (nothing was sent).
+        RelayUnreachable: no answer to the handshake within ``connect_timeout`` seconds.
+        HandshakeFailed: the handshake was refused (``certificate_refused``: the relay's
+            certificate is not trusted).
     """
     if endpoint is not None:
         async with _connection(endpoint, host, port, ca=ca, server_name=server_name,
@@ -534,14 +570,19 @@ async def open_client_endpoint(host: str = "127.0.0.1") -> AsyncIterator[QuicEnd
 async def _connection(endpoint: QuicEndpoint, host: str, port: int, *, ca: Path | None,
                       server_name: str | None,
                       connect_timeout: float) -> AsyncIterator[RelayClient]:
+    configuration = client_configuration(ca=ca, server_name=server_name or host)
     client = RelayClient()
     async with trio.open_nursery() as nursery:
-        configuration = client_configuration(ca=ca, server_name=server_name or host)
         client._link = endpoint.connect((host, port), configuration, client)
-        with trio.fail_after(connect_timeout):
+        with trio.move_on_after(connect_timeout):
             await client._handshake.wait()
         if client._closed is not None:
+            if not client._opened:
+                raise HandshakeFailed(client._closed.code, client._closed.reason)
             raise client._closed
+        if not client._handshake.is_set():
+            client.close()
+            raise RelayUnreachable(host, port, connect_timeout)
         client._nursery = nursery
         nursery.start_soon(client._keepalive)
         try:

@@ -5,7 +5,13 @@ Three kinds of failure, each the fault of one party:
 * `RelayError`: the relay refused the request with an ERROR frame (QUEUE_FULL,
   MISMATCHED_DEVICES, AUTHENTICATION_FAILED, ...): a normal answer, often worth handling.
 * `ConnectionClosed`: the connection ended (the relay closed it, an idle timeout, a network
-  failure); nothing more can be asked on it.
+  failure); nothing more can be asked on it. Two kinds of it end a connection that never
+  opened: `RelayUnreachable` (no answer to the QUIC handshake in time: nothing listens at
+  the address, or packets are dropped) and `HandshakeFailed` (the handshake was refused,
+  often because the relay's certificate is not trusted: the CA file given is not the relay's,
+  or none was given for a self-signed relay).
+* `CertificateFileError`: the CA certificate file to trust is missing or holds no
+  certificate; raised before anything is sent.
 * `wire.errors.RemoteProtocolError`: the relay broke the protocol: garbage on a stream, an
   answer of the wrong kind (`expect_answer`), a stream ended or reset with requests
   unanswered. A client never trusts the relay's input, so this is an exception, never an
@@ -16,11 +22,20 @@ Three kinds of failure, each the fault of one party:
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TypeVar
 
 from wire.frames import Error, ErrorCode, Frame, RemoteProtocolError
 
-__all__ = ["ConnectionClosed", "RelayError", "expect_answer"]
+__all__ = ["CERTIFICATE_ALERTS", "CertificateFileError", "ConnectionClosed", "HandshakeFailed",
+           "RelayError", "RelayUnreachable", "expect_answer"]
+
+QUIC_CRYPTO_ERROR = 0x100
+"""QUIC closes a connection for a TLS alert with this code plus the alert's number (RFC 9001)."""
+
+CERTIFICATE_ALERTS = frozenset({42, 43, 44, 45, 46, 48})
+"""TLS alerts that refuse a certificate: bad, unsupported, revoked, expired, unknown, unknown
+CA (RFC 8446, section 6)."""
 
 _Answer = TypeVar("_Answer", bound=Frame)
 
@@ -42,6 +57,47 @@ class ConnectionClosed(Exception):
         super().__init__(f"connection closed ({_code_name(code)}): {reason}")
         self.code = code
         self.reason = reason
+
+
+class RelayUnreachable(ConnectionClosed):
+    """No answer to the QUIC handshake within ``seconds``: nothing listens at ``host:port``, a
+    firewall drops the packets, or the relay is overloaded. Nothing was sent."""
+
+    def __init__(self, host: str, port: int, seconds: float) -> None:
+        super().__init__(ErrorCode.NO_ERROR,
+                         f"no answer from {_address(host, port)} within {seconds:g} s")
+        self.host, self.port, self.seconds = host, port, seconds
+
+
+class HandshakeFailed(ConnectionClosed):
+    """The connection closed before its QUIC handshake completed; nothing was sent.
+
+    ``tls_alert`` is the TLS alert that refused it, if any; ``certificate_refused`` says the
+    alert refused the relay's certificate (it is not signed by the CA file given, or, without
+    one, by a CA the system trusts: a relay's self-signed certificate is not).
+    """
+
+    @property
+    def tls_alert(self) -> int | None:
+        alert = self.code - QUIC_CRYPTO_ERROR
+        return alert if 0 <= alert <= 0xFF else None
+
+    @property
+    def certificate_refused(self) -> bool:
+        return self.tls_alert in CERTIFICATE_ALERTS
+
+
+class CertificateFileError(Exception):
+    """The CA certificate file cannot be used: ``missing`` (no such file), or unreadable, or
+    it holds no PEM certificate (``problem`` says which)."""
+
+    def __init__(self, path: Path, problem: str, *, missing: bool) -> None:
+        super().__init__(f"{problem}: {path}")
+        self.path, self.problem, self.missing = path, problem, missing
+
+
+def _address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _code_name(code: int) -> str:
