@@ -53,11 +53,14 @@ class IdentityChangedError(Exception):
     """A contact's keys changed: nothing was sent; compare safety numbers, then trust."""
 
     def __init__(self, phone: str, device_ids: Iterable[int], *, user_changed: bool) -> None:
-        what = ("the number now belongs to a new account" if user_changed
-                else f"new or changed identity keys on device(s) "
-                     f"{', '.join(map(str, sorted(device_ids)))}")
-        super().__init__(f"the safety number with {phone} changed ({what}); nothing was sent. "
-                         f"Compare 'cryptopass safety-number {phone}' with them, "
+        self.device_ids = tuple(sorted(device_ids))
+        self.user_changed = user_changed
+        # What changed, in words: a new account, or which devices' keys.
+        self.change = ("the number now belongs to a new account" if user_changed
+                       else f"new or changed identity keys on device(s) "
+                            f"{', '.join(map(str, self.device_ids))}")
+        super().__init__(f"the safety number with {phone} changed ({self.change}); nothing was "
+                         f"sent. Compare 'cryptopass safety-number {phone}' with them, "
                          f"then run 'cryptopass trust {phone}'")
         self.phone = phone
 
@@ -70,6 +73,7 @@ class UnknownContactError(Exception):
 class SendReceipt:
     """What `Messenger.send_text` addressed."""
 
+    message_id: int  #: the client_message_id of the SEND to the recipient (PROTOCOL.md)
     recipient_devices: tuple[int, ...]  #: the recipient's devices that got the message
     own_devices: tuple[int, ...]  #: this user's other devices that got a copy
     mismatch_retries: int  #: SENDs repeated after MISMATCHED_DEVICES
@@ -141,15 +145,26 @@ class Messenger:
 
     @classmethod
     @asynccontextmanager
-    async def connect(cls, profile: Profile, *,
-                      endpoint: QuicEndpoint | None = None) -> AsyncIterator[Messenger]:
+    async def connect(cls, profile: Profile, *, endpoint: QuicEndpoint | None = None,
+                      reached: trio.Event | None = None) -> AsyncIterator[Messenger]:
         """Connect and authenticate as the profile's device, publish missing prekeys, and
-        keep refilling them while connected."""
+        keep refilling them while connected.
+
+        Args:
+            reached: set once the relay completed the QUIC handshake, before authentication:
+                a caller that gives up first can tell an unreachable relay from a slow one.
+
+        Raises:
+            ProfileError: the profile is not enrolled, or its state is damaged.
+            RelayUnreachable, HandshakeFailed, CertificateFileError: see `connect_relay`.
+        """
         user_id, device_id, relay, ca = profile.require_enrolled()
         host, port = parse_host_port(relay)
         device, contacts = _load_state(profile)
         async with connect_relay(host, port, ca=Path(ca) if ca else None,
                                  endpoint=endpoint) as client:
+            if reached is not None:
+                reached.set()
             await client.authenticate(user_id, device_id, profile.signing_key())
             async with cls.attach(client, profile, device, contacts) as messenger:
                 yield messenger
@@ -285,20 +300,21 @@ class Messenger:
         content = encode_content(sender_phone=self.phone, recipient_phone=phone, text=text,
                                  sent_at=datetime.datetime.now(datetime.UTC))
         contact = await self.contact(phone)
+        message_id = secrets.randbelow(MAX_CLIENT_MESSAGE_ID)
         recipient_devices, retries = await self._deliver(
-            contact, content, contact.devices or None)
+            contact, content, contact.devices or None, message_id)
         own_devices: tuple[int, ...] = ()
         own = self.contacts[self.phone]
         if contact is not own and self._own_other_devices:
-            own_devices, own_retries = await self._deliver(own, content,
-                                                           set(self._own_other_devices))
+            own_devices, own_retries = await self._deliver(
+                own, content, set(self._own_other_devices),
+                secrets.randbelow(MAX_CLIENT_MESSAGE_ID))
             retries += own_retries
-        return SendReceipt(recipient_devices=recipient_devices, own_devices=own_devices,
-                           mismatch_retries=retries)
+        return SendReceipt(message_id=message_id, recipient_devices=recipient_devices,
+                           own_devices=own_devices, mismatch_retries=retries)
 
-    async def _deliver(self, contact: Contact, content: bytes,
-                       device_ids: set[int] | None) -> tuple[tuple[int, ...], int]:
-        message_id = secrets.randbelow(MAX_CLIENT_MESSAGE_ID)
+    async def _deliver(self, contact: Contact, content: bytes, device_ids: set[int] | None,
+                       message_id: int) -> tuple[tuple[int, ...], int]:
         own = contact.user_id == self.user_id
         retries = 0
         while True:

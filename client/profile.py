@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -68,7 +69,7 @@ class Profile:
                 raise ProfileError(f"{path} is damaged (expected a 32-byte key)")
             return SigningKey(seed)
         if not create:
-            raise ProfileError(f"no identity key in {self.directory}; run 'cryptopass enrol'")
+            raise ProfileError(f"no identity key in {self.directory}: {self._not_enrolled_hint()}")
         key = SigningKey.generate()
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         _write_private(path, bytes(key))
@@ -78,9 +79,24 @@ class Profile:
         """(user_id, device_id, relay, ca) or a ProfileError saying what to run."""
         data = self.data
         if data.user_id is None or data.device_id is None or data.relay is None:
-            raise ProfileError(f"{self.directory} is not enrolled; run 'cryptopass enrol' "
-                               "then 'cryptopass verify'")
+            raise ProfileError(f"the profile {self.directory} is not enrolled: "
+                               f"{self._not_enrolled_hint()}")
         return data.user_id, data.device_id, data.relay, data.ca
+
+    def _not_enrolled_hint(self) -> str:
+        """What to run, with this profile's directory, to enrol it (or finish enrolling)."""
+
+        def command(*words: str) -> str:
+            return shlex.join(["cryptopass", "--profile", str(self.directory), *words])
+
+        data = self.data
+        if data.phone is not None and data.relay is not None:
+            enrol = ["enrol", data.phone, "--relay", data.relay,
+                     *(["--ca", data.ca] if data.ca else [])]
+            return (f"finish enrolling {data.phone} with `{command('verify', 'CODE')}` (the "
+                    f"code sent by SMS), or start again with `{command(*enrol)}`")
+        return (f"run `{command('enrol', '+NUMBER', '--relay', 'HOST:PORT', '--ca', 'CERT')}`, "
+                f"then `{command('verify', 'CODE')}`")
 
     def device_state(self) -> bytes | None:
         """The saved end-to-end state, or None before the first `save_device_state`."""
