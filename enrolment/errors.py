@@ -7,6 +7,7 @@ shown to the person who caused it. ``InvalidRequest`` (and its subclass
 
 from __future__ import annotations
 
+from enrolment.codes import CODE_TTL_MS, MAX_CHECKS_PER_CODE
 from storage.records import OrganisationState
 from wire import phone
 
@@ -48,11 +49,17 @@ class VerificationFailed(EnrolmentError):
     """The code is wrong, expired, exhausted, already used or the number is unknown.
 
     Deliberately one error for all of these: telling them apart would let a
-    caller learn which numbers are declared.
+    caller learn which numbers are declared. So the one message says what to do in
+    every case: a code with no checks left (or expired) never works again, whatever
+    is typed, and only a new code helps.
     """
 
     def __init__(self) -> None:
-        super().__init__("the verification code is wrong or no longer valid")
+        super().__init__(
+            f"the verification code is wrong, expired or has no attempts left (a code "
+            f"allows {MAX_CHECKS_PER_CODE} attempts within {CODE_TTL_MS // 60_000} "
+            f"minutes); once none are left, request a new code"
+        )
 
 
 class TooManyDevices(EnrolmentError):
