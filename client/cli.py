@@ -3,28 +3,46 @@
 Every message is end-to-end encrypted by `client.messenger` (PQXDH + Double Ratchet,
 docs/CRYPTO.md) for every device of the recipient and the sender's own other devices;
 the relay only sees ciphertext. Identity changes are warned about on stderr and block
-sending until ``cryptopass trust PHONE``.
+sending until ``cryptopass --profile P trust PHONE``.
+
+Failures: every expected one (a mistyped number or address, a missing certificate, a profile
+not enrolled, a relay that cannot be reached or refuses) prints one line on stderr,
+``error: WHAT (HINT)``, and exits with status 1. `main` is the one place that turns exceptions
+into those lines (`_explain`); tracebacks and library logs appear only with ``--debug``.
 """
 
 from __future__ import annotations
 
 import datetime
 import json
+import logging
+import shlex
 import sys
+import traceback
 from collections.abc import Awaitable, Callable
 from contextlib import aclosing
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
 import trio
 import typer
 
-from client.connection import ConnectionClosed, RelayError, connect_relay
+from client.connection import (
+    CertificateFileError,
+    ConnectionClosed,
+    HandshakeFailed,
+    RelayError,
+    RelayUnreachable,
+    check_ca_file,
+    connect_relay,
+)
 from client.message_content import MAX_TEXT_BYTES
 from client.messenger import (
     IdentityChangedError,
     Messenger,
     ReceivedMessage,
+    SendReceipt,
     UnknownContactError,
     create_device_state,
 )
@@ -34,21 +52,73 @@ from crypto.primitives import CryptoError
 from crypto.safety_number import format_safety_number
 from transport.addresses import parse_host_port
 from wire.errors import RemoteProtocolError
+from wire.frames import ErrorCode
 from wire.phone import InvalidPhoneNumber, parse_phone
 
-__all__ = ["app", "main", "message_line"]
+__all__ = ["app", "main", "message_line", "send_line"]
 
-app = typer.Typer(help="Cryptopass reference client.", no_args_is_help=True,
-                  pretty_exceptions_enable=False)
+DEFAULT_PROFILE = Path("cryptopass-profile")
+DEFAULT_RELAY = "127.0.0.1:4433"
+EXAMPLE_PHONE = "+33612345678"
+EXAMPLE_CA = "cryptopass-data/tls/cert.pem"
+"""Where `scripts/run-relay` and ``cryptopass-relay serve`` keep the relay's certificate."""
+PHONE_HINT = f"use the international form, e.g. {EXAMPLE_PHONE}"
 
-_state: dict[str, Path] = {}
+app = typer.Typer(help="Cryptopass reference client: end-to-end encrypted messages through a "
+                       "relay.", no_args_is_help=True, pretty_exceptions_enable=False)
+
+
+@dataclass
+class _Invocation:
+    """What this run of the command knows, for the hints of its error messages."""
+
+    profile: Path = DEFAULT_PROFILE
+    debug: bool = False
+    relay: str | None = None  #: the relay address the command contacts
+    ca: Path | None = None  #: the CA file it trusts for it
+    ca_from_option: bool = False  #: ``ca`` came from ``--ca`` (enrol), not from the profile
+    phone: str | None = None  #: this device's number, once known
+
+
+_invocation = _Invocation()
 
 
 @app.callback()
-def _options(profile: Annotated[Path, typer.Option(
-        help="Profile directory holding this device's keys and settings.")] = Path(
-        "cryptopass-profile")) -> None:
-    _state["profile"] = profile
+def _options(
+        profile: Annotated[Path, typer.Option(
+            help="Profile directory: this device's keys, enrolment and contacts.",
+            show_default=True)] = DEFAULT_PROFILE,
+        debug: Annotated[bool, typer.Option(
+            "--debug", help="On failure, show the Python traceback and library logs.",
+            show_default=False)] = False) -> None:
+    _invocation.profile, _invocation.debug = profile, debug
+    if debug:
+        logging.basicConfig(level=logging.DEBUG,
+                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    else:
+        # Libraries' warnings (aioquic logs a refused handshake) would otherwise reach stderr
+        # through logging's last-resort handler, beside our own one-line message.
+        logging.getLogger().addHandler(logging.NullHandler())
+
+
+# -- how failures are told -----------------------------------------------------------------
+
+
+def _command(*words: str) -> str:
+    """A command line to paste: ``cryptopass --profile P WORDS...`` (quoted for a shell)."""
+    return shlex.join(["cryptopass", "--profile", str(_invocation.profile), *words])
+
+
+def _enrol_command(*, new_ca: bool = False) -> str:
+    """The ``enrol`` command that starts this profile's enrolment again, as far as known;
+    with ``new_ca``, ``--ca CERT`` for the user to fill in."""
+    words = ["enrol", _invocation.phone or "+NUMBER",
+             "--relay", _invocation.relay or "HOST:PORT"]
+    if new_ca or _invocation.relay is None:
+        words += ["--ca", "CERT"]
+    elif _invocation.ca is not None:
+        words += ["--ca", str(_invocation.ca)]
+    return _command(*words)
 
 
 def _fail(message: str) -> NoReturn:
@@ -63,27 +133,134 @@ def _sole_exception(error: BaseException) -> BaseException:
     return error
 
 
+def _explain(error: BaseException) -> str | None:
+    """The one line telling the user what went wrong and what to do, or None if the error
+    is not one a user can cause (a bug: ``--debug`` shows where)."""
+    relay = _invocation.relay or "HOST:PORT"
+    at = f"the relay at {_invocation.relay}" if _invocation.relay else "the relay"
+    match error:
+        case ProfileError() | UnknownContactError() | MissingPrekeysError():
+            return str(error)
+        case InvalidPhoneNumber():
+            return f"{error} ({PHONE_HINT})"
+        case IdentityChangedError():
+            return (f"the safety number with {error.phone} changed ({error.change}); nothing "
+                    f"was sent. Compare `{_command('safety-number', error.phone)}` with them, "
+                    f"then run `{_command('trust', error.phone)}`")
+        case CertificateFileError():
+            where = ("pass the relay's certificate with --ca" if _invocation.ca_from_option
+                     else f"this profile's relay certificate: enrol again with the "
+                          f"relay's certificate: `{_enrol_command(new_ca=True)}`")
+            return f"{error.problem}: {error.path} ({where})"
+        case RelayUnreachable():
+            return (f"cannot reach the relay at {relay}: no answer within {error.seconds:g} s "
+                    f"(is it running, and is {relay} its address?)")
+        case HandshakeFailed() if error.certificate_refused:
+            return _certificate_refused(error)
+        case HandshakeFailed():
+            return f"{at} refused the connection: {error.reason or error}"
+        case RelayError() if error.code == ErrorCode.VERIFICATION_FAILED:
+            return (f"the relay refused: VERIFICATION_FAILED: {error.reason}. For a new code, "
+                    f"run `{_enrol_command()}` again")
+        case RelayError() | ConnectionClosed() if error.code in (
+                ErrorCode.AUTHENTICATION_FAILED, ErrorCode.DEVICE_REVOKED):
+            return (f"the relay does not accept this device ({ErrorCode(error.code).name}: "
+                    f"{error.reason}): it was deleted, or enrolled at another relay; to enrol "
+                    f"it again, run `{_enrol_command()}`")
+        case RelayError():
+            return f"the relay refused: {error.code.name}: {error.reason}"
+        case RemoteProtocolError():
+            return f"the relay broke the protocol: {error}"
+        case ConnectionClosed():
+            return str(error)
+        case trio.TooSlowError():
+            return f"{at} did not answer in time"
+        case CryptoError():
+            return f"end-to-end encryption refused: {error}"
+        case OSError() if error.filename is not None:
+            return f"{error.strerror or error}: {error.filename}"
+        case OSError():
+            return f"network error: {error}"
+        case ValueError():
+            return str(error)
+    return None
+
+
+def _certificate_refused(error: HandshakeFailed) -> str:
+    problem = f"the relay's certificate is not trusted ({error.reason or 'refused'})"
+    if _invocation.ca is None and _invocation.ca_from_option:
+        return f"{problem}: pass the relay's certificate with --ca, e.g. --ca {EXAMPLE_CA}"
+    if _invocation.ca is None:
+        return (f"{problem}: this profile was enrolled without --ca; enrol again with the "
+                f"relay's certificate: `{_enrol_command(new_ca=True)}`")
+    return (f"{problem}: {_invocation.ca} is not the certificate of the relay at "
+            f"{_invocation.relay} (or the relay's certificate changed)")
+
+
+def _report(error: BaseException) -> NoReturn:
+    error = _sole_exception(error)
+    message = _explain(error)
+    if _invocation.debug:
+        traceback.print_exception(error)
+    elif message is None:
+        message = (f"unexpected {type(error).__name__}: {error} "
+                   "(run the command again with --debug, e.g. `cryptopass --debug ...`, "
+                   "to see where)")
+    if message is not None:
+        typer.echo(f"error: {message}", err=True)
+    sys.exit(1)
+
+
 def _run(work: Callable[[], Awaitable[None]]) -> None:
     try:
-        try:
-            trio.run(work)
-        except BaseExceptionGroup as group:
-            raise _sole_exception(group) from None
-    except (ProfileError, InvalidPhoneNumber, ValueError, UnknownContactError,
-            IdentityChangedError, MissingPrekeysError) as error:
-        _fail(str(error))
-    except CryptoError as error:
-        _fail(f"end-to-end encryption refused: {error}")
-    except RelayError as error:
-        _fail(f"the relay refused: {error.code.name}: {error.reason}")
-    except RemoteProtocolError as error:
-        _fail(f"the relay broke the protocol: {error}")
-    except ConnectionClosed as error:
-        _fail(str(error))
-    except trio.TooSlowError:
-        _fail("the relay did not answer in time")
-    except OSError as error:
-        _fail(f"network error: {error}")
+        trio.run(work)
+    except BaseExceptionGroup as group:
+        raise _sole_exception(group) from None
+
+
+# -- what the user types -------------------------------------------------------------------
+
+
+def _phone(text: str) -> str:
+    """``text`` as an E.164 number; a clear refusal naming what was typed otherwise."""
+    try:
+        return parse_phone(text)
+    except InvalidPhoneNumber as error:
+        if not text.strip().startswith("+"):
+            _fail(f"invalid phone number {text!r}: start with + and the country code, "
+                  f"e.g. {EXAMPLE_PHONE}")
+        _fail(f"invalid phone number {text!r}: {error} ({PHONE_HINT})")
+
+
+def _relay_address(text: str) -> tuple[str, int]:
+    try:
+        return parse_host_port(text)
+    except ValueError:
+        _fail(f"invalid relay address {text!r}: expected HOST:PORT with a port from 0 to "
+              f"65535, e.g. --relay {DEFAULT_RELAY}")
+
+
+def _profile() -> Profile:
+    """The profile, with what it says about its relay noted for the error messages."""
+    profile = Profile(_invocation.profile)
+    _invocation.relay = profile.data.relay
+    _invocation.ca = Path(profile.data.ca) if profile.data.ca else None
+    _invocation.phone = profile.data.phone
+    return profile
+
+
+def _enrolled_profile() -> Profile:
+    profile = _profile()
+    profile.require_enrolled()
+    return profile
+
+
+PhoneArgument = Annotated[str, typer.Argument(
+    metavar="PHONE", help=f"The contact's phone number in international form, e.g. "
+                          f"{EXAMPLE_PHONE}.", show_default=False)]
+
+
+# -- commands ------------------------------------------------------------------------------
 
 
 def message_line(message: ReceivedMessage) -> dict[str, Any]:
@@ -104,15 +281,36 @@ def message_line(message: ReceivedMessage) -> dict[str, Any]:
             "sent_at": content.sent_at, "identity_changed": message.identity_changed}
 
 
+def send_line(phone: str, receipt: SendReceipt) -> dict[str, Any]:
+    """The JSON line ``send`` prints once the relay stored the message: ``message_id`` is
+    the SEND's client_message_id, ``devices`` how many of the recipient's devices it was
+    encrypted for, ``copies`` how many of this user's other devices got a copy."""
+    return {"sent": bool(receipt.recipient_devices), "to": phone,
+            "message_id": receipt.message_id, "devices": len(receipt.recipient_devices),
+            "copies": len(receipt.own_devices)}
+
+
 @app.command()
-def enrol(phone: str,
-          relay: Annotated[str, typer.Option(help="Relay address HOST:PORT.")] = "127.0.0.1:4433",
+def enrol(phone: Annotated[str, typer.Argument(
+              metavar="PHONE", help=f"This device's phone number in international form, e.g. "
+                                    f"{EXAMPLE_PHONE}.", show_default=False)],
+          relay: Annotated[str, typer.Option(
+              help="Relay address, HOST:PORT.", show_default=True)] = DEFAULT_RELAY,
           ca: Annotated[Path | None, typer.Option(
-              help="CA certificate to trust for the relay (PEM).")] = None) -> None:
-    """Ask the relay to send an enrolment code by SMS to PHONE."""
-    profile = Profile(_state["profile"])
-    number = parse_phone(phone)
-    host, port = parse_host_port(relay)
+              help=f"The relay's TLS certificate (PEM), e.g. {EXAMPLE_CA}; needed unless "
+                   f"a public CA signed it.", show_default=False)] = None) -> None:
+    """Ask the relay to send an enrolment code by SMS to PHONE.
+
+    The relay answers the same whether or not an organisation declared the number, so only
+    the SMS tells. Complete with `verify CODE`.
+    """
+    profile = _profile()
+    number = _phone(phone)
+    host, port = _relay_address(relay)
+    _invocation.relay, _invocation.ca, _invocation.ca_from_option = relay, ca, True
+    _invocation.phone = number
+    if ca is not None:
+        check_ca_file(ca)
     key = profile.signing_key(create=True)
 
     async def work() -> None:
@@ -124,8 +322,8 @@ def enrol(phone: str,
         profile.save()
 
     _run(work)
-    typer.echo(f"A code was sent by SMS to {number}. "
-               f"Complete with: cryptopass --profile {_state['profile']} verify CODE")
+    typer.echo(f"If {number} is declared by an organisation, a code was sent to it by SMS. "
+               f"Complete with: {_command('verify', 'CODE')}")
     if sys.stdin.isatty():
         code = typer.prompt("SMS code (or press Enter to verify later)", default="",
                             show_default=False)
@@ -134,17 +332,20 @@ def enrol(phone: str,
 
 
 @app.command()
-def verify(code: str) -> None:
+def verify(code: Annotated[str, typer.Argument(
+        metavar="CODE", help="The 6-digit code received by SMS.", show_default=False)]) -> None:
     """Complete enrolment with the CODE received by SMS."""
-    profile = Profile(_state["profile"])
+    profile = _profile()
+    if profile.data.phone is None or profile.data.relay is None:
+        _fail(f"this profile has no enrolment in progress: run `{_enrol_command()}` first")
     key = profile.signing_key()
     _verify(profile, code, key.verify_key.encode())
 
 
 def _verify(profile: Profile, code: str, identity_key: bytes) -> None:
     if profile.data.phone is None or profile.data.relay is None:
-        _fail("run 'cryptopass enrol PHONE' first")
-    host, port = parse_host_port(profile.data.relay)
+        _fail(f"this profile has no enrolment in progress: run `{_enrol_command()}` first")
+    host, port = _relay_address(profile.data.relay)
     ca = Path(profile.data.ca) if profile.data.ca else None
     phone = profile.data.phone
 
@@ -166,44 +367,60 @@ def _verify(profile: Profile, code: str, identity_key: bytes) -> None:
 def _warn_identity_changed(message: ReceivedMessage, phone: str) -> None:
     typer.echo(f"warning: the safety number with {phone} changed (device "
                f"{message.sender.device_id} has a new identity key). Sending to {phone} is "
-               f"blocked until you compare 'cryptopass safety-number {phone}' with them and "
-               f"run 'cryptopass trust {phone}'.", err=True)
+               f"blocked until you compare `{_command('safety-number', phone)}` with them and "
+               f"run `{_command('trust', phone)}`.", err=True)
 
 
 @app.command()
-def send(phone: str, text: str) -> None:
-    """Send TEXT, end-to-end encrypted, to the user with PHONE (and copies to this user's
-    other devices); the relay stores it while they are offline."""
-    profile = Profile(_state["profile"])
-    profile.require_enrolled()
-    number = parse_phone(phone)
+def send(phone: PhoneArgument,
+         text: Annotated[str, typer.Argument(
+             metavar="TEXT", help=f"The message, at most {MAX_TEXT_BYTES} bytes of UTF-8.",
+             show_default=False)]) -> None:
+    """Send TEXT, end-to-end encrypted, to the user with PHONE.
+
+    Copies go to this user's other devices; the relay stores the message while they are
+    offline. Prints one JSON line once the relay stored it: {"sent": true, "to": PHONE,
+    "message_id": N, "devices": K, "copies": C}.
+    """
+    profile = _enrolled_profile()
+    number = _phone(phone)
     if len(text.encode()) > MAX_TEXT_BYTES:
         _fail(f"the text is longer than {MAX_TEXT_BYTES} bytes")
 
     async def work() -> None:
         async with Messenger.connect(profile) as messenger:
-            await messenger.send_text(number, text)
+            receipt = await messenger.send_text(number, text)
+        typer.echo(json.dumps(send_line(number, receipt), ensure_ascii=False))
 
     _run(work)
 
 
 @app.command()
 def receive(follow: Annotated[bool, typer.Option(
-                help="Keep waiting for live messages after the stored ones.")] = False,
+                help="Keep waiting for live messages after the stored ones.",
+                show_default=True)] = False,
             count: Annotated[int | None, typer.Option(
-                help="Exit after this many messages.", min=1)] = None,
+                help="Exit after this many messages (default: no limit).", min=1,
+                show_default=False)] = None,
             timeout: Annotated[float | None, typer.Option(
-                help="Exit after this many seconds.", min=0)] = None) -> None:
-    """Decrypt received messages and print them as JSON lines, acknowledging each once
-    printed; warn on stderr when a contact's identity key changed."""
-    profile = Profile(_state["profile"])
-    profile.require_enrolled()
+                help="Exit after this many seconds (default: no limit); a relay that has "
+                     "not answered by then is an error.", min=0, show_default=False)] = None,
+            ) -> None:
+    """Decrypt received messages and print them as JSON lines.
+
+    Each message is acknowledged once printed; a warning goes to stderr when a contact's
+    identity key changed.
+    """
+    profile = _enrolled_profile()
 
     async def work() -> None:
         received = 0
-        with trio.move_on_after(timeout if timeout is not None else float("inf")):
-            async with Messenger.connect(profile) as messenger, aclosing(
+        reached = trio.Event()
+        ready = False
+        with trio.move_on_after(timeout if timeout is not None else float("inf")) as waiting:
+            async with Messenger.connect(profile, reached=reached) as messenger, aclosing(
                     messenger.messages(stop_when_empty=not follow)) as messages:
+                ready = True
                 async for message in messages:
                     line = message_line(message)
                     typer.echo(json.dumps(line, ensure_ascii=False))
@@ -213,15 +430,20 @@ def receive(follow: Annotated[bool, typer.Option(
                     received += 1
                     if count is not None and received >= count:
                         break
+        if waiting.cancelled_caught and not ready and timeout is not None:
+            if not reached.is_set():  # an empty inbox must not look like a relay that is down
+                host, port = parse_host_port(profile.data.relay or "")
+                raise RelayUnreachable(host, port, timeout)
+            raise trio.TooSlowError
 
     _run(work)
 
 
 @app.command("safety-number")
-def safety_number_command(phone: str) -> None:
+def safety_number_command(phone: PhoneArgument) -> None:
     """Print the safety number with PHONE: compare it with theirs (the same 60 digits)."""
-    profile = Profile(_state["profile"])
-    number = parse_phone(phone)
+    profile = _enrolled_profile()
+    number = _phone(phone)
 
     async def work() -> None:
         async with Messenger.connect(profile) as messenger:
@@ -230,19 +452,20 @@ def safety_number_command(phone: str) -> None:
         typer.echo(format_safety_number(digits))
         if contact.changed:
             typer.echo(f"warning: the keys of {number} changed since you last accepted them; "
-                       f"if these digits match theirs, run 'cryptopass trust {number}'",
-                       err=True)
+                       f"if these digits match theirs, run "
+                       f"`{_command('trust', number, '--safety-number', digits)}`", err=True)
 
     _run(work)
 
 
 @app.command()
-def trust(phone: str,
+def trust(phone: PhoneArgument,
           safety_number: Annotated[str | None, typer.Option(
-              help="Trust only if the safety number is exactly these digits.")] = None) -> None:
+              help="Trust only if the safety number is exactly these digits.",
+              show_default=False)] = None) -> None:
     """Accept PHONE's current identity keys after comparing safety numbers."""
-    profile = Profile(_state["profile"])
-    number = parse_phone(phone)
+    profile = _enrolled_profile()
+    number = _phone(phone)
 
     async def work() -> None:
         async with Messenger.connect(profile) as messenger:
@@ -254,8 +477,8 @@ def trust(phone: str,
 
 @app.command()
 def devices() -> None:
-    """List this user's devices (the one in use is marked)."""
-    profile = Profile(_state["profile"])
+    """List this user's devices as JSON lines (the one in use is marked)."""
+    profile = _enrolled_profile()
 
     async def work() -> None:
         async with Messenger.connect(profile) as messenger:
@@ -278,4 +501,8 @@ def devices() -> None:
 
 
 def main() -> None:
-    app()
+    """The ``cryptopass`` entry point: the one place where exceptions become messages."""
+    try:
+        app()
+    except Exception as error:  # the edge: every failure becomes one line
+        _report(error)

@@ -4,7 +4,9 @@ every command restarts the client from its profile) against a real relay subproc
 from __future__ import annotations
 
 import json
+import re
 import secrets
+import shlex
 from pathlib import Path
 
 import trio
@@ -118,7 +120,10 @@ async def test_new_identity_key_blocks_sending_until_trusted(tmp_path: Path) -> 
         await cli.enrol("B2", BOB)  # Bob re-enrols on a new phone: a new identity key.
         error = await cli.refused("--profile", cli.profile("A"), "send", BOB, "refused")
         assert f"the safety number with {BOB} changed" in error
-        assert "cryptopass trust" in error
+        # The commands it names are ready to paste: they say which profile.
+        assert f"`cryptopass --profile {cli.profile('A')} trust {BOB}`" in error
+        assert f"`cryptopass --profile {cli.profile('A')} safety-number {BOB}`" in error
+        assert len(error.splitlines()) == 1 and "Traceback" not in error
         assert await cli.receive("B") == []  # nothing was sent, to any device
 
         # B2 writes first: A reads it, with a warning, and still refuses to send.
@@ -130,17 +135,25 @@ async def test_new_identity_key_blocks_sending_until_trusted(tmp_path: Path) -> 
         [line] = [json.loads(text) for text in result.stdout.decode().splitlines()]
         assert (line["text"], line["identity_changed"]) == ("from the new phone", True)
         assert f"warning: the safety number with {BOB} changed" in result.stderr.decode()
+        assert f"`cryptopass --profile {cli.profile('A')} trust {BOB}`" in result.stderr.decode()
         await cli.refused("--profile", cli.profile("A"), "send", BOB, "still refused")
 
         theirs = await run("cryptopass", "--profile", cli.profile("B2"), "safety-number",
                            ALICE)
-        mine = await run("cryptopass", "--profile", cli.profile("A"), "safety-number", BOB)
+        with trio.fail_after(60):
+            shown = await trio.run_process(
+                [str(BIN / "cryptopass"), "--profile", cli.profile("A"), "safety-number", BOB],
+                capture_stdout=True, capture_stderr=True, check=True)
+        mine = shown.stdout.decode()
         assert mine == theirs
         wrong = "1" * 60
         await cli.refused("--profile", cli.profile("A"), "trust", BOB, "--safety-number",
                           wrong)
-        await run("cryptopass", "--profile", cli.profile("A"), "trust", BOB,
-                  "--safety-number", mine.strip())
+        # The warning names the trust command to paste, pinned to the digits just shown.
+        [pasted] = re.findall(r"`(cryptopass [^`]*)`", shown.stderr.decode())
+        assert pasted == shlex.join(["cryptopass", "--profile", cli.profile("A"), "trust", BOB,
+                                     "--safety-number", mine.replace(" ", "").strip()])
+        await run(*shlex.split(pasted))
         await cli.send("A", BOB, "after trust")
         # B also holds the copy of what its other device B2 sent.
         assert [entry["text"] for entry in await cli.receive("B")] == [

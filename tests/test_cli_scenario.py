@@ -85,7 +85,10 @@ async def test_readme_scenario_survives_sigkill(tmp_path: Path) -> None:
             await run("cryptopass", "--profile", profile, "verify",
                       last_code(data / "sms-outbox.jsonl", phone))
         assert (Path(profile_a) / "identity.key").stat().st_mode & 0o777 == 0o600
-        await run("cryptopass", "--profile", profile_a, "send", BOB, "hello")
+        sent = json.loads(await run("cryptopass", "--profile", profile_a, "send", BOB, "hello"))
+        assert sent == {"sent": True, "to": BOB, "message_id": sent["message_id"],
+                        "devices": 1, "copies": 0}
+        assert isinstance(sent["message_id"], int)
         relay.process.send_signal(signal.SIGKILL)
         await relay.process.wait()
 
