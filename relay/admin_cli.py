@@ -1,35 +1,31 @@
 """``cryptopass-relay admin`` commands for console accounts and API tokens.
 
+Accounts are made through ``enrolment.web.service.AdminService`` as its ``CLI_CALLER`` (an
+operator, audited as ``cli`` from ``local``), under the same rules and with the same audit
+entries as the admin API.
+
 ``admin operator create --email E`` and ``admin org admin-add --org NAME --email E`` print a
-one-time password (shown once, stored only as its Argon2id hash; the administrator changes it
-on the console's Account page). ``admin token create --org NAME`` prints an API token for that
+one-time password (shown once, stored only as its Argon2id hash): it opens one console session,
+which may do nothing but choose the account's own password. ``admin account reset-password
+--email E`` prints a new one. ``admin token create --org NAME`` prints an API token for that
 organisation (stored only as its SHA-256).
 """
 
 from __future__ import annotations
 
 import json
-import re
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Annotated, Any, Protocol, TypeVar
+from typing import Annotated, Any
 
 import typer
 
-from enrolment.errors import InvalidRequest
-from enrolment.web.auth import hash_password, new_api_token, new_one_time_password, secret_hash
-from storage.admin_records import AccountRole
-from storage.base import AccountStore, AuditLog, Directory, NotFound
+from enrolment.web.auth import new_api_token, secret_hash
+from enrolment.web.service import CLI_CALLER, AdminService, AdminServiceStore
+from storage.base import NotFound
 
-__all__ = ["MAX_EMAIL_CHARS", "AccountCommandsStore", "normalised_email",
-           "register_account_commands"]
-
-T = TypeVar("T")
-
-MAX_EMAIL_CHARS = 254
-"""RFC 5321's limit on a forward path."""
-_EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
+__all__ = ["CliCloser", "cli_service", "register_account_commands"]
 
 DataDirOption = Annotated[Path | None, typer.Option("--data-dir", help="Relay data directory.")]
 JsonOption = Annotated[bool | None, typer.Option("--json", help="Print JSON.")]
@@ -37,21 +33,34 @@ WithStore = Callable[[Path, Callable[[Any], Awaitable[Any]]], Any]
 Options = Callable[[Path | None, bool | None], tuple[Path, bool]]
 
 
-class AccountCommandsStore(AccountStore, AuditLog, Directory, Protocol):
-    """What these commands need of the store: accounts and tokens, the audit log, and the
-    organisation they concern."""
+class CliCloser:
+    """What the service asks to close, collected: the command then tells a relay running on
+    the data directory through its control socket (``relay.control``), which closes every
+    connection of each user at once."""
 
+    def __init__(self) -> None:
+        self.user_ids: list[str] = []
 
-def normalised_email(text: str) -> str:
-    """Lowercased, trimmed email; raises InvalidRequest if it cannot be one."""
-    email = text.strip().lower()
-    if len(email) > MAX_EMAIL_CHARS or _EMAIL.fullmatch(email) is None:
-        raise InvalidRequest("this is not an email address")
-    return email
+    def user_deleted(self, user_id: str) -> int:
+        self.user_ids.append(user_id)
+        return 0
+
+    def device_revoked(self, user_id: str, device_id: int) -> int:
+        self.user_ids.append(user_id)
+        return 0
+
+    def organisation_suspended(self, user_id: str) -> int:
+        self.user_ids.append(user_id)
+        return 0
 
 
 def _now_ms() -> int:
     return time.time_ns() // 1_000_000
+
+
+def cli_service(store: AdminServiceStore, closer: CliCloser | None = None) -> AdminService:
+    """The administration service over the CLI's store, on the wall clock."""
+    return AdminService(store, closer or CliCloser(), now_ms=_now_ms)
 
 
 def register_account_commands(admin_app: typer.Typer, org_app: typer.Typer, *,
@@ -59,33 +68,28 @@ def register_account_commands(admin_app: typer.Typer, org_app: typer.Typer, *,
     """Add the account and token commands to the ``admin`` command group."""
     operator_app = typer.Typer(help="Operator accounts (every organisation).",
                                no_args_is_help=True)
+    account_app = typer.Typer(help="Console accounts of operators and administrators.",
+                              no_args_is_help=True)
     token_app = typer.Typer(help="API tokens of an organisation.", no_args_is_help=True)
     admin_app.add_typer(operator_app, name="operator")
+    admin_app.add_typer(account_app, name="account")
     admin_app.add_typer(token_app, name="token")
 
-    def create_account(directory: Path, email_text: str, role: AccountRole,
-                       organisation: str | None) -> tuple[str, str]:
-        async def work(store: AccountCommandsStore) -> tuple[str, str]:
-            email = normalised_email(email_text)
-            password = new_one_time_password()
-            await store.create_account(email=email, role=role, organisation=organisation,
-                                       password_hash=hash_password(password), now=_now_ms())
-            if organisation is not None:
-                found = await store.get_organisation(organisation)
-                assert found is not None
-                await store.append_audit(organisation_id=found.organisation_id, actor="cli",
-                                         action="account.create", subject=email,
-                                         address="local", now=_now_ms())
-            return email, password
+    def create_account(directory: Path, email: str, organisation: str | None) -> tuple[str, str]:
+        async def work(store: AdminServiceStore) -> tuple[str, str]:
+            account, password = await cli_service(store).create_account(
+                CLI_CALLER, email, organisation=organisation)
+            return account.email, password
         result: tuple[str, str] = with_store(directory, work)
         return result
 
-    def print_password(email: str, password: str, as_json: bool) -> None:
+    def print_password(email: str, password: str, as_json: bool, *, created: bool) -> None:
         if as_json:
             typer.echo(json.dumps({"email": email, "one_time_password": password}))
         else:
-            typer.echo(f"Account {email} created. One-time password (shown once; change it "
-                       f"on the console's Account page): {password}")
+            typer.echo(f"Account {email} {'created' if created else 'reset'}. One-time password "
+                       f"(shown once; it logs in once, and that session must choose a new "
+                       f"password on the console's Account page): {password}")
 
     @operator_app.command("create")
     def operator_create(email: Annotated[str, typer.Option(help="Login email.")],
@@ -93,7 +97,7 @@ def register_account_commands(admin_app: typer.Typer, org_app: typer.Typer, *,
                         json_output: JsonOption = None) -> None:
         """Create an operator account (all organisations); prints a one-time password."""
         directory, as_json = options(data_dir, json_output)
-        print_password(*create_account(directory, email, AccountRole.OPERATOR, None), as_json)
+        print_password(*create_account(directory, email, None), as_json, created=True)
 
     @org_app.command("admin-add")
     def org_admin_add(org: Annotated[str, typer.Option(help="Organisation name.")],
@@ -102,8 +106,22 @@ def register_account_commands(admin_app: typer.Typer, org_app: typer.Typer, *,
                       json_output: JsonOption = None) -> None:
         """Create an administrator of --org; prints a one-time password."""
         directory, as_json = options(data_dir, json_output)
-        print_password(*create_account(directory, email, AccountRole.ORGANISATION_ADMIN, org),
-                       as_json)
+        print_password(*create_account(directory, email, org), as_json, created=True)
+
+    @account_app.command("reset-password")
+    def account_reset_password(email: Annotated[str, typer.Option(help="Login email.")],
+                               data_dir: DataDirOption = None,
+                               json_output: JsonOption = None) -> None:
+        """Give the account a new one-time password and end its sessions (a lost password,
+        or a one-time password used without choosing a new one)."""
+        directory, as_json = options(data_dir, json_output)
+
+        async def work(store: AdminServiceStore) -> tuple[str, str]:
+            account, password = await cli_service(store).reset_password(CLI_CALLER, email)
+            return account.email, password
+
+        reset: tuple[str, str] = with_store(directory, work)
+        print_password(*reset, as_json, created=False)
 
     _register_token_commands(token_app, with_store=with_store, options=options)
 
@@ -117,7 +135,7 @@ def _register_token_commands(token_app: typer.Typer, *, with_store: WithStore,
         """Create an API token for --org's admin API; prints it once."""
         directory, as_json = options(data_dir, json_output)
 
-        async def work(store: AccountCommandsStore) -> tuple[int, str]:
+        async def work(store: AdminServiceStore) -> tuple[int, str]:
             token = new_api_token()
             found = await store.get_organisation(org)
             if found is None:
@@ -143,7 +161,7 @@ def _register_token_commands(token_app: typer.Typer, *, with_store: WithStore,
         """Revoke token TOKEN_ID of --org: it is refused from the next request on."""
         directory, as_json = options(data_dir, json_output)
 
-        async def work(store: AccountCommandsStore) -> int | None:
+        async def work(store: AdminServiceStore) -> int | None:
             revoked = await store.revoke_api_token(organisation=org, token_id=token_id,
                                                    now=_now_ms())
             await store.append_audit(organisation_id=revoked.organisation_id, actor="cli",

@@ -12,6 +12,7 @@ import enum
 from dataclasses import dataclass
 
 __all__ = [
+    "RELAY_WIDE_AUDIT",
     "Account",
     "AccountRole",
     "AdminSession",
@@ -19,6 +20,7 @@ __all__ = [
     "AuditEntry",
     "Licence",
     "LicenceOffer",
+    "PasswordState",
     "ReductionBelowDeclared",
     "SeatReduction",
 ]
@@ -27,6 +29,24 @@ __all__ = [
 class AccountRole(enum.Enum):
     OPERATOR = "operator"  # runs the relay: every organisation
     ORGANISATION_ADMIN = "organisation_admin"  # one organisation
+
+
+class PasswordState(enum.Enum):
+    """Whether an account's password may open sessions, and what those sessions may do."""
+
+    CHOSEN = "chosen"
+    """Chosen by the account holder: logs in as often as needed."""
+    ONE_TIME = "one_time"
+    """Printed once by the operator CLI and not used yet: opens one session, which may do
+    nothing but change the password."""
+    ONE_TIME_USED = "one_time_used"
+    """A one-time password that opened its session: refused at login; the session it opened
+    may still change it (and nothing else)."""
+
+
+RELAY_WIDE_AUDIT = 0
+"""The ``organisation_id`` of audit entries that concern no organisation (operator accounts):
+no organisation has it (ids start at 1)."""
 
 
 class LicenceOffer(enum.Enum):
@@ -47,6 +67,12 @@ class Account:
     """Argon2id hash in PHC string form."""
     created_at: int
     """Milliseconds since the epoch."""
+    password_state: PasswordState
+
+    @property
+    def must_change_password(self) -> bool:
+        """Whether its sessions may do nothing but change the password (a one-time one)."""
+        return self.password_state is not PasswordState.CHOSEN
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

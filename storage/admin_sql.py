@@ -23,6 +23,7 @@ from storage.admin_records import (
     AuditEntry,
     Licence,
     LicenceOffer,
+    PasswordState,
     ReductionBelowDeclared,
     SeatReduction,
 )
@@ -45,6 +46,7 @@ from storage.sql_dialect import Connection, Dialect
 
 __all__ = [
     "MAX_AUDIT_PAGE",
+    "ONE_TIME_PASSWORDS",
     "POSTGRES_ADMIN_TABLES",
     "SQLITE_ADMIN_TABLES",
     "BeforeDeviceDeleted",
@@ -187,7 +189,17 @@ POSTGRES_ADMIN_TABLES: tuple[str, ...] = (
     """,
 )
 
-_ACCOUNT_COLUMNS = "account_id, email, role, organisation_id, password_hash, created_at"
+# A later migration (both backends): whether the password is a one-time one the CLI printed,
+# and whether it opened its session. Accounts made before it keep the password they have.
+ONE_TIME_PASSWORDS: tuple[str, ...] = (
+    """
+    ALTER TABLE accounts ADD COLUMN password_state TEXT NOT NULL DEFAULT 'chosen'
+        CHECK (password_state IN ('chosen', 'one_time', 'one_time_used'))
+    """,
+)
+
+_ACCOUNT_COLUMNS = ("account_id, email, role, organisation_id, password_hash, created_at,"
+                    " password_state")
 _AUDIT_COLUMNS = "entry_id, organisation_id, actor, action, subject, address, at"
 _ORGANISATION_COLUMNS = "organisation_id, name, seats, state, created_at"
 _USER_COLUMNS = "user_id, organisation_id, phone, state, declared_at, enrolled_at"
@@ -198,10 +210,11 @@ MAX_AUDIT_PAGE = 500
 
 
 def _account(row: Sequence[Any]) -> Account:
-    account_id, email, role, organisation_id, password_hash, created_at = row
+    account_id, email, role, organisation_id, password_hash, created_at, password_state = row
     return Account(account_id=int(account_id), email=str(email), role=AccountRole(role),
                    organisation_id=None if organisation_id is None else int(organisation_id),
-                   password_hash=str(password_hash), created_at=int(created_at))
+                   password_hash=str(password_hash), created_at=int(created_at),
+                   password_state=PasswordState(password_state))
 
 
 def _audit(row: Sequence[Any]) -> AuditEntry:
@@ -222,7 +235,8 @@ def list_organisations(connection: Connection, dialect: Dialect) -> list[Organis
 
 
 def create_account(connection: Connection, dialect: Dialect, *, email: str, role: AccountRole,
-                   organisation: str | None, password_hash: str, now: int) -> Account:
+                   organisation: str | None, password_hash: str, password_is_one_time: bool,
+                   now: int) -> Account:
     """See ``Store.create_account``."""
     organisation_id = None
     if organisation is not None:
@@ -232,10 +246,11 @@ def create_account(connection: Connection, dialect: Dialect, *, email: str, role
     if connection.execute(dialect.sql("SELECT 1 FROM accounts WHERE email = ?"),
                           (email,)).fetchone() is not None:
         raise AlreadyExists("an account with this email already exists")
+    state = PasswordState.ONE_TIME if password_is_one_time else PasswordState.CHOSEN
     row = connection.execute(dialect.sql(
-        "INSERT INTO accounts (email, role, organisation_id, password_hash, created_at)"  # noqa: S608
-        f" VALUES (?, ?, ?, ?, ?) RETURNING {_ACCOUNT_COLUMNS}"),
-        (email, role.value, organisation_id, password_hash, now)).fetchone()
+        "INSERT INTO accounts (email, role, organisation_id, password_hash, created_at,"  # noqa: S608
+        f" password_state) VALUES (?, ?, ?, ?, ?, ?) RETURNING {_ACCOUNT_COLUMNS}"),
+        (email, role.value, organisation_id, password_hash, now, state.value)).fetchone()
     return _account(row)
 
 
@@ -246,11 +261,13 @@ def find_account(connection: Connection, dialect: Dialect, email: str) -> Accoun
 
 
 def set_account_password(connection: Connection, dialect: Dialect, *, account_id: int,
-                         password_hash: str, keep_session_hash: bytes | None) -> None:
+                         password_hash: str, keep_session_hash: bytes | None,
+                         password_is_one_time: bool = False) -> None:
     """See ``Store.set_account_password``."""
+    state = PasswordState.ONE_TIME if password_is_one_time else PasswordState.CHOSEN
     row = connection.execute(dialect.sql(
-        "UPDATE accounts SET password_hash = ? WHERE account_id = ? RETURNING account_id"),
-        (password_hash, account_id)).fetchone()
+        "UPDATE accounts SET password_hash = ?, password_state = ? WHERE account_id = ?"
+        " RETURNING account_id"), (password_hash, state.value, account_id)).fetchone()
     if row is None:
         raise NotFound("no such account")
     connection.execute(dialect.sql(
@@ -259,22 +276,31 @@ def set_account_password(connection: Connection, dialect: Dialect, *, account_id
 
 
 def create_admin_session(connection: Connection, dialect: Dialect, *, session_hash: bytes,
-                         account_id: int, csrf_token: str, now: int, expires_at: int) -> None:
+                         account_id: int, csrf_token: str, now: int, expires_at: int,
+                         spends_one_time_password: bool = False) -> bool:
     """See ``Store.create_admin_session``."""
     connection.execute(dialect.sql("DELETE FROM admin_sessions WHERE expires_at <= ?"), (now,))
     if connection.execute(dialect.sql("SELECT 1 FROM accounts WHERE account_id = ?"),
                           (account_id,)).fetchone() is None:
         raise NotFound("no such account")
+    # One statement decides, so that of two logins racing with the one-time password, one
+    # opens a session and the other changes nothing.
+    if spends_one_time_password and connection.execute(dialect.sql(
+            "UPDATE accounts SET password_state = ? WHERE account_id = ? AND password_state = ?"
+            " RETURNING account_id"), (PasswordState.ONE_TIME_USED.value, account_id,
+                                       PasswordState.ONE_TIME.value)).fetchone() is None:
+        return False
     connection.execute(dialect.sql(
         "INSERT INTO admin_sessions (session_hash, account_id, csrf_token, expires_at)"
         " VALUES (?, ?, ?, ?)"), (session_hash, account_id, csrf_token, expires_at))
+    return True
 
 
 def load_admin_session(connection: Connection, dialect: Dialect, *, session_hash: bytes,
                        now: int) -> AdminSession | None:
     row = connection.execute(dialect.sql(
         "SELECT s.csrf_token, s.expires_at, a.account_id, a.email, a.role, a.organisation_id,"
-        " a.password_hash, a.created_at FROM admin_sessions AS s"
+        " a.password_hash, a.created_at, a.password_state FROM admin_sessions AS s"
         " JOIN accounts AS a ON a.account_id = s.account_id"
         " WHERE s.session_hash = ? AND s.expires_at > ?"), (session_hash, now)).fetchone()
     if row is None:

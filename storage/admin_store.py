@@ -35,26 +35,30 @@ class AdminStoreMethods(BackendHooks):
             connection, self._dialect))
 
     async def create_account(self, *, email: str, role: AccountRole, organisation: str | None,
-                             password_hash: str, now: int) -> Account:
+                             password_hash: str, password_is_one_time: bool,
+                             now: int) -> Account:
         return await self._write(lambda connection: admin_sql.create_account(
             connection, self._dialect, email=email, role=role, organisation=organisation,
-            password_hash=password_hash, now=now))
+            password_hash=password_hash, password_is_one_time=password_is_one_time, now=now))
 
     async def find_account(self, email: str) -> Account | None:
         return await self._read(lambda connection: admin_sql.find_account(
             connection, self._dialect, email))
 
     async def set_account_password(self, *, account_id: int, password_hash: str,
-                                   keep_session_hash: bytes | None) -> None:
+                                   keep_session_hash: bytes | None,
+                                   password_is_one_time: bool = False) -> None:
         await self._write(lambda connection: admin_sql.set_account_password(
             connection, self._dialect, account_id=account_id, password_hash=password_hash,
-            keep_session_hash=keep_session_hash))
+            keep_session_hash=keep_session_hash, password_is_one_time=password_is_one_time))
 
     async def create_admin_session(self, *, session_hash: bytes, account_id: int,
-                                   csrf_token: str, now: int, expires_at: int) -> None:
-        await self._write(lambda connection: admin_sql.create_admin_session(
+                                   csrf_token: str, now: int, expires_at: int,
+                                   spends_one_time_password: bool = False) -> bool:
+        return await self._write(lambda connection: admin_sql.create_admin_session(
             connection, self._dialect, session_hash=session_hash, account_id=account_id,
-            csrf_token=csrf_token, now=now, expires_at=expires_at))
+            csrf_token=csrf_token, now=now, expires_at=expires_at,
+            spends_one_time_password=spends_one_time_password))
 
     async def load_admin_session(self, *, session_hash: bytes,
                                  now: int) -> AdminSession | None:

@@ -28,7 +28,7 @@ from typing import Any
 
 import psycopg
 
-from storage.admin_sql import POSTGRES_ADMIN_TABLES
+from storage.admin_sql import ONE_TIME_PASSWORDS, POSTGRES_ADMIN_TABLES
 from storage.enrolment_sql import POSTGRES_ENROLMENT_TABLES
 from storage.envelope_sql import POSTGRES_ENVELOPE_TABLES
 from storage.prekey_sql import POSTGRES_PREKEY_TABLES
@@ -82,8 +82,11 @@ _VERSION_4 = Migration(version=4, statements=POSTGRES_ADMIN_TABLES)
 # Rate limits shared by every node (storage.rate_limits).
 _VERSION_5 = Migration(version=5, statements=POSTGRES_RATE_LIMIT_TABLES)
 
+# Accounts: one-time passwords, single use, that must be changed (storage.admin_sql).
+_VERSION_6 = Migration(version=6, statements=ONE_TIME_PASSWORDS)
+
 MIGRATIONS: tuple[Migration, ...] = (_VERSION_1, _VERSION_2, _VERSION_3, _VERSION_4,
-                                     _VERSION_5)
+                                     _VERSION_5, _VERSION_6)
 """Every migration, oldest first; versions are consecutive from 1."""
 
 LATEST_SCHEMA_VERSION = MIGRATIONS[-1].version

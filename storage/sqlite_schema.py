@@ -11,7 +11,7 @@ from __future__ import annotations
 import sqlite3
 from dataclasses import dataclass
 
-from storage.admin_sql import SQLITE_ADMIN_TABLES
+from storage.admin_sql import ONE_TIME_PASSWORDS, SQLITE_ADMIN_TABLES
 from storage.enrolment_sql import SQLITE_ENROLMENT_TABLES
 from storage.envelope_sql import SQLITE_ENVELOPE_TABLES
 from storage.prekey_sql import SQLITE_PREKEY_TABLES
@@ -58,7 +58,10 @@ _VERSION_2 = Migration(version=2, statements=SQLITE_PREKEY_TABLES)
 # pending seat reductions, cross-organisation policy (storage.admin_sql).
 _VERSION_3 = Migration(version=3, statements=SQLITE_ADMIN_TABLES)
 
-MIGRATIONS: tuple[Migration, ...] = (_VERSION_1, _VERSION_2, _VERSION_3)
+# Accounts: one-time passwords, single use, that must be changed (storage.admin_sql).
+_VERSION_4 = Migration(version=4, statements=ONE_TIME_PASSWORDS)
+
+MIGRATIONS: tuple[Migration, ...] = (_VERSION_1, _VERSION_2, _VERSION_3, _VERSION_4)
 """Every migration, oldest first; versions are consecutive from 1."""
 
 LATEST_SCHEMA_VERSION = MIGRATIONS[-1].version

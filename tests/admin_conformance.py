@@ -11,8 +11,14 @@ import datetime
 import hashlib
 
 import pytest
+import trio
 
-from storage.admin_records import AccountRole, LicenceOffer, ReductionBelowDeclared
+from storage.admin_records import (
+    AccountRole,
+    LicenceOffer,
+    PasswordState,
+    ReductionBelowDeclared,
+)
 from storage.admin_sql import MAX_AUDIT_PAGE, terminated_pseudonym
 from storage.base import (
     AlreadyExists,
@@ -50,7 +56,8 @@ async def test_accounts_are_created_found_and_unique(store: Store) -> None:
     organisation = await _organisation(store)
     email = _fresh("admin") + "@example.org"
     admin = await store.create_account(email=email, role=AccountRole.ORGANISATION_ADMIN,
-                                       organisation=organisation, password_hash="$argon2id$x",
+                                       organisation=organisation, password_is_one_time=False,
+                                       password_hash="$argon2id$x",
                                        now=NOW)
     found = await store.get_organisation(organisation)
     assert found is not None
@@ -59,10 +66,10 @@ async def test_accounts_are_created_found_and_unique(store: Store) -> None:
     assert await store.find_account("nobody@example.org") is None
     with pytest.raises(AlreadyExists):
         await store.create_account(email=email, role=AccountRole.OPERATOR, organisation=None,
-                                   password_hash="h", now=NOW)
+                                   password_is_one_time=False, password_hash="h", now=NOW)
     operator = await store.create_account(email=_fresh("op") + "@example.org",
                                           role=AccountRole.OPERATOR, organisation=None,
-                                          password_hash="h", now=NOW)
+                                          password_is_one_time=False, password_hash="h", now=NOW)
     assert operator.organisation_id is None
 
 
@@ -71,20 +78,23 @@ async def test_an_account_role_must_fit_its_organisation(store: Store) -> None:
     email = _fresh("bad") + "@example.org"
     with pytest.raises(ValueError, match="operator"):
         await store.create_account(email=email, role=AccountRole.OPERATOR,
-                                   organisation=organisation, password_hash="h", now=NOW)
+                                   organisation=organisation, password_is_one_time=False,
+                                   password_hash="h", now=NOW)
     with pytest.raises(ValueError, match="operator"):
         await store.create_account(email=email, role=AccountRole.ORGANISATION_ADMIN,
-                                   organisation=None, password_hash="h", now=NOW)
+                                   organisation=None, password_is_one_time=False,
+                                   password_hash="h", now=NOW)
     with pytest.raises(NotFound):
         await store.create_account(email=email, role=AccountRole.ORGANISATION_ADMIN,
-                                   organisation="no-such-org", password_hash="h", now=NOW)
+                                   organisation="no-such-org", password_is_one_time=False,
+                                   password_hash="h", now=NOW)
     assert await store.find_account(email) is None
 
 
 async def test_sessions_expire_end_on_logout_and_on_password_change(store: Store) -> None:
     account = await store.create_account(email=_fresh("s") + "@example.org",
                                          role=AccountRole.OPERATOR, organisation=None,
-                                         password_hash="old", now=NOW)
+                                         password_is_one_time=False, password_hash="old", now=NOW)
     first, second, third = _hash(_fresh("a")), _hash(_fresh("b")), _hash(_fresh("c"))
     for session_hash in (first, second, third):
         await store.create_admin_session(session_hash=session_hash,
@@ -109,6 +119,62 @@ async def test_sessions_expire_end_on_logout_and_on_password_change(store: Store
     with pytest.raises(NotFound):
         await store.create_admin_session(session_hash=_hash("x"), account_id=10**9,
                                          csrf_token="c", now=NOW, expires_at=NOW + 1)
+
+
+async def test_a_one_time_password_opens_one_session_then_must_be_chosen(store: Store) -> None:
+    account = await store.create_account(email=_fresh("once") + "@example.org",
+                                         role=AccountRole.OPERATOR, organisation=None,
+                                         password_is_one_time=True, password_hash="otp", now=NOW)
+    assert account.password_state is PasswordState.ONE_TIME
+    assert account.must_change_password
+    first, second = _hash(_fresh("first")), _hash(_fresh("second"))
+    assert await store.create_admin_session(
+        session_hash=first, account_id=account.account_id, csrf_token="c", now=NOW,
+        expires_at=NOW + DAY_MS, spends_one_time_password=True)
+    loaded = await store.load_admin_session(session_hash=first, now=NOW)
+    assert loaded is not None
+    assert loaded.account.password_state is PasswordState.ONE_TIME_USED
+    assert loaded.account.must_change_password
+    # Spent: a second session is refused and nothing is created.
+    assert not await store.create_admin_session(
+        session_hash=second, account_id=account.account_id, csrf_token="c", now=NOW,
+        expires_at=NOW + DAY_MS, spends_one_time_password=True)
+    assert await store.load_admin_session(session_hash=second, now=NOW) is None
+    # The holder chooses a password: its session goes on, free.
+    await store.set_account_password(account_id=account.account_id, password_hash="mine",
+                                     keep_session_hash=first)
+    kept = await store.load_admin_session(session_hash=first, now=NOW)
+    assert kept is not None
+    assert (kept.account.password_state, kept.account.must_change_password) == (
+        PasswordState.CHOSEN, False)
+    assert not await store.create_admin_session(
+        session_hash=second, account_id=account.account_id, csrf_token="c", now=NOW,
+        expires_at=NOW + DAY_MS, spends_one_time_password=True)
+    # An operator issues a new one-time password: every session ends.
+    await store.set_account_password(account_id=account.account_id, password_hash="otp2",
+                                     keep_session_hash=None, password_is_one_time=True)
+    assert await store.load_admin_session(session_hash=first, now=NOW) is None
+    found = await store.find_account(account.email)
+    assert found is not None
+    assert (found.password_state, found.password_hash) == (PasswordState.ONE_TIME, "otp2")
+
+
+async def test_concurrent_logins_spend_a_one_time_password_once(store: Store) -> None:
+    account = await store.create_account(email=_fresh("race") + "@example.org",
+                                         role=AccountRole.OPERATOR, organisation=None,
+                                         password_is_one_time=True, password_hash="otp", now=NOW)
+    opened: list[bool] = []
+
+    async def log_in() -> None:
+        opened.append(await store.create_admin_session(
+            session_hash=_hash(_fresh("s")), account_id=account.account_id, csrf_token="c",
+            now=NOW, expires_at=NOW + DAY_MS, spends_one_time_password=True))
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            for _ in range(4):
+                nursery.start_soon(log_in)
+    assert sorted(opened) == [False, False, False, True]
 
 
 async def test_api_tokens_belong_to_one_organisation_and_can_be_revoked(store: Store) -> None:

@@ -65,11 +65,13 @@ async def make_accounts(store: Store) -> dict[str, str]:
     """Operator, one administrator per organisation; returns organisation -> API token."""
     password_hash = hash_password(PASSWORD)
     await store.create_account(email="operator@example.net", role=AccountRole.OPERATOR,
-                               organisation=None, password_hash=password_hash, now=FIXED_NOW)
+                               organisation=None, password_is_one_time=False,
+                               password_hash=password_hash, now=FIXED_NOW)
     tokens = {}
     for name in ("acme", "globex"):
         await store.create_account(email=f"admin@{name}.example",
                                    role=AccountRole.ORGANISATION_ADMIN, organisation=name,
+                                   password_is_one_time=False,
                                    password_hash=password_hash, now=FIXED_NOW)
         token = new_api_token()
         await store.create_api_token(organisation=name, token_hash=secret_hash(token),

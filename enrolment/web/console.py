@@ -3,7 +3,8 @@
 Forms post back and are answered with a redirect (so a reload never repeats an action) or,
 when refused, with the page and the reason. Every form carries the session's CSRF token; the
 login form, made before any session exists, carries a token that must equal a cookie set with
-it (double submit).
+it (double submit). A session opened with a one-time password is sent to the Account page
+from every other page until it has changed the password.
 """
 
 from __future__ import annotations
@@ -30,7 +31,14 @@ from enrolment.web.http import (
     read_body,
     translate_error,
 )
-from enrolment.web.service import AdminService, Forbidden, UserView, audit_json
+from enrolment.web.service import (
+    AdminService,
+    Forbidden,
+    OneTimePasswordUsed,
+    PasswordChangeRequired,
+    UserView,
+    audit_json,
+)
 from enrolment.web.templates import CSS, render
 from storage.admin_records import AccountRole
 from storage.base import Organisation, OrganisationState
@@ -79,9 +87,11 @@ class _Console:
     # -- plumbing ----------------------------------------------------------------------
 
     def page(self, handler: Callable[[Request, Authenticated], Awaitable[Response]], *,
-             form_limit: int = MAX_JSON_BODY_BYTES) -> Handler:
+             form_limit: int = MAX_JSON_BODY_BYTES, changing_password: bool = False) -> Handler:
         """Wrap a page: a session is required (else to the login page); forms are read,
-        CSRF-checked and handed over in ``request.state.form``; refusals shown on a page."""
+        CSRF-checked and handed over in ``request.state.form``; refusals shown on a page.
+        A session that must change its one-time password goes to the Account page, unless
+        ``changing_password`` (the pages it may use)."""
 
         async def endpoint(request: Request) -> Response:
             try:
@@ -91,11 +101,14 @@ class _Console:
                 request.state.form = form
                 try:
                     who = await authenticate(request, self.service,
-                                             form_csrf=form.get(CSRF_FIELD))
+                                             form_csrf=form.get(CSRF_FIELD),
+                                             changing_password=changing_password)
                 except ApiError as error:
                     if error.status == 401:
                         return _see_other("/login")
                     raise
+                except PasswordChangeRequired:
+                    return _see_other("/account")
                 if who.session is None:  # a bearer token is for the API, not the console
                     return _see_other("/login")
                 return await handler(request, who)
@@ -136,11 +149,16 @@ class _Console:
         if not self.limiter.allowed(keys, now):
             return _page("login", status=429, csrf=expected,
                          error="too many failed attempts: wait 15 minutes and try again")
-        opened = await self.service.log_in(email, password, lifetime_ms=SESSION_LIFETIME_MS)
+        try:
+            opened = await self.service.log_in(email, password,
+                                               lifetime_ms=SESSION_LIFETIME_MS)
+        except OneTimePasswordUsed as error:
+            self.limiter.failed(keys, now)
+            return _page("login", status=401, csrf=expected, error=str(error))
         if opened is None:
             self.limiter.failed(keys, now)
             return _page("login", status=401, csrf=expected, error="wrong email or password")
-        response = _see_other("/")
+        response = _see_other("/account" if opened.must_change_password else "/")
         _session_cookie(response, SESSION_COOKIE, opened.cookie, SESSION_LIFETIME_MS // 1000)
         response.delete_cookie(LOGIN_COOKIE, path="/", secure=True, httponly=True,
                                samesite="strict")
@@ -291,11 +309,14 @@ class _Console:
         form = request.state.form
         try:
             await self.service.change_password(who.session, current=form.get("current", ""),
-                                               new=form.get("new", ""))
+                                               new=form.get("new", ""),
+                                               address=client_address(request))
         except Forbidden as error:  # the current password is wrong
             return await self.account(request, who, status=403, error=str(error))
         except InvalidRequest as error:  # the new one is too short or too long
             return await self.account(request, who, status=422, error=str(error))
+        # Read the session again: a one-time password's session is now free.
+        who = await authenticate(request, self.service, form_csrf=form.get(CSRF_FIELD))
         return await self.account(request, who, message="password changed; other sessions ended")
 
 
@@ -313,10 +334,11 @@ def console_routes(service: AdminService, limiter: LoginRateLimiter) -> list[Rou
         Route("/static/console.css", _stylesheet),
         Route("/login", console.login_form, methods=["GET"]),
         Route("/login", console.login, methods=["POST"]),
-        Route("/logout", page(console.logout), methods=["POST"]),
+        Route("/logout", page(console.logout, changing_password=True), methods=["POST"]),
         Route("/", page(console.home)),
-        Route("/account", page(console.account)),
-        Route("/account/password", page(console.change_password), methods=["POST"]),
+        Route("/account", page(console.account, changing_password=True)),
+        Route("/account/password", page(console.change_password, changing_password=True),
+              methods=["POST"]),
         Route(org, page(console.dashboard)),
         Route(org + "/state", page(console.set_state), methods=["POST"]),
         Route(org + "/users", page(console.users), methods=["GET"]),

@@ -13,7 +13,7 @@ from starlette.responses import JSONResponse, Response
 
 from enrolment.errors import InvalidPhoneNumber, InvalidRequest, OrganisationInactive
 from enrolment.web.auth import same_secret
-from enrolment.web.service import AdminService, Caller, Forbidden
+from enrolment.web.service import AdminService, Caller, Forbidden, PasswordChangeRequired
 from storage.admin_records import AdminSession, ReductionBelowDeclared
 from storage.base import AlreadyExists, NotFound, SeatLimitReached
 
@@ -71,13 +71,15 @@ def client_address(request: Request) -> str:
 
 
 async def authenticate(request: Request, service: AdminService, *,
-                       form_csrf: str | None = None) -> Authenticated:
+                       form_csrf: str | None = None,
+                       changing_password: bool = False) -> Authenticated:
     """Resolve the caller from ``Authorization: Bearer`` or the session cookie.
 
     A state-changing request made with the cookie must echo the session's CSRF token in the
-    ``X-CSRF-Token`` header or, from a console form, in ``form_csrf``.
+    ``X-CSRF-Token`` header or, from a console form, in ``form_csrf``. A session opened with
+    a one-time password is refused unless ``changing_password`` (the pages that change it).
 
-    Raises ApiError 401 (no or unknown credentials) or 403 (CSRF).
+    Raises ApiError 401 (no or unknown credentials) or 403 (CSRF), PasswordChangeRequired.
     """
     address = client_address(request)
     authorization = request.headers.get("authorization")
@@ -97,8 +99,8 @@ async def authenticate(request: Request, service: AdminService, *,
         given = request.headers.get(CSRF_HEADER) or form_csrf or ""
         if not same_secret(session.csrf_token, given):
             raise ApiError(403, "csrf", "the form is stale or forged: reload the page")
-    return Authenticated(session=session, caller=service.session_caller(session,
-                                                                        address=address))
+    return Authenticated(session=session, caller=service.session_caller(
+        session, address=address, changing_password=changing_password))
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -131,6 +133,8 @@ def translate_error(error: Exception) -> ApiError | None:
         return error
     if isinstance(error, Forbidden):
         return ApiError(403, "forbidden", str(error))
+    if isinstance(error, PasswordChangeRequired):
+        return ApiError(403, "password_change_required", str(error))
     if isinstance(error, NotFound):
         return ApiError(404, "not_found", str(error))
     if isinstance(error, SeatLimitReached):

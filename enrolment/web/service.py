@@ -7,11 +7,15 @@ the ``Caller`` and the organisation's name, checks that the caller may act on th
 organisation, acts through the store, and appends an audit entry for every change and every
 read of personal data. Live connections are closed through ``ConnectionCloser`` (the relay),
 at once.
+
+The operator CLI (``cryptopass-relay admin``) manages accounts through the same methods, as
+``CLI_CALLER``, so that its changes are checked and audited as the API's are.
 """
 
 from __future__ import annotations
 
 import datetime
+import re
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,16 +29,20 @@ from enrolment.web.auth import (
     MAX_PASSWORD_CHARS,
     MIN_PASSWORD_CHARS,
     hash_password,
+    new_one_time_password,
     new_secret,
     secret_hash,
     spend_verification_time,
     verify_password,
 )
 from storage.admin_records import (
+    RELAY_WIDE_AUDIT,
+    Account,
     AccountRole,
     AdminSession,
     AuditEntry,
     Licence,
+    PasswordState,
     SeatReduction,
 )
 from storage.admin_sql import MAX_AUDIT_PAGE
@@ -52,15 +60,20 @@ from storage.base import (
 from wire.phone import national_format
 
 __all__ = [
+    "CLI_CALLER",
     "MAX_ACTION_CHARS",
+    "MAX_EMAIL_CHARS",
     "AdminService",
     "AdminServiceStore",
     "Caller",
     "ConnectionCloser",
     "Forbidden",
     "NewSession",
+    "OneTimePasswordUsed",
+    "PasswordChangeRequired",
     "UserView",
     "audit_json",
+    "normalised_email",
 ]
 
 PSEUDONYM_BYTES = 8
@@ -73,9 +86,37 @@ MAX_ACTION_CHARS = 64
 MAX_CSV_IMPORT_ROWS = 10_000
 """Phone numbers one CSV import may declare (the largest licences are smaller)."""
 
+MAX_EMAIL_CHARS = 254
+"""RFC 5321's limit on a forward path."""
+_EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
+
 
 class Forbidden(Exception):
     """The caller may not do this (another organisation, or an operator-only action)."""
+
+
+class PasswordChangeRequired(Exception):
+    """The session was opened with a one-time password: it may only change the password."""
+
+    def __init__(self) -> None:
+        super().__init__("change your one-time password first, on the console's Account page "
+                         "(/account); until then this session may do nothing else")
+
+
+class OneTimePasswordUsed(Exception):
+    """A login with a one-time password that already opened its session; nothing changed."""
+
+    def __init__(self) -> None:
+        super().__init__("this one-time password was already used: ask an operator for a new "
+                         "one (cryptopass-relay admin account reset-password)")
+
+
+def normalised_email(text: str) -> str:
+    """Lowercased, trimmed email; raises InvalidRequest if it cannot be one."""
+    email = text.strip().lower()
+    if len(email) > MAX_EMAIL_CHARS or _EMAIL.fullmatch(email) is None:
+        raise InvalidRequest("this is not an email address")
+    return email
 
 
 class ConnectionCloser(Protocol):
@@ -111,6 +152,11 @@ class Caller:
             or self.organisation_id == organisation.organisation_id
 
 
+CLI_CALLER = Caller(actor="cli", role=AccountRole.OPERATOR, organisation_id=None,
+                    address="local")
+"""The operator CLI: an operator, audited as ``cli`` from ``local``."""
+
+
 @dataclass(frozen=True, kw_only=True, slots=True)
 class UserView:
     """A user as the console and the API show it."""
@@ -143,6 +189,9 @@ class NewSession:
     """The session cookie's value."""
     csrf_token: str
     """What every form and state-changing API call of the session must echo back."""
+    must_change_password: bool
+    """Opened with a one-time password: it may only change the password
+    (``PasswordChangeRequired`` otherwise)."""
 
 
 class AdminServiceStore(AdminStore, Directory, Protocol):
@@ -189,9 +238,16 @@ class AdminService:
                                                     now=self._now_ms())
 
     @staticmethod
-    def session_caller(session: AdminSession, *, address: str) -> Caller:
-        """The caller a console session stands for: its account, with the account's role."""
+    def session_caller(session: AdminSession, *, address: str,
+                       changing_password: bool = False) -> Caller:
+        """The caller a console session stands for: its account, with the account's role.
+
+        Raises PasswordChangeRequired if the session was opened with a one-time password,
+        unless ``changing_password`` (the account page, the change itself, logging out).
+        """
         account = session.account
+        if account.must_change_password and not changing_password:
+            raise PasswordChangeRequired
         return Caller(actor=f"account:{account.email}", role=account.role,
                       organisation_id=account.organisation_id, address=address)
 
@@ -203,6 +259,10 @@ class AdminService:
         same work (a password hash is checked either way), so the answer does not tell
         which emails have accounts. Limiting attempts is the caller's (per email and
         address, ``enrolment.web.auth.LoginRateLimiter``).
+
+        A one-time password opens one session, which must change it
+        (``NewSession.must_change_password``); it is then spent: raises OneTimePasswordUsed
+        when it is given again (only to whoever knows it).
         """
         account = await self._store.find_account(email) if email else None
         if len(password) > MAX_PASSWORD_CHARS:
@@ -211,32 +271,96 @@ class AdminService:
             spend_verification_time(password[:MAX_PASSWORD_CHARS])
         if account is None or not verify_password(account.password_hash, password):
             return None
-        opened = NewSession(cookie=new_secret(), csrf_token=new_secret())
+        if account.password_state is PasswordState.ONE_TIME_USED:
+            raise OneTimePasswordUsed
+        opened = NewSession(cookie=new_secret(), csrf_token=new_secret(),
+                            must_change_password=account.must_change_password)
         now = self._now_ms()
-        await self._store.create_admin_session(
-            session_hash=secret_hash(opened.cookie), account_id=account.account_id,
-            csrf_token=opened.csrf_token, now=now, expires_at=now + lifetime_ms)
+        if not await self._store.create_admin_session(
+                session_hash=secret_hash(opened.cookie), account_id=account.account_id,
+                csrf_token=opened.csrf_token, now=now, expires_at=now + lifetime_ms,
+                spends_one_time_password=account.password_state is PasswordState.ONE_TIME):
+            raise OneTimePasswordUsed  # a concurrent login spent it first
         return opened
 
     async def log_out(self, session: AdminSession) -> None:
         """End this console session (others of the account go on)."""
         await self._store.delete_admin_session(session.session_hash)
 
-    async def change_password(self, session: AdminSession, *, current: str, new: str) -> None:
+    async def change_password(self, session: AdminSession, *, current: str, new: str,
+                              address: str) -> None:
         """Change the password of the session's own account (no one changes another's) and
-        end the account's other sessions; this one goes on.
+        end the account's other sessions; this one goes on (free to do anything, if it was
+        opened with a one-time password). Audited as ``account.password``.
 
         Raises Forbidden (``current`` is not the password), InvalidRequest (``new`` has not
-        MIN_PASSWORD_CHARS to MAX_PASSWORD_CHARS characters); nothing changes then.
+        MIN_PASSWORD_CHARS to MAX_PASSWORD_CHARS characters, or is the one-time password);
+        nothing changes then.
         """
-        if not verify_password(session.account.password_hash, current[:MAX_PASSWORD_CHARS]):
+        account = session.account
+        if not verify_password(account.password_hash, current[:MAX_PASSWORD_CHARS]):
             raise Forbidden("the current password is wrong")
         if not MIN_PASSWORD_CHARS <= len(new) <= MAX_PASSWORD_CHARS:
             raise InvalidRequest(
                 f"a password has {MIN_PASSWORD_CHARS} to {MAX_PASSWORD_CHARS} characters")
+        if account.must_change_password and new == current:
+            raise InvalidRequest("choose a password other than the one-time password")
         await self._store.set_account_password(
-            account_id=session.account.account_id, password_hash=hash_password(new),
+            account_id=account.account_id, password_hash=hash_password(new),
             keep_session_hash=session.session_hash)
+        caller = self.session_caller(session, address=address, changing_password=True)
+        await self._audit_account(caller, account, "account.password")
+
+    # -- accounts (operators: the CLI) ------------------------------------------------------
+
+    async def _audit_account(self, caller: Caller, account: Account,
+                             action: str) -> AuditEntry:
+        """Audited in the account's organisation; an operator's in the relay-wide entries
+        (``RELAY_WIDE_AUDIT``)."""
+        return await self._store.append_audit(
+            organisation_id=account.organisation_id if account.organisation_id is not None
+            else RELAY_WIDE_AUDIT, actor=caller.actor, action=action, subject=account.email,
+            address=caller.address, now=self._now_ms())
+
+    @staticmethod
+    def _require_operator(caller: Caller) -> None:
+        if caller.role is not AccountRole.OPERATOR:
+            raise Forbidden("only an operator may do this")
+
+    async def create_account(self, caller: Caller, email_text: str, *,
+                             organisation: str | None) -> tuple[Account, str]:
+        """Operators: an administrator of ``organisation``, or an operator if None, with a
+        fresh one-time password (returned, stored only hashed). Audited as ``account.create``.
+
+        Raises InvalidRequest (email), AlreadyExists (email taken), NotFound (organisation).
+        """
+        self._require_operator(caller)
+        email = normalised_email(email_text)
+        if organisation is not None:
+            await self.organisation(caller, organisation)
+        password = new_one_time_password()
+        account = await self._store.create_account(
+            email=email, role=AccountRole.OPERATOR if organisation is None
+            else AccountRole.ORGANISATION_ADMIN, organisation=organisation,
+            password_hash=hash_password(password), password_is_one_time=True,
+            now=self._now_ms())
+        await self._audit_account(caller, account, "account.create")
+        return account, password
+
+    async def reset_password(self, caller: Caller, email_text: str) -> tuple[Account, str]:
+        """Operators: give the account a fresh one-time password (returned) and end its
+        sessions, for a lost password or a one-time password spent without a change.
+        Audited as ``account.password_reset``. Raises InvalidRequest, NotFound."""
+        self._require_operator(caller)
+        account = await self._store.find_account(normalised_email(email_text))
+        if account is None:
+            raise NotFound("no account with this email")
+        password = new_one_time_password()
+        await self._store.set_account_password(
+            account_id=account.account_id, password_hash=hash_password(password),
+            keep_session_hash=None, password_is_one_time=True)
+        await self._audit_account(caller, account, "account.password_reset")
+        return account, password
 
     # -- organisations -------------------------------------------------------------------
 
@@ -455,8 +579,7 @@ class AdminService:
     # -- lifecycle (operators) ------------------------------------------------------------
 
     async def _operator_organisation(self, caller: Caller, name: str) -> Organisation:
-        if caller.role is not AccountRole.OPERATOR:
-            raise Forbidden("only an operator may do this")
+        self._require_operator(caller)
         return await self.organisation(caller, name)
 
     async def set_state(self, caller: Caller, name: str, state: OrganisationState) -> None:

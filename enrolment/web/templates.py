@@ -239,6 +239,10 @@ _ACCOUNT = """{% extends "base" %}{% block title %}Account{% endblock %}
 {% block main %}
 <h1>Account</h1>
 <p>Logged in as {{ account.email }} ({{ account.role.value.replace("_", " ") }}).</p>
+{% if account.must_change_password %}
+<p class="notice" role="status">You logged in with a one-time password: it works once. Choose
+your own password now; until then the console and the API refuse everything else.</p>
+{% endif %}
 <h2>Change the password</h2>
 <form method="post" action="/account/password">
 <input type="hidden" name="csrf_token" value="{{ csrf }}">

@@ -32,8 +32,10 @@ class AccountStore(Protocol):
     """Console accounts, their sessions, and organisations' API tokens."""
 
     async def create_account(self, *, email: str, role: AccountRole, organisation: str | None,
-                             password_hash: str, now: int) -> Account:
-        """Create an operator (``organisation`` None) or an organisation administrator.
+                             password_hash: str, password_is_one_time: bool,
+                             now: int) -> Account:
+        """Create an operator (``organisation`` None) or an organisation administrator, its
+        password ``PasswordState.ONE_TIME`` if ``password_is_one_time`` (else CHOSEN).
 
         Raises AlreadyExists (email taken), NotFound (organisation), ValueError (a role that
         does not fit ``organisation``); changes nothing then.
@@ -46,14 +48,22 @@ class AccountStore(Protocol):
         ...
 
     async def set_account_password(self, *, account_id: int, password_hash: str,
-                                   keep_session_hash: bytes | None) -> None:
-        """Replace the password hash and, in the same transaction, end every session of the
-        account except ``keep_session_hash`` (the one changing it). Raises NotFound."""
+                                   keep_session_hash: bytes | None,
+                                   password_is_one_time: bool = False) -> None:
+        """Replace the password hash, CHOSEN by the account holder (or a ONE_TIME one an
+        operator issues) and, in the same transaction, end every session of the account
+        except ``keep_session_hash`` (the one changing it). Raises NotFound."""
         ...
 
     async def create_admin_session(self, *, session_hash: bytes, account_id: int,
-                                   csrf_token: str, now: int, expires_at: int) -> None:
-        """Start a console session (and forget sessions expired by ``now``). Raises NotFound."""
+                                   csrf_token: str, now: int, expires_at: int,
+                                   spends_one_time_password: bool = False) -> bool:
+        """Start a console session (and forget sessions expired by ``now``); True.
+
+        With ``spends_one_time_password``, atomically also turn the account's ONE_TIME
+        password into ONE_TIME_USED; if it is not ONE_TIME (a concurrent login spent it, or
+        it was changed) return False and start nothing. Raises NotFound.
+        """
         ...
 
     async def load_admin_session(self, *, session_hash: bytes,
