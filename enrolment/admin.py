@@ -1,4 +1,8 @@
-"""Operator operations on organisations and declared users (used by the CLI).
+"""Organisations and declared users, checked, straight on the store: what provisioning
+(tests, benchmarks) uses, and the checks ``enrolment.web.service.AdminService`` applies.
+
+These write no audit entry. The operator CLI goes through ``AdminService`` (as its
+``CLI_CALLER``), which calls them and audits every change as the admin API's are.
 
 Store errors (``AlreadyExists``, ``NotFound``, ``SeatLimitReached``) propagate
 unchanged: the CLI, at the edge, turns them into messages.
@@ -17,6 +21,7 @@ from storage.base import AdminStore, Organisation, User
 __all__ = [
     "MAX_ORGANISATION_NAME_CHARS",
     "MAX_SEATS",
+    "check_organisation",
     "create_organisation",
     "declare_user",
     "delete_user",
@@ -43,12 +48,15 @@ def new_user_id() -> str:
     return secrets.token_hex(USER_ID_BYTES)
 
 
-def _check_organisation_name(name: str) -> None:
+def check_organisation(name: str, seats: int) -> None:
+    """Raises InvalidRequest unless ``name`` and ``seats`` may make an organisation."""
     if _ORGANISATION_NAME.fullmatch(name) is None:
         raise InvalidRequest(
             f"an organisation name is 1 to {MAX_ORGANISATION_NAME_CHARS} characters "
             "among lowercase letters, digits and '-'"
         )
+    if not 1 <= seats <= MAX_SEATS:
+        raise InvalidRequest(f"seats must be between 1 and {MAX_SEATS}")
 
 
 async def create_organisation(store: AdminStore, name: str, seats: int, now: int) -> Organisation:
@@ -58,9 +66,7 @@ async def create_organisation(store: AdminStore, name: str, seats: int, now: int
         InvalidRequest: bad name, or seats outside 1..MAX_SEATS.
         AlreadyExists: the name is taken.
     """
-    _check_organisation_name(name)
-    if not 1 <= seats <= MAX_SEATS:
-        raise InvalidRequest(f"seats must be between 1 and {MAX_SEATS}")
+    check_organisation(name, seats)
     return await store.create_organisation(name=name, seats=seats, now=now)
 
 

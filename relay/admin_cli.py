@@ -1,6 +1,7 @@
-"""``cryptopass-relay admin`` commands for console accounts and API tokens.
+"""``cryptopass-relay admin`` commands for console accounts and API tokens, and what every
+``admin`` command that changes something shares: ``cli_service``.
 
-Accounts are made through ``enrolment.web.service.AdminService`` as its ``CLI_CALLER`` (an
+Every change goes through ``enrolment.web.service.AdminService`` as its ``CLI_CALLER`` (an
 operator, audited as ``cli`` from ``local``), under the same rules and with the same audit
 entries as the admin API.
 
@@ -21,9 +22,7 @@ from typing import Annotated, Any
 
 import typer
 
-from enrolment.web.auth import new_api_token, secret_hash
 from enrolment.web.service import CLI_CALLER, AdminService, AdminServiceStore
-from storage.base import NotFound
 
 __all__ = ["CliCloser", "cli_service", "register_account_commands"]
 
@@ -136,15 +135,7 @@ def _register_token_commands(token_app: typer.Typer, *, with_store: WithStore,
         directory, as_json = options(data_dir, json_output)
 
         async def work(store: AdminServiceStore) -> tuple[int, str]:
-            token = new_api_token()
-            found = await store.get_organisation(org)
-            if found is None:
-                raise NotFound(f"no organisation named {org!r}")
-            created = await store.create_api_token(organisation=org,
-                                                   token_hash=secret_hash(token), now=_now_ms())
-            await store.append_audit(organisation_id=found.organisation_id, actor="cli",
-                                     action="token.create", subject=f"token:{created.token_id}",
-                                     address="local", now=_now_ms())
+            created, token = await cli_service(store).create_api_token(CLI_CALLER, org)
             return created.token_id, token
 
         token_id, token = with_store(directory, work)
@@ -162,11 +153,7 @@ def _register_token_commands(token_app: typer.Typer, *, with_store: WithStore,
         directory, as_json = options(data_dir, json_output)
 
         async def work(store: AdminServiceStore) -> int | None:
-            revoked = await store.revoke_api_token(organisation=org, token_id=token_id,
-                                                   now=_now_ms())
-            await store.append_audit(organisation_id=revoked.organisation_id, actor="cli",
-                                     action="token.revoke", subject=f"token:{token_id}",
-                                     address="local", now=_now_ms())
+            revoked = await cli_service(store).revoke_api_token(CLI_CALLER, org, token_id)
             return revoked.revoked_at
 
         revoked_at = with_store(directory, work)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -23,7 +22,8 @@ from rich.table import Table
 
 from enrolment import admin
 from enrolment.errors import EnrolmentError
-from relay.admin_cli import register_account_commands
+from enrolment.web.service import CLI_CALLER
+from relay.admin_cli import CliCloser, cli_service, register_account_commands
 from relay.config import ConfigError, load_config, parse_assignment
 from relay.control import notify_relay
 from relay.data_dir import DataDirectoryInUse
@@ -65,10 +65,6 @@ StoreOption = Annotated[str | None, typer.Option(
                     "[default: sqlite in the data directory].")]
 
 _admin_options: dict[str, Any] = {"data_dir": DEFAULT_DATA_DIR, "json": False, "store": None}
-
-
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 @app.command("serve")
@@ -214,25 +210,31 @@ def _user_json(user: User) -> dict[str, Any]:
 def org_create(name: str,
                seats: Annotated[int, typer.Option(help="Seats in the licence.")],
                data_dir: DataDirOption = None, json_output: JsonOption = None) -> None:
-    """Create organisation NAME with a licence of --seats users."""
+    """Create organisation NAME with a licence of --seats users, month to month from today.
+
+    Audited as organisation.create and licence.terms (actor cli).
+    """
     directory, as_json = _options(data_dir, json_output)
-    organisation = _with_store(directory, lambda store: admin.create_organisation(
-        store, name, seats, _now_ms()))
+    organisation, licence = _with_store(directory, lambda store: cli_service(
+        store).create_organisation(CLI_CALLER, name, seats))
     if as_json:
         typer.echo(json.dumps({"organisation_id": organisation.organisation_id,
                                "name": organisation.name, "seats": organisation.seats,
-                               "state": organisation.state.value}))
+                               "state": organisation.state.value,
+                               "offer": licence.offer.value,
+                               "period_start": licence.period_start.isoformat()}))
     else:
-        typer.echo(f"Organisation {organisation.name} created with {organisation.seats} seats.")
+        typer.echo(f"Organisation {organisation.name} created with {organisation.seats} seats "
+                   f"({licence.offer.value} from {licence.period_start.isoformat()}).")
 
 
 @user_app.command("add")
 def user_add(phone: str, org: Annotated[str, typer.Option(help="Organisation name.")],
              data_dir: DataDirOption = None, json_output: JsonOption = None) -> None:
-    """Declare PHONE as a user of --org (uses one seat)."""
+    """Declare PHONE as a user of --org (uses one seat). Audited as user.declare (actor cli)."""
     directory, as_json = _options(data_dir, json_output)
-    user = _with_store(directory, lambda store: admin.declare_user(
-        store, org, phone, _now_ms()))
+    user = _with_store(directory, lambda store: cli_service(store).declare(
+        CLI_CALLER, org, phone))
     if as_json:
         typer.echo(json.dumps(_user_json(user)))
     else:
@@ -257,13 +259,18 @@ def user_list(org: Annotated[str, typer.Option(help="Organisation name.")],
 @user_app.command("delete")
 def user_delete(phone: str, org: Annotated[str, typer.Option(help="Organisation name.")],
                 data_dir: DataDirOption = None, json_output: JsonOption = None) -> None:
-    """Delete PHONE from --org: its devices are revoked and disconnected at once."""
+    """Delete PHONE from --org: its devices are revoked and disconnected at once. Audited as
+    user.delete (actor cli)."""
     directory, as_json = _options(data_dir, json_output)
 
     async def work(store: Any) -> tuple[User, int]:
-        user = await admin.delete_user(store, org, phone)
-        answer = await notify_relay(directory, {"op": "revoke-user", "user_id": user.user_id})
-        return user, int(answer.get("closed", 0)) if answer else 0
+        closer = CliCloser()
+        user = await cli_service(store, closer).delete(CLI_CALLER, org, phone)
+        closed = 0
+        for user_id in closer.user_ids:  # a relay running on the data directory closes them
+            answer = await notify_relay(directory, {"op": "revoke-user", "user_id": user_id})
+            closed += int(answer.get("closed", 0)) if answer else 0
+        return user, closed
 
     user, closed = _with_store(directory, work)
     if as_json:

@@ -8,8 +8,8 @@ organisation, acts through the store, and appends an audit entry for every chang
 read of personal data. Live connections are closed through ``ConnectionCloser`` (the relay),
 at once.
 
-The operator CLI (``cryptopass-relay admin``) manages accounts through the same methods, as
-``CLI_CALLER``, so that its changes are checked and audited as the API's are.
+The operator CLI (``cryptopass-relay admin``) acts through the same methods as ``CLI_CALLER``,
+so that its changes are checked and audited as the API's are.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from enrolment.admin import new_user_id
+from enrolment import admin
 from enrolment.errors import InvalidRequest, OrganisationInactive
 from enrolment.licence_dates import reduction_effective_on
 from enrolment.numbers import parse_phone
@@ -29,6 +29,7 @@ from enrolment.web.auth import (
     MAX_PASSWORD_CHARS,
     MIN_PASSWORD_CHARS,
     hash_password,
+    new_api_token,
     new_one_time_password,
     new_secret,
     secret_hash,
@@ -40,8 +41,10 @@ from storage.admin_records import (
     Account,
     AccountRole,
     AdminSession,
+    ApiToken,
     AuditEntry,
     Licence,
+    LicenceOffer,
     PasswordState,
     SeatReduction,
 )
@@ -311,7 +314,7 @@ class AdminService:
         caller = self.session_caller(session, address=address, changing_password=True)
         await self._audit_account(caller, account, "account.password")
 
-    # -- accounts (operators: the CLI) ------------------------------------------------------
+    # -- accounts and tokens (operators: the CLI) -------------------------------------------
 
     async def _audit_account(self, caller: Caller, account: Account,
                              action: str) -> AuditEntry:
@@ -362,7 +365,46 @@ class AdminService:
         await self._audit_account(caller, account, "account.password_reset")
         return account, password
 
+    async def create_api_token(self, caller: Caller, name: str) -> tuple[ApiToken, str]:
+        """Operators: a token for organisation ``name`` (returned once, stored as its
+        SHA-256). Audited as ``token.create``."""
+        organisation = await self._operator_organisation(caller, name)
+        token = new_api_token()
+        created = await self._store.create_api_token(
+            organisation=name, token_hash=secret_hash(token), now=self._now_ms())
+        await self._audit(caller, organisation, "token.create", f"token:{created.token_id}")
+        return created, token
+
+    async def revoke_api_token(self, caller: Caller, name: str, token_id: int) -> ApiToken:
+        """Operators: revoke a token of organisation ``name`` (NotFound for another's).
+        Audited as ``token.revoke``."""
+        organisation = await self._operator_organisation(caller, name)
+        revoked = await self._store.revoke_api_token(organisation=name, token_id=token_id,
+                                                     now=self._now_ms())
+        await self._audit(caller, organisation, "token.revoke", f"token:{token_id}")
+        return revoked
+
     # -- organisations -------------------------------------------------------------------
+
+    async def create_organisation(self, caller: Caller, name: str,
+                                  seats: int) -> tuple[Organisation, Licence]:
+        """Operators: an active organisation with a licence of ``seats``, month to month from
+        today (UTC), its terms recorded. Everything is checked before anything changes.
+        Audited as ``organisation.create`` and ``licence.terms``.
+
+        Raises InvalidRequest (name, seats), AlreadyExists (name taken).
+        """
+        self._require_operator(caller)
+        admin.check_organisation(name, seats)
+        offer, start = LicenceOffer.MONTHLY, self.today()
+        organisation = await admin.create_organisation(self._store, name, seats,
+                                                       self._now_ms())
+        licence = await self._store.set_licence_terms(organisation=name, offer=offer,
+                                                      period_start=start)
+        await self._audit(caller, organisation, "organisation.create", name)
+        await self._audit(caller, organisation, "licence.terms",
+                          f"{seats} seats, {offer.value} from {start.isoformat()}")
+        return organisation, licence
 
     async def organisations(self, caller: Caller) -> list[Organisation]:
         """The organisations the caller may act on, by name: every one for an operator, its
@@ -436,7 +478,7 @@ class AdminService:
                           phone_text: str) -> User:
         user = await self._store.declare_user(organisation=organisation.name,
                                              phone=parse_phone(phone_text),
-                                             user_id=new_user_id(), now=self._now_ms())
+                                             user_id=admin.new_user_id(), now=self._now_ms())
         await self._audit(caller, organisation, "user.declare", user.phone)
         return user
 

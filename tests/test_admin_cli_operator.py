@@ -1,0 +1,126 @@
+"""An operator's first hour with the real ``cryptopass-relay admin`` command, in subprocesses:
+every change is audited as ``cli``, under the same rules as the admin API's."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from storage.admin_records import RELAY_WIDE_AUDIT, AuditEntry
+from storage.base import Organisation
+from storage.store_url import open_store, parse_store_url
+
+RELAY = str(Path(sys.executable).parent / "cryptopass-relay")
+PHONE = "+33612345678"
+
+
+def _environment() -> dict[str, str]:
+    """This environment without relay settings, on a wide terminal (no wrapped help)."""
+    kept = {name: value for name, value in os.environ.items()
+            if not name.startswith("CRYPTOPASS_")}
+    return {**kept, "COLUMNS": "200", "NO_COLOR": "1"}
+
+
+def _admin(data_dir: Path, *arguments: str, store: str | None = None,
+           ) -> subprocess.CompletedProcess[str]:
+    chosen = ["--store", store] if store is not None else []
+    return subprocess.run([RELAY, "admin", "--data-dir", str(data_dir), *chosen, *arguments],
+                          capture_output=True, text=True, timeout=60, env=_environment(),
+                          check=False)
+
+
+def _ok(data_dir: Path, *arguments: str, store: str | None = None) -> str:
+    done = _admin(data_dir, *arguments, store=store)
+    assert (done.returncode, done.stderr) == (0, ""), arguments
+    return done.stdout
+
+
+def _read(data_dir: Path, store: str | None, work: Any) -> Any:
+    async def run() -> Any:
+        async with open_store(parse_store_url(store, data_dir=data_dir)) as opened:
+            return await work(opened)
+    return trio.run(run)
+
+
+@contextmanager
+def _store(backend: str) -> Iterator[str | None]:
+    """None (SQLite in the data directory) or a PostgreSQL URL on a fresh schema."""
+    if backend == "sqlite":
+        yield None
+        return
+    from tests.postgres_schemas import fresh_schema, store_url
+    with fresh_schema() as schema:
+        yield store_url(schema)
+
+
+def _today() -> datetime.date:
+    return datetime.datetime.now(datetime.UTC).date()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_every_change_made_with_the_cli_is_audited_as_cli(tmp_path: Path, backend: str) -> None:
+    with _store(backend) as store:
+        before = _today()
+        created = json.loads(_ok(tmp_path, "--json", "org", "create", "acme", "--seats", "3",
+                                 store=store))
+        assert created["period_start"] in {before.isoformat(), _today().isoformat()}
+        _ok(tmp_path, "user", "add", "--org", "acme", PHONE, store=store)
+        _ok(tmp_path, "user", "delete", "--org", "acme", PHONE, store=store)
+        token_id = json.loads(_ok(tmp_path, "--json", "token", "create", "--org", "acme",
+                                  store=store))["token_id"]
+        _ok(tmp_path, "token", "revoke", str(token_id), "--org", "acme", store=store)
+        _ok(tmp_path, "org", "admin-add", "--org", "acme", "--email", "a@acme.example",
+            store=store)
+        _ok(tmp_path, "account", "reset-password", "--email", "a@acme.example", store=store)
+        _ok(tmp_path, "operator", "create", "--email", "op@example.net", store=store)
+
+        async def audit(opened: Any) -> tuple[list[AuditEntry], list[AuditEntry]]:
+            organisation: Organisation = await opened.get_organisation("acme")
+            return (await opened.list_audit(organisation_id=organisation.organisation_id,
+                                            limit=100),
+                    await opened.list_audit(organisation_id=RELAY_WIDE_AUDIT, limit=100))
+
+        entries, relay_wide = _read(tmp_path, store, audit)
+    assert [(entry.actor, entry.action, entry.subject, entry.address)
+            for entry in reversed(entries)] == [
+        ("cli", "organisation.create", "acme", "local"),
+        ("cli", "licence.terms", f"3 seats, monthly from {created['period_start']}", "local"),
+        ("cli", "user.declare", PHONE, "local"),
+        ("cli", "user.delete", PHONE, "local"),
+        ("cli", "token.create", f"token:{token_id}", "local"),
+        ("cli", "token.revoke", f"token:{token_id}", "local"),
+        ("cli", "account.create", "a@acme.example", "local"),
+        ("cli", "account.password_reset", "a@acme.example", "local"),
+    ]
+    # An operator belongs to no organisation: its account is in the relay-wide entries.
+    assert [(entry.actor, entry.action, entry.subject) for entry in relay_wide] == [
+        ("cli", "account.create", "op@example.net")]
+
+
+def test_the_cli_declares_under_the_api_rules(tmp_path: Path) -> None:
+    """The CLI acts through the same service as the API: no declaration in a suspended
+    organisation (ADMIN_API.md, "Lifecycle")."""
+    _ok(tmp_path, "org", "create", "acme", "--seats", "3")
+
+    async def suspend(opened: Any) -> None:
+        await opened.suspend_organisation("acme")
+
+    _read(tmp_path, None, suspend)
+    done = _admin(tmp_path, "user", "add", "--org", "acme", PHONE)
+    assert (done.returncode, done.stderr) == (1, "error: the organisation is suspended\n")
+
+    async def users(opened: Any) -> list[Any]:
+        found: list[Any] = await opened.list_users("acme")
+        return found
+
+    assert _read(tmp_path, None, users) == []
