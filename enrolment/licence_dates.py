@@ -1,4 +1,5 @@
-"""When a seat reduction takes effect: the contract's date rules, pure (dates in, date out).
+"""When a seat reduction takes effect: the contract's date rules, pure (dates in, date out),
+and the contract terms an operator may write (``parse_offer``, ``parse_contract_start``).
 
 - Without commitment: on the first day of the first calendar month that begins at least
   ``MONTHLY_NOTICE_DAYS`` days after the request.
@@ -12,15 +13,22 @@ from __future__ import annotations
 
 import calendar
 import datetime
+import re
 
+from enrolment.errors import InvalidRequest
 from storage.admin_records import LicenceOffer
 
 __all__ = [
     "COMMITMENT_NOTICE_MONTHS",
     "COMMITMENT_PERIOD_MONTHS",
+    "EARLIEST_CONTRACT_START",
+    "MAX_CONTRACT_START_AHEAD_DAYS",
     "MONTHLY_NOTICE_DAYS",
     "add_months",
+    "check_contract_start",
     "current_period_start",
+    "parse_contract_start",
+    "parse_offer",
     "reduction_effective_on",
 ]
 
@@ -30,6 +38,48 @@ COMMITMENT_PERIOD_MONTHS = 12
 """Length of one commitment period (months)."""
 COMMITMENT_NOTICE_MONTHS = 1
 """Notice (months) before a commitment period ends for a reduction to apply at its end."""
+EARLIEST_CONTRACT_START = datetime.date(2000, 1, 1)
+"""No contract starts earlier: an earlier date is a typo."""
+MAX_CONTRACT_START_AHEAD_DAYS = 366
+"""A contract starts at most a year after it is recorded: a later date is a typo (2062 for
+2026)."""
+
+_ISO_DAY = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+
+
+def parse_offer(text: str) -> LicenceOffer:
+    """The offer named as the admin API names it (``monthly``, ``annual_commitment``).
+
+    Raises InvalidRequest naming the accepted values.
+    """
+    for offer in LicenceOffer:
+        if offer.value == text:
+            return offer
+    raise InvalidRequest("the offer is " + " or ".join(offer.value for offer in LicenceOffer)
+                         + f", not {text!r}")
+
+
+def parse_contract_start(text: str) -> datetime.date:
+    """A day written as the admin API writes ``period_start`` (YYYY-MM-DD).
+
+    Raises InvalidRequest.
+    """
+    try:
+        if _ISO_DAY.fullmatch(text) is None:
+            raise ValueError(text)
+        return datetime.date.fromisoformat(text)
+    except ValueError:
+        raise InvalidRequest(f"the contract start is a date written YYYY-MM-DD, not {text!r}"
+                             ) from None
+
+
+def check_contract_start(start: datetime.date, *, today: datetime.date) -> None:
+    """Raises InvalidRequest unless ``start`` is between EARLIEST_CONTRACT_START and
+    MAX_CONTRACT_START_AHEAD_DAYS after ``today``."""
+    latest = today + datetime.timedelta(days=MAX_CONTRACT_START_AHEAD_DAYS)
+    if not EARLIEST_CONTRACT_START <= start <= latest:
+        raise InvalidRequest(f"the contract start is between "
+                             f"{EARLIEST_CONTRACT_START.isoformat()} and {latest.isoformat()}")
 
 
 def add_months(day: datetime.date, months: int) -> datetime.date:

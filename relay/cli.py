@@ -21,7 +21,8 @@ from rich.console import Console
 from rich.table import Table
 
 from enrolment import admin
-from enrolment.errors import EnrolmentError
+from enrolment.errors import EnrolmentError, InvalidRequest
+from enrolment.licence_dates import parse_contract_start, parse_offer
 from enrolment.web.service import CLI_CALLER
 from relay.admin_cli import CliCloser, cli_service, register_account_commands
 from relay.config import ConfigError, load_config, parse_assignment
@@ -206,17 +207,46 @@ def _user_json(user: User) -> dict[str, Any]:
             "declared_at": user.declared_at, "enrolled_at": user.enrolled_at}
 
 
-@org_app.command("create")
-def org_create(name: str,
-               seats: Annotated[int, typer.Option(help="Seats in the licence.")],
-               data_dir: DataDirOption = None, json_output: JsonOption = None) -> None:
-    """Create organisation NAME with a licence of --seats users, month to month from today.
+def _parse_seats(text: str) -> int:
+    if not (text.isascii() and text.isdigit()) or len(text) > 9:
+        raise InvalidRequest(f"seats are a whole number between 1 and {admin.MAX_SEATS}, "
+                             f"not {text!r}")
+    return int(text)
 
-    Audited as organisation.create and licence.terms (actor cli).
+
+@org_app.command("create")
+def org_create(
+        name: str,
+        seats: Annotated[str, typer.Option(
+            metavar="N", help=f"Seats in the licence, 1 to {admin.MAX_SEATS}.")],
+        offer: Annotated[str, typer.Option(
+            metavar="OFFER", show_default=True,
+            help="The contract: monthly (without commitment) or annual_commitment "
+                 "(12-month periods), as the admin API's licence names it.")] = "monthly",
+        start: Annotated[str | None, typer.Option(
+            metavar="YYYY-MM-DD", help="Contract start (the licence's period_start; "
+                                       "commitment periods count from it) "
+                                       "\\[default: today, UTC].")] = None,
+        data_dir: DataDirOption = None, json_output: JsonOption = None) -> None:
+    """Create organisation NAME with a licence of --seats users on --offer from --start.
+
+    Every value is checked before anything changes; audited as organisation.create and
+    licence.terms (actor cli).
     """
     directory, as_json = _options(data_dir, json_output)
+    try:
+        flag = "--seats"
+        seat_count = _parse_seats(seats)
+        flag = "--offer"
+        chosen_offer = parse_offer(offer)
+        flag = "--start"
+        contract_start = None if start is None else parse_contract_start(start)
+    except InvalidRequest as error:
+        _fail(f"{flag}: {error}")
+        raise  # unreachable: _fail exits
     organisation, licence = _with_store(directory, lambda store: cli_service(
-        store).create_organisation(CLI_CALLER, name, seats))
+        store).create_organisation(CLI_CALLER, name, seat_count, offer=chosen_offer,
+                                   contract_start=contract_start))
     if as_json:
         typer.echo(json.dumps({"organisation_id": organisation.organisation_id,
                                "name": organisation.name, "seats": organisation.seats,

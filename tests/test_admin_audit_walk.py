@@ -196,6 +196,8 @@ def test_every_administrative_change_is_audited_on_the_path_that_makes_it(
         return answer
 
     cli("org", "create", ORG, "--seats", "5", actions=["organisation.create", "licence.terms"])
+    cli("org", "create", "globex", "--seats", "1", "--offer", "annual_commitment",
+        "--start", "2026-01-01", actions=["organisation.create", "licence.terms"])
     cli("user", "add", PHONES[0], "--org", ORG, actions=["user.declare"])
     cli("user", "delete", PHONES[0], "--org", ORG, actions=["user.delete"])
     operator = cli("operator", "create", "--email", "op@example.net",

@@ -1,5 +1,6 @@
 """An operator's first hour with the real ``cryptopass-relay admin`` command, in subprocesses:
-every change is audited as ``cli``, under the same rules as the admin API's."""
+every change is audited as ``cli``; ``org create`` records the licence terms the admin API
+shows and refuses bad values in one line, changing nothing."""
 
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ from typing import Any
 import pytest
 import trio
 
-from storage.admin_records import RELAY_WIDE_AUDIT, AuditEntry
+from enrolment.web.api import licence_json
+from storage.admin_records import RELAY_WIDE_AUDIT, AuditEntry, Licence
 from storage.base import Organisation
 from storage.store_url import open_store, parse_store_url
 
@@ -63,6 +65,14 @@ def _store(backend: str) -> Iterator[str | None]:
         yield store_url(schema)
 
 
+def _licence(data_dir: Path, name: str) -> Licence:
+    async def read(opened: Any) -> Licence:
+        found: Licence = await opened.get_licence(name)
+        return found
+    licence: Licence = _read(data_dir, None, read)
+    return licence
+
+
 def _today() -> datetime.date:
     return datetime.datetime.now(datetime.UTC).date()
 
@@ -105,6 +115,64 @@ def test_every_change_made_with_the_cli_is_audited_as_cli(tmp_path: Path, backen
     # An operator belongs to no organisation: its account is in the relay-wide entries.
     assert [(entry.actor, entry.action, entry.subject) for entry in relay_wide] == [
         ("cli", "account.create", "op@example.net")]
+
+
+def test_org_create_records_the_licence_terms_the_api_shows(tmp_path: Path) -> None:
+    created = json.loads(_ok(tmp_path, "--json", "org", "create", "acme", "--seats", "4",
+                             "--offer", "annual_commitment", "--start", "2026-03-31"))
+    assert {key: created[key] for key in ("name", "seats", "state", "offer", "period_start")} \
+        == {"name": "acme", "seats": 4, "state": "active", "offer": "annual_commitment",
+            "period_start": "2026-03-31"}
+
+    shown = licence_json(_licence(tmp_path, "acme"), [], 0)
+    assert (shown["offer"], shown["period_start"]) == ("annual_commitment", "2026-03-31")
+    # What the API shows is what the CLI takes.
+    _ok(tmp_path, "org", "create", "globex", "--seats", "4", "--offer", shown["offer"],
+        "--start", shown["period_start"])
+    again = licence_json(_licence(tmp_path, "globex"), [], 0)
+    assert (again["offer"], again["period_start"]) == ("annual_commitment", "2026-03-31")
+    text = _ok(tmp_path, "org", "create", "initech", "--seats", "2", "--offer", "monthly")
+    assert text.startswith("Organisation initech created with 2 seats (monthly from 20")
+
+
+@pytest.mark.parametrize(("arguments", "message"), [
+    (["--seats", "x"], "error: --seats: seats are a whole number between 1 and 1000000, "
+                       "not 'x'"),
+    (["--seats", "0"], "error: seats must be between 1 and 1000000"),
+    (["--seats", "3", "--offer", "yearly"],
+     "error: --offer: the offer is monthly or annual_commitment, not 'yearly'"),
+    (["--seats", "3", "--offer", "Monthly"],
+     "error: --offer: the offer is monthly or annual_commitment, not 'Monthly'"),
+    (["--seats", "3", "--start", "2026-02-30"],
+     "error: --start: the contract start is a date written YYYY-MM-DD, not '2026-02-30'"),
+    (["--seats", "3", "--start", "01/02/2026"],
+     "error: --start: the contract start is a date written YYYY-MM-DD, not '01/02/2026'"),
+    # Checked after the store is opened, still before anything is written.
+    (["--seats", "3", "--offer", "annual_commitment", "--start", "1999-12-31"],
+     "error: the contract start is between 2000-01-01 and "),
+])
+def test_org_create_refuses_bad_values_in_one_line_and_changes_nothing(
+        tmp_path: Path, arguments: list[str], message: str) -> None:
+    done = _admin(tmp_path, "org", "create", "acme", *arguments)
+    assert done.returncode == 1
+    assert done.stdout == ""
+    assert done.stderr.startswith(message), done.stderr
+    assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
+    if (tmp_path / "relay.db").exists():
+        async def names(opened: Any) -> list[str]:
+            return [found.name for found in await opened.list_organisations()]
+        assert _read(tmp_path, None, names) == []
+
+
+def test_an_existing_organisation_is_left_as_it_was(tmp_path: Path) -> None:
+    _ok(tmp_path, "org", "create", "acme", "--seats", "3")
+    done = _admin(tmp_path, "org", "create", "acme", "--seats", "9", "--offer",
+                  "annual_commitment", "--start", "2026-01-01")
+    assert (done.returncode, done.stderr) == (1, "error: organisation 'acme' already exists\n")
+
+    kept = _licence(tmp_path, "acme")
+    assert (kept.seats, kept.offer.value) == (3, "monthly")
+
 
 
 def test_the_cli_declares_under_the_api_rules(tmp_path: Path) -> None:

@@ -23,7 +23,7 @@ from typing import Any, Protocol
 
 from enrolment import admin
 from enrolment.errors import InvalidRequest, OrganisationInactive
-from enrolment.licence_dates import reduction_effective_on
+from enrolment.licence_dates import check_contract_start, reduction_effective_on
 from enrolment.numbers import parse_phone
 from enrolment.web.auth import (
     MAX_PASSWORD_CHARS,
@@ -386,17 +386,20 @@ class AdminService:
 
     # -- organisations -------------------------------------------------------------------
 
-    async def create_organisation(self, caller: Caller, name: str,
-                                  seats: int) -> tuple[Organisation, Licence]:
-        """Operators: an active organisation with a licence of ``seats``, month to month from
-        today (UTC), its terms recorded. Everything is checked before anything changes.
-        Audited as ``organisation.create`` and ``licence.terms``.
+    async def create_organisation(self, caller: Caller, name: str, seats: int, *,
+                                  offer: LicenceOffer = LicenceOffer.MONTHLY,
+                                  contract_start: datetime.date | None = None
+                                  ) -> tuple[Organisation, Licence]:
+        """Operators: an active organisation with a licence of ``seats`` on ``offer`` from
+        ``contract_start`` (today, UTC, if None). Everything is checked before anything
+        changes. Audited as ``organisation.create`` and ``licence.terms``.
 
-        Raises InvalidRequest (name, seats), AlreadyExists (name taken).
+        Raises InvalidRequest (name, seats, start), AlreadyExists (name taken).
         """
         self._require_operator(caller)
         admin.check_organisation(name, seats)
-        offer, start = LicenceOffer.MONTHLY, self.today()
+        start = self.today() if contract_start is None else contract_start
+        check_contract_start(start, today=self.today())
         organisation = await admin.create_organisation(self._store, name, seats,
                                                        self._now_ms())
         licence = await self._store.set_licence_terms(organisation=name, offer=offer,
