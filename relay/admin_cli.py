@@ -23,11 +23,16 @@ from typing import Annotated, Any
 import typer
 
 from enrolment.web.service import CLI_CALLER, AdminService, AdminServiceStore
+from relay.settings import DEFAULT_DATA_DIR
 
-__all__ = ["CliCloser", "cli_service", "register_account_commands"]
+__all__ = ["CliCloser", "DataDirOption", "JsonOption", "cli_service",
+           "register_account_commands"]
 
-DataDirOption = Annotated[Path | None, typer.Option("--data-dir", help="Relay data directory.")]
-JsonOption = Annotated[bool | None, typer.Option("--json", help="Print JSON.")]
+DataDirOption = Annotated[Path | None, typer.Option(
+    "--data-dir", help=f"Relay data directory \\[default: the configured data_dir, "
+                       f"else {DEFAULT_DATA_DIR}].")]
+JsonOption = Annotated[bool | None, typer.Option(
+    "--json", help="Print JSON \\[default: text].")]
 WithStore = Callable[[Path, Callable[[Any], Awaitable[Any]]], Any]
 Options = Callable[[Path | None, bool | None], tuple[Path, bool]]
 

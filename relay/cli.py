@@ -24,7 +24,13 @@ from enrolment import admin
 from enrolment.errors import EnrolmentError, InvalidRequest
 from enrolment.licence_dates import parse_contract_start, parse_offer
 from enrolment.web.service import CLI_CALLER
-from relay.admin_cli import CliCloser, cli_service, register_account_commands
+from relay.admin_cli import (
+    CliCloser,
+    DataDirOption,
+    JsonOption,
+    cli_service,
+    register_account_commands,
+)
 from relay.config import ConfigError, load_config, parse_assignment
 from relay.control import notify_relay
 from relay.data_dir import DataDirectoryInUse
@@ -57,13 +63,10 @@ admin_app.add_typer(org_app, name="org")
 admin_app.add_typer(user_app, name="user")
 register_operations_commands(app)
 
-DataDirOption = Annotated[Path | None, typer.Option(
-    "--data-dir", help=f"Relay data directory [default: {DEFAULT_DATA_DIR}].")]
-JsonOption = Annotated[bool | None, typer.Option("--json", help="Print JSON.")]
-
+# Help texts are Rich markup: a literal "[" is written "\\[" (else "[default: x]" vanishes).
 StoreOption = Annotated[str | None, typer.Option(
     "--store", help="Store URL: sqlite:///PATH or postgresql://USER@HOST/DB "
-                    "[default: sqlite in the data directory].")]
+                    "\\[default: sqlite in the data directory].")]
 
 _admin_options: dict[str, Any] = {"data_dir": DEFAULT_DATA_DIR, "json": False, "store": None}
 
@@ -216,7 +219,9 @@ def _parse_seats(text: str) -> int:
 
 @org_app.command("create")
 def org_create(
-        name: str,
+        name: Annotated[str, typer.Argument(
+            help=f"Lowercase letters, digits and '-', at most "
+                 f"{admin.MAX_ORGANISATION_NAME_CHARS} characters.")],
         seats: Annotated[str, typer.Option(
             metavar="N", help=f"Seats in the licence, 1 to {admin.MAX_SEATS}.")],
         offer: Annotated[str, typer.Option(
@@ -259,7 +264,9 @@ def org_create(
 
 
 @user_app.command("add")
-def user_add(phone: str, org: Annotated[str, typer.Option(help="Organisation name.")],
+def user_add(phone: Annotated[str, typer.Argument(
+                 help="Phone number in international form (+33 6 12 34 56 78).")],
+             org: Annotated[str, typer.Option(help="Organisation name.")],
              data_dir: DataDirOption = None, json_output: JsonOption = None) -> None:
     """Declare PHONE as a user of --org (uses one seat). Audited as user.declare (actor cli)."""
     directory, as_json = _options(data_dir, json_output)
@@ -287,7 +294,9 @@ def user_list(org: Annotated[str, typer.Option(help="Organisation name.")],
 
 
 @user_app.command("delete")
-def user_delete(phone: str, org: Annotated[str, typer.Option(help="Organisation name.")],
+def user_delete(phone: Annotated[str, typer.Argument(
+                    help="Phone number in international form (+33 6 12 34 56 78).")],
+                org: Annotated[str, typer.Option(help="Organisation name.")],
                 data_dir: DataDirOption = None, json_output: JsonOption = None) -> None:
     """Delete PHONE from --org: its devices are revoked and disconnected at once. Audited as
     user.delete (actor cli)."""

@@ -1,12 +1,13 @@
 """An operator's first hour with the real ``cryptopass-relay admin`` command, in subprocesses:
 every change is audited as ``cli``; ``org create`` records the licence terms the admin API
-shows and refuses bad values in one line, changing nothing."""
+shows and refuses bad values in one line, changing nothing; the help shows every default."""
 
 from __future__ import annotations
 
 import datetime
 import json
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -16,8 +17,11 @@ from typing import Any
 
 import pytest
 import trio
+import typer
+from typer.testing import CliRunner
 
 from enrolment.web.api import licence_json
+from relay.cli import app
 from storage.admin_records import RELAY_WIDE_AUDIT, AuditEntry, Licence
 from storage.base import Organisation
 from storage.store_url import open_store, parse_store_url
@@ -173,6 +177,39 @@ def test_an_existing_organisation_is_left_as_it_was(tmp_path: Path) -> None:
     kept = _licence(tmp_path, "acme")
     assert (kept.seats, kept.offer.value) == (3, "monthly")
 
+
+def _admin_commands() -> Iterator[tuple[list[str], Any]]:
+    """Every command and group under ``admin`` (typer's own click: duck-typed)."""
+    root: Any = typer.main.get_command(app)
+
+    def walk(path: list[str], command: Any) -> Iterator[tuple[list[str], Any]]:
+        yield path, command
+        for name, child in getattr(command, "commands", {}).items():
+            yield from walk([*path, name], child)
+
+    yield from walk(["admin"], root.commands["admin"])
+
+
+def test_admin_help_shows_every_default_and_no_stray_fragment() -> None:
+    """Rich markup used to swallow "[default: ...]" from help texts, leaving "Data directory .";
+    every admin command is checked (in-process), and the real command once."""
+    runner = CliRunner()
+    checked = 0
+    for path, command in _admin_commands():
+        output = runner.invoke(app, [*path, "--help"], env=_environment()).output
+        assert not re.search(r"\s\.(\s|$)", output), (path, output)
+        assert "[]" not in output, (path, output)
+        for parameter in command.params:
+            if "--data-dir" in parameter.opts:
+                assert "[default: the configured data_dir, else" in output, path
+        checked += 1
+    assert checked >= 12
+    done = subprocess.run([RELAY, "admin", "org", "create", "--help"], capture_output=True,
+                          text=True, timeout=60, env=_environment(), check=True)
+    for shown in ("[default: monthly]", "[default: today, UTC]", "--offer", "--start",
+                  "annual_commitment", "[default: the configured data_dir, else"):
+        assert shown in done.stdout, shown
+    assert not re.search(r"\s\.(\s|$)", done.stdout), done.stdout
 
 
 def test_the_cli_declares_under_the_api_rules(tmp_path: Path) -> None:
