@@ -74,35 +74,35 @@ _admin_options: dict[str, Any] = {"data_dir": DEFAULT_DATA_DIR, "json": False, "
 @app.command("serve")
 def serve_command(
         config: Annotated[Path | None, typer.Option(
-            help="TOML configuration file (keys: setting names) [env: CRYPTOPASS_CONFIG].")]
+            help="TOML configuration file (keys: setting names) \\[env: CRYPTOPASS_CONFIG].")]
         = None,
         data_dir: Annotated[Path | None, typer.Option(
-            help=f"Data directory [default: {DEFAULT_DATA_DIR}].")] = None,
+            help=f"Data directory \\[default: {DEFAULT_DATA_DIR}].")] = None,
         listen: Annotated[str | None, typer.Option(
-            help=f"UDP address for QUIC, HOST:PORT [default: {DEFAULT_LISTEN}].")] = None,
+            help=f"UDP address for QUIC, HOST:PORT \\[default: {DEFAULT_LISTEN}].")] = None,
         cert: Annotated[Path | None, typer.Option(help="TLS certificate chain (PEM).")] = None,
         key: Annotated[Path | None, typer.Option(help="TLS private key (PEM).")] = None,
         log_format: Annotated[str | None, typer.Option(
-            help="json or console [default: json].")] = None,
+            help="json or console \\[default: json].")] = None,
         retry: Annotated[bool | None, typer.Option(
-            help="Validate client addresses with QUIC Retry [default: retry].")] = None,
+            help="Validate client addresses with QUIC Retry \\[default: retry].")] = None,
         envelope_ttl_days: Annotated[float | None, typer.Option(
             help="Delete envelopes not acknowledged within this many days "
-                 f"[default: {DEFAULT_ENVELOPE_TTL_MS / 86_400_000:g}].", min=0.001)] = None,
+                 f"\\[default: {DEFAULT_ENVELOPE_TTL_MS / 86_400_000:g}].", min=0.001)] = None,
         max_queue_depth: Annotated[int | None, typer.Option(
             help="Envelopes one device may hold before sends to it are refused "
-                 f"[default: {DEFAULT_MAX_QUEUE_DEPTH}].", min=1)] = None,
+                 f"\\[default: {DEFAULT_MAX_QUEUE_DEPTH}].", min=1)] = None,
         metrics_listen: Annotated[str | None, typer.Option(
             help="TCP HOST:PORT for /metrics, /healthz, /readyz (internal).")] = None,
         admin_listen: Annotated[str | None, typer.Option(
             help="TCP HOST:PORT for the admin console and API (HTTPS).")] = None,
         store: StoreOption = None,
         node_name: Annotated[str | None, typer.Option(
-            help="This node's name, unique in a PostgreSQL cluster [default: host name].")]
+            help="This node's name, unique in a PostgreSQL cluster \\[default: host name].")]
         = None,
         workers: Annotated[int | None, typer.Option(
             help="Relay processes sharing the UDP port, one per core; more than 1 needs "
-                 "a PostgreSQL --store [default: 1].", min=1)] = None,
+                 "a PostgreSQL --store \\[default: 1].", min=1)] = None,
         set_: Annotated[list[str] | None, typer.Option(
             "--set", help="Any setting, FIELD=VALUE (repeatable).")] = None) -> None:
     """Run the relay until SIGTERM or SIGINT (SIGHUP reloads the TLS certificate).

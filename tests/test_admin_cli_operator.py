@@ -229,3 +229,11 @@ def test_the_cli_declares_under_the_api_rules(tmp_path: Path) -> None:
         return found
 
     assert _read(tmp_path, None, users) == []
+
+
+def test_serve_help_shows_its_defaults() -> None:
+    output = CliRunner().invoke(app, ["serve", "--help"], env=_environment()).output
+    assert not re.search(r"\s\.(\s|$)", output), output
+    for shown in ("[env: CRYPTOPASS_CONFIG]", "[default: json]", "[default: 1]",
+                  "[default: host name]", "[default: sqlite in the data directory]"):
+        assert shown in output, shown
