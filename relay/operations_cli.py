@@ -30,11 +30,11 @@ DATABASE_NAME = "relay.db"
 config_app = typer.Typer(help="Check or show the relay's configuration.", no_args_is_help=True)
 
 ConfigOption = Annotated[Path | None, typer.Option(
-    "--config", help="TOML configuration file [env: CRYPTOPASS_CONFIG].")]
+    "--config", help="TOML configuration file \\[env: CRYPTOPASS_CONFIG].")]
 SetOption = Annotated[list[str] | None, typer.Option(
     "--set", help="Any setting, FIELD=VALUE (repeatable), as for serve.")]
 DataDirOption = Annotated[Path | None, typer.Option(
-    "--data-dir", help="Relay data directory [default: the configured data_dir, "
+    "--data-dir", help="Relay data directory \\[default: the configured data_dir, "
                        f"else {DEFAULT_DATA_DIR}].")]
 
 

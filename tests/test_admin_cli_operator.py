@@ -237,3 +237,21 @@ def test_serve_help_shows_its_defaults() -> None:
     for shown in ("[env: CRYPTOPASS_CONFIG]", "[default: json]", "[default: 1]",
                   "[default: host name]", "[default: sqlite in the data directory]"):
         assert shown in output, shown
+
+
+def test_no_help_of_the_relay_command_loses_a_bracketed_note() -> None:
+    """Every command of cryptopass-relay, not only admin: backup, restore, config and serve too."""
+    root = typer.main.get_command(app)
+    runner = CliRunner()
+
+    def walk(path: list[str], command: Any) -> Iterator[list[str]]:
+        yield path
+        for name, child in getattr(command, "commands", {}).items():
+            yield from walk([*path, name], child)
+
+    paths = list(walk([], root))
+    assert ["backup"] in paths and ["restore"] in paths and ["config", "show"] in paths
+    for path in paths:
+        output = runner.invoke(app, [*path, "--help"], env=_environment()).output
+        assert not re.search(r"\s\.(\s|$)", output), (path, output)
+        assert "[]" not in output, (path, output)
