@@ -9,6 +9,8 @@ the full allowance. The embedded store serves one process: ``MemoryBuckets``.
 
 from __future__ import annotations
 
+from collections import OrderedDict
+
 from storage.sql_dialect import Connection
 
 __all__ = [
@@ -64,31 +66,43 @@ def forget_idle_buckets(connection: Connection, *, now: int, limit: int) -> int:
 
 
 class MemoryBuckets:
-    """The same buckets in one process's memory (the embedded store has one process)."""
+    """The same buckets in one process's memory (the embedded store has one process).
+
+    Bounded under any key distribution: the buckets form an LRU (an ``OrderedDict`` in the order
+    of last use), and a new key past ``MAX_KEYS`` evicts the least recently used bucket. Every
+    operation touches one or two entries, never the whole table, so a client that makes up keys
+    costs the event loop the same per request at any table size.
+    """
 
     MAX_KEYS = 100_000
-    """Buckets kept before the full ones are forgotten (memory bound)."""
+    """Buckets kept (memory bound: about 20 MB of keys and tuples)."""
 
     def __init__(self) -> None:
-        # key -> (tokens, last taken at, capacity, tokens per millisecond)
-        self._buckets: dict[str, tuple[float, int, int, float]] = {}
+        # key -> (tokens, last taken at), least recently used first
+        self._buckets: OrderedDict[str, tuple[float, int]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._buckets)
 
     def take(self, *, key: str, cost: int, capacity: int, period_ms: int, now: int) -> bool:
+        """Take ``cost`` tokens from ``key``'s bucket, which holds up to ``capacity`` and
+        refills evenly over ``period_ms``; False (and nothing taken) if it holds fewer."""
         if cost > capacity:
             return False
-        rate = capacity / period_ms
-        tokens, last, _, _ = self._buckets.get(key, (float(capacity), now, capacity, rate))
-        tokens = min(float(capacity), tokens + max(0, now - last) * rate)
-        last = max(now, last)
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            if len(self._buckets) >= self.MAX_KEYS:
+                # The least recently used bucket goes: it is the likeliest to be full again, and
+                # evicting it is O(1) where searching for full ones scanned the whole table.
+                self._buckets.popitem(last=False)
+            tokens, last = float(capacity), now
+        else:
+            self._buckets.move_to_end(key)
+            tokens, last = bucket
+            tokens = min(float(capacity), tokens + max(0, now - last) * capacity / period_ms)
+            last = max(now, last)
         if tokens < cost:
-            self._buckets[key] = (tokens, last, capacity, rate)
+            self._buckets[key] = (tokens, last)
             return False
-        if len(self._buckets) >= self.MAX_KEYS:
-            self._forget_full(now)
-        self._buckets[key] = (tokens - cost, last, capacity, rate)
+        self._buckets[key] = (tokens - cost, last)
         return True
-
-    def _forget_full(self, now: int) -> None:
-        for key, (tokens, last, capacity, rate) in list(self._buckets.items()):
-            if tokens + max(0, now - last) * rate >= capacity:
-                del self._buckets[key]
