@@ -73,6 +73,7 @@ from wire.protocol import (
     ServerProtocol,
     StreamEnded,
     StreamFailed,
+    is_client_bidirectional,
 )
 
 __all__ = ["AuthenticatedDevice", "DeviceSession", "SessionStore"]
@@ -86,6 +87,10 @@ _ENROLMENT_ERRORS: dict[type[EnrolmentError], ErrorCode] = {
     OrganisationInactive: ErrorCode.ORGANISATION_SUSPENDED,
     InvalidRequest: ErrorCode.INVALID_REQUEST,
 }
+
+_AUTHENTICATION_REFUSED = "unknown device, or the signature does not verify"
+"""One reason for both refusals (PROTOCOL.md "Authentication"): an answer must not tell a
+prober which devices exist."""
 
 _SEND_REFUSALS: dict[SendStatus, tuple[ErrorCode, str]] = {
     SendStatus.UNKNOWN_RECIPIENT: (ErrorCode.UNKNOWN_RECIPIENT, "no such recipient"),
@@ -201,6 +206,10 @@ class DeviceSession:
                 slot = self._reserve(stream_id)
                 nonce = secrets.token_bytes(NONCE_SIZE)
                 self._fill(stream_id, slot, self._core.issue_challenge(nonce))
+            case StreamFailed(stream_id=stream_id, error=error) if not is_client_bidirectional(
+                    stream_id):
+                # A stream the client opened one way: nothing can be written back on it.
+                self._link.stop_stream(stream_id, int(error.code))
             case StreamFailed(stream_id=stream_id, error=error):
                 slot = self._reserve(stream_id)
                 self._fill(stream_id, slot, _error(error.code, error.reason), end_stream=True)
@@ -321,9 +330,9 @@ class DeviceSession:
             principal = await self._store.load_principal(*claimed)
         if principal is None:
             self._core.refuse_authentication()
-            return self._refuse(ErrorCode.AUTHENTICATION_FAILED, "unknown or revoked device")
+            return self._refuse(ErrorCode.AUTHENTICATION_FAILED, _AUTHENTICATION_REFUSED)
         if not self._core.check_authentication(frame.signature, principal.device.identity_key):
-            return self._refuse(ErrorCode.AUTHENTICATION_FAILED, "the signature does not verify")
+            return self._refuse(ErrorCode.AUTHENTICATION_FAILED, _AUTHENTICATION_REFUSED)
         if principal.organisation.state is not OrganisationState.ACTIVE:
             self._core.refuse_authentication()
             return self._refuse(ErrorCode.ORGANISATION_SUSPENDED,

@@ -334,3 +334,34 @@ async def test_a_peer_stopping_its_streams_cannot_crash_the_relay(relay: RelayUn
         await authenticated(receiver, bob)
         stored = await drain_backlog(receiver)
         assert [delivery.ciphertext for delivery in stored] == [b"refused", b"still here"]
+
+
+async def test_data_on_a_client_unidirectional_stream_is_refused_and_the_connection_lives(
+        relay: RelayUnderTest) -> None:
+    """PROTOCOL.md: other stream kinds are refused with UNEXPECTED_FRAME. The relay cannot write
+    an ERROR on a stream the client opened one way, so it stops it (STOP_SENDING) with that code;
+    it used to try, fail inside the handler and close the whole connection with INTERNAL_ERROR."""
+    alice = await enrol(relay, ALICE)
+    async with relay.connect() as client:
+        stream = client.link.new_stream(unidirectional=True)
+        client.link.send_stream_data(stream, encode_frame(Lookup(phones=(BOB,))), end_stream=True)
+        with trio.fail_after(10):
+            await authenticated(client, alice)  # the same connection still serves requests
+            assert await client.lookup([ALICE]) != []
+        assert not client.link.closed.is_set()
+
+
+async def test_an_unknown_device_and_a_bad_signature_are_refused_alike(
+        relay: RelayUnderTest) -> None:
+    """PROTOCOL.md "Authentication": the two refusals look the same, so a prober cannot tell
+    which devices exist."""
+    alice = await enrol(relay, ALICE)
+    reasons = []
+    for user_id, key in ((alice.user_id, SigningKey.generate()),  # a real device, wrong key
+                         ("no-such-user", alice.key)):  # no such device
+        async with relay.connect() as client:
+            with pytest.raises(RelayError) as refused, trio.fail_after(10):
+                await client.authenticate(user_id, alice.device_id, key)
+        assert refused.value.code is ErrorCode.AUTHENTICATION_FAILED
+        reasons.append(refused.value.reason)
+    assert reasons[0] == reasons[1]

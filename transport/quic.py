@@ -161,6 +161,15 @@ class QuicLink:
         self.quic.reset_stream(stream_id, error_code)
         self._endpoint.mark_dirty(self)
 
+    def stop_stream(self, stream_id: int, error_code: int) -> None:
+        """Ask the peer to stop sending on one of its streams (STOP_SENDING, RFC 9000 §3.5):
+        how an endpoint refuses a stream it cannot answer on, such as a peer's unidirectional
+        one."""
+        if self.closed.is_set():
+            return
+        self.quic.stop_stream(stream_id, error_code)
+        self._endpoint.mark_dirty(self)
+
     def close(self, error_code: int, reason: str = "") -> None:
         """Close with an application error code and a readable reason."""
         if self.closed.is_set():
