@@ -33,7 +33,7 @@ from relay.admin_cli import (
 )
 from relay.config import ConfigError, load_config, parse_assignment
 from relay.control import notify_relay
-from relay.data_dir import DataDirectoryInUse
+from relay.data_dir import PRIVATE_UMASK, DataDirectoryInUse
 from relay.lifecycle import run_until_signalled
 from relay.logs import configure_logging
 from relay.operations_cli import register_operations_commands
@@ -323,4 +323,6 @@ register_account_commands(admin_app, org_app, with_store=_with_store, options=_o
 
 
 def main() -> None:
+    # The store, its WAL, backups, the outbox: whatever a command creates is its owner's only.
+    os.umask(PRIVATE_UMASK)
     app()

@@ -26,10 +26,18 @@ import os
 from pathlib import Path
 from types import TracebackType
 
-__all__ = ["LOCK_FILE_NAME", "DataDirLock", "DataDirectoryInUse", "inherit_data_dir_lock",
-           "lock_data_dir"]
+__all__ = ["DATA_DIR_MODE", "DATA_FILE_MODE", "LOCK_FILE_NAME", "PRIVATE_UMASK", "DataDirLock",
+           "DataDirectoryInUse", "inherit_data_dir_lock", "lock_data_dir"]
 
 LOCK_FILE_NAME = "relay.lock"
+
+DATA_DIR_MODE = 0o700
+"""The data directory: its owner only. It holds the store (with the enrolment secret and code
+hashes), the TLS key, the SMS outbox and the control socket."""
+DATA_FILE_MODE = 0o600
+"""Every file in it, backups included."""
+PRIVATE_UMASK = 0o077
+"""The relay's commands create files for their owner only (relay/cli.py sets it)."""
 
 MAX_HOLDER_LINE = 128
 """Bytes of the lock file read for a refusal message: ``PID PURPOSE``."""
@@ -109,13 +117,25 @@ def lock_data_dir(data_dir: Path, *, purpose: str) -> DataDirLock:
         except BlockingIOError:
             pid, holder_purpose = _holder(descriptor)
             raise DataDirectoryInUse(data_dir, pid=pid, purpose=holder_purpose) from None
-        os.fchmod(descriptor, 0o600)
+        os.fchmod(descriptor, DATA_FILE_MODE)
+        _make_private(data_dir)
         os.ftruncate(descriptor, 0)
         os.pwrite(descriptor, f"{os.getpid()} {purpose}\n".encode(), 0)
     except BaseException:
         os.close(descriptor)
         raise
     return DataDirLock(data_dir, descriptor)
+
+
+def _make_private(data_dir: Path) -> None:
+    """Take away what a data directory made by an older version (or by hand) lets others read:
+    the directory becomes DATA_DIR_MODE and the files directly in it DATA_FILE_MODE."""
+    os.chmod(data_dir, DATA_DIR_MODE)  # first: nobody else can now swap what follows
+    with os.scandir(data_dir) as entries:
+        for entry in entries:
+            readable = entry.stat(follow_symlinks=False).st_mode & 0o077
+            if entry.is_file(follow_symlinks=False) and readable:
+                os.chmod(entry.path, DATA_FILE_MODE)
 
 
 def inherit_data_dir_lock(data_dir: Path, descriptor: int) -> DataDirLock:

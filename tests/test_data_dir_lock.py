@@ -12,6 +12,7 @@ from __future__ import annotations
 import fcntl
 import os
 import signal
+import stat
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -248,3 +249,28 @@ def test_a_worker_adopts_the_lock_it_inherited_and_only_that(tmp_path: Path) -> 
         finally:
             os.close(stranger)
     assert not is_locked(data)
+
+
+async def test_the_data_directory_and_everything_the_relay_writes_are_private(
+        tmp_path: Path) -> None:
+    """Hardening review: relay.db, its WAL and backups were 0644 in a 0755 directory, and the
+    database holds the enrolment secret beside the code hashes. A directory an older version
+    left readable is tightened when a relay takes it."""
+    data_dir = tmp_path / "data"
+    data_dir.mkdir(mode=0o755)
+    data_dir.chmod(0o755)
+    leftover = data_dir / "sms-outbox.jsonl"
+    leftover.write_text("")
+    leftover.chmod(0o644)
+    async with spawn_relay(data_dir):
+        modes = {path.name: stat.S_IMODE(path.stat().st_mode) for path in data_dir.iterdir()
+                 if path.is_file()}
+        assert stat.S_IMODE(data_dir.stat().st_mode) == 0o700
+        assert {"relay.db", "relay.db-wal", "sms-outbox.jsonl", "relay.lock"} <= set(modes)
+        assert set(modes.values()) == {0o600}, modes
+        backup = tmp_path / "backup.db"
+        done = subprocess.run([str(BIN / "cryptopass-relay"), "backup", "--data-dir",
+                               str(data_dir), "--to", str(backup)],
+                              capture_output=True, text=True, timeout=60, check=False)
+        assert done.returncode == 0, done.stderr
+        assert stat.S_IMODE(backup.stat().st_mode) == 0o600
