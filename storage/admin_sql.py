@@ -585,14 +585,17 @@ def send_refusal(connection: Connection, dialect: Dialect, *, sender_organisatio
                  recipient_user_id: str) -> SendStatus | None:
     """Why a user of ``sender_organisation_id`` may not send to ``recipient_user_id`` now:
     ORGANISATION_SUSPENDED (the sender's organisation is not active), UNKNOWN_RECIPIENT (no
-    such user, or another organisation and one of the two refuses cross-organisation
-    traffic); None if it may."""
+    such user, a user of an organisation that is not active, which a look-up hides too, or
+    another organisation and one of the two refuses cross-organisation traffic); None if it
+    may."""
     # One statement of primary-key lookups: this runs in every send's transaction, where each
     # statement costs more than the lookups themselves. A missing policy row means allowed.
     row = connection.execute(dialect.sql(
-        "SELECT u.organisation_id, o.state, sender_policy.cross_organisation,"
-        " recipient_policy.cross_organisation FROM users AS u"
+        "SELECT u.organisation_id, o.state, recipient_organisation.state,"
+        " sender_policy.cross_organisation, recipient_policy.cross_organisation FROM users AS u"
         " JOIN organisations AS o ON o.organisation_id = ?"
+        " JOIN organisations AS recipient_organisation"
+        " ON recipient_organisation.organisation_id = u.organisation_id"
         " LEFT JOIN organisation_policies AS sender_policy"
         " ON sender_policy.organisation_id = o.organisation_id"
         " LEFT JOIN organisation_policies AS recipient_policy"
@@ -600,9 +603,12 @@ def send_refusal(connection: Connection, dialect: Dialect, *, sender_organisatio
         " WHERE u.user_id = ?"), (sender_organisation_id, recipient_user_id)).fetchone()
     if row is None:
         return SendStatus.UNKNOWN_RECIPIENT
-    recipient_organisation_id, sender_state, sender_allows, recipient_allows = row
+    (recipient_organisation_id, sender_state, recipient_state, sender_allows,
+     recipient_allows) = row
     if sender_state != OrganisationState.ACTIVE.value:
         return SendStatus.ORGANISATION_SUSPENDED
+    if recipient_state != OrganisationState.ACTIVE.value:
+        return SendStatus.UNKNOWN_RECIPIENT  # as a look-up answers: suspended users are hidden
     if int(recipient_organisation_id) == sender_organisation_id or (
             (sender_allows is None or bool(sender_allows))
             and (recipient_allows is None or bool(recipient_allows))):

@@ -406,6 +406,28 @@ async def test_a_suspended_organisation_cannot_send_but_keeps_its_queues(store: 
     assert (await _send_now(store, send(2))).status is SendStatus.ACCEPTED
 
 
+async def test_a_user_of_a_suspended_organisation_cannot_be_sent_to(store: Store) -> None:
+    """A look-up hides the users of an organisation that is not active; a send to one is refused
+    the same way (UNKNOWN_RECIPIENT), and stores nothing (hardening review)."""
+    mine, theirs = await _organisation(store), await _organisation(store)
+    sender, [sender_device] = await _enrolled(store, organisation=mine)
+    recipient, [recipient_device] = await _enrolled(store, organisation=theirs)
+
+    def send(client_message_id: int) -> NewSend:
+        return dataclasses.replace(
+            _send(sender, recipient, [recipient_device], client_message_id,
+                  sender_device_id=sender_device),
+            sender_organisation_id=sender.organisation_id)
+
+    assert (await _send_now(store, send(1))).status is SendStatus.ACCEPTED
+    for state in (OrganisationState.SUSPENDED, OrganisationState.TERMINATED):
+        await store.set_organisation_state(name=theirs, state=state)
+        assert (await _send_now(store, send(2))).status is SendStatus.UNKNOWN_RECIPIENT
+    assert len(await _fetch_all(store, recipient, recipient_device)) == 1  # only the first
+    await store.set_organisation_state(name=theirs, state=OrganisationState.ACTIVE)
+    assert (await _send_now(store, send(2))).status is SendStatus.ACCEPTED
+
+
 async def test_one_device_is_revoked_with_its_queue(store: Store) -> None:
     organisation = await _organisation(store)
     user, [first, second] = await _enrolled(store, devices=2, organisation=organisation)
