@@ -386,16 +386,23 @@ async def test_sends_follow_the_cross_organisation_policy(store: Store) -> None:
     assert (await _send_now(store, unchecked)).status is SendStatus.ACCEPTED
 
 
+def _checked_send(sender: User, sender_device: int, recipient: User, recipient_device: int,
+                  client_message_id: int) -> NewSend:
+    """A send the relay checks against the organisations (it carries the sender's)."""
+    return dataclasses.replace(
+        _send(sender, recipient, [recipient_device], client_message_id,
+              sender_device_id=sender_device),
+        sender_organisation_id=sender.organisation_id)
+
+
 async def test_a_suspended_organisation_cannot_send_but_keeps_its_queues(store: Store) -> None:
     organisation = await _organisation(store)
     sender, [sender_device] = await _enrolled(store, organisation=organisation)
     recipient, [recipient_device] = await _enrolled(store, organisation=organisation)
 
     def send(client_message_id: int) -> NewSend:
-        return dataclasses.replace(
-            _send(sender, recipient, [recipient_device], client_message_id,
-                  sender_device_id=sender_device),
-            sender_organisation_id=sender.organisation_id)
+        return _checked_send(sender, sender_device, recipient, recipient_device,
+                             client_message_id)
 
     assert (await _send_now(store, send(1))).status is SendStatus.ACCEPTED
     for state in (OrganisationState.SUSPENDED, OrganisationState.TERMINATED):
@@ -414,10 +421,8 @@ async def test_a_user_of_a_suspended_organisation_cannot_be_sent_to(store: Store
     recipient, [recipient_device] = await _enrolled(store, organisation=theirs)
 
     def send(client_message_id: int) -> NewSend:
-        return dataclasses.replace(
-            _send(sender, recipient, [recipient_device], client_message_id,
-                  sender_device_id=sender_device),
-            sender_organisation_id=sender.organisation_id)
+        return _checked_send(sender, sender_device, recipient, recipient_device,
+                             client_message_id)
 
     assert (await _send_now(store, send(1))).status is SendStatus.ACCEPTED
     for state in (OrganisationState.SUSPENDED, OrganisationState.TERMINATED):
