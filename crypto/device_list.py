@@ -1,0 +1,210 @@
+"""An account's device list, signed with the account key: which devices speak for a user.
+
+A user's account has one Ed25519 identity key (the *account key*). The first device creates
+it at SMS enrolment; a linked device receives it from the device that approved it. The list of
+the account's devices, with each device's own identity key, is signed with that key, so that
+neither the relay nor whoever holds an SMS code can add a device unnoticed: contacts pin the
+account key and encrypt only to devices on a list it signed. The relay stores the latest list
+and serves it; it cannot forge one, and cannot replay an older one to a client that has seen a
+newer one, because the version only increases (`check_successor`).
+
+Encoding (all integers big-endian; the signature covers everything before it)::
+
+    label                b"cryptopass/1 device list\\x00"   (25 bytes)
+    u32 len(user_id) || user_id (UTF-8, 1..64 bytes)
+    u64 version          1 .. 2^63-1, strictly increasing for one account key
+    account_key          32 bytes, Ed25519
+    u8  count            1 .. 16
+    count x (u32 device_id (1 .. 2^31-1), identity_key (32 bytes, Ed25519)), device ids
+                         strictly ascending
+    signature            64 bytes, Ed25519 by account_key over all of the above
+
+Pure: no I/O, no clock. Used by the client (to sign and to check) and by the relay (to check
+before storing).
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+from nacl.bindings import crypto_core_ed25519_is_valid_point
+
+from crypto.primitives import (
+    ED25519_PUBLIC_KEY_SIZE,
+    CryptoError,
+    Ed25519KeyPair,
+    SignatureError,
+    ed25519_sign,
+    ed25519_verify,
+)
+
+__all__ = [
+    "DEVICE_LIST_LABEL",
+    "MAX_DEVICE_ID",
+    "MAX_DEVICE_LIST_SIZE",
+    "MAX_LISTED_DEVICES",
+    "MAX_USER_ID_BYTES",
+    "DeviceListError",
+    "SignedDeviceList",
+    "StaleDeviceListError",
+    "check_successor",
+    "decode_device_list",
+    "sign_device_list",
+]
+
+DEVICE_LIST_LABEL = b"cryptopass/1 device list\x00"
+MAX_LISTED_DEVICES = 16
+"""Devices one account holds at most (the relay's TOO_MANY_DEVICES, PROTOCOL.md)."""
+MAX_USER_ID_BYTES = 64
+MAX_DEVICE_ID = 2**31 - 1
+MAX_VERSION = 2**63 - 1
+_SIGNATURE_SIZE = 64
+_ENTRY = struct.Struct(">I32s")
+MAX_DEVICE_LIST_SIZE = (len(DEVICE_LIST_LABEL) + 4 + MAX_USER_ID_BYTES + 8
+                        + ED25519_PUBLIC_KEY_SIZE + 1 + MAX_LISTED_DEVICES * _ENTRY.size
+                        + _SIGNATURE_SIZE)
+"""Bytes of the largest valid encoding (841): a bound for the frames that carry one."""
+
+
+class DeviceListError(CryptoError):
+    """A device list is malformed, badly signed, or not the one expected."""
+
+
+class StaleDeviceListError(DeviceListError):
+    """A device list is older than one already seen for the same account key: a replay."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class SignedDeviceList:
+    """A checked device list (only `decode_device_list` and `sign_device_list` make one)."""
+
+    user_id: str
+    version: int
+    account_key: bytes
+    devices: dict[int, bytes]
+    """device id -> that device's 32-byte Ed25519 identity key."""
+    encoded: bytes
+    """The exact signed bytes, signature included: what the relay stores and serves."""
+
+    def with_devices(self, account: Ed25519KeyPair, devices: dict[int, bytes]) -> SignedDeviceList:
+        """The next list of this account: ``devices``, version + 1, signed by ``account``."""
+        return sign_device_list(account, user_id=self.user_id, version=self.version + 1,
+                                devices=devices)
+
+
+def _body(user_id: str, version: int, account_key: bytes, devices: dict[int, bytes]) -> bytes:
+    _check_contents(user_id, version, account_key, devices)
+    user = user_id.encode()
+    entries = b"".join(_ENTRY.pack(device_id, key) for device_id, key in sorted(devices.items()))
+    return (DEVICE_LIST_LABEL + struct.pack(">I", len(user)) + user + struct.pack(">Q", version)
+            + account_key + bytes([len(devices)]) + entries)
+
+
+def _check_contents(user_id: str, version: int, account_key: bytes,
+                    devices: dict[int, bytes]) -> None:
+    if not 1 <= len(user_id.encode()) <= MAX_USER_ID_BYTES:
+        raise DeviceListError(f"a user id is 1..{MAX_USER_ID_BYTES} bytes")
+    if not 1 <= version <= MAX_VERSION:
+        raise DeviceListError("a device list version is 1 .. 2^63-1")
+    if len(account_key) != ED25519_PUBLIC_KEY_SIZE or not crypto_core_ed25519_is_valid_point(
+            account_key):
+        raise DeviceListError("the account key is not a valid Ed25519 public key")
+    if not 1 <= len(devices) <= MAX_LISTED_DEVICES:
+        raise DeviceListError(f"a device list holds 1..{MAX_LISTED_DEVICES} devices")
+    for device_id, key in devices.items():
+        if not 1 <= device_id <= MAX_DEVICE_ID:
+            raise DeviceListError(f"device id {device_id} is out of range")
+        if len(key) != ED25519_PUBLIC_KEY_SIZE or not crypto_core_ed25519_is_valid_point(key):
+            raise DeviceListError(f"device {device_id} has no valid Ed25519 identity key")
+
+
+def sign_device_list(account: Ed25519KeyPair, *, user_id: str, version: int,
+                     devices: dict[int, bytes]) -> SignedDeviceList:
+    """Sign a device list with the account key.
+
+    Raises:
+        DeviceListError: a field is out of its limits (see the module docstring).
+    """
+    body = _body(user_id, version, account.public_key, devices)
+    encoded = body + ed25519_sign(account.private_key, body)
+    return SignedDeviceList(user_id=user_id, version=version, account_key=account.public_key,
+                            devices=dict(sorted(devices.items())), encoded=encoded)
+
+
+def decode_device_list(data: bytes, *, account_key: bytes | None = None,
+                       user_id: str | None = None) -> SignedDeviceList:
+    """Parse and check a signed device list.
+
+    Args:
+        account_key: if given, the list must be signed by exactly this key (the pinned one).
+        user_id: if given, the list must be this user's.
+
+    Raises:
+        DeviceListError: malformed, a bad signature, another account key or another user.
+    """
+    if len(data) > MAX_DEVICE_LIST_SIZE:
+        raise DeviceListError(f"a device list is at most {MAX_DEVICE_LIST_SIZE} bytes")
+    try:
+        return _decode(data, account_key, user_id)
+    except (struct.error, UnicodeDecodeError, IndexError) as error:
+        raise DeviceListError("the device list is truncated or malformed") from error
+
+
+def _decode(data: bytes, account_key: bytes | None, user_id: str | None) -> SignedDeviceList:
+    label_end = len(DEVICE_LIST_LABEL)
+    if data[:label_end] != DEVICE_LIST_LABEL:
+        raise DeviceListError("not a device list (wrong label)")
+    (user_length,) = struct.unpack_from(">I", data, label_end)
+    offset = label_end + 4
+    if not 1 <= user_length <= MAX_USER_ID_BYTES:
+        raise DeviceListError(f"a user id is 1..{MAX_USER_ID_BYTES} bytes")
+    listed_user = data[offset:offset + user_length].decode()
+    offset += user_length
+    (version,) = struct.unpack_from(">Q", data, offset)
+    offset += 8
+    listed_key = data[offset:offset + ED25519_PUBLIC_KEY_SIZE]
+    offset += ED25519_PUBLIC_KEY_SIZE
+    count = data[offset]
+    offset += 1
+    devices: dict[int, bytes] = {}
+    previous = 0
+    for _ in range(count):
+        device_id, key = _ENTRY.unpack_from(data, offset)
+        offset += _ENTRY.size
+        if device_id <= previous:
+            raise DeviceListError("device ids must be strictly ascending")
+        previous = device_id
+        devices[device_id] = key
+    if len(data) != offset + _SIGNATURE_SIZE:
+        raise DeviceListError("the device list is truncated or has trailing bytes")
+    _check_contents(listed_user, version, listed_key, devices)
+    if account_key is not None and listed_key != account_key:
+        raise DeviceListError("the device list is signed by another account key")
+    if user_id is not None and listed_user != user_id:
+        raise DeviceListError("the device list belongs to another user")
+    try:
+        ed25519_verify(listed_key, data[:offset], data[offset:])
+    except SignatureError as error:
+        raise DeviceListError("the device list's signature does not verify") from error
+    return SignedDeviceList(user_id=listed_user, version=version, account_key=listed_key,
+                            devices=devices, encoded=bytes(data))
+
+
+def check_successor(seen: SignedDeviceList | None, offered: SignedDeviceList) -> bool:
+    """Decide whether ``offered`` may replace ``seen`` (the newest list seen for the account).
+
+    Returns True if ``offered`` is newer, False if it is the very list already seen.
+
+    Raises:
+        StaleDeviceListError: same account key, lower version, or the same version with other
+            contents (a replay or a fork): refuse it and keep ``seen``.
+    """
+    if seen is None or seen.account_key != offered.account_key:
+        return True
+    if offered.version > seen.version:
+        return True
+    if offered.version == seen.version and offered.encoded == seen.encoded:
+        return False
+    raise StaleDeviceListError(
+        f"device list version {offered.version} is not newer than version {seen.version}")
