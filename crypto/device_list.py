@@ -4,9 +4,9 @@ A user's account has one Ed25519 identity key (the *account key*). The first dev
 it at SMS enrolment; a linked device receives it from the device that approved it. The list of
 the account's devices, with each device's own identity key, is signed with that key, so that
 neither the relay nor whoever holds an SMS code can add a device unnoticed: contacts pin the
-account key and encrypt only to devices on a list it signed. The relay stores the latest list
-and serves it; it cannot forge one, and cannot replay an older one to a client that has seen a
-newer one, because the version only increases (`check_successor`).
+account key and encrypt only to devices whose identity key is on a list it signed. The relay
+stores the latest list and serves it; it cannot forge one, and cannot replay an older one to a
+client that has seen a newer one, because the version only increases (`check_successor`).
 
 Encoding (all integers big-endian; the signature covers everything before it)::
 
@@ -15,9 +15,12 @@ Encoding (all integers big-endian; the signature covers everything before it)::
     u64 version          1 .. 2^63-1, strictly increasing for one account key
     account_key          32 bytes, Ed25519
     u8  count            1 .. 16
-    count x (u32 device_id (1 .. 2^31-1), identity_key (32 bytes, Ed25519)), device ids
-                         strictly ascending
+    count x identity_key 32 bytes each, Ed25519, strictly ascending (bytewise)
     signature            64 bytes, Ed25519 by account_key over all of the above
+
+The list names devices by their identity keys, not by the relay's device ids: a device can
+sign the first list of a new account before the relay has given it an id, and the relay maps
+ids to keys (a client addresses device id N only if the key the relay gives for N is listed).
 
 Pure: no I/O, no clock. Used by the client (to sign and to check) and by the relay (to check
 before storing).
@@ -25,7 +28,9 @@ before storing).
 
 from __future__ import annotations
 
+import itertools
 import struct
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from nacl.bindings import crypto_core_ed25519_is_valid_point
@@ -41,7 +46,6 @@ from crypto.primitives import (
 
 __all__ = [
     "DEVICE_LIST_LABEL",
-    "MAX_DEVICE_ID",
     "MAX_DEVICE_LIST_SIZE",
     "MAX_LISTED_DEVICES",
     "MAX_USER_ID_BYTES",
@@ -57,14 +61,12 @@ DEVICE_LIST_LABEL = b"cryptopass/1 device list\x00"
 MAX_LISTED_DEVICES = 16
 """Devices one account holds at most (the relay's TOO_MANY_DEVICES, PROTOCOL.md)."""
 MAX_USER_ID_BYTES = 64
-MAX_DEVICE_ID = 2**31 - 1
 MAX_VERSION = 2**63 - 1
 _SIGNATURE_SIZE = 64
-_ENTRY = struct.Struct(">I32s")
 MAX_DEVICE_LIST_SIZE = (len(DEVICE_LIST_LABEL) + 4 + MAX_USER_ID_BYTES + 8
-                        + ED25519_PUBLIC_KEY_SIZE + 1 + MAX_LISTED_DEVICES * _ENTRY.size
+                        + ED25519_PUBLIC_KEY_SIZE + 1 + MAX_LISTED_DEVICES * ED25519_PUBLIC_KEY_SIZE
                         + _SIGNATURE_SIZE)
-"""Bytes of the largest valid encoding (841): a bound for the frames that carry one."""
+"""Bytes of the largest valid encoding (710): a bound for the frames that carry one."""
 
 
 class DeviceListError(CryptoError):
@@ -82,27 +84,28 @@ class SignedDeviceList:
     user_id: str
     version: int
     account_key: bytes
-    devices: dict[int, bytes]
-    """device id -> that device's 32-byte Ed25519 identity key."""
+    devices: frozenset[bytes]
+    """The listed devices' 32-byte Ed25519 identity keys."""
     encoded: bytes
     """The exact signed bytes, signature included: what the relay stores and serves."""
 
-    def with_devices(self, account: Ed25519KeyPair, devices: dict[int, bytes]) -> SignedDeviceList:
+    def with_devices(self, account: Ed25519KeyPair,
+                     devices: Iterable[bytes]) -> SignedDeviceList:
         """The next list of this account: ``devices``, version + 1, signed by ``account``."""
         return sign_device_list(account, user_id=self.user_id, version=self.version + 1,
                                 devices=devices)
 
 
-def _body(user_id: str, version: int, account_key: bytes, devices: dict[int, bytes]) -> bytes:
+def _body(user_id: str, version: int, account_key: bytes, devices: frozenset[bytes]) -> bytes:
     _check_contents(user_id, version, account_key, devices)
     user = user_id.encode()
-    entries = b"".join(_ENTRY.pack(device_id, key) for device_id, key in sorted(devices.items()))
+    entries = b"".join(sorted(devices))
     return (DEVICE_LIST_LABEL + struct.pack(">I", len(user)) + user + struct.pack(">Q", version)
             + account_key + bytes([len(devices)]) + entries)
 
 
 def _check_contents(user_id: str, version: int, account_key: bytes,
-                    devices: dict[int, bytes]) -> None:
+                    devices: frozenset[bytes]) -> None:
     if not 1 <= len(user_id.encode()) <= MAX_USER_ID_BYTES:
         raise DeviceListError(f"a user id is 1..{MAX_USER_ID_BYTES} bytes")
     if not 1 <= version <= MAX_VERSION:
@@ -112,24 +115,23 @@ def _check_contents(user_id: str, version: int, account_key: bytes,
         raise DeviceListError("the account key is not a valid Ed25519 public key")
     if not 1 <= len(devices) <= MAX_LISTED_DEVICES:
         raise DeviceListError(f"a device list holds 1..{MAX_LISTED_DEVICES} devices")
-    for device_id, key in devices.items():
-        if not 1 <= device_id <= MAX_DEVICE_ID:
-            raise DeviceListError(f"device id {device_id} is out of range")
+    for key in devices:
         if len(key) != ED25519_PUBLIC_KEY_SIZE or not crypto_core_ed25519_is_valid_point(key):
-            raise DeviceListError(f"device {device_id} has no valid Ed25519 identity key")
+            raise DeviceListError("a listed identity key is not a valid Ed25519 public key")
 
 
 def sign_device_list(account: Ed25519KeyPair, *, user_id: str, version: int,
-                     devices: dict[int, bytes]) -> SignedDeviceList:
-    """Sign a device list with the account key.
+                     devices: Iterable[bytes]) -> SignedDeviceList:
+    """Sign a device list (the listed devices' identity keys) with the account key.
 
     Raises:
         DeviceListError: a field is out of its limits (see the module docstring).
     """
-    body = _body(user_id, version, account.public_key, devices)
+    keys = frozenset(devices)
+    body = _body(user_id, version, account.public_key, keys)
     encoded = body + ed25519_sign(account.private_key, body)
     return SignedDeviceList(user_id=user_id, version=version, account_key=account.public_key,
-                            devices=dict(sorted(devices.items())), encoded=encoded)
+                            devices=keys, encoded=encoded)
 
 
 def decode_device_list(data: bytes, *, account_key: bytes | None = None,
@@ -167,17 +169,14 @@ def _decode(data: bytes, account_key: bytes | None, user_id: str | None) -> Sign
     offset += ED25519_PUBLIC_KEY_SIZE
     count = data[offset]
     offset += 1
-    devices: dict[int, bytes] = {}
-    previous = 0
-    for _ in range(count):
-        device_id, key = _ENTRY.unpack_from(data, offset)
-        offset += _ENTRY.size
-        if device_id <= previous:
-            raise DeviceListError("device ids must be strictly ascending")
-        previous = device_id
-        devices[device_id] = key
+    keys = [data[offset + index * ED25519_PUBLIC_KEY_SIZE:
+                 offset + (index + 1) * ED25519_PUBLIC_KEY_SIZE] for index in range(count)]
+    offset += count * ED25519_PUBLIC_KEY_SIZE
     if len(data) != offset + _SIGNATURE_SIZE:
         raise DeviceListError("the device list is truncated or has trailing bytes")
+    if any(earlier >= later for earlier, later in itertools.pairwise(keys)):
+        raise DeviceListError("listed identity keys must be strictly ascending")
+    devices = frozenset(keys)
     _check_contents(listed_user, version, listed_key, devices)
     if account_key is not None and listed_key != account_key:
         raise DeviceListError("the device list is signed by another account key")
