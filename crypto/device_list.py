@@ -11,16 +11,17 @@ client that has seen a newer one, because the version only increases (`check_suc
 Encoding (all integers big-endian; the signature covers everything before it)::
 
     label                b"cryptopass/1 device list\\x00"   (25 bytes)
-    u32 len(user_id) || user_id (UTF-8, 1..64 bytes)
     u64 version          1 .. 2^63-1, strictly increasing for one account key
     account_key          32 bytes, Ed25519
     u8  count            1 .. 16
     count x identity_key 32 bytes each, Ed25519, strictly ascending (bytewise)
     signature            64 bytes, Ed25519 by account_key over all of the above
 
-The list names devices by their identity keys, not by the relay's device ids: a device can
-sign the first list of a new account before the relay has given it an id, and the relay maps
-ids to keys (a client addresses device id N only if the key the relay gives for N is listed).
+The list names devices by their identity keys, not by the relay's ids: a device signs the
+first list of a new account in its enrolment request, before the relay has given it a user id
+or a device id, and the relay maps ids to keys (a client addresses device N only if the key
+the relay gives for N is listed). The account key itself is what binds the list to one
+account: contacts pin (user id, account key), and the safety number covers both.
 
 Pure: no I/O, no clock. Used by the client (to sign and to check) and by the relay (to check
 before storing).
@@ -48,7 +49,6 @@ __all__ = [
     "DEVICE_LIST_LABEL",
     "MAX_DEVICE_LIST_SIZE",
     "MAX_LISTED_DEVICES",
-    "MAX_USER_ID_BYTES",
     "DeviceListError",
     "SignedDeviceList",
     "StaleDeviceListError",
@@ -60,13 +60,12 @@ __all__ = [
 DEVICE_LIST_LABEL = b"cryptopass/1 device list\x00"
 MAX_LISTED_DEVICES = 16
 """Devices one account holds at most (the relay's TOO_MANY_DEVICES, PROTOCOL.md)."""
-MAX_USER_ID_BYTES = 64
 MAX_VERSION = 2**63 - 1
 _SIGNATURE_SIZE = 64
-MAX_DEVICE_LIST_SIZE = (len(DEVICE_LIST_LABEL) + 4 + MAX_USER_ID_BYTES + 8
+MAX_DEVICE_LIST_SIZE = (len(DEVICE_LIST_LABEL) + 8
                         + ED25519_PUBLIC_KEY_SIZE + 1 + MAX_LISTED_DEVICES * ED25519_PUBLIC_KEY_SIZE
                         + _SIGNATURE_SIZE)
-"""Bytes of the largest valid encoding (710): a bound for the frames that carry one."""
+"""Bytes of the largest valid encoding (642): a bound for the frames that carry one."""
 
 
 class DeviceListError(CryptoError):
@@ -81,7 +80,6 @@ class StaleDeviceListError(DeviceListError):
 class SignedDeviceList:
     """A checked device list (only `decode_device_list` and `sign_device_list` make one)."""
 
-    user_id: str
     version: int
     account_key: bytes
     devices: frozenset[bytes]
@@ -92,22 +90,17 @@ class SignedDeviceList:
     def with_devices(self, account: Ed25519KeyPair,
                      devices: Iterable[bytes]) -> SignedDeviceList:
         """The next list of this account: ``devices``, version + 1, signed by ``account``."""
-        return sign_device_list(account, user_id=self.user_id, version=self.version + 1,
-                                devices=devices)
+        return sign_device_list(account, version=self.version + 1, devices=devices)
 
 
-def _body(user_id: str, version: int, account_key: bytes, devices: frozenset[bytes]) -> bytes:
-    _check_contents(user_id, version, account_key, devices)
-    user = user_id.encode()
+def _body(version: int, account_key: bytes, devices: frozenset[bytes]) -> bytes:
+    _check_contents(version, account_key, devices)
     entries = b"".join(sorted(devices))
-    return (DEVICE_LIST_LABEL + struct.pack(">I", len(user)) + user + struct.pack(">Q", version)
-            + account_key + bytes([len(devices)]) + entries)
+    return (DEVICE_LIST_LABEL + struct.pack(">Q", version) + account_key + bytes([len(devices)])
+            + entries)
 
 
-def _check_contents(user_id: str, version: int, account_key: bytes,
-                    devices: frozenset[bytes]) -> None:
-    if not 1 <= len(user_id.encode()) <= MAX_USER_ID_BYTES:
-        raise DeviceListError(f"a user id is 1..{MAX_USER_ID_BYTES} bytes")
+def _check_contents(version: int, account_key: bytes, devices: frozenset[bytes]) -> None:
     if not 1 <= version <= MAX_VERSION:
         raise DeviceListError("a device list version is 1 .. 2^63-1")
     if len(account_key) != ED25519_PUBLIC_KEY_SIZE or not crypto_core_ed25519_is_valid_point(
@@ -120,7 +113,7 @@ def _check_contents(user_id: str, version: int, account_key: bytes,
             raise DeviceListError("a listed identity key is not a valid Ed25519 public key")
 
 
-def sign_device_list(account: Ed25519KeyPair, *, user_id: str, version: int,
+def sign_device_list(account: Ed25519KeyPair, *, version: int,
                      devices: Iterable[bytes]) -> SignedDeviceList:
     """Sign a device list (the listed devices' identity keys) with the account key.
 
@@ -128,41 +121,33 @@ def sign_device_list(account: Ed25519KeyPair, *, user_id: str, version: int,
         DeviceListError: a field is out of its limits (see the module docstring).
     """
     keys = frozenset(devices)
-    body = _body(user_id, version, account.public_key, keys)
+    body = _body(version, account.public_key, keys)
     encoded = body + ed25519_sign(account.private_key, body)
-    return SignedDeviceList(user_id=user_id, version=version, account_key=account.public_key,
+    return SignedDeviceList(version=version, account_key=account.public_key,
                             devices=keys, encoded=encoded)
 
 
-def decode_device_list(data: bytes, *, account_key: bytes | None = None,
-                       user_id: str | None = None) -> SignedDeviceList:
+def decode_device_list(data: bytes, *, account_key: bytes | None = None) -> SignedDeviceList:
     """Parse and check a signed device list.
 
     Args:
         account_key: if given, the list must be signed by exactly this key (the pinned one).
-        user_id: if given, the list must be this user's.
 
     Raises:
-        DeviceListError: malformed, a bad signature, another account key or another user.
+        DeviceListError: malformed, a bad signature, or another account key.
     """
     if len(data) > MAX_DEVICE_LIST_SIZE:
         raise DeviceListError(f"a device list is at most {MAX_DEVICE_LIST_SIZE} bytes")
     try:
-        return _decode(data, account_key, user_id)
-    except (struct.error, UnicodeDecodeError, IndexError) as error:
+        return _decode(data, account_key)
+    except (struct.error, IndexError) as error:
         raise DeviceListError("the device list is truncated or malformed") from error
 
 
-def _decode(data: bytes, account_key: bytes | None, user_id: str | None) -> SignedDeviceList:
-    label_end = len(DEVICE_LIST_LABEL)
-    if data[:label_end] != DEVICE_LIST_LABEL:
+def _decode(data: bytes, account_key: bytes | None) -> SignedDeviceList:
+    offset = len(DEVICE_LIST_LABEL)
+    if data[:offset] != DEVICE_LIST_LABEL:
         raise DeviceListError("not a device list (wrong label)")
-    (user_length,) = struct.unpack_from(">I", data, label_end)
-    offset = label_end + 4
-    if not 1 <= user_length <= MAX_USER_ID_BYTES:
-        raise DeviceListError(f"a user id is 1..{MAX_USER_ID_BYTES} bytes")
-    listed_user = data[offset:offset + user_length].decode()
-    offset += user_length
     (version,) = struct.unpack_from(">Q", data, offset)
     offset += 8
     listed_key = data[offset:offset + ED25519_PUBLIC_KEY_SIZE]
@@ -177,16 +162,14 @@ def _decode(data: bytes, account_key: bytes | None, user_id: str | None) -> Sign
     if any(earlier >= later for earlier, later in itertools.pairwise(keys)):
         raise DeviceListError("listed identity keys must be strictly ascending")
     devices = frozenset(keys)
-    _check_contents(listed_user, version, listed_key, devices)
+    _check_contents(version, listed_key, devices)
     if account_key is not None and listed_key != account_key:
         raise DeviceListError("the device list is signed by another account key")
-    if user_id is not None and listed_user != user_id:
-        raise DeviceListError("the device list belongs to another user")
     try:
         ed25519_verify(listed_key, data[:offset], data[offset:])
     except SignatureError as error:
         raise DeviceListError("the device list's signature does not verify") from error
-    return SignedDeviceList(user_id=listed_user, version=version, account_key=listed_key,
+    return SignedDeviceList(version=version, account_key=listed_key,
                             devices=devices, encoded=bytes(data))
 
 
