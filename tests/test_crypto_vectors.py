@@ -134,7 +134,7 @@ def build(encapsulation: MlKem1024Encapsulation | None) -> dict[str, Any]:
                               "shared_secret": kem.shared_secret.hex()},
         "pqxdh_shared_secret": shared_secret.hex(),
         "messages": messages,
-        "safety_number": safety_number("alice", [alice.identity_key], "bob", [bob.identity_key]),
+        "safety_number": safety_number("alice", alice.identity_key, "bob", bob.identity_key),
     }
 
 
