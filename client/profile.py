@@ -1,22 +1,26 @@
 """A client profile: one device's identity and settings, in a directory.
 
 Files: ``profile.json`` (relay address, CA path, phone, user and device ids),
-``identity.key`` (the Ed25519 private key seed, mode 0600),
+``identity.key`` (this device's Ed25519 private key seed, mode 0600),
+``account.key`` (the account's Ed25519 private key seed, shared by the account's devices:
+created at SMS enrolment, received from the approving device when linking; mode 0600),
 ``device.state`` (the end-to-end state: prekey secrets, sessions and contacts, mode 0600,
 rewritten atomically after every change; see client/messenger.py) and
 ``received.json`` (recent envelope ids, to drop a delivery that arrives again
-after a connection broke before its acknowledgement).
+after a connection broke before its acknowledgement), ``profile.lock`` (the single-writer
+lock). The directory is kept at 0700; every file is written by `client.profile_files`.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import shlex
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from nacl.signing import SigningKey
+
+from client.profile_files import ProfileLock, tighten_directory, write_private
 
 __all__ = ["DEVICE_STATE_FILE", "PROFILE_VERSION", "RECENT_IDS_KEPT", "Profile", "ProfileError"]
 
@@ -45,7 +49,11 @@ class Profile:
     def __init__(self, directory: Path) -> None:
         self.directory = directory
         self.data = ProfileData()
+        self.lock = ProfileLock(directory)
+        """Held around every read-modify-write of the end-to-end state (client.messenger)."""
         path = directory / "profile.json"
+        if directory.is_dir():
+            tighten_directory(directory)
         if path.exists():
             try:
                 raw = json.loads(path.read_text())
@@ -57,8 +65,7 @@ class Profile:
                                    f"this client reads version {PROFILE_VERSION}")
 
     def save(self) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-        _write_private(self.directory / "profile.json",
+        write_private(self.directory / "profile.json",
                        json.dumps(asdict(self.data), indent=2).encode())
 
     def signing_key(self, *, create: bool = False) -> SigningKey:
@@ -71,9 +78,22 @@ class Profile:
         if not create:
             raise ProfileError(f"no identity key in {self.directory}: {self._not_enrolled_hint()}")
         key = SigningKey.generate()
-        self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-        _write_private(path, bytes(key))
+        write_private(path, bytes(key))
         return key
+
+    def account_key(self) -> SigningKey | None:
+        """The account's private key, or None if this profile holds none yet."""
+        path = self.directory / "account.key"
+        if not path.exists():
+            return None
+        seed = path.read_bytes()
+        if len(seed) != 32:
+            raise ProfileError(f"{path} is damaged (expected a 32-byte key)")
+        return SigningKey(seed)
+
+    def save_account_key(self, key: SigningKey) -> None:
+        """Keep the account's private key (mode 0600): it signs the account's device list."""
+        write_private(self.directory / "account.key", bytes(key))
 
     def require_enrolled(self) -> tuple[str, int, str, str | None]:
         """(user_id, device_id, relay, ca) or a ProfileError saying what to run."""
@@ -103,10 +123,18 @@ class Profile:
         path = self.directory / DEVICE_STATE_FILE
         return path.read_bytes() if path.exists() else None
 
+    def device_state_stamp(self) -> tuple[int, int, int] | None:
+        """What identifies the saved state's current version on disk (inode, size, mtime):
+        unchanged means nobody replaced it since it was last read or written here."""
+        try:
+            info = (self.directory / DEVICE_STATE_FILE).stat()
+        except FileNotFoundError:
+            return None
+        return info.st_ino, info.st_size, info.st_mtime_ns
+
     def save_device_state(self, data: bytes) -> None:
         """Replace the end-to-end state atomically (mode 0600: it holds private keys)."""
-        self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-        _write_private(self.directory / DEVICE_STATE_FILE, data)
+        write_private(self.directory / DEVICE_STATE_FILE, data)
 
     def recent_ids(self) -> list[int]:
         path = self.directory / "received.json"
@@ -119,16 +147,5 @@ class Profile:
         return [item for item in value if isinstance(item, int)] if isinstance(value, list) else []
 
     def save_recent_ids(self, ids: list[int]) -> None:
-        _write_private(self.directory / "received.json",
+        write_private(self.directory / "received.json",
                        json.dumps(ids[-RECENT_IDS_KEPT:]).encode())
-
-
-def _write_private(path: Path, data: bytes) -> None:
-    """Write atomically (temporary file + rename) with mode 0600."""
-    temporary = path.with_suffix(path.suffix + ".tmp")
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(descriptor, "wb") as file:
-        file.write(data)
-        file.flush()
-        os.fsync(file.fileno())
-    os.replace(temporary, path)
