@@ -1,4 +1,5 @@
-"""Enrolment by SMS code: request a code for a number, then trade it for a device.
+"""Enrolment by SMS code: request a code for a number, then trade it for a new account identity
+(an account key, its first signed device list, and the one device on it).
 
 An attacker must not learn from ``start`` whether a number is declared: a
 declared and an undeclared number get the same answer, the same exceptions,
@@ -14,6 +15,7 @@ from typing import Protocol
 
 import nacl.bindings
 
+from crypto.device_list import DeviceListError, decode_device_list
 from enrolment.codes import (
     CODE_TTL_MS,
     MAX_CHECKS_PER_CODE,
@@ -36,16 +38,18 @@ from enrolment.errors import (
 from enrolment.numbers import parse_phone
 from enrolment.sms import SmsDispatcher, SmsMessage, utc_timestamp
 from storage.base import (
-    Device,
     Directory,
     EnrolmentStore,
+    Registration,
     RegistrationRefusal,
     RegistrationRefused,
 )
 
 __all__ = [
     "ENROLMENT_SECRET_NAME",
+    "FIRST_DEVICE_LIST_VERSION",
     "IDENTITY_KEY_BYTES",
+    "REENROLMENT_REVOKE_REASON",
     "SECRET_BYTES",
     "EnrolmentService",
     "EnrolmentServiceStore",
@@ -59,6 +63,12 @@ SECRET_BYTES = 32
 
 IDENTITY_KEY_BYTES = 32
 """Size of an Ed25519 public key."""
+
+REENROLMENT_REVOKE_REASON = "this number was enrolled on another device"
+"""What a device revoked by a new enrolment of its number is told (``RevokedDevice.reason``)."""
+
+FIRST_DEVICE_LIST_VERSION = 1
+"""The version of a new account's first device list, signed by its enrolling device."""
 
 _CODE_TTL_MINUTES = CODE_TTL_MS // 60_000
 
@@ -144,16 +154,24 @@ class EnrolmentService:
                 )
             )
 
-    async def verify(self, phone_text: str, code: str, identity_key: bytes, now: int) -> Device:
-        """Register a new device with ``identity_key`` if ``code`` is the pending one.
+    async def verify(self, phone_text: str, code: str, identity_key: bytes, account_key: bytes,
+                     device_list: bytes, now: int) -> Registration:
+        """Create a new account identity for the number, with one device, if ``code`` is the
+        pending one.
 
-        Every call with a well-formed code uses one of the code's
-        ``MAX_CHECKS_PER_CODE`` checks; a successful one consumes the code.
+        ``account_key`` is the new account's Ed25519 key and ``device_list`` its first device
+        list (``crypto.device_list``): version 1, signed by ``account_key``, listing
+        ``identity_key`` only. The number's earlier devices, if any, are revoked with
+        ``REENROLMENT_REVOKE_REASON`` (``Registration.revoked``). Every call with a
+        well-formed request uses one of the code's ``MAX_CHECKS_PER_CODE`` checks; a
+        successful one consumes the code.
 
         Raises:
             InvalidPhoneNumber: the text is not a valid international number.
-            InvalidRequest: the code is not 6 digits, or the key is not an
-                Ed25519 public key (nothing is counted).
+            InvalidRequest: the code is not 6 digits, a key is not an Ed25519 public key, or
+                the list is not the new account's first list of this one device (nothing is
+                counted); or ``account_key`` is already the number's (one check is counted,
+                the code stays pending).
             VerificationFailed: wrong, expired, exhausted or used code, or an
                 unknown number (deliberately indistinguishable).
             TooManyDevices: the user already has ``MAX_DEVICES_PER_USER`` devices.
@@ -163,6 +181,7 @@ class EnrolmentService:
         if not is_well_formed_code(code):
             raise InvalidRequest("the verification code must be 6 digits")
         _check_identity_key(identity_key)
+        _check_first_device_list(account_key, device_list, identity_key)
         key = phone_key(self._secret, phone)
         pending_hash = await self._store.take_verification_attempt(
             phone_key=key, now=now, max_attempts=MAX_CHECKS_PER_CODE
@@ -177,20 +196,39 @@ class EnrolmentService:
                 phone_key=key,
                 code_hash=pending_hash,
                 identity_key=identity_key,
+                account_key=account_key,
+                device_list=device_list,
+                device_list_version=FIRST_DEVICE_LIST_VERSION,
                 now=now,
                 max_devices=MAX_DEVICES_PER_USER,
+                revoke_reason=REENROLMENT_REVOKE_REASON,
             )
         except RegistrationRefused as refusal:
             raise _translate_refusal(refusal.reason) from refusal
 
 
-def _check_identity_key(identity_key: bytes) -> None:
+def _check_identity_key(identity_key: bytes, name: str = "identity key") -> None:
     if len(identity_key) != IDENTITY_KEY_BYTES:
-        raise InvalidRequest(f"the identity key must be {IDENTITY_KEY_BYTES} bytes")
+        raise InvalidRequest(f"the {name} must be {IDENTITY_KEY_BYTES} bytes")
     # nacl.signing.VerifyKey only checks the length; this rejects encodings that
     # are not on the curve and small-order points (which any signature verifies).
     if not nacl.bindings.crypto_core_ed25519_is_valid_point(identity_key):
-        raise InvalidRequest("the identity key is not a valid Ed25519 public key")
+        raise InvalidRequest(f"the {name} is not a valid Ed25519 public key")
+
+
+def _check_first_device_list(account_key: bytes, device_list: bytes,
+                             identity_key: bytes) -> None:
+    """A new account's first list: signed by ``account_key``, version 1, this device only."""
+    _check_identity_key(account_key, "account key")
+    try:
+        signed = decode_device_list(device_list, account_key=account_key)
+    except DeviceListError as error:
+        raise InvalidRequest(f"the device list is not valid: {error}") from error
+    if signed.version != FIRST_DEVICE_LIST_VERSION:
+        raise InvalidRequest(
+            f"a new account's device list has version {FIRST_DEVICE_LIST_VERSION}")
+    if signed.devices != frozenset((identity_key,)):
+        raise InvalidRequest("a new account's device list lists exactly the enrolling device")
 
 
 def _translate_refusal(reason: RegistrationRefusal) -> Exception:
@@ -198,6 +236,10 @@ def _translate_refusal(reason: RegistrationRefusal) -> Exception:
         return TooManyDevices(max_devices=MAX_DEVICES_PER_USER)
     if reason is RegistrationRefusal.ORGANISATION_INACTIVE:
         return OrganisationInactive()
+    if reason is RegistrationRefusal.SAME_ACCOUNT_KEY:
+        return InvalidRequest(
+            "this account key is already the number's: an enrolment creates a new account "
+            "identity, so generate a new account key")
     # CODE_CONSUMED (a concurrent verify won) and NOT_DECLARED (deleted, or
     # never declared and the code guessed) look like any other failed check.
     return VerificationFailed()

@@ -10,14 +10,26 @@ A caller that needs one capability asks for its protocol only (the delivery pump
 ``EnvelopeQueue``, the prekey service a ``PrekeyStore``, ...); ``Store`` is for what opens and
 owns a store. Backends must pass ``tests/storage_conformance.py`` (and the prekey and admin
 conformance suites). The values and errors named here are defined in ``storage.records``,
-``storage.prekey_records`` and ``storage.admin_records``; the protocols and the values of
-``storage.records`` are re-exported here, so that callers may import the contract from one place.
+``storage.account_records``, ``storage.prekey_records`` and ``storage.admin_records``; the
+protocols and the values of ``storage.records`` and ``storage.account_records`` are re-exported
+here, so that callers may import the contract from one place.
 """
 
 from __future__ import annotations
 
 from typing import Protocol
 
+from storage.account_records import (
+    REVOCATION_NOTICE_RETENTION_MS,
+    AccountRecord,
+    DeviceListRefusal,
+    DeviceListRefused,
+    LinkPostResult,
+    PublishedDeviceList,
+    Registration,
+    RevokedDevice,
+)
+from storage.interfaces.accounts import AccountKeyStore, LinkChannelStore
 from storage.interfaces.administration import AccountStore, AdminStore, AuditLog
 from storage.interfaces.cluster import ClusterCapable, ClusterWakeups
 from storage.interfaces.directory import Directory, OrganisationPolicy
@@ -47,6 +59,9 @@ from storage.records import (
 )
 
 __all__ = [
+    "REVOCATION_NOTICE_RETENTION_MS",
+    "AccountKeyStore",
+    "AccountRecord",
     "AccountStore",
     "AdminStore",
     "AlreadyExists",
@@ -54,10 +69,14 @@ __all__ = [
     "ClusterCapable",
     "ClusterWakeups",
     "Device",
+    "DeviceListRefusal",
+    "DeviceListRefused",
     "Directory",
     "EnrolmentStore",
     "Envelope",
     "EnvelopeQueue",
+    "LinkChannelStore",
+    "LinkPostResult",
     "NewSend",
     "NotFound",
     "Organisation",
@@ -66,9 +85,12 @@ __all__ = [
     "PendingResult",
     "PrekeyStore",
     "Principal",
+    "PublishedDeviceList",
     "RateLimits",
+    "Registration",
     "RegistrationRefusal",
     "RegistrationRefused",
+    "RevokedDevice",
     "SeatLimitReached",
     "SendOutcome",
     "SendStatus",
@@ -81,7 +103,8 @@ __all__ = [
 
 
 class Store(StoreLifecycle, ClusterCapable, EnvelopeQueue, Directory, OrganisationPolicy,
-            EnrolmentStore, PrekeyStore, RateLimits, AdminStore, Protocol):
+            EnrolmentStore, AccountKeyStore, LinkChannelStore, PrekeyStore, RateLimits,
+            AdminStore, Protocol):
     """The relay's whole persistent state: every capability of ``storage.interfaces``.
 
     All methods are safe to call concurrently.

@@ -57,6 +57,7 @@ class RegistrationRefusal(enum.Enum):
     CODE_CONSUMED = "code_consumed"  # the pending code was used or replaced meanwhile
     NOT_DECLARED = "not_declared"  # the number is not (or no longer) declared
     ORGANISATION_INACTIVE = "organisation_inactive"  # suspended or terminated
+    SAME_ACCOUNT_KEY = "same_account_key"  # the user already has this account key
     TOO_MANY_DEVICES = "too_many_devices"  # the user already has the maximum
 
 

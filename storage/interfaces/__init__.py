@@ -3,8 +3,9 @@
 Each module holds one capability and states its rules on its methods:
 ``envelope_queue`` (sends, the queue, acknowledgements, expiry), ``directory`` (who exists, and
 the cross-organisation policy), ``enrolment`` (SMS codes, device registration, secrets),
-``prekeys``, ``rate_limits``, ``administration`` (organisations, users, accounts, sessions,
-tokens, audit, licences), ``lifecycle`` and ``cluster`` (what a shared database offers the
+``accounts`` (account keys, device lists, revocation notices, link channels), ``prekeys``,
+``rate_limits``, ``administration`` (organisations, users, accounts, sessions, tokens, audit,
+licences), ``lifecycle`` and ``cluster`` (what a shared database offers the
 relay nodes). ``storage.base.Store`` composes them all; a caller that needs one capability
 asks for that protocol only.
 """

@@ -3,14 +3,15 @@
 Codes reach the store only as keyed hashes (``enrolment.codes``), and phone numbers that were
 never declared only as ``phone_key`` values (keyed hashes of the number), so that what the
 store keeps about an undeclared number tells nothing about it. Every check of a code costs
-one of its attempts, and a code registers at most one device.
+one of its attempts, and a code registers at most one device. An enrolment creates a new
+account identity (``storage.interfaces.accounts``): the number's earlier devices are revoked.
 """
 
 from __future__ import annotations
 
 from typing import Protocol
 
-from storage.records import Device
+from storage.account_records import Registration
 
 __all__ = ["EnrolmentStore"]
 
@@ -50,14 +51,25 @@ class EnrolmentStore(Protocol):
         ...
 
     async def register_device(self, *, phone: str, phone_key: bytes, code_hash: bytes,
-                              identity_key: bytes, now: int, max_devices: int) -> Device:
-        """Consume the pending code and register a new device for the user of ``phone``.
+                              identity_key: bytes, account_key: bytes, device_list: bytes,
+                              device_list_version: int, now: int, max_devices: int,
+                              revoke_reason: str) -> Registration:
+        """Consume the pending code and make a new account identity for the user of ``phone``,
+        with one device.
 
-        Atomic and single-use: the pending code of ``phone_key`` is deleted only
-        if it still equals ``code_hash``; in the same transaction the device is
-        created (next unused device id of the user: ids are never reused) and the
-        user becomes ENROLLED. Raises RegistrationRefused (changing nothing)
-        otherwise: CODE_CONSUMED (used, replaced, or sent before the number's current
-        declaration), NOT_DECLARED, ORGANISATION_INACTIVE, TOO_MANY_DEVICES.
+        Atomic and single-use: the pending code of ``phone_key`` is deleted only if it still
+        equals ``code_hash``. In the same transaction: every device the user already has (the
+        number was enrolled before: a lost phone, a SIM swap) is revoked, as by
+        ``AccountKeyStore.publish_device_list`` (row, queued envelopes and prekeys deleted, a
+        notice with ``revoke_reason`` kept); ``account_key``, ``device_list`` (already checked
+        by the caller: signed by ``account_key``, listing only ``identity_key``) and
+        ``device_list_version`` replace the user's; the device is created (next unused device
+        id of the user: ids are never reused) and the user becomes ENROLLED.
+
+        Raises RegistrationRefused (changing nothing) otherwise: CODE_CONSUMED (used,
+        replaced, or sent before the number's current declaration), NOT_DECLARED,
+        ORGANISATION_INACTIVE, SAME_ACCOUNT_KEY (``account_key`` is already the user's: an
+        enrolment always creates a new account identity), TOO_MANY_DEVICES (counted after
+        the revocation, so a re-enrolment always fits unless ``max_devices`` is 0).
         """
         ...
