@@ -44,7 +44,8 @@ PREKEY_SAMPLE_FRAMES: dict[FrameType, Frame] = {
     FrameType.PREKEY_COUNTS: PrekeyCounts(one_time=0, kem_one_time=1, signed_prekey_id=1,
                                           kem_last_resort_prekey_id=3),
     FrameType.DEVICE_LIST: DeviceList(user_id=USER_ID, devices=(
-        DeviceInfo(device_id=1, registered_at=1_700_000_000_000),
-        DeviceInfo(device_id=2, registered_at=1_700_000_000_001))),
+        DeviceInfo(device_id=1, registered_at=1_700_000_000_000, identity_key=b"i" * 32),
+        DeviceInfo(device_id=2, registered_at=1_700_000_000_001, identity_key=b"j" * 32)),
+        account_key=b"a" * 32, signed_list=b"l" * 200),
     FrameType.PREKEYS_LOW: PrekeysLow(one_time=3, kem_one_time=9),
 }

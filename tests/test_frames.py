@@ -13,7 +13,21 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from crypto.device_list import sign_device_list
+from crypto.primitives import SeededRandom, ed25519_generate
+from tests.account_samples import ACCOUNT_SAMPLE_FRAMES, CHANNEL_ID
 from tests.prekey_samples import PREKEY_SAMPLE_FRAMES
+from wire.account_frames import (
+    AddedDevice,
+    DeviceListPublished,
+    LinkFetch,
+    LinkMessages,
+    LinkOpen,
+    LinkOpened,
+    LinkPost,
+    LinkPosted,
+    PublishDeviceList,
+)
 from wire.codec import FrameDecoder, decode_body, encode_frame
 from wire.frames import (
     LENGTH_PREFIX_SIZE,
@@ -21,6 +35,7 @@ from wire.frames import (
     MAX_CIPHERTEXT_SIZE,
     MAX_CLIENT_MESSAGE_ID,
     MAX_DEVICE_ID,
+    MAX_DEVICE_LIST_SIZE,
     MAX_DEVICES_PER_SEND,
     MAX_FRAME_SIZE,
     MAX_LOOKUP_PHONES,
@@ -54,12 +69,15 @@ from wire.frames import (
     SendAccepted,
     auth_transcript,
 )
+from wire.limits import MAX_LINK_PAYLOAD_SIZE, MAX_LINK_POSTS_PER_SIDE
+from wire.prekey_frames import DeviceList
 
 USER_ID = "u-0123456789abcdef"
 SAMPLE_FRAMES: dict[FrameType, Frame] = {
     FrameType.ENROL_START: EnrolStart(phone="+447700900123"),
     FrameType.ENROL_VERIFY: EnrolVerify(
-        phone="+447700900123", code="123456", identity_key=b"k" * 32
+        phone="+447700900123", code="123456", identity_key=b"k" * 32, account_key=b"a" * 32,
+        device_list=b"l" * 130,
     ),
     FrameType.HELLO: Hello(user_id=USER_ID, device_id=1),
     FrameType.AUTHENTICATE: Authenticate(signature=b"s" * 64),
@@ -90,6 +108,7 @@ SAMPLE_FRAMES: dict[FrameType, Frame] = {
     ),
     FrameType.QUEUE_EMPTY: QueueEmpty(),
     **PREKEY_SAMPLE_FRAMES,
+    **ACCOUNT_SAMPLE_FRAMES,
 }
 
 
@@ -165,6 +184,8 @@ def test_frame_type_and_error_code_numbers_are_stable() -> None:
         "UPLOAD_PREKEYS": 8, "FETCH_BUNDLE": 9, "GET_PREKEY_COUNTS": 10, "LIST_DEVICES": 11,
         "PREKEYS_UPLOADED": 71, "BUNDLE": 72, "PREKEY_COUNTS": 73, "DEVICE_LIST": 74,
         "PREKEYS_LOW": 130,
+        "PUBLISH_DEVICE_LIST": 16, "LINK_OPEN": 17, "LINK_POST": 18, "LINK_FETCH": 19,
+        "DEVICE_LIST_PUBLISHED": 80, "LINK_OPENED": 81, "LINK_POSTED": 82, "LINK_MESSAGES": 83,
     }  # fmt: skip
     assert {c.name: c.value for c in ErrorCode} == {
         "NO_ERROR": 0, "MALFORMED_FRAME": 1, "FRAME_TOO_LARGE": 2, "UNSUPPORTED_VERSION": 3,
@@ -175,6 +196,7 @@ def test_frame_type_and_error_code_numbers_are_stable() -> None:
         "QUEUE_FULL": 32, "PAYLOAD_TOO_LARGE": 33, "ORGANISATION_SUSPENDED": 40,
         "INTERNAL_ERROR": 50, "GOING_AWAY": 51, "REPLACED": 52, "IDLE_TIMEOUT": 53,
         "INVALID_PREKEY_SIGNATURE": 60, "PREKEY_POOL_FULL": 61,
+        "STALE_DEVICE_LIST": 70, "INVALID_DEVICE_LIST": 71, "LINK_CHANNEL_UNKNOWN": 72,
     }  # fmt: skip
 
 
@@ -224,6 +246,34 @@ def test_largest_send_fits_in_a_frame() -> None:
     assert len(encoded) - LENGTH_PREFIX_SIZE <= MAX_FRAME_SIZE
     decoder = FrameDecoder()
     assert decoder.feed(encoded) == [frame]
+
+
+def test_a_full_signed_device_list_fits_the_frames_that_carry_it() -> None:
+    source = SeededRandom(b"full device list")
+    account = ed25519_generate(source)
+    devices = [ed25519_generate(source).public_key for _ in range(16)]
+    signed = sign_device_list(account, version=2, devices=devices)
+    assert len(signed.encoded) == MAX_DEVICE_LIST_SIZE
+    publish = PublishDeviceList(device_list=signed.encoded)
+    verify = EnrolVerify(phone="+447700900123", code="123456", identity_key=devices[0],
+                         account_key=account.public_key, device_list=signed.encoded)
+    for frame in (publish, verify):
+        assert decode_every_way(encode_frame(frame)) == [frame]
+
+
+def test_a_full_link_fetch_answer_fits_in_a_frame() -> None:
+    frame = LinkMessages(payloads=(b"p" * MAX_LINK_PAYLOAD_SIZE,) * MAX_LINK_POSTS_PER_SIDE)
+    assert decode_body(encode_frame(frame)[LENGTH_PREFIX_SIZE:]) == frame
+
+
+def test_a_device_list_of_an_account_without_a_key_leaves_its_fields_out() -> None:
+    # A user enrolled before accounts existed has no account key: the answer says so by
+    # omission, and an older client reading a newer answer ignores the fields it does not know.
+    frame = DeviceList(user_id=USER_ID, devices=())
+    assert "account_key" in body_of(frame) and body_of(frame)["account_key"] is None
+    body = body_of(frame)
+    del body["account_key"], body["signed_list"]
+    assert decode_body(msgpack.packb([1, FrameType.DEVICE_LIST, body])) == frame
 
 
 def test_unknown_fields_are_ignored() -> None:
@@ -431,6 +481,37 @@ FIELD_ERRORS: list[tuple[FrameType, str, object, ErrorCode]] = [
     (FrameType.DELIVER, "accepted_at", -1, ErrorCode.MALFORMED_FRAME),
     (FrameType.DELIVER, "envelope_id", 2**63, ErrorCode.MALFORMED_FRAME),
     (FrameType.DELIVER, "sender_device_id", True, ErrorCode.MALFORMED_FRAME),
+    (FrameType.ENROL_VERIFY, "account_key", b"a" * 33, ErrorCode.MALFORMED_FRAME),
+    (FrameType.ENROL_VERIFY, "device_list", b"", ErrorCode.MALFORMED_FRAME),
+    (FrameType.ENROL_VERIFY, "device_list", b"l" * (MAX_DEVICE_LIST_SIZE + 1),
+     ErrorCode.MALFORMED_FRAME),
+    (FrameType.DEVICE_LIST, "account_key", b"a" * 31, ErrorCode.MALFORMED_FRAME),
+    (FrameType.DEVICE_LIST, "signed_list", "l", ErrorCode.MALFORMED_FRAME),
+    (FrameType.DEVICE_LIST, "devices", [{"device_id": 1, "registered_at": 0}],
+     ErrorCode.MALFORMED_FRAME),
+    (FrameType.DEVICE_LIST, "devices",
+     [{"device_id": 1, "registered_at": 0, "identity_key": b"i" * 31}],
+     ErrorCode.MALFORMED_FRAME),
+    (FrameType.PUBLISH_DEVICE_LIST, "device_list", b"", ErrorCode.MALFORMED_FRAME),
+    (FrameType.PUBLISH_DEVICE_LIST, "device_list", b"l" * (MAX_DEVICE_LIST_SIZE + 1),
+     ErrorCode.MALFORMED_FRAME),
+    (FrameType.DEVICE_LIST_PUBLISHED, "version", 0, ErrorCode.MALFORMED_FRAME),
+    (FrameType.DEVICE_LIST_PUBLISHED, "added", [{"device_id": 0, "identity_key": b"n" * 32}],
+     ErrorCode.MALFORMED_FRAME),
+    (FrameType.DEVICE_LIST_PUBLISHED, "added", [{"device_id": 1}], ErrorCode.MALFORMED_FRAME),
+    (FrameType.DEVICE_LIST_PUBLISHED, "revoked", [0], ErrorCode.MALFORMED_FRAME),
+    (FrameType.LINK_POST, "channel_id", CHANNEL_ID[:15], ErrorCode.MALFORMED_FRAME),
+    (FrameType.LINK_POST, "channel_id", CHANNEL_ID + b"x", ErrorCode.MALFORMED_FRAME),
+    (FrameType.LINK_POST, "payload", b"", ErrorCode.MALFORMED_FRAME),
+    (FrameType.LINK_POST, "payload", b"p" * (MAX_LINK_PAYLOAD_SIZE + 1),
+     ErrorCode.PAYLOAD_TOO_LARGE),
+    (FrameType.LINK_FETCH, "channel_id", "c" * 16, ErrorCode.MALFORMED_FRAME),
+    (FrameType.LINK_OPENED, "expires_at", -1, ErrorCode.MALFORMED_FRAME),
+    (FrameType.LINK_MESSAGES, "payloads", [b"p"] * (MAX_LINK_POSTS_PER_SIDE + 1),
+     ErrorCode.MALFORMED_FRAME),
+    (FrameType.LINK_MESSAGES, "payloads", [b""], ErrorCode.MALFORMED_FRAME),
+    (FrameType.LINK_MESSAGES, "payloads", [b"p" * (MAX_LINK_PAYLOAD_SIZE + 1)],
+     ErrorCode.MALFORMED_FRAME),
 ]
 
 
@@ -453,7 +534,8 @@ def test_bad_field_is_named(
         reason = caught.value.reason
     else:
         reason = assert_rejected_every_way(data, code)
-    assert name in reason or "DirectoryEntry" in reason
+    assert name in reason or any(nested in reason for nested in (
+        "DirectoryEntry", "DeviceInfo", "AddedDevice"))
 
 
 # --- building frames locally ----------------------------------------------------------------------
@@ -491,13 +573,19 @@ device_ids = st.integers(1, MAX_DEVICE_ID)
 u63 = st.integers(0, 2**63 - 1)
 ciphertexts = st.binary(min_size=1, max_size=300)
 device_lists = st.lists(device_ids, max_size=MAX_DEVICES_PER_SEND).map(tuple)
+keys = st.binary(min_size=32, max_size=32)
+signed_lists = st.binary(min_size=1, max_size=MAX_DEVICE_LIST_SIZE)
+channel_ids = st.binary(min_size=16, max_size=16)
+link_payloads = st.binary(min_size=1, max_size=300)
 FRAME_STRATEGIES: list[st.SearchStrategy[Any]] = [
     st.builds(EnrolStart, phone=phones),
     st.builds(
         EnrolVerify,
         phone=phones,
         code=st.text("0123456789", min_size=6, max_size=6),
-        identity_key=st.binary(min_size=32, max_size=32),
+        identity_key=keys,
+        account_key=keys,
+        device_list=signed_lists,
     ),
     st.builds(Hello, user_id=user_ids, device_id=device_ids),
     st.builds(Authenticate, signature=st.binary(min_size=64, max_size=64)),
@@ -542,6 +630,21 @@ FRAME_STRATEGIES: list[st.SearchStrategy[Any]] = [
         ciphertext=ciphertexts,
     ),
     st.just(QueueEmpty()),
+    st.builds(PublishDeviceList, device_list=signed_lists),
+    st.just(LinkOpen()),
+    st.builds(LinkPost, channel_id=channel_ids, payload=link_payloads),
+    st.builds(LinkFetch, channel_id=channel_ids),
+    st.builds(
+        DeviceListPublished,
+        version=st.integers(1, 2**63 - 1),
+        added=st.lists(st.builds(AddedDevice, device_id=device_ids, identity_key=keys),
+                       max_size=4).map(tuple),
+        revoked=st.lists(device_ids, max_size=4).map(tuple),
+    ),
+    st.builds(LinkOpened, channel_id=channel_ids, expires_at=u63),
+    st.just(LinkPosted()),
+    st.builds(LinkMessages, payloads=st.lists(link_payloads, max_size=MAX_LINK_POSTS_PER_SIDE)
+              .map(tuple)),
 ]
 any_frame = st.one_of(FRAME_STRATEGIES)
 
@@ -598,7 +701,9 @@ msgpack_values = st.recursive(
     frame_type=st.sampled_from(FrameType),
     body=st.dictionaries(
         st.sampled_from(["phone", "code", "user_id", "device_id", "payloads", "entries", "code",
-                         "reason", "ciphertext", "envelope_ids", "phones", "nonce", "count"])
+                         "reason", "ciphertext", "envelope_ids", "phones", "nonce", "count",
+                         "device_list", "channel_id", "payload", "added", "revoked", "version",
+                         "account_key", "signed_list", "identity_key", "expires_at"])
         | st.text(max_size=3),
         msgpack_values,
         max_size=8,

@@ -44,6 +44,10 @@ class FrameType(IntEnum):
     FETCH_BUNDLE = 9
     GET_PREKEY_COUNTS = 10
     LIST_DEVICES = 11
+    PUBLISH_DEVICE_LIST = 16
+    LINK_OPEN = 17
+    LINK_POST = 18
+    LINK_FETCH = 19
     ENROL_STARTED = 64
     ENROLLED = 65
     CHALLENGE = 66
@@ -55,6 +59,10 @@ class FrameType(IntEnum):
     BUNDLE = 72
     PREKEY_COUNTS = 73
     DEVICE_LIST = 74
+    DEVICE_LIST_PUBLISHED = 80
+    LINK_OPENED = 81
+    LINK_POSTED = 82
+    LINK_MESSAGES = 83
     ERROR = 127
     DELIVER = 128
     QUEUE_EMPTY = 129
@@ -65,7 +73,8 @@ class ErrorCode(IntEnum):
     """Stable error numbers, sent in ERROR frames and used as QUIC application close codes.
 
     Grouped by tens: framing 1-9, authentication 10-19, enrolment and requests 20-29,
-    delivery 30-39, organisation 40-49, server and connection 50-59, prekeys 60-69.
+    delivery 30-39, organisation 40-49, server and connection 50-59, prekeys 60-69,
+    accounts and linking 70-79.
     """
 
     NO_ERROR = 0  # normal close
@@ -93,6 +102,9 @@ class ErrorCode(IntEnum):
     IDLE_TIMEOUT = 53  # no activity for the idle timeout
     INVALID_PREKEY_SIGNATURE = 60  # an uploaded prekey's signature does not verify; nothing stored
     PREKEY_POOL_FULL = 61  # the upload would overfill a one-time prekey pool; nothing stored
+    STALE_DEVICE_LIST = 70  # a published device list's version is not above the stored one
+    INVALID_DEVICE_LIST = 71  # malformed, badly signed, another account's, or drops its publisher
+    LINK_CHANNEL_UNKNOWN = 72  # no such link channel: unknown, expired, exhausted or not yours
 
     @classmethod
     def from_wire(cls, value: int) -> ErrorCode:
@@ -129,8 +141,9 @@ class FeatureBlock:
 
 
 RESERVED_BLOCKS: tuple[FeatureBlock, ...] = (
-    FeatureBlock(feature="linked devices", requests=range(16, 24), responses=range(80, 88),
-                 pushes=range(136, 140), errors=range(70, 80)),
+    # Linked devices assigned requests 16-19, responses 80-83 and errors 70-72 (issue 13).
+    FeatureBlock(feature="linked devices", requests=range(20, 24), responses=range(84, 88),
+                 pushes=range(136, 140), errors=range(73, 80)),
     FeatureBlock(feature="attachments", requests=range(24, 32), responses=range(88, 96),
                  pushes=range(140, 144), errors=range(80, 90)),
     FeatureBlock(feature="groups (multi-recipient sends)", requests=range(32, 40),

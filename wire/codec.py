@@ -15,6 +15,7 @@ from typing import Any, Final
 
 import msgpack
 
+from wire.account_frames import ACCOUNT_FRAME_CLASSES, AddedDevice
 from wire.frames import (
     LENGTH_PREFIX_SIZE,
     MAX_ACK_IDS,
@@ -58,12 +59,13 @@ __all__ = ["FrameDecoder", "decode_body", "encode_frame"]
 _FRAME_CLASSES: Final[tuple[type[Any], ...]] = (
     EnrolStart, EnrolVerify, Hello, Authenticate, Lookup, Send, Ack,
     EnrolStarted, Enrolled, Challenge, Authenticated, LookupResult, SendAccepted, Acked, Error,
-    Deliver, QueueEmpty, *PREKEY_FRAME_CLASSES,
+    Deliver, QueueEmpty, *PREKEY_FRAME_CLASSES, *ACCOUNT_FRAME_CLASSES,
 )  # fmt: skip
 _CLASS_BY_TYPE: Final[dict[int, type[Any]]] = {cls.frame_type: cls for cls in _FRAME_CLASSES}
 # Values nested inside frames, encoded as maps like frame bodies.
 _NESTED_CLASSES: Final[tuple[type[Any], ...]] = (
     DirectoryEntry, SignedPrekey, OneTimePrekey, KemPrekey, DeviceBundle, DeviceInfo,
+    AddedDevice,
 )
 # Field names in declaration order, computed once: encode_frame runs once per message.
 _FIELD_NAMES: Final[dict[type[Any], tuple[str, ...]]] = {
@@ -152,6 +154,7 @@ _CONVERTERS: Final[dict[str, Callable[[object], object]]] = {
     "kem_prekey": _nested(KemPrekey),
     "bundles": _nested_tuple(DeviceBundle),
     "devices": _nested_tuple(DeviceInfo),
+    "added": _nested_tuple(AddedDevice),
 }
 
 

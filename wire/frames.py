@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import ClassVar
 
+from wire.account_frames import AccountFrame
 from wire.catalogue import ErrorCode, FrameType
 from wire.checks import (
     check_bytes,
@@ -33,6 +34,7 @@ from wire.limits import (
     MAX_CIPHERTEXT_SIZE,
     MAX_CLIENT_MESSAGE_ID,
     MAX_DEVICE_ID,
+    MAX_DEVICE_LIST_SIZE,
     MAX_DEVICES_PER_SEND,
     MAX_DEVICES_PER_USER,
     MAX_ENVELOPE_ID,
@@ -59,6 +61,7 @@ __all__ = [
     "MAX_DEVICES_PER_SEND",
     "MAX_DEVICES_PER_USER",
     "MAX_DEVICE_ID",
+    "MAX_DEVICE_LIST_SIZE",
     "MAX_ENVELOPE_ID",
     "MAX_FRAME_SIZE",
     "MAX_LOOKUP_PHONES",
@@ -113,12 +116,18 @@ class EnrolStart:
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class EnrolVerify:
-    """Prove possession of the number and register this device's identity key."""
+    """Prove possession of the number and create a new account with this device as its only one.
+
+    Any earlier devices of the number are revoked (PROTOCOL.md "Accounts, device lists and
+    linking").
+    """
 
     frame_type: ClassVar[FrameType] = FrameType.ENROL_VERIFY
     phone: str  #: the number given in ENROL_START
     code: str  #: the VERIFICATION_CODE_LENGTH digits received by SMS
     identity_key: bytes  #: the device's Ed25519 public key
+    account_key: bytes  #: the new account's Ed25519 public key
+    device_list: bytes  #: version 1, listing only identity_key, signed by account_key
 
     def __post_init__(self) -> None:
         check_str(self, "phone", MAX_PHONE_LENGTH)
@@ -129,6 +138,10 @@ class EnrolVerify:
         check_bytes(
             self, "identity_key", IDENTITY_KEY_SIZE, IDENTITY_KEY_SIZE, ErrorCode.MALFORMED_FRAME
         )
+        check_bytes(
+            self, "account_key", IDENTITY_KEY_SIZE, IDENTITY_KEY_SIZE, ErrorCode.MALFORMED_FRAME
+        )
+        check_bytes(self, "device_list", 1, MAX_DEVICE_LIST_SIZE, ErrorCode.MALFORMED_FRAME)
 
 
 def _digits(text: str) -> bool:
@@ -377,7 +390,7 @@ class QueueEmpty:
     frame_type: ClassVar[FrameType] = FrameType.QUEUE_EMPTY
 
 
-# Every frame of the protocol, the prekey service's included.
+# Every frame of the protocol, the prekey service's and the accounts' included.
 Frame = (
     EnrolStart
     | EnrolVerify
@@ -397,6 +410,7 @@ Frame = (
     | Deliver
     | QueueEmpty
     | PrekeyFrame
+    | AccountFrame
 )
 
 # --- Authentication transcript --------------------------------------------------------------------

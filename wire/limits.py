@@ -5,18 +5,26 @@
 
 from __future__ import annotations
 
+from crypto.device_list import MAX_DEVICE_LIST_SIZE
+
 __all__ = [
     "ALPN",
     "IDENTITY_KEY_SIZE",
     "LENGTH_PREFIX_SIZE",
+    "LINK_CHANNEL_ID_SIZE",
+    "LINK_CHANNEL_TTL_MS",
+    "LINK_FETCH_WAIT_MS",
     "MAX_ACK_IDS",
     "MAX_CIPHERTEXT_SIZE",
     "MAX_CLIENT_MESSAGE_ID",
     "MAX_DEVICES_PER_SEND",
     "MAX_DEVICES_PER_USER",
     "MAX_DEVICE_ID",
+    "MAX_DEVICE_LIST_SIZE",
     "MAX_ENVELOPE_ID",
     "MAX_FRAME_SIZE",
+    "MAX_LINK_PAYLOAD_SIZE",
+    "MAX_LINK_POSTS_PER_SIDE",
     "MAX_LOOKUP_PHONES",
     "MAX_PHONE_LENGTH",
     "MAX_REASON_LENGTH",
@@ -48,3 +56,9 @@ MAX_CLIENT_MESSAGE_ID = 2**63 - 1  # client-chosen idempotency key: fits a signe
 MAX_ENVELOPE_ID = 2**63 - 1  # relay-assigned envelope id: fits a signed 64-bit column
 MAX_DEVICE_ID = 2**31 - 1  # device ids start at 1: fits a signed 32-bit column
 MAX_TIMESTAMP_MS = 2**63 - 1  # milliseconds since the Unix epoch: fits a signed 64-bit column
+# MAX_DEVICE_LIST_SIZE (642 bytes, crypto.device_list): a signed device list of 16 devices
+LINK_CHANNEL_ID_SIZE = 16  # bytes of a link channel id: 128 random bits, unguessable
+MAX_LINK_PAYLOAD_SIZE = 8 * 1024  # bytes of one provisioning message: keys and a device list
+MAX_LINK_POSTS_PER_SIDE = 4  # messages each side may post over a channel's life (and per fetch)
+LINK_CHANNEL_TTL_MS = 10 * 60 * 1000  # a link channel lives 10 minutes after LINK_OPEN
+LINK_FETCH_WAIT_MS = 20_000  # a LINK_FETCH with nothing waiting is answered after at most 20 s

@@ -17,6 +17,7 @@ from wire.checks import check_bytes, check_int, check_int_tuple, check_str, fiel
 from wire.limits import (
     IDENTITY_KEY_SIZE,
     MAX_DEVICE_ID,
+    MAX_DEVICE_LIST_SIZE,
     MAX_DEVICES_PER_USER,
     MAX_TIMESTAMP_MS,
     MAX_USER_ID_LENGTH,
@@ -138,10 +139,13 @@ class DeviceInfo:
 
     device_id: int  #: the device id (a SEND addresses it)
     registered_at: int  #: when it enrolled, milliseconds since the Unix epoch
+    identity_key: bytes  #: its Ed25519 identity key: address it only if the signed list has it
 
     def __post_init__(self) -> None:
         check_int(self, "device_id", 1, MAX_DEVICE_ID)
         check_int(self, "registered_at", 0, MAX_TIMESTAMP_MS)
+        check_bytes(self, "identity_key", IDENTITY_KEY_SIZE, IDENTITY_KEY_SIZE,
+                    ErrorCode.MALFORMED_FRAME)
 
 
 # --- Requests (client -> relay) -------------------------------------------------------------------
@@ -265,15 +269,23 @@ class Bundle:
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class DeviceList:
-    """The answer to LIST_DEVICES: the user's current devices, by device id."""
+    """The answer to LIST_DEVICES: the user's current devices, by device id, with the account
+    key and the signed device list that vouch for them."""
 
     frame_type: ClassVar[FrameType] = FrameType.DEVICE_LIST
     user_id: str  #: the user listed
     devices: tuple[DeviceInfo, ...]  #: 0 to MAX_DEVICES_PER_USER entries
+    account_key: bytes | None = None  #: the account's Ed25519 key; absent if it has none
+    signed_list: bytes | None = None  #: the latest crypto.device_list encoding it signed
 
     def __post_init__(self) -> None:
         check_str(self, "user_id", MAX_USER_ID_LENGTH)
         _check_values(self, "devices", DeviceInfo, MAX_DEVICES_PER_USER)
+        if self.account_key is not None:
+            check_bytes(self, "account_key", IDENTITY_KEY_SIZE, IDENTITY_KEY_SIZE,
+                        ErrorCode.MALFORMED_FRAME)
+        if self.signed_list is not None:
+            check_bytes(self, "signed_list", 1, MAX_DEVICE_LIST_SIZE, ErrorCode.MALFORMED_FRAME)
 
 
 # --- Push (relay -> client, on the push stream) ---------------------------------------------------

@@ -67,19 +67,25 @@ class ConnectionState(Enum):
     CLOSED = "closed"  # nothing more is accepted
 
 
-_ENROLMENT = frozenset({FrameType.ENROL_START, FrameType.ENROL_VERIFY})
+# Requests of a device without credentials: enrolling, or being linked to an account (the new
+# device's side of a link channel; LINK_POST and LINK_FETCH serve the approver once
+# authenticated).
+_LINKING = frozenset({FrameType.LINK_POST, FrameType.LINK_FETCH})
+_UNAUTHENTICATED = frozenset({FrameType.ENROL_START, FrameType.ENROL_VERIFY,
+                              FrameType.LINK_OPEN}) | _LINKING
 
 # The whole state machine: which requests each state accepts...
 ALLOWED_REQUESTS: dict[ConnectionState, frozenset[FrameType]] = {
-    ConnectionState.NEW: _ENROLMENT | {FrameType.HELLO},
-    ConnectionState.CHALLENGED: _ENROLMENT | {FrameType.AUTHENTICATE},
+    ConnectionState.NEW: _UNAUTHENTICATED | {FrameType.HELLO},
+    ConnectionState.CHALLENGED: _UNAUTHENTICATED | {FrameType.AUTHENTICATE},
     # Nothing is judged while the answer is checked: every frame is held (HOLDING_STATES), then
     # judged by the AUTHENTICATED table once confirmed, or dropped with the connection if refused.
     ConnectionState.AUTHENTICATING: frozenset(),
     ConnectionState.AUTHENTICATED: frozenset({
         FrameType.LOOKUP, FrameType.SEND, FrameType.ACK, FrameType.UPLOAD_PREKEYS,
         FrameType.FETCH_BUNDLE, FrameType.GET_PREKEY_COUNTS, FrameType.LIST_DEVICES,
-    }),
+        FrameType.PUBLISH_DEVICE_LIST,
+    }) | _LINKING,
     ConnectionState.CLOSED: frozenset(),
 }
 # ...and which accepted requests move it (the others leave the state as it is). The moves out of
