@@ -42,7 +42,19 @@ from client.errors import (
     RelayUnreachable,
     expect_answer,
 )
+from crypto.device_list import sign_device_list
+from crypto.primitives import Ed25519KeyPair
 from transport.quic import QuicEndpoint, QuicLink, open_udp_socket
+from wire.account_frames import (
+    DeviceListPublished,
+    LinkFetch,
+    LinkMessages,
+    LinkOpen,
+    LinkOpened,
+    LinkPost,
+    LinkPosted,
+    PublishDeviceList,
+)
 from wire.codec import encode_frame
 from wire.frames import (
     ALPN,
@@ -73,7 +85,6 @@ from wire.frames import (
 from wire.prekey_frames import (
     Bundle,
     DeviceBundle,
-    DeviceInfo,
     DeviceList,
     FetchBundle,
     GetPrekeyCounts,
@@ -341,11 +352,21 @@ class RelayClient:
         """Ask the relay to send an enrolment code by SMS to ``phone``."""
         await self._ask(EnrolStart(phone=phone), EnrolStarted)
 
-    async def enrol_verify(self, phone: str, code: str, identity_key: bytes) -> tuple[str, int]:
-        """Register this device with the SMS ``code``; returns ``(user_id, device_id)``."""
-        answer = await self._ask(EnrolVerify(phone=phone, code=code, identity_key=identity_key),
-                                 Enrolled)
-        return answer.user_id, answer.device_id
+    async def enrol_verify(self, phone: str, code: str, identity_key: bytes,
+                           account: Ed25519KeyPair) -> Enrolled:
+        """Create a new account for ``phone`` with the SMS ``code``, this device its only one.
+
+        Signs the account's first device list (version 1, ``identity_key`` only) with
+        ``account``, a fresh account key pair. The number's earlier devices, if any, are
+        revoked. Returns the credentials for HELLO (``user_id``, ``device_id``).
+
+        Raises:
+            RelayError: VERIFICATION_FAILED, ORGANISATION_SUSPENDED, INVALID_REQUEST, ...
+        """
+        signed = sign_device_list(account, version=1, devices=[identity_key])
+        return await self._ask(EnrolVerify(phone=phone, code=code, identity_key=identity_key,
+                                           account_key=account.public_key,
+                                           device_list=signed.encoded), Enrolled)
 
     async def authenticate(self, user_id: str, device_id: int, signing_key: SigningKey) -> None:
         """Prove possession of the device key; the relay then starts delivering."""
@@ -392,10 +413,56 @@ class RelayClient:
         """How many prekeys the relay holds for this device."""
         return await self._ask(GetPrekeyCounts(), PrekeyCounts)
 
-    async def list_devices(self, user_id: str | None = None) -> list[DeviceInfo]:
-        """The current devices of ``user_id`` (by default this device's own user)."""
-        answer = await self._ask(ListDevices(user_id=user_id), DeviceList)
-        return list(answer.devices)
+    async def list_devices(self, user_id: str | None = None) -> DeviceList:
+        """The current devices of ``user_id`` (by default this device's own user), each with
+        its identity key, and the account key and signed device list vouching for them.
+
+        The relay's word only: check ``signed_list`` (``crypto.device_list``) against the
+        pinned account key, and address only devices whose identity key it lists.
+        """
+        return await self._ask(ListDevices(user_id=user_id), DeviceList)
+
+    # -- accounts and linking (PROTOCOL.md "Accounts, device lists and linking") -------
+
+    async def publish_device_list(self, encoded: bytes) -> DeviceListPublished:
+        """Replace this account's device list with ``encoded`` (signed by the account key).
+
+        Listed keys without a device get one (``added``, with their new ids); devices whose key
+        is no longer listed are revoked (``revoked``).
+
+        Raises:
+            RelayError: STALE_DEVICE_LIST, INVALID_DEVICE_LIST, TOO_MANY_DEVICES, RATE_LIMITED.
+        """
+        return await self._ask(PublishDeviceList(device_list=encoded), DeviceListPublished)
+
+    async def link_open(self) -> LinkOpened:
+        """Open a link channel (a new device, before it has credentials).
+
+        Raises:
+            RelayError: RATE_LIMITED.
+        """
+        return await self._ask(LinkOpen(), LinkOpened)
+
+    async def link_post(self, channel_id: bytes, payload: bytes) -> None:
+        """Leave ``payload`` for the other side of the channel: for the approver if this
+        connection is not authenticated, for the new device if it is.
+
+        Raises:
+            RelayError: LINK_CHANNEL_UNKNOWN (unknown, expired, this side's posts used up, or
+                bound to another account), PAYLOAD_TOO_LARGE.
+        """
+        await self._ask(LinkPost(channel_id=channel_id, payload=payload), LinkPosted)
+
+    async def link_fetch(self, channel_id: bytes) -> list[bytes]:
+        """Take what the other side left on the channel, oldest first; waits up to
+        LINK_FETCH_WAIT_MS for something to arrive, and may return nothing.
+
+        Raises:
+            RelayError: LINK_CHANNEL_UNKNOWN, RATE_LIMITED (too many fetches waiting on this
+                connection).
+        """
+        answer = await self._ask(LinkFetch(channel_id=channel_id), LinkMessages)
+        return list(answer.payloads)
 
     async def next_prekeys_low(self) -> PrekeysLow:
         """Wait for the relay to say a one-time pool of this device runs low.
