@@ -4,6 +4,11 @@ The content is a msgpack map ``{"v": 1, "from": PHONE, "to": PHONE, "text": TEXT
 "sent_at": ISO-8601}``. The sender's phone number travels only here, inside the end-to-end
 encrypted content, so the relay never needs it in clear; ``to`` lets the sender's own other
 devices show the copy they receive as "sent to ...".
+
+A second kind travels only between the devices of one account: ``{"v": 1, "kind":
+"device_list", "list": BYTES}`` carries the account's newly signed device list, so the other
+devices learn at once, end to end, that a device joined or left (they check the signature
+with the account key, and refuse a list older than one they have seen).
 """
 
 from __future__ import annotations
@@ -13,8 +18,8 @@ from dataclasses import dataclass
 
 import msgpack
 
-__all__ = ["CONTENT_VERSION", "MAX_TEXT_BYTES", "ContentError", "TextMessage",
-           "decode_content", "encode_content"]
+__all__ = ["CONTENT_VERSION", "MAX_TEXT_BYTES", "ContentError", "DeviceListUpdate",
+           "TextMessage", "decode_content", "encode_content", "encode_device_list_update"]
 
 CONTENT_VERSION = 1
 MAX_TEXT_BYTES = 60 * 1024
@@ -22,6 +27,7 @@ MAX_TEXT_BYTES = 60 * 1024
 `crypto.device.MAX_PLAINTEXT_SIZE` (64 KiB); bigger content goes as an attachment."""
 _MAX_PHONE_CHARS = 32  # PROTOCOL.md's phone number limit.
 _MAX_TIMESTAMP_CHARS = 64  # An ISO-8601 time with offset is about 30 characters.
+_MAX_DEVICE_LIST_BYTES = 1024  # crypto.device_list.MAX_DEVICE_LIST_SIZE is 642.
 
 
 class ContentError(ValueError):
@@ -36,6 +42,20 @@ class TextMessage:
     recipient_phone: str  #: the number it was sent to
     text: str  #: the message, at most MAX_TEXT_BYTES bytes of UTF-8
     sent_at: str  #: the sender's clock when sending, ISO-8601 with milliseconds
+
+
+@dataclass(frozen=True, kw_only=True)
+class DeviceListUpdate:
+    """Another device of this account signed a new device list (check it before use)."""
+
+    device_list: bytes
+
+
+def encode_device_list_update(device_list: bytes) -> bytes:
+    """The plaintext that tells the account's other devices about a new signed list."""
+    packed: bytes = msgpack.packb({"v": CONTENT_VERSION, "kind": "device_list",
+                                   "list": device_list})
+    return packed
 
 
 def encode_content(*, sender_phone: str, recipient_phone: str, text: str,
@@ -53,7 +73,7 @@ def encode_content(*, sender_phone: str, recipient_phone: str, text: str,
     return packed
 
 
-def decode_content(data: bytes) -> TextMessage:
+def decode_content(data: bytes) -> TextMessage | DeviceListUpdate:
     """Parse a decrypted plaintext.
 
     Raises:
@@ -65,6 +85,14 @@ def decode_content(data: bytes) -> TextMessage:
         raise ContentError("content is not msgpack") from error
     if not isinstance(value, dict) or value.get("v") != CONTENT_VERSION:
         raise ContentError("content of an unsupported version")
+    kind = value.get("kind", "text")
+    if kind == "device_list":
+        device_list = value.get("list")
+        if not isinstance(device_list, bytes) or len(device_list) > _MAX_DEVICE_LIST_BYTES:
+            raise ContentError("content field 'list' is missing, not bytes or too long")
+        return DeviceListUpdate(device_list=device_list)
+    if kind != "text":
+        raise ContentError("content of an unknown kind")
     fields = {name: value.get(name) for name in ("from", "to", "text", "sent_at")}
     limits = {"from": _MAX_PHONE_CHARS, "to": _MAX_PHONE_CHARS,
               "text": MAX_TEXT_BYTES, "sent_at": _MAX_TIMESTAMP_CHARS}

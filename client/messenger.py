@@ -6,18 +6,25 @@
             async for message in messages:
                 show(message)       # acknowledged once the loop asks for the next one
 
-Every text is encrypted for every current device of the recipient and for this user's own
-other devices (a copy, so they show the conversation); the relay only sees ciphertext, and
-the sender's phone number travels inside it (`client.message_content`). The end-to-end state
-is written to the profile after every change, before anything built from it leaves: a
-message key is never used twice, even across a crash. Trust follows `client.contacts`.
+Every text is encrypted for every device on the recipient's signed device list and for this
+account's own other devices (a copy, so they show the conversation); the relay only sees
+ciphertext, and the sender's phone number travels inside it (`client.message_content`).
+Trust follows `client.contacts`: a contact is pinned to one account key, and only the devices
+that key listed are addressed or believed.
+
+State: every read-modify-write of the end-to-end state happens under the profile's lock
+(`client.profile_files`), reloading what another process may have saved meanwhile, and the
+state is written before anything built from it leaves: a message key is never used twice,
+even across a crash or by two processes on one profile.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import secrets
-from collections.abc import AsyncGenerator, AsyncIterator, Iterable
+import time
+from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,43 +33,60 @@ import msgpack
 import trio
 
 from client.connection import ConnectionClosed, RelayClient, RelayError, connect_relay
-from client.contacts import Contact, decode_contacts, encode_contacts
-from client.message_content import ContentError, TextMessage, decode_content, encode_content
-from client.prekey_upkeep import bundle_from_wire, publish_prekeys
+from client.contacts import AccountView, Contact, decode_contacts, encode_contacts
+from client.message_content import (
+    ContentError,
+    DeviceListUpdate,
+    TextMessage,
+    decode_content,
+    encode_content,
+    encode_device_list_update,
+)
+from client.prekey_upkeep import MissingPrekeysError, bundle_from_wire, publish_prekeys
 from client.profile import Profile, ProfileError
 from crypto.device import DeviceAddress, DeviceCrypto
+from crypto.device_list import (
+    DeviceListError,
+    SignedDeviceList,
+    check_successor,
+    decode_device_list,
+)
 from crypto.errors import DuplicateMessageError
 from crypto.primitives import CryptoError, SystemRandom, ed25519_keypair_from_private
 from crypto.safety_number import safety_number
 from transport.addresses import parse_host_port
 from transport.quic import QuicEndpoint
 from wire.frames import Deliver, ErrorCode, QueueEmpty
-from wire.prekey_frames import DeviceInfo
 
-__all__ = ["MAX_MISMATCH_RETRIES", "IdentityChangedError", "Messenger", "ReceivedMessage",
-           "SendReceipt", "UnknownContactError", "create_device_state"]
+__all__ = ["MAX_MISMATCH_RETRIES", "DeviceListProblem", "IdentityChangedError", "Messenger",
+           "ReceivedMessage", "SendReceipt", "UnknownContactError", "create_device_state"]
 
-STATE_VERSION = 1
+STATE_VERSION = 2
 MAX_MISMATCH_RETRIES = 3
 """SENDs retried after MISMATCHED_DEVICES: one retry covers a device change; more mean the
-user's devices change faster than we can fetch bundles, so give up and say so."""
+user's devices change faster than we can fetch bundles, or that the relay lists a device the
+account's signed list does not name: give up and say so."""
 MAX_CLIENT_MESSAGE_ID = 2**63  # PROTOCOL.md: client_message_id is 0 .. 2^63-1.
+MAX_INBOX = 64
+"""Decrypted messages kept until the caller took them (normally one at a time)."""
 
 
 class IdentityChangedError(Exception):
-    """A contact's keys changed: nothing was sent; compare safety numbers, then trust."""
+    """A contact's account key changed: nothing was sent; compare safety numbers, then trust."""
 
-    def __init__(self, phone: str, device_ids: Iterable[int], *, user_changed: bool) -> None:
-        self.device_ids = tuple(sorted(device_ids))
+    def __init__(self, phone: str, *, user_changed: bool) -> None:
         self.user_changed = user_changed
-        # What changed, in words: a new account, or which devices' keys.
         self.change = ("the number now belongs to a new account" if user_changed
-                       else f"new or changed identity keys on device(s) "
-                            f"{', '.join(map(str, self.device_ids))}")
+                       else "the number was enrolled again with a new account key")
         super().__init__(f"the safety number with {phone} changed ({self.change}); nothing was "
                          f"sent. Compare 'cryptopass safety-number {phone}' with them, "
                          f"then run 'cryptopass trust {phone}'")
         self.phone = phone
+
+
+class DeviceListProblem(Exception):
+    """The relay served a device list that cannot be right (a bad signature, or older than
+    one already seen): a relay fault or an attack. Nothing was sent."""
 
 
 class UnknownContactError(Exception):
@@ -77,6 +101,7 @@ class SendReceipt:
     recipient_devices: tuple[int, ...]  #: the recipient's devices that got the message
     own_devices: tuple[int, ...]  #: this user's other devices that got a copy
     mismatch_retries: int  #: SENDs repeated after MISMATCHED_DEVICES
+    own_copy_problem: str | None = None  #: why the own devices' copy failed, if it did
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -89,33 +114,51 @@ class ReceivedMessage:
     content: TextMessage | None  #: the message, or None if it could not be read
     problem: str | None = None  #: why it could not be read (never the plaintext)
     sender_confirmed: bool = False  #: the relay gives content.sender_phone to this sender
-    identity_changed: bool = False  #: the sender's key is not an accepted one: warn
+    identity_changed: bool = False  #: the sender's account key is not the accepted one: warn
 
 
-def create_device_state(profile: Profile) -> DeviceCrypto:
-    """Make and save a new device's end-to-end state (at enrolment), from its identity key."""
+def create_device_state(profile: Profile, *, contacts: dict[str, Contact] | None = None
+                        ) -> DeviceCrypto:
+    """Make and save a new device's end-to-end state (at enrolment or linking), from its
+    identity key and enrolled address."""
+    user_id, device_id, _, _ = profile.require_enrolled()
     identity = ed25519_keypair_from_private(bytes(profile.signing_key()))
-    device = DeviceCrypto.create(identity, SystemRandom())
-    profile.save_device_state(_encode_state(device, {}))
+    device = DeviceCrypto.create(identity, SystemRandom(),
+                                 address=DeviceAddress(user_id=user_id, device_id=device_id),
+                                 now_ms=_now_ms())
+    profile.save_device_state(_encode_state(device, contacts or {}, {}))
     return device
 
 
-def _encode_state(device: DeviceCrypto, contacts: dict[str, Contact]) -> bytes:
+def own_contact(phone: str, user_id: str, device_list: SignedDeviceList) -> Contact:
+    """This account as a contact, pinned to its own account key from the start."""
+    return Contact(phone=phone, user_id=user_id, account_key=device_list.account_key,
+                   device_list=device_list.encoded)
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def _encode_state(device: DeviceCrypto, contacts: dict[str, Contact],
+                  inbox: dict[int, bytes]) -> bytes:
     packed: bytes = msgpack.packb({"version": STATE_VERSION, "crypto": device.to_bytes(),
-                                   "contacts": encode_contacts(contacts)})
+                                   "contacts": encode_contacts(contacts),
+                                   "inbox": sorted(inbox.items())})
     return packed
 
 
-def _load_state(profile: Profile) -> tuple[DeviceCrypto, dict[str, Contact]]:
+def _load_state(profile: Profile) -> tuple[DeviceCrypto, dict[str, Contact], dict[int, bytes]]:
     data = profile.device_state()
     if data is None:
         raise ProfileError(f"no end-to-end state in {profile.directory}; run 'cryptopass verify'")
     try:
-        value = msgpack.unpackb(data, raw=False)
+        value = msgpack.unpackb(data, raw=False, strict_map_key=False)
         if not isinstance(value, dict) or value.get("version") != STATE_VERSION:
-            raise ValueError("unsupported version")
+            raise ValueError("this state predates account keys: enrol this device again")
+        inbox = {int(envelope_id): bytes(plaintext) for envelope_id, plaintext in value["inbox"]}
         return (DeviceCrypto.from_bytes(value["crypto"], SystemRandom()),
-                decode_contacts(value["contacts"]))
+                decode_contacts(value["contacts"]), inbox)
     except (ValueError, KeyError, TypeError, msgpack.UnpackException) as error:
         raise ProfileError(f"the end-to-end state in {profile.directory} is damaged: "
                            f"{error}") from error
@@ -127,10 +170,11 @@ class Messenger:
     def __init__(self, client: RelayClient, profile: Profile, device: DeviceCrypto,
                  contacts: dict[str, Contact], *, persist_state: bool = True) -> None:
         """Args:
-            persist_state: write the end-to-end state to the profile after every change
-                (the default, and the only safe choice for a real device: a crash must never
-                reuse a message key). False keeps it in memory only, for load generators
-                whose devices live for one run (``cryptopass-bench live --encrypted``).
+            persist_state: keep the end-to-end state in the profile, under its lock (the
+                default, and the only safe choice for a real device: a crash or a second
+                process must never reuse a message key). False keeps it in memory only, for
+                load generators whose devices live for one run (``cryptopass-bench live
+                --encrypted``).
         """
         user_id, device_id, _, _ = profile.require_enrolled()
         if profile.data.phone is None:
@@ -139,9 +183,10 @@ class Messenger:
         self.profile = profile
         self.device = device
         self.contacts = contacts
+        self.inbox: dict[int, bytes] = {}
         self.user_id, self.device_id, self.phone = user_id, device_id, profile.data.phone
         self.persist_state = persist_state
-        self._own_other_devices: set[int] = set()
+        self._stamp = profile.device_state_stamp() if persist_state else None
 
     @classmethod
     @asynccontextmanager
@@ -160,7 +205,7 @@ class Messenger:
         """
         user_id, device_id, relay, ca = profile.require_enrolled()
         host, port = parse_host_port(relay)
-        device, contacts = _load_state(profile)
+        device, contacts, _ = _load_state(profile)
         async with connect_relay(host, port, ca=Path(ca) if ca else None,
                                  endpoint=endpoint) as client:
             if reached is not None:
@@ -175,12 +220,13 @@ class Messenger:
                      contacts: dict[str, Contact], *,
                      persist_state: bool = True) -> AsyncIterator[Messenger]:
         """Run a messenger on ``client``, already authenticated as the profile's device:
-        publish missing prekeys, learn this user's other devices, and keep refilling prekeys
-        until the block ends. `connect` uses it; a load generator that opens its own
-        connections (many devices on one endpoint) calls it directly."""
+        publish missing prekeys (rotating them when due), learn this account's other
+        devices, and keep refilling prekeys until the block ends. `connect` uses it; a load
+        generator that opens its own connections (many devices on one endpoint) calls it
+        directly."""
         messenger = cls(client, profile, device, contacts, persist_state=persist_state)
         await messenger.refresh_prekeys()
-        await messenger._refresh_own_devices()
+        await messenger.own_devices()
         async with trio.open_nursery() as nursery:
             nursery.start_soon(messenger._refill_when_told)
             try:
@@ -188,11 +234,35 @@ class Messenger:
             finally:
                 nursery.cancel_scope.cancel()
 
+    # -- the state, one writer at a time -----------------------------------------------
+
+    @asynccontextmanager
+    async def exclusive(self) -> AsyncIterator[None]:
+        """Hold the profile's lock around a read-modify-write of the state: reload what
+        another process saved meanwhile, and save on the way out (reentrant)."""
+        if not self.persist_state:
+            yield
+            return
+        outermost = not self.profile.lock.held
+        await self.profile.lock.acquire()
+        try:
+            if outermost and self.profile.device_state_stamp() != self._stamp:
+                self.device, self.contacts, self.inbox = _load_state(self.profile)
+                self._stamp = self.profile.device_state_stamp()
+            yield
+        finally:
+            try:
+                if outermost:
+                    self.save()
+            finally:
+                self.profile.lock.release()
+
     def save(self) -> None:
         """Write the end-to-end state to the profile (atomic, mode 0600); nothing when the
         messenger keeps its state in memory only (``persist_state=False``)."""
         if self.persist_state:
-            self.profile.save_device_state(_encode_state(self.device, self.contacts))
+            self.profile.save_device_state(_encode_state(self.device, self.contacts, self.inbox))
+            self._stamp = self.profile.device_state_stamp()
 
     def _address(self, user_id: str, device_id: int) -> DeviceAddress:
         return DeviceAddress(user_id=user_id, device_id=device_id)
@@ -200,9 +270,12 @@ class Messenger:
     # -- prekeys ------------------------------------------------------------------------
 
     async def refresh_prekeys(self) -> bool:
-        """Publish what the relay lacks; True if anything was uploaded."""
-        counts = await self.client.prekey_counts()
-        return await publish_prekeys(self.client, self.device, counts, self.save)
+        """Rotate the signed and last-resort prekeys when due and publish what the relay
+        lacks; True if anything was uploaded."""
+        async with self.exclusive():
+            counts = await self.client.prekey_counts()
+            return await publish_prekeys(self.client, self.device, counts, self.save,
+                                         now_ms=_now_ms())
 
     async def _refill_when_told(self) -> None:
         try:
@@ -212,18 +285,103 @@ class Messenger:
         except ConnectionClosed:
             return  # The connection's owner reports the close.
 
-    # -- contacts -----------------------------------------------------------------------
+    # -- accounts and their devices -----------------------------------------------------
 
-    async def _refresh_own_devices(self) -> list[DeviceInfo]:
-        devices = await self.client.list_devices()
-        self._own_other_devices = {info.device_id for info in devices} - {self.device_id}
-        own = self.contacts.setdefault(self.phone, Contact(phone=self.phone, user_id=self.user_id))
-        for gone in own.devices - self._own_other_devices:
-            self._forget(own, gone)
-        if own.first_contact and self._own_other_devices:
-            await self._first_contact(own, {})
-        self.save()
-        return devices
+    async def account_view(self, user_id: str) -> AccountView:
+        """What the relay says of ``user_id`` now, with the list's signature checked; the
+        devices the relay shows but the signed list does not name are left out.
+
+        Raises:
+            UnknownContactError: the user is gone or has no signed list.
+            DeviceListProblem: the list's signature does not verify.
+        """
+        try:
+            answer = await self.client.list_devices(user_id)
+        except RelayError as error:
+            if error.code == ErrorCode.UNKNOWN_RECIPIENT:
+                raise UnknownContactError("the user is not reachable") from error
+            raise
+        if answer.account_key is None or answer.signed_list is None:
+            raise UnknownContactError("the user has no signed device list")
+        try:
+            signed = decode_device_list(answer.signed_list, account_key=answer.account_key)
+        except DeviceListError as error:
+            raise DeviceListProblem(f"the relay served a device list that does not verify: "
+                                    f"{error}") from error
+        devices = {info.device_id: info.identity_key for info in answer.devices
+                   if info.identity_key in signed.devices}
+        return AccountView(user_id=user_id, account_key=answer.account_key,
+                           device_list=signed, devices=devices)
+
+    def _observe(self, contact: Contact, view: AccountView) -> bool:
+        """`Contact.observe`, then make the crypto state follow the accepted devices."""
+        before = dict(contact.devices)
+        try:
+            accepted = contact.observe(view)
+        except DeviceListError as error:
+            raise DeviceListProblem(f"the relay served an old device list for "
+                                    f"{contact.phone}: {error}") from error
+        if not accepted:
+            return False
+        for device_id, key in before.items():
+            if contact.devices.get(device_id) != key:
+                self.device.forget_device(self._address(contact.user_id, device_id))
+        for device_id, key in contact.devices.items():
+            address = self._address(contact.user_id, device_id)
+            record = self.device.identity_of(address)
+            if record is None or record.identity_key != key or not record.trusted:
+                self.device.trust_identity(address, key)
+        return True
+
+    async def _accepted_view(self, contact: Contact) -> AccountView:
+        """The contact's current devices, if its account key is the accepted one.
+
+        Raises:
+            IdentityChangedError: a new account key or user id awaits `trust`.
+            UnknownContactError, DeviceListProblem: see `account_view`.
+        """
+        if contact.pending_user_id is None:
+            try:
+                view = await self.account_view(contact.user_id)
+            except UnknownContactError:
+                await self._check_number_owner(contact)
+                raise
+            if self._observe(contact, view):
+                return view
+        raise IdentityChangedError(contact.phone, user_changed=contact.pending_user_id is not None)
+
+    async def _check_number_owner(self, contact: Contact) -> None:
+        """The contact's user is gone: if the number now belongs to another user, record
+        that user and its account key as pending, and refuse."""
+        if contact is self._own():
+            return
+        entries = await self.client.lookup([contact.phone])
+        if entries and entries[0].user_id != contact.user_id:
+            view = await self.account_view(entries[0].user_id)
+            contact.observe(view)
+            raise IdentityChangedError(contact.phone, user_changed=True)
+
+    def _own(self) -> Contact:
+        return self.contacts.setdefault(self.phone, Contact(phone=self.phone,
+                                                            user_id=self.user_id))
+
+    async def own_devices(self) -> AccountView:
+        """This account's devices as its signed list and the relay show them (this device
+        included); the crypto state follows them.
+
+        Raises:
+            DeviceListProblem: the relay's list is not signed by this account's key, or is
+                older than one this device has seen.
+        """
+        async with self.exclusive():
+            own = self._own()
+            view = await self.account_view(self.user_id)
+            if own.account_key is not None and view.account_key != own.account_key:
+                raise DeviceListProblem("the relay's device list for this account is signed "
+                                        "by another account key: this number was enrolled "
+                                        "again elsewhere")
+            self._observe(own, view)
+            return view
 
     async def contact(self, phone: str) -> Contact:
         """The contact for ``phone``, looked up on first use.
@@ -241,91 +399,55 @@ class Messenger:
         self.contacts[phone] = contact
         return contact
 
-    def _forget(self, contact: Contact, device_id: int) -> None:
-        contact.forget_device(device_id)
-        self.device.forget_device(self._address(contact.user_id, device_id))
-
-    async def _fetch_sessions(self, contact: Contact, device_ids: set[int] | None) -> set[int]:
-        """Fetch bundles for the devices without a session (every current device when
-        ``device_ids`` is None); start sessions with accepted keys, record the others as
-        pending. Returns the device ids that still exist."""
-        user_id = contact.current_user_id
-        wanted = None if device_ids is None else sorted(
-            device_id for device_id in device_ids
-            if not self.device.has_session(self._address(user_id, device_id))
-            and device_id not in contact.pending)
-        if device_ids is not None and wanted == []:
-            return device_ids  # every one has a session or awaits trust: nothing to fetch
-        bundles = await self.client.fetch_bundle(user_id, wanted or ())
-        fetched = {bundle.device_id for bundle in bundles}
-        existing = fetched if device_ids is None else (
-            device_ids - set(wanted or ()) | (fetched & set(wanted or ())))
-        if contact.first_contact:
-            contact.accept_first({bundle.device_id: bundle.identity_key for bundle in bundles})
-        for bundle in bundles:
-            if contact.observe(bundle.device_id, bundle.identity_key).accepted:
-                self.device.start_session(self._address(user_id, bundle.device_id),
-                                          bundle_from_wire(bundle))
-        self.save()
-        return existing
-
-    def _require_trusted(self, contact: Contact, device_ids: Iterable[int]) -> None:
-        """Raise IdentityChangedError unless every key of ``device_ids`` is accepted."""
-        if contact.pending_user_id is not None:
-            self.save()
-            raise IdentityChangedError(contact.phone, (), user_changed=True)
-        blocked = []
-        for device_id in device_ids:
-            record = self.device.identity_of(self._address(contact.user_id, device_id))
-            if (record is None or not record.trusted
-                    or not contact.observe(device_id, record.identity_key).accepted):
-                blocked.append(device_id)
-        if blocked or contact.pending:
-            self.save()
-            raise IdentityChangedError(contact.phone, blocked or contact.pending,
-                                       user_changed=False)
-
     # -- sending ------------------------------------------------------------------------
 
     async def send_text(self, phone: str, text: str) -> SendReceipt:
-        """Encrypt ``text`` for every device of ``phone`` and this user's other devices.
+        """Encrypt ``text`` for every listed device of ``phone`` and this account's other
+        devices. Every device's trust is checked before any ciphertext leaves.
 
         Raises:
             UnknownContactError: the number is not a reachable user.
-            IdentityChangedError: a key awaits the user's trust; nothing was sent.
+            IdentityChangedError: an account key awaits the user's trust; nothing was sent.
+            DeviceListProblem: the relay served a bad or replayed list; nothing was sent.
             MissingPrekeysError: a device has not published its prekeys yet.
             RelayError: the relay refused (QUEUE_FULL, RATE_LIMITED, ...).
             ValueError: the text is too long.
         """
         content = encode_content(sender_phone=self.phone, recipient_phone=phone, text=text,
                                  sent_at=datetime.datetime.now(datetime.UTC))
-        contact = await self.contact(phone)
-        message_id = secrets.randbelow(MAX_CLIENT_MESSAGE_ID)
-        recipient_devices, retries = await self._deliver(
-            contact, content, contact.devices or None, message_id)
-        own_devices: tuple[int, ...] = ()
-        own = self.contacts[self.phone]
-        if contact is not own and self._own_other_devices:
-            own_devices, own_retries = await self._deliver(
-                own, content, set(self._own_other_devices),
-                secrets.randbelow(MAX_CLIENT_MESSAGE_ID))
-            retries += own_retries
+        async with self.exclusive():
+            contact = await self.contact(phone)
+            own = self._own()
+            await self._accepted_view(contact)  # both checked before anything leaves
+            if contact is not own:
+                await self._accepted_view(own)
+            message_id = secrets.randbelow(MAX_CLIENT_MESSAGE_ID)
+            recipient_devices, retries = await self._deliver(contact, content, message_id)
+            own_devices: tuple[int, ...] = ()
+            problem = None
+            if contact is not own:
+                try:
+                    own_devices, own_retries = await self._deliver(
+                        own, content, secrets.randbelow(MAX_CLIENT_MESSAGE_ID))
+                    retries += own_retries
+                except (RelayError, IdentityChangedError, DeviceListProblem,
+                        MissingPrekeysError) as error:
+                    problem = str(error)  # the recipient's copy left: do not say otherwise
         return SendReceipt(message_id=message_id, recipient_devices=recipient_devices,
-                           own_devices=own_devices, mismatch_retries=retries)
+                           own_devices=own_devices, mismatch_retries=retries,
+                           own_copy_problem=problem)
 
-    async def _deliver(self, contact: Contact, content: bytes, device_ids: set[int] | None,
+    async def _deliver(self, contact: Contact, content: bytes,
                        message_id: int) -> tuple[tuple[int, ...], int]:
-        own = contact.user_id == self.user_id
+        """Send to the contact's accepted devices (`_accepted_view` ran just before)."""
         retries = 0
         while True:
-            if contact.pending_user_id is None:
-                device_ids = await self._fetch_sessions(contact, device_ids)
-            self._require_trusted(contact, device_ids or ())
-            if own:
-                device_ids = (device_ids or set()) - {self.device_id}
-            if not device_ids:
+            targets = {device_id: key for device_id, key in contact.devices.items()
+                       if not (contact.user_id == self.user_id and device_id == self.device_id)}
+            await self._start_sessions(contact, targets)
+            if not targets:
                 return (), retries
-            addresses = [self._address(contact.user_id, device_id) for device_id in device_ids]
+            addresses = [self._address(contact.user_id, device_id) for device_id in targets]
             ciphertexts = self.device.encrypt(content, addresses)
             self.save()  # Before the ciphertexts leave: their message keys are now used.
             try:
@@ -333,38 +455,53 @@ class Messenger:
                     address.device_id: ciphertext for address, ciphertext in ciphertexts.items()},
                     client_message_id=message_id)
             except RelayError as error:
-                if error.code == ErrorCode.UNKNOWN_RECIPIENT and not own:
-                    await self._check_number_owner(contact)
                 if (error.code != ErrorCode.MISMATCHED_DEVICES
                         or retries >= MAX_MISMATCH_RETRIES):
                     raise
                 retries += 1
-                for gone in error.error.extra_devices:
-                    self._forget(contact, gone)
-                device_ids = (device_ids - set(error.error.extra_devices)) | set(
-                    error.error.missing_devices)
+                await self._accepted_view(contact)  # the list may have changed: follow it
                 continue
-            if contact.devices != device_ids:  # Else nothing changed since the last save.
-                contact.devices = set(device_ids)
-                self.save()
-            return tuple(sorted(device_ids)), retries
+            return tuple(sorted(targets)), retries
 
-    async def _check_number_owner(self, contact: Contact) -> None:
-        """The contact's user is gone: if the number now belongs to another account, record
-        it as pending and refuse (the user must compare safety numbers)."""
-        entries = await self.client.lookup([contact.phone])
-        if entries and entries[0].user_id != contact.user_id:
-            contact.pending_user_id, contact.pending = entries[0].user_id, {}
-            self.save()
-            raise IdentityChangedError(contact.phone, (), user_changed=True)
+    async def _start_sessions(self, contact: Contact, targets: dict[int, bytes]) -> None:
+        """Start a session with every target device that has none, from a bundle whose
+        identity key is the listed one."""
+        missing = sorted(device_id for device_id in targets
+                         if not self.device.has_session(self._address(contact.user_id,
+                                                                      device_id)))
+        if not missing:
+            return
+        bundles = await self.client.fetch_bundle(contact.user_id, missing)
+        for bundle in bundles:
+            if bundle.device_id in targets and bundle.identity_key == targets[bundle.device_id]:
+                self.device.start_session(self._address(contact.user_id, bundle.device_id),
+                                          bundle_from_wire(bundle))
+        self.save()
+        without = [device_id for device_id in missing
+                   if not self.device.has_session(self._address(contact.user_id, device_id))]
+        if without:
+            raise MissingPrekeysError(
+                f"device(s) {', '.join(map(str, without))} of {contact.phone} gave no usable "
+                f"prekey bundle (none published yet, or one not made by the listed key)")
+
+    async def announce_device_list(self, device_list: SignedDeviceList) -> tuple[int, ...]:
+        """Tell this account's other devices, end to end, about a newly signed list; return
+        the devices told."""
+        async with self.exclusive():
+            own = self._own()
+            await self._accepted_view(own)
+            told, _ = await self._deliver(own, encode_device_list_update(
+                device_list.encoded), secrets.randbelow(MAX_CLIENT_MESSAGE_ID))
+            return told
 
     # -- receiving ----------------------------------------------------------------------
 
     async def messages(self, *,
                        stop_when_empty: bool = False) -> AsyncGenerator[ReceivedMessage, None]:
-        """Decrypted deliveries in queue order. Each is acknowledged, and the state saved,
-        once the caller asks for the next one or closes the iterator (use
-        `contextlib.aclosing`): a crash before then delivers it again."""
+        """Decrypted deliveries in queue order. Each is acknowledged once the caller asks for
+        the next one or closes the iterator (use `contextlib.aclosing`). The decryption is
+        saved at once with the plaintext kept aside (the inbox), so a crash before the
+        acknowledgement shows the message again instead of losing it."""
         handed_over: Deliver | None = None
         try:
             async for delivery in self.client.deliveries():
@@ -372,20 +509,23 @@ class Messenger:
                     if stop_when_empty:
                         return
                     continue
-                message = await self._open(delivery)
-                if message is None:  # Already handed over before a crash or lost ACK.
-                    self._commit(delivery)
+                async with self.exclusive():
+                    message = await self._open(delivery)
+                if message is None:  # Already handed over and acknowledged, or a control one.
+                    await self._commit(delivery)
                     continue
                 handed_over = delivery
                 yield message
-                self._commit(delivery)
+                await self._commit(delivery)
                 handed_over = None
         finally:
             if handed_over is not None:
-                self._commit(handed_over)
+                with trio.CancelScope(shield=True):
+                    await self._commit(handed_over)
 
-    def _commit(self, delivery: Deliver) -> None:
-        self.save()
+    async def _commit(self, delivery: Deliver) -> None:
+        async with self.exclusive():
+            self.inbox.pop(delivery.envelope_id, None)
         self.client.acknowledge(delivery.envelope_id)
 
     async def _open(self, delivery: Deliver) -> ReceivedMessage | None:
@@ -396,33 +536,61 @@ class Messenger:
                                    accepted_at=delivery.accepted_at, content=None,
                                    problem=problem)
 
+        plaintext = self.inbox.get(delivery.envelope_id)
+        if plaintext is None:
+            expected = await self._expected_identity(sender)
+            if expected is None:
+                return unreadable("the sending device is not on its account's signed "
+                                  "device list")
+            try:
+                decrypted = self.device.decrypt(sender, delivery.ciphertext,
+                                                expected_identity_key=expected)
+            except DuplicateMessageError:
+                return None
+            except CryptoError as error:
+                return unreadable(f"cannot decrypt: {type(error).__name__}")
+            plaintext = decrypted.plaintext
+            self.inbox[delivery.envelope_id] = plaintext
+            _drop_oldest(self.inbox, MAX_INBOX)
+            self.save()
         try:
-            decrypted = self.device.decrypt(sender, delivery.ciphertext)
-        except DuplicateMessageError:
-            return None
-        except CryptoError as error:
-            return unreadable(f"cannot decrypt: {type(error).__name__}")
-        try:
-            content = decode_content(decrypted.plaintext)
+            content = decode_content(plaintext)
         except ContentError as error:
             return unreadable(str(error))
-        record = self.device.identity_of(sender)
-        if record is None:  # never: decrypt records the sender's identity
-            raise RuntimeError("no identity on record for a sender just decrypted")
+        if isinstance(content, DeviceListUpdate):
+            if sender.user_id == self.user_id:
+                await self._apply_own_list(content.device_list)
+            return None
         contact = await self._contact_of_sender(sender, content.sender_phone)
-        identity_changed = decrypted.identity_changed
-        if contact is not None:
-            if contact.first_contact:
-                await self._first_contact(contact, {sender.device_id: record.identity_key})
-            if contact.observe(sender.device_id, record.identity_key).accepted:
-                if contact.devices and sender.device_id != self.device_id:
-                    contact.devices.add(sender.device_id)
-            else:
-                identity_changed = True
+        identity_changed = contact is None or contact.changed
         return ReceivedMessage(envelope_id=delivery.envelope_id, sender=sender,
                                accepted_at=delivery.accepted_at, content=content,
                                sender_confirmed=contact is not None,
                                identity_changed=identity_changed)
+
+    async def _expected_identity(self, sender: DeviceAddress) -> bytes | None:
+        """The identity key the sender device must have: the one its account's signed list
+        and the relay give (the pinned account's if known, else the relay's view)."""
+        for contact in self.contacts.values():
+            if contact.user_id == sender.user_id and not contact.changed:
+                key = contact.devices.get(sender.device_id)
+                if key is not None:
+                    return key
+        view = await self.account_view(sender.user_id)
+        for contact in self.contacts.values():
+            if sender.user_id in (contact.user_id, contact.pending_user_id):
+                self._observe(contact, view)
+        return view.devices.get(sender.device_id)
+
+    async def _apply_own_list(self, device_list: bytes) -> None:
+        """Another device of this account signed a new list: check it, then follow it."""
+        own = self._own()
+        try:
+            pushed = decode_device_list(device_list, account_key=own.account_key)
+            check_successor(own.seen_list(), pushed)
+        except DeviceListError:
+            return  # an old or foreign list: the relay's current view decides below
+        await self.own_devices()
 
     async def _contact_of_sender(self, sender: DeviceAddress,
                                  claimed_phone: str) -> Contact | None:
@@ -433,80 +601,47 @@ class Messenger:
             if not entries or entries[0].user_id != sender.user_id:
                 return None
             contact = Contact(phone=claimed_phone, user_id=sender.user_id)
+            self._observe(contact, await self.account_view(sender.user_id))
             self.contacts[claimed_phone] = contact
         return contact if sender.user_id in (contact.user_id, contact.pending_user_id) else None
 
-    async def _first_contact(self, contact: Contact, known: dict[int, bytes]) -> None:
-        """Trust on first use: accept ``known`` and every other current device of the
-        contact now, so a reply reaches all of them without asking the user to trust each."""
-        listed = {info.device_id for info in await self.client.list_devices(contact.user_id)}
-        myself = {self.device_id} if contact.user_id == self.user_id else set()
-        others = listed - set(known) - myself
-        keys = {**known, **await self._first_contact_keys(contact, others)}
-        contact.accept_first(keys)
-        contact.devices = set(keys) - myself
-
-    async def _first_contact_keys(self, contact: Contact,
-                                  device_ids: set[int]) -> dict[int, bytes]:
-        if not device_ids:
-            return {}
-        bundles = await self.client.fetch_bundle(contact.user_id, sorted(device_ids))
-        keys: dict[int, bytes] = {}
-        for bundle in bundles:
-            self.device.start_session(self._address(contact.user_id, bundle.device_id),
-                                      bundle_from_wire(bundle))
-            keys[bundle.device_id] = bundle.identity_key
-        return keys
-
     # -- safety numbers and trust -------------------------------------------------------
 
-    async def current_keys(self, contact: Contact) -> dict[int, bytes]:
-        """Every current device key of the contact as the relay now says (pending included),
-        fetching bundles for devices whose key this device does not know yet."""
-        user_id = contact.current_user_id
-        listed = {info.device_id for info in await self.client.list_devices(user_id)}
-        if user_id == self.user_id:
-            listed.discard(self.device_id)
-        await self._fetch_sessions(contact, listed)
-        keys: dict[int, bytes] = {}
-        for device_id in listed:
-            record = self.device.identity_of(self._address(user_id, device_id))
-            key = contact.pending.get(device_id) or (record.identity_key if record else None)
-            if key is not None:
-                keys[device_id] = key
-        if user_id == self.user_id:
-            keys[self.device_id] = self.device.identity_key
-        return keys
-
     async def safety_number(self, phone: str) -> str:
-        """The 60-digit safety number with ``phone`` over both users' current device keys."""
-        contact = await self.contact(phone)
-        theirs = await self.current_keys(contact)
-        own = self.contacts[self.phone]
-        mine = (theirs if own is contact else await self.current_keys(own))
-        return safety_number(self.user_id, mine.values(), contact.current_user_id,
-                             theirs.values())
+        """The 60-digit safety number with ``phone`` over both users' account keys (the
+        pending key if it changed: that is the one to compare before trusting it)."""
+        async with self.exclusive():
+            contact = await self.contact(phone)
+            if contact.first_contact or not contact.changed:
+                with contextlib.suppress(IdentityChangedError):  # now pending: compare it
+                    await self._accepted_view(contact)
+            key = contact.pending_account_key or contact.account_key
+            own = self._own()
+            if key is None or own.account_key is None:
+                raise UnknownContactError(f"{phone} has no account key yet")
+            return safety_number(self.user_id, own.account_key, contact.current_user_id, key)
 
     async def trust(self, phone: str, *, expected_safety_number: str | None = None) -> str:
-        """Accept the contact's current keys; return the safety number they give.
+        """Accept the contact's new account key; return the safety number it gives.
 
         Raises:
             ValueError: ``expected_safety_number`` is given and differs (nothing changes).
         """
-        number = await self.safety_number(phone)
-        if expected_safety_number is not None and not secrets.compare_digest(
-                expected_safety_number.replace(" ", ""), number):
-            raise ValueError("the safety number differs from the one given; nothing trusted")
-        contact = self.contacts[phone]
-        old_user_id = contact.user_id
-        if contact.pending_user_id is not None:
-            for device_id in list(contact.accepted):
-                self.device.forget_device(self._address(old_user_id, device_id))
-        for device_id, key in contact.trust_pending().items():
-            self.device.trust_identity(self._address(contact.user_id, device_id), key)
-        self.save()
-        return number
+        async with self.exclusive():
+            number = await self.safety_number(phone)
+            if expected_safety_number is not None and not secrets.compare_digest(
+                    expected_safety_number.replace(" ", ""), number):
+                raise ValueError("the safety number differs from the one given; nothing "
+                                 "trusted")
+            contact = self.contacts[phone]
+            for device_id in list(contact.devices):
+                self.device.forget_device(self._address(contact.user_id, device_id))
+            contact.trust_pending()
+            self._observe(contact, await self.account_view(contact.user_id))
+            return number
 
-    async def own_devices(self) -> list[DeviceInfo]:
-        """This user's current devices, as the relay lists them."""
-        return await self._refresh_own_devices()
+
+def _drop_oldest(inbox: dict[int, bytes], keep: int) -> None:
+    """Drop the oldest entries beyond ``keep`` (insertion order)."""
+    for envelope_id in list(inbox)[:-keep]:
+        del inbox[envelope_id]

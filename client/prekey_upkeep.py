@@ -4,7 +4,9 @@ and the refill rule.
 A device publishes its signed prekey, its last-resort ML-KEM prekey and pools of one-time
 keys (PROTOCOL.md "Prekeys"). It refills a pool when the relay says it runs low (the
 PREKEYS_LOW push) or when GET_PREKEY_COUNTS, asked after every authentication, shows fewer
-than `REFILL_BELOW` keys.
+than `REFILL_BELOW` keys. At the same moments it rotates the signed and last-resort prekeys
+when they are due (`DeviceCrypto.rotate_due_prekeys`, docs/CRYPTO.md) and publishes the new
+ones.
 """
 
 from __future__ import annotations
@@ -71,12 +73,15 @@ def _kem(prekey: CryptoSignedPrekey) -> KemPrekey:
 
 
 async def publish_prekeys(client: RelayClient, device: DeviceCrypto, counts: PrekeyCounts,
-                          save: Callable[[], None], *, refill_below: int = REFILL_BELOW) -> bool:
-    """Upload what the relay lacks given ``counts``; return True if anything was uploaded.
+                          save: Callable[[], None], *, now_ms: int,
+                          refill_below: int = REFILL_BELOW) -> bool:
+    """Rotate the reusable prekeys if due at ``now_ms``, then upload what the relay lacks
+    given ``counts``; return True if anything was uploaded.
 
     ``save`` is called after new secrets are generated and before their public halves
     leave, so a crash never leaves published keys whose secrets were lost.
     """
+    rotated = device.rotate_due_prekeys(now_ms)
     signed = device.signed_prekey()
     last_resort = device.kem_last_resort_prekey()
     one_time_wanted = POOL_TARGET - counts.one_time if counts.one_time < refill_below else 0
@@ -86,6 +91,8 @@ async def publish_prekeys(client: RelayClient, device: DeviceCrypto, counts: Pre
     send_signed = counts.signed_prekey_id != signed.key_id
     send_last_resort = counts.kem_last_resort_prekey_id != last_resort.key_id
     if not (one_time or kem_one_time or send_signed or send_last_resort):
+        if rotated:
+            save()  # retired keys were deleted
         return False
     save()
     await client.upload_prekeys(
