@@ -14,7 +14,10 @@ from dataclasses import dataclass
 
 from nacl.signing import SigningKey
 
+from crypto.device_list import sign_device_list
+from crypto.primitives import ed25519_keypair_from_private
 from enrolment import admin
+from enrolment.service import FIRST_DEVICE_LIST_VERSION, REENROLMENT_REVOKE_REASON
 from storage.base import Store
 
 __all__ = ["BenchDevice", "bench_phone", "provision"]
@@ -65,9 +68,16 @@ async def provision(store: Store, *, organisation: str, count: int, now: int,
             phone_key=phone_key, code_hash=code_hash, now=now, expires_at=now + CODE_TTL_MS,
             window_ms=CODE_TTL_MS, max_sends=1)
         assert recorded
-        device = await store.register_device(
-            phone=phone, phone_key=phone_key, code_hash=code_hash,
-            identity_key=SigningKey(seed).verify_key.encode(), now=now, max_devices=1)
+        identity_key = SigningKey(seed).verify_key.encode()
+        device_list = sign_device_list(
+            ed25519_keypair_from_private(secrets.token_bytes(32)),
+            version=FIRST_DEVICE_LIST_VERSION, devices=(identity_key,))
+        registration = await store.register_device(
+            phone=phone, phone_key=phone_key, code_hash=code_hash, identity_key=identity_key,
+            account_key=device_list.account_key, device_list=device_list.encoded,
+            device_list_version=device_list.version, now=now, max_devices=1,
+            revoke_reason=REENROLMENT_REVOKE_REASON)
+        device = registration.device
         devices.append(BenchDevice(phone=phone, user_id=device.user_id,
                                    device_id=device.device_id, seed=seed))
     return devices

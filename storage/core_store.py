@@ -1,9 +1,10 @@
 """The methods of ``storage.base.Store`` that both backends share, written once.
 
 ``SqliteStore`` and ``PostgresStore`` inherit ``CoreStoreMethods`` (and
-``storage.admin_store.AdminStoreMethods``) and keep only what differs: connections, threads,
-how a read reaches its connection, rate limits, and PostgreSQL's cluster wake-ups (the
-deletion hooks, and its own ``submit_send`` and ``expire``). The SQL lives in
+``storage.admin_store.AdminStoreMethods``, ``storage.account_store.AccountStoreMethods``) and
+keep only what differs: connections, threads, how a read reaches its connection, rate limits,
+and PostgreSQL's cluster wake-ups (the deletion hooks, and its own ``submit_send`` and
+``expire``). The SQL lives in
 ``storage.enrolment_sql``, ``storage.envelope_sql`` and ``storage.prekey_sql``. The methods'
 contracts are on the protocols of ``storage.interfaces`` (``StoreLifecycle``, ``Directory``,
 ``EnrolmentStore``, ``EnvelopeQueue``, ``PrekeyStore``, and ``AdminStore`` for creating
@@ -18,6 +19,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import trio
 
 from storage import enrolment_sql, envelope_sql, prekey_sql
+from storage.account_records import Registration
 from storage.base import PendingResult
 from storage.group_commit import GroupCommitWriter
 from storage.prekey_records import ClaimedBundle, PrekeyCounts, PrekeyUpload
@@ -148,10 +150,14 @@ class CoreStoreMethods(BackendHooks):
             max_attempts=max_attempts))
 
     async def register_device(self, *, phone: str, phone_key: bytes, code_hash: bytes,
-                              identity_key: bytes, now: int, max_devices: int) -> Device:
+                              identity_key: bytes, account_key: bytes, device_list: bytes,
+                              device_list_version: int, now: int, max_devices: int,
+                              revoke_reason: str) -> Registration:
         return await self._write(lambda connection: enrolment_sql.register_device(
             connection, self._dialect, phone=phone, phone_key=phone_key, code_hash=code_hash,
-            identity_key=identity_key, now=now, max_devices=max_devices))
+            identity_key=identity_key, account_key=account_key, device_list=device_list,
+            device_list_version=device_list_version, now=now, max_devices=max_devices,
+            revoke_reason=revoke_reason, before_delete=self._before_device_deleted))
 
     # -- envelopes -------------------------------------------------------------
     # ``locks`` names the users whose device rows a write locks: PostgreSQL's writer locks a

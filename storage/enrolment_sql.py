@@ -4,7 +4,8 @@ This module owns the directory and enrolment tables: ``organisations``, ``users`
 ``devices``, ``verification_codes``, ``sms_sends``, ``secrets`` and the enrolment counter.
 Their DDL is part of schema version 1 of both stores; as for the envelope tables
 (``storage.envelope_sql``), change them only through a new migration written here and
-appended to the stores' ``MIGRATIONS``, never by editing the DDL below.
+appended to the stores' ``MIGRATIONS``, never by editing the DDL below. (The account columns
+of ``users`` are ``storage.account_sql``'s migration.)
 
 Every function runs inside the caller's transaction (a write's savepoint in the group-commit
 writer, or a read's snapshot), so whatever it raises undoes everything it did. Statements are
@@ -21,6 +22,9 @@ import hmac
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from storage import account_sql
+from storage.account_records import Registration
+from storage.account_sql import BeforeDeviceDeleted
 from storage.records import (
     AlreadyExists,
     Device,
@@ -173,9 +177,9 @@ class _Statements:
         self.users_of = sql(
             f"SELECT {_USER_COLUMNS} FROM users WHERE organisation_id = ?"
             f" ORDER BY phone COLLATE {dialect.bytewise_collation}")
-        # Then next_device_id and declaration_sequence, for register_device.
+        # Then next_device_id, declaration_sequence and account_key, for register_device.
         self.user_by_phone = sql(
-            f"SELECT {_USER_COLUMNS}, next_device_id, declaration_sequence"
+            f"SELECT {_USER_COLUMNS}, next_device_id, declaration_sequence, account_key"
             " FROM users WHERE phone = ?")
         self.user_by_phone_locked = self.user_by_phone + dialect.for_update
         self.delete_user = sql("DELETE FROM users WHERE user_id = ?")
@@ -208,7 +212,6 @@ class _Statements:
         self.pending_code_locked = sql(
             "SELECT code_hash, recorded_sequence FROM verification_codes WHERE phone_key = ?"
             + dialect.for_update)
-        self.count_devices = sql("SELECT COUNT(*) FROM devices WHERE user_id = ?")
         self.delete_code = sql("DELETE FROM verification_codes WHERE phone_key = ?")
         self.insert_device = sql(
             f"INSERT INTO devices ({_DEVICE_COLUMNS}) VALUES (?, ?, ?, ?)")
@@ -395,9 +398,10 @@ def take_verification_attempt(connection: Connection, dialect: Dialect, *, phone
 
 
 def register_device(connection: Connection, dialect: Dialect, *, phone: str, phone_key: bytes,
-                    code_hash: bytes, identity_key: bytes, now: int,
-                    max_devices: int) -> Device:
-    """See ``Store.register_device``."""
+                    code_hash: bytes, identity_key: bytes, account_key: bytes,
+                    device_list: bytes, device_list_version: int, now: int, max_devices: int,
+                    revoke_reason: str, before_delete: BeforeDeviceDeleted) -> Registration:
+    """See ``Store.register_device``; ``before_delete`` runs before each revoked device goes."""
     statements = _STATEMENTS[dialect]
     # Locked until commit: a concurrent registration on another node with the same code
     # waits, then finds it gone (single use).
@@ -407,8 +411,8 @@ def register_device(connection: Connection, dialect: Dialect, *, phone: str, pho
     user = connection.execute(statements.user_by_phone_locked, (phone,)).fetchone()
     if user is None:
         raise RegistrationRefused(RegistrationRefusal.NOT_DECLARED)
-    user_id, organisation_id, next_device_id, declaration_sequence = (
-        user[0], user[1], user[6], user[7])
+    user_id, organisation_id, next_device_id, declaration_sequence, stored_account_key = (
+        str(user[0]), user[1], user[6], user[7], user[8])
     if code[1] < declaration_sequence:
         # Sent for an earlier declaration of this number (since deleted).
         raise RegistrationRefused(RegistrationRefusal.CODE_CONSUMED)
@@ -416,11 +420,23 @@ def register_device(connection: Connection, dialect: Dialect, *, phone: str, pho
                                   (organisation_id,)).fetchone()
     if state != OrganisationState.ACTIVE.value:
         raise RegistrationRefused(RegistrationRefusal.ORGANISATION_INACTIVE)
-    (devices,) = connection.execute(statements.count_devices, (user_id,)).fetchone()
-    if devices >= max_devices:
+    if stored_account_key is not None and bytes(stored_account_key) == account_key:
+        # An enrolment makes a new account identity, which contacts must see change.
+        raise RegistrationRefused(RegistrationRefusal.SAME_ACCOUNT_KEY)
+    # Every earlier device goes (the number was enrolled again: a lost phone, a SIM swap),
+    # so the new device is the only one left to count.
+    if max_devices < 1:
         raise RegistrationRefused(RegistrationRefusal.TOO_MANY_DEVICES)
+    earlier = account_sql.device_keys(connection, dialect, user_id)
+    revoked = account_sql.revoke_devices(connection, dialect, user_id=user_id,
+                                         devices=list(earlier.items()), reason=revoke_reason,
+                                         now=now, before_delete=before_delete)
     connection.execute(statements.delete_code, (phone_key,))
     connection.execute(statements.insert_device, (user_id, next_device_id, identity_key, now))
     connection.execute(statements.enrol_user, (UserState.ENROLLED.value, now, user_id))
-    return Device(user_id=str(user_id), device_id=int(next_device_id),
-                  identity_key=identity_key, registered_at=now)
+    account_sql.replace_account(connection, dialect, user_id=user_id, account_key=account_key,
+                                device_list=device_list,
+                                device_list_version=device_list_version)
+    return Registration(device=Device(user_id=user_id, device_id=int(next_device_id),
+                                      identity_key=identity_key, registered_at=now),
+                        revoked=revoked)

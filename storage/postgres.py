@@ -38,6 +38,7 @@ import trio
 from psycopg_pool import ConnectionPool
 
 from storage import envelope_sql
+from storage.account_store import AccountStoreMethods
 from storage.admin_store import AdminStoreMethods
 from storage.base import PendingResult
 from storage.core_store import CoreStoreMethods
@@ -109,7 +110,7 @@ def postgres_writer(pool: ConnectionPool[Connection],
                              trio_token=trio_token, thread_name="postgres-writer")
 
 
-class PostgresStore(CoreStoreMethods, AdminStoreMethods):
+class PostgresStore(CoreStoreMethods, AdminStoreMethods, AccountStoreMethods):
     """``storage.base.Store`` on PostgreSQL. Create with ``open_postgres_store``.
 
     The SQL is shared with SQLite (``storage.core_store`` and the modules it names); this

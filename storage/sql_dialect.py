@@ -65,6 +65,10 @@ class Dialect:
     phone_key_lock: str | None
     """Serialises, until commit, the transactions about one phone key (its one parameter);
     None where the single writer already does."""
+    named_lock: str | None
+    """Serialises, until commit, the transactions that take the lock of one name (its one
+    text parameter), for a check over many rows (a count) that no row lock covers; None where
+    the single writer already does."""
 
     def sql(self, query: str) -> str:
         """``query`` with the driver's placeholders."""
@@ -76,7 +80,7 @@ SQLITE = Dialect(
     bytewise_collation="BINARY", binds_arrays=False, has_lastrowid=True,
     next_enrolment_sequence=(
         "UPDATE sequences SET value = value + 1 WHERE name = 'enrolment' RETURNING value"),
-    phone_key_lock=None)
+    phone_key_lock=None, named_lock=None)
 
 # READ COMMITTED across nodes. A sequence rather than a counter row: never a hot locked row.
 # Without SKIP LOCKED a second prekey claimer would wait for the first, find its row gone and
@@ -85,4 +89,5 @@ POSTGRES = Dialect(
     placeholder="%s", for_update=" FOR UPDATE", for_share=" FOR SHARE",
     skip_locked=" FOR UPDATE SKIP LOCKED", bytewise_collation='"C"', binds_arrays=True,
     has_lastrowid=False, next_enrolment_sequence="SELECT nextval('enrolment_sequence')",
-    phone_key_lock="SELECT pg_advisory_xact_lock(hashtextextended(encode(?, 'hex'), 0))")
+    phone_key_lock="SELECT pg_advisory_xact_lock(hashtextextended(encode(?, 'hex'), 0))",
+    named_lock="SELECT pg_advisory_xact_lock(hashtextextended('name:' || ?, 0))")

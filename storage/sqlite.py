@@ -17,6 +17,7 @@ from typing import TypeVar
 
 import trio
 
+from storage.account_store import AccountStoreMethods
 from storage.admin_store import AdminStoreMethods
 from storage.core_store import CoreStoreMethods
 from storage.group_commit import GroupCommitWriter
@@ -76,7 +77,7 @@ def _open_writer_connection(path: pathlib.Path, synchronous_pragma: str) -> sqli
     return connection
 
 
-class SqliteStore(CoreStoreMethods, AdminStoreMethods):
+class SqliteStore(CoreStoreMethods, AdminStoreMethods, AccountStoreMethods):
     """``storage.base.Store`` on one SQLite file. Create with ``open_sqlite_store``.
 
     The SQL is shared with PostgreSQL (``storage.core_store`` and the modules it names).

@@ -11,9 +11,11 @@ from __future__ import annotations
 import sqlite3
 from dataclasses import dataclass
 
+from storage.account_sql import SQLITE_ACCOUNT_TABLES
 from storage.admin_sql import ONE_TIME_PASSWORDS, SQLITE_ADMIN_TABLES
 from storage.enrolment_sql import SQLITE_ENROLMENT_TABLES
 from storage.envelope_sql import SQLITE_ENVELOPE_TABLES
+from storage.link_sql import SQLITE_LINK_TABLES
 from storage.prekey_sql import SQLITE_PREKEY_TABLES
 from storage.records import StoreError
 
@@ -61,7 +63,12 @@ _VERSION_3 = Migration(version=3, statements=SQLITE_ADMIN_TABLES)
 # Accounts: one-time passwords, single use, that must be changed (storage.admin_sql).
 _VERSION_4 = Migration(version=4, statements=ONE_TIME_PASSWORDS)
 
-MIGRATIONS: tuple[Migration, ...] = (_VERSION_1, _VERSION_2, _VERSION_3, _VERSION_4)
+# Account keys: each user's account key and signed device list, the notices of revoked
+# devices (storage.account_sql), and the link channels of new devices (storage.link_sql).
+_VERSION_5 = Migration(version=5, statements=(*SQLITE_ACCOUNT_TABLES, *SQLITE_LINK_TABLES))
+
+MIGRATIONS: tuple[Migration, ...] = (_VERSION_1, _VERSION_2, _VERSION_3, _VERSION_4,
+                                     _VERSION_5)
 """Every migration, oldest first; versions are consecutive from 1."""
 
 LATEST_SCHEMA_VERSION = MIGRATIONS[-1].version

@@ -31,6 +31,7 @@ from storage.base import (
     NewSend,
     NotFound,
     OrganisationState,
+    Registration,
     RegistrationRefusal,
     RegistrationRefused,
     SeatLimitReached,
@@ -99,12 +100,50 @@ async def _code_for(store: Store, phone: str, code_hash: bytes = b"hash") -> byt
     return phone_key
 
 
+def _fresh_key() -> bytes:
+    """32 bytes no other test uses: the store keeps keys opaque (the relay checks them)."""
+    return next(_unique).to_bytes(32, "big")
+
+
+def _list_bytes(account_key: bytes, version: int, keys: frozenset[bytes]) -> bytes:
+    """Stands for a signed device list: opaque to the store, distinct per content."""
+    return b"list" + account_key + version.to_bytes(8, "big") + b"".join(sorted(keys))
+
+
+async def _register_device(store: Store, *, phone: str, phone_key: bytes,
+                           code_hash: bytes = b"hash", identity_key: bytes | None = None,
+                           account_key: bytes | None = None, now: int = NOW,
+                           max_devices: int = MAX_DEVICES,
+                           revoke_reason: str = "enrolled again") -> Registration:
+    """``register_device`` with a new account key and its first list (one device)."""
+    identity_key = _fresh_key() if identity_key is None else identity_key
+    account_key = _fresh_key() if account_key is None else account_key
+    return await store.register_device(
+        phone=phone, phone_key=phone_key, code_hash=code_hash, identity_key=identity_key,
+        account_key=account_key,
+        device_list=_list_bytes(account_key, 1, frozenset((identity_key,))),
+        device_list_version=1, now=now, max_devices=max_devices, revoke_reason=revoke_reason)
+
+
 async def _register(store: Store, user: User, *, now: int = NOW) -> int:
-    phone_key = await _code_for(store, user.phone)
-    device = await store.register_device(
-        phone=user.phone, phone_key=phone_key, code_hash=b"hash",
-        identity_key=bytes(32), now=now, max_devices=MAX_DEVICES)
-    return device.device_id
+    """Add a device to ``user`` as a client would: the first by enrolment, the next ones by
+    publishing a device list that adds a new key. Returns its id."""
+    account = await store.account(user.user_id)
+    devices = await store.list_devices(user.user_id)
+    if account is None or account.account_key is None or not devices:
+        phone_key = await _code_for(store, user.phone)
+        registration = await _register_device(store, phone=user.phone, phone_key=phone_key,
+                                              now=now)
+        return registration.device.device_id
+    keys = frozenset(device.identity_key for device in devices) | {_fresh_key()}
+    version = account.device_list_version + 1
+    published = await store.publish_device_list(
+        user_id=user.user_id, publisher_device_id=devices[0].device_id,
+        account_key=account.account_key, version=version, identity_keys=keys,
+        encoded=_list_bytes(account.account_key, version, keys), now=now,
+        max_devices=MAX_DEVICES, revoke_reason="removed")
+    [added] = published.added
+    return added.device_id
 
 
 async def _enrolled(store: Store, devices: int = 1,
@@ -279,9 +318,8 @@ async def test_delete_user_removes_devices_queues_and_code_and_frees_the_phone(
     again = await store.declare_user(organisation=organisation, phone=doomed.phone,
                                      user_id=_fresh_user_id(), now=NOW + 1)
     with pytest.raises(RegistrationRefused) as refused:
-        await store.register_device(phone=again.phone, phone_key=stale_key,
-                                    code_hash=b"stale", identity_key=bytes(32), now=NOW,
-                                    max_devices=MAX_DEVICES)
+        await _register_device(store, phone=again.phone, phone_key=stale_key,
+                               code_hash=b"stale")
     assert refused.value.reason is RegistrationRefusal.CODE_CONSUMED
     assert await store.list_devices(again.user_id) == []
 
@@ -340,9 +378,10 @@ async def test_attempts_are_counted_and_a_new_code_resets_them(store: Store) -> 
 async def test_register_device_enrols_the_user_and_numbers_devices(store: Store) -> None:
     user = await _declared(store)
     phone_key = await _code_for(store, user.phone)
-    first = await store.register_device(phone=user.phone, phone_key=phone_key,
-                                        code_hash=b"hash", identity_key=b"k" * 32,
-                                        now=NOW + 5, max_devices=MAX_DEVICES)
+    registration = await _register_device(store, phone=user.phone, phone_key=phone_key,
+                                          identity_key=b"k" * 32, now=NOW + 5)
+    first = registration.device
+    assert registration.revoked == ()
     assert (first.user_id, first.device_id, first.identity_key, first.registered_at) == (
         user.user_id, 1, b"k" * 32, NOW + 5)
     enrolled = await store.find_user_by_phone(user.phone)
@@ -364,11 +403,9 @@ async def test_register_device_enrols_the_user_and_numbers_devices(store: Store)
 async def test_a_code_registers_one_device_only(store: Store) -> None:
     user = await _declared(store)
     phone_key = await _code_for(store, user.phone)
-    await store.register_device(phone=user.phone, phone_key=phone_key, code_hash=b"hash",
-                                identity_key=bytes(32), now=NOW, max_devices=MAX_DEVICES)
+    await _register_device(store, phone=user.phone, phone_key=phone_key)
     with pytest.raises(RegistrationRefused) as refused:
-        await store.register_device(phone=user.phone, phone_key=phone_key, code_hash=b"hash",
-                                    identity_key=bytes(32), now=NOW, max_devices=MAX_DEVICES)
+        await _register_device(store, phone=user.phone, phone_key=phone_key)
     assert refused.value.reason is RegistrationRefusal.CODE_CONSUMED
     assert len(await store.list_devices(user.user_id)) == 1
 
@@ -378,8 +415,7 @@ async def test_a_replaced_code_is_refused_and_the_new_one_kept(store: Store) -> 
     phone_key = await _code_for(store, user.phone, b"old")
     await _code_for(store, user.phone, b"new")
     with pytest.raises(RegistrationRefused) as refused:
-        await store.register_device(phone=user.phone, phone_key=phone_key, code_hash=b"old",
-                                    identity_key=bytes(32), now=NOW, max_devices=MAX_DEVICES)
+        await _register_device(store, phone=user.phone, phone_key=phone_key, code_hash=b"old")
     assert refused.value.reason is RegistrationRefusal.CODE_CONSUMED
     assert await store.take_verification_attempt(phone_key=phone_key, now=NOW,
                                                  max_attempts=5) == b"new"
@@ -392,9 +428,8 @@ async def test_concurrent_registrations_with_one_code_admit_exactly_one(store: S
 
     async def register() -> None:
         try:
-            outcomes.append(await store.register_device(
-                phone=user.phone, phone_key=phone_key, code_hash=b"hash",
-                identity_key=bytes(32), now=NOW, max_devices=MAX_DEVICES))
+            outcomes.append(await _register_device(store, phone=user.phone,
+                                                   phone_key=phone_key))
         except RegistrationRefused as error:
             outcomes.append(error.reason)
 
@@ -410,18 +445,17 @@ async def test_registration_for_an_undeclared_phone_is_refused(store: Store) -> 
     phone = _fresh_phone()
     phone_key = await _code_for(store, phone)
     with pytest.raises(RegistrationRefused) as refused:
-        await store.register_device(phone=phone, phone_key=phone_key, code_hash=b"hash",
-                                    identity_key=bytes(32), now=NOW, max_devices=MAX_DEVICES)
+        await _register_device(store, phone=phone, phone_key=phone_key)
     assert refused.value.reason is RegistrationRefusal.NOT_DECLARED
 
 
 async def test_registration_beyond_max_devices_is_refused_and_keeps_the_code(
         store: Store) -> None:
+    # The earlier devices are revoked first, so only a limit of 0 leaves no room.
     user, _ = await _enrolled(store, devices=2)
     phone_key = await _code_for(store, user.phone)
     with pytest.raises(RegistrationRefused) as refused:
-        await store.register_device(phone=user.phone, phone_key=phone_key, code_hash=b"hash",
-                                    identity_key=bytes(32), now=NOW, max_devices=2)
+        await _register_device(store, phone=user.phone, phone_key=phone_key, max_devices=0)
     assert refused.value.reason is RegistrationRefusal.TOO_MANY_DEVICES
     assert len(await store.list_devices(user.user_id)) == 2
     # Refused means nothing changed: the code is still pending.
@@ -435,8 +469,7 @@ async def test_registration_in_an_inactive_organisation_is_refused(store: Store)
     await store.set_organisation_state(name=organisation, state=OrganisationState.SUSPENDED)
     phone_key = await _code_for(store, user.phone)
     with pytest.raises(RegistrationRefused) as refused:
-        await store.register_device(phone=user.phone, phone_key=phone_key, code_hash=b"hash",
-                                    identity_key=bytes(32), now=NOW, max_devices=MAX_DEVICES)
+        await _register_device(store, phone=user.phone, phone_key=phone_key)
     assert refused.value.reason is RegistrationRefusal.ORGANISATION_INACTIVE
     assert await store.list_devices(user.user_id) == []
     found = await store.find_user_by_phone(user.phone)
