@@ -25,8 +25,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
+import segno
 import trio
 import typer
+from nacl.signing import SigningKey
 
 from client.connection import (
     CertificateFileError,
@@ -37,18 +39,24 @@ from client.connection import (
     check_ca_file,
     connect_relay,
 )
+from client.linking import LinkFailed, approve_link, link_new_device, remove_device
 from client.message_content import MAX_TEXT_BYTES
 from client.messenger import (
+    DeviceListProblem,
     IdentityChangedError,
     Messenger,
     ReceivedMessage,
     SendReceipt,
     UnknownContactError,
     create_device_state,
+    own_contact,
 )
 from client.prekey_upkeep import MissingPrekeysError
 from client.profile import Profile, ProfileError
-from crypto.primitives import CryptoError
+from client.profile_files import ProfileBusyError
+from crypto.device_list import sign_device_list
+from crypto.primitives import CryptoError, ed25519_keypair_from_private
+from crypto.provisioning import LinkCodeError, ProvisioningError
 from crypto.safety_number import format_safety_number
 from transport.addresses import parse_host_port
 from wire.errors import RemoteProtocolError
@@ -139,8 +147,12 @@ def _explain(error: BaseException) -> str | None:
     relay = _invocation.relay or "HOST:PORT"
     at = f"the relay at {_invocation.relay}" if _invocation.relay else "the relay"
     match error:
-        case ProfileError() | UnknownContactError() | MissingPrekeysError():
+        case (ProfileError() | UnknownContactError() | MissingPrekeysError() | LinkFailed()
+              | ProfileBusyError() | DeviceListProblem() | LinkCodeError()):
             return str(error)
+        case ProvisioningError():
+            return (f"link refused: {error}. Nothing was added to the account; if the new "
+                    f"device shows a code, check it was typed from that device's screen")
         case InvalidPhoneNumber():
             return f"{error} ({PHONE_HINT})"
         case IdentityChangedError():
@@ -307,6 +319,10 @@ def enrol(phone: Annotated[str, typer.Argument(
     profile = _profile()
     number = _phone(phone)
     host, port = _relay_address(relay)
+    if profile.data.user_id is not None and profile.account_key() is not None:
+        typer.echo(f"warning: enrolling {number} by SMS creates a new account identity: the "
+                   f"devices of the current one are revoked, and contacts see the safety "
+                   f"number change (to add a device instead, use `cryptopass link`)", err=True)
     _invocation.relay, _invocation.ca, _invocation.ca_from_option = relay, ca, True
     _invocation.phone = number
     if ca is not None:
@@ -350,11 +366,17 @@ def _verify(profile: Profile, code: str, identity_key: bytes) -> None:
     phone = profile.data.phone
 
     async def work() -> None:
+        # A new account identity: its key is kept before the relay registers it.
+        account_key = SigningKey.generate()
+        profile.save_account_key(account_key)
+        account = ed25519_keypair_from_private(bytes(account_key))
         async with connect_relay(host, port, ca=ca) as client:
-            user_id, device_id = await client.enrol_verify(phone, code, identity_key)
-        profile.data.user_id, profile.data.device_id = user_id, device_id
+            enrolled = await client.enrol_verify(phone, code, identity_key, account)
+        profile.data.user_id, profile.data.device_id = enrolled.user_id, enrolled.device_id
         profile.save()
-        create_device_state(profile)
+        first_list = sign_device_list(account, version=1, devices=[identity_key])
+        create_device_state(profile, contacts={
+            phone: own_contact(phone, enrolled.user_id, first_list)})
         # Publish the signed, last-resort and one-time prekeys at once, so that
         # others can start sessions with this device (PROTOCOL.md "Prekeys").
         async with Messenger.connect(profile):
@@ -365,9 +387,10 @@ def _verify(profile: Profile, code: str, identity_key: bytes) -> None:
 
 
 def _warn_identity_changed(message: ReceivedMessage, phone: str) -> None:
-    typer.echo(f"warning: the safety number with {phone} changed (device "
-               f"{message.sender.device_id} has a new identity key). Sending to {phone} is "
-               f"blocked until you compare `{_command('safety-number', phone)}` with them and "
+    typer.echo(f"warning: the safety number with {phone} changed (the number now speaks for "
+               f"another account key: enrolled again on a new phone, or by someone who got "
+               f"its SMS code). Sending to {phone} is blocked until you compare "
+               f"`{_command('safety-number', phone)}` with them and "
                f"run `{_command('trust', phone)}`.", err=True)
 
 
@@ -391,6 +414,9 @@ def send(phone: PhoneArgument,
         async with Messenger.connect(profile) as messenger:
             receipt = await messenger.send_text(number, text)
         typer.echo(json.dumps(send_line(number, receipt), ensure_ascii=False))
+        if receipt.own_copy_problem is not None:
+            typer.echo(f"warning: sent to {number}, but this account's other devices got no "
+                       f"copy: {receipt.own_copy_problem}", err=True)
 
     _run(work)
 
@@ -475,27 +501,93 @@ def trust(phone: PhoneArgument,
     _run(work)
 
 
-@app.command()
-def devices() -> None:
-    """List this user's devices as JSON lines (the one in use is marked)."""
+devices_app = typer.Typer(help="This account's devices: list, approve a new one, remove one.",
+                          invoke_without_command=True, no_args_is_help=False)
+app.add_typer(devices_app, name="devices")
+
+
+@devices_app.callback()
+def devices(context: typer.Context) -> None:
+    """List this account's devices (its signed list) as JSON lines; the one in use is marked."""
+    if context.invoked_subcommand is not None:
+        return
     profile = _enrolled_profile()
 
     async def work() -> None:
         async with Messenger.connect(profile) as messenger:
-            listed = await messenger.own_devices()
-            own = messenger.contacts[messenger.phone]
-            for info in listed:
-                registered = datetime.datetime.fromtimestamp(info.registered_at / 1000,
-                                                             datetime.UTC)
-                if info.device_id == messenger.device_id:
-                    state = "this device"
-                elif info.device_id in own.pending:
-                    state = "new, not trusted yet"
-                else:
-                    state = "trusted" if info.device_id in own.accepted else "not seen yet"
-                typer.echo(json.dumps({"device_id": info.device_id,
-                                       "registered_at": registered.isoformat(
-                                           timespec="seconds"), "state": state}))
+            view = await messenger.own_devices()
+        for device_id, key in sorted(view.devices.items()):
+            typer.echo(json.dumps({"device_id": device_id, "identity_key": key.hex(),
+                                   "this_device": device_id == messenger.device_id,
+                                   "list_version": view.device_list.version}))
+
+    _run(work)
+
+
+@devices_app.command("approve")
+def devices_approve(code: Annotated[str, typer.Argument(
+        metavar="CODE", help="The link code the new device shows (`cryptopass link`).",
+        show_default=False)]) -> None:
+    """Add the new device that shows CODE to this account (signs the new device list)."""
+    profile = _enrolled_profile()
+
+    async def work() -> None:
+        async with Messenger.connect(profile) as messenger:
+            typer.echo("Waiting for the new device to answer ...", err=True)
+            linked = await approve_link(messenger, code)
+        typer.echo(json.dumps({"approved": True, "device_id": linked.device_id,
+                               "list_version": linked.device_list_version}))
+
+    _run(work)
+
+
+@devices_app.command("remove")
+def devices_remove(device_id: Annotated[int, typer.Argument(
+        metavar="ID", help="The device to remove (see `cryptopass devices`).", min=1,
+        show_default=False)]) -> None:
+    """Remove device ID from this account: the relay revokes it at once, and it receives
+    nothing more."""
+    profile = _enrolled_profile()
+
+    async def work() -> None:
+        async with Messenger.connect(profile) as messenger:
+            removed = await remove_device(messenger, device_id)
+        typer.echo(json.dumps({"removed": True, "device_id": removed.device_id,
+                               "list_version": removed.device_list_version}))
+
+    _run(work)
+
+
+@app.command()
+def link(relay: Annotated[str, typer.Option(
+             help="Relay address, HOST:PORT.", show_default=True)] = DEFAULT_RELAY,
+         ca: Annotated[Path | None, typer.Option(
+             help=f"The relay's TLS certificate (PEM), e.g. {EXAMPLE_CA}.",
+             show_default=False)] = None,
+         qr: Annotated[bool, typer.Option(
+             help="Also draw the code as a QR code in the terminal.",
+             show_default=True)] = True) -> None:
+    """Link this new device to an existing account: shows a code to approve on a device
+    already on the account with `cryptopass devices approve CODE`."""
+    profile = _profile()
+    _relay_address(relay)
+    _invocation.relay, _invocation.ca, _invocation.ca_from_option = relay, ca, True
+    if ca is not None:
+        check_ca_file(ca)
+        ca = ca.resolve()
+
+    def show(code: str) -> None:
+        typer.echo(f"Link code: {code}")
+        if qr:
+            segno.make(code, error="m").terminal(compact=True)
+        typer.echo(f"On a device of the account, run: cryptopass devices approve {code}")
+        sys.stdout.flush()
+
+    async def work() -> None:
+        linked = await link_new_device(profile, relay, ca, show_code=show)
+        typer.echo(json.dumps({"linked": True, "user_id": linked.user_id,
+                               "device_id": linked.device_id,
+                               "list_version": linked.device_list_version}))
 
     _run(work)
 
