@@ -28,8 +28,8 @@ from typing import Annotated, Any, NoReturn
 import segno
 import trio
 import typer
-from nacl.signing import SigningKey
 
+from client.account_setup import verify_enrolment
 from client.connection import (
     CertificateFileError,
     ConnectionClosed,
@@ -48,14 +48,11 @@ from client.messenger import (
     ReceivedMessage,
     SendReceipt,
     UnknownContactError,
-    create_device_state,
-    own_contact,
 )
 from client.prekey_upkeep import MissingPrekeysError
 from client.profile import Profile, ProfileError
 from client.profile_files import ProfileBusyError
-from crypto.device_list import sign_device_list
-from crypto.primitives import CryptoError, ed25519_keypair_from_private
+from crypto.primitives import CryptoError
 from crypto.provisioning import LinkCodeError, ProvisioningError
 from crypto.safety_number import format_safety_number
 from transport.addresses import parse_host_port
@@ -327,7 +324,7 @@ def enrol(phone: Annotated[str, typer.Argument(
     _invocation.phone = number
     if ca is not None:
         check_ca_file(ca)
-    key = profile.signing_key(create=True)
+    profile.signing_key(create=True)
 
     async def work() -> None:
         async with connect_relay(host, port, ca=ca) as client:
@@ -344,7 +341,7 @@ def enrol(phone: Annotated[str, typer.Argument(
         code = typer.prompt("SMS code (or press Enter to verify later)", default="",
                             show_default=False)
         if code.strip():
-            _verify(profile, code.strip(), key.verify_key.encode())
+            _verify(profile, code.strip())
 
 
 @app.command()
@@ -354,33 +351,18 @@ def verify(code: Annotated[str, typer.Argument(
     profile = _profile()
     if profile.data.phone is None or profile.data.relay is None:
         _fail(f"this profile has no enrolment in progress: run `{_enrol_command()}` first")
-    key = profile.signing_key()
-    _verify(profile, code, key.verify_key.encode())
+    profile.signing_key()  # a clear error now if the profile lost its key
+    _verify(profile, code)
 
 
-def _verify(profile: Profile, code: str, identity_key: bytes) -> None:
+def _verify(profile: Profile, code: str) -> None:
     if profile.data.phone is None or profile.data.relay is None:
         _fail(f"this profile has no enrolment in progress: run `{_enrol_command()}` first")
-    host, port = _relay_address(profile.data.relay)
-    ca = Path(profile.data.ca) if profile.data.ca else None
+    _relay_address(profile.data.relay)
     phone = profile.data.phone
 
     async def work() -> None:
-        # A new account identity: its key is kept before the relay registers it.
-        account_key = SigningKey.generate()
-        profile.save_account_key(account_key)
-        account = ed25519_keypair_from_private(bytes(account_key))
-        async with connect_relay(host, port, ca=ca) as client:
-            enrolled = await client.enrol_verify(phone, code, identity_key, account)
-        profile.data.user_id, profile.data.device_id = enrolled.user_id, enrolled.device_id
-        profile.save()
-        first_list = sign_device_list(account, version=1, devices=[identity_key])
-        create_device_state(profile, contacts={
-            phone: own_contact(phone, enrolled.user_id, first_list)})
-        # Publish the signed, last-resort and one-time prekeys at once, so that
-        # others can start sessions with this device (PROTOCOL.md "Prekeys").
-        async with Messenger.connect(profile):
-            pass
+        await verify_enrolment(profile, code)
 
     _run(work)
     typer.echo(f"Enrolled {phone} as device {profile.data.device_id}.")
