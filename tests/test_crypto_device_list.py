@@ -35,6 +35,7 @@ FIRST, SECOND, THIRD = DEVICES[:3]
 # Not points of the prime-order group: y = 2 (no x on the curve) and the order-4 point (0, -1).
 NOT_A_POINT = bytes([2]) + bytes(31)
 SMALL_ORDER = bytes.fromhex("ecffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f")
+NON_CANONICAL = (2**255 - 19 + 1).to_bytes(32, "little")  # y = p + 1: the identity, re-encoded.
 ED25519_ORDER = 2**252 + 27742317777372353535851937790883648493
 
 
@@ -128,7 +129,7 @@ def test_unsorted_or_duplicate_keys_are_refused_even_when_signed(keys: list[byte
         decode_device_list(signed_body(3, keys))
 
 
-@pytest.mark.parametrize("point", [NOT_A_POINT, SMALL_ORDER, bytes(32)])
+@pytest.mark.parametrize("point", [NOT_A_POINT, SMALL_ORDER, NON_CANONICAL, bytes(32)])
 def test_invalid_points_are_refused(point: bytes) -> None:
     keys = sorted([FIRST, point])
     with pytest.raises(DeviceListError, match="listed identity key is not a valid"):
