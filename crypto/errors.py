@@ -9,6 +9,7 @@ from crypto.primitives import CryptoError
 
 __all__ = [
     "DuplicateMessageError",
+    "IdentityMismatchError",
     "MalformedMessageError",
     "NoSessionError",
     "TooManySkippedMessagesError",
@@ -43,9 +44,19 @@ class NoSessionError(CryptoError):
 
 
 class UntrustedIdentityError(CryptoError):
-    """A device's identity key differs from the one on record and the user has not accepted
-    the new one: nothing is sent to it until `DeviceCrypto.trust_identity` is called."""
+    """We have no trusted identity key for a device, or its bundle or session has another key:
+    nothing is sent to it until the client calls `DeviceCrypto.trust_identity` with the key
+    its account's signed device list gives."""
 
     def __init__(self, address: object) -> None:
-        super().__init__(f"the identity key of {address} changed; verify the safety number")
+        super().__init__(f"no trusted identity key for {address} matches; trust its key first")
+        self.address = address
+
+
+class IdentityMismatchError(CryptoError):
+    """A message claims an identity key other than the one the sender's signed device list
+    (and the relay) give for the sending device: refused, nothing changed."""
+
+    def __init__(self, address: object) -> None:
+        super().__init__(f"the message's identity key is not the listed key of {address}")
         self.address = address

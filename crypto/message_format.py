@@ -2,15 +2,17 @@
 
 All integers big-endian, all fields fixed-size (docs/CRYPTO.md has the table)::
 
-    RATCHET message: version (1) = 1 | type (1) = 2 | ratchet header (40) | AEAD ciphertext
-    PREKEY message:  version (1) = 1 | type (1) = 1 | identity key (32) | base key (32)
-                     | signed prekey id (4) | KEM prekey id (4) | has one-time prekey (1: 0|1)
-                     | one-time prekey id (4; 0 if absent) | KEM ciphertext (1568)
-                     | ratchet header (40) | AEAD ciphertext
+    RATCHET message: version (1) = 2 | type (1) = 2 | ratchet header (40) | AEAD ciphertext
+    PREKEY message:  version (1) = 2 | type (1) = 1 | PQXDH header (1645) | ratchet header (40)
+                     | AEAD ciphertext
+    PQXDH header:    identity key (32) | base key (32) | signed prekey id (4) | KEM prekey id (4)
+                     | has one-time prekey (1: 0|1) | one-time prekey id (4; 0 if absent)
+                     | KEM ciphertext (1568)
 
 The AEAD ciphertext is AES-256-GCM over the padded plaintext (`crypto.padding`), so its length
-is 16 + a multiple of 160. The AEAD's associated data is `associated_data(sender, recipient)`
-followed by the encoded ratchet header, which binds the format version and both identities.
+is 16 + a multiple of 160. Its associated data (`associated_data`, then the ratchet header)
+binds the format version, both identity keys, both device addresses and, in a PREKEY message,
+the PQXDH header byte for byte: a re-encoded base key or any other changed field fails the AEAD.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import enum
 import struct
 from dataclasses import dataclass
 
+from crypto.address import DeviceAddress, encode_address
 from crypto.errors import MalformedMessageError
 from crypto.padding import PADDING_BUCKET_SIZE
 from crypto.pqxdh import PrekeyHeader
@@ -32,19 +35,23 @@ from crypto.ratchet import RATCHET_HEADER_SIZE, RatchetHeader
 __all__ = [
     "MAX_MESSAGE_SIZE",
     "MESSAGE_FORMAT_VERSION",
+    "PREKEY_HEADER_SIZE",
     "MessageType",
     "PrekeyMessage",
     "RatchetMessage",
     "associated_data",
     "decode_message",
     "encode_message",
+    "encode_prekey_header",
 ]
 
-MESSAGE_FORMAT_VERSION = 1
+MESSAGE_FORMAT_VERSION = 2
+"""2 since the associated data binds the device addresses and the PQXDH header (issue 13)."""
 MAX_MESSAGE_SIZE = 98_304  # Bytes: the relay's per-device ciphertext limit (PROTOCOL.md SEND).
-_ASSOCIATED_DATA_LABEL = b"cryptopass/1 message\x00"
+_ASSOCIATED_DATA_LABEL = b"cryptopass/2 message\x00"
 _PREFIX = struct.Struct(">BB")  # version, type
 _PREKEY_FIELDS = struct.Struct(">32s32sIIBI1568s")
+PREKEY_HEADER_SIZE = _PREKEY_FIELDS.size  # 1645 bytes
 _MIN_AEAD_CIPHERTEXT_SIZE = AES256GCM_TAG_SIZE + PADDING_BUCKET_SIZE
 
 
@@ -70,10 +77,31 @@ class PrekeyMessage:
     message: RatchetMessage
 
 
-def associated_data(sender_identity_key: bytes, recipient_identity_key: bytes) -> bytes:
-    """The AEAD associated data before the ratchet header: label, version, both identities."""
+def associated_data(*, sender_identity_key: bytes, recipient_identity_key: bytes,
+                    sender: DeviceAddress, recipient: DeviceAddress,
+                    prekey_header: PrekeyHeader | None) -> bytes:
+    """The AEAD associated data before the ratchet header (which `crypto.ratchet` appends):
+
+    label || version (1) || sender identity key (32) || recipient identity key (32)
+    || sender address || recipient address (each `encode_address`)
+    || [the encoded PQXDH header (1645), when the message carries one]
+    """
     return (_ASSOCIATED_DATA_LABEL + bytes([MESSAGE_FORMAT_VERSION])
-            + sender_identity_key + recipient_identity_key)
+            + sender_identity_key + recipient_identity_key
+            + encode_address(sender) + encode_address(recipient)
+            + (b"" if prekey_header is None else encode_prekey_header(prekey_header)))
+
+
+def encode_prekey_header(header: PrekeyHeader) -> bytes:
+    """The PQXDH header's 1645 wire bytes (`decode_message` accepts only this encoding, so
+    decoding then encoding gives back the bytes received)."""
+    one_time_prekey_id = header.one_time_prekey_id
+    return _PREKEY_FIELDS.pack(
+        header.identity_key, header.base_key, header.signed_prekey_id, header.kem_prekey_id,
+        0 if one_time_prekey_id is None else 1,
+        0 if one_time_prekey_id is None else one_time_prekey_id,
+        header.kem_ciphertext,
+    )
 
 
 def encode_message(message: PrekeyMessage | RatchetMessage) -> bytes:
@@ -81,15 +109,8 @@ def encode_message(message: PrekeyMessage | RatchetMessage) -> bytes:
     if isinstance(message, RatchetMessage):
         return (_PREFIX.pack(MESSAGE_FORMAT_VERSION, MessageType.RATCHET)
                 + message.header.encode() + message.ciphertext)
-    header = message.prekey_header
-    one_time_prekey_id = header.one_time_prekey_id
-    fields = _PREKEY_FIELDS.pack(
-        header.identity_key, header.base_key, header.signed_prekey_id, header.kem_prekey_id,
-        0 if one_time_prekey_id is None else 1,
-        0 if one_time_prekey_id is None else one_time_prekey_id,
-        header.kem_ciphertext,
-    )
-    return (_PREFIX.pack(MESSAGE_FORMAT_VERSION, MessageType.PREKEY) + fields
+    return (_PREFIX.pack(MESSAGE_FORMAT_VERSION, MessageType.PREKEY)
+            + encode_prekey_header(message.prekey_header)
             + message.message.header.encode() + message.message.ciphertext)
 
 

@@ -11,7 +11,10 @@ prekey (one-time, or last-resort), EK = A's ephemeral "base" key::
     SK = HKDF-SHA256(salt = 32 zero bytes, ikm = 32 x 0xFF || DH1 || DH2 || DH3 [|| DH4] || SS,
                      info = PQXDH_INFO, length = 32)
 
-The initiator verifies both signatures of the bundle before any computation (§4.3).
+The initiator verifies both signatures of the bundle before any computation (§4.3). The
+responder accepts only a canonical base key of large order (`check_base_key`): X25519 ignores
+bit 255 and, with a clamped scalar, any small-order component, so without the check one base
+key would have 16 encodings that all give the same secret (docs/CRYPTO.md, "PQXDH").
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from crypto.primitives import (
     SHA256_SIZE,
     X25519_KEY_SIZE,
     Ed25519KeyPair,
+    InvalidPublicKeyError,
     MlKem1024Encapsulation,
     RandomSource,
     X25519KeyPair,
@@ -40,6 +44,7 @@ __all__ = [
     "Encapsulate",
     "InitiatedAgreement",
     "PrekeyHeader",
+    "check_base_key",
     "initiate",
     "respond",
 ]
@@ -48,6 +53,17 @@ PQXDH_INFO = b"cryptopass/1 PQXDH X25519 SHA-256 ML-KEM-1024"
 """HKDF info: the application name and the curve, hash and KEM, as PQXDH §2.1 asks."""
 _CURVE25519_DOMAIN_SEPARATOR = b"\xff" * X25519_KEY_SIZE  # PQXDH §2.2: F, 32 0xFF bytes.
 _ZERO_SALT = bytes(SHA256_SIZE)  # PQXDH §2.2: a zero-filled salt of hash length.
+
+_FIELD_PRIME = 2**255 - 19  # RFC 7748 §4.1: p; a canonical u-coordinate is below it.
+_SMALL_ORDER_U_COORDINATES = frozenset(bytes.fromhex(point) for point in (
+    # The canonical u-coordinates (below p) of the points of order 1, 2, 4 and 8 on
+    # Curve25519 and its twist (as libsodium's X25519 blocklist; the others are >= p):
+    "0000000000000000000000000000000000000000000000000000000000000000",  # 0
+    "0100000000000000000000000000000000000000000000000000000000000000",  # 1
+    "e0eb7a7c3b41b8ae1656e3faf19fc46ada098deb9c32b1fd866205165f49b800",  # order 8
+    "5f9c95bca3508c24b1d0b1559c83ef5b04445cc4581c8e86d8224eddd09f1157",  # order 8
+    "ecffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",  # p - 1
+))
 
 Encapsulate = Callable[[bytes], MlKem1024Encapsulation]
 """ML-KEM encapsulation; injectable only so test vectors can replay recorded outputs."""
@@ -83,6 +99,23 @@ class InitiatedAgreement:
 
     def __repr__(self) -> str:
         return f"InitiatedAgreement(header={self.header!r}, shared_secret=<redacted>)"
+
+
+def check_base_key(base_key: bytes) -> None:
+    """Refuse a base key that is not the one canonical encoding of a large-order point.
+
+    Raises:
+        InvalidPublicKeyError: the key is not 32 bytes, has bit 255 set, encodes a
+            u-coordinate >= 2^255 - 19, or is a known small-order point.
+    """
+    if len(base_key) != X25519_KEY_SIZE:
+        raise InvalidPublicKeyError(f"base key must be {X25519_KEY_SIZE} bytes")
+    if base_key[-1] & 0x80:
+        raise InvalidPublicKeyError("base key has bit 255 set (non-canonical encoding)")
+    if int.from_bytes(base_key, "little") >= _FIELD_PRIME:
+        raise InvalidPublicKeyError("base key is not reduced modulo 2^255 - 19")
+    if base_key in _SMALL_ORDER_U_COORDINATES:
+        raise InvalidPublicKeyError("base key is a point of small order")
 
 
 def _derive_secret(dh_outputs: list[bytes], kem_shared_secret: bytes) -> bytes:
@@ -146,9 +179,11 @@ def respond(
     a wrong SK, and the first message's AEAD check fails.
 
     Raises:
-        InvalidPublicKeyError: the initiator's identity or base key is malformed.
+        InvalidPublicKeyError: the initiator's identity key is malformed, its base key fails
+            `check_base_key`, or a DH output is all zero.
         DecapsulationError: the KEM ciphertext has the wrong length.
     """
+    check_base_key(header.base_key)
     identity_dh = identity_dh_keypair(identity)
     dh_outputs = [
         x25519_dh(signed_prekey.private_key, identity_dh_public_key(header.identity_key)),

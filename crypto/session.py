@@ -12,6 +12,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from crypto import ratchet
+from crypto.address import DeviceAddress
 from crypto.message_format import (
     PrekeyMessage,
     RatchetMessage,
@@ -29,8 +30,11 @@ __all__ = ["Session"]
 class Session:
     """A session between our device and one peer device. Holds secrets; never log it."""
 
+    local_address: DeviceAddress
+    remote_address: DeviceAddress
     local_identity_key: bytes
     remote_identity_key: bytes
+    """The peer device's Ed25519 identity key, as the PQXDH agreement authenticated it."""
     base_key: bytes
     """The initiator's PQXDH base key: names the agreement this session came from."""
     ratchet: ratchet.RatchetState
@@ -38,7 +42,8 @@ class Session:
     """Set on the initiator's side until the first reply arrives."""
 
     def __repr__(self) -> str:
-        return f"Session(remote_identity_key={self.remote_identity_key.hex()})"
+        return (f"Session(remote_address={self.remote_address}, "
+                f"remote_identity_key={self.remote_identity_key.hex()})")
 
     def copy(self) -> Session:
         return replace(self, ratchet=self.ratchet.copy())
@@ -49,25 +54,35 @@ class Session:
         Raises:
             ValueError: the session cannot send yet (see `ratchet.encrypt`).
         """
+        prekey_header = self.pending_prekey_header
         header, ciphertext = ratchet.encrypt(
             self.ratchet, pad(plaintext),
-            associated_data(self.local_identity_key, self.remote_identity_key))
+            associated_data(sender_identity_key=self.local_identity_key,
+                            recipient_identity_key=self.remote_identity_key,
+                            sender=self.local_address, recipient=self.remote_address,
+                            prekey_header=prekey_header))
         message = RatchetMessage(header=header, ciphertext=ciphertext)
-        if self.pending_prekey_header is None:
+        if prekey_header is None:
             return encode_message(message)
-        return encode_message(PrekeyMessage(prekey_header=self.pending_prekey_header,
-                                            message=message))
+        return encode_message(PrekeyMessage(prekey_header=prekey_header, message=message))
 
-    def decrypt(self, message: RatchetMessage, random: RandomSource) -> tuple[Session, bytes]:
+    def decrypt(self, message: PrekeyMessage | RatchetMessage,
+                random: RandomSource) -> tuple[Session, bytes]:
         """Decrypt on a copy; return (the advanced session, the unpadded plaintext).
 
         Raises:
             CryptoError: any failure (`DecryptionError`, `DuplicateMessageError`, ...);
                 this session is unchanged.
         """
+        prekey_header = message.prekey_header if isinstance(message, PrekeyMessage) else None
+        inner = message.message if isinstance(message, PrekeyMessage) else message
         new_ratchet, padded = ratchet.decrypt(
-            self.ratchet, message.header, message.ciphertext,
-            associated_data(self.remote_identity_key, self.local_identity_key), random)
+            self.ratchet, inner.header, inner.ciphertext,
+            associated_data(sender_identity_key=self.remote_identity_key,
+                            recipient_identity_key=self.local_identity_key,
+                            sender=self.remote_address, recipient=self.local_address,
+                            prekey_header=prekey_header),
+            random)
         plaintext = unpad(padded)
         return replace(self, ratchet=new_ratchet, pending_prekey_header=None), plaintext
 
@@ -75,6 +90,8 @@ class Session:
         """A msgpack-ready snapshot."""
         header = self.pending_prekey_header
         return {
+            "local_address": [self.local_address.user_id, self.local_address.device_id],
+            "remote_address": [self.remote_address.user_id, self.remote_address.device_id],
             "local_identity_key": self.local_identity_key,
             "remote_identity_key": self.remote_identity_key,
             "base_key": self.base_key,
@@ -93,7 +110,11 @@ class Session:
     def from_state(cls, state: dict[str, Any]) -> Session:
         """Rebuild from `to_state` output. Raises KeyError/TypeError/ValueError if corrupt."""
         header = state["pending_prekey_header"]
+        local_user_id, local_device_id = state["local_address"]
+        remote_user_id, remote_device_id = state["remote_address"]
         return cls(
+            local_address=DeviceAddress(str(local_user_id), int(local_device_id)),
+            remote_address=DeviceAddress(str(remote_user_id), int(remote_device_id)),
             local_identity_key=bytes(state["local_identity_key"]),
             remote_identity_key=bytes(state["remote_identity_key"]),
             base_key=bytes(state["base_key"]),

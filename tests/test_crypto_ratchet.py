@@ -17,6 +17,7 @@ from crypto.primitives import (
 )
 
 AD = b"associated data"
+NOW_MS = 1_767_225_600_000
 
 
 def test_identity_conversion_gives_one_x25519_key_pair() -> None:
@@ -36,7 +37,8 @@ def test_both_sides_of_pqxdh_agree(with_one_time_prekey: bool) -> None:
     random = SeededRandom(b"pqxdh")
     alice, bob = ed25519_generate(random), ed25519_generate(random)
     prekeys = LocalPrekeys()
-    signed = prekeys.rotate_signed_prekey(bob, random)
+    prekeys.rotate(random, NOW_MS)
+    signed = prekeys.current_signed_prekey(bob)
     kem = prekeys.generate_kem_one_time_prekeys(bob, 1, random)[0]
     one_time = prekeys.generate_one_time_prekeys(1, random)[0] if with_one_time_prekey else None
     bundle = PrekeyBundle(identity_key=bob.public_key, signed_prekey=signed, kem_prekey=kem,
@@ -53,7 +55,8 @@ def test_both_sides_of_pqxdh_agree(with_one_time_prekey: bool) -> None:
                            kem_seed=kem_seed, one_time_private_key=one_time_private)
     assert secret == agreement.shared_secret
     # Leaving out the one-time key, or using another KEM key, gives another secret.
-    other_kem_seed = prekeys.kem_seed(prekeys.rotate_kem_last_resort(bob, random).key_id)
+    prekeys.rotate(random, NOW_MS)
+    other_kem_seed = prekeys.kem_seed(prekeys.current_kem_last_resort(bob).key_id)
     assert other_kem_seed is not None
     assert pqxdh.respond(identity=bob, header=header, signed_prekey=signed_pair,
                          kem_seed=other_kem_seed, one_time_private_key=one_time_private) != secret
@@ -63,7 +66,7 @@ def test_both_sides_of_pqxdh_agree(with_one_time_prekey: bool) -> None:
 def pair() -> tuple[ratchet.RatchetState, ratchet.RatchetState]:
     random = SeededRandom(b"ratchet")
     bob_ratchet = LocalPrekeys()
-    bob_ratchet.rotate_signed_prekey(ed25519_generate(random), random)
+    bob_ratchet.rotate(random, NOW_MS)
     bob_pair = bob_ratchet.signed_prekey_pair(max(bob_ratchet.signed))
     assert bob_pair is not None
     secret = b"\x07" * 32
