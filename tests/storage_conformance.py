@@ -786,8 +786,9 @@ async def _check_queue_depth_invariant(store: Store, operations: list[tuple[Any,
             assert depth <= 4
 
 
-# The prekey and administration methods' tests join this suite (those modules import the
-# helpers above).
+# The prekey, administration and account methods' tests join this suite (those modules import
+# the helpers above).
+from tests.account_conformance import *  # noqa: E402, F403
 from tests.admin_conformance import *  # noqa: E402, F403
 from tests.prekey_conformance import *  # noqa: E402, F403
 
