@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import secrets
 import sqlite3
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -13,6 +14,8 @@ import nacl.signing
 import pytest
 import trio
 
+from crypto.device_list import sign_device_list
+from crypto.primitives import Ed25519KeyPair, ed25519_keypair_from_private
 from enrolment import admin
 from enrolment.codes import (
     CODE_TTL_MS,
@@ -28,12 +31,25 @@ from enrolment.errors import (
     InvalidRequest,
     OrganisationInactive,
     RateLimited,
-    TooManyDevices,
     VerificationFailed,
 )
-from enrolment.service import ENROLMENT_SECRET_NAME, EnrolmentService
+from enrolment.service import (
+    ENROLMENT_SECRET_NAME,
+    FIRST_DEVICE_LIST_VERSION,
+    REENROLMENT_REVOKE_REASON,
+    EnrolmentService,
+)
 from enrolment.sms import OutboxGateway, SmsDispatcher, SmsMessage
-from storage.base import AlreadyExists, NotFound, OrganisationState, SeatLimitReached, UserState
+from storage.base import (
+    AccountRecord,
+    AlreadyExists,
+    NotFound,
+    OrganisationState,
+    Registration,
+    RevokedDevice,
+    SeatLimitReached,
+    UserState,
+)
 from storage.sqlite import SqliteStore, open_sqlite_store
 
 T0 = 1_700_000_000_000
@@ -45,6 +61,27 @@ WAIT_S = 10  # generous bound on anything that could hang
 
 def new_identity_key() -> bytes:
     return bytes(nacl.signing.SigningKey.generate().verify_key)
+
+
+@dataclass(frozen=True)
+class NewAccount:
+    """What a device sends in ENROL_VERIFY: its identity key, a new account key, and that
+    account's first device list (version 1, this device only)."""
+
+    identity_key: bytes
+    account: Ed25519KeyPair
+    device_list: bytes
+
+    @property
+    def account_key(self) -> bytes:
+        return self.account.public_key
+
+
+def new_account(identity_key: bytes | None = None) -> NewAccount:
+    identity_key = new_identity_key() if identity_key is None else identity_key
+    account = ed25519_keypair_from_private(secrets.token_bytes(32))
+    first = sign_device_list(account, version=1, devices=(identity_key,))
+    return NewAccount(identity_key=identity_key, account=account, device_list=first.encoded)
 
 
 @dataclass
@@ -81,6 +118,15 @@ class Relay:
             return connection.execute(statement, parameters).fetchall()
 
 
+async def verify(relay: Relay, phone: str, code: str, now: int, *,
+                 account: NewAccount | None = None,
+                 service: EnrolmentService | None = None) -> Registration:
+    """Verify ``code`` for a new account (a fresh one unless given)."""
+    account = new_account() if account is None else account
+    return await (relay.service if service is None else service).verify(
+        phone, code, account.identity_key, account.account_key, account.device_list, now)
+
+
 @pytest.fixture
 async def relay(tmp_path: Path, nursery: trio.Nursery) -> AsyncIterator[Relay]:
     database = tmp_path / "relay.db"
@@ -108,10 +154,13 @@ async def test_happy_path_registers_a_device(relay: Relay) -> None:
     assert line["to"] == DECLARED
     assert "expires in 10 minutes" in line["body"]
 
-    identity_key = new_identity_key()
-    device = await relay.service.verify(DECLARED, code, identity_key, T0 + 1_000)
+    account = new_account()
+    registration = await verify(relay, DECLARED, code, T0 + 1_000, account=account)
+    device = registration.device
 
+    assert registration.revoked == ()
     assert device.device_id == 1
+    identity_key = account.identity_key
     assert device.identity_key == identity_key
     assert device.registered_at == T0 + 1_000
     user = await relay.store.find_user_by_phone(DECLARED)
@@ -119,19 +168,22 @@ async def test_happy_path_registers_a_device(relay: Relay) -> None:
     assert user.state is UserState.ENROLLED
     assert device.user_id == user.user_id
     assert await relay.store.list_devices(user.user_id) == [device]
+    assert await relay.store.account(user.user_id) == AccountRecord(
+        account_key=account.account_key, device_list=account.device_list,
+        device_list_version=FIRST_DEVICE_LIST_VERSION)
 
 
 async def test_phone_may_be_written_in_any_international_form(relay: Relay) -> None:
     code = await relay.request_code()
-    device = await relay.service.verify("+33 6 12 34 56 78", code, new_identity_key(), T0)
-    assert device.device_id == 1
+    registration = await verify(relay, "+33 6 12 34 56 78", code, T0)
+    assert registration.device.device_id == 1
 
 
 async def test_code_is_single_use(relay: Relay) -> None:
     code = await relay.request_code()
-    await relay.service.verify(DECLARED, code, new_identity_key(), T0 + 1)
+    await verify(relay, DECLARED, code, T0 + 1)
     with pytest.raises(VerificationFailed):
-        await relay.service.verify(DECLARED, code, new_identity_key(), T0 + 2)
+        await verify(relay, DECLARED, code, T0 + 2)
 
 
 async def test_a_new_code_replaces_the_previous_one(relay: Relay) -> None:
@@ -139,8 +191,8 @@ async def test_a_new_code_replaces_the_previous_one(relay: Relay) -> None:
     second = await relay.request_code(now=T0 + 1)
     if first != second:
         with pytest.raises(VerificationFailed):
-            await relay.service.verify(DECLARED, first, new_identity_key(), T0 + 2)
-    await relay.service.verify(DECLARED, second, new_identity_key(), T0 + 3)
+            await verify(relay, DECLARED, first, T0 + 2)
+    await verify(relay, DECLARED, second, T0 + 3)
 
 
 # -- failures --------------------------------------------------------------------
@@ -153,35 +205,35 @@ def other_code(code: str) -> str:
 async def test_wrong_code_fails_and_right_code_still_works(relay: Relay) -> None:
     code = await relay.request_code()
     with pytest.raises(VerificationFailed):
-        await relay.service.verify(DECLARED, other_code(code), new_identity_key(), T0 + 1)
-    device = await relay.service.verify(DECLARED, code, new_identity_key(), T0 + 2)
-    assert device.device_id == 1
+        await verify(relay, DECLARED, other_code(code), T0 + 1)
+    registration = await verify(relay, DECLARED, code, T0 + 2)
+    assert registration.device.device_id == 1
 
 
 async def test_expired_code_fails(relay: Relay) -> None:
     code = await relay.request_code()
     with pytest.raises(VerificationFailed):
-        await relay.service.verify(DECLARED, code, new_identity_key(), T0 + CODE_TTL_MS)
+        await verify(relay, DECLARED, code, T0 + CODE_TTL_MS)
     # The last millisecond of validity still works (fresh code: the check above used one).
     code = await relay.request_code(now=T0 + CODE_TTL_MS)
-    await relay.service.verify(DECLARED, code, new_identity_key(), T0 + 2 * CODE_TTL_MS - 1)
+    await verify(relay, DECLARED, code, T0 + 2 * CODE_TTL_MS - 1)
 
 
 async def test_check_after_the_limit_is_refused_even_with_the_right_code(relay: Relay) -> None:
     code = await relay.request_code()
     for attempt in range(MAX_CHECKS_PER_CODE):
         with pytest.raises(VerificationFailed):
-            await relay.service.verify(DECLARED, other_code(code), new_identity_key(), T0 + attempt)
+            await verify(relay, DECLARED, other_code(code), T0 + attempt)
     with pytest.raises(VerificationFailed):
-        await relay.service.verify(DECLARED, code, new_identity_key(), T0 + 10)
+        await verify(relay, DECLARED, code, T0 + 10)
 
 
 async def test_unknown_number_fails_like_a_wrong_code(relay: Relay) -> None:
     with pytest.raises(VerificationFailed) as unknown:
-        await relay.service.verify(UNDECLARED, "123456", new_identity_key(), T0)
+        await verify(relay, UNDECLARED, "123456", T0)
     code = await relay.request_code()
     with pytest.raises(VerificationFailed) as wrong:
-        await relay.service.verify(DECLARED, other_code(code), new_identity_key(), T0)
+        await verify(relay, DECLARED, other_code(code), T0)
     assert str(unknown.value) == str(wrong.value)
 
 
@@ -192,8 +244,8 @@ async def test_malformed_code_is_an_invalid_request_and_counts_nothing(
     code = await relay.request_code()
     for _ in range(MAX_CHECKS_PER_CODE + 1):
         with pytest.raises(InvalidRequest):
-            await relay.service.verify(DECLARED, bad_code, new_identity_key(), T0)
-    await relay.service.verify(DECLARED, code, new_identity_key(), T0)
+            await verify(relay, DECLARED, bad_code, T0)
+    await verify(relay, DECLARED, code, T0)
 
 
 @pytest.mark.parametrize(
@@ -209,16 +261,18 @@ async def test_malformed_code_is_an_invalid_request_and_counts_nothing(
 )
 async def test_bad_identity_key_is_an_invalid_request(relay: Relay, identity_key: bytes) -> None:
     code = await relay.request_code()
+    valid = new_account()
     with pytest.raises(InvalidRequest):
-        await relay.service.verify(DECLARED, code, identity_key, T0)
-    await relay.service.verify(DECLARED, code, new_identity_key(), T0)
+        await relay.service.verify(DECLARED, code, identity_key, valid.account_key,
+                                   valid.device_list, T0)
+    await verify(relay, DECLARED, code, T0, account=valid)
 
 
 async def test_invalid_phone_number_propagates(relay: Relay) -> None:
     with pytest.raises(InvalidPhoneNumber):
         await relay.service.start("06 12 34 56 78", T0)
     with pytest.raises(InvalidPhoneNumber):
-        await relay.service.verify("+33 1", "123456", new_identity_key(), T0)
+        await verify(relay, "+33 1", "123456", T0)
 
 
 # -- rate limit, and undeclared numbers -------------------------------------------
@@ -304,26 +358,93 @@ async def test_undeclared_numbers_are_not_kept_in_clear(relay: Relay) -> None:
 async def test_services_sharing_a_store_share_the_secret(relay: Relay) -> None:
     code = await relay.request_code()
     other_node = await EnrolmentService.create(relay.store, relay.dispatcher)
-    await other_node.verify(DECLARED, code, new_identity_key(), T0)
+    await verify(relay, DECLARED, code, T0, service=other_node)
 
 
 # -- device limit and organisation state ---------------------------------------------
 
 
-async def test_too_many_devices(relay: Relay) -> None:
-    # One round per window, so the send limit never interferes.
-    for index in range(MAX_DEVICES_PER_USER):
+async def test_each_enrolment_revokes_the_previous_account_identity(relay: Relay) -> None:
+    # More enrolments than MAX_DEVICES_PER_USER: each one replaces the devices, so the limit
+    # never refuses one. One round per window, so the send limit never interferes.
+    previous: NewAccount | None = None
+    for index in range(MAX_DEVICES_PER_USER + 1):
         now = T0 + index * SEND_WINDOW_MS
         code = await relay.request_code(now=now)
-        device = await relay.service.verify(DECLARED, code, new_identity_key(), now)
-        assert device.device_id == index + 1
-    now = T0 + MAX_DEVICES_PER_USER * SEND_WINDOW_MS
-    code = await relay.request_code(now=now)
-    with pytest.raises(TooManyDevices):
-        await relay.service.verify(DECLARED, code, new_identity_key(), now)
+        account = new_account()
+        registration = await verify(relay, DECLARED, code, now, account=account)
+        assert registration.device.device_id == index + 1
+        assert registration.revoked == (() if index == 0 else (index,))
+        user = await relay.store.find_user_by_phone(DECLARED)
+        assert user is not None
+        assert await relay.store.list_devices(user.user_id) == [registration.device]
+        stored = await relay.store.account(user.user_id)
+        assert stored is not None and stored.account_key == account.account_key
+        if previous is not None:
+            notice = await relay.store.revoked_device(user.user_id, index)
+            assert notice == RevokedDevice(identity_key=previous.identity_key,
+                                           reason=REENROLMENT_REVOKE_REASON,
+                                           revoked_at=now)
+        previous = account
+
+
+async def test_an_enrolment_under_the_account_key_in_use_is_refused(relay: Relay) -> None:
+    first = new_account()
+    await verify(relay, DECLARED, await relay.request_code(), T0, account=first)
+    code = await relay.request_code(now=T0 + 1)
+    identity_key = new_identity_key()
+    same_key = NewAccount(identity_key=identity_key, account=first.account,
+                          device_list=sign_device_list(first.account, version=1,
+                                                       devices=(identity_key,)).encoded)
+    with pytest.raises(InvalidRequest, match="new account key"):
+        await verify(relay, DECLARED, code, T0 + 2, account=same_key)
     user = await relay.store.find_user_by_phone(DECLARED)
     assert user is not None
-    assert len(await relay.store.list_devices(user.user_id)) == MAX_DEVICES_PER_USER
+    [device] = await relay.store.list_devices(user.user_id)
+    assert device.identity_key == first.identity_key
+    # The code is still pending: a new account key enrols.
+    registration = await verify(relay, DECLARED, code, T0 + 3)
+    assert registration.revoked == (1,)
+
+
+def _other_list(account: NewAccount, case: str) -> tuple[bytes, bytes]:
+    """(account key, device list) sent with ``account.identity_key``, wrong as ``case`` says."""
+    other = ed25519_keypair_from_private(secrets.token_bytes(32))
+    key, identity = account.account_key, account.identity_key
+    lists = {
+        "another account's list": (key, sign_device_list(
+            other, version=1, devices=(identity,)).encoded),
+        "version 2": (key, sign_device_list(account.account, version=2,
+                                            devices=(identity,)).encoded),
+        "another device": (key, sign_device_list(account.account, version=1,
+                                                 devices=(new_identity_key(),)).encoded),
+        "a second device": (key, sign_device_list(
+            account.account, version=1, devices=(identity, new_identity_key())).encoded),
+        "a bad signature": (key, account.device_list[:-1] + bytes([account.device_list[-1] ^ 1])),
+        "truncated": (key, account.device_list[:-1]),
+        "empty": (key, b""),
+        "a small-order account key": (bytes(32), account.device_list),
+        "a short account key": (key[:31], account.device_list),
+    }
+    return lists[case]
+
+
+@pytest.mark.parametrize("case", [
+    "another account's list", "version 2", "another device", "a second device",
+    "a bad signature", "truncated", "empty", "a small-order account key",
+    "a short account key"])
+async def test_a_wrong_first_device_list_is_an_invalid_request_and_counts_nothing(
+        relay: Relay, case: str) -> None:
+    code = await relay.request_code()
+    account = new_account()
+    account_key, device_list = _other_list(account, case)
+    for _ in range(MAX_CHECKS_PER_CODE + 1):
+        with pytest.raises(InvalidRequest):
+            await relay.service.verify(DECLARED, code, account.identity_key, account_key,
+                                       device_list, T0)
+    user = await relay.store.find_user_by_phone(DECLARED)
+    assert user is not None and user.state is UserState.DECLARED
+    await verify(relay, DECLARED, code, T0, account=account)
 
 
 @pytest.mark.parametrize("state", ["suspended", "terminated"])
@@ -332,7 +453,7 @@ async def test_inactive_organisation_cannot_register_devices(relay: Relay, state
     await relay.store.set_organisation_state(name=ORGANISATION,
                                              state=OrganisationState(state))
     with pytest.raises(OrganisationInactive):
-        await relay.service.verify(DECLARED, code, new_identity_key(), T0)
+        await verify(relay, DECLARED, code, T0)
     user = await relay.store.find_user_by_phone(DECLARED)
     assert user is not None
     assert user.state is UserState.DECLARED
@@ -342,7 +463,7 @@ async def test_deleted_user_cannot_register(relay: Relay) -> None:
     code = await relay.request_code()
     await admin.delete_user(relay.store, ORGANISATION, DECLARED)
     with pytest.raises(VerificationFailed):
-        await relay.service.verify(DECLARED, code, new_identity_key(), T0)
+        await verify(relay, DECLARED, code, T0)
 
 
 # -- admin operations ---------------------------------------------------------------
