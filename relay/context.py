@@ -1,13 +1,14 @@
 """What every session and service of one relay shares: the ``RelayContext``.
 
-Sessions (relay/session.py), the prekey service (relay/prekeys.py), the control socket and the
-HTTP servers import this module; it imports none of them. They meet it through the two small
-protocols below, which say what the context needs of a live session and of the prekey service.
+Sessions (relay/session.py), the prekey service (relay/prekeys.py), the device-list and
+link-channel services (relay/device_lists.py, relay/linking.py), the control socket and the HTTP
+servers import this module; it imports none of them. They meet it through the small protocols
+below, which say what the context needs of a live session and of each service.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -20,10 +21,11 @@ from relay.metrics import RelayMetrics
 from relay.settings import RelaySettings
 from storage.base import Store
 from transport.quic import QuicEndpoint
+from wire.account_frames import LinkFetch, LinkPost, PublishDeviceList
 from wire.catalogue import ErrorCode
 from wire.prekey_frames import PrekeyRequest
 
-__all__ = ["LiveSession", "PrekeyRequests", "RelayContext"]
+__all__ = ["DeviceListRequests", "LinkRequests", "LiveSession", "PrekeyRequests", "RelayContext"]
 
 
 class LiveSession(Protocol):
@@ -51,6 +53,27 @@ class PrekeyRequests(Protocol):
         """Answer one request with an encoded frame."""
 
 
+class DeviceListRequests(Protocol):
+    """Answers PUBLISH_DEVICE_LIST of an authenticated device (relay/device_lists.py)."""
+
+    async def publish(self, device: tuple[str, int], frame: PublishDeviceList) -> bytes:
+        """Answer one request with an encoded frame."""
+
+
+class LinkRequests(Protocol):
+    """Answers the link-channel requests (relay/linking.py). ``approver_user_id`` is the
+    authenticated connection's user, None for an unauthenticated one (the new device)."""
+
+    async def open(self, peer_host: str) -> bytes:
+        """Answer LINK_OPEN from the connection's source address."""
+
+    async def post(self, approver_user_id: str | None, frame: LinkPost) -> bytes:
+        """Answer LINK_POST."""
+
+    async def fetch(self, approver_user_id: str | None, frame: LinkFetch) -> bytes:
+        """Answer LINK_FETCH (a long poll)."""
+
+
 @dataclass
 class RelayContext:
     """What every session shares."""
@@ -73,6 +96,10 @@ class RelayContext:
     """This node's presence and wake-ups when several nodes share PostgreSQL."""
     prekeys: PrekeyRequests = field(init=False)
     """The prekey service (relay/prekeys.py); ``serve`` sets it, since it reads this context."""
+    device_lists: DeviceListRequests = field(init=False)
+    """The device-list service (relay/device_lists.py); ``serve`` sets it."""
+    linking: LinkRequests = field(init=False)
+    """The link-channel service (relay/linking.py); ``serve`` sets it."""
 
     async def endpoint_drained(self) -> None:
         """Wait until everything written so far has left (or at least one scheduling round)."""
@@ -103,6 +130,19 @@ class RelayContext:
                     reason: str = "this device was revoked") -> int:
         """Close every live connection of the user at once; returns how many."""
         doomed = [session for (owner, _), session in self.sessions.items() if owner == user_id]
+        for session in doomed:
+            session.close(code, reason)
+        return len(doomed)
+
+    def revoke_devices(self, user_id: str, device_ids: Iterable[int], reason: str,
+                       code: ErrorCode = ErrorCode.DEVICE_REVOKED) -> int:
+        """Close the live connections of these devices of the user at once; returns how many.
+
+        Only this node's: the other nodes of a cluster close theirs when the revoking
+        transaction notifies them (storage's revocation notifications).
+        """
+        doomed = [session for device_id in device_ids
+                  if (session := self.sessions.get((user_id, device_id))) is not None]
         for session in doomed:
             session.close(code, reason)
         return len(doomed)

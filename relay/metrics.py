@@ -74,6 +74,14 @@ class RelayMetrics:
     """Refused sends by reason (a SendStatus name, or "error")."""
     enrolment: Counter[tuple[str, str]] = field(default_factory=Counter)
     """(step, outcome) -> requests; e.g. ("verify", "verification_failed")."""
+    linking: Counter[tuple[str, str]] = field(default_factory=Counter)
+    """(operation, outcome) -> link channel requests; e.g. ("open", "ok"),
+    ("post", "exhausted"), ("fetch", "empty") (relay/linking.py)."""
+    device_lists: Counter[str] = field(default_factory=Counter)
+    """Outcome -> PUBLISH_DEVICE_LIST requests; e.g. "published", "stale_version"."""
+    revoked_devices: int = 0
+    """Device connections closed because their device was revoked by a re-enrolment or a
+    published device list."""
     delivery_latency: LatencyHistogram = field(
         default_factory=lambda: LatencyHistogram(DELIVERY_LATENCY_BUCKETS))
     commit_latency: LatencyHistogram = field(

@@ -1,5 +1,9 @@
 """The relay's prekey service: uploads, bundle claims, counts, device lists, low-pool pushes.
 
+LIST_DEVICES answers each device's identity key with the account key and the latest signed
+device list, so that a client addresses a device only if the list its pinned account key signed
+names that device's key (PROTOCOL.md "Accounts, device lists and linking").
+
 Each handler takes the authenticated device and its request and returns the encoded answer;
 the session writes it on the request's stream. What the relay promises (docs/PROTOCOL.md
 "Prekeys", and the prekey rows of the invariants table in docs/ARCHITECTURE.md): every
@@ -20,6 +24,7 @@ from crypto.prekey_format import PrekeyKind, verify_prekey_signature
 from relay.context import RelayContext
 from relay.reachability import may_reach
 from storage.base import (
+    AccountKeyStore,
     Device,
     Directory,
     NotFound,
@@ -136,9 +141,11 @@ def _ran_low(claimed: ClaimedBundle) -> bool:
             or (took_kem and claimed.remaining.kem_one_time < PREKEYS_LOW_THRESHOLD))
 
 
-class PrekeyServiceStore(PrekeyStore, Directory, OrganisationPolicy, RateLimits, Protocol):
+class PrekeyServiceStore(PrekeyStore, Directory, OrganisationPolicy, RateLimits, AccountKeyStore,
+                         Protocol):
     """What the prekey service reads and writes: the prekeys, the devices they belong to, the
-    cross-organisation policy and the fetch rate limit."""
+    cross-organisation policy, the fetch rate limit, and the account key and signed device
+    list that LIST_DEVICES serves with the devices."""
 
 
 class PrekeyService:
@@ -259,6 +266,11 @@ class PrekeyService:
             if user_id == requester[0]:
                 return _error(ErrorCode.DEVICE_REVOKED, "this device was revoked")
             return _error(ErrorCode.UNKNOWN_RECIPIENT, "no such user, or not reachable")
-        return encode_frame(DeviceList(user_id=user_id, devices=tuple(
-            DeviceInfo(device_id=device.device_id, registered_at=device.registered_at)
-            for device in devices)))
+        account = await self._store.account(user_id)
+        return encode_frame(DeviceList(
+            user_id=user_id,
+            devices=tuple(DeviceInfo(device_id=device.device_id,
+                                     registered_at=device.registered_at,
+                                     identity_key=device.identity_key) for device in devices),
+            account_key=None if account is None else account.account_key,
+            signed_list=None if account is None else account.device_list))

@@ -26,7 +26,9 @@ from relay.context import RelayContext
 from relay.control import serve_control_socket
 from relay.data_dir import DataDirLock, lock_data_dir
 from relay.delivery import CommitPipeline
+from relay.device_lists import DeviceListService
 from relay.forwarding import Worker
+from relay.linking import LinkChannelService
 from relay.prekeys import PrekeyService
 from relay.session import DeviceSession
 from relay.settings import RelaySettings
@@ -188,12 +190,14 @@ async def _serve_holding(settings: RelaySettings, data_dir_lock: DataDirLock,
 
 def _relay_context(settings: RelaySettings, store: Store, enrolment: EnrolmentService,
                    nursery: trio.Nursery, now_ms: Callable[[], int]) -> RelayContext:
-    """The context every session shares, with its prekey service (which reads the context)."""
+    """The context every session shares, with its services (some read the context)."""
     presence = presence_for(store)
     context = RelayContext(settings=settings, store=store, enrolment=enrolment, nursery=nursery,
                            presence=presence, pipeline=CommitPipeline(store, presence),
                            now_ms=now_ms)
     context.prekeys = PrekeyService(context)
+    context.device_lists = DeviceListService(context)
+    context.linking = LinkChannelService(store, now_ms=now_ms, metrics=context.metrics)
     return context
 
 

@@ -33,16 +33,19 @@ from enrolment.errors import (
     TooManyDevices,
     VerificationFailed,
 )
+from enrolment.service import REENROLMENT_REVOKE_REASON
 from relay.cluster import DeviceGone
 from relay.context import RelayContext
 from relay.delivery import DeliveryPump
-from relay.limits import LOOKUP_PERIOD_MS, LOOKUPS_PER_MINUTE
+from relay.limits import LOOKUP_PERIOD_MS, LOOKUPS_PER_MINUTE, MAX_WAITING_LINK_FETCHES
 from relay.reachability import may_reach
 from storage.base import NewSend, OrganisationState, SendOutcome, SendStatus, UserState
+from storage.interfaces.accounts import AccountKeyStore
 from storage.interfaces.directory import Directory, OrganisationPolicy
 from storage.interfaces.envelope_queue import EnvelopeQueue
 from storage.interfaces.rate_limits import RateLimits
 from transport.quic import QuicLink
+from wire.account_frames import LinkFetch, LinkOpen, LinkPost, PublishDeviceList
 from wire.codec import encode_frame
 from wire.frames import (
     Ack,
@@ -103,9 +106,11 @@ _SEND_REFUSALS: dict[SendStatus, tuple[ErrorCode, str]] = {
 }
 
 
-class SessionStore(EnvelopeQueue, Directory, OrganisationPolicy, RateLimits, Protocol):
+class SessionStore(EnvelopeQueue, Directory, OrganisationPolicy, RateLimits, AccountKeyStore,
+                   Protocol):
     """What a device session needs of the store: its queue, the directory (authentication and
-    look-ups), the cross-organisation policy and its rate limits."""
+    look-ups), the cross-organisation policy, its rate limits, and the notices of revoked
+    devices (authentication tells a revoked device why)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -148,6 +153,8 @@ class DeviceSession:
         self._authenticated: AuthenticatedDevice | None = None
         self._requests: set[trio.CancelScope] = set()
         """One scope per request task; all are cancelled when the connection ends."""
+        self._link_fetches = 0
+        """LINK_FETCHes of this connection in flight (MAX_WAITING_LINK_FETCHES)."""
         self._log = log.bind(connection_id=link.connection_id)
         relay.metrics.connections_opened += 1
 
@@ -228,6 +235,12 @@ class DeviceSession:
                 self._spawn(stream_id, slot, self._enrol_start(frame))
             case EnrolVerify():
                 self._spawn(stream_id, slot, self._enrol_verify(frame))
+            case LinkOpen():
+                self._spawn(stream_id, slot, self._relay.linking.open(self._peer_host()))
+            case LinkPost():
+                self._spawn(stream_id, slot, self._relay.linking.post(self._approver(), frame))
+            case LinkFetch():
+                self._link_fetch(stream_id, slot, frame)
             case _ if self._authenticated is not None:
                 self._device_request(stream_id, slot, self._authenticated, frame)
             case _:  # the core releases a device's requests only once authenticated
@@ -245,9 +258,40 @@ class DeviceSession:
                 self._spawn(stream_id, slot, self._lookup(device, frame))
             case UploadPrekeys() | FetchBundle() | GetPrekeyCounts() | ListDevices():
                 self._spawn(stream_id, slot, self._relay.prekeys.handle(device.key, frame))
+            case PublishDeviceList():
+                self._spawn(stream_id, slot, self._relay.device_lists.publish(device.key, frame))
             case _:  # the core's state table lets nothing else through
                 self._fill(stream_id, slot, _error(ErrorCode.UNEXPECTED_FRAME,
                                                    f"{type(frame).__name__} is not a request"))
+
+    # -- link channels -------------------------------------------------------------
+
+    def _approver(self) -> str | None:
+        """Whose side of a link channel this connection speaks for: the authenticated
+        account's (the approver's), or None for a device without credentials (the new one)."""
+        return None if self._authenticated is None else self._authenticated.user_id
+
+    def _peer_host(self) -> str:
+        return str(self._link.peer_address[0])
+
+    def _link_fetch(self, stream_id: int, slot: _Slot, frame: LinkFetch) -> None:
+        """A long poll, at most MAX_WAITING_LINK_FETCHES at once per connection; like every
+        request task, it is cancelled when the connection ends."""
+        if self._link_fetches >= MAX_WAITING_LINK_FETCHES:
+            self._relay.metrics.linking["fetch", "rate_limited"] += 1
+            self._fill(stream_id, slot, _error(
+                ErrorCode.RATE_LIMITED,
+                f"at most {MAX_WAITING_LINK_FETCHES} link fetches may wait per connection"))
+            return
+        self._link_fetches += 1
+
+        async def fetch() -> bytes:
+            try:
+                return await self._relay.linking.fetch(self._approver(), frame)
+            finally:
+                self._link_fetches -= 1
+
+        self._spawn(stream_id, slot, fetch())
 
     # -- response ordering -------------------------------------------------------
 
@@ -325,12 +369,12 @@ class DeviceSession:
     async def _authenticate(self, frame: Authenticate) -> bytes:
         """Check the answer, claim the device, then confirm: the held requests follow."""
         claimed = self._core.claimed_device
-        principal = None
-        if claimed is not None:
-            principal = await self._store.load_principal(*claimed)
-        if principal is None:
+        if claimed is None:  # the core accepts AUTHENTICATE only after a HELLO
             self._core.refuse_authentication()
             return self._refuse(ErrorCode.AUTHENTICATION_FAILED, _AUTHENTICATION_REFUSED)
+        principal = await self._store.load_principal(*claimed)
+        if principal is None:
+            return await self._refuse_gone(claimed, frame)
         if not self._core.check_authentication(frame.signature, principal.device.identity_key):
             return self._refuse(ErrorCode.AUTHENTICATION_FAILED, _AUTHENTICATION_REFUSED)
         if principal.organisation.state is not OrganisationState.ACTIVE:
@@ -347,7 +391,9 @@ class DeviceSession:
                 await cluster.claim(device.key, self)
             except DeviceGone:  # deleted since load_principal read it
                 self._core.refuse_authentication()
-                return self._refuse(ErrorCode.DEVICE_REVOKED, "this device was revoked")
+                notice = await self._store.revoked_device(*device.key)
+                return self._refuse(ErrorCode.DEVICE_REVOKED, "this device was revoked"
+                                    if notice is None else notice.reason)
             if self._core.state is ConnectionState.CLOSED:  # the connection ended meanwhile
                 cluster.release(device.key, self)
                 return b""
@@ -360,6 +406,19 @@ class DeviceSession:
         for event in self._core.confirm_authentication():  # requests sent behind AUTHENTICATE
             self._dispatch(event)
         return answer
+
+    async def _refuse_gone(self, claimed: tuple[str, int], frame: Authenticate) -> bytes:
+        """The claimed device does not exist. If it was revoked with a notice and the answer
+        verifies with the key it had, tell it why (DEVICE_REVOKED and the notice's reason: an
+        old phone that was off learns what happened); otherwise the same refusal as a bad
+        signature, so that a prober learns nothing."""
+        notice = await self._store.revoked_device(*claimed)
+        if notice is None:
+            self._core.refuse_authentication()
+        elif self._core.check_authentication(frame.signature, notice.identity_key):
+            self._core.refuse_authentication()
+            return self._refuse(ErrorCode.DEVICE_REVOKED, notice.reason)
+        return self._refuse(ErrorCode.AUTHENTICATION_FAILED, _AUTHENTICATION_REFUSED)
 
     def _refuse(self, code: ErrorCode, reason: str) -> bytes:
         """Answer with the error, then close: closing at once would discard the answer."""
@@ -400,15 +459,24 @@ class DeviceSession:
         return encode_frame(EnrolStarted())
 
     async def _enrol_verify(self, frame: EnrolVerify) -> bytes:
+        relay = self._relay
         try:
-            device = await self._relay.enrolment.verify(
-                frame.phone, frame.code, frame.identity_key, self._relay.now_ms())
+            registration = await relay.enrolment.verify(
+                frame.phone, frame.code, frame.identity_key, frame.account_key,
+                frame.device_list, relay.now_ms())
         except InvalidPhoneNumber as error:
             return self._enrolment_refused("verify", ErrorCode.INVALID_PHONE_NUMBER, str(error))
         except EnrolmentError as error:
             return self._enrolment_refused("verify", _enrolment_code(error), str(error))
-        self._relay.metrics.enrolment["verify", "ok"] += 1
-        self._log.info("device_enrolled")
+        device = registration.device
+        # A new account for the number: its earlier devices are revoked (here at once; on other
+        # nodes by the store's revocation notification).
+        closed = relay.revoke_devices(device.user_id, registration.revoked,
+                                      REENROLMENT_REVOKE_REASON)
+        relay.metrics.revoked_devices += closed
+        relay.metrics.enrolment["verify", "ok"] += 1
+        self._log.info("device_enrolled", devices_revoked=len(registration.revoked),
+                       connections_closed=closed)
         return encode_frame(Enrolled(user_id=device.user_id, device_id=device.device_id))
 
     def _enrolment_refused(self, step: str, code: ErrorCode, reason: str) -> bytes:

@@ -65,6 +65,8 @@ class RelayCollector(Collector):
         limited.add_metric(["enrolment"], sum(
             count for (_, outcome), count in metrics.enrolment.items()
             if outcome == "rate_limited"))
+        limited.add_metric(["link_open"], metrics.linking["open", "rate_limited"])
+        limited.add_metric(["device_list"], metrics.device_lists["rate_limited"])
         yield limited
         enrolment = CounterMetricFamily("cryptopass_enrolment",
                                         "Enrolment requests by step and outcome.",
@@ -72,6 +74,21 @@ class RelayCollector(Collector):
         for (step, outcome), count in sorted(metrics.enrolment.items()):
             enrolment.add_metric([step, outcome], count)
         yield enrolment
+        linking = CounterMetricFamily("cryptopass_link_channels",
+                                      "Link channel requests by operation and outcome.",
+                                      labels=["operation", "outcome"])
+        for (operation, outcome), count in sorted(metrics.linking.items()):
+            linking.add_metric([operation, outcome], count)
+        yield linking
+        device_lists = CounterMetricFamily("cryptopass_device_list_publishes",
+                                           "Device list publications by outcome.",
+                                           labels=["outcome"])
+        for outcome, count in sorted(metrics.device_lists.items()):
+            device_lists.add_metric([outcome], count)
+        yield device_lists
+        yield _counter("cryptopass_revoked_device_connections",
+                       "Connections closed because their device was revoked by a "
+                       "re-enrolment or a published device list.", metrics.revoked_devices)
         sms = CounterMetricFamily("cryptopass_sms", "SMS by outcome.", labels=["outcome"])
         for outcome in ("sent", "failed", "dropped"):
             sms.add_metric([outcome], getattr(self._sms_outcomes, outcome))
