@@ -20,6 +20,7 @@ from nacl.signing import SigningKey
 from bench.provision import BenchDevice
 from bench.spawn import DEFAULT_WAIT_SECONDS, SpawnedRelay
 from client.connection import connect_relay, open_client_endpoint
+from crypto.primitives import SystemRandom, ed25519_generate
 
 __all__ = ["CODE_PATTERN", "CodeSource", "EnrolOutcome", "OutboxCodes", "enrol_phones"]
 
@@ -123,14 +124,15 @@ async def enrol_phones(host: str, port: int, ca: Path | None, phones: Sequence[s
                         codes.expect(phone)
                         await client.enrol_start(phone)
                         code = await codes.code_for(phone)
-                        user_id, device_id = await client.enrol_verify(
-                            phone, code, SigningKey(seed).verify_key.encode())
+                        answer = await client.enrol_verify(
+                            phone, code, SigningKey(seed).verify_key.encode(),
+                            ed25519_generate(SystemRandom()))
                 except Exception as error:  # counted and reported
                     cause = _first_leaf(error)
                     outcome.errors.append(f"{type(cause).__name__}: {cause}")
                     return
-                enrolled[phone] = BenchDevice(phone=phone, user_id=user_id,
-                                              device_id=device_id, seed=seed)
+                enrolled[phone] = BenchDevice(phone=phone, user_id=answer.user_id,
+                                              device_id=answer.device_id, seed=seed)
 
         async with trio.open_nursery() as nursery:
             for phone in phones:

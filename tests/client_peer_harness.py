@@ -24,6 +24,7 @@ from aioquic.quic.events import ConnectionTerminated, StreamDataReceived, Stream
 from nacl.signing import SigningKey
 
 from client.connection import RelayClient
+from crypto.primitives import SystemRandom, ed25519_generate
 from wire.codec import encode_frame
 from wire.frames import (
     Acked,
@@ -130,10 +131,11 @@ def _wrong(expected: str) -> Frame:
 
 async def _wrong_answers() -> list[dict[str, Any]]:
     key = SigningKey.generate()
+    account = ed25519_generate(SystemRandom())
     calls: list[tuple[str, str, Callable[[RelayClient], Awaitable[Any]], list[Frame]]] = [
         ("enrol_start", "ENROL_STARTED", lambda c: c.enrol_start(PHONE), []),
         ("enrol_verify", "ENROLLED",
-         lambda c: c.enrol_verify(PHONE, "123456", bytes(key.verify_key)), []),
+         lambda c: c.enrol_verify(PHONE, "123456", bytes(key.verify_key), account), []),
         ("authenticate/hello", "CHALLENGE", lambda c: c.authenticate("u1", 1, key), []),
         ("authenticate/answer", "AUTHENTICATED", lambda c: c.authenticate("u1", 1, key),
          [Challenge(nonce=bytes(32))]),

@@ -13,6 +13,8 @@ import trio
 from nacl.signing import SigningKey
 
 from client.connection import RelayClient, connect_relay
+from crypto.device_list import decode_device_list
+from crypto.primitives import Ed25519KeyPair, SystemRandom, ed25519_generate
 from enrolment import admin
 from enrolment.sms import SmsMessage
 from relay.server import RunningRelay, serve
@@ -66,6 +68,17 @@ class EnrolledDevice:
     user_id: str
     device_id: int
     key: SigningKey
+    account: Ed25519KeyPair
+    """The account key pair (every device of one account holds the same)."""
+
+    @property
+    def identity_key(self) -> bytes:
+        return self.key.verify_key.encode()
+
+
+def new_account() -> Ed25519KeyPair:
+    """A fresh account key pair, as a device makes one when it enrols by SMS."""
+    return ed25519_generate(SystemRandom())
 
 
 async def declare(data_dir: Path, organisation: str, *phones: str, seats: int = 10) -> None:
@@ -78,12 +91,35 @@ async def declare(data_dir: Path, organisation: str, *phones: str, seats: int = 
 
 
 async def enrol(relay: RelayUnderTest, phone: str) -> EnrolledDevice:
-    key = SigningKey.generate()
+    """Enrol ``phone`` by SMS: a new account with one device (the number's earlier devices, if
+    any, are revoked). Waits for the code sent now, not one an earlier enrolment received."""
+    key, account = SigningKey.generate(), new_account()
+    already = len(relay.sms.messages)
     async with relay.connect() as client:
         await client.enrol_start(phone)
+        with trio.fail_after(10):
+            while len(relay.sms.messages) == already:
+                await relay.sms.arrived.wait()
         code = await relay.sms.code_for(phone)
-        user_id, device_id = await client.enrol_verify(phone, code, key.verify_key.encode())
-    return EnrolledDevice(phone=phone, user_id=user_id, device_id=device_id, key=key)
+        enrolled = await client.enrol_verify(phone, code, key.verify_key.encode(), account)
+    return EnrolledDevice(phone=phone, user_id=enrolled.user_id, device_id=enrolled.device_id,
+                          key=key, account=account)
+
+
+async def link_device(relay: RelayUnderTest, approver: EnrolledDevice) -> EnrolledDevice:
+    """Add a device to ``approver``'s account as an approving device does: sign the next
+    device list (the current keys and a new one) with the account key and publish it."""
+    key = SigningKey.generate()
+    async with relay.connect() as client:
+        await client.authenticate(approver.user_id, approver.device_id, approver.key)
+        current = await client.list_devices()
+        assert current.signed_list is not None
+        listed = decode_device_list(current.signed_list, account_key=approver.account.public_key)
+        published = await client.publish_device_list(listed.with_devices(
+            approver.account, listed.devices | {key.verify_key.encode()}).encoded)
+    [added] = published.added
+    return EnrolledDevice(phone=approver.phone, user_id=approver.user_id,
+                          device_id=added.device_id, key=key, account=approver.account)
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ from nacl.signing import SigningKey
 from client.connection import ConnectionClosed, RelayClient, RelayError
 from tests.admin_support import ACME_PHONES, AdminSite, csrf_of, log_in
 from tests.admin_support import admin_site as admin_site  # noqa: PLC0414 (fixture)
-from tests.conftest import EnrolledDevice, enrol
+from tests.conftest import EnrolledDevice, enrol, link_device, new_account
 from wire.frames import ErrorCode
 
 TIMEOUT_S = 10
@@ -82,7 +82,7 @@ async def test_suspending_closes_connections_and_refuses_the_organisation(
         code = await site.relay.sms.code_for(ACME_PHONES[1])
         with pytest.raises(RelayError) as refused:
             await client.enrol_verify(ACME_PHONES[1], code,
-                                     SigningKey.generate().verify_key.encode())
+                                     SigningKey.generate().verify_key.encode(), new_account())
         assert refused.value.code is ErrorCode.ORGANISATION_SUSPENDED
     assert await _operator(site, "POST", "/state", {"state": "active"}) == 200
     async with site.relay.connect() as client:
@@ -103,8 +103,7 @@ async def test_terminating_closes_connections_and_removes_the_users(
 async def test_revoking_one_device_closes_only_its_connection(admin_site: AdminSite) -> None:
     site = admin_site
     lost = await enrol(site.relay, ACME_PHONES[0])
-    site.relay.sms.messages.clear()  # the next code must be the new one, not the first
-    kept = await enrol(site.relay, ACME_PHONES[0])  # the same user's second device
+    kept = await link_device(site.relay, lost)  # the same user's second device
     assert (lost.user_id, lost.device_id + 1) == (kept.user_id, kept.device_id)
     async with site.relay.connect() as lost_client, site.relay.connect() as kept_client:
         await _connected(lost, lost_client)
@@ -118,5 +117,5 @@ async def test_revoking_one_device_closes_only_its_connection(admin_site: AdminS
             bad = await acme.delete(f"/api/v1/orgs/acme/users/{phone}/devices/first")
             assert bad.status_code == 422
         assert await _closed_with(lost_client) == ErrorCode.DEVICE_REVOKED
-        assert [device.device_id for device in await kept_client.list_devices()] == [
+        assert [device.device_id for device in (await kept_client.list_devices()).devices] == [
             kept.device_id]

@@ -20,7 +20,7 @@ from bench.spawn import SpawnedRelay, spawn_relay
 from client.connection import ConnectionClosed, RelayClient, RelayError, connect_relay
 from relay.lifecycle import STOP_DEADLINE_SECONDS
 from relay.tls import ensure_development_certificate
-from tests.conftest import EnrolledDevice, declare
+from tests.conftest import EnrolledDevice, declare, new_account
 from tests.test_cli_scenario import free_udp_port, last_code
 from tests.test_relay_e2e import authenticated, drain_backlog
 from wire.frames import ErrorCode
@@ -47,9 +47,12 @@ async def enrol_through(relay: SpawnedRelay, data_dir: Path, port: int, phone: s
     async with connect(port, data_dir / "tls" / "cert.pem") as client:
         await client.enrol_start(phone)
         await relay.wait_for("sms_sent", count)
-        user_id, device_id = await client.enrol_verify(
-            phone, last_code(data_dir / "sms-outbox.jsonl", phone), key.verify_key.encode())
-    return EnrolledDevice(phone=phone, user_id=user_id, device_id=device_id, key=key)
+        account = new_account()
+        enrolled = await client.enrol_verify(
+            phone, last_code(data_dir / "sms-outbox.jsonl", phone), key.verify_key.encode(),
+            account)
+    return EnrolledDevice(phone=phone, user_id=enrolled.user_id, device_id=enrolled.device_id,
+                          key=key, account=account)
 
 
 async def test_sigterm_during_a_stream_of_sends_loses_nothing(tmp_path: Path) -> None:
@@ -157,10 +160,10 @@ async def test_sighup_reloads_the_certificate_without_dropping_connections(
                 pass  # the handshake verified the new certificate
             assert await refused_by_tls(port, old_cert)  # the old one is no longer served
             # The connection opened before the reload still works.
-            user_id, _ = await kept_open.enrol_verify(
+            enrolled = await kept_open.enrol_verify(
                 ALICE, last_code(data / "sms-outbox.jsonl", ALICE),
-                SigningKey.generate().verify_key.encode())
-            assert user_id
+                SigningKey.generate().verify_key.encode(), new_account())
+            assert enrolled.user_id
         relay.process.send_signal(signal.SIGTERM)
         with trio.fail_after(STOP_DEADLINE_SECONDS + 5):
             assert await relay.process.wait() == 0

@@ -11,7 +11,7 @@ from nacl.signing import SigningKey
 
 from client.messenger import IdentityChangedError, Messenger, create_device_state
 from client.profile import Profile
-from tests.conftest import RelayUnderTest
+from tests.conftest import RelayUnderTest, new_account
 
 ALICE, BOB = "+33612345678", "+33698765432"
 TIMEOUT_S = 30
@@ -29,7 +29,8 @@ async def enrolled_profile(relay: RelayUnderTest, directory: Path, phone: str) -
             while len(relay.sms.messages) == already:
                 await relay.sms.arrived.wait()
         code = await relay.sms.code_for(phone)
-        user_id, device_id = await client.enrol_verify(phone, code, key.verify_key.encode())
+        enrolled = await client.enrol_verify(phone, code, key.verify_key.encode(), new_account())
+        user_id, device_id = enrolled.user_id, enrolled.device_id
     profile.data.relay = f"127.0.0.1:{relay.port}"
     profile.data.ca = str(relay.running.cert_path)
     profile.data.phone, profile.data.user_id, profile.data.device_id = phone, user_id, device_id

@@ -18,7 +18,7 @@ from client.connection import RelayClient
 from relay.settings import RelaySettings
 from storage.sqlite import open_sqlite_store
 from storage.sqlite_backup import BackupError, backup_database, restore_database
-from tests.conftest import RelayUnderTest, enrol
+from tests.conftest import RelayUnderTest, enrol, new_account
 from tests.test_relay_e2e import authenticated, collect
 
 ALICE, BOB = "+33612345678", "+33698765432"
@@ -87,7 +87,8 @@ async def test_enrolment_refusals_are_counted_by_outcome(relay: RelayUnderTest) 
         code = await relay.sms.code_for(ALICE)
         wrong = "000000" if code != "000000" else "111111"
         with pytest.raises(Exception, match="VERIFICATION_FAILED"):
-            await client.enrol_verify(ALICE, wrong, SigningKey.generate().verify_key.encode())
+            await client.enrol_verify(ALICE, wrong, SigningKey.generate().verify_key.encode(),
+                                      new_account())
     text = (await scrape(relay)).text
     assert sample(text, "cryptopass_enrolment_total", step="verify",
                   outcome="verification_failed") == 1

@@ -19,7 +19,7 @@ from crypto.prekey_format import (
 from relay.prekeys import BUNDLE_FETCHES_PER_TARGET, PREKEYS_LOW_THRESHOLD
 from storage.base import OrganisationState
 from storage.sqlite import open_sqlite_store
-from tests.conftest import EnrolledDevice, RelayUnderTest, enrol
+from tests.conftest import EnrolledDevice, RelayUnderTest, enrol, link_device
 from wire.frames import ErrorCode
 from wire.prekey_frames import KemPrekey, OneTimePrekey, SignedPrekey
 
@@ -49,21 +49,6 @@ def one_time_prekeys(count: int) -> list[OneTimePrekey]:
 
 def kem_one_time_prekeys(key: SigningKey, count: int) -> list[KemPrekey]:
     return [kem_prekey(key, next(_key_ids), PrekeyKind.KEM_ONE_TIME) for _ in range(count)]
-
-
-async def enrol_another_device(relay: RelayUnderTest, phone: str) -> EnrolledDevice:
-    """Enrol one more device for ``phone``, waiting for the NEW code (conftest.enrol would take
-    the newest code already received, which may be the previous device's)."""
-    key = SigningKey.generate()
-    already = len(relay.sms.messages)
-    async with relay.connect() as client:
-        await client.enrol_start(phone)
-        with trio.fail_after(TIMEOUT_S):
-            while len(relay.sms.messages) == already:
-                await relay.sms.arrived.wait()
-        code = await relay.sms.code_for(phone)
-        user_id, device_id = await client.enrol_verify(phone, code, key.verify_key.encode())
-    return EnrolledDevice(phone=phone, user_id=user_id, device_id=device_id, key=key)
 
 
 async def connected(relay: RelayUnderTest, device: EnrolledDevice,
@@ -182,14 +167,14 @@ async def test_bundle_fetches_are_limited_per_requester_and_target(
 async def test_devices_join_and_leave_bundles_and_device_lists(
         relay: RelayUnderTest, nursery: trio.Nursery) -> None:
     first, bob = await enrol(relay, ALICE), await enrol(relay, BOB)
-    second = await enrol_another_device(relay, ALICE)
+    second = await link_device(relay, first)
     assert (second.user_id, second.device_id) == (first.user_id, first.device_id + 1)
     first_client = await connected(relay, first, nursery)
     await publish(first_client, first, one_time=2, kem_one_time=0)
     bob_client = await connected(relay, bob, nursery)
     listed = await bob_client.list_devices(first.user_id)
-    assert [device.device_id for device in listed] == [first.device_id, second.device_id]
-    assert [device.device_id for device in await first_client.list_devices()] == [
+    assert [device.device_id for device in listed.devices] == [first.device_id, second.device_id]
+    assert [device.device_id for device in (await first_client.list_devices()).devices] == [
         first.device_id, second.device_id]
     bundles = await bob_client.fetch_bundle(first.user_id)
     assert [(bundle.device_id, bundle.signed_prekey is not None) for bundle in bundles] == [

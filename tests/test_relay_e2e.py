@@ -9,7 +9,7 @@ from nacl.signing import SigningKey
 from client.connection import ConnectionClosed, RelayClient, RelayError
 from relay.server import serve
 from relay.settings import RelaySettings
-from tests.conftest import EnrolledDevice, RelayUnderTest, SmsInbox, enrol
+from tests.conftest import EnrolledDevice, RelayUnderTest, SmsInbox, enrol, new_account
 from wire.codec import encode_frame
 from wire.frames import Deliver, ErrorCode, Lookup, QueueEmpty
 
@@ -275,7 +275,7 @@ async def test_enrolment_over_quic_refuses_abuse(relay: RelayUnderTest) -> None:
         wrong = "000000" if code != "000000" else "111111"
         key = SigningKey.generate().verify_key.encode()
         with pytest.raises(RelayError) as failed:
-            await client.enrol_verify(ALICE, wrong, key)
+            await client.enrol_verify(ALICE, wrong, key, new_account())
         assert failed.value.code is ErrorCode.VERIFICATION_FAILED
         # An undeclared number gets the same answer, and no SMS leaves.
         sent_before = len(relay.sms.messages)
@@ -284,8 +284,8 @@ async def test_enrolment_over_quic_refuses_abuse(relay: RelayUnderTest) -> None:
         with pytest.raises(RelayError) as invalid:
             await client.enrol_start("12")
         assert invalid.value.code is ErrorCode.INVALID_PHONE_NUMBER
-        _, device_id = await client.enrol_verify(ALICE, code, key)
-        assert device_id == 1
+        enrolled = await client.enrol_verify(ALICE, code, key, new_account())
+        assert enrolled.device_id == 1
 
 
 async def test_restart_keeps_stored_envelopes(relay_settings: RelaySettings,

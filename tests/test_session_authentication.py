@@ -7,6 +7,7 @@ and on SQLite (whose store read the test blocks).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
@@ -179,8 +180,7 @@ async def test_a_connection_that_ends_cancels_its_requests_in_flight(
 async def test_requests_behind_a_refused_authenticate_are_dropped_with_the_connection(
         relay: RelayUnderTest) -> None:
     alice = await enrol(relay, PHONE_A)
-    impostor = EnrolledDevice(phone=PHONE_A, user_id=alice.user_id, device_id=alice.device_id,
-                              key=SigningKey.generate())
+    impostor = dataclasses.replace(alice, key=SigningKey.generate())
     outcomes: dict[str, BaseException] = {}
 
     async def refused(name: str, request: Awaitable[object]) -> None:
