@@ -106,7 +106,7 @@ async def test_encrypted_exchange_leaves_no_plaintext_and_sessions_survive_resta
         assert secret not in log_text
 
 
-async def test_new_identity_key_blocks_sending_until_trusted(tmp_path: Path) -> None:
+async def test_a_new_account_key_blocks_sending_until_trusted(tmp_path: Path) -> None:
     data = tmp_path / "D"
     await declare(data, ALICE, BOB)
     port = free_udp_port()
@@ -117,14 +117,17 @@ async def test_new_identity_key_blocks_sending_until_trusted(tmp_path: Path) -> 
         await cli.send("A", BOB, "before")
         assert [line["text"] for line in await cli.receive("B")] == ["before"]
 
-        await cli.enrol("B2", BOB)  # Bob re-enrols on a new phone: a new identity key.
+        # Bob enrols on a new phone by SMS: a new account identity; his old phone is revoked.
+        await cli.enrol("B2", BOB)
         error = await cli.refused("--profile", cli.profile("A"), "send", BOB, "refused")
         assert f"the safety number with {BOB} changed" in error
         # The commands it names are ready to paste: they say which profile.
         assert f"`cryptopass --profile {cli.profile('A')} trust {BOB}`" in error
         assert f"`cryptopass --profile {cli.profile('A')} safety-number {BOB}`" in error
         assert len(error.splitlines()) == 1 and "Traceback" not in error
-        assert await cli.receive("B") == []  # nothing was sent, to any device
+        assert await cli.receive("B2") == []  # nothing was sent, to any device
+        revoked = await cli.refused("--profile", cli.profile("B"), "receive", "--timeout", "5")
+        assert "this number was enrolled on another device" in revoked
 
         # B2 writes first: A reads it, with a warning, and still refuses to send.
         await cli.send("B2", ALICE, "from the new phone")
@@ -155,15 +158,12 @@ async def test_new_identity_key_blocks_sending_until_trusted(tmp_path: Path) -> 
                                      "--safety-number", mine.replace(" ", "").strip()])
         await run(*shlex.split(pasted))
         await cli.send("A", BOB, "after trust")
-        # B also holds the copy of what its other device B2 sent.
-        assert [entry["text"] for entry in await cli.receive("B")] == [
-            "from the new phone", "after trust"]
         assert [entry["text"] for entry in await cli.receive("B2")] == ["after trust"]
 
         devices = [json.loads(entry) for entry in (await run(
-            "cryptopass", "--profile", cli.profile("B"), "devices")).splitlines()]
-        assert [(entry["device_id"], entry["state"]) for entry in devices] == [
-            (1, "this device"), (2, "trusted")]
+            "cryptopass", "--profile", cli.profile("B2"), "devices")).splitlines()]
+        assert [(entry["device_id"], entry["this_device"], entry["list_version"])
+                for entry in devices] == [(2, True, 1)]
         cli.relay.process.terminate()
         with trio.fail_after(10):
             await cli.relay.process.wait()
