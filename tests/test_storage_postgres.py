@@ -19,16 +19,27 @@ import pytest
 import trio
 from psycopg import sql
 
-from storage.base import SeatLimitReached, SendStatus, Store
+from storage import postgres_schema
+from storage.base import (
+    AccountRecord,
+    DeviceListRefusal,
+    DeviceListRefused,
+    SeatLimitReached,
+    SendStatus,
+    Store,
+)
 from storage.postgres import PostgresStore, SchemaVersionTooNew, open_postgres_store
 from storage.postgres_schema import LATEST_SCHEMA_VERSION, Connection
 from tests.storage_conformance import *  # noqa: F403
 from tests.storage_conformance import (
+    NOW,
     TIMEOUT_S,
+    _code_for,
     _declared,
     _enrolled,
     _fetch_all,
     _organisation,
+    _register_device,
     _send,
     _send_now,
 )
@@ -210,3 +221,29 @@ async def test_a_closed_store_refuses_work(postgres_dsn: str) -> None:
         store.submit_send(_send(sender, recipient, devices, 2))
     with pytest.raises(RuntimeError, match="closed"):
         await store.queue_depth(user_id=recipient.user_id, device_id=1)
+
+
+async def test_users_enrolled_before_account_keys_migrate_without_one(
+        postgres_dsn: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A database of schema version 6: its users keep their devices, have no account key (so
+    they cannot publish a list), and a new enrolment gives them one, revoking the old ones."""
+    with monkeypatch.context() as older:
+        older.setattr(postgres_schema, "MIGRATIONS", postgres_schema.MIGRATIONS[:6])
+        older.setattr(postgres_schema, "LATEST_SCHEMA_VERSION", 6)
+        async with open_postgres_store(postgres_dsn) as store:
+            user = await _declared(store)
+    _query(postgres_dsn, "INSERT INTO devices (user_id, device_id, identity_key, registered_at)"
+           " VALUES (%s, 1, %s, 0)", user.user_id, b"k" * 32)
+    _query(postgres_dsn, "UPDATE users SET next_device_id = 2 WHERE user_id = %s", user.user_id)
+    async with open_postgres_store(postgres_dsn) as store:
+        assert await store.account(user.user_id) == AccountRecord(
+            account_key=None, device_list=None, device_list_version=0)
+        with pytest.raises(DeviceListRefused) as refused:
+            await store.publish_device_list(
+                user_id=user.user_id, publisher_device_id=1, account_key=b"a" * 32, version=1,
+                identity_keys=frozenset({b"k" * 32}), encoded=b"list", now=NOW, max_devices=5,
+                revoke_reason="removed")
+        assert refused.value.reason is DeviceListRefusal.ACCOUNT_KEY_MISMATCH
+        registration = await _register_device(
+            store, phone=user.phone, phone_key=await _code_for(store, user.phone))
+        assert (registration.revoked, registration.device.device_id) == ((1,), 2)

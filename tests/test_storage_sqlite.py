@@ -11,15 +11,19 @@ from contextlib import AbstractAsyncContextManager
 import pytest
 import trio
 
-from storage.base import SendStatus, Store
+from storage import sqlite_schema
+from storage.base import AccountRecord, DeviceListRefusal, DeviceListRefused, SendStatus, Store
 from storage.sqlite import SchemaVersionTooNew, SqliteStore, open_sqlite_store
 from storage.sqlite_schema import LATEST_SCHEMA_VERSION
 from tests.storage_conformance import *  # noqa: F403
 from tests.storage_conformance import (
     NOW,
     TIMEOUT_S,
+    _code_for,
+    _declared,
     _enrolled,
     _fetch_all,
+    _register_device,
     _send,
     _send_now,
 )
@@ -176,3 +180,32 @@ async def test_close_commits_what_was_submitted(database_path: pathlib.Path) -> 
         assert await reopened.queue_depth(user_id=recipient.user_id, device_id=1) == 1
         queued = await _fetch_all(reopened, recipient, 1)
         assert queued[0].accepted_at == NOW
+
+
+async def test_users_enrolled_before_account_keys_migrate_without_one(
+        database_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file of schema version 4: its users keep their devices, have no account key (so they
+    cannot publish a list), and a new enrolment gives them one, revoking the old devices."""
+    with monkeypatch.context() as older:
+        older.setattr(sqlite_schema, "MIGRATIONS", sqlite_schema.MIGRATIONS[:4])
+        older.setattr(sqlite_schema, "LATEST_SCHEMA_VERSION", 4)
+        async with open_sqlite_store(database_path) as store:
+            user = await _declared(store)
+    with sqlite3.connect(database_path) as connection:
+        connection.execute("INSERT INTO devices (user_id, device_id, identity_key, registered_at)"
+                           " VALUES (?, 1, ?, 0)", (user.user_id, b"k" * 32))
+        connection.execute("UPDATE users SET next_device_id = 2 WHERE user_id = ?",
+                           (user.user_id,))
+    async with open_sqlite_store(database_path) as store:
+        assert await store.account(user.user_id) == AccountRecord(
+            account_key=None, device_list=None, device_list_version=0)
+        assert [device.device_id for device in await store.list_devices(user.user_id)] == [1]
+        with pytest.raises(DeviceListRefused) as refused:
+            await store.publish_device_list(
+                user_id=user.user_id, publisher_device_id=1, account_key=b"a" * 32, version=1,
+                identity_keys=frozenset({b"k" * 32}), encoded=b"list", now=NOW, max_devices=5,
+                revoke_reason="removed")
+        assert refused.value.reason is DeviceListRefusal.ACCOUNT_KEY_MISMATCH
+        registration = await _register_device(
+            store, phone=user.phone, phone_key=await _code_for(store, user.phone))
+        assert (registration.revoked, registration.device.device_id) == ((1,), 2)
