@@ -104,6 +104,8 @@ class LinkChannelStore(Protocol):
         (``approver_user_id`` is None). Each side may post at most ``max_posts`` messages over
         the channel's life (EXHAUSTED after, even once they were taken). UNKNOWN_CHANNEL if
         the channel does not exist or ``expires_at <= now``. Only POSTED changes anything.
+        Raises ValueError (the caller's mistake) if ``approver_user_id`` is None exactly when
+        ``to_new_device``.
         """
         ...
 
