@@ -30,9 +30,15 @@ MESSAGES_PER_TURN = 10  # Then the other side speaks, causing a DH ratchet step.
 ALICE, BOB = DeviceAddress("alice", 1), DeviceAddress("bob", 1)
 
 
-def new_device() -> DeviceCrypto:
+def new_device(address: DeviceAddress) -> DeviceCrypto:
     random = SystemRandom()
-    return DeviceCrypto.create(ed25519_generate(random), random)
+    return DeviceCrypto.create(ed25519_generate(random), random, address=address,
+                               now_ms=time.time_ns() // 1_000_000)
+
+
+def _introduce(device: DeviceCrypto, peer: DeviceCrypto) -> None:
+    """What a client does from the peer's signed device list: accept its identity key."""
+    device.trust_identity(peer.address, peer.identity_key)
 
 
 def fresh_bundle(device: DeviceCrypto) -> PrekeyBundle:
@@ -42,28 +48,34 @@ def fresh_bundle(device: DeviceCrypto) -> PrekeyBundle:
 
 
 def handshakes_per_second(count: int) -> float:
-    bob = new_device()
+    bob = new_device(BOB)
     bundles = [fresh_bundle(bob) for _ in range(count)]  # Prekey generation is not timed.
-    initiators = [new_device() for _ in range(count)]
+    initiators = [new_device(DeviceAddress("alice", index + 1)) for index in range(count)]
+    for alice in initiators:
+        _introduce(alice, bob)
     started = time.perf_counter()
-    for index, (alice, bundle) in enumerate(zip(initiators, bundles, strict=True)):
+    for alice, bundle in zip(initiators, bundles, strict=True):
         alice.start_session(BOB, bundle)
         initial = alice.encrypt(b"x", [BOB])[BOB]
-        bob.decrypt(DeviceAddress("alice", index + 1), initial)
+        bob.decrypt(alice.address, initial, expected_identity_key=alice.identity_key)
     return count / (time.perf_counter() - started)
 
 
 def pairs_per_second(count: int) -> float:
-    alice, bob = new_device(), new_device()
+    alice, bob = new_device(ALICE), new_device(BOB)
+    _introduce(alice, bob)
+    _introduce(bob, alice)
     alice.start_session(BOB, fresh_bundle(bob))
-    bob.decrypt(ALICE, alice.encrypt(b"x", [BOB])[BOB])
+    bob.decrypt(ALICE, alice.encrypt(b"x", [BOB])[BOB], expected_identity_key=alice.identity_key)
     plaintext = b"m" * PLAINTEXT_SIZE
     started = time.perf_counter()
     for index in range(count):
         if (index // MESSAGES_PER_TURN) % 2 == 0:
-            bob.decrypt(ALICE, alice.encrypt(plaintext, [BOB])[BOB])
+            bob.decrypt(ALICE, alice.encrypt(plaintext, [BOB])[BOB],
+                        expected_identity_key=alice.identity_key)
         else:
-            alice.decrypt(BOB, bob.encrypt(plaintext, [ALICE])[ALICE])
+            alice.decrypt(BOB, bob.encrypt(plaintext, [ALICE])[ALICE],
+                          expected_identity_key=bob.identity_key)
     return count / (time.perf_counter() - started)
 
 

@@ -29,7 +29,7 @@ from client.connection import ConnectionClosed, RelayClient
 from client.message_content import MAX_TEXT_BYTES
 from client.messenger import Messenger
 from client.profile import Profile
-from crypto.device import DeviceCrypto
+from crypto.device import DeviceAddress, DeviceCrypto
 from crypto.primitives import SystemRandom, ed25519_keypair_from_private
 
 __all__ = ["TEXT_HEADER_CHARS", "EncryptedLink", "check_text_size", "expected_warm_up",
@@ -104,8 +104,10 @@ async def open_encrypted_links(stack: AsyncExitStack, clients: dict[int, RelayCl
         profile.data.device_id = device.device_id
         async with AsyncExitStack() as running:
             async with limiter:  # only the key generation and upload count against it
-                crypto = DeviceCrypto.create(ed25519_keypair_from_private(device.seed),
-                                             SystemRandom())
+                crypto = DeviceCrypto.create(
+                    ed25519_keypair_from_private(device.seed), SystemRandom(),
+                    address=DeviceAddress(user_id=device.user_id, device_id=device.device_id),
+                    now_ms=time.time_ns() // 1_000_000)
                 messenger = await running.enter_async_context(Messenger.attach(
                     client, profile, crypto, {}, persist_state=False))
             links[index] = EncryptedLink(messenger)

@@ -25,7 +25,7 @@ from client.connection import connect_relay, open_client_endpoint
 from client.contacts import Contact
 from client.messenger import Messenger
 from client.profile import Profile
-from crypto.device import DeviceCrypto
+from crypto.device import DeviceAddress, DeviceCrypto
 from crypto.primitives import SystemRandom, ed25519_keypair_from_private
 from transport.quic import QuicEndpoint
 
@@ -63,7 +63,10 @@ def encrypted_device(credentials: BenchDevice, directory: Path, relay: str,
     profile.data.relay, profile.data.ca = relay, str(ca) if ca else None
     profile.data.phone, profile.data.user_id = credentials.phone, credentials.user_id
     profile.data.device_id = credentials.device_id
-    crypto = DeviceCrypto.create(ed25519_keypair_from_private(credentials.seed), SystemRandom())
+    crypto = DeviceCrypto.create(
+        ed25519_keypair_from_private(credentials.seed), SystemRandom(),
+        address=DeviceAddress(user_id=credentials.user_id, device_id=credentials.device_id),
+        now_ms=time.time_ns() // 1_000_000)
     return EncryptedDevice(credentials=credentials, profile=profile, crypto=crypto)
 
 

@@ -329,7 +329,7 @@ class Messenger:
         for device_id, key in contact.devices.items():
             address = self._address(contact.user_id, device_id)
             record = self.device.identity_of(address)
-            if record is None or record.identity_key != key or not record.trusted:
+            if record is None or record.identity_key != key:
                 self.device.trust_identity(address, key)
         return True
 
