@@ -34,7 +34,7 @@ from psycopg import sql
 from psycopg_pool import ConnectionPool
 
 from relay.delivery import DeliveryPump, Presence
-from storage.base import ClusterCapable, ClusterWakeups, Envelope, PrekeyStore
+from storage.base import AccountKeyStore, ClusterCapable, ClusterWakeups, Envelope, PrekeyStore
 from storage.postgres_presence import (
     DeviceGone,
     NotificationKind,
@@ -95,6 +95,9 @@ CONNECT_TIMEOUT_S = 10
 APPLICATION_NAME_MAX = 63
 """PostgreSQL truncates application_name to NAMEDATALEN - 1 bytes; so do we, visibly."""
 
+REVOKED_REASON = "this device was revoked"
+"""The close reason of a revoked device whose notice gives none (deleted by an operator)."""
+
 KEEPALIVE = {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5,
              "keepalives_count": 3}
 """TCP keepalives on the listening connection: it only ever reads, so without
@@ -132,23 +135,25 @@ class ClusterPresence(Presence):
             pump.wake()
 
 
-class ClusterStore(ClusterCapable, PrekeyStore, Protocol):
-    """What a cluster node needs of its store: the cluster capability, and the prekey counts
-    it pushes to a device whose pools a claim on another node left low."""
+class ClusterStore(ClusterCapable, PrekeyStore, AccountKeyStore, Protocol):
+    """What a cluster node needs of its store: the cluster capability, the prekey counts it
+    pushes to a device whose pools a claim on another node left low, and the notice saying
+    why a device another node revoked was revoked."""
 
 
 class ClusterNode:
     """Presence, leases and wake-ups for one node. Start with ``run``."""
 
     def __init__(self, *, dsn: str, node_name: str, wakeups: ClusterWakeups,
-                 prekeys: PrekeyStore, presence: ClusterPresence,
+                 store: ClusterStore, presence: ClusterPresence,
                  now_ms: Callable[[], int]) -> None:
         """``wakeups`` is the shared store's cluster side (``cluster_wakeups()``): it learns
         this node's channel while the node runs, so its sends do not notify this node."""
         self._dsn = dsn
         self.node_name = node_name
         self._wakeups = wakeups
-        self._prekeys = prekeys
+        self._prekeys: PrekeyStore = store
+        self._accounts: AccountKeyStore = store
         self._presence = presence
         self._now_ms = now_ms
         self.channel = ""
@@ -225,6 +230,19 @@ class ClusterNode:
         if self._held.get(device, (None, None))[1] is session:  # still connected here
             session.push(encode_frame(PrekeysLow(
                 one_time=counts.one_time, kem_one_time=counts.kem_one_time)))
+
+    async def _close_revoked(self, device: DeviceKey, session: HeldSession) -> None:
+        """Close a device another node revoked, with the reason its notice keeps (a new
+        enrolment of the number, a published device list) when there is one."""
+        reason = REVOKED_REASON
+        try:
+            notice = await self._accounts.revoked_device(*device)
+        except Exception as error:  # the close must happen whatever the read did
+            log.warning("revocation_notice_unread", error=type(error).__name__)
+        else:
+            if notice is not None:
+                reason = notice.reason
+        session.close(ErrorCode.DEVICE_REVOKED, reason)
 
     async def _release(self, device: DeviceKey, token: str) -> None:
         try:
@@ -328,7 +346,10 @@ class ClusterNode:
                 self._nursery.start_soon(self._push_prekeys_low, device, held[1])
         elif notification.kind is NotificationKind.REVOKED:
             del self._held[device]
-            held[1].close(ErrorCode.DEVICE_REVOKED, "this device was revoked")
+            if self._nursery is not None:
+                self._nursery.start_soon(self._close_revoked, device, held[1])
+            else:
+                held[1].close(ErrorCode.DEVICE_REVOKED, REVOKED_REASON)
         elif secrets.compare_digest(held[0], notification.session_token or ""):
             del self._held[device]
             held[1].close(ErrorCode.REPLACED, "this device connected to another relay node")
@@ -393,4 +414,4 @@ def cluster_node_for(*, store: ClusterStore, presence: Presence, dsn: str | None
         return None
     assert isinstance(presence, ClusterPresence) and dsn is not None
     return ClusterNode(dsn=dsn, node_name=node_name or socket.gethostname(), wakeups=wakeups,
-                       prekeys=store, presence=presence, now_ms=now_ms)
+                       store=store, presence=presence, now_ms=now_ms)

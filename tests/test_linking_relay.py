@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import contextlib
 import secrets
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -28,13 +30,25 @@ from relay.limits import (
     LINK_OPENS_PER_ADDRESS,
     MAX_WAITING_LINK_FETCHES,
 )
-from relay.linking import ChannelDoorbells, LinkChannelService, address_key
-from tests.conftest import EnrolledDevice, RelayUnderTest, enrol, link_device, new_account
+from relay.linking import LINK_RECHECK_S, ChannelDoorbells, LinkChannelService, address_key
+from relay.server import RunningRelay, serve
+from relay.settings import RelaySettings
+from tests.conftest import (
+    EnrolledDevice,
+    RelayUnderTest,
+    SmsInbox,
+    enrol,
+    link_device,
+    new_account,
+)
+from tests.postgres_schemas import fresh_schema, store_url
+from tests.relay_processes import declare as declare_in_store
 from wire.account_frames import LinkPost
 from wire.frames import ErrorCode
 from wire.limits import (
     LINK_CHANNEL_ID_SIZE,
     LINK_CHANNEL_TTL_MS,
+    LINK_FETCH_WAIT_MS,
     MAX_LINK_PAYLOAD_SIZE,
     MAX_LINK_POSTS_PER_SIDE,
 )
@@ -458,3 +472,65 @@ async def test_link_open_is_limited_by_the_channels_open(relay: RelayUnderTest) 
 ])
 def test_link_opens_are_counted_per_ipv4_address_or_ipv6_64(host: str, key: str) -> None:
     assert address_key(host) == key
+
+
+# --- two nodes of a cluster --------------------------------------------------------------------
+@pytest.fixture
+async def two_nodes(tmp_path: Path, nursery: trio.Nursery) -> AsyncIterator[
+        tuple[RelayUnderTest, RelayUnderTest]]:
+    """Two in-process relays sharing one PostgreSQL schema: two nodes of a cluster."""
+    with fresh_schema() as schema:
+        url = store_url(schema)
+        await declare_in_store(url, tmp_path, (ALICE, BOB), organisation="acme")
+        nodes = []
+        for name in ("one", "two"):
+            sms = SmsInbox()
+            settings = RelaySettings(data_dir=tmp_path / name, listen_port=0, store=url,
+                                     node_name=f"node-{name}-{uuid.uuid4().hex}")
+            running: RunningRelay = await nursery.start(
+                lambda task_status, settings=settings, sms=sms: serve(
+                    settings, task_status=task_status, on_sms_sent=sms))
+            nodes.append(RelayUnderTest(data_dir=settings.data_dir, running=running, sms=sms))
+        try:
+            yield nodes[0], nodes[1]
+        finally:
+            for node in nodes:
+                node.running.stop()
+            with trio.fail_after(TIMEOUT_S):
+                for node in nodes:
+                    await node.running.stopped.wait()
+
+
+async def test_a_device_revoked_through_another_node_is_closed_with_the_reason(
+        two_nodes: tuple[RelayUnderTest, RelayUnderTest]) -> None:
+    one, two = two_nodes
+    first = await enrol(one, ALICE)
+    linked = await link_device(one, first)
+    async with authenticated(two, linked) as linked_client:
+        assert await publish_without(one, first, linked) == (linked.device_id,)
+        removed = await closed_by_relay(linked_client)
+    assert (removed.code, removed.reason) == (ErrorCode.DEVICE_REVOKED, REMOVED_REVOKE_REASON)
+    async with authenticated(two, first) as first_client:
+        await enrol(one, ALICE)
+        replaced = await closed_by_relay(first_client)
+    assert (replaced.code, replaced.reason) == (ErrorCode.DEVICE_REVOKED,
+                                                REENROLMENT_REVOKE_REASON)
+
+
+async def test_a_post_through_another_node_reaches_a_waiting_fetch(
+        two_nodes: tuple[RelayUnderTest, RelayUnderTest]) -> None:
+    one, two = two_nodes
+    alice = await enrol(one, ALICE)
+    _, store = install_links(two, fetch_wait_s=LINK_FETCH_WAIT_MS / 1000,
+                             recheck_s=LINK_RECHECK_S)  # the protocol's: observed only
+    fetched: list[list[bytes]] = []
+    async with two.connect() as new_device, authenticated(one, alice) as approver:
+        channel = (await new_device.link_open()).channel_id
+        with trio.fail_after(TIMEOUT_S):  # node two re-reads the store every second
+            async with trio.open_nursery() as nursery:
+                async def fetch() -> None:
+                    fetched.append(await new_device.link_fetch(channel))
+                nursery.start_soon(fetch)
+                await store.waiting(1)
+                await approver.link_post(channel, b"offer")
+    assert fetched == [[b"offer"]]
