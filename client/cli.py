@@ -68,6 +68,10 @@ EXAMPLE_PHONE = "+33612345678"
 EXAMPLE_CA = "cryptopass-data/tls/cert.pem"
 """Where `scripts/run-relay` and ``cryptopass-relay serve`` keep the relay's certificate."""
 PHONE_HINT = f"use the international form, e.g. {EXAMPLE_PHONE}"
+MAX_FOLLOW_RECONNECTS = 5
+"""Times in a row ``receive --follow`` reconnects after another command of the same profile
+took the device's connection (REPLACED) without a message in between; beyond, two followers
+are fighting over one device, and it stops with the error."""
 
 app = typer.Typer(help="Cryptopass reference client: end-to-end encrypted messages through a "
                        "relay.", no_args_is_help=True, pretty_exceptions_enable=False)
@@ -425,19 +429,34 @@ def receive(follow: Annotated[bool, typer.Option(
         received = 0
         reached = trio.Event()
         ready = False
+        replaced = 0
         with trio.move_on_after(timeout if timeout is not None else float("inf")) as waiting:
-            async with Messenger.connect(profile, reached=reached) as messenger, aclosing(
-                    messenger.messages(stop_when_empty=not follow)) as messages:
-                ready = True
-                async for message in messages:
-                    line = message_line(message)
-                    typer.echo(json.dumps(line, ensure_ascii=False))
-                    sys.stdout.flush()
-                    if message.identity_changed and message.content is not None:
-                        _warn_identity_changed(message, message.content.sender_phone)
-                    received += 1
-                    if count is not None and received >= count:
-                        break
+            while True:
+                try:
+                    async with Messenger.connect(profile, reached=reached,
+                                                 hold_profile=not follow) as messenger, aclosing(
+                            messenger.messages(stop_when_empty=not follow)) as messages:
+                        ready = True
+                        async for message in messages:
+                            replaced = 0
+                            line = message_line(message)
+                            typer.echo(json.dumps(line, ensure_ascii=False))
+                            sys.stdout.flush()
+                            if message.identity_changed and message.content is not None:
+                                _warn_identity_changed(message, message.content.sender_phone)
+                            received += 1
+                            if count is not None and received >= count:
+                                break
+                    break
+                except* ConnectionClosed as closed:
+                    # Another command on this profile (a send) took the device's connection:
+                    # reconnect once it is done (connecting waits for the profile's lock).
+                    if not (follow and replaced < MAX_FOLLOW_RECONNECTS and all(
+                            error.code == ErrorCode.REPLACED
+                            for error in closed.exceptions
+                            if isinstance(error, ConnectionClosed))):
+                        raise
+                    replaced += 1
         if waiting.cancelled_caught and not ready and timeout is not None:
             if not reached.is_set():  # an empty inbox must not look like a relay that is down
                 host, port = parse_host_port(profile.data.relay or "")

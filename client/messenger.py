@@ -187,17 +187,24 @@ class Messenger:
         self.user_id, self.device_id, self.phone = user_id, device_id, profile.data.phone
         self.persist_state = persist_state
         self._stamp = profile.device_state_stamp() if persist_state else None
+        self._depth = 0
 
     @classmethod
     @asynccontextmanager
     async def connect(cls, profile: Profile, *, endpoint: QuicEndpoint | None = None,
-                      reached: trio.Event | None = None) -> AsyncIterator[Messenger]:
+                      reached: trio.Event | None = None,
+                      hold_profile: bool = True) -> AsyncIterator[Messenger]:
         """Connect and authenticate as the profile's device, publish missing prekeys, and
         keep refilling them while connected.
 
         Args:
             reached: set once the relay completed the QUIC handshake, before authentication:
                 a caller that gives up first can tell an unreachable relay from a slow one.
+            hold_profile: hold the profile's lock for the whole connection (the default, for
+                a command that does one thing and ends): a second process on the profile
+                waits its turn instead of taking over the device's connection (the relay
+                keeps one per device, REPLACED). False, for a long-running follower: the
+                lock is held only while connecting and while the state changes.
 
         Raises:
             ProfileError: the profile is not enrolled, or its state is damaged.
@@ -205,14 +212,23 @@ class Messenger:
         """
         user_id, device_id, relay, ca = profile.require_enrolled()
         host, port = parse_host_port(relay)
-        device, contacts, _ = _load_state(profile)
-        async with connect_relay(host, port, ca=Path(ca) if ca else None,
-                                 endpoint=endpoint) as client:
-            if reached is not None:
-                reached.set()
-            await client.authenticate(user_id, device_id, profile.signing_key())
-            async with cls.attach(client, profile, device, contacts) as messenger:
-                yield messenger
+        await profile.lock.acquire()
+        held = True
+        try:
+            device, contacts, _ = _load_state(profile)
+            async with connect_relay(host, port, ca=Path(ca) if ca else None,
+                                     endpoint=endpoint) as client:
+                if reached is not None:
+                    reached.set()
+                await client.authenticate(user_id, device_id, profile.signing_key())
+                async with cls.attach(client, profile, device, contacts) as messenger:
+                    if not hold_profile:
+                        held = False
+                        profile.lock.release()
+                    yield messenger
+        finally:
+            if held:
+                profile.lock.release()
 
     @classmethod
     @asynccontextmanager
@@ -243,16 +259,17 @@ class Messenger:
         if not self.persist_state:
             yield
             return
-        outermost = not self.profile.lock.held
         await self.profile.lock.acquire()
+        self._depth += 1
         try:
-            if outermost and self.profile.device_state_stamp() != self._stamp:
+            if self._depth == 1 and self.profile.device_state_stamp() != self._stamp:
                 self.device, self.contacts, self.inbox = _load_state(self.profile)
                 self._stamp = self.profile.device_state_stamp()
             yield
         finally:
+            self._depth -= 1
             try:
-                if outermost:
+                if self._depth == 0:
                     self.save()
             finally:
                 self.profile.lock.release()

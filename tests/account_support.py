@@ -9,6 +9,7 @@ from pathlib import Path
 import trio
 
 from client.account_setup import verify_enrolment
+from client.connection import ConnectionClosed, RelayError
 from client.linking import approve_link, link_new_device
 from client.messenger import Messenger, ReceivedMessage
 from client.profile import Profile
@@ -93,3 +94,19 @@ async def safety_number(profile: Profile, phone: str) -> str:
     with trio.fail_after(TIMEOUT_S):
         async with Messenger.connect(profile) as messenger:
             return await messenger.safety_number(phone)
+
+
+async def refusal(profile: Profile) -> tuple[int, str]:
+    """The (code, reason) with which the relay turns ``profile``'s device away."""
+    try:
+        with trio.fail_after(TIMEOUT_S):
+            async with Messenger.connect(profile):
+                pass
+    except BaseException as error:
+        sole: BaseException = error
+        while isinstance(sole, BaseExceptionGroup) and len(sole.exceptions) == 1:
+            sole = sole.exceptions[0]
+        if isinstance(sole, (RelayError, ConnectionClosed)):
+            return int(sole.code), sole.reason
+        raise
+    raise AssertionError("the relay accepted the device")

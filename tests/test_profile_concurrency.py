@@ -5,6 +5,7 @@ chain position (which would reuse an AES-GCM key and nonce)."""
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -66,3 +67,48 @@ async def test_concurrent_sends_on_one_profile_never_share_a_chain_position(
     assert len(set(positions)) == SENDERS, positions
     assert sorted(text for _, _, text in await texts(bob)) == [
         f"concurrent {index}" for index in range(SENDERS)]
+
+
+async def test_a_send_beside_a_follower_works_and_the_follower_carries_on(
+        relay: RelayUnderTest, tmp_path: Path) -> None:
+    alice = await enrolled_profile(relay, tmp_path / "alice", ALICE)
+    bob = await enrolled_profile(relay, tmp_path / "bob", BOB)
+    follower = await trio.lowlevel.open_process(
+        [str(CRYPTOPASS), "--profile", str(alice.directory), "receive", "--follow",
+         "--count", "2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert follower.stdout is not None
+    lines = _Lines(follower.stdout)
+    try:
+        with trio.fail_after(TIMEOUT_S * 2):
+            await send(bob, ALICE, "one")
+            assert json.loads(await lines.next())["text"] == "one"  # the follower is live
+            # A send on the same profile takes the device's connection for a moment...
+            result = await trio.run_process(
+                [str(CRYPTOPASS), "--profile", str(alice.directory), "send", BOB, "beside"],
+                capture_stdout=True, capture_stderr=True, check=False)
+            assert result.returncode == 0, result.stderr.decode()
+            # ... and the follower reconnects after it and goes on receiving.
+            await send(bob, ALICE, "two")
+            assert json.loads(await lines.next())["text"] == "two"
+            assert await follower.wait() == 0
+    finally:
+        if follower.returncode is None:
+            follower.kill()
+            await follower.wait()
+    assert [text for _, _, text in await texts(bob)] == ["beside"]
+
+
+class _Lines:
+    """Lines of a process's output, as they come."""
+
+    def __init__(self, stream: trio.abc.ReceiveStream) -> None:
+        self._stream, self._buffer = stream, b""
+
+    async def next(self) -> str:
+        while b"\n" not in self._buffer:
+            chunk = await self._stream.receive_some()
+            if not chunk:
+                raise EOFError("the process closed its output")
+            self._buffer += chunk
+        line, self._buffer = self._buffer.split(b"\n", 1)
+        return line.decode()
