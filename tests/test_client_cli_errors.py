@@ -19,10 +19,12 @@ from bench.spawn import spawn_relay
 from client.cli import send_line
 from client.messenger import SendReceipt, create_device_state
 from client.profile import Profile
+from crypto.link_code import encode_link_code
 from enrolment.codes import MAX_CHECKS_PER_CODE
 from tests.test_cli_scenario import BIN, free_udp_port, last_code, run
 
 ALICE, BOB, UNDECLARED = "+33612345678", "+33698765432", "+33611111111"
+LINK_CODE = encode_link_code(bytes(16), bytes(range(32)))
 NO_RELAY_WAIT_S = 30
 """Bound on a command facing no relay: its handshake gives up after 10 s."""
 
@@ -79,7 +81,12 @@ async def test_receive_with_no_relay_is_an_error_not_an_empty_inbox(tmp_path: Pa
 async def test_every_command_that_needs_the_relay_says_it_cannot_reach_it(
         tmp_path: Path) -> None:
     address = f"127.0.0.1:{free_udp_port()}"
-    enrolled = enrolled_profile(tmp_path / "A", address)
+
+    def enrolled(name: str) -> str:
+        # One profile per command: commands on one profile take turns (its lock), and each
+        # here waits out its handshake, so they run side by side on profiles of their own.
+        return enrolled_profile(tmp_path / name, address)
+
     half = Profile(tmp_path / "H")  # enrol went through once; verify is next
     half.data.relay, half.data.phone = address, ALICE
     half.save()
@@ -87,11 +94,14 @@ async def test_every_command_that_needs_the_relay_says_it_cannot_reach_it(
     commands = {
         "enrol": ("--profile", str(tmp_path / "E"), "enrol", ALICE, "--relay", address),
         "verify": ("--profile", str(tmp_path / "H"), "verify", "123456"),
-        "send": ("--profile", enrolled, "send", BOB, "hello"),
-        "receive": ("--profile", enrolled, "receive"),
-        "safety-number": ("--profile", enrolled, "safety-number", BOB),
-        "trust": ("--profile", enrolled, "trust", BOB),
-        "devices": ("--profile", enrolled, "devices"),
+        "send": ("--profile", enrolled("S"), "send", BOB, "hello"),
+        "receive": ("--profile", enrolled("R"), "receive"),
+        "safety-number": ("--profile", enrolled("N"), "safety-number", BOB),
+        "trust": ("--profile", enrolled("T"), "trust", BOB),
+        "devices": ("--profile", enrolled("D"), "devices"),
+        "devices approve": ("--profile", enrolled("AP"), "devices", "approve", LINK_CODE),
+        "devices remove": ("--profile", enrolled("RM"), "devices", "remove", "2"),
+        "link": ("--profile", str(tmp_path / "L"), "link", "--relay", address, "--no-qr"),
     }
     results: dict[str, Result] = {}
 
