@@ -367,6 +367,20 @@ class Messenger:
                 return view
         raise IdentityChangedError(contact.phone, user_changed=contact.pending_user_id is not None)
 
+    async def _ready(self, contact: Contact) -> None:
+        """Make sure the contact may be sent to: its account key is the accepted one, and its
+        devices are known (read from its signed list the first time; after that the relay's
+        MISMATCHED_DEVICES says when they changed, so a send costs no extra round trip).
+
+        Raises:
+            IdentityChangedError: a new account key or user id awaits `trust`.
+        """
+        if contact.changed:
+            raise IdentityChangedError(contact.phone,
+                                       user_changed=contact.pending_user_id is not None)
+        if contact.first_contact or not contact.devices:
+            await self._accepted_view(contact)
+
     async def _check_number_owner(self, contact: Contact) -> None:
         """The contact's user is gone: if the number now belongs to another user, record
         that user and its account key as pending, and refuse."""
@@ -435,9 +449,9 @@ class Messenger:
         async with self.exclusive():
             contact = await self.contact(phone)
             own = self._own()
-            await self._accepted_view(contact)  # both checked before anything leaves
+            await self._ready(contact)  # both checked before anything leaves
             if contact is not own:
-                await self._accepted_view(own)
+                await self._ready(own)
             message_id = secrets.randbelow(MAX_CLIENT_MESSAGE_ID)
             recipient_devices, retries = await self._deliver(contact, content, message_id)
             own_devices: tuple[int, ...] = ()
@@ -472,6 +486,8 @@ class Messenger:
                     address.device_id: ciphertext for address, ciphertext in ciphertexts.items()},
                     client_message_id=message_id)
             except RelayError as error:
+                if error.code == ErrorCode.UNKNOWN_RECIPIENT:
+                    await self._check_number_owner(contact)  # a new account for the number?
                 if (error.code != ErrorCode.MISMATCHED_DEVICES
                         or retries >= MAX_MISMATCH_RETRIES):
                     raise
