@@ -56,8 +56,9 @@ class PrekeyRequests(Protocol):
 class DeviceListRequests(Protocol):
     """Answers PUBLISH_DEVICE_LIST of an authenticated device (relay/device_lists.py)."""
 
-    async def publish(self, device: tuple[str, int], frame: PublishDeviceList) -> bytes:
-        """Answer one request with an encoded frame."""
+    async def publish(self, device: tuple[str, int], frame: PublishDeviceList,
+                      address: str = "") -> bytes:
+        """Answer one request (from network ``address``) with an encoded frame."""
 
 
 class LinkRequests(Protocol):

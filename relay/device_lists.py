@@ -20,6 +20,7 @@ import structlog
 
 from crypto.device_list import DeviceListError, decode_device_list
 from enrolment.codes import MAX_DEVICES_PER_USER
+from relay.account_audit import AccountAuditStore, audit_device_changes
 from relay.context import RelayContext
 from relay.limits import DEVICE_LIST_PUBLISH_PERIOD_MS, DEVICE_LIST_PUBLISHES_PER_HOUR
 from storage.base import (
@@ -60,8 +61,9 @@ _REFUSALS: dict[DeviceListRefusal, tuple[ErrorCode, str]] = {
 }
 
 
-class DeviceListServiceStore(AccountKeyStore, RateLimits, Protocol):
-    """What publishing needs of the store: the account keys and lists, and its rate limit."""
+class DeviceListServiceStore(AccountKeyStore, AccountAuditStore, RateLimits, Protocol):
+    """What publishing needs of the store: the account keys and lists, the audit log, and
+    its rate limit."""
 
 
 def _error(code: ErrorCode, reason: str) -> bytes:
@@ -76,8 +78,10 @@ class DeviceListService:
         self._relay = relay
         self._store: DeviceListServiceStore = relay.store if store is None else store
 
-    async def publish(self, device: tuple[str, int], frame: PublishDeviceList) -> bytes:
-        """Answer PUBLISH_DEVICE_LIST of the authenticated ``device``."""
+    async def publish(self, device: tuple[str, int], frame: PublishDeviceList,
+                      address: str = "") -> bytes:
+        """Answer PUBLISH_DEVICE_LIST of the authenticated ``device`` (connected from
+        ``address``, for the audit log)."""
         relay = self._relay
         user_id, device_id = device
         if not await self._store.take_tokens(
@@ -106,6 +110,11 @@ class DeviceListService:
         except DeviceListRefused as refusal:
             code, reason = _REFUSALS[refusal.reason]
             return self._refuse(refusal.reason.value, code, reason)
+        await audit_device_changes(
+            self._store, user_id=user_id, device_id=device_id, actor=f"device:{device_id}",
+            address=address, now=relay.now_ms(),
+            changes=[*(("device.link", added.device_id) for added in published.added),
+                     *(("device.remove", revoked) for revoked in published.revoked)])
         return self._published(user_id, signed.version, published)
 
     def _published(self, user_id: str, version: int, published: PublishedDeviceList) -> bytes:

@@ -34,6 +34,7 @@ from enrolment.errors import (
     VerificationFailed,
 )
 from enrolment.service import REENROLMENT_REVOKE_REASON
+from relay.account_audit import ENROLMENT_ACTOR, audit_device_changes
 from relay.cluster import DeviceGone
 from relay.context import RelayContext
 from relay.delivery import DeliveryPump
@@ -41,6 +42,7 @@ from relay.limits import LOOKUP_PERIOD_MS, LOOKUPS_PER_MINUTE, MAX_WAITING_LINK_
 from relay.reachability import may_reach
 from storage.base import NewSend, OrganisationState, SendOutcome, SendStatus, UserState
 from storage.interfaces.accounts import AccountKeyStore
+from storage.interfaces.administration import AuditLog
 from storage.interfaces.directory import Directory, OrganisationPolicy
 from storage.interfaces.envelope_queue import EnvelopeQueue
 from storage.interfaces.rate_limits import RateLimits
@@ -107,10 +109,11 @@ _SEND_REFUSALS: dict[SendStatus, tuple[ErrorCode, str]] = {
 
 
 class SessionStore(EnvelopeQueue, Directory, OrganisationPolicy, RateLimits, AccountKeyStore,
-                   Protocol):
+                   AuditLog, Protocol):
     """What a device session needs of the store: its queue, the directory (authentication and
-    look-ups), the cross-organisation policy, its rate limits, and the notices of revoked
-    devices (authentication tells a revoked device why)."""
+    look-ups), the cross-organisation policy, its rate limits, the notices of revoked
+    devices (authentication tells a revoked device why), and the audit log (a number enrolled
+    again is told to its organisation's administrators)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -259,7 +262,8 @@ class DeviceSession:
             case UploadPrekeys() | FetchBundle() | GetPrekeyCounts() | ListDevices():
                 self._spawn(stream_id, slot, self._relay.prekeys.handle(device.key, frame))
             case PublishDeviceList():
-                self._spawn(stream_id, slot, self._relay.device_lists.publish(device.key, frame))
+                self._spawn(stream_id, slot, self._relay.device_lists.publish(
+                    device.key, frame, self._peer_host()))
             case _:  # the core's state table lets nothing else through
                 self._fill(stream_id, slot, _error(ErrorCode.UNEXPECTED_FRAME,
                                                    f"{type(frame).__name__} is not a request"))
@@ -474,6 +478,11 @@ class DeviceSession:
         closed = relay.revoke_devices(device.user_id, registration.revoked,
                                       REENROLMENT_REVOKE_REASON)
         relay.metrics.revoked_devices += closed
+        await audit_device_changes(
+            self._store, user_id=device.user_id, device_id=device.device_id,
+            actor=ENROLMENT_ACTOR, address=self._peer_host(), now=relay.now_ms(),
+            changes=[("device.revoked_by_new_enrolment", revoked)
+                     for revoked in registration.revoked])
         relay.metrics.enrolment["verify", "ok"] += 1
         self._log.info("device_enrolled", devices_revoked=len(registration.revoked),
                        connections_closed=closed)

@@ -13,6 +13,7 @@ from client.connection import ConnectionClosed, RelayError
 from client.linking import approve_link, link_new_device
 from client.messenger import Messenger, ReceivedMessage
 from client.profile import Profile
+from storage.sqlite import open_sqlite_store
 from tests.conftest import RelayUnderTest
 
 TIMEOUT_S = 30
@@ -110,3 +111,14 @@ async def refusal(profile: Profile) -> tuple[int, str]:
             return int(sole.code), sole.reason
         raise
     raise AssertionError("the relay accepted the device")
+
+
+async def audit_subjects(relay: RelayUnderTest, action: str) -> list[str]:
+    """Subjects of the organisation's audit entries for ``action``, oldest first: what its
+    administrators see in the console's audit log."""
+    async with open_sqlite_store(relay.data_dir / "relay.db") as store:
+        organisation = await store.get_organisation("acme")
+        assert organisation is not None
+        entries = await store.list_audit(organisation_id=organisation.organisation_id,
+                                         action=action, limit=100)
+    return [entry.subject for entry in reversed(entries)]

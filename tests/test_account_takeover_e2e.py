@@ -20,6 +20,7 @@ from client.connection import ConnectionClosed
 from client.messenger import IdentityChangedError, Messenger
 from tests.account_support import (
     TIMEOUT_S,
+    audit_subjects,
     enrolled_profile,
     linked_profile,
     received,
@@ -68,6 +69,10 @@ async def test_a_hijacked_number_reaches_nobody_unnoticed(relay: RelayUnderTest,
             await closed.wait()
     assert closing[0].code == ErrorCode.DEVICE_REVOKED
     assert ENROLLED_ELSEWHERE in closing[0].reason
+
+    # Alice's organisation's administrators see it in the audit log.
+    assert await audit_subjects(relay, "device.revoked_by_new_enrolment") == [
+        f"{ALICE} device 1", f"{ALICE} device 2"]
 
     # Alice's laptop was offline: when it comes back it learns why it was revoked.
     code, reason = await refusal(alice_laptop)

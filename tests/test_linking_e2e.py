@@ -17,6 +17,7 @@ from crypto.primitives import SystemRandom
 from crypto.provisioning import ProvisioningError, ProvisioningKeys, open_offer
 from tests.account_support import (
     TIMEOUT_S,
+    audit_subjects,
     enrolled_profile,
     linked_profile,
     received,
@@ -58,6 +59,8 @@ async def test_a_linked_device_sends_and_receives_and_a_removed_one_gets_nothing
     assert removed.device_list_version == 3  # enrolment, link, removal
     assert await send(bob, ALICE, "after the removal") == ((1,), ())
     assert await texts(alice_1) == [(BOB, ALICE, "after the removal")]
+    assert await audit_subjects(relay, "device.link") == [f"{ALICE} device 2"]
+    assert await audit_subjects(relay, "device.remove") == [f"{ALICE} device 2"]
     code, reason = await refusal(alice_2)
     assert code == ErrorCode.DEVICE_REVOKED and "removed from its account" in reason
 
