@@ -154,8 +154,9 @@ async def approve_link(messenger: Messenger, code_text: str) -> Linked:
         view = await messenger.own_devices()
         if new_identity in view.device_list.devices:
             raise LinkFailed("that device is already on this account's list")
-        new_list = view.device_list.with_devices(account, view.device_list.devices
-                                                 | {new_identity})
+        # From the devices the relay still has (a key an administrator revoked drops out).
+        new_list = view.device_list.with_devices(account, {*view.devices.values(),
+                                                           new_identity})
         added = [device_id for device_id, key in await _publish(messenger, new_list)
                  if key == new_identity]
         if not added:
@@ -184,7 +185,7 @@ async def remove_device(messenger: Messenger, device_id: int) -> Linked:
         key = view.devices.get(device_id)
         if key is None:
             raise LinkFailed(f"device {device_id} is not on this account's signed list")
-        new_list = view.device_list.with_devices(account, view.device_list.devices - {key})
+        new_list = view.device_list.with_devices(account, set(view.devices.values()) - {key})
         await _publish(messenger, new_list)
         await messenger.own_devices()
     await messenger.announce_device_list(new_list)

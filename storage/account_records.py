@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from storage.records import Device, StoreError
 
 __all__ = [
+    "ADMIN_REVOKE_REASON",
     "REVOCATION_NOTICE_RETENTION_MS",
     "AccountRecord",
     "DeviceListRefusal",
@@ -24,6 +25,8 @@ __all__ = [
     "RevokedDevice",
 ]
 
+ADMIN_REVOKE_REASON = "this device was revoked by an administrator"
+"""What a device an administrator revoked is told (DEVICE_REVOKED, now and when it returns)."""
 REVOCATION_NOTICE_RETENTION_MS = 30 * 24 * 60 * 60 * 1000
 """How long (30 days, in ms) a revoked device can still be told why: long enough for a phone
 left off over a holiday, while the notices stay bounded (older ones are deleted whenever a

@@ -116,6 +116,7 @@ class _Statements:
         self.notice = sql(
             "SELECT identity_key, reason, revoked_at FROM revoked_devices"
             " WHERE user_id = ? AND device_id = ?")
+        self.revoked_keys = sql("SELECT identity_key FROM revoked_devices WHERE user_id = ?")
         self.insert_device = sql(
             "INSERT INTO devices (user_id, device_id, identity_key, registered_at)"
             " VALUES (?, ?, ?, ?)")
@@ -208,7 +209,11 @@ def publish_device_list(connection: Connection, dialect: Dialect, *, user_id: st
         raise DeviceListRefused(DeviceListRefusal.PUBLISHER_NOT_LISTED)
     removed = [(device_id, key) for device_id, key in devices.items()
                if key not in identity_keys]
-    new_keys = sorted(identity_keys - set(devices.values()))
+    # A key revoked before (by an administrator, or by an earlier list) is never registered
+    # again by a list that still names it: the device stays revoked until its notice expires.
+    revoked_before = {bytes(key) for (key,) in connection.execute(
+        statements.revoked_keys, (user_id,)).fetchall()}
+    new_keys = sorted(identity_keys - set(devices.values()) - revoked_before)
     if len(devices) - len(removed) + len(new_keys) > max_devices:
         raise DeviceListRefused(DeviceListRefusal.TOO_MANY_DEVICES)
     revoked = revoke_devices(connection, dialect, user_id=user_id, devices=removed,

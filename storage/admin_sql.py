@@ -15,6 +15,8 @@ import datetime
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from storage import account_sql
+from storage.account_records import ADMIN_REVOKE_REASON
 from storage.admin_records import (
     Account,
     AccountRole,
@@ -420,7 +422,7 @@ BeforeDeviceDeleted = Callable[[Any, str, int], None]
 
 
 def revoke_device(connection: Connection, dialect: Dialect, *, organisation: str, phone: str,
-                  device_id: int, before_delete: BeforeDeviceDeleted) -> Device:
+                  device_id: int, now: int, before_delete: BeforeDeviceDeleted) -> Device:
     """See ``Store.revoke_device``."""
     found = require_organisation(connection, dialect, organisation)
     row = connection.execute(dialect.sql(
@@ -431,11 +433,12 @@ def revoke_device(connection: Connection, dialect: Dialect, *, organisation: str
     if row is None:
         raise NotFound("no such device of a user of this organisation")
     device = device_from_row(row)
-    before_delete(connection, device.user_id, device.device_id)
     # Its queued envelopes and prekeys go by ON DELETE CASCADE; the id is never reused
-    # (users.next_device_id).
-    connection.execute(dialect.sql("DELETE FROM devices WHERE user_id = ? AND device_id = ?"),
-                       (device.user_id, device.device_id))
+    # (users.next_device_id); the notice tells the device why, and keeps a device list that
+    # still names its key from registering it again.
+    account_sql.revoke_devices(connection, dialect, user_id=device.user_id,
+                               devices=[(device.device_id, device.identity_key)],
+                               reason=ADMIN_REVOKE_REASON, now=now, before_delete=before_delete)
     return device
 
 

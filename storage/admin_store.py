@@ -107,10 +107,11 @@ class AdminStoreMethods(BackendHooks):
             connection, self._dialect, organisation=organisation, phone=phone,
             pseudonym=pseudonym, before_delete=self._before_user_deleted))
 
-    async def revoke_device(self, *, organisation: str, phone: str, device_id: int) -> Device:
+    async def revoke_device(self, *, organisation: str, phone: str, device_id: int,
+                            now: int) -> Device:
         return await self._write(lambda connection: admin_sql.revoke_device(
             connection, self._dialect, organisation=organisation, phone=phone,
-            device_id=device_id, before_delete=self._before_device_deleted))
+            device_id=device_id, now=now, before_delete=self._before_device_deleted))
 
     async def suspend_organisation(self, name: str) -> list[User]:
         # The same hook as a deletion: other nodes close the users' connections on commit.

@@ -11,6 +11,7 @@ from __future__ import annotations
 import pytest
 import trio
 
+from storage.account_records import ADMIN_REVOKE_REASON
 from storage.base import (
     REVOCATION_NOTICE_RETENTION_MS,
     AccountRecord,
@@ -221,10 +222,27 @@ async def test_a_key_left_off_the_list_revokes_its_device(store: Store) -> None:
     with pytest.raises(NotFound):
         await store.prekey_counts(user_id=user.user_id, device_id=second)
 
-    # Listed again, the same key is a new device: an id is never reused.
+    # Listed again, a revoked key is not registered again: it stays revoked.
     again = await _publish(store, user, frozenset({keys[first], keys[second]}))
-    assert [device.device_id for device in again.added] == [3]
+    assert again == PublishedDeviceList(added=(), revoked=())
+    assert await _keys_of(store, user) == {first: keys[first]}
     assert await store.revoked_device(user.user_id, second) is not None
+
+
+async def test_a_device_an_administrator_revoked_stays_revoked_whatever_the_lists(
+        store: Store) -> None:
+    organisation = await _organisation(store)
+    user, [first, second] = await _enrolled(store, devices=2, organisation=organisation)
+    keys = await _keys_of(store, user)
+    await store.revoke_device(organisation=organisation, phone=user.phone, device_id=second,
+                              now=NOW + 1)
+    notice = await store.revoked_device(user.user_id, second)
+    assert notice is not None and notice.reason == ADMIN_REVOKE_REASON
+    # The account's next list still names the revoked key (its devices may not know yet):
+    # the relay does not register it again.
+    published = await _publish(store, user, frozenset(keys.values()), now=NOW + 2)
+    assert published == PublishedDeviceList(added=(), revoked=())
+    assert await _keys_of(store, user) == {first: keys[first]}
 
 
 async def test_one_list_may_add_and_remove_at_once(store: Store) -> None:

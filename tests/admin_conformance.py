@@ -13,6 +13,7 @@ import hashlib
 import pytest
 import trio
 
+from storage.account_records import ADMIN_REVOKE_REASON
 from storage.admin_records import (
     AccountRole,
     LicenceOffer,
@@ -441,15 +442,19 @@ async def test_one_device_is_revoked_with_its_queue(store: Store) -> None:
                                  sender_device_id=sender_device))
     other = await _organisation(store)
     with pytest.raises(NotFound):  # through another organisation, nothing happens
-        await store.revoke_device(organisation=other, phone=user.phone, device_id=first)
+        await store.revoke_device(organisation=other, phone=user.phone, device_id=first,
+                                  now=NOW)
     revoked = await store.revoke_device(organisation=organisation, phone=user.phone,
-                                        device_id=first)
+                                        device_id=first, now=NOW)
     assert (revoked.user_id, revoked.device_id) == (user.user_id, first)
     assert [device.device_id for device in await store.list_devices(user.user_id)] == [second]
     assert await store.queue_depth(user_id=user.user_id, device_id=first) == 0
     assert len(await _fetch_all(store, user, second)) == 1
+    notice = await store.revoked_device(user.user_id, first)  # the device is told why
+    assert notice is not None and notice.reason == ADMIN_REVOKE_REASON
     with pytest.raises(NotFound):
-        await store.revoke_device(organisation=organisation, phone=user.phone, device_id=first)
+        await store.revoke_device(organisation=organisation, phone=user.phone, device_id=first,
+                                  now=NOW)
 
 
 async def test_suspending_keeps_users_and_returns_them(store: Store) -> None:

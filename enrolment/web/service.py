@@ -499,7 +499,7 @@ class AdminService:
         organisation = await self.organisation(caller, name)
         phone = parse_phone(phone_text)
         device = await self._store.revoke_device(organisation=name, phone=phone,
-                                                device_id=device_id)
+                                                device_id=device_id, now=self.now())
         self._closer.device_revoked(device.user_id, device.device_id)
         await self._audit(caller, organisation, "device.revoke", phone)
         return device

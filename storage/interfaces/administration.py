@@ -186,11 +186,13 @@ class AdminStore(AccountStore, AuditLog, Protocol):
         Raises NotFound."""
         ...
 
-    async def revoke_device(self, *, organisation: str, phone: str, device_id: int) -> Device:
+    async def revoke_device(self, *, organisation: str, phone: str, device_id: int,
+                            now: int) -> Device:
         """Delete one device of the organisation's user of ``phone`` (with its queue and
-        prekeys); its id is never reused. Returns it so the caller can close its connection
-        (other nodes are told on commit). Raises NotFound (also for a device of another
-        organisation's user)."""
+        prekeys), keeping a revocation notice (the device is told why, and a device list
+        that still names its key cannot register it again); its id is never reused. Returns
+        it so the caller can close its connection (other nodes are told on commit). Raises
+        NotFound (also for a device of another organisation's user)."""
         ...
 
     # -- licence -------------------------------------------------------------------------
