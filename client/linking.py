@@ -23,7 +23,7 @@ from pathlib import Path
 
 from nacl.signing import SigningKey
 
-from client.connection import RelayClient, connect_relay
+from client.connection import RelayClient, RelayError, connect_relay
 from client.messenger import Messenger, create_device_state, own_contact
 from client.profile import Profile, ProfileError
 from crypto.device_list import SignedDeviceList
@@ -38,9 +38,10 @@ from crypto.provisioning import (
 )
 from transport.addresses import parse_host_port
 from transport.quic import QuicEndpoint
+from wire.frames import ErrorCode
 
 __all__ = ["APPROVAL_WAIT_S", "LinkFailed", "Linked", "approve_link", "link_new_device",
-           "remove_device"]
+           "publish_signed_list", "remove_device"]
 
 APPROVAL_WAIT_S = 120.0
 """How long the approving device waits for the new device's answer."""
@@ -125,9 +126,25 @@ def _account(messenger: Messenger) -> SigningKey:
     return key
 
 
-async def _publish(messenger: Messenger, device_list: SignedDeviceList) -> list[tuple[int, bytes]]:
-    """Publish ``device_list``; return the devices the relay added for it (id, key)."""
-    published = await messenger.client.publish_device_list(device_list.encoded)
+async def publish_signed_list(messenger: Messenger,
+                              device_list: SignedDeviceList) -> list[tuple[int, bytes]]:
+    """Publish ``device_list``; return the devices the relay added for it (id, key).
+
+    Raises:
+        LinkFailed: another device of the account published a list meanwhile.
+    """
+    try:
+        published = await messenger.client.publish_device_list(device_list.encoded)
+    except RelayError as error:
+        if error.code != ErrorCode.STALE_DEVICE_LIST:
+            raise
+        # Either this very list went through and only the answer was lost, or another device
+        # signed a list of the same version first: the relay's current list tells which.
+        view = await messenger.account_view(messenger.user_id)
+        if view.device_list.encoded != device_list.encoded:
+            raise LinkFailed("another device of this account changed its device list "
+                             "meanwhile; run the command again") from error
+        return sorted(view.devices.items())
     return [(added.device_id, added.identity_key) for added in published.added]
 
 
@@ -157,7 +174,7 @@ async def approve_link(messenger: Messenger, code_text: str) -> Linked:
         # From the devices the relay still has (a key an administrator revoked drops out).
         new_list = view.device_list.with_devices(account, {*view.devices.values(),
                                                            new_identity})
-        added = [device_id for device_id, key in await _publish(messenger, new_list)
+        added = [device_id for device_id, key in await publish_signed_list(messenger, new_list)
                  if key == new_identity]
         if not added:
             raise LinkFailed("the relay did not register the new device")
@@ -186,7 +203,7 @@ async def remove_device(messenger: Messenger, device_id: int) -> Linked:
         if key is None:
             raise LinkFailed(f"device {device_id} is not on this account's signed list")
         new_list = view.device_list.with_devices(account, set(view.devices.values()) - {key})
-        await _publish(messenger, new_list)
+        await publish_signed_list(messenger, new_list)
         await messenger.own_devices()
     await messenger.announce_device_list(new_list)
     return Linked(user_id=messenger.user_id, device_id=device_id,

@@ -10,10 +10,16 @@ import pytest
 import trio
 
 from client.connection import RelayClient
-from client.linking import approve_link, link_new_device, remove_device
-from client.messenger import Messenger
+from client.linking import (
+    LinkFailed,
+    approve_link,
+    link_new_device,
+    publish_signed_list,
+    remove_device,
+)
+from client.messenger import DeviceListProblem, Messenger
 from client.profile import Profile
-from crypto.primitives import SystemRandom
+from crypto.primitives import SystemRandom, ed25519_keypair_from_private
 from crypto.provisioning import ProvisioningError, ProvisioningKeys, open_offer
 from tests.account_support import (
     TIMEOUT_S,
@@ -28,6 +34,7 @@ from tests.account_support import (
 )
 from tests.conftest import RelayUnderTest
 from wire.frames import ErrorCode
+from wire.prekey_frames import DeviceList
 
 ALICE, BOB = "+33612345678", "+33698765432"
 
@@ -137,3 +144,61 @@ async def test_a_relay_answering_in_the_new_devices_place_is_detected(
     async with Messenger.connect(alice_1) as messenger:
         view = await messenger.own_devices()
     assert view.device_list.version == 1 and sorted(view.devices) == [1]
+
+
+async def test_an_older_device_list_replayed_by_the_relay_is_refused(
+        relay: RelayUnderTest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    alice_1 = await enrolled_profile(relay, tmp_path / "alice-1", ALICE)
+    bob = await enrolled_profile(relay, tmp_path / "bob", BOB)
+    await send(bob, ALICE, "hello")  # Bob pins Alice's account and sees list version 1
+    real_list_devices = RelayClient.list_devices
+    first_answers: dict[str, DeviceList] = {}
+
+    async def recording(self: RelayClient, user_id: str | None = None) -> DeviceList:
+        answer = await real_list_devices(self, user_id)
+        first_answers.setdefault(answer.user_id, answer)
+        return answer
+
+    monkeypatch.setattr(RelayClient, "list_devices", recording)
+    async with Messenger.connect(alice_1) as messenger:
+        assert (await messenger.own_devices()).device_list.version == 1
+    await linked_profile(relay, alice_1, tmp_path / "alice-2")  # version 2
+    await send(bob, ALICE, "to both")  # Bob reads version 2 after a mismatch
+
+    async def replaying(self: RelayClient, user_id: str | None = None) -> DeviceList:
+        answer = await real_list_devices(self, user_id)
+        return first_answers.get(answer.user_id, answer)  # the relay serves version 1 again
+
+    monkeypatch.setattr(RelayClient, "list_devices", replaying)
+    with trio.fail_after(TIMEOUT_S):
+        async with Messenger.connect(bob) as messenger:
+            with pytest.raises(DeviceListProblem, match="old device list"):
+                await messenger.safety_number(ALICE)
+    with pytest.raises(BaseExceptionGroup) as refused:  # Alice's own device refuses it too
+        async with Messenger.connect(alice_1):
+            pass
+    assert refused.group_contains(DeviceListProblem, depth=None)
+
+
+async def test_a_list_published_twice_is_the_same_list_and_a_concurrent_one_is_refused(
+        relay: RelayUnderTest, tmp_path: Path) -> None:
+    """A publish whose answer was lost is sent again: the relay says STALE_DEVICE_LIST, and the
+    client finds its own list in force. Another device's list of the same version is refused
+    with a message that says what happened."""
+    alice_1 = await enrolled_profile(relay, tmp_path / "alice-1", ALICE)
+    await linked_profile(relay, alice_1, tmp_path / "alice-2")
+    account_key = alice_1.account_key()
+    assert account_key is not None
+    account = ed25519_keypair_from_private(bytes(account_key))
+    with trio.fail_after(TIMEOUT_S):
+        async with Messenger.connect(alice_1) as messenger:
+            view = await messenger.own_devices()
+            same_devices = view.device_list.with_devices(account, set(view.devices.values()))
+            assert await publish_signed_list(messenger, same_devices) == []
+            assert await publish_signed_list(messenger, same_devices) == sorted(
+                view.devices.items())
+            other = view.device_list.with_devices(account, {view.devices[1]})
+            assert other.version == same_devices.version
+            with pytest.raises(LinkFailed, match="changed its device list meanwhile"):
+                await publish_signed_list(messenger, other)
+            assert sorted((await messenger.own_devices()).devices) == [1, 2]
