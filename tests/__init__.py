@@ -5,6 +5,7 @@ a second time with PYTHONOPTIMIZE=1 to prove that no behaviour depends on ``asse
 import pytest
 
 pytest.register_assert_rewrite(
+    "tests.account_conformance",
     "tests.account_support",
     "tests.admin_conformance",
     "tests.admin_support",

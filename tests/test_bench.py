@@ -15,7 +15,7 @@ from bench.stats import latency_summary, percentile, rate
 from client.connection import RelayClient
 from client.messenger import Messenger
 from client.profile import Profile
-from crypto.device import DeviceCrypto
+from crypto.device import DeviceAddress, DeviceCrypto
 from crypto.primitives import SystemRandom, ed25519_keypair_from_private
 from tests.bench_support import BENCH, run_bench
 
@@ -54,7 +54,8 @@ def test_a_bench_messenger_keeps_its_state_in_memory(tmp_path: Path) -> None:
     profile = Profile(tmp_path)
     profile.data.relay, profile.data.phone = "127.0.0.1:1", "+33610000000"
     profile.data.user_id, profile.data.device_id = "user", 1
-    device = DeviceCrypto.create(ed25519_keypair_from_private(bytes(32)), SystemRandom())
+    device = DeviceCrypto.create(ed25519_keypair_from_private(bytes(32)), SystemRandom(),
+                                 address=DeviceAddress(user_id="user", device_id=1), now_ms=0)
     client = cast(RelayClient, None)  # saving never touches the connection
     Messenger(client, profile, device, {}, persist_state=False).save()
     assert profile.device_state() is None
