@@ -2,10 +2,11 @@
 
 This module owns the envelope schema: the ``envelopes`` and ``idempotency_records`` tables
 (and it keeps exact ``devices.queue_depth``, a column of ``storage.enrolment_sql``'s table).
-Their DDL below is part of schema version 1 of both stores. Change these tables only through
-a migration written here: new DDL for both dialects, exported here and appended to
-``MIGRATIONS`` in ``storage.sqlite_schema`` and ``storage.postgres_schema``, which number the
-versions. Never edit the version-1 DDL: databases created with it would not see the change.
+Their DDL below is part of schema version 1 of both stores; ``ENVELOPES_BY_SENDER`` came with a
+later migration of each. Change these tables only through a migration written here: new DDL for
+both dialects, exported here and appended to ``MIGRATIONS`` in ``storage.sqlite_schema`` and
+``storage.postgres_schema``, which number the versions. Never edit the version-1 DDL: databases
+created with it would not see the change.
 
 Every function runs inside the caller's transaction (a write's savepoint in the group-commit
 writer, or a read's snapshot), so whatever it raises undoes everything it did. The send and
@@ -28,6 +29,7 @@ from storage.records import Envelope, NewSend, SendOutcome, SendStatus
 from storage.sql_dialect import POSTGRES, SQLITE, Connection, Dialect
 
 __all__ = [
+    "ENVELOPES_BY_SENDER",
     "POSTGRES_ENVELOPE_TABLES",
     "SQLITE_ENVELOPE_TABLES",
     "EnvelopesQueued",
@@ -82,6 +84,17 @@ SQLITE_ENVELOPE_TABLES = _tables(identity="INTEGER PRIMARY KEY AUTOINCREMENT", b
 POSTGRES_ENVELOPE_TABLES = _tables(identity="BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY",
                                    blob="BYTEA", big="BIGINT")
 
+ENVELOPES_BY_SENDER = (
+    # Counts a sender's envelopes in one device's queue (NewSend.max_sender_share) by reading
+    # only that sender's index entries. The same DDL in both dialects.
+    """
+    CREATE INDEX envelopes_by_sender
+        ON envelopes (recipient_user_id, recipient_device_id, sender_user_id)
+    """,
+)
+"""The index of the per-sender queue share: a migration of both stores (SQLite version 6,
+PostgreSQL version 8)."""
+
 EnvelopesQueued = Callable[[Any, NewSend, list[int]], None]
 """Called with (connection, send, device ids) in the sending transaction once the envelopes
 are queued: the PostgreSQL store wakes the nodes holding those devices (NOTIFY fires on
@@ -104,6 +117,10 @@ class _Statements:
         self.remembered_send = sql(
             "SELECT expires_at FROM idempotency_records WHERE sender_user_id = ?"
             " AND sender_device_id = ? AND client_message_id = ?")
+        # Stops at ``limit``: the count is compared with the share and never needs to go past it.
+        self.sender_envelopes = sql(
+            "SELECT COUNT(*) FROM (SELECT 1 FROM envelopes WHERE recipient_user_id = ?"
+            " AND recipient_device_id = ? AND sender_user_id = ? LIMIT ?) AS queued")
         self.insert_envelope = sql(
             "INSERT INTO envelopes (recipient_user_id, recipient_device_id, sender_user_id,"
             " sender_device_id, client_message_id, ciphertext, accepted_at, expires_at)"
@@ -201,6 +218,9 @@ def commit_send(connection: Connection, dialect: Dialect, send: NewSend,
     full = [device for device in device_ids if depths[device] >= send.max_queue_depth]
     if full:
         return SendOutcome(status=SendStatus.QUEUE_FULL, full_devices=tuple(full))
+    shares_used = _shares_used(connection, statements, send, depths, device_ids)
+    if shares_used:
+        return SendOutcome(status=SendStatus.SENDER_SHARE_FULL, full_devices=shares_used)
     envelopes = []
     for device_id in device_ids:
         cursor = connection.execute(statements.insert_envelope, (
@@ -221,6 +241,21 @@ def commit_send(connection: Connection, dialect: Dialect, send: NewSend,
     # The record lives as long as the envelopes it guards against duplicating.
     connection.execute(statements.remember_send, (*sender, send.expires_at))
     return SendOutcome(status=SendStatus.ACCEPTED, envelopes=tuple(envelopes))
+
+
+def _shares_used(connection: Connection, statements: _Statements, send: NewSend,
+                 depths: Mapping[int, int], device_ids: Sequence[int]) -> tuple[int, ...]:
+    """The addressed devices whose queue holds ``send.max_sender_share`` envelopes of the
+    sender's user already. Exact, since the device rows are locked (PostgreSQL) or the writer is
+    alone (SQLite); and cheap: a queue shallower than the share cannot hold that many of one
+    sender, so only deeper queues are counted, each in at most that many index entries."""
+    share = send.max_sender_share
+    if share is None or send.sender_user_id == send.recipient_user_id:
+        return ()
+    return tuple(
+        device_id for device_id in device_ids
+        if depths[device_id] >= share and connection.execute(statements.sender_envelopes, (
+            send.recipient_user_id, device_id, send.sender_user_id, share)).fetchone()[0] >= share)
 
 
 def fetch_queue(connection: Connection, dialect: Dialect, *, user_id: str, device_id: int,

@@ -31,7 +31,7 @@ import psycopg
 from storage.account_sql import POSTGRES_ACCOUNT_TABLES
 from storage.admin_sql import ONE_TIME_PASSWORDS, POSTGRES_ADMIN_TABLES
 from storage.enrolment_sql import POSTGRES_ENROLMENT_TABLES
-from storage.envelope_sql import POSTGRES_ENVELOPE_TABLES
+from storage.envelope_sql import ENVELOPES_BY_SENDER, POSTGRES_ENVELOPE_TABLES
 from storage.link_sql import POSTGRES_LINK_TABLES
 from storage.prekey_sql import POSTGRES_PREKEY_TABLES
 from storage.rate_limits import POSTGRES_RATE_LIMIT_TABLES
@@ -91,8 +91,12 @@ _VERSION_6 = Migration(version=6, statements=ONE_TIME_PASSWORDS)
 # devices (storage.account_sql), and the link channels of new devices (storage.link_sql).
 _VERSION_7 = Migration(version=7, statements=(*POSTGRES_ACCOUNT_TABLES, *POSTGRES_LINK_TABLES))
 
+# The per-sender share of each device's queue: an index to count one sender's envelopes
+# (storage.envelope_sql).
+_VERSION_8 = Migration(version=8, statements=ENVELOPES_BY_SENDER)
+
 MIGRATIONS: tuple[Migration, ...] = (_VERSION_1, _VERSION_2, _VERSION_3, _VERSION_4,
-                                     _VERSION_5, _VERSION_6, _VERSION_7)
+                                     _VERSION_5, _VERSION_6, _VERSION_7, _VERSION_8)
 """Every migration, oldest first; versions are consecutive from 1."""
 
 LATEST_SCHEMA_VERSION = MIGRATIONS[-1].version

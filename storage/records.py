@@ -165,6 +165,11 @@ class NewSend:
     """Refuse the whole send if any addressed device already holds this many envelopes."""
     exclude_device_id: int | None = None
     """A device that need not be addressed (the sender's own, on a send to self)."""
+    max_sender_share: int | None = None
+    """Refuse the whole send (SENDER_SHARE_FULL) if an addressed device's queue already holds
+    this many envelopes from the sender's user (any of its devices), so that one sender cannot
+    fill a queue its recipient's other contacts need. Sends to one's own user are exempt; None
+    sets no share."""
     sender_organisation_id: int | None = None
     """The sender's organisation: the send is refused as ORGANISATION_SUSPENDED if it is not
     active, and as UNKNOWN_RECIPIENT unless the recipient belongs to it or both organisations
@@ -178,6 +183,7 @@ class SendStatus(enum.Enum):
     UNKNOWN_RECIPIENT = "unknown_recipient"  # no such user, or it has no device
     MISMATCHED_DEVICES = "mismatched_devices"  # payloads do not address exactly the devices
     QUEUE_FULL = "queue_full"  # an addressed device's queue is at max_queue_depth
+    SENDER_SHARE_FULL = "sender_share_full"  # the sender holds its share of a device's queue
     ORGANISATION_SUSPENDED = "organisation_suspended"  # the sender's organisation is inactive
 
 
@@ -191,4 +197,5 @@ class SendOutcome:
     extra_devices: tuple[int, ...] = ()
     """MISMATCHED_DEVICES: payloads for devices that do not exist (or are revoked)."""
     full_devices: tuple[int, ...] = ()
-    """QUEUE_FULL: devices whose queue is full."""
+    """QUEUE_FULL: devices whose queue is full; SENDER_SHARE_FULL: devices whose queue holds
+    the sender's share."""

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from storage.account_sql import SQLITE_ACCOUNT_TABLES
 from storage.admin_sql import ONE_TIME_PASSWORDS, SQLITE_ADMIN_TABLES
 from storage.enrolment_sql import SQLITE_ENROLMENT_TABLES
-from storage.envelope_sql import SQLITE_ENVELOPE_TABLES
+from storage.envelope_sql import ENVELOPES_BY_SENDER, SQLITE_ENVELOPE_TABLES
 from storage.link_sql import SQLITE_LINK_TABLES
 from storage.prekey_sql import SQLITE_PREKEY_TABLES
 from storage.records import StoreError
@@ -67,8 +67,12 @@ _VERSION_4 = Migration(version=4, statements=ONE_TIME_PASSWORDS)
 # devices (storage.account_sql), and the link channels of new devices (storage.link_sql).
 _VERSION_5 = Migration(version=5, statements=(*SQLITE_ACCOUNT_TABLES, *SQLITE_LINK_TABLES))
 
+# The per-sender share of each device's queue: an index to count one sender's envelopes
+# (storage.envelope_sql).
+_VERSION_6 = Migration(version=6, statements=ENVELOPES_BY_SENDER)
+
 MIGRATIONS: tuple[Migration, ...] = (_VERSION_1, _VERSION_2, _VERSION_3, _VERSION_4,
-                                     _VERSION_5)
+                                     _VERSION_5, _VERSION_6)
 """Every migration, oldest first; versions are consecutive from 1."""
 
 LATEST_SCHEMA_VERSION = MIGRATIONS[-1].version

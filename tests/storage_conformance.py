@@ -155,13 +155,14 @@ async def _enrolled(store: Store, devices: int = 1,
 def _send(sender: User, recipient: User, device_ids: list[int], client_message_id: int, *,
           sender_device_id: int = 1, accepted_at: int = NOW, ttl_ms: int = TTL_MS,
           max_queue_depth: int = DEEP_QUEUE, exclude_device_id: int | None = None,
-          body: bytes = b"sealed") -> NewSend:
+          body: bytes = b"sealed", max_sender_share: int | None = None) -> NewSend:
     return NewSend(
         sender_user_id=sender.user_id, sender_device_id=sender_device_id,
         recipient_user_id=recipient.user_id, client_message_id=client_message_id,
         payloads={device_id: body + bytes([device_id]) for device_id in device_ids},
         accepted_at=accepted_at, expires_at=accepted_at + ttl_ms,
-        max_queue_depth=max_queue_depth, exclude_device_id=exclude_device_id)
+        max_queue_depth=max_queue_depth, exclude_device_id=exclude_device_id,
+        max_sender_share=max_sender_share)
 
 
 async def _send_now(store: Store, send: NewSend) -> SendOutcome:
@@ -545,6 +546,93 @@ async def test_a_send_to_a_full_queue_is_refused_whole(store: Store) -> None:
     assert (outcome.status, outcome.full_devices) == (SendStatus.QUEUE_FULL, (1, 3))
     assert await store.queue_depth(user_id=recipient.user_id, device_id=2) == 1
     assert len(await _fetch_all(store, recipient, 2)) == 1
+
+
+SHARE = 3
+"""A sender share small enough to fill in a few sends."""
+
+
+async def _queued_ids(store: Store, user: User, device_id: int,
+                      sender: User | None = None) -> list[int]:
+    return [envelope.envelope_id for envelope in await _fetch_all(store, user, device_id)
+            if sender is None or envelope.sender_user_id == sender.user_id]
+
+
+async def test_one_sender_holds_at_most_its_share_of_each_queue(store: Store) -> None:
+    flooder, _ = await _enrolled(store, devices=2)
+    contact, _ = await _enrolled(store)
+    recipient, devices = await _enrolled(store, devices=2)
+    for client_message_id in range(SHARE):
+        accepted = await _send_now(store, _send(flooder, recipient, devices, client_message_id,
+                                                max_sender_share=SHARE))
+        assert accepted.status is SendStatus.ACCEPTED
+    # The share is the user's: its other device is refused too, for both devices, and the
+    # refusal stores nothing.
+    refused = await _send_now(store, _send(flooder, recipient, devices, 100, sender_device_id=2,
+                                           max_sender_share=SHARE))
+    assert (refused.status, refused.full_devices, refused.envelopes) == (
+        SendStatus.SENDER_SHARE_FULL, (1, 2), ())
+    for device_id in devices:
+        assert await store.queue_depth(user_id=recipient.user_id, device_id=device_id) == SHARE
+    # Idempotency comes first: a resend of an accepted message is still a duplicate.
+    resent = await _send_now(store, _send(flooder, recipient, devices, 0,
+                                          max_sender_share=SHARE))
+    assert resent.status is SendStatus.DUPLICATE
+    # Another sender still gets through.
+    other = await _send_now(store, _send(contact, recipient, devices, 0,
+                                         max_sender_share=SHARE))
+    assert other.status is SendStatus.ACCEPTED
+    # An acknowledgement frees the share of that device only.
+    first = (await _queued_ids(store, recipient, 1, flooder))[0]
+    assert await store.acknowledge(user_id=recipient.user_id, device_id=1,
+                                   envelope_ids=[first]) == 1
+    still = await _send_now(store, _send(flooder, recipient, devices, 101,
+                                         max_sender_share=SHARE))
+    assert (still.status, still.full_devices) == (SendStatus.SENDER_SHARE_FULL, (2,))
+    first = (await _queued_ids(store, recipient, 2, flooder))[0]
+    assert await store.acknowledge(user_id=recipient.user_id, device_id=2,
+                                   envelope_ids=[first]) == 1
+    freed = await _send_now(store, _send(flooder, recipient, devices, 101,
+                                         max_sender_share=SHARE))
+    assert freed.status is SendStatus.ACCEPTED
+    for device_id in devices:
+        assert len(await _queued_ids(store, recipient, device_id, flooder)) == SHARE
+
+
+async def test_expired_envelopes_free_the_senders_share(store: Store) -> None:
+    sender, _ = await _enrolled(store)
+    recipient, devices = await _enrolled(store)
+    for client_message_id in range(SHARE):
+        await _send_now(store, _send(sender, recipient, devices, client_message_id, ttl_ms=10,
+                                     max_sender_share=SHARE))
+    refused = await _send_now(store, _send(sender, recipient, devices, SHARE,
+                                           max_sender_share=SHARE))
+    assert refused.status is SendStatus.SENDER_SHARE_FULL
+    while await store.expire(now=NOW + 10, limit=100):
+        pass  # other tests' leftovers too
+    later = await _send_now(store, _send(sender, recipient, devices, SHARE,
+                                         accepted_at=NOW + 10, max_sender_share=SHARE))
+    assert later.status is SendStatus.ACCEPTED
+
+
+async def test_a_full_queue_is_reported_before_a_used_share(store: Store) -> None:
+    sender, _ = await _enrolled(store)
+    recipient, devices = await _enrolled(store)
+    for client_message_id in range(SHARE):
+        await _send_now(store, _send(sender, recipient, devices, client_message_id,
+                                     max_queue_depth=SHARE, max_sender_share=SHARE))
+    refused = await _send_now(store, _send(sender, recipient, devices, SHARE,
+                                           max_queue_depth=SHARE, max_sender_share=SHARE))
+    assert (refused.status, refused.full_devices) == (SendStatus.QUEUE_FULL, (1,))
+
+
+async def test_sends_to_ones_own_devices_have_no_share(store: Store) -> None:
+    user, _ = await _enrolled(store, devices=2)
+    for client_message_id in range(SHARE + 2):
+        outcome = await _send_now(store, _send(user, user, [2], client_message_id,
+                                               exclude_device_id=1, max_sender_share=SHARE))
+        assert outcome.status is SendStatus.ACCEPTED
+    assert await store.queue_depth(user_id=user.user_id, device_id=2) == SHARE + 2
 
 
 async def test_a_resent_message_is_a_duplicate_even_after_device_changes(

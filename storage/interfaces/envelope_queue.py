@@ -31,6 +31,10 @@ class EnvelopeQueue(Protocol):
         committed before returns DUPLICATE and inserts nothing. A sender whose
         organisation is inactive, or may not reach the recipient's organisation,
         is refused in the same transaction (``NewSend.sender_organisation_id``).
+        So is a send to a device whose queue already holds the sender's share
+        (``NewSend.max_sender_share``), counted exactly in that transaction:
+        SENDER_SHARE_FULL names those devices in ``full_devices``, and
+        acknowledgements and expiry free the share again.
         """
         ...
 
