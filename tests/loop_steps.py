@@ -1,0 +1,53 @@
+"""The longest single step of the trio event loop, for tests of attacks that used to stall it.
+
+A stall is one task running a long time without yielding: every other connection waits that
+long. The tests assert the mechanism (no step grows with the attack) rather than wall-clock
+times of whole requests: a bound such as ``LONGEST_STEP_S`` is far above a normal step (tens or
+hundreds of microseconds) and far below the stalls of seconds it guards against.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import trio
+
+__all__ = ["LONGEST_STEP_S", "LoopSteps", "measure_loop_steps"]
+
+LONGEST_STEP_S = 0.1
+"""A generous bound on one step during an attack (100 ms)."""
+
+
+class LoopSteps(trio.abc.Instrument):
+    """Records the longest task step (and the task) while installed."""
+
+    def __init__(self) -> None:
+        self.longest_s = 0.0
+        """Seconds of the longest step seen."""
+        self.longest_task = ""
+        """Name of the task that took it."""
+        self.steps = 0
+        """Steps seen."""
+        self._started = 0.0
+
+    def before_task_step(self, task: trio.lowlevel.Task) -> None:
+        self._started = time.perf_counter()  # one task steps at a time
+
+    def after_task_step(self, task: trio.lowlevel.Task) -> None:
+        took = time.perf_counter() - self._started
+        self.steps += 1
+        if took > self.longest_s:
+            self.longest_s, self.longest_task = took, task.name
+
+
+@contextmanager
+def measure_loop_steps() -> Iterator[LoopSteps]:
+    """Install a ``LoopSteps`` on the running loop for the block (it must run in trio)."""
+    steps = LoopSteps()
+    trio.lowlevel.add_instrument(steps)
+    try:
+        yield steps
+    finally:
+        trio.lowlevel.remove_instrument(steps)
