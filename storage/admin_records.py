@@ -20,6 +20,7 @@ __all__ = [
     "AuditEntry",
     "Licence",
     "LicenceOffer",
+    "LoginAttempt",
     "PasswordState",
     "ReductionBelowDeclared",
     "SeatReduction",
@@ -111,6 +112,18 @@ class AuditEntry:
     """From which network address."""
     at: int
     """When, in milliseconds since the epoch."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class LoginAttempt:
+    """The answer to one password guess asked of the guess budget
+    (``AccountStore.take_login_attempt``)."""
+
+    granted: bool
+    """Counted on every key: the password may be checked."""
+    retry_after_ms: int
+    """When refused, how long until the window of every refusing key has ended; 0 when
+    granted."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -9,8 +9,9 @@ The methods' contracts are on ``storage.interfaces.administration.AdminStore`` a
 from __future__ import annotations
 
 import datetime
+from collections.abc import Sequence
 
-from storage import admin_sql
+from storage import admin_sql, login_attempt_sql
 from storage.admin_records import (
     Account,
     AccountRole,
@@ -19,6 +20,7 @@ from storage.admin_records import (
     AuditEntry,
     Licence,
     LicenceOffer,
+    LoginAttempt,
     SeatReduction,
 )
 from storage.core_store import BackendHooks
@@ -51,6 +53,18 @@ class AdminStoreMethods(BackendHooks):
         await self._write(lambda connection: admin_sql.set_account_password(
             connection, self._dialect, account_id=account_id, password_hash=password_hash,
             keep_session_hash=keep_session_hash, password_is_one_time=password_is_one_time))
+
+    async def take_login_attempt(self, *, keys: Sequence[bytes], allowed: int,
+                                 window_ms: int, now: int) -> LoginAttempt:
+        keys = tuple(keys)  # a snapshot: the writer runs it later, in its thread
+        return await self._write(lambda connection: login_attempt_sql.take_login_attempt(
+            connection, self._dialect, keys=keys, allowed=allowed, window_ms=window_ms,
+            now=now))
+
+    async def refund_login_attempt(self, *, keys: Sequence[bytes], now: int) -> None:
+        keys = tuple(keys)
+        await self._write(lambda connection: login_attempt_sql.refund_login_attempt(
+            connection, self._dialect, keys=keys, now=now))
 
     async def create_admin_session(self, *, session_hash: bytes, account_id: int,
                                    csrf_token: str, now: int, expires_at: int,

@@ -33,6 +33,7 @@ from storage.admin_sql import ONE_TIME_PASSWORDS, POSTGRES_ADMIN_TABLES
 from storage.enrolment_sql import POSTGRES_ENROLMENT_TABLES
 from storage.envelope_sql import ENVELOPES_BY_SENDER, POSTGRES_ENVELOPE_TABLES
 from storage.link_sql import POSTGRES_LINK_TABLES
+from storage.login_attempt_sql import POSTGRES_LOGIN_ATTEMPT_TABLES
 from storage.prekey_sql import POSTGRES_PREKEY_TABLES
 from storage.rate_limits import POSTGRES_RATE_LIMIT_TABLES
 from storage.sqlite_schema import Migration, SchemaVersionTooNew
@@ -95,8 +96,12 @@ _VERSION_7 = Migration(version=7, statements=(*POSTGRES_ACCOUNT_TABLES, *POSTGRE
 # (storage.envelope_sql).
 _VERSION_8 = Migration(version=8, statements=ENVELOPES_BY_SENDER)
 
+# The console's password-guess budget, per email and per address, shared by every process
+# (storage.login_attempt_sql).
+_VERSION_9 = Migration(version=9, statements=POSTGRES_LOGIN_ATTEMPT_TABLES)
+
 MIGRATIONS: tuple[Migration, ...] = (_VERSION_1, _VERSION_2, _VERSION_3, _VERSION_4,
-                                     _VERSION_5, _VERSION_6, _VERSION_7, _VERSION_8)
+                                     _VERSION_5, _VERSION_6, _VERSION_7, _VERSION_8, _VERSION_9)
 """Every migration, oldest first; versions are consecutive from 1."""
 
 LATEST_SCHEMA_VERSION = MIGRATIONS[-1].version

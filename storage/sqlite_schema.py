@@ -16,6 +16,7 @@ from storage.admin_sql import ONE_TIME_PASSWORDS, SQLITE_ADMIN_TABLES
 from storage.enrolment_sql import SQLITE_ENROLMENT_TABLES
 from storage.envelope_sql import ENVELOPES_BY_SENDER, SQLITE_ENVELOPE_TABLES
 from storage.link_sql import SQLITE_LINK_TABLES
+from storage.login_attempt_sql import SQLITE_LOGIN_ATTEMPT_TABLES
 from storage.prekey_sql import SQLITE_PREKEY_TABLES
 from storage.records import StoreError
 
@@ -71,8 +72,12 @@ _VERSION_5 = Migration(version=5, statements=(*SQLITE_ACCOUNT_TABLES, *SQLITE_LI
 # (storage.envelope_sql).
 _VERSION_6 = Migration(version=6, statements=ENVELOPES_BY_SENDER)
 
+# The console's password-guess budget, per email and per address, shared by every process
+# (storage.login_attempt_sql).
+_VERSION_7 = Migration(version=7, statements=SQLITE_LOGIN_ATTEMPT_TABLES)
+
 MIGRATIONS: tuple[Migration, ...] = (_VERSION_1, _VERSION_2, _VERSION_3, _VERSION_4,
-                                     _VERSION_5, _VERSION_6)
+                                     _VERSION_5, _VERSION_6, _VERSION_7)
 """Every migration, oldest first; versions are consecutive from 1."""
 
 LATEST_SCHEMA_VERSION = MIGRATIONS[-1].version

@@ -10,7 +10,7 @@ import httpx
 import pytest
 import trio
 
-from enrolment.web.auth import LOGIN_FAILURES_ALLOWED
+from enrolment.web.auth import PASSWORD_GUESSES_ALLOWED
 from storage.base import OrganisationState
 from tests.admin_support import (
     ACME_PHONES,
@@ -361,7 +361,7 @@ async def test_login_forms_need_their_cookie(admin_site: AdminSite) -> None:
 async def test_logins_are_rate_limited(admin_site: AdminSite) -> None:
     site = admin_site
     async with site.client() as browser:
-        for _ in range(LOGIN_FAILURES_ALLOWED):
+        for _ in range(PASSWORD_GUESSES_ALLOWED):
             answer = await log_in(site, browser, "admin@acme.example", "wrong password!")
             assert answer.status_code == 401
             assert "wrong email or password" in answer.text

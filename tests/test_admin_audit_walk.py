@@ -54,6 +54,8 @@ NOT_ADMINISTRATIVE_CHANGES = {
     "append_audit": "it is the audit log",
     "create_admin_session": "logging in (console session bookkeeping)",
     "delete_admin_session": "logging out",
+    "take_login_attempt": "counting a password guess (the guess budget of logins)",
+    "refund_login_attempt": "giving back the guess of a right password",
     "apply_due_seat_reductions": "applies reductions audited as licence.reduce when requested",
 }
 

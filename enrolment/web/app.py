@@ -6,7 +6,6 @@ from starlette.applications import Starlette
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from enrolment.web.api import api_routes
-from enrolment.web.auth import LoginRateLimiter
 from enrolment.web.console import console_routes
 from enrolment.web.http import SECURITY_HEADERS
 from enrolment.web.service import AdminService
@@ -38,7 +37,7 @@ class _SecurityHeaders:
         await self._app(scope, receive, send_with_headers)
 
 
-def admin_app(service: AdminService, limiter: LoginRateLimiter | None = None) -> ASGIApp:
-    """The whole admin site over ``service`` (one login limiter per process by default)."""
-    routes = [*api_routes(service), *console_routes(service, limiter or LoginRateLimiter())]
+def admin_app(service: AdminService) -> ASGIApp:
+    """The whole admin site over ``service`` (whose store counts password guesses)."""
+    routes = [*api_routes(service), *console_routes(service)]
     return _SecurityHeaders(Starlette(routes=routes))

@@ -1,27 +1,41 @@
-"""Passwords, opaque secrets and the login rate limit of the admin console.
+"""Passwords, opaque secrets and the password-guess budget of the admin console.
 
 Passwords are hashed with Argon2id (argon2-cffi's defaults, RFC 9106's second recommended
-option). Session cookies, CSRF tokens, API tokens and one-time passwords are drawn from
-``secrets``; only the SHA-256 of a session cookie or an API token is stored, which is enough
-because they carry 256 bits of entropy (no dictionary to attack, unlike a password).
+option). One hash takes 100 to 150 ms of a core: ``PasswordHashing`` computes them in worker
+threads, a bounded number at once, so that the relay's event loop (which the admin site
+shares) never waits for one. Guesses at a password are counted per email and per address
+in the store (``guess_keys``), before the password is checked.
+
+Session cookies, CSRF tokens, API tokens and one-time passwords are drawn from ``secrets``;
+only the SHA-256 of a session cookie or an API token is stored, which is enough because they
+carry 256 bits of entropy (no dictionary to attack, unlike a password).
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 import secrets
-from collections import deque
+from types import TracebackType
 
 import argon2
+import trio
 
 __all__ = [
     "API_TOKEN_PREFIX",
-    "LOGIN_FAILURES_ALLOWED",
-    "LOGIN_WINDOW_MS",
+    "BUSY_RETRY_AFTER_S",
+    "IPV6_GUESS_PREFIX",
     "MAX_PASSWORD_CHARS",
+    "MAX_PENDING_PASSWORD_CHECKS",
     "MIN_PASSWORD_CHARS",
-    "LoginRateLimiter",
+    "PASSWORD_GUESSES_ALLOWED",
+    "PASSWORD_GUESS_WINDOW_MS",
+    "PASSWORD_HASHING_THREADS",
+    "PasswordHashing",
+    "PasswordHashingBusy",
+    "address_scope",
+    "guess_keys",
     "hash_password",
     "new_api_token",
     "new_one_time_password",
@@ -41,23 +55,36 @@ SECRET_BYTES = 32
 """Entropy of session cookies, CSRF and API tokens (256 bits)."""
 API_TOKEN_PREFIX = "cpr_"  # noqa: S105 (a public prefix, not a secret)
 """Marks our tokens, so that secret scanners and people recognise a leaked one."""
-LOGIN_FAILURES_ALLOWED = 5
-"""Failed logins per email and per address within LOGIN_WINDOW_MS before refusing."""
-LOGIN_WINDOW_MS = 15 * 60 * 1000
-"""Window of the login rate limit (15 minutes)."""
-MAX_TRACKED_LOGIN_KEYS = 100_000
-"""Emails and addresses remembered by the limiter: bounds its memory under a spray attack."""
+PASSWORD_GUESSES_ALLOWED = 5
+"""Password guesses counted per email and per address within PASSWORD_GUESS_WINDOW_MS,
+logins and the current password of a change alike; a right password's guess is given back.
+Counted before the check, so concurrent requests cannot check more."""
+PASSWORD_GUESS_WINDOW_MS = 15 * 60 * 1000
+"""Window of the guess budget (15 minutes from its first counted guess)."""
+IPV6_GUESS_PREFIX = 64
+"""An IPv6 client is counted by its /64: one subscriber commonly holds all of one."""
+PASSWORD_HASHING_THREADS = 2
+"""Argon2id hashes computed at once, each in a worker thread (100 to 150 ms of a core and
+64 MiB each): a burst of logins queues for them instead of stalling the event loop."""
+MAX_PENDING_PASSWORD_CHECKS = 32
+"""Requests holding a counted guess that may wait for a hashing thread (about 2 s of work
+for two threads); past it they are refused as busy, so that a spray from many addresses
+keeps the queue, its memory and its delay bounded."""
+BUSY_RETRY_AFTER_S = 1
+"""The retry-after of a request refused because MAX_PENDING_PASSWORD_CHECKS are waiting."""
 
 _hasher = argon2.PasswordHasher()  # Argon2id by default
 
 
 def hash_password(password: str) -> str:
-    """Argon2id hash in PHC string form."""
+    """Argon2id hash in PHC string form. Blocks for 100 to 150 ms: on the event loop, use
+    ``PasswordHashing.hash``."""
     return _hasher.hash(password)
 
 
 def verify_password(password_hash: str, password: str) -> bool:
-    """Whether ``password`` matches; never raises for a wrong or malformed hash."""
+    """Whether ``password`` matches; never raises for a wrong or malformed hash. Blocks
+    like ``hash_password``: on the event loop, use ``PasswordHashing.verify``."""
     try:
         return _hasher.verify(password_hash, password)
     except (argon2.exceptions.VerificationError, argon2.exceptions.InvalidHashError):
@@ -95,34 +122,84 @@ def same_secret(expected: str, given: str) -> bool:
     return hmac.compare_digest(expected.encode(), given.encode())
 
 
-class LoginRateLimiter:
-    """Failed logins per key (an email, an address) in a sliding window; one per process.
+def address_scope(address: str) -> str:
+    """What a guess from ``address`` is counted against: the address itself (IPv4, and
+    IPv4 mapped into IPv6), or its IPV6_GUESS_PREFIX network for IPv6."""
+    try:
+        parsed = ipaddress.ip_address(address)
+    except ValueError:
+        return address  # "unknown", or whatever the server reported
+    if isinstance(parsed, ipaddress.IPv6Address):
+        if parsed.ipv4_mapped is not None:
+            return str(parsed.ipv4_mapped)
+        return str(ipaddress.IPv6Network((parsed, IPV6_GUESS_PREFIX), strict=False))
+    return str(parsed)
 
-    Counts failures only: an administrator who logs in right is never slowed down.
+
+def guess_keys(*, email: str, address: str) -> list[bytes]:
+    """The guess-budget keys of one guess at ``email``'s password from ``address``: hashed,
+    so that the store never keeps a password typed into the email field in clear."""
+    return [secret_hash("email:" + email), secret_hash("address:" + address_scope(address))]
+
+
+class PasswordHashingBusy(Exception):
+    """MAX_PENDING_PASSWORD_CHECKS requests already wait for a hashing thread."""
+
+    def __init__(self) -> None:
+        super().__init__(f"the server is busy checking passwords: try again in "
+                         f"{BUSY_RETRY_AFTER_S} s")
+
+
+class _Admission:
+    """One request's place among the pending password checks, given back on exit."""
+
+    def __init__(self, hashing: PasswordHashing) -> None:
+        self._hashing = hashing
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 traceback: TracebackType | None) -> None:
+        self._hashing.pending -= 1
+
+
+class PasswordHashing:
+    """Argon2id in worker threads: at most ``threads`` at once (their
+    ``trio.CapacityLimiter``, ``limiter``), for at most ``max_pending`` admitted requests.
+
+    One per ``AdminService`` (so one per relay process): the event loop only hands the work
+    over and waits, so every QUIC device goes on being served during a burst of logins.
     """
 
-    def __init__(self, *, failures_allowed: int = LOGIN_FAILURES_ALLOWED,
-                 window_ms: int = LOGIN_WINDOW_MS) -> None:
-        self._failures_allowed = failures_allowed
-        self._window_ms = window_ms
-        self._failures: dict[str, deque[int]] = {}
+    def __init__(self, *, threads: int = PASSWORD_HASHING_THREADS,
+                 max_pending: int = MAX_PENDING_PASSWORD_CHECKS) -> None:
+        self.limiter = trio.CapacityLimiter(threads)
+        """The hashing threads' limiter (``trio.to_thread.run_sync``'s ``limiter``)."""
+        self.max_pending = max_pending
+        self.pending = 0
+        """Requests admitted and not done: waiting for a thread, or hashing."""
 
-    def _recent(self, key: str, now: int) -> deque[int]:
-        failures = self._failures.get(key)
-        if failures is None:
-            return deque()
-        while failures and failures[0] <= now - self._window_ms:
-            failures.popleft()
-        if not failures:
-            del self._failures[key]
-        return failures
+    def admit(self) -> _Admission:
+        """A place among the pending checks, to hold (``with``) while checking and hashing.
 
-    def allowed(self, keys: list[str], now: int) -> bool:
-        """Whether another attempt may be checked for all of ``keys``."""
-        return all(len(self._recent(key, now)) < self._failures_allowed for key in keys)
+        Taken synchronously (no ``await`` between the count and its increment), so
+        concurrent requests never exceed ``max_pending``. Raises PasswordHashingBusy.
+        """
+        if self.pending >= self.max_pending:
+            raise PasswordHashingBusy
+        self.pending += 1
+        return _Admission(self)
 
-    def failed(self, keys: list[str], now: int) -> None:
-        for key in keys:
-            if key not in self._failures and len(self._failures) >= MAX_TRACKED_LOGIN_KEYS:
-                self._failures.pop(next(iter(self._failures)))  # forget the oldest key
-            self._failures.setdefault(key, deque()).append(now)
+    async def hash(self, password: str) -> str:
+        """``hash_password`` in a hashing thread."""
+        return await trio.to_thread.run_sync(hash_password, password, limiter=self.limiter)
+
+    async def verify(self, password_hash: str, password: str) -> bool:
+        """``verify_password`` in a hashing thread."""
+        return await trio.to_thread.run_sync(verify_password, password_hash, password,
+                                             limiter=self.limiter)
+
+    async def spend_verification_time(self, password: str) -> None:
+        """``spend_verification_time`` in a hashing thread (an unknown email)."""
+        await trio.to_thread.run_sync(spend_verification_time, password, limiter=self.limiter)

@@ -18,7 +18,12 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 from enrolment.errors import InvalidRequest
-from enrolment.web.auth import MIN_PASSWORD_CHARS, LoginRateLimiter, new_secret, same_secret
+from enrolment.web.auth import (
+    MIN_PASSWORD_CHARS,
+    PasswordHashingBusy,
+    new_secret,
+    same_secret,
+)
 from enrolment.web.http import (
     CSRF_FIELD,
     MAX_CSV_BODY_BYTES,
@@ -28,6 +33,7 @@ from enrolment.web.http import (
     Authenticated,
     authenticate,
     client_address,
+    limit_refusal,
     read_body,
     translate_error,
 )
@@ -36,6 +42,7 @@ from enrolment.web.service import (
     Forbidden,
     OneTimePasswordUsed,
     PasswordChangeRequired,
+    TooManyGuesses,
     UserView,
     audit_json,
 )
@@ -80,9 +87,8 @@ def _session_cookie(response: Response, name: str, value: str, max_age_s: int) -
 
 
 class _Console:
-    def __init__(self, service: AdminService, limiter: LoginRateLimiter) -> None:
+    def __init__(self, service: AdminService) -> None:
         self.service = service
-        self.limiter = limiter
 
     # -- plumbing ----------------------------------------------------------------------
 
@@ -143,20 +149,19 @@ class _Console:
             return _page("login", status=403, csrf="",
                          error="the form is stale or forged: reload the page")
         email = form.get("email", "").strip().lower()[:MAX_EMAIL_CHARS]
-        password = form.get("password", "")
-        now = self.service.now()
-        keys = [f"email:{email}", f"address:{client_address(request)}"]
-        if not self.limiter.allowed(keys, now):
-            return _page("login", status=429, csrf=expected,
-                         error="too many failed attempts: wait 15 minutes and try again")
         try:
-            opened = await self.service.log_in(email, password,
+            opened = await self.service.log_in(email, form.get("password", ""),
+                                               address=client_address(request),
                                                lifetime_ms=SESSION_LIFETIME_MS)
+        except (TooManyGuesses, PasswordHashingBusy) as error:
+            refusal = limit_refusal(error)
+            response = _page("login", status=refusal.status, csrf=expected,
+                             error=refusal.message)
+            response.headers.update(refusal.headers())
+            return response
         except OneTimePasswordUsed as error:
-            self.limiter.failed(keys, now)
             return _page("login", status=401, csrf=expected, error=str(error))
         if opened is None:
-            self.limiter.failed(keys, now)
             return _page("login", status=401, csrf=expected, error="wrong email or password")
         response = _see_other("/account" if opened.must_change_password else "/")
         _session_cookie(response, SESSION_COOKIE, opened.cookie, SESSION_LIFETIME_MS // 1000)
@@ -313,6 +318,12 @@ class _Console:
                                                address=client_address(request))
         except Forbidden as error:  # the current password is wrong
             return await self.account(request, who, status=403, error=str(error))
+        except (TooManyGuesses, PasswordHashingBusy) as error:
+            refusal = limit_refusal(error)
+            response = await self.account(request, who, status=refusal.status,
+                                          error=refusal.message)
+            response.headers.update(refusal.headers())
+            return response
         except InvalidRequest as error:  # the new one is too short or too long
             return await self.account(request, who, status=422, error=str(error))
         # Read the session again: a one-time password's session is now free.
@@ -324,9 +335,9 @@ async def _stylesheet(request: Request) -> Response:
     return Response(CSS, media_type="text/css", headers={"cache-control": "max-age=3600"})
 
 
-def console_routes(service: AdminService, limiter: LoginRateLimiter) -> list[Route]:
+def console_routes(service: AdminService) -> list[Route]:
     """The console's routes over ``service``."""
-    console = _Console(service, limiter)
+    console = _Console(service)
     page = console.page
     org = "/orgs/{org}"
     user = org + "/users/{phone}"

@@ -12,8 +12,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from enrolment.errors import InvalidPhoneNumber, InvalidRequest, OrganisationInactive
-from enrolment.web.auth import same_secret
-from enrolment.web.service import AdminService, Caller, Forbidden, PasswordChangeRequired
+from enrolment.web.auth import BUSY_RETRY_AFTER_S, PasswordHashingBusy, same_secret
+from enrolment.web.service import (
+    AdminService,
+    Caller,
+    Forbidden,
+    PasswordChangeRequired,
+    TooManyGuesses,
+)
 from storage.admin_records import AdminSession, ReductionBelowDeclared
 from storage.base import AlreadyExists, NotFound, SeatLimitReached
 
@@ -30,6 +36,7 @@ __all__ = [
     "client_address",
     "error_response",
     "json_endpoint",
+    "limit_refusal",
     "read_body",
     "read_json",
     "translate_error",
@@ -50,13 +57,20 @@ _SAFE_METHODS = frozenset({"GET", "HEAD"})
 
 
 class ApiError(Exception):
-    """An answer other than success: HTTP status, stable code, readable message."""
+    """An answer other than success: HTTP status, stable code, readable message, and for a
+    limited client the seconds to wait (``Retry-After``)."""
 
-    def __init__(self, status: int, code: str, message: str) -> None:
+    def __init__(self, status: int, code: str, message: str, *,
+                 retry_after_s: int | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
+        self.retry_after_s = retry_after_s
+
+    def headers(self) -> dict[str, str]:
+        """``Retry-After`` when there is a time to wait."""
+        return {} if self.retry_after_s is None else {"retry-after": str(self.retry_after_s)}
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -127,6 +141,15 @@ async def read_json(request: Request) -> dict[str, Any]:
     return value
 
 
+def limit_refusal(error: TooManyGuesses | PasswordHashingBusy) -> ApiError:
+    """A password guess refused by the guess budget (429) or while the hashing threads are
+    busy (503), with its ``Retry-After`` in whole seconds."""
+    if isinstance(error, TooManyGuesses):
+        return ApiError(429, "rate_limited", str(error),
+                        retry_after_s=max(1, -(-error.retry_after_ms // 1000)))
+    return ApiError(503, "busy", str(error), retry_after_s=BUSY_RETRY_AFTER_S)
+
+
 def translate_error(error: Exception) -> ApiError | None:
     """A deliberate refusal as an ApiError; None for anything else (a bug: 500)."""
     if isinstance(error, ApiError):
@@ -135,6 +158,8 @@ def translate_error(error: Exception) -> ApiError | None:
         return ApiError(403, "forbidden", str(error))
     if isinstance(error, PasswordChangeRequired):
         return ApiError(403, "password_change_required", str(error))
+    if isinstance(error, TooManyGuesses | PasswordHashingBusy):
+        return limit_refusal(error)
     if isinstance(error, NotFound):
         return ApiError(404, "not_found", str(error))
     if isinstance(error, SeatLimitReached):
@@ -154,7 +179,7 @@ def translate_error(error: Exception) -> ApiError | None:
 
 def error_response(error: ApiError) -> Response:
     return JSONResponse({"error": error.code, "message": error.message},
-                        status_code=error.status)
+                        status_code=error.status, headers=error.headers())
 
 
 def json_endpoint(handler: Callable[[Request], Awaitable[Response]]

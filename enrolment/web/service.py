@@ -17,7 +17,8 @@ from __future__ import annotations
 import datetime
 import re
 import secrets
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -28,13 +29,15 @@ from enrolment.numbers import parse_phone
 from enrolment.web.auth import (
     MAX_PASSWORD_CHARS,
     MIN_PASSWORD_CHARS,
-    hash_password,
+    PASSWORD_GUESS_WINDOW_MS,
+    PASSWORD_GUESSES_ALLOWED,
+    PasswordHashing,
+    PasswordHashingBusy,
+    guess_keys,
     new_api_token,
     new_one_time_password,
     new_secret,
     secret_hash,
-    spend_verification_time,
-    verify_password,
 )
 from storage.admin_records import (
     RELAY_WIDE_AUDIT,
@@ -74,6 +77,7 @@ __all__ = [
     "NewSession",
     "OneTimePasswordUsed",
     "PasswordChangeRequired",
+    "TooManyGuesses",
     "UserView",
     "audit_json",
     "normalised_email",
@@ -112,6 +116,17 @@ class OneTimePasswordUsed(Exception):
     def __init__(self) -> None:
         super().__init__("this one-time password was already used: ask an operator for a new "
                          "one (cryptopass-relay admin account reset-password)")
+
+
+class TooManyGuesses(Exception):
+    """PASSWORD_GUESSES_ALLOWED wrong passwords for this email or from this address within
+    PASSWORD_GUESS_WINDOW_MS: the password was not checked."""
+
+    def __init__(self, retry_after_ms: int) -> None:
+        minutes = -(-retry_after_ms // 60_000)
+        super().__init__(f"too many wrong passwords: try again in {minutes} "
+                         f"minute{'s' if minutes > 1 else ''}")
+        self.retry_after_ms = retry_after_ms
 
 
 def normalised_email(text: str) -> str:
@@ -209,10 +224,11 @@ class AdminService:
     """The rules of organisation administration, over one store (which only it reaches)."""
 
     def __init__(self, store: AdminServiceStore, closer: ConnectionCloser,
-                 now_ms: Callable[[], int]) -> None:
+                 now_ms: Callable[[], int], *, hashing: PasswordHashing | None = None) -> None:
         self._store = store
         self._closer = closer
         self._now_ms = now_ms
+        self._hashing = hashing or PasswordHashing()
 
     def now(self) -> int:
         """Milliseconds since the epoch (the relay's clock)."""
@@ -254,28 +270,35 @@ class AdminService:
         return Caller(actor=f"account:{account.email}", role=account.role,
                       organisation_id=account.organisation_id, address=address)
 
-    async def log_in(self, email: str, password: str, *,
+    async def log_in(self, email: str, password: str, *, address: str,
                      lifetime_ms: int) -> NewSession | None:
         """Open a console session of ``lifetime_ms`` if ``password`` is the account's.
 
+        The guess is counted first, for the email and for ``address``
+        (``AccountStore.take_login_attempt``), and given back if the password is right.
         None for an unknown email and for a wrong or over-long password alike, after the
-        same work (a password hash is checked either way), so the answer does not tell
-        which emails have accounts. Limiting attempts is the caller's (per email and
-        address, ``enrolment.web.auth.LoginRateLimiter``).
+        same work (a password hash is checked either way, in a hashing thread), so the
+        answer does not tell which emails have accounts.
 
         A one-time password opens one session, which must change it
         (``NewSession.must_change_password``); it is then spent: raises OneTimePasswordUsed
-        when it is given again (only to whoever knows it).
+        when it is given again (only to whoever knows it; the guess stays counted).
+
+        Raises TooManyGuesses, PasswordHashingBusy (nothing counted then).
         """
-        account = await self._store.find_account(email) if email else None
-        if len(password) > MAX_PASSWORD_CHARS:
-            account = None
-        if account is None:
-            spend_verification_time(password[:MAX_PASSWORD_CHARS])
-        if account is None or not verify_password(account.password_hash, password):
-            return None
+        keys = guess_keys(email=email, address=address)
+        async with self._password_guess(keys):
+            account = await self._store.find_account(email) if email else None
+            if len(password) > MAX_PASSWORD_CHARS:
+                account = None
+            if account is None:
+                await self._hashing.spend_verification_time(password[:MAX_PASSWORD_CHARS])
+                return None
+            if not await self._hashing.verify(account.password_hash, password):
+                return None
         if account.password_state is PasswordState.ONE_TIME_USED:
             raise OneTimePasswordUsed
+        await self._store.refund_login_attempt(keys=keys, now=self._now_ms())
         opened = NewSession(cookie=new_secret(), csrf_token=new_secret(),
                             must_change_password=account.must_change_password)
         now = self._now_ms()
@@ -285,6 +308,27 @@ class AdminService:
                 spends_one_time_password=account.password_state is PasswordState.ONE_TIME):
             raise OneTimePasswordUsed  # a concurrent login spent it first
         return opened
+
+    @asynccontextmanager
+    async def _password_guess(self, keys: list[bytes]) -> AsyncIterator[None]:
+        """Count one password guess on ``keys``, then hold a place among the pending password
+        checks (``PasswordHashing.admit``) while the block checks it.
+
+        Counting first means that refused guesses never queue; a guess counted but not
+        admitted is given back. Raises TooManyGuesses, PasswordHashingBusy.
+        """
+        attempt = await self._store.take_login_attempt(
+            keys=keys, allowed=PASSWORD_GUESSES_ALLOWED, window_ms=PASSWORD_GUESS_WINDOW_MS,
+            now=self._now_ms())
+        if not attempt.granted:
+            raise TooManyGuesses(attempt.retry_after_ms)
+        try:
+            admission = self._hashing.admit()
+        except PasswordHashingBusy:
+            await self._store.refund_login_attempt(keys=keys, now=self._now_ms())
+            raise
+        with admission:
+            yield
 
     async def log_out(self, session: AdminSession) -> None:
         """End this console session (others of the account go on)."""
@@ -296,20 +340,28 @@ class AdminService:
         end the account's other sessions; this one goes on (free to do anything, if it was
         opened with a one-time password). Audited as ``account.password``.
 
+        ``current`` is a guess like a login's: counted for the account's email and for
+        ``address`` first, and given back if right.
+
         Raises Forbidden (``current`` is not the password), InvalidRequest (``new`` has not
-        MIN_PASSWORD_CHARS to MAX_PASSWORD_CHARS characters, or is the one-time password);
-        nothing changes then.
+        MIN_PASSWORD_CHARS to MAX_PASSWORD_CHARS characters, or is the one-time password),
+        TooManyGuesses, PasswordHashingBusy; nothing changes then.
         """
         account = session.account
-        if not verify_password(account.password_hash, current[:MAX_PASSWORD_CHARS]):
-            raise Forbidden("the current password is wrong")
-        if not MIN_PASSWORD_CHARS <= len(new) <= MAX_PASSWORD_CHARS:
-            raise InvalidRequest(
-                f"a password has {MIN_PASSWORD_CHARS} to {MAX_PASSWORD_CHARS} characters")
-        if account.must_change_password and new == current:
-            raise InvalidRequest("choose a password other than the one-time password")
+        keys = guess_keys(email=account.email, address=address)
+        async with self._password_guess(keys):
+            if not await self._hashing.verify(account.password_hash,
+                                              current[:MAX_PASSWORD_CHARS]):
+                raise Forbidden("the current password is wrong")
+            await self._store.refund_login_attempt(keys=keys, now=self._now_ms())
+            if not MIN_PASSWORD_CHARS <= len(new) <= MAX_PASSWORD_CHARS:
+                raise InvalidRequest(
+                    f"a password has {MIN_PASSWORD_CHARS} to {MAX_PASSWORD_CHARS} characters")
+            if account.must_change_password and new == current:
+                raise InvalidRequest("choose a password other than the one-time password")
+            password_hash = await self._hashing.hash(new)
         await self._store.set_account_password(
-            account_id=account.account_id, password_hash=hash_password(new),
+            account_id=account.account_id, password_hash=password_hash,
             keep_session_hash=session.session_hash)
         caller = self.session_caller(session, address=address, changing_password=True)
         await self._audit_account(caller, account, "account.password")
@@ -345,7 +397,7 @@ class AdminService:
         account = await self._store.create_account(
             email=email, role=AccountRole.OPERATOR if organisation is None
             else AccountRole.ORGANISATION_ADMIN, organisation=organisation,
-            password_hash=hash_password(password), password_is_one_time=True,
+            password_hash=await self._hashing.hash(password), password_is_one_time=True,
             now=self._now_ms())
         await self._audit_account(caller, account, "account.create")
         return account, password
@@ -360,7 +412,7 @@ class AdminService:
             raise NotFound("no account with this email")
         password = new_one_time_password()
         await self._store.set_account_password(
-            account_id=account.account_id, password_hash=hash_password(password),
+            account_id=account.account_id, password_hash=await self._hashing.hash(password),
             keep_session_hash=None, password_is_one_time=True)
         await self._audit_account(caller, account, "account.password_reset")
         return account, password

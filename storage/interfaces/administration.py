@@ -11,6 +11,7 @@ value types are in ``storage.admin_records``.
 from __future__ import annotations
 
 import datetime
+from collections.abc import Sequence
 from typing import Protocol
 
 from storage.admin_records import (
@@ -21,6 +22,7 @@ from storage.admin_records import (
     AuditEntry,
     Licence,
     LicenceOffer,
+    LoginAttempt,
     SeatReduction,
 )
 from storage.records import Device, Organisation, OrganisationState, User
@@ -53,6 +55,26 @@ class AccountStore(Protocol):
         """Replace the password hash, CHOSEN by the account holder (or a ONE_TIME one an
         operator issues) and, in the same transaction, end every session of the account
         except ``keep_session_hash`` (the one changing it). Raises NotFound."""
+        ...
+
+    async def take_login_attempt(self, *, keys: Sequence[bytes], allowed: int,
+                                 window_ms: int, now: int) -> LoginAttempt:
+        """Count one password guess on every key of ``keys`` (SHA-256 of an email, of a
+        network address), before the password is checked, if each has counted fewer than
+        ``allowed`` in its current window; otherwise count none and say how long until
+        every refusing key's window has ended.
+
+        A key's window opens at the first guess counted once the previous one has ended, and
+        lasts ``window_ms``. Atomic: concurrent takers (on any node) are granted at most
+        ``allowed`` guesses per key and window, whatever their number. Keys whose window has
+        ended are forgotten a few at a time by the takes themselves. Raises ValueError
+        (no keys, ``allowed`` or ``window_ms`` below 1).
+        """
+        ...
+
+    async def refund_login_attempt(self, *, keys: Sequence[bytes], now: int) -> None:
+        """Give back one guess counted by ``take_login_attempt`` on every key whose window
+        is still open (the password was right: only wrong ones use the budget)."""
         ...
 
     async def create_admin_session(self, *, session_hash: bytes, account_id: int,
