@@ -17,6 +17,7 @@ from storage.account_records import ADMIN_REVOKE_REASON
 from storage.admin_records import (
     AccountRole,
     LicenceOffer,
+    LoginAttempt,
     PasswordState,
     ReductionBelowDeclared,
 )
@@ -34,6 +35,8 @@ from storage.base import (
 from tests.storage_conformance import (
     DAY_MS,
     NOW,
+    TIMEOUT_S,
+    StoreOpener,
     _declared,
     _enrolled,
     _fetch_all,
@@ -470,3 +473,91 @@ async def test_suspending_keeps_users_and_returns_them(store: Store) -> None:
     assert [found.device_id for found in await store.list_devices(user.user_id)] == [device]
     with pytest.raises(NotFound):
         await store.suspend_organisation("no-such-org")
+
+
+# -- the console's password-guess budget ---------------------------------------------
+
+GUESSES = 3
+GUESS_WINDOW_MS = 60_000
+
+
+def _guess_key() -> bytes:
+    return _hash(_fresh("guess-key"))
+
+
+async def _guess(store: Store, *keys: bytes, now: int = NOW) -> LoginAttempt:
+    return await store.take_login_attempt(keys=keys, allowed=GUESSES,
+                                          window_ms=GUESS_WINDOW_MS, now=now)
+
+
+async def test_the_guess_budget_refuses_past_its_limit_per_key_and_recovers(
+        store: Store) -> None:
+    email, address, other_email, other_address = (_guess_key() for _ in range(4))
+    for _ in range(GUESSES):
+        assert await _guess(store, email, address) == LoginAttempt(granted=True,
+                                                                   retry_after_ms=0)
+    # Refused until the window of the first counted guess ends, whichever key is shared.
+    later = NOW + 1_000
+    refused = LoginAttempt(granted=False, retry_after_ms=GUESS_WINDOW_MS - 1_000)
+    assert await _guess(store, email, address, now=later) == refused
+    assert await _guess(store, other_email, address, now=later) == refused
+    assert await _guess(store, email, other_address, now=later) == refused
+    for _ in range(GUESSES):
+        assert (await _guess(store, email, address, now=NOW + GUESS_WINDOW_MS)).granted
+    assert not (await _guess(store, email, address, now=NOW + GUESS_WINDOW_MS)).granted
+
+
+async def test_a_refused_guess_is_counted_on_no_key(store: Store) -> None:
+    spent, fresh = _guess_key(), _guess_key()
+    for _ in range(GUESSES):
+        assert (await _guess(store, spent)).granted
+    for _ in range(5):
+        assert not (await _guess(store, spent, fresh)).granted
+    for _ in range(GUESSES):
+        assert (await _guess(store, fresh)).granted
+    assert not (await _guess(store, fresh)).granted
+
+
+async def test_a_refunded_guess_comes_back_within_its_window_only(store: Store) -> None:
+    key, unused = _guess_key(), _guess_key()
+    for _ in range(GUESSES):
+        assert (await _guess(store, key)).granted
+    await store.refund_login_attempt(keys=[key], now=NOW + 1)
+    assert (await _guess(store, key, now=NOW + 2)).granted
+    assert not (await _guess(store, key, now=NOW + 3)).granted
+    await store.refund_login_attempt(keys=[key], now=NOW + GUESS_WINDOW_MS)  # ended: nothing
+    for _ in range(GUESSES + 2):  # more refunds than guesses never make a budget bigger
+        await store.refund_login_attempt(keys=[unused], now=NOW)
+    for fresh_key in (key, unused):
+        for _ in range(GUESSES):
+            assert (await _guess(store, fresh_key, now=NOW + GUESS_WINDOW_MS)).granted
+        assert not (await _guess(store, fresh_key, now=NOW + GUESS_WINDOW_MS)).granted
+
+
+async def test_a_guess_budget_needs_keys_and_a_positive_limit(store: Store) -> None:
+    for keys, allowed, window_ms in (((), 1, 1), ((_guess_key(),), 0, 1),
+                                     ((_guess_key(),), 1, 0)):
+        with pytest.raises(ValueError, match="budget"):
+            await store.take_login_attempt(keys=keys, allowed=allowed, window_ms=window_ms,
+                                           now=NOW)
+
+
+async def test_concurrent_guesses_on_two_stores_share_one_budget(
+        store_opener: StoreOpener) -> None:
+    # Two stores on one file or database: two relay nodes (or processes) guessing at once,
+    # at one email from one address, then at a new email each time from another address.
+    email, address, sprayed_address = _guess_key(), _guess_key(), _guess_key()
+    rounds = (lambda: (email, address), lambda: (_guess_key(), sprayed_address))
+
+    async def guess(store: Store, keys: tuple[bytes, bytes], granted: list[bool]) -> None:
+        granted.append((await _guess(store, *keys)).granted)
+
+    async with store_opener() as first, store_opener() as second:
+        for keys_of_a_guess in rounds:
+            granted: list[bool] = []
+            with trio.fail_after(TIMEOUT_S):
+                async with trio.open_nursery() as nursery:
+                    for index in range(20):
+                        nursery.start_soon(guess, (first, second)[index % 2],
+                                           keys_of_a_guess(), granted)
+            assert sorted(granted) == [False] * (20 - GUESSES) + [True] * GUESSES
