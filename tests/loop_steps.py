@@ -1,7 +1,7 @@
 """The longest single step of the trio event loop, for tests of attacks that used to stall it.
 
 A stall is one task running a long time without yielding: every other connection waits that
-long. The tests assert the mechanism (no step grows with the attack) rather than wall-clock
+long. The tests check the mechanism (no step grows with the attack) rather than wall-clock
 times of whole requests: a bound such as ``LONGEST_STEP_S`` is far above a normal step (tens or
 hundreds of microseconds) and far below the stalls of seconds it guards against.
 """
@@ -30,13 +30,17 @@ class LoopSteps(trio.abc.Instrument):
         """Name of the task that took it."""
         self.steps = 0
         """Steps seen."""
-        self._started = 0.0
+        self._started: float | None = None
+        """When the running step started; None for the step that installed the instrument."""
 
     def before_task_step(self, task: trio.lowlevel.Task) -> None:
         self._started = time.perf_counter()  # one task steps at a time
 
     def after_task_step(self, task: trio.lowlevel.Task) -> None:
+        if self._started is None:
+            return
         took = time.perf_counter() - self._started
+        self._started = None
         self.steps += 1
         if took > self.longest_s:
             self.longest_s, self.longest_task = took, task.name
