@@ -14,14 +14,17 @@ class ProtocolError(Exception):
     Attributes:
         code: the wire error code to send in an ERROR frame or a QUIC close.
         reason: a short human-readable explanation (no secrets, no phone numbers).
+        retry_after_ms: for a refusal the peer may retry (RATE_LIMITED), how long it should wait,
+            in milliseconds: the ERROR frame's ``retry_after_ms``; None when there is no such time.
     """
 
-    def __init__(self, code: ErrorCode, reason: str) -> None:
+    def __init__(self, code: ErrorCode, reason: str, *, retry_after_ms: int | None = None) -> None:
         if type(self) is ProtocolError:
             raise TypeError("instantiate LocalProtocolError or RemoteProtocolError")
         super().__init__(code, reason)
         self.code = code
         self.reason = reason[:MAX_REASON_LENGTH]
+        self.retry_after_ms = retry_after_ms
 
     def __str__(self) -> str:
         return f"{self.code.name}: {self.reason}"

@@ -42,6 +42,7 @@ from wire.limits import (
     MAX_LOOKUP_PHONES,
     MAX_PHONE_LENGTH,
     MAX_REASON_LENGTH,
+    MAX_RETRY_AFTER_MS,
     MAX_TIMESTAMP_MS,
     MAX_USER_ID_LENGTH,
     NONCE_SIZE,
@@ -67,6 +68,7 @@ __all__ = [
     "MAX_LOOKUP_PHONES",
     "MAX_PHONE_LENGTH",
     "MAX_REASON_LENGTH",
+    "MAX_RETRY_AFTER_MS",
     "MAX_TIMESTAMP_MS",
     "MAX_USER_ID_LENGTH",
     "NONCE_SIZE",
@@ -345,11 +347,16 @@ class Error:
     missing_devices: tuple[int, ...] = ()  #: MISMATCHED_DEVICES: current devices not addressed
     extra_devices: tuple[int, ...] = ()  #: MISMATCHED_DEVICES: addressed devices that don't exist
     full_devices: tuple[int, ...] = ()  #: QUEUE_FULL: devices whose queue is full
+    #: RATE_LIMITED (and other "later" refusals): milliseconds to wait before trying again; None
+    #: when the relay names no time (absent from older relays' frames too)
+    retry_after_ms: int | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.code, ErrorCode):
             raise field_error(self, "code", "an ErrorCode")
         check_str(self, "reason", MAX_REASON_LENGTH, min_length=0)
+        if self.retry_after_ms is not None:
+            check_int(self, "retry_after_ms", 0, MAX_RETRY_AFTER_MS)
         for name in ("missing_devices", "extra_devices", "full_devices"):
             check_int_tuple(
                 self,

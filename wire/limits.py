@@ -15,23 +15,29 @@ __all__ = [
     "LINK_CHANNEL_TTL_MS",
     "LINK_FETCH_WAIT_MS",
     "MAX_ACK_IDS",
+    "MAX_BUFFERED_BYTES_BEFORE_AUTHENTICATION",
+    "MAX_BUFFERED_BYTES_PER_CONNECTION",
     "MAX_CIPHERTEXT_SIZE",
     "MAX_CLIENT_MESSAGE_ID",
+    "MAX_CONCURRENT_STREAMS",
     "MAX_DEVICES_PER_SEND",
     "MAX_DEVICES_PER_USER",
     "MAX_DEVICE_ID",
     "MAX_DEVICE_LIST_SIZE",
     "MAX_ENVELOPE_ID",
     "MAX_FRAME_SIZE",
+    "MAX_FRAME_SIZE_BEFORE_AUTHENTICATION",
     "MAX_LINK_PAYLOAD_SIZE",
     "MAX_LINK_POSTS_PER_SIDE",
     "MAX_LOOKUP_PHONES",
     "MAX_PHONE_LENGTH",
     "MAX_REASON_LENGTH",
+    "MAX_RETRY_AFTER_MS",
     "MAX_TIMESTAMP_MS",
     "MAX_USER_ID_LENGTH",
     "NONCE_SIZE",
     "PROTOCOL_VERSION",
+    "RETRY_AFTER_BUFFERS_MS",
     "SIGNATURE_SIZE",
     "VERIFICATION_CODE_LENGTH",
 ]
@@ -62,3 +68,13 @@ MAX_LINK_PAYLOAD_SIZE = 8 * 1024  # bytes of one provisioning message: keys and 
 MAX_LINK_POSTS_PER_SIDE = 4  # messages each side may post over a channel's life (and per fetch)
 LINK_CHANNEL_TTL_MS = 10 * 60 * 1000  # a link channel lives 10 minutes after LINK_OPEN
 LINK_FETCH_WAIT_MS = 20_000  # a LINK_FETCH with nothing waiting is answered after at most 20 s
+MAX_RETRY_AFTER_MS = 24 * 60 * 60 * 1000  # an ERROR's retry_after_ms: a day, the longest period
+# Connection budgets (PROTOCOL.md "Connection budgets"): what one client may make the relay hold.
+MAX_CONCURRENT_STREAMS = 32  # client request streams open at once (QUIC MAX_STREAMS, per kind)
+MAX_FRAME_SIZE_BEFORE_AUTHENTICATION = 16 * 1024  # bytes of a frame until AUTHENTICATE arrives:
+# enrolment, HELLO, AUTHENTICATE and link frames are small (a LINK_POST is at most 8 KiB of payload)
+MAX_BUFFERED_BYTES_BEFORE_AUTHENTICATION = 4 * 1024 * 1024  # bytes of incomplete frames an
+# unauthenticated connection may make the relay hold (counted at their declared length)
+MAX_BUFFERED_BYTES_PER_CONNECTION = 16 * 1024 * 1024  # the same once authenticated: 7 full SENDs
+RETRY_AFTER_BUFFERS_MS = 1000  # retry_after_ms of a frame refused for buffer space: frames in
+# flight complete within round trips, so a second is ample
