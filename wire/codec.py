@@ -248,15 +248,37 @@ class FrameDecoder:
         """Bytes held for an incomplete frame."""
         return len(self._buffer)
 
-    def feed(self, data: bytes) -> list[Frame]:
+    @property
+    def incomplete_frame_size(self) -> int:
+        """What the incomplete frame will hold once complete: its prefix and the length the
+        prefix declares (the bytes held while the prefix itself is incomplete; 0 for none).
+
+        A relay counts a frame at this size from its first bytes on, so that a budget refuses
+        a frame when it starts rather than when it has grown (PROTOCOL.md "Connection budgets").
+        """
+        buffer = self._buffer
+        if len(buffer) < LENGTH_PREFIX_SIZE:
+            return len(buffer)
+        (length,) = _U32.unpack_from(buffer, 0)
+        return LENGTH_PREFIX_SIZE + int(length)
+
+    def feed(self, data: bytes, *, max_frame_size: int = MAX_FRAME_SIZE,
+             limit_after: Callable[[Frame], int] | None = None) -> list[Frame]:
         """Add received bytes; return the frames they complete, in order.
 
         If garbage follows complete frames in ``data``, those frames are returned and the error
         is raised by the next call; ``error`` reports it at once.
 
+        Args:
+            data: the bytes received.
+            max_frame_size: the largest frame (after the prefix) accepted, at most
+                MAX_FRAME_SIZE; a smaller one bounds what an unauthenticated peer may send.
+            limit_after: given each frame decoded, the limit for the frames behind it in
+                ``data`` (a frame may lift the limit: AUTHENTICATE); None keeps it.
+
         Raises:
-            RemoteProtocolError: FRAME_TOO_LARGE as soon as a length prefix exceeds
-                MAX_FRAME_SIZE (before its body is buffered), or any ``decode_body`` error.
+            RemoteProtocolError: FRAME_TOO_LARGE as soon as a length prefix exceeds the limit
+                (before its body is buffered), or any ``decode_body`` error.
         """
         if self._error is not None:
             raise self._error
@@ -273,16 +295,19 @@ class FrameDecoder:
         try:
             while end_of_data - offset >= LENGTH_PREFIX_SIZE:
                 (length,) = _U32.unpack_from(source, offset)
-                if length > MAX_FRAME_SIZE:
+                if length > max_frame_size:
                     raise RemoteProtocolError(
                         ErrorCode.FRAME_TOO_LARGE,
-                        f"frame of {length} bytes exceeds {MAX_FRAME_SIZE}",
+                        f"frame of {length} bytes exceeds {max_frame_size}",
                     )
                 frame_end = offset + LENGTH_PREFIX_SIZE + length
                 if frame_end > end_of_data:
                     break
-                frames.append(decode_body(view[offset + LENGTH_PREFIX_SIZE : frame_end]))
+                frame = decode_body(view[offset + LENGTH_PREFIX_SIZE : frame_end])
+                frames.append(frame)
                 offset = frame_end
+                if limit_after is not None:
+                    max_frame_size = limit_after(frame)
         except RemoteProtocolError as error:
             self._error = error
             self._buffer = bytearray()  # a fresh one: a traceback may still pin the old one

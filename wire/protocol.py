@@ -16,8 +16,10 @@ from enum import Enum
 import nacl.exceptions
 import nacl.signing
 
+from wire.buffers import BufferPool
 from wire.codec import FrameDecoder, encode_frame
 from wire.frames import (
+    Authenticate,
     Challenge,
     Deliver,
     ErrorCode,
@@ -30,15 +32,24 @@ from wire.frames import (
     RemoteProtocolError,
     auth_transcript,
 )
+from wire.limits import (
+    MAX_BUFFERED_BYTES_BEFORE_AUTHENTICATION,
+    MAX_BUFFERED_BYTES_PER_CONNECTION,
+    MAX_FRAME_SIZE,
+    MAX_FRAME_SIZE_BEFORE_AUTHENTICATION,
+    RETRY_AFTER_BUFFERS_MS,
+)
 from wire.prekey_frames import PrekeysLow
 
 __all__ = [
     "ALLOWED_REQUESTS",
+    "BUFFER_BUDGETS",
     "HOLDING_STATES",
     "MAX_HELD_BYTES",
     "MAX_HELD_FRAMES",
     "PUSH_FRAME_TYPES",
     "RESPONSE_FRAME_TYPES",
+    "SMALL_FRAME_STATES",
     "TRANSITIONS",
     "AuthenticationRequested",
     "ClientEvent",
@@ -101,6 +112,17 @@ TRANSITIONS: dict[tuple[ConnectionState, FrameType], ConnectionState] = {
 HOLDING_STATES = frozenset({ConnectionState.AUTHENTICATING})
 MAX_HELD_FRAMES = 64  # frames held while authenticating: a full pipeline window and then some
 MAX_HELD_BYTES = 4 * 1024 * 1024  # bytes received while authenticating: two full SENDs
+# Before AUTHENTICATE, only small frames are allowed (MAX_FRAME_SIZE_BEFORE_AUTHENTICATION); an
+# AUTHENTICATE lifts the limit for the frames behind it. Incomplete frames are counted at their
+# declared size against the connection's budget, which its state sets:
+BUFFER_BUDGETS: dict[ConnectionState, int] = {
+    ConnectionState.NEW: MAX_BUFFERED_BYTES_BEFORE_AUTHENTICATION,
+    ConnectionState.CHALLENGED: MAX_BUFFERED_BYTES_BEFORE_AUTHENTICATION,
+    ConnectionState.AUTHENTICATING: MAX_BUFFERED_BYTES_BEFORE_AUTHENTICATION,
+    ConnectionState.AUTHENTICATED: MAX_BUFFERED_BYTES_PER_CONNECTION,
+    ConnectionState.CLOSED: 0,
+}
+SMALL_FRAME_STATES = frozenset({ConnectionState.NEW, ConnectionState.CHALLENGED})
 
 RESPONSE_FRAME_TYPES = frozenset(frame_type for frame_type in FrameType if 64 <= frame_type < 128)
 PUSH_FRAME_TYPES = frozenset({FrameType.DELIVER, FrameType.QUEUE_EMPTY, FrameType.PREKEYS_LOW})
@@ -178,12 +200,38 @@ Event = ServerEvent | ClientEvent
 
 # --- Stream reassembly, shared by both sides ------------------------------------------------------
 class _StreamReader:
-    """One FrameDecoder per receiving stream; a failed stream is reported once, then ignored."""
+    """One FrameDecoder per receiving stream; a failed stream is reported once, then ignored.
+
+    Each stream's incomplete frame is counted at its declared size (``buffered_bytes``);
+    ``_reserve`` may refuse more, which fails the stream that asked.
+    """
 
     def __init__(self) -> None:
         self._decoders: dict[int, FrameDecoder] = {}
         # Failed streams, forgotten when the peer ends or resets them (QUIC sends nothing after).
         self._failed: set[int] = set()
+        self._counted: dict[int, int] = {}  # stream -> bytes counted for its incomplete frame
+        self._buffered_bytes = 0
+
+    @property
+    def buffered_bytes(self) -> int:
+        """Bytes counted for the incomplete frames of every stream, at their declared size."""
+        return self._buffered_bytes
+
+    def _frame_size_limit(self) -> int:
+        """The largest frame accepted now (after the prefix)."""
+        return MAX_FRAME_SIZE
+
+    def _limit_after(self, frame: Frame) -> int:
+        """The largest frame accepted behind ``frame`` in the same bytes."""
+        return self._frame_size_limit()
+
+    def _reserve(self, size: int) -> ProtocolError | None:
+        """Count ``size`` more bytes of incomplete frames, or say why not (nothing counted)."""
+        return None
+
+    def _release(self, size: int) -> None:
+        """``size`` bytes counted by ``_reserve`` are no longer held."""
 
     def _receive(
         self, stream_id: int, data: bytes, end_stream: bool
@@ -194,16 +242,52 @@ class _StreamReader:
         frames: list[Frame] = []
         try:
             if data:
-                frames = decoder.feed(data)
+                frames = decoder.feed(data, max_frame_size=self._frame_size_limit(),
+                                      limit_after=self._limit_after)
             if decoder.error is not None:
                 raise decoder.error  # garbage after the frames returned
             if end_stream:
-                del self._decoders[stream_id]
+                self._drop(stream_id)
                 decoder.end_of_stream()
         except RemoteProtocolError as error:
             self._fail(stream_id, end_stream)
-            return frames, error
-        return frames, None
+            return frames, self._explain(error)
+        refusal = self._count(stream_id, decoder.incomplete_frame_size)
+        if refusal is not None:
+            self._fail(stream_id, end_stream)
+        return frames, refusal
+
+    def _explain(self, error: RemoteProtocolError) -> ProtocolError:
+        """The error to report for a stream's bad bytes (a subclass may say more)."""
+        return error
+
+    def _count(self, stream_id: int, size: int) -> ProtocolError | None:
+        """Count ``size`` bytes for the stream's incomplete frame (instead of what was)."""
+        previous = self._counted.get(stream_id, 0)
+        if size > previous:
+            refusal = self._reserve(size - previous)
+            if refusal is not None:
+                return refusal
+        elif size < previous:
+            self._release(previous - size)
+        self._buffered_bytes += size - previous
+        if size:
+            self._counted[stream_id] = size
+        else:
+            self._counted.pop(stream_id, None)
+        return None
+
+    def _drop(self, stream_id: int) -> None:
+        """Forget the stream's decoder and what was counted for it."""
+        self._decoders.pop(stream_id, None)
+        counted = self._counted.pop(stream_id, 0)
+        if counted:
+            self._buffered_bytes -= counted
+            self._release(counted)
+
+    def _drop_all(self) -> None:
+        for stream_id in list(self._decoders):
+            self._drop(stream_id)
 
     def _ignores(self, stream_id: int, end_stream: bool) -> bool:
         """True for a stream that already failed: its data is dropped without a word."""
@@ -214,7 +298,7 @@ class _StreamReader:
         return True
 
     def _fail(self, stream_id: int, end_stream: bool) -> None:
-        self._decoders.pop(stream_id, None)
+        self._drop(stream_id)
         if not end_stream:
             self._failed.add(stream_id)
 
@@ -228,7 +312,7 @@ class _StreamReader:
 
     def stream_reset(self, stream_id: int) -> None:
         """The peer reset the stream: forget its partial frame; nothing is reported."""
-        self._decoders.pop(stream_id, None)
+        self._drop(stream_id)
         self._failed.discard(stream_id)
 
 
@@ -260,9 +344,18 @@ class ServerProtocol(_StreamReader):
     ``confirm_authentication``, which returns the held frames as events judged in the
     AUTHENTICATED state. "Authenticated" is thus one fact, this core's state: no request of the
     device reaches the shell before the shell has confirmed.
+
+    Budgets (PROTOCOL.md "Connection budgets"): until AUTHENTICATE arrives a frame may hold at
+    most MAX_FRAME_SIZE_BEFORE_AUTHENTICATION bytes; incomplete frames are counted at their
+    declared size against ``BUFFER_BUDGETS[state]`` and against ``buffers``, the pool every
+    connection of the relay shares. A frame that does not fit fails its stream with
+    RATE_LIMITED (and a retry-after); ``close`` gives everything back.
+
+    Args:
+        buffers: the relay's shared pool; None counts this connection alone.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, buffers: BufferPool | None = None) -> None:
         super().__init__()
         self.state = ConnectionState.NEW
         self._claimed_device: tuple[str, int] | None = None
@@ -271,6 +364,8 @@ class ServerProtocol(_StreamReader):
         self._signature_verified = False
         self._held: list[tuple[int, Frame | StreamFailed | StreamEnded]] = []
         self._held_bytes = 0
+        self._pool = buffers
+        self._pooled_as_authenticated = False  # which share of the pool our bytes are counted in
 
     @property
     def claimed_device(self) -> tuple[str, int] | None:
@@ -289,6 +384,45 @@ class ServerProtocol(_StreamReader):
                 ErrorCode.UNEXPECTED_FRAME, f"not authenticated (state {self.state.name})"
             )
         return self._claimed_device
+
+    # -- budgets (the _StreamReader hooks) -------------------------------------------------------
+
+    def _frame_size_limit(self) -> int:
+        return (MAX_FRAME_SIZE_BEFORE_AUTHENTICATION if self.state in SMALL_FRAME_STATES
+                else MAX_FRAME_SIZE)
+
+    def _limit_after(self, frame: Frame) -> int:
+        # Frames behind an AUTHENTICATE are judged once authenticated: full size (and held).
+        return MAX_FRAME_SIZE if isinstance(frame, Authenticate) else self._frame_size_limit()
+
+    def _explain(self, error: RemoteProtocolError) -> ProtocolError:
+        if error.code is ErrorCode.FRAME_TOO_LARGE and self.state in SMALL_FRAME_STATES:
+            return RemoteProtocolError(
+                ErrorCode.FRAME_TOO_LARGE, f"{error.reason} (the limit before AUTHENTICATE)")
+        return error
+
+    def _reserve(self, size: int) -> ProtocolError | None:
+        if self.state is ConnectionState.CLOSED:
+            return _unexpected("the connection is closing")
+        budget = BUFFER_BUDGETS[self.state]
+        if self._buffered_bytes + size > budget:
+            return RemoteProtocolError(
+                ErrorCode.RATE_LIMITED,
+                f"this connection's incomplete frames would hold {self._buffered_bytes + size} "
+                f"bytes, over its {budget}; retry once its other frames are complete",
+                retry_after_ms=RETRY_AFTER_BUFFERS_MS)
+        pool = self._pool
+        if pool is not None and not pool.reserve(
+                size, authenticated=self._pooled_as_authenticated):
+            return RemoteProtocolError(
+                ErrorCode.RATE_LIMITED,
+                "the relay holds too many incomplete frames; retry later",
+                retry_after_ms=RETRY_AFTER_BUFFERS_MS)
+        return None
+
+    def _release(self, size: int) -> None:
+        if self._pool is not None:
+            self._pool.release(size, authenticated=self._pooled_as_authenticated)
 
     @property
     def held_frames(self) -> int:
@@ -346,7 +480,8 @@ class ServerProtocol(_StreamReader):
                 self._fail(stream_id, end_stream)
                 error = RemoteProtocolError(
                     ErrorCode.RATE_LIMITED,
-                    "too many requests before authentication completed; retry once authenticated")
+                    "too many requests before authentication completed; retry once authenticated",
+                    retry_after_ms=RETRY_AFTER_BUFFERS_MS)
                 break
             self._held.append((stream_id, frame))
         if error is not None:
@@ -417,6 +552,9 @@ class ServerProtocol(_StreamReader):
                 f"nothing verified to confirm (state {self.state.name})",
             )
         self.state = ConnectionState.AUTHENTICATED
+        if self._pool is not None:
+            self._pool.authenticate(self._buffered_bytes)
+        self._pooled_as_authenticated = True
         held, self._held, self._held_bytes = self._held, [], 0
         events: list[ServerEvent] = []
         refused: set[int] = set()
@@ -444,12 +582,14 @@ class ServerProtocol(_StreamReader):
         self.close()
 
     def close(self) -> None:
-        """Refuse everything from now on (the shell is closing the connection)."""
+        """Refuse everything from now on (the shell is closing the connection); drop every
+        incomplete frame and give its bytes back to the pool."""
         self.state = ConnectionState.CLOSED
         self._nonce = None
         self._signature_verified = False
         self._held.clear()
         self._held_bytes = 0
+        self._drop_all()
 
 
 # --- Client side ----------------------------------------------------------------------------------
