@@ -67,6 +67,9 @@ MAX_MISMATCH_RETRIES = 3
 user's devices change faster than we can fetch bundles, or that the relay lists a device the
 account's signed list does not name: give up and say so."""
 MAX_CLIENT_MESSAGE_ID = 2**63  # PROTOCOL.md: client_message_id is 0 .. 2^63-1.
+PREKEY_CHECK_INTERVAL_S = 3600.0
+"""How often a long-lived connection checks whether its prekeys are due for rotation (they
+rotate weekly, crypto.prekeys): an hour late at most."""
 MAX_INBOX = 64
 """Decrypted messages kept until the caller took them (normally one at a time)."""
 
@@ -295,9 +298,12 @@ class Messenger:
                                          now_ms=_now_ms())
 
     async def _refill_when_told(self) -> None:
+        """Refill on PREKEYS_LOW, and look at least hourly whether the signed and last-resort
+        prekeys are due for rotation, so that a device connected for weeks rotates too."""
         try:
             while True:
-                await self.client.next_prekeys_low()
+                with trio.move_on_after(PREKEY_CHECK_INTERVAL_S):
+                    await self.client.next_prekeys_low()
                 await self.refresh_prekeys()
         except ConnectionClosed:
             return  # The connection's owner reports the close.

@@ -19,6 +19,7 @@ import trio
 from aioquic.quic.configuration import QuicConfiguration
 from prometheus_client import CollectorRegistry
 
+from enrolment.limits import EnrolmentLimits
 from enrolment.service import EnrolmentService
 from enrolment.sms import HttpGateway, OutboxGateway, SmsDispatcher, SmsGateway, SmsMessage
 from relay.cluster import cluster_node_for, presence_for
@@ -27,6 +28,7 @@ from relay.control import serve_control_socket
 from relay.data_dir import DataDirLock, lock_data_dir
 from relay.delivery import CommitPipeline
 from relay.device_lists import DeviceListService
+from relay.enrolment_secret import enrolment_secret_path, load_enrolment_secret
 from relay.forwarding import Worker
 from relay.linking import LinkChannelService
 from relay.prekeys import PrekeyService
@@ -45,6 +47,10 @@ log = structlog.get_logger("relay.server")
 
 SWEEP_BATCH = 10_000
 """Expired envelopes deleted per sweeper transaction (keeps each write short)."""
+
+ENROLMENT_SWEEP_BATCH = 1_000
+"""Expired codes, and sends and guess windows too old to count, deleted per sweeper
+transaction (of each kind): rows that ENROL_STARTs for made-up numbers leave behind."""
 
 SHUTDOWN_GRACE_SECONDS = 2.0
 """How long closing connections may take to reach clients on shutdown."""
@@ -140,7 +146,12 @@ async def _serve_holding(settings: RelaySettings, data_dir_lock: DataDirLock,
         async with open_store(location) as store:
             gateway = _sms_gateway(settings)
             dispatcher = SmsDispatcher(gateway, on_sent=on_sms_sent)
-            enrolment = await EnrolmentService.create(store, dispatcher)
+            secret = await load_enrolment_secret(
+                store, enrolment_secret_path(data_dir, settings.enrolment_secret_file),
+                cluster=location.postgres_dsn is not None)
+            enrolment = EnrolmentService(store, dispatcher, secret=secret, limits=EnrolmentLimits(
+                starts_per_address=settings.enrol_starts_per_address,
+                verifies_per_address=settings.enrol_verifies_per_address))
             async with trio.open_nursery() as nursery:
                 context = _relay_context(settings, store, enrolment, nursery, now_ms)
 
@@ -232,11 +243,16 @@ async def _close_gracefully(endpoint: QuicEndpoint, context: RelayContext) -> No
 
 
 async def _sweep(context: RelayContext) -> None:
-    """Delete expired envelopes now and then (they are already never delivered)."""
+    """Delete expired envelopes now and then (they are already never delivered), and the
+    enrolment rows that can no longer count."""
     while True:
         deleted = await context.store.expire(now=context.now_ms(), limit=SWEEP_BATCH)
         context.metrics.expired += deleted
         if deleted:
             log.info("envelopes_expired", count=deleted)
-        if deleted < SWEEP_BATCH:
+        forgotten = await context.enrolment.forget_old_records(context.now_ms(),
+                                                               limit=ENROLMENT_SWEEP_BATCH)
+        if forgotten:
+            log.info("enrolment_records_forgotten", count=forgotten)
+        if deleted < SWEEP_BATCH and forgotten < ENROLMENT_SWEEP_BATCH:
             await trio.sleep(context.settings.sweep_interval_s)

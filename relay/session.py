@@ -33,12 +33,19 @@ from enrolment.errors import (
     TooManyDevices,
     VerificationFailed,
 )
+from enrolment.limits import (
+    CONNECTION_PERIOD_MS,
+    ENROL_STARTS_PER_CONNECTION,
+    ENROL_VERIFIES_PER_CONNECTION,
+    Allowance,
+)
 from enrolment.service import REENROLMENT_REVOKE_REASON
 from relay.account_audit import ENROLMENT_ACTOR, audit_device_changes
 from relay.cluster import DeviceGone
 from relay.context import RelayContext
 from relay.delivery import DeliveryPump
 from relay.limits import LOOKUP_PERIOD_MS, LOOKUPS_PER_MINUTE, MAX_WAITING_LINK_FETCHES
+from relay.linking import address_key
 from relay.reachability import may_reach
 from storage.base import NewSend, OrganisationState, SendOutcome, SendStatus, UserState
 from storage.interfaces.accounts import AccountKeyStore
@@ -158,6 +165,8 @@ class DeviceSession:
         """One scope per request task; all are cancelled when the connection ends."""
         self._link_fetches = 0
         """LINK_FETCHes of this connection in flight (MAX_WAITING_LINK_FETCHES)."""
+        self._enrolment_allowances: dict[str, Allowance] = {}
+        """"start" and "verify" -> this connection's allowance (``enrolment.limits``)."""
         self._log = log.bind(connection_id=link.connection_id)
         relay.metrics.connections_opened += 1
 
@@ -235,9 +244,15 @@ class DeviceSession:
             case Authenticate():
                 self._spawn(stream_id, slot, self._authenticate(frame))
             case EnrolStart():
-                self._spawn(stream_id, slot, self._enrol_start(frame))
+                if (refusal := self._over_connection_allowance("start")) is not None:
+                    self._fill(stream_id, slot, refusal)
+                else:
+                    self._spawn(stream_id, slot, self._enrol_start(frame))
             case EnrolVerify():
-                self._spawn(stream_id, slot, self._enrol_verify(frame))
+                if (refusal := self._over_connection_allowance("verify")) is not None:
+                    self._fill(stream_id, slot, refusal)
+                else:
+                    self._spawn(stream_id, slot, self._enrol_verify(frame))
             case LinkOpen():
                 self._spawn(stream_id, slot, self._relay.linking.open(self._peer_host()))
             case LinkPost():
@@ -452,9 +467,28 @@ class DeviceSession:
         self._relay.presence.attach(pump)
         pump.start()
 
+    def _over_connection_allowance(self, step: str) -> bytes | None:
+        """The refusal of an enrolment request over this connection's allowance (counted
+        here, before any task or store work: a flood on one connection costs only this), or
+        None if it may go on. The allowances exist once the connection first enrols."""
+        now = self._relay.now_ms()
+        allowance = self._enrolment_allowances.get(step)
+        if allowance is None:
+            capacity = (ENROL_STARTS_PER_CONNECTION if step == "start"
+                        else ENROL_VERIFIES_PER_CONNECTION)
+            allowance = Allowance(capacity, CONNECTION_PERIOD_MS, now=now)
+            self._enrolment_allowances[step] = allowance
+        wait_ms = allowance.take(now)
+        if wait_ms is None:
+            return None
+        limited = RateLimited("too many enrolment requests on this connection",
+                              retry_after_ms=wait_ms)
+        return self._enrolment_refused(step, ErrorCode.RATE_LIMITED, str(limited))
+
     async def _enrol_start(self, frame: EnrolStart) -> bytes:
         try:
-            await self._relay.enrolment.start(frame.phone, self._relay.now_ms())
+            await self._relay.enrolment.start(frame.phone, self._relay.now_ms(),
+                                              address=address_key(self._peer_host()))
         except InvalidPhoneNumber as error:
             return self._enrolment_refused("start", ErrorCode.INVALID_PHONE_NUMBER, str(error))
         except EnrolmentError as error:
@@ -467,7 +501,7 @@ class DeviceSession:
         try:
             registration = await relay.enrolment.verify(
                 frame.phone, frame.code, frame.identity_key, frame.account_key,
-                frame.device_list, relay.now_ms())
+                frame.device_list, relay.now_ms(), address=address_key(self._peer_host()))
         except InvalidPhoneNumber as error:
             return self._enrolment_refused("verify", ErrorCode.INVALID_PHONE_NUMBER, str(error))
         except EnrolmentError as error:

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from enrolment.limits import ENROL_STARTS_PER_ADDRESS, ENROL_VERIFIES_PER_ADDRESS
+
 __all__ = [
     "DEFAULT_DATA_DIR",
     "DEFAULT_ENVELOPE_TTL_MS",
@@ -52,6 +54,13 @@ class RelaySettings:
     sms_gateway: Literal["outbox", "http"] = "outbox"
     sms_http_url: str | None = None
     sms_http_token: str | None = None
+    enrolment_secret_file: Path | None = None
+    """The enrolment secret's file (relay/enrolment_secret.py); None is
+    ``data_dir/enrolment.secret``. Every node of a cluster reads the same secret."""
+    enrol_starts_per_address: int = ENROL_STARTS_PER_ADDRESS
+    """ENROL_STARTs one source address may make per hour (beyond: RATE_LIMITED)."""
+    enrol_verifies_per_address: int = ENROL_VERIFIES_PER_ADDRESS
+    """ENROL_VERIFYs one source address may make per hour (beyond: RATE_LIMITED)."""
     store: str | None = None
     """Store URL: ``sqlite:///PATH`` or ``postgresql://...`` (several nodes); None is
     SQLite in ``data_dir`` (``relay.db``). See ``storage.store_url``."""
