@@ -22,6 +22,8 @@ from typing import Any, TypeVar
 
 import trio
 
+from storage.store_url import parse_store_url
+
 __all__ = ["BIN", "DEFAULT_WAIT_SECONDS", "RelayProcess", "SpawnedRelay", "SpawnedServer",
            "cpu_seconds", "peak_rss_mib", "rss_mib", "spawn_relay", "spawn_server"]
 
@@ -178,12 +180,16 @@ async def spawn_relay(data_dir: Path, *serve_args: str, store: str | None = None
         cpu: pin the relay to this CPU.
 
     Stopped with SIGTERM on exit (a test may SIGKILL it meanwhile: ``relay.process.kill()``).
+    With a PostgreSQL store, the enrolment secret is ``DATA_DIR/../enrolment.secret``: the
+    nodes spawned side by side (``node-1``, ``node-2``) read one, as a cluster's nodes must.
     """
     data_dir.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 (once, before starting)
     command = [str(BIN / "cryptopass-relay"), "serve", "--data-dir", str(data_dir),
                "--listen", listen]
     if store is not None:
         command += ["--store", store]
+        if parse_store_url(store, data_dir=data_dir).kind == "postgresql":
+            command += ["--enrolment-secret-file", str(data_dir.parent / "enrolment.secret")]
     if node_name is not None:
         command += ["--node-name", node_name]
     async with spawn_server([*command, *serve_args], cpu=cpu,

@@ -39,10 +39,18 @@ class InvalidPhoneNumber(InvalidRequest, phone.InvalidPhoneNumber):
 
 
 class RateLimited(EnrolmentError):
-    """Too many codes were sent to this number recently."""
+    """A limit on enrolment requests is reached (``enrolment.limits``, ``enrolment.codes``):
+    too many from this connection or address, or for this number. Nothing was counted.
 
-    def __init__(self) -> None:
-        super().__init__("too many codes were requested for this number; try again later")
+    ``retry_after_ms`` is when the request may succeed again, at the earliest as far as this
+    limit goes: the message says it in seconds (what the relay's ERROR carries).
+    """
+
+    def __init__(self, what: str, *, retry_after_ms: int) -> None:
+        """``what`` says which limit, e.g. "too many codes were requested for this number"."""
+        self.retry_after_ms = max(0, retry_after_ms)
+        seconds = -(-self.retry_after_ms // 1000)
+        super().__init__(f"{what}; retry after {seconds} s")
 
 
 class VerificationFailed(EnrolmentError):

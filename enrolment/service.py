@@ -5,6 +5,11 @@ An attacker must not learn from ``start`` whether a number is declared: a
 declared and an undeclared number get the same answer, the same exceptions,
 the same rate limit and the same store work; only the SMS differs, and it is
 sent in the background (see ``enrolment.sms``).
+
+Every request is counted against its source address and, per number, against that address
+and the number itself (``enrolment.limits``, ``enrolment.codes``): one client can neither flood
+the relay with numbers nor, alone, spend a number's codes or checks and lock its owner out.
+The caller counts per connection (``Allowance``), before it asks.
 """
 
 from __future__ import annotations
@@ -18,9 +23,12 @@ import nacl.bindings
 from crypto.device_list import DeviceListError, decode_device_list
 from enrolment.codes import (
     CODE_TTL_MS,
+    GUESS_WINDOW_MS,
     MAX_CHECKS_PER_CODE,
     MAX_DEVICES_PER_USER,
+    MAX_GUESSES_PER_NUMBER_PER_DAY,
     MAX_SENDS_PER_NUMBER_PER_DAY,
+    SECRET_BYTES,
     SEND_WINDOW_MS,
     codes_match,
     generate_code,
@@ -35,31 +43,33 @@ from enrolment.errors import (
     TooManyDevices,
     VerificationFailed,
 )
+from enrolment.limits import (
+    ADDRESS_PERIOD_MS,
+    ENROL_STARTS_PER_ADDRESS_PER_NUMBER,
+    GUESSES_PER_ADDRESS_PER_NUMBER,
+    PER_NUMBER_PERIOD_MS,
+    EnrolmentLimits,
+    refill_wait_ms,
+)
 from enrolment.numbers import parse_phone
 from enrolment.sms import SmsDispatcher, SmsMessage, utc_timestamp
 from storage.base import (
     Directory,
     EnrolmentStore,
+    RateLimits,
     Registration,
     RegistrationRefusal,
     RegistrationRefused,
 )
+from storage.records import GuessBudgetSpent
 
 __all__ = [
-    "ENROLMENT_SECRET_NAME",
     "FIRST_DEVICE_LIST_VERSION",
     "IDENTITY_KEY_BYTES",
     "REENROLMENT_REVOKE_REASON",
-    "SECRET_BYTES",
     "EnrolmentService",
     "EnrolmentServiceStore",
 ]
-
-ENROLMENT_SECRET_NAME = "enrolment"  # noqa: S105 (the name of a secret, not one)
-"""Name of the HMAC key in ``EnrolmentStore.get_or_create_secret``."""
-
-SECRET_BYTES = 32
-"""Size of the HMAC key: the full strength of HMAC-SHA256."""
 
 IDENTITY_KEY_BYTES = 32
 """Size of an Ed25519 public key."""
@@ -73,9 +83,9 @@ FIRST_DEVICE_LIST_VERSION = 1
 _CODE_TTL_MINUTES = CODE_TTL_MS // 60_000
 
 
-class EnrolmentServiceStore(EnrolmentStore, Directory, Protocol):
-    """What enrolment needs of the store: codes, registration and the enrolment secret, and
-    the directory look-up that decides whether an SMS leaves."""
+class EnrolmentServiceStore(EnrolmentStore, Directory, RateLimits, Protocol):
+    """What enrolment needs of the store: codes and registration, the directory look-up that
+    decides whether an SMS leaves, and the token buckets of the limits per address."""
 
 
 class EnrolmentService:
@@ -87,46 +97,41 @@ class EnrolmentService:
         dispatcher: SmsDispatcher,
         *,
         secret: bytes,
+        limits: EnrolmentLimits | None = None,
         randbelow: Callable[[int], int] = secrets.randbelow,
     ) -> None:
+        """``secret`` is the relay's enrolment secret (``relay.enrolment_secret``): every node
+        of a cluster must be given the same, so that a code sent by one verifies on another."""
         if len(secret) < SECRET_BYTES:
             raise ValueError(f"the enrolment secret must have at least {SECRET_BYTES} bytes")
         self._store = store
         self._dispatcher = dispatcher
         self._secret = secret
+        self._limits = EnrolmentLimits() if limits is None else limits
         self._randbelow = randbelow
 
-    @classmethod
-    async def create(
-        cls,
-        store: EnrolmentServiceStore,
-        dispatcher: SmsDispatcher,
-        *,
-        token_bytes: Callable[[int], bytes] = secrets.token_bytes,
-        randbelow: Callable[[int], int] = secrets.randbelow,
-    ) -> EnrolmentService:
-        """Build the service with the store's enrolment secret, creating it on first use.
-
-        Every node of a cluster gets the same secret, so a code sent by one node
-        verifies on another.
-        """
-        secret = await store.get_or_create_secret(
-            ENROLMENT_SECRET_NAME, token_bytes(SECRET_BYTES)
-        )
-        return cls(store, dispatcher, secret=secret, randbelow=randbelow)
-
-    async def start(self, phone_text: str, now: int) -> None:
+    async def start(self, phone_text: str, now: int, *, address: str) -> None:
         """Send a verification code to ``phone_text`` if it is declared.
 
-        Returns the same way whether or not the number is declared.
+        Returns the same way whether or not the number is declared. ``address`` is the
+        rate-limit key of the request's source address (an IPv4 address, an IPv6 /64).
 
         Raises:
-            InvalidPhoneNumber: the text is not a valid international number.
-            RateLimited: ``MAX_SENDS_PER_NUMBER_PER_DAY`` codes were already
-                requested in the last ``SEND_WINDOW_MS``.
+            InvalidPhoneNumber: the text is not a valid international number (nothing is
+                counted).
+            RateLimited: the address made ``EnrolmentLimits.starts_per_address`` requests in
+                the last ``ADDRESS_PERIOD_MS``, or ``ENROL_STARTS_PER_ADDRESS_PER_NUMBER`` for
+                this number in ``PER_NUMBER_PERIOD_MS``; or ``MAX_SENDS_PER_NUMBER_PER_DAY``
+                codes were already requested for the number in the last ``SEND_WINDOW_MS``.
         """
         phone = parse_phone(phone_text)
+        limits = self._limits
+        await self._take(f"enrol start {address}", limits.starts_per_address, ADDRESS_PERIOD_MS,
+                         now, "too many enrolment requests from this address")
         key = phone_key(self._secret, phone)
+        await self._take(f"enrol start {address} {key.hex()}",
+                         ENROL_STARTS_PER_ADDRESS_PER_NUMBER, PER_NUMBER_PERIOD_MS, now,
+                         "too many codes were requested for this number from this address")
         code = generate_code(self._randbelow)
         recorded = await self._store.record_verification_code(
             phone_key=key,
@@ -137,7 +142,10 @@ class EnrolmentService:
             max_sends=MAX_SENDS_PER_NUMBER_PER_DAY,
         )
         if not recorded:
-            raise RateLimited()
+            # The window's end, not the oldest send's: when others asked for this number's
+            # codes is none of this requester's business.
+            raise RateLimited("too many codes were requested for this number",
+                              retry_after_ms=SEND_WINDOW_MS)
         user = await self._store.find_user_by_phone(phone)
         # Only declared numbers get an SMS. The organisation's state is checked
         # at registration: the directory has no lookup by organisation id yet, so users
@@ -155,7 +163,7 @@ class EnrolmentService:
             )
 
     async def verify(self, phone_text: str, code: str, identity_key: bytes, account_key: bytes,
-                     device_list: bytes, now: int) -> Registration:
+                     device_list: bytes, now: int, *, address: str) -> Registration:
         """Create a new account identity for the number, with one device, if ``code`` is the
         pending one.
 
@@ -163,8 +171,9 @@ class EnrolmentService:
         list (``crypto.device_list``): version 1, signed by ``account_key``, listing
         ``identity_key`` only. The number's earlier devices, if any, are revoked with
         ``REENROLMENT_REVOKE_REASON`` (``Registration.revoked``). Every call with a
-        well-formed request uses one of the code's ``MAX_CHECKS_PER_CODE`` checks; a
-        successful one consumes the code.
+        well-formed request uses one of the code's ``MAX_CHECKS_PER_CODE`` checks and one of
+        the number's ``MAX_GUESSES_PER_NUMBER_PER_DAY``, which a new code does not give back;
+        a successful one consumes the code. ``address`` is as for ``start``.
 
         Raises:
             InvalidPhoneNumber: the text is not a valid international number.
@@ -172,6 +181,10 @@ class EnrolmentService:
                 the list is not the new account's first list of this one device (nothing is
                 counted); or ``account_key`` is already the number's (one check is counted,
                 the code stays pending).
+            RateLimited: the address made ``EnrolmentLimits.verifies_per_address`` requests
+                in the last ``ADDRESS_PERIOD_MS``, or ``GUESSES_PER_ADDRESS_PER_NUMBER`` for
+                this number in ``PER_NUMBER_PERIOD_MS``; or the number's guesses are used up
+                for its ``GUESS_WINDOW_MS`` (nothing else is counted).
             VerificationFailed: wrong, expired, exhausted or used code, or an
                 unknown number (deliberately indistinguishable).
             TooManyDevices: the user already has ``MAX_DEVICES_PER_USER`` devices.
@@ -182,10 +195,22 @@ class EnrolmentService:
             raise InvalidRequest("the verification code must be 6 digits")
         _check_identity_key(identity_key)
         _check_first_device_list(account_key, device_list, identity_key)
+        await self._take(f"enrol verify {address}", self._limits.verifies_per_address,
+                         ADDRESS_PERIOD_MS, now,
+                         "too many verification requests from this address")
         key = phone_key(self._secret, phone)
-        pending_hash = await self._store.take_verification_attempt(
-            phone_key=key, now=now, max_attempts=MAX_CHECKS_PER_CODE
-        )
+        await self._take(f"enrol verify {address} {key.hex()}", GUESSES_PER_ADDRESS_PER_NUMBER,
+                         PER_NUMBER_PERIOD_MS, now,
+                         "too many verification attempts for this number from this address")
+        try:
+            pending_hash = await self._store.take_verification_attempt(
+                phone_key=key, now=now, max_attempts=MAX_CHECKS_PER_CODE,
+                guess_window_ms=GUESS_WINDOW_MS, max_guesses=MAX_GUESSES_PER_NUMBER_PER_DAY)
+        except GuessBudgetSpent as spent:
+            raise RateLimited(
+                f"too many verification attempts for this number (at most "
+                f"{MAX_GUESSES_PER_NUMBER_PER_DAY} a day, whichever code they check)",
+                retry_after_ms=spent.resume_at - now) from spent
         if pending_hash is None:
             raise VerificationFailed()
         if not codes_match(hash_code(self._secret, key, code), pending_hash):
@@ -205,6 +230,20 @@ class EnrolmentService:
             )
         except RegistrationRefused as refusal:
             raise _translate_refusal(refusal.reason) from refusal
+
+    async def forget_old_records(self, now: int, *, limit: int) -> int:
+        """Delete up to ``limit`` each of the expired codes and of the sends and guesses too
+        old to count (the relay's sweeper calls it); return the rows deleted."""
+        return await self._store.forget_enrolment_records(
+            now=now, send_window_ms=SEND_WINDOW_MS, guess_window_ms=GUESS_WINDOW_MS,
+            limit=limit)
+
+    async def _take(self, key: str, capacity: int, period_ms: int, now: int,
+                    refusal: str) -> None:
+        """Take a token from the bucket ``key``, or raise RateLimited saying ``refusal``."""
+        if not await self._store.take_tokens(key=key, cost=1, capacity=capacity,
+                                             period_ms=period_ms, now=now):
+            raise RateLimited(refusal, retry_after_ms=refill_wait_ms(capacity, period_ms))
 
 
 def _check_identity_key(identity_key: bytes, name: str = "identity key") -> None:

@@ -33,7 +33,13 @@ from relay.admin_cli import (
 )
 from relay.config import ConfigError, load_config, parse_assignment
 from relay.control import notify_relay
-from relay.data_dir import PRIVATE_UMASK, DataDirectoryInUse
+from relay.data_dir import DATA_DIR_MODE, PRIVATE_UMASK, DataDirectoryInUse
+from relay.enrolment_secret import (
+    CreatedSecret,
+    EnrolmentSecretError,
+    create_enrolment_secret,
+    enrolment_secret_path,
+)
 from relay.lifecycle import run_until_signalled
 from relay.logs import configure_logging
 from relay.operations_cli import register_operations_commands
@@ -58,7 +64,10 @@ app = typer.Typer(help="Cryptopass relay server and operator commands.",
 admin_app = typer.Typer(help="Operator commands on the relay's store.", no_args_is_help=True)
 org_app = typer.Typer(help="Organisations.", no_args_is_help=True)
 user_app = typer.Typer(help="Declared users of an organisation.", no_args_is_help=True)
+secret_app = typer.Typer(help="The enrolment secret, kept in a file apart from the store.",
+                         no_args_is_help=True)
 app.add_typer(admin_app, name="admin")
+app.add_typer(secret_app, name="secret")
 admin_app.add_typer(org_app, name="org")
 admin_app.add_typer(user_app, name="user")
 register_operations_commands(app)
@@ -103,6 +112,9 @@ def serve_command(
         workers: Annotated[int | None, typer.Option(
             help="Relay processes sharing the UDP port, one per core; more than 1 needs "
                  "a PostgreSQL --store \\[default: 1].", min=1)] = None,
+        enrolment_secret_file: Annotated[Path | None, typer.Option(
+            help="The enrolment secret's file, the same on every node "
+                 "\\[default: DATA_DIR/enrolment.secret].")] = None,
         set_: Annotated[list[str] | None, typer.Option(
             "--set", help="Any setting, FIELD=VALUE (repeatable).")] = None) -> None:
     """Run the relay until SIGTERM or SIGINT (SIGHUP reloads the TLS certificate).
@@ -123,7 +135,8 @@ def serve_command(
     named = {"data_dir": data_dir, "cert": cert, "key": key, "log_format": log_format,
              "retry": retry, "max_queue_depth": max_queue_depth,
              "metrics_listen": metrics_listen, "admin_listen": admin_listen, "store": store,
-             "node_name": node_name, "workers": workers}
+             "node_name": node_name, "workers": workers,
+             "enrolment_secret_file": enrolment_secret_file}
     flags.update({name: value for name, value in named.items() if value is not None})
     try:
         loaded = load_config(config_file=config, environ=os.environ, flags=flags)
@@ -139,12 +152,14 @@ def serve_command(
         run_until_signalled(loaded)
     except DataDirectoryInUse as error:  # another relay runs on it: refused, nothing touched
         _fail(f"cannot start: {error}")
+    except EnrolmentSecretError as error:
+        _fail(f"cannot start: {error}")
     except (OSError, psycopg.OperationalError) as error:
         _fail(f"cannot start: {error}")
     except WorkerFailed as error:
         _fail(str(error))
     except ExceptionGroup as group:  # raised from inside serve's nursery
-        unreachable, _ = group.split((OSError, psycopg.OperationalError))
+        unreachable, _ = group.split((OSError, psycopg.OperationalError, EnrolmentSecretError))
         if unreachable is None:
             raise
         _fail(f"cannot start: {_first_leaf(unreachable)}")
@@ -320,6 +335,56 @@ def user_delete(phone: Annotated[str, typer.Argument(
 
 
 register_account_commands(admin_app, org_app, with_store=_with_store, options=_options)
+
+
+@secret_app.command("create")
+def secret_create(
+        file: Annotated[Path | None, typer.Option(
+            "--file", help="Where to write it \\[default: the configured enrolment_secret_file, "
+                           "else DATA_DIR/enrolment.secret].")] = None,
+        replace: Annotated[bool, typer.Option(
+            "--replace", help="Make a new secret even if one exists: pending codes are lost "
+                              "and the limits per number start again.")] = False,
+        data_dir: Annotated[Path | None, typer.Option(
+            "--data-dir", help="Data directory \\[default: the configured data_dir].")] = None,
+        store: StoreOption = None) -> None:
+    """Create the enrolment secret's file (mode 0600), once for a relay or a whole cluster.
+
+    A secret an earlier version kept in the store is moved out into the file instead (and
+    deleted from the store). Copy the file to every node of a cluster (docs/CLUSTER.md); back
+    it up apart from the store's backups (docs/OPERATIONS.md).
+    """
+    try:
+        configured = load_config(environ=os.environ).settings
+    except ConfigError as error:
+        _fail(str(error))
+        raise  # unreachable: _fail exits
+    directory = data_dir or configured.data_dir
+    path = file or enrolment_secret_path(directory, configured.enrolment_secret_file)
+    try:
+        location = parse_store_url(store or configured.store, data_dir=directory)
+    except ValueError as error:
+        _fail(f"--store: {error}")
+        raise  # unreachable: _fail exits
+    if location.postgres_dsn is None:
+        directory.mkdir(mode=DATA_DIR_MODE, parents=True, exist_ok=True)
+
+    async def run() -> CreatedSecret:
+        async with open_store(location) as opened:
+            return await create_enrolment_secret(opened, path, replace=replace)
+
+    try:
+        created = trio.run(run)
+    except (EnrolmentSecretError, OSError) as error:
+        _fail(str(error))
+        raise  # unreachable: _fail exits
+    except psycopg.OperationalError as error:
+        _fail(f"cannot open the store {location.describe()}: {error}")
+        raise  # unreachable: _fail exits
+    how = "moved out of the store into" if created.moved_from_store else "created in"
+    typer.echo(f"The enrolment secret was {how} {path} (mode 0600). Every node of a cluster "
+               "must read this same file: copy it to each (enrolment_secret_file), and keep a "
+               "copy apart from the store's backups.")
 
 
 def main() -> None:

@@ -143,7 +143,8 @@ def masked(settings: RelaySettings) -> dict[str, Any]:
     shown: dict[str, Any] = {}
     for name, value in dataclasses.asdict(settings).items():
         text = str(value) if isinstance(value, Path) else value
-        if text is not None and _SECRET_NAME.search(name):
+        # A path names where a secret is (enrolment_secret_file), never the secret itself.
+        if text is not None and _SECRET_NAME.search(name) and not isinstance(value, Path):
             shown[name] = MASK
         elif isinstance(text, str):
             shown[name] = _mask_text(text)

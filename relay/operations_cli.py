@@ -5,7 +5,9 @@ Registered on ``cryptopass-relay`` by ``relay.cli``.
 ``restore`` replaces the store, so it takes the data directory's lock
 (relay/data_dir.py) for its duration: refused while a relay runs on the
 directory, and no relay can start meanwhile. ``backup`` takes no lock: it reads
-the store through SQLite, consistently, while the relay keeps serving.
+the store through SQLite, consistently, while the relay keeps serving. It does not copy
+the enrolment secret (relay/enrolment_secret.py), which must stay apart from the store's
+copies; it warns if the secret's file is missing.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import typer
 
 from relay.config import ConfigError, LoadedConfig, load_config, masked, parse_assignment
 from relay.data_dir import DataDirectoryInUse, lock_data_dir
+from relay.enrolment_secret import EnrolmentSecretError, enrolment_secret_path, read_secret_file
 from relay.settings import DEFAULT_DATA_DIR
 from storage.sqlite_backup import BackupError, backup_database, restore_database
 
@@ -98,13 +101,36 @@ def _data_dir(data_dir: Path | None, config: Path | None) -> Path:
 def backup_command(
         to: Annotated[Path, typer.Option("--to", help="Backup file to write.")],
         data_dir: DataDirOption = None, config: ConfigOption = None) -> None:
-    """Copy the store to --to, consistently, while the relay keeps serving."""
+    """Copy the store to --to, consistently, while the relay keeps serving.
+
+    The enrolment secret is not in the copy (a stolen backup must not reveal pending codes):
+    back its file up too, kept apart. A warning says so if the file is missing.
+    """
     directory = _data_dir(data_dir, config)
     try:
         size = backup_database(directory / DATABASE_NAME, to)
     except (BackupError, OSError) as error:
         _fail(str(error))
     typer.echo(f"backed up {directory / DATABASE_NAME} to {to} ({size} bytes)")
+    _warn_about_the_enrolment_secret(enrolment_secret_path(
+        directory, _load(config, None).settings.enrolment_secret_file))
+
+
+def _warn_about_the_enrolment_secret(path: Path) -> None:
+    """The backup holds no enrolment secret: say where it is, or that it is missing."""
+    try:
+        present = read_secret_file(path) is not None
+    except EnrolmentSecretError as error:
+        typer.echo(f"warning: {error}; back up a good copy of the enrolment secret with the "
+                   "store", err=True)
+        return
+    if present:
+        typer.echo(f"the enrolment secret {path} is not in the backup: back it up too, kept "
+                   "apart from it")
+    else:
+        typer.echo(f"warning: no enrolment secret at {path}: without it, the store's pending "
+                   "codes and limits per number are lost; back it up with the store (run "
+                   "`cryptopass-relay secret create` if this relay never had one)", err=True)
 
 
 def restore_command(

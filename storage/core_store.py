@@ -88,9 +88,22 @@ class CoreStoreMethods(BackendHooks):
             await self._writer.stop()
             await self._close_readers()
 
-    async def get_or_create_secret(self, name: str, candidate: bytes) -> bytes:
-        return await self._write(lambda connection: enrolment_sql.get_or_create_secret(
-            connection, self._dialect, name, candidate))
+    async def legacy_secret(self, name: str) -> bytes | None:
+        return await self._read(lambda connection: enrolment_sql.legacy_secret(
+            connection, self._dialect, name))
+
+    async def forget_legacy_secret(self, name: str) -> None:
+        await self._write(lambda connection: enrolment_sql.forget_legacy_secret(
+            connection, self._dialect, name))
+
+    async def secret_fingerprint(self, name: str) -> bytes | None:
+        return await self._read(lambda connection: enrolment_sql.secret_fingerprint(
+            connection, self._dialect, name))
+
+    async def keep_secret_fingerprint(self, name: str, candidate: bytes, *,
+                                      replace: bool = False) -> bytes:
+        return await self._write(lambda connection: enrolment_sql.keep_secret_fingerprint(
+            connection, self._dialect, name, candidate, replace=replace))
 
     # -- organisations and users ---------------------------------------------
 
@@ -143,11 +156,17 @@ class CoreStoreMethods(BackendHooks):
             connection, self._dialect, phone_key=phone_key, code_hash=code_hash, now=now,
             expires_at=expires_at, window_ms=window_ms, max_sends=max_sends))
 
-    async def take_verification_attempt(self, *, phone_key: bytes, now: int,
-                                        max_attempts: int) -> bytes | None:
+    async def take_verification_attempt(self, *, phone_key: bytes, now: int, max_attempts: int,
+                                        guess_window_ms: int, max_guesses: int) -> bytes | None:
         return await self._write(lambda connection: enrolment_sql.take_verification_attempt(
-            connection, self._dialect, phone_key=phone_key, now=now,
-            max_attempts=max_attempts))
+            connection, self._dialect, phone_key=phone_key, now=now, max_attempts=max_attempts,
+            guess_window_ms=guess_window_ms, max_guesses=max_guesses))
+
+    async def forget_enrolment_records(self, *, now: int, send_window_ms: int,
+                                       guess_window_ms: int, limit: int) -> int:
+        return await self._write(lambda connection: enrolment_sql.forget_enrolment_records(
+            connection, self._dialect, now=now, send_window_ms=send_window_ms,
+            guess_window_ms=guess_window_ms, limit=limit))
 
     async def register_device(self, *, phone: str, phone_key: bytes, code_hash: bytes,
                               identity_key: bytes, account_key: bytes, device_list: bytes,

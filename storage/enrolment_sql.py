@@ -1,11 +1,13 @@
 """Organisations, users, devices and enrolment: tables and statements shared by both stores.
 
 This module owns the directory and enrolment tables: ``organisations``, ``users``,
-``devices``, ``verification_codes``, ``sms_sends``, ``secrets`` and the enrolment counter.
-Their DDL is part of schema version 1 of both stores; as for the envelope tables
+``devices``, ``verification_codes``, ``sms_sends``, ``secrets`` and the enrolment counter
+(schema version 1 of both stores), and ``verification_guesses`` and ``secret_fingerprints``
+(``*_ENROLMENT_GUESS_TABLES``, a later migration). As for the envelope tables
 (``storage.envelope_sql``), change them only through a new migration written here and
 appended to the stores' ``MIGRATIONS``, never by editing the DDL below. (The account columns
-of ``users`` are ``storage.account_sql``'s migration.)
+of ``users`` are ``storage.account_sql``'s migration.) ``secrets`` only holds what an earlier
+version kept there, until the relay moves it out.
 
 Every function runs inside the caller's transaction (a write's savepoint in the group-commit
 writer, or a read's snapshot), so whatever it raises undoes everything it did. Statements are
@@ -28,6 +30,7 @@ from storage.account_sql import BeforeDeviceDeleted
 from storage.records import (
     AlreadyExists,
     Device,
+    GuessBudgetSpent,
     NotFound,
     Organisation,
     OrganisationState,
@@ -41,15 +44,20 @@ from storage.records import (
 from storage.sql_dialect import POSTGRES, SQLITE, Connection, Dialect
 
 __all__ = [
+    "POSTGRES_ENROLMENT_GUESS_TABLES",
     "POSTGRES_ENROLMENT_TABLES",
+    "SQLITE_ENROLMENT_GUESS_TABLES",
     "SQLITE_ENROLMENT_TABLES",
     "create_organisation",
     "declare_user",
     "delete_user",
     "device_from_row",
     "find_user_by_phone",
-    "get_or_create_secret",
+    "forget_enrolment_records",
+    "forget_legacy_secret",
     "get_organisation",
+    "keep_secret_fingerprint",
+    "legacy_secret",
     "list_devices",
     "list_users",
     "load_principal",
@@ -57,6 +65,7 @@ __all__ = [
     "record_verification_code",
     "register_device",
     "require_organisation",
+    "secret_fingerprint",
     "set_organisation_state",
     "take_verification_attempt",
     "user_from_row",
@@ -143,6 +152,38 @@ POSTGRES_ENROLMENT_TABLES = (
     "CREATE SEQUENCE enrolment_sequence AS BIGINT",
 )
 
+
+
+def _guess_tables(*, blob: str, big: str) -> tuple[str, ...]:
+    return (
+        # A number's guesses in its current window, which starts at the first guess counted:
+        # kept apart from verification_codes, whose row each new code replaces.
+        f"""
+        CREATE TABLE verification_guesses (
+            phone_key {blob} PRIMARY KEY,
+            window_start {big} NOT NULL,
+            guesses INTEGER NOT NULL
+        )
+        """,
+        "CREATE INDEX verification_guesses_by_age ON verification_guesses (window_start)",
+        # What the relay keeps to recognise its secrets, never the secrets themselves.
+        f"""
+        CREATE TABLE secret_fingerprints (
+            name TEXT PRIMARY KEY,
+            fingerprint {blob} NOT NULL
+        )
+        """,
+        # The sweeper deletes by age.
+        "CREATE INDEX verification_codes_by_expiry ON verification_codes (expires_at)",
+        "CREATE INDEX sms_sends_by_age ON sms_sends (sent_at)",
+    )
+
+
+SQLITE_ENROLMENT_GUESS_TABLES = _guess_tables(blob="BLOB", big="INTEGER")
+"""The guesses per number, the secrets' fingerprints and the sweeper's indexes (SQLite)."""
+POSTGRES_ENROLMENT_GUESS_TABLES = _guess_tables(blob="BYTEA", big="BIGINT")
+"""The same for PostgreSQL."""
+
 _ORGANISATION_COLUMNS = "organisation_id, name, seats, state, created_at"
 _USER_COLUMNS = "user_id, organisation_id, phone, state, declared_at, enrolled_at"
 _DEVICE_COLUMNS = "user_id, device_id, identity_key, registered_at"
@@ -153,9 +194,15 @@ class _Statements:
 
     def __init__(self, dialect: Dialect) -> None:
         sql = dialect.sql
-        self.create_secret = sql(
-            "INSERT INTO secrets (name, value) VALUES (?, ?) ON CONFLICT (name) DO NOTHING")
-        self.secret = sql("SELECT value FROM secrets WHERE name = ?")
+        self.legacy_secret = sql("SELECT value FROM secrets WHERE name = ?")
+        self.forget_legacy_secret = sql("DELETE FROM secrets WHERE name = ?")
+        self.keep_fingerprint = sql(
+            "INSERT INTO secret_fingerprints (name, fingerprint) VALUES (?, ?)"
+            " ON CONFLICT (name) DO NOTHING")
+        self.replace_fingerprint = sql(
+            "INSERT INTO secret_fingerprints (name, fingerprint) VALUES (?, ?)"
+            " ON CONFLICT (name) DO UPDATE SET fingerprint = excluded.fingerprint")
+        self.fingerprint = sql("SELECT fingerprint FROM secret_fingerprints WHERE name = ?")
         self.create_organisation = sql(
             "INSERT INTO organisations (name, seats, state, created_at) VALUES (?, ?, ?, ?)"
             " ON CONFLICT (name) DO NOTHING RETURNING organisation_id")
@@ -209,6 +256,28 @@ class _Statements:
         self.take_attempt = sql(
             "UPDATE verification_codes SET attempts = attempts + 1 WHERE phone_key = ?"
             " AND expires_at > ? AND attempts < ? RETURNING code_hash")
+        self.guesses = sql(
+            "SELECT window_start, guesses FROM verification_guesses WHERE phone_key = ?"
+            + dialect.for_update)
+        self.count_guess = sql(
+            "UPDATE verification_guesses SET guesses = guesses + 1 WHERE phone_key = ?")
+        self.start_guess_window = sql(
+            "INSERT INTO verification_guesses (phone_key, window_start, guesses) VALUES (?, ?, 1)"
+            " ON CONFLICT (phone_key) DO UPDATE SET window_start = excluded.window_start,"
+            " guesses = 1")
+        # The sweeper: oldest first, a bounded batch, rows another sweeper holds skipped.
+        self.forget_expired_codes = sql(
+            "DELETE FROM verification_codes WHERE phone_key IN (SELECT phone_key FROM"
+            " verification_codes WHERE expires_at <= ? ORDER BY expires_at LIMIT ?"
+            + dialect.skip_locked + ")")
+        self.forget_sends_before = sql(
+            "DELETE FROM sms_sends WHERE (phone_key, sent_at) IN (SELECT phone_key, sent_at"
+            " FROM sms_sends WHERE sent_at <= ? ORDER BY sent_at LIMIT ?"
+            + dialect.skip_locked + ")")
+        self.forget_guesses_before = sql(
+            "DELETE FROM verification_guesses WHERE phone_key IN (SELECT phone_key FROM"
+            " verification_guesses WHERE window_start <= ? ORDER BY window_start LIMIT ?"
+            + dialect.skip_locked + ")")
         self.pending_code_locked = sql(
             "SELECT code_hash, recorded_sequence FROM verification_codes WHERE phone_key = ?"
             + dialect.for_update)
@@ -245,14 +314,32 @@ def device_from_row(row: Sequence[Any]) -> Device:
                   identity_key=bytes(identity_key), registered_at=int(registered_at))
 
 
-def get_or_create_secret(connection: Connection, dialect: Dialect, name: str,
-                         candidate: bytes) -> bytes:
-    """See ``Store.get_or_create_secret``."""
+def legacy_secret(connection: Connection, dialect: Dialect, name: str) -> bytes | None:
+    """See ``Store.legacy_secret``."""
+    row = connection.execute(_STATEMENTS[dialect].legacy_secret, (name,)).fetchone()
+    return None if row is None else bytes(row[0])
+
+
+def forget_legacy_secret(connection: Connection, dialect: Dialect, name: str) -> None:
+    """See ``Store.forget_legacy_secret``."""
+    connection.execute(_STATEMENTS[dialect].forget_legacy_secret, (name,))
+
+
+def secret_fingerprint(connection: Connection, dialect: Dialect, name: str) -> bytes | None:
+    """See ``Store.secret_fingerprint``."""
+    row = connection.execute(_STATEMENTS[dialect].fingerprint, (name,)).fetchone()
+    return None if row is None else bytes(row[0])
+
+
+def keep_secret_fingerprint(connection: Connection, dialect: Dialect, name: str,
+                            candidate: bytes, *, replace: bool) -> bytes:
+    """See ``Store.keep_secret_fingerprint``."""
     statements = _STATEMENTS[dialect]
     # ON CONFLICT waits for a concurrent inserter (another node), and the SELECT, a new
     # statement, sees its committed row.
-    connection.execute(statements.create_secret, (name, candidate))
-    (value,) = connection.execute(statements.secret, (name,)).fetchone()
+    keep = statements.replace_fingerprint if replace else statements.keep_fingerprint
+    connection.execute(keep, (name, candidate))
+    (value,) = connection.execute(statements.fingerprint, (name,)).fetchone()
     return bytes(value)
 
 
@@ -390,11 +477,38 @@ def record_verification_code(connection: Connection, dialect: Dialect, *, phone_
 
 
 def take_verification_attempt(connection: Connection, dialect: Dialect, *, phone_key: bytes,
-                              now: int, max_attempts: int) -> bytes | None:
+                              now: int, max_attempts: int, guess_window_ms: int,
+                              max_guesses: int) -> bytes | None:
     """See ``Store.take_verification_attempt``."""
-    row = connection.execute(_STATEMENTS[dialect].take_attempt,
-                             (phone_key, now, max_attempts)).fetchone()
-    return None if row is None else bytes(row[0])
+    statements = _STATEMENTS[dialect]
+    if statements.lock_phone_key is not None:
+        # Two nodes starting the same number's first window insert one row, not two.
+        connection.execute(statements.lock_phone_key, (phone_key,))
+    window = connection.execute(statements.guesses, (phone_key,)).fetchone()
+    current = window is not None and window[0] + guess_window_ms > now
+    if current and window[1] >= max_guesses:
+        raise GuessBudgetSpent(resume_at=int(window[0]) + guess_window_ms)
+    row = connection.execute(statements.take_attempt, (phone_key, now, max_attempts)).fetchone()
+    if row is None:
+        return None  # no code to check: no guess either
+    if current:
+        connection.execute(statements.count_guess, (phone_key,))
+    else:
+        connection.execute(statements.start_guess_window, (phone_key, now))
+    return bytes(row[0])
+
+
+def forget_enrolment_records(connection: Connection, dialect: Dialect, *, now: int,
+                             send_window_ms: int, guess_window_ms: int, limit: int) -> int:
+    """See ``Store.forget_enrolment_records``."""
+    statements = _STATEMENTS[dialect]
+    forgotten = connection.execute(statements.forget_expired_codes, (now, limit)).rowcount
+    # As record_verification_code prunes: a send at now - window or before never counts.
+    forgotten += connection.execute(statements.forget_sends_before,
+                                    (now - send_window_ms, limit)).rowcount
+    forgotten += connection.execute(statements.forget_guesses_before,
+                                    (now - guess_window_ms, limit)).rowcount
+    return forgotten
 
 
 def register_device(connection: Connection, dialect: Dialect, *, phone: str, phone_key: bytes,

@@ -30,7 +30,7 @@ import psycopg
 
 from storage.account_sql import POSTGRES_ACCOUNT_TABLES
 from storage.admin_sql import ONE_TIME_PASSWORDS, POSTGRES_ADMIN_TABLES
-from storage.enrolment_sql import POSTGRES_ENROLMENT_TABLES
+from storage.enrolment_sql import POSTGRES_ENROLMENT_GUESS_TABLES, POSTGRES_ENROLMENT_TABLES
 from storage.envelope_sql import ENVELOPES_BY_SENDER, POSTGRES_ENVELOPE_TABLES
 from storage.link_sql import POSTGRES_LINK_TABLES
 from storage.login_attempt_sql import POSTGRES_LOGIN_ATTEMPT_TABLES
@@ -100,8 +100,13 @@ _VERSION_8 = Migration(version=8, statements=ENVELOPES_BY_SENDER)
 # (storage.login_attempt_sql).
 _VERSION_9 = Migration(version=9, statements=POSTGRES_LOGIN_ATTEMPT_TABLES)
 
+# Enrolment: each number's guesses, whichever code they check; the fingerprint of the enrolment
+# secret (kept in a file now, never here); indexes for the sweeper (storage.enrolment_sql).
+_VERSION_10 = Migration(version=10, statements=POSTGRES_ENROLMENT_GUESS_TABLES)
+
 MIGRATIONS: tuple[Migration, ...] = (_VERSION_1, _VERSION_2, _VERSION_3, _VERSION_4,
-                                     _VERSION_5, _VERSION_6, _VERSION_7, _VERSION_8, _VERSION_9)
+                                     _VERSION_5, _VERSION_6, _VERSION_7, _VERSION_8, _VERSION_9,
+                                     _VERSION_10)
 """Every migration, oldest first; versions are consecutive from 1."""
 
 LATEST_SCHEMA_VERSION = MIGRATIONS[-1].version

@@ -15,6 +15,7 @@ __all__ = [
     "AlreadyExists",
     "Device",
     "Envelope",
+    "GuessBudgetSpent",
     "NewSend",
     "NotFound",
     "Organisation",
@@ -67,6 +68,15 @@ class RegistrationRefused(StoreError):
     def __init__(self, reason: RegistrationRefusal) -> None:
         super().__init__(reason.value)
         self.reason = reason
+
+
+class GuessBudgetSpent(StoreError):
+    """``take_verification_attempt`` changed nothing: the number's checks are used up until
+    ``resume_at`` (ms since the epoch)."""
+
+    def __init__(self, *, resume_at: int) -> None:
+        super().__init__(f"no checks left for this number until {resume_at}")
+        self.resume_at = resume_at
 
 
 class OrganisationState(enum.Enum):

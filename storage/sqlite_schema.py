@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from storage.account_sql import SQLITE_ACCOUNT_TABLES
 from storage.admin_sql import ONE_TIME_PASSWORDS, SQLITE_ADMIN_TABLES
-from storage.enrolment_sql import SQLITE_ENROLMENT_TABLES
+from storage.enrolment_sql import SQLITE_ENROLMENT_GUESS_TABLES, SQLITE_ENROLMENT_TABLES
 from storage.envelope_sql import ENVELOPES_BY_SENDER, SQLITE_ENVELOPE_TABLES
 from storage.link_sql import SQLITE_LINK_TABLES
 from storage.login_attempt_sql import SQLITE_LOGIN_ATTEMPT_TABLES
@@ -76,8 +76,13 @@ _VERSION_6 = Migration(version=6, statements=ENVELOPES_BY_SENDER)
 # (storage.login_attempt_sql).
 _VERSION_7 = Migration(version=7, statements=SQLITE_LOGIN_ATTEMPT_TABLES)
 
+# Enrolment: each number's guesses, whichever code they check; the fingerprint of the enrolment
+# secret (kept in a file now, never here); indexes for the sweeper (storage.enrolment_sql).
+_VERSION_8 = Migration(version=8, statements=SQLITE_ENROLMENT_GUESS_TABLES)
+
 MIGRATIONS: tuple[Migration, ...] = (_VERSION_1, _VERSION_2, _VERSION_3, _VERSION_4,
-                                     _VERSION_5, _VERSION_6, _VERSION_7)
+                                     _VERSION_5, _VERSION_6, _VERSION_7,
+                                     _VERSION_8)
 """Every migration, oldest first; versions are consecutive from 1."""
 
 LATEST_SCHEMA_VERSION = MIGRATIONS[-1].version

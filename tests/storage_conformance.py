@@ -41,6 +41,7 @@ from storage.base import (
     User,
     UserState,
 )
+from storage.records import GuessBudgetSpent
 
 StoreOpener = Callable[[], AbstractAsyncContextManager[Store]]
 
@@ -178,18 +179,30 @@ async def _fetch_all(store: Store, user: User, device_id: int, *, now: int = NOW
 # -- secrets -------------------------------------------------------------------
 
 
-async def test_secret_is_created_once_even_when_raced(store: Store) -> None:
+async def test_a_secret_fingerprint_is_kept_once_even_when_raced(store: Store) -> None:
     name = _fresh("secret")
+    assert await store.secret_fingerprint(name) is None
     values: list[bytes] = []
 
-    async def take(candidate: bytes) -> None:
-        values.append(await store.get_or_create_secret(name, candidate))
+    async def keep(candidate: bytes) -> None:
+        values.append(await store.keep_secret_fingerprint(name, candidate))
 
     async with trio.open_nursery() as nursery:
         for index in range(10):
-            nursery.start_soon(take, bytes([index]) * 32)
+            nursery.start_soon(keep, bytes([index]) * 32)
     assert len(set(values)) == 1
-    assert await store.get_or_create_secret(name, b"other") == values[0]
+    assert await store.keep_secret_fingerprint(name, b"other") == values[0]
+    assert await store.secret_fingerprint(name) == values[0]
+    # Replaced only on purpose (``secret create --replace``).
+    assert await store.keep_secret_fingerprint(name, b"new", replace=True) == b"new"
+    assert await store.secret_fingerprint(name) == b"new"
+
+
+async def test_a_store_holds_no_secret_of_its_own(store: Store) -> None:
+    name = _fresh("secret")
+    assert await store.legacy_secret(name) is None
+    await store.forget_legacy_secret(name)  # nothing to forget: no error
+    assert await store.legacy_secret(name) is None
 
 
 # -- organisations and users -----------------------------------------------------
@@ -354,12 +367,18 @@ async def test_code_sends_are_limited_over_a_rolling_window(store: Store) -> Non
     assert await record(NOW + 1500)
 
 
+async def _attempt(store: Store, phone_key: bytes, now: int = NOW, *, max_attempts: int = 5,
+                   max_guesses: int = 100) -> bytes | None:
+    return await store.take_verification_attempt(
+        phone_key=phone_key, now=now, max_attempts=max_attempts, guess_window_ms=DAY_MS,
+        max_guesses=max_guesses)
+
+
 async def test_attempts_are_counted_and_a_new_code_resets_them(store: Store) -> None:
     phone_key = _fresh("key").encode()
 
     async def attempt(now: int = NOW) -> bytes | None:
-        return await store.take_verification_attempt(phone_key=phone_key, now=now,
-                                                     max_attempts=2)
+        return await _attempt(store, phone_key, now, max_attempts=2)
 
     assert await attempt() is None
     await store.record_verification_code(phone_key=phone_key, code_hash=b"first", now=NOW,
@@ -371,6 +390,104 @@ async def test_attempts_are_counted_and_a_new_code_resets_them(store: Store) -> 
                                          expires_at=NOW + 10, window_ms=DAY_MS, max_sends=5)
     assert await attempt() == b"second"
     assert await attempt(NOW + 10) is None  # expired
+
+
+async def test_a_new_code_does_not_reset_the_guesses_of_its_number(store: Store) -> None:
+    phone_key = _fresh("key").encode()
+
+    async def new_code(code_hash: bytes, now: int) -> None:
+        assert await store.record_verification_code(
+            phone_key=phone_key, code_hash=code_hash, now=now, expires_at=now + 1000,
+            window_ms=DAY_MS, max_sends=100)
+
+    async def attempt(now: int) -> bytes | None:
+        return await _attempt(store, phone_key, now, max_attempts=2, max_guesses=3)
+
+    await new_code(b"first", NOW)
+    assert await attempt(NOW) == b"first"
+    assert await attempt(NOW + 1) == b"first"
+    await new_code(b"second", NOW + 2)
+    assert await attempt(NOW + 3) == b"second"  # the third guess of the window
+    with pytest.raises(GuessBudgetSpent) as spent:
+        await attempt(NOW + 4)
+    assert spent.value.resume_at == NOW + DAY_MS  # the window started at the first guess
+    await new_code(b"third", NOW + 5)
+    with pytest.raises(GuessBudgetSpent):
+        await attempt(NOW + 6)
+    # Refused means unchanged: the third code still has both its attempts once the window
+    # is over, and a new window starts.
+    await new_code(b"fourth", NOW + DAY_MS)
+    assert await attempt(NOW + DAY_MS) == b"fourth"
+    assert await attempt(NOW + DAY_MS + 1) == b"fourth"
+    assert await attempt(NOW + DAY_MS + 2) is None  # the code's own limit
+
+
+async def test_a_check_without_a_pending_code_counts_no_guess(store: Store) -> None:
+    phone_key = _fresh("key").encode()
+    for index in range(5):
+        assert await _attempt(store, phone_key, NOW + index, max_guesses=1) is None
+    assert await store.record_verification_code(
+        phone_key=phone_key, code_hash=b"h", now=NOW, expires_at=NOW + 1000, window_ms=DAY_MS,
+        max_sends=1)
+    assert await _attempt(store, phone_key, NOW + 10, max_guesses=1) == b"h"
+    with pytest.raises(GuessBudgetSpent):
+        await _attempt(store, phone_key, NOW + 11, max_guesses=1)
+
+
+async def test_guesses_of_one_number_are_counted_exactly_under_concurrency(
+        store: Store) -> None:
+    phone_key = _fresh("key").encode()
+    assert await store.record_verification_code(
+        phone_key=phone_key, code_hash=b"h", now=NOW, expires_at=NOW + 1000, window_ms=DAY_MS,
+        max_sends=1)
+    outcomes: list[object] = []
+
+    async def guess() -> None:
+        try:
+            outcomes.append(await _attempt(store, phone_key, max_attempts=100, max_guesses=4))
+        except GuessBudgetSpent:
+            outcomes.append("spent")
+
+    with trio.fail_after(TIMEOUT_S):
+        async with trio.open_nursery() as nursery:
+            for _ in range(10):
+                nursery.start_soon(guess)
+    assert outcomes.count(b"h") == 4
+    assert outcomes.count("spent") == 6
+
+
+async def test_old_enrolment_records_are_forgotten_in_bounded_batches(store: Store) -> None:
+    while await store.forget_enrolment_records(now=NOW + 10 * DAY_MS, send_window_ms=DAY_MS,
+                                               guess_window_ms=DAY_MS, limit=1000):
+        pass  # older tests' leftovers
+    old = [_fresh("old").encode() for _ in range(3)]
+    for index, phone_key in enumerate(old):
+        assert await store.record_verification_code(
+            phone_key=phone_key, code_hash=b"h", now=NOW + index, expires_at=NOW + 1000,
+            window_ms=DAY_MS, max_sends=5)
+        assert await _attempt(store, phone_key, NOW + index) == b"h"
+    fresh = _fresh("fresh").encode()
+    later = NOW + 10 * DAY_MS
+    assert await store.record_verification_code(
+        phone_key=fresh, code_hash=b"f", now=later - 1, expires_at=later + 1000,
+        window_ms=DAY_MS, max_sends=5)
+    assert await _attempt(store, fresh, later - 1) == b"f"
+
+    def forget(limit: int) -> Any:
+        return store.forget_enrolment_records(now=later, send_window_ms=DAY_MS,
+                                              guess_window_ms=DAY_MS, limit=limit)
+
+    # Three kinds of rows (code, send, guess window) per old number: two of each per call.
+    assert await forget(2) == 6
+    assert await forget(2) == 3
+    assert await forget(2) == 0
+    # What can still count stays: the fresh number's code, its send and its guesses.
+    assert await _attempt(store, fresh, later, max_guesses=2) == b"f"
+    with pytest.raises(GuessBudgetSpent):
+        await _attempt(store, fresh, later, max_guesses=2)
+    assert not await store.record_verification_code(
+        phone_key=fresh, code_hash=b"g", now=later, expires_at=later + 1000, window_ms=DAY_MS,
+        max_sends=1)
 
 
 # -- device registration ----------------------------------------------------------
@@ -418,8 +535,7 @@ async def test_a_replaced_code_is_refused_and_the_new_one_kept(store: Store) -> 
     with pytest.raises(RegistrationRefused) as refused:
         await _register_device(store, phone=user.phone, phone_key=phone_key, code_hash=b"old")
     assert refused.value.reason is RegistrationRefusal.CODE_CONSUMED
-    assert await store.take_verification_attempt(phone_key=phone_key, now=NOW,
-                                                 max_attempts=5) == b"new"
+    assert await _attempt(store, phone_key) == b"new"
 
 
 async def test_concurrent_registrations_with_one_code_admit_exactly_one(store: Store) -> None:
@@ -460,8 +576,7 @@ async def test_registration_beyond_max_devices_is_refused_and_keeps_the_code(
     assert refused.value.reason is RegistrationRefusal.TOO_MANY_DEVICES
     assert len(await store.list_devices(user.user_id)) == 2
     # Refused means nothing changed: the code is still pending.
-    assert await store.take_verification_attempt(phone_key=phone_key, now=NOW,
-                                                 max_attempts=5) == b"hash"
+    assert await _attempt(store, phone_key) == b"hash"
 
 
 async def test_registration_in_an_inactive_organisation_is_refused(store: Store) -> None:
@@ -805,13 +920,13 @@ async def test_everything_survives_closing_and_reopening(store_opener: StoreOpen
     async with store_opener() as first:
         sender, _ = await _enrolled(first)
         recipient, devices = await _enrolled(first, devices=2)
-        secret = await first.get_or_create_secret("reopen", b"s" * 32)
+        fingerprint = await first.keep_secret_fingerprint("reopen", b"s" * 32)
         pending = [first.submit_send(_send(sender, recipient, devices, client_message_id))
                    for client_message_id in range(5)]
         # Closing without awaiting: submitted writes still commit.
     outcomes = [await result.wait() for result in pending]
     async with store_opener() as second:
-        assert await second.get_or_create_secret("reopen", b"other") == secret
+        assert await second.keep_secret_fingerprint("reopen", b"other") == fingerprint
         assert await second.find_user_by_phone(recipient.phone) is not None
         assert [device.device_id for device in await second.list_devices(recipient.user_id)] == (
             devices)

@@ -244,7 +244,8 @@ async def test_a_node_whose_listening_connection_was_lost_drains_what_it_missed(
     # Unique: application names are database-wide, and other suites may run a node-2.
     node_name = f"node-2-{uuid.uuid4().hex}"
     settings = RelaySettings(data_dir=tmp_path / "node-2", listen_port=0, store=cluster_url,
-                             node_name=node_name, metrics_listen="127.0.0.1:0")
+                             node_name=node_name, metrics_listen="127.0.0.1:0",
+                             enrolment_secret_file=tmp_path / "enrolment.secret")
     running: RunningRelay = await nursery.start(serve, settings)
     node_2 = running.context.cluster
     assert node_2 is not None

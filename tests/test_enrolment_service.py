@@ -34,7 +34,6 @@ from enrolment.errors import (
     VerificationFailed,
 )
 from enrolment.service import (
-    ENROLMENT_SECRET_NAME,
     FIRST_DEVICE_LIST_VERSION,
     REENROLMENT_REVOKE_REASON,
     EnrolmentService,
@@ -56,6 +55,9 @@ T0 = 1_700_000_000_000
 DECLARED = "+33612345678"
 UNDECLARED = "+33698765432"
 ORGANISATION = "acme"
+ADDRESS = "192.0.2.1"
+"""The source address of the tests' requests (TEST-NET-1); the limits per address have tests
+of their own (test_enrolment_limits.py)."""
 WAIT_S = 10  # generous bound on anything that could hang
 
 
@@ -89,6 +91,7 @@ class Relay:
     """The pieces a test drives: service, store, outbox and delivered SMS."""
 
     service: EnrolmentService
+    secret: bytes
     store: SqliteStore
     database: Path
     outbox: Path
@@ -99,9 +102,10 @@ class Relay:
         with trio.fail_after(WAIT_S):
             return await self.delivered.receive()
 
-    async def request_code(self, phone: str = DECLARED, now: int = T0) -> str:
+    async def request_code(self, phone: str = DECLARED, now: int = T0, *,
+                           address: str = ADDRESS) -> str:
         """Start enrolment for a declared number and return the code it received."""
-        await self.service.start(phone, now)
+        await self.service.start(phone, now, address=address)
         message = await self.next_sms()
         assert message.to == phone
         match = re.search(r"\b(\d{6})\b", message.body)
@@ -120,11 +124,13 @@ class Relay:
 
 async def verify(relay: Relay, phone: str, code: str, now: int, *,
                  account: NewAccount | None = None,
-                 service: EnrolmentService | None = None) -> Registration:
+                 service: EnrolmentService | None = None,
+                 address: str = ADDRESS) -> Registration:
     """Verify ``code`` for a new account (a fresh one unless given)."""
     account = new_account() if account is None else account
     return await (relay.service if service is None else service).verify(
-        phone, code, account.identity_key, account.account_key, account.device_list, now)
+        phone, code, account.identity_key, account.account_key, account.device_list, now,
+        address=address)
 
 
 @pytest.fixture
@@ -138,10 +144,11 @@ async def relay(tmp_path: Path, nursery: trio.Nursery) -> AsyncIterator[Relay]:
                                on_sent=send_delivered.send_nowait)
     async with open_sqlite_store(database) as store:
         await nursery.start(dispatcher.run)
-        service = await EnrolmentService.create(store, dispatcher)
+        secret = secrets.token_bytes(32)
+        service = EnrolmentService(store, dispatcher, secret=secret)
         await admin.create_organisation(store, ORGANISATION, 10, T0)
         await admin.declare_user(store, ORGANISATION, DECLARED, T0)
-        yield Relay(service, store, database, outbox, dispatcher, receive_delivered)
+        yield Relay(service, secret, store, database, outbox, dispatcher, receive_delivered)
 
 
 # -- happy path and single use -------------------------------------------------
@@ -224,8 +231,9 @@ async def test_check_after_the_limit_is_refused_even_with_the_right_code(relay: 
     for attempt in range(MAX_CHECKS_PER_CODE):
         with pytest.raises(VerificationFailed):
             await verify(relay, DECLARED, other_code(code), T0 + attempt)
+    # From another address: the limit of this code is reached, not the address's.
     with pytest.raises(VerificationFailed):
-        await verify(relay, DECLARED, code, T0 + 10)
+        await verify(relay, DECLARED, code, T0 + 10, address="192.0.2.2")
 
 
 async def test_unknown_number_fails_like_a_wrong_code(relay: Relay) -> None:
@@ -264,13 +272,13 @@ async def test_bad_identity_key_is_an_invalid_request(relay: Relay, identity_key
     valid = new_account()
     with pytest.raises(InvalidRequest):
         await relay.service.verify(DECLARED, code, identity_key, valid.account_key,
-                                   valid.device_list, T0)
+                                   valid.device_list, T0, address=ADDRESS)
     await verify(relay, DECLARED, code, T0, account=valid)
 
 
 async def test_invalid_phone_number_propagates(relay: Relay) -> None:
     with pytest.raises(InvalidPhoneNumber):
-        await relay.service.start("06 12 34 56 78", T0)
+        await relay.service.start("06 12 34 56 78", T0, address=ADDRESS)
     with pytest.raises(InvalidPhoneNumber):
         await verify(relay, "+33 1", "123456", T0)
 
@@ -278,17 +286,23 @@ async def test_invalid_phone_number_propagates(relay: Relay) -> None:
 # -- rate limit, and undeclared numbers -------------------------------------------
 
 
+def address(index: int) -> str:
+    """Another source address per index: the limits per number, not per address, are tested."""
+    return f"198.51.100.{index}"
+
+
 async def test_sends_are_rate_limited_over_a_rolling_window(relay: Relay) -> None:
     for index in range(MAX_SENDS_PER_NUMBER_PER_DAY):
-        await relay.request_code(now=T0 + index)
+        await relay.request_code(now=T0 + index, address=address(index))
+    with pytest.raises(RateLimited, match="for this number; retry after 86400 s"):
+        await relay.service.start(DECLARED, T0 + MAX_SENDS_PER_NUMBER_PER_DAY,
+                                  address=address(50))
     with pytest.raises(RateLimited):
-        await relay.service.start(DECLARED, T0 + MAX_SENDS_PER_NUMBER_PER_DAY)
-    with pytest.raises(RateLimited):
-        await relay.service.start(DECLARED, T0 + SEND_WINDOW_MS - 1)
+        await relay.service.start(DECLARED, T0 + SEND_WINDOW_MS - 1, address=address(51))
     # The first send leaves the window: exactly one more is allowed.
-    await relay.request_code(now=T0 + SEND_WINDOW_MS)
+    await relay.request_code(now=T0 + SEND_WINDOW_MS, address=address(52))
     with pytest.raises(RateLimited):
-        await relay.service.start(DECLARED, T0 + SEND_WINDOW_MS)
+        await relay.service.start(DECLARED, T0 + SEND_WINDOW_MS, address=address(53))
     assert len(relay.outbox_lines()) == MAX_SENDS_PER_NUMBER_PER_DAY + 1
 
 
@@ -296,23 +310,22 @@ async def test_undeclared_number_is_answered_like_a_declared_one(relay: Relay) -
     for index in range(MAX_SENDS_PER_NUMBER_PER_DAY):
         now = T0 + index
         # Same answer: both return normally (start returns None by signature).
-        await relay.service.start(UNDECLARED, now)
-        await relay.service.start(DECLARED, now)
+        await relay.service.start(UNDECLARED, now, address=address(index))
+        await relay.service.start(DECLARED, now, address=address(index))
         # Delivery is in submission order: had the undeclared number been
         # submitted, it would arrive before this one.
         assert (await relay.next_sms()).to == DECLARED
 
     later = T0 + MAX_SENDS_PER_NUMBER_PER_DAY
     with pytest.raises(RateLimited) as undeclared_refusal:
-        await relay.service.start(UNDECLARED, later)
+        await relay.service.start(UNDECLARED, later, address=address(50))
     with pytest.raises(RateLimited) as declared_refusal:
-        await relay.service.start(DECLARED, later)
+        await relay.service.start(DECLARED, later, address=address(50))
     assert str(undeclared_refusal.value) == str(declared_refusal.value)
 
     # The same store work happened for both numbers...
-    secret = await relay.store.get_or_create_secret(ENROLMENT_SECRET_NAME, bytes(32))
     for phone in (DECLARED, UNDECLARED):
-        key = phone_key(secret, phone)
+        key = phone_key(relay.secret, phone)
         [(sends,)] = relay.sql("SELECT COUNT(*) FROM sms_sends WHERE phone_key = ?", (key,))
         assert sends == MAX_SENDS_PER_NUMBER_PER_DAY
     # ...but only the declared one got SMS.
@@ -337,28 +350,43 @@ def _text_values(relay: Relay) -> list[str]:
 
 async def test_code_is_stored_as_a_keyed_hash(relay: Relay) -> None:
     code = await relay.request_code()
-    secret = await relay.store.get_or_create_secret(ENROLMENT_SECRET_NAME, bytes(32))
-    key = phone_key(secret, DECLARED)
+    key = phone_key(relay.secret, DECLARED)
 
     [(stored_hash,)] = relay.sql("SELECT code_hash FROM verification_codes WHERE phone_key = ?",
                                  (key,))
     assert isinstance(stored_hash, bytes)
-    assert stored_hash == hash_code(secret, key, code)
+    assert stored_hash == hash_code(relay.secret, key, code)
     assert code.encode() not in stored_hash
     assert not any(code in value for value in _text_values(relay))
 
 
 async def test_undeclared_numbers_are_not_kept_in_clear(relay: Relay) -> None:
-    await relay.service.start(UNDECLARED, T0)
+    await relay.service.start(UNDECLARED, T0, address=ADDRESS)
     assert not any(UNDECLARED[1:] in value for value in _text_values(relay))
     for path in relay.database.parent.glob(relay.database.name + "*"):  # with -wal and -shm
         assert UNDECLARED[1:].encode() not in path.read_bytes()
 
 
-async def test_services_sharing_a_store_share_the_secret(relay: Relay) -> None:
+async def test_services_given_the_same_secret_verify_each_others_codes(relay: Relay) -> None:
     code = await relay.request_code()
-    other_node = await EnrolmentService.create(relay.store, relay.dispatcher)
+    other_node = EnrolmentService(relay.store, relay.dispatcher, secret=relay.secret)
     await verify(relay, DECLARED, code, T0, service=other_node)
+
+
+async def test_a_service_with_another_secret_verifies_no_code(relay: Relay) -> None:
+    code = await relay.request_code()
+    stranger = EnrolmentService(relay.store, relay.dispatcher, secret=secrets.token_bytes(32))
+    with pytest.raises(VerificationFailed):
+        await verify(relay, DECLARED, code, T0, service=stranger)
+    await verify(relay, DECLARED, code, T0)
+
+
+async def test_the_secret_is_not_in_the_store(relay: Relay) -> None:
+    await relay.request_code()
+    for path in relay.database.parent.glob(relay.database.name + "*"):  # with -wal and -shm
+        data = path.read_bytes()
+        assert relay.secret not in data
+        assert relay.secret.hex().encode() not in data
 
 
 # -- device limit and organisation state ---------------------------------------------
@@ -441,7 +469,7 @@ async def test_a_wrong_first_device_list_is_an_invalid_request_and_counts_nothin
     for _ in range(MAX_CHECKS_PER_CODE + 1):
         with pytest.raises(InvalidRequest):
             await relay.service.verify(DECLARED, code, account.identity_key, account_key,
-                                       device_list, T0)
+                                       device_list, T0, address=ADDRESS)
     user = await relay.store.find_user_by_phone(DECLARED)
     assert user is not None and user.state is UserState.DECLARED
     await verify(relay, DECLARED, code, T0, account=account)

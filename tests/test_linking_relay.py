@@ -486,7 +486,8 @@ async def two_nodes(tmp_path: Path, nursery: trio.Nursery) -> AsyncIterator[
         for name in ("one", "two"):
             sms = SmsInbox()
             settings = RelaySettings(data_dir=tmp_path / name, listen_port=0, store=url,
-                                     node_name=f"node-{name}-{uuid.uuid4().hex}")
+                                     node_name=f"node-{name}-{uuid.uuid4().hex}",
+                                     enrolment_secret_file=tmp_path / "enrolment.secret")
             running: RunningRelay = await nursery.start(
                 lambda task_status, settings=settings, sms=sms: serve(
                     settings, task_status=task_status, on_sms_sent=sms))

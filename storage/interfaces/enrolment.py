@@ -1,9 +1,16 @@
-"""``EnrolmentStore``: SMS verification codes, device registration and the store's secrets.
+"""``EnrolmentStore``: SMS verification codes, device registration, and what the store knows
+of the enrolment secret.
 
 Codes reach the store only as keyed hashes (``enrolment.codes``), and phone numbers that were
 never declared only as ``phone_key`` values (keyed hashes of the number), so that what the
-store keeps about an undeclared number tells nothing about it. Every check of a code costs
-one of its attempts, and a code registers at most one device. An enrolment creates a new
+store keeps about an undeclared number tells nothing about it. The key of those hashes, the
+enrolment secret, is never in the store: a stolen database or backup must not give it (the
+relay keeps it in a file, ``relay.enrolment_secret``). The store keeps only its fingerprint, so
+that the nodes of a cluster can tell that they read the same one; an earlier version kept the
+secret itself, which the relay moves out once (``legacy_secret``, ``forget_legacy_secret``).
+
+Every check of a code costs one of its attempts and one of its number's guesses, which a new
+code does not give back; a code registers at most one device. An enrolment creates a new
 account identity (``storage.interfaces.accounts``): the number's earlier devices are revoked.
 """
 
@@ -19,11 +26,25 @@ __all__ = ["EnrolmentStore"]
 class EnrolmentStore(Protocol):
     """What enrolment by SMS code needs. All methods are safe to call concurrently."""
 
-    async def get_or_create_secret(self, name: str, candidate: bytes) -> bytes:
-        """Return the secret stored under ``name``; store ``candidate`` first if none is.
+    async def legacy_secret(self, name: str) -> bytes | None:
+        """The secret an earlier version kept in the store under ``name``, if still there."""
+        ...
 
-        Atomic: concurrent callers (on any node) all receive the same value, so a code sent
-        by one node verifies on another.
+    async def forget_legacy_secret(self, name: str) -> None:
+        """Delete the secret kept under ``name`` (once it is safe elsewhere); nothing if none."""
+        ...
+
+    async def secret_fingerprint(self, name: str) -> bytes | None:
+        """The fingerprint of a secret kept under ``name``, if one is."""
+        ...
+
+    async def keep_secret_fingerprint(self, name: str, candidate: bytes, *,
+                                      replace: bool = False) -> bytes:
+        """Return the fingerprint kept under ``name``: ``candidate`` if none was kept (or if
+        ``replace``), which is kept from then on.
+
+        Atomic: concurrent callers (on any node) all receive the same value, so that a node
+        whose secret differs from the others' finds out.
         """
         ...
 
@@ -34,19 +55,31 @@ class EnrolmentStore(Protocol):
 
         Atomic: if fewer than ``max_sends`` codes were recorded for the key in
         ``(now - window_ms, now]``, record this send and make ``code_hash`` the
-        key's only pending code (its attempt count starts at 0); return True.
-        Otherwise change nothing and return False.
+        key's only pending code (its attempt count starts at 0, the key's guesses stay as
+        they are); return True. Otherwise change nothing and return False.
         """
         ...
 
-    async def take_verification_attempt(self, *, phone_key: bytes, now: int,
-                                        max_attempts: int) -> bytes | None:
-        """Count one check of the pending code and return its hash.
+    async def take_verification_attempt(self, *, phone_key: bytes, now: int, max_attempts: int,
+                                        guess_window_ms: int, max_guesses: int) -> bytes | None:
+        """Count one check of the pending code, and one guess of its number; return its hash.
 
-        Atomic: if the key has a pending code with ``expires_at > now`` and fewer
-        than ``max_attempts`` attempts, increment its attempts and return its
-        hash; otherwise change nothing and return None. The caller compares hashes
-        in constant time.
+        Atomic: if the key's guesses in its current window (which starts at the first guess
+        counted and lasts ``guess_window_ms``) already number ``max_guesses``, raise
+        ``GuessBudgetSpent`` with the window's end, changing nothing. Otherwise, if the key
+        has a pending code with ``expires_at > now`` and fewer than ``max_attempts`` attempts,
+        increment its attempts and the key's guesses (a new window if the last one is over)
+        and return the code's hash; otherwise change nothing and return None. Recording a new
+        code resets its attempts, never the guesses. The caller compares hashes in constant
+        time.
+        """
+        ...
+
+    async def forget_enrolment_records(self, *, now: int, send_window_ms: int,
+                                       guess_window_ms: int, limit: int) -> int:
+        """Delete what can no longer count: codes expired by ``now``, sends older than
+        ``send_window_ms`` and guess windows older than ``guess_window_ms``, up to ``limit``
+        rows of each (the sweeper calls it in short transactions). Returns the rows deleted.
         """
         ...
 
