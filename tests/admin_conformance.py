@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import hashlib
+from collections.abc import Callable
 
 import pytest
 import trio
@@ -547,7 +548,8 @@ async def test_concurrent_guesses_on_two_stores_share_one_budget(
     # Two stores on one file or database: two relay nodes (or processes) guessing at once,
     # at one email from one address, then at a new email each time from another address.
     email, address, sprayed_address = _guess_key(), _guess_key(), _guess_key()
-    rounds = (lambda: (email, address), lambda: (_guess_key(), sprayed_address))
+    rounds: tuple[Callable[[], tuple[bytes, bytes]], ...] = (
+        lambda: (email, address), lambda: (_guess_key(), sprayed_address))
 
     async def guess(store: Store, keys: tuple[bytes, bytes], granted: list[bool]) -> None:
         granted.append((await _guess(store, *keys)).granted)
