@@ -16,7 +16,9 @@ from __future__ import annotations
 import hashlib
 import hmac
 import ipaddress
+import os
 import secrets
+import sys
 from types import TracebackType
 
 import argon2
@@ -27,6 +29,7 @@ __all__ = [
     "BUSY_RETRY_AFTER_S",
     "IPV6_GUESS_PREFIX",
     "MAX_PASSWORD_CHARS",
+    "MAX_PASSWORD_HASHING_THREADS",
     "MAX_PENDING_PASSWORD_CHECKS",
     "MIN_PASSWORD_CHARS",
     "PASSWORD_GUESSES_ALLOWED",
@@ -63,12 +66,25 @@ PASSWORD_GUESS_WINDOW_MS = 15 * 60 * 1000
 """Window of the guess budget (15 minutes from its first counted guess)."""
 IPV6_GUESS_PREFIX = 64
 """An IPv6 client is counted by its /64: one subscriber commonly holds all of one."""
-PASSWORD_HASHING_THREADS = 2
-"""Argon2id hashes computed at once, each in a worker thread (100 to 150 ms of a core and
-64 MiB each): a burst of logins queues for them instead of stalling the event loop."""
+MAX_PASSWORD_HASHING_THREADS = 2
+"""Argon2id hashes computed at once at most, each in a worker thread (100 to 150 ms of a core
+and 64 MiB each): a burst of logins queues for them instead of stalling the event loop. Two
+check about 15 passwords a second, far more than administrators need."""
+
+
+def _usable_cores() -> int:
+    if sys.platform == "linux":
+        return len(os.sched_getaffinity(0))  # the cores this process may run on
+    return os.cpu_count() or 1
+
+
+PASSWORD_HASHING_THREADS = max(1, min(MAX_PASSWORD_HASHING_THREADS, _usable_cores() - 1))
+"""The hashing threads of this machine: MAX_PASSWORD_HASHING_THREADS, but never every core
+this process may run on (one on two cores), so that the event loop always has a core of its
+own while a burst of logins is hashed."""
 MAX_PENDING_PASSWORD_CHECKS = 32
-"""Requests holding a counted guess that may wait for a hashing thread (about 2 s of work
-for two threads); past it they are refused as busy, so that a spray from many addresses
+"""Requests holding a counted guess that may wait for a hashing thread (about 4 s of work
+for one thread, 2 s for two); past it they are refused as busy, so that a spray from many addresses
 keeps the queue, its memory and its delay bounded."""
 BUSY_RETRY_AFTER_S = 1
 """The retry-after of a request refused because MAX_PENDING_PASSWORD_CHECKS are waiting."""
