@@ -18,6 +18,7 @@ from enrolment.service import EnrolmentService
 from relay.cluster import ClusterNode
 from relay.delivery import CommitPipeline, Presence
 from relay.metrics import RelayMetrics
+from relay.send_budgets import SendBudgets
 from relay.settings import RelaySettings
 from storage.base import Store
 from transport.quic import QuicEndpoint
@@ -101,6 +102,13 @@ class RelayContext:
     """The device-list service (relay/device_lists.py); ``serve`` sets it."""
     linking: LinkRequests = field(init=False)
     """The link-channel service (relay/linking.py); ``serve`` sets it."""
+    send_budgets: SendBudgets = field(init=False)
+    """Each sender device's SENDs and bytes per minute (``settings``), checked before a SEND
+    is submitted (relay/send_budgets.py)."""
+
+    def __post_init__(self) -> None:
+        self.send_budgets = SendBudgets(messages=self.settings.sends_per_minute,
+                                        payload_bytes=self.settings.send_bytes_per_minute)
 
     async def endpoint_drained(self) -> None:
         """Wait until everything written so far has left (or at least one scheduling round)."""

@@ -9,8 +9,10 @@ the session writes it on the request's stream. What the relay promises (docs/PRO
 "Prekeys", and the prekey rows of the invariants table in docs/ARCHITECTURE.md): every
 signature is verified against the device's stored identity key before anything is stored, and
 an upload is stored whole or not at all; a one-time prekey is handed out at most once
-(``PrekeyStore.claim_bundles``); fetches are rate-limited per requester and target, so no one
-can drain a user's pools.
+(``PrekeyStore.claim_bundles``); fetches are rate-limited per requesting device, before the
+target is looked up, so that made-up user ids cost as much as real ones and make no bucket of
+their own, and then per requesting device and existing target, so no one can drain a user's
+pools.
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ from wire.prekey_frames import (
 )
 
 __all__ = [
+    "BUNDLE_FETCHES_PER_DEVICE",
     "BUNDLE_FETCHES_PER_TARGET",
     "BUNDLE_FETCH_PERIOD_MS",
     "MAX_ONE_TIME_PREKEYS_PER_DEVICE",
@@ -70,11 +73,18 @@ __all__ = [
 
 log = structlog.get_logger("relay.prekeys")
 
+BUNDLE_FETCHES_PER_DEVICE = 200
+"""Bundle fetches one device may make per period, whatever the targets: a client fetches once
+per new contact and per new device of a contact. One bucket per requesting device, taken before
+the target is looked up: a client that makes up user ids neither gets more fetches nor makes the
+relay keep a bucket per id."""
 BUNDLE_FETCHES_PER_TARGET = 20
-"""Bundle fetches one device may make for one target user per period: a client fetches when it
-starts a session or the target adds a device; more would only drain the target's one-time pools."""
+"""Bundle fetches one device may make for one existing target user per period: a client fetches
+when it starts a session or the target adds a device; more would only drain the target's
+one-time pools. Taken only once the target is known to exist and be reachable."""
 BUNDLE_FETCH_PERIOD_MS = 60 * 60 * 1000
-"""The period over which BUNDLE_FETCHES_PER_TARGET refills (one hour)."""
+"""The period over which BUNDLE_FETCHES_PER_DEVICE and BUNDLE_FETCHES_PER_TARGET refill (one
+hour)."""
 MAX_ONE_TIME_PREKEYS_PER_DEVICE = 1000
 """One-time keys of each kind the relay keeps per device: ten full uploads, ~1.6 MB of KEM keys;
 a bound on what one device can make the relay store."""
@@ -84,6 +94,16 @@ PREKEYS_LOW_THRESHOLD = 10
 
 def _error(code: ErrorCode, reason: str) -> bytes:
     return encode_frame(Error(code=code, reason=reason))
+
+
+def _rate_limited(what: str, capacity: int) -> bytes:
+    """RATE_LIMITED by an empty bucket of ``capacity`` fetches: it refills one fetch within
+    ``BUNDLE_FETCH_PERIOD_MS / capacity``, the wait the answer names."""
+    wait_ms = -(-BUNDLE_FETCH_PERIOD_MS // capacity)
+    return encode_frame(Error(
+        code=ErrorCode.RATE_LIMITED, retry_after_ms=wait_ms,
+        reason=f"too many bundle fetches {what} (at most {capacity} an hour); "
+               f"retry after {-(-wait_ms // 1000)} s"))
 
 
 def _counts_answer(answer: type[PrekeyCounts | PrekeysUploaded], counts: StoredCounts) -> bytes:
@@ -222,17 +242,23 @@ class PrekeyService:
         return devices
 
     async def _fetch_bundle(self, requester: tuple[str, int], frame: FetchBundle) -> bytes:
-        relay = self._relay
-        if not await self._store.take_tokens(
+        relay, store = self._relay, self._store
+        if not await store.take_tokens(
+                key=f"bundle-device {requester[0]} {requester[1]}", cost=1,
+                capacity=BUNDLE_FETCHES_PER_DEVICE, period_ms=BUNDLE_FETCH_PERIOD_MS,
+                now=relay.now_ms()):
+            relay.metrics.rate_limited += 1
+            return _rate_limited("from this device", BUNDLE_FETCHES_PER_DEVICE)
+        devices = await self._reachable_devices(frame.user_id, requester)
+        if devices is None:
+            return _error(ErrorCode.UNKNOWN_RECIPIENT, "no such user, or not reachable")
+        # Only now, for a target that exists: at most one new bucket per fetch granted above.
+        if not await store.take_tokens(
                 key=f"bundle {requester[0]} {requester[1]} {frame.user_id}", cost=1,
                 capacity=BUNDLE_FETCHES_PER_TARGET, period_ms=BUNDLE_FETCH_PERIOD_MS,
                 now=relay.now_ms()):
             relay.metrics.rate_limited += 1
-            return _error(ErrorCode.RATE_LIMITED, "too many bundle fetches for this user; "
-                          "retry later")
-        devices = await self._reachable_devices(frame.user_id, requester)
-        if devices is None:
-            return _error(ErrorCode.UNKNOWN_RECIPIENT, "no such user, or not reachable")
+            return _rate_limited("for this user", BUNDLE_FETCHES_PER_TARGET)
         wanted = {device.device_id for device in devices}
         if frame.device_ids:
             wanted &= set(frame.device_ids)

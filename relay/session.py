@@ -44,7 +44,12 @@ from relay.account_audit import ENROLMENT_ACTOR, audit_device_changes
 from relay.cluster import DeviceGone
 from relay.context import RelayContext
 from relay.delivery import DeliveryPump
-from relay.limits import LOOKUP_PERIOD_MS, LOOKUPS_PER_MINUTE, MAX_WAITING_LINK_FETCHES
+from relay.limits import (
+    LOOKUP_PERIOD_MS,
+    LOOKUPS_PER_MINUTE,
+    MAX_WAITING_LINK_FETCHES,
+    sender_queue_share,
+)
 from relay.linking import address_key
 from relay.reachability import may_reach
 from storage.base import NewSend, OrganisationState, SendOutcome, SendStatus, UserState
@@ -110,6 +115,10 @@ _SEND_REFUSALS: dict[SendStatus, tuple[ErrorCode, str]] = {
                                     "the payloads do not address the recipient's devices"),
     SendStatus.QUEUE_FULL: (ErrorCode.QUEUE_FULL,
                             "a recipient device's queue is full; retry later"),
+    SendStatus.SENDER_SHARE_FULL: (ErrorCode.QUEUE_FULL,
+                                   "your share of a recipient device's queue is used up (one "
+                                   "sender may fill only part of it); retry once it has read "
+                                   "some"),
     SendStatus.ORGANISATION_SUSPENDED: (ErrorCode.ORGANISATION_SUSPENDED,
                                         "organisation suspended"),
 }
@@ -366,13 +375,29 @@ class DeviceSession:
     def _submit_send(self, stream_id: int, slot: _Slot, device: AuthenticatedDevice,
                      frame: Send) -> None:
         user_id, device_id = device.key
-        now = self._relay.now_ms()
+        relay, settings = self._relay, self._relay.settings
+        now = relay.now_ms()
+        # Before any store work: a device over its budget costs the relay a dictionary look-up.
+        wait_ms = relay.send_budgets.take(
+            device.key, payload_bytes=sum(map(len, frame.payloads.values())), now=now)
+        if wait_ms is not None:
+            relay.metrics.rate_limited += 1
+            relay.metrics.refused += 1
+            relay.metrics.refusals["rate_limited"] += 1
+            self._fill(stream_id, slot, encode_frame(Error(
+                code=ErrorCode.RATE_LIMITED, retry_after_ms=wait_ms,
+                reason=f"too many sends from this device (at most {settings.sends_per_minute} "
+                       f"SENDs and {settings.send_bytes_per_minute / 2**20:g} MiB a minute); "
+                       f"retry after {-(-wait_ms // 1000)} s")))
+            return
         pending = self._store.submit_send(NewSend(
             sender_user_id=user_id, sender_device_id=device_id,
             recipient_user_id=frame.recipient_user_id,
             client_message_id=frame.client_message_id, payloads=frame.payloads,
-            accepted_at=now, expires_at=now + self._relay.settings.envelope_ttl_ms,
-            max_queue_depth=self._relay.settings.max_queue_depth,
+            accepted_at=now, expires_at=now + settings.envelope_ttl_ms,
+            max_queue_depth=settings.max_queue_depth,
+            max_sender_share=sender_queue_share(settings.max_queue_depth,
+                                                settings.sender_queue_share_percent),
             exclude_device_id=device_id if frame.recipient_user_id == user_id else None,
             sender_organisation_id=device.organisation_id))
 

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Literal
 
 from enrolment.limits import ENROL_STARTS_PER_ADDRESS, ENROL_VERIFIES_PER_ADDRESS
+from relay.limits import SEND_BYTES_PER_MINUTE, SENDER_QUEUE_SHARE_PERCENT, SENDS_PER_MINUTE
 
 __all__ = [
     "DEFAULT_DATA_DIR",
@@ -45,6 +46,13 @@ class RelaySettings:
     """TLS certificate chain and key (PEM); a development pair is generated if unset."""
     envelope_ttl_ms: int = DEFAULT_ENVELOPE_TTL_MS
     max_queue_depth: int = DEFAULT_MAX_QUEUE_DEPTH
+    sends_per_minute: int = SENDS_PER_MINUTE
+    """SENDs one device may make per minute, in bursts of as many (beyond: RATE_LIMITED)."""
+    send_bytes_per_minute: int = SEND_BYTES_PER_MINUTE
+    """Ciphertext bytes one device may send per minute, every payload counted."""
+    sender_queue_share_percent: int = SENDER_QUEUE_SHARE_PERCENT
+    """Percent of each device's queue (``max_queue_depth``) one sender user may hold, at least
+    100 envelopes (beyond: QUEUE_FULL for that sender's SENDs); 100 turns the share off."""
     idle_timeout_s: float = 60.0
     """A connection silent this long is closed (clients keep alive with PINGs)."""
     retry: bool = True
