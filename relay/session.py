@@ -79,7 +79,7 @@ from wire.frames import (
     Send,
     SendAccepted,
 )
-from wire.limits import NONCE_SIZE
+from wire.limits import MAX_RETRY_AFTER_MS, NONCE_SIZE
 from wire.phone import InvalidPhoneNumber, parse_phone
 from wire.prekey_frames import FetchBundle, GetPrekeyCounts, ListDevices, UploadPrekeys
 from wire.protocol import (
@@ -506,18 +506,17 @@ class DeviceSession:
         wait_ms = allowance.take(now)
         if wait_ms is None:
             return None
-        limited = RateLimited("too many enrolment requests on this connection",
-                              retry_after_ms=wait_ms)
-        return self._enrolment_refused(step, ErrorCode.RATE_LIMITED, str(limited))
+        return self._enrolment_refused(step, RateLimited(
+            "too many enrolment requests on this connection", retry_after_ms=wait_ms))
 
     async def _enrol_start(self, frame: EnrolStart) -> bytes:
         try:
             await self._relay.enrolment.start(frame.phone, self._relay.now_ms(),
                                               address=address_key(self._peer_host()))
         except InvalidPhoneNumber as error:
-            return self._enrolment_refused("start", ErrorCode.INVALID_PHONE_NUMBER, str(error))
+            return self._enrolment_answer("start", ErrorCode.INVALID_PHONE_NUMBER, str(error))
         except EnrolmentError as error:
-            return self._enrolment_refused("start", _enrolment_code(error), str(error))
+            return self._enrolment_refused("start", error)
         self._relay.metrics.enrolment["start", "ok"] += 1
         return encode_frame(EnrolStarted())
 
@@ -528,9 +527,9 @@ class DeviceSession:
                 frame.phone, frame.code, frame.identity_key, frame.account_key,
                 frame.device_list, relay.now_ms(), address=address_key(self._peer_host()))
         except InvalidPhoneNumber as error:
-            return self._enrolment_refused("verify", ErrorCode.INVALID_PHONE_NUMBER, str(error))
+            return self._enrolment_answer("verify", ErrorCode.INVALID_PHONE_NUMBER, str(error))
         except EnrolmentError as error:
-            return self._enrolment_refused("verify", _enrolment_code(error), str(error))
+            return self._enrolment_refused("verify", error)
         device = registration.device
         # A new account for the number: its earlier devices are revoked (here at once; on other
         # nodes by the store's revocation notification).
@@ -547,9 +546,18 @@ class DeviceSession:
                        connections_closed=closed)
         return encode_frame(Enrolled(user_id=device.user_id, device_id=device.device_id))
 
-    def _enrolment_refused(self, step: str, code: ErrorCode, reason: str) -> bytes:
+    def _enrolment_refused(self, step: str, error: EnrolmentError) -> bytes:
+        """The ERROR answering an enrolment request that ``error`` refused; a RATE_LIMITED one
+        says when to retry (``retry_after_ms``, at most what the field holds)."""
+        retry_after_ms = (min(error.retry_after_ms, MAX_RETRY_AFTER_MS)
+                          if isinstance(error, RateLimited) else None)
+        return self._enrolment_answer(step, _enrolment_code(error), str(error),
+                                      retry_after_ms=retry_after_ms)
+
+    def _enrolment_answer(self, step: str, code: ErrorCode, reason: str, *,
+                          retry_after_ms: int | None = None) -> bytes:
         self._relay.metrics.enrolment[step, code.name.lower()] += 1
-        return _error(code, reason)
+        return encode_frame(Error(code=code, reason=reason, retry_after_ms=retry_after_ms))
 
     async def _lookup(self, device: AuthenticatedDevice, frame: Lookup) -> bytes:
         if not await self._store.take_tokens(
