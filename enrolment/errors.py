@@ -40,7 +40,8 @@ class InvalidPhoneNumber(InvalidRequest, phone.InvalidPhoneNumber):
 
 class RateLimited(EnrolmentError):
     """A limit on enrolment requests is reached (``enrolment.limits``, ``enrolment.codes``):
-    too many from this connection or address, or for this number. Nothing was counted.
+    too many from this connection or address, or for this number. The request went no
+    further (the limits checked before this one counted it).
 
     ``retry_after_ms`` is when the request may succeed again, at the earliest as far as this
     limit goes: the message says it in seconds (what the relay's ERROR carries).
