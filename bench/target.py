@@ -35,6 +35,11 @@ __all__ = ["Target", "TargetOptions", "check_options", "open_target"]
 SMS_TOKEN_BYTES = 32
 """Random bytes of a generated ``--sms-token`` (256 bits, like the relay's API tokens)."""
 
+BENCH_ENROLMENTS_PER_ADDRESS = 1_000_000
+"""ENROL_STARTs and ENROL_VERIFYs per hour from one address that a relay the bench starts
+allows (settings ``enrol_starts_per_address``, ``enrol_verifies_per_address``): more than any
+run enrols."""
+
 
 @dataclass(frozen=True, kw_only=True)
 class TargetOptions:
@@ -184,8 +189,13 @@ def _announce_generated_token() -> str:
 @asynccontextmanager
 async def _spawned_target(options: TargetOptions) -> AsyncIterator[Target]:
     with tempfile.TemporaryDirectory(prefix="cryptopass-bench-") as temporary:
-        async with spawn_relay(Path(temporary) / "relay", *options.relay_args.split(),
-                               cpu=options.relay_cpu) as server:
+        # The bench enrols every device from one address (loopback): the relay's enrolment
+        # limits per address, meant for floods, would stop it at 20 an hour. --relay-args may
+        # set them again.
+        unlimited = [f"--set=enrol_{kind}_per_address={BENCH_ENROLMENTS_PER_ADDRESS}"
+                     for kind in ("starts", "verifies")]
+        async with spawn_relay(Path(temporary) / "relay", *unlimited,
+                               *options.relay_args.split(), cpu=options.relay_cpu) as server:
             location = parse_store_url(None, data_dir=server.data_dir)
             yield Target(host="127.0.0.1", port=server.port, ca=server.cert,
                          provisioner=StoreProvisioner(location), codes=OutboxCodes(server),
