@@ -13,7 +13,13 @@ changes address keeps its connection). The shell is thin (docs/ARCHITECTURE.md,
   packets as aioquic can build;
 * one timer task serves every connection from a heap of deadlines, instead of
   a task or a timer per packet;
-* a server validates client addresses with QUIC Retry (RFC 9000 §8.1.2).
+* a server validates client addresses with QUIC Retry (RFC 9000 §8.1.2), then
+  turns away, with CONNECTION_REFUSED and a reason, a client address (an IPv4
+  address, an IPv6 /64) that already holds ``connections_per_address``
+  connections;
+* a server bounds what each client may make it hold: streams open at once and
+  bytes received out of order (transport/flow_control.py); a closed connection
+  leaves no reference behind (its route, its timers, its handler).
 
 aioquic's asyncio layer is never used.
 """
@@ -21,6 +27,7 @@ aioquic's asyncio layer is never used.
 from __future__ import annotations
 
 import heapq
+import ipaddress
 import itertools
 import os
 import socket
@@ -34,21 +41,34 @@ from aioquic.buffer import Buffer
 from aioquic.quic import events
 from aioquic.quic.configuration import SMALLEST_MAX_DATAGRAM_SIZE, QuicConfiguration
 from aioquic.quic.connection import QuicConnection
+from aioquic.quic.crypto import CryptoPair
 from aioquic.quic.packet import (
+    QuicErrorCode,
+    QuicFrameType,
     QuicPacketType,
     encode_quic_retry,
     encode_quic_version_negotiation,
     pull_quic_header,
 )
+from aioquic.quic.packet_builder import QuicPacketBuilder
 from aioquic.quic.retry import QuicRetryTokenHandler
 
 from transport.connection_memory import release_after_handshake
+from transport.flow_control import (
+    drop_reset_stream_data,
+    install_receive_window,
+    limit_peer_streams,
+    slide_receive_window,
+)
 
 __all__ = [
+    "MAX_CONNECTIONS_PER_ADDRESS",
     "ConnectionHandler",
     "ConnectionIdRouting",
     "QuicEndpoint",
     "QuicLink",
+    "address_key",
+    "encode_connection_refused",
     "open_udp_socket",
 ]
 
@@ -92,6 +112,20 @@ LONG_HEADER_BIT = 0x80
 RETRY_CID_BYTES = 8
 """Length of the connection id chosen in a Retry packet."""
 
+MAX_CONNECTIONS_PER_ADDRESS = 64
+"""Connections one client address (an IPv4 address, an IPv6 /64: what one host or one
+household controls) may hold at once on one endpoint; more are refused at the handshake.
+A device holds one; a household or an office behind one NAT address holds dozens."""
+
+IPV6_PREFIX_BITS = 64
+"""An IPv6 client is counted by its /64: one subscriber usually has a whole /64 to draw from."""
+
+REFUSAL_REASON_BYTES = 256
+"""Longest reason phrase of a refusal at the handshake (it rides in one small packet)."""
+
+TIMER_HEAP_SLACK = 64
+"""Superseded timer entries tolerated beyond two per connection before the heap is rebuilt."""
+
 
 class ConnectionHandler(Protocol):
     """What the application attaches to each connection."""
@@ -120,11 +154,21 @@ class ConnectionIdRouting(Protocol):
         ...
 
 
+class _TimerEntry:
+    """What the endpoint's timer heap holds of a link: cut loose when the link is forgotten,
+    so that deadlines still in the heap keep no closed connection alive."""
+
+    __slots__ = ("link",)
+
+    def __init__(self, link: QuicLink) -> None:
+        self.link: QuicLink | None = link
+
+
 class QuicLink:
     """One QUIC connection as the application sees it."""
 
-    __slots__ = ("_cids", "_endpoint", "_sending", "_stopped", "_timer_at", "closed",
-                 "handler", "peer_address", "quic", "terminated_by")
+    __slots__ = ("_address_key", "_cids", "_endpoint", "_sending", "_stopped", "_timer",
+                 "_timer_at", "closed", "handler", "peer_address", "quic", "terminated_by")
 
     def __init__(self, endpoint: QuicEndpoint, quic: QuicConnection,
                  handler: ConnectionHandler | None, peer_address: NetworkAddress) -> None:
@@ -138,6 +182,8 @@ class QuicLink:
         self._cids: set[bytes] = set()  # every connection id routed to this link
         self._sending = False  # stream data queued since the last flush
         self._stopped: set[int] | None = None  # streams the peer stopped (STOP_SENDING)
+        self._timer = _TimerEntry(self)  # what the endpoint's timer heap holds of this link
+        self._address_key: str | None = None  # counted in the endpoint's per-address budget
 
     def send_stream_data(self, stream_id: int, data: bytes, end_stream: bool = False) -> None:
         """Queue bytes on a stream; they leave at the next flush.
@@ -207,23 +253,38 @@ class QuicEndpoint:
         clock: time source in seconds (aioquic's ``now``); trio's by default.
         routing: when several processes share the UDP port, issues connection ids
             naming this one and forwards datagrams of the others' connections.
+        peer_streams: server only; streams of each kind a client may keep open at once
+            (None: aioquic's 128).
+        receive_window: server only; bytes a client may send beyond what has left the
+            receive buffers, so at most what a connection holds out of order (None:
+            aioquic's doubling windows, from the configuration's ``max_data``).
+        connections_per_address: server only; connections one client address (see
+            ``address_key``) may hold at once; more are refused at the handshake.
     """
 
     def __init__(self, sock: socket.socket, *, configuration: QuicConfiguration | None = None,
                  on_connection: Callable[[QuicLink], ConnectionHandler] | None = None,
                  retry: bool = True, clock: Callable[[], float] = trio.current_time,
-                 routing: ConnectionIdRouting | None = None) -> None:
+                 routing: ConnectionIdRouting | None = None, peer_streams: int | None = None,
+                 receive_window: int | None = None,
+                 connections_per_address: int = MAX_CONNECTIONS_PER_ADDRESS) -> None:
         self._sock = sock
         self._configuration = configuration
         self._on_connection = on_connection
         self._retry = QuicRetryTokenHandler() if retry and configuration is not None else None
         self._clock = clock
         self._routing = routing
+        self._peer_streams = peer_streams
+        self._receive_window = receive_window
+        self._connections_per_address = connections_per_address
+        self._per_address: dict[str, int] = {}
+        """Live server connections per client address key; a key at 0 is removed."""
+        self._live_links = 0
         self._links: dict[bytes, QuicLink] = {}
         self._dirty: set[QuicLink] = set()
         self._flushed: trio.Event | None = None
         """Set by the next flush, for ``drain`` waiters; None while nobody waits."""
-        self._timers: list[tuple[float, int, QuicLink]] = []
+        self._timers: list[tuple[float, int, _TimerEntry]] = []
         self._timer_sequence = itertools.count()
         self._wakeup = trio.Event()
         self._armed_deadline = float("inf")
@@ -232,6 +293,9 @@ class QuicEndpoint:
         self.datagrams_received = 0
         self.datagrams_sent = 0
         self.datagrams_dropped = 0
+        self.connections_refused = 0
+        """Connection attempts turned away at the handshake (too many from their address),
+        counted per Initial answered: a client that resends its Initial is counted again."""
 
     @property
     def local_address(self) -> NetworkAddress:
@@ -241,6 +305,17 @@ class QuicEndpoint:
     def links(self) -> set[QuicLink]:
         """Every live connection."""
         return set(self._links.values())
+
+    @property
+    def connections_by_address(self) -> dict[str, int]:
+        """Live client connections per address key (``address_key``): what the per-address
+        budget counts. A key whose connections have all closed is not listed."""
+        return dict(self._per_address)
+
+    @property
+    def timer_entries(self) -> int:
+        """Deadlines in the timer heap, superseded ones included (bounded: see _push_timer)."""
+        return len(self._timers)
 
     @property
     def configuration(self) -> QuicConfiguration | None:
@@ -277,6 +352,7 @@ class QuicEndpoint:
         quic = QuicConnection(configuration=configuration)
         quic._ack_delay = ACK_DELAY_SECONDS  # no public knob (see ACK_DELAY_SECONDS)
         link = QuicLink(self, quic, handler, address)
+        self._live_links += 1
         self._route(quic.host_cid, link)
         quic.connect(address, now=self._clock())
         self.mark_dirty(link)
@@ -390,16 +466,44 @@ class QuicEndpoint:
             except ValueError:
                 return None  # forged, expired or for another address: drop silently
             retry_cid = header.destination_cid
+        key = address_key(address)
+        held = self._per_address.get(key, 0)
+        if held >= self._connections_per_address:
+            # Counted once the address is proven (after Retry), so that nobody can spend
+            # another's budget with spoofed packets.
+            self._refuse(header, address, f"too many connections from this address (at most "
+                                          f"{self._connections_per_address} at once); close "
+                                          f"one, then retry")
+            return None
         new_connection = QuicConnection if self._routing is None else self._routing.new_connection
         quic = new_connection(configuration=configuration,
                               original_destination_connection_id=original_cid,
                               retry_source_connection_id=retry_cid)
         quic._ack_delay = ACK_DELAY_SECONDS  # no public knob (see ACK_DELAY_SECONDS)
+        # Both go into the transport parameters, which the first datagram's handshake sends.
+        if self._peer_streams is not None:
+            limit_peer_streams(quic, self._peer_streams)
+        if self._receive_window is not None:
+            install_receive_window(quic, self._receive_window)
         link = QuicLink(self, quic, None, address)
+        link._address_key = key
+        self._per_address[key] = held + 1
+        self._live_links += 1
         link.handler = self._on_connection(link)
         self._route(header.destination_cid, link)
         self._route(quic.host_cid, link)
         return link
+
+    def _refuse(self, header: Any, address: NetworkAddress, reason: str) -> None:
+        """Close a connection attempt statelessly: one Initial packet carrying CONNECTION_CLOSE
+        with CONNECTION_REFUSED and ``reason`` (RFC 9000 §10.2.3: an application code may
+        not close a connection before its handshake, a transport one with a reason may)."""
+        source_cid = (os.urandom(RETRY_CID_BYTES) if self._routing is None
+                      else self._routing.new_retry_connection_id())
+        self._send(encode_connection_refused(
+            version=header.version, initial_destination_cid=header.destination_cid,
+            destination_cid=header.source_cid, source_cid=source_cid, reason=reason), address)
+        self.connections_refused += 1
 
     # -- flushing and timers ---------------------------------------------------
 
@@ -431,6 +535,8 @@ class QuicEndpoint:
                 if link._stopped is None:
                     link._stopped = set()
                 link._stopped.add(event.stream_id)
+            elif isinstance(event, events.StreamReset):
+                drop_reset_stream_data(quic, event.stream_id)
             elif isinstance(event, events.HandshakeCompleted) and not quic._is_client:
                 trim_after_handshake(quic)
             batch.append(event)
@@ -442,6 +548,8 @@ class QuicEndpoint:
                 # One connection's bug must not stop the endpoint serving the others.
                 log.exception("connection_handler_failed", connection_id=link.connection_id)
                 quic.close(error_code=INTERNAL_ERROR_CODE, reason_phrase="internal error")
+        if self._receive_window is not None:
+            slide_receive_window(quic, self._receive_window)  # a MAX_DATA in this flush
         if link._sending:
             link._sending = False
             _piggyback_ack(quic, now)
@@ -454,16 +562,41 @@ class QuicEndpoint:
         if timer_at != link._timer_at:
             link._timer_at = timer_at
             if timer_at is not None:
-                heapq.heappush(self._timers, (timer_at, next(self._timer_sequence), link))
+                self._push_timer(timer_at, link)
                 if timer_at < self._armed_deadline:
                     self._wakeup.set()  # the timer task sleeps past this deadline
 
+    def _push_timer(self, timer_at: float, link: QuicLink) -> None:
+        """Add a deadline; the one it supersedes stays in the heap until it comes up, unless
+        superseded entries outnumber the live ones, when the heap is rebuilt without them
+        (in place: the timer task holds the list)."""
+        timers = self._timers
+        heapq.heappush(timers, (timer_at, next(self._timer_sequence), link._timer))
+        if len(timers) > 2 * self._live_links + TIMER_HEAP_SLACK:
+            timers[:] = [entry for entry in timers
+                         if entry[2].link is not None and entry[2].link._timer_at == entry[0]]
+            heapq.heapify(timers)
+
     def _forget(self, link: QuicLink) -> None:
+        """The connection is over: drop everything the endpoint holds of it."""
+        if link._timer.link is None:
+            return  # already forgotten
         for cid in link._cids:
             if self._links.get(cid) is link:
                 del self._links[cid]
         link._cids.clear()
         link._timer_at = None
+        link._timer.link = None
+        self._live_links -= 1
+        key = link._address_key
+        if key is not None:
+            link._address_key = None
+            remaining = self._per_address[key] - 1
+            if remaining:
+                self._per_address[key] = remaining
+            else:
+                del self._per_address[key]
+        link.handler = None  # the handler saw ConnectionTerminated; nothing calls it again
         link.closed.set()
 
     async def _timer_loop(self) -> None:
@@ -482,14 +615,21 @@ class QuicEndpoint:
             self._wakeup = trio.Event()
             self._armed_deadline = -float("inf")  # awake: _service need not wake us
             now = self._clock()
-            while timers and timers[0][0] <= now:
-                timer_at, _, link = heapq.heappop(timers)
-                if link._timer_at != timer_at or link.closed.is_set():
-                    continue  # superseded by a later deadline
-                link._timer_at = None
-                link.quic.handle_timer(now=now)
-                self._dirty.add(link)
+            self._fire_due_timers(now)
             self._flush(now)
+
+    def _fire_due_timers(self, now: float) -> None:
+        """Let every connection whose deadline has come handle it (a method of its own, so
+        that no local of this long-lived task keeps the last connection alive)."""
+        timers = self._timers
+        while timers and timers[0][0] <= now:
+            timer_at, _, entry = heapq.heappop(timers)
+            link = entry.link
+            if link is None or link._timer_at != timer_at or link.closed.is_set():
+                continue  # superseded by a later deadline, or its connection is gone
+            link._timer_at = None
+            link.quic.handle_timer(now=now)
+            self._dirty.add(link)
 
     def _send(self, data: bytes, address: NetworkAddress) -> None:
         try:
@@ -515,6 +655,50 @@ def _piggyback_ack(quic: QuicConnection, now: float) -> None:
     space = quic._spaces.get(tls.Epoch.ONE_RTT)
     if space is not None and space.ack_at is not None and space.ack_at > now:
         space.ack_at = now
+
+
+def address_key(address: NetworkAddress) -> str:
+    """What the per-address connection budget counts an address as: an IPv4 address (an
+    IPv4-mapped IPv6 one too), or an IPv6 address's /64 network."""
+    host = str(address[0]).partition("%")[0]  # without an IPv6 scope (fe80::1%eth0)
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return host
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, IPV6_PREFIX_BITS), strict=False))
+    return str(ip)
+
+
+def encode_connection_refused(*, version: int, initial_destination_cid: bytes,
+                              destination_cid: bytes, source_cid: bytes, reason: str) -> bytes:
+    """A server Initial packet closing the connection a client's Initial opened, with the
+    transport error CONNECTION_REFUSED and ``reason``, built without connection state.
+
+    Args:
+        version: the client Initial's QUIC version.
+        initial_destination_cid: that Initial's destination connection id, from which both
+            ends derive the Initial keys (RFC 9001 §5.2).
+        destination_cid: the client's source connection id.
+        source_cid: a fresh connection id of ours.
+        reason: why, for the client's user (UTF-8, kept short).
+    """
+    crypto = CryptoPair()
+    crypto.setup_initial(cid=initial_destination_cid, is_client=False, version=version)
+    builder = QuicPacketBuilder(host_cid=source_cid, peer_cid=destination_cid, version=version,
+                                is_client=False, max_datagram_size=SMALLEST_MAX_DATAGRAM_SIZE)
+    builder.start_packet(QuicPacketType.INITIAL, crypto)
+    reason_bytes = reason.encode()[:REFUSAL_REASON_BYTES]
+    buf = builder.start_frame(QuicFrameType.TRANSPORT_CLOSE,
+                              capacity=REFUSAL_REASON_BYTES + 3 * 8)
+    buf.push_uint_var(QuicErrorCode.CONNECTION_REFUSED)
+    buf.push_uint_var(QuicFrameType.PADDING)  # no frame caused it
+    buf.push_uint_var(len(reason_bytes))
+    buf.push_bytes(reason_bytes)
+    datagrams, _ = builder.flush()
+    return b"".join(datagrams)
 
 
 def trim_after_handshake(quic: QuicConnection) -> None:
