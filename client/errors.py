@@ -30,6 +30,10 @@ from wire.frames import Error, ErrorCode, Frame, RemoteProtocolError
 __all__ = ["CERTIFICATE_ALERTS", "CertificateFileError", "ConnectionClosed", "HandshakeFailed",
            "RelayError", "RelayUnreachable", "expect_answer"]
 
+QUIC_CONNECTION_REFUSED = 0x2
+"""QUIC transport error (RFC 9000 §20.1) a relay closes a connection with when it turns it away at
+the handshake: too many connections from one address (PROTOCOL.md "Connection budgets")."""
+
 QUIC_CRYPTO_ERROR = 0x100
 """QUIC closes a connection for a TLS alert with this code plus the alert's number (RFC 9001)."""
 
@@ -41,12 +45,17 @@ _Answer = TypeVar("_Answer", bound=Frame)
 
 
 class RelayError(Exception):
-    """The relay answered a request with an ERROR frame (``code``, ``reason``, ``error``)."""
+    """The relay answered a request with an ERROR frame (``code``, ``reason``, ``error``).
+
+    ``retry_after_ms``: when the relay refused for now (RATE_LIMITED), how many milliseconds
+    to wait before asking again; None when it names no time (or predates the field).
+    """
 
     def __init__(self, error: Error) -> None:
         super().__init__(f"{error.code.name}: {error.reason}")
         self.code = error.code
         self.reason = error.reason
+        self.retry_after_ms = error.retry_after_ms
         self.error = error
 
 
@@ -72,10 +81,28 @@ class RelayUnreachable(ConnectionClosed):
 class HandshakeFailed(ConnectionClosed):
     """The connection closed before its QUIC handshake completed; nothing was sent.
 
-    ``tls_alert`` is the TLS alert that refused it, if any; ``certificate_refused`` says the
-    alert refused the relay's certificate (it is not signed by the CA file given, or, without
-    one, by a CA the system trusts: a relay's self-signed certificate is not).
+    ``code`` is a QUIC transport error code here (RFC 9000 §20.1: an application code cannot
+    close a connection before its handshake). ``tls_alert`` is the TLS alert that refused it,
+    if any; ``certificate_refused`` says the alert refused the relay's certificate (it is not
+    signed by the CA file given, or, without one, by a CA the system trusts: a relay's
+    self-signed certificate is not). ``connection_refused`` says the relay turned the
+    connection away (too many connections from this address, or it is stopping): ``reason``
+    says which, and when to try again.
     """
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(code, reason)
+        if code == QUIC_CONNECTION_REFUSED:
+            name = "CONNECTION_REFUSED"
+        elif self.tls_alert is not None:
+            name = f"TLS alert {self.tls_alert}"
+        else:
+            name = f"QUIC error {code}"
+        self.args = (f"handshake refused ({name}): {reason}",)
+
+    @property
+    def connection_refused(self) -> bool:
+        return self.code == QUIC_CONNECTION_REFUSED
 
     @property
     def tls_alert(self) -> int | None:

@@ -23,6 +23,7 @@ from relay.settings import RelaySettings
 from storage.base import Store
 from transport.quic import QuicEndpoint
 from wire.account_frames import LinkFetch, LinkPost, PublishDeviceList
+from wire.buffers import BufferPool
 from wire.catalogue import ErrorCode
 from wire.prekey_frames import PrekeyRequest
 
@@ -88,6 +89,8 @@ class RelayContext:
     pipeline: CommitPipeline
     now_ms: Callable[[], int]
     metrics: RelayMetrics = field(default_factory=RelayMetrics)
+    buffers: BufferPool = field(default_factory=BufferPool)
+    """Bytes of incomplete frames all connections hold together (wire/buffers.py)."""
     sessions: dict[tuple[str, int], LiveSession] = field(default_factory=dict)
     endpoint: QuicEndpoint | None = None
     operations_address: tuple[str, int] | None = None

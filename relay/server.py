@@ -40,6 +40,7 @@ from storage.base import Store
 from storage.store_url import open_store, parse_store_url
 from transport.quic import QuicEndpoint, QuicLink, open_udp_socket
 from wire.frames import ALPN, ErrorCode
+from wire.limits import MAX_CONCURRENT_STREAMS
 
 __all__ = ["RunningRelay", "serve"]
 
@@ -54,6 +55,12 @@ transaction (of each kind): rows that ENROL_STARTs for made-up numbers leave beh
 
 SHUTDOWN_GRACE_SECONDS = 2.0
 """How long closing connections may take to reach clients on shutdown."""
+
+RECEIVE_WINDOW_BYTES = 1024 * 1024
+"""Bytes a client may send on a connection beyond what the relay has taken out of its receive
+buffers (QUIC MAX_DATA, slid rather than doubled: transport/flow_control.py), so at most what
+one connection holds out of order. It is also the most in flight per round trip: 10 MiB/s at
+100 ms, plenty for messages of at most 2 MiB."""
 
 
 @dataclass
@@ -84,7 +91,7 @@ def _quic_configuration(settings: RelaySettings, cert: Path, key: Path) -> QuicC
     configuration = QuicConfiguration(
         is_client=False, alpn_protocols=[ALPN], idle_timeout=settings.idle_timeout_s,
         max_datagram_frame_size=65_536,  # reserved for call media (DATAGRAM frames)
-        max_stream_data=4 * 1024 * 1024, max_data=16 * 1024 * 1024)
+        max_stream_data=4 * 1024 * 1024, max_data=RECEIVE_WINDOW_BYTES)
     configuration.load_cert_chain(str(cert), str(key))
     return configuration
 
@@ -160,7 +167,10 @@ async def _serve_holding(settings: RelaySettings, data_dir_lock: DataDirLock,
 
                 endpoint = QuicEndpoint(sock, configuration=configuration,
                                         on_connection=on_connection, retry=settings.retry,
-                                        routing=worker.routing if worker is not None else None)
+                                        routing=worker.routing if worker is not None else None,
+                                        peer_streams=MAX_CONCURRENT_STREAMS,
+                                        receive_window=RECEIVE_WINDOW_BYTES,
+                                        connections_per_address=settings.connections_per_address)
                 context.endpoint = endpoint
                 await nursery.start(dispatcher.run)
                 nursery.start_soon(context.pipeline.run)

@@ -164,7 +164,7 @@ class DeviceSession:
         self._relay = relay
         self._store: SessionStore = relay.store
         self._link = link
-        self._core = ServerProtocol()
+        self._core = ServerProtocol(buffers=relay.buffers)
         self._slots: dict[int, deque[_Slot]] = {}
         self._ended_by_peer: set[int] = set()
         self._pump: DeliveryPump | None = None
@@ -240,7 +240,9 @@ class DeviceSession:
                 self._link.stop_stream(stream_id, int(error.code))
             case StreamFailed(stream_id=stream_id, error=error):
                 slot = self._reserve(stream_id)
-                self._fill(stream_id, slot, _error(error.code, error.reason), end_stream=True)
+                self._fill(stream_id, slot, _error(error.code, error.reason,
+                                                   retry_after_ms=error.retry_after_ms),
+                           end_stream=True)
             case StreamEnded(stream_id=stream_id):
                 self._ended_by_peer.add(stream_id)
                 self._finish_if_answered(stream_id)
@@ -644,8 +646,8 @@ class DeviceSession:
             self._slots.clear()
 
 
-def _error(code: ErrorCode, reason: str) -> bytes:
-    return encode_frame(Error(code=code, reason=reason))
+def _error(code: ErrorCode, reason: str, *, retry_after_ms: int | None = None) -> bytes:
+    return encode_frame(Error(code=code, reason=reason, retry_after_ms=retry_after_ms))
 
 
 def _enrolment_code(error: EnrolmentError) -> ErrorCode:

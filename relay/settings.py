@@ -8,6 +8,7 @@ from typing import Literal
 
 from enrolment.limits import ENROL_STARTS_PER_ADDRESS, ENROL_VERIFIES_PER_ADDRESS
 from relay.limits import SEND_BYTES_PER_MINUTE, SENDER_QUEUE_SHARE_PERCENT, SENDS_PER_MINUTE
+from transport.quic import MAX_CONNECTIONS_PER_ADDRESS
 
 __all__ = [
     "DEFAULT_DATA_DIR",
@@ -57,6 +58,9 @@ class RelaySettings:
     """A connection silent this long is closed (clients keep alive with PINGs)."""
     retry: bool = True
     """Validate client addresses with QUIC Retry before keeping any state."""
+    connections_per_address: int = MAX_CONNECTIONS_PER_ADDRESS
+    """Connections one client address (IPv4 address, IPv6 /64) may hold at once, per relay
+    process; more are refused at the handshake (CONNECTION_REFUSED)."""
     sweep_interval_s: float = 60.0
     """Seconds between expiry sweeps."""
     sms_gateway: Literal["outbox", "http"] = "outbox"
