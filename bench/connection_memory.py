@@ -211,7 +211,9 @@ async def measure(devices: int, *, trace: bool, top: int) -> dict[str, Any]:
     from relay.settings import RelaySettings  # noqa: PLC0415
 
     with tempfile.TemporaryDirectory(prefix="connection-memory-") as directory:
-        settings = RelaySettings(data_dir=Path(directory) / "relay", listen_port=0)
+        # Every device connects from loopback: one address, far more than an address may hold.
+        settings = RelaySettings(data_dir=Path(directory) / "relay", listen_port=0,
+                                 connections_per_address=devices + 1)
         settings.data_dir.mkdir()
         async with trio.open_nursery() as nursery:
             running = await nursery.start(serve, settings)
