@@ -31,10 +31,13 @@ from wire.frames import (
 from wire.limits import MAX_FRAME_SIZE_BEFORE_AUTHENTICATION
 from wire.protocol import MAX_HELD_FRAMES
 
-__all__ = ["CORPUS", "corpus_inputs", "write_corpus"]
+__all__ = ["CORPUS", "REGRESSIONS", "corpus_inputs", "write_corpus"]
 
 CORPUS = Path(__file__).parent / "corpus"
-"""Where the corpus lives: one directory per target."""
+"""Where the seeds live, one directory per target: only what this module writes."""
+REGRESSIONS = Path(__file__).parent / "regressions"
+"""Inputs that once found a bug, one directory per target, added by hand and kept: the tests
+run them with the seeds (docs/SECURITY.md, "Fuzzing")."""
 
 _U32 = struct.Struct(">I")
 USER_ID = "u-0123456789abcdef"

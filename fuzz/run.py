@@ -1,11 +1,16 @@
 """Runs a fuzz target under atheris, coverage-guided (docs/SECURITY.md, "Fuzzing").
 
-    python -m fuzz.run frame_decoder -max_total_time=600 fuzz/corpus/frame_decoder
-    python -m fuzz.run server_protocol -max_total_time=600 -jobs=2 fuzz/corpus/server_protocol
+    python -m fuzz.run frame_decoder -max_total_time=600 /tmp/fuzz/decoder \
+        fuzz/corpus/frame_decoder
+    python -m fuzz.run server_protocol -max_total_time=600 /tmp/fuzz/server \
+        fuzz/corpus/server_protocol
+    python -m fuzz.run server_protocol /tmp/fuzz/crash-...     # replay one input
 
-Every argument after the target's name goes to libFuzzer (``-help=1`` lists them). atheris is
-imported only here, so the targets and their tests run without it; the project's modules are
-imported under ``atheris.instrument_imports`` so that the fuzzer sees their branches.
+The first directory receives what the fuzzer finds (not the repository's corpus, which only
+``python -m fuzz.make_corpus`` writes). Every argument after the target's name goes to
+libFuzzer (``-help=1`` lists them). atheris is imported only here, so the targets and their
+tests run without it; the project's modules are imported under
+``atheris.instrument_imports`` so that the fuzzer sees their branches.
 """
 
 from __future__ import annotations

@@ -33,7 +33,7 @@ from fuzz.checks import (
     snapshot,
     unchanged_on_protocol_error,
 )
-from fuzz.make_corpus import CORPUS, corpus_inputs
+from fuzz.make_corpus import CORPUS, REGRESSIONS, corpus_inputs
 from fuzz.targets import POOL_LIMITS, STREAMS, TARGETS
 from tests.test_frames import SAMPLE_FRAMES
 from wire.buffers import BufferPool
@@ -344,8 +344,10 @@ def test_a_request_before_authentication_is_a_finding() -> None:
 
 # --- The coverage-guided harness: its corpus and targets ------------------------------------------
 def _corpus_files() -> list[tuple[str, Path]]:
+    """Every seed, and every input that once found a bug (kept in fuzz/regressions/TARGET)."""
     return [(target, path) for target in sorted(TARGETS)
-            for path in sorted((CORPUS / target).iterdir())]
+            for directory in (CORPUS / target, REGRESSIONS / target) if directory.is_dir()
+            for path in sorted(directory.iterdir())]
 
 
 def test_the_checked_in_corpus_is_what_make_corpus_writes() -> None:
