@@ -408,10 +408,9 @@ def test_the_runner_says_how_to_get_atheris(monkeypatch: pytest.MonkeyPatch) -> 
     assert "pip install atheris" in str(exit_.value.code)
 
 
-# --- A finding of this fuzzing, kept as a test until it is fixed ----------------------------------
-@pytest.mark.xfail(strict=True, reason=(
-    "finding (issue 14, reported): a StreamFailed held while authenticating keeps its error's "
-    "traceback, whose frames keep the stream's bytes alive after the budget released them"))
+# --- A finding of this fuzzing, kept as a regression test ------------------------------------------
+# A StreamFailed held while authenticating kept its error's traceback, whose frames kept the
+# stream's bytes alive after the budget released them (fixed in wire/protocol.py, wire/codec.py).
 def test_failed_streams_held_while_authenticating_keep_none_of_their_bytes() -> None:
     pool = BufferPool()
     core = ServerProtocol(buffers=pool)

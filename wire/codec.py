@@ -336,4 +336,5 @@ class FrameDecoder:
                 ErrorCode.TRUNCATED_FRAME,
                 f"stream ended inside a frame ({len(self._buffer)} bytes buffered)",
             )
+            self._buffer = bytearray()  # poisoned: the bytes can never be used
             raise self._error

@@ -251,6 +251,9 @@ class _StreamReader:
                 decoder.end_of_stream()
         except RemoteProtocolError as error:
             self._fail(stream_id, end_stream)
+            # The error may be held (while authenticating) or kept by the decoder: without its
+            # traceback, whose frames would keep this call's bytes and decoder alive.
+            error.__traceback__ = None
             return frames, self._explain(error)
         refusal = self._count(stream_id, decoder.incomplete_frame_size)
         if refusal is not None:
