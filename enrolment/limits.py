@@ -68,9 +68,11 @@ ENROL_STARTS_PER_ADDRESS_PER_NUMBER = 3
 than the number's ``MAX_SENDS_PER_NUMBER_PER_DAY``, so that one attacker cannot spend them
 all and lock the number's owner out."""
 
-GUESSES_PER_ADDRESS_PER_NUMBER = 5
+GUESSES_PER_ADDRESS_PER_NUMBER = 7
 """ENROL_VERIFYs one source address may make for one number per ``PER_NUMBER_PERIOD_MS``:
-half the number's ``MAX_GUESSES_PER_NUMBER_PER_DAY``, for the same reason."""
+fewer than the number's ``MAX_GUESSES_PER_NUMBER_PER_DAY``, for the same reason, but more than
+a code's ``MAX_CHECKS_PER_CODE``, so that a person who mistyped a code's checks away can still
+check a new one from where they are."""
 
 PER_NUMBER_PERIOD_MS = SEND_WINDOW_MS
 """The period over which an address's allowances for one number refill: the number's own

@@ -202,17 +202,33 @@ async def test_verifies_per_address_trip_and_recover(enrolment: Enrolment) -> No
 
 async def test_one_address_cannot_spend_a_numbers_guesses(enrolment: Enrolment) -> None:
     code = await enrolment.code(T0, OWNER)
-    for index in range(GUESSES_PER_ADDRESS_PER_NUMBER):
+    for index in range(MAX_CHECKS_PER_CODE):  # the owner's code's checks, all used
         with pytest.raises(VerificationFailed):
             await enrolment.verify(other_code(code), T0 + index, ATTACKER)
-    with pytest.raises(RateLimited, match="for this number from this address"):
-        await enrolment.verify(code, T0 + 10, ATTACKER)  # even the right code: not checked
-    # The attacker used up that code's checks; the owner asks for another and enrols with it.
-    assert GUESSES_PER_ADDRESS_PER_NUMBER == MAX_CHECKS_PER_CODE
-    with pytest.raises(VerificationFailed):
-        await enrolment.verify(code, T0 + 11, OWNER)
-    fresh = await enrolment.code(T0 + 12, OWNER)
-    await enrolment.verify(fresh, T0 + 13, OWNER)
+    # The attacker asks for a code to guess more (it reaches the owner's phone, not them).
+    unknown = await enrolment.code(T0 + 10, ATTACKER)
+    for index in range(GUESSES_PER_ADDRESS_PER_NUMBER - MAX_CHECKS_PER_CODE):
+        with pytest.raises(VerificationFailed):
+            await enrolment.verify(other_code(unknown), T0 + 20 + index, ATTACKER)
+    with pytest.raises(RateLimited, match="for this number from this address") as limited:
+        await enrolment.verify(unknown, T0 + 30, ATTACKER)  # not even checked
+    assert limited.value.retry_after_ms == -(-PER_NUMBER_PERIOD_MS
+                                             // GUESSES_PER_ADDRESS_PER_NUMBER)
+    # The owner, elsewhere, still has checks left: a new code, and it enrols.
+    fresh = await enrolment.code(T0 + 40, OWNER)
+    await enrolment.verify(fresh, T0 + 41, OWNER)
+
+
+async def test_a_person_who_mistyped_a_code_away_enrols_with_the_next(
+        enrolment: Enrolment) -> None:
+    code = await enrolment.code(T0, OWNER)
+    for index in range(MAX_CHECKS_PER_CODE):
+        with pytest.raises(VerificationFailed):
+            await enrolment.verify(other_code(code), T0 + index, OWNER)
+    with pytest.raises(VerificationFailed):  # no checks left, even for the right code
+        await enrolment.verify(code, T0 + 10, OWNER)
+    fresh = await enrolment.code(T0 + 20, OWNER)  # from the same place
+    await enrolment.verify(fresh, T0 + 21, OWNER)
 
 
 def address(index: int) -> str:
