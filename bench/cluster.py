@@ -33,7 +33,12 @@ from psycopg import sql
 
 from bench.exchange import ExchangeLoad, run_exchange
 from bench.provisioners import StoreProvisioner
-from bench.spawn import BENCH_SEND_BUDGETS, SpawnedRelay, spawn_relay
+from bench.spawn import (
+    BENCH_CONNECTIONS_PER_ADDRESS,
+    BENCH_SEND_BUDGETS,
+    SpawnedRelay,
+    spawn_relay,
+)
 from client.connection import RelayClient, connect_relay
 from relay.worker_ids import worker_of
 from storage.store_url import parse_store_url
@@ -123,7 +128,8 @@ async def _nodes(setup: ClusterSetup, store_url: str | None,
         nodes = []
         for number in range(1, setup.nodes + 1):
             nodes.append(await stack.enter_async_context(spawn_relay(
-                directory / f"node-{number}", *worker_args, *BENCH_SEND_BUDGETS, store=store_url,
+                directory / f"node-{number}", *worker_args, *BENCH_SEND_BUDGETS,
+                *BENCH_CONNECTIONS_PER_ADDRESS, store=store_url,
                 node_name=f"node-{number}")))
         if setup.workers > 1:
             await nodes[0].wait_for("workers_ready")

@@ -24,9 +24,9 @@ import trio
 
 from storage.store_url import parse_store_url
 
-__all__ = ["BENCH_SEND_BUDGETS", "BIN", "DEFAULT_WAIT_SECONDS", "RelayProcess", "SpawnedRelay",
-           "SpawnedServer", "cpu_seconds", "peak_rss_mib", "rss_mib", "spawn_relay",
-           "spawn_server"]
+__all__ = ["BENCH_CONNECTIONS_PER_ADDRESS", "BENCH_SEND_BUDGETS", "BIN", "DEFAULT_WAIT_SECONDS",
+           "RelayProcess", "SpawnedRelay", "SpawnedServer", "cpu_seconds", "peak_rss_mib",
+           "rss_mib", "spawn_relay", "spawn_server"]
 
 BIN = Path(sys.executable).parent
 """Where the project's commands are installed (the virtual environment's bin)."""
@@ -36,6 +36,9 @@ STOP_SECONDS = 15.0
 """How long a stopped server may take to exit before it is killed."""
 DEFAULT_WAIT_SECONDS = 30.0
 """How long ``wait_for`` waits for an event before failing."""
+BENCH_CONNECTIONS_PER_ADDRESS = ("--set=connections_per_address=1000000",)
+"""``serve`` arguments that let a relay the bench starts take every bench device's connection
+from one address (loopback), past the per-address limit meant for floods (docs/SECURITY.md)."""
 BENCH_SEND_BUDGETS = ("--set=sends_per_minute=1000000000",
                       "--set=send_bytes_per_minute=1125899906842624",  # 2**50
                       "--set=sender_queue_share_percent=100")

@@ -26,7 +26,12 @@ from bench.admin_provisioner import open_admin_provisioner
 from bench.enrol_devices import CodeSource, OutboxCodes
 from bench.provisioners import Provisioner, StoreProvisioner
 from bench.sms_webhook import SMS_WEBHOOK_PATH, SmsInbox, serve_sms_webhook
-from bench.spawn import BENCH_SEND_BUDGETS, SpawnedServer, spawn_relay
+from bench.spawn import (
+    BENCH_CONNECTIONS_PER_ADDRESS,
+    BENCH_SEND_BUDGETS,
+    SpawnedServer,
+    spawn_relay,
+)
 from storage.store_url import StoreLocation, parse_store_url
 from transport.addresses import parse_host_port
 
@@ -195,6 +200,7 @@ async def _spawned_target(options: TargetOptions) -> AsyncIterator[Target]:
         unlimited = [f"--set=enrol_{kind}_per_address={BENCH_ENROLMENTS_PER_ADDRESS}"
                      for kind in ("starts", "verifies")]
         async with spawn_relay(Path(temporary) / "relay", *unlimited, *BENCH_SEND_BUDGETS,
+                               *BENCH_CONNECTIONS_PER_ADDRESS,
                                *options.relay_args.split(), cpu=options.relay_cpu) as server:
             location = parse_store_url(None, data_dir=server.data_dir)
             yield Target(host="127.0.0.1", port=server.port, ca=server.cert,
