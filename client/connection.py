@@ -11,11 +11,16 @@ Requests each open their own stream, except sends, which share one stream
 so that the relay commits them in the order they were made while many are
 in flight (see docs/PROTOCOL.md, "Ordering").
 
-Failures (`client.errors`): `RelayError` when the relay refuses a request,
-`ConnectionClosed` once the connection ended (`RelayUnreachable` and `HandshakeFailed` when
-it never opened), `wire.errors.RemoteProtocolError` when the relay breaks the protocol
-(garbage, or an answer of the wrong kind), `CertificateFileError` for a CA file that cannot
-be used.
+Failures (`client.errors`): `RelayError` when the relay refuses a request (its
+``retry_after_ms`` says how long to wait before asking again when the refusal is for now:
+RATE_LIMITED), `ConnectionClosed` once the connection ended (`RelayUnreachable` and
+`HandshakeFailed` when it never opened; ``HandshakeFailed.connection_refused`` when the relay
+turned it away, e.g. too many connections from this address), `wire.errors.RemoteProtocolError`
+when the relay breaks the protocol (garbage, or an answer of the wrong kind),
+`CertificateFileError` for a CA file that cannot be used.
+
+A connection keeps at most 32 request streams open at once (docs/PROTOCOL.md, "Connection
+budgets"): further requests wait in QUIC until earlier ones are answered, never fail.
 """
 
 from __future__ import annotations
