@@ -97,12 +97,15 @@ def enrolment_secret_path(data_dir: Path, configured: Path | None) -> Path:
 def read_secret_file(path: Path) -> bytes | None:
     """The secret in ``path``; None if there is no such file.
 
+    A symbolic link is followed (secret managers mount files that way: a Kubernetes Secret's
+    files are links); only writes refuse to go through one.
+
     Raises:
-        EnrolmentSecretError: the path is a symbolic link or not a regular file, cannot be
-            read, or does not hold 64 hexadecimal digits.
+        EnrolmentSecretError: the path is not a regular file, cannot be read, or does not
+            hold 64 hexadecimal digits.
     """
     try:
-        descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        descriptor = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:
         return None
     except OSError as error:
@@ -277,8 +280,12 @@ def _remove(path: Path) -> None:
 
 def _write_or_read(path: Path, secret: bytes) -> bytes:
     """``secret``, written to ``path``; or the secret in ``path`` if one appeared meanwhile."""
-    if write_secret_file(path, secret):
-        return secret
+    try:
+        if write_secret_file(path, secret):
+            return secret
+    except OSError as error:
+        raise EnrolmentSecretError(
+            f"cannot write the enrolment secret {path}: {error.strerror or error}") from None
     written = read_secret_file(path)
     if written is None:
         raise EnrolmentSecretError(f"the enrolment secret {path} vanished while it was written")

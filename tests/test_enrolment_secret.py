@@ -97,10 +97,17 @@ def test_the_file_is_private_whole_and_never_written_through_a_link(tmp_path: Pa
     elsewhere.write_bytes(b"someone else's file")
     planted = tmp_path / "planted.secret"
     planted.symlink_to(elsewhere)
-    assert not write_secret_file(planted, secret)
+    assert not write_secret_file(planted, secret)  # never written through a link...
     assert elsewhere.read_bytes() == b"someone else's file"
-    with pytest.raises(EnrolmentSecretError, match="cannot read"):
-        read_secret_file(planted)
+    dangling = tmp_path / "dangling.secret"
+    dangling.symlink_to(tmp_path / "nowhere")
+    assert not write_secret_file(dangling, secret)  # ...even one to nothing yet
+    assert not (tmp_path / "nowhere").exists()
+    mounted = tmp_path / "mounted.secret"  # ...but read through one: secret managers do that
+    mounted.symlink_to(path)
+    assert read_secret_file(mounted) == secret
+    with pytest.raises(EnrolmentSecretError, match="not a regular file"):
+        read_secret_file(tmp_path)
     assert read_secret_file(tmp_path / "missing") is None
 
 
@@ -173,6 +180,16 @@ async def test_a_relay_that_lost_its_file_refuses_until_told_to_start_again(
     async with open_sqlite_store(data_dir.database) as store:
         await create_enrolment_secret(store, data_dir.secret_file, replace=True)
     assert await data_dir.load() == read_secret_file(data_dir.secret_file)
+
+
+async def test_a_secret_that_cannot_be_written_stops_the_relay_and_says_where(
+        data_dir: DataDir) -> None:
+    nowhere = data_dir.path / "missing" / "enrolment.secret"
+    async with open_sqlite_store(data_dir.database) as store:
+        with pytest.raises(EnrolmentSecretError,
+                           match=f"cannot write the enrolment secret {re.escape(str(nowhere))}"):
+            await load_enrolment_secret(store, nowhere, cluster=False)
+        assert await store.secret_fingerprint(LEGACY_SECRET_NAME) is None  # nothing kept
 
 
 async def test_a_file_that_is_not_the_stores_secret_is_refused(data_dir: DataDir) -> None:
