@@ -38,7 +38,9 @@ from relay.enrolment_secret import (
     read_secret_file,
     write_secret_file,
 )
+from storage import sqlite_schema
 from storage.base import Store
+from storage.enrolment_sql import SQLITE_ENROLMENT_GUESS_TABLES
 from storage.postgres import open_postgres_store
 from storage.sqlite import open_sqlite_store
 from tests.postgres_schemas import conninfo, fresh_schema, store_url
@@ -228,15 +230,21 @@ async def verify(store: Store, secret: bytes, code: str) -> None:
 
 
 @pytest.fixture
-async def upgraded(data_dir: DataDir, tmp_path: Path) -> AsyncIterator[str]:
-    """A store as an earlier version left it: its secret in the ``secrets`` table, and a code
-    sent under it still pending. Yields the code."""
-    async with open_sqlite_store(data_dir.database) as store:
-        await admin.create_organisation(store, "acme", 10, T0)
-        await admin.declare_user(store, "acme", DECLARED, T0)
-    put_legacy_secret(data_dir.database, LEGACY)
-    async with open_sqlite_store(data_dir.database) as store:
-        code = await send_code(store, LEGACY, tmp_path)
+async def upgraded(data_dir: DataDir, tmp_path: Path,
+                   monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[str]:
+    """A store as an earlier version left it: of the schema before the enrolment secret left
+    it, its secret in the ``secrets`` table, and a code sent under it still pending. Yields
+    the code."""
+    (before,) = [index for index, migration in enumerate(sqlite_schema.MIGRATIONS)
+                 if migration.statements == SQLITE_ENROLMENT_GUESS_TABLES]
+    with monkeypatch.context() as older:
+        older.setattr(sqlite_schema, "MIGRATIONS", sqlite_schema.MIGRATIONS[:before])
+        older.setattr(sqlite_schema, "LATEST_SCHEMA_VERSION", before)
+        async with open_sqlite_store(data_dir.database) as store:
+            await admin.create_organisation(store, "acme", 10, T0)
+            await admin.declare_user(store, "acme", DECLARED, T0)
+            put_legacy_secret(data_dir.database, LEGACY)
+            code = await send_code(store, LEGACY, tmp_path)
     yield code
 
 
