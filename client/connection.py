@@ -268,11 +268,20 @@ class RelayClient:
         self._forget_stream(stream_id)
 
     def _forget_stream(self, stream_id: int) -> None:
-        """Never use ``stream_id`` again: the next send or acknowledgement opens a new one."""
-        if stream_id == self._send_stream:
-            self._send_stream = None
-        if stream_id == self._ack_stream:
-            self._ack_stream = None
+        """Never use ``stream_id`` again: the next send or acknowledgement opens a new one.
+
+        Our side of a long-lived stream is ended too: a stream the relay has finished stays
+        open until both sides are, and an open one takes one of the 32 the relay lets a
+        connection keep (PROTOCOL.md, "Connection budgets").
+        """
+        if stream_id in (self._send_stream, self._ack_stream):
+            if self._send_stream == stream_id:
+                self._send_stream = None
+            if self._ack_stream == stream_id:
+                self._ack_stream = None
+            link = self._link
+            if link is not None and self._closed is None:
+                link.send_stream_data(stream_id, b"", end_stream=True)
 
     def _fail_all(self, error: ConnectionClosed) -> None:
         if self._closed is None:

@@ -51,7 +51,6 @@ from wire.frames import (
     Hello,
     Lookup,
     Send,
-    SendAccepted,
     auth_transcript,
 )
 from wire.limits import (
@@ -310,34 +309,39 @@ async def test_a_stream_past_the_limit_waits_until_one_finishes(relay: RelayUnde
         watch.release()
 
 
-async def test_a_request_refused_for_room_says_when_to_retry_and_then_succeeds(
+async def test_a_send_refused_for_room_says_when_to_retry_and_then_succeeds(
         relay: RelayUnderTest) -> None:
     alice, bob = await enrol(relay, ALICE), await enrol(relay, BOB)
     await settled(relay)
-    send = Send(recipient_user_id=bob.user_id, client_message_id=1,
-                payloads={bob.device_id: b"c" * MAX_CIPHERTEXT_SIZE})
+    payloads = {bob.device_id: b"c" * MAX_CIPHERTEXT_SIZE}
+    send_frame = encode_frame(Send(recipient_user_id=bob.user_id, client_message_id=1,
+                                   payloads=payloads))
     pool = relay.running.context.buffers
     async with relay.connect() as client:
         await client.authenticate(alice.user_id, alice.device_id, alice.key)
         [relay_side] = relay.running.endpoint.links
         watch = Watch(relay_side)
         # Frames that never complete fill the connection's budget, all but less than the SEND.
-        room = len(encode_frame(send)) - 1
+        room = len(send_frame) - 1
         sizes = [MAX_FRAME_SIZE] * (MAX_BUFFERED_BYTES_PER_CONNECTION // (4 + MAX_FRAME_SIZE))
         sizes.append(MAX_BUFFERED_BYTES_PER_CONNECTION - sum(4 + size for size in sizes)
                      - room - 4)
         hogs = [open_incomplete_frame(client, size) for size in sizes]
         await watch.until(lambda: pool.used == MAX_BUFFERED_BYTES_PER_CONNECTION - room)
         try:
-            await client.request(send)
+            await client.send(bob.user_id, payloads, client_message_id=1)
         except RelayError as error:
             assert error.code is ErrorCode.RATE_LIMITED
             assert error.retry_after_ms == RETRY_AFTER_BUFFERS_MS
         else:
             raise AssertionError("the SEND was taken past the connection's budget")
+        # The relay ended the refused stream; the client ends its side too, so the stream
+        # does not keep one of the connection's 32 for ever.
+        refused_stream = max(relay_side.quic._streams)
+        await watch.until(lambda: refused_stream not in relay_side.quic._streams)
         client.link.reset_stream(hogs[0], 0)  # one incomplete frame given up: room again
         await watch.until(lambda: pool.used < MAX_BUFFERED_BYTES_PER_CONNECTION - room)
-        assert await client.request(send) == SendAccepted(duplicate=False)
+        assert await client.send(bob.user_id, payloads, client_message_id=1) is False
         watch.release()
 
 
