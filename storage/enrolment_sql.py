@@ -195,6 +195,7 @@ class _Statements:
     def __init__(self, dialect: Dialect) -> None:
         sql = dialect.sql
         self.legacy_secret = sql("SELECT value FROM secrets WHERE name = ?")
+        self.scrub_legacy_secret = sql("UPDATE secrets SET value = ? WHERE name = ?")
         self.forget_legacy_secret = sql("DELETE FROM secrets WHERE name = ?")
         self.keep_fingerprint = sql(
             "INSERT INTO secret_fingerprints (name, fingerprint) VALUES (?, ?)"
@@ -322,7 +323,14 @@ def legacy_secret(connection: Connection, dialect: Dialect, name: str) -> bytes 
 
 def forget_legacy_secret(connection: Connection, dialect: Dialect, name: str) -> None:
     """See ``Store.forget_legacy_secret``."""
-    connection.execute(_STATEMENTS[dialect].forget_legacy_secret, (name,))
+    statements = _STATEMENTS[dialect]
+    value = legacy_secret(connection, dialect, name)
+    if value is None:
+        return
+    # Zeros of the same size first: SQLite overwrites the cell in place, so the freed page
+    # (which a backup copies too) no longer holds the secret once the WAL is checkpointed.
+    connection.execute(statements.scrub_legacy_secret, (bytes(len(value)), name))
+    connection.execute(statements.forget_legacy_secret, (name,))
 
 
 def secret_fingerprint(connection: Connection, dialect: Dialect, name: str) -> bytes | None:

@@ -77,6 +77,17 @@ def _open_writer_connection(path: pathlib.Path, synchronous_pragma: str) -> sqli
     return connection
 
 
+def _truncate_wal(path: pathlib.Path) -> None:
+    """Copy the WAL into the database and cut the WAL file to zero bytes (waiting for readers
+    and the writer as any connection would, up to ``BUSY_TIMEOUT_MS``)."""
+    connection = sqlite3.connect(path, isolation_level=None)
+    try:
+        connection.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_MS)}")
+        connection.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+    finally:
+        connection.close()
+
+
 class SqliteStore(CoreStoreMethods, AdminStoreMethods, AccountStoreMethods):
     """``storage.base.Store`` on one SQLite file. Create with ``open_sqlite_store``.
 
@@ -107,6 +118,12 @@ class SqliteStore(CoreStoreMethods, AdminStoreMethods, AccountStoreMethods):
     def cluster_wakeups(self) -> None:
         """None: one relay process serves the file, so there is no other node to wake."""
         return None
+
+    async def forget_legacy_secret(self, name: str) -> None:
+        """As every store does, then empty the WAL file: its older frames may still hold the
+        page with the secret, and would otherwise stay in the file until written over."""
+        await super().forget_legacy_secret(name)
+        await trio.to_thread.run_sync(_truncate_wal, self.path)
 
     async def read_for_tests(self, work: Callable[[sqlite3.Connection], T]) -> T:
         """Test hook: run ``work`` on a reader connection, outside every ``Store`` contract

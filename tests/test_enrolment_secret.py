@@ -253,7 +253,8 @@ async def test_a_secret_in_the_store_moves_out_once_and_its_codes_still_verify(
     assert await data_dir.load() == LEGACY
     assert read_secret_file(data_dir.secret_file) == LEGACY
     assert mode(data_dir.secret_file) == 0o600
-    assert legacy_rows(data_dir.database) == []  # the row is gone
+    assert legacy_rows(data_dir.database) == []  # the row is gone...
+    assert LEGACY not in database_bytes(data_dir.database)  # ...and so are its bytes
     async with open_sqlite_store(data_dir.database) as store:
         assert await store.secret_fingerprint(LEGACY_SECRET_NAME) == secret_fingerprint(LEGACY)
         await verify(store, await load_enrolment_secret(store, data_dir.secret_file,
