@@ -170,8 +170,8 @@ class EnrolmentService:
         ``account_key`` is the new account's Ed25519 key and ``device_list`` its first device
         list (``crypto.device_list``): version 1, signed by ``account_key``, listing
         ``identity_key`` only. The number's earlier devices, if any, are revoked with
-        ``REENROLMENT_REVOKE_REASON`` (``Registration.revoked``). Every call with a
-        well-formed request uses one of the code's ``MAX_CHECKS_PER_CODE`` checks and one of
+        ``REENROLMENT_REVOKE_REASON`` (``Registration.revoked``). Every well-formed call while
+        a code is pending uses one of the code's ``MAX_CHECKS_PER_CODE`` checks and one of
         the number's ``MAX_GUESSES_PER_NUMBER_PER_DAY``, which a new code does not give back;
         a successful one consumes the code. ``address`` is as for ``start``.
 
