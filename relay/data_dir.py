@@ -32,8 +32,9 @@ __all__ = ["DATA_DIR_MODE", "DATA_FILE_MODE", "LOCK_FILE_NAME", "PRIVATE_UMASK",
 LOCK_FILE_NAME = "relay.lock"
 
 DATA_DIR_MODE = 0o700
-"""The data directory: its owner only. It holds the store (with the enrolment secret and code
-hashes), the TLS key, the SMS outbox and the control socket."""
+"""The data directory: its owner only. It holds the store (with the code hashes), the
+enrolment secret's file by default (kept apart from the store: relay/enrolment_secret.py), the
+TLS key, the SMS outbox and the control socket."""
 DATA_FILE_MODE = 0o600
 """Every file in it, backups included."""
 PRIVATE_UMASK = 0o077
