@@ -17,6 +17,7 @@ from pathlib import Path
 import msgpack
 import pytest
 from aioquic.buffer import Buffer
+from aioquic.quic import events as quic_events
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
 from aioquic.quic.packet import pull_quic_header
@@ -27,7 +28,7 @@ from nacl.signing import SigningKey
 from client.connection import RelayError, client_configuration
 from relay.tls import ensure_development_certificate
 from transport.flow_control import install_receive_window, reassembly_bytes, slide_receive_window
-from transport.quic import address_key
+from transport.quic import TIMER_HEAP_SLACK, QuicEndpoint, QuicLink, address_key, open_udp_socket
 from wire.buffers import BufferPool
 from wire.codec import decode_body, encode_frame
 from wire.frames import (
@@ -338,3 +339,27 @@ def test_data_held_out_of_order_stays_within_the_receive_window(sliding: bool,
         assert max(held) > 4 * window  # what the sliding window prevents: growth past it
 
 
+
+
+async def test_superseded_deadlines_do_not_pile_up_and_a_closed_link_is_reached_by_none(
+        tmp_path: Path) -> None:
+    """Every move of a connection's deadline pushes a new heap entry; the heap is rebuilt once
+    superseded entries outnumber the live ones, and a forgotten link's entries let go of it."""
+    cert, _, _ = ensure_development_certificate(tmp_path, now=datetime.datetime.now(datetime.UTC))
+    sock = open_udp_socket("127.0.0.1", 0)
+    with sock:
+        endpoint = QuicEndpoint(sock, retry=False)
+        link = endpoint.connect(("127.0.0.1", 9), client_configuration(ca=cert), _NoHandler())
+        for step in range(1000):  # a deadline a minute away, moved by every packet
+            link._timer_at = 60.0 + step
+            endpoint._push_timer(link._timer_at, link)
+            assert endpoint.timer_entries <= 2 * 1 + TIMER_HEAP_SLACK
+        entries = list(endpoint._timers)
+        endpoint._forget(link)
+        assert all(entry.link is None for _, _, entry in entries)
+        assert endpoint.links == set()
+
+
+class _NoHandler:
+    def quic_events(self, link: QuicLink, batch: list[quic_events.QuicEvent]) -> None:
+        pass
