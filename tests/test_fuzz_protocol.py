@@ -432,11 +432,8 @@ def _payload_too_large(stream_id: int) -> list[tuple[bytes, bool]]:
 
 HELD_FAILURES = [
     pytest.param(_cut_short, id="cut-short"),
-    pytest.param(_undecodable, id="undecodable", marks=pytest.mark.xfail(strict=True, reason=(
-        "finding (issue 14, reported): the held error's __context__ keeps the bytes"))),
-    pytest.param(_payload_too_large, id="payload-too-large", marks=pytest.mark.xfail(
-        strict=True, reason="finding (issue 14, reported): the held error's __context__ keeps "
-                            "the decoded payload")),
+    pytest.param(_undecodable, id="undecodable"),
+    pytest.param(_payload_too_large, id="payload-too-large"),
 ]
 
 

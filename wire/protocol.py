@@ -252,8 +252,10 @@ class _StreamReader:
         except RemoteProtocolError as error:
             self._fail(stream_id, end_stream)
             # The error may be held (while authenticating) or kept by the decoder: without its
-            # traceback, whose frames would keep this call's bytes and decoder alive.
+            # traceback, whose frames would keep this call's bytes and decoder alive, nor the
+            # error it replaced (a msgpack or field error), whose own traceback does the same.
             error.__traceback__ = None
+            error.__context__ = error.__cause__ = None
             return frames, self._explain(error)
         refusal = self._count(stream_id, decoder.incomplete_frame_size)
         if refusal is not None:
