@@ -65,6 +65,7 @@ __all__ = [
     "BUNDLE_FETCHES_PER_DEVICE",
     "BUNDLE_FETCHES_PER_TARGET",
     "BUNDLE_FETCH_PERIOD_MS",
+    "DEVICE_LISTINGS_PER_DEVICE",
     "MAX_ONE_TIME_PREKEYS_PER_DEVICE",
     "PREKEYS_LOW_THRESHOLD",
     "PrekeyService",
@@ -82,6 +83,11 @@ BUNDLE_FETCHES_PER_TARGET = 20
 """Bundle fetches one device may make for one existing target user per period: a client fetches
 when it starts a session or the target adds a device; more would only drain the target's
 one-time pools. Taken only once the target is known to exist and be reachable."""
+DEVICE_LISTINGS_PER_DEVICE = 1000
+"""LIST_DEVICES one device may ask per hour, whatever the users: a client reads a contact's
+signed list at first contact, after MISMATCHED_DEVICES and when a safety number is shown, and
+its own at each connection; one bucket per requesting device, so made-up user ids cost the
+same as real ones and leave no bucket behind."""
 BUNDLE_FETCH_PERIOD_MS = 60 * 60 * 1000
 """The period over which BUNDLE_FETCHES_PER_DEVICE and BUNDLE_FETCHES_PER_TARGET refill (one
 hour)."""
@@ -96,13 +102,13 @@ def _error(code: ErrorCode, reason: str) -> bytes:
     return encode_frame(Error(code=code, reason=reason))
 
 
-def _rate_limited(what: str, capacity: int) -> bytes:
-    """RATE_LIMITED by an empty bucket of ``capacity`` fetches: it refills one fetch within
-    ``BUNDLE_FETCH_PERIOD_MS / capacity``, the wait the answer names."""
+def _rate_limited(what: str, capacity: int, requests: str = "bundle fetches") -> bytes:
+    """RATE_LIMITED by an empty bucket of ``capacity`` requests an hour: it refills one
+    within ``BUNDLE_FETCH_PERIOD_MS / capacity``, the wait the answer names."""
     wait_ms = -(-BUNDLE_FETCH_PERIOD_MS // capacity)
     return encode_frame(Error(
         code=ErrorCode.RATE_LIMITED, retry_after_ms=wait_ms,
-        reason=f"too many bundle fetches {what} (at most {capacity} an hour); "
+        reason=f"too many {requests} {what} (at most {capacity} an hour); "
                f"retry after {-(-wait_ms // 1000)} s"))
 
 
@@ -286,6 +292,14 @@ class PrekeyService:
             self._relay.cluster.tell_prekeys_low(user_id, elsewhere)
 
     async def _list_devices(self, requester: tuple[str, int], frame: ListDevices) -> bytes:
+        relay = self._relay
+        if not await self._store.take_tokens(
+                key=f"list-devices {requester[0]} {requester[1]}", cost=1,
+                capacity=DEVICE_LISTINGS_PER_DEVICE, period_ms=BUNDLE_FETCH_PERIOD_MS,
+                now=relay.now_ms()):
+            relay.metrics.rate_limited += 1
+            return _rate_limited("from this device", DEVICE_LISTINGS_PER_DEVICE,
+                                 "device-list requests")
         user_id = requester[0] if frame.user_id is None else frame.user_id
         devices = await self._reachable_devices(user_id, requester)
         if devices is None:

@@ -47,6 +47,17 @@ class RelayCollector(Collector):
                      len(endpoint.links) if endpoint is not None else 0)
         yield _gauge("cryptopass_devices_connected", "Authenticated device connections now.",
                      len(context.sessions))
+        buffers = context.buffers
+        yield _gauge("cryptopass_buffered_bytes", "Bytes held in incomplete frames now.",
+                     buffers.used)
+        yield _gauge("cryptopass_buffered_bytes_unauthenticated",
+                     "Bytes held in incomplete frames of unauthenticated connections now.",
+                     buffers.used_unauthenticated)
+        yield _counter("cryptopass_buffer_refusals",
+                       "Frames refused because a buffer budget was spent.", buffers.refusals)
+        yield _counter("cryptopass_connections_refused",
+                       "Handshakes refused because their address had too many connections.",
+                       endpoint.connections_refused if endpoint is not None else 0)
         sends = CounterMetricFamily("cryptopass_sends", "Send requests by outcome.",
                                     labels=["outcome"])
         for outcome, count in sorted(metrics.send_outcomes().items()):

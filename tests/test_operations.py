@@ -72,6 +72,10 @@ async def test_metrics_move_as_traffic_flows(relay: RelayUnderTest) -> None:
     assert sample(after, "cryptopass_enrolment_total", step="verify", outcome="ok") == 2
     assert sample(after, "cryptopass_sms_total", outcome="sent") == 2
     assert sample(after, "cryptopass_connections_opened_total") >= 4
+    assert sample(after, "cryptopass_buffered_bytes") == 0  # nothing held between frames
+    assert sample(after, "cryptopass_buffered_bytes_unauthenticated") == 0
+    assert sample(after, "cryptopass_buffer_refusals_total") == 0
+    assert sample(after, "cryptopass_connections_refused_total") == 0
     assert sample(after, "cryptopass_delivery_latency_seconds_count") == 3
     assert sample(after, "cryptopass_storage_commit_latency_seconds_count") == 4
     assert sample(after, "cryptopass_storage_commits_total") > sample(

@@ -27,7 +27,11 @@ from relay.limits import (
     SENDS_PER_MINUTE,
     sender_queue_share,
 )
-from relay.prekeys import BUNDLE_FETCHES_PER_DEVICE, BUNDLE_FETCHES_PER_TARGET
+from relay.prekeys import (
+    BUNDLE_FETCHES_PER_DEVICE,
+    BUNDLE_FETCHES_PER_TARGET,
+    DEVICE_LISTINGS_PER_DEVICE,
+)
 from relay.send_budgets import SendBudgets
 from relay.server import RunningRelay, serve
 from relay.settings import RelaySettings
@@ -237,6 +241,30 @@ async def test_an_existing_target_keeps_a_limit_of_its_own(tmp_path: Path) -> No
                 assert other.identity_key == carol.identity_key
                 clock.now += 180_000
                 assert len(await client.fetch_bundle(bob.user_id)) == 1
+
+
+async def test_device_list_requests_are_budgeted_per_device_whatever_the_user(
+        tmp_path: Path) -> None:
+    clock = Clock()
+    async with running_relay(RelaySettings(data_dir=tmp_path / "relay", listen_port=0),
+                             clock) as relay:
+        alice, bob, _ = [await enrol(relay, phone) for phone in PHONES]
+        async with connected(relay, alice) as client:
+            with trio.fail_after(WAIT_S):
+                for index in range(DEVICE_LISTINGS_PER_DEVICE):  # real and made-up users alike
+                    if index % 2:
+                        assert (await client.list_devices(bob.user_id)).user_id == bob.user_id
+                    else:
+                        with pytest.raises(RelayError) as unknown:
+                            await client.list_devices(f"made-up-{index}")
+                        assert unknown.value.code == ErrorCode.UNKNOWN_RECIPIENT
+                with pytest.raises(RelayError) as refused:
+                    await client.list_devices(bob.user_id)
+                assert (refused.value.code, refused.value.error.retry_after_ms) == (
+                    ErrorCode.RATE_LIMITED, 3_600)
+                assert "too many device-list requests" in refused.value.reason
+                clock.now += 3_600
+                assert (await client.list_devices(bob.user_id)).user_id == bob.user_id
 
 
 # -- SEND budgets (finding 5) ------------------------------------------------------------
