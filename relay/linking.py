@@ -25,7 +25,6 @@ Logs name events and outcomes only: never a payload, a channel id or a phone num
 
 from __future__ import annotations
 
-import ipaddress
 import secrets
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -38,6 +37,7 @@ import trio
 from relay.limits import LINK_OPEN_PERIOD_MS, LINK_OPENS_PER_ADDRESS, MAX_OPEN_LINK_CHANNELS
 from relay.metrics import RelayMetrics
 from storage.base import LinkChannelStore, LinkPostResult, RateLimits
+from transport.addresses import address_scope
 from wire.account_frames import LinkFetch, LinkMessages, LinkOpened, LinkPost, LinkPosted
 from wire.codec import encode_frame
 from wire.frames import Error, ErrorCode
@@ -65,7 +65,6 @@ another node of a cluster may be seen (a post on this node wakes the fetch at on
 _UNKNOWN_CHANNEL = "no such link channel, or it expired or is used up; open a new one"
 """One reason for every refusal about a channel (module docstring)."""
 
-_IPV6_PREFIX = 64
 """An IPv6 client owns at least a /64: its addresses share one LINK_OPEN allowance."""
 
 ChannelSide = tuple[bytes, bool]
@@ -80,15 +79,7 @@ class LinkServiceStore(LinkChannelStore, RateLimits, Protocol):
 def address_key(host: str) -> str:
     """The rate-limit key of a peer's address: the IPv4 address, or the IPv6 /64 (an
     IPv4-mapped IPv6 address counts as its IPv4 address)."""
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        return host
-    if isinstance(address, ipaddress.IPv6Address):
-        if address.ipv4_mapped is not None:
-            return str(address.ipv4_mapped)
-        return str(ipaddress.IPv6Network((address, _IPV6_PREFIX), strict=False))
-    return str(address)
+    return address_scope(host)
 
 
 class ChannelDoorbells:

@@ -27,7 +27,6 @@ aioquic's asyncio layer is never used.
 from __future__ import annotations
 
 import heapq
-import ipaddress
 import itertools
 import os
 import socket
@@ -53,6 +52,7 @@ from aioquic.quic.packet import (
 from aioquic.quic.packet_builder import QuicPacketBuilder
 from aioquic.quic.retry import QuicRetryTokenHandler
 
+from transport.addresses import address_scope
 from transport.connection_memory import release_after_handshake
 from transport.flow_control import (
     drop_reset_stream_data,
@@ -117,8 +117,6 @@ MAX_CONNECTIONS_PER_ADDRESS = 64
 household controls) may hold at once on one endpoint; more are refused at the handshake.
 A device holds one; a household or an office behind one NAT address holds dozens."""
 
-IPV6_PREFIX_BITS = 64
-"""An IPv6 client is counted by its /64: one subscriber usually has a whole /64 to draw from."""
 
 REFUSAL_REASON_BYTES = 256
 """Longest reason phrase of a refusal at the handshake (it rides in one small packet)."""
@@ -659,17 +657,8 @@ def _piggyback_ack(quic: QuicConnection, now: float) -> None:
 
 def address_key(address: NetworkAddress) -> str:
     """What the per-address connection budget counts an address as: an IPv4 address (an
-    IPv4-mapped IPv6 one too), or an IPv6 address's /64 network."""
-    host = str(address[0]).partition("%")[0]  # without an IPv6 scope (fe80::1%eth0)
-    try:
-        ip = ipaddress.ip_address(host)
-    except ValueError:
-        return host
-    if isinstance(ip, ipaddress.IPv6Address):
-        if ip.ipv4_mapped is not None:
-            return str(ip.ipv4_mapped)
-        return str(ipaddress.IPv6Network((ip, IPV6_PREFIX_BITS), strict=False))
-    return str(ip)
+    IPv4-mapped IPv6 one too), or an IPv6 address's /64 network (`address_scope`)."""
+    return address_scope(str(address[0]))
 
 
 def encode_connection_refused(*, version: int, initial_destination_cid: bytes,

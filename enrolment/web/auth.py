@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import ipaddress
 import os
 import secrets
 import sys
@@ -23,6 +22,8 @@ from types import TracebackType
 
 import argon2
 import trio
+
+from transport.addresses import address_scope as network_scope
 
 __all__ = [
     "API_TOKEN_PREFIX",
@@ -141,15 +142,7 @@ def same_secret(expected: str, given: str) -> bool:
 def address_scope(address: str) -> str:
     """What a guess from ``address`` is counted against: the address itself (IPv4, and
     IPv4 mapped into IPv6), or its IPV6_GUESS_PREFIX network for IPv6."""
-    try:
-        parsed = ipaddress.ip_address(address)
-    except ValueError:
-        return address  # "unknown", or whatever the server reported
-    if isinstance(parsed, ipaddress.IPv6Address):
-        if parsed.ipv4_mapped is not None:
-            return str(parsed.ipv4_mapped)
-        return str(ipaddress.IPv6Network((parsed, IPV6_GUESS_PREFIX), strict=False))
-    return str(parsed)
+    return network_scope(address, ipv6_prefix=IPV6_GUESS_PREFIX)
 
 
 def guess_keys(*, email: str, address: str) -> list[bytes]:
