@@ -175,9 +175,15 @@ def _explain(error: BaseException) -> str | None:
         case RelayError() if error.code == ErrorCode.VERIFICATION_FAILED:
             return (f"the relay refused: VERIFICATION_FAILED: {error.reason}. For a new code, "
                     f"run `{_enrol_command()}` again")
-        case RelayError() | ConnectionClosed() if error.code in (
-                ErrorCode.AUTHENTICATION_FAILED, ErrorCode.DEVICE_REVOKED):
-            return (f"the relay does not accept this device ({ErrorCode(error.code).name}: "
+        case RelayError() | ConnectionClosed() if error.code == ErrorCode.DEVICE_REVOKED:
+            return (f"the relay no longer accepts this device (DEVICE_REVOKED: {error.reason}). "
+                    f"To use it for the same account again, link it from a device still on "
+                    f"the account: `cryptopass --profile NEW_PROFILE link --relay "
+                    f"{_invocation.relay or 'HOST:PORT'} ...` then `cryptopass devices approve "
+                    f"CODE` there. Enrolling the number by SMS (`{_enrol_command()}`) creates a "
+                    f"new account instead, and revokes every device of the current one")
+        case RelayError() | ConnectionClosed() if error.code == ErrorCode.AUTHENTICATION_FAILED:
+            return (f"the relay does not accept this device (AUTHENTICATION_FAILED: "
                     f"{error.reason}): it was deleted, or enrolled at another relay; to enrol "
                     f"it again, run `{_enrol_command()}`")
         case RelayError():

@@ -74,6 +74,9 @@ async def test_link_approve_use_and_remove_from_the_command_line(tmp_path: Path)
         refused = await cli.refused("--profile", cli.profile("A-laptop"), "receive",
                                     "--timeout", "5")
         assert "removed from its account" in refused
+        # The hint links it again; it warns that an SMS enrolment would make a new account.
+        assert "link it from a device still on the account" in refused
+        assert "creates a new account instead, and revokes every device" in refused
         cli.relay.process.terminate()
         with trio.fail_after(10):
             await cli.relay.process.wait()
