@@ -34,6 +34,7 @@ from relay.admin_cli import (
 from relay.config import ConfigError, load_config, parse_assignment
 from relay.control import notify_relay
 from relay.data_dir import DATA_DIR_MODE, PRIVATE_UMASK, DataDirectoryInUse
+from relay.doctor import register_doctor_command
 from relay.enrolment_secret import (
     CreatedSecret,
     EnrolmentSecretError,
@@ -71,6 +72,7 @@ app.add_typer(secret_app, name="secret")
 admin_app.add_typer(org_app, name="org")
 admin_app.add_typer(user_app, name="user")
 register_operations_commands(app)
+register_doctor_command(app)
 
 # Help texts are Rich markup: a literal "[" is written "\\[" (else "[default: x]" vanishes).
 StoreOption = Annotated[str | None, typer.Option(
