@@ -15,14 +15,16 @@ import structlog
 import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve as hypercorn_serve
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from enrolment.web.app import admin_app
 from enrolment.web.service import AdminService
 from relay.context import RelayContext
+from relay.metrics import RelayMetrics
 from transport.addresses import parse_host_port
 from wire.frames import ErrorCode
 
-__all__ = ["RelayConnectionCloser", "serve_admin_https"]
+__all__ = ["CountedResponses", "RelayConnectionCloser", "serve_admin_https"]
 
 log = structlog.get_logger("relay.admin_http")
 
@@ -49,6 +51,33 @@ class RelayConnectionCloser:
                                          "organisation suspended")
 
 
+class CountedResponses:
+    """Counts the admin site's responses by outcome (``RelayMetrics.admin_requests``): a
+    burst of client errors is someone guessing passwords or tokens, server errors a bug."""
+
+    def __init__(self, app: ASGIApp, metrics: RelayMetrics) -> None:
+        self._app = app
+        self._metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self._app(scope, receive, send)
+            return
+
+        async def counting_send(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                self._metrics.admin_requests[_outcome(int(message["status"]))] += 1
+            await send(message)
+
+        await self._app(scope, receive, counting_send)
+
+
+def _outcome(status: int) -> str:
+    if status >= 500:
+        return "server_error"
+    return "client_error" if status >= 400 else "ok"
+
+
 async def serve_admin_https(address: str, context: RelayContext, cert: Path, key: Path, *,
                             task_status: trio.TaskStatus[tuple[str, int]]
                             = trio.TASK_STATUS_IGNORED) -> None:
@@ -66,8 +95,9 @@ async def serve_admin_https(address: str, context: RelayContext, cert: Path, key
     config.errorlog = logging.getLogger("relay.admin_http")
     config.graceful_timeout = 0.5
     service = AdminService(context.store, RelayConnectionCloser(context), context.now_ms)
+    app = CountedResponses(admin_app(service), context.metrics)
     async with trio.open_nursery() as nursery:
-        binds: list[str] = await nursery.start(hypercorn_serve, admin_app(service), config)
+        binds: list[str] = await nursery.start(hypercorn_serve, app, config)
         bound_host, _, bound_port = binds[0].rpartition("://")[2].rpartition(":")
         log.info("admin_https_listening", host=bound_host.strip("[]"), port=int(bound_port))
         task_status.started((bound_host.strip("[]"), int(bound_port)))

@@ -82,6 +82,13 @@ class RelayMetrics:
     revoked_devices: int = 0
     """Device connections closed because their device was revoked by a re-enrolment or a
     published device list."""
+    store_up: bool = True
+    """Whether the store answered its last check: the sweeper's last pass (every
+    ``sweep_interval_s``) or the last /readyz probe. A scrape reads it without touching the
+    store."""
+    admin_requests: Counter[str] = field(default_factory=Counter)
+    """Admin console and API responses by outcome: "ok" (2xx, 3xx), "client_error" (4xx),
+    "server_error" (5xx) (relay/admin_http.py)."""
     delivery_latency: LatencyHistogram = field(
         default_factory=lambda: LatencyHistogram(DELIVERY_LATENCY_BUCKETS))
     commit_latency: LatencyHistogram = field(

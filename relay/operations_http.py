@@ -47,7 +47,8 @@ def operations_app(context: RelayContext, registry: CollectorRegistry) -> Starle
         return PlainTextResponse("ok\n")
 
     async def readyz(request: Request) -> Response:
-        checks = {"storage": await _store_answers(context.store),
+        storage = context.metrics.store_up = await _store_answers(context.store)
+        checks = {"storage": storage,
                   "listener": context.endpoint is not None and context.endpoint.accepting}
         if context.cluster is not None:
             # Several nodes: without its LISTEN connection this node hears of sends

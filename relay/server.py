@@ -254,14 +254,26 @@ async def _close_gracefully(endpoint: QuicEndpoint, context: RelayContext) -> No
 
 async def _sweep(context: RelayContext) -> None:
     """Delete expired envelopes now and then (they are already never delivered), and the
-    enrolment rows that can no longer count."""
+    enrolment rows that can no longer count.
+
+    Each pass is also the store's reachability check (``cryptopass_store_up``): a failed pass
+    is logged and tried again after ``sweep_interval_s``, so an unreachable PostgreSQL shows on
+    the node's metrics instead of taking the node down.
+    """
     while True:
-        deleted = await context.store.expire(now=context.now_ms(), limit=SWEEP_BATCH)
-        context.metrics.expired += deleted
-        if deleted:
-            log.info("envelopes_expired", count=deleted)
-        forgotten = await context.enrolment.forget_old_records(context.now_ms(),
-                                                               limit=ENROLMENT_SWEEP_BATCH)
+        try:
+            deleted = await context.store.expire(now=context.now_ms(), limit=SWEEP_BATCH)
+            context.metrics.expired += deleted
+            if deleted:
+                log.info("envelopes_expired", count=deleted)
+            forgotten = await context.enrolment.forget_old_records(context.now_ms(),
+                                                                   limit=ENROLMENT_SWEEP_BATCH)
+        except Exception as error:  # any store failure: unreachable until a pass succeeds
+            context.metrics.store_up = False
+            log.error("store_sweep_failed", error=type(error).__name__)
+            await trio.sleep(context.settings.sweep_interval_s)
+            continue
+        context.metrics.store_up = True
         if forgotten:
             log.info("enrolment_records_forgotten", count=forgotten)
         if deleted < SWEEP_BATCH and forgotten < ENROLMENT_SWEEP_BATCH:

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
+from cryptography import x509
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -28,7 +29,10 @@ from relay.metrics import LatencyHistogram
 if TYPE_CHECKING:
     from enrolment.sms import SmsOutcomes
 
-__all__ = ["RelayCollector", "relay_registry"]
+__all__ = ["ADMIN_OUTCOMES", "RelayCollector", "relay_registry"]
+
+ADMIN_OUTCOMES = ("ok", "client_error", "server_error")
+"""The outcomes of admin responses, each exported (0 until it happens) so rates exist."""
 
 class RelayCollector(Collector):
     """Reads a relay's counters at scrape time."""
@@ -109,12 +113,56 @@ class RelayCollector(Collector):
                      context.pipeline.pending)
         yield _counter("cryptopass_storage_commits",
                        "Storage write transactions (group commits).", context.store.commit_count)
+        yield _gauge("cryptopass_max_queue_depth",
+                     "Envelopes one device may hold before sends to it are refused (QUEUE_FULL).",
+                     context.settings.max_queue_depth)
+        yield from self._health()
+        admin = CounterMetricFamily("cryptopass_admin_requests",
+                                    "Admin console and API responses by outcome.",
+                                    labels=["outcome"])
+        for outcome in ADMIN_OUTCOMES:
+            admin.add_metric([outcome], metrics.admin_requests[outcome])
+        yield admin
         yield _histogram("cryptopass_delivery_latency_seconds",
                          "From acceptance to push to the recipient device.",
                          metrics.delivery_latency)
         yield _histogram("cryptopass_storage_commit_latency_seconds",
                          "From submitting a send to its durable commit.",
                          metrics.commit_latency)
+
+    def _health(self) -> Iterator[Metric]:
+        """What the alerts watch: certificate expiry, store and LISTEN connection state, read
+        from memory (no I/O at scrape time)."""
+        context = self._context
+        configuration = context.endpoint.configuration if context.endpoint is not None else None
+        certificate = configuration.certificate if configuration is not None else None
+        expiry = GaugeMetricFamily(
+            "cryptopass_certificate_expiry_timestamp_seconds",
+            "When the TLS certificate served to new connections expires (notAfter, Unix time).")
+        if isinstance(certificate, x509.Certificate):
+            expiry.add_metric([], certificate.not_valid_after_utc.timestamp())
+        yield expiry
+        yield _gauge("cryptopass_store_up",
+                     "1 if the store answered its last check (sweep or readiness probe), else 0.",
+                     1 if context.metrics.store_up else 0)
+        # Only a cluster node has a LISTEN connection: a single node exports the family
+        # without a sample, so "== 0" alerts never fire there.
+        listening = GaugeMetricFamily(
+            "cryptopass_cluster_listening",
+            "1 while this cluster node's LISTEN connection to PostgreSQL is up, else 0.")
+        notifications = CounterMetricFamily(
+            "cryptopass_cluster_notifications",
+            "Notifications (wake-ups, take-overs, revocations) heard from other nodes.")
+        reconnections = CounterMetricFamily(
+            "cryptopass_cluster_listen_reconnections",
+            "Times this cluster node got its lost LISTEN connection back.")
+        if context.cluster is not None:
+            listening.add_metric([], 1 if context.cluster.listening.is_set() else 0)
+            notifications.add_metric([], context.cluster.notifications)
+            reconnections.add_metric([], context.cluster.listen_reconnections)
+        yield listening
+        yield notifications
+        yield reconnections
 
 
 def relay_registry(context: RelayContext, sms_outcomes: SmsOutcomes) -> CollectorRegistry:
