@@ -6,9 +6,11 @@ read: the store is opened without migrating it (a store at an older schema versi
 never upgraded), the data directory's lock is tested, never taken, and nothing is written
 except PostgreSQL's NOTIFY on a channel of the doctor's own.
 
-The listen port check does not speak QUIC: when no relay holds the data directory's lock it
-binds the UDP port (it must be free for ``serve`` to start); when one does, it checks that the
-port is bound (by that relay, presumably: the detail says so, it does not prove it).
+The listen port check binds the UDP port when no relay holds the data directory's lock (it must
+be free for ``serve`` to start); when one does, it makes a QUIC handshake to it, with the
+relay's ALPN, and closes at once: the port answers as a Cryptopass relay. The handshake does not
+verify the certificate (the ``certificate`` check reads it from disk), so it does not prove
+that the relay answering is the one holding this data directory.
 
 Registered on ``cryptopass-relay`` by ``relay.cli``.
 """
@@ -24,6 +26,7 @@ import os
 import secrets
 import socket
 import sqlite3
+import ssl
 import stat
 import time
 from collections.abc import Callable, Iterator
@@ -34,6 +37,9 @@ from urllib.parse import urlsplit
 
 import psycopg
 import typer
+from aioquic.quic import events as quic_events
+from aioquic.quic.configuration import QuicConfiguration
+from aioquic.quic.connection import QuicConnection
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
@@ -45,6 +51,7 @@ from relay.settings import DEFAULT_DATA_DIR, RelaySettings
 from storage import postgres_schema, sqlite_schema
 from storage.store_url import StoreLocation, parse_store_url
 from transport.addresses import parse_host_port
+from wire.limits import ALPN
 
 __all__ = [
     "CERT_WARN_DAYS",
@@ -62,6 +69,7 @@ __all__ = [
     "check_sms_gateway",
     "check_store",
     "clock_skew_status",
+    "quic_handshake",
     "register_doctor_command",
     "run_checks",
 ]
@@ -77,6 +85,8 @@ written by different nodes disagree noticeably; above 30 s one-time codes and se
 expire early or late on one node."""
 CONNECT_TIMEOUT_S = 5
 """Seconds to wait for PostgreSQL before the store is reported unreachable."""
+HANDSHAKE_TIMEOUT_S = 5.0
+"""Seconds to wait for a running relay's QUIC handshake."""
 NOTIFY_TIMEOUT_S = 5.0
 """Seconds to wait for the doctor's own NOTIFY to come back."""
 
@@ -164,19 +174,65 @@ def _udp_port_bound(host: str, port: int) -> OSError | None:
     return None
 
 
+def _reachable_host(host: str) -> str:
+    """Where to reach a relay listening on ``host``: a wildcard is reached on loopback."""
+    return {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)  # noqa: S104
+
+
+def quic_handshake(host: str, port: int, *, timeout_s: float = HANDSHAKE_TIMEOUT_S) -> str | None:
+    """Complete a QUIC handshake with the relay's ALPN on ``host:port``, then close; None if
+    it completed, else why not. Blocking (a command, not the relay): aioquic sans-IO over one
+    UDP socket. The certificate is not verified: the check is that a relay answers."""
+    configuration = QuicConfiguration(is_client=True, alpn_protocols=[ALPN],
+                                      verify_mode=ssl.CERT_NONE)
+    quic = QuicConnection(configuration=configuration)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as udp:
+        udp.connect((host, port))
+        peer = udp.getpeername()
+        quic.connect(peer, now=time.monotonic())
+        deadline = time.monotonic() + timeout_s
+        while True:
+            for datagram, _ in quic.datagrams_to_send(now=time.monotonic()):
+                udp.send(datagram)
+            while (event := quic.next_event()) is not None:
+                if isinstance(event, quic_events.HandshakeCompleted):
+                    quic.close()
+                    for datagram, _ in quic.datagrams_to_send(now=time.monotonic()):
+                        udp.send(datagram)
+                    return None
+                if isinstance(event, quic_events.ConnectionTerminated):
+                    return f"closed: {event.reason_phrase or hex(event.error_code)}"
+            now = time.monotonic()
+            if now >= deadline:
+                return f"no answer within {timeout_s:g} s"
+            timer = quic.get_timer()
+            wait = deadline - now if timer is None else min(deadline, timer) - now
+            udp.settimeout(max(wait, 0.001))
+            try:
+                quic.receive_datagram(udp.recv(65536), peer, now=time.monotonic())
+            except TimeoutError:
+                if timer is not None and time.monotonic() >= timer:
+                    quic.handle_timer(now=time.monotonic())
+            except ConnectionRefusedError:
+                return "the port is closed"
+
+
 def check_listen_port(data_dir: Path, host: str, port: int) -> Check:
     """Free when no relay runs on ``data_dir``; bound when one does."""
     name, address = "listen-port", f"UDP {host}:{port}"
     running = relay_running(data_dir)
     if port == 0:
         return Check(name, "ok", "listen_port is 0: the relay takes any free port")
-    error = _udp_port_bound(host, port)
     if running:
-        if error is not None and error.errno == errno.EADDRINUSE:
-            return Check(name, "ok", f"a relay holds {data_dir} and {address} is bound "
-                                     "(not checked with a QUIC handshake)")
-        return Check(name, "fail", f"a relay holds {data_dir} but nothing is bound to "
-                                   f"{address}: it listens elsewhere, or is not serving")
+        failure = quic_handshake(_reachable_host(host), port)
+        if failure is None:
+            return Check(name, "ok", f"a relay holds {data_dir} and answers a QUIC handshake "
+                                     f"on {address}")
+        return Check(name, "fail", f"a relay holds {data_dir} but {address} does not answer "
+                                   f"a QUIC handshake ({failure}): it listens elsewhere, or "
+                                   "is not serving")
+    error = _udp_port_bound(host, port)
     if error is None:
         return Check(name, "ok", f"{address} is free (no relay runs on {data_dir})")
     if error.errno == errno.EADDRINUSE:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+import trio
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -37,11 +38,13 @@ from relay.doctor import (
     check_sms_gateway,
     check_store,
     clock_skew_status,
+    quic_handshake,
 )
 from relay.settings import RelaySettings
 from relay.tls import ensure_development_certificate
 from storage import postgres_schema, sqlite_schema
 from storage.store_url import StoreLocation, parse_store_url
+from tests.conftest import RelayUnderTest
 from tests.postgres_schemas import conninfo, fresh_schema, store_url
 
 runner = CliRunner()
@@ -194,15 +197,25 @@ def test_a_free_port_is_ok_and_one_held_by_another_process_fails(tmp_path: Path)
     assert (check.status, "in use by another process" in check.detail) == ("fail", True)
 
 
-def test_with_a_relay_on_the_data_directory_its_port_must_be_bound(tmp_path: Path) -> None:
+async def test_a_running_relay_must_answer_a_quic_handshake(relay: RelayUnderTest) -> None:
+    check = await trio.to_thread.run_sync(check_listen_port, relay.data_dir, "127.0.0.1",
+                                          relay.port)
+    assert check == Check("listen-port", "ok", f"a relay holds {relay.data_dir} and answers "
+                                               f"a QUIC handshake on UDP 127.0.0.1:{relay.port}")
+
+
+def test_a_relay_holding_the_data_directory_but_not_the_port_fails(tmp_path: Path) -> None:
     port = free_udp_port()
-    with lock_data_dir(tmp_path, purpose="serve"):  # a relay runs here...
+    with lock_data_dir(tmp_path, purpose="serve"):  # a relay runs here, not on that port
         check = check_listen_port(tmp_path, "127.0.0.1", port)
-        assert check.status == "fail"  # ...but does not listen where it should
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as relay_socket:
-            relay_socket.bind(("127.0.0.1", port))
-            check = check_listen_port(tmp_path, "127.0.0.1", port)
-    assert (check.status, "a relay holds" in check.detail) == ("ok", True)
+    assert (check.status, "does not answer a QUIC handshake" in check.detail) == ("fail", True)
+
+
+def test_a_udp_port_that_is_not_a_relay_does_not_pass_the_handshake() -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent:
+        silent.bind(("127.0.0.1", 0))
+        failure = quic_handshake("127.0.0.1", silent.getsockname()[1], timeout_s=0.2)
+    assert failure == "no answer within 0.2 s"
 
 
 # -- store (SQLite) ---------------------------------------------------------------------------
