@@ -34,10 +34,11 @@ from client.connection import (
     CertificateFileError,
     ConnectionClosed,
     HandshakeFailed,
+    NoRelayReached,
     RelayError,
     RelayUnreachable,
     check_ca_file,
-    connect_relay,
+    connect_any,
 )
 from client.linking import LinkFailed, approve_link, link_new_device, remove_device
 from client.message_content import MAX_TEXT_BYTES
@@ -55,7 +56,7 @@ from client.profile_files import ProfileBusyError
 from crypto.primitives import CryptoError
 from crypto.provisioning import LinkCodeError, ProvisioningError
 from crypto.safety_number import format_safety_number
-from transport.addresses import parse_host_port
+from transport.addresses import RelayAddressError, parse_relay_list
 from wire.errors import RemoteProtocolError
 from wire.frames import ErrorCode
 from wire.phone import InvalidPhoneNumber, parse_phone
@@ -64,6 +65,8 @@ __all__ = ["app", "main", "message_line", "send_line"]
 
 DEFAULT_PROFILE = Path("cryptopass-profile")
 DEFAULT_RELAY = "127.0.0.1:4433"
+RELAY_HELP = ("Relay address, HOST:PORT; or several, comma-separated (e.g. the two nodes of a "
+              "cluster: H1:P1,H2:P2), tried in order: when one does not answer, the next.")
 EXAMPLE_PHONE = "+33612345678"
 EXAMPLE_CA = "cryptopass-data/tls/cert.pem"
 """Where `scripts/run-relay` and ``cryptopass-relay serve`` keep the relay's certificate."""
@@ -83,7 +86,7 @@ class _Invocation:
 
     profile: Path = DEFAULT_PROFILE
     debug: bool = False
-    relay: str | None = None  #: the relay address the command contacts
+    relay: str | None = None  #: the relay address (or comma-separated list) it contacts
     ca: Path | None = None  #: the CA file it trusts for it
     ca_from_option: bool = False  #: ``ca`` came from ``--ca`` (enrol), not from the profile
     phone: str | None = None  #: this device's number, once known
@@ -165,9 +168,15 @@ def _explain(error: BaseException) -> str | None:
                      else f"this profile's relay certificate: enrol again with the "
                           f"relay's certificate: `{_enrol_command(new_ca=True)}`")
             return f"{error.problem}: {error.path} ({where})"
+        case RelayUnreachable() if "," in relay:
+            return (f"cannot reach any relay of {relay}: no answer within {error.seconds:g} s "
+                    f"(are they running, and are these their addresses?)")
         case RelayUnreachable():
             return (f"cannot reach the relay at {relay}: no answer within {error.seconds:g} s "
                     f"(is it running, and is {relay} its address?)")
+        case NoRelayReached():
+            return (f"cannot reach any relay of {relay}: {error.reason} (are they running, and "
+                    f"are these their addresses?)")
         case HandshakeFailed() if error.certificate_refused:
             return _certificate_refused(error)
         case HandshakeFailed():
@@ -251,12 +260,17 @@ def _phone(text: str) -> str:
         _fail(f"invalid phone number {text!r}: {error} ({PHONE_HINT})")
 
 
-def _relay_address(text: str) -> tuple[str, int]:
+def _relay_addresses(text: str) -> list[tuple[str, int]]:
+    """The addresses of ``--relay`` (or of the profile), in order; a clear refusal naming the
+    bad entry otherwise."""
     try:
-        return parse_host_port(text)
-    except ValueError:
-        _fail(f"invalid relay address {text!r}: expected HOST:PORT with a port from 0 to "
-              f"65535, e.g. --relay {DEFAULT_RELAY}")
+        return parse_relay_list(text)
+    except RelayAddressError as error:
+        if error.entry == text.strip():  # one address, as most type it: its usual message
+            _fail(f"invalid relay address {text!r}: expected HOST:PORT with a port from 0 to "
+                  f"65535, e.g. --relay {DEFAULT_RELAY}")
+        _fail(f"invalid relay address list: {error}; give HOST:PORT entries (ports 0 to 65535) "
+              f"separated by commas, e.g. --relay {DEFAULT_RELAY},127.0.0.2:4433")
 
 
 def _profile() -> Profile:
@@ -314,7 +328,7 @@ def enrol(phone: Annotated[str, typer.Argument(
               metavar="PHONE", help=f"This device's phone number in international form, e.g. "
                                     f"{EXAMPLE_PHONE}.", show_default=False)],
           relay: Annotated[str, typer.Option(
-              help="Relay address, HOST:PORT.", show_default=True)] = DEFAULT_RELAY,
+              help=RELAY_HELP, show_default=True)] = DEFAULT_RELAY,
           ca: Annotated[Path | None, typer.Option(
               help=f"The relay's TLS certificate (PEM), e.g. {EXAMPLE_CA}; needed unless "
                    f"a public CA signed it.", show_default=False)] = None) -> None:
@@ -325,7 +339,7 @@ def enrol(phone: Annotated[str, typer.Argument(
     """
     profile = _profile()
     number = _phone(phone)
-    host, port = _relay_address(relay)
+    addresses = _relay_addresses(relay)
     if profile.data.user_id is not None and profile.account_key() is not None:
         typer.echo(f"warning: enrolling {number} by SMS creates a new account identity: the "
                    f"devices of the current one are revoked, and contacts see the safety "
@@ -337,7 +351,7 @@ def enrol(phone: Annotated[str, typer.Argument(
     profile.signing_key(create=True)
 
     async def work() -> None:
-        async with connect_relay(host, port, ca=ca) as client:
+        async with connect_any(addresses, ca=ca) as client:
             await client.enrol_start(number)
         profile.data.relay = relay
         profile.data.ca = str(ca.resolve()) if ca else None
@@ -368,7 +382,7 @@ def verify(code: Annotated[str, typer.Argument(
 def _verify(profile: Profile, code: str) -> None:
     if profile.data.phone is None or profile.data.relay is None:
         _fail(f"this profile has no enrolment in progress: run `{_enrol_command()}` first")
-    _relay_address(profile.data.relay)
+    _relay_addresses(profile.data.relay)
     phone = profile.data.phone
 
     async def work() -> None:
@@ -465,8 +479,8 @@ def receive(follow: Annotated[bool, typer.Option(
                     replaced += 1
         if waiting.cancelled_caught and not ready and timeout is not None:
             if not reached.is_set():  # an empty inbox must not look like a relay that is down
-                host, port = parse_host_port(profile.data.relay or "")
-                raise RelayUnreachable(host, port, timeout)
+                host, port = parse_relay_list(profile.data.relay or "")[0]
+                raise RelayUnreachable(host, port, timeout)  # told for the whole list
             raise trio.TooSlowError
 
     _run(work)
@@ -567,7 +581,7 @@ def devices_remove(device_id: Annotated[int, typer.Argument(
 
 @app.command()
 def link(relay: Annotated[str, typer.Option(
-             help="Relay address, HOST:PORT.", show_default=True)] = DEFAULT_RELAY,
+             help=RELAY_HELP, show_default=True)] = DEFAULT_RELAY,
          ca: Annotated[Path | None, typer.Option(
              help=f"The relay's TLS certificate (PEM), e.g. {EXAMPLE_CA}.",
              show_default=False)] = None,
@@ -577,7 +591,7 @@ def link(relay: Annotated[str, typer.Option(
     """Link this new device to an existing account: shows a code to approve on a device
     already on the account with `cryptopass devices approve CODE`."""
     profile = _profile()
-    _relay_address(relay)
+    _relay_addresses(relay)
     _invocation.relay, _invocation.ca, _invocation.ca_from_option = relay, ca, True
     if ca is not None:
         check_ca_file(ca)

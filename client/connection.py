@@ -19,6 +19,10 @@ turned it away, e.g. too many connections from this address), `wire.errors.Remot
 when the relay breaks the protocol (garbage, or an answer of the wrong kind),
 `CertificateFileError` for a CA file that cannot be used.
 
+Failover: ``connect_any([(host1, port1), (host2, port2)], ca=...)`` tries the addresses in
+order and uses the first that completes the handshake (a cluster's other node when this
+device's node stopped); `NoRelayReached` when none did, naming each address and why.
+
 A connection keeps at most 32 request streams open at once (docs/PROTOCOL.md, "Connection
 budgets"): further requests wait in QUIC until earlier ones are answered, never fail.
 """
@@ -43,6 +47,7 @@ from client.errors import (
     CertificateFileError,
     ConnectionClosed,
     HandshakeFailed,
+    NoRelayReached,
     RelayError,
     RelayUnreachable,
     expect_answer,
@@ -112,8 +117,13 @@ from wire.protocol import (
     is_server_unidirectional,
 )
 
-__all__ = ["PUSH_BUFFER", "CertificateFileError", "ConnectionClosed", "HandshakeFailed",
-           "RelayClient", "RelayError", "RelayUnreachable", "check_ca_file", "connect_relay"]
+__all__ = ["CONNECT_TIMEOUT_SECONDS", "PUSH_BUFFER", "CertificateFileError", "ConnectionClosed",
+           "HandshakeFailed", "NoRelayReached", "RelayClient", "RelayError", "RelayUnreachable",
+           "check_ca_file", "connect_any", "connect_relay"]
+
+CONNECT_TIMEOUT_SECONDS = 10.0
+"""How long a handshake may go unanswered before the relay counts as unreachable (and a
+client with several addresses moves to the next)."""
 
 KEEPALIVE_SECONDS = 15.0
 """PING interval, well under the relay's 60 s idle timeout."""
@@ -601,7 +611,7 @@ def check_ca_file(ca: Path) -> None:
 @asynccontextmanager
 async def connect_relay(host: str, port: int, *, ca: Path | None,
                         server_name: str | None = None,
-                        connect_timeout: float = 10.0,
+                        connect_timeout: float = CONNECT_TIMEOUT_SECONDS,
                         endpoint: QuicEndpoint | None = None) -> AsyncIterator[RelayClient]:
     """Connect to a relay over QUIC; the connection closes when the block exits.
 
@@ -625,6 +635,60 @@ async def connect_relay(host: str, port: int, *, ca: Path | None,
             own_endpoint, host, port, ca=ca, server_name=server_name,
             connect_timeout=connect_timeout) as client:
         yield client
+
+
+@asynccontextmanager
+async def connect_any(addresses: Sequence[tuple[str, int]], *, ca: Path | None,
+                      server_name: str | None = None,
+                      connect_timeout: float = CONNECT_TIMEOUT_SECONDS,
+                      endpoint: QuicEndpoint | None = None) -> AsyncIterator[RelayClient]:
+    """`connect_relay` to the first of ``addresses`` that completes the handshake, trying them
+    in order: one that does not answer within ``connect_timeout`` seconds, or refuses the
+    handshake, is passed over for the next. A failure after the handshake (a refused request,
+    a connection closed later) is the caller's, as with `connect_relay`: nothing is resent.
+
+    With one address this is `connect_relay` itself, errors included.
+
+    Raises:
+        ValueError: ``addresses`` is empty.
+        CertificateFileError: ``ca`` is missing or holds no certificate (nothing was sent).
+        NoRelayReached: none of several addresses opened; it names each and why.
+    """
+    if not addresses:
+        raise ValueError("no relay address to connect to")
+    if len(addresses) == 1:
+        [(host, port)] = addresses
+        async with connect_relay(host, port, ca=ca, server_name=server_name,
+                                 connect_timeout=connect_timeout, endpoint=endpoint) as client:
+            yield client
+        return
+    if ca is not None:
+        check_ca_file(ca)  # a bad file is no reason to try the next address
+    failures: list[tuple[str, int, ConnectionClosed]] = []
+    async with contextlib.AsyncExitStack() as stack:
+        for host, port in addresses:
+            try:
+                client = await stack.enter_async_context(connect_relay(
+                    host, port, ca=ca, server_name=server_name,
+                    connect_timeout=connect_timeout, endpoint=endpoint))
+            except BaseException as error:  # re-raised below unless the handshake failed
+                refusal = _never_opened(error)
+                if refusal is None:
+                    raise
+                failures.append((host, port, refusal))
+            else:
+                break
+        else:
+            raise NoRelayReached(failures)
+        yield client
+
+
+def _never_opened(error: BaseException) -> RelayUnreachable | HandshakeFailed | None:
+    """The handshake failure ``error`` is, inside the nurseries' single-member groups; None for
+    anything else (a cancellation, a bug), which must propagate."""
+    while isinstance(error, BaseExceptionGroup) and len(error.exceptions) == 1:
+        error = error.exceptions[0]
+    return error if isinstance(error, RelayUnreachable | HandshakeFailed) else None
 
 
 @asynccontextmanager

@@ -9,7 +9,8 @@ Three kinds of failure, each the fault of one party:
   opened: `RelayUnreachable` (no answer to the QUIC handshake in time: nothing listens at
   the address, or packets are dropped) and `HandshakeFailed` (the handshake was refused,
   often because the relay's certificate is not trusted: the CA file given is not the relay's,
-  or none was given for a self-signed relay).
+  or none was given for a self-signed relay). With several relay addresses to fail over
+  across, `NoRelayReached` says that none of them opened, and why for each.
 * `CertificateFileError`: the CA certificate file to trust is missing or holds no
   certificate; raised before anything is sent.
 * `wire.errors.RemoteProtocolError`: the relay broke the protocol: garbage on a stream, an
@@ -22,13 +23,14 @@ Three kinds of failure, each the fault of one party:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TypeVar
 
 from wire.frames import Error, ErrorCode, Frame, RemoteProtocolError
 
 __all__ = ["CERTIFICATE_ALERTS", "CertificateFileError", "ConnectionClosed", "HandshakeFailed",
-           "RelayError", "RelayUnreachable", "expect_answer"]
+           "NoRelayReached", "RelayError", "RelayUnreachable", "expect_answer"]
 
 QUIC_CONNECTION_REFUSED = 0x2
 """QUIC transport error (RFC 9000 §20.1) a relay closes a connection with when it turns it away at
@@ -112,6 +114,24 @@ class HandshakeFailed(ConnectionClosed):
     @property
     def certificate_refused(self) -> bool:
         return self.tls_alert in CERTIFICATE_ALERTS
+
+
+class NoRelayReached(ConnectionClosed):
+    """None of several relay addresses opened a connection: ``failures`` holds each address
+    (host, port) in the order tried and its `RelayUnreachable` or `HandshakeFailed`. Nothing
+    was sent."""
+
+    def __init__(self, failures: Sequence[tuple[str, int, ConnectionClosed]]) -> None:
+        self.failures = tuple(failures)
+        super().__init__(ErrorCode.NO_ERROR, "; ".join(
+            f"{_address(host, port)}: {_why(error)}" for host, port, error in self.failures))
+        self.args = (f"no relay answered: {self.reason}",)
+
+
+def _why(error: ConnectionClosed) -> str:
+    if isinstance(error, RelayUnreachable):
+        return f"no answer within {error.seconds:g} s"
+    return str(error)
 
 
 class CertificateFileError(Exception):

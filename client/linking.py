@@ -23,7 +23,7 @@ from pathlib import Path
 
 from nacl.signing import SigningKey
 
-from client.connection import RelayClient, RelayError, connect_relay
+from client.connection import CONNECT_TIMEOUT_SECONDS, RelayClient, RelayError, connect_any
 from client.messenger import Messenger, create_device_state, own_contact
 from client.profile import Profile, ProfileError
 from crypto.device_list import SignedDeviceList
@@ -36,7 +36,7 @@ from crypto.provisioning import (
     open_offer,
     start_approval,
 )
-from transport.addresses import parse_host_port
+from transport.addresses import parse_relay_list
 from transport.quic import QuicEndpoint
 from wire.frames import ErrorCode
 
@@ -80,10 +80,12 @@ async def _next_message(client: RelayClient, channel_id: bytes, *, until_ms: int
 
 async def link_new_device(profile: Profile, relay: str, ca: Path | None, *,
                           show_code: Callable[[str], None],
-                          endpoint: QuicEndpoint | None = None) -> Linked:
+                          endpoint: QuicEndpoint | None = None,
+                          connect_timeout: float = CONNECT_TIMEOUT_SECONDS) -> Linked:
     """Show a link code, wait for an existing device of the account to approve it, then keep
-    the account in ``profile`` and publish this device's prekeys. ``ca`` is kept as given
-    (pass an absolute path).
+    the account in ``profile`` and publish this device's prekeys. ``relay`` is ``HOST:PORT``
+    or several, comma-separated, tried in order (`connect_any`); it and ``ca`` are kept as
+    given (pass an absolute path).
 
     Raises:
         LinkFailed: the code expired, or the exchange was tampered with.
@@ -94,8 +96,9 @@ async def link_new_device(profile: Profile, relay: str, ca: Path | None, *,
                            f"use a new profile directory to link a new device")
     identity = profile.signing_key(create=True)
     keys = ProvisioningKeys.generate(SystemRandom())
-    host, port = parse_host_port(relay)
-    async with connect_relay(host, port, ca=ca, endpoint=endpoint) as client:
+    addresses = parse_relay_list(relay)
+    async with connect_any(addresses, ca=ca, connect_timeout=connect_timeout,
+                           endpoint=endpoint) as client:
         opened = await client.link_open()
         show_code(encode_link_code(opened.channel_id, keys.public_key))
         offer = await _next_message(client, opened.channel_id, until_ms=opened.expires_at)
@@ -110,7 +113,8 @@ async def link_new_device(profile: Profile, relay: str, ca: Path | None, *,
     profile.save()
     create_device_state(profile, contacts={
         account.phone: own_contact(account.phone, account.user_id, account.device_list)})
-    async with Messenger.connect(profile, endpoint=endpoint) as messenger:
+    async with Messenger.connect(profile, endpoint=endpoint,
+                                 connect_timeout=connect_timeout) as messenger:
         # Connecting published this device's prekeys; now the account's other devices can
         # start sessions with it: tell them, end to end, about the list that added it.
         await messenger.announce_device_list(account.device_list)

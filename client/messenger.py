@@ -32,7 +32,13 @@ from pathlib import Path
 import msgpack
 import trio
 
-from client.connection import ConnectionClosed, RelayClient, RelayError, connect_relay
+from client.connection import (
+    CONNECT_TIMEOUT_SECONDS,
+    ConnectionClosed,
+    RelayClient,
+    RelayError,
+    connect_any,
+)
 from client.contacts import AccountView, Contact, decode_contacts, encode_contacts
 from client.message_content import (
     ContentError,
@@ -54,7 +60,7 @@ from crypto.device_list import (
 from crypto.errors import DuplicateMessageError
 from crypto.primitives import CryptoError, SystemRandom, ed25519_keypair_from_private
 from crypto.safety_number import safety_number
-from transport.addresses import parse_host_port
+from transport.addresses import parse_relay_list
 from transport.quic import QuicEndpoint
 from wire.frames import Deliver, ErrorCode, QueueEmpty
 
@@ -196,7 +202,8 @@ class Messenger:
     @asynccontextmanager
     async def connect(cls, profile: Profile, *, endpoint: QuicEndpoint | None = None,
                       reached: trio.Event | None = None,
-                      hold_profile: bool = True) -> AsyncIterator[Messenger]:
+                      hold_profile: bool = True,
+                      connect_timeout: float = CONNECT_TIMEOUT_SECONDS) -> AsyncIterator[Messenger]:
         """Connect and authenticate as the profile's device, publish missing prekeys, and
         keep refilling them while connected.
 
@@ -208,19 +215,22 @@ class Messenger:
                 waits its turn instead of taking over the device's connection (the relay
                 keeps one per device, REPLACED). False, for a long-running follower: the
                 lock is held only while connecting and while the state changes.
+            connect_timeout: how long each of the profile's relay addresses may leave the
+                handshake unanswered before the next is tried (`connect_any`).
 
         Raises:
             ProfileError: the profile is not enrolled, or its state is damaged.
-            RelayUnreachable, HandshakeFailed, CertificateFileError: see `connect_relay`.
+            RelayUnreachable, HandshakeFailed, NoRelayReached, CertificateFileError: see
+                `connect_any`.
         """
         user_id, device_id, relay, ca = profile.require_enrolled()
-        host, port = parse_host_port(relay)
+        addresses = parse_relay_list(relay)
         await profile.lock.acquire()
         held = True
         try:
             device, contacts, _ = _load_state(profile)
-            async with connect_relay(host, port, ca=Path(ca) if ca else None,
-                                     endpoint=endpoint) as client:
+            async with connect_any(addresses, ca=Path(ca) if ca else None,
+                                   connect_timeout=connect_timeout, endpoint=endpoint) as client:
                 if reached is not None:
                     reached.set()
                 await client.authenticate(user_id, device_id, profile.signing_key())
