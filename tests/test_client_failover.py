@@ -28,6 +28,8 @@ from relay.server import RunningRelay, serve
 from relay.settings import RelaySettings
 from tests.conftest import RelayUnderTest
 from tests.test_cli_scenario import free_udp_port
+from tests.test_client_cli_errors import cryptopass, one_line_error
+from tests.test_client_cli_errors import enrolled_profile as enrolled_cli_profile
 from transport.addresses import RelayAddressError, parse_host_port, parse_relay_list
 
 ALICE, BOB = "+33612345678", "+33698765432"
@@ -223,3 +225,20 @@ async def test_enrol_verify_and_send_go_through_the_second_address(
             texts = [message.content.text async for message in messages
                      if message.content is not None]
     assert texts == ["through the other node"]
+
+
+# -- the command line ----------------------------------------------------------------------------
+
+
+async def test_the_cli_names_a_bad_entry_of_the_list(tmp_path: Path) -> None:
+    result = await cryptopass("--profile", str(tmp_path / "P"), "enrol", ALICE,
+                              "--relay", "127.0.0.1:4433,localhost")
+    one_line_error(result, "invalid relay address list", "got 'localhost' (entry 2 of the list "
+                   "'127.0.0.1:4433,localhost')", "separated by commas")
+
+
+async def test_the_cli_says_no_relay_of_the_list_answered(tmp_path: Path) -> None:
+    relays = relay_text(dead_address(), dead_address())
+    profile = enrolled_cli_profile(tmp_path / "A", relays)
+    result = await cryptopass("--profile", profile, "receive", "--timeout", "1")
+    one_line_error(result, f"cannot reach any relay of {relays}: no answer within 1 s")
