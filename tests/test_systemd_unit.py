@@ -23,6 +23,7 @@ import pytest
 import trio
 
 from bench.spawn import BIN, SpawnedRelay, spawn_server
+from relay.lifecycle import STOP_DEADLINE_SECONDS
 from tests.relay_processes import connect, declare, enrol
 from wire.frames import Deliver
 
@@ -110,8 +111,6 @@ def test_security_exposure_is_ok_or_better() -> None:
 def test_the_unit_sends_the_signals_the_relay_handles() -> None:
     """ExecReload= is SIGHUP (certificate reload), KillSignal= SIGTERM (drain), and systemd
     waits longer than the relay's drain before SIGKILL (tests/test_lifecycle.py runs both)."""
-    from relay.lifecycle import STOP_DEADLINE_SECONDS
-
     assert unit_value("ExecReload") == "/bin/kill -HUP $MAINPID"
     assert unit_value("KillSignal") == "SIGTERM"
     assert unit_value("KillMode") == "mixed"  # --workers: serve passes SIGTERM on itself
