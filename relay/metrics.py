@@ -83,6 +83,8 @@ class RelayMetrics:
     """Device connections closed because their device was revoked by a re-enrolment or a
     published device list."""
     store_up: bool = True
+    deepest_queue: int = 0
+    """The deepest device queue at the last sweep (``Store.deepest_queue``)."""
     """Whether the store answered its last check: the sweeper's last pass (every
     ``sweep_interval_s``) or the last /readyz probe. A scrape reads it without touching the
     store."""

@@ -268,6 +268,7 @@ async def _sweep(context: RelayContext) -> None:
                 log.info("envelopes_expired", count=deleted)
             forgotten = await context.enrolment.forget_old_records(context.now_ms(),
                                                                    limit=ENROLMENT_SWEEP_BATCH)
+            context.metrics.deepest_queue = await context.store.deepest_queue()
         except Exception as error:  # any store failure: unreachable until a pass succeeds
             context.metrics.store_up = False
             log.error("store_sweep_failed", error=type(error).__name__)

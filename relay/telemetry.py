@@ -142,6 +142,9 @@ class RelayCollector(Collector):
         if isinstance(certificate, x509.Certificate):
             expiry.add_metric([], certificate.not_valid_after_utc.timestamp())
         yield expiry
+        yield _gauge("cryptopass_deepest_queue_depth",
+                     "Envelopes queued for the device with the most, at the last sweep.",
+                     context.metrics.deepest_queue)
         yield _gauge("cryptopass_store_up",
                      "1 if the store answered its last check (sweep or readiness probe), else 0.",
                      1 if context.metrics.store_up else 0)

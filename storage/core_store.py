@@ -210,6 +210,10 @@ class CoreStoreMethods(BackendHooks):
         return await self._read(lambda connection: envelope_sql.queue_depth(
             connection, self._dialect, user_id=user_id, device_id=device_id))
 
+    async def deepest_queue(self) -> int:
+        return await self._read(lambda connection: envelope_sql.deepest_queue(
+            connection, self._dialect))
+
     async def expire(self, *, now: int, limit: int) -> int:
         return await self._write(lambda connection: envelope_sql.expire(
             connection, self._dialect, now=now, limit=limit))

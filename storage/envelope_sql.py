@@ -35,6 +35,7 @@ __all__ = [
     "EnvelopesQueued",
     "acknowledge",
     "commit_send",
+    "deepest_queue",
     "expire",
     "fetch_queue",
     "queue_depth",
@@ -144,6 +145,7 @@ class _Statements:
                            " WHERE user_id = ? AND device_id = ?")
         self.queue_depth = sql(
             "SELECT queue_depth FROM devices WHERE user_id = ? AND device_id = ?")
+        self.deepest_queue = sql("SELECT COALESCE(MAX(queue_depth), 0) FROM devices")
         self.delete_expired_envelopes = sql(
             "DELETE FROM envelopes WHERE envelope_id IN (SELECT envelope_id FROM envelopes"
             " WHERE expires_at <= ? ORDER BY expires_at LIMIT ?" + dialect.skip_locked + ")"
@@ -283,6 +285,12 @@ def queue_depth(connection: Connection, dialect: Dialect, *, user_id: str,
                 device_id: int) -> int:
     """See ``Store.queue_depth`` (0 for an unknown device)."""
     row = connection.execute(_STATEMENTS[dialect].queue_depth, (user_id, device_id)).fetchone()
+    return 0 if row is None else int(row[0])
+
+
+def deepest_queue(connection: Connection, dialect: Dialect) -> int:
+    """See ``Store.deepest_queue``: one pass over the devices' kept counts, no envelope read."""
+    row = connection.execute(_STATEMENTS[dialect].deepest_queue).fetchone()
     return 0 if row is None else int(row[0])
 
 

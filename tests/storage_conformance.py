@@ -989,6 +989,25 @@ async def _check_queue_depth_invariant(store: Store, operations: list[tuple[Any,
             assert depth <= 4
 
 
+async def test_the_deepest_queue_is_the_longest_device_queue(store: Store) -> None:
+    """What the operators' "queue near its limit" gauge reads: the kept counts."""
+    assert await store.deepest_queue() == 0
+    sender, _ = await _enrolled(store)
+    recipient, [first, second] = await _enrolled(store, devices=2)
+    for client_message_id in range(3):
+        await _send_now(store, _send(sender, recipient, [first, second], client_message_id))
+    await _send_now(store, _send(sender, recipient, [first, second], 3))
+    assert await store.deepest_queue() == 4
+    queued = await _fetch_all(store, recipient, first)
+    await store.acknowledge(user_id=recipient.user_id, device_id=first,
+                            envelope_ids=[envelope.envelope_id for envelope in queued[:3]])
+    assert await store.deepest_queue() == 4  # the second device still holds four
+    queued = await _fetch_all(store, recipient, second)
+    await store.acknowledge(user_id=recipient.user_id, device_id=second,
+                            envelope_ids=[envelope.envelope_id for envelope in queued])
+    assert await store.deepest_queue() == 1
+
+
 # The prekey, administration and account methods' tests join this suite (those modules import
 # the helpers above).
 from tests.account_conformance import *  # noqa: E402, F403

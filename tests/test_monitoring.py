@@ -37,7 +37,7 @@ DASHBOARD = ROOT / "deploy" / "grafana" / "cryptopass.json"
 DASHBOARD_ROWS = ["Traffic", "Latency", "Storage", "Enrolment", "Admin", "Cluster"]
 ALERT_NAMES = {
     "CryptopassRelayDown", "CryptopassClusterNotListening", "CryptopassCommitLatencyHigh",
-    "CryptopassCommitQueueBacklog", "CryptopassDeviceQueuesFull",
+    "CryptopassCommitQueueBacklog", "CryptopassDeviceQueuesFull", "CryptopassDeviceQueueNearLimit",
     "CryptopassCertificateExpiresSoon", "CryptopassCertificateExpired",
     "CryptopassSmsGatewayFailing", "CryptopassRateLimitStorm", "CryptopassStoreUnreachable",
 }

@@ -65,6 +65,11 @@ class EnvelopeQueue(Protocol):
         count ``NewSend.max_queue_depth`` is checked against); 0 for an unknown device."""
         ...
 
+    async def deepest_queue(self) -> int:
+        """The most envelopes any one device has queued now (0 with no device): what the
+        operator's "queue near its limit" alert watches. Reads the kept counts only."""
+        ...
+
     async def expire(self, *, now: int, limit: int) -> int:
         """Delete up to ``limit`` envelopes, and up to ``limit`` idempotency records,
         with expires_at <= now (a record expires with the send it remembers).
