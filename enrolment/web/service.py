@@ -56,6 +56,7 @@ from storage.base import (
     AdminStore,
     AlreadyExists,
     Device,
+    DeviceActivity,
     Directory,
     NotFound,
     Organisation,
@@ -181,19 +182,24 @@ class UserView:
 
     user: User
     devices: tuple[Device, ...]
+    last_seen: dict[int, datetime.date]
+    """Device id -> the day it last authenticated (absent: not since the relay records it)."""
 
     def as_json(self) -> dict[str, Any]:
-        registered = [device.registered_at for device in self.devices]
+        seen = [self.last_seen[device.device_id] for device in self.devices
+                if device.device_id in self.last_seen]
         return {
             "phone": self.user.phone,
             "phone_national": national_format(self.user.phone),
             "status": self.user.state.value,
             "declared_on": _day(self.user.declared_at),
             "enrolled_on": None if self.user.enrolled_at is None else _day(self.user.enrolled_at),
-            # Devices do not report activity to the store yet: the newest registration is the
-            # last day the relay knows the user was seen.
-            "last_seen_on": _day(max(registered)) if registered else None,
-            "devices": [{"device_id": device.device_id, "registered_on": _day(device.registered_at)}
+            # The day any of its devices last authenticated (relay.last_seen).
+            "last_seen_on": max(seen).isoformat() if seen else None,
+            "devices": [{"device_id": device.device_id,
+                         "registered_on": _day(device.registered_at),
+                         "last_seen_on": self.last_seen[device.device_id].isoformat()
+                         if device.device_id in self.last_seen else None}
                         for device in self.devices],
         }
 
@@ -212,8 +218,9 @@ class NewSession:
     (``PasswordChangeRequired`` otherwise)."""
 
 
-class AdminServiceStore(AdminStore, Directory, Protocol):
-    """What administration needs of the store: the administrative side and the directory."""
+class AdminServiceStore(AdminStore, Directory, DeviceActivity, Protocol):
+    """What administration needs of the store: the administrative side, the directory, and
+    when devices were last seen."""
 
 
 def _day(ms: int) -> str:
@@ -489,7 +496,9 @@ class AdminService:
             subject=subject, address=caller.address, now=self._now_ms())
 
     async def _view(self, user: User) -> UserView:
-        return UserView(user=user, devices=tuple(await self._store.list_devices(user.user_id)))
+        devices = tuple(await self._store.list_devices(user.user_id))
+        last_seen = await self._store.devices_last_seen(user.user_id) if devices else {}
+        return UserView(user=user, devices=devices, last_seen=last_seen)
 
     # -- users -------------------------------------------------------------------------
 
