@@ -60,9 +60,11 @@ from storage.base import (
     Directory,
     NotFound,
     Organisation,
+    OrganisationPolicy,
     OrganisationState,
     SeatLimitReached,
     User,
+    UserState,
 )
 from wire.phone import national_format
 
@@ -218,9 +220,9 @@ class NewSession:
     (``PasswordChangeRequired`` otherwise)."""
 
 
-class AdminServiceStore(AdminStore, Directory, DeviceActivity, Protocol):
-    """What administration needs of the store: the administrative side, the directory, and
-    when devices were last seen."""
+class AdminServiceStore(AdminStore, Directory, OrganisationPolicy, DeviceActivity, Protocol):
+    """What administration needs of the store: the administrative side, the directory, the
+    cross-organisation policy, and when devices were last seen."""
 
 
 def _day(ms: int) -> str:
@@ -666,6 +668,26 @@ class AdminService:
         await self._audit(caller, organisation, "licence.add", f"{added} seats")
         return licence
 
+    async def set_licence_terms(self, caller: Caller, name: str, *, offer: LicenceOffer,
+                                contract_start: datetime.date) -> Licence:
+        """Operators: the offer and the contract start (the commitment periods count from
+        it). Audited as ``licence.terms``, as on creation. Raises InvalidRequest (the start
+        is out of range), Forbidden, NotFound."""
+        organisation = await self._operator_organisation(caller, name)
+        check_contract_start(contract_start, today=self.today())
+        licence = await self._store.set_licence_terms(organisation=name, offer=offer,
+                                                      period_start=contract_start)
+        await self._audit(caller, organisation, "licence.terms",
+                          f"{licence.seats} seats, {offer.value} from "
+                          f"{contract_start.isoformat()}")
+        return licence
+
+    async def seat_use(self, caller: Caller, name: str) -> tuple[int, int]:
+        """(declared, enrolled): the users holding a seat, and those with a device."""
+        await self.organisation(caller, name)
+        users = await self._store.list_users(name)
+        return len(users), sum(user.state is UserState.ENROLLED for user in users)
+
     # -- audit -------------------------------------------------------------------------
 
     async def audit(self, caller: Caller, name: str, *, action: str | None = None,
@@ -702,6 +724,11 @@ class AdminService:
         else:
             await self._store.set_organisation_state(name=name, state=state)
         await self._audit(caller, organisation, f"organisation.{state.value}", name)
+
+    async def cross_organisation(self, caller: Caller, name: str) -> bool:
+        """Whether the organisation's users may reach other organisations' users."""
+        organisation = await self.organisation(caller, name)
+        return await self._store.cross_organisation_allowed(organisation.organisation_id)
 
     async def set_cross_organisation(self, caller: Caller, name: str, allowed: bool) -> None:
         organisation = await self._operator_organisation(caller, name)
