@@ -34,7 +34,7 @@ form.inline{display:inline}
 fieldset{border:1px solid #ccc;border-radius:.25rem;margin:1rem 0}
 table{border-collapse:collapse;width:100%}
 th,td{border-bottom:1px solid #ccc;padding:.35rem .5rem;text-align:left;vertical-align:top;
-overflow-wrap:anywhere}
+overflow-wrap:break-word}
 td button,td .button{margin:0}
 .notice{background:#e6f4ea;border-left:4px solid #1e7b34;padding:.5rem .75rem}
 .error{background:#fde7e9;border-left:4px solid #a4161a;padding:.5rem .75rem}
@@ -53,7 +53,7 @@ table.cards,table.cards tbody,table.cards tr{display:block;width:100%}
 table.cards tr{background:#fff;border:1px solid #ccc;border-radius:.25rem;margin:.5rem 0;
 padding:.25rem .5rem}
 table.cards td{display:grid;grid-template-columns:6.5rem minmax(0,1fr);gap:.5rem;border:0;
-padding:.2rem 0}
+padding:.2rem 0;overflow-wrap:anywhere}
 table.cards td::before{content:attr(data-label);font-weight:bold}
 dl.summary{grid-template-columns:1fr}dl.summary dd{margin-bottom:.5rem}
 }

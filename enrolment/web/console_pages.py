@@ -32,6 +32,8 @@ SESSION_LIFETIME_MS = 8 * 60 * 60 * 1000
 """A console session lasts a working day (8 hours), then the administrator logs in again."""
 LOGIN_COOKIE = "__Host-cryptopass_login"
 """Holds the login form's CSRF token until the login succeeds."""
+LOGIN_TOKEN_CHARS = len(new_secret())
+"""Length of the login form's token (``new_secret``): a cookie of another length is not one."""
 MAX_EMAIL_CHARS = 254
 """RFC 5321's limit on a forward path."""
 DASHBOARD_AUDIT_ENTRIES = 5
@@ -54,7 +56,11 @@ class ConsolePages(ConsoleBase):
     # -- login -------------------------------------------------------------------------
 
     async def login_form(self, request: Request) -> Response:
-        token = new_secret()
+        # The token of an earlier form, if any, so that a second tab (or a request the
+        # browser makes on its own, such as /favicon.ico) does not make the first stale.
+        token = request.cookies.get(LOGIN_COOKIE, "")
+        if len(token) != LOGIN_TOKEN_CHARS:
+            token = new_secret()
         response = page("login", csrf=token)
         _session_cookie(response, LOGIN_COOKIE, token, max_age_s=3600)
         return response
@@ -180,10 +186,15 @@ async def _stylesheet(request: Request) -> Response:
     return Response(CSS, media_type="text/css", headers={"cache-control": "max-age=3600"})
 
 
+async def _no_icon(request: Request) -> Response:
+    return Response(status_code=404)
+
+
 def login_routes(console: ConsolePages) -> list[Route]:
     """The stylesheet, logging in and out."""
     return [
         Route("/static/console.css", _stylesheet),
+        Route("/favicon.ico", _no_icon),
         Route("/login", console.login_form, methods=["GET"]),
         Route("/login", console.login, methods=["POST"]),
         Route("/logout", console.page(console.logout, changing_password=True),
