@@ -106,7 +106,7 @@ def _drive_browser(site: AdminSite, token: trio.lowlevel.TrioToken,
             page.set_viewport_size({"width": 390, "height": 844})
             page.screenshot(path=str(ARTIFACTS / "users-phone.png"), full_page=True)
 
-            row.get_by_role("link", name=PHONE_NATIONAL).click()
+            row.get_by_role("link", name=PHONE_NATIONAL, exact=True).click()
             expect(page.get_by_role("heading", name="Devices")).to_be_visible()
             expect(page.get_by_text("Device 1, registered")).to_be_visible()
             page.screenshot(path=str(ARTIFACTS / "user-phone.png"), full_page=True)
