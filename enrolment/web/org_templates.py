@@ -238,7 +238,7 @@ _LICENCE = """{% extends "base" %}{% import "bar" as meters %}
 {% for value, text in offers.items() %}<option value="{{ value }}"
 {%- if value == chosen %} selected{% endif %}>{{ text }}</option>{% endfor %}
 </select>
-<label for="contract-start">Contract start (YYYY-MM-DD)</label>
+<label for="contract-start">Contract start (first day of the contract)</label>
 <input id="contract-start" name="contract_start" type="date" required
  value="{{ entered.get('contract_start', licence.period_start.isoformat()) }}">
 <button type="submit">Set the terms</button>
