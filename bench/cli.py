@@ -18,8 +18,6 @@ from typing import Annotated, Any
 
 import trio
 import typer
-from rich.console import Console
-from rich.table import Table
 
 from bench import connection_memory, crypto_cost, internal, scenarios, store_cost
 from bench.admin_provisioner import ProvisioningError
@@ -35,6 +33,7 @@ from bench.cluster import DEFAULT_POSTGRES, ClusterSetup, Placement, StoreKind, 
 from bench.encrypted_link import check_text_size
 from bench.exchange import ExchangeLoad, exchange_on
 from bench.messenger_cost import messenger_cost
+from bench.report import print_result
 from bench.target import Target, TargetOptions, check_options, open_target
 from bench.transport import run_transport
 from client.message_content import MAX_TEXT_BYTES
@@ -59,8 +58,8 @@ def _avoid_cpu(relay_cpu: int | None) -> None:
 
 
 def _run(work: Callable[[], Awaitable[dict[str, Any]]], as_json: bool, title: str, *,
-         relay_cpu: int | None = None, nested: bool = False) -> None:
-    """Run ``work`` and print its result (``nested``: as indented JSON, not a table);
+         relay_cpu: int | None = None) -> None:
+    """Run ``work`` and print its result (one JSON line, or nested tables on a terminal);
     exit 1 when it counted errors."""
     _avoid_cpu(relay_cpu)
     try:
@@ -74,10 +73,8 @@ def _run(work: Callable[[], Awaitable[dict[str, Any]]], as_json: bool, title: st
     result["date"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     if as_json:
         typer.echo(json.dumps(result))
-    elif nested:
-        typer.echo(json.dumps(result, indent=2))
     else:
-        _print_table(title, result)
+        print_result(title, result)
     if result.get("errors"):
         raise typer.Exit(1)
 
@@ -103,19 +100,6 @@ def _provisioning_error(error: BaseException) -> ProvisioningError | None:
             if found is not None:
                 return found
     return None
-
-
-def _print_table(title: str, result: dict[str, Any]) -> None:
-    table = Table(title=title, show_header=False)
-    for key, value in result.items():
-        if isinstance(value, dict):
-            shown = "  ".join(f"{name} {number}" for name, number in value.items())
-        elif isinstance(value, list):
-            shown = "; ".join(str(item) for item in value) or "-"
-        else:
-            shown = str(value)
-        table.add_row(key, shown)
-    Console().print(table)
 
 
 @app.command()
@@ -297,7 +281,7 @@ def memory(devices: Annotated[int, typer.Option(help="Idle devices.", min=1)] = 
     """Where an idle connection's memory goes, in a relay run inside the bench."""
     configure_logging("json", "warning")  # the relay runs here; standard output is the result
     _run(lambda: connection_memory.measure(devices, trace=tracemalloc, top=top), as_json,
-         "memory", nested=True)
+         "memory")
 
 
 def main() -> None:

@@ -17,6 +17,7 @@ import trio
 from enrolment.service import EnrolmentService
 from relay.cluster import ClusterNode
 from relay.delivery import CommitPipeline, Presence
+from relay.last_seen import LastSeen
 from relay.metrics import RelayMetrics
 from relay.send_budgets import SendBudgets
 from relay.settings import RelaySettings
@@ -109,7 +110,11 @@ class RelayContext:
     """Each sender device's SENDs and bytes per minute (``settings``), checked before a SEND
     is submitted (relay/send_budgets.py)."""
 
+    last_seen: LastSeen = field(init=False)
+    """The day each device last authenticated, written once a day (relay/last_seen.py)."""
+
     def __post_init__(self) -> None:
+        self.last_seen = LastSeen(self.store, self.now_ms)
         self.send_budgets = SendBudgets(messages=self.settings.sends_per_minute,
                                         payload_bytes=self.settings.send_bytes_per_minute)
 

@@ -430,6 +430,9 @@ class DeviceSession:
         device = AuthenticatedDevice(user_id=principal.user.user_id,
                                      device_id=principal.device.device_id,
                                      organisation_id=principal.organisation.organisation_id)
+        # A store write on the device's first authentication of the day only (like the read
+        # above, the connection may end meanwhile: what follows copes).
+        await self._relay.last_seen.authenticated(*device.key)
         cluster = self._relay.cluster
         if cluster is not None:
             # Held cluster-wide before the pump's first read (see relay.cluster).

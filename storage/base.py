@@ -30,6 +30,7 @@ from storage.account_records import (
     RevokedDevice,
 )
 from storage.interfaces.accounts import AccountKeyStore, LinkChannelStore
+from storage.interfaces.activity import DeviceActivity
 from storage.interfaces.administration import AccountStore, AdminStore, AuditLog
 from storage.interfaces.cluster import ClusterCapable, ClusterWakeups
 from storage.interfaces.directory import Directory, OrganisationPolicy
@@ -69,6 +70,7 @@ __all__ = [
     "ClusterCapable",
     "ClusterWakeups",
     "Device",
+    "DeviceActivity",
     "DeviceListRefusal",
     "DeviceListRefused",
     "Directory",
@@ -104,7 +106,7 @@ __all__ = [
 
 class Store(StoreLifecycle, ClusterCapable, EnvelopeQueue, Directory, OrganisationPolicy,
             EnrolmentStore, AccountKeyStore, LinkChannelStore, PrekeyStore, RateLimits,
-            AdminStore, Protocol):
+            AdminStore, DeviceActivity, Protocol):
     """The relay's whole persistent state: every capability of ``storage.interfaces``.
 
     All methods are safe to call concurrently.

@@ -32,6 +32,7 @@ from storage.account_sql import POSTGRES_ACCOUNT_TABLES
 from storage.admin_sql import ONE_TIME_PASSWORDS, POSTGRES_ADMIN_TABLES
 from storage.enrolment_sql import POSTGRES_ENROLMENT_GUESS_TABLES, POSTGRES_ENROLMENT_TABLES
 from storage.envelope_sql import ENVELOPES_BY_SENDER, POSTGRES_ENVELOPE_TABLES
+from storage.last_seen_sql import LAST_SEEN_COLUMN
 from storage.link_sql import POSTGRES_LINK_TABLES
 from storage.login_attempt_sql import POSTGRES_LOGIN_ATTEMPT_TABLES
 from storage.prekey_sql import POSTGRES_PREKEY_TABLES
@@ -104,9 +105,12 @@ _VERSION_9 = Migration(version=9, statements=POSTGRES_LOGIN_ATTEMPT_TABLES)
 # secret (kept in a file now, never here); indexes for the sweeper (storage.enrolment_sql).
 _VERSION_10 = Migration(version=10, statements=POSTGRES_ENROLMENT_GUESS_TABLES)
 
+# Devices: the day each last authenticated, for the console (storage.last_seen_sql).
+_VERSION_11 = Migration(version=11, statements=LAST_SEEN_COLUMN)
+
 MIGRATIONS: tuple[Migration, ...] = (_VERSION_1, _VERSION_2, _VERSION_3, _VERSION_4,
                                      _VERSION_5, _VERSION_6, _VERSION_7, _VERSION_8, _VERSION_9,
-                                     _VERSION_10)
+                                     _VERSION_10, _VERSION_11)
 """Every migration, oldest first; versions are consecutive from 1."""
 
 LATEST_SCHEMA_VERSION = MIGRATIONS[-1].version

@@ -15,6 +15,7 @@ from storage.account_sql import SQLITE_ACCOUNT_TABLES
 from storage.admin_sql import ONE_TIME_PASSWORDS, SQLITE_ADMIN_TABLES
 from storage.enrolment_sql import SQLITE_ENROLMENT_GUESS_TABLES, SQLITE_ENROLMENT_TABLES
 from storage.envelope_sql import ENVELOPES_BY_SENDER, SQLITE_ENVELOPE_TABLES
+from storage.last_seen_sql import LAST_SEEN_COLUMN
 from storage.link_sql import SQLITE_LINK_TABLES
 from storage.login_attempt_sql import SQLITE_LOGIN_ATTEMPT_TABLES
 from storage.prekey_sql import SQLITE_PREKEY_TABLES
@@ -80,9 +81,12 @@ _VERSION_7 = Migration(version=7, statements=SQLITE_LOGIN_ATTEMPT_TABLES)
 # secret (kept in a file now, never here); indexes for the sweeper (storage.enrolment_sql).
 _VERSION_8 = Migration(version=8, statements=SQLITE_ENROLMENT_GUESS_TABLES)
 
+# Devices: the day each last authenticated, for the console (storage.last_seen_sql).
+_VERSION_9 = Migration(version=9, statements=LAST_SEEN_COLUMN)
+
 MIGRATIONS: tuple[Migration, ...] = (_VERSION_1, _VERSION_2, _VERSION_3, _VERSION_4,
                                      _VERSION_5, _VERSION_6, _VERSION_7,
-                                     _VERSION_8)
+                                     _VERSION_8, _VERSION_9)
 """Every migration, oldest first; versions are consecutive from 1."""
 
 LATEST_SCHEMA_VERSION = MIGRATIONS[-1].version
