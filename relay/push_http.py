@@ -1,0 +1,95 @@
+"""What the HTTP push providers share: one bounded client each, and how an answer maps to an
+outcome (``relay.push_providers.PushResult``).
+
+Every provider's ``send`` turns whatever happens into a ``PushOutcome``: a service's status, a
+timeout or a refused connection never escapes as an exception into the wake-up scheduler. No
+redirect is ever followed (a push service has no reason to send one, and following it would let
+an endpoint send the relay's request anywhere).
+"""
+
+from __future__ import annotations
+
+import email.utils
+import ssl
+import time
+from collections.abc import Callable, Mapping
+
+import httpx
+
+from relay.push_providers import PushOutcome, PushResult
+
+__all__ = [
+    "MAX_RETRY_AFTER_S",
+    "PUSH_MAX_CONNECTIONS",
+    "PUSH_MAX_KEEPALIVE",
+    "PushConfigError",
+    "network_failure",
+    "new_push_client",
+    "outcome_for_status",
+    "parse_retry_after",
+]
+
+PUSH_MAX_CONNECTIONS = 20
+"""Connections one provider keeps open at most: wake-ups are tiny, and the scheduler sends a
+few at a time; a bound keeps a burst of wake-ups from opening hundreds of sockets."""
+PUSH_MAX_KEEPALIVE = 10
+"""Idle connections kept for the next wake-up (one push service host needs one or two)."""
+MAX_RETRY_AFTER_S = 24 * 3600.0
+"""A longer ``Retry-After`` is capped: a wake-up a day late is no wake-up at all."""
+
+
+class PushConfigError(ValueError):
+    """A push provider's settings or credentials cannot be used; names the setting and file,
+    never their content."""
+
+
+def new_push_client(*, timeout_s: float, http2: bool = False,
+                    verify: ssl.SSLContext | bool = True,
+                    transport: httpx.AsyncBaseTransport | None = None) -> httpx.AsyncClient:
+    """The one client a provider shares between its sends: short timeouts, a bounded pool,
+    no redirects, no proxy from the environment (a push goes straight to its service)."""
+    return httpx.AsyncClient(
+        timeout=httpx.Timeout(timeout_s),
+        limits=httpx.Limits(max_connections=PUSH_MAX_CONNECTIONS,
+                            max_keepalive_connections=PUSH_MAX_KEEPALIVE),
+        follow_redirects=False, http2=http2, verify=verify, trust_env=False,
+        transport=transport)
+
+
+def parse_retry_after(value: str | None, *, now: Callable[[], float] = time.time
+                      ) -> float | None:
+    """``Retry-After`` in seconds from now: delay-seconds or an HTTP date (RFC 9110 10.2.3);
+    None when absent or unreadable; capped at ``MAX_RETRY_AFTER_S``, never negative."""
+    if value is None:
+        return None
+    text = value.strip()
+    if text.isdigit():
+        return min(float(text), MAX_RETRY_AFTER_S)
+    try:
+        moment = email.utils.parsedate_to_datetime(text)
+    except (TypeError, ValueError):
+        return None
+    if moment.tzinfo is None:  # an HTTP date is always GMT
+        return None
+    return min(max(moment.timestamp() - now(), 0.0), MAX_RETRY_AFTER_S)
+
+
+def outcome_for_status(status: int, headers: Mapping[str, str], *, detail: str,
+                       now: Callable[[], float] = time.time) -> PushOutcome:
+    """The outcome of an HTTP answer, for the statuses every push service shares: 2xx sent,
+    404/410 gone, 429/5xx retry (honouring ``Retry-After``), anything else failed."""
+    if 200 <= status < 300:
+        return PushOutcome(result=PushResult.SENT, detail=f"{detail} {status}")
+    if status in (404, 410):
+        return PushOutcome(result=PushResult.GONE, detail=f"{detail} {status}")
+    if status == 429 or status >= 500:
+        return PushOutcome(result=PushResult.RETRY, detail=f"{detail} {status}",
+                           retry_after_s=parse_retry_after(headers.get("retry-after"), now=now))
+    return PushOutcome(result=PushResult.FAILED, detail=f"{detail} {status}")
+
+
+def network_failure(error: httpx.HTTPError, *, detail: str) -> PushOutcome:
+    """A request that got no answer (timeout, refused, reset, TLS): retried later. The detail
+    names the kind of failure only, never the URL (it may be a device's endpoint)."""
+    kind = "timeout" if isinstance(error, httpx.TimeoutException) else "network"
+    return PushOutcome(result=PushResult.RETRY, detail=f"{detail} {kind}")
