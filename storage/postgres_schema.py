@@ -35,6 +35,7 @@ from storage.envelope_sql import ENVELOPES_BY_SENDER, POSTGRES_ENVELOPE_TABLES
 from storage.link_sql import POSTGRES_LINK_TABLES
 from storage.login_attempt_sql import POSTGRES_LOGIN_ATTEMPT_TABLES
 from storage.prekey_sql import POSTGRES_PREKEY_TABLES
+from storage.push_sql import POSTGRES_PUSH_TABLES
 from storage.rate_limits import POSTGRES_RATE_LIMIT_TABLES
 from storage.sqlite_schema import Migration, SchemaVersionTooNew
 
@@ -104,9 +105,13 @@ _VERSION_9 = Migration(version=9, statements=POSTGRES_LOGIN_ATTEMPT_TABLES)
 # secret (kept in a file now, never here); indexes for the sweeper (storage.enrolment_sql).
 _VERSION_10 = Migration(version=10, statements=POSTGRES_ENROLMENT_GUESS_TABLES)
 
+# Wake-up pushes: each device's push target and the durable wake-up queue
+# (storage.push_sql).
+_VERSION_11 = Migration(version=11, statements=POSTGRES_PUSH_TABLES)
+
 MIGRATIONS: tuple[Migration, ...] = (_VERSION_1, _VERSION_2, _VERSION_3, _VERSION_4,
                                      _VERSION_5, _VERSION_6, _VERSION_7, _VERSION_8, _VERSION_9,
-                                     _VERSION_10)
+                                     _VERSION_10, _VERSION_11)
 """Every migration, oldest first; versions are consecutive from 1."""
 
 LATEST_SCHEMA_VERSION = MIGRATIONS[-1].version

@@ -18,6 +18,7 @@ from storage.envelope_sql import ENVELOPES_BY_SENDER, SQLITE_ENVELOPE_TABLES
 from storage.link_sql import SQLITE_LINK_TABLES
 from storage.login_attempt_sql import SQLITE_LOGIN_ATTEMPT_TABLES
 from storage.prekey_sql import SQLITE_PREKEY_TABLES
+from storage.push_sql import SQLITE_PUSH_TABLES
 from storage.records import StoreError
 
 __all__ = [
@@ -80,9 +81,13 @@ _VERSION_7 = Migration(version=7, statements=SQLITE_LOGIN_ATTEMPT_TABLES)
 # secret (kept in a file now, never here); indexes for the sweeper (storage.enrolment_sql).
 _VERSION_8 = Migration(version=8, statements=SQLITE_ENROLMENT_GUESS_TABLES)
 
+# Wake-up pushes: each device's push target and the durable wake-up queue
+# (storage.push_sql).
+_VERSION_9 = Migration(version=9, statements=SQLITE_PUSH_TABLES)
+
 MIGRATIONS: tuple[Migration, ...] = (_VERSION_1, _VERSION_2, _VERSION_3, _VERSION_4,
                                      _VERSION_5, _VERSION_6, _VERSION_7,
-                                     _VERSION_8)
+                                     _VERSION_8, _VERSION_9)
 """Every migration, oldest first; versions are consecutive from 1."""
 
 LATEST_SCHEMA_VERSION = MIGRATIONS[-1].version
