@@ -53,6 +53,15 @@ from client.messenger import (
 from client.prekey_upkeep import MissingPrekeysError
 from client.profile import Profile, ProfileError
 from client.profile_files import ProfileBusyError
+from client.push import (
+    PushState,
+    PushSubscription,
+    forget_push_state,
+    load_push_state,
+    new_outbox_token,
+    open_push_endpoint,
+    save_push_state,
+)
 from crypto.primitives import CryptoError
 from crypto.provisioning import LinkCodeError, ProvisioningError
 from crypto.safety_number import format_safety_number
@@ -195,6 +204,13 @@ def _explain(error: BaseException) -> str | None:
             return (f"the relay does not accept this device (AUTHENTICATION_FAILED: "
                     f"{error.reason}): it was deleted, or enrolled at another relay; to enrol "
                     f"it again, run `{_enrol_command()}`")
+        case RelayError() if error.code == ErrorCode.PUSH_PROVIDER_UNAVAILABLE:
+            return (f"{at} does not offer this push provider (PUSH_PROVIDER_UNAVAILABLE: "
+                    f"{error.reason}); its operator turns providers on (docs/PUSH.md), and "
+                    f"`--provider outbox` always works")
+        case RelayError() if error.code == ErrorCode.INVALID_PUSH_TARGET:
+            return (f"{at} refused the push target (INVALID_PUSH_TARGET: {error.reason}); "
+                    f"nothing was registered")
         case RelayError():
             return f"the relay refused: {error.code.name}: {error.reason}"
         case RemoteProtocolError():
@@ -437,6 +453,19 @@ def receive(follow: Annotated[bool, typer.Option(
             timeout: Annotated[float | None, typer.Option(
                 help="Exit after this many seconds (default: no limit); a relay that has "
                      "not answered by then is an error.", min=0, show_default=False)] = None,
+            push_wait: Annotated[bool, typer.Option(
+                "--push-wait",
+                help="Wait disconnected for a wake-up push, as a phone does: serve a Web Push "
+                     "endpoint on --push-listen, register it with the relay, print what is "
+                     "stored, disconnect; on each wake-up, connect and print what arrived. "
+                     "Ends after the first wake-up (or --count messages); the endpoint is "
+                     "unregistered when it ends. The relay must allow loopback endpoints "
+                     "(push_webpush_allow_loopback_http, docs/PUSH.md).",
+                show_default=False)] = False,
+            push_listen: Annotated[str, typer.Option(
+                metavar="HOST:PORT",
+                help="Where --push-wait serves its Web Push endpoint (port 0: any free one).",
+                show_default=True)] = "127.0.0.1:0",
             ) -> None:
     """Decrypt received messages and print them as JSON lines.
 
@@ -444,6 +473,12 @@ def receive(follow: Annotated[bool, typer.Option(
     identity key changed.
     """
     profile = _enrolled_profile()
+    if push_wait:
+        if follow:
+            _fail("--push-wait and --follow exclude each other: --push-wait waits "
+                  "disconnected, --follow connected")
+        _receive_push_wait(profile, push_listen, count=count, timeout=timeout)
+        return
 
     async def work() -> None:
         received = 0
@@ -482,6 +517,72 @@ def receive(follow: Annotated[bool, typer.Option(
                 host, port = parse_relay_list(profile.data.relay or "")[0]
                 raise RelayUnreachable(host, port, timeout)  # told for the whole list
             raise trio.TooSlowError
+
+    _run(work)
+
+
+def _print_message(message: ReceivedMessage) -> None:
+    typer.echo(json.dumps(message_line(message), ensure_ascii=False))
+    sys.stdout.flush()
+    if message.identity_changed and message.content is not None:
+        _warn_identity_changed(message, message.content.sender_phone)
+
+
+def _receive_push_wait(profile: Profile, listen: str, *, count: int | None,
+                       timeout: float | None) -> None:
+    """``receive --push-wait``: the whole wake-up cycle of a phone, in a terminal."""
+
+    async def drain(messenger: Messenger, received: int) -> int:
+        async with aclosing(messenger.messages(stop_when_empty=True)) as messages:
+            async for message in messages:
+                _print_message(message)
+                received += 1
+                if count is not None and received >= count:
+                    break
+        return received
+
+    async def work() -> None:
+        with trio.move_on_after(timeout if timeout is not None else float("inf")) as waiting:
+            await cycle()
+        if waiting.cancelled_caught:
+            typer.echo(f"error: no wake-up within {timeout:g} s (the push target stays "
+                       f"registered; `{_command('push', 'clear')}` removes it)", err=True)
+            sys.exit(1)
+
+    async def cycle() -> None:
+        async with open_push_endpoint(listen) as endpoint:
+            subscription = endpoint.subscription
+            async with Messenger.connect(profile) as messenger:
+                await messenger.client.set_push_target(
+                    "webpush", endpoint.url, p256dh=subscription.p256dh,
+                    auth=subscription.auth)
+                save_push_state(profile.directory, PushState(
+                    provider="webpush", token=endpoint.url, subscription=subscription))
+                received = await drain(messenger, 0)
+                if count is not None and received >= count:  # no need to wait at all
+                    await messenger.client.clear_push_target()
+                    forget_push_state(profile.directory)
+                    return
+            wakes = 0
+            try:
+                while count is None or received < count:
+                    typer.echo(f"Waiting for a wake-up push on {endpoint.address} "
+                               f"(disconnected) ...", err=True)
+                    await endpoint.wait(wakes + 1)
+                    wakes = endpoint.wakes
+                    typer.echo("Woken: connecting to fetch what arrived.", err=True)
+                    async with Messenger.connect(profile) as messenger:
+                        received = await drain(messenger, received)
+                        if count is None or received >= count:
+                            # The endpoint ends with this command: a target left behind
+                            # would have the relay retry a closed port.
+                            await messenger.client.clear_push_target()
+                            forget_push_state(profile.directory)
+                            break
+            finally:
+                if endpoint.refused:
+                    typer.echo(f"warning: {endpoint.refused} request(s) to the endpoint "
+                               f"were not wake-ups of this subscription", err=True)
 
     _run(work)
 
@@ -575,6 +676,90 @@ def devices_remove(device_id: Annotated[int, typer.Argument(
             removed = await remove_device(messenger, device_id)
         typer.echo(json.dumps({"removed": True, "device_id": removed.device_id,
                                "list_version": removed.device_list_version}))
+
+    _run(work)
+
+
+push_app = typer.Typer(help="Wake-up pushes: how the relay wakes this device when it is not "
+                            "connected (docs/PUSH.md).", no_args_is_help=True)
+app.add_typer(push_app, name="push")
+PUSH_PROVIDERS = ("outbox", "webpush", "fcm", "apns")
+
+
+@push_app.command("set")
+def push_set(provider: Annotated[str, typer.Option(
+                 help="outbox (development: the relay writes wake-ups to its push-outbox.jsonl), "
+                      "webpush (a Web Push service's endpoint, --endpoint), fcm or apns (the "
+                      "platform's device token, --token).", show_default=False)],
+             endpoint: Annotated[str | None, typer.Option(
+                 help="webpush: the push service's endpoint URL for this device.",
+                 show_default=False)] = None,
+             token: Annotated[str | None, typer.Option(
+                 help="fcm, apns: the device token the platform gave the app; outbox: an id "
+                      "(default: a random one kept in the profile).",
+                 show_default=False)] = None) -> None:
+    """Register (or replace) the push target through which the relay wakes this device.
+
+    For webpush, a new subscription key pair and auth secret are made here and their private
+    part kept in the profile (push.json, 0600): only this device can read a wake-up.
+    """
+    if provider not in PUSH_PROVIDERS:
+        _fail(f"unknown push provider {provider!r}: choose one of {', '.join(PUSH_PROVIDERS)}")
+    if (provider == "webpush") != (endpoint is not None):
+        _fail("--endpoint URL goes with --provider webpush, and only with it")
+    if provider in ("fcm", "apns") and token is None:
+        _fail(f"--provider {provider} needs --token: the device token the platform gave the app")
+    profile = _enrolled_profile()
+    subscription = PushSubscription.new() if endpoint is not None else None
+    if endpoint is not None:
+        state = PushState(provider="webpush", token=endpoint, subscription=subscription)
+    else:
+        saved = load_push_state(profile.directory)
+        kept = saved.token if saved is not None and saved.provider == "outbox" else None
+        state = PushState(provider=provider, token=token or kept or new_outbox_token())
+
+    async def work() -> None:
+        async with Messenger.connect(profile) as messenger:
+            await messenger.client.set_push_target(
+                state.provider, state.token,
+                p256dh=subscription.p256dh if subscription else None,
+                auth=subscription.auth if subscription else None)
+            save_push_state(profile.directory, state)
+        typer.echo(json.dumps({"provider": state.provider, "token": state.token}))
+
+    _run(work)
+
+
+@push_app.command("show")
+def push_show() -> None:
+    """Print the push target the relay holds for this device, as a JSON line."""
+    profile = _enrolled_profile()
+
+    async def work() -> None:
+        async with Messenger.connect(profile) as messenger:
+            target = await messenger.client.get_push_target()
+        if target is None:
+            typer.echo(json.dumps({"provider": None}))
+            return
+        saved = load_push_state(profile.directory)
+        typer.echo(json.dumps({"provider": target[0], "token": target[1],
+                               "keys_in_profile": saved is not None
+                               and saved.subscription is not None
+                               and saved.token == target[1]}))
+
+    _run(work)
+
+
+@push_app.command("clear")
+def push_clear() -> None:
+    """Remove this device's push target: the relay no longer wakes it."""
+    profile = _enrolled_profile()
+
+    async def work() -> None:
+        async with Messenger.connect(profile) as messenger:
+            await messenger.client.clear_push_target()
+        forget_push_state(profile.directory)
+        typer.echo(json.dumps({"provider": None}))
 
     _run(work)
 
