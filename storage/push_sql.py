@@ -147,8 +147,12 @@ class _Statements:
             "UPDATE push_wakeups SET next_attempt_at = ?, attempts = attempts + 1,"
             " claim_token = ? WHERE user_id = ? AND device_id = ?")
         self.next_due = sql("SELECT MIN(next_attempt_at) FROM push_wakeups WHERE pushed = 0")
+        # The first parameter is 1 if the push was urgent: an urgent envelope that arrived
+        # while a plain push was in flight (urgent = 1 now) leaves the wake-up pending, due at
+        # once (the second parameter), to go out urgently.
         self.finish_pushed = sql(
-            "UPDATE push_wakeups SET pushed = 1, pushed_at = ?, urgent = 0, attempts = 0,"
+            "UPDATE push_wakeups SET pushed = 1 - urgent * (1 - ?),"
+            " urgent = urgent * (1 - ?), pushed_at = ?, next_attempt_at = ?, attempts = 0,"
             " claim_token = NULL WHERE user_id = ? AND device_id = ? AND claim_token = ?")
         self.finish_retry = sql(
             "UPDATE push_wakeups SET next_attempt_at = ?, claim_token = NULL"
@@ -280,12 +284,14 @@ def claim_wakeups(connection: Connection, dialect: Dialect, *, now: int, limit: 
 
 def finish_wakeup(connection: Connection, dialect: Dialect, *, user_id: str, device_id: int,
                   claim_token: bytes, result: WakeupResult, now: int,
-                  retry_at: int | None = None, target: StoredPushTarget | None = None) -> bool:
+                  retry_at: int | None = None, target: StoredPushTarget | None = None,
+                  sent_urgent: bool = False) -> bool:
     """See ``WakeupQueue.finish_wakeup``."""
     statements = _STATEMENTS[dialect]
     if result is WakeupResult.PUSHED:
-        return connection.execute(statements.finish_pushed,
-                                  (now, user_id, device_id, claim_token)).rowcount > 0
+        urgent = int(sent_urgent)
+        return connection.execute(statements.finish_pushed, (
+            urgent, urgent, now, now, user_id, device_id, claim_token)).rowcount > 0
     if result is WakeupResult.RETRY:
         if retry_at is None:
             raise ValueError("a retry needs its time")

@@ -55,10 +55,12 @@ class PushStoreMethods(BackendHooks):
 
     async def finish_wakeup(self, *, user_id: str, device_id: int, claim_token: bytes,
                             result: WakeupResult, now: int, retry_at: int | None = None,
-                            target: StoredPushTarget | None = None) -> bool:
+                            target: StoredPushTarget | None = None,
+                            sent_urgent: bool = False) -> bool:
         return await self._write(lambda connection: push_sql.finish_wakeup(
             connection, self._dialect, user_id=user_id, device_id=device_id,
-            claim_token=claim_token, result=result, now=now, retry_at=retry_at, target=target))
+            claim_token=claim_token, result=result, now=now, retry_at=retry_at, target=target,
+            sent_urgent=sent_urgent))
 
     async def recover_wakeups(self, *, now: int) -> int:
         return await self._write(lambda connection: push_sql.recover_wakeups(

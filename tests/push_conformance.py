@@ -44,6 +44,7 @@ __all__ = [
     "test_a_target_is_set_replaced_read_and_cleared",
     "test_a_target_needs_an_existing_device",
     "test_a_wakeup_row_names_only_its_recipient_device",
+    "test_an_urgent_envelope_during_a_plain_push_is_pushed_again_urgently",
     "test_an_urgent_envelope_rearms_a_pushed_wakeup_at_once",
     "test_every_deletion_path_deletes_the_target",
     "test_pending_wakeups_survive_reopening",
@@ -317,3 +318,21 @@ async def _reenrol(store: Store, user: User) -> None:
     phone_key = await _code_for(store, user.phone)
     await _register_device(store, phone=user.phone, phone_key=phone_key)
 
+
+
+async def test_an_urgent_envelope_during_a_plain_push_is_pushed_again_urgently(
+        store: Store) -> None:
+    user, device_id = await _device_with_target(store)
+    await store.schedule_wakeups([(user.user_id, device_id, False)], now=NOW,
+                                 interval_ms=INTERVAL_MS)
+    token = secrets.token_bytes(16)
+    [plain] = await _claim_for(store, user, NOW, token)
+    assert not plain.urgent
+    during = await store.schedule_wakeups([(user.user_id, device_id, True)], now=NOW + 1,
+                                          interval_ms=INTERVAL_MS)
+    assert during.coalesced == {"outbox": 1}
+    assert await store.finish_wakeup(user_id=user.user_id, device_id=device_id,
+                                     claim_token=token, result=WakeupResult.PUSHED, now=NOW + 2,
+                                     sent_urgent=False)
+    [again] = await _claim_for(store, user, NOW + 2)
+    assert again.urgent

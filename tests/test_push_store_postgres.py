@@ -13,7 +13,8 @@ import trio
 from storage.base import Store
 from storage.postgres import open_postgres_store
 from tests.push_conformance import *  # noqa: F403
-from tests.push_conformance import INTERVAL_MS, LEASE_MS, NOW, _device_with_target
+from tests.push_conformance import INTERVAL_MS, LEASE_MS, _device_with_target
+from tests.storage_conformance import NOW
 from tests.test_storage_postgres import postgres_dsn  # noqa: F401  (a fixture)
 
 WAKEUPS = 40

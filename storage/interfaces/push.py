@@ -68,11 +68,14 @@ class WakeupQueue(Protocol):
 
     async def finish_wakeup(self, *, user_id: str, device_id: int, claim_token: bytes,
                             result: WakeupResult, now: int, retry_at: int | None = None,
-                            target: StoredPushTarget | None = None) -> bool:
+                            target: StoredPushTarget | None = None,
+                            sent_urgent: bool = False) -> bool:
         """Record how a claimed wake-up ended (``retry_at`` for RETRY; for GONE, ``target`` is
-        the target it was sent to, deleted only if it is still the device's). Returns False,
-        changing nothing, if the claim is no longer this one's (the device connected, or the
-        lease ended and another claim took it)."""
+        the target it was sent to, deleted only if it is still the device's). PUSHED from a
+        push that was not urgent (``sent_urgent``) leaves the wake-up pending and due at once
+        if an urgent envelope made it urgent meanwhile. Returns False, changing nothing, if
+        the claim is no longer this one's (the device connected, or the lease ended and
+        another claim took it)."""
         ...
 
     async def recover_wakeups(self, *, now: int) -> int:
