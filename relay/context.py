@@ -96,6 +96,9 @@ class WakeupNotes(Protocol):
     def device_connected(self, device: tuple[str, int]) -> None:
         """A device authenticated on this node."""
 
+    def device_disconnected(self, device: tuple[str, int]) -> None:
+        """A device's connection to this node ended."""
+
 
 @dataclass
 class RelayContext:
@@ -164,6 +167,8 @@ class RelayContext:
         """Forget ``session`` if it is still the one registered for its device."""
         if session.device is not None and self.sessions.get(session.device) is session:
             del self.sessions[session.device]
+            if self.wakeups is not None:
+                self.wakeups.device_disconnected(session.device)
 
     def revoke_user(self, user_id: str, code: ErrorCode = ErrorCode.DEVICE_REVOKED,
                     reason: str = "this device was revoked") -> int:

@@ -33,7 +33,7 @@ import trio
 
 from relay.metrics import RelayMetrics
 from relay.push_providers import PushOutcome, PushProvider, PushResult, PushTarget
-from storage.base import Envelope
+from storage.base import Envelope, EnvelopeQueue
 from storage.interfaces.push import PushTargetStore, WakeupQueue
 from storage.push_records import ClaimedWakeup, WakeupResult
 
@@ -89,8 +89,9 @@ STORE_FAILURE_PAUSE_S = 1.0
 """The pause after a failed store call before the scheduler tries again."""
 
 
-class WakeupStore(PushTargetStore, WakeupQueue, Protocol):
-    """What the scheduler needs of the store: the targets and the wake-up queue."""
+class WakeupStore(PushTargetStore, WakeupQueue, EnvelopeQueue, Protocol):
+    """What the scheduler needs of the store: the targets, the wake-up queue, and the depth of
+    a device's queue (a device that left with envelopes unread is woken)."""
 
 
 def retry_delay_s(attempts: int, retry_after_s: float | None) -> float:
@@ -138,6 +139,8 @@ class WakeupScheduler:
         """Devices with new envelopes since the last schedule -> whether one was urgent."""
         self._connected: set[DeviceKey] = set()
         """Devices that connected since the last pass: their wake-ups are forgotten."""
+        self._left: set[DeviceKey] = set()
+        """Devices whose connection ended since the last pass: woken if envelopes wait."""
         self._in_flight = 0
         self._work = trio.Event()
         self._pass_done = trio.Event()
@@ -162,7 +165,8 @@ class WakeupScheduler:
             self._work.set()
             while self._passes_done < wanted:
                 await self._pass_done.wait()
-            if not self._noted and not self._connected and self._in_flight == 0 \
+            if not self._noted and not self._connected and not self._left \
+                    and self._in_flight == 0 \
                     and self._settled_pass:
                 return
 
@@ -190,6 +194,14 @@ class WakeupScheduler:
         self._noted.pop(device, None)
         if self._targets is None or device in self._targets:
             self._connected.add(device)
+            self._work.set()
+
+    def device_disconnected(self, device: DeviceKey) -> None:
+        """The device's connection here ended: if envelopes still wait for it (committed while
+        the relay still thought it connected, or delivered and never acknowledged), it is
+        away with something to read, and is woken."""
+        if self._targets is None or device in self._targets:
+            self._left.add(device)
             self._work.set()
 
     def target_set(self, device: DeviceKey) -> None:
@@ -246,10 +258,17 @@ class WakeupScheduler:
     async def _pass(self, nursery: trio.Nursery) -> None:
         connected, self._connected = self._connected, set()
         noted, self._noted = self._noted, {}
+        left, self._left = self._left, set()
         try:
             for user_id, device_id in sorted(connected):
                 await self._store.clear_wakeup(user_id=user_id, device_id=device_id)
                 connected.discard((user_id, device_id))
+            for user_id, device_id in sorted(left):
+                if (not self._is_connected((user_id, device_id))
+                        and (user_id, device_id) not in noted
+                        and await self._store.queue_depth(user_id=user_id, device_id=device_id)):
+                    noted[user_id, device_id] = False
+                left.discard((user_id, device_id))
             away = [(user_id, device_id, urgent)
                     for (user_id, device_id), urgent in noted.items()
                     if not self._is_connected((user_id, device_id))]
@@ -266,6 +285,7 @@ class WakeupScheduler:
                     self._due_by(now)
         except BaseException:  # kept for the next pass: nothing noted is lost to a failure
             self._connected |= connected
+            self._left |= left
             for key, urgent in noted.items():
                 self._noted[key] = self._noted.get(key, False) or urgent
             raise

@@ -152,6 +152,9 @@ class PostgresStore(CoreStoreMethods, AdminStoreMethods, AccountStoreMethods,
         deletions notify the nodes holding the devices concerned (``node_channel``)."""
         return self
 
+    def _presence_channel(self) -> str | None:
+        return self.node_channel
+
     def _before_user_deleted(self, connection: Any, user_id: str) -> None:
         # Nodes holding its devices close them on commit.
         notify_revoked_devices(connection, user_id=user_id)

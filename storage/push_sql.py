@@ -90,7 +90,10 @@ POSTGRES_PUSH_TABLES = _tables(blob="BYTEA", big="BIGINT")
 # Only PostgreSQL keeps presence (several nodes share it); a SQLite store serves one node,
 # whose relay leaves its connected devices out before asking.
 _ABSENT = (" AND NOT EXISTS (SELECT 1 FROM presence p WHERE p.user_id = t.user_id"
-           " AND p.device_id = t.device_id AND p.expires_at > ?)")
+           " AND p.device_id = t.device_id AND p.expires_at > ?"
+           " AND p.channel IS DISTINCT FROM ?)")
+"""The device is held by no node but the one asking (its parameters: now, and the asking
+node's channel: that node knows its own connections better than its lease rows do)."""
 
 
 class _Statements:
@@ -219,8 +222,9 @@ def _devices_with_targets(connection: Connection, statements: _Statements,
 
 def schedule_wakeups(connection: Connection, dialect: Dialect,
                      devices: Iterable[tuple[str, int, bool]], *, now: int,
-                     interval_ms: int) -> WakeupsScheduled:
-    """See ``WakeupQueue.schedule_wakeups``."""
+                     interval_ms: int, own_channel: str | None = None) -> WakeupsScheduled:
+    """See ``WakeupQueue.schedule_wakeups``; ``own_channel`` is the asking node's LISTEN
+    channel on a shared store (its own presence rows do not count)."""
     statements = _STATEMENTS[dialect]
     wanted: dict[tuple[str, int], bool] = {}
     for user_id, device_id, urgent in devices:
@@ -235,7 +239,8 @@ def schedule_wakeups(connection: Connection, dialect: Dialect,
     for (user_id, device_id), urgent in sorted(wanted.items()):
         if (user_id, device_id) not in with_targets:
             continue
-        arguments = (user_id, device_id, now) if statements.shared else (user_id, device_id)
+        arguments = ((user_id, device_id, now, own_channel) if statements.shared
+                     else (user_id, device_id))
         row = connection.execute(statements.wakeup_of_target, arguments).fetchone()
         if row is None:  # the target went meanwhile, or a node holds the device
             continue
@@ -312,5 +317,5 @@ def finish_wakeup(connection: Connection, dialect: Dialect, *, user_id: str, dev
 def recover_wakeups(connection: Connection, dialect: Dialect, *, now: int) -> int:
     """See ``WakeupQueue.recover_wakeups``."""
     statements = _STATEMENTS[dialect]
-    arguments = (now, now, now) if statements.shared else (now, now)
+    arguments = (now, now, now, None) if statements.shared else (now, now)
     return connection.execute(statements.recover, arguments).rowcount

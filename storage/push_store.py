@@ -19,6 +19,11 @@ __all__ = ["PushStoreMethods"]
 class PushStoreMethods(BackendHooks):
     """Mixin: the backend gives what ``BackendHooks`` names (its dialect, ``_write``, ``_read``)."""
 
+    def _presence_channel(self) -> str | None:
+        """The channel of the node using this store on a shared store, whose own presence
+        rows scheduling ignores (it knows its connections); None without presence."""
+        return None
+
     async def set_push_target(self, *, user_id: str, device_id: int, target: StoredPushTarget,
                               now: int) -> bool:
         return await self._write(lambda connection: push_sql.set_push_target(
@@ -40,8 +45,10 @@ class PushStoreMethods(BackendHooks):
     async def schedule_wakeups(self, devices: Iterable[tuple[str, int, bool]], *, now: int,
                                interval_ms: int) -> WakeupsScheduled:
         wanted = tuple(devices)  # a snapshot: the writer runs it later, in its thread
+        own_channel = self._presence_channel()
         return await self._write(lambda connection: push_sql.schedule_wakeups(
-            connection, self._dialect, wanted, now=now, interval_ms=interval_ms))
+            connection, self._dialect, wanted, now=now, interval_ms=interval_ms,
+            own_channel=own_channel))
 
     async def clear_wakeup(self, *, user_id: str, device_id: int) -> None:
         await self._write(lambda connection: push_sql.clear_wakeup(

@@ -52,7 +52,7 @@ class WakeupQueue(Protocol):
         connected to no node this relay knows of: make a wake-up due now for each that has a
         target, unless one is already pending, or one was pushed less than ``interval_ms``
         ago and the envelope is not urgent (then the device counts as coalesced). On a store
-        shared by several nodes, devices held by a node (presence) are left out.
+        shared by several nodes, devices held by another node (presence) are left out.
         """
         ...
 
