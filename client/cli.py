@@ -553,9 +553,18 @@ def _receive_push_wait(profile: Profile, listen: str, *, count: int | None,
         async with open_push_endpoint(listen) as endpoint:
             subscription = endpoint.subscription
             async with Messenger.connect(profile) as messenger:
-                await messenger.client.set_push_target(
-                    "webpush", endpoint.url, p256dh=subscription.p256dh,
-                    auth=subscription.auth)
+                try:
+                    await messenger.client.set_push_target(
+                        "webpush", endpoint.url, p256dh=subscription.p256dh,
+                        auth=subscription.auth)
+                except RelayError as error:
+                    if error.code not in (ErrorCode.INVALID_PUSH_TARGET,
+                                          ErrorCode.PUSH_PROVIDER_UNAVAILABLE):
+                        raise
+                    _fail(f"the relay refused this command's loopback Web Push endpoint "
+                          f"({error.code.name}: {error.reason}); --push-wait needs a relay "
+                          f"with push_webpush_subject set and "
+                          f"push_webpush_allow_loopback_http = true (docs/PUSH.md)")
                 save_push_state(profile.directory, PushState(
                     provider="webpush", token=endpoint.url, subscription=subscription))
                 received = await drain(messenger, 0)

@@ -159,3 +159,18 @@ async def test_a_push_carries_no_sender_number_size_or_content(tmp_path: Path) -
                    sender.user_id.encode(), recipient.user_id.encode(), str(size).encode()):
         assert secret not in raw
         assert secret not in (pushed.payload or b"")
+
+
+async def test_receive_push_wait_explains_a_relay_that_refuses_loopback(tmp_path: Path) -> None:
+    data = tmp_path / "D"
+    await declare_cli(data, BOB)
+    port = free_udp_port()
+    async with spawn_relay(data, "--set", "push_webpush_subject=mailto:ops@example.org",
+                           listen=f"127.0.0.1:{port}") as relay:
+        cli = Cli(tmp_path, relay, port)
+        await cli.enrol("B", BOB)
+        refused = await cli.refused("--profile", cli.profile("B"), "receive", "--push-wait",
+                                    "--timeout", str(TIMEOUT_S))
+        assert "INVALID_PUSH_TARGET" in refused
+        assert "push_webpush_allow_loopback_http = true" in refused
+        assert not (Path(cli.profile("B")) / PUSH_FILE).exists()
