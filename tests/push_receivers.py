@@ -211,7 +211,8 @@ class FcmReceiver(_Receiver):
         form = dict(urllib.parse.parse_qsl((await request.body()).decode()))
         if form.get("grant_type") != "urn:ietf:params:oauth:grant-type:jwt-bearer":
             return self._refuse("wrong grant_type")
-        assert self._public_key is not None
+        if self._public_key is None:
+            raise RuntimeError("make_account() first")
         try:
             claims = jwt.decode(str(form.get("assertion")), self._public_key,
                                 algorithms=["RS256"], audience=self.account["token_uri"],
