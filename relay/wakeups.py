@@ -45,6 +45,7 @@ __all__ = [
     "MAX_RETRY_AFTER_S",
     "RETRY_BACKOFF_CAP_S",
     "RETRY_BACKOFF_FIRST_S",
+    "URGENT_INTERVAL_S",
     "WAKEUP_INTERVAL_S",
     "WakeupScheduler",
     "WakeupStore",
@@ -58,6 +59,11 @@ DeviceKey = tuple[str, int]
 WAKEUP_INTERVAL_S = 30.0
 """At most one push per device in this many seconds until it connects: a phone woken once
 fetches everything; more pushes would only drain its battery and the provider's quota."""
+
+URGENT_INTERVAL_S = 5.0
+"""An urgent envelope (a call offer) pushes at once even within WAKEUP_INTERVAL_S, but at most
+one urgent push per device in this many seconds: a ringing call is announced at once, a sender
+repeating urgent SENDs cannot make the relay flood a phone."""
 
 MAX_CONCURRENT_PUSHES = 16
 """Pushes in flight at once per node: each holds a connection to a push service for at most
@@ -121,6 +127,7 @@ class WakeupScheduler:
                  metrics: RelayMetrics, now_ms: Callable[[], int],
                  is_connected: Callable[[DeviceKey], bool], shared_store: bool,
                  interval_s: float = WAKEUP_INTERVAL_S,
+                 urgent_interval_s: float = URGENT_INTERVAL_S,
                  max_concurrent: int = MAX_CONCURRENT_PUSHES,
                  lease_s: float = CLAIM_LEASE_S) -> None:
         self._store = store
@@ -130,6 +137,7 @@ class WakeupScheduler:
         self._is_connected = is_connected
         self._shared = shared_store
         self._interval_ms = int(interval_s * 1000)
+        self._urgent_interval_ms = int(urgent_interval_s * 1000)
         self._max_concurrent = max_concurrent
         self._lease_ms = int(lease_s * 1000)
         self._targets: set[DeviceKey] | None = None if shared_store else set()
@@ -274,8 +282,9 @@ class WakeupScheduler:
                     if not self._is_connected((user_id, device_id))]
             if away:
                 now = self._now_ms()
-                done = await self._store.schedule_wakeups(away, now=now,
-                                                          interval_ms=self._interval_ms)
+                done = await self._store.schedule_wakeups(
+                    away, now=now, interval_ms=self._interval_ms,
+                    urgent_interval_ms=self._urgent_interval_ms)
                 noted = {}
                 for provider, count in done.scheduled.items():
                     self._metrics.pushes["scheduled", provider] += count

@@ -126,7 +126,7 @@ class _Statements:
             else "SELECT user_id, device_id FROM push_targets WHERE user_id = ?")
         # The target row locked (PostgreSQL): nodes scheduling one device take turns.
         self.wakeup_of_target = sql(
-            "SELECT t.provider, w.pushed, w.pushed_at FROM push_targets t"
+            "SELECT t.provider, w.pushed, w.pushed_at, w.urgent FROM push_targets t"
             " LEFT JOIN push_wakeups w ON w.user_id = t.user_id AND w.device_id = t.device_id"
             " WHERE t.user_id = ? AND t.device_id = ?" + absent + lock_target)
         self.insert_wakeup = sql(
@@ -150,13 +150,16 @@ class _Statements:
             "UPDATE push_wakeups SET next_attempt_at = ?, attempts = attempts + 1,"
             " claim_token = ? WHERE user_id = ? AND device_id = ?")
         self.next_due = sql("SELECT MIN(next_attempt_at) FROM push_wakeups WHERE pushed = 0")
-        # The first parameter is 1 if the push was urgent: an urgent envelope that arrived
-        # while a plain push was in flight (urgent = 1 now) leaves the wake-up pending, due at
-        # once (the second parameter), to go out urgently.
+        # The first three parameters are 1 if the push was urgent. An urgent envelope that
+        # arrived while a plain push was in flight (urgent = 1 now) leaves the wake-up pending,
+        # due at once, to go out urgently; otherwise it is pushed, and ``urgent`` then says
+        # whether that push was.
+        again = "urgent = 1 AND ? = 0"
         self.finish_pushed = sql(
-            "UPDATE push_wakeups SET pushed = 1 - urgent * (1 - ?),"
-            " urgent = urgent * (1 - ?), pushed_at = ?, next_attempt_at = ?, attempts = 0,"
-            " claim_token = NULL WHERE user_id = ? AND device_id = ? AND claim_token = ?")
+            f"UPDATE push_wakeups SET pushed = CASE WHEN {again} THEN 0 ELSE 1 END,"
+            f" urgent = CASE WHEN {again} THEN 1 ELSE ? END, pushed_at = ?,"
+            " next_attempt_at = ?, attempts = 0, claim_token = NULL"
+            " WHERE user_id = ? AND device_id = ? AND claim_token = ?")
         self.finish_retry = sql(
             "UPDATE push_wakeups SET next_attempt_at = ?, claim_token = NULL"
             " WHERE user_id = ? AND device_id = ? AND claim_token = ?")
@@ -222,7 +225,8 @@ def _devices_with_targets(connection: Connection, statements: _Statements,
 
 def schedule_wakeups(connection: Connection, dialect: Dialect,
                      devices: Iterable[tuple[str, int, bool]], *, now: int,
-                     interval_ms: int, own_channel: str | None = None) -> WakeupsScheduled:
+                     interval_ms: int, urgent_interval_ms: int = 0,
+                     own_channel: str | None = None) -> WakeupsScheduled:
     """See ``WakeupQueue.schedule_wakeups``; ``own_channel`` is the asking node's LISTEN
     channel on a shared store (its own presence rows do not count)."""
     statements = _STATEMENTS[dialect]
@@ -244,11 +248,12 @@ def schedule_wakeups(connection: Connection, dialect: Dialect,
         row = connection.execute(statements.wakeup_of_target, arguments).fetchone()
         if row is None:  # the target went meanwhile, or a node holds the device
             continue
-        provider, pushed, pushed_at = str(row[0]), row[1], row[2]
+        provider, pushed, pushed_at, pushed_urgently = str(row[0]), row[1], row[2], row[3]
         if pushed is None:
             connection.execute(statements.insert_wakeup,
                                (user_id, device_id, int(urgent), now, now))
-        elif pushed and (urgent or pushed_at + interval_ms <= now):
+        elif pushed and (pushed_at + interval_ms <= now or (urgent and (
+                not pushed_urgently or pushed_at + urgent_interval_ms <= now))):
             connection.execute(statements.rearm_wakeup,
                                (int(urgent), now, now, user_id, device_id))
         else:
@@ -296,7 +301,7 @@ def finish_wakeup(connection: Connection, dialect: Dialect, *, user_id: str, dev
     if result is WakeupResult.PUSHED:
         urgent = int(sent_urgent)
         return connection.execute(statements.finish_pushed, (
-            urgent, urgent, now, now, user_id, device_id, claim_token)).rowcount > 0
+            urgent, urgent, urgent, now, now, user_id, device_id, claim_token)).rowcount > 0
     if result is WakeupResult.RETRY:
         if retry_at is None:
             raise ValueError("a retry needs its time")

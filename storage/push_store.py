@@ -43,12 +43,12 @@ class PushStoreMethods(BackendHooks):
             connection, self._dialect))
 
     async def schedule_wakeups(self, devices: Iterable[tuple[str, int, bool]], *, now: int,
-                               interval_ms: int) -> WakeupsScheduled:
+                               interval_ms: int, urgent_interval_ms: int = 0) -> WakeupsScheduled:
         wanted = tuple(devices)  # a snapshot: the writer runs it later, in its thread
         own_channel = self._presence_channel()
         return await self._write(lambda connection: push_sql.schedule_wakeups(
             connection, self._dialect, wanted, now=now, interval_ms=interval_ms,
-            own_channel=own_channel))
+            urgent_interval_ms=urgent_interval_ms, own_channel=own_channel))
 
     async def clear_wakeup(self, *, user_id: str, device_id: int) -> None:
         await self._write(lambda connection: push_sql.clear_wakeup(

@@ -29,6 +29,7 @@ from tests.storage_conformance import (
 
 INTERVAL_MS = 30_000
 LEASE_MS = 60_000
+URGENT_INTERVAL_MS = 5_000
 OUTBOX = StoredPushTarget(provider="outbox", token="device-token-1")
 WEBPUSH = StoredPushTarget(provider="webpush", token="https://push.example.test/w/1",
                            p256dh=b"\x04" + bytes(64), auth=bytes(range(16)))
@@ -51,6 +52,7 @@ __all__ = [
     "test_recovery_wakes_devices_with_a_queue_and_no_wakeup",
     "test_scheduling_coalesces_within_the_interval",
     "test_scheduling_ignores_devices_without_a_target",
+    "test_urgent_pushes_are_spaced_by_the_urgent_interval",
 ]
 
 
@@ -336,3 +338,27 @@ async def test_an_urgent_envelope_during_a_plain_push_is_pushed_again_urgently(
                                      sent_urgent=False)
     [again] = await _claim_for(store, user, NOW + 2)
     assert again.urgent
+
+
+async def test_urgent_pushes_are_spaced_by_the_urgent_interval(store: Store) -> None:
+    user, device_id = await _device_with_target(store)
+    key = (user.user_id, device_id, True)
+
+    async def push_now(now: int) -> None:
+        token = secrets.token_bytes(16)
+        [claim] = await _claim_for(store, user, now, token)
+        assert await store.finish_wakeup(user_id=user.user_id, device_id=device_id,
+                                         claim_token=token, result=WakeupResult.PUSHED, now=now,
+                                         sent_urgent=claim.urgent)
+
+    await store.schedule_wakeups([key], now=NOW, interval_ms=INTERVAL_MS,
+                                 urgent_interval_ms=URGENT_INTERVAL_MS)
+    await push_now(NOW)
+    soon = await store.schedule_wakeups([key], now=NOW + URGENT_INTERVAL_MS - 1,
+                                        interval_ms=INTERVAL_MS,
+                                        urgent_interval_ms=URGENT_INTERVAL_MS)
+    assert soon.coalesced == {"outbox": 1}
+    later = await store.schedule_wakeups([key], now=NOW + URGENT_INTERVAL_MS,
+                                         interval_ms=INTERVAL_MS,
+                                         urgent_interval_ms=URGENT_INTERVAL_MS)
+    assert later.scheduled == {"outbox": 1}

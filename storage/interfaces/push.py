@@ -47,11 +47,13 @@ class WakeupQueue(Protocol):
     """
 
     async def schedule_wakeups(self, devices: Iterable[tuple[str, int, bool]], *, now: int,
-                               interval_ms: int) -> WakeupsScheduled:
+                               interval_ms: int, urgent_interval_ms: int = 0) -> WakeupsScheduled:
         """Envelopes were committed for these (user id, device id, urgent) devices, which are
         connected to no node this relay knows of: make a wake-up due now for each that has a
         target, unless one is already pending, or one was pushed less than ``interval_ms``
-        ago and the envelope is not urgent (then the device counts as coalesced). On a store
+        ago (then the device counts as coalesced). An urgent envelope makes it due at once
+        even then, unless the last push was urgent too and less than ``urgent_interval_ms``
+        ago. On a store
         shared by several nodes, devices held by another node (presence) are left out.
         """
         ...
