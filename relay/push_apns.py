@@ -22,7 +22,13 @@ import jwt
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
-from relay.push_http import PushConfigError, network_failure, new_push_client, outcome_for_status
+from relay.push_http import (
+    PushAnswer,
+    PushConfigError,
+    new_push_client,
+    outcome_for_status,
+    post_bounded,
+)
 from relay.push_providers import PushOutcome, PushResult, PushTarget
 
 __all__ = ["APNS_PAYLOAD", "APNS_TOKEN_REFRESH_S", "ApnsProvider", "load_apns_key"]
@@ -71,6 +77,7 @@ class ApnsProvider:
         self._host = host.rstrip("/")
         self._ttl_s = ttl_s
         self._now = now
+        self._deadline_s = 2 * timeout_s
         self._client = new_push_client(timeout_s=timeout_s, http2=True, verify=verify,
                                        transport=transport)
         self._token: str | None = None
@@ -103,19 +110,19 @@ class ApnsProvider:
                    "apns-topic": self._topic,
                    "apns-expiration": str(int(self._now()) + self._ttl_s),
                    "content-type": "application/json"}
-        try:
-            response = await self._client.post(f"{self._host}/3/device/{target.token.lower()}",
-                                               content=APNS_PAYLOAD, headers=headers)
-        except httpx.HTTPError as error:
-            return network_failure(error, detail="apns")
-        reason = _reason(response)
-        status = response.status_code
+        answer = await post_bounded(self._client, f"{self._host}/3/device/{target.token.lower()}",
+                                    content=APNS_PAYLOAD, headers=headers,
+                                    deadline_s=self._deadline_s, detail="apns")
+        if not isinstance(answer, PushAnswer):
+            return answer
+        reason = _reason(answer)
+        status = answer.status
         if reason in _GONE_REASONS:
             return PushOutcome(result=PushResult.GONE, detail=f"apns {status} {reason}")
         if reason in _TOKEN_REASONS:
             self._token = None  # sign a new one for the retry
             return PushOutcome(result=PushResult.RETRY, detail=f"apns {status} {reason}")
-        outcome = outcome_for_status(status, response.headers, detail="apns", now=self._now)
+        outcome = outcome_for_status(status, answer.headers, detail="apns", now=self._now)
         if outcome.result is PushResult.GONE and status == 404:
             # APNs answers 404 for a wrong path, never for a device (that is 410 or 400).
             return PushOutcome(result=PushResult.FAILED, detail=f"apns 404 {reason or ''}")
@@ -125,12 +132,12 @@ class ApnsProvider:
         await self._client.aclose()
 
 
-def _reason(response: httpx.Response) -> str | None:
+def _reason(answer: PushAnswer) -> str | None:
     """APNs' ``reason`` of an error answer (``{"reason": "BadDeviceToken"}``)."""
-    if response.status_code < 400:
+    if answer.status < 400:
         return None
     try:
-        reason = response.json().get("reason")
-    except (ValueError, AttributeError):
+        reason = answer.json().get("reason")
+    except AttributeError:
         return None
     return reason if isinstance(reason, str) and reason.isalnum() else None

@@ -26,7 +26,13 @@ import trio
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
-from relay.push_http import PushConfigError, network_failure, new_push_client, outcome_for_status
+from relay.push_http import (
+    PushAnswer,
+    PushConfigError,
+    new_push_client,
+    outcome_for_status,
+    post_bounded,
+)
 from relay.push_providers import PushOutcome, PushResult, PushTarget
 
 __all__ = [
@@ -109,6 +115,7 @@ class FcmProvider:
                           f"{credentials.project_id}/messages:send")
         self._ttl_s = ttl_s
         self._now = now
+        self._deadline_s = 2 * timeout_s
         self._client = new_push_client(timeout_s=timeout_s, verify=verify, transport=transport)
         self._access_token: str | None = None
         self._access_token_until = 0.0
@@ -143,17 +150,18 @@ class FcmProvider:
                 return self._access_token
             form = {"grant_type": "urn:ietf:params:oauth:grant-type:jwt-bearer",
                     "assertion": self._assertion()}
+            answer = await post_bounded(self._client, self._credentials.token_uri, data=form,
+                                        deadline_s=self._deadline_s, detail="fcm token")
+            if not isinstance(answer, PushAnswer):
+                return answer
+            if answer.status != 200:
+                return outcome_for_status(answer.status, answer.headers, detail="fcm token",
+                                          now=self._now)
             try:
-                response = await self._client.post(self._credentials.token_uri, data=form)
-            except httpx.HTTPError as error:
-                return network_failure(error, detail="fcm token")
-            if response.status_code != 200:
-                return outcome_for_status(response.status_code, response.headers,
-                                          detail="fcm token", now=self._now)
-            try:
-                answer = response.json()
-                token, lifetime = answer["access_token"], float(answer.get("expires_in", 3600))
-            except (ValueError, KeyError, TypeError):
+                granted = answer.json()
+                token = granted["access_token"]
+                lifetime = float(granted.get("expires_in", 3600))
+            except (ValueError, KeyError, TypeError, AttributeError):
                 return PushOutcome(result=PushResult.RETRY, detail="fcm token unreadable")
             if not isinstance(token, str) or not token:
                 return PushOutcome(result=PushResult.RETRY, detail="fcm token unreadable")
@@ -172,31 +180,31 @@ class FcmProvider:
             if bearer.result is PushResult.GONE:  # the token endpoint's 404 is not the device's
                 return PushOutcome(result=PushResult.FAILED, detail=bearer.detail)
             return bearer
-        try:
-            response = await self._client.post(
-                self._send_url, json=self._message(target, urgent=urgent),
-                headers={"Authorization": f"Bearer {bearer}"})
-        except httpx.HTTPError as error:
-            return network_failure(error, detail="fcm")
-        status = response.status_code
+        answer = await post_bounded(self._client, self._send_url,
+                                    json=self._message(target, urgent=urgent),
+                                    headers={"Authorization": f"Bearer {bearer}"},
+                                    deadline_s=self._deadline_s, detail="fcm")
+        if not isinstance(answer, PushAnswer):
+            return answer
+        status = answer.status
         if status == 401:  # the access token was revoked or expired early: mint a new one
             self._access_token = None
             return PushOutcome(result=PushResult.RETRY, detail="fcm 401")
-        if _error_code(response) in _GONE_CODES:
+        if _error_code(answer) in _GONE_CODES:
             return PushOutcome(result=PushResult.GONE, detail=f"fcm {status} unregistered")
-        return outcome_for_status(status, response.headers, detail="fcm", now=self._now)
+        return outcome_for_status(status, answer.headers, detail="fcm", now=self._now)
 
     async def aclose(self) -> None:
         await self._client.aclose()
 
 
-def _error_code(response: httpx.Response) -> str | None:
+def _error_code(answer: PushAnswer) -> str | None:
     """FCM's own error code (``UNREGISTERED``...) from an error answer, if there is one."""
-    if response.status_code < 400:
+    if answer.status < 400:
         return None
     try:
-        error = response.json()["error"]
-    except (ValueError, KeyError, TypeError):
+        error = answer.json()["error"]
+    except (KeyError, TypeError):
         return None
     if not isinstance(error, dict):
         return None

@@ -10,23 +10,30 @@ an endpoint send the relay's request anywhere).
 from __future__ import annotations
 
 import email.utils
+import json
 import ssl
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
 
 import httpx
+import trio
 
 from relay.push_providers import PushOutcome, PushResult
 
 __all__ = [
+    "MAX_ANSWER_BYTES",
     "MAX_RETRY_AFTER_S",
     "PUSH_MAX_CONNECTIONS",
     "PUSH_MAX_KEEPALIVE",
+    "PushAnswer",
     "PushConfigError",
     "network_failure",
     "new_push_client",
     "outcome_for_status",
     "parse_retry_after",
+    "post_bounded",
 ]
 
 PUSH_MAX_CONNECTIONS = 20
@@ -34,6 +41,9 @@ PUSH_MAX_CONNECTIONS = 20
 few at a time; a bound keeps a burst of wake-ups from opening hundreds of sockets."""
 PUSH_MAX_KEEPALIVE = 10
 """Idle connections kept for the next wake-up (one push service host needs one or two)."""
+MAX_ANSWER_BYTES = 64 * 1024
+"""Of a push service's answer, only this much is read (its error JSON is a few hundred bytes):
+an endpoint that answers without end cannot fill the relay's memory."""
 MAX_RETRY_AFTER_S = 24 * 3600.0
 """A longer ``Retry-After`` is capped: a wake-up a day late is no wake-up at all."""
 
@@ -41,6 +51,42 @@ MAX_RETRY_AFTER_S = 24 * 3600.0
 class PushConfigError(ValueError):
     """A push provider's settings or credentials cannot be used; names the setting and file,
     never their content."""
+
+
+@dataclass(frozen=True, slots=True)
+class PushAnswer:
+    """A push service's answer: its status, headers, and the start of its body."""
+
+    status: int
+    headers: httpx.Headers
+    body: bytes
+
+    def json(self) -> Any:
+        """The body as JSON, or None when it is not."""
+        try:
+            return json.loads(self.body)
+        except ValueError:
+            return None
+
+
+async def post_bounded(client: httpx.AsyncClient, url: str, *, deadline_s: float,
+                       detail: str, **request: Any) -> PushAnswer | PushOutcome:
+    """POST, and read at most ``MAX_ANSWER_BYTES`` of the answer, all within ``deadline_s``
+    (httpx's timeouts bound each read, not the whole: a service trickling bytes would hold a
+    wake-up for ever). No answer: a RETRY outcome naming the kind of failure."""
+    with trio.move_on_after(deadline_s):
+        try:
+            async with client.stream("POST", url, **request) as response:
+                body = bytearray()
+                async for chunk in response.aiter_raw():
+                    body += chunk
+                    if len(body) >= MAX_ANSWER_BYTES:
+                        break
+                return PushAnswer(status=response.status_code, headers=response.headers,
+                                  body=bytes(body[:MAX_ANSWER_BYTES]))
+        except httpx.HTTPError as error:
+            return network_failure(error, detail=detail)
+    return PushOutcome(result=PushResult.RETRY, detail=f"{detail} timeout")
 
 
 def new_push_client(*, timeout_s: float, http2: bool = False,
@@ -53,7 +99,8 @@ def new_push_client(*, timeout_s: float, http2: bool = False,
         limits=httpx.Limits(max_connections=PUSH_MAX_CONNECTIONS,
                             max_keepalive_connections=PUSH_MAX_KEEPALIVE),
         follow_redirects=False, http2=http2, verify=verify, trust_env=False,
-        transport=transport)
+        # Answers are read raw and bounded (``post_bounded``): no compression to inflate.
+        headers={"Accept-Encoding": "identity"}, transport=transport)
 
 
 def parse_retry_after(value: str | None, *, now: Callable[[], float] = time.time

@@ -32,7 +32,7 @@ import jwt
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from relay.push_http import network_failure, new_push_client, outcome_for_status
+from relay.push_http import PushAnswer, new_push_client, outcome_for_status, post_bounded
 from relay.push_providers import PushOutcome, PushResult, PushTarget
 
 __all__ = [
@@ -127,6 +127,7 @@ class WebPushProvider:
         self._allow_loopback_http = allow_loopback_http
         self._ttl_s = ttl_s
         self._now = now
+        self._deadline_s = 2 * timeout_s
         self._client = new_push_client(timeout_s=timeout_s, verify=verify, transport=transport)
 
     @property
@@ -168,11 +169,11 @@ class WebPushProvider:
         headers = {"TTL": str(self._ttl_s), "Urgency": "high" if urgent else "normal",
                    "Content-Encoding": "aes128gcm", "Content-Type": "application/octet-stream",
                    "Authorization": self._vapid_header(target.token)}
-        try:
-            response = await self._client.post(target.token, content=body, headers=headers)
-        except httpx.HTTPError as error:
-            return network_failure(error, detail="webpush")
-        return outcome_for_status(response.status_code, response.headers, detail="webpush",
+        answer = await post_bounded(self._client, target.token, content=body, headers=headers,
+                                    deadline_s=self._deadline_s, detail="webpush")
+        if not isinstance(answer, PushAnswer):
+            return answer
+        return outcome_for_status(answer.status, answer.headers, detail="webpush",
                                   now=self._now)
 
     async def aclose(self) -> None:

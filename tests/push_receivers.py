@@ -39,7 +39,7 @@ from hypercorn.config import Config
 from hypercorn.trio import serve as hypercorn_serve
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from relay.tls import ensure_development_certificate
@@ -52,6 +52,10 @@ class Answer:
     body: dict[str, Any] | None = None
     hang: bool = False
     """Never answer (the client's timeout is what ends the request)."""
+    endless: bool = False
+    """Answer ``status`` with a body that never ends, as fast as it can."""
+    trickle: bool = False
+    """Answer ``status`` with a body that never ends, one byte every 50 ms."""
 
 
 @dataclass
@@ -62,6 +66,15 @@ class Received:
     http_version: str
     payload: bytes | None = None
     """Web Push: the decrypted payload; FCM: the JSON message; APNs: the JSON body."""
+
+
+async def _endless(*, trickle: bool) -> AsyncIterator[bytes]:
+    while True:
+        if trickle:
+            await trio.sleep(0.05)
+            yield b"x"
+        else:
+            yield b"x" * 65536
 
 
 class _Receiver:
@@ -90,6 +103,9 @@ class _Receiver:
         answer = self.answers.pop(0) if self.answers else default
         if answer.hang:
             await trio.sleep_forever()
+        if answer.endless or answer.trickle:
+            return StreamingResponse(_endless(trickle=answer.trickle),
+                                     status_code=answer.status, headers=answer.headers)
         if answer.body is not None:
             return JSONResponse(answer.body, status_code=answer.status, headers=answer.headers)
         return Response(status_code=answer.status, headers=answer.headers)

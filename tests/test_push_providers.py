@@ -165,6 +165,28 @@ async def test_a_service_that_does_not_answer_is_retried(tmp_path: Path) -> None
     assert outcome == PushOutcome(result=PushResult.RETRY, detail="webpush timeout")
 
 
+@pytest.mark.parametrize("answer", [Answer(201, endless=True), Answer(503, endless=True)])
+async def test_an_endless_answer_is_read_no_further_than_its_start(
+        webpush: tuple[WebPushProvider, WebPushReceiver], answer: Answer) -> None:
+    provider, receiver = webpush
+    receiver.answers.append(answer)
+    with trio.fail_after(30):
+        outcome = await provider.send(webpush_target(receiver), urgent=False)
+    assert outcome.result is (PushResult.SENT if answer.status == 201 else PushResult.RETRY)
+
+
+async def test_a_trickling_answer_is_cut_at_the_deadline(tmp_path: Path) -> None:
+    """httpx's timeouts bound each read; a byte every 50 ms would never trip them."""
+    provider = build_providers(webpush_settings(tmp_path, push_timeout_s=0.2),
+                               tmp_path)["webpush"]
+    receiver = WebPushReceiver()
+    receiver.answers.append(Answer(201, trickle=True))
+    async with serving(receiver):
+        with trio.fail_after(30):
+            outcome = await provider.send(webpush_target(receiver), urgent=False)
+    assert outcome == PushOutcome(result=PushResult.RETRY, detail="webpush timeout")
+
+
 async def test_a_refused_connection_is_retried(tmp_path: Path) -> None:
     provider = build_providers(webpush_settings(tmp_path), tmp_path)["webpush"]
     receiver = WebPushReceiver()
