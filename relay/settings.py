@@ -114,7 +114,8 @@ class RelaySettings:
     """Relay processes sharing the UDP port (SO_REUSEPORT), each a node of the
     PostgreSQL cluster; more than 1 needs a PostgreSQL store (relay/supervisor.py)."""
     push_timeout_s: float = DEFAULT_PUSH_TIMEOUT_S
-    """Seconds for each request to a push service before it counts as a network failure."""
+    """Seconds for each step of a request to a push service (connect, write, each read), and
+    twice that for the whole request, before it counts as a network failure."""
     push_ttl_s: int = DEFAULT_PUSH_TTL_S
     """Seconds a push service keeps an undelivered wake-up."""
     push_webpush_subject: str | None = None
