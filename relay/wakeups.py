@@ -145,6 +145,8 @@ class WakeupScheduler:
         when the store is shared and only it knows."""
         self._noted: dict[DeviceKey, bool] = {}
         """Devices with new envelopes since the last schedule -> whether one was urgent."""
+        self._first_committed: dict[DeviceKey, int] = {}
+        """Noted devices -> when their earliest noted envelope was committed (ms)."""
         self._connected: set[DeviceKey] = set()
         """Devices that connected since the last pass: their wake-ups are forgotten."""
         self._left: set[DeviceKey] = set()
@@ -193,6 +195,7 @@ class WakeupScheduler:
             if self._is_connected(key):
                 continue
             self._noted[key] = self._noted.get(key, False) or urgent
+            self._first_committed.setdefault(key, envelope.accepted_at)
             noted = True
         if noted:
             self._work.set()
@@ -200,6 +203,7 @@ class WakeupScheduler:
     def device_connected(self, device: DeviceKey) -> None:
         """The device authenticated here: no wake-up for it, and coalescing starts anew."""
         self._noted.pop(device, None)
+        self._first_committed.pop(device, None)
         if self._targets is None or device in self._targets:
             self._connected.add(device)
             self._work.set()
@@ -266,6 +270,7 @@ class WakeupScheduler:
     async def _pass(self, nursery: trio.Nursery) -> None:
         connected, self._connected = self._connected, set()
         noted, self._noted = self._noted, {}
+        first_committed, self._first_committed = self._first_committed, {}
         left, self._left = self._left, set()
         try:
             for user_id, device_id in sorted(connected):
@@ -284,7 +289,7 @@ class WakeupScheduler:
                 now = self._now_ms()
                 done = await self._store.schedule_wakeups(
                     away, now=now, interval_ms=self._interval_ms,
-                    urgent_interval_ms=self._urgent_interval_ms)
+                    urgent_interval_ms=self._urgent_interval_ms, committed_at=first_committed)
                 noted = {}
                 for provider, count in done.scheduled.items():
                     self._metrics.pushes["scheduled", provider] += count
@@ -297,6 +302,9 @@ class WakeupScheduler:
             self._left |= left
             for key, urgent in noted.items():
                 self._noted[key] = self._noted.get(key, False) or urgent
+                if key in first_committed:
+                    self._first_committed[key] = min(
+                        first_committed[key], self._first_committed.get(key, first_committed[key]))
             raise
         free = self._max_concurrent - self._in_flight
         now = self._now_ms()

@@ -18,7 +18,7 @@ runs inside the caller's transaction.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from storage.push_records import (
@@ -226,6 +226,7 @@ def _devices_with_targets(connection: Connection, statements: _Statements,
 def schedule_wakeups(connection: Connection, dialect: Dialect,
                      devices: Iterable[tuple[str, int, bool]], *, now: int,
                      interval_ms: int, urgent_interval_ms: int = 0,
+                     committed_at: Mapping[tuple[str, int], int] | None = None,
                      own_channel: str | None = None) -> WakeupsScheduled:
     """See ``WakeupQueue.schedule_wakeups``; ``own_channel`` is the asking node's LISTEN
     channel on a shared store (its own presence rows do not count)."""
@@ -249,13 +250,14 @@ def schedule_wakeups(connection: Connection, dialect: Dialect,
         if row is None:  # the target went meanwhile, or a node holds the device
             continue
         provider, pushed, pushed_at, pushed_urgently = str(row[0]), row[1], row[2], row[3]
+        first = now if committed_at is None else committed_at.get((user_id, device_id), now)
         if pushed is None:
             connection.execute(statements.insert_wakeup,
-                               (user_id, device_id, int(urgent), now, now))
+                               (user_id, device_id, int(urgent), now, first))
         elif pushed and (pushed_at + interval_ms <= now or (urgent and (
                 not pushed_urgently or pushed_at + urgent_interval_ms <= now))):
             connection.execute(statements.rearm_wakeup,
-                               (int(urgent), now, now, user_id, device_id))
+                               (int(urgent), now, first, user_id, device_id))
         else:
             if urgent:  # pending: it goes out as urgent
                 connection.execute(statements.mark_urgent, (user_id, device_id))

@@ -7,7 +7,7 @@ are on ``storage.interfaces.push``.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from storage import push_sql
 from storage.core_store import BackendHooks
@@ -43,12 +43,15 @@ class PushStoreMethods(BackendHooks):
             connection, self._dialect))
 
     async def schedule_wakeups(self, devices: Iterable[tuple[str, int, bool]], *, now: int,
-                               interval_ms: int, urgent_interval_ms: int = 0) -> WakeupsScheduled:
+                               interval_ms: int, urgent_interval_ms: int = 0,
+                               committed_at: Mapping[tuple[str, int], int] | None = None,
+                               ) -> WakeupsScheduled:
         wanted = tuple(devices)  # a snapshot: the writer runs it later, in its thread
         own_channel = self._presence_channel()
         return await self._write(lambda connection: push_sql.schedule_wakeups(
             connection, self._dialect, wanted, now=now, interval_ms=interval_ms,
-            urgent_interval_ms=urgent_interval_ms, own_channel=own_channel))
+            urgent_interval_ms=urgent_interval_ms, committed_at=committed_at,
+            own_channel=own_channel))
 
     async def clear_wakeup(self, *, user_id: str, device_id: int) -> None:
         await self._write(lambda connection: push_sql.clear_wakeup(

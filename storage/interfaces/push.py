@@ -7,7 +7,7 @@ Wake-ups are deleted with their target.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Protocol
 
 from storage.push_records import StoredPushTarget, WakeupClaims, WakeupResult, WakeupsScheduled
@@ -47,13 +47,16 @@ class WakeupQueue(Protocol):
     """
 
     async def schedule_wakeups(self, devices: Iterable[tuple[str, int, bool]], *, now: int,
-                               interval_ms: int, urgent_interval_ms: int = 0) -> WakeupsScheduled:
+                               interval_ms: int, urgent_interval_ms: int = 0,
+                               committed_at: Mapping[tuple[str, int], int] | None = None,
+                               ) -> WakeupsScheduled:
         """Envelopes were committed for these (user id, device id, urgent) devices, which are
         connected to no node this relay knows of: make a wake-up due now for each that has a
         target, unless one is already pending, or one was pushed less than ``interval_ms``
         ago (then the device counts as coalesced). An urgent envelope makes it due at once
         even then, unless the last push was urgent too and less than ``urgent_interval_ms``
-        ago. On a store
+        ago. ``committed_at`` gives, by device, when its first envelope was committed (the
+        delay metric; ``now`` for a device it does not name). On a store
         shared by several nodes, devices held by another node (presence) are left out.
         """
         ...
