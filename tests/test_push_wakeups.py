@@ -17,7 +17,7 @@ import trio
 import trio.testing
 
 from relay.metrics import RelayMetrics
-from relay.push_providers import PushOutcome, PushResult
+from relay.push_providers import PushOutcome, PushResult, PushTarget
 from relay.wakeups import (
     MAX_PUSH_ATTEMPTS,
     RETRY_BACKOFF_CAP_S,
@@ -88,12 +88,13 @@ async def _harness(path: pathlib.Path, clock: trio.testing.MockClock,
         nursery.cancel_scope.cancel()
 
 
-async def _away_device(harness: Harness) -> tuple[User, User, int]:
+async def _away_device(harness: Harness, target: StoredPushTarget = TARGET,
+                       ) -> tuple[User, User, int]:
     """A sender, and a recipient device with a target that is not connected."""
     sender, _ = await _enrolled(harness.store)
     recipient, [device_id] = await _enrolled(harness.store)
     assert await harness.store.set_push_target(user_id=recipient.user_id, device_id=device_id,
-                                               target=TARGET, now=_now_ms())
+                                               target=target, now=_now_ms())
     harness.scheduler.target_set((recipient.user_id, device_id))
     return sender, recipient, device_id
 
@@ -287,3 +288,32 @@ def test_the_back_off_doubles_up_to_its_cap_and_bounds_retry_after() -> None:
     assert retry_delay_s(1, 10.0**9) == 3600.0  # a hostile Retry-After is bounded
     assert retry_delay_s(1, float("nan")) == RETRY_BACKOFF_FIRST_S
     assert retry_delay_s(1, -5.0) == RETRY_BACKOFF_FIRST_S
+
+
+async def test_a_device_that_leaves_with_envelopes_queued_is_woken_and_one_that_read_all_not(
+        database: pathlib.Path, mock_clock: trio.testing.MockClock) -> None:
+    async with _harness(database, mock_clock) as harness:
+        sender, recipient, device_id = await _away_device(harness)
+        _, reader, reader_device = await _away_device(
+            harness, StoredPushTarget(provider="outbox", token="read-everything"))
+        key, reader_key = (recipient.user_id, device_id), (reader.user_id, reader_device)
+        for device in (key, reader_key):
+            harness.connected.add(device)
+            harness.scheduler.device_connected(device)
+        # Committed while the relay still held both connections: delivered, not acknowledged.
+        await harness.deliver(sender, recipient, device_id)
+        await harness.deliver(sender, reader, reader_device)
+        await harness.settled()
+        assert harness.provider.sent == []
+        [envelope] = await harness.store.fetch_queue(user_id=reader.user_id,
+                                                     device_id=reader_device,
+                                                     after_envelope_id=0, limit=10, now=NOW)
+        await harness.store.acknowledge(user_id=reader.user_id, device_id=reader_device,
+                                        envelope_ids=[envelope.envelope_id])
+        for device in (key, reader_key):
+            harness.connected.discard(device)
+            harness.scheduler.device_disconnected(device)
+        await harness.settled()
+        assert [push.target for push in harness.provider.sent] == [
+            PushTarget(provider="outbox", token="wake-me")]
+        assert len(harness.provider.sent) == 1
