@@ -39,7 +39,7 @@ from relay.session import DeviceSession
 from relay.settings import RelaySettings
 from relay.telemetry import relay_registry
 from relay.tls import ensure_development_certificate
-from relay.wakeups import WakeupScheduler
+from relay.wakeups import WakeupScheduler, lease_for
 from storage.base import Store
 from storage.store_url import open_store, parse_store_url
 from transport.quic import QuicEndpoint, QuicLink, open_udp_socket
@@ -248,7 +248,8 @@ def _wakeup_services(context: RelayContext,
     scheduler = WakeupScheduler(
         store=store, providers=providers, metrics=context.metrics, now_ms=context.now_ms,
         is_connected=sessions.__contains__,
-        shared_store=store.cluster_wakeups() is not None)
+        shared_store=store.cluster_wakeups() is not None,
+        lease_s=lease_for(context.settings.push_timeout_s))
     context.wakeups = scheduler
     context.push = PushRegistry(store=store, providers=providers, changes=scheduler,
                                 metrics=context.metrics, now_ms=context.now_ms)

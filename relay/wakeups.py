@@ -49,6 +49,7 @@ __all__ = [
     "WAKEUP_INTERVAL_S",
     "WakeupScheduler",
     "WakeupStore",
+    "lease_for",
     "retry_delay_s",
 ]
 
@@ -70,8 +71,9 @@ MAX_CONCURRENT_PUSHES = 16
 the providers' timeout, so a slow service cannot pile up tasks."""
 
 CLAIM_LEASE_S = 120.0
-"""How long a claimed wake-up is this node's alone: longer than any provider's request
-(``push_timeout_s``), so another node sends it again only if this one died meanwhile."""
+"""How long a claimed wake-up is this node's alone, at least: far longer than a provider's
+request (at most twice ``push_timeout_s``, 10 s by default; ``lease_for`` stretches it for a
+longer setting), so another node sends it again only if this one died meanwhile."""
 
 RETRY_BACKOFF_FIRST_S = 5.0
 """The wait after a first RETRY (5xx, 429, network failure); doubled at each further one."""
@@ -98,6 +100,12 @@ STORE_FAILURE_PAUSE_S = 1.0
 class WakeupStore(PushTargetStore, WakeupQueue, EnvelopeQueue, Protocol):
     """What the scheduler needs of the store: the targets, the wake-up queue, and the depth of
     a device's queue (a device that left with envelopes unread is woken)."""
+
+
+def lease_for(push_timeout_s: float) -> float:
+    """The claim lease for providers whose requests end within twice ``push_timeout_s``:
+    CLAIM_LEASE_S, or four such requests if that is longer."""
+    return max(CLAIM_LEASE_S, 8 * push_timeout_s)
 
 
 def retry_delay_s(attempts: int, retry_after_s: float | None) -> float:

@@ -19,11 +19,13 @@ import trio.testing
 from relay.metrics import RelayMetrics
 from relay.push_providers import PushOutcome, PushResult, PushTarget
 from relay.wakeups import (
+    CLAIM_LEASE_S,
     MAX_PUSH_ATTEMPTS,
     RETRY_BACKOFF_CAP_S,
     RETRY_BACKOFF_FIRST_S,
     WAKEUP_INTERVAL_S,
     WakeupScheduler,
+    lease_for,
     retry_delay_s,
 )
 from storage.base import Store, User
@@ -317,3 +319,8 @@ async def test_a_device_that_leaves_with_envelopes_queued_is_woken_and_one_that_
         assert [push.target for push in harness.provider.sent] == [
             PushTarget(provider="outbox", token="wake-me")]
         assert len(harness.provider.sent) == 1
+
+
+def test_the_claim_lease_outlasts_the_longest_provider_request() -> None:
+    assert lease_for(5.0) == CLAIM_LEASE_S
+    assert lease_for(100.0) > 2 * 100.0  # a request ends within twice push_timeout_s
