@@ -507,3 +507,48 @@ def test_unusable_credentials_are_named_not_shown(tmp_path: Path) -> None:
             build_providers(settings, tmp_path)
         assert "TOP-SECRET-MARKER" not in str(raised.value)
         assert str(tmp_path) in str(raised.value)
+
+
+async def test_apns_keeps_one_provider_token_for_45_minutes_then_signs_another(
+        tmp_path: Path) -> None:
+    """Apple refuses tokens older than an hour, and too frequent new ones."""
+    receiver = ApnsReceiver()
+    clock = [time.time() - 50 * 60]
+    async with serving(receiver, tls_dir=tmp_path / "tls") as base_url:
+        provider = ApnsProvider(
+            key=receiver.key, key_id=receiver.key_id, team_id=receiver.team_id,
+            topic=receiver.topic, host=base_url, timeout_s=2.0, ttl_s=60,
+            now=lambda: clock[0],
+            verify=ssl.create_default_context(cafile=str(tmp_path / "tls" / "cert.pem")))
+        target = PushTarget(provider="apns", token=DEVICE_TOKEN)
+        with trio.fail_after(30):
+            for advance_s in (0, 30 * 60, 16 * 60):
+                clock[0] += advance_s
+                assert (await provider.send(target, urgent=False)).result is PushResult.SENT
+        await provider.aclose()
+    assert receiver.problems == []
+    tokens = [item.headers["authorization"] for item in receiver.received]
+    assert tokens[0] == tokens[1] != tokens[2]
+
+
+async def test_fcm_renews_its_access_token_before_it_expires(tmp_path: Path) -> None:
+    receiver = FcmReceiver()
+    clock = [time.time() - 3300]  # the last send happens now: the service checks iat
+    async with serving(receiver) as base_url:
+        credentials = tmp_path / "fcm.json"
+        credentials.write_text(json.dumps(receiver.make_account()))
+        from relay.push_fcm import load_fcm_credentials
+
+        provider = FcmProvider(credentials=load_fcm_credentials(credentials),
+                               base_url=base_url, timeout_s=2.0, ttl_s=60,
+                               now=lambda: clock[0])
+        target = PushTarget(provider="fcm", token=FCM_TOKEN)
+        with trio.fail_after(30):
+            for advance_s in (0, 3000, 300):  # the token lasts 3599 s; renewed 300 s early
+                clock[0] += advance_s
+                assert (await provider.send(target, urgent=False)).result is PushResult.SENT
+        await provider.aclose()
+    assert receiver.problems == []
+    assert receiver.token_requests == 2
+    bearers = [item.headers["authorization"] for item in receiver.received]
+    assert bearers[0] == bearers[1] != bearers[2]
