@@ -86,12 +86,14 @@ MAX_RETRY_AFTER_S = 60 * 60.0
 not park a wake-up for days."""
 
 MAX_PUSH_ATTEMPTS = 8
-"""Attempts of one wake-up before it is given up (counted as failed): about half an hour of
-back-off. The next envelope after the interval tries again."""
+"""Attempts of one wake-up before it is given up (counted as failed): about ten minutes of
+back-off, longer when the service asks for it. The next envelope after the interval tries
+again."""
 
 CLUSTER_POLL_S = 2.0
 """On a store several nodes share, how often a node looks for wake-ups due that it did not
-schedule itself (another node's retry whose node died): no faster than every second."""
+schedule itself (another node's retry whose node died): no faster than every second. A look
+is a read; it claims (a write) only when one is due."""
 
 STORE_FAILURE_PAUSE_S = 1.0
 """The pause after a failed store call before the scheduler tries again."""
@@ -316,10 +318,14 @@ class WakeupScheduler:
             raise
         free = self._max_concurrent - self._in_flight
         now = self._now_ms()
+        if free <= 0:
+            return
+        if self._shared and (self._due_at is None or self._due_at > now):
+            # Other nodes schedule and retry too: look (a read) before claiming (a write).
+            self._due_at = await self._store.next_wakeup_due()
         # A store serving this node alone holds no wake-up due that this node did not make
-        # due (then ``_due_at`` says when): no claim, no write, otherwise. A shared store may.
-        if free <= 0 or not (self._shared or (self._due_at is not None
-                                              and self._due_at <= now)):
+        # due (then ``_due_at`` says when): no claim, no write, otherwise.
+        if self._due_at is None or self._due_at > now:
             return
         claim_token = secrets.token_bytes(16)
         claims = await self._store.claim_wakeups(now=now, limit=free, lease_ms=self._lease_ms,

@@ -38,6 +38,7 @@ __all__ = [
     "clear_wakeup",
     "finish_wakeup",
     "get_push_target",
+    "next_wakeup_due",
     "push_target_devices",
     "recover_wakeups",
     "schedule_wakeups",
@@ -319,6 +320,12 @@ def finish_wakeup(connection: Connection, dialect: Dialect, *, user_id: str, dev
                           (user_id, device_id, target.provider, target.token)).rowcount == 0:
         connection.execute(statements.finish_retry, (now, user_id, device_id, claim_token))
     return True
+
+
+def next_wakeup_due(connection: Connection, dialect: Dialect) -> int | None:
+    """See ``WakeupQueue.next_wakeup_due``."""
+    (next_due,) = connection.execute(_STATEMENTS[dialect].next_due).fetchone()
+    return None if next_due is None else int(next_due)
 
 
 def recover_wakeups(connection: Connection, dialect: Dialect, *, now: int) -> int:

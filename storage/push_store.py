@@ -72,6 +72,10 @@ class PushStoreMethods(BackendHooks):
             claim_token=claim_token, result=result, now=now, retry_at=retry_at, target=target,
             sent_urgent=sent_urgent))
 
+    async def next_wakeup_due(self) -> int | None:
+        return await self._read(lambda connection: push_sql.next_wakeup_due(
+            connection, self._dialect))
+
     async def recover_wakeups(self, *, now: int) -> int:
         return await self._write(lambda connection: push_sql.recover_wakeups(
             connection, self._dialect, now=now))

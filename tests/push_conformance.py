@@ -169,6 +169,7 @@ async def test_a_claim_is_taken_once_until_its_lease_ends(store: Store) -> None:
         device_id]
     assert claims.next_due_at is not None and claims.next_due_at <= NOW + LEASE_MS
     assert await _claim_for(store, user, NOW + LEASE_MS - 1) == []
+    assert await store.next_wakeup_due() == claims.next_due_at
     # The claimer died: once its lease ended, another takes the wake-up over.
     [claim] = await _claim_for(store, user, NOW + LEASE_MS)
     assert claim.attempts == 1
@@ -214,6 +215,7 @@ async def test_a_gone_target_is_deleted_with_its_wakeup(store: Store) -> None:
                                      target=OUTBOX)
     assert await store.get_push_target(user_id=user.user_id, device_id=device_id) is None
     assert await _claim_for(store, user, NOW + 10 * LEASE_MS) == []
+    assert await store.next_wakeup_due() is None
 
 
 async def test_a_gone_target_replaced_meanwhile_stays_and_its_wakeup_is_due_again(

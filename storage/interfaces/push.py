@@ -83,6 +83,11 @@ class WakeupQueue(Protocol):
         another claim took it)."""
         ...
 
+    async def next_wakeup_due(self) -> int | None:
+        """When the earliest pending wake-up falls due (claimed ones at their lease's end), or
+        None when none is pending: a read, for a node to look before it claims."""
+        ...
+
     async def recover_wakeups(self, *, now: int) -> int:
         """After a restart: make a wake-up due for every device with a target, a non-empty
         queue, no wake-up and (on a shared store) no node holding it, so that an envelope
