@@ -32,8 +32,8 @@ from wire.push_frames import (
     RegisteredPushTarget,
 )
 
-__all__ = ["PUSH_SETS_PER_HOUR", "PUSH_SET_PERIOD_MS", "PushRegistry", "PushRegistryStore",
-           "TargetChanges"]
+__all__ = ["PUSH_SETS_PER_HOUR", "PUSH_SET_PERIOD_MS", "PUSH_SET_RETRY_AFTER_MS", "PushRegistry",
+           "PushRegistryStore", "TargetChanges"]
 
 log = structlog.get_logger("relay.push_registry")
 
@@ -57,8 +57,13 @@ class TargetChanges(Protocol):
     def target_cleared(self, device: tuple[str, int]) -> None: ...
 
 
-def _error(code: ErrorCode, reason: str) -> bytes:
-    return encode_frame(Error(code=code, reason=reason[:MAX_REASON_LENGTH]))
+PUSH_SET_RETRY_AFTER_MS = PUSH_SET_PERIOD_MS // PUSH_SETS_PER_HOUR
+"""When a device over its budget may try again: one registration comes back this often."""
+
+
+def _error(code: ErrorCode, reason: str, retry_after_ms: int | None = None) -> bytes:
+    return encode_frame(Error(code=code, reason=reason[:MAX_REASON_LENGTH],
+                              retry_after_ms=retry_after_ms))
 
 
 class PushRegistry:
@@ -100,7 +105,7 @@ class PushRegistry:
                 period_ms=PUSH_SET_PERIOD_MS, now=self._now_ms()):
             return self._refuse("rate_limited", frame.provider, ErrorCode.RATE_LIMITED,
                                 f"at most {PUSH_SETS_PER_HOUR} push targets an hour; retry "
-                                "later")
+                                "later", retry_after_ms=PUSH_SET_RETRY_AFTER_MS)
         provider = self._providers.get(frame.provider)
         if provider is None:
             return self._refuse("provider_unavailable", frame.provider,
@@ -125,10 +130,11 @@ class PushRegistry:
         log.info("push_target_set", provider=frame.provider)
         return encode_frame(PushTargetSet())
 
-    def _refuse(self, outcome: str, provider: str, code: ErrorCode, reason: str) -> bytes:
+    def _refuse(self, outcome: str, provider: str, code: ErrorCode, reason: str, *,
+                retry_after_ms: int | None = None) -> bytes:
         self._count(outcome, provider)
         log.info("push_target_refused", outcome=outcome, provider=provider)
-        return _error(code, reason)
+        return _error(code, reason, retry_after_ms)
 
     def _count(self, outcome: str, provider: str = "") -> None:
         self._metrics.push_targets[outcome, provider] += 1
