@@ -137,7 +137,8 @@ async def test_a_device_sets_reads_and_clears_its_target_and_bad_targets_change_
 
 
 async def test_an_away_device_gets_one_push_however_many_messages_and_a_connected_one_none(
-        push_relay: RelayUnderTest, provider: RecordingProvider) -> None:
+        push_relay: RelayUnderTest, provider: RecordingProvider,
+        capsys: pytest.CaptureFixture[str]) -> None:
     sender = await enrol(push_relay, PHONE_A)
     away = await enrol(push_relay, PHONE_B)
     await _register(push_relay, away, "away-token")
@@ -179,8 +180,11 @@ async def test_an_away_device_gets_one_push_however_many_messages_and_a_connecte
                                              SmsOutcomes())).decode()
     assert 'cryptopass_pushes_sent_total{provider="outbox"} 3.0' in scraped
     assert "cryptopass_push_delay_seconds_count 3.0" in scraped
+    logs = capsys.readouterr()
+    assert "push_target_set" in logs.out + logs.err  # the relay's logs were captured
     for secret in ("away-token", away.user_id, sender.user_id, PHONE_B):
         assert secret not in scraped
+        assert secret not in logs.out + logs.err
 
 
 async def test_a_gone_target_is_deleted_and_the_device_pushed_no_more(
