@@ -295,6 +295,12 @@ class WakeupScheduler:
             away = [(user_id, device_id, urgent)
                     for (user_id, device_id), urgent in noted.items()
                     if not self._is_connected((user_id, device_id))]
+            if away and self._targets is None:
+                # A shared store: most recipients have no target, and the writer, which
+                # commits every send, need not hear of them (a read leaves them out).
+                with_targets = await self._store.devices_with_targets(
+                    (user_id, device_id) for user_id, device_id, _ in away)
+                away = [device for device in away if device[:2] in with_targets]
             if away:
                 now = self._now_ms()
                 done = await self._store.schedule_wakeups(

@@ -36,6 +36,7 @@ __all__ = [
     "claim_wakeups",
     "clear_push_target",
     "clear_wakeup",
+    "devices_with_targets",
     "finish_wakeup",
     "get_push_target",
     "next_wakeup_due",
@@ -212,9 +213,19 @@ def _target(row: Sequence[Any]) -> StoredPushTarget:
                             auth=None if auth is None else bytes(auth))
 
 
+def devices_with_targets(connection: Connection, dialect: Dialect,
+                         devices: Iterable[tuple[str, int]]) -> set[tuple[str, int]]:
+    """See ``PushTargetStore.devices_with_targets``."""
+    wanted = set(devices)
+    user_ids = sorted({user_id for user_id, _ in wanted})
+    return _devices_with_targets(connection, _STATEMENTS[dialect], user_ids) & wanted
+
+
 def _devices_with_targets(connection: Connection, statements: _Statements,
                           user_ids: list[str]) -> set[tuple[str, int]]:
     """The devices of these users that have a target: one statement on PostgreSQL."""
+    if not user_ids:
+        return set()
     if statements.shared:
         rows = connection.execute(statements.targets_of_users, (user_ids,)).fetchall()
     else:

@@ -38,6 +38,12 @@ class PushStoreMethods(BackendHooks):
         return await self._read(lambda connection: push_sql.get_push_target(
             connection, self._dialect, user_id=user_id, device_id=device_id))
 
+    async def devices_with_targets(self, devices: Iterable[tuple[str, int]],
+                                   ) -> set[tuple[str, int]]:
+        wanted = tuple(devices)
+        return await self._read(lambda connection: push_sql.devices_with_targets(
+            connection, self._dialect, wanted))
+
     async def push_target_devices(self) -> list[tuple[str, int]]:
         return await self._read(lambda connection: push_sql.push_target_devices(
             connection, self._dialect))

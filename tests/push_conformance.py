@@ -88,6 +88,11 @@ async def test_a_target_is_set_replaced_read_and_cleared(store: Store) -> None:
     assert await store.set_push_target(user_id=user.user_id, device_id=device_id,
                                        target=WEBPUSH, now=NOW)
     assert await store.get_push_target(user_id=user.user_id, device_id=device_id) == WEBPUSH
+    other, [other_device] = await _enrolled(store)
+    assert await store.devices_with_targets(
+        [(user.user_id, device_id), (user.user_id, device_id + 1),
+         (other.user_id, other_device)]) == {(user.user_id, device_id)}
+    assert await store.devices_with_targets([]) == set()
     await store.clear_push_target(user_id=user.user_id, device_id=device_id)
     assert await store.get_push_target(user_id=user.user_id, device_id=device_id) is None
     assert (user.user_id, device_id) not in await store.push_target_devices()

@@ -33,6 +33,11 @@ class PushTargetStore(Protocol):
         """The device's target, or None."""
         ...
 
+    async def devices_with_targets(self, devices: Iterable[tuple[str, int]],
+                                   ) -> set[tuple[str, int]]:
+        """Those of ``devices`` (user id, device id) that have a target: a read."""
+        ...
+
     async def push_target_devices(self) -> list[tuple[str, int]]:
         """Every device that has a target, as (user id, device id)."""
         ...
