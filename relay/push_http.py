@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import email.utils
 import json
+import logging
 import ssl
 import time
 from collections.abc import Callable, Mapping
@@ -41,6 +42,12 @@ PUSH_MAX_CONNECTIONS = 20
 few at a time; a bound keeps a burst of wake-ups from opening hundreds of sockets."""
 PUSH_MAX_KEEPALIVE = 10
 """Idle connections kept for the next wake-up (one push service host needs one or two)."""
+# httpx logs each request's URL at INFO, httpcore its headers at DEBUG: a Web Push endpoint is a
+# capability, an APNs path holds the device token, a header the credentials. Whatever logging an
+# operator sets up, those lines never reach it.
+for _library in ("httpx", "httpcore"):
+    logging.getLogger(_library).setLevel(logging.WARNING)
+
 MAX_ANSWER_BYTES = 64 * 1024
 """Of a push service's answer, only this much is read (its error JSON is a few hundred bytes):
 an endpoint that answers without end cannot fill the relay's memory."""

@@ -159,6 +159,8 @@ async def test_a_push_carries_no_sender_number_size_or_content(tmp_path: Path) -
                    sender.user_id.encode(), recipient.user_id.encode(), str(size).encode()):
         assert secret not in raw
         assert secret not in (pushed.payload or b"")
+    # Nor does the relay's log name the endpoint (a capability) or its path.
+    assert endpoint.rpartition("/")[2] not in json.dumps(relay.events)
 
 
 async def test_receive_push_wait_explains_a_relay_that_refuses_loopback(tmp_path: Path) -> None:

@@ -69,3 +69,17 @@ async def test_a_relay_wakes_android_and_ios_devices_through_fcm_and_apns(
     for body in (sent_to_fcm[0].body, ios.body):
         for secret in (b"to bob", b"to carol", ALICE.encode(), alice.user_id.encode()):
             assert secret not in body
+    # The relay's log holds no device token, credential or access token.
+    logged = json.dumps(relay.events)
+    for secret in (FCM_TOKEN, APNS_TOKEN, *fcm.issued, fcm.account["private_key_id"],
+                   ios.headers["authorization"].split()[1]):
+        assert secret not in logged
+
+
+def test_the_http_libraries_never_log_a_request() -> None:
+    import logging
+
+    import relay.push_http  # noqa: F401 (importing it quiets them)
+
+    for library in ("httpx", "httpcore"):
+        assert not logging.getLogger(library).isEnabledFor(logging.INFO)
