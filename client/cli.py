@@ -53,15 +53,7 @@ from client.messenger import (
 from client.prekey_upkeep import MissingPrekeysError
 from client.profile import Profile, ProfileError
 from client.profile_files import ProfileBusyError
-from client.push import (
-    PushState,
-    PushSubscription,
-    forget_push_state,
-    load_push_state,
-    new_outbox_token,
-    open_push_endpoint,
-    save_push_state,
-)
+from client.push_cli import CommandKit, push_commands, receive_push_wait
 from crypto.primitives import CryptoError
 from crypto.provisioning import LinkCodeError, ProvisioningError
 from crypto.safety_number import format_safety_number
@@ -477,7 +469,7 @@ def receive(follow: Annotated[bool, typer.Option(
         if follow:
             _fail("--push-wait and --follow exclude each other: --push-wait waits "
                   "disconnected, --follow connected")
-        _receive_push_wait(profile, push_listen, count=count, timeout=timeout)
+        receive_push_wait(_kit, profile, push_listen, count=count, timeout=timeout)
         return
 
     async def work() -> None:
@@ -526,74 +518,6 @@ def _print_message(message: ReceivedMessage) -> None:
     sys.stdout.flush()
     if message.identity_changed and message.content is not None:
         _warn_identity_changed(message, message.content.sender_phone)
-
-
-def _receive_push_wait(profile: Profile, listen: str, *, count: int | None,
-                       timeout: float | None) -> None:
-    """``receive --push-wait``: the whole wake-up cycle of a phone, in a terminal."""
-
-    async def drain(messenger: Messenger, received: int) -> int:
-        async with aclosing(messenger.messages(stop_when_empty=True)) as messages:
-            async for message in messages:
-                _print_message(message)
-                received += 1
-                if count is not None and received >= count:
-                    break
-        return received
-
-    async def work() -> None:
-        with trio.move_on_after(timeout if timeout is not None else float("inf")) as waiting:
-            await cycle()
-        if waiting.cancelled_caught:
-            typer.echo(f"error: no wake-up within {timeout:g} s (the push target stays "
-                       f"registered; `{_command('push', 'clear')}` removes it)", err=True)
-            sys.exit(1)
-
-    async def cycle() -> None:
-        async with open_push_endpoint(listen) as endpoint:
-            subscription = endpoint.subscription
-            async with Messenger.connect(profile) as messenger:
-                try:
-                    await messenger.client.set_push_target(
-                        "webpush", endpoint.url, p256dh=subscription.p256dh,
-                        auth=subscription.auth)
-                except RelayError as error:
-                    if error.code not in (ErrorCode.INVALID_PUSH_TARGET,
-                                          ErrorCode.PUSH_PROVIDER_UNAVAILABLE):
-                        raise
-                    _fail(f"the relay refused this command's loopback Web Push endpoint "
-                          f"({error.code.name}: {error.reason}); --push-wait needs a relay "
-                          f"with push_webpush_subject set and "
-                          f"push_webpush_allow_loopback_http = true (docs/PUSH.md)")
-                save_push_state(profile.directory, PushState(
-                    provider="webpush", token=endpoint.url, subscription=subscription))
-                received = await drain(messenger, 0)
-                if count is not None and received >= count:  # no need to wait at all
-                    await messenger.client.clear_push_target()
-                    forget_push_state(profile.directory)
-                    return
-            wakes = 0
-            try:
-                while count is None or received < count:
-                    typer.echo(f"Waiting for a wake-up push on {endpoint.address} "
-                               f"(disconnected) ...", err=True)
-                    await endpoint.wait(wakes + 1)
-                    wakes = endpoint.wakes
-                    typer.echo("Woken: connecting to fetch what arrived.", err=True)
-                    async with Messenger.connect(profile) as messenger:
-                        received = await drain(messenger, received)
-                        if count is None or received >= count:
-                            # The endpoint ends with this command: a target left behind
-                            # would have the relay retry a closed port.
-                            await messenger.client.clear_push_target()
-                            forget_push_state(profile.directory)
-                            break
-            finally:
-                if endpoint.refused:
-                    typer.echo(f"warning: {endpoint.refused} request(s) to the endpoint "
-                               f"were not wake-ups of this subscription", err=True)
-
-    _run(work)
 
 
 @app.command("safety-number")
@@ -689,88 +613,9 @@ def devices_remove(device_id: Annotated[int, typer.Argument(
     _run(work)
 
 
-push_app = typer.Typer(help="Wake-up pushes: how the relay wakes this device when it is not "
-                            "connected (docs/PUSH.md).", no_args_is_help=True)
-app.add_typer(push_app, name="push")
-PUSH_PROVIDERS = ("outbox", "webpush", "fcm", "apns")
-
-
-@push_app.command("set")
-def push_set(provider: Annotated[str, typer.Option(
-                 help="outbox (development: the relay writes wake-ups to its push-outbox.jsonl), "
-                      "webpush (a Web Push service's endpoint, --endpoint), fcm or apns (the "
-                      "platform's device token, --token).", show_default=False)],
-             endpoint: Annotated[str | None, typer.Option(
-                 help="webpush: the push service's endpoint URL for this device.",
-                 show_default=False)] = None,
-             token: Annotated[str | None, typer.Option(
-                 help="fcm, apns: the device token the platform gave the app; outbox: an id "
-                      "(default: a random one kept in the profile).",
-                 show_default=False)] = None) -> None:
-    """Register (or replace) the push target through which the relay wakes this device.
-
-    For webpush, a new subscription key pair and auth secret are made here and their private
-    part kept in the profile (push.json, 0600): only this device can read a wake-up.
-    """
-    if provider not in PUSH_PROVIDERS:
-        _fail(f"unknown push provider {provider!r}: choose one of {', '.join(PUSH_PROVIDERS)}")
-    if (provider == "webpush") != (endpoint is not None):
-        _fail("--endpoint URL goes with --provider webpush, and only with it")
-    if provider in ("fcm", "apns") and token is None:
-        _fail(f"--provider {provider} needs --token: the device token the platform gave the app")
-    profile = _enrolled_profile()
-    subscription = PushSubscription.new() if endpoint is not None else None
-    if endpoint is not None:
-        state = PushState(provider="webpush", token=endpoint, subscription=subscription)
-    else:
-        saved = load_push_state(profile.directory)
-        kept = saved.token if saved is not None and saved.provider == "outbox" else None
-        state = PushState(provider=provider, token=token or kept or new_outbox_token())
-
-    async def work() -> None:
-        async with Messenger.connect(profile) as messenger:
-            await messenger.client.set_push_target(
-                state.provider, state.token,
-                p256dh=subscription.p256dh if subscription else None,
-                auth=subscription.auth if subscription else None)
-            save_push_state(profile.directory, state)
-        typer.echo(json.dumps({"provider": state.provider, "token": state.token}))
-
-    _run(work)
-
-
-@push_app.command("show")
-def push_show() -> None:
-    """Print the push target the relay holds for this device, as a JSON line."""
-    profile = _enrolled_profile()
-
-    async def work() -> None:
-        async with Messenger.connect(profile) as messenger:
-            target = await messenger.client.get_push_target()
-        if target is None:
-            typer.echo(json.dumps({"provider": None}))
-            return
-        saved = load_push_state(profile.directory)
-        typer.echo(json.dumps({"provider": target[0], "token": target[1],
-                               "keys_in_profile": saved is not None
-                               and saved.subscription is not None
-                               and saved.token == target[1]}))
-
-    _run(work)
-
-
-@push_app.command("clear")
-def push_clear() -> None:
-    """Remove this device's push target: the relay no longer wakes it."""
-    profile = _enrolled_profile()
-
-    async def work() -> None:
-        async with Messenger.connect(profile) as messenger:
-            await messenger.client.clear_push_target()
-        forget_push_state(profile.directory)
-        typer.echo(json.dumps({"provider": None}))
-
-    _run(work)
+_kit = CommandKit(run=_run, enrolled_profile=_enrolled_profile, fail=_fail, command=_command,
+                  print_message=_print_message)
+app.add_typer(push_commands(_kit), name="push")
 
 
 @app.command()
