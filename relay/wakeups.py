@@ -46,6 +46,7 @@ __all__ = [
     "RETRY_BACKOFF_CAP_S",
     "RETRY_BACKOFF_FIRST_S",
     "URGENT_INTERVAL_S",
+    "URGENT_MEMORY_S",
     "WAKEUP_INTERVAL_S",
     "WakeupScheduler",
     "WakeupStore",
@@ -65,6 +66,11 @@ URGENT_INTERVAL_S = 5.0
 """An urgent envelope (a call offer) pushes at once even within WAKEUP_INTERVAL_S, but at most
 one urgent push per device in this many seconds: a ringing call is announced at once, a sender
 repeating urgent SENDs cannot make the relay flood a phone."""
+
+URGENT_MEMORY_S = 60.0
+"""How long an urgent envelope committed for a connected device keeps its urgency for a
+wake-up when that connection ends: as long as a call offer is worth ringing (the calls'
+signal TTL). A connection closing while a call offer reaches it makes the push urgent."""
 
 MAX_CONCURRENT_PUSHES = 16
 """Pushes in flight at once per node: each holds a connection to a push service for at most
@@ -161,6 +167,11 @@ class WakeupScheduler:
         """Devices that connected since the last pass: their wake-ups are forgotten."""
         self._left: set[DeviceKey] = set()
         """Devices whose connection ended since the last pass: woken if envelopes wait."""
+        self._urgent_while_connected: dict[DeviceKey, int] = {}
+        """Connected devices (with a target, on one node's store) that were sent an urgent
+        envelope -> when (ms): if the connection ends before they read it, the wake-up is
+        urgent (within URGENT_MEMORY_S). Bounded by the connected devices: an entry goes when
+        its device connects anew or its connection ends."""
         self._in_flight = 0
         self._work = trio.Event()
         self._pass_done = trio.Event()
@@ -203,6 +214,8 @@ class WakeupScheduler:
             if targets is not None and key not in targets:
                 continue
             if self._is_connected(key):
+                if urgent:  # delivered live, unless the connection is already ending
+                    self._urgent_while_connected[key] = envelope.accepted_at
                 continue
             self._noted[key] = self._noted.get(key, False) or urgent
             self._first_committed.setdefault(key, envelope.accepted_at)
@@ -214,6 +227,7 @@ class WakeupScheduler:
         """The device authenticated here: no wake-up for it, and coalescing starts anew."""
         self._noted.pop(device, None)
         self._first_committed.pop(device, None)
+        self._urgent_while_connected.pop(device, None)
         if self._targets is None or device in self._targets:
             self._connected.add(device)
             self._work.set()
@@ -287,10 +301,14 @@ class WakeupScheduler:
                 await self._store.clear_wakeup(user_id=user_id, device_id=device_id)
                 connected.discard((user_id, device_id))
             for user_id, device_id in sorted(left):
-                if (not self._is_connected((user_id, device_id))
-                        and (user_id, device_id) not in noted
+                urgent_at = self._urgent_while_connected.pop((user_id, device_id), None)
+                urgent = (urgent_at is not None
+                          and self._now_ms() - urgent_at <= URGENT_MEMORY_S * 1000)
+                if (user_id, device_id) in noted:
+                    noted[user_id, device_id] = noted[user_id, device_id] or urgent
+                elif (not self._is_connected((user_id, device_id))
                         and await self._store.queue_depth(user_id=user_id, device_id=device_id)):
-                    noted[user_id, device_id] = False
+                    noted[user_id, device_id] = urgent
                 left.discard((user_id, device_id))
             away = [(user_id, device_id, urgent)
                     for (user_id, device_id), urgent in noted.items()

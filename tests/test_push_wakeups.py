@@ -23,6 +23,7 @@ from relay.wakeups import (
     MAX_PUSH_ATTEMPTS,
     RETRY_BACKOFF_CAP_S,
     RETRY_BACKOFF_FIRST_S,
+    URGENT_MEMORY_S,
     WAKEUP_INTERVAL_S,
     WakeupScheduler,
     lease_for,
@@ -319,6 +320,39 @@ async def test_a_device_that_leaves_with_envelopes_queued_is_woken_and_one_that_
         assert [push.target for push in harness.provider.sent] == [
             PushTarget(provider="outbox", token="wake-me")]
         assert len(harness.provider.sent) == 1
+
+
+async def test_an_urgent_envelope_reaching_a_closing_connection_wakes_the_device_urgently(
+        database: pathlib.Path, mock_clock: trio.testing.MockClock) -> None:
+    # A call offer committed while the relay still counts the device connected (its connection
+    # is ending) is not read: the wake-up on disconnect must keep the offer's urgency.
+    async with _harness(database, mock_clock) as harness:
+        sender, recipient, device_id = await _away_device(harness)
+        key = (recipient.user_id, device_id)
+        harness.connected.add(key)
+        harness.scheduler.device_connected(key)
+        await harness.deliver(sender, recipient, device_id, urgent=True)
+        await harness.settled()
+        assert harness.provider.sent == []
+        harness.connected.discard(key)
+        harness.scheduler.device_disconnected(key)
+        await harness.settled()
+        assert [push.urgent for push in harness.provider.sent] == [True]
+
+
+async def test_an_old_urgent_envelope_does_not_make_a_later_wakeup_urgent(
+        database: pathlib.Path, mock_clock: trio.testing.MockClock) -> None:
+    async with _harness(database, mock_clock) as harness:
+        sender, recipient, device_id = await _away_device(harness)
+        key = (recipient.user_id, device_id)
+        harness.connected.add(key)
+        harness.scheduler.device_connected(key)
+        await harness.deliver(sender, recipient, device_id, urgent=True)
+        await harness.jump(URGENT_MEMORY_S + 1)  # the offer is no longer worth ringing
+        harness.connected.discard(key)
+        harness.scheduler.device_disconnected(key)
+        await harness.settled()
+        assert [push.urgent for push in harness.provider.sent] == [False]
 
 
 def test_the_claim_lease_outlasts_the_longest_provider_request() -> None:
