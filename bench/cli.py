@@ -10,6 +10,7 @@ machine-readable object instead of a table.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -33,6 +34,7 @@ from bench.cluster import DEFAULT_POSTGRES, ClusterSetup, Placement, StoreKind, 
 from bench.encrypted_link import check_text_size
 from bench.exchange import ExchangeLoad, exchange_on
 from bench.messenger_cost import messenger_cost
+from bench.push_wake import PUSH_RELAY_ARGS, push_wakeups
 from bench.report import print_result
 from bench.target import Target, TargetOptions, check_options, open_target
 from bench.transport import run_transport
@@ -137,11 +139,28 @@ def offline(messages: Annotated[int, typer.Option(help="Messages queued.", min=1
             encrypted: Annotated[bool, typer.Option(
                 "--encrypted", help="End-to-end encrypted texts of --size bytes through "
                 "the client library; the drain decrypts each.")] = False,
+            push: Annotated[bool, typer.Option(
+                "--push", help="Wake-up pushes instead: --messages devices register a Web Push "
+                "endpoint on the bench's loopback receiver and disconnect; one message to "
+                "each; the time from send to wake-up received (p50, p99) and pushes per "
+                "second. A running relay (--relay) needs push_webpush_subject and "
+                "push_webpush_allow_loopback_http.")] = False,
             as_json: JsonOption = False, *, target: TargetOptions) -> None:
     """A sender queues messages for an offline device, which then connects and drains."""
     if encrypted and size > MAX_TEXT_BYTES:
         raise typer.BadParameter(f"an encrypted text is at most {MAX_TEXT_BYTES} bytes",
                                  param_hint="--size")
+    if push:
+        if encrypted:
+            raise typer.BadParameter("--push measures wake-ups, not encryption",
+                                     param_hint="--encrypted")
+        if target.relay is None:
+            target = dataclasses.replace(target, relay_args=" ".join(
+                (*PUSH_RELAY_ARGS, target.relay_args)))
+        _run_on_target(lambda relay: push_wakeups(
+            relay, devices=messages, window=window, size=size, time_limit=timeout),
+            target, as_json, "offline --push")
+        return
     _run_on_target(lambda relay: scenarios.offline(
         relay, messages=messages, size=size, window=window, time_limit=timeout,
         encrypted=encrypted), target, as_json, "offline")

@@ -53,6 +53,7 @@ from client.messenger import (
 from client.prekey_upkeep import MissingPrekeysError
 from client.profile import Profile, ProfileError
 from client.profile_files import ProfileBusyError
+from client.push_cli import CommandKit, push_commands, receive_push_wait
 from crypto.primitives import CryptoError
 from crypto.provisioning import LinkCodeError, ProvisioningError
 from crypto.safety_number import format_safety_number
@@ -195,6 +196,13 @@ def _explain(error: BaseException) -> str | None:
             return (f"the relay does not accept this device (AUTHENTICATION_FAILED: "
                     f"{error.reason}): it was deleted, or enrolled at another relay; to enrol "
                     f"it again, run `{_enrol_command()}`")
+        case RelayError() if error.code == ErrorCode.PUSH_PROVIDER_UNAVAILABLE:
+            return (f"{at} does not offer this push provider (PUSH_PROVIDER_UNAVAILABLE: "
+                    f"{error.reason}); its operator turns providers on (docs/PUSH.md), and "
+                    f"`--provider outbox` always works")
+        case RelayError() if error.code == ErrorCode.INVALID_PUSH_TARGET:
+            return (f"{at} refused the push target (INVALID_PUSH_TARGET: {error.reason}); "
+                    f"nothing was registered")
         case RelayError():
             return f"the relay refused: {error.code.name}: {error.reason}"
         case RemoteProtocolError():
@@ -437,6 +445,19 @@ def receive(follow: Annotated[bool, typer.Option(
             timeout: Annotated[float | None, typer.Option(
                 help="Exit after this many seconds (default: no limit); a relay that has "
                      "not answered by then is an error.", min=0, show_default=False)] = None,
+            push_wait: Annotated[bool, typer.Option(
+                "--push-wait",
+                help="Wait disconnected for a wake-up push, as a phone does: serve a Web Push "
+                     "endpoint on --push-listen, register it with the relay, print what is "
+                     "stored, disconnect; on each wake-up, connect and print what arrived. "
+                     "Ends after the first wake-up (or --count messages); the endpoint is "
+                     "unregistered when it ends. The relay must allow loopback endpoints "
+                     "(push_webpush_allow_loopback_http, docs/PUSH.md).",
+                show_default=False)] = False,
+            push_listen: Annotated[str, typer.Option(
+                metavar="HOST:PORT",
+                help="Where --push-wait serves its Web Push endpoint (port 0: any free one).",
+                show_default=True)] = "127.0.0.1:0",
             ) -> None:
     """Decrypt received messages and print them as JSON lines.
 
@@ -444,6 +465,12 @@ def receive(follow: Annotated[bool, typer.Option(
     identity key changed.
     """
     profile = _enrolled_profile()
+    if push_wait:
+        if follow:
+            _fail("--push-wait and --follow exclude each other: --push-wait waits "
+                  "disconnected, --follow connected")
+        receive_push_wait(_kit, profile, push_listen, count=count, timeout=timeout)
+        return
 
     async def work() -> None:
         received = 0
@@ -484,6 +511,13 @@ def receive(follow: Annotated[bool, typer.Option(
             raise trio.TooSlowError
 
     _run(work)
+
+
+def _print_message(message: ReceivedMessage) -> None:
+    typer.echo(json.dumps(message_line(message), ensure_ascii=False))
+    sys.stdout.flush()
+    if message.identity_changed and message.content is not None:
+        _warn_identity_changed(message, message.content.sender_phone)
 
 
 @app.command("safety-number")
@@ -577,6 +611,11 @@ def devices_remove(device_id: Annotated[int, typer.Argument(
                                "list_version": removed.device_list_version}))
 
     _run(work)
+
+
+_kit = CommandKit(run=_run, enrolled_profile=_enrolled_profile, fail=_fail, command=_command,
+                  print_message=_print_message)
+app.add_typer(push_commands(_kit), name="push")
 
 
 @app.command()

@@ -116,6 +116,14 @@ from wire.protocol import (
     StreamFailed,
     is_server_unidirectional,
 )
+from wire.push_frames import (
+    PushClear,
+    PushCleared,
+    PushGet,
+    PushSet,
+    PushTargetSet,
+    RegisteredPushTarget,
+)
 
 __all__ = ["CONNECT_TIMEOUT_SECONDS", "PUSH_BUFFER", "CertificateFileError", "ConnectionClosed",
            "HandshakeFailed", "NoRelayReached", "RelayClient", "RelayError", "RelayUnreachable",
@@ -496,17 +504,51 @@ class RelayClient:
         """
         return await self._next_push(self._prekeys_low_out)
 
+    async def set_push_target(self, provider: str, token: str, *, p256dh: bytes | None = None,
+                              auth: bytes | None = None) -> None:
+        """Register this device's push target, replacing any earlier one: while the device is
+        not connected, the relay wakes it through ``provider`` when something arrives for it.
+
+        Args:
+            provider: ``webpush``, ``fcm``, ``apns`` or ``outbox`` (``wire.push_frames``).
+            token: the Web Push endpoint URL, or the platform's device token.
+            p256dh: Web Push only (and required there): the subscription's 65-byte
+                uncompressed P-256 public key.
+            auth: Web Push only (and required there): the subscription's 16-byte secret.
+
+        Raises:
+            LocalProtocolError: MALFORMED_FRAME for a target of the wrong shape (nothing sent).
+            RelayError: PUSH_PROVIDER_UNAVAILABLE (this relay does not serve ``provider``),
+                INVALID_PUSH_TARGET (the provider refused the target; the reason says why).
+        """
+        await self._ask(PushSet(provider=provider, token=token, p256dh=p256dh, auth=auth),
+                        PushTargetSet)
+
+    async def clear_push_target(self) -> None:
+        """Remove this device's push target (nothing happens if it had none)."""
+        await self._ask(PushClear(), PushCleared)
+
+    async def get_push_target(self) -> tuple[str, str] | None:
+        """This device's registered target as (provider, token), or None without one."""
+        answer = await self._ask(PushGet(), RegisteredPushTarget)
+        if answer.provider is None or answer.token is None:
+            return None
+        return (answer.provider, answer.token)
+
     async def send(self, recipient_user_id: str, payloads: Mapping[int, bytes], *,
-                   client_message_id: int) -> bool:
+                   client_message_id: int, urgent: bool = False) -> bool:
         """Send one envelope per recipient device; returns True if it was a re-send.
 
-        Sends made from one client are committed in the order they were made.
+        Sends made from one client are committed in the order they were made. ``urgent``
+        (a call offer) asks the relay to wake a recipient device that is not connected at
+        once, even if it woke the device moments ago (PROTOCOL.md "Wake-up pushes").
         """
         if self._send_stream is None:
             self._send_stream = self._require_link().new_stream()
         answer = await self._ask(
             Send(recipient_user_id=recipient_user_id, client_message_id=client_message_id,
-                 payloads=dict(payloads)), SendAccepted, stream_id=self._send_stream)
+                 payloads=dict(payloads), urgent=urgent), SendAccepted,
+            stream_id=self._send_stream)
         return answer.duplicate
 
     def acknowledge(self, envelope_id: int) -> None:

@@ -21,14 +21,16 @@ from relay.last_seen import LastSeen
 from relay.metrics import RelayMetrics
 from relay.send_budgets import SendBudgets
 from relay.settings import RelaySettings
-from storage.base import Store
+from storage.base import Envelope, Store
 from transport.quic import QuicEndpoint
 from wire.account_frames import LinkFetch, LinkPost, PublishDeviceList
 from wire.buffers import BufferPool
 from wire.catalogue import ErrorCode
 from wire.prekey_frames import PrekeyRequest
+from wire.push_frames import PushRequest
 
-__all__ = ["DeviceListRequests", "LinkRequests", "LiveSession", "PrekeyRequests", "RelayContext"]
+__all__ = ["DeviceListRequests", "LinkRequests", "LiveSession", "PrekeyRequests",
+           "PushRequests", "RelayContext", "WakeupNotes"]
 
 
 class LiveSession(Protocol):
@@ -78,6 +80,27 @@ class LinkRequests(Protocol):
         """Answer LINK_FETCH (a long poll)."""
 
 
+class PushRequests(Protocol):
+    """Answers PUSH_SET, PUSH_CLEAR and PUSH_GET of an authenticated device
+    (relay/push_registry.py)."""
+
+    async def handle(self, device: tuple[str, int], frame: PushRequest) -> bytes:
+        """Answer one request with an encoded frame."""
+
+
+class WakeupNotes(Protocol):
+    """What the wake-up scheduler (relay/wakeups.py) is told, synchronously, never blocking."""
+
+    def note_committed(self, envelopes: Iterable[Envelope], *, urgent: bool) -> None:
+        """Envelopes were committed: their devices not connected here may need waking."""
+
+    def device_connected(self, device: tuple[str, int]) -> None:
+        """A device authenticated on this node."""
+
+    def device_disconnected(self, device: tuple[str, int]) -> None:
+        """A device's connection to this node ended."""
+
+
 @dataclass
 class RelayContext:
     """What every session shares."""
@@ -106,6 +129,11 @@ class RelayContext:
     """The device-list service (relay/device_lists.py); ``serve`` sets it."""
     linking: LinkRequests = field(init=False)
     """The link-channel service (relay/linking.py); ``serve`` sets it."""
+    push: PushRequests | None = None
+    """The push target requests (relay/push_registry.py); ``serve`` sets it (None: the
+    requests are refused as unavailable)."""
+    wakeups: WakeupNotes | None = None
+    """The wake-up scheduler (relay/wakeups.py); ``serve`` sets it."""
     send_budgets: SendBudgets = field(init=False)
     """Each sender device's SENDs and bytes per minute (``settings``), checked before a SEND
     is submitted (relay/send_budgets.py)."""
@@ -135,6 +163,8 @@ class RelayContext:
             raise ValueError("only an authenticated session can be attached")
         previous = self.sessions.get(device)
         self.sessions[device] = session
+        if self.wakeups is not None:
+            self.wakeups.device_connected(device)
         if previous is not None and previous is not session:
             previous.close(ErrorCode.REPLACED, "a newer connection of this device took over")
 
@@ -142,6 +172,8 @@ class RelayContext:
         """Forget ``session`` if it is still the one registered for its device."""
         if session.device is not None and self.sessions.get(session.device) is session:
             del self.sessions[session.device]
+            if self.wakeups is not None:
+                self.wakeups.device_disconnected(session.device)
 
     def revoke_user(self, user_id: str, code: ErrorCode = ErrorCode.DEVICE_REVOKED,
                     reason: str = "this device was revoked") -> int:

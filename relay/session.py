@@ -92,6 +92,7 @@ from wire.protocol import (
     StreamFailed,
     is_client_bidirectional,
 )
+from wire.push_frames import PushClear, PushGet, PushSet
 
 __all__ = ["AuthenticatedDevice", "DeviceSession", "SessionStore"]
 
@@ -290,6 +291,11 @@ class DeviceSession:
             case PublishDeviceList():
                 self._spawn(stream_id, slot, self._relay.device_lists.publish(
                     device.key, frame, self._peer_host()))
+            case PushSet() | PushClear() | PushGet() if self._relay.push is not None:
+                self._spawn(stream_id, slot, self._relay.push.handle(device.key, frame))
+            case PushSet() | PushClear() | PushGet():
+                self._fill(stream_id, slot, _error(ErrorCode.PUSH_PROVIDER_UNAVAILABLE,
+                                                   "this relay sends no wake-up pushes"))
             case _:  # the core's state table lets nothing else through
                 self._fill(stream_id, slot, _error(ErrorCode.UNEXPECTED_FRAME,
                                                    f"{type(frame).__name__} is not a request"))
@@ -405,10 +411,14 @@ class DeviceSession:
 
         submitted_at = trio.current_time()
 
+        urgent, wakeups = frame.urgent, relay.wakeups
+
         def answer(outcome: SendOutcome | BaseException) -> None:
             self._relay.metrics.commit_latency.observe(trio.current_time() - submitted_at)
             self._relay.metrics.count_send(outcome)
             self._fill(stream_id, slot, _send_answer(outcome))
+            if wakeups is not None and isinstance(outcome, SendOutcome) and outcome.envelopes:
+                wakeups.note_committed(outcome.envelopes, urgent=urgent)
 
         self._relay.pipeline.submit(pending, answer)
 

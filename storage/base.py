@@ -39,6 +39,7 @@ from storage.interfaces.envelope_queue import EnvelopeQueue
 from storage.interfaces.lifecycle import StoreLifecycle
 from storage.interfaces.pending import PendingResult
 from storage.interfaces.prekeys import PrekeyStore
+from storage.interfaces.push import PushTargetStore, WakeupQueue
 from storage.interfaces.rate_limits import RateLimits
 from storage.records import (
     AlreadyExists,
@@ -88,6 +89,7 @@ __all__ = [
     "PrekeyStore",
     "Principal",
     "PublishedDeviceList",
+    "PushTargetStore",
     "RateLimits",
     "Registration",
     "RegistrationRefusal",
@@ -101,12 +103,13 @@ __all__ = [
     "StoreLifecycle",
     "User",
     "UserState",
+    "WakeupQueue",
 ]
 
 
 class Store(StoreLifecycle, ClusterCapable, EnvelopeQueue, Directory, OrganisationPolicy,
             EnrolmentStore, AccountKeyStore, LinkChannelStore, PrekeyStore, RateLimits,
-            AdminStore, DeviceActivity, Protocol):
+            AdminStore, DeviceActivity, PushTargetStore, WakeupQueue, Protocol):
     """The relay's whole persistent state: every capability of ``storage.interfaces``.
 
     All methods are safe to call concurrently.

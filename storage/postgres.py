@@ -45,6 +45,7 @@ from storage.core_store import CoreStoreMethods
 from storage.group_commit import GroupCommitWriter, Outcome, WriteOperation
 from storage.postgres_presence import notify_recipient_nodes, notify_revoked_devices
 from storage.postgres_schema import Connection, SchemaVersionTooNew, apply_migrations
+from storage.push_store import PushStoreMethods
 from storage.rate_limits import forget_idle_buckets, take_tokens
 from storage.records import NewSend, SendOutcome
 from storage.sql_dialect import POSTGRES
@@ -110,7 +111,8 @@ def postgres_writer(pool: ConnectionPool[Connection],
                              trio_token=trio_token, thread_name="postgres-writer")
 
 
-class PostgresStore(CoreStoreMethods, AdminStoreMethods, AccountStoreMethods):
+class PostgresStore(CoreStoreMethods, AdminStoreMethods, AccountStoreMethods,
+                    PushStoreMethods):
     """``storage.base.Store`` on PostgreSQL. Create with ``open_postgres_store``.
 
     The SQL is shared with SQLite (``storage.core_store`` and the modules it names); this
@@ -149,6 +151,9 @@ class PostgresStore(CoreStoreMethods, AdminStoreMethods, AccountStoreMethods):
         """This store itself: several relay nodes may share the database, and its sends and
         deletions notify the nodes holding the devices concerned (``node_channel``)."""
         return self
+
+    def _presence_channel(self) -> str | None:
+        return self.node_channel
 
     def _before_user_deleted(self, connection: Any, user_id: str) -> None:
         # Nodes holding its devices close them on commit.

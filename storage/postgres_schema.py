@@ -36,6 +36,7 @@ from storage.last_seen_sql import LAST_SEEN_COLUMN
 from storage.link_sql import POSTGRES_LINK_TABLES
 from storage.login_attempt_sql import POSTGRES_LOGIN_ATTEMPT_TABLES
 from storage.prekey_sql import POSTGRES_PREKEY_TABLES
+from storage.push_sql import POSTGRES_PUSH_TABLES
 from storage.rate_limits import POSTGRES_RATE_LIMIT_TABLES
 from storage.sqlite_schema import Migration, SchemaVersionTooNew
 
@@ -108,9 +109,13 @@ _VERSION_10 = Migration(version=10, statements=POSTGRES_ENROLMENT_GUESS_TABLES)
 # Devices: the day each last authenticated, for the console (storage.last_seen_sql).
 _VERSION_11 = Migration(version=11, statements=LAST_SEEN_COLUMN)
 
+# Wake-up pushes: each device's push target and the durable wake-up queue
+# (storage.push_sql).
+_VERSION_12 = Migration(version=12, statements=POSTGRES_PUSH_TABLES)
+
 MIGRATIONS: tuple[Migration, ...] = (_VERSION_1, _VERSION_2, _VERSION_3, _VERSION_4,
                                      _VERSION_5, _VERSION_6, _VERSION_7, _VERSION_8, _VERSION_9,
-                                     _VERSION_10, _VERSION_11)
+                                     _VERSION_10, _VERSION_11, _VERSION_12)
 """Every migration, oldest first; versions are consecutive from 1."""
 
 LATEST_SCHEMA_VERSION = MIGRATIONS[-1].version

@@ -21,6 +21,7 @@ from storage.account_store import AccountStoreMethods
 from storage.admin_store import AdminStoreMethods
 from storage.core_store import CoreStoreMethods
 from storage.group_commit import GroupCommitWriter
+from storage.push_store import PushStoreMethods
 from storage.rate_limits import MemoryBuckets
 from storage.sql_dialect import SQLITE
 from storage.sqlite_schema import SchemaVersionTooNew, apply_migrations
@@ -88,7 +89,8 @@ def _truncate_wal(path: pathlib.Path) -> None:
         connection.close()
 
 
-class SqliteStore(CoreStoreMethods, AdminStoreMethods, AccountStoreMethods):
+class SqliteStore(CoreStoreMethods, AdminStoreMethods, AccountStoreMethods,
+                  PushStoreMethods):
     """``storage.base.Store`` on one SQLite file. Create with ``open_sqlite_store``.
 
     The SQL is shared with PostgreSQL (``storage.core_store`` and the modules it names).

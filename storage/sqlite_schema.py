@@ -19,6 +19,7 @@ from storage.last_seen_sql import LAST_SEEN_COLUMN
 from storage.link_sql import SQLITE_LINK_TABLES
 from storage.login_attempt_sql import SQLITE_LOGIN_ATTEMPT_TABLES
 from storage.prekey_sql import SQLITE_PREKEY_TABLES
+from storage.push_sql import SQLITE_PUSH_TABLES
 from storage.records import StoreError
 
 __all__ = [
@@ -84,9 +85,13 @@ _VERSION_8 = Migration(version=8, statements=SQLITE_ENROLMENT_GUESS_TABLES)
 # Devices: the day each last authenticated, for the console (storage.last_seen_sql).
 _VERSION_9 = Migration(version=9, statements=LAST_SEEN_COLUMN)
 
+# Wake-up pushes: each device's push target and the durable wake-up queue
+# (storage.push_sql).
+_VERSION_10 = Migration(version=10, statements=SQLITE_PUSH_TABLES)
+
 MIGRATIONS: tuple[Migration, ...] = (_VERSION_1, _VERSION_2, _VERSION_3, _VERSION_4,
                                      _VERSION_5, _VERSION_6, _VERSION_7,
-                                     _VERSION_8, _VERSION_9)
+                                     _VERSION_8, _VERSION_9, _VERSION_10)
 """Every migration, oldest first; versions are consecutive from 1."""
 
 LATEST_SCHEMA_VERSION = MIGRATIONS[-1].version

@@ -14,6 +14,7 @@ pytest.register_assert_rewrite(
     "tests.postgres_schemas",
     "tests.prekey_conformance",
     "tests.prekey_samples",
+    "tests.push_conformance",
     "tests.relay_processes",
     "tests.storage_conformance",
 )

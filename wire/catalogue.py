@@ -48,6 +48,9 @@ class FrameType(IntEnum):
     LINK_OPEN = 17
     LINK_POST = 18
     LINK_FETCH = 19
+    PUSH_SET = 56
+    PUSH_CLEAR = 57
+    PUSH_GET = 58
     ENROL_STARTED = 64
     ENROLLED = 65
     CHALLENGE = 66
@@ -63,6 +66,9 @@ class FrameType(IntEnum):
     LINK_OPENED = 81
     LINK_POSTED = 82
     LINK_MESSAGES = 83
+    PUSH_TARGET_SET = 120
+    PUSH_CLEARED = 121
+    PUSH_TARGET = 122
     ERROR = 127
     DELIVER = 128
     QUEUE_EMPTY = 129
@@ -74,7 +80,7 @@ class ErrorCode(IntEnum):
 
     Grouped by tens: framing 1-9, authentication 10-19, enrolment and requests 20-29,
     delivery 30-39, organisation 40-49, server and connection 50-59, prekeys 60-69,
-    accounts and linking 70-79.
+    accounts and linking 70-79, wake-up pushes 120-129.
     """
 
     NO_ERROR = 0  # normal close
@@ -105,6 +111,8 @@ class ErrorCode(IntEnum):
     STALE_DEVICE_LIST = 70  # a published device list's version is not above the stored one
     INVALID_DEVICE_LIST = 71  # malformed, badly signed, another account's, or drops its publisher
     LINK_CHANNEL_UNKNOWN = 72  # no such link channel: unknown, expired, exhausted or not yours
+    PUSH_PROVIDER_UNAVAILABLE = 120  # this relay has no such push provider configured
+    INVALID_PUSH_TARGET = 121  # the provider refused the target (the reason says why)
 
     @classmethod
     def from_wire(cls, value: int) -> ErrorCode:
@@ -152,7 +160,8 @@ RESERVED_BLOCKS: tuple[FeatureBlock, ...] = (
                  pushes=range(148, 152), errors=range(100, 110)),
     FeatureBlock(feature="sealed sender", requests=range(48, 56), responses=range(112, 120),
                  pushes=range(152, 156), errors=range(110, 120)),
-    FeatureBlock(feature="wake-up pushes", requests=range(56, 60), responses=range(120, 124),
-                 pushes=range(156, 160), errors=range(120, 130)),
+    # Wake-up pushes assigned requests 56-58, responses 120-122 and errors 120-121 (issue 22).
+    FeatureBlock(feature="wake-up pushes", requests=range(59, 60), responses=range(123, 124),
+                 pushes=range(156, 160), errors=range(122, 130)),
 )
 """Blocks reserved for the features being built; the core keeps 12-15, 75-79 and 131-135."""

@@ -53,13 +53,14 @@ from wire.prekey_frames import (
     OneTimePrekey,
     SignedPrekey,
 )
+from wire.push_frames import MAX_PUSH_TOKEN_SIZE, PUSH_FRAME_CLASSES
 
 __all__ = ["FrameDecoder", "decode_body", "encode_frame"]
 
 _FRAME_CLASSES: Final[tuple[type[Any], ...]] = (
     EnrolStart, EnrolVerify, Hello, Authenticate, Lookup, Send, Ack,
     EnrolStarted, Enrolled, Challenge, Authenticated, LookupResult, SendAccepted, Acked, Error,
-    Deliver, QueueEmpty, *PREKEY_FRAME_CLASSES, *ACCOUNT_FRAME_CLASSES,
+    Deliver, QueueEmpty, *PREKEY_FRAME_CLASSES, *ACCOUNT_FRAME_CLASSES, *PUSH_FRAME_CLASSES,
 )  # fmt: skip
 _CLASS_BY_TYPE: Final[dict[int, type[Any]]] = {cls.frame_type: cls for cls in _FRAME_CLASSES}
 # Values nested inside frames, encoded as maps like frame bodies.
@@ -86,7 +87,9 @@ _MAX_MAP_ENTRIES: Final = 64  # fields in one body, unknown ones included, or SE
 # field checks run. Ciphertexts are bounded by the frame size here and by MAX_CIPHERTEXT_SIZE in
 # Send/Deliver, so that an oversize one is reported as PAYLOAD_TOO_LARGE.
 _MAX_BIN_SIZE: Final = MAX_FRAME_SIZE
-_MAX_STR_SIZE: Final = 4 * MAX_REASON_LENGTH  # the longest str field; UTF-8 is <= 4 bytes a char
+# The longest str field: an ERROR reason (UTF-8 is <= 4 bytes a char) or a push token (ASCII;
+# one byte over, so that a token one too long is reported by the field's name).
+_MAX_STR_SIZE: Final = max(4 * MAX_REASON_LENGTH, MAX_PUSH_TOKEN_SIZE + 1)
 # One over the longest array field, so that one item too many is reported by the field's name.
 _MAX_ARRAY_ITEMS: Final = MAX_ACK_IDS + 1
 

@@ -51,6 +51,7 @@ from wire.limits import (
     VERIFICATION_CODE_LENGTH,
 )
 from wire.prekey_frames import PrekeyFrame
+from wire.push_frames import PushFrame
 
 __all__ = [
     "ALPN",
@@ -193,10 +194,13 @@ class Send:
     recipient_user_id: str  #: the recipient user
     client_message_id: int  #: idempotency key, unique per sending device
     payloads: Mapping[int, bytes]  #: recipient device id -> ciphertext for that device
+    urgent: bool = False  #: wake an absent recipient device at once (a call offer); optional
 
     def __post_init__(self) -> None:
         check_str(self, "recipient_user_id", MAX_USER_ID_LENGTH)
         check_int(self, "client_message_id", 0, MAX_CLIENT_MESSAGE_ID)
+        if type(self.urgent) is not bool:
+            raise field_error(self, "urgent", "a bool")
         payloads = self.payloads
         if not isinstance(payloads, Mapping) or not 1 <= len(payloads) <= MAX_DEVICES_PER_SEND:
             expected = f"a map of 1 to {MAX_DEVICES_PER_SEND} device ids to ciphertexts"
@@ -397,7 +401,7 @@ class QueueEmpty:
     frame_type: ClassVar[FrameType] = FrameType.QUEUE_EMPTY
 
 
-# Every frame of the protocol, the prekey service's and the accounts' included.
+# Every frame of the protocol, the prekey service's, the accounts' and the pushes' included.
 Frame = (
     EnrolStart
     | EnrolVerify
@@ -418,6 +422,7 @@ Frame = (
     | QueueEmpty
     | PrekeyFrame
     | AccountFrame
+    | PushFrame
 )
 
 # --- Authentication transcript --------------------------------------------------------------------
