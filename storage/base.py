@@ -31,6 +31,7 @@ from storage.account_records import (
 )
 from storage.interfaces.accounts import AccountKeyStore, LinkChannelStore
 from storage.interfaces.administration import AccountStore, AdminStore, AuditLog
+from storage.interfaces.blobs import BlobStore
 from storage.interfaces.cluster import ClusterCapable, ClusterWakeups
 from storage.interfaces.directory import Directory, OrganisationPolicy
 from storage.interfaces.enrolment import EnrolmentStore
@@ -41,6 +42,10 @@ from storage.interfaces.prekeys import PrekeyStore
 from storage.interfaces.rate_limits import RateLimits
 from storage.records import (
     AlreadyExists,
+    BlobInfo,
+    BlobOffsetMismatch,
+    BlobPastSize,
+    BlobQuotaExceeded,
     Device,
     Envelope,
     NewSend,
@@ -66,6 +71,11 @@ __all__ = [
     "AdminStore",
     "AlreadyExists",
     "AuditLog",
+    "BlobInfo",
+    "BlobOffsetMismatch",
+    "BlobPastSize",
+    "BlobQuotaExceeded",
+    "BlobStore",
     "ClusterCapable",
     "ClusterWakeups",
     "Device",
@@ -104,7 +114,7 @@ __all__ = [
 
 class Store(StoreLifecycle, ClusterCapable, EnvelopeQueue, Directory, OrganisationPolicy,
             EnrolmentStore, AccountKeyStore, LinkChannelStore, PrekeyStore, RateLimits,
-            AdminStore, Protocol):
+            AdminStore, BlobStore, Protocol):
     """The relay's whole persistent state: every capability of ``storage.interfaces``.
 
     All methods are safe to call concurrently.

@@ -41,6 +41,7 @@ from storage import envelope_sql
 from storage.account_store import AccountStoreMethods
 from storage.admin_store import AdminStoreMethods
 from storage.base import PendingResult
+from storage.blob_stub import UnbuiltBlobMethods
 from storage.core_store import CoreStoreMethods
 from storage.group_commit import GroupCommitWriter, Outcome, WriteOperation
 from storage.postgres_presence import notify_recipient_nodes, notify_revoked_devices
@@ -110,7 +111,8 @@ def postgres_writer(pool: ConnectionPool[Connection],
                              trio_token=trio_token, thread_name="postgres-writer")
 
 
-class PostgresStore(CoreStoreMethods, AdminStoreMethods, AccountStoreMethods):
+class PostgresStore(CoreStoreMethods, AdminStoreMethods, AccountStoreMethods,
+                    UnbuiltBlobMethods):
     """``storage.base.Store`` on PostgreSQL. Create with ``open_postgres_store``.
 
     The SQL is shared with SQLite (``storage.core_store`` and the modules it names); this

@@ -19,6 +19,7 @@ import trio
 
 from storage.account_store import AccountStoreMethods
 from storage.admin_store import AdminStoreMethods
+from storage.blob_stub import UnbuiltBlobMethods
 from storage.core_store import CoreStoreMethods
 from storage.group_commit import GroupCommitWriter
 from storage.rate_limits import MemoryBuckets
@@ -88,7 +89,7 @@ def _truncate_wal(path: pathlib.Path) -> None:
         connection.close()
 
 
-class SqliteStore(CoreStoreMethods, AdminStoreMethods, AccountStoreMethods):
+class SqliteStore(CoreStoreMethods, AdminStoreMethods, AccountStoreMethods, UnbuiltBlobMethods):
     """``storage.base.Store`` on one SQLite file. Create with ``open_sqlite_store``.
 
     The SQL is shared with PostgreSQL (``storage.core_store`` and the modules it names).
