@@ -16,6 +16,7 @@ from types import MappingProxyType
 from typing import ClassVar
 
 from wire.account_frames import AccountFrame
+from wire.blob_frames import BlobFrame
 from wire.catalogue import ErrorCode, FrameType
 from wire.checks import (
     check_bytes,
@@ -397,7 +398,7 @@ class QueueEmpty:
     frame_type: ClassVar[FrameType] = FrameType.QUEUE_EMPTY
 
 
-# Every frame of the protocol, the prekey service's and the accounts' included.
+# Every frame of the protocol, the prekey service's, the accounts' and the attachments' included.
 Frame = (
     EnrolStart
     | EnrolVerify
@@ -418,6 +419,7 @@ Frame = (
     | QueueEmpty
     | PrekeyFrame
     | AccountFrame
+    | BlobFrame
 )
 
 # --- Authentication transcript --------------------------------------------------------------------
