@@ -9,6 +9,9 @@
 Every text is encrypted for every device on the recipient's signed device list and for this
 account's own other devices (a copy, so they show the conversation); the relay only sees
 ciphertext, and the sender's phone number travels inside it (`client.message_content`).
+A file (`send_file`) is encrypted with a key of its own and uploaded once as a blob
+(`client.attachments`); its key, digest and blob id then go to the same devices as a text
+would, and `messages(download_dir=...)` fetches and checks it before handing it over.
 Trust follows `client.contacts`: a contact is pinned to one account key, and only the devices
 that key listed are addressed or believed.
 
@@ -21,7 +24,9 @@ even across a crash or by two processes on one profile.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime
+import mimetypes
 import secrets
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
@@ -32,6 +37,14 @@ from pathlib import Path
 import msgpack
 import trio
 
+from client.attachments import (
+    FileRefused,
+    TransferProgress,
+    download_file,
+    forget_upload,
+    safe_file_name,
+    upload_file,
+)
 from client.connection import (
     CONNECT_TIMEOUT_SECONDS,
     ConnectionClosed,
@@ -43,10 +56,12 @@ from client.contacts import AccountView, Contact, decode_contacts, encode_contac
 from client.message_content import (
     ContentError,
     DeviceListUpdate,
+    FileMessage,
     TextMessage,
     decode_content,
     encode_content,
     encode_device_list_update,
+    encode_file_content,
 )
 from client.prekey_upkeep import MissingPrekeysError, bundle_from_wire, publish_prekeys
 from client.profile import Profile, ProfileError
@@ -120,8 +135,10 @@ class ReceivedMessage:
     envelope_id: int  #: the relay's id of the envelope
     sender: DeviceAddress  #: the sending device, as the relay authenticated it
     accepted_at: int  #: when the relay accepted it, ms since the Unix epoch
-    content: TextMessage | None  #: the message, or None if it could not be read
-    problem: str | None = None  #: why it could not be read (never the plaintext)
+    content: TextMessage | FileMessage | None  #: the message, or None if it could not be read
+    problem: str | None = None  #: why it could not be read, or its file refused (never the
+    #: plaintext)
+    file: Path | None = None  #: where a file message's file was saved, if it was fetched
     sender_confirmed: bool = False  #: the relay gives content.sender_phone to this sender
     identity_changed: bool = False  #: the sender's account key is not the accepted one: warn
 
@@ -462,12 +479,49 @@ class Messenger:
         """
         content = encode_content(sender_phone=self.phone, recipient_phone=phone, text=text,
                                  sent_at=datetime.datetime.now(datetime.UTC))
+        return await self._send(phone, content)
+
+    async def send_file(self, phone: str, path: Path, *,
+                        progress: TransferProgress | None = None) -> SendReceipt:
+        """Encrypt the file at ``path`` as it is read, upload it once, then send its key,
+        digest, size, name and blob id as `send_text` sends a text. Trust is checked before
+        the upload; an interrupted upload of this file to ``phone`` resumes where the relay
+        stopped (`client.attachments`).
+
+        Raises:
+            FileUnreadable: not a regular file, too large, or changed while it was read.
+            OSError: the file cannot be read.
+            RelayError: the relay refused (BLOB_TOO_LARGE, BLOB_QUOTA_EXCEEDED, ...).
+            and what `send_text` raises.
+        """
         async with self.exclusive():
-            contact = await self.contact(phone)
-            own = self._own()
-            await self._ready(contact)  # both checked before anything leaves
-            if contact is not own:
-                await self._ready(own)
+            await self._check_ready(phone)
+        uploaded = await upload_file(self.client, path, records=self.profile.directory,
+                                     recipient=phone, progress=progress)
+        media_type, _ = mimetypes.guess_type(path.name, strict=False)
+        content = encode_file_content(
+            sender_phone=self.phone, recipient_phone=phone,
+            sent_at=datetime.datetime.now(datetime.UTC), blob_id=uploaded.blob_id,
+            key=uploaded.key, digest=uploaded.digest, size=uploaded.size,
+            chunk_size=uploaded.chunk_size, name=safe_file_name(path.name),
+            media_type=media_type)
+        receipt = await self._send(phone, content)
+        await trio.to_thread.run_sync(forget_upload, uploaded)
+        return receipt
+
+    async def _check_ready(self, phone: str) -> tuple[Contact, Contact]:
+        """The contact and this account, both checked before anything leaves."""
+        contact = await self.contact(phone)
+        own = self._own()
+        await self._ready(contact)
+        if contact is not own:
+            await self._ready(own)
+        return contact, own
+
+    async def _send(self, phone: str, content: bytes) -> SendReceipt:
+        """Encrypt ``content`` for the contact's devices and this account's other ones."""
+        async with self.exclusive():
+            contact, own = await self._check_ready(phone)
             message_id = secrets.randbelow(MAX_CLIENT_MESSAGE_ID)
             recipient_devices, retries = await self._deliver(contact, content, message_id)
             own_devices: tuple[int, ...] = ()
@@ -545,12 +599,23 @@ class Messenger:
 
     # -- receiving ----------------------------------------------------------------------
 
-    async def messages(self, *,
-                       stop_when_empty: bool = False) -> AsyncGenerator[ReceivedMessage, None]:
+    async def messages(self, *, stop_when_empty: bool = False,
+                       download_dir: Path | None = None,
+                       progress: TransferProgress | None = None,
+                       ) -> AsyncGenerator[ReceivedMessage, None]:
         """Decrypted deliveries in queue order. Each is acknowledged once the caller asks for
         the next one or closes the iterator (use `contextlib.aclosing`). The decryption is
         saved at once with the plaintext kept aside (the inbox), so a crash before the
-        acknowledgement shows the message again instead of losing it."""
+        acknowledgement shows the message again instead of losing it.
+
+        Args:
+            download_dir: fetch each file message's file into this directory before handing
+                the message over (its ``file`` says where it went; a file that failed its
+                checks or expired is not saved and its ``problem`` says why). A transfer that
+                breaks (connection, disk) raises with the message unacknowledged: the next
+                run resumes it. None: file messages are handed over unfetched.
+            progress: told how each file's download advances.
+        """
         handed_over: Deliver | None = None
         try:
             async for delivery in self.client.deliveries():
@@ -563,6 +628,9 @@ class Messenger:
                 if message is None:  # Already handed over and acknowledged, or a control one.
                     await self._commit(delivery)
                     continue
+                if download_dir is not None and isinstance(message.content, FileMessage):
+                    message = await self._fetch(message, message.content, download_dir,
+                                                progress)
                 handed_over = delivery
                 yield message
                 await self._commit(delivery)
@@ -571,6 +639,15 @@ class Messenger:
             if handed_over is not None:
                 with trio.CancelScope(shield=True):
                     await self._commit(handed_over)
+
+    async def _fetch(self, message: ReceivedMessage, file: FileMessage, directory: Path,
+                     progress: TransferProgress | None) -> ReceivedMessage:
+        """The message with its file saved, or with why the file was refused."""
+        try:
+            saved = await download_file(self.client, file, directory, progress=progress)
+        except FileRefused as refused:
+            return dataclasses.replace(message, problem=str(refused))
+        return dataclasses.replace(message, file=saved)
 
     async def _commit(self, delivery: Deliver) -> None:
         async with self.exclusive():
