@@ -45,6 +45,7 @@ __all__ = [
     "FileBlobMethods",
     "blob_dir_for",
     "blob_file_name",
+    "fsync_directory",
     "prepare_blob_dir",
     "remove_blob_files",
 ]
@@ -93,10 +94,11 @@ def remove_blob_files(directory: Path, blob_ids: list[bytes]) -> None:
     for blob_id in blob_ids:
         (directory / blob_file_name(blob_id)).unlink(missing_ok=True)
     if blob_ids:
-        _fsync_directory(directory)
+        fsync_directory(directory)
 
 
-def _fsync_directory(directory: Path) -> None:
+def fsync_directory(directory: Path) -> None:
+    """Make the directory's entries (files created or removed) durable."""
     descriptor = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
     try:
         with contextlib.suppress(OSError):  # some filesystems refuse fsync on directories
@@ -126,7 +128,7 @@ def _write_durably(descriptor: int, directory: Path, offset: int, data: bytes) -
         written += os.pwrite(descriptor, memoryview(data)[written:], offset + written)
     os.fsync(descriptor)
     if offset == 0:
-        _fsync_directory(directory)
+        fsync_directory(directory)
 
 
 def _read_range(path: Path, offset: int, length: int) -> bytes | None:
@@ -216,14 +218,14 @@ class FileBlobMethods:
             await self._current(blob_id, offset, len(data))
             await trio.to_thread.run_sync(_write_durably, descriptor, self._blob_dir, offset,
                                           data)
-            try:
-                return await self._write(lambda connection: blob_sql.set_received(
-                    connection, SQLITE, blob_id, offset=offset, received=offset + len(data)))
-            except NotFound:
-                # Deleted meanwhile: its removal may already have run, before this file was
-                # created again; nothing must stay behind.
+            return await self._write(lambda connection: blob_sql.set_received(
+                connection, SQLITE, blob_id, offset=offset, received=offset + len(data)))
+        except NotFound:
+            # Deleted meanwhile: its files' removal may have run before this open created the
+            # file again; nothing must stay behind.
+            with trio.CancelScope(shield=True):
                 await trio.to_thread.run_sync(remove_blob_files, self._blob_dir, [blob_id])
-                raise
+            raise
         finally:
             with trio.CancelScope(shield=True):
                 await trio.to_thread.run_sync(os.close, descriptor)  # releases the lock
