@@ -8,7 +8,7 @@ below, which say what the context needs of a live session and of each service.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -23,11 +23,13 @@ from relay.settings import RelaySettings
 from storage.base import Store
 from transport.quic import QuicEndpoint
 from wire.account_frames import LinkFetch, LinkPost, PublishDeviceList
+from wire.blob_frames import BlobCreate, BlobDownload, BlobStatus, BlobUpload
 from wire.buffers import BufferPool
 from wire.catalogue import ErrorCode
 from wire.prekey_frames import PrekeyRequest
 
-__all__ = ["DeviceListRequests", "LinkRequests", "LiveSession", "PrekeyRequests", "RelayContext"]
+__all__ = ["BlobRequests", "DeviceListRequests", "LinkRequests", "LiveSession", "PrekeyRequests",
+           "RelayContext", "RequestDevice", "UploadSource"]
 
 
 class LiveSession(Protocol):
@@ -77,6 +79,52 @@ class LinkRequests(Protocol):
         """Answer LINK_FETCH (a long poll)."""
 
 
+class RequestDevice(Protocol):
+    """The authenticated device a blob request comes from (relay.session.AuthenticatedDevice)."""
+
+    @property
+    def user_id(self) -> str: ...
+
+    @property
+    def device_id(self) -> int: ...
+
+    @property
+    def organisation_id(self) -> int: ...
+
+
+class UploadSource(Protocol):
+    """An upload stream's raw bytes as the blob service takes them (relay.blobs.RawIntake)."""
+
+    @property
+    def closed(self) -> bool:
+        """The upload was reset or failed: no answer is wanted."""
+
+    async def take(self, limit: int) -> bytes | None:
+        """At most ``limit`` next bytes; None once the stream ended."""
+
+    def release(self, size: int) -> None:
+        """``size`` bytes taken are stored: the connection may receive as many more."""
+
+
+class BlobRequests(Protocol):
+    """Answers the blob requests of an authenticated device (relay/blobs.py)."""
+
+    async def create(self, device: RequestDevice, frame: BlobCreate) -> bytes:
+        """Answer BLOB_CREATE."""
+
+    async def status(self, device: RequestDevice, frame: BlobStatus) -> bytes:
+        """Answer BLOB_STATUS."""
+
+    async def upload(self, device: RequestDevice, frame: BlobUpload,
+                     intake: UploadSource) -> bytes:
+        """Store the upload's bytes as they come; the answer (b"": none wanted)."""
+
+    async def download(self, frame: BlobDownload, *, answer: Callable[[bytes, bool], None],
+                       write: Callable[[bytes], None],
+                       wait_room: Callable[[int], Awaitable[None]]) -> None:
+        """Answer BLOB_DOWNLOAD and write the blob's bytes as the stream drains."""
+
+
 @dataclass
 class RelayContext:
     """What every session shares."""
@@ -105,6 +153,8 @@ class RelayContext:
     """The device-list service (relay/device_lists.py); ``serve`` sets it."""
     linking: LinkRequests = field(init=False)
     """The link-channel service (relay/linking.py); ``serve`` sets it."""
+    blobs: BlobRequests = field(init=False)
+    """The blob service (relay/blobs.py); ``serve`` sets it."""
     send_budgets: SendBudgets = field(init=False)
     """Each sender device's SENDs and bytes per minute (``settings``), checked before a SEND
     is submitted (relay/send_budgets.py)."""
