@@ -7,8 +7,9 @@
 * An append writes its bytes at ``received`` and fsyncs them (and, for a new file, the
   directory) BEFORE the writer commits the new ``received``: a committed byte is always on
   disk. Bytes past ``received`` (an append that crashed or lost a race) are cut off before the
-  next write. Appends to one blob take turns through ``flock`` on its file, which also holds
-  across the processes of ``serve --workers N``.
+  next write. Two appends to one blob at once (in one process or across the processes of
+  ``serve --workers N``) are told apart by ``flock`` on its file: the one that finds it
+  taken is refused as at a wrong offset.
 * Deleting blob rows (expiry, termination, erasure: any ``DELETE``, cascades included) records
   their ids in ``blob_files_to_remove`` by trigger, in the same transaction; the files are
   removed after the commit, and again at opening for what a crash left behind.
@@ -107,12 +108,19 @@ def fsync_directory(directory: Path) -> None:
         os.close(descriptor)
 
 
-def _open_locked(path: Path) -> int:
-    """Open (creating, 0600) the blob's file for writing and wait for its exclusive lock."""
+def _open_locked(path: Path) -> int | None:
+    """Open (creating, 0600) the blob's file for writing with its exclusive lock; None if
+    another append holds the lock.
+
+    Never waits for the lock: a waiting worker thread would hold one of trio's thread tokens
+    that the holder may need to finish (and so release it)."""
     descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW,
                          BLOB_FILE_MODE)
     try:
-        fcntl.flock(descriptor, fcntl.LOCK_EX)
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(descriptor)
+        return None
     except BaseException:
         os.close(descriptor)
         raise
@@ -207,11 +215,15 @@ class FileBlobMethods:
 
     async def append_blob(self, blob_id: bytes, offset: int, data: bytes) -> int:
         _check_piece(len(data))
-        await self._current(blob_id, offset, len(data))  # refuse before touching any file
+        info = await self._current(blob_id, offset, len(data))  # refuse before any file I/O
         if not data:
             return offset
         path = self._blob_dir / blob_file_name(blob_id)
         descriptor = await trio.to_thread.run_sync(_open_locked, path)
+        if descriptor is None:
+            # Another append to this blob is under way: at most one of the two can start
+            # where the durable bytes end, and the other asks again (BLOB_STATUS) anyway.
+            raise BlobOffsetMismatch(info.received)
         try:
             # Again under the lock: another append (of this process or another) may have
             # committed meanwhile.

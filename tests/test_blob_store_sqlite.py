@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import pathlib
 import sqlite3
@@ -11,7 +12,7 @@ from contextlib import AbstractAsyncContextManager
 
 import pytest
 
-from storage.base import Store
+from storage.base import BlobOffsetMismatch, Store
 from storage.blob_files import blob_file_name
 from storage.sqlite import SqliteStore, open_sqlite_store
 from tests.blob_store_conformance import *  # noqa: F403
@@ -122,3 +123,24 @@ async def test_the_blob_directory_can_be_chosen(tmp_path: pathlib.Path) -> None:
         await _upload(store, blob_id, b"abc")
     assert (elsewhere / blob_file_name(blob_id)).read_bytes() == b"abc"
     assert not (tmp_path / "blobs").exists()
+
+
+async def test_an_append_while_another_holds_the_blob_is_refused_without_waiting(
+        database_path: pathlib.Path) -> None:
+    async with open_sqlite_store(database_path) as store:
+        user = await _declared(store)
+        blob_id = await _create(store, user, 20)
+        await store.append_blob(blob_id, 0, b"0123456789")
+        # Another process's append, between its write and its commit, holds the file's lock.
+        path = store.blob_dir / blob_file_name(blob_id)
+        descriptor = os.open(path, os.O_WRONLY)
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX)
+            with pytest.raises(BlobOffsetMismatch) as refused:
+                await store.append_blob(blob_id, 10, b"abcdefghij")
+            assert refused.value.received == 10
+        finally:
+            os.close(descriptor)
+        assert path.read_bytes() == b"0123456789"
+        assert (await _info(store, blob_id)).received == 10
+        assert await store.append_blob(blob_id, 10, b"abcdefghij") == 20

@@ -71,8 +71,9 @@ class BlobStore(Protocol):
     async def append_blob(self, blob_id: bytes, offset: int, data: bytes) -> int:
         """Add ``data`` at ``offset``; return the new ``received`` once it is durable.
 
-        ``offset`` must equal ``received`` (the durable bytes); two appends racing at one
-        offset, on one node or several, store one of them and refuse the other. Bytes past
+        ``offset`` must equal ``received`` (the durable bytes); of two appends to one blob
+        at once, on one node or several, at most one is stored and the other refused
+        (BlobOffsetMismatch, even at the right offset: the caller asks again). Bytes past
         ``received`` left by a crash are dropped before writing.
 
         Raises:
