@@ -419,6 +419,10 @@ async def download_file(client: BlobClient, file: FileMessage, directory: Path, 
                 continue  # the part saved may be what spoilt it: once more, from zero
             raise FileRefused(f"{name} was refused and not saved: {error}") from None
         except RelayError as error:
+            if error.code == ErrorCode.INVALID_REQUEST:  # our offset is past the blob's end
+                await trio.to_thread.run_sync(part.discard)
+                raise FileRefused(f"{name} was refused and not saved: the relay's blob is "
+                                  f"shorter than the announced file") from None
             if error.code != ErrorCode.BLOB_UNKNOWN:
                 await trio.to_thread.run_sync(part.close)
                 raise
