@@ -99,12 +99,13 @@ class PostgresBlobMethods:
         async def _write(self, work: Callable[[Any], T]) -> T: ...
 
     async def create_blob(self, *, organisation_id: int, user_id: str, device_id: int,
-                          size: int, quota_bytes: int, now_ms: int, expires_ms: int) -> bytes:
+                          size: int, quota_bytes: int, now_ms: int, expires_ms: int,
+                          upload_deadline_ms: int | None = None) -> bytes:
         blob_id = secrets.token_bytes(BLOB_ID_BYTES)
         await self._write(lambda connection: blob_sql.create_blob(
             connection, POSTGRES, blob_id=blob_id, organisation_id=organisation_id,
             user_id=user_id, device_id=device_id, size=size, quota_bytes=quota_bytes,
-            now_ms=now_ms, expires_ms=expires_ms))
+            now_ms=now_ms, expires_ms=expires_ms, upload_deadline_ms=upload_deadline_ms))
         return blob_id
 
     async def blob_info(self, blob_id: bytes, now_ms: int) -> BlobInfo | None:

@@ -41,7 +41,8 @@ stays short, and the sweeper comes back for the rest."""
 def _tables(*, blob: str, big: str) -> tuple[str, ...]:
     return (
         # received: bytes held durably from offset 0 (never more than size); charge: what the
-        # blob counts against the organisation's quota (its size, at least one block).
+        # blob counts against the organisation's quota (its size, at least one block);
+        # upload_deadline_ms: an incomplete blob expires then (never after expires_ms).
         f"""
         CREATE TABLE blobs (
             blob_id {blob} PRIMARY KEY,
@@ -53,10 +54,12 @@ def _tables(*, blob: str, big: str) -> tuple[str, ...]:
             charge {big} NOT NULL CHECK (charge >= size),
             received {big} NOT NULL DEFAULT 0 CHECK (received >= 0 AND received <= size),
             created_ms {big} NOT NULL,
-            expires_ms {big} NOT NULL
+            expires_ms {big} NOT NULL,
+            upload_deadline_ms {big} NOT NULL CHECK (upload_deadline_ms <= expires_ms)
         )
         """,
         "CREATE INDEX blobs_by_expiry ON blobs (expires_ms)",
+        "CREATE INDEX blobs_by_upload_deadline ON blobs (upload_deadline_ms)",
         "CREATE INDEX blobs_by_organisation ON blobs (organisation_id, expires_ms)",
         "CREATE INDEX blobs_by_user ON blobs (user_id)",
     )
@@ -66,7 +69,11 @@ SQLITE_BLOB_TABLES = _tables(blob="BLOB", big="INTEGER")
 POSTGRES_BLOB_TABLES = _tables(blob="BYTEA", big="BIGINT")
 
 _COLUMNS = ("blob_id, organisation_id, user_id, device_id, size, received, created_ms,"
-            " expires_ms")
+            " expires_ms, upload_deadline_ms")
+
+_LIVE = "expires_ms > ? AND (received = size OR upload_deadline_ms > ?)"
+"""The blob has not expired at the time bound twice (a complete one at expires_ms, an
+incomplete one at upload_deadline_ms)."""
 
 
 class _Statements:
@@ -81,17 +88,19 @@ class _Statements:
         self.user_in_organisation = sql(
             "SELECT 1 FROM users WHERE user_id = ? AND organisation_id = ?")
         self.charged = sql("SELECT COALESCE(SUM(charge), 0) FROM blobs"
-                           " WHERE organisation_id = ? AND expires_ms > ?")
+                           f" WHERE organisation_id = ? AND {_LIVE}")
         self.insert = sql(
             "INSERT INTO blobs (blob_id, organisation_id, user_id, device_id, size, charge,"
-            " received, created_ms, expires_ms) VALUES (?, ?, ?, ?, ?, ?, 0, ?, ?)")
+            " received, created_ms, expires_ms, upload_deadline_ms)"
+            " VALUES (?, ?, ?, ?, ?, ?, 0, ?, ?, ?)")
         self.info = sql(f"SELECT {_COLUMNS} FROM blobs WHERE blob_id = ?")
         self.set_received = sql(
             "UPDATE blobs SET received = ? WHERE blob_id = ? AND received = ?")
         self.received = sql("SELECT received FROM blobs WHERE blob_id = ?")
         self.delete_expired = sql(
             "DELETE FROM blobs WHERE blob_id IN (SELECT blob_id FROM blobs"
-            f" WHERE expires_ms <= ? ORDER BY expires_ms LIMIT ?{dialect.skip_locked})")
+            " WHERE expires_ms <= ? OR (upload_deadline_ms <= ? AND received < size)"
+            f" LIMIT ?{dialect.skip_locked})")
         self.delete_organisation = sql("DELETE FROM blobs WHERE organisation_id = ?")
 
 
@@ -105,7 +114,8 @@ def blob_charge(size: int) -> int:
 
 def create_blob(connection: Connection, dialect: Dialect, *, blob_id: bytes,
                 organisation_id: int, user_id: str, device_id: int, size: int,
-                quota_bytes: int, now_ms: int, expires_ms: int) -> None:
+                quota_bytes: int, now_ms: int, expires_ms: int,
+                upload_deadline_ms: int | None) -> None:
     """See ``BlobStore.create_blob`` (the caller draws ``blob_id``)."""
     if size < 0:
         raise ValueError("a blob's size is not negative")
@@ -114,12 +124,14 @@ def create_blob(connection: Connection, dialect: Dialect, *, blob_id: bytes,
     if connection.execute(statements.user_in_organisation,
                           (user_id, organisation_id)).fetchone() is None:
         raise NotFound("no such user in this organisation")
-    (charged,) = connection.execute(statements.charged, (organisation_id, now_ms)).fetchone()
+    (charged,) = connection.execute(statements.charged,
+                                    (organisation_id, now_ms, now_ms)).fetchone()
     charge = blob_charge(size)
     if int(charged) + charge > quota_bytes:
         raise BlobQuotaExceeded(quota_bytes=quota_bytes)
+    deadline = expires_ms if upload_deadline_ms is None else min(upload_deadline_ms, expires_ms)
     connection.execute(statements.insert, (blob_id, organisation_id, user_id, device_id, size,
-                                           charge, now_ms, expires_ms))
+                                           charge, now_ms, expires_ms, deadline))
 
 
 def blob_info(connection: Connection, dialect: Dialect, blob_id: bytes,
@@ -130,8 +142,9 @@ def blob_info(connection: Connection, dialect: Dialect, blob_id: bytes,
         return None
     info = BlobInfo(blob_id=bytes(row[0]), organisation_id=int(row[1]), user_id=str(row[2]),
                     device_id=int(row[3]), size=int(row[4]), received=int(row[5]),
-                    created_ms=int(row[6]), expires_ms=int(row[7]))
-    if now_ms is not None and info.expires_ms <= now_ms:
+                    created_ms=int(row[6]), expires_ms=int(row[7]),
+                    upload_deadline_ms=int(row[8]))
+    if now_ms is not None and not info.live(now_ms):
         return None
     return info
 
@@ -156,7 +169,8 @@ def set_received(connection: Connection, dialect: Dialect, blob_id: bytes, *, of
 def delete_expired_blobs(connection: Connection, dialect: Dialect, *, now_ms: int,
                          limit: int) -> int:
     """Delete up to ``limit`` blobs expired at ``now_ms``; return how many."""
-    return connection.execute(_STATEMENTS[dialect].delete_expired, (now_ms, limit)).rowcount
+    return connection.execute(_STATEMENTS[dialect].delete_expired,
+                              (now_ms, now_ms, limit)).rowcount
 
 
 def delete_organisation_blobs(connection: Connection, dialect: Dialect,
@@ -170,5 +184,5 @@ def organisation_blob_bytes(connection: Connection, dialect: Dialect, organisati
                             now_ms: int) -> int:
     """What the organisation's unexpired blobs are charged (bytes)."""
     (charged,) = connection.execute(_STATEMENTS[dialect].charged,
-                                    (organisation_id, now_ms)).fetchone()
+                                    (organisation_id, now_ms, now_ms)).fetchone()
     return int(charged)

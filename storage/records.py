@@ -263,8 +263,14 @@ class BlobInfo:
     """Milliseconds since the epoch."""
     expires_ms: int
     """Milliseconds since the epoch; gone for every caller from then on, swept after."""
+    upload_deadline_ms: int
+    """Milliseconds since the epoch (at most ``expires_ms``); gone then unless complete."""
 
     @property
     def complete(self) -> bool:
         """Whether every declared byte is held (only then may it be downloaded)."""
         return self.received == self.size
+
+    def live(self, now_ms: int) -> bool:
+        """Whether it has not expired at ``now_ms``."""
+        return now_ms < self.expires_ms and (self.complete or now_ms < self.upload_deadline_ms)

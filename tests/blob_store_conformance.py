@@ -45,10 +45,12 @@ async def store(store_opener: StoreOpener) -> AsyncIterator[Store]:
 
 
 async def _create(store: Store, user: User, size: int, *, quota: int = QUOTA,
-                  now: int = NOW, ttl_ms: int = BLOB_TTL_MS) -> bytes:
-    return await store.create_blob(organisation_id=user.organisation_id, user_id=user.user_id,
-                                   device_id=DEVICE, size=size, quota_bytes=quota, now_ms=now,
-                                   expires_ms=now + ttl_ms)
+                  now: int = NOW, ttl_ms: int = BLOB_TTL_MS,
+                  upload_ttl_ms: int | None = None) -> bytes:
+    return await store.create_blob(
+        organisation_id=user.organisation_id, user_id=user.user_id, device_id=DEVICE, size=size,
+        quota_bytes=quota, now_ms=now, expires_ms=now + ttl_ms,
+        upload_deadline_ms=None if upload_ttl_ms is None else now + upload_ttl_ms)
 
 
 async def _upload(store: Store, blob_id: bytes, data: bytes, *, piece: int = 7,
@@ -84,7 +86,8 @@ async def test_a_blob_is_created_empty_with_an_unguessable_id(store: Store) -> N
     assert (info.blob_id, info.organisation_id, info.user_id, info.device_id) == (
         first, user.organisation_id, user.user_id, DEVICE)
     assert (info.size, info.received, info.complete) == (100, 0, False)
-    assert (info.created_ms, info.expires_ms) == (NOW, NOW + BLOB_TTL_MS)
+    assert (info.created_ms, info.expires_ms, info.upload_deadline_ms) == (
+        NOW, NOW + BLOB_TTL_MS, NOW + BLOB_TTL_MS)
 
 
 async def test_appended_pieces_read_back_from_any_offset(store: Store) -> None:
@@ -298,6 +301,36 @@ async def test_an_expired_blob_is_gone_and_then_swept(store: Store) -> None:
         await store.read_blob(expiring, 0, 4)
     assert await store.read_blob(kept, 0, 4) == b"data"
     assert await store.delete_expired_blobs(later, 100) == 0
+
+
+async def test_an_upload_left_incomplete_past_its_deadline_expires_early(
+        store: Store) -> None:
+    user = await _declared(store)
+    quota = 2 * BLOB_MINIMUM_CHARGE_BYTES
+    abandoned = await _create(store, user, BLOB_MINIMUM_CHARGE_BYTES, quota=quota,
+                              upload_ttl_ms=DAY_MS)
+    finished = await _create(store, user, 4, quota=quota, upload_ttl_ms=DAY_MS)
+    await store.append_blob(abandoned, 0, b"part")
+    await store.append_blob(finished, 0, b"done")
+    assert (await _info(store, abandoned)).upload_deadline_ms == NOW + DAY_MS
+    with pytest.raises(BlobQuotaExceeded):
+        await _create(store, user, 1, quota=quota)
+    deadline = NOW + DAY_MS
+    assert await store.blob_info(abandoned, deadline - 1) is not None
+    assert await store.blob_info(abandoned, deadline) is None
+    assert await store.blob_info(finished, deadline) is not None  # complete: kept to its TTL
+    # Its quota is back at once, and the sweep takes it (only it).
+    await _create(store, user, 1, quota=quota, now=deadline)
+    assert await store.delete_expired_blobs(deadline, 100) == 1
+    with pytest.raises(NotFound):
+        await store.read_blob(abandoned, 0, 4)
+    assert await store.read_blob(finished, 0, 4) == b"done"
+
+
+async def test_an_upload_deadline_never_outlives_the_blob(store: Store) -> None:
+    user = await _declared(store)
+    blob_id = await _create(store, user, 4, ttl_ms=DAY_MS, upload_ttl_ms=2 * DAY_MS)
+    assert (await _info(store, blob_id)).upload_deadline_ms == NOW + DAY_MS
 
 
 async def test_expiry_is_swept_in_batches(store: Store) -> None:

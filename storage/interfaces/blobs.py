@@ -46,14 +46,16 @@ class BlobStore(Protocol):
     """Blobs and their metadata. All methods are safe to call concurrently."""
 
     async def create_blob(self, *, organisation_id: int, user_id: str, device_id: int,
-                          size: int, quota_bytes: int, now_ms: int, expires_ms: int) -> bytes:
+                          size: int, quota_bytes: int, now_ms: int, expires_ms: int,
+                          upload_deadline_ms: int | None = None) -> bytes:
         """Record a new, empty blob of ``size`` bytes uploaded by that device; return its id.
 
         Charges ``max(size, BLOB_MINIMUM_CHARGE_BYTES)`` to the organisation. In one
         transaction (locking the organisation against every other node): if the charges of
         its unexpired blobs plus this one would exceed ``quota_bytes``, raises
         BlobQuotaExceeded and stores nothing. ``expires_ms`` is the caller's (now plus the
-        relay's blob TTL).
+        relay's blob TTL). A blob still incomplete at ``upload_deadline_ms`` (if given, and
+        earlier) expires then: an abandoned upload gives its quota back sooner.
 
         Raises:
             BlobQuotaExceeded: nothing stored.
@@ -63,9 +65,9 @@ class BlobStore(Protocol):
         ...
 
     async def blob_info(self, blob_id: bytes, now_ms: int) -> BlobInfo | None:
-        """The blob, or None if it is missing or expired at ``now_ms`` (a wrong id is a
-        missing one). The caller checks who may upload (the creating device) or download
-        (anyone holding the id, once ``complete``)."""
+        """The blob, or None if it is missing or expired at ``now_ms`` (``BlobInfo.live``; a
+        wrong id is a missing one). The caller checks who may upload (the creating device)
+        or download (anyone holding the id, once ``complete``)."""
         ...
 
     async def append_blob(self, blob_id: bytes, offset: int, data: bytes) -> int:
@@ -96,8 +98,8 @@ class BlobStore(Protocol):
         ...
 
     async def delete_expired_blobs(self, now_ms: int, limit: int) -> int:
-        """Delete up to ``limit`` blobs with ``expires_ms <= now_ms``, bytes and all;
-        return how many. ``EnvelopeQueue.expire`` calls it too, with its own ``limit``."""
+        """Delete up to ``limit`` blobs expired at ``now_ms`` (``BlobInfo.live``), bytes and
+        all; return how many. ``EnvelopeQueue.expire`` calls it too, with its own ``limit``."""
         ...
 
     async def delete_organisation_blobs(self, organisation_id: int) -> int:
