@@ -51,7 +51,8 @@ from wire.frames import ErrorCode, RemoteProtocolError
 
 __all__ = ["MAX_NAME_SUFFIXES", "MAX_UPLOAD_ATTEMPTS", "READ_SIZE", "BlobClient",
            "FileRefused", "FileUnreadable", "TransferProgress", "UploadedFile",
-           "download_file", "forget_upload", "safe_file_name", "upload_file"]
+           "announced_name", "download_file", "forget_upload", "numbered_names",
+           "safe_file_name", "upload_file"]
 
 READ_SIZE = 1024 * 1024
 """File bytes read (or ciphertext bytes written) per step: what a transfer holds at once,
@@ -293,6 +294,14 @@ async def _sealed(file: BinaryIO, encryptor: AttachmentEncryptor, size: int, nam
 # -- receiving -----------------------------------------------------------------------------
 
 
+def announced_name(path: Path) -> str:
+    """The name a sent file is announced under: the file's own, as valid UTF-8 within
+    MAX_FILE_NAME_BYTES (bytes that are not UTF-8 become U+FFFD). The receiver makes it
+    safe (`safe_file_name`): the sender's is what the user named the file."""
+    name = path.name.encode(errors="surrogateescape").decode(errors="replace")
+    return _shorten(name, MAX_FILE_NAME_BYTES) or _FALLBACK_NAME
+
+
 def safe_file_name(name: str) -> str:
     """A name that is safe to create in the download directory: the last component of any
     path (``/`` or ``\\``), without control or format characters, leading dots (no hidden
@@ -320,8 +329,9 @@ def _shorten(name: str, limit: int) -> str:
     return stem.encode()[:room].decode(errors="ignore").rstrip(". ") + suffix
 
 
-def _candidates(name: str) -> Iterator[str]:
-    """``name``, then ``stem (1).ext``, ``stem (2).ext``, ... within the name limit."""
+def numbered_names(name: str) -> Iterator[str]:
+    """``name``, then ``stem (1).ext``, ``stem (2).ext``, ... within the name limit: the
+    names a received file may take, in order, MAX_NAME_SUFFIXES in all."""
     yield name
     stem, dot, extension = name.rpartition(".")
     if not dot or not stem:
@@ -371,7 +381,7 @@ class _PartFile:
         an existing file is never replaced."""
         self._file.flush()
         os.fsync(self._file.fileno())
-        for candidate in _candidates(name):
+        for candidate in numbered_names(name):
             target = self.path.parent / candidate
             try:
                 os.link(self.path, target)  # fails on an existing name, unlike rename

@@ -31,7 +31,7 @@ import trio
 import typer
 
 from client.account_setup import verify_enrolment
-from client.attachments import FileUnreadable, safe_file_name
+from client.attachments import FileUnreadable, announced_name, safe_file_name
 from client.connection import (
     CertificateFileError,
     ConnectionClosed,
@@ -464,7 +464,7 @@ def send_file(phone: PhoneArgument,
         with transfer_bars(terminal=sys.stderr.isatty()) as progress:
             async with Messenger.connect(profile) as messenger:
                 receipt = await messenger.send_file(number, path, progress=progress)
-        line = send_line(number, receipt) | {"name": safe_file_name(path.name),
+        line = send_line(number, receipt) | {"name": announced_name(path),
                                               "size": path.stat().st_size}
         typer.echo(json.dumps(line, ensure_ascii=False))
         if receipt.own_copy_problem is not None:

@@ -40,9 +40,9 @@ import trio
 from client.attachments import (
     FileRefused,
     TransferProgress,
+    announced_name,
     download_file,
     forget_upload,
-    safe_file_name,
     upload_file,
 )
 from client.connection import (
@@ -503,7 +503,7 @@ class Messenger:
             sender_phone=self.phone, recipient_phone=phone,
             sent_at=datetime.datetime.now(datetime.UTC), blob_id=uploaded.blob_id,
             key=uploaded.key, digest=uploaded.digest, size=uploaded.size,
-            chunk_size=uploaded.chunk_size, name=safe_file_name(path.name),
+            chunk_size=uploaded.chunk_size, name=announced_name(path),
             media_type=media_type)
         receipt = await self._send(phone, content)
         await trio.to_thread.run_sync(forget_upload, uploaded)

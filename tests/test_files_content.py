@@ -11,7 +11,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from client.attachments import MAX_NAME_SUFFIXES, _candidates, safe_file_name
+from client.attachments import (
+    MAX_NAME_SUFFIXES,
+    announced_name,
+    numbered_names,
+    safe_file_name,
+)
 from client.message_content import (
     MAX_FILE_NAME_BYTES,
     MAX_FILE_SIZE,
@@ -102,11 +107,17 @@ def test_any_name_becomes_one_plain_component(name: str) -> None:
     assert len(safe.encode()) <= MAX_FILE_NAME_BYTES
     assert Path(safe).name == safe
     assert all(candidate and len(candidate.encode()) <= MAX_FILE_NAME_BYTES
-               for candidate in list(_candidates(safe))[:3])
+               for candidate in list(numbered_names(safe))[:3])
 
 
 def test_a_taken_name_gets_a_number_before_its_extension() -> None:
-    candidates = list(_candidates("report.pdf"))
+    candidates = list(numbered_names("report.pdf"))
     assert candidates[:3] == ["report.pdf", "report (1).pdf", "report (2).pdf"]
     assert len(candidates) == MAX_NAME_SUFFIXES
-    assert list(_candidates("README"))[:2] == ["README", "README (1)"]
+    assert list(numbered_names("README"))[:2] == ["README", "README (1)"]
+
+
+def test_the_sender_announces_the_file_name_as_it_is_within_the_limit() -> None:
+    assert announced_name(Path("/tmp/.hidden\x07 name.txt")) == ".hidden\x07 name.txt"
+    assert announced_name(Path(b"caf\xe9.txt".decode(errors="surrogateescape"))) == "caf\ufffd.txt"
+    assert len(announced_name(Path("\u00e9" * 200 + ".txt")).encode()) <= MAX_FILE_NAME_BYTES
