@@ -74,8 +74,13 @@ def _copy_file(target: sqlite3.Connection, path: Path, blob_id: bytes, received:
 
 
 def copy_blobs_into_backup(target: sqlite3.Connection, source: sqlite3.Connection,
-                           blob_dir: Path) -> int:
+                           blob_dir: Path, *, leave_out_lost: bool = False) -> int:
     """Add to ``target`` (the backup, just copied from ``source``) the bytes of its blobs.
+
+    Args:
+        leave_out_lost: leave out (rather than fail on) a blob still in ``source`` whose file
+            is missing or short: for the copy a restore keeps of a store it replaces, which
+            may be damaged (the reason for the restore).
 
     Returns:
         How many blobs the backup holds.
@@ -92,7 +97,8 @@ def copy_blobs_into_backup(target: sqlite3.Connection, source: sqlite3.Connectio
         path = blob_dir / blob_file_name(bytes(blob_id))
         if _copy_file(target, path, bytes(blob_id), int(received)):
             continue
-        if source.execute("SELECT 1 FROM blobs WHERE blob_id = ?", (blob_id,)).fetchone():
+        if not leave_out_lost and source.execute(
+                "SELECT 1 FROM blobs WHERE blob_id = ?", (blob_id,)).fetchone():
             raise BlobBackupError(f"the file of a blob is missing or short: {path}")
         target.execute(f"DELETE FROM {_CHUNK_TABLE} WHERE blob_id = ?",  # noqa: S608
                        (blob_id,))

@@ -127,9 +127,14 @@ def _open_locked(path: Path) -> int | None:
     return descriptor
 
 
-def _write_durably(descriptor: int, directory: Path, offset: int, data: bytes) -> None:
+def _write_durably(descriptor: int, directory: Path, offset: int, data: bytes) -> bool:
     """Cut the file at ``offset`` (what a crash or a lost race left past it), write ``data``
-    there and fsync; fsync the directory too when the file is new (offset 0)."""
+    there and fsync; fsync the directory too when the file is new (offset 0).
+
+    Returns False, writing nothing, if the file holds fewer than ``offset`` bytes: it lost
+    durable bytes (removed or cut by hand), and padding it would serve zeros as the file."""
+    if os.fstat(descriptor).st_size < offset:
+        return False
     os.ftruncate(descriptor, offset)
     written = 0
     while written < len(data):
@@ -137,6 +142,7 @@ def _write_durably(descriptor: int, directory: Path, offset: int, data: bytes) -
     os.fsync(descriptor)
     if offset == 0:
         fsync_directory(directory)
+    return True
 
 
 def _read_range(path: Path, offset: int, length: int) -> bytes | None:
@@ -229,13 +235,14 @@ class FileBlobMethods:
             # Again under the lock: another append (of this process or another) may have
             # committed meanwhile.
             await self._current(blob_id, offset, len(data))
-            await trio.to_thread.run_sync(_write_durably, descriptor, self._blob_dir, offset,
-                                          data)
+            if not await trio.to_thread.run_sync(_write_durably, descriptor, self._blob_dir,
+                                                 offset, data):
+                raise NotFound("no such blob")  # its bytes are lost: it is gone
             return await self._write(lambda connection: blob_sql.set_received(
                 connection, SQLITE, blob_id, offset=offset, received=offset + len(data)))
         except NotFound:
-            # Deleted meanwhile: its files' removal may have run before this open created the
-            # file again; nothing must stay behind.
+            # Deleted meanwhile (its files' removal may have run before this open created the
+            # file again), or its file lost bytes: nothing of it must stay behind.
             with trio.CancelScope(shield=True):
                 await trio.to_thread.run_sync(remove_blob_files, self._blob_dir, [blob_id])
             raise

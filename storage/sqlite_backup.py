@@ -44,11 +44,14 @@ class BackupError(Exception):
     """The backup or restore could not be done; nothing was changed."""
 
 
-def backup_database(database: Path, destination: Path, *, blob_dir: Path | None = None) -> int:
+def backup_database(database: Path, destination: Path, *, blob_dir: Path | None = None,
+                    leave_out_lost_blobs: bool = False) -> int:
     """Copy ``database``, with its blobs' bytes, to ``destination`` consistently, even while a
     relay writes it.
 
     ``blob_dir`` is the store's blob directory (by default ``blobs`` beside ``database``).
+    A blob whose file lost bytes fails the backup, unless ``leave_out_lost_blobs`` (the copy
+    of a store about to be replaced) leaves it out.
 
     Returns:
         The size of the backup in bytes.
@@ -70,7 +73,8 @@ def backup_database(database: Path, destination: Path, *, blob_dir: Path | None 
                 source.backup(target)  # pages=-1: everything, in one consistent step
                 # A single file, with no -wal beside it, is what an operator copies away.
                 target.execute("PRAGMA journal_mode = DELETE")
-                copy_blobs_into_backup(target, source, blobs)
+                copy_blobs_into_backup(target, source, blobs,
+                                       leave_out_lost=leave_out_lost_blobs)
             finally:
                 target.close()
         finally:
@@ -137,7 +141,7 @@ def restore_database(backup: Path, database: Path, *, now: datetime.datetime,
     if database.exists():
         safety = database.with_name(
             f"{database.name}.replaced-{now.strftime('%Y%m%dT%H%M%SZ')}")
-        backup_database(database, safety, blob_dir=blobs)
+        backup_database(database, safety, blob_dir=blobs, leave_out_lost_blobs=True)
     database.parent.mkdir(parents=True, exist_ok=True)
     # The files first, beside the directory they will replace: a failure leaves the store as
     # it was.

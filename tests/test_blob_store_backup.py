@@ -164,3 +164,22 @@ async def test_the_operator_commands_round_trip_a_blob(tmp_path: Path) -> None:
                                           check=False)
         assert done.returncode == 0, done.stderr.decode()
     await _assert_holds(restored / "relay.db", blobs)
+
+
+async def test_a_restore_over_a_store_that_lost_a_blob_file_still_restores(
+        tmp_path: Path) -> None:
+    good, damaged = tmp_path / "good" / "relay.db", tmp_path / "damaged" / "relay.db"
+    blobs = await _store_with_blobs(good)
+    backup = tmp_path / "backup.db"
+    backup_database(good, backup)
+    lost = await _store_with_blobs(damaged)
+    lost_id = next(blob_id for blob_id, data in lost.items() if data)
+    (damaged.parent / "blobs" / blob_file_name(lost_id)).unlink()
+    safety = restore_database(backup, damaged, now=RESTORED_AT)
+    await _assert_holds(damaged, blobs)
+    # The copy of the replaced store keeps what it could: every blob but the lost one.
+    assert safety is not None
+    undo = tmp_path / "undo" / "relay.db"
+    restore_database(safety, undo, now=RESTORED_AT)
+    del lost[lost_id]
+    await _assert_holds(undo, lost)

@@ -12,7 +12,7 @@ from contextlib import AbstractAsyncContextManager
 
 import pytest
 
-from storage.base import BlobOffsetMismatch, Store
+from storage.base import BlobOffsetMismatch, NotFound, Store
 from storage.blob_files import blob_file_name
 from storage.sqlite import SqliteStore, open_sqlite_store
 from tests.blob_store_conformance import *  # noqa: F403
@@ -144,3 +144,18 @@ async def test_an_append_while_another_holds_the_blob_is_refused_without_waiting
         assert path.read_bytes() == b"0123456789"
         assert (await _info(store, blob_id)).received == 10
         assert await store.append_blob(blob_id, 10, b"abcdefghij") == 20
+
+
+async def test_a_blob_whose_file_lost_bytes_is_gone_rather_than_padded(
+        database_path: pathlib.Path) -> None:
+    async with open_sqlite_store(database_path) as store:
+        user = await _declared(store)
+        blob_id = await _create(store, user, 20)
+        await store.append_blob(blob_id, 0, b"0123456789")
+        path = store.blob_dir / blob_file_name(blob_id)
+        path.unlink()  # by hand, or a disk that lost it
+        with pytest.raises(NotFound):
+            await store.read_blob(blob_id, 0, 10)
+        with pytest.raises(NotFound):
+            await store.append_blob(blob_id, 10, b"abcdefghij")
+        assert not path.exists()  # no file of zeros where the bytes were
