@@ -218,7 +218,8 @@ async def upload_file(client: BlobClient, path: Path, *, records: Path, recipien
             return UploadedFile(blob_id=blob_id, key=key, digest=encryptor.digest,
                                 size=identity.size, chunk_size=chunk_size, record=record)
     finally:
-        await trio.to_thread.run_sync(file.close)
+        with trio.CancelScope(shield=True):
+            await trio.to_thread.run_sync(file.close)
 
 
 async def _resume_or_create(client: BlobClient, record: Path,

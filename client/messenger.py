@@ -194,8 +194,12 @@ class Messenger:
     """An authenticated, encrypting client. Use `Messenger.connect`."""
 
     def __init__(self, client: RelayClient, profile: Profile, device: DeviceCrypto,
-                 contacts: dict[str, Contact], *, persist_state: bool = True) -> None:
+                 contacts: dict[str, Contact], *, persist_state: bool = True,
+                 inbox: dict[int, bytes] | None = None) -> None:
         """Args:
+            inbox: the decrypted messages not yet acknowledged, as the saved state holds
+                them (`connect` passes them on, so a message decrypted before a crash or an
+                interrupted file download is handed over again instead of being lost).
             persist_state: keep the end-to-end state in the profile, under its lock (the
                 default, and the only safe choice for a real device: a crash or a second
                 process must never reuse a message key). False keeps it in memory only, for
@@ -209,7 +213,7 @@ class Messenger:
         self.profile = profile
         self.device = device
         self.contacts = contacts
-        self.inbox: dict[int, bytes] = {}
+        self.inbox: dict[int, bytes] = dict(inbox or {})
         self.user_id, self.device_id, self.phone = user_id, device_id, profile.data.phone
         self.persist_state = persist_state
         self._stamp = profile.device_state_stamp() if persist_state else None
@@ -245,13 +249,14 @@ class Messenger:
         await profile.lock.acquire()
         held = True
         try:
-            device, contacts, _ = _load_state(profile)
+            device, contacts, inbox = _load_state(profile)
             async with connect_any(addresses, ca=Path(ca) if ca else None,
                                    connect_timeout=connect_timeout, endpoint=endpoint) as client:
                 if reached is not None:
                     reached.set()
                 await client.authenticate(user_id, device_id, profile.signing_key())
-                async with cls.attach(client, profile, device, contacts) as messenger:
+                async with cls.attach(client, profile, device, contacts,
+                                      inbox=inbox) as messenger:
                     if not hold_profile:
                         held = False
                         profile.lock.release()
@@ -263,14 +268,15 @@ class Messenger:
     @classmethod
     @asynccontextmanager
     async def attach(cls, client: RelayClient, profile: Profile, device: DeviceCrypto,
-                     contacts: dict[str, Contact], *,
-                     persist_state: bool = True) -> AsyncIterator[Messenger]:
+                     contacts: dict[str, Contact], *, persist_state: bool = True,
+                     inbox: dict[int, bytes] | None = None) -> AsyncIterator[Messenger]:
         """Run a messenger on ``client``, already authenticated as the profile's device:
         publish missing prekeys (rotating them when due), learn this account's other
         devices, and keep refilling prekeys until the block ends. `connect` uses it; a load
         generator that opens its own connections (many devices on one endpoint) calls it
         directly."""
-        messenger = cls(client, profile, device, contacts, persist_state=persist_state)
+        messenger = cls(client, profile, device, contacts, persist_state=persist_state,
+                        inbox=inbox)
         await messenger.refresh_prekeys()
         await messenger.own_devices()
         async with trio.open_nursery() as nursery:

@@ -1,0 +1,204 @@
+"""Files end to end through a real relay on loopback (QUIC, SQLite file, blob files): a
+50 MiB file arrives intact, the relay's data directory holds none of its plaintext, a blob
+altered on the relay is refused with nothing saved, and interrupted transfers resume."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+import stat
+from contextlib import aclosing
+from pathlib import Path
+
+import trio
+
+from client.messenger import Messenger, ReceivedMessage
+from client.profile import Profile
+from tests.account_support import TIMEOUT_S, enrolled_profile
+from tests.conftest import RelayUnderTest
+
+ALICE, BOB = "+33612345678", "+33698765432"
+MIB = 1024 * 1024
+BIG_TIMEOUT_S = 300
+"""Bound on a 50 MiB transfer each way on a loaded machine; not a timing assertion."""
+
+
+def write_marked_file(path: Path, size: int, marker: bytes) -> bytes:
+    """A file of ``size`` bytes: ``marker`` then random filler, repeated; returns its SHA-256.
+    Any stretch of plaintext a relay kept would hold a marker."""
+    digest = hashlib.sha256()
+    block = marker + os.urandom(4096 - len(marker))
+    with path.open("wb") as file:
+        left = size
+        while left > 0:
+            piece = block[:min(len(block), left)]
+            file.write(piece)
+            digest.update(piece)
+            left -= len(piece)
+    return digest.digest()
+
+
+def sha256_of(path: Path) -> bytes:
+    digest = hashlib.sha256()
+    with path.open("rb") as file:
+        while piece := file.read(MIB):
+            digest.update(piece)
+    return digest.digest()
+
+
+def files_containing(directory: Path, needle: bytes) -> list[Path]:
+    """Every file under ``directory`` (the SQLite file, its WAL, blobs, logs...) that holds
+    ``needle``, read in overlapping pieces."""
+    found = []
+    for path in sorted(directory.rglob("*")):
+        if not path.is_file():
+            continue
+        tail = b""
+        with path.open("rb") as file:
+            while piece := file.read(MIB):
+                if needle in tail + piece:
+                    found.append(path)
+                    break
+                tail = piece[-len(needle):]
+    return found
+
+
+async def send_file(profile: Profile, phone: str, path: Path) -> tuple[int, ...]:
+    with trio.fail_after(BIG_TIMEOUT_S):
+        async with Messenger.connect(profile) as messenger:
+            receipt = await messenger.send_file(phone, path)
+    return receipt.recipient_devices
+
+
+async def receive_files(profile: Profile, download_dir: Path) -> list[ReceivedMessage]:
+    found = []
+    with trio.fail_after(BIG_TIMEOUT_S):
+        async with Messenger.connect(profile) as messenger, aclosing(
+                messenger.messages(stop_when_empty=True, download_dir=download_dir)) as messages:
+            async for message in messages:
+                found.append(message)
+    return found
+
+
+def blob_files(relay: RelayUnderTest) -> list[Path]:
+    return sorted(path for path in (relay.data_dir / "blobs").iterdir() if path.is_file())
+
+
+async def test_a_50_mib_file_crosses_intact_and_the_relay_keeps_none_of_its_plaintext(
+        relay: RelayUnderTest, tmp_path: Path) -> None:
+    alice = await enrolled_profile(relay, tmp_path / "A", ALICE)
+    bob = await enrolled_profile(relay, tmp_path / "B", BOB)
+    marker = b"PLAINTEXT-MARKER-" + secrets.token_hex(16).encode()
+    name_marker = secrets.token_hex(16)
+    source = tmp_path / f"holiday-{name_marker}.bin"
+    expected = write_marked_file(source, 50 * MIB, marker)
+    downloads = tmp_path / "downloads"
+    downloads.mkdir()
+
+    assert await send_file(alice, BOB, source) == (bob.data.device_id,)
+    [message] = await receive_files(bob, downloads)
+
+    assert message.problem is None and message.file is not None
+    assert message.file == downloads / source.name
+    assert sha256_of(message.file) == expected
+    assert stat.S_IMODE(message.file.stat().st_mode) == 0o600
+    assert sorted(downloads.iterdir()) == [message.file]  # no part file left behind
+    assert len(blob_files(relay)) == 1  # uploaded once
+    for needle in (marker, name_marker.encode(), b"holiday-"):
+        assert files_containing(relay.data_dir, needle) == []
+    assert files_containing(tmp_path / "B", marker) == []  # nor Bob's profile
+    assert await receive_files(bob, downloads) == []  # acknowledged
+
+
+async def test_a_received_file_lands_0600_under_a_sanitised_name_never_replacing_one(
+        relay: RelayUnderTest, tmp_path: Path) -> None:
+    alice = await enrolled_profile(relay, tmp_path / "A", ALICE)
+    bob = await enrolled_profile(relay, tmp_path / "B", BOB)
+    hostile = tmp_path / "..\\..\\.bashrc\x1b[2J.txt"
+    hostile.write_bytes(b"echo gotcha\n")
+    downloads = tmp_path / "downloads"
+    downloads.mkdir()
+    (downloads / "bashrc[2J.txt").write_bytes(b"mine")
+    for _ in range(2):
+        await send_file(alice, BOB, hostile)
+
+    first, second = await receive_files(bob, downloads)
+
+    assert first.file == downloads / "bashrc[2J (1).txt"
+    assert second.file == downloads / "bashrc[2J (2).txt"
+    assert (downloads / "bashrc[2J.txt").read_bytes() == b"mine"
+    for message in (first, second):
+        assert message.file is not None and message.file.read_bytes() == b"echo gotcha\n"
+        assert stat.S_IMODE(message.file.stat().st_mode) == 0o600
+    assert sorted(path.name for path in tmp_path.iterdir()) == sorted(
+        ["A", "B", "downloads", "relay", hostile.name])  # nothing written outside it
+
+
+async def test_a_blob_altered_on_the_relay_is_refused_and_nothing_is_saved(
+        relay: RelayUnderTest, tmp_path: Path) -> None:
+    alice = await enrolled_profile(relay, tmp_path / "A", ALICE)
+    bob = await enrolled_profile(relay, tmp_path / "B", BOB)
+    source = tmp_path / "contract.pdf"
+    source.write_bytes(os.urandom(3 * MIB + 5))
+    await send_file(alice, BOB, source)
+    [stored] = blob_files(relay)
+    with stored.open("r+b") as blob:  # the operator (or a thief with write access) flips a bit
+        blob.seek(2 * MIB)
+        byte = blob.read(1)
+        blob.seek(2 * MIB)
+        blob.write(bytes([byte[0] ^ 0x01]))
+    downloads = tmp_path / "downloads"
+    downloads.mkdir()
+
+    [message] = await receive_files(bob, downloads)
+
+    assert message.file is None
+    assert message.problem is not None
+    assert "contract.pdf was refused and not saved" in message.problem
+    assert list(downloads.iterdir()) == []  # neither the file nor its part
+    assert await receive_files(bob, downloads) == []  # a retry cannot help: acknowledged
+
+
+async def test_an_interrupted_upload_and_download_resume_from_their_offsets(
+        relay: RelayUnderTest, tmp_path: Path) -> None:
+    alice = await enrolled_profile(relay, tmp_path / "A", ALICE)
+    bob = await enrolled_profile(relay, tmp_path / "B", BOB)
+    source = tmp_path / "video.mp4"
+    source.write_bytes(os.urandom(8 * MIB))
+    downloads = tmp_path / "downloads"
+    downloads.mkdir()
+
+    def stop_halfway(scope: trio.CancelScope) -> object:
+        def progress(name: str, done: int, total: int) -> None:
+            if done >= total // 2:
+                scope.cancel()
+        return progress
+
+    with trio.fail_after(TIMEOUT_S), trio.CancelScope() as upload:
+        async with Messenger.connect(alice) as messenger:
+            await messenger.send_file(BOB, source, progress=stop_halfway(upload))
+    assert upload.cancelled_caught
+    assert len(list((alice.directory / "uploads").iterdir())) == 1  # the resume record
+    with trio.fail_after(TIMEOUT_S):
+        async with Messenger.connect(alice) as messenger:
+            await messenger.send_file(BOB, source)
+    assert len(blob_files(relay)) == 1  # the same blob, completed
+    assert list((alice.directory / "uploads").iterdir()) == []
+
+    with trio.fail_after(TIMEOUT_S), trio.CancelScope() as download:
+        async with Messenger.connect(bob) as messenger, aclosing(messenger.messages(
+                stop_when_empty=True, download_dir=downloads,
+                progress=stop_halfway(download))) as messages:
+            async for _ in messages:
+                raise AssertionError("handed over before its file was complete")
+    assert download.cancelled_caught
+    [part] = list(downloads.iterdir())
+    assert part.name.startswith(".cryptopass-") and part.name.endswith(".part")
+    assert stat.S_IMODE(part.stat().st_mode) == 0o600
+    assert 0 < part.stat().st_size < 8 * MIB
+
+    [message] = await receive_files(bob, downloads)  # delivered again: not acknowledged
+    assert message.file == downloads / "video.mp4"
+    assert message.file.read_bytes() == source.read_bytes()
+    assert list(downloads.iterdir()) == [message.file]
