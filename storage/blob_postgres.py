@@ -23,7 +23,7 @@ from storage.interfaces.blobs import BLOB_ID_BYTES, MAX_BLOB_PIECE_BYTES
 from storage.records import BlobInfo, BlobOffsetMismatch, BlobPastSize, NotFound
 from storage.sql_dialect import POSTGRES, Connection
 
-__all__ = ["POSTGRES_BLOB_CHUNK_TABLES", "PostgresBlobMethods"]
+__all__ = ["MAX_CHUNKS_PER_READ", "POSTGRES_BLOB_CHUNK_TABLES", "PostgresBlobMethods"]
 
 T = TypeVar("T")
 
@@ -45,8 +45,13 @@ _LOCK_BLOB = "SELECT size, received FROM blobs WHERE blob_id = %s FOR UPDATE"
 _INSERT_CHUNK = "INSERT INTO blob_chunks (blob_id, end_offset, data) VALUES (%s, %s, %s)"
 _SET_RECEIVED = "UPDATE blobs SET received = %s WHERE blob_id = %s"
 _RECEIVED = "SELECT received FROM blobs WHERE blob_id = %s"
+MAX_CHUNKS_PER_READ = 64
+"""Chunk rows one ``read_blob`` fetches at most: a blob uploaded in tiny pieces is read in
+several calls rather than as one huge result (each row is at most ``MAX_BLOB_PIECE_BYTES``)."""
+
 _CHUNKS = ("SELECT end_offset, data FROM blob_chunks"
-           " WHERE blob_id = %s AND end_offset > %s AND end_offset <= %s ORDER BY end_offset")
+           " WHERE blob_id = %s AND end_offset > %s AND end_offset <= %s ORDER BY end_offset"
+           " LIMIT %s")
 
 
 def _check_piece(length: int) -> None:
@@ -80,13 +85,14 @@ def _read(connection: Connection, blob_id: bytes, offset: int, length: int) -> b
     pieces: list[bytes] = []
     # Every chunk overlapping [offset, end) ends after offset, and at most one chunk past end.
     for chunk_end, data in connection.execute(
-            _CHUNKS, (blob_id, offset, end + MAX_BLOB_PIECE_BYTES)).fetchall():
+            _CHUNKS, (blob_id, offset, end + MAX_BLOB_PIECE_BYTES,
+                      MAX_CHUNKS_PER_READ)).fetchall():
         chunk_start = int(chunk_end) - len(data)
         if chunk_start >= end:
             break
         pieces.append(bytes(data)[max(offset - chunk_start, 0):end - chunk_start])
     result = b"".join(pieces)
-    if len(result) != end - offset:  # the snapshot holds received and its chunks together
+    if not result:  # the snapshot holds received and its chunks together
         raise RuntimeError("a blob's chunks do not cover its received bytes")
     return result
 

@@ -68,9 +68,15 @@ async def _info(store: Store, blob_id: bytes, now: int = NOW) -> BlobInfo:
 
 
 async def _read_all(store: Store, blob_id: bytes, *, piece: int = 5) -> bytes:
+    """Every durable byte, read as the relay does: ``piece`` at a time, on from what came."""
     info = await _info(store, blob_id)
-    pieces = [await store.read_blob(blob_id, offset, piece)
-              for offset in range(0, info.received, piece)]
+    pieces: list[bytes] = []
+    offset = 0
+    while offset < info.received:
+        data = await store.read_blob(blob_id, offset, piece)
+        assert data, "b'' before received"
+        pieces.append(data)
+        offset += len(data)
     return b"".join(pieces)
 
 

@@ -10,10 +10,11 @@ from contextlib import AbstractAsyncContextManager
 import psycopg
 
 from storage.base import Store
+from storage.blob_postgres import MAX_CHUNKS_PER_READ
 from storage.interfaces.blobs import MAX_BLOB_PIECE_BYTES
 from storage.postgres import open_postgres_store
 from tests.blob_store_conformance import *  # noqa: F403
-from tests.blob_store_conformance import _create, _upload
+from tests.blob_store_conformance import _create, _read_all, _upload
 from tests.storage_conformance import _declared, _organisation
 from tests.test_storage_postgres import postgres_dsn, store_opener
 
@@ -53,3 +54,16 @@ async def test_chunks_go_with_their_blob(postgres_dsn: str) -> None:
         assert len(_chunks(postgres_dsn)) == 4
         await store.terminate_organisation(name)
     assert _chunks(postgres_dsn) == []
+
+
+async def test_a_blob_uploaded_in_tiny_pieces_is_read_in_bounded_steps(
+        postgres_dsn: str) -> None:
+    data = secrets.token_bytes(3 * MAX_CHUNKS_PER_READ + 5)
+    async with open_postgres_store(postgres_dsn) as store:
+        user = await _declared(store)
+        blob_id = await _create(store, user, len(data))
+        await _upload(store, blob_id, data, piece=1)
+        # One call fetches MAX_CHUNKS_PER_READ rows at most; the caller reads on.
+        first = await store.read_blob(blob_id, 0, len(data))
+        assert first == data[:MAX_CHUNKS_PER_READ]
+        assert await _read_all(store, blob_id, piece=len(data)) == data

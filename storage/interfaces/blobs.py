@@ -88,8 +88,11 @@ class BlobStore(Protocol):
         ...
 
     async def read_blob(self, blob_id: bytes, offset: int, length: int) -> bytes:
-        """Up to ``length`` durable bytes from ``offset``: fewer only where ``received`` ends
-        (b"" at or past it). Never returns a byte that is not yet durable.
+        """Up to ``length`` durable bytes from ``offset``; b"" only at or past ``received``.
+
+        May return fewer than ``length`` before ``received`` (PostgreSQL reads a bounded
+        number of chunk rows): a caller reads on from ``offset + len(result)``. Never returns
+        a byte that is not yet durable.
 
         Raises:
             NotFound: no such blob (deleted meanwhile, or never).
