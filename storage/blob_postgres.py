@@ -18,14 +18,18 @@ import secrets
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
+import psycopg
+
 from storage import blob_sql
 from storage.interfaces.blobs import BLOB_ID_BYTES, MAX_BLOB_PIECE_BYTES
 from storage.records import BlobInfo, BlobOffsetMismatch, BlobPastSize, NotFound
-from storage.sql_dialect import POSTGRES, Connection
+from storage.sql_dialect import POSTGRES
 
 __all__ = ["MAX_CHUNKS_PER_READ", "POSTGRES_BLOB_CHUNK_TABLES", "PostgresBlobMethods"]
 
 T = TypeVar("T")
+
+Connection = psycopg.Connection[tuple[Any, ...]]
 
 POSTGRES_BLOB_CHUNK_TABLES = (
     # end_offset: where the chunk ends in its blob (it starts octet_length(data) before).
@@ -49,9 +53,11 @@ MAX_CHUNKS_PER_READ = 64
 """Chunk rows one ``read_blob`` fetches at most: a blob uploaded in tiny pieces is read in
 several calls rather than as one huge result (each row is at most ``MAX_BLOB_PIECE_BYTES``)."""
 
+# octet_length reads a stored value's length from its TOAST pointer: rows past the read's end
+# are skipped without fetching their data.
 _CHUNKS = ("SELECT end_offset, data FROM blob_chunks"
-           " WHERE blob_id = %s AND end_offset > %s AND end_offset <= %s ORDER BY end_offset"
-           " LIMIT %s")
+           " WHERE blob_id = %s AND end_offset > %s AND end_offset <= %s"
+           " AND end_offset - octet_length(data) < %s ORDER BY end_offset LIMIT %s")
 
 
 def _check_piece(length: int) -> None:
@@ -83,13 +89,12 @@ def _read(connection: Connection, blob_id: bytes, offset: int, length: int) -> b
     if end <= offset:
         return b""
     pieces: list[bytes] = []
-    # Every chunk overlapping [offset, end) ends after offset, and at most one chunk past end.
-    for chunk_end, data in connection.execute(
-            _CHUNKS, (blob_id, offset, end + MAX_BLOB_PIECE_BYTES,
+    # Every chunk overlapping [offset, end) ends after offset and at most one chunk past end
+    # (the index range), and starts before end. Binary results: bytea as is, not as hex text.
+    for chunk_end, data in connection.cursor(binary=True).execute(
+            _CHUNKS, (blob_id, offset, end + MAX_BLOB_PIECE_BYTES, end,
                       MAX_CHUNKS_PER_READ)).fetchall():
         chunk_start = int(chunk_end) - len(data)
-        if chunk_start >= end:
-            break
         pieces.append(bytes(data)[max(offset - chunk_start, 0):end - chunk_start])
     result = b"".join(pieces)
     if not result:  # the snapshot holds received and its chunks together
