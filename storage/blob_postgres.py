@@ -91,9 +91,10 @@ def _read(connection: Connection, blob_id: bytes, offset: int, length: int) -> b
     pieces: list[bytes] = []
     # Every chunk overlapping [offset, end) ends after offset and at most one chunk past end
     # (the index range), and starts before end. Binary results: bytea as is, not as hex text.
-    for chunk_end, data in connection.cursor(binary=True).execute(
-            _CHUNKS, (blob_id, offset, end + MAX_BLOB_PIECE_BYTES, end,
-                      MAX_CHUNKS_PER_READ)).fetchall():
+    with connection.cursor(binary=True) as cursor:
+        rows = cursor.execute(_CHUNKS, (blob_id, offset, end + MAX_BLOB_PIECE_BYTES, end,
+                                        MAX_CHUNKS_PER_READ)).fetchall()
+    for chunk_end, data in rows:
         chunk_start = int(chunk_end) - len(data)
         pieces.append(bytes(data)[max(offset - chunk_start, 0):end - chunk_start])
     result = b"".join(pieces)
