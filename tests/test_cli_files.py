@@ -9,9 +9,11 @@ import os
 import stat
 from pathlib import Path
 
+import pytest
 import trio
 
 from bench.spawn import BIN, spawn_relay
+from client.transfer_bars import PROGRESS_MIN_BYTES, transfer_bars
 from tests.test_cli_scenario import ALICE, BOB, last_code, run
 
 LIMIT = 1024 * 1024  # the relay's blob_max_bytes in this test (ciphertext bytes)
@@ -78,3 +80,17 @@ async def test_send_file_and_receive_with_and_without_a_download_directory(
         code, out, err = await cli("--profile", profile_a, "send-file", BOB, str(tmp_path))
         assert (code, out) == (2, "")  # typer's usage error, naming the argument
         assert "Invalid value for 'PATH'" in err and "directory" in err
+
+
+def test_progress_bars_go_to_stderr_and_only_on_a_terminal(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    with transfer_bars(terminal=False) as progress:
+        assert progress is None
+    with transfer_bars(terminal=True) as progress:
+        assert progress is not None
+        progress("small.txt", 10, 100)  # below PROGRESS_MIN_BYTES: no bar
+        for done in (0, PROGRESS_MIN_BYTES, 2 * PROGRESS_MIN_BYTES):
+            progress("holiday.mp4", done, 2 * PROGRESS_MIN_BYTES)
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert "holiday.mp4" in captured.err and "small.txt" not in captured.err
