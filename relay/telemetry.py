@@ -101,6 +101,17 @@ class RelayCollector(Collector):
         for outcome, count in sorted(metrics.device_lists.items()):
             device_lists.add_metric([outcome], count)
         yield device_lists
+        yield _counter("cryptopass_blobs_created", "Files (blobs) created by BLOB_CREATE.",
+                       metrics.blobs_created)
+        yield _counter("cryptopass_blob_bytes_uploaded",
+                       "Blob bytes appended to the store by uploads.", metrics.blob_bytes_uploaded)
+        yield _counter("cryptopass_blob_bytes_downloaded",
+                       "Blob bytes written to download streams.", metrics.blob_bytes_downloaded)
+        blob_refusals = CounterMetricFamily("cryptopass_blob_refusals",
+                                            "Refused blob requests by reason.", labels=["reason"])
+        for reason, count in sorted(metrics.blob_refusals.items()):
+            blob_refusals.add_metric([reason], count)
+        yield blob_refusals
         yield _counter("cryptopass_revoked_device_connections",
                        "Connections closed because their device was revoked by a "
                        "re-enrolment or a published device list.", metrics.revoked_devices)
