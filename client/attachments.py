@@ -389,7 +389,8 @@ class _PartFile:
             except FileExistsError:
                 continue
             self.discard()
-            return target
+            _fsync_directory(self.path.parent)  # the name is durable before the message
+            return target                       # is acknowledged
         raise FileExistsError(f"{name} and {MAX_NAME_SUFFIXES - 1} numbered variants exist "
                               f"in {self.path.parent}")
 
@@ -399,6 +400,14 @@ class _PartFile:
 
     def close(self) -> None:
         self._file.close()
+
+
+def _fsync_directory(directory: Path) -> None:
+    descriptor = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
 
 
 async def download_file(client: BlobClient, file: FileMessage, directory: Path, *,
