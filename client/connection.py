@@ -617,6 +617,11 @@ class RelayClient:
         try:
             header = await self._ask(BlobDownload(blob_id=blob_id, offset=offset), BlobData,
                                      stream_id=stream_id, end_stream=True)
+            if header.offset != offset:
+                raise RemoteProtocolError(
+                    ErrorCode.UNEXPECTED_FRAME,
+                    f"the relay answered a download from {offset} with bytes from "
+                    f"{header.offset}")
             yield header.size, self._download_chunks(stream_id, chunks, header)
         finally:
             self._downloads.pop(stream_id, None)
@@ -629,6 +634,11 @@ class RelayClient:
                                header: BlobData) -> AsyncIterator[bytes]:
         expected = header.size - header.offset
         while (chunk := await chunks.take()) is not None:
+            if chunks.received > expected:
+                raise RemoteProtocolError(
+                    ErrorCode.UNEXPECTED_FRAME,
+                    f"the relay sent more than the file's {expected} bytes from offset "
+                    f"{header.offset} on stream {stream_id}")
             yield chunk
         if chunks.received != expected:
             raise RemoteProtocolError(
