@@ -25,7 +25,7 @@ import trio
 
 from bench.spawn import SpawnedRelay, peak_rss_mib, spawn_relay
 from client.connection import ConnectionClosed, RelayClient, RelayError
-from relay.blobs import BLOB_CREATES_PER_HOUR, BlobService
+from relay.blobs import BLOB_CREATES_PER_HOUR, MAX_BLOB_STREAMS_PER_CONNECTION, BlobService
 from relay.server import RECEIVE_WINDOW_BYTES, RunningRelay, serve, wall_clock_ms
 from relay.settings import RelaySettings
 from tests.conftest import (
@@ -114,6 +114,54 @@ async def organisation_blob_bytes(relay: RelayUnderTest) -> int:
     return await store.organisation_blob_bytes(organisation.organisation_id, wall_clock_ms())
 
 
+class ObservedStore:
+    """The relay's store, counting the blob bytes appended and waking whoever waits for them;
+    its appends wait while ``stalled`` (an event not yet set)."""
+
+    def __init__(self, store: Any) -> None:
+        self._store = store
+        self._appended = trio.Event()
+        self.appended = 0
+        self.appends = 0
+        self.stalled: trio.Event | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+    async def append_blob(self, blob_id: bytes, offset: int, data: bytes) -> int:
+        self.appends += 1
+        if self.stalled is not None:
+            await self.stalled.wait()
+        received: int = await self._store.append_blob(blob_id, offset, data)
+        self.appended += len(data)
+        self._appended.set()
+        self._appended = trio.Event()
+        return received
+
+    async def until_appended(self, size: int) -> None:
+        with trio.fail_after(TIMEOUT_S):
+            while self.appended < size:
+                await self._appended.wait()
+
+
+def observe_store(relay: RelayUnderTest) -> ObservedStore:
+    """Make the relay's blob service (for connections opened from now on) use an
+    ObservedStore."""
+    context = relay.running.context
+    observed = ObservedStore(context.store)
+    context.blobs = BlobService(observed, settings=context.settings, metrics=context.metrics,
+                                now_ms=context.now_ms)
+    return observed
+
+
+async def next_flush(relay: RelayUnderTest) -> None:
+    """Wait until the relay's endpoint has handled more datagrams or timers (a flush)."""
+    endpoint = relay.running.endpoint
+    if endpoint._flushed is None:
+        endpoint._flushed = trio.Event()
+    await endpoint._flushed.wait()
+
+
 @pytest.fixture
 def relay_settings(tmp_path: Path) -> RelaySettings:
     return RelaySettings(data_dir=tmp_path / "relay", listen_port=0,
@@ -147,15 +195,13 @@ async def test_an_interrupted_upload_resumes_from_the_durable_offset(
         relay: RelayUnderTest, alice_and_bob: tuple[EnrolledDevice, EnrolledDevice]) -> None:
     alice, bob = alice_and_bob
     data = random_bytes(4 * MIB, seed=2)
-    metrics = relay.running.context.metrics
+    store = observe_store(relay)
     async with authenticated(relay, alice) as client:
         blob_id = await client.create_blob(len(data))
 
         async def break_once_stored(sent: int) -> None:
             if sent >= 2 * MIB:  # the relay has stored some, not all: the connection breaks
-                with trio.fail_after(TIMEOUT_S):
-                    while metrics.blob_bytes_uploaded < MIB:
-                        await trio.sleep(0)
+                await store.until_appended(MIB)
                 client.close()
                 await client.link.closed.wait()  # the upload then sees the connection end
 
@@ -259,6 +305,34 @@ async def test_creates_are_limited_per_device(
         assert limited.code is ErrorCode.RATE_LIMITED and limited.retry_after_ms
 
 
+async def test_a_connection_runs_a_bounded_number_of_transfers_at_once(
+        relay: RelayUnderTest, alice_and_bob: tuple[EnrolledDevice, EnrolledDevice]) -> None:
+    alice, _ = alice_and_bob
+    store = observe_store(relay)
+    go_on = trio.Event()
+    data = random_bytes(2 * CHUNK, seed=9)
+
+    async def slow_chunks() -> AsyncIterator[bytes]:
+        yield data[:CHUNK]
+        await go_on.wait()
+        yield data[CHUNK:]
+
+    async with authenticated(relay, alice) as client:
+        ids = [await client.create_blob(len(data))
+               for _ in range(MAX_BLOB_STREAMS_PER_CONNECTION + 1)]
+        async with trio.open_nursery() as nursery:
+            for blob_id in ids[:-1]:
+                nursery.start_soon(client.upload_blob, blob_id, 0, slow_chunks())
+            # Each running upload has stored its first chunk.
+            await store.until_appended(MAX_BLOB_STREAMS_PER_CONNECTION * CHUNK)
+            one_more = await refusal(client.upload_blob(ids[-1], 0, chunks_of(data)))
+            assert one_more.code is ErrorCode.RATE_LIMITED and one_more.retry_after_ms
+            go_on.set()
+        assert await client.upload_blob(ids[-1], 0, chunks_of(data)) == len(data)
+        for blob_id in ids:
+            assert await download(client, blob_id) == data
+
+
 # --- who may use an id ------------------------------------------------------------------------
 async def test_a_wrong_id_is_refused_exactly_as_a_missing_one(
         relay: RelayUnderTest, alice_and_bob: tuple[EnrolledDevice, EnrolledDevice]) -> None:
@@ -324,24 +398,6 @@ async def test_an_expired_blob_is_refused(tmp_path: Path, nursery: trio.Nursery)
 
 
 # --- flow control and memory ------------------------------------------------------------------
-class StalledStore:
-    """The relay's store, whose appends wait until ``release`` is set."""
-
-    def __init__(self, store: Any) -> None:
-        self._store = store
-        self.release = trio.Event()
-        self.appends = 0
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._store, name)
-
-    async def append_blob(self, blob_id: bytes, offset: int, data: bytes) -> int:
-        self.appends += 1
-        await self.release.wait()
-        received: int = await self._store.append_blob(blob_id, offset, data)
-        return received
-
-
 def uploading(relay: RelayUnderTest) -> QuicLink | None:
     """The relay's connection holding an upload's bytes, if any."""
     return next((link for link in relay.running.endpoint.links if link.held_received), None)
@@ -350,10 +406,8 @@ def uploading(relay: RelayUnderTest) -> QuicLink | None:
 async def test_the_receive_window_never_runs_ahead_of_the_store(
         relay: RelayUnderTest, alice_and_bob: tuple[EnrolledDevice, EnrolledDevice]) -> None:
     alice, bob = alice_and_bob
-    context = relay.running.context
-    stalled = StalledStore(context.store)
-    context.blobs = BlobService(stalled, settings=context.settings, metrics=context.metrics,
-                                now_ms=context.now_ms)
+    stalled = observe_store(relay)
+    stalled.stalled = trio.Event()
     data = random_bytes(8 * MIB, seed=8)
     async with authenticated(relay, alice) as client:
         blob_id = await client.create_blob(len(data))
@@ -365,12 +419,12 @@ async def test_the_receive_window_never_runs_ahead_of_the_store(
                 while not (stalled.appends and (link := uploading(relay)) is not None
                            and link.quic._local_max_data.used
                            >= link.quic._local_max_data.value):
-                    await trio.sleep(0)
+                    await next_flush(relay)
             limit = link.quic._local_max_data
             assert link.held_received <= RECEIVE_WINDOW_BYTES
             assert limit.value - (limit.used - link.held_received) <= RECEIVE_WINDOW_BYTES
             assert limit.used < 2 * RECEIVE_WINDOW_BYTES  # far from the 8 MiB sent
-            stalled.release.set()
+            stalled.stalled.set()
         assert link.held_received == 0
     async with authenticated(relay, bob) as client:
         assert await download(client, blob_id) == data
