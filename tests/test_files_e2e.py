@@ -8,15 +8,19 @@ import hashlib
 import os
 import secrets
 import stat
+import tracemalloc
 from contextlib import aclosing
 from pathlib import Path
 
 import trio
 
+from bench.encrypted_offline import encrypted_device
+from bench.spawn import spawn_relay
 from client.messenger import Messenger, ReceivedMessage
 from client.profile import Profile
 from tests.account_support import TIMEOUT_S, enrolled_profile
 from tests.conftest import RelayUnderTest
+from tests.relay_processes import connect, declare, enrol
 
 ALICE, BOB = "+33612345678", "+33698765432"
 MIB = 1024 * 1024
@@ -202,3 +206,51 @@ async def test_an_interrupted_upload_and_download_resume_from_their_offsets(
     assert message.file == downloads / "video.mp4"
     assert message.file.read_bytes() == source.read_bytes()
     assert list(downloads.iterdir()) == [message.file]
+
+
+async def test_the_client_never_holds_a_whole_file_in_memory(tmp_path: Path) -> None:
+    """The relay runs in a process of its own, so what tracemalloc sees here is the client's:
+    sending and receiving a 40 MiB file peaks far below its size."""
+    data = tmp_path / "relay"
+    data.mkdir()
+    await declare(None, data, [ALICE, BOB], organisation="acme")
+    size = 40 * MIB
+    source = tmp_path / "big.bin"
+    write_marked_file(source, size, b"M")
+    downloads = tmp_path / "downloads"
+    downloads.mkdir()
+    async with spawn_relay(data) as relay:
+        alice_credentials, bob_credentials = [await enrol(relay, phone) for phone in (ALICE, BOB)]
+        address = f"127.0.0.1:{relay.port}"
+        alice = encrypted_device(alice_credentials, tmp_path / "A", address, relay.cert)
+        bob = encrypted_device(bob_credentials, tmp_path / "B", address, relay.cert)
+        for device in (alice, bob):
+            device.profile.save()
+        tracemalloc.start()
+        try:
+            with trio.fail_after(BIG_TIMEOUT_S):
+                async with connect(relay) as sending, connect(relay) as receiving:
+                    await sending.authenticate(alice_credentials.user_id,
+                                               alice_credentials.device_id,
+                                               alice_credentials.key)
+                    await receiving.authenticate(bob_credentials.user_id,
+                                                 bob_credentials.device_id, bob_credentials.key)
+                    async with Messenger.attach(sending, alice.profile, alice.crypto,
+                                                alice.contacts) as sender, \
+                            Messenger.attach(receiving, bob.profile, bob.crypto,
+                                             bob.contacts) as receiver:
+                        tracemalloc.reset_peak()
+                        await sender.send_file(BOB, source)
+                        _, upload_peak = tracemalloc.get_traced_memory()
+                        tracemalloc.reset_peak()
+                        async with aclosing(receiver.messages(
+                                download_dir=downloads)) as messages:
+                            async for message in messages:
+                                assert message.file is not None, message.problem
+                                break
+                        _, download_peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+    assert sha256_of(message.file) == sha256_of(source)
+    assert upload_peak < size // 4, upload_peak
+    assert download_peak < size // 4, download_peak
