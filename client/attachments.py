@@ -22,6 +22,7 @@ that offset. A blob that fails its checks is refused (`FileRefused`) and nothing
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import stat
@@ -422,7 +423,8 @@ async def download_file(client: BlobClient, file: FileMessage, directory: Path, 
     """
     name = safe_file_name(file.name)
     if not await trio.Path(directory).is_dir():
-        raise NotADirectoryError(f"the download directory {directory} does not exist")
+        raise NotADirectoryError(errno.ENOTDIR, "the download directory is not a directory",
+                                 str(directory))
     for attempt in range(2):  # a second time from zero if the part saved was spoilt
         part = await trio.to_thread.run_sync(_PartFile, directory, file.blob_id)
         kept = 0
