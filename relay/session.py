@@ -41,7 +41,7 @@ from enrolment.limits import (
 )
 from enrolment.service import REENROLMENT_REVOKE_REASON
 from relay.account_audit import ENROLMENT_ACTOR, audit_device_changes
-from relay.blobs import ConnectionBlobs
+from relay.blob_streams import ConnectionBlobs
 from relay.cluster import DeviceGone
 from relay.context import RelayContext
 from relay.delivery import DeliveryPump

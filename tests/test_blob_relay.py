@@ -25,7 +25,8 @@ import trio
 
 from bench.spawn import SpawnedRelay, peak_rss_mib, spawn_relay
 from client.connection import ConnectionClosed, RelayClient, RelayError
-from relay.blobs import BLOB_CREATES_PER_HOUR, MAX_BLOB_STREAMS_PER_CONNECTION, BlobService
+from relay.blob_streams import MAX_BLOB_STREAMS_PER_CONNECTION
+from relay.blobs import BLOB_CREATES_PER_HOUR, BlobService
 from relay.server import RECEIVE_WINDOW_BYTES, RunningRelay, serve, wall_clock_ms
 from relay.settings import RelaySettings
 from tests.conftest import (
