@@ -254,3 +254,33 @@ async def test_the_client_never_holds_a_whole_file_in_memory(tmp_path: Path) -> 
     assert sha256_of(message.file) == sha256_of(source)
     assert upload_peak < size // 4, upload_peak
     assert download_peak < size // 4, download_peak
+
+
+async def test_a_file_changed_since_an_interrupted_upload_starts_over_with_a_new_key(
+        relay: RelayUnderTest, tmp_path: Path) -> None:
+    """A key never seals two different plaintexts: the resume record is for the file as it
+    was, so a changed file gets a new key and a new blob, and the receiver gets the new
+    content whole."""
+    alice = await enrolled_profile(relay, tmp_path / "A", ALICE)
+    bob = await enrolled_profile(relay, tmp_path / "B", BOB)
+    source = tmp_path / "draft.txt"
+    source.write_bytes(os.urandom(4 * MIB))
+    with trio.fail_after(TIMEOUT_S), trio.CancelScope() as upload:
+        async with Messenger.connect(alice) as messenger:
+            def stop_halfway(name: str, done: int, total: int) -> None:
+                if done >= total // 2:
+                    upload.cancel()
+            await messenger.send_file(BOB, source, progress=stop_halfway)
+    assert upload.cancelled_caught
+    [record] = list((alice.directory / "uploads").iterdir())
+    assert stat.S_IMODE(record.stat().st_mode) == 0o600  # it holds the file's key
+    edited = os.urandom(4 * MIB)
+    source.write_bytes(edited)
+
+    await send_file(alice, BOB, source)
+    downloads = tmp_path / "downloads"
+    downloads.mkdir()
+    [message] = await receive_files(bob, downloads)
+
+    assert len(blob_files(relay)) == 2  # the first, unfinished, expires unannounced
+    assert message.file is not None and message.file.read_bytes() == edited
