@@ -18,7 +18,7 @@ from bench.encrypted_offline import encrypted_device
 from bench.spawn import spawn_relay
 from client.messenger import Messenger, ReceivedMessage
 from client.profile import Profile
-from tests.account_support import TIMEOUT_S, enrolled_profile
+from tests.account_support import TIMEOUT_S, enrolled_profile, linked_profile
 from tests.conftest import RelayUnderTest
 from tests.relay_processes import connect, declare, enrol
 
@@ -284,3 +284,27 @@ async def test_a_file_changed_since_an_interrupted_upload_starts_over_with_a_new
 
     assert len(blob_files(relay)) == 2  # the first, unfinished, expires unannounced
     assert message.file is not None and message.file.read_bytes() == edited
+
+
+async def test_one_upload_reaches_every_device_of_both_accounts(
+        relay: RelayUnderTest, tmp_path: Path) -> None:
+    alice_1 = await enrolled_profile(relay, tmp_path / "A1", ALICE)
+    alice_2 = await linked_profile(relay, alice_1, tmp_path / "A2")
+    bob_1 = await enrolled_profile(relay, tmp_path / "B1", BOB)
+    bob_2 = await linked_profile(relay, bob_1, tmp_path / "B2")
+    source = tmp_path / "minutes.odt"
+    source.write_bytes(os.urandom(MIB + 17))
+
+    with trio.fail_after(TIMEOUT_S):
+        async with Messenger.connect(alice_1) as messenger:
+            receipt = await messenger.send_file(BOB, source)
+    assert receipt.recipient_devices == (bob_1.data.device_id, bob_2.data.device_id)
+    assert receipt.own_devices == (alice_2.data.device_id,)
+    assert len(blob_files(relay)) == 1  # uploaded once for all three
+    for profile in (bob_1, bob_2, alice_2):
+        downloads = tmp_path / f"downloads-{profile.directory.name}"
+        downloads.mkdir()
+        [message] = await receive_files(profile, downloads)
+        assert message.file == downloads / "minutes.odt"
+        assert message.file.read_bytes() == source.read_bytes()
+        assert message.sender_confirmed and not message.identity_changed
