@@ -36,13 +36,13 @@ from bench.bulk_server import send_bulk
 from bench.encrypted_offline import EncryptedDevice, encrypted_device
 from bench.provision import BenchDevice
 from bench.spawn import BIN, SpawnedServer, peak_rss_mib, spawn_server
-from client.attachments import download_file
 from client.connection import (
     RelayClient,
     client_configuration,
     connect_relay,
     open_client_endpoint,
 )
+from client.downloads import download_file
 from client.message_content import FileMessage
 from client.messenger import Messenger
 from crypto.attachments import ciphertext_size

@@ -1,11 +1,10 @@
-"""Files end to end: encrypt while reading and upload, download and decrypt while writing.
+"""Sending a file: encrypt it while reading and upload it, resuming an interrupted upload.
 
 A file's bytes never sit whole in memory: the sender reads ``READ_SIZE`` bytes at a time,
-seals them (`crypto.attachments`) and streams the ciphertext to the relay's blob; the
-receiver decrypts what it downloads into a private temporary file (mode 0600, beside the
-destination) and moves it into place only once the last chunk, the digest and the size have
-passed. The message that announces the file (key, digest, size, name, blob id) goes through
-the usual end-to-end send path (`client.messenger`); docs/FILES.md describes it for users.
+seals them (`crypto.attachments`) and streams the ciphertext to the relay's blob. The message
+that announces the file (key, digest, size, name, blob id) then goes through the usual
+end-to-end send path (`client.messenger`); receiving is `client.downloads`, and
+docs/FILES.md describes both for users.
 
 Resuming an upload: before the first byte leaves, a resume record (blob id, key, and the
 file's size and modification time) is written to the profile, mode 0600, under
@@ -14,20 +13,14 @@ it holds (BLOB_STATUS) and uploads from there: the encryption is deterministic p
 the ciphertext is regenerated from the file (the part already uploaded is encrypted again
 to bring the digest up to date, and not sent). A file changed since then starts over with a
 new key and blob. The record goes once the message has been sent.
-
-Resuming a download: the temporary file keeps the plaintext of the chunks already checked;
-a later attempt seals them again to bring the digest up to date and downloads the rest from
-that offset. A blob that fails its checks is refused (`FileRefused`) and nothing is saved.
 """
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import os
 import stat
-import unicodedata
-from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Callable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, aclosing
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,23 +30,19 @@ import msgpack
 import trio
 
 from client.errors import RelayError
-from client.message_content import MAX_FILE_NAME_BYTES, MAX_FILE_SIZE, FileMessage
+from client.message_content import MAX_FILE_SIZE
 from client.profile_files import write_private
 from crypto.attachments import (
     DEFAULT_CHUNK_SIZE,
-    AttachmentDecryptor,
     AttachmentEncryptor,
-    AttachmentError,
     ciphertext_size,
     new_attachment_key,
 )
 from crypto.primitives import SystemRandom
 from wire.frames import ErrorCode, RemoteProtocolError
 
-__all__ = ["MAX_NAME_SUFFIXES", "MAX_UPLOAD_ATTEMPTS", "READ_SIZE", "BlobClient",
-           "FileRefused", "FileUnreadable", "TransferProgress", "UploadedFile",
-           "announced_name", "download_file", "forget_upload", "numbered_names",
-           "safe_file_name", "upload_file"]
+__all__ = ["MAX_UPLOAD_ATTEMPTS", "READ_SIZE", "BlobClient", "FileUnreadable",
+           "TransferProgress", "UploadedFile", "forget_upload", "upload_file"]
 
 READ_SIZE = 1024 * 1024
 """File bytes read (or ciphertext bytes written) per step: what a transfer holds at once,
@@ -62,13 +51,8 @@ MAX_UPLOAD_ATTEMPTS = 3
 """Uploads tried in one `upload_file` when the relay says the offset is not the one it
 holds (BLOB_OFFSET_MISMATCH: an earlier attempt's bytes landed after all): each attempt asks
 BLOB_STATUS first, so one retry is the normal case; more means something else is wrong."""
-MAX_NAME_SUFFIXES = 1000
-"""Names tried when a received file's name exists: ``name (1).ext`` to ``name (999).ext``."""
 UPLOADS_DIRECTORY = "uploads"  # in the profile: the resume records, 0600
 _RECORD_VERSION = 1
-_PART_PREFIX = ".cryptopass-"  # temporary files start with a dot: sanitised names never do
-_PART_SUFFIX = ".part"
-_FALLBACK_NAME = "file"
 
 TransferProgress = Callable[[str, int, int], None]
 """Told ``(file name, bytes done, bytes in all)`` as a transfer advances (ciphertext bytes)."""
@@ -83,12 +67,6 @@ class BlobClient(Protocol):
     async def blob_status(self, blob_id: bytes) -> tuple[int, int]: ...
     def download_blob(self, blob_id: bytes, offset: int
                       ) -> AbstractAsyncContextManager[tuple[int, AsyncIterator[bytes]]]: ...
-
-
-class FileRefused(Exception):
-    """A received file cannot be had: it failed its checks (altered, cut, not the announced
-    digest or size) or the relay no longer holds it. Nothing was saved; trying again will not
-    help."""
 
 
 class FileUnreadable(Exception):
@@ -291,191 +269,3 @@ async def _sealed(file: BinaryIO, encryptor: AttachmentEncryptor, size: int, nam
         if sealed:
             yield advance(sealed)
     yield advance(encryptor.finish())
-
-
-# -- receiving -----------------------------------------------------------------------------
-
-
-def announced_name(path: Path) -> str:
-    """The name a sent file is announced under: the file's own, as valid UTF-8 within
-    MAX_FILE_NAME_BYTES (bytes that are not UTF-8 become U+FFFD). The receiver makes it
-    safe (`safe_file_name`): the sender's is what the user named the file."""
-    name = path.name.encode(errors="surrogateescape").decode(errors="replace")
-    return _shorten(name, MAX_FILE_NAME_BYTES) or _FALLBACK_NAME
-
-
-def safe_file_name(name: str) -> str:
-    """A name that is safe to create in the download directory: the last component of any
-    path (``/`` or ``\\``), without control or format characters, leading dots (no hidden
-    file, no ``..``) or trailing dots and spaces, at most MAX_FILE_NAME_BYTES bytes (the
-    extension kept), and ``file`` if nothing is left."""
-    name = unicodedata.normalize("NFC", name).replace("\\", "/").rsplit("/", 1)[-1]
-    name = "".join(character for character in name
-                   if unicodedata.category(character)[0] != "C"
-                   and unicodedata.category(character) not in ("Zl", "Zp"))
-    name = name.strip().lstrip(".").rstrip(". ")
-    if not name:
-        return _FALLBACK_NAME
-    return _shorten(name, MAX_FILE_NAME_BYTES)
-
-
-def _shorten(name: str, limit: int) -> str:
-    """``name`` cut to ``limit`` UTF-8 bytes, from the stem, keeping a short extension."""
-    if len(name.encode()) <= limit:
-        return name
-    stem, dot, extension = name.rpartition(".")
-    if not dot or not stem or len(extension.encode()) > 16:
-        stem, extension = name, ""
-    suffix = f".{extension}" if extension else ""
-    room = limit - len(suffix.encode())
-    return stem.encode()[:room].decode(errors="ignore").rstrip(". ") + suffix
-
-
-def numbered_names(name: str) -> Iterator[str]:
-    """``name``, then ``stem (1).ext``, ``stem (2).ext``, ... within the name limit: the
-    names a received file may take, in order, MAX_NAME_SUFFIXES in all."""
-    yield name
-    stem, dot, extension = name.rpartition(".")
-    if not dot or not stem:
-        stem, extension = name, ""
-    suffix = f".{extension}" if extension else ""
-    for number in range(1, MAX_NAME_SUFFIXES):
-        tag = f" ({number}){suffix}"
-        yield _shorten(stem, MAX_FILE_NAME_BYTES - len(tag.encode())) + tag
-
-
-class _PartFile:
-    """The private temporary file a download decrypts into (mode 0600, in the destination
-    directory, so that moving it into place is a rename on one file system)."""
-
-    def __init__(self, directory: Path, blob_id: bytes) -> None:
-        # Named from a hash of the blob id: the id itself is a capability, the name is not.
-        tag = hashlib.sha256(b"cryptopass part\0" + blob_id).hexdigest()[:32]
-        self.path = directory / f"{_PART_PREFIX}{tag}{_PART_SUFFIX}"
-        descriptor = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
-                             0o600)
-        try:
-            status = os.fstat(descriptor)
-            if not stat.S_ISREG(status.st_mode) or status.st_uid != os.getuid():
-                raise FileRefused(f"{self.path} is not a file of this user; remove it")
-            os.fchmod(descriptor, 0o600)
-        except BaseException:
-            os.close(descriptor)
-            raise
-        self._file = os.fdopen(descriptor, "r+b")
-
-    def saved(self) -> Iterator[bytes]:
-        """The plaintext an earlier attempt saved, from the start."""
-        self._file.seek(0)
-        while piece := self._file.read(READ_SIZE):
-            yield piece
-
-    def keep(self, size: int) -> None:
-        """Keep the first ``size`` bytes and write after them."""
-        self._file.truncate(size)
-        self._file.seek(size)
-
-    def write(self, data: bytes) -> None:
-        self._file.write(data)
-
-    def publish(self, name: str) -> Path:
-        """Make the whole file durable and give it ``name`` (or ``name (N)`` when taken);
-        an existing file is never replaced."""
-        self._file.flush()
-        os.fsync(self._file.fileno())
-        for candidate in numbered_names(name):
-            target = self.path.parent / candidate
-            try:
-                os.link(self.path, target)  # fails on an existing name, unlike rename
-            except FileExistsError:
-                continue
-            self.discard()
-            _fsync_directory(self.path.parent)  # the name is durable before the message
-            return target                       # is acknowledged
-        raise FileExistsError(f"{name} and {MAX_NAME_SUFFIXES - 1} numbered variants exist "
-                              f"in {self.path.parent}")
-
-    def discard(self) -> None:
-        self.close()
-        self.path.unlink(missing_ok=True)
-
-    def close(self) -> None:
-        self._file.close()
-
-
-def _fsync_directory(directory: Path) -> None:
-    descriptor = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
-
-
-async def download_file(client: BlobClient, file: FileMessage, directory: Path, *,
-                        progress: TransferProgress | None = None) -> Path:
-    """Download, decrypt and check the announced file, then save it in ``directory`` under
-    its sanitised name (numbered if taken), mode 0600; return where it went. An interrupted
-    download resumes from the plaintext saved so far.
-
-    Raises:
-        FileRefused: it failed a check, or the relay no longer holds it; nothing was saved.
-        ConnectionClosed, RelayError, OSError: try again later (the part saved is kept).
-    """
-    name = safe_file_name(file.name)
-    if not await trio.Path(directory).is_dir():
-        raise NotADirectoryError(errno.ENOTDIR, "the download directory is not a directory",
-                                 str(directory))
-    for attempt in range(2):  # a second time from zero if the part saved was spoilt
-        part = await trio.to_thread.run_sync(_PartFile, directory, file.blob_id)
-        kept = 0
-        try:
-            decryptor = AttachmentDecryptor(file.key, digest=file.digest,
-                                            chunk_size=file.chunk_size,
-                                            plaintext_size=file.size)
-            kept = await trio.to_thread.run_sync(decryptor.resume, part.saved())
-            await trio.to_thread.run_sync(part.keep, kept)
-            await _receive(client, file, decryptor, part, name, progress)
-        except AttachmentError as error:
-            await trio.to_thread.run_sync(part.discard)
-            if kept and attempt == 0:
-                continue  # the part saved may be what spoilt it: once more, from zero
-            raise FileRefused(f"{name} was refused and not saved: {error}") from None
-        except RelayError as error:
-            if error.code == ErrorCode.INVALID_REQUEST:  # our offset is past the blob's end
-                await trio.to_thread.run_sync(part.discard)
-                raise FileRefused(f"{name} was refused and not saved: the relay's blob is "
-                                  f"shorter than the announced file") from None
-            if error.code != ErrorCode.BLOB_UNKNOWN:
-                await trio.to_thread.run_sync(part.close)
-                raise
-            await trio.to_thread.run_sync(part.discard)
-            raise FileRefused(f"{name} is no longer on the relay (expired or deleted); "
-                              f"ask the sender to send it again") from None
-        except BaseException:
-            with trio.CancelScope(shield=True):
-                await trio.to_thread.run_sync(part.close)
-            raise
-        return await trio.to_thread.run_sync(part.publish, name)
-    raise AssertionError("unreachable: the second attempt returns or raises")
-
-
-async def _receive(client: BlobClient, file: FileMessage, decryptor: AttachmentDecryptor,
-                   part: _PartFile, name: str, progress: TransferProgress | None) -> None:
-    offset = decryptor.ciphertext_offset
-    expected = file.ciphertext_size
-    async with client.download_blob(file.blob_id, offset) as (size, pieces):
-        if size != expected:
-            raise AttachmentError(f"the relay's blob has {size} bytes, not the announced "
-                                  f"{expected}")
-        done = offset
-        pending = bytearray()
-        async for piece in pieces:
-            pending += decryptor.feed(piece)
-            done += len(piece)
-            if len(pending) >= READ_SIZE:
-                await trio.to_thread.run_sync(part.write, bytes(pending))
-                pending.clear()
-            if progress is not None:
-                progress(name, done, expected)
-    pending += decryptor.finish()
-    await trio.to_thread.run_sync(part.write, bytes(pending))

@@ -31,7 +31,7 @@ import trio
 import typer
 
 from client.account_setup import verify_enrolment
-from client.attachments import FileUnreadable, announced_name, safe_file_name
+from client.attachments import FileUnreadable
 from client.connection import (
     CertificateFileError,
     ConnectionClosed,
@@ -42,6 +42,7 @@ from client.connection import (
     check_ca_file,
     connect_any,
 )
+from client.file_names import announced_name, safe_file_name
 from client.linking import LinkFailed, approve_link, link_new_device, remove_device
 from client.message_content import MAX_TEXT_BYTES, FileMessage
 from client.messenger import (

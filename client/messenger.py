@@ -37,14 +37,7 @@ from pathlib import Path
 import msgpack
 import trio
 
-from client.attachments import (
-    FileRefused,
-    TransferProgress,
-    announced_name,
-    download_file,
-    forget_upload,
-    upload_file,
-)
+from client.attachments import TransferProgress, forget_upload, upload_file
 from client.connection import (
     CONNECT_TIMEOUT_SECONDS,
     ConnectionClosed,
@@ -53,6 +46,8 @@ from client.connection import (
     connect_any,
 )
 from client.contacts import AccountView, Contact, decode_contacts, encode_contacts
+from client.downloads import FileRefused, download_file
+from client.file_names import announced_name
 from client.message_content import (
     ContentError,
     DeviceListUpdate,

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from client.attachments import (
+from client.file_names import (
     MAX_NAME_SUFFIXES,
     announced_name,
     numbered_names,
