@@ -12,8 +12,9 @@ beside bare QUIC bulk transfer of the same byte count, measured in the same run.
   relay): ``bare_upload`` runs from the first byte to the first byte of the answer,
   ``bare_download`` from there to the end of the stream.
 
-MB is 10^6 bytes; each figure is the median of ``runs`` rounds. The ratios
-``*_over_bare`` say what share of the transport's ceiling a file transfer reaches.
+MB is 10^6 bytes; each figure is the median of ``runs`` rounds, each round a bare transfer
+then a file's, so that both see the same machine. The ratios ``*_over_bare`` say what share
+of the transport's ceiling a file transfer reaches.
 """
 
 from __future__ import annotations
@@ -105,14 +106,16 @@ async def _bare_round(port: int, cert: Path, size: int) -> tuple[float, float]:
     return client.first_byte_at - started, client.last_byte_at - client.first_byte_at
 
 
-async def _bare(size: int, runs: int, relay_cpu: int | None) -> list[tuple[float, float]]:
+@asynccontextmanager
+async def _bulk_server(relay_cpu: int | None) -> AsyncIterator[tuple[int, Path]]:
+    """The bare bulk-transfer server (a process of its own, on the relay's CPU if pinned):
+    its port and certificate."""
     with tempfile.TemporaryDirectory(prefix="cryptopass-bulk-") as temporary:
         command = [str(BIN / "cryptopass-bench"), "internal", "bulk-server", temporary]
         async with spawn_server(command, cpu=relay_cpu,
                                 make=lambda process: SpawnedServer(process=process)) as server:
             listening = await server.wait_for("relay_listening")
-            cert = Path(str(listening["cert"]))
-            return [await _bare_round(server.port, cert, size) for _ in range(runs)]
+            yield server.port, Path(str(listening["cert"]))
 
 
 def _write_test_file(path: Path, size: int) -> bytes:
@@ -168,10 +171,9 @@ async def run_files(target: Target, *, size: int, runs: int, time_limit: float,
     """``runs`` rounds of an encrypted file of ``size`` bytes up and down through the relay,
     and as many of bare QUIC bulk transfer of its ciphertext's size."""
     transferred = ciphertext_size(size)
-    with trio.fail_after(time_limit):
-        bare = await _bare(transferred, runs, relay_cpu)
     alice_credentials, bob_credentials = await target.provisioner.provision(2)
     rounds: list[tuple[float, float]] = []
+    bare: list[tuple[float, float]] = []
     intact = True
     with tempfile.TemporaryDirectory(prefix="bench-files-") as temporary:
         directory = Path(temporary)
@@ -184,17 +186,22 @@ async def run_files(target: Target, *, size: int, runs: int, time_limit: float,
         downloads = directory / "received"
         downloads.mkdir()
         expected = await trio.to_thread.run_sync(_write_test_file, source, size)
-        for run in range(1, runs + 1):
-            with trio.fail_after(time_limit):
-                upload, download, saved = await _file_round(target, alice, bob, source,
-                                                            downloads)
-            intact &= await trio.to_thread.run_sync(_sha256_of, saved) == expected
-            saved.unlink()
-            rounds.append((upload, download))
-            bare_up, bare_down = bare[run - 1]
-            print(f"run {run}: upload {size / upload / MB:.1f} MB/s, download "
-                  f"{size / download / MB:.1f} MB/s; bare QUIC {transferred / bare_up / MB:.1f}"
-                  f" / {transferred / bare_down / MB:.1f} MB/s", file=sys.stderr, flush=True)
+        async with _bulk_server(relay_cpu) as (bulk_port, bulk_cert):
+            for run in range(1, runs + 1):
+                # Each round runs both, one after the other: a machine whose load changes
+                # during the run changes both sides of the ratio alike.
+                with trio.fail_after(time_limit):
+                    bare_up, bare_down = await _bare_round(bulk_port, bulk_cert, transferred)
+                    upload, download, saved = await _file_round(target, alice, bob, source,
+                                                                downloads)
+                intact &= await trio.to_thread.run_sync(_sha256_of, saved) == expected
+                saved.unlink()
+                rounds.append((upload, download))
+                bare.append((bare_up, bare_down))
+                print(f"run {run}: upload {size / upload / MB:.1f} MB/s, download "
+                      f"{size / download / MB:.1f} MB/s; bare QUIC "
+                      f"{transferred / bare_up / MB:.1f} / {transferred / bare_down / MB:.1f}"
+                      f" MB/s", file=sys.stderr, flush=True)
 
     def rate(byte_count: int, seconds: list[float]) -> float:
         return round(byte_count / statistics.median(seconds) / MB, 1)
