@@ -4,6 +4,7 @@ altered on the relay is refused with nothing saved, and interrupted transfers re
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import secrets
@@ -12,10 +13,14 @@ import tracemalloc
 from contextlib import aclosing
 from pathlib import Path
 
+import pytest
 import trio
 
 from bench.encrypted_offline import encrypted_device
 from bench.spawn import spawn_relay
+from client.attachments import upload_file
+from client.downloads import FileRefused, download_file
+from client.message_content import FileMessage
 from client.messenger import Messenger, ReceivedMessage
 from client.profile import Profile
 from tests.account_support import TIMEOUT_S, enrolled_profile, linked_profile
@@ -308,3 +313,37 @@ async def test_one_upload_reaches_every_device_of_both_accounts(
         assert message.file == downloads / "minutes.odt"
         assert message.file.read_bytes() == source.read_bytes()
         assert message.sender_confirmed and not message.identity_changed
+
+
+@pytest.mark.parametrize("lie", ["size", "digest", "key", "chunk_size", "blob_id"])
+async def test_a_message_that_does_not_match_its_blob_saves_nothing(
+        relay: RelayUnderTest, tmp_path: Path, lie: str) -> None:
+    """A hostile sender (or a relay swapping blobs) announces what the blob is not: the
+    receiver refuses it and nothing appears in the download directory."""
+    alice = await enrolled_profile(relay, tmp_path / "A", ALICE)
+    bob = await enrolled_profile(relay, tmp_path / "B", BOB)
+    source = tmp_path / "claim.pdf"
+    source.write_bytes(os.urandom(300_000))
+    with trio.fail_after(TIMEOUT_S):
+        async with Messenger.connect(alice) as messenger:
+            uploaded = await upload_file(messenger.client, source, records=alice.directory,
+                                         recipient=BOB)
+            other = await messenger.client.create_blob(16)
+    honest = FileMessage(sender_phone=ALICE, recipient_phone=BOB, sent_at="t",
+                         blob_id=uploaded.blob_id, key=uploaded.key, digest=uploaded.digest,
+                         size=uploaded.size, chunk_size=uploaded.chunk_size, name="claim.pdf",
+                         media_type=None)
+    lies = {"size": {"size": uploaded.size + 1}, "digest": {"digest": bytes(32)},
+            "key": {"key": bytes(32)}, "chunk_size": {"chunk_size": 4096},
+            "blob_id": {"blob_id": other}}  # an incomplete blob is refused as unknown
+    downloads = tmp_path / "downloads"
+    downloads.mkdir()
+    with trio.fail_after(TIMEOUT_S):
+        async with Messenger.connect(bob) as messenger:
+            assert await download_file(messenger.client, honest, downloads) == (
+                downloads / "claim.pdf")
+            (downloads / "claim.pdf").unlink()
+            with pytest.raises(FileRefused, match=r"claim\.pdf"):
+                await download_file(messenger.client, dataclasses.replace(honest, **lies[lie]),
+                                    downloads)
+    assert list(downloads.iterdir()) == []
