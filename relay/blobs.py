@@ -6,7 +6,8 @@ never a key. The policy:
 * BLOB_CREATE: an authenticated device, at most BLOB_CREATES_PER_HOUR a device, a size within
   ``blob_max_bytes`` (BLOB_TOO_LARGE), its organisation within
   ``blob_quota_per_organisation_bytes`` (BLOB_QUOTA_EXCEEDED; the store checks the quota in the
-  transaction that creates the blob, on every node). The blob lives ``blob_ttl_ms``.
+  transaction that creates the blob, on every node). The blob lives ``blob_ttl_ms``, or only
+  ``blob_upload_deadline_ms`` if its upload is not complete by then.
 * BLOB_UPLOAD and BLOB_STATUS: the creating device only; BLOB_DOWNLOAD: any authenticated
   device holding the id, once the blob is complete. Every other case (unknown, wrong, expired,
   incomplete, another device's) is BLOB_UNKNOWN with one reason, decided after one store read:
@@ -134,7 +135,8 @@ class BlobService:
             blob_id = await self._store.create_blob(
                 organisation_id=device.organisation_id, user_id=device.user_id,
                 device_id=device.device_id, size=frame.size, quota_bytes=quota, now_ms=now,
-                expires_ms=now + settings.blob_ttl_ms)
+                expires_ms=now + settings.blob_ttl_ms,
+                upload_deadline_ms=now + settings.blob_upload_deadline_ms)
         except BlobQuotaExceeded:
             metrics.blob_refusals["quota_exceeded"] += 1
             return blob_error(ErrorCode.BLOB_QUOTA_EXCEEDED,

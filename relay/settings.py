@@ -14,6 +14,7 @@ __all__ = [
     "DEFAULT_BLOB_MAX_BYTES",
     "DEFAULT_BLOB_QUOTA_PER_ORGANISATION_BYTES",
     "DEFAULT_BLOB_TTL_MS",
+    "DEFAULT_BLOB_UPLOAD_DEADLINE_MS",
     "DEFAULT_DATA_DIR",
     "DEFAULT_ENVELOPE_TTL_MS",
     "DEFAULT_LISTEN",
@@ -43,6 +44,11 @@ is refused with BLOB_QUOTA_EXCEEDED until older ones expire."""
 DEFAULT_BLOB_TTL_MS = 30 * 24 * 3600 * 1000
 """A file is deleted 30 days after its creation, like an unacknowledged envelope: every
 recipient device has had a month to fetch it."""
+
+DEFAULT_BLOB_UPLOAD_DEADLINE_MS = 24 * 3600 * 1000
+"""A file whose upload is not complete a day after its creation expires then, and its size no
+longer counts against its organisation's quota: an abandoned upload does not hold quota for
+the whole ``blob_ttl_ms`` (a device resumes within the day, or sends the file again)."""
 
 MAX_WORKERS = 64
 """Worker processes per relay (``workers``). The index fits the first byte of a
@@ -82,6 +88,9 @@ class RelaySettings:
     """Bytes of unexpired files one organisation may keep (beyond: BLOB_QUOTA_EXCEEDED)."""
     blob_ttl_ms: int = DEFAULT_BLOB_TTL_MS
     """Milliseconds a file is kept after its creation; the expiry sweep deletes it then."""
+    blob_upload_deadline_ms: int = DEFAULT_BLOB_UPLOAD_DEADLINE_MS
+    """Milliseconds after its creation by which a file's upload must be complete, else it
+    expires then (its quota given back)."""
     sweep_interval_s: float = 60.0
     """Seconds between expiry sweeps."""
     sms_gateway: Literal["outbox", "http"] = "outbox"

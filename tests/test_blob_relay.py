@@ -372,9 +372,11 @@ async def test_only_the_creating_device_uploads_or_reads_the_status(
         assert await download(client, blob_id) == data  # any device may read it, complete
 
 
-async def test_an_expired_blob_is_refused(tmp_path: Path, nursery: trio.Nursery) -> None:
+async def test_an_expired_blob_is_refused_and_an_abandoned_upload_gives_its_quota_back(
+        tmp_path: Path, nursery: trio.Nursery) -> None:
     now = [wall_clock_ms()]
-    settings = RelaySettings(data_dir=tmp_path / "relay", listen_port=0, blob_ttl_ms=60_000)
+    settings = RelaySettings(data_dir=tmp_path / "relay", listen_port=0, blob_ttl_ms=60_000,
+                             blob_upload_deadline_ms=10_000)
     settings.data_dir.mkdir(parents=True)
     await declare(settings.data_dir, "acme", ALICE, BOB)
     sms = SmsInbox()
@@ -382,19 +384,33 @@ async def test_an_expired_blob_is_refused(tmp_path: Path, nursery: trio.Nursery)
         settings, task_status=task_status, now_ms=lambda: now[0], on_sms_sent=sms))
     relay = RelayUnderTest(data_dir=settings.data_dir, running=running, sms=sms)
     alice, bob = await enrol(relay, ALICE), await enrol(relay, BOB)
+    store = running.context.store
+    organisation = await store.get_organisation("acme")
+    assert organisation is not None
+
+    async def charged() -> int:
+        return await store.organisation_blob_bytes(organisation.organisation_id, now[0])
+
     data = random_bytes(50_000, seed=7)
     async with authenticated(relay, alice) as client:
         blob_id = await upload(client, data)
-        unfinished = await client.create_blob(100)
+        unfinished = await client.create_blob(20_000)
+        assert await client.upload_blob(unfinished, 0, chunks_of(data[:5_000])) == 5_000
+    assert await charged() == 70_000
+    now[0] += settings.blob_upload_deadline_ms  # the unfinished upload is abandoned
+    assert await charged() == 50_000
+    async with authenticated(relay, alice) as client:
+        assert (await refusal(client.blob_status(unfinished))).code is ErrorCode.BLOB_UNKNOWN
+        resumed = await refusal(client.upload_blob(unfinished, 5_000, chunks_of(data[5_000:20_000])))
+        assert resumed.code is ErrorCode.BLOB_UNKNOWN
     async with authenticated(relay, bob) as client:
-        assert await download(client, blob_id) == data
-    now[0] += settings.blob_ttl_ms
+        assert await download(client, blob_id) == data  # a complete file lives its whole TTL
+    now[0] += settings.blob_ttl_ms - settings.blob_upload_deadline_ms
     async with authenticated(relay, bob) as client:
         assert (await download_refusal(client, blob_id)).code is ErrorCode.BLOB_UNKNOWN
     async with authenticated(relay, alice) as client:
-        assert (await refusal(client.blob_status(unfinished))).code is ErrorCode.BLOB_UNKNOWN
-        resumed = await refusal(client.upload_blob(unfinished, 0, chunks_of(b"y" * 100)))
-        assert resumed.code is ErrorCode.BLOB_UNKNOWN
+        assert (await refusal(client.blob_status(blob_id))).code is ErrorCode.BLOB_UNKNOWN
+    assert await charged() == 0
     running.stop()
 
 
