@@ -52,6 +52,8 @@ class RawIntake:
         self._hold = hold
         self._release = release
         self._chunks: deque[bytes] = deque()
+        self._queued = 0
+        """Bytes fed and not yet taken."""
         self._held = 0
         self._arrived = trio.Event()
         self.ended = False
@@ -68,6 +70,7 @@ class RawIntake:
         if self.closed or not data:
             return
         self._chunks.append(data)
+        self._queued += len(data)
         self._held += len(data)
         self._hold(len(data))
         self._arrived.set()
@@ -80,6 +83,7 @@ class RawIntake:
         """Drop what waits and give it back; later bytes are dropped as they come."""
         self.closed = True
         self._chunks.clear()
+        self._queued = 0
         self.release(self._held)
         self._arrived.set()
 
@@ -90,14 +94,15 @@ class RawIntake:
             self._held -= size
             self._release(size)
 
-    async def take(self, limit: int) -> bytes | None:
-        """The next bytes, at most ``limit`` (joined from what arrived); None once the stream
-        ended (or the intake closed) with nothing left. Release them once stored."""
-        while not self._chunks:
-            if self.ended or self.closed:
-                return None
+    async def take(self, limit: int, *, at_least: int = 1) -> bytes | None:
+        """The next bytes, at most ``limit`` (joined from what arrived) and, unless the stream
+        ended, at least ``at_least``; None once the stream ended (or the intake closed) with
+        nothing left. Release them once stored."""
+        while self._queued < min(at_least, limit) and not (self.ended or self.closed):
             self._arrived = trio.Event()
             await self._arrived.wait()
+        if not self._chunks:
+            return None
         pieces: list[bytes] = []
         size = 0
         chunks = self._chunks
@@ -109,6 +114,7 @@ class RawIntake:
                 chunk = chunk[:cut]
             pieces.append(chunk)
             size += len(chunk)
+        self._queued -= size
         return pieces[0] if len(pieces) == 1 else b"".join(pieces)
 
 

@@ -63,6 +63,7 @@ __all__ = [
     "BLOB_CREATE_PERIOD_MS",
     "BLOB_PIECE_BYTES",
     "DOWNLOAD_SEND_BUFFER_BYTES",
+    "MIN_BLOB_APPEND_BYTES",
     "BlobService",
     "BlobServiceStore",
     "blob_error",
@@ -77,6 +78,13 @@ person sharing an album, not a script churning blob rows; the quota bounds the b
 
 BLOB_CREATE_PERIOD_MS = 60 * 60 * 1000
 """The period over which BLOB_CREATES_PER_HOUR refill (one hour)."""
+
+MIN_BLOB_APPEND_BYTES = 64 * 1024
+"""An upload's bytes wait until this many have arrived (or the stream ended) before they are
+appended: each append costs a commit and an fsync (a chunk row on PostgreSQL), so a client
+trickling a few bytes per packet pays 64 KiB of its own traffic for each one. The 4 uploads
+one connection may run (relay.blob_streams.MAX_BLOB_STREAMS_PER_CONNECTION) together wait for
+at most 256 KiB, a quarter of its 1 MiB receive window: waiting never stalls the window."""
 
 BLOB_PIECE_BYTES = 256 * 1024
 """Bytes appended to or read from the store at once (at most the store's 1 MiB): what one
@@ -184,7 +192,8 @@ class BlobService:
             metrics.blob_refusals["offset_mismatch"] += 1
             return _offset_mismatch(info.received)
         received, size = info.received, info.size
-        while (piece := await intake.take(BLOB_PIECE_BYTES)) is not None:
+        while (piece := await intake.take(BLOB_PIECE_BYTES,
+                                               at_least=MIN_BLOB_APPEND_BYTES)) is not None:
             keep = piece[:size - received]
             try:
                 if keep:

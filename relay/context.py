@@ -99,8 +99,9 @@ class UploadSource(Protocol):
     def closed(self) -> bool:
         """The upload was reset or failed: no answer is wanted."""
 
-    async def take(self, limit: int) -> bytes | None:
-        """At most ``limit`` next bytes; None once the stream ended."""
+    async def take(self, limit: int, *, at_least: int = 1) -> bytes | None:
+        """At most ``limit`` next bytes, and at least ``at_least`` unless the stream ended;
+        None once the stream ended."""
 
     def release(self, size: int) -> None:
         """``size`` bytes taken are stored: the connection may receive as many more."""
