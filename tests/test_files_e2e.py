@@ -279,6 +279,7 @@ async def test_a_file_changed_since_an_interrupted_upload_starts_over_with_a_new
     assert upload.cancelled_caught
     [record] = list((alice.directory / "uploads").iterdir())
     assert stat.S_IMODE(record.stat().st_mode) == 0o600  # it holds the file's key
+    first_attempt = record.read_bytes()
     edited = os.urandom(4 * MIB)
     source.write_bytes(edited)
 
@@ -287,7 +288,9 @@ async def test_a_file_changed_since_an_interrupted_upload_starts_over_with_a_new
     downloads.mkdir()
     [message] = await receive_files(bob, downloads)
 
-    assert len(blob_files(relay)) == 2  # the first, unfinished, expires unannounced
+    assert isinstance(message.content, FileMessage)
+    assert message.content.key not in first_attempt  # a new key...
+    assert message.content.blob_id not in first_attempt  # ...and a new blob
     assert message.file is not None and message.file.read_bytes() == edited
 
 
