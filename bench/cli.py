@@ -33,6 +33,7 @@ from bench.cli_options import (
 from bench.cluster import DEFAULT_POSTGRES, ClusterSetup, Placement, StoreKind, run_cluster
 from bench.encrypted_link import check_text_size
 from bench.exchange import ExchangeLoad, exchange_on
+from bench.files import run_files
 from bench.messenger_cost import messenger_cost
 from bench.push_wake import PUSH_RELAY_ARGS, push_wakeups
 from bench.report import print_result
@@ -263,6 +264,19 @@ def messenger(runs: Annotated[int, typer.Option(help="Rounds (encrypted, then pl
     _run_on_target(lambda relay: messenger_cost(relay, runs=runs, messages=messages,
                                                 size=size, time_limit=timeout),
                    target, as_json, "messenger")
+
+
+@app.command()
+@with_options("target", target_options)
+def files(size: Annotated[int, typer.Option(help="File size in MiB.", min=1)] = 64,
+          runs: Annotated[int, typer.Option(help="Rounds (each: up, then down).", min=1)] = 3,
+          timeout: TimeoutOption = 120, as_json: JsonOption = False, *,
+          target: TargetOptions) -> None:
+    """An encrypted file's upload and download MB/s through the relay, beside bare QUIC
+    bulk transfer of the same bytes measured in the same run, and their ratios."""
+    _run_on_target(lambda relay: run_files(relay, size=size * 1024 * 1024, runs=runs,
+                                           time_limit=timeout, relay_cpu=target.relay_cpu),
+                   target, as_json, "files")
 
 
 @app.command()

@@ -8,7 +8,7 @@ below, which say what the context needs of a live session and of each service.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -24,13 +24,14 @@ from relay.settings import RelaySettings
 from storage.base import Envelope, Store
 from transport.quic import QuicEndpoint
 from wire.account_frames import LinkFetch, LinkPost, PublishDeviceList
+from wire.blob_frames import BlobCreate, BlobDownload, BlobStatus, BlobUpload
 from wire.buffers import BufferPool
 from wire.catalogue import ErrorCode
 from wire.prekey_frames import PrekeyRequest
 from wire.push_frames import PushRequest
 
-__all__ = ["DeviceListRequests", "LinkRequests", "LiveSession", "PrekeyRequests",
-           "PushRequests", "RelayContext", "WakeupNotes"]
+__all__ = ["BlobRequests", "DeviceListRequests", "LinkRequests", "LiveSession", "PrekeyRequests",
+           "PushRequests", "RelayContext", "RequestDevice", "UploadSource", "WakeupNotes"]
 
 
 class LiveSession(Protocol):
@@ -101,6 +102,53 @@ class WakeupNotes(Protocol):
         """A device's connection to this node ended."""
 
 
+class RequestDevice(Protocol):
+    """The authenticated device a blob request comes from (relay.session.AuthenticatedDevice)."""
+
+    @property
+    def user_id(self) -> str: ...
+
+    @property
+    def device_id(self) -> int: ...
+
+    @property
+    def organisation_id(self) -> int: ...
+
+
+class UploadSource(Protocol):
+    """An upload stream's raw bytes as the blob service takes them (relay.blobs.RawIntake)."""
+
+    @property
+    def closed(self) -> bool:
+        """The upload was reset or failed: no answer is wanted."""
+
+    async def take(self, limit: int, *, at_least: int = 1) -> bytes | None:
+        """At most ``limit`` next bytes, and at least ``at_least`` unless the stream ended;
+        None once the stream ended."""
+
+    def release(self, size: int) -> None:
+        """``size`` bytes taken are stored: the connection may receive as many more."""
+
+
+class BlobRequests(Protocol):
+    """Answers the blob requests of an authenticated device (relay/blobs.py)."""
+
+    async def create(self, device: RequestDevice, frame: BlobCreate) -> bytes:
+        """Answer BLOB_CREATE."""
+
+    async def status(self, device: RequestDevice, frame: BlobStatus) -> bytes:
+        """Answer BLOB_STATUS."""
+
+    async def upload(self, device: RequestDevice, frame: BlobUpload,
+                     intake: UploadSource) -> bytes:
+        """Store the upload's bytes as they come; the answer (b"": none wanted)."""
+
+    async def download(self, frame: BlobDownload, *, answer: Callable[[bytes, bool], None],
+                       write: Callable[[bytes], None],
+                       wait_room: Callable[[int], Awaitable[None]]) -> None:
+        """Answer BLOB_DOWNLOAD and write the blob's bytes as the stream drains."""
+
+
 @dataclass
 class RelayContext:
     """What every session shares."""
@@ -134,6 +182,8 @@ class RelayContext:
     requests are refused as unavailable)."""
     wakeups: WakeupNotes | None = None
     """The wake-up scheduler (relay/wakeups.py); ``serve`` sets it."""
+    blobs: BlobRequests = field(init=False)
+    """The blob service (relay/blobs.py); ``serve`` sets it."""
     send_budgets: SendBudgets = field(init=False)
     """Each sender device's SENDs and bytes per minute (``settings``), checked before a SEND
     is submitted (relay/send_budgets.py)."""

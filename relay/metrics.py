@@ -84,6 +84,15 @@ class RelayMetrics:
     ("post", "exhausted"), ("fetch", "empty") (relay/linking.py)."""
     device_lists: Counter[str] = field(default_factory=Counter)
     """Outcome -> PUBLISH_DEVICE_LIST requests; e.g. "published", "stale_version"."""
+    blobs_created: int = 0
+    """Files (blobs) created by BLOB_CREATE."""
+    blob_bytes_uploaded: int = 0
+    """Blob bytes appended to the store (uploads)."""
+    blob_bytes_downloaded: int = 0
+    """Blob bytes written to download streams."""
+    blob_refusals: Counter[str] = field(default_factory=Counter)
+    """Refused blob requests by reason: "too_large", "quota_exceeded", "unknown",
+    "offset_mismatch", "rate_limited", "bad_offset", "too_many_streams"."""
     revoked_devices: int = 0
     """Device connections closed because their device was revoked by a re-enrolment or a
     published device list."""

@@ -22,6 +22,7 @@ from prometheus_client import CollectorRegistry
 from enrolment.limits import EnrolmentLimits
 from enrolment.service import EnrolmentService
 from enrolment.sms import HttpGateway, OutboxGateway, SmsDispatcher, SmsGateway, SmsMessage
+from relay.blobs import BlobService
 from relay.cluster import cluster_node_for, presence_for
 from relay.context import RelayContext
 from relay.control import serve_control_socket
@@ -237,6 +238,7 @@ def _relay_context(settings: RelaySettings, store: Store, enrolment: EnrolmentSe
     context.prekeys = PrekeyService(context)
     context.device_lists = DeviceListService(context)
     context.linking = LinkChannelService(store, now_ms=now_ms, metrics=context.metrics)
+    context.blobs = BlobService(store, settings=settings, metrics=context.metrics, now_ms=now_ms)
     return context
 
 

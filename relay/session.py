@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import secrets
 from collections import deque
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol, assert_never
 
@@ -41,6 +41,7 @@ from enrolment.limits import (
 )
 from enrolment.service import REENROLMENT_REVOKE_REASON
 from relay.account_audit import ENROLMENT_ACTOR, audit_device_changes
+from relay.blob_streams import ConnectionBlobs
 from relay.cluster import DeviceGone
 from relay.context import RelayContext
 from relay.delivery import DeliveryPump
@@ -60,6 +61,7 @@ from storage.interfaces.envelope_queue import EnvelopeQueue
 from storage.interfaces.rate_limits import RateLimits
 from transport.quic import QuicLink
 from wire.account_frames import LinkFetch, LinkOpen, LinkPost, PublishDeviceList
+from wire.blob_frames import BlobCreate, BlobDownload, BlobStatus, BlobUpload
 from wire.codec import encode_frame
 from wire.frames import (
     Ack,
@@ -88,6 +90,7 @@ from wire.protocol import (
     RequestReceived,
     ServerEvent,
     ServerProtocol,
+    StreamBytes,
     StreamEnded,
     StreamFailed,
     is_client_bidirectional,
@@ -178,6 +181,9 @@ class DeviceSession:
         self._enrolment_allowances: dict[str, Allowance] = {}
         """"start" and "verify" -> this connection's allowance (``enrolment.limits``)."""
         self._log = log.bind(connection_id=link.connection_id)
+        self._blobs = ConnectionBlobs(service=relay.blobs, link=link, metrics=relay.metrics,
+                                      spawn=self._spawn_task)
+        """Upload and download streams, answered outside the answer slots (relay/blobs.py)."""
         relay.metrics.connections_opened += 1
 
     @property
@@ -214,7 +220,9 @@ class DeviceSession:
                         event.stream_id, event.data, event.end_stream):
                     self._dispatch(core_event)
             elif isinstance(event, quic_events.StopSendingReceived):
-                if event.stream_id == self._push_stream:
+                if self._blobs.owns(event.stream_id):
+                    self._blobs.stopped(event.stream_id)
+                elif event.stream_id == self._push_stream:
                     # Deliveries have nowhere to go: stop rather than fill the queue of
                     # unacknowledged envelopes (they stay stored for the next connection).
                     self.close(ErrorCode.UNEXPECTED_FRAME,
@@ -222,6 +230,8 @@ class DeviceSession:
                 # A request stream's answers are dropped by the link (the peer refused them).
             elif isinstance(event, quic_events.StreamReset):
                 self._core.stream_reset(event.stream_id)
+                if self._blobs.owns(event.stream_id):
+                    self._blobs.reset(event.stream_id)
                 self._slots.pop(event.stream_id, None)
                 self._ended_by_peer.discard(event.stream_id)
             elif isinstance(event, quic_events.ConnectionTerminated):
@@ -235,6 +245,13 @@ class DeviceSession:
                 slot = self._reserve(stream_id)
                 nonce = secrets.token_bytes(NONCE_SIZE)
                 self._fill(stream_id, slot, self._core.issue_challenge(nonce))
+            case StreamBytes(stream_id=stream_id, data=data):
+                self._blobs.received(stream_id, data)
+            case StreamFailed(stream_id=stream_id, error=error) if self._blobs.owns(stream_id):
+                self._blobs.failed(stream_id, _error(error.code, error.reason,
+                                                     retry_after_ms=error.retry_after_ms))
+            case StreamEnded(stream_id=stream_id) if self._blobs.owns(stream_id):
+                self._blobs.peer_ended(stream_id)
             case StreamFailed(stream_id=stream_id, error=error) if not is_client_bidirectional(
                     stream_id):
                 # A stream the client opened one way: nothing can be written back on it.
@@ -296,6 +313,16 @@ class DeviceSession:
             case PushSet() | PushClear() | PushGet():
                 self._fill(stream_id, slot, _error(ErrorCode.PUSH_PROVIDER_UNAVAILABLE,
                                                    "this relay sends no wake-up pushes"))
+            case BlobCreate():
+                self._spawn(stream_id, slot, self._relay.blobs.create(device, frame))
+            case BlobStatus():
+                self._spawn(stream_id, slot, self._relay.blobs.status(device, frame))
+            case BlobUpload():
+                self._slots.pop(stream_id, None)  # its stream's only request: answered there
+                self._blobs.upload(stream_id, device, frame)
+            case BlobDownload():
+                self._slots.pop(stream_id, None)
+                self._blobs.download(stream_id, frame)
             case _:  # the core's state table lets nothing else through
                 self._fill(stream_id, slot, _error(ErrorCode.UNEXPECTED_FRAME,
                                                    f"{type(frame).__name__} is not a request"))
@@ -358,6 +385,21 @@ class DeviceSession:
             self._ended_by_peer.discard(stream_id)
             self._slots.pop(stream_id, None)
             self._link.send_stream_data(stream_id, b"", end_stream=True)
+
+    def _spawn_task(self, work: Callable[[], Awaitable[None]]) -> trio.CancelScope:
+        """Run ``work`` in a task this connection owns (cancelled when it ends); its scope."""
+        scope = trio.CancelScope()
+        self._requests.add(scope)
+
+        async def run() -> None:
+            try:
+                with scope:
+                    await work()
+            finally:
+                self._requests.discard(scope)
+
+        self._relay.nursery.start_soon(run)
+        return scope
 
     def _spawn(self, stream_id: int, slot: _Slot, work: Awaitable[bytes]) -> None:
         """Run ``work`` in a task this connection owns; its answer fills ``slot``."""
@@ -649,6 +691,7 @@ class DeviceSession:
         if not keep_answers:
             for scope in self._requests:
                 scope.cancel()
+            self._blobs.close()
         if self._pump is not None:
             self._pump.close()
             self._relay.presence.detach(self._pump)

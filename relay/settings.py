@@ -11,6 +11,10 @@ from relay.limits import SEND_BYTES_PER_MINUTE, SENDER_QUEUE_SHARE_PERCENT, SEND
 from transport.quic import MAX_CONNECTIONS_PER_ADDRESS
 
 __all__ = [
+    "DEFAULT_BLOB_MAX_BYTES",
+    "DEFAULT_BLOB_QUOTA_PER_ORGANISATION_BYTES",
+    "DEFAULT_BLOB_TTL_MS",
+    "DEFAULT_BLOB_UPLOAD_DEADLINE_MS",
     "DEFAULT_DATA_DIR",
     "DEFAULT_ENVELOPE_TTL_MS",
     "DEFAULT_LISTEN",
@@ -34,6 +38,23 @@ DEFAULT_ENVELOPE_TTL_MS = 30 * 24 * 3600 * 1000
 DEFAULT_MAX_QUEUE_DEPTH = 10_000
 """Envelopes one device may hold before sends to it are refused with QUEUE_FULL
 (never dropped): bounds the storage one absent device can consume."""
+
+DEFAULT_BLOB_MAX_BYTES = 100 * 1024 * 1024
+"""The largest file (its ciphertext, in bytes) a device may upload: 100 MiB, a long video;
+larger ones are refused with BLOB_TOO_LARGE before anything is stored."""
+
+DEFAULT_BLOB_QUOTA_PER_ORGANISATION_BYTES = 10 * 1024 * 1024 * 1024
+"""Bytes of unexpired files one organisation may keep on the relay (10 GiB): beyond, a new file
+is refused with BLOB_QUOTA_EXCEEDED until older ones expire."""
+
+DEFAULT_BLOB_TTL_MS = 30 * 24 * 3600 * 1000
+"""A file is deleted 30 days after its creation, like an unacknowledged envelope: every
+recipient device has had a month to fetch it."""
+
+DEFAULT_BLOB_UPLOAD_DEADLINE_MS = 24 * 3600 * 1000
+"""A file whose upload is not complete a day after its creation expires then, and its size no
+longer counts against its organisation's quota: an abandoned upload does not hold quota for
+the whole ``blob_ttl_ms`` (a device resumes within the day, or sends the file again)."""
 
 MAX_WORKERS = 64
 """Worker processes per relay (``workers``). The index fits the first byte of a
@@ -87,6 +108,15 @@ class RelaySettings:
     connections_per_address: int = MAX_CONNECTIONS_PER_ADDRESS
     """Connections one client address (IPv4 address, IPv6 /64) may hold at once, per relay
     process; more are refused at the handshake (CONNECTION_REFUSED)."""
+    blob_max_bytes: int = DEFAULT_BLOB_MAX_BYTES
+    """Largest file (ciphertext bytes) a device may upload (beyond: BLOB_TOO_LARGE)."""
+    blob_quota_per_organisation_bytes: int = DEFAULT_BLOB_QUOTA_PER_ORGANISATION_BYTES
+    """Bytes of unexpired files one organisation may keep (beyond: BLOB_QUOTA_EXCEEDED)."""
+    blob_ttl_ms: int = DEFAULT_BLOB_TTL_MS
+    """Milliseconds a file is kept after its creation; the expiry sweep deletes it then."""
+    blob_upload_deadline_ms: int = DEFAULT_BLOB_UPLOAD_DEADLINE_MS
+    """Milliseconds after its creation by which a file's upload must be complete, else it
+    expires then (its quota given back)."""
     sweep_interval_s: float = 60.0
     """Seconds between expiry sweeps."""
     sms_gateway: Literal["outbox", "http"] = "outbox"

@@ -24,7 +24,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from relay.context import RelayContext
-from relay.metrics import LatencyHistogram
+from relay.metrics import LatencyHistogram, RelayMetrics
 
 if TYPE_CHECKING:
     from enrolment.sms import SmsOutcomes
@@ -118,6 +118,7 @@ class RelayCollector(Collector):
         for outcome, count in sorted(metrics.device_lists.items()):
             device_lists.add_metric([outcome], count)
         yield device_lists
+        yield from _blob_families(metrics)
         yield _counter("cryptopass_revoked_device_connections",
                        "Connections closed because their device was revoked by a "
                        "re-enrolment or a published device list.", metrics.revoked_devices)
@@ -210,6 +211,21 @@ def relay_registry(context: RelayContext, sms_outcomes: SmsOutcomes) -> Collecto
     registry = CollectorRegistry(auto_describe=False)
     registry.register(RelayCollector(context, sms_outcomes))
     return registry
+
+
+def _blob_families(metrics: RelayMetrics) -> Iterator[Metric]:
+    """Files: created, bytes each way, refusals by reason (relay/blobs.py)."""
+    yield _counter("cryptopass_blobs_created", "Files (blobs) created by BLOB_CREATE.",
+                   metrics.blobs_created)
+    yield _counter("cryptopass_blob_bytes_uploaded",
+                   "Blob bytes appended to the store by uploads.", metrics.blob_bytes_uploaded)
+    yield _counter("cryptopass_blob_bytes_downloaded",
+                   "Blob bytes written to download streams.", metrics.blob_bytes_downloaded)
+    refusals = CounterMetricFamily("cryptopass_blob_refusals", "Refused blob requests by reason.",
+                                   labels=["reason"])
+    for reason, count in sorted(metrics.blob_refusals.items()):
+        refusals.add_metric([reason], count)
+    yield refusals
 
 
 def _counter(name: str, documentation: str, value: float) -> CounterMetricFamily:

@@ -32,6 +32,7 @@ from storage.account_records import (
 from storage.interfaces.accounts import AccountKeyStore, LinkChannelStore
 from storage.interfaces.activity import DeviceActivity
 from storage.interfaces.administration import AccountStore, AdminStore, AuditLog
+from storage.interfaces.blobs import BlobStore
 from storage.interfaces.cluster import ClusterCapable, ClusterWakeups
 from storage.interfaces.directory import Directory, OrganisationPolicy
 from storage.interfaces.enrolment import EnrolmentStore
@@ -43,6 +44,10 @@ from storage.interfaces.push import PushTargetStore, WakeupQueue
 from storage.interfaces.rate_limits import RateLimits
 from storage.records import (
     AlreadyExists,
+    BlobInfo,
+    BlobOffsetMismatch,
+    BlobPastSize,
+    BlobQuotaExceeded,
     Device,
     Envelope,
     NewSend,
@@ -68,6 +73,11 @@ __all__ = [
     "AdminStore",
     "AlreadyExists",
     "AuditLog",
+    "BlobInfo",
+    "BlobOffsetMismatch",
+    "BlobPastSize",
+    "BlobQuotaExceeded",
+    "BlobStore",
     "ClusterCapable",
     "ClusterWakeups",
     "Device",
@@ -109,7 +119,7 @@ __all__ = [
 
 class Store(StoreLifecycle, ClusterCapable, EnvelopeQueue, Directory, OrganisationPolicy,
             EnrolmentStore, AccountKeyStore, LinkChannelStore, PrekeyStore, RateLimits,
-            AdminStore, DeviceActivity, PushTargetStore, WakeupQueue, Protocol):
+            AdminStore, DeviceActivity, PushTargetStore, WakeupQueue, BlobStore, Protocol):
     """The relay's whole persistent state: every capability of ``storage.interfaces``.
 
     All methods are safe to call concurrently.

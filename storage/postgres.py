@@ -41,6 +41,8 @@ from storage import envelope_sql
 from storage.account_store import AccountStoreMethods
 from storage.admin_store import AdminStoreMethods
 from storage.base import PendingResult
+from storage.blob_postgres import PostgresBlobMethods
+from storage.blob_sql import BLOB_SWEEP_LIMIT
 from storage.core_store import CoreStoreMethods
 from storage.group_commit import GroupCommitWriter, Outcome, WriteOperation
 from storage.postgres_presence import notify_recipient_nodes, notify_revoked_devices
@@ -112,11 +114,12 @@ def postgres_writer(pool: ConnectionPool[Connection],
 
 
 class PostgresStore(CoreStoreMethods, AdminStoreMethods, AccountStoreMethods,
-                    PushStoreMethods):
+                    PushStoreMethods, PostgresBlobMethods):
     """``storage.base.Store`` on PostgreSQL. Create with ``open_postgres_store``.
 
     The SQL is shared with SQLite (``storage.core_store`` and the modules it names); this
-    class adds the cluster's wake-ups and the shared rate-limit buckets.
+    class adds the cluster's wake-ups, the shared rate-limit buckets and the blobs' chunk rows
+    (``storage.blob_postgres``).
     """
 
     _dialect = POSTGRES
@@ -176,7 +179,10 @@ class PostgresStore(CoreStoreMethods, AdminStoreMethods, AccountStoreMethods,
             expired = envelope_sql.expire(connection, POSTGRES, now=now, limit=limit)
             forget_idle_buckets(connection, now=now, limit=limit)
             return expired
-        return await self._write(work)
+        expired = await self._write(work)
+        # Apart: a blob's chunks may be 100 MiB, not to hold up the envelopes' transaction.
+        await self.delete_expired_blobs(now, min(limit, BLOB_SWEEP_LIMIT))
+        return expired
 
     async def take_tokens(self, *, key: str, cost: int, capacity: int, period_ms: int,
                           now: int) -> bool:

@@ -9,6 +9,7 @@ pytest.register_assert_rewrite(
     "tests.account_support",
     "tests.admin_conformance",
     "tests.admin_support",
+    "tests.blob_store_conformance",
     "tests.bench_support",
     "tests.client_peer_harness",
     "tests.postgres_schemas",

@@ -48,6 +48,10 @@ class FrameType(IntEnum):
     LINK_OPEN = 17
     LINK_POST = 18
     LINK_FETCH = 19
+    BLOB_CREATE = 24
+    BLOB_UPLOAD = 25
+    BLOB_STATUS = 26
+    BLOB_DOWNLOAD = 27
     PUSH_SET = 56
     PUSH_CLEAR = 57
     PUSH_GET = 58
@@ -66,6 +70,10 @@ class FrameType(IntEnum):
     LINK_OPENED = 81
     LINK_POSTED = 82
     LINK_MESSAGES = 83
+    BLOB_CREATED = 88
+    BLOB_UPLOADED = 89
+    BLOB_STATE = 90
+    BLOB_DATA = 91
     PUSH_TARGET_SET = 120
     PUSH_CLEARED = 121
     PUSH_TARGET = 122
@@ -80,7 +88,7 @@ class ErrorCode(IntEnum):
 
     Grouped by tens: framing 1-9, authentication 10-19, enrolment and requests 20-29,
     delivery 30-39, organisation 40-49, server and connection 50-59, prekeys 60-69,
-    accounts and linking 70-79, wake-up pushes 120-129.
+    accounts and linking 70-79, attachments 80-89, wake-up pushes 120-129.
     """
 
     NO_ERROR = 0  # normal close
@@ -111,6 +119,10 @@ class ErrorCode(IntEnum):
     STALE_DEVICE_LIST = 70  # a published device list's version is not above the stored one
     INVALID_DEVICE_LIST = 71  # malformed, badly signed, another account's, or drops its publisher
     LINK_CHANNEL_UNKNOWN = 72  # no such link channel: unknown, expired, exhausted or not yours
+    BLOB_UNKNOWN = 80  # no such blob: unknown, wrong, expired, incomplete or not yours
+    BLOB_TOO_LARGE = 81  # the blob's size exceeds the relay's maximum (or its bytes its size)
+    BLOB_QUOTA_EXCEEDED = 82  # the organisation's blobs would exceed its quota; nothing stored
+    BLOB_OFFSET_MISMATCH = 83  # an upload's offset is not what the relay holds; ask BLOB_STATUS
     PUSH_PROVIDER_UNAVAILABLE = 120  # this relay has no such push provider configured
     INVALID_PUSH_TARGET = 121  # the provider refused the target (the reason says why)
 
@@ -152,8 +164,9 @@ RESERVED_BLOCKS: tuple[FeatureBlock, ...] = (
     # Linked devices assigned requests 16-19, responses 80-83 and errors 70-72 (issue 13).
     FeatureBlock(feature="linked devices", requests=range(20, 24), responses=range(84, 88),
                  pushes=range(136, 140), errors=range(73, 80)),
-    FeatureBlock(feature="attachments", requests=range(24, 32), responses=range(88, 96),
-                 pushes=range(140, 144), errors=range(80, 90)),
+    # Attachments assigned requests 24-27, responses 88-91 and errors 80-83 (issue 18).
+    FeatureBlock(feature="attachments", requests=range(28, 32), responses=range(92, 96),
+                 pushes=range(140, 144), errors=range(84, 90)),
     FeatureBlock(feature="groups (multi-recipient sends)", requests=range(32, 40),
                  responses=range(96, 104), pushes=range(144, 148), errors=range(90, 100)),
     FeatureBlock(feature="calls", requests=range(40, 48), responses=range(104, 112),

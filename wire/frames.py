@@ -16,6 +16,7 @@ from types import MappingProxyType
 from typing import ClassVar
 
 from wire.account_frames import AccountFrame
+from wire.blob_frames import BlobFrame
 from wire.catalogue import ErrorCode, FrameType
 from wire.checks import (
     check_bytes,
@@ -401,7 +402,8 @@ class QueueEmpty:
     frame_type: ClassVar[FrameType] = FrameType.QUEUE_EMPTY
 
 
-# Every frame of the protocol, the prekey service's, the accounts' and the pushes' included.
+# Every frame of the protocol: the prekey service's, the accounts', the attachments' and the
+# pushes' included.
 Frame = (
     EnrolStart
     | EnrolVerify
@@ -423,6 +425,7 @@ Frame = (
     | PrekeyFrame
     | AccountFrame
     | PushFrame
+    | BlobFrame
 )
 
 # --- Authentication transcript --------------------------------------------------------------------
