@@ -210,8 +210,9 @@ async def test_admin_responses_are_counted_by_outcome(relay: RelayUnderTest) -> 
     async with httpx.AsyncClient(base_url=f"https://{address[0]}:{address[1]}", verify=verify,
                                  timeout=10) as admin:
         statuses = [(await admin.get(path)).status_code
-                    for path in ("/login", "/login", "/api/v1/users", "/no-such-page")]
-    assert statuses[:2] == [200, 200] and all(400 <= status < 500 for status in statuses[2:])
+                    for path in ("/login", "/login", "/api/v1/users", "/api/v1/no-such-thing")]
+    assert statuses[:2] == [200, 200] and all(400 <= status < 500 for status in statuses[2:]), \
+        statuses
     after = (await scrape(relay)).text
     assert sample(after, "cryptopass_admin_requests_total", outcome="ok") == 2
     assert sample(after, "cryptopass_admin_requests_total", outcome="client_error") == 2
