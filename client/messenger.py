@@ -24,7 +24,7 @@ import contextlib
 import datetime
 import secrets
 import time
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,10 +41,12 @@ from client.connection import (
 )
 from client.contacts import AccountView, Contact, decode_contacts, encode_contacts
 from client.message_content import (
+    CallSignal,
     ContentError,
     DeviceListUpdate,
     TextMessage,
     decode_content,
+    encode_call_signal,
     encode_content,
     encode_device_list_update,
 )
@@ -65,7 +67,8 @@ from transport.quic import QuicEndpoint
 from wire.frames import Deliver, ErrorCode, QueueEmpty
 
 __all__ = ["MAX_MISMATCH_RETRIES", "DeviceListProblem", "IdentityChangedError", "Messenger",
-           "ReceivedMessage", "SendReceipt", "UnknownContactError", "create_device_state"]
+           "ReceivedCallSignal", "ReceivedMessage", "SendReceipt", "UnknownContactError",
+           "create_device_state"]
 
 STATE_VERSION = 2
 MAX_MISMATCH_RETRIES = 3
@@ -124,6 +127,15 @@ class ReceivedMessage:
     problem: str | None = None  #: why it could not be read (never the plaintext)
     sender_confirmed: bool = False  #: the relay gives content.sender_phone to this sender
     identity_changed: bool = False  #: the sender's account key is not the accepted one: warn
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReceivedCallSignal:
+    """A call message (client.calls), decrypted, from a sender the relay confirmed."""
+
+    sender: DeviceAddress  #: the sending device, as the relay authenticated it
+    accepted_at: int  #: when the relay accepted it, ms since the Unix epoch
+    signal: CallSignal  #: what it says
 
 
 def create_device_state(profile: Profile, *, contacts: dict[str, Contact] | None = None
@@ -197,6 +209,9 @@ class Messenger:
         self.persist_state = persist_state
         self._stamp = profile.device_state_stamp() if persist_state else None
         self._depth = 0
+        self.on_call_signal: Callable[[ReceivedCallSignal], None] | None = None
+        """Called (without blocking) with every call message received; without it, call
+        messages are read and dropped (client.calls sets it)."""
 
     @classmethod
     @asynccontextmanager
@@ -484,8 +499,24 @@ class Messenger:
                            own_devices=own_devices, mismatch_retries=retries,
                            own_copy_problem=problem)
 
-    async def _deliver(self, contact: Contact, content: bytes,
-                       message_id: int) -> tuple[tuple[int, ...], int]:
+    async def send_call_signal(self, phone: str, signal: CallSignal) -> tuple[int, ...]:
+        """Send a call message to every device of ``phone`` (or, for this account's own
+        number, its other devices), urgent and ephemeral: the relay wakes absent devices at
+        once and drops the envelope after CALL_SIGNAL_TTL_MS. Returns the devices addressed.
+
+        Raises:
+            the errors of `send_text`.
+        """
+        content = encode_call_signal(signal)
+        async with self.exclusive():
+            contact = self._own() if phone == self.phone else await self.contact(phone)
+            await self._ready(contact)
+            told, _ = await self._deliver(contact, content,
+                                          secrets.randbelow(MAX_CLIENT_MESSAGE_ID), urgent=True)
+            return told
+
+    async def _deliver(self, contact: Contact, content: bytes, message_id: int, *,
+                       urgent: bool = False) -> tuple[tuple[int, ...], int]:
         """Send to the contact's accepted devices (`_accepted_view` ran just before)."""
         retries = 0
         while True:
@@ -500,7 +531,7 @@ class Messenger:
             try:
                 await self.client.send(contact.user_id, {
                     address.device_id: ciphertext for address, ciphertext in ciphertexts.items()},
-                    client_message_id=message_id)
+                    client_message_id=message_id, urgent=urgent)
             except RelayError as error:
                 if error.code == ErrorCode.UNKNOWN_RECIPIENT:
                     await self._check_number_owner(contact)  # a new account for the number?
@@ -610,12 +641,30 @@ class Messenger:
             if sender.user_id == self.user_id:
                 await self._apply_own_list(content.device_list)
             return None
+        if isinstance(content, CallSignal):
+            await self._hand_call_signal(sender, delivery.accepted_at, content)
+            return None
         contact = await self._contact_of_sender(sender, content.sender_phone)
         identity_changed = contact is None or contact.changed
         return ReceivedMessage(envelope_id=delivery.envelope_id, sender=sender,
                                accepted_at=delivery.accepted_at, content=content,
                                sender_confirmed=contact is not None,
                                identity_changed=identity_changed)
+
+    async def _hand_call_signal(self, sender: DeviceAddress, accepted_at: int,
+                                signal: CallSignal) -> None:
+        """Give a call message to the handler if the relay confirms the sender holds the
+        number it states (a call from an unconfirmed number is never rung)."""
+        if self.on_call_signal is None:
+            return
+        if sender.user_id == self.user_id:
+            confirmed = signal.sender_phone == self.phone
+        else:
+            contact = await self._contact_of_sender(sender, signal.sender_phone)
+            confirmed = contact is not None and not contact.changed
+        if confirmed:
+            self.on_call_signal(ReceivedCallSignal(sender=sender, accepted_at=accepted_at,
+                                                   signal=signal))
 
     async def _expected_identity(self, sender: DeviceAddress) -> bytes | None:
         """The identity key the sender device must have: the one its account's signed list
