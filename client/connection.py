@@ -65,6 +65,7 @@ from wire.account_frames import (
     LinkPosted,
     PublishDeviceList,
 )
+from wire.call_frames import CallEnded, CallMembers
 from wire.codec import encode_frame
 from wire.frames import (
     ALPN,
@@ -246,7 +247,7 @@ class RelayClient:
         if not queue and stream_id not in (self._send_stream, self._ack_stream):
             del self._waiters[stream_id]  # a one-request stream is done
 
-    def _push(self, frame: Deliver | QueueEmpty | PrekeysLow) -> None:
+    def _push(self, frame: Deliver | QueueEmpty | PrekeysLow | CallMembers | CallEnded) -> None:
         if self._closed is not None:
             return  # the channels are closed; unacknowledged, it comes again next connection
         match frame:
@@ -254,6 +255,8 @@ class RelayClient:
                 self._deliveries_in.send_nowait(frame)  # never full: PUSH_BUFFER
             case PrekeysLow():
                 self._prekeys_low_in.send_nowait(frame)
+            case CallMembers() | CallEnded():
+                pass  # the call API (open_call, join_call) follows in the next commit
             case _:
                 assert_never(frame)
 

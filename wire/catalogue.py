@@ -48,6 +48,9 @@ class FrameType(IntEnum):
     LINK_OPEN = 17
     LINK_POST = 18
     LINK_FETCH = 19
+    CALL_OPEN = 40
+    CALL_JOIN = 41
+    CALL_LEAVE = 42
     PUSH_SET = 56
     PUSH_CLEAR = 57
     PUSH_GET = 58
@@ -66,6 +69,10 @@ class FrameType(IntEnum):
     LINK_OPENED = 81
     LINK_POSTED = 82
     LINK_MESSAGES = 83
+    CALL_OPENED = 104
+    CALL_JOINED = 105
+    CALL_LEFT = 106
+    CALL_ELSEWHERE = 107
     PUSH_TARGET_SET = 120
     PUSH_CLEARED = 121
     PUSH_TARGET = 122
@@ -73,6 +80,8 @@ class FrameType(IntEnum):
     DELIVER = 128
     QUEUE_EMPTY = 129
     PREKEYS_LOW = 130
+    CALL_MEMBERS = 148
+    CALL_ENDED = 149
 
 
 class ErrorCode(IntEnum):
@@ -80,7 +89,7 @@ class ErrorCode(IntEnum):
 
     Grouped by tens: framing 1-9, authentication 10-19, enrolment and requests 20-29,
     delivery 30-39, organisation 40-49, server and connection 50-59, prekeys 60-69,
-    accounts and linking 70-79, wake-up pushes 120-129.
+    accounts and linking 70-79, calls 100-109, wake-up pushes 120-129.
     """
 
     NO_ERROR = 0  # normal close
@@ -111,6 +120,9 @@ class ErrorCode(IntEnum):
     STALE_DEVICE_LIST = 70  # a published device list's version is not above the stored one
     INVALID_DEVICE_LIST = 71  # malformed, badly signed, another account's, or drops its publisher
     LINK_CHANNEL_UNKNOWN = 72  # no such link channel: unknown, expired, exhausted or not yours
+    CALL_UNKNOWN = 100  # no such call: unknown, ended, or not one this device was invited to
+    CALL_FULL = 101  # the call already holds MAX_CALL_PARTICIPANTS devices
+    CALLS_UNAVAILABLE = 102  # this relay carries no calls (it runs several worker processes)
     PUSH_PROVIDER_UNAVAILABLE = 120  # this relay has no such push provider configured
     INVALID_PUSH_TARGET = 121  # the provider refused the target (the reason says why)
 
@@ -156,8 +168,10 @@ RESERVED_BLOCKS: tuple[FeatureBlock, ...] = (
                  pushes=range(140, 144), errors=range(80, 90)),
     FeatureBlock(feature="groups (multi-recipient sends)", requests=range(32, 40),
                  responses=range(96, 104), pushes=range(144, 148), errors=range(90, 100)),
-    FeatureBlock(feature="calls", requests=range(40, 48), responses=range(104, 112),
-                 pushes=range(148, 152), errors=range(100, 110)),
+    # Calls assigned requests 40-42, responses 104-107, pushes 148-149 and errors 100-102
+    # (issue 20).
+    FeatureBlock(feature="calls", requests=range(43, 48), responses=range(108, 112),
+                 pushes=range(150, 152), errors=range(103, 110)),
     FeatureBlock(feature="sealed sender", requests=range(48, 56), responses=range(112, 120),
                  pushes=range(152, 156), errors=range(110, 120)),
     # Wake-up pushes assigned requests 56-58, responses 120-122 and errors 120-121 (issue 22).

@@ -16,6 +16,7 @@ from typing import Any, Final
 import msgpack
 
 from wire.account_frames import ACCOUNT_FRAME_CLASSES, AddedDevice
+from wire.call_frames import CALL_FRAME_CLASSES
 from wire.frames import (
     LENGTH_PREFIX_SIZE,
     MAX_ACK_IDS,
@@ -61,6 +62,7 @@ _FRAME_CLASSES: Final[tuple[type[Any], ...]] = (
     EnrolStart, EnrolVerify, Hello, Authenticate, Lookup, Send, Ack,
     EnrolStarted, Enrolled, Challenge, Authenticated, LookupResult, SendAccepted, Acked, Error,
     Deliver, QueueEmpty, *PREKEY_FRAME_CLASSES, *ACCOUNT_FRAME_CLASSES, *PUSH_FRAME_CLASSES,
+    *CALL_FRAME_CLASSES,
 )  # fmt: skip
 _CLASS_BY_TYPE: Final[dict[int, type[Any]]] = {cls.frame_type: cls for cls in _FRAME_CLASSES}
 # Values nested inside frames, encoded as maps like frame bodies.

@@ -16,6 +16,7 @@ from types import MappingProxyType
 from typing import ClassVar
 
 from wire.account_frames import AccountFrame
+from wire.call_frames import CallFrame
 from wire.catalogue import ErrorCode, FrameType
 from wire.checks import (
     check_bytes,
@@ -401,7 +402,8 @@ class QueueEmpty:
     frame_type: ClassVar[FrameType] = FrameType.QUEUE_EMPTY
 
 
-# Every frame of the protocol, the prekey service's, the accounts' and the pushes' included.
+# Every frame of the protocol, the prekey service's, the accounts', the pushes' and the calls'
+# included.
 Frame = (
     EnrolStart
     | EnrolVerify
@@ -423,6 +425,7 @@ Frame = (
     | PrekeyFrame
     | AccountFrame
     | PushFrame
+    | CallFrame
 )
 
 # --- Authentication transcript --------------------------------------------------------------------

@@ -17,6 +17,7 @@ import nacl.exceptions
 import nacl.signing
 
 from wire.buffers import BufferPool
+from wire.call_frames import CallEnded, CallMembers
 from wire.codec import FrameDecoder, encode_frame
 from wire.frames import (
     Authenticate,
@@ -96,6 +97,7 @@ ALLOWED_REQUESTS: dict[ConnectionState, frozenset[FrameType]] = {
         FrameType.LOOKUP, FrameType.SEND, FrameType.ACK, FrameType.UPLOAD_PREKEYS,
         FrameType.FETCH_BUNDLE, FrameType.GET_PREKEY_COUNTS, FrameType.LIST_DEVICES,
         FrameType.PUBLISH_DEVICE_LIST, FrameType.PUSH_SET, FrameType.PUSH_CLEAR, FrameType.PUSH_GET,
+        FrameType.CALL_OPEN, FrameType.CALL_JOIN, FrameType.CALL_LEAVE,
     }) | _LINKING,
     ConnectionState.CLOSED: frozenset(),
 }
@@ -125,7 +127,8 @@ BUFFER_BUDGETS: dict[ConnectionState, int] = {
 SMALL_FRAME_STATES = frozenset({ConnectionState.NEW, ConnectionState.CHALLENGED})
 
 RESPONSE_FRAME_TYPES = frozenset(frame_type for frame_type in FrameType if 64 <= frame_type < 128)
-PUSH_FRAME_TYPES = frozenset({FrameType.DELIVER, FrameType.QUEUE_EMPTY, FrameType.PREKEYS_LOW})
+PUSH_FRAME_TYPES = frozenset({FrameType.DELIVER, FrameType.QUEUE_EMPTY, FrameType.PREKEYS_LOW,
+                              FrameType.CALL_MEMBERS, FrameType.CALL_ENDED})
 
 
 def is_client_bidirectional(stream_id: int) -> bool:
@@ -184,13 +187,14 @@ class ResponseReceived:
 
 @dataclass(frozen=True, slots=True)
 class PushReceived:
-    """Client side: a DELIVER, QUEUE_EMPTY or PREKEYS_LOW from the relay's push stream.
+    """Client side: a DELIVER, QUEUE_EMPTY, PREKEYS_LOW, CALL_MEMBERS or CALL_ENDED from the
+    relay's push stream.
 
     ``frame`` is typed as exactly those classes (PUSH_FRAME_TYPES), so a client can dispatch
     on it with ``match`` and ``typing.assert_never``.
     """
 
-    frame: Deliver | QueueEmpty | PrekeysLow  #: the push
+    frame: Deliver | QueueEmpty | PrekeysLow | CallMembers | CallEnded  #: the push
 
 
 ServerEvent = RequestReceived | AuthenticationRequested | StreamFailed | StreamEnded
@@ -615,7 +619,8 @@ class ClientProtocol(_StreamReader):
         frames, error = self._receive(stream_id, data, end_stream)
         for frame in frames:
             # The class check is the PUSH_FRAME_TYPES check, in a form mypy narrows.
-            if pushes and isinstance(frame, Deliver | QueueEmpty | PrekeysLow):
+            if pushes and isinstance(frame, Deliver | QueueEmpty | PrekeysLow | CallMembers
+                                     | CallEnded):
                 events.append(PushReceived(frame))
             elif not pushes and frame.frame_type in RESPONSE_FRAME_TYPES:
                 events.append(ResponseReceived(stream_id, frame))
