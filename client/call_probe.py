@@ -11,6 +11,7 @@ delay estimate is half the median round trip.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import struct
 from collections.abc import Callable
@@ -19,6 +20,7 @@ from typing import Any
 
 import trio
 
+from client.call_media import CallEndedError
 from client.calls import Call, CallManager
 
 __all__ = [
@@ -108,9 +110,10 @@ async def run_probe(call: Call, seconds: float) -> ProbeStats:
     packets = max(1, round(seconds * PROBE_RATE))
 
     async def collect() -> None:
-        while True:
-            key_id, plaintext = await call.receive_media()
-            stats.echoed(key_id, plaintext, _now_ns())
+        with contextlib.suppress(CallEndedError):
+            while True:
+                key_id, plaintext = await call.receive_media()
+                stats.echoed(key_id, plaintext, _now_ns())
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_until_ended, call, nursery.cancel_scope)
@@ -138,11 +141,13 @@ async def echo_media(call: Call) -> int:
     with trio.CancelScope() as scope:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_until_ended, call, scope)
-            while True:
-                key_id, plaintext = await call.receive_media()
-                if call.caller is None or call.peers.get(call.caller) == key_id:
-                    call.send_media(plaintext)
-                    echoed += 1
+            with contextlib.suppress(CallEndedError):
+                while True:
+                    key_id, plaintext = await call.receive_media()
+                    if call.caller is None or call.peers.get(call.caller) == key_id:
+                        call.send_media(plaintext)
+                        echoed += 1
+            scope.cancel()
     return echoed
 
 

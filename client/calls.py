@@ -29,10 +29,10 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
 
 import trio
 
+from client.call_media import CallEndedError, CallHandle
 from client.message_content import CallSignal
 from client.messenger import Messenger, ReceivedCallSignal
 from crypto.device import DeviceAddress
@@ -46,7 +46,7 @@ from crypto.sframe import (
 from wire.call_frames import CALL_SIGNAL_TTL_MS
 
 __all__ = ["CALL_SUITE", "MAX_PENDING_CALLS", "SIGNAL_BUFFER", "Call", "CallManager",
-           "IncomingCall", "MediaSession"]
+           "IncomingCall"]
 
 CALL_SUITE = CipherSuite.AES_128_GCM_SHA256_128
 """The SFrame cipher suite of every call (RFC 9605's AES_128_GCM_SHA256_128)."""
@@ -55,19 +55,6 @@ MAX_PENDING_CALLS = 16
 offer): the oldest are forgotten first."""
 SIGNAL_BUFFER = 256
 """Call messages waiting for the manager; more are dropped (a flood, never a real call)."""
-
-
-class MediaSession(Protocol):
-    """What the relay's media session gives a call (`client.connection.CallHandle`)."""
-
-    @property
-    def call_id(self) -> bytes: ...
-
-    def send(self, payload: bytes) -> None: ...
-
-    async def receive(self) -> bytes: ...
-
-    async def leave(self) -> None: ...
 
 
 @dataclass(eq=False, kw_only=True)
@@ -87,7 +74,7 @@ class IncomingCall:
 class Call:
     """A call this device takes part in: its media session and media keys."""
 
-    session: MediaSession
+    session: CallHandle
     sender: SFrameSender
     receiver: SFrameReceiver
     opener: bool  #: this device opened the call
@@ -98,6 +85,7 @@ class Call:
     ringing: trio.Event = field(default_factory=trio.Event)  #: a callee's device rings
     busy: trio.Event = field(default_factory=trio.Event)  #: a callee is in another call
     ended: trio.Event = field(default_factory=trio.Event)  #: the call is over here
+    hung_up_by_peer: bool = False  #: the other side ended it (nothing more to tell them)
     peers_changed: trio.Event = field(default_factory=trio.Event)  #: replaced at each change
     rekeys: int = 0  #: new sending keys drawn after someone left
     undecryptable: int = 0  #: media datagrams refused (forged, replayed, or an old key)
@@ -129,10 +117,14 @@ class Call:
         skipped.
 
         Raises:
-            whatever the session raises when the relay ends the call.
+            CallEndedError: the relay ended the call (or this device left it).
         """
         while True:
-            payload = await self.session.receive()
+            try:
+                payload = await self.session.receive()
+            except CallEndedError:
+                self.end()
+                raise
             try:
                 return self.receiver.decrypt(payload, metadata=self.call_id)
             except SFrameError:
@@ -177,6 +169,18 @@ class CallManager:
         """Handle call messages until cancelled."""
         async for received in self._signals_out:
             await self._handle(received)
+
+    async def handle_waiting(self) -> int:
+        """Handle the call messages already received, without waiting for more (for a
+        device that reads its queue once and leaves); returns how many."""
+        handled = 0
+        while True:
+            try:
+                received = self._signals_out.receive_nowait()
+            except trio.WouldBlock:
+                return handled
+            await self._handle(received)
+            handled += 1
 
     def _signal(self, kind: str, call_id: bytes, *, key_id: int | None = None,
                 key: bytes | None = None, members: tuple[str, ...] = (),
@@ -239,11 +243,14 @@ class CallManager:
         """Leave the call: tell every participant (in a 1:1 call, or a caller nobody answered
         yet, this ends the call for the callees' devices), then leave the media session."""
         kind = "leave" if len(call.phones) > 1 and call.answered.is_set() else "hangup"
+        told = call.hung_up_by_peer
         call.end()
         self.calls.pop(call.call_id, None)
         with trio.CancelScope(shield=True):
-            for phone in call.phones.values():
-                await self.messenger.send_call_signal(phone, self._signal(kind, call.call_id))
+            if not told:
+                for phone in call.phones.values():
+                    await self.messenger.send_call_signal(phone,
+                                                          self._signal(kind, call.call_id))
             await call.session.leave()
 
     # -- receiving call messages --------------------------------------------------------
@@ -271,7 +278,8 @@ class CallManager:
             case "hangup":
                 self._stop_ringing(signal.call_id, "hung up")
                 if call is not None and (not call.opener or len(call.phones) == 1):
-                    call.end()  # the media loop leaves the session
+                    call.hung_up_by_peer = True
+                    call.end()  # the media loop sees it and leaves the session
                 elif call is not None:
                     await self._departed(call, sender)
             case "leave" if call is not None:
