@@ -15,6 +15,7 @@ from typing import Protocol
 import trio
 
 from enrolment.service import EnrolmentService
+from relay.calls import CallService
 from relay.cluster import ClusterNode
 from relay.delivery import CommitPipeline, Presence
 from relay.metrics import RelayMetrics
@@ -105,6 +106,8 @@ class RelayContext:
     """The device-list service (relay/device_lists.py); ``serve`` sets it."""
     linking: LinkRequests = field(init=False)
     """The link-channel service (relay/linking.py); ``serve`` sets it."""
+    calls: CallService = field(init=False)
+    """The media sessions of calls (relay/calls.py); ``serve`` sets it."""
     send_budgets: SendBudgets = field(init=False)
     """Each sender device's SENDs and bytes per minute (``settings``), checked before a SEND
     is submitted (relay/send_budgets.py)."""

@@ -22,6 +22,7 @@ from prometheus_client import CollectorRegistry
 from enrolment.limits import EnrolmentLimits
 from enrolment.service import EnrolmentService
 from enrolment.sms import HttpGateway, OutboxGateway, SmsDispatcher, SmsGateway, SmsMessage
+from relay.calls import CallService
 from relay.cluster import cluster_node_for, presence_for
 from relay.context import RelayContext
 from relay.control import serve_control_socket
@@ -38,7 +39,7 @@ from relay.telemetry import relay_registry
 from relay.tls import ensure_development_certificate
 from storage.base import Store
 from storage.store_url import open_store, parse_store_url
-from transport.quic import QuicEndpoint, QuicLink, open_udp_socket
+from transport.quic import DATAGRAM_FRAME_SIZE, QuicEndpoint, QuicLink, open_udp_socket
 from wire.frames import ALPN, ErrorCode
 from wire.limits import MAX_CONCURRENT_STREAMS
 
@@ -90,7 +91,7 @@ def _sms_gateway(settings: RelaySettings) -> SmsGateway:
 def _quic_configuration(settings: RelaySettings, cert: Path, key: Path) -> QuicConfiguration:
     configuration = QuicConfiguration(
         is_client=False, alpn_protocols=[ALPN], idle_timeout=settings.idle_timeout_s,
-        max_datagram_frame_size=65_536,  # reserved for call media (DATAGRAM frames)
+        max_datagram_frame_size=DATAGRAM_FRAME_SIZE,  # call media (relay/calls.py)
         max_stream_data=4 * 1024 * 1024, max_data=RECEIVE_WINDOW_BYTES)
     configuration.load_cert_chain(str(cert), str(key))
     return configuration
@@ -219,13 +220,19 @@ def _relay_context(settings: RelaySettings, store: Store, enrolment: EnrolmentSe
     context.prekeys = PrekeyService(context)
     context.device_lists = DeviceListService(context)
     context.linking = LinkChannelService(store, now_ms=now_ms, metrics=context.metrics)
+    context.calls = CallService(store=store, metrics=context.metrics)
     return context
 
 
 async def _start_local_services(nursery: trio.Nursery, context: RelayContext,
                                 worker: Worker | None, data_dir_lock: DataDirLock) -> None:
     """The control socket (one per data directory, served under its lock: worker 0
-    serves it) and, in a worker, the datagrams other workers forward to it."""
+    serves it) and, in a worker, the datagrams other workers forward to it; the calls'
+    sweeper."""
+    # Worker processes share one UDP port, and a call's participants may land on different
+    # ones: such a relay refuses calls (docs/CLUSTER.md "Calls").
+    context.calls.enabled = worker is None
+    nursery.start_soon(context.calls.run)
     if worker is None or worker.index == 0:
         await nursery.start(serve_control_socket, data_dir_lock, context)
     if worker is not None:
@@ -244,6 +251,7 @@ def _operations_registry(context: RelayContext, dispatcher: SmsDispatcher,
 async def _close_gracefully(endpoint: QuicEndpoint, context: RelayContext) -> None:
     """Stop accepting; tell every client to go elsewhere; let the close frames leave."""
     endpoint.stop_accepting()
+    context.calls.end_all("shutdown")
     links = endpoint.links
     for link in links:
         link.close(int(ErrorCode.GOING_AWAY), "relay shutting down")

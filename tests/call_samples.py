@@ -23,7 +23,7 @@ CALL_SAMPLE_FRAMES: dict[FrameType, Frame] = {
     FrameType.CALL_JOIN: CallJoin(call_id=CALL_ID),
     FrameType.CALL_LEAVE: CallLeave(call_id=CALL_ID),
     FrameType.CALL_OPENED: CallOpened(call_id=CALL_ID, tag=7),
-    FrameType.CALL_JOINED: CallJoined(tag=8),
+    FrameType.CALL_JOINED: CallJoined(tag=8, participants=2),
     FrameType.CALL_LEFT: CallLeft(),
     FrameType.CALL_ELSEWHERE: CallElsewhere(call_id=CALL_ID, address="relay-b.example:4433"),
     FrameType.CALL_MEMBERS: CallMembers(call_id=CALL_ID, participants=2),

@@ -136,9 +136,11 @@ class CallJoined:
 
     frame_type: ClassVar[FrameType] = FrameType.CALL_JOINED
     tag: int  #: this connection's tag for the call
+    participants: int  #: devices in the call now, this one included: 2 to MAX_CALL_PARTICIPANTS
 
     def __post_init__(self) -> None:
         check_int(self, "tag", 0, MAX_CALL_TAG)
+        check_int(self, "participants", 1, MAX_CALL_PARTICIPANTS)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
