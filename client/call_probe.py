@@ -22,6 +22,7 @@ import trio
 
 from client.call_media import CallEndedError
 from client.calls import Call, CallManager
+from client.errors import RelayError
 
 __all__ = [
     "ANSWER_TIMEOUT_SECONDS",
@@ -133,14 +134,26 @@ async def _until_ended(call: Call, scope: trio.CancelScope) -> None:
     scope.cancel()
 
 
+async def _until_caller_left(call: Call, scope: trio.CancelScope) -> None:
+    """In a group call, the caller leaving ends the echo (the others would go on)."""
+    if call.caller is None:
+        return
+    while call.caller not in call.peers:  # its key may arrive after the answer
+        await call.peers_changed.wait()
+    while call.caller in call.peers:
+        await call.peers_changed.wait()
+    scope.cancel()
+
+
 async def echo_media(call: Call) -> int:
-    """Send every packet of the caller back under this device's key until the call ends;
-    returns the packets echoed. Packets from other participants of a group call are not
-    echoed (each would echo the others' echoes)."""
+    """Send every packet of the caller back under this device's key until the call ends or
+    the caller leaves it; returns the packets echoed. Packets from other participants of a
+    group call are not echoed (each would echo the others' echoes)."""
     echoed = 0
     with trio.CancelScope() as scope:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_until_ended, call, scope)
+            nursery.start_soon(_until_caller_left, call, scope)
             with contextlib.suppress(CallEndedError):
                 while True:
                     key_id, plaintext = await call.receive_media()
@@ -198,7 +211,11 @@ async def answer_and_echo(manager: CallManager,
     async for incoming in manager.incoming:
         if incoming.stopped.is_set():
             continue  # answered elsewhere, or the caller hung up, before we got to it
-        call = await manager.answer(incoming)
+        try:
+            call = await manager.answer(incoming)
+        except RelayError as error:  # the call ended before we joined (CALL_UNKNOWN)
+            report({"call": "missed", "from": incoming.caller_phone, "reason": error.code.name})
+            continue
         report({"call": "answered", "from": incoming.caller_phone,
                 "group": bool(incoming.members)})
         echoed = await echo_media(call)
