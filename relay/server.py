@@ -22,6 +22,7 @@ from prometheus_client import CollectorRegistry
 from enrolment.limits import EnrolmentLimits
 from enrolment.service import EnrolmentService
 from enrolment.sms import HttpGateway, OutboxGateway, SmsDispatcher, SmsGateway, SmsMessage
+from relay.call_routes import ClusterCallRoutes, call_address
 from relay.calls import CallService
 from relay.cluster import cluster_node_for, presence_for
 from relay.context import RelayContext
@@ -180,6 +181,9 @@ async def _serve_holding(settings: RelaySettings, data_dir_lock: DataDirLock,
                     node_name=settings.node_name, now_ms=now_ms)
                 if context.cluster is not None:  # listening before any device can claim
                     await nursery.start(context.cluster.run)
+                    context.calls.routes = ClusterCallRoutes(
+                        context.cluster, now_ms=now_ms,
+                        address=call_address(settings, endpoint.local_address[1]))
                 nursery.start_soon(_sweep, context)
                 await _start_local_services(nursery, context, worker, data_dir_lock)
                 await nursery.start(endpoint.run)

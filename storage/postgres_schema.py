@@ -104,9 +104,26 @@ _VERSION_9 = Migration(version=9, statements=POSTGRES_LOGIN_ATTEMPT_TABLES)
 # secret (kept in a file now, never here); indexes for the sweeper (storage.enrolment_sql).
 _VERSION_10 = Migration(version=10, statements=POSTGRES_ENROLMENT_GUESS_TABLES)
 
+# Calls: which node holds each call, for the others to send its invitees there
+# (storage.postgres_calls). Cluster only, like presence.
+_VERSION_11 = Migration(
+    version=11,
+    statements=(
+        """
+        CREATE TABLE call_routes (
+            call_id BYTEA PRIMARY KEY,
+            address TEXT NOT NULL,
+            invited TEXT[] NOT NULL,
+            expires_at BIGINT NOT NULL
+        )
+        """,
+        "CREATE INDEX call_routes_by_expiry ON call_routes (expires_at)",
+    ),
+)
+
 MIGRATIONS: tuple[Migration, ...] = (_VERSION_1, _VERSION_2, _VERSION_3, _VERSION_4,
                                      _VERSION_5, _VERSION_6, _VERSION_7, _VERSION_8, _VERSION_9,
-                                     _VERSION_10)
+                                     _VERSION_10, _VERSION_11)
 """Every migration, oldest first; versions are consecutive from 1."""
 
 LATEST_SCHEMA_VERSION = MIGRATIONS[-1].version
