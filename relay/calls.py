@@ -24,6 +24,7 @@ from relay.metrics import RelayMetrics
 from relay.reachability import may_reach
 from storage.base import OrganisationState, UserState
 from storage.interfaces.directory import Directory, OrganisationPolicy
+from storage.interfaces.rate_limits import RateLimits
 from wire.call_frames import (
     CALL_ID_SIZE,
     MAX_CALL_DATAGRAM_PAYLOAD,
@@ -51,6 +52,8 @@ __all__ = [
     "CALL_DATAGRAMS_PER_S",
     "CALL_IDLE_TIMEOUT_S",
     "CALL_MAX_DURATION_S",
+    "CALL_OPENS_PER_MINUTE",
+    "CALL_OPEN_PERIOD_MS",
     "CALL_SWEEP_INTERVAL_S",
     "MAX_CALLS_PER_CONNECTION",
     "MAX_OPEN_CALLS",
@@ -81,6 +84,11 @@ CALL_SWEEP_INTERVAL_S = 1.0
 """How often idle and overlong calls are looked for."""
 MAX_CALLS_PER_CONNECTION = 4
 """Calls one connection may take part in at once (a call and a few it is switching between)."""
+CALL_OPENS_PER_MINUTE = 30
+"""CALL_OPENs one device may make per minute (a store-shared bucket, like look-ups): each one
+reads the directory for up to 7 invitees, and a person places a call or two a minute."""
+CALL_OPEN_PERIOD_MS = 60_000
+"""The period over which CALL_OPENS_PER_MINUTE refill."""
 MAX_OPEN_CALLS = 10_000
 """Calls one relay process holds at once, all devices together: bounds its memory."""
 
@@ -107,8 +115,9 @@ class CallParticipant(Protocol):
         """Queue one QUIC DATAGRAM; False if it was dropped."""
 
 
-class CallStore(Directory, OrganisationPolicy, Protocol):
-    """What calls need of the store: the directory and the organisations' policy."""
+class CallStore(Directory, OrganisationPolicy, RateLimits, Protocol):
+    """What calls need of the store: the directory, the organisations' policy and the rate
+    limits' buckets."""
 
 
 class CallRoutes(Protocol):
@@ -173,10 +182,11 @@ _UNKNOWN = "no such call"
 class CallService:
     """Every call of this relay process."""
 
-    def __init__(self, *, store: CallStore, metrics: RelayMetrics,
+    def __init__(self, *, store: CallStore, metrics: RelayMetrics, now_ms: Callable[[], int],
                  clock: Callable[[], float] = trio.current_time, enabled: bool = True,
                  routes: CallRoutes | None = None) -> None:
         self._store = store
+        self._now_ms = now_ms
         self._metrics = metrics
         self.clock = clock
         """Seconds, for rates and timeouts (tests replace it to move time)."""
@@ -207,6 +217,13 @@ class CallService:
         if len(self._calls) >= MAX_OPEN_CALLS:
             self._metrics.calls["open", "rate_limited"] += 1
             return _error(ErrorCode.RATE_LIMITED, "this relay holds all the calls it can")
+        if not await self._store.take_tokens(
+                key=f"call_open {device[0]} {device[1]}", cost=1,
+                capacity=CALL_OPENS_PER_MINUTE, period_ms=CALL_OPEN_PERIOD_MS,
+                now=self._now_ms()):
+            self._metrics.calls["open", "rate_limited"] += 1
+            return _error(ErrorCode.RATE_LIMITED, f"at most {CALL_OPENS_PER_MINUTE} calls "
+                                                  "opened a minute; retry later")
         for user_id in frame.invitees:
             if not await self._reachable(organisation_id, user_id):
                 self._metrics.calls["open", "unknown_recipient"] += 1

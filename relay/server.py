@@ -224,7 +224,7 @@ def _relay_context(settings: RelaySettings, store: Store, enrolment: EnrolmentSe
     context.prekeys = PrekeyService(context)
     context.device_lists = DeviceListService(context)
     context.linking = LinkChannelService(store, now_ms=now_ms, metrics=context.metrics)
-    context.calls = CallService(store=store, metrics=context.metrics)
+    context.calls = CallService(store=store, metrics=context.metrics, now_ms=now_ms)
     return context
 
 

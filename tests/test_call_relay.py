@@ -23,12 +23,16 @@ from client.connection import RelayClient, RelayError
 from relay.calls import (
     CALL_BURST_DATAGRAMS,
     CALL_IDLE_TIMEOUT_S,
+    CALL_OPEN_PERIOD_MS,
+    CALL_OPENS_PER_MINUTE,
+    MAX_CALLS_PER_CONNECTION,
     CallParticipant,
 )
 from relay.server import serve
 from relay.settings import RelaySettings
 from storage.sqlite import open_sqlite_store
 from tests.conftest import EnrolledDevice, RelayUnderTest, SmsInbox, declare, enrol
+from transport.quic import MAX_PENDING_DATAGRAMS, MAX_SENDABLE_DATAGRAM
 from wire.call_frames import (
     CALL_ID_SIZE,
     CALL_SIGNAL_TTL_MS,
@@ -343,3 +347,34 @@ async def test_an_urgent_envelope_within_its_ttl_is_delivered(calls: CallRelay) 
             first = await b.deliveries().__anext__()
     assert not isinstance(first, QueueEmpty) and first.ciphertext == b"offer"
 
+
+
+async def test_calls_per_connection_and_opens_per_minute_are_bounded(calls: CallRelay) -> None:
+    alice, bob = calls.devices[:2]
+    async with calls.connected(alice) as a:
+        handles = [await a.open_call([bob.user_id]) for _ in range(MAX_CALLS_PER_CONNECTION)]
+        with pytest.raises(RelayError) as refused:
+            await a.open_call([bob.user_id])
+        assert refused.value.code is ErrorCode.RATE_LIMITED
+        for handle in handles:
+            await handle.leave()  # alone in it: the call ends
+        assert calls.context.calls.open_calls == 0
+        for _ in range(CALL_OPENS_PER_MINUTE - MAX_CALLS_PER_CONNECTION):
+            await (await a.open_call([bob.user_id])).leave()
+        with pytest.raises(RelayError) as refused:
+            await a.open_call([bob.user_id])
+        assert refused.value.code is ErrorCode.RATE_LIMITED
+        calls.clocks.wall_ms += CALL_OPEN_PERIOD_MS  # a minute later: allowed again
+        await (await a.open_call([bob.user_id])).leave()
+
+
+async def test_a_connection_drops_datagrams_it_cannot_send_rather_than_queue_them(
+        calls: CallRelay) -> None:
+    alice = calls.devices[0]
+    async with calls.connected(alice) as a:
+        link = a.link
+        assert not link.send_datagram(b"x" * (MAX_SENDABLE_DATAGRAM + 1))
+        # Without a scheduling round nothing leaves: the queue stops at its bound.
+        taken = [link.send_datagram(b"d") for _ in range(MAX_PENDING_DATAGRAMS + 5)]
+        assert taken == [True] * MAX_PENDING_DATAGRAMS + [False] * 5
+        await trio.lowlevel.checkpoint()
