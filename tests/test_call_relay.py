@@ -31,12 +31,20 @@ from relay.calls import (
 from relay.server import serve
 from relay.settings import RelaySettings
 from storage.sqlite import open_sqlite_store
-from tests.conftest import EnrolledDevice, RelayUnderTest, SmsInbox, declare, enrol
+from tests.conftest import (
+    EnrolledDevice,
+    RelayUnderTest,
+    SmsInbox,
+    declare,
+    enrol,
+    link_device,
+)
 from transport.quic import MAX_PENDING_DATAGRAMS, MAX_SENDABLE_DATAGRAM
 from wire.call_frames import (
     CALL_ID_SIZE,
     CALL_SIGNAL_TTL_MS,
     MAX_CALL_DATAGRAM_PAYLOAD,
+    MAX_CALL_PARTICIPANTS,
     pack_media,
 )
 from wire.frames import ErrorCode, LocalProtocolError, QueueEmpty
@@ -378,3 +386,24 @@ async def test_a_connection_drops_datagrams_it_cannot_send_rather_than_queue_the
         taken = [link.send_datagram(b"d") for _ in range(MAX_PENDING_DATAGRAMS + 5)]
         assert taken == [True] * MAX_PENDING_DATAGRAMS + [False] * 5
         await trio.lowlevel.checkpoint()
+
+
+async def test_a_call_holds_at_most_eight_devices(calls: CallRelay) -> None:
+    # Nine devices: the four users, and more devices linked to three of them.
+    relay = calls.relay
+    users = calls.devices
+    linked = [await link_device(relay, users[index]) for index in (0, 0, 1, 1, 2)]
+    devices = [*users, *linked]
+    async with contextlib.AsyncExitStack() as stack:
+        clients = [await stack.enter_async_context(calls.connected(device))
+                   for device in devices]
+        with trio.fail_after(TIMEOUT_S):
+            opener = await clients[0].open_call([user.user_id for user in users[1:]])
+            for client in clients[1:MAX_CALL_PARTICIPANTS]:
+                await client.join_call(opener.call_id)
+            with pytest.raises(RelayError) as refused:
+                await clients[MAX_CALL_PARTICIPANTS].join_call(opener.call_id)
+        assert refused.value.code is ErrorCode.CALL_FULL
+        while opener.participants != MAX_CALL_PARTICIPANTS:
+            with trio.fail_after(TIMEOUT_S):
+                await opener.members_changed.wait()
