@@ -102,3 +102,20 @@ async def test_a_call_across_two_nodes_is_joined_on_the_node_that_holds_it(
                 with trio.fail_after(WAIT_S):
                     await caller.ended.wait()
                 assert caller.end_reason == "alone"
+
+
+async def test_a_relay_of_several_worker_processes_refuses_calls_clearly(
+        cluster_url: str, tmp_path: Path) -> None:
+    await declare(cluster_url, tmp_path, (PHONE_A, PHONE_B), organisation="acme")
+    async with spawn_relay(tmp_path / "relay", "--workers", "2", store=cluster_url,
+                           node_name=f"workers-{uuid.uuid4().hex[:6]}") as relay:
+        device_a, device_b = await enrol(relay, PHONE_A), await enrol(relay, PHONE_B)
+        async with connect(relay) as a:
+            await a.authenticate(device_a.user_id, device_a.device_id, device_a.key)
+            with pytest.raises(RelayError) as refused:
+                await a.open_call([device_b.user_id])
+            assert refused.value.code is ErrorCode.CALLS_UNAVAILABLE
+            assert "worker processes" in refused.value.reason
+            with pytest.raises(RelayError) as refused:
+                await a.join_call(bytes(CALL_ID_SIZE))
+            assert refused.value.code is ErrorCode.CALLS_UNAVAILABLE
