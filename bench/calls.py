@@ -10,8 +10,9 @@ crosses the same two QUIC legs, so the difference is what the relay's forwarding
 
 Then the ramp: the number of concurrent calls doubles (starting at ``--calls``) until more
 than LOSS_LIMIT of the datagrams are lost, and one step between the last good and the first
-bad count refines the answer. The load generator is one Python process too: its CPU is
-reported beside the relay's, so a reader can tell which one ran out first.
+bad count refines the answer. The load generator is one Python process too: each step
+reports the send rate it achieved against its target and the relay's share of one CPU, so
+a reader can tell which one ran out first (``generator_kept_pace``).
 """
 
 from __future__ import annotations
@@ -84,8 +85,10 @@ async def _paced(seconds: float, rate: int, send: Any) -> None:
         send()
 
 
-async def _relay_step(clients: list[RelayClient], calls: int, seconds: float) -> dict[str, Any]:
-    """``calls`` concurrent calls for ``seconds``; what the receivers saw."""
+async def _relay_step(clients: list[RelayClient], calls: int, seconds: float,
+                      server_pid: int | None) -> dict[str, Any]:
+    """``calls`` concurrent calls for ``seconds``; what the receivers saw, how closely the
+    generator kept its sending pace, and the relay's share of one CPU meanwhile."""
     handles: list[CallHandle] = []
     for index in range(calls):
         caller, callee = clients[2 * index], clients[2 * index + 1]
@@ -103,18 +106,29 @@ async def _relay_step(clients: list[RelayClient], calls: int, seconds: float) ->
             handle.send(_payload())
         tally.sent += len(handles)
 
+    cpu_before = cpu_seconds(server_pid) if server_pid is not None else None
     async with trio.open_nursery() as nursery:
         for handle in handles:
             nursery.start_soon(receive, handle)
         started = time.perf_counter()
         await _paced(seconds, MEDIA_RATE, send)
+        sending = time.perf_counter() - started + 1 / MEDIA_RATE  # the last tick's share
         await trio.sleep(GRACE_SECONDS)
         elapsed = time.perf_counter() - started - GRACE_SECONDS
         nursery.cancel_scope.cancel()
+    relay_cpu = (cpu_seconds(server_pid) - cpu_before
+                 if server_pid is not None and cpu_before is not None else None)
     for handle in handles[::2]:
         await handle.leave()
+    target_rate = len(handles) * MEDIA_RATE
     return {"calls": calls, **tally.summary(elapsed),
-            "dropped_at_sender": sum(handle.dropped_sent for handle in handles)}
+            "dropped_at_sender": sum(handle.dropped_sent for handle in handles),
+            "send_rate_target": target_rate,
+            "send_rate_achieved": round(tally.sent / sending, 1) if sending else 0.0,
+            "relay_cpu_share": round(relay_cpu / (elapsed + GRACE_SECONDS), 2)
+            if relay_cpu is not None else None,
+            "relay_cpu_us_per_datagram": round(relay_cpu / max(tally.received, 1) * 1e6, 1)
+            if relay_cpu is not None else None}
 
 
 class _EchoClient:
@@ -193,16 +207,12 @@ async def run_calls(target: Target, *, calls: int, seconds: float, ramp: bool,
         # (connect_devices enters a nursery into the stack: no cancel scope around it)
         clients = await connect_devices(stack, endpoint, target.host, target.port, target.ca,
                                         devices)
-        cpu_before = cpu_seconds(server_pid) if server_pid is not None else None
         generator_before = time.process_time()
-        relay = await _relay_step(clients, calls, seconds)
-        if cpu_before is not None and server_pid is not None:
-            used = cpu_seconds(server_pid) - cpu_before
-            relay["relay_cpu_us_per_datagram"] = round(
-                used / max(relay["datagrams_received"], 1) * 1e6, 1)
+        relay = await _relay_step(clients, calls, seconds, server_pid)
         relay["generator_cpu_seconds"] = round(time.process_time() - generator_before, 2)
-        steps = await _ramp(clients, calls, ramp_max, ramp_seconds) if ramp else []
-    echo = await _echo_step(calls, seconds, time_limit)
+        # The baseline right after, before the ramp loads the machine differently.
+        echo = await _echo_step(calls, seconds, time_limit)
+        steps = await _ramp(clients, calls, ramp_max, ramp_seconds, server_pid) if ramp else []
     carried = [step["calls"] for step in steps if step["loss"] <= LOSS_LIMIT]
     return {
         "scenario": "calls", "calls": calls, "seconds": seconds,
@@ -213,20 +223,23 @@ async def run_calls(target: Target, *, calls: int, seconds: float, ramp: bool,
         "added_latency_ms": {name: _difference(relay, echo, name) for name in ("p50", "p99")},
         "relay": relay, "echo": echo, "ramp": steps,
         "calls_carried_below_1pct_loss": max(carried) if carried else None,
-        "ramp_reached_its_maximum": bool(steps) and steps[-1]["loss"] <= LOSS_LIMIT,
+        "ramp_reached_its_maximum": any(step["calls"] == ramp_max
+                                        and step["loss"] <= LOSS_LIMIT for step in steps),
+        "generator_kept_pace": all(step["send_rate_achieved"] >= 0.95 * step["send_rate_target"]
+                                   for step in [relay, *steps]),
         "errors": 0,
     }
 
 
 async def _ramp(clients: list[RelayClient], start: int, ramp_max: int,
-                seconds: float) -> list[dict[str, Any]]:
+                seconds: float, server_pid: int | None) -> list[dict[str, Any]]:
     """Double the concurrent calls until loss passes LOSS_LIMIT (or ``ramp_max``), then try
     the midpoint between the last good count and the first bad one."""
     steps: list[dict[str, Any]] = []
     count = max(1, start)
     good, bad = 0, None
     while count <= ramp_max:
-        step = await _relay_step(clients, count, seconds)
+        step = await _relay_step(clients, count, seconds, server_pid)
         steps.append(step)
         if step["loss"] > LOSS_LIMIT:
             bad = count
@@ -234,5 +247,5 @@ async def _ramp(clients: list[RelayClient], start: int, ramp_max: int,
         good = count
         count = min(count * 2, ramp_max) if count < ramp_max else ramp_max + 1
     if bad is not None and bad - good > 1:
-        steps.append(await _relay_step(clients, (good + bad) // 2, seconds))
+        steps.append(await _relay_step(clients, (good + bad) // 2, seconds, server_pid))
     return steps
