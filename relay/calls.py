@@ -21,8 +21,7 @@ import structlog
 import trio
 
 from relay.metrics import RelayMetrics
-from relay.reachability import may_reach
-from storage.base import OrganisationState, UserState
+from relay.reachability import user_reachable
 from storage.interfaces.directory import Directory, OrganisationPolicy
 from storage.interfaces.rate_limits import RateLimits
 from wire.call_frames import (
@@ -225,7 +224,8 @@ class CallService:
             return _error(ErrorCode.RATE_LIMITED, f"at most {CALL_OPENS_PER_MINUTE} calls "
                                                   "opened a minute; retry later")
         for user_id in frame.invitees:
-            if not await self._reachable(organisation_id, user_id):
+            if not await user_reachable(self._store, from_organisation_id=organisation_id,
+                                        user_id=user_id):
                 self._metrics.calls["open", "unknown_recipient"] += 1
                 return _error(ErrorCode.UNKNOWN_RECIPIENT, "no such recipient")
         if not connection.connected:  # the connection ended while the store answered
@@ -357,20 +357,6 @@ class CallService:
 
     # -- internals ---------------------------------------------------------------
 
-    async def _reachable(self, organisation_id: int | None, user_id: str) -> bool:
-        """As LOOKUP and SEND see it: an enrolled user of an active organisation the caller's
-        organisation may reach."""
-        store = self._store
-        devices = await store.list_devices(user_id)
-        if not devices:
-            return False
-        principal = await store.load_principal(user_id, devices[0].device_id)
-        if (principal is None or principal.user.state is not UserState.ENROLLED
-                or principal.organisation.state is not OrganisationState.ACTIVE):
-            return False
-        return await may_reach(store, from_organisation_id=organisation_id,
-                               to_organisation_id=principal.organisation.organisation_id)
-
     def _add(self, call: _Call, connection: CallParticipant, now: float) -> _Member:
         tag = self._next_tag.get(connection, 0)
         self._next_tag[connection] = (tag + 1) % (MAX_CALL_TAG + 1)
@@ -405,7 +391,8 @@ class CallService:
             self._detach(call, connection)
             connection.push(ended)
         self._metrics.calls["end", reason] += 1
-        self._ended_routes.append(call.call_id)
+        if self.routes is not None:
+            self._ended_routes.append(call.call_id)  # forgotten by the next sweep
 
     def _tell_members(self, call: _Call, *, but: CallParticipant | None = None) -> None:
         """CALL_MEMBERS to every participant (``but`` the one told in its CALL_JOINED)."""
