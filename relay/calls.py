@@ -50,6 +50,7 @@ __all__ = [
     "CALL_BYTES_PER_S",
     "CALL_DATAGRAMS_PER_S",
     "CALL_IDLE_TIMEOUT_S",
+    "CALL_JOINS_PER_MINUTE",
     "CALL_MAX_DURATION_S",
     "CALL_OPENS_PER_MINUTE",
     "CALL_OPEN_PERIOD_MS",
@@ -88,6 +89,10 @@ CALL_OPENS_PER_MINUTE = 30
 reads the directory for up to 7 invitees, and a person places a call or two a minute."""
 CALL_OPEN_PERIOD_MS = 60_000
 """The period over which CALL_OPENS_PER_MINUTE refill."""
+CALL_JOINS_PER_MINUTE = 60
+"""CALL_JOINs one connection may make per minute, in bursts of as many (in memory, before any
+look-up): a device joins a call or two; a loop of made-up ids would cost a cluster a store
+read each."""
 MAX_OPEN_CALLS = 10_000
 """Calls one relay process holds at once, all devices together: bounds its memory."""
 
@@ -194,6 +199,7 @@ class CallService:
         self._calls: dict[bytes, _Call] = {}
         self._members: dict[CallParticipant, dict[int, _Member]] = {}
         self._next_tag: dict[CallParticipant, int] = {}
+        self._joins: dict[CallParticipant, _Bucket] = {}  # CALL_JOINS_PER_MINUTE
         self._ended_routes: list[bytes] = []
 
     @property
@@ -253,6 +259,17 @@ class CallService:
             return _error(ErrorCode.UNEXPECTED_FRAME, "CallJoin needs authentication")
         if not self.enabled:
             return _calls_unavailable()
+        if not connection.connected:  # ended before this request's task ran
+            return b""
+        now = self.clock()
+        joins = self._joins.get(connection)
+        if joins is None:
+            joins = self._joins[connection] = _Bucket(CALL_JOINS_PER_MINUTE / 60,
+                                                      CALL_JOINS_PER_MINUTE, now)
+        if not joins.take(1, now):
+            self._metrics.calls["join", "rate_limited"] += 1
+            return _error(ErrorCode.RATE_LIMITED, f"at most {CALL_JOINS_PER_MINUTE} call joins "
+                                                  "a minute; retry later")
         call = self._calls.get(frame.call_id)
         if call is None or device[0] not in call.invited:
             address = (None if call is not None or self.routes is None
@@ -294,6 +311,7 @@ class CallService:
             self._remove(member.call, connection)
         self._members.pop(connection, None)
         self._next_tag.pop(connection, None)
+        self._joins.pop(connection, None)
 
     # -- media -------------------------------------------------------------------
 

@@ -23,11 +23,13 @@ from client.connection import RelayClient, RelayError
 from relay.calls import (
     CALL_BURST_DATAGRAMS,
     CALL_IDLE_TIMEOUT_S,
+    CALL_JOINS_PER_MINUTE,
     CALL_OPEN_PERIOD_MS,
     CALL_OPENS_PER_MINUTE,
     MAX_CALLS_PER_CONNECTION,
     CallParticipant,
 )
+from relay.context import RelayContext
 from relay.server import serve
 from relay.settings import RelaySettings
 from storage.sqlite import open_sqlite_store
@@ -74,7 +76,7 @@ class CallRelay:
     outsider: EnrolledDevice
 
     @property
-    def context(self):  # type: ignore[no-untyped-def]  # RelayContext, for its metrics
+    def context(self) -> RelayContext:
         return self.relay.running.context
 
     @asynccontextmanager
@@ -407,3 +409,20 @@ async def test_a_call_holds_at_most_eight_devices(calls: CallRelay) -> None:
         while opener.participants != MAX_CALL_PARTICIPANTS:
             with trio.fail_after(TIMEOUT_S):
                 await opener.members_changed.wait()
+
+
+async def test_call_joins_are_bounded_per_connection_before_any_look_up(
+        calls: CallRelay) -> None:
+    carol = calls.devices[2]
+    async with calls.connected(carol) as c:
+        for index in range(CALL_JOINS_PER_MINUTE):
+            with pytest.raises(RelayError) as refused:
+                await c.join_call(index.to_bytes(CALL_ID_SIZE, "big"))
+            assert refused.value.code is ErrorCode.CALL_UNKNOWN
+        with pytest.raises(RelayError) as refused:
+            await c.join_call(bytes(CALL_ID_SIZE))
+        assert refused.value.code is ErrorCode.RATE_LIMITED
+        calls.clocks.calls_s += 60.0
+        with pytest.raises(RelayError) as refused:
+            await c.join_call(bytes(CALL_ID_SIZE))
+        assert refused.value.code is ErrorCode.CALL_UNKNOWN
