@@ -17,13 +17,16 @@ from pathlib import Path
 
 import pytest
 import trio
+from prometheus_client import CollectorRegistry, generate_latest
 
 from client.call_media import CallEndedError, CallHandle
 from client.connection import RelayClient, RelayError
+from enrolment.sms import SmsOutcomes
 from relay.calls import (
     CALL_BURST_DATAGRAMS,
     CALL_IDLE_TIMEOUT_S,
     CALL_JOINS_PER_MINUTE,
+    CALL_MAX_DURATION_S,
     CALL_OPEN_PERIOD_MS,
     CALL_OPENS_PER_MINUTE,
     MAX_CALLS_PER_CONNECTION,
@@ -32,6 +35,7 @@ from relay.calls import (
 from relay.context import RelayContext
 from relay.server import serve
 from relay.settings import RelaySettings
+from relay.telemetry import relay_registry
 from storage.sqlite import open_sqlite_store
 from tests.conftest import (
     EnrolledDevice,
@@ -166,6 +170,8 @@ async def test_outsiders_can_neither_join_nor_inject_nor_read(calls: CallRelay) 
     async with (calls.connected(alice) as a, calls.connected(bob) as b,
                 calls.connected(carol) as c):
         caller, callee = await two_party_call(a, b, bob.user_id)
+        carol_got: list[bytes] = []
+        c._media = carol_got.append  # type: ignore[method-assign]  # every datagram to Carol
         answers = []
         for call_id in (bytes(CALL_ID_SIZE), caller.call_id):  # a wrong id, the right one
             with pytest.raises(RelayError) as refused:
@@ -185,8 +191,8 @@ async def test_outsiders_can_neither_join_nor_inject_nor_read(calls: CallRelay) 
         await exchange(callee, caller, b"and back")
         assert metrics.call_datagrams_dropped["unknown_tag"] >= dropped + 1
         assert metrics.call_datagrams_forwarded >= forwarded + 2
-        # What the relay forwarded went to Alice and Bob only: Carol's connection holds no call
-        # and got no media datagram.
+        # What the relay forwarded went to Alice and Bob only: Carol's connection got no media.
+        assert carol_got == []
         assert calls.context.calls.open_calls == 1
 
 
@@ -316,6 +322,45 @@ async def test_a_call_with_no_media_ends_after_the_idle_timeout(calls: CallRelay
             await caller.ended.wait()
             await callee.ended.wait()
         assert caller.end_reason == callee.end_reason == "idle"
+
+
+async def test_a_call_ends_at_its_maximum_length_even_with_media(calls: CallRelay) -> None:
+    alice, bob = calls.devices[:2]
+    async with calls.connected(alice) as a, calls.connected(bob) as b:
+        caller, callee = await two_party_call(a, b, bob.user_id)
+        calls.clocks.calls_s += CALL_MAX_DURATION_S - 1
+        await exchange(caller, callee, b"still talking")  # media keeps it from idling
+        assert calls.context.calls.expire(calls.clocks.calls_s) == 0
+        assert calls.context.calls.expire(calls.clocks.calls_s + 1) == 1
+        with trio.fail_after(TIMEOUT_S):
+            await caller.ended.wait()
+            await callee.ended.wait()
+        assert caller.end_reason == callee.end_reason == "too_long"
+
+
+async def test_call_metrics_are_exported(calls: CallRelay) -> None:
+    alice, bob = calls.devices[:2]
+    async with calls.connected(alice) as a, calls.connected(bob) as b:
+        caller, callee = await two_party_call(a, b, bob.user_id)
+        await exchange(caller, callee, b"counted")
+        assert b.link.send_datagram(pack_media(12345, b"no such tag"))
+        await exchange(callee, caller, b"counted back")
+        exported = generate_latest(_registry(calls)).decode()
+    assert "cryptopass_calls_open 1.0" in exported
+    assert 'cryptopass_call_requests_total{operation="open",outcome="ok"} 1.0' in exported
+    forwarded = _sample(exported, "cryptopass_call_datagrams_forwarded_total")
+    assert forwarded >= 2 and forwarded == calls.context.metrics.call_datagrams_forwarded
+    assert _sample(exported, 'cryptopass_call_datagrams_dropped_total{reason="unknown_tag"}') >= 1
+    assert _sample(exported, "cryptopass_call_bytes_forwarded_total") >= len(b"counted")
+
+
+def _registry(calls: CallRelay) -> CollectorRegistry:
+    return relay_registry(calls.context, SmsOutcomes())
+
+
+def _sample(exported: str, name: str) -> float:
+    (line,) = [line for line in exported.splitlines() if line.startswith(name + " ")]
+    return float(line.split()[-1])
 
 
 async def test_a_relay_that_carries_no_calls_says_so(calls: CallRelay) -> None:
