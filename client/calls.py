@@ -274,16 +274,18 @@ class CallManager:
                     await self.messenger.send_call_signal(signal.sender_phone, self._signal(
                         "handled", call.call_id, by_device=sender.device_id))
             case "handled" if signal.by_device != self.messenger.device_id:
-                self._stop_ringing(signal.call_id, "answered elsewhere")
-            case "hangup":
-                self._stop_ringing(signal.call_id, "hung up")
-                if call is not None and (not call.opener or len(call.phones) == 1):
+                if self._may_stop_ringing(signal.call_id, sender, own_device_too=True):
+                    self._stop_ringing(signal.call_id, "answered elsewhere")
+            case "hangup" | "leave":
+                if self._may_stop_ringing(signal.call_id, sender, own_device_too=False):
+                    self._stop_ringing(signal.call_id, "hung up")
+                if call is None:
+                    return
+                if signal.kind == "hangup" and (len(call.phones) == 1 or sender == call.caller):
                     call.hung_up_by_peer = True
                     call.end()  # the media loop sees it and leaves the session
-                elif call is not None:
+                else:
                     await self._departed(call, sender)
-            case "leave" if call is not None:
-                await self._departed(call, sender)
             case _:
                 pass  # about a call this device is not in, or its own message
 
@@ -312,6 +314,14 @@ class CallManager:
             return
         await self.messenger.send_call_signal(signal.sender_phone,
                                               self._signal("ringing", signal.call_id))
+
+    def _may_stop_ringing(self, call_id: bytes, sender: DeviceAddress, *,
+                          own_device_too: bool) -> bool:
+        """Only the caller (or, for "handled", another device of this account) stops a
+        ringing call: another invitee of a group call cannot."""
+        incoming = self.ringing.get(call_id)
+        return incoming is not None and (sender == incoming.caller or (
+            own_device_too and sender.user_id == self.messenger.user_id))
 
     def _stop_ringing(self, call_id: bytes, reason: str) -> None:
         incoming = self.ringing.pop(call_id, None)
@@ -346,8 +356,9 @@ class CallManager:
         send it to the participants still in the call only."""
         key_id = call.peers.pop(address, None)
         self._keys.get(call.call_id, {}).pop(address, None)
-        if key_id is not None:
-            call.receiver.remove_key(key_id)
+        if key_id is None:
+            return  # never joined (an invitee declining): nobody to re-key against
+        call.receiver.remove_key(key_id)
         call._peers_changed()
         if not call.peers:
             call.end()
