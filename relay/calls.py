@@ -215,13 +215,8 @@ class CallService:
             return _error(ErrorCode.UNEXPECTED_FRAME, "CallOpen needs authentication")
         if not self.enabled:
             return _calls_unavailable()
-        if len(self._members.get(connection, ())) >= MAX_CALLS_PER_CONNECTION:
-            self._metrics.calls["open", "rate_limited"] += 1
-            return _error(ErrorCode.RATE_LIMITED, f"at most {MAX_CALLS_PER_CONNECTION} calls "
-                                                  "at once per connection")
-        if len(self._calls) >= MAX_OPEN_CALLS:
-            self._metrics.calls["open", "rate_limited"] += 1
-            return _error(ErrorCode.RATE_LIMITED, "this relay holds all the calls it can")
+        if (refusal := self._over_capacity(connection)) is not None:
+            return refusal
         if not await self._store.take_tokens(
                 key=f"call_open {device[0]} {device[1]}", cost=1,
                 capacity=CALL_OPENS_PER_MINUTE, period_ms=CALL_OPEN_PERIOD_MS,
@@ -242,15 +237,27 @@ class CallService:
         call = _Call(call_id=call_id, invited=invited, opened_at=now, last_media=now)
         if self.routes is not None:
             await self.routes.publish(call_id, invited)
-        if not connection.connected:
+        # Checked again: other requests of this connection may have joined calls meanwhile.
+        if not connection.connected or (refusal := self._over_capacity(connection)) is not None:
             await self._unpublish(call_id)
-            return b""
+            return b"" if not connection.connected else refusal
         self._calls[call_id] = call
         self._metrics.calls_open = len(self._calls)
         member = self._add(call, connection, now)
         self._metrics.calls["open", "ok"] += 1
         log.info("call_opened", participants_invited=len(invited))
         return encode_frame(CallOpened(call_id=call_id, tag=member.tag))
+
+    def _over_capacity(self, connection: CallParticipant) -> bytes | None:
+        """The refusal of a CALL_OPEN over MAX_CALLS_PER_CONNECTION or MAX_OPEN_CALLS."""
+        if len(self._members.get(connection, ())) >= MAX_CALLS_PER_CONNECTION:
+            self._metrics.calls["open", "rate_limited"] += 1
+            return _error(ErrorCode.RATE_LIMITED, f"at most {MAX_CALLS_PER_CONNECTION} calls "
+                                                  "at once per connection")
+        if len(self._calls) >= MAX_OPEN_CALLS:
+            self._metrics.calls["open", "rate_limited"] += 1
+            return _error(ErrorCode.RATE_LIMITED, "this relay holds all the calls it can")
+        return None
 
     async def join(self, connection: CallParticipant, frame: CallJoin) -> bytes:
         """Answer CALL_JOIN: only a device of an invited user may join, while there is room."""

@@ -471,3 +471,23 @@ async def test_call_joins_are_bounded_per_connection_before_any_look_up(
         with pytest.raises(RelayError) as refused:
             await c.join_call(bytes(CALL_ID_SIZE))
         assert refused.value.code is ErrorCode.CALL_UNKNOWN
+
+
+async def test_concurrent_opens_on_one_connection_never_pass_its_bound(
+        calls: CallRelay) -> None:
+    alice, bob = calls.devices[:2]
+    outcomes: list[str] = []
+    async with calls.connected(alice) as a:
+
+        async def open_one() -> None:
+            try:
+                await a.open_call([bob.user_id])
+                outcomes.append("opened")
+            except RelayError as error:
+                outcomes.append(error.code.name)
+
+        with trio.fail_after(TIMEOUT_S):
+            async with trio.open_nursery() as nursery:
+                for _ in range(MAX_CALLS_PER_CONNECTION + 2):
+                    nursery.start_soon(open_one)
+    assert sorted(outcomes) == ["RATE_LIMITED"] * 2 + ["opened"] * MAX_CALLS_PER_CONNECTION
