@@ -47,6 +47,9 @@ MEDIA_PAYLOAD_BYTES = 183
 the 16-byte tag."""
 LOSS_LIMIT = 0.01
 """The ramp stops at the first count of calls that loses more than this share."""
+PACE_SHARE = 0.95
+"""A step counts only if the generator sent at least this share of its target rate (else it
+measured the generator, not the relay)."""
 GRACE_SECONDS = 0.5
 """How long receivers still wait after the last send: later datagrams count lost."""
 _STAMP = struct.Struct(">Q")  # perf_counter_ns at sending
@@ -213,7 +216,8 @@ async def run_calls(target: Target, *, calls: int, seconds: float, ramp: bool,
         # The baseline right after, before the ramp loads the machine differently.
         echo = await _echo_step(calls, seconds, time_limit)
         steps = await _ramp(clients, calls, ramp_max, ramp_seconds, server_pid) if ramp else []
-    carried = [step["calls"] for step in steps if step["loss"] <= LOSS_LIMIT]
+    carried = [step["calls"] for step in steps if _passed(step)]
+    cost = relay.get("relay_cpu_us_per_datagram")
     return {
         "scenario": "calls", "calls": calls, "seconds": seconds,
         "media_rate_per_direction": MEDIA_RATE, "payload_bytes": MEDIA_PAYLOAD_BYTES,
@@ -223,25 +227,35 @@ async def run_calls(target: Target, *, calls: int, seconds: float, ramp: bool,
         "added_latency_ms": {name: _difference(relay, echo, name) for name in ("p50", "p99")},
         "relay": relay, "echo": echo, "ramp": steps,
         "calls_carried_below_1pct_loss": max(carried) if carried else None,
-        "ramp_reached_its_maximum": any(step["calls"] == ramp_max
-                                        and step["loss"] <= LOSS_LIMIT for step in steps),
-        "generator_kept_pace": all(step["send_rate_achieved"] >= 0.95 * step["send_rate_target"]
-                                   for step in [relay, *steps]),
+        "ramp_stopped_by": _limit(steps, ramp_max),
+        "generator_kept_pace": all(_kept_pace(step) for step in [relay, *steps]),
+        # One relay CPU's worth of calls at the measured cost (a call forwards 2 x MEDIA_RATE
+        # datagrams a second): an estimate for when the generator ran out first.
+        "calls_per_relay_cpu_estimate": round(1e6 / (cost * 2 * MEDIA_RATE)) if cost else None,
         "errors": 0,
     }
 
 
+def _kept_pace(step: dict[str, Any]) -> bool:
+    return bool(step["send_rate_achieved"] >= PACE_SHARE * step["send_rate_target"])
+
+
+def _passed(step: dict[str, Any]) -> bool:
+    return _kept_pace(step) and step["loss"] <= LOSS_LIMIT
+
+
 async def _ramp(clients: list[RelayClient], start: int, ramp_max: int,
                 seconds: float, server_pid: int | None) -> list[dict[str, Any]]:
-    """Double the concurrent calls until loss passes LOSS_LIMIT (or ``ramp_max``), then try
-    the midpoint between the last good count and the first bad one."""
+    """Double the concurrent calls until loss passes LOSS_LIMIT, the load generator cannot
+    keep its pace, or ``ramp_max``; then try the midpoint between the last good count and
+    the first bad one."""
     steps: list[dict[str, Any]] = []
     count = max(1, start)
     good, bad = 0, None
     while count <= ramp_max:
         step = await _relay_step(clients, count, seconds, server_pid)
         steps.append(step)
-        if step["loss"] > LOSS_LIMIT:
+        if not _passed(step):
             bad = count
             break
         good = count
@@ -249,3 +263,14 @@ async def _ramp(clients: list[RelayClient], start: int, ramp_max: int,
     if bad is not None and bad - good > 1:
         steps.append(await _relay_step(clients, (good + bad) // 2, seconds, server_pid))
     return steps
+
+
+def _limit(steps: list[dict[str, Any]], ramp_max: int) -> str | None:
+    """What stopped the ramp: "loss" (the relay's answer), "load_generator" (this process
+    could not send fast enough: the figure is a lower bound), or "ramp_max"."""
+    failed = [step for step in steps if not _passed(step)]
+    if not steps:
+        return None
+    if not failed:
+        return "ramp_max" if any(step["calls"] == ramp_max for step in steps) else None
+    return "loss" if _kept_pace(failed[0]) else "load_generator"

@@ -23,3 +23,6 @@ async def test_calls_smoke_forwards_every_datagram_and_ramps() -> None:
     assert [step["calls"] for step in result["ramp"]][:2] == [2, 4]
     assert isinstance(relay["relay_cpu_share"], float)
     assert result["calls_carried_below_1pct_loss"] in (None, 2, 3, 4)
+    assert result["ramp_stopped_by"] in ("loss", "load_generator", "ramp_max")
+    assert result["calls_per_relay_cpu_estimate"] is None or (
+        result["calls_per_relay_cpu_estimate"] > 0)
