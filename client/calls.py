@@ -154,6 +154,8 @@ class CallManager:
         self.calls: dict[bytes, Call] = {}
         self.ringing: dict[bytes, IncomingCall] = {}
         self.expired_offers = 0  #: offers never rung because they were too old
+        self.signals_handled = 0  #: call messages handled so far
+        self._handled = trio.Event()
         self._keys: OrderedDict[bytes, dict[DeviceAddress, tuple[int, bytes]]] = OrderedDict()
         self._signals_in, self._signals_out = trio.open_memory_channel[ReceivedCallSignal](
             SIGNAL_BUFFER)
@@ -169,6 +171,11 @@ class CallManager:
         """Handle call messages until cancelled."""
         async for received in self._signals_out:
             await self._handle(received)
+
+    async def wait_handled(self, count: int) -> None:
+        """Return once ``count`` call messages were handled in all."""
+        while self.signals_handled < count:
+            await self._handled.wait()
 
     async def handle_waiting(self) -> int:
         """Handle the call messages already received, without waiting for more (for a
@@ -256,6 +263,14 @@ class CallManager:
     # -- receiving call messages --------------------------------------------------------
 
     async def _handle(self, received: ReceivedCallSignal) -> None:
+        try:
+            await self._handle_one(received)
+        finally:
+            self.signals_handled += 1
+            self._handled.set()
+            self._handled = trio.Event()
+
+    async def _handle_one(self, received: ReceivedCallSignal) -> None:
         signal, sender = received.signal, received.sender
         call = self.calls.get(signal.call_id)
         if signal.key_id is not None and signal.key is not None:

@@ -17,6 +17,7 @@ import trio
 
 from client.call_probe import echo_media, probe_packet, run_probe
 from client.calls import Call, CallManager, IncomingCall
+from client.message_content import CallSignal
 from client.messenger import Messenger
 from client.profile import Profile
 from crypto.device import DeviceAddress
@@ -233,3 +234,45 @@ async def test_the_relay_never_sees_the_synthetic_plaintext(
     for datagram in relayed:
         for start in range(0, len(plaintext) - 8, 8):  # no 8-byte run of the filler
             assert plaintext[12 + start:20 + start] not in datagram
+
+
+async def test_a_declining_invitee_neither_ends_a_group_call_nor_stops_others_ringing(
+        relay: RelayUnderTest, tmp_path: Path) -> None:
+    alice = await enrolled_profile(relay, tmp_path / "alice", ALICE)
+    bob = await enrolled_profile(relay, tmp_path / "bob", BOB)
+    carol = await enrolled_profile(relay, tmp_path / "carol", CAROL)
+    with trio.fail_after(TIMEOUT_S):
+        async with online(alice) as caller, online(bob) as first, online(carol) as second:
+            call = await caller.place_call([BOB, CAROL])
+            ringing_bob = await first.incoming.receive()
+            ringing_carol = await second.incoming.receive()
+            await second.decline(ringing_carol)
+            # Carol also tells bob to hang up: only the caller may stop bob's ringing.
+            await second.messenger.send_call_signal(BOB, CallSignal(
+                kind="hangup", call_id=call.call_id, sender_phone=CAROL,
+                sent_at_ms=int(time.time() * 1000)))
+            await first.wait_handled(2)  # the offer, then carol's hang-up: still ringing
+            assert first.ringing == {call.call_id: ringing_bob}
+            bob_call = await first.answer(ringing_bob)
+            assert ringing_bob.stop_reason == "answered"  # not "hung up" by carol
+            await call.wait_for_peers(1)
+            assert not call.ended.is_set()
+            call.send_media(b"still on")
+            assert (await bob_call.receive_media())[1] == b"still on"
+            await caller.hang_up(call)
+
+
+async def test_a_callee_already_in_a_call_answers_busy(relay: RelayUnderTest,
+                                                       tmp_path: Path) -> None:
+    alice = await enrolled_profile(relay, tmp_path / "alice", ALICE)
+    bob = await enrolled_profile(relay, tmp_path / "bob", BOB)
+    carol = await enrolled_profile(relay, tmp_path / "carol", CAROL)
+    with trio.fail_after(TIMEOUT_S):
+        async with online(alice) as caller, online(bob) as callee, online(carol) as other:
+            first = await caller.place_call([BOB])
+            await answered(callee)
+            second = await other.place_call([BOB])
+            await second.busy.wait()
+            assert not second.peers and len(callee.calls) == 1
+            await other.hang_up(second)
+            await caller.hang_up(first)
