@@ -516,7 +516,7 @@ def _answer_calls(nursery: trio.Nursery, messenger: Messenger) -> None:
 
 @app.command()
 def call(phone: Annotated[str | None, typer.Argument(
-             metavar="[PHONE]", help=f"The number to call, e.g. {EXAMPLE_PHONE}.",
+             metavar="PHONE", help=f"The number to call, e.g. {EXAMPLE_PHONE}.",
              show_default=False)] = None,
          group: Annotated[str | None, typer.Option(
              "--group", metavar="NAME", help=f"Start a group call. Until named groups "
