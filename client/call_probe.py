@@ -20,7 +20,7 @@ from typing import Any
 
 import trio
 
-from client.call_media import CallEndedError
+from client.call_media import CallElsewhereError, CallEndedError
 from client.calls import Call, CallManager
 from client.errors import RelayError
 
@@ -215,6 +215,9 @@ async def answer_and_echo(manager: CallManager,
             call = await manager.answer(incoming)
         except RelayError as error:  # the call ended before we joined (CALL_UNKNOWN)
             report({"call": "missed", "from": incoming.caller_phone, "reason": error.code.name})
+            continue
+        except CallElsewhereError:  # held by another cluster node: not followed here yet
+            report({"call": "missed", "from": incoming.caller_phone, "reason": "CALL_ELSEWHERE"})
             continue
         report({"call": "answered", "from": incoming.caller_phone,
                 "group": bool(incoming.members)})
