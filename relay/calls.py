@@ -378,7 +378,7 @@ class CallService:
         while True:
             await trio.sleep(CALL_SWEEP_INTERVAL_S)
             self.expire(self.clock())
-            await self._forget_routes()
+            await self.forget_ended_routes()
 
     # -- internals ---------------------------------------------------------------
 
@@ -427,7 +427,9 @@ class CallService:
             if connection is not but:
                 connection.push(members)
 
-    async def _forget_routes(self) -> None:
+    async def forget_ended_routes(self) -> None:
+        """Remove the cluster routes of the calls that ended (the sweep does it each second;
+        a stopping relay once more, for the calls its stop ended)."""
         ended, self._ended_routes = self._ended_routes, []
         for call_id in ended:
             await self._unpublish(call_id)

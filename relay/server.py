@@ -256,6 +256,8 @@ async def _close_gracefully(endpoint: QuicEndpoint, context: RelayContext) -> No
     """Stop accepting; tell every client to go elsewhere; let the close frames leave."""
     endpoint.stop_accepting()
     context.calls.end_all("shutdown")
+    with trio.move_on_after(SHUTDOWN_GRACE_SECONDS):  # so that no node sends joiners here
+        await context.calls.forget_ended_routes()
     links = endpoint.links
     for link in links:
         link.close(int(ErrorCode.GOING_AWAY), "relay shutting down")
