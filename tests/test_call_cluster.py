@@ -13,13 +13,16 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import psycopg
 import pytest
 import trio
 
 from bench.spawn import SpawnedRelay, spawn_relay
 from client.call_media import CallElsewhereError, CallHandle
 from client.connection import ConnectionClosed, RelayError, connect_relay
-from tests.postgres_schemas import fresh_schema, store_url
+from storage.postgres_calls import find_call, forget_call, publish_call
+from storage.store_url import open_store, parse_store_url
+from tests.postgres_schemas import conninfo, fresh_schema, store_url
 from tests.relay_processes import connect, declare, enrol
 from transport.addresses import parse_host_port
 from wire.call_frames import CALL_ID_SIZE
@@ -40,9 +43,14 @@ class Cluster:
 
 
 @pytest.fixture
-def cluster_url() -> Iterator[str]:
-    with fresh_schema() as schema:
-        yield store_url(schema)
+def schema() -> Iterator[str]:
+    with fresh_schema() as name:
+        yield name
+
+
+@pytest.fixture
+def cluster_url(schema: str) -> str:
+    return store_url(schema)
 
 
 @pytest.fixture
@@ -119,3 +127,26 @@ async def test_a_relay_of_several_worker_processes_refuses_calls_clearly(
             with pytest.raises(RelayError) as refused:
                 await a.join_call(bytes(CALL_ID_SIZE))
             assert refused.value.code is ErrorCode.CALLS_UNAVAILABLE
+
+
+async def test_a_call_route_names_its_node_to_invited_users_only_until_it_ends(
+        schema: str, cluster_url: str, tmp_path: Path) -> None:
+    async with open_store(parse_store_url(cluster_url, data_dir=tmp_path)):
+        pass  # opening the store migrates the schema
+    call_id, other = bytes(range(CALL_ID_SIZE)), bytes(CALL_ID_SIZE)
+    with psycopg.connect(conninfo(schema), autocommit=True) as connection:
+        publish_call(connection, call_id=call_id, address="node-a:4433",
+                     invited={"u-alice", "u-bob"}, expires_at=2_000, now=1_000)
+        assert find_call(connection, call_id=call_id, user_id="u-bob", now=1_500) == "node-a:4433"
+        assert find_call(connection, call_id=call_id, user_id="u-carol", now=1_500) is None
+        assert find_call(connection, call_id=other, user_id="u-bob", now=1_500) is None
+        assert find_call(connection, call_id=call_id, user_id="u-bob", now=2_000) is None
+        forget_call(connection, call_id=call_id)
+        assert find_call(connection, call_id=call_id, user_id="u-bob", now=1_500) is None
+        # A later publish sweeps rows long expired.
+        publish_call(connection, call_id=other, address="node-a:4433", invited={"u-bob"},
+                     expires_at=9_000, now=1_000)
+        publish_call(connection, call_id=call_id, address="node-b:4433", invited={"u-bob"},
+                     expires_at=20_000, now=10_000)
+        (count,) = connection.execute("SELECT count(*) FROM call_routes").fetchone() or (0,)
+        assert count == 1
