@@ -97,9 +97,10 @@ class Call:
     def end(self) -> None:
         """Mark the call over here (whoever waits on it wakes)."""
         self.ended.set()
-        self._peers_changed()
+        self.peers_updated()
 
-    def _peers_changed(self) -> None:
+    def peers_updated(self) -> None:
+        """Wake whoever waits on ``peers_changed`` (the peers or the call changed)."""
         self.peers_changed.set()
         self.peers_changed = trio.Event()
 
@@ -364,7 +365,7 @@ class CallManager:
                 call.receiver.remove_key(previous)
             call.receiver.add_key(key_id, key)
             call.peers[address] = key_id
-        call._peers_changed()
+        call.peers_updated()
 
     async def _departed(self, call: Call, address: DeviceAddress) -> None:
         """A participant left a group call: drop its key, then draw a new sending key and
@@ -374,7 +375,7 @@ class CallManager:
         if key_id is None:
             return  # never joined (an invitee declining): nobody to re-key against
         call.receiver.remove_key(key_id)
-        call._peers_changed()
+        call.peers_updated()
         if not call.peers:
             call.end()
             return
