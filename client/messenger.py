@@ -630,8 +630,11 @@ class Messenger:
             except CryptoError as error:
                 return unreadable(f"cannot decrypt: {type(error).__name__}")
             plaintext = decrypted.plaintext
-            self.inbox[delivery.envelope_id] = plaintext
-            _drop_oldest(self.inbox, MAX_INBOX)
+            if not _is_call_signal(plaintext):
+                # A call message carries a media key: never written to disk. Lost if this
+                # process dies before handling it, which an ephemeral call message may be.
+                self.inbox[delivery.envelope_id] = plaintext
+                _drop_oldest(self.inbox, MAX_INBOX)
             self.save()
         try:
             content = decode_content(plaintext)
@@ -737,6 +740,13 @@ class Messenger:
             contact.trust_pending()
             self._observe(contact, await self.account_view(contact.user_id))
             return number
+
+
+def _is_call_signal(plaintext: bytes) -> bool:
+    try:
+        return isinstance(decode_content(plaintext), CallSignal)
+    except ContentError:
+        return False
 
 
 def _drop_oldest(inbox: dict[int, bytes], keep: int) -> None:
