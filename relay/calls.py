@@ -411,6 +411,7 @@ class CallService:
         if self._calls.pop(call.call_id, None) is None:
             return
         self._metrics.calls_open = len(self._calls)
+        log.info("call_ended", reason=reason, participants=len(call.members))
         ended = encode_frame(CallEnded(call_id=call.call_id, reason=reason))
         for connection in list(call.members):
             self._detach(call, connection)
