@@ -10,6 +10,7 @@ machine-readable object instead of a table.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -18,8 +19,6 @@ from typing import Annotated, Any
 
 import trio
 import typer
-from rich.console import Console
-from rich.table import Table
 
 from bench import connection_memory, crypto_cost, internal, scenarios, store_cost
 from bench.admin_provisioner import ProvisioningError
@@ -35,7 +34,10 @@ from bench.cli_options import (
 from bench.cluster import DEFAULT_POSTGRES, ClusterSetup, Placement, StoreKind, run_cluster
 from bench.encrypted_link import check_text_size
 from bench.exchange import ExchangeLoad, exchange_on
+from bench.files import run_files
 from bench.messenger_cost import messenger_cost
+from bench.push_wake import PUSH_RELAY_ARGS, push_wakeups
+from bench.report import print_result
 from bench.target import Target, TargetOptions, check_options, open_target
 from bench.transport import run_transport
 from client.message_content import MAX_TEXT_BYTES
@@ -60,8 +62,8 @@ def _avoid_cpu(relay_cpu: int | None) -> None:
 
 
 def _run(work: Callable[[], Awaitable[dict[str, Any]]], as_json: bool, title: str, *,
-         relay_cpu: int | None = None, nested: bool = False) -> None:
-    """Run ``work`` and print its result (``nested``: as indented JSON, not a table);
+         relay_cpu: int | None = None) -> None:
+    """Run ``work`` and print its result (one JSON line, or nested tables on a terminal);
     exit 1 when it counted errors."""
     _avoid_cpu(relay_cpu)
     try:
@@ -75,10 +77,8 @@ def _run(work: Callable[[], Awaitable[dict[str, Any]]], as_json: bool, title: st
     result["date"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     if as_json:
         typer.echo(json.dumps(result))
-    elif nested:
-        typer.echo(json.dumps(result, indent=2))
     else:
-        _print_table(title, result)
+        print_result(title, result)
     if result.get("errors"):
         raise typer.Exit(1)
 
@@ -104,19 +104,6 @@ def _provisioning_error(error: BaseException) -> ProvisioningError | None:
             if found is not None:
                 return found
     return None
-
-
-def _print_table(title: str, result: dict[str, Any]) -> None:
-    table = Table(title=title, show_header=False)
-    for key, value in result.items():
-        if isinstance(value, dict):
-            shown = "  ".join(f"{name} {number}" for name, number in value.items())
-        elif isinstance(value, list):
-            shown = "; ".join(str(item) for item in value) or "-"
-        else:
-            shown = str(value)
-        table.add_row(key, shown)
-    Console().print(table)
 
 
 @app.command()
@@ -154,11 +141,28 @@ def offline(messages: Annotated[int, typer.Option(help="Messages queued.", min=1
             encrypted: Annotated[bool, typer.Option(
                 "--encrypted", help="End-to-end encrypted texts of --size bytes through "
                 "the client library; the drain decrypts each.")] = False,
+            push: Annotated[bool, typer.Option(
+                "--push", help="Wake-up pushes instead: --messages devices register a Web Push "
+                "endpoint on the bench's loopback receiver and disconnect; one message to "
+                "each; the time from send to wake-up received (p50, p99) and pushes per "
+                "second. A running relay (--relay) needs push_webpush_subject and "
+                "push_webpush_allow_loopback_http.")] = False,
             as_json: JsonOption = False, *, target: TargetOptions) -> None:
     """A sender queues messages for an offline device, which then connects and drains."""
     if encrypted and size > MAX_TEXT_BYTES:
         raise typer.BadParameter(f"an encrypted text is at most {MAX_TEXT_BYTES} bytes",
                                  param_hint="--size")
+    if push:
+        if encrypted:
+            raise typer.BadParameter("--push measures wake-ups, not encryption",
+                                     param_hint="--encrypted")
+        if target.relay is None:
+            target = dataclasses.replace(target, relay_args=" ".join(
+                (*PUSH_RELAY_ARGS, target.relay_args)))
+        _run_on_target(lambda relay: push_wakeups(
+            relay, devices=messages, window=window, size=size, time_limit=timeout),
+            target, as_json, "offline --push")
+        return
     _run_on_target(lambda relay: scenarios.offline(
         relay, messages=messages, size=size, window=window, time_limit=timeout,
         encrypted=encrypted), target, as_json, "offline")
@@ -285,6 +289,19 @@ def messenger(runs: Annotated[int, typer.Option(help="Rounds (encrypted, then pl
 
 
 @app.command()
+@with_options("target", target_options)
+def files(size: Annotated[int, typer.Option(help="File size in MiB.", min=1)] = 64,
+          runs: Annotated[int, typer.Option(help="Rounds (each: up, then down).", min=1)] = 3,
+          timeout: TimeoutOption = 120, as_json: JsonOption = False, *,
+          target: TargetOptions) -> None:
+    """An encrypted file's upload and download MB/s through the relay, beside bare QUIC
+    bulk transfer of the same bytes measured in the same run, and their ratios."""
+    _run_on_target(lambda relay: run_files(relay, size=size * 1024 * 1024, runs=runs,
+                                           time_limit=timeout, relay_cpu=target.relay_cpu),
+                   target, as_json, "files")
+
+
+@app.command()
 def crypto(runs: Annotated[int, typer.Option(help="Runs.", min=1)] = 5,
            handshakes: Annotated[int, typer.Option(
                help="PQXDH handshakes per run.", min=1)] = 200,
@@ -319,7 +336,7 @@ def memory(devices: Annotated[int, typer.Option(help="Idle devices.", min=1)] = 
     """Where an idle connection's memory goes, in a relay run inside the bench."""
     configure_logging("json", "warning")  # the relay runs here; standard output is the result
     _run(lambda: connection_memory.measure(devices, trace=tracemalloc, top=top), as_json,
-         "memory", nested=True)
+         "memory")
 
 
 def main() -> None:

@@ -26,7 +26,7 @@ import trio
 from bench.live_link import HEADER, WARM_UP_SEQUENCE, LiveResult, Receiver
 from bench.provision import BenchDevice
 from client.connection import ConnectionClosed, RelayClient
-from client.message_content import MAX_TEXT_BYTES
+from client.message_content import MAX_TEXT_BYTES, TextMessage
 from client.messenger import Messenger
 from client.profile import Profile
 from crypto.device import DeviceAddress, DeviceCrypto
@@ -74,7 +74,7 @@ class EncryptedLink:
             async with aclosing(self.messenger.messages()) as messages:
                 async for message in messages:
                     now = time.time_ns()
-                    if message.content is None:
+                    if not isinstance(message.content, TextMessage):
                         receiver.result.error(f"unreadable message: {message.problem}")
                         continue
                     sent_ns, sender, sequence = HEADER.unpack(

@@ -3,7 +3,8 @@
 Not for users: each is the other end of a scenario, which starts it and reads what it
 prints. ``live-worker`` is one load process of ``live --processes N``
 (bench/worker.py); ``echo-server`` is the transport ceiling's server
-(bench/transport.py); ``hold-devices`` and ``native-costs`` are the ``memory``
+(bench/transport.py); ``bulk-server`` is the bare bulk-transfer server of ``files``
+(bench/bulk_server.py); ``hold-devices`` and ``native-costs`` are the ``memory``
 scenario's client process and fresh process (bench/connection_memory.py).
 """
 
@@ -16,7 +17,7 @@ from typing import Annotated
 import trio
 import typer
 
-from bench import connection_memory, echo_server, worker
+from bench import bulk_server, connection_memory, echo_server, worker
 from relay.logs import configure_logging
 
 __all__ = ["app"]
@@ -43,6 +44,14 @@ def echo_server_command(
     """The transport ceiling's QUIC echo server, until SIGTERM."""
     _quiet_logs()
     trio.run(echo_server.serve, tls_dir)
+
+
+@app.command("bulk-server")
+def bulk_server_command(
+        tls_dir: Annotated[Path, typer.Argument(help="Where to make its certificate.")]) -> None:
+    """The files scenario's bare QUIC bulk-transfer server, until SIGTERM."""
+    _quiet_logs()
+    trio.run(bulk_server.serve, tls_dir)
 
 
 @app.command("hold-devices")

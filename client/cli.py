@@ -2,8 +2,9 @@
 
 Every message is end-to-end encrypted by `client.messenger` (PQXDH + Double Ratchet,
 docs/CRYPTO.md) for every device of the recipient and the sender's own other devices;
-the relay only sees ciphertext. Identity changes are warned about on stderr and block
-sending until ``cryptopass --profile P trust PHONE``.
+the relay only sees ciphertext. Files (``send-file``, ``receive --download-dir``) are
+encrypted with a key of their own and uploaded once (docs/FILES.md). Identity changes are
+warned about on stderr and block sending until ``cryptopass --profile P trust PHONE``.
 
 Failures: every expected one (a mistyped number or address, a missing certificate, a profile
 not enrolled, a relay that cannot be reached or refuses) prints one line on stderr,
@@ -30,6 +31,7 @@ import trio
 import typer
 
 from client.account_setup import verify_enrolment
+from client.attachments import FileUnreadable
 from client.call_probe import (
     ANSWER_TIMEOUT_SECONDS,
     CallNotAnswered,
@@ -47,8 +49,9 @@ from client.connection import (
     check_ca_file,
     connect_any,
 )
+from client.file_names import announced_name, safe_file_name
 from client.linking import LinkFailed, approve_link, link_new_device, remove_device
-from client.message_content import MAX_CALL_MEMBERS, MAX_TEXT_BYTES
+from client.message_content import MAX_CALL_MEMBERS, MAX_TEXT_BYTES, FileMessage
 from client.messenger import (
     DeviceListProblem,
     IdentityChangedError,
@@ -60,6 +63,8 @@ from client.messenger import (
 from client.prekey_upkeep import MissingPrekeysError
 from client.profile import Profile, ProfileError
 from client.profile_files import ProfileBusyError
+from client.push_cli import CommandKit, push_commands, receive_push_wait
+from client.transfer_bars import transfer_bars
 from crypto.primitives import CryptoError
 from crypto.provisioning import LinkCodeError, ProvisioningError
 from crypto.safety_number import format_safety_number
@@ -102,6 +107,7 @@ class _Invocation:
 
 
 _invocation = _Invocation()
+_FILE_REFUSALS = frozenset({ErrorCode.BLOB_TOO_LARGE, ErrorCode.BLOB_QUOTA_EXCEEDED})
 
 
 @app.callback()
@@ -161,7 +167,8 @@ def _explain(error: BaseException) -> str | None:
     at = f"the relay at {_invocation.relay}" if _invocation.relay else "the relay"
     match error:
         case (ProfileError() | UnknownContactError() | MissingPrekeysError() | LinkFailed()
-              | ProfileBusyError() | DeviceListProblem() | LinkCodeError() | CallNotAnswered()):
+              | ProfileBusyError() | DeviceListProblem() | LinkCodeError() | CallNotAnswered()
+              | FileUnreadable()):
             return str(error)
         case ProvisioningError():
             return (f"link refused: {error}. Nothing was added to the account; if the new "
@@ -190,6 +197,8 @@ def _explain(error: BaseException) -> str | None:
             return _certificate_refused(error)
         case HandshakeFailed():
             return f"{at} refused the connection: {error.reason or error}"
+        case RelayError() if error.code in _FILE_REFUSALS:
+            return f"the relay refused the file: {error.code.name}: {error.reason}"
         case RelayError() if error.code == ErrorCode.VERIFICATION_FAILED:
             return (f"the relay refused: VERIFICATION_FAILED: {error.reason}. For a new code, "
                     f"run `{_enrol_command()}` again")
@@ -204,6 +213,13 @@ def _explain(error: BaseException) -> str | None:
             return (f"the relay does not accept this device (AUTHENTICATION_FAILED: "
                     f"{error.reason}): it was deleted, or enrolled at another relay; to enrol "
                     f"it again, run `{_enrol_command()}`")
+        case RelayError() if error.code == ErrorCode.PUSH_PROVIDER_UNAVAILABLE:
+            return (f"{at} does not offer this push provider (PUSH_PROVIDER_UNAVAILABLE: "
+                    f"{error.reason}); its operator turns providers on (docs/PUSH.md), and "
+                    f"`--provider outbox` always works")
+        case RelayError() if error.code == ErrorCode.INVALID_PUSH_TARGET:
+            return (f"{at} refused the push target (INVALID_PUSH_TARGET: {error.reason}); "
+                    f"nothing was registered")
         case RelayError():
             return f"the relay refused: {error.code.name}: {error.reason}"
         case RemoteProtocolError():
@@ -314,13 +330,22 @@ def message_line(message: ReceivedMessage) -> dict[str, Any]:
     if message.content is None:
         return {"error": message.problem, **line}
     content = message.content
-    if not message.sender_confirmed:
-        line["error"] = "the relay does not confirm the sender's number"
-        line["claimed_from"] = content.sender_phone
+    problems = [] if message.sender_confirmed else ["the relay does not confirm the sender's "
+                                                    "number"]
+    if isinstance(content, FileMessage) and message.problem is not None:
+        problems.append(message.problem)  # the file was refused: nothing was saved
+    if problems:
+        line["error"] = "; ".join(problems)
+    line["from" if message.sender_confirmed else "claimed_from"] = content.sender_phone
+    line["to"] = content.recipient_phone
+    if isinstance(content, FileMessage):
+        line |= {"name": safe_file_name(content.name), "size": content.size,
+                 "media_type": content.media_type}
+        if message.file is not None:
+            line["file"] = str(message.file)
     else:
-        line["from"] = content.sender_phone
-    return {**line, "to": content.recipient_phone, "text": content.text,
-            "sent_at": content.sent_at, "identity_changed": message.identity_changed}
+        line["text"] = content.text
+    return {**line, "sent_at": content.sent_at, "identity_changed": message.identity_changed}
 
 
 def send_line(phone: str, receipt: SendReceipt) -> dict[str, Any]:
@@ -436,6 +461,38 @@ def send(phone: PhoneArgument,
     _run(work)
 
 
+@app.command("send-file")
+def send_file(phone: PhoneArgument,
+              path: Annotated[Path, typer.Argument(
+                  metavar="PATH", help="The file to send (the relay's limit applies: 100 MiB "
+                                       "by default).", exists=True, dir_okay=False,
+                  readable=True, show_default=False)]) -> None:
+    """Send the file at PATH, end-to-end encrypted, to the user with PHONE.
+
+    The file is encrypted with a fresh key as it is read and uploaded once; its key and
+    digest then go to every device of PHONE and this user's other devices. Run the same
+    command again to resume an interrupted upload. Prints one JSON line once the relay
+    stored the message: {"sent": true, "to": PHONE, "message_id": N, "devices": K,
+    "copies": C, "name": NAME, "size": BYTES}. A progress bar shows on stderr when it is a
+    terminal.
+    """
+    profile = _enrolled_profile()
+    number = _phone(phone)
+
+    async def work() -> None:
+        with transfer_bars(terminal=sys.stderr.isatty()) as progress:
+            async with Messenger.connect(profile) as messenger:
+                receipt = await messenger.send_file(number, path, progress=progress)
+        line = send_line(number, receipt) | {"name": announced_name(path),
+                                              "size": path.stat().st_size}
+        typer.echo(json.dumps(line, ensure_ascii=False))
+        if receipt.own_copy_problem is not None:
+            typer.echo(f"warning: sent to {number}, but this account's other devices got no "
+                       f"copy: {receipt.own_copy_problem}", err=True)
+
+    _run(work)
+
+
 @app.command()
 def receive(follow: Annotated[bool, typer.Option(
                 help="Keep waiting for live messages after the stored ones.",
@@ -450,26 +507,63 @@ def receive(follow: Annotated[bool, typer.Option(
                 help="Answer every call at once and echo its audio back (a test peer for "
                      "`cryptopass call`); prints a JSON line when a call is answered and "
                      "when it ends.", show_default=True)] = False,
+            push_wait: Annotated[bool, typer.Option(
+                "--push-wait",
+                help="Wait disconnected for a wake-up push, as a phone does: serve a Web Push "
+                     "endpoint on --push-listen, register it with the relay, print what is "
+                     "stored, disconnect; on each wake-up, connect and print what arrived. "
+                     "Ends after the first wake-up (or --count messages); the endpoint is "
+                     "unregistered when it ends. The relay must allow loopback endpoints "
+                     "(push_webpush_allow_loopback_http, docs/PUSH.md).",
+                show_default=False)] = False,
+            push_listen: Annotated[str, typer.Option(
+                metavar="HOST:PORT",
+                help="Where --push-wait serves its Web Push endpoint (port 0: any free one).",
+                show_default=True)] = "127.0.0.1:0",
+            download_dir: Annotated[Path | None, typer.Option(
+                help="Save received files here (mode 0600), after checking them; the JSON "
+                     "line then has \"file\": PATH. Without it, a file message shows its "
+                     "name and size only, and the file is not fetched.",
+                exists=True, file_okay=False, writable=True, show_default=False)] = None,
             ) -> None:
     """Decrypt received messages and print them as JSON lines.
 
     Each message is acknowledged once printed; a warning goes to stderr when a contact's
-    identity key changed. Calls are ignored (they ring nowhere) unless --accept-calls.
+    identity key changed. With --download-dir, each file is downloaded, decrypted and
+    checked first (an interrupted download resumes on the next run; a file that fails its
+    check is not saved, and its line has "error"); a progress bar shows on stderr when it
+    is a terminal. Calls are ignored (they ring nowhere) unless
+    --accept-calls.
     """
     profile = _enrolled_profile()
+    if push_wait:
+        if follow:
+            _fail("--push-wait and --follow exclude each other: --push-wait waits "
+                  "disconnected, --follow connected")
+        if accept_calls:
+            _fail("--push-wait and --accept-calls exclude each other: a call is answered "
+                  "connected (--follow)")
+        if download_dir is not None:
+            _fail("--push-wait does not fetch files yet: run `receive --download-dir DIR` "
+                  "once it has woken you")
+        receive_push_wait(_kit, profile, push_listen, count=count, timeout=timeout)
+        return
 
     async def work() -> None:
         received = 0
         reached = trio.Event()
         ready = False
         replaced = 0
-        with trio.move_on_after(timeout if timeout is not None else float("inf")) as waiting:
+        with (transfer_bars(terminal=sys.stderr.isatty()) as progress,
+              trio.move_on_after(timeout if timeout is not None else float("inf")) as waiting):
             while True:
                 try:
                     async with Messenger.connect(profile, reached=reached,
                                                  hold_profile=not follow) as messenger, \
                             trio.open_nursery() as calls, aclosing(
-                            messenger.messages(stop_when_empty=not follow)) as messages:
+                            messenger.messages(stop_when_empty=not follow,
+                                               download_dir=download_dir,
+                                               progress=progress)) as messages:
                         if accept_calls:
                             _answer_calls(calls, messenger)
                         ready = True
@@ -501,6 +595,13 @@ def receive(follow: Annotated[bool, typer.Option(
             raise trio.TooSlowError
 
     _run(work)
+
+
+def _print_message(message: ReceivedMessage) -> None:
+    typer.echo(json.dumps(message_line(message), ensure_ascii=False))
+    sys.stdout.flush()
+    if message.identity_changed and message.content is not None:
+        _warn_identity_changed(message, message.content.sender_phone)
 
 
 def _answer_calls(nursery: trio.Nursery, messenger: Messenger) -> None:
@@ -659,6 +760,11 @@ def devices_remove(device_id: Annotated[int, typer.Argument(
                                "list_version": removed.device_list_version}))
 
     _run(work)
+
+
+_kit = CommandKit(run=_run, enrolled_profile=_enrolled_profile, fail=_fail, command=_command,
+                  print_message=_print_message)
+app.add_typer(push_commands(_kit), name="push")
 
 
 @app.command()

@@ -25,6 +25,11 @@ device's node stopped); `NoRelayReached` when none did, naming each address and 
 
 A connection keeps at most 32 request streams open at once (docs/PROTOCOL.md, "Connection
 budgets"): further requests wait in QUIC until earlier ones are answered, never fail.
+
+Files (docs/PROTOCOL.md, "Attachments"): ``create_blob``, then ``upload_blob`` streams the
+ciphertext on a stream of its own as fast as the relay stores it (``blob_status`` tells where an
+interrupted upload resumes); ``download_blob`` streams it back, from any offset. Neither holds
+more than a QUIC window of the file in memory.
 """
 
 from __future__ import annotations
@@ -33,8 +38,8 @@ import contextlib
 import math
 import ssl
 from collections import deque
-from collections.abc import AsyncIterator, Mapping, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterable, AsyncIterator, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import TypeVar, assert_never
 
@@ -43,6 +48,7 @@ from aioquic.quic import events as quic_events
 from aioquic.quic.configuration import QuicConfiguration
 from nacl.signing import SigningKey
 
+from client.blob_streams import RawChunks
 from client.call_media import CallElsewhereError, CallHandle
 from client.errors import (
     CertificateFileError,
@@ -65,6 +71,16 @@ from wire.account_frames import (
     LinkPost,
     LinkPosted,
     PublishDeviceList,
+)
+from wire.blob_frames import (
+    BlobCreate,
+    BlobCreated,
+    BlobData,
+    BlobDownload,
+    BlobState,
+    BlobStatus,
+    BlobUpload,
+    BlobUploaded,
 )
 from wire.call_frames import (
     CallElsewhere,
@@ -125,6 +141,7 @@ from wire.protocol import (
     ClientProtocol,
     PushReceived,
     ResponseReceived,
+    StreamBytes,
     StreamEnded,
     StreamFailed,
     is_server_unidirectional,
@@ -169,6 +186,14 @@ it, out of order. What keeps the buffer small is the relay: it stops pushing to 
 that holds MAX_UNACKNOWLEDGED (1024) envelopes not yet acknowledged, and a client
 acknowledges only what a reader took."""
 
+RECEIVE_WINDOW_BYTES = 16 * 1024 * 1024
+"""Bytes the relay may send beyond what this client has consumed (transport/flow_control.py):
+what a download not yet read, or pushes not yet handled, may make the client hold."""
+
+UPLOAD_SEND_BUFFER_BYTES = 1024 * 1024
+"""Unacknowledged upload bytes written before the next chunk waits: about the relay's receive
+window, so an upload never holds much more of the file than is in flight."""
+
 _Push = TypeVar("_Push", Deliver | QueueEmpty, PrekeysLow)
 _Answer = TypeVar("_Answer", bound=Frame)
 
@@ -211,6 +236,7 @@ class RelayClient:
         self._pending_acks: list[int] = []
         self._nursery: trio.Nursery | None = None
         self._unconfirmed_ack: int | None = None  # last id sent in an unanswered ACK
+        self._downloads: dict[int, RawChunks] = {}  # download stream -> its raw bytes
         self.user_id: str | None = None
         self.device_id: int | None = None
         self._calls: dict[int, CallHandle] = {}  # by this connection's tag
@@ -246,9 +272,16 @@ class RelayClient:
                 self._answer(event.stream_id, event.frame)
             case PushReceived():
                 self._push(event.frame)
+            case StreamBytes():
+                download = self._downloads.get(event.stream_id)
+                if download is not None:
+                    download.feed(event.data)
             case StreamFailed():
                 self._stream_broken(event.stream_id, event.error)
             case StreamEnded():
+                download = self._downloads.get(event.stream_id)
+                if download is not None:
+                    download.end()
                 self._stream_ended(event.stream_id)
             case _:
                 assert_never(event)
@@ -306,6 +339,9 @@ class RelayClient:
         """No answer will come on ``stream_id``: fail its waiting requests with ``error``."""
         for waiter in self._waiters.pop(stream_id, ()):
             waiter.set(error)
+        download = self._downloads.get(stream_id)
+        if download is not None:
+            download.fail(error)
         self._forget_stream(stream_id)
 
     def _forget_stream(self, stream_id: int) -> None:
@@ -332,6 +368,8 @@ class RelayClient:
             for waiter in queue:
                 waiter.set(self._closed)
         self._waiters.clear()
+        for download in self._downloads.values():
+            download.fail(self._closed)
         self._deliveries_in.close()
         self._prekeys_low_in.close()
         calls, self._calls = self._calls, {}
@@ -382,7 +420,8 @@ class RelayClient:
 
     # -- requests --------------------------------------------------------------------
 
-    async def request(self, frame: Frame, *, stream_id: int | None = None) -> Frame:
+    async def request(self, frame: Frame, *, stream_id: int | None = None,
+                      end_stream: bool = False) -> Frame:
         """Send one request and wait for its answer.
 
         Raises:
@@ -396,8 +435,6 @@ class RelayClient:
         if stream_id is None:
             stream_id = link.new_stream()
             end_stream = True
-        else:
-            end_stream = False
         waiter = _Waiter()
         self._waiters.setdefault(stream_id, deque()).append(waiter)
         link.send_stream_data(stream_id, encode_frame(frame), end_stream)
@@ -412,9 +449,10 @@ class RelayClient:
         return result
 
     async def _ask(self, frame: Frame, expected: type[_Answer], *,
-                   stream_id: int | None = None) -> _Answer:
+                   stream_id: int | None = None, end_stream: bool = False) -> _Answer:
         """`request`, then `expect_answer`: RemoteProtocolError for an answer of another kind."""
-        return expect_answer(await self.request(frame, stream_id=stream_id), expected)
+        return expect_answer(await self.request(frame, stream_id=stream_id,
+                                                end_stream=end_stream), expected)
 
     async def enrol_start(self, phone: str) -> None:
         """Ask the relay to send an enrolment code by SMS to ``phone``."""
@@ -531,6 +569,126 @@ class RelayClient:
         """
         answer = await self._ask(LinkFetch(channel_id=channel_id), LinkMessages)
         return list(answer.payloads)
+
+    # -- files (PROTOCOL.md "Attachments") ----------------------------------------------
+
+    async def create_blob(self, size: int) -> bytes:
+        """Reserve a blob of ``size`` ciphertext bytes; returns its id (the capability to
+        download it: share it only inside end-to-end encrypted messages).
+
+        Raises:
+            RelayError: BLOB_TOO_LARGE, BLOB_QUOTA_EXCEEDED, RATE_LIMITED.
+        """
+        return (await self._ask(BlobCreate(size=size), BlobCreated)).blob_id
+
+    async def blob_status(self, blob_id: bytes) -> tuple[int, int]:
+        """(size, received) of a blob this device created: resume an upload at ``received``.
+
+        Raises:
+            RelayError: BLOB_UNKNOWN (unknown, expired, or created by another device).
+        """
+        state = await self._ask(BlobStatus(blob_id=blob_id), BlobState)
+        return state.size, state.received
+
+    async def upload_blob(self, blob_id: bytes, offset: int,
+                          chunks: AsyncIterable[bytes]) -> int:
+        """Upload the blob's bytes from ``offset`` (what the relay holds: 0 for a new blob),
+        as ``chunks`` yields them, on a stream of their own; returns the bytes the relay now
+        holds (the blob's size once complete).
+
+        A chunk is written once the relay has acknowledged all but UPLOAD_SEND_BUFFER_BYTES of
+        the earlier ones, so memory stays flat however large the file; the relay's flow control
+        paces it to what its store writes. If the connection breaks, ask ``blob_status`` on a
+        new one and resume from its ``received``.
+
+        Raises:
+            RelayError: BLOB_UNKNOWN, BLOB_OFFSET_MISMATCH (resume from BLOB_STATUS),
+                BLOB_TOO_LARGE (more bytes than the blob's size), RATE_LIMITED.
+            ConnectionClosed: the connection ended first.
+        """
+        if self._closed is not None:
+            raise self._closed
+        link = self._require_link()
+        stream_id = link.new_stream()
+        waiter = _Waiter()
+        self._waiters[stream_id] = deque([waiter])
+        link.send_stream_data(stream_id, encode_frame(BlobUpload(blob_id=blob_id, offset=offset)))
+        async for chunk in chunks:
+            await link.wait_send_room(stream_id, UPLOAD_SEND_BUFFER_BYTES)
+            if waiter.done.is_set():
+                break  # answered early: a refusal; the relay reads no more
+            link.send_stream_data(stream_id, chunk)
+        if not waiter.done.is_set():
+            link.send_stream_data(stream_id, b"", end_stream=True)
+        await waiter.done.wait()
+        result = waiter.result
+        if result is None:  # done is set only with a result
+            raise RuntimeError("an upload's wait ended without an answer")
+        if isinstance(result, BaseException):
+            raise result
+        if isinstance(result, Error):
+            raise RelayError(result)
+        return expect_answer(result, BlobUploaded).received
+
+    def download_blob(self, blob_id: bytes, offset: int) -> AbstractAsyncContextManager[
+            tuple[int, AsyncIterator[bytes]]]:
+        """Read a complete blob from ``offset``: ``(size, chunks)``, the chunks being the bytes
+        from ``offset`` to ``size`` as the relay streams them (resume an interrupted download
+        from the bytes kept). Leaving the block early stops the transfer.
+
+            async with client.download_blob(blob_id, 0) as (size, chunks):
+                async for chunk in chunks:
+                    ...
+
+        Raises:
+            RelayError: BLOB_UNKNOWN (unknown, wrong, expired or incomplete), INVALID_REQUEST
+                (``offset`` past the size), RATE_LIMITED.
+            ConnectionClosed: the connection ended first (from the iteration too).
+            RemoteProtocolError: the relay ended the stream short of the size.
+        """
+        return self._download(blob_id, offset)
+
+    @asynccontextmanager
+    async def _download(self, blob_id: bytes,
+                        offset: int) -> AsyncIterator[tuple[int, AsyncIterator[bytes]]]:
+        if self._closed is not None:
+            raise self._closed
+        link = self._require_link()
+        stream_id = link.new_stream()
+        chunks = RawChunks(hold=link.hold_received, release=link.release_received)
+        self._downloads[stream_id] = chunks
+        header: BlobData | None = None
+        try:
+            header = await self._ask(BlobDownload(blob_id=blob_id, offset=offset), BlobData,
+                                     stream_id=stream_id, end_stream=True)
+            if header.offset != offset:
+                raise RemoteProtocolError(
+                    ErrorCode.UNEXPECTED_FRAME,
+                    f"the relay answered a download from {offset} with bytes from "
+                    f"{header.offset}")
+            yield header.size, self._download_chunks(stream_id, chunks, header)
+        finally:
+            self._downloads.pop(stream_id, None)
+            chunks.discard()
+            if (self._closed is None and header is not None
+                    and header.offset + chunks.received < header.size):
+                link.stop_stream(stream_id, int(ErrorCode.NO_ERROR))  # the rest is not wanted
+
+    async def _download_chunks(self, stream_id: int, chunks: RawChunks,
+                               header: BlobData) -> AsyncIterator[bytes]:
+        expected = header.size - header.offset
+        while (chunk := await chunks.take()) is not None:
+            if chunks.received > expected:
+                raise RemoteProtocolError(
+                    ErrorCode.UNEXPECTED_FRAME,
+                    f"the relay sent more than the file's {expected} bytes from offset "
+                    f"{header.offset} on stream {stream_id}")
+            yield chunk
+        if chunks.received != expected:
+            raise RemoteProtocolError(
+                ErrorCode.UNEXPECTED_FRAME,
+                f"the relay ended stream {stream_id} after {chunks.received} of the file's "
+                f"{expected} bytes from offset {header.offset}")
 
     async def next_prekeys_low(self) -> PrekeysLow:
         """Wait for the relay to say a one-time pool of this device runs low.
@@ -840,7 +998,8 @@ async def _connection(endpoint: QuicEndpoint, host: str, port: int, *, ca: Path 
     configuration = client_configuration(ca=ca, server_name=server_name or host)
     client = RelayClient()
     async with trio.open_nursery() as nursery:
-        client._link = endpoint.connect((host, port), configuration, client)
+        client._link = endpoint.connect((host, port), configuration, client,
+                                        receive_window=RECEIVE_WINDOW_BYTES)
         with trio.move_on_after(connect_timeout):
             await client._handshake.wait()
         if client._closed is not None:

@@ -10,7 +10,14 @@ A second kind travels only between the devices of one account: ``{"v": 1, "kind"
 devices learn at once, end to end, that a device joined or left (they check the signature
 with the account key, and refuse a list older than one they have seen).
 
-A third kind is call signalling (docs/CALLS.md): ``{"v": 1, "kind": "call", "type": TYPE,
+A third kind announces a file (docs/FILES.md): ``{"v": 1, "kind": "file", "from", "to",
+"sent_at", "blob": BYTES, "key": BYTES, "digest": BYTES, "size": INT, "chunk": INT, "name":
+TEXT, "type": TEXT or nil}``: the relay's id of the encrypted blob, the file's key, the
+SHA-256 of its ciphertext, its plaintext size and chunk size (`crypto.attachments`), the name
+the sender gave it (the receiver sanitises it before use) and its media type if known. The
+key and the blob id travel only here, end to end encrypted.
+
+A fourth kind is call signalling (docs/CALLS.md): ``{"v": 1, "kind": "call", "type": TYPE,
 "call": CALL_ID, "from": PHONE, "sent_at": MS, "kid": INT, "key": BYTES, "members":
 [PHONE, ...]}``, where TYPE is one of `CALL_SIGNAL_TYPES`; ``kid`` and ``key`` (the sender's
 SFrame key id and base key, `crypto.sframe`) travel in an offer, answer, join or rekey only,
@@ -25,9 +32,18 @@ from dataclasses import dataclass
 
 import msgpack
 
+from crypto.attachments import (
+    ATTACHMENT_DIGEST_SIZE,
+    ATTACHMENT_KEY_SIZE,
+    MAX_CHUNK_SIZE,
+    ciphertext_size,
+)
+
 __all__ = ["CALL_SIGNAL_TYPES", "CONTENT_VERSION", "MAX_CALL_KEY_BYTES", "MAX_CALL_MEMBERS",
-           "MAX_TEXT_BYTES", "CallSignal", "ContentError", "DeviceListUpdate", "TextMessage",
-           "decode_content", "encode_call_signal", "encode_content", "encode_device_list_update"]
+           "MAX_FILE_NAME_BYTES", "MAX_FILE_SIZE", "MAX_TEXT_BYTES", "CallSignal", "ContentError",
+           "DeviceListUpdate", "FileMessage", "TextMessage", "decode_content",
+           "encode_call_signal", "encode_content", "encode_device_list_update",
+           "encode_file_content"]
 
 CONTENT_VERSION = 1
 MAX_TEXT_BYTES = 60 * 1024
@@ -36,6 +52,14 @@ MAX_TEXT_BYTES = 60 * 1024
 _MAX_PHONE_CHARS = 32  # PROTOCOL.md's phone number limit.
 _MAX_TIMESTAMP_CHARS = 64  # An ISO-8601 time with offset is about 30 characters.
 _MAX_DEVICE_LIST_BYTES = 1024  # crypto.device_list.MAX_DEVICE_LIST_SIZE is 642.
+MAX_FILE_NAME_BYTES = 255
+"""Longest file name a file message carries (UTF-8 bytes): what common file systems take."""
+MAX_FILE_SIZE = 2**40
+"""Largest file (plaintext bytes) a message may announce, 1 TiB: the client's own ceiling,
+far above any relay's blob limit (blob_max_bytes, 100 MiB by default), which decides."""
+_MAX_MEDIA_TYPE_CHARS = 127  # RFC 6838 caps a type and a subtype at 127 characters each.
+_MIN_BLOB_ID_BYTES = 16  # an unguessable id has at least 128 bits
+_MAX_BLOB_ID_BYTES = 64  # the relay draws 32 bytes; room for a longer id, not for a payload
 CALL_SIGNAL_TYPES = frozenset({"offer", "ringing", "answer", "busy", "hangup", "handled",
                                "join", "leave", "rekey"})
 """What a call message says: "handled" tells the sender's own other devices that the call was
@@ -61,6 +85,30 @@ class TextMessage:
     recipient_phone: str  #: the number it was sent to
     text: str  #: the message, at most MAX_TEXT_BYTES bytes of UTF-8
     sent_at: str  #: the sender's clock when sending, ISO-8601 with milliseconds
+
+
+@dataclass(frozen=True, kw_only=True)
+class FileMessage:
+    """A file as its sender announced it: where its ciphertext is and how to open it."""
+
+    sender_phone: str  #: as in TextMessage
+    recipient_phone: str  #: as in TextMessage
+    sent_at: str  #: as in TextMessage
+    blob_id: bytes  #: the relay's id of the encrypted blob (a capability: keep it private)
+    key: bytes  #: the file's 32-byte key (crypto.attachments)
+    digest: bytes  #: SHA-256 of the whole ciphertext, checked before the file is handed over
+    size: int  #: the plaintext size in bytes
+    chunk_size: int  #: the plaintext bytes per sealed chunk
+    name: str  #: the name the sender gave, unsanitised: never use it as a path as it is
+    media_type: str | None  #: e.g. "application/pdf", if the sender knew it
+
+    @property
+    def ciphertext_size(self) -> int:
+        """The size of the blob the relay holds for this file."""
+        return ciphertext_size(self.size, self.chunk_size)
+
+    def __repr__(self) -> str:  # the key and the blob id are secrets: never in a log line
+        return f"FileMessage(name={self.name!r}, size={self.size})"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -159,7 +207,27 @@ def encode_content(*, sender_phone: str, recipient_phone: str, text: str,
     return packed
 
 
-def decode_content(data: bytes) -> TextMessage | DeviceListUpdate | CallSignal:
+def encode_file_content(*, sender_phone: str, recipient_phone: str, sent_at: datetime.datetime,
+                        blob_id: bytes, key: bytes, digest: bytes, size: int, chunk_size: int,
+                        name: str, media_type: str | None) -> bytes:
+    """The plaintext of a file message (the file itself went to the relay encrypted).
+
+    Raises:
+        ValueError: a field is out of its limits (our misuse: check before uploading).
+    """
+    packed: bytes = msgpack.packb({
+        "v": CONTENT_VERSION, "kind": "file", "from": sender_phone, "to": recipient_phone,
+        "sent_at": sent_at.isoformat(timespec="milliseconds"), "blob": blob_id, "key": key,
+        "digest": digest, "size": size, "chunk": chunk_size, "name": name,
+        "type": media_type})
+    try:
+        _decode_file(msgpack.unpackb(packed, raw=False))
+    except ContentError as error:
+        raise ValueError(str(error)) from None
+    return packed
+
+
+def decode_content(data: bytes) -> TextMessage | FileMessage | DeviceListUpdate | CallSignal:
     """Parse a decrypted plaintext.
 
     Raises:
@@ -177,15 +245,55 @@ def decode_content(data: bytes) -> TextMessage | DeviceListUpdate | CallSignal:
         if not isinstance(device_list, bytes) or len(device_list) > _MAX_DEVICE_LIST_BYTES:
             raise ContentError("content field 'list' is missing, not bytes or too long")
         return DeviceListUpdate(device_list=device_list)
+    if kind == "file":
+        return _decode_file(value)
     if kind == "call":
         return _decode_call(value)
     if kind != "text":
         raise ContentError("content of an unknown kind")
-    fields = {name: value.get(name) for name in ("from", "to", "text", "sent_at")}
-    limits = {"from": _MAX_PHONE_CHARS, "to": _MAX_PHONE_CHARS,
-              "text": MAX_TEXT_BYTES, "sent_at": _MAX_TIMESTAMP_CHARS}
-    for name, field_value in fields.items():
-        if not isinstance(field_value, str) or len(field_value) > limits[name]:
+    fields = _texts(value, {"from": _MAX_PHONE_CHARS, "to": _MAX_PHONE_CHARS,
+                            "text": MAX_TEXT_BYTES, "sent_at": _MAX_TIMESTAMP_CHARS})
+    return TextMessage(sender_phone=fields["from"], recipient_phone=fields["to"],
+                       text=fields["text"], sent_at=fields["sent_at"])
+
+
+def _texts(value: dict[object, object], limits: dict[str, int]) -> dict[str, str]:
+    """The text fields ``limits`` names, each checked against its limit."""
+    fields: dict[str, str] = {}
+    for name, limit in limits.items():
+        field_value = value.get(name)
+        if not isinstance(field_value, str) or len(field_value) > limit:
             raise ContentError(f"content field {name!r} is missing, not text or too long")
-    return TextMessage(sender_phone=str(fields["from"]), recipient_phone=str(fields["to"]),
-                       text=str(fields["text"]), sent_at=str(fields["sent_at"]))
+        fields[name] = field_value
+    return fields
+
+
+def _decode_file(value: dict[object, object]) -> FileMessage:
+    fields = _texts(value, {"from": _MAX_PHONE_CHARS, "to": _MAX_PHONE_CHARS,
+                            "sent_at": _MAX_TIMESTAMP_CHARS, "name": MAX_FILE_NAME_BYTES})
+    if len(fields["name"].encode()) > MAX_FILE_NAME_BYTES:
+        raise ContentError(f"the file name is longer than {MAX_FILE_NAME_BYTES} bytes")
+    sizes = {"blob": (_MIN_BLOB_ID_BYTES, _MAX_BLOB_ID_BYTES),
+             "key": (ATTACHMENT_KEY_SIZE, ATTACHMENT_KEY_SIZE),
+             "digest": (ATTACHMENT_DIGEST_SIZE, ATTACHMENT_DIGEST_SIZE)}
+    byte_fields: dict[str, bytes] = {}
+    for name, (least, most) in sizes.items():
+        field_value = value.get(name)
+        if not isinstance(field_value, bytes) or not least <= len(field_value) <= most:
+            raise ContentError(f"content field {name!r} is missing, not bytes or of a wrong "
+                               f"size")
+        byte_fields[name] = field_value
+    size, chunk_size, media_type = value.get("size"), value.get("chunk"), value.get("type")
+    if (not isinstance(size, int) or isinstance(size, bool)
+            or not 0 <= size <= MAX_FILE_SIZE):
+        raise ContentError(f"the file size is not a number of bytes from 0 to {MAX_FILE_SIZE}")
+    if (not isinstance(chunk_size, int) or isinstance(chunk_size, bool)
+            or not 1 <= chunk_size <= MAX_CHUNK_SIZE):
+        raise ContentError(f"the chunk size is not from 1 to {MAX_CHUNK_SIZE} bytes")
+    if media_type is not None and (not isinstance(media_type, str)
+                                   or len(media_type) > _MAX_MEDIA_TYPE_CHARS):
+        raise ContentError("content field 'type' is not text or too long")
+    return FileMessage(sender_phone=fields["from"], recipient_phone=fields["to"],
+                       sent_at=fields["sent_at"], blob_id=byte_fields["blob"],
+                       key=byte_fields["key"], digest=byte_fields["digest"], size=size,
+                       chunk_size=chunk_size, name=fields["name"], media_type=media_type)

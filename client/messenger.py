@@ -9,6 +9,9 @@
 Every text is encrypted for every device on the recipient's signed device list and for this
 account's own other devices (a copy, so they show the conversation); the relay only sees
 ciphertext, and the sender's phone number travels inside it (`client.message_content`).
+A file (`send_file`) is encrypted with a key of its own and uploaded once as a blob
+(`client.attachments`); its key, digest and blob id then go to the same devices as a text
+would, and `messages(download_dir=...)` fetches and checks it before handing it over.
 Trust follows `client.contacts`: a contact is pinned to one account key, and only the devices
 that key listed are addressed or believed.
 
@@ -21,7 +24,9 @@ even across a crash or by two processes on one profile.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime
+import mimetypes
 import secrets
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
@@ -32,6 +37,7 @@ from pathlib import Path
 import msgpack
 import trio
 
+from client.attachments import TransferProgress, forget_upload, upload_file
 from client.connection import (
     CONNECT_TIMEOUT_SECONDS,
     ConnectionClosed,
@@ -40,15 +46,19 @@ from client.connection import (
     connect_any,
 )
 from client.contacts import AccountView, Contact, decode_contacts, encode_contacts
+from client.downloads import FileRefused, download_file
+from client.file_names import announced_name
 from client.message_content import (
     CallSignal,
     ContentError,
     DeviceListUpdate,
+    FileMessage,
     TextMessage,
     decode_content,
     encode_call_signal,
     encode_content,
     encode_device_list_update,
+    encode_file_content,
 )
 from client.prekey_upkeep import MissingPrekeysError, bundle_from_wire, publish_prekeys
 from client.profile import Profile, ProfileError
@@ -123,8 +133,10 @@ class ReceivedMessage:
     envelope_id: int  #: the relay's id of the envelope
     sender: DeviceAddress  #: the sending device, as the relay authenticated it
     accepted_at: int  #: when the relay accepted it, ms since the Unix epoch
-    content: TextMessage | None  #: the message, or None if it could not be read
-    problem: str | None = None  #: why it could not be read (never the plaintext)
+    content: TextMessage | FileMessage | None  #: the message, or None if it could not be read
+    problem: str | None = None  #: why it could not be read, or its file refused (never the
+    #: plaintext)
+    file: Path | None = None  #: where a file message's file was saved, if it was fetched
     sender_confirmed: bool = False  #: the relay gives content.sender_phone to this sender
     identity_changed: bool = False  #: the sender's account key is not the accepted one: warn
 
@@ -189,8 +201,12 @@ class Messenger:
     """An authenticated, encrypting client. Use `Messenger.connect`."""
 
     def __init__(self, client: RelayClient, profile: Profile, device: DeviceCrypto,
-                 contacts: dict[str, Contact], *, persist_state: bool = True) -> None:
+                 contacts: dict[str, Contact], *, persist_state: bool = True,
+                 inbox: dict[int, bytes] | None = None) -> None:
         """Args:
+            inbox: the decrypted messages not yet acknowledged, as the saved state holds
+                them (`connect` passes them on, so a message decrypted before a crash or an
+                interrupted file download is handed over again instead of being lost).
             persist_state: keep the end-to-end state in the profile, under its lock (the
                 default, and the only safe choice for a real device: a crash or a second
                 process must never reuse a message key). False keeps it in memory only, for
@@ -204,7 +220,7 @@ class Messenger:
         self.profile = profile
         self.device = device
         self.contacts = contacts
-        self.inbox: dict[int, bytes] = {}
+        self.inbox: dict[int, bytes] = dict(inbox or {})
         self.user_id, self.device_id, self.phone = user_id, device_id, profile.data.phone
         self.persist_state = persist_state
         self._stamp = profile.device_state_stamp() if persist_state else None
@@ -243,13 +259,14 @@ class Messenger:
         await profile.lock.acquire()
         held = True
         try:
-            device, contacts, _ = _load_state(profile)
+            device, contacts, inbox = _load_state(profile)
             async with connect_any(addresses, ca=Path(ca) if ca else None,
                                    connect_timeout=connect_timeout, endpoint=endpoint) as client:
                 if reached is not None:
                     reached.set()
                 await client.authenticate(user_id, device_id, profile.signing_key())
-                async with cls.attach(client, profile, device, contacts) as messenger:
+                async with cls.attach(client, profile, device, contacts,
+                                      inbox=inbox) as messenger:
                     if not hold_profile:
                         held = False
                         profile.lock.release()
@@ -261,14 +278,15 @@ class Messenger:
     @classmethod
     @asynccontextmanager
     async def attach(cls, client: RelayClient, profile: Profile, device: DeviceCrypto,
-                     contacts: dict[str, Contact], *,
-                     persist_state: bool = True) -> AsyncIterator[Messenger]:
+                     contacts: dict[str, Contact], *, persist_state: bool = True,
+                     inbox: dict[int, bytes] | None = None) -> AsyncIterator[Messenger]:
         """Run a messenger on ``client``, already authenticated as the profile's device:
         publish missing prekeys (rotating them when due), learn this account's other
         devices, and keep refilling prekeys until the block ends. `connect` uses it; a load
         generator that opens its own connections (many devices on one endpoint) calls it
         directly."""
-        messenger = cls(client, profile, device, contacts, persist_state=persist_state)
+        messenger = cls(client, profile, device, contacts, persist_state=persist_state,
+                        inbox=inbox)
         await messenger.refresh_prekeys()
         await messenger.own_devices()
         async with trio.open_nursery() as nursery:
@@ -477,12 +495,49 @@ class Messenger:
         """
         content = encode_content(sender_phone=self.phone, recipient_phone=phone, text=text,
                                  sent_at=datetime.datetime.now(datetime.UTC))
+        return await self._send(phone, content)
+
+    async def send_file(self, phone: str, path: Path, *,
+                        progress: TransferProgress | None = None) -> SendReceipt:
+        """Encrypt the file at ``path`` as it is read, upload it once, then send its key,
+        digest, size, name and blob id as `send_text` sends a text. Trust is checked before
+        the upload; an interrupted upload of this file to ``phone`` resumes where the relay
+        stopped (`client.attachments`).
+
+        Raises:
+            FileUnreadable: not a regular file, too large, or changed while it was read.
+            OSError: the file cannot be read.
+            RelayError: the relay refused (BLOB_TOO_LARGE, BLOB_QUOTA_EXCEEDED, ...).
+            and what `send_text` raises.
+        """
         async with self.exclusive():
-            contact = await self.contact(phone)
-            own = self._own()
-            await self._ready(contact)  # both checked before anything leaves
-            if contact is not own:
-                await self._ready(own)
+            await self._check_ready(phone)
+        uploaded = await upload_file(self.client, path, records=self.profile.directory,
+                                     recipient=phone, progress=progress)
+        media_type, _ = mimetypes.guess_type(path.name, strict=False)
+        content = encode_file_content(
+            sender_phone=self.phone, recipient_phone=phone,
+            sent_at=datetime.datetime.now(datetime.UTC), blob_id=uploaded.blob_id,
+            key=uploaded.key, digest=uploaded.digest, size=uploaded.size,
+            chunk_size=uploaded.chunk_size, name=announced_name(path),
+            media_type=media_type)
+        receipt = await self._send(phone, content)
+        await trio.to_thread.run_sync(forget_upload, uploaded)
+        return receipt
+
+    async def _check_ready(self, phone: str) -> tuple[Contact, Contact]:
+        """The contact and this account, both checked before anything leaves."""
+        contact = await self.contact(phone)
+        own = self._own()
+        await self._ready(contact)
+        if contact is not own:
+            await self._ready(own)
+        return contact, own
+
+    async def _send(self, phone: str, content: bytes) -> SendReceipt:
+        """Encrypt ``content`` for the contact's devices and this account's other ones."""
+        async with self.exclusive():
+            contact, own = await self._check_ready(phone)
             message_id = secrets.randbelow(MAX_CLIENT_MESSAGE_ID)
             recipient_devices, retries = await self._deliver(contact, content, message_id)
             own_devices: tuple[int, ...] = ()
@@ -576,12 +631,23 @@ class Messenger:
 
     # -- receiving ----------------------------------------------------------------------
 
-    async def messages(self, *,
-                       stop_when_empty: bool = False) -> AsyncGenerator[ReceivedMessage, None]:
+    async def messages(self, *, stop_when_empty: bool = False,
+                       download_dir: Path | None = None,
+                       progress: TransferProgress | None = None,
+                       ) -> AsyncGenerator[ReceivedMessage, None]:
         """Decrypted deliveries in queue order. Each is acknowledged once the caller asks for
         the next one or closes the iterator (use `contextlib.aclosing`). The decryption is
         saved at once with the plaintext kept aside (the inbox), so a crash before the
-        acknowledgement shows the message again instead of losing it."""
+        acknowledgement shows the message again instead of losing it.
+
+        Args:
+            download_dir: fetch each file message's file into this directory before handing
+                the message over (its ``file`` says where it went; a file that failed its
+                checks or expired is not saved and its ``problem`` says why). A transfer that
+                breaks (connection, disk) raises with the message unacknowledged: the next
+                run resumes it. None: file messages are handed over unfetched.
+            progress: told how each file's download advances.
+        """
         handed_over: Deliver | None = None
         try:
             async for delivery in self.client.deliveries():
@@ -594,6 +660,9 @@ class Messenger:
                 if message is None:  # Already handed over and acknowledged, or a control one.
                     await self._commit(delivery)
                     continue
+                if download_dir is not None and isinstance(message.content, FileMessage):
+                    message = await self._fetch(message, message.content, download_dir,
+                                                progress)
                 handed_over = delivery
                 yield message
                 await self._commit(delivery)
@@ -602,6 +671,15 @@ class Messenger:
             if handed_over is not None:
                 with trio.CancelScope(shield=True):
                     await self._commit(handed_over)
+
+    async def _fetch(self, message: ReceivedMessage, file: FileMessage, directory: Path,
+                     progress: TransferProgress | None) -> ReceivedMessage:
+        """The message with its file saved, or with why the file was refused."""
+        try:
+            saved = await download_file(self.client, file, directory, progress=progress)
+        except FileRefused as refused:
+            return dataclasses.replace(message, problem=str(refused))
+        return dataclasses.replace(message, file=saved)
 
     async def _commit(self, delivery: Deliver) -> None:
         async with self.exclusive():

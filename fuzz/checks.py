@@ -38,6 +38,7 @@ from wire.protocol import (
     RequestReceived,
     ResponseReceived,
     ServerProtocol,
+    StreamBytes,
     StreamEnded,
     StreamFailed,
     is_client_bidirectional,
@@ -236,6 +237,9 @@ class ServerDriver:
                     require(state_before is ConnectionState.NEW, "a HELLO after NEW was accepted")
                 case StreamEnded():
                     self.events_seen.add("StreamEnded")
+                case StreamBytes(data=data):  # a blob's bytes behind its BLOB_UPLOAD
+                    self.events_seen.add("StreamBytes")
+                    require(bool(data), f"{event!r} carries no bytes")
                 case _:
                     raise FuzzFinding(f"the relay's core returned {event!r}")
 
@@ -363,6 +367,9 @@ class ClientDriver:
                     self.events_seen.add(type(event).__name__)
                     require(event.stream_id == stream_id and position == len(events) - 1,
                             f"{event!r} out of place")
+                case StreamBytes(data=data):  # a blob's bytes behind its BLOB_DATA
+                    self.events_seen.add("StreamBytes")
+                    require(event.stream_id == stream_id and bool(data), f"{event!r} out of place")
                 case _:
                     raise FuzzFinding(f"the client's core returned {event!r}")
         if ignored:

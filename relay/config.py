@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from relay.settings import MAX_WORKERS, RelaySettings
+from relay.settings import MAX_WORKERS, RelaySettings, allowed_push_hosts
 from transport.addresses import parse_host_port
 
 __all__ = [
@@ -264,6 +264,28 @@ def _check(settings: RelaySettings, sources: Mapping[str, str]) -> None:
             if getattr(settings, name) is None:
                 fail(name, "required when sms_gateway is http")
     _check_workers(settings, fail)
+    _check_push(settings, fail)
+
+
+_HOST_SUFFIX = re.compile(r"(?=.{1,253}$)([a-z0-9-]{1,63}\.)*[a-z0-9-]{1,63}")
+
+
+def _check_push(settings: RelaySettings, fail: Callable[[str, str], None]) -> None:
+    """The push providers' settings (docs/PUSH.md): each provider's go together."""
+    subject = settings.push_webpush_subject
+    if subject is not None and not subject.startswith(("mailto:", "https://")):
+        fail("push_webpush_subject", f"a mailto: or https:// contact, got {subject!r}")
+    for host in allowed_push_hosts(settings.push_webpush_allowed_hosts):
+        if not _HOST_SUFFIX.fullmatch(host):
+            fail("push_webpush_allowed_hosts", f"{host!r} is not a host name")
+    for name in ("push_fcm_base_url", "push_apns_host"):
+        url = urllib.parse.urlsplit(getattr(settings, name))
+        if url.scheme not in ("https", "http") or not url.hostname:
+            fail(name, f"expected an https:// URL, got {getattr(settings, name)!r}")
+    if settings.push_apns_key_file is not None:
+        for name in ("push_apns_key_id", "push_apns_team_id", "push_apns_topic"):
+            if not getattr(settings, name):
+                fail(name, "required when push_apns_key_file is set")
 
 
 def _check_workers(settings: RelaySettings, fail: Callable[[str, str], None]) -> None:

@@ -8,7 +8,7 @@ below, which say what the context needs of a live session and of each service.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -18,17 +18,21 @@ from enrolment.service import EnrolmentService
 from relay.calls import CallService
 from relay.cluster import ClusterNode
 from relay.delivery import CommitPipeline, Presence
+from relay.last_seen import LastSeen
 from relay.metrics import RelayMetrics
 from relay.send_budgets import SendBudgets
 from relay.settings import RelaySettings
-from storage.base import Store
+from storage.base import Envelope, Store
 from transport.quic import QuicEndpoint
 from wire.account_frames import LinkFetch, LinkPost, PublishDeviceList
+from wire.blob_frames import BlobCreate, BlobDownload, BlobStatus, BlobUpload
 from wire.buffers import BufferPool
 from wire.catalogue import ErrorCode
 from wire.prekey_frames import PrekeyRequest
+from wire.push_frames import PushRequest
 
-__all__ = ["DeviceListRequests", "LinkRequests", "LiveSession", "PrekeyRequests", "RelayContext"]
+__all__ = ["BlobRequests", "DeviceListRequests", "LinkRequests", "LiveSession", "PrekeyRequests",
+           "PushRequests", "RelayContext", "RequestDevice", "UploadSource", "WakeupNotes"]
 
 
 class LiveSession(Protocol):
@@ -78,6 +82,74 @@ class LinkRequests(Protocol):
         """Answer LINK_FETCH (a long poll)."""
 
 
+class PushRequests(Protocol):
+    """Answers PUSH_SET, PUSH_CLEAR and PUSH_GET of an authenticated device
+    (relay/push_registry.py)."""
+
+    async def handle(self, device: tuple[str, int], frame: PushRequest) -> bytes:
+        """Answer one request with an encoded frame."""
+
+
+class WakeupNotes(Protocol):
+    """What the wake-up scheduler (relay/wakeups.py) is told, synchronously, never blocking."""
+
+    def note_committed(self, envelopes: Iterable[Envelope], *, urgent: bool) -> None:
+        """Envelopes were committed: their devices not connected here may need waking."""
+
+    def device_connected(self, device: tuple[str, int]) -> None:
+        """A device authenticated on this node."""
+
+    def device_disconnected(self, device: tuple[str, int]) -> None:
+        """A device's connection to this node ended."""
+
+
+class RequestDevice(Protocol):
+    """The authenticated device a blob request comes from (relay.session.AuthenticatedDevice)."""
+
+    @property
+    def user_id(self) -> str: ...
+
+    @property
+    def device_id(self) -> int: ...
+
+    @property
+    def organisation_id(self) -> int: ...
+
+
+class UploadSource(Protocol):
+    """An upload stream's raw bytes as the blob service takes them (relay.blobs.RawIntake)."""
+
+    @property
+    def closed(self) -> bool:
+        """The upload was reset or failed: no answer is wanted."""
+
+    async def take(self, limit: int, *, at_least: int = 1) -> bytes | None:
+        """At most ``limit`` next bytes, and at least ``at_least`` unless the stream ended;
+        None once the stream ended."""
+
+    def release(self, size: int) -> None:
+        """``size`` bytes taken are stored: the connection may receive as many more."""
+
+
+class BlobRequests(Protocol):
+    """Answers the blob requests of an authenticated device (relay/blobs.py)."""
+
+    async def create(self, device: RequestDevice, frame: BlobCreate) -> bytes:
+        """Answer BLOB_CREATE."""
+
+    async def status(self, device: RequestDevice, frame: BlobStatus) -> bytes:
+        """Answer BLOB_STATUS."""
+
+    async def upload(self, device: RequestDevice, frame: BlobUpload,
+                     intake: UploadSource) -> bytes:
+        """Store the upload's bytes as they come; the answer (b"": none wanted)."""
+
+    async def download(self, frame: BlobDownload, *, answer: Callable[[bytes, bool], None],
+                       write: Callable[[bytes], None],
+                       wait_room: Callable[[int], Awaitable[None]]) -> None:
+        """Answer BLOB_DOWNLOAD and write the blob's bytes as the stream drains."""
+
+
 @dataclass
 class RelayContext:
     """What every session shares."""
@@ -106,13 +178,24 @@ class RelayContext:
     """The device-list service (relay/device_lists.py); ``serve`` sets it."""
     linking: LinkRequests = field(init=False)
     """The link-channel service (relay/linking.py); ``serve`` sets it."""
+    push: PushRequests | None = None
+    """The push target requests (relay/push_registry.py); ``serve`` sets it (None: the
+    requests are refused as unavailable)."""
+    wakeups: WakeupNotes | None = None
+    """The wake-up scheduler (relay/wakeups.py); ``serve`` sets it."""
+    blobs: BlobRequests = field(init=False)
+    """The blob service (relay/blobs.py); ``serve`` sets it."""
     calls: CallService = field(init=False)
     """The media sessions of calls (relay/calls.py); ``serve`` sets it."""
     send_budgets: SendBudgets = field(init=False)
     """Each sender device's SENDs and bytes per minute (``settings``), checked before a SEND
     is submitted (relay/send_budgets.py)."""
 
+    last_seen: LastSeen = field(init=False)
+    """The day each device last authenticated, written once a day (relay/last_seen.py)."""
+
     def __post_init__(self) -> None:
+        self.last_seen = LastSeen(self.store, self.now_ms)
         self.send_budgets = SendBudgets(messages=self.settings.sends_per_minute,
                                         payload_bytes=self.settings.send_bytes_per_minute)
 
@@ -133,6 +216,8 @@ class RelayContext:
             raise ValueError("only an authenticated session can be attached")
         previous = self.sessions.get(device)
         self.sessions[device] = session
+        if self.wakeups is not None:
+            self.wakeups.device_connected(device)
         if previous is not None and previous is not session:
             previous.close(ErrorCode.REPLACED, "a newer connection of this device took over")
 
@@ -140,6 +225,8 @@ class RelayContext:
         """Forget ``session`` if it is still the one registered for its device."""
         if session.device is not None and self.sessions.get(session.device) is session:
             del self.sessions[session.device]
+            if self.wakeups is not None:
+                self.wakeups.device_disconnected(session.device)
 
     def revoke_user(self, user_id: str, code: ErrorCode = ErrorCode.DEVICE_REVOKED,
                     reason: str = "this device was revoked") -> int:

@@ -15,6 +15,7 @@ from storage.base import Envelope, SendOutcome, SendStatus
 
 __all__ = [
     "DELIVERY_LATENCY_BUCKETS",
+    "PUSH_DELAY_BUCKETS",
     "STORAGE_LATENCY_BUCKETS",
     "LatencyHistogram",
     "RelayMetrics",
@@ -28,6 +29,10 @@ days for one that was offline (the envelope waited in its queue)."""
 STORAGE_LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
                            1.0, 2.5)
 """Seconds from submitting a send to its commit (group commit, one fsync per batch)."""
+
+PUSH_DELAY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 3600.0)
+"""Seconds from the commit of the first envelope a wake-up announces to the push service's
+acceptance: under a second normally, minutes or an hour when a service asked to retry later."""
 
 
 @dataclass
@@ -79,6 +84,15 @@ class RelayMetrics:
     ("post", "exhausted"), ("fetch", "empty") (relay/linking.py)."""
     device_lists: Counter[str] = field(default_factory=Counter)
     """Outcome -> PUBLISH_DEVICE_LIST requests; e.g. "published", "stale_version"."""
+    blobs_created: int = 0
+    """Files (blobs) created by BLOB_CREATE."""
+    blob_bytes_uploaded: int = 0
+    """Blob bytes appended to the store (uploads)."""
+    blob_bytes_downloaded: int = 0
+    """Blob bytes written to download streams."""
+    blob_refusals: Counter[str] = field(default_factory=Counter)
+    """Refused blob requests by reason: "too_large", "quota_exceeded", "unknown",
+    "offset_mismatch", "rate_limited", "bad_offset", "too_many_streams"."""
     revoked_devices: int = 0
     """Device connections closed because their device was revoked by a re-enrolment or a
     published device list."""
@@ -112,6 +126,16 @@ class RelayMetrics:
         default_factory=lambda: LatencyHistogram(DELIVERY_LATENCY_BUCKETS))
     commit_latency: LatencyHistogram = field(
         default_factory=lambda: LatencyHistogram(STORAGE_LATENCY_BUCKETS))
+    pushes: Counter[tuple[str, str]] = field(default_factory=Counter)
+    """(outcome, provider) -> wake-ups (relay/wakeups.py): "scheduled", "coalesced" (a device
+    already woken within the interval), "sent", "retried", "failed" (given up) and "removed"
+    (the provider said the target is gone: it was deleted)."""
+    push_targets: Counter[tuple[str, str]] = field(default_factory=Counter)
+    """(outcome, provider) -> PUSH_SET and PUSH_CLEAR requests (relay/push_registry.py): "set",
+    "cleared" (provider ""), "rate_limited", "provider_unavailable", "invalid_target"."""
+    push_delay: LatencyHistogram = field(
+        default_factory=lambda: LatencyHistogram(PUSH_DELAY_BUCKETS))
+    """From the commit of the first envelope a wake-up announces to its push."""
 
     def count_send(self, outcome: SendOutcome | BaseException) -> None:
         if isinstance(outcome, BaseException):

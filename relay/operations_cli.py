@@ -5,7 +5,9 @@ Registered on ``cryptopass-relay`` by ``relay.cli``.
 ``restore`` replaces the store, so it takes the data directory's lock
 (relay/data_dir.py) for its duration: refused while a relay runs on the
 directory, and no relay can start meanwhile. ``backup`` takes no lock: it reads
-the store through SQLite, consistently, while the relay keeps serving. It does not copy
+the store through SQLite, consistently, while the relay keeps serving; the blobs' files
+(``DATA_DIR/blobs/``) go into the same backup file, each up to its committed bytes, and
+``restore`` writes them back. It does not copy
 the enrolment secret (relay/enrolment_secret.py), which must stay apart from the store's
 copies; it warns if the secret's file is missing.
 """
@@ -101,7 +103,8 @@ def _data_dir(data_dir: Path | None, config: Path | None) -> Path:
 def backup_command(
         to: Annotated[Path, typer.Option("--to", help="Backup file to write.")],
         data_dir: DataDirOption = None, config: ConfigOption = None) -> None:
-    """Copy the store to --to, consistently, while the relay keeps serving.
+    """Copy the store, blobs (uploaded files) included, to --to, consistently, while the relay
+    keeps serving.
 
     The enrolment secret is not in the copy (a stolen backup must not reveal pending codes):
     back its file up too, kept apart. A warning says so if the file is missing.
@@ -136,7 +139,8 @@ def _warn_about_the_enrolment_secret(path: Path) -> None:
 def restore_command(
         from_: Annotated[Path, typer.Option("--from", help="Backup file to restore.")],
         data_dir: DataDirOption = None, config: ConfigOption = None) -> None:
-    """Replace the store with --from. Refused while a relay runs on the data directory."""
+    """Replace the store and its blobs with --from. Refused while a relay runs on the data
+    directory."""
     directory = _data_dir(data_dir, config)
     try:
         with lock_data_dir(directory, purpose="restore"):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import datetime
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +22,7 @@ from prometheus_client import CollectorRegistry
 from enrolment.limits import EnrolmentLimits
 from enrolment.service import EnrolmentService
 from enrolment.sms import HttpGateway, OutboxGateway, SmsDispatcher, SmsGateway, SmsMessage
+from relay.blobs import BlobService
 from relay.call_routes import ClusterCallRoutes, call_address
 from relay.calls import CallService
 from relay.cluster import cluster_node_for, presence_for
@@ -34,10 +35,14 @@ from relay.enrolment_secret import enrolment_secret_path, load_enrolment_secret
 from relay.forwarding import Worker
 from relay.linking import LinkChannelService
 from relay.prekeys import PrekeyService
+from relay.push_factory import build_providers, close_providers
+from relay.push_providers import PushProvider
+from relay.push_registry import PushRegistry
 from relay.session import DeviceSession
 from relay.settings import RelaySettings
 from relay.telemetry import relay_registry
 from relay.tls import ensure_development_certificate
+from relay.wakeups import WakeupScheduler, lease_for
 from storage.base import Store
 from storage.store_url import open_store, parse_store_url
 from transport.quic import DATAGRAM_FRAME_SIZE, QuicEndpoint, QuicLink, open_udp_socket
@@ -103,7 +108,8 @@ async def serve(settings: RelaySettings, *,
                 now_ms: Callable[[], int] = wall_clock_ms,
                 on_sms_sent: Callable[[SmsMessage], None] | None = None,
                 worker: Worker | None = None,
-                data_dir_lock: DataDirLock | None = None) -> None:
+                data_dir_lock: DataDirLock | None = None,
+                push_providers: Mapping[str, PushProvider] | None = None) -> None:
     """Run a relay until cancelled or until ``RunningRelay.stop()`` is called.
 
     Args:
@@ -115,20 +121,31 @@ async def serve(settings: RelaySettings, *,
             (relay/supervisor.py): its socket and connection-id routing.
         data_dir_lock: the data directory's lock, held by the caller; without it,
             ``serve`` takes the lock itself and lets go of it when it returns.
+        push_providers: the wake-up push providers by name (tests pass their own); None
+            builds those ``settings`` configure (``relay.push_factory``).
 
     Raises:
         DataDirectoryInUse: without ``data_dir_lock``, another relay holds the directory.
+        PushConfigError: a configured push provider's key or credentials cannot be used.
     """
     stopped = trio.Event()
+    built_providers = None
     try:
+        if push_providers is None:
+            push_providers = built_providers = build_providers(settings, settings.data_dir)
         if data_dir_lock is not None:
             await _serve_holding(settings, data_dir_lock, stopped, task_status=task_status,
-                                 now_ms=now_ms, on_sms_sent=on_sms_sent, worker=worker)
+                                 now_ms=now_ms, on_sms_sent=on_sms_sent, worker=worker,
+                                 push_providers=push_providers)
             return
         with lock_data_dir(settings.data_dir, purpose="serve") as own_lock:
             await _serve_holding(settings, own_lock, stopped, task_status=task_status,
-                                 now_ms=now_ms, on_sms_sent=on_sms_sent, worker=worker)
+                                 now_ms=now_ms, on_sms_sent=on_sms_sent, worker=worker,
+                                 push_providers=push_providers)
     finally:
+        if built_providers is not None:
+            with trio.CancelScope(shield=True):
+                await close_providers(built_providers)
         stopped.set()
 
 
@@ -136,7 +153,8 @@ async def _serve_holding(settings: RelaySettings, data_dir_lock: DataDirLock,
                          stopped: trio.Event, *, task_status: trio.TaskStatus[RunningRelay],
                          now_ms: Callable[[], int],
                          on_sms_sent: Callable[[SmsMessage], None] | None,
-                         worker: Worker | None) -> None:
+                         worker: Worker | None,
+                         push_providers: Mapping[str, PushProvider]) -> None:
     data_dir = settings.data_dir
     data_dir.mkdir(parents=True, exist_ok=True)
     cert, key = settings.cert, settings.key
@@ -163,6 +181,7 @@ async def _serve_holding(settings: RelaySettings, data_dir_lock: DataDirLock,
                 verifies_per_address=settings.enrol_verifies_per_address))
             async with trio.open_nursery() as nursery:
                 context = _relay_context(settings, store, enrolment, nursery, now_ms)
+                scheduler = _wakeup_services(context, push_providers)
 
                 def on_connection(link: QuicLink) -> DeviceSession:
                     return DeviceSession(context, link)
@@ -176,15 +195,8 @@ async def _serve_holding(settings: RelaySettings, data_dir_lock: DataDirLock,
                 context.endpoint = endpoint
                 await nursery.start(dispatcher.run)
                 nursery.start_soon(context.pipeline.run)
-                context.cluster = cluster_node_for(
-                    store=store, presence=context.presence, dsn=location.postgres_dsn,
-                    node_name=settings.node_name, now_ms=now_ms)
-                if context.cluster is not None:  # listening before any device can claim
-                    await nursery.start(context.cluster.run)
-                    context.calls.routes = ClusterCallRoutes(
-                        context.cluster, now_ms=now_ms,
-                        address=call_address(settings, endpoint.local_address[1]))
-                nursery.start_soon(_sweep, context)
+                await _join_cluster(nursery, context, endpoint, location.postgres_dsn)
+                await _start_background_work(nursery, context, scheduler)
                 await _start_local_services(nursery, context, worker, data_dir_lock)
                 await nursery.start(endpoint.run)
                 if settings.metrics_listen is not None:
@@ -214,6 +226,21 @@ async def _serve_holding(settings: RelaySettings, data_dir_lock: DataDirLock,
     log.info("relay_stopped")
 
 
+async def _join_cluster(nursery: trio.Nursery, context: RelayContext, endpoint: QuicEndpoint,
+                        dsn: str | None) -> None:
+    """Make this relay a cluster node when its store is shared (PostgreSQL): listening before
+    any device can claim, and the calls it opens routed to it from the other nodes."""
+    settings, now_ms = context.settings, context.now_ms
+    context.cluster = cluster_node_for(
+        store=context.store, presence=context.presence, dsn=dsn,
+        node_name=settings.node_name, now_ms=now_ms)
+    if context.cluster is not None:
+        await nursery.start(context.cluster.run)
+        context.calls.routes = ClusterCallRoutes(
+            context.cluster, now_ms=now_ms,
+            address=call_address(settings, endpoint.local_address[1]))
+
+
 def _relay_context(settings: RelaySettings, store: Store, enrolment: EnrolmentService,
                    nursery: trio.Nursery, now_ms: Callable[[], int]) -> RelayContext:
     """The context every session shares, with its services (some read the context)."""
@@ -224,8 +251,32 @@ def _relay_context(settings: RelaySettings, store: Store, enrolment: EnrolmentSe
     context.prekeys = PrekeyService(context)
     context.device_lists = DeviceListService(context)
     context.linking = LinkChannelService(store, now_ms=now_ms, metrics=context.metrics)
+    context.blobs = BlobService(store, settings=settings, metrics=context.metrics, now_ms=now_ms)
     context.calls = CallService(store=store, metrics=context.metrics, now_ms=now_ms)
     return context
+
+
+def _wakeup_services(context: RelayContext,
+                     providers: Mapping[str, PushProvider]) -> WakeupScheduler:
+    """The wake-up scheduler and the push target requests, set on ``context``."""
+    store = context.store
+    sessions = context.sessions
+    scheduler = WakeupScheduler(
+        store=store, providers=providers, metrics=context.metrics, now_ms=context.now_ms,
+        is_connected=sessions.__contains__,
+        shared_store=store.cluster_wakeups() is not None,
+        lease_s=lease_for(context.settings.push_timeout_s))
+    context.wakeups = scheduler
+    context.push = PushRegistry(store=store, providers=providers, changes=scheduler,
+                                metrics=context.metrics, now_ms=context.now_ms)
+    return scheduler
+
+
+async def _start_background_work(nursery: trio.Nursery, context: RelayContext,
+                                 scheduler: WakeupScheduler) -> None:
+    """The sweeper, and the wake-up scheduler (which first recovers what a stop left)."""
+    nursery.start_soon(_sweep, context)
+    await nursery.start(scheduler.run)
 
 
 async def _start_local_services(nursery: trio.Nursery, context: RelayContext,

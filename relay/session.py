@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import secrets
 from collections import deque
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol, assert_never
 
@@ -41,6 +41,7 @@ from enrolment.limits import (
 )
 from enrolment.service import REENROLMENT_REVOKE_REASON
 from relay.account_audit import ENROLMENT_ACTOR, audit_device_changes
+from relay.blob_streams import ConnectionBlobs
 from relay.cluster import DeviceGone
 from relay.context import RelayContext
 from relay.delivery import DeliveryPump
@@ -60,6 +61,7 @@ from storage.interfaces.envelope_queue import EnvelopeQueue
 from storage.interfaces.rate_limits import RateLimits
 from transport.quic import QuicLink
 from wire.account_frames import LinkFetch, LinkOpen, LinkPost, PublishDeviceList
+from wire.blob_frames import BlobCreate, BlobDownload, BlobStatus, BlobUpload
 from wire.call_frames import CALL_SIGNAL_TTL_MS, CallJoin, CallLeave, CallOpen
 from wire.codec import encode_frame
 from wire.frames import (
@@ -89,10 +91,12 @@ from wire.protocol import (
     RequestReceived,
     ServerEvent,
     ServerProtocol,
+    StreamBytes,
     StreamEnded,
     StreamFailed,
     is_client_bidirectional,
 )
+from wire.push_frames import PushClear, PushGet, PushSet
 
 __all__ = ["AuthenticatedDevice", "DeviceSession", "SessionStore"]
 
@@ -178,6 +182,9 @@ class DeviceSession:
         self._enrolment_allowances: dict[str, Allowance] = {}
         """"start" and "verify" -> this connection's allowance (``enrolment.limits``)."""
         self._log = log.bind(connection_id=link.connection_id)
+        self._blobs = ConnectionBlobs(service=relay.blobs, link=link, metrics=relay.metrics,
+                                      spawn=self._spawn_task)
+        """Upload and download streams, answered outside the answer slots (relay/blobs.py)."""
         relay.metrics.connections_opened += 1
 
     @property
@@ -219,7 +226,9 @@ class DeviceSession:
                 else:
                     self._relay.metrics.call_datagrams_dropped["unknown_tag"] += 1
             elif isinstance(event, quic_events.StopSendingReceived):
-                if event.stream_id == self._push_stream:
+                if self._blobs.owns(event.stream_id):
+                    self._blobs.stopped(event.stream_id)
+                elif event.stream_id == self._push_stream:
                     # Deliveries have nowhere to go: stop rather than fill the queue of
                     # unacknowledged envelopes (they stay stored for the next connection).
                     self.close(ErrorCode.UNEXPECTED_FRAME,
@@ -227,6 +236,8 @@ class DeviceSession:
                 # A request stream's answers are dropped by the link (the peer refused them).
             elif isinstance(event, quic_events.StreamReset):
                 self._core.stream_reset(event.stream_id)
+                if self._blobs.owns(event.stream_id):
+                    self._blobs.reset(event.stream_id)
                 self._slots.pop(event.stream_id, None)
                 self._ended_by_peer.discard(event.stream_id)
             elif isinstance(event, quic_events.ConnectionTerminated):
@@ -240,6 +251,13 @@ class DeviceSession:
                 slot = self._reserve(stream_id)
                 nonce = secrets.token_bytes(NONCE_SIZE)
                 self._fill(stream_id, slot, self._core.issue_challenge(nonce))
+            case StreamBytes(stream_id=stream_id, data=data):
+                self._blobs.received(stream_id, data)
+            case StreamFailed(stream_id=stream_id, error=error) if self._blobs.owns(stream_id):
+                self._blobs.failed(stream_id, _error(error.code, error.reason,
+                                                     retry_after_ms=error.retry_after_ms))
+            case StreamEnded(stream_id=stream_id) if self._blobs.owns(stream_id):
+                self._blobs.peer_ended(stream_id)
             case StreamFailed(stream_id=stream_id, error=error) if not is_client_bidirectional(
                     stream_id):
                 # A stream the client opened one way: nothing can be written back on it.
@@ -296,6 +314,21 @@ class DeviceSession:
             case PublishDeviceList():
                 self._spawn(stream_id, slot, self._relay.device_lists.publish(
                     device.key, frame, self._peer_host()))
+            case PushSet() | PushClear() | PushGet() if self._relay.push is not None:
+                self._spawn(stream_id, slot, self._relay.push.handle(device.key, frame))
+            case PushSet() | PushClear() | PushGet():
+                self._fill(stream_id, slot, _error(ErrorCode.PUSH_PROVIDER_UNAVAILABLE,
+                                                   "this relay sends no wake-up pushes"))
+            case BlobCreate():
+                self._spawn(stream_id, slot, self._relay.blobs.create(device, frame))
+            case BlobStatus():
+                self._spawn(stream_id, slot, self._relay.blobs.status(device, frame))
+            case BlobUpload():
+                self._slots.pop(stream_id, None)  # its stream's only request: answered there
+                self._blobs.upload(stream_id, device, frame)
+            case BlobDownload():
+                self._slots.pop(stream_id, None)
+                self._blobs.download(stream_id, frame)
             case CallOpen():
                 self._spawn(stream_id, slot, self._relay.calls.open(self, frame))
             case CallJoin():
@@ -365,6 +398,21 @@ class DeviceSession:
             self._slots.pop(stream_id, None)
             self._link.send_stream_data(stream_id, b"", end_stream=True)
 
+    def _spawn_task(self, work: Callable[[], Awaitable[None]]) -> trio.CancelScope:
+        """Run ``work`` in a task this connection owns (cancelled when it ends); its scope."""
+        scope = trio.CancelScope()
+        self._requests.add(scope)
+
+        async def run() -> None:
+            try:
+                with scope:
+                    await work()
+            finally:
+                self._requests.discard(scope)
+
+        self._relay.nursery.start_soon(run)
+        return scope
+
     def _spawn(self, stream_id: int, slot: _Slot, work: Awaitable[bytes]) -> None:
         """Run ``work`` in a task this connection owns; its answer fills ``slot``."""
         scope = trio.CancelScope()
@@ -417,10 +465,14 @@ class DeviceSession:
 
         submitted_at = trio.current_time()
 
+        urgent, wakeups = frame.urgent, relay.wakeups
+
         def answer(outcome: SendOutcome | BaseException) -> None:
             self._relay.metrics.commit_latency.observe(trio.current_time() - submitted_at)
             self._relay.metrics.count_send(outcome)
             self._fill(stream_id, slot, _send_answer(outcome))
+            if wakeups is not None and isinstance(outcome, SendOutcome) and outcome.envelopes:
+                wakeups.note_committed(outcome.envelopes, urgent=urgent)
 
         self._relay.pipeline.submit(pending, answer)
 
@@ -442,6 +494,9 @@ class DeviceSession:
         device = AuthenticatedDevice(user_id=principal.user.user_id,
                                      device_id=principal.device.device_id,
                                      organisation_id=principal.organisation.organisation_id)
+        # A store write on the device's first authentication of the day only (like the read
+        # above, the connection may end meanwhile: what follows copes).
+        await self._relay.last_seen.authenticated(*device.key)
         cluster = self._relay.cluster
         if cluster is not None:
             # Held cluster-wide before the pump's first read (see relay.cluster).
@@ -657,6 +712,7 @@ class DeviceSession:
         if not keep_answers:
             for scope in self._requests:
                 scope.cancel()
+            self._blobs.close()
         if self._pump is not None:
             self._pump.close()
             self._relay.presence.detach(self._pump)

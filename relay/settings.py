@@ -11,12 +11,22 @@ from relay.limits import SEND_BYTES_PER_MINUTE, SENDER_QUEUE_SHARE_PERCENT, SEND
 from transport.quic import MAX_CONNECTIONS_PER_ADDRESS
 
 __all__ = [
+    "DEFAULT_BLOB_MAX_BYTES",
+    "DEFAULT_BLOB_QUOTA_PER_ORGANISATION_BYTES",
+    "DEFAULT_BLOB_TTL_MS",
+    "DEFAULT_BLOB_UPLOAD_DEADLINE_MS",
     "DEFAULT_DATA_DIR",
     "DEFAULT_ENVELOPE_TTL_MS",
     "DEFAULT_LISTEN",
     "DEFAULT_MAX_QUEUE_DEPTH",
+    "DEFAULT_PUSH_APNS_HOST",
+    "DEFAULT_PUSH_FCM_BASE_URL",
+    "DEFAULT_PUSH_TIMEOUT_S",
+    "DEFAULT_PUSH_TTL_S",
+    "DEFAULT_PUSH_WEBPUSH_ALLOWED_HOSTS",
     "MAX_WORKERS",
     "RelaySettings",
+    "allowed_push_hosts",
 ]
 
 DEFAULT_DATA_DIR = Path("cryptopass-data")
@@ -29,10 +39,47 @@ DEFAULT_MAX_QUEUE_DEPTH = 10_000
 """Envelopes one device may hold before sends to it are refused with QUEUE_FULL
 (never dropped): bounds the storage one absent device can consume."""
 
+DEFAULT_BLOB_MAX_BYTES = 100 * 1024 * 1024
+"""The largest file (its ciphertext, in bytes) a device may upload: 100 MiB, a long video;
+larger ones are refused with BLOB_TOO_LARGE before anything is stored."""
+
+DEFAULT_BLOB_QUOTA_PER_ORGANISATION_BYTES = 10 * 1024 * 1024 * 1024
+"""Bytes of unexpired files one organisation may keep on the relay (10 GiB): beyond, a new file
+is refused with BLOB_QUOTA_EXCEEDED until older ones expire."""
+
+DEFAULT_BLOB_TTL_MS = 30 * 24 * 3600 * 1000
+"""A file is deleted 30 days after its creation, like an unacknowledged envelope: every
+recipient device has had a month to fetch it."""
+
+DEFAULT_BLOB_UPLOAD_DEADLINE_MS = 24 * 3600 * 1000
+"""A file whose upload is not complete a day after its creation expires then, and its size no
+longer counts against its organisation's quota: an abandoned upload does not hold quota for
+the whole ``blob_ttl_ms`` (a device resumes within the day, or sends the file again)."""
+
 MAX_WORKERS = 64
 """Worker processes per relay (``workers``). The index fits the first byte of a
 connection id with room to spare; more processes than cores only add contention,
 and each is a cluster node with up to 8 PostgreSQL connections."""
+
+
+DEFAULT_PUSH_WEBPUSH_ALLOWED_HOSTS = ("fcm.googleapis.com,push.services.mozilla.com,"
+                                      "notify.windows.com,push.apple.com")
+"""The public Web Push services (Chrome, Firefox, Edge, Safari), matched as host suffixes: the
+relay POSTs only to these, whatever endpoint a client registers (a hostile client would
+otherwise make the relay request its own admin port or a cloud metadata address)."""
+DEFAULT_PUSH_FCM_BASE_URL = "https://fcm.googleapis.com"
+DEFAULT_PUSH_APNS_HOST = "https://api.push.apple.com"
+DEFAULT_PUSH_TIMEOUT_S = 5.0
+"""Seconds for each push request (connect, write, read): a slow push service must not hold a
+wake-up; a timeout is retried like a 5xx."""
+DEFAULT_PUSH_TTL_S = 24 * 3600
+"""How long a push service keeps an undelivered wake-up (Web Push ``TTL``, APNs expiration,
+FCM ``ttl``): a phone off for longer connects of itself when switched on, and its queue waits."""
+
+
+def allowed_push_hosts(text: str) -> tuple[str, ...]:
+    """The host suffixes of ``push_webpush_allowed_hosts`` (comma-separated), lower case."""
+    return tuple(host.strip().lower().rstrip(".") for host in text.split(",") if host.strip())
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -61,6 +108,15 @@ class RelaySettings:
     connections_per_address: int = MAX_CONNECTIONS_PER_ADDRESS
     """Connections one client address (IPv4 address, IPv6 /64) may hold at once, per relay
     process; more are refused at the handshake (CONNECTION_REFUSED)."""
+    blob_max_bytes: int = DEFAULT_BLOB_MAX_BYTES
+    """Largest file (ciphertext bytes) a device may upload (beyond: BLOB_TOO_LARGE)."""
+    blob_quota_per_organisation_bytes: int = DEFAULT_BLOB_QUOTA_PER_ORGANISATION_BYTES
+    """Bytes of unexpired files one organisation may keep (beyond: BLOB_QUOTA_EXCEEDED)."""
+    blob_ttl_ms: int = DEFAULT_BLOB_TTL_MS
+    """Milliseconds a file is kept after its creation; the expiry sweep deletes it then."""
+    blob_upload_deadline_ms: int = DEFAULT_BLOB_UPLOAD_DEADLINE_MS
+    """Milliseconds after its creation by which a file's upload must be complete, else it
+    expires then (its quota given back)."""
     sweep_interval_s: float = 60.0
     """Seconds between expiry sweeps."""
     sms_gateway: Literal["outbox", "http"] = "outbox"
@@ -91,6 +147,43 @@ class RelaySettings:
     workers: int = 1
     """Relay processes sharing the UDP port (SO_REUSEPORT), each a node of the
     PostgreSQL cluster; more than 1 needs a PostgreSQL store (relay/supervisor.py)."""
+    push_timeout_s: float = DEFAULT_PUSH_TIMEOUT_S
+    """Seconds for each step of a request to a push service (connect, write, each read), and
+    twice that for the whole request, before it counts as a network failure."""
+    push_ttl_s: int = DEFAULT_PUSH_TTL_S
+    """Seconds a push service keeps an undelivered wake-up."""
+    push_webpush_subject: str | None = None
+    """Web Push (docs/PUSH.md): the operator's contact, ``mailto:...`` or ``https://...``, sent
+    in every VAPID token (RFC 8292); setting it turns the ``webpush`` provider on."""
+    push_webpush_vapid_key_file: Path | None = None
+    """The VAPID signing key (P-256, PEM); None is ``data_dir/push-vapid.pem``, created on
+    first start. Every node of a cluster needs the same file: subscriptions are bound to its
+    public key."""
+    push_webpush_allowed_hosts: str = DEFAULT_PUSH_WEBPUSH_ALLOWED_HOSTS
+    """Comma-separated host suffixes a Web Push endpoint may name (``push.apple.com`` admits
+    ``web.push.apple.com``); endpoints are https on port 443 only."""
+    push_webpush_allow_loopback_http: bool = False
+    """Development only: also accept endpoints on a loopback address (127.0.0.0/8, ::1,
+    localhost), over http or https, on any port. Off in production: it lets a client make the
+    relay send requests to its own machine."""
+    push_fcm_credentials_file: Path | None = None
+    """FCM: the Firebase service account's JSON key file; setting it turns ``fcm`` on."""
+    push_fcm_base_url: str = DEFAULT_PUSH_FCM_BASE_URL
+    """FCM HTTP v1 API's base URL (a test receiver's in tests)."""
+    push_apns_key_file: Path | None = None
+    """APNs: the token-signing key (.p8, P-256) from Apple; setting it turns ``apns`` on, with
+    the three settings below."""
+    push_apns_key_id: str | None = None
+    """The 10-character id of that key (the JWT's ``kid``)."""
+    push_apns_team_id: str | None = None
+    """The Apple developer team id (the JWT's ``iss``)."""
+    push_apns_topic: str | None = None
+    """The app's bundle id (``apns-topic``)."""
+    push_apns_host: str = DEFAULT_PUSH_APNS_HOST
+    """APNs server URL: production, ``https://api.sandbox.push.apple.com``, or a test's."""
+    push_apns_ca_file: Path | None = None
+    """Extra CA certificates (PEM) to trust for ``push_apns_host`` (a test server's or a
+    private gateway's); None trusts the system's."""
     log_format: Literal["json", "console"] = "json"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 

@@ -29,10 +29,28 @@ from relay.metrics import LatencyHistogram, RelayMetrics
 if TYPE_CHECKING:
     from enrolment.sms import SmsOutcomes
 
-__all__ = ["ADMIN_OUTCOMES", "CALL_DROP_REASONS", "RelayCollector", "relay_registry"]
+__all__ = ["ADMIN_OUTCOMES", "CALL_DROP_REASONS", "PUSH_FAMILIES", "RelayCollector",
+           "relay_registry"]
 
 ADMIN_OUTCOMES = ("ok", "client_error", "server_error")
 """The outcomes of admin responses, each exported (0 until it happens) so rates exist."""
+
+PUSH_FAMILIES = (
+    ("scheduled", "cryptopass_push_wakeups_scheduled",
+     "Wake-ups made due for devices that were away when an envelope was committed."),
+    ("coalesced", "cryptopass_pushes_coalesced",
+     "Envelopes for an away device already woken within the interval: no further push."),
+    ("sent", "cryptopass_pushes_sent", "Wake-up pushes the push service accepted."),
+    ("retried", "cryptopass_pushes_retried",
+     "Wake-up pushes to be tried again later (5xx, 429, network failure)."),
+    ("failed", "cryptopass_pushes_failed",
+     "Wake-up pushes refused for good, or given up after too many retries."),
+    ("removed", "cryptopass_push_targets_removed",
+     "Push targets deleted because their push service said they are gone."),
+)
+"""(outcome in ``RelayMetrics.pushes``, family, help): one counter family per outcome, labelled
+by provider."""
+
 
 class RelayCollector(Collector):
     """Reads a relay's counters at scrape time."""
@@ -101,6 +119,7 @@ class RelayCollector(Collector):
         for outcome, count in sorted(metrics.device_lists.items()):
             device_lists.add_metric([outcome], count)
         yield device_lists
+        yield from _blob_families(metrics)
         yield _counter("cryptopass_revoked_device_connections",
                        "Connections closed because their device was revoked by a "
                        "re-enrolment or a published device list.", metrics.revoked_devices)
@@ -116,6 +135,7 @@ class RelayCollector(Collector):
         yield _gauge("cryptopass_max_queue_depth",
                      "Envelopes one device may hold before sends to it are refused (QUEUE_FULL).",
                      context.settings.max_queue_depth)
+        yield from self._pushes()
         yield from self._health()
         yield from _calls(metrics)
         admin = CounterMetricFamily("cryptopass_admin_requests",
@@ -130,6 +150,25 @@ class RelayCollector(Collector):
         yield _histogram("cryptopass_storage_commit_latency_seconds",
                          "From submitting a send to its durable commit.",
                          metrics.commit_latency)
+
+    def _pushes(self) -> Iterator[Metric]:
+        """Wake-up pushes by outcome and provider (relay/wakeups.py), and the registrations."""
+        metrics = self._context.metrics
+        for outcome, name, documentation in PUSH_FAMILIES:
+            family = CounterMetricFamily(name, documentation, labels=["provider"])
+            for (counted, provider), count in sorted(metrics.pushes.items()):
+                if counted == outcome:
+                    family.add_metric([provider], count)
+            yield family
+        targets = CounterMetricFamily("cryptopass_push_target_requests",
+                                      "PUSH_SET and PUSH_CLEAR requests by outcome.",
+                                      labels=["outcome", "provider"])
+        for (outcome, provider), count in sorted(metrics.push_targets.items()):
+            targets.add_metric([outcome, provider], count)
+        yield targets
+        yield _histogram("cryptopass_push_delay_seconds",
+                         "From the commit of an envelope for an away device to its wake-up "
+                         "push.", metrics.push_delay)
 
     def _health(self) -> Iterator[Metric]:
         """What the alerts watch: certificate expiry, store and LISTEN connection state, read
@@ -204,6 +243,21 @@ def relay_registry(context: RelayContext, sms_outcomes: SmsOutcomes) -> Collecto
     registry = CollectorRegistry(auto_describe=False)
     registry.register(RelayCollector(context, sms_outcomes))
     return registry
+
+
+def _blob_families(metrics: RelayMetrics) -> Iterator[Metric]:
+    """Files: created, bytes each way, refusals by reason (relay/blobs.py)."""
+    yield _counter("cryptopass_blobs_created", "Files (blobs) created by BLOB_CREATE.",
+                   metrics.blobs_created)
+    yield _counter("cryptopass_blob_bytes_uploaded",
+                   "Blob bytes appended to the store by uploads.", metrics.blob_bytes_uploaded)
+    yield _counter("cryptopass_blob_bytes_downloaded",
+                   "Blob bytes written to download streams.", metrics.blob_bytes_downloaded)
+    refusals = CounterMetricFamily("cryptopass_blob_refusals", "Refused blob requests by reason.",
+                                   labels=["reason"])
+    for reason, count in sorted(metrics.blob_refusals.items()):
+        refusals.add_metric([reason], count)
+    yield refusals
 
 
 def _counter(name: str, documentation: str, value: float) -> CounterMetricFamily:

@@ -3,7 +3,7 @@
 ``SqliteStore`` and ``PostgresStore`` inherit ``AdminStoreMethods`` and give it what
 ``storage.core_store.BackendHooks`` names; the SQL itself lives in ``storage.admin_sql``.
 The methods' contracts are on ``storage.interfaces.administration.AdminStore`` and
-``storage.interfaces.directory.OrganisationPolicy``.
+``storage.interfaces.directory.OrganisationPolicy``, ``storage.interfaces.activity.DeviceActivity``.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime
 from collections.abc import Sequence
 
-from storage import admin_sql, login_attempt_sql
+from storage import admin_sql, last_seen_sql, login_attempt_sql
 from storage.admin_records import (
     Account,
     AccountRole,
@@ -172,3 +172,12 @@ class AdminStoreMethods(BackendHooks):
                                              allowed: bool) -> None:
         await self._write(lambda connection: admin_sql.set_cross_organisation_allowed(
             connection, self._dialect, organisation=organisation, allowed=allowed))
+
+    async def record_device_seen(self, *, user_id: str, device_id: int,
+                                 day: datetime.date) -> bool:
+        return await self._write(lambda connection: last_seen_sql.record_device_seen(
+            connection, self._dialect, user_id=user_id, device_id=device_id, day=day))
+
+    async def devices_last_seen(self, user_id: str) -> dict[int, datetime.date]:
+        return await self._read(lambda connection: last_seen_sql.devices_last_seen(
+            connection, self._dialect, user_id))

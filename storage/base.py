@@ -30,7 +30,9 @@ from storage.account_records import (
     RevokedDevice,
 )
 from storage.interfaces.accounts import AccountKeyStore, LinkChannelStore
+from storage.interfaces.activity import DeviceActivity
 from storage.interfaces.administration import AccountStore, AdminStore, AuditLog
+from storage.interfaces.blobs import BlobStore
 from storage.interfaces.cluster import ClusterCapable, ClusterWakeups
 from storage.interfaces.directory import Directory, OrganisationPolicy
 from storage.interfaces.enrolment import EnrolmentStore
@@ -38,9 +40,14 @@ from storage.interfaces.envelope_queue import EnvelopeQueue
 from storage.interfaces.lifecycle import StoreLifecycle
 from storage.interfaces.pending import PendingResult
 from storage.interfaces.prekeys import PrekeyStore
+from storage.interfaces.push import PushTargetStore, WakeupQueue
 from storage.interfaces.rate_limits import RateLimits
 from storage.records import (
     AlreadyExists,
+    BlobInfo,
+    BlobOffsetMismatch,
+    BlobPastSize,
+    BlobQuotaExceeded,
     Device,
     Envelope,
     NewSend,
@@ -66,9 +73,15 @@ __all__ = [
     "AdminStore",
     "AlreadyExists",
     "AuditLog",
+    "BlobInfo",
+    "BlobOffsetMismatch",
+    "BlobPastSize",
+    "BlobQuotaExceeded",
+    "BlobStore",
     "ClusterCapable",
     "ClusterWakeups",
     "Device",
+    "DeviceActivity",
     "DeviceListRefusal",
     "DeviceListRefused",
     "Directory",
@@ -86,6 +99,7 @@ __all__ = [
     "PrekeyStore",
     "Principal",
     "PublishedDeviceList",
+    "PushTargetStore",
     "RateLimits",
     "Registration",
     "RegistrationRefusal",
@@ -99,12 +113,13 @@ __all__ = [
     "StoreLifecycle",
     "User",
     "UserState",
+    "WakeupQueue",
 ]
 
 
 class Store(StoreLifecycle, ClusterCapable, EnvelopeQueue, Directory, OrganisationPolicy,
             EnrolmentStore, AccountKeyStore, LinkChannelStore, PrekeyStore, RateLimits,
-            AdminStore, Protocol):
+            AdminStore, DeviceActivity, PushTargetStore, WakeupQueue, BlobStore, Protocol):
     """The relay's whole persistent state: every capability of ``storage.interfaces``.
 
     All methods are safe to call concurrently.

@@ -41,10 +41,13 @@ from storage import envelope_sql
 from storage.account_store import AccountStoreMethods
 from storage.admin_store import AdminStoreMethods
 from storage.base import PendingResult
+from storage.blob_postgres import PostgresBlobMethods
+from storage.blob_sql import BLOB_SWEEP_LIMIT
 from storage.core_store import CoreStoreMethods
 from storage.group_commit import GroupCommitWriter, Outcome, WriteOperation
 from storage.postgres_presence import notify_recipient_nodes, notify_revoked_devices
 from storage.postgres_schema import Connection, SchemaVersionTooNew, apply_migrations
+from storage.push_store import PushStoreMethods
 from storage.rate_limits import forget_idle_buckets, take_tokens
 from storage.records import NewSend, SendOutcome
 from storage.sql_dialect import POSTGRES
@@ -110,11 +113,13 @@ def postgres_writer(pool: ConnectionPool[Connection],
                              trio_token=trio_token, thread_name="postgres-writer")
 
 
-class PostgresStore(CoreStoreMethods, AdminStoreMethods, AccountStoreMethods):
+class PostgresStore(CoreStoreMethods, AdminStoreMethods, AccountStoreMethods,
+                    PushStoreMethods, PostgresBlobMethods):
     """``storage.base.Store`` on PostgreSQL. Create with ``open_postgres_store``.
 
     The SQL is shared with SQLite (``storage.core_store`` and the modules it names); this
-    class adds the cluster's wake-ups and the shared rate-limit buckets.
+    class adds the cluster's wake-ups, the shared rate-limit buckets and the blobs' chunk rows
+    (``storage.blob_postgres``).
     """
 
     _dialect = POSTGRES
@@ -150,6 +155,9 @@ class PostgresStore(CoreStoreMethods, AdminStoreMethods, AccountStoreMethods):
         deletions notify the nodes holding the devices concerned (``node_channel``)."""
         return self
 
+    def _presence_channel(self) -> str | None:
+        return self.node_channel
+
     def _before_user_deleted(self, connection: Any, user_id: str) -> None:
         # Nodes holding its devices close them on commit.
         notify_revoked_devices(connection, user_id=user_id)
@@ -171,7 +179,10 @@ class PostgresStore(CoreStoreMethods, AdminStoreMethods, AccountStoreMethods):
             expired = envelope_sql.expire(connection, POSTGRES, now=now, limit=limit)
             forget_idle_buckets(connection, now=now, limit=limit)
             return expired
-        return await self._write(work)
+        expired = await self._write(work)
+        # Apart: a blob's chunks may be 100 MiB, not to hold up the envelopes' transaction.
+        await self.delete_expired_blobs(now, min(limit, BLOB_SWEEP_LIMIT))
+        return expired
 
     async def take_tokens(self, *, key: str, cost: int, capacity: int, period_ms: int,
                           now: int) -> bool:

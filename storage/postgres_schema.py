@@ -30,11 +30,15 @@ import psycopg
 
 from storage.account_sql import POSTGRES_ACCOUNT_TABLES
 from storage.admin_sql import ONE_TIME_PASSWORDS, POSTGRES_ADMIN_TABLES
+from storage.blob_postgres import POSTGRES_BLOB_CHUNK_TABLES
+from storage.blob_sql import POSTGRES_BLOB_TABLES
 from storage.enrolment_sql import POSTGRES_ENROLMENT_GUESS_TABLES, POSTGRES_ENROLMENT_TABLES
 from storage.envelope_sql import ENVELOPES_BY_SENDER, POSTGRES_ENVELOPE_TABLES
+from storage.last_seen_sql import LAST_SEEN_COLUMN
 from storage.link_sql import POSTGRES_LINK_TABLES
 from storage.login_attempt_sql import POSTGRES_LOGIN_ATTEMPT_TABLES
 from storage.prekey_sql import POSTGRES_PREKEY_TABLES
+from storage.push_sql import POSTGRES_PUSH_TABLES
 from storage.rate_limits import POSTGRES_RATE_LIMIT_TABLES
 from storage.sqlite_schema import Migration, SchemaVersionTooNew
 
@@ -104,10 +108,22 @@ _VERSION_9 = Migration(version=9, statements=POSTGRES_LOGIN_ATTEMPT_TABLES)
 # secret (kept in a file now, never here); indexes for the sweeper (storage.enrolment_sql).
 _VERSION_10 = Migration(version=10, statements=POSTGRES_ENROLMENT_GUESS_TABLES)
 
+# Devices: the day each last authenticated, for the console (storage.last_seen_sql).
+_VERSION_11 = Migration(version=11, statements=LAST_SEEN_COLUMN)
+
+# Wake-up pushes: each device's push target and the durable wake-up queue
+# (storage.push_sql).
+_VERSION_12 = Migration(version=12, statements=POSTGRES_PUSH_TABLES)
+
+# Blobs (encrypted files' ciphertext): their metadata (storage.blob_sql) and their bytes as
+# chunk rows (storage.blob_postgres).
+_VERSION_13 = Migration(version=13, statements=(*POSTGRES_BLOB_TABLES,
+                                                *POSTGRES_BLOB_CHUNK_TABLES))
+
 # Calls: which node holds each call, for the others to send its invitees there
 # (storage.postgres_calls). Cluster only, like presence.
-_VERSION_11 = Migration(
-    version=11,
+_VERSION_14 = Migration(
+    version=14,
     statements=(
         """
         CREATE TABLE call_routes (
@@ -123,7 +139,8 @@ _VERSION_11 = Migration(
 
 MIGRATIONS: tuple[Migration, ...] = (_VERSION_1, _VERSION_2, _VERSION_3, _VERSION_4,
                                      _VERSION_5, _VERSION_6, _VERSION_7, _VERSION_8, _VERSION_9,
-                                     _VERSION_10, _VERSION_11)
+                                     _VERSION_10, _VERSION_11, _VERSION_12, _VERSION_13,
+                                     _VERSION_14)
 """Every migration, oldest first; versions are consecutive from 1."""
 
 LATEST_SCHEMA_VERSION = MIGRATIONS[-1].version

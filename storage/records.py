@@ -13,6 +13,10 @@ from dataclasses import dataclass
 
 __all__ = [
     "AlreadyExists",
+    "BlobInfo",
+    "BlobOffsetMismatch",
+    "BlobPastSize",
+    "BlobQuotaExceeded",
     "Device",
     "Envelope",
     "GuessBudgetSpent",
@@ -50,6 +54,34 @@ class SeatLimitReached(StoreError):
     def __init__(self, *, seats: int) -> None:
         super().__init__(f"all {seats} seats of the licence are in use")
         self.seats = seats
+
+
+class BlobQuotaExceeded(StoreError):
+    """Creating the blob would take its organisation's live blobs past their quota; nothing
+    was stored."""
+
+    def __init__(self, *, quota_bytes: int) -> None:
+        super().__init__(
+            f"the organisation's files would exceed their quota of {quota_bytes} bytes")
+        self.quota_bytes = quota_bytes
+
+
+class BlobOffsetMismatch(StoreError):
+    """An append did not start where the blob's durable bytes end; nothing was stored.
+
+    ``received`` is what the store holds durably: the offset to resume from."""
+
+    def __init__(self, received: int) -> None:
+        super().__init__(f"the blob holds {received} bytes: append from there")
+        self.received = received
+
+
+class BlobPastSize(StoreError):
+    """An append would end past the blob's declared ``size``; nothing was stored."""
+
+    def __init__(self, *, size: int) -> None:
+        super().__init__(f"the blob was declared with {size} bytes")
+        self.size = size
 
 
 class RegistrationRefusal(enum.Enum):
@@ -209,3 +241,36 @@ class SendOutcome:
     full_devices: tuple[int, ...] = ()
     """QUEUE_FULL: devices whose queue is full; SENDER_SHARE_FULL: devices whose queue holds
     the sender's share."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class BlobInfo:
+    """What the store knows of one blob (an encrypted file's ciphertext); never its bytes."""
+
+    blob_id: bytes
+    """32 random bytes: whoever holds them may download the complete blob."""
+    organisation_id: int
+    """The uploader's organisation, charged for the blob's size."""
+    user_id: str
+    """The uploader."""
+    device_id: int
+    """The device that created the blob: the only one that may upload its bytes."""
+    size: int
+    """Declared size in bytes, fixed at creation."""
+    received: int
+    """Bytes held durably, from offset 0: where an upload resumes."""
+    created_ms: int
+    """Milliseconds since the epoch."""
+    expires_ms: int
+    """Milliseconds since the epoch; gone for every caller from then on, swept after."""
+    upload_deadline_ms: int
+    """Milliseconds since the epoch (at most ``expires_ms``); gone then unless complete."""
+
+    @property
+    def complete(self) -> bool:
+        """Whether every declared byte is held (only then may it be downloaded)."""
+        return self.received == self.size
+
+    def live(self, now_ms: int) -> bool:
+        """Whether it has not expired at ``now_ms``."""
+        return now_ms < self.expires_ms and (self.complete or now_ms < self.upload_deadline_ms)

@@ -19,9 +19,13 @@ import trio
 
 from storage.account_store import AccountStoreMethods
 from storage.admin_store import AdminStoreMethods
+from storage.blob_files import FileBlobMethods, blob_dir_for, prepare_blob_dir
+from storage.blob_sql import BLOB_SWEEP_LIMIT
 from storage.core_store import CoreStoreMethods
 from storage.group_commit import GroupCommitWriter
+from storage.push_store import PushStoreMethods
 from storage.rate_limits import MemoryBuckets
+from storage.records import User
 from storage.sql_dialect import SQLITE
 from storage.sqlite_schema import SchemaVersionTooNew, apply_migrations
 from storage.sqlite_threads import ReaderPool, sqlite_writer
@@ -88,17 +92,20 @@ def _truncate_wal(path: pathlib.Path) -> None:
         connection.close()
 
 
-class SqliteStore(CoreStoreMethods, AdminStoreMethods, AccountStoreMethods):
+class SqliteStore(CoreStoreMethods, AdminStoreMethods, AccountStoreMethods,
+                  PushStoreMethods, FileBlobMethods):
     """``storage.base.Store`` on one SQLite file. Create with ``open_sqlite_store``.
 
-    The SQL is shared with PostgreSQL (``storage.core_store`` and the modules it names).
+    The SQL is shared with PostgreSQL (``storage.core_store`` and the modules it names); the
+    blobs' bytes are files in ``blob_dir`` (``storage.blob_files``).
     """
 
     _dialect = SQLITE
 
     def __init__(self, *, path: pathlib.Path, writer: GroupCommitWriter[sqlite3.Connection],
-                 readers: ReaderPool) -> None:
+                 readers: ReaderPool, blob_dir: pathlib.Path) -> None:
         self.path = path
+        self.blob_dir = self._blob_dir = blob_dir
         self._writer = writer
         self._readers = readers
         self._closed = False
@@ -119,6 +126,30 @@ class SqliteStore(CoreStoreMethods, AdminStoreMethods, AccountStoreMethods):
         """None: one relay process serves the file, so there is no other node to wake."""
         return None
 
+    async def expire(self, *, now: int, limit: int) -> int:
+        """As every store does, then delete up to ``BLOB_SWEEP_LIMIT`` expired blobs."""
+        expired = await super().expire(now=now, limit=limit)
+        await self.delete_expired_blobs(now, min(limit, BLOB_SWEEP_LIMIT))
+        return expired
+
+    # Deleting users deletes their blobs' rows (ON DELETE CASCADE); their files go next.
+
+    async def delete_user(self, *, organisation: str, phone: str) -> User:
+        deleted = await super().delete_user(organisation=organisation, phone=phone)
+        await self.remove_deleted_blob_files()
+        return deleted
+
+    async def erase_user(self, *, organisation: str, phone: str, pseudonym: str) -> User:
+        erased = await super().erase_user(organisation=organisation, phone=phone,
+                                          pseudonym=pseudonym)
+        await self.remove_deleted_blob_files()
+        return erased
+
+    async def terminate_organisation(self, name: str) -> list[User]:
+        removed = await super().terminate_organisation(name)
+        await self.remove_deleted_blob_files()
+        return removed
+
     async def forget_legacy_secret(self, name: str) -> None:
         """As every store does, then empty the WAL file: its older frames may still hold the
         page with the secret, and would otherwise stay in the file until written over."""
@@ -132,8 +163,8 @@ class SqliteStore(CoreStoreMethods, AdminStoreMethods, AccountStoreMethods):
 
 
 @asynccontextmanager
-async def open_sqlite_store(path: pathlib.Path, *,
-                            synchronous: str = "FULL") -> AsyncIterator[SqliteStore]:
+async def open_sqlite_store(path: pathlib.Path, *, synchronous: str = "FULL",
+                            blob_dir: pathlib.Path | None = None) -> AsyncIterator[SqliteStore]:
     """Open (creating if needed) the store in ``path``; close it on exit.
 
     Must run inside trio: results are handed back to this trio run.
@@ -142,6 +173,8 @@ async def open_sqlite_store(path: pathlib.Path, *,
         path: The database file; its parent directories are created.
         synchronous: SQLite ``synchronous`` level. FULL (default) makes an
             accepted envelope survive power loss; NORMAL only a process crash.
+        blob_dir: Where the blobs' files live (created 0700 if need be); by default
+            ``blobs`` beside ``path`` (``storage.blob_files.blob_dir_for``).
 
     Raises:
         ValueError: Unknown ``synchronous`` level.
@@ -156,9 +189,12 @@ async def open_sqlite_store(path: pathlib.Path, *,
         _open_writer_connection, path, synchronous_pragma)
     writer = sqlite_writer(write_connection, trio_token)
     readers = ReaderPool(lambda: _connect(path, synchronous_pragma), size=READER_POOL_SIZE)
-    store = SqliteStore(path=path, writer=writer, readers=readers)
+    blobs = blob_dir_for(path) if blob_dir is None else blob_dir
+    store = SqliteStore(path=path, writer=writer, readers=readers, blob_dir=blobs)
     writer.start()
     try:
+        await trio.to_thread.run_sync(prepare_blob_dir, blobs)
+        await store.remove_deleted_blob_files()  # what a crash left between commit and unlink
         yield store
     finally:
         await store.close()

@@ -13,11 +13,15 @@ from dataclasses import dataclass
 
 from storage.account_sql import SQLITE_ACCOUNT_TABLES
 from storage.admin_sql import ONE_TIME_PASSWORDS, SQLITE_ADMIN_TABLES
+from storage.blob_files import SQLITE_BLOB_FILE_TABLES
+from storage.blob_sql import SQLITE_BLOB_TABLES
 from storage.enrolment_sql import SQLITE_ENROLMENT_GUESS_TABLES, SQLITE_ENROLMENT_TABLES
 from storage.envelope_sql import ENVELOPES_BY_SENDER, SQLITE_ENVELOPE_TABLES
+from storage.last_seen_sql import LAST_SEEN_COLUMN
 from storage.link_sql import SQLITE_LINK_TABLES
 from storage.login_attempt_sql import SQLITE_LOGIN_ATTEMPT_TABLES
 from storage.prekey_sql import SQLITE_PREKEY_TABLES
+from storage.push_sql import SQLITE_PUSH_TABLES
 from storage.records import StoreError
 
 __all__ = [
@@ -80,9 +84,20 @@ _VERSION_7 = Migration(version=7, statements=SQLITE_LOGIN_ATTEMPT_TABLES)
 # secret (kept in a file now, never here); indexes for the sweeper (storage.enrolment_sql).
 _VERSION_8 = Migration(version=8, statements=SQLITE_ENROLMENT_GUESS_TABLES)
 
+# Devices: the day each last authenticated, for the console (storage.last_seen_sql).
+_VERSION_9 = Migration(version=9, statements=LAST_SEEN_COLUMN)
+
+# Wake-up pushes: each device's push target and the durable wake-up queue
+# (storage.push_sql).
+_VERSION_10 = Migration(version=10, statements=SQLITE_PUSH_TABLES)
+
+# Blobs (encrypted files' ciphertext): their metadata (storage.blob_sql), and the ids whose
+# files are still to be removed after their rows went (storage.blob_files).
+_VERSION_11 = Migration(version=11, statements=(*SQLITE_BLOB_TABLES, *SQLITE_BLOB_FILE_TABLES))
+
 MIGRATIONS: tuple[Migration, ...] = (_VERSION_1, _VERSION_2, _VERSION_3, _VERSION_4,
                                      _VERSION_5, _VERSION_6, _VERSION_7,
-                                     _VERSION_8)
+                                     _VERSION_8, _VERSION_9, _VERSION_10, _VERSION_11)
 """Every migration, oldest first; versions are consecutive from 1."""
 
 LATEST_SCHEMA_VERSION = MIGRATIONS[-1].version

@@ -9,11 +9,13 @@ pytest.register_assert_rewrite(
     "tests.account_support",
     "tests.admin_conformance",
     "tests.admin_support",
+    "tests.blob_store_conformance",
     "tests.bench_support",
     "tests.client_peer_harness",
     "tests.postgres_schemas",
     "tests.prekey_conformance",
     "tests.prekey_samples",
+    "tests.push_conformance",
     "tests.relay_processes",
     "tests.storage_conformance",
 )

@@ -563,3 +563,24 @@ async def test_concurrent_guesses_on_two_stores_share_one_budget(
                         nursery.start_soon(guess, (first, second)[index % 2],
                                            keys_of_a_guess(), granted)
             assert sorted(granted) == [False] * (20 - GUESSES) + [True] * GUESSES
+
+
+async def test_last_seen_moves_forward_once_a_day_per_device(store: Store) -> None:
+    user, (first, second) = await _enrolled(store, devices=2)
+    assert await store.devices_last_seen(user.user_id) == {}  # never authenticated yet
+    assert await store.record_device_seen(user_id=user.user_id, device_id=first, day=TODAY)
+    # The same day again writes nothing; an earlier day never takes it back.
+    assert not await store.record_device_seen(user_id=user.user_id, device_id=first, day=TODAY)
+    yesterday = TODAY - datetime.timedelta(days=1)
+    assert not await store.record_device_seen(user_id=user.user_id, device_id=first,
+                                              day=yesterday)
+    assert await store.devices_last_seen(user.user_id) == {first: TODAY}
+    later = TODAY + datetime.timedelta(days=40)  # across a month: compared as dates
+    assert await store.record_device_seen(user_id=user.user_id, device_id=first, day=later)
+    assert await store.record_device_seen(user_id=user.user_id, device_id=second, day=TODAY)
+    assert await store.devices_last_seen(user.user_id) == {first: later, second: TODAY}
+    # A device that is gone records nothing and raises nothing.
+    assert not await store.record_device_seen(user_id=user.user_id, device_id=99, day=later)
+    assert not await store.record_device_seen(user_id=_fresh_user_id(), device_id=1, day=later)
+    other, _ = await _enrolled(store)
+    assert await store.devices_last_seen(other.user_id) == {}

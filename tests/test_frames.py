@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from crypto.device_list import sign_device_list
 from crypto.primitives import SeededRandom, ed25519_generate
 from tests.account_samples import ACCOUNT_SAMPLE_FRAMES, CHANNEL_ID
+from tests.blob_samples import BLOB_SAMPLE_FRAMES
 from tests.call_samples import CALL_SAMPLE_FRAMES
 from tests.prekey_samples import PREKEY_SAMPLE_FRAMES
 from tests.push_samples import PUSH_SAMPLE_FRAMES
@@ -112,6 +113,7 @@ SAMPLE_FRAMES: dict[FrameType, Frame] = {
     **PREKEY_SAMPLE_FRAMES,
     **ACCOUNT_SAMPLE_FRAMES,
     **PUSH_SAMPLE_FRAMES,
+    **BLOB_SAMPLE_FRAMES,
     **CALL_SAMPLE_FRAMES,
 }
 
@@ -192,6 +194,8 @@ def test_frame_type_and_error_code_numbers_are_stable() -> None:
         "DEVICE_LIST_PUBLISHED": 80, "LINK_OPENED": 81, "LINK_POSTED": 82, "LINK_MESSAGES": 83,
         "PUSH_SET": 56, "PUSH_CLEAR": 57, "PUSH_GET": 58, "PUSH_TARGET_SET": 120,
         "PUSH_CLEARED": 121, "PUSH_TARGET": 122,
+        "BLOB_CREATE": 24, "BLOB_UPLOAD": 25, "BLOB_STATUS": 26, "BLOB_DOWNLOAD": 27,
+        "BLOB_CREATED": 88, "BLOB_UPLOADED": 89, "BLOB_STATE": 90, "BLOB_DATA": 91,
         "CALL_OPEN": 40, "CALL_JOIN": 41, "CALL_LEAVE": 42, "CALL_OPENED": 104,
         "CALL_JOINED": 105, "CALL_LEFT": 106, "CALL_ELSEWHERE": 107, "CALL_MEMBERS": 148,
         "CALL_ENDED": 149,
@@ -207,6 +211,8 @@ def test_frame_type_and_error_code_numbers_are_stable() -> None:
         "INVALID_PREKEY_SIGNATURE": 60, "PREKEY_POOL_FULL": 61,
         "STALE_DEVICE_LIST": 70, "INVALID_DEVICE_LIST": 71, "LINK_CHANNEL_UNKNOWN": 72,
         "PUSH_PROVIDER_UNAVAILABLE": 120, "INVALID_PUSH_TARGET": 121,
+        "BLOB_UNKNOWN": 80, "BLOB_TOO_LARGE": 81, "BLOB_QUOTA_EXCEEDED": 82,
+        "BLOB_OFFSET_MISMATCH": 83,
         "CALL_UNKNOWN": 100, "CALL_FULL": 101, "CALLS_UNAVAILABLE": 102,
     }  # fmt: skip
 

@@ -14,6 +14,11 @@ aioquic's receive side needs two corrections for a server that must not grow wit
   ``SlidingReceiveLimit`` replaces the connection's MAX_DATA limit (RFC 9000 §4.1) so that it
   only ever stands ``window`` bytes past what was taken out of the receive buffers: what a peer
   can make the connection hold out of order is at most ``window``, whatever it sends.
+* **Bytes the application still holds.** Bytes delivered to the application leave aioquic's
+  buffers at once, but an application that streams them elsewhere (a blob's upload, appended to
+  the store in pieces) holds them until written. It says so (``QuicLink.hold_received`` and
+  ``release_received``), and ``slide_receive_window`` counts them as not yet consumed: a peer
+  cannot send faster than the application writes, so its memory stays within ``window``.
 
 This module reaches into aioquic's private attributes (checked against aioquic 1.7.2, as
 transport/connection_memory.py; pyproject.toml keeps aioquic within 1.7.x).
@@ -97,9 +102,10 @@ def reassembly_bytes(quic: QuicConnection) -> int:
     return sum(len(stream.receiver._buffer) for stream in quic._streams.values())
 
 
-def slide_receive_window(quic: QuicConnection, window: int) -> bool:
+def slide_receive_window(quic: QuicConnection, window: int, held: int = 0) -> bool:
     """Move a ``install_receive_window`` limit to ``window`` bytes past what has left the
-    receive buffers, once less than half of it remains (so MAX_DATA frames stay rare).
+    receive buffers and the application (``held``: bytes delivered but not yet consumed by
+    it), once less than half of it remains (so MAX_DATA frames stay rare).
 
     Returns:
         whether the limit moved (a MAX_DATA frame is due).
@@ -109,7 +115,7 @@ def slide_receive_window(quic: QuicConnection, window: int) -> bool:
         return False
     if limit.value - limit.used >= window // 2:
         return False  # at least half the window is still open, whatever is buffered
-    consumed = limit.used - reassembly_bytes(quic)
+    consumed = limit.used - reassembly_bytes(quic) - held
     if limit.value - consumed >= window // 2:
-        return False  # held up by data waiting for a gap: the peer must fill it first
+        return False  # held up by data waiting for a gap or for the application
     return limit.slide_to(consumed + window)

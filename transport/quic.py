@@ -186,8 +186,9 @@ class _TimerEntry:
 class QuicLink:
     """One QUIC connection as the application sees it."""
 
-    __slots__ = ("_address_key", "_cids", "_endpoint", "_sending", "_stopped", "_timer",
-                 "_timer_at", "closed", "handler", "peer_address", "quic", "terminated_by")
+    __slots__ = ("_address_key", "_cids", "_endpoint", "_held_received", "_progress",
+                 "_receive_window", "_sending", "_stopped", "_timer", "_timer_at", "closed",
+                 "handler", "peer_address", "quic", "terminated_by")
 
     def __init__(self, endpoint: QuicEndpoint, quic: QuicConnection,
                  handler: ConnectionHandler | None, peer_address: NetworkAddress) -> None:
@@ -203,6 +204,9 @@ class QuicLink:
         self._stopped: set[int] | None = None  # streams the peer stopped (STOP_SENDING)
         self._timer = _TimerEntry(self)  # what the endpoint's timer heap holds of this link
         self._address_key: str | None = None  # counted in the endpoint's per-address budget
+        self._receive_window: int | None = None  # a SlidingReceiveLimit's window, if installed
+        self._held_received = 0  # bytes delivered that the application has not consumed yet
+        self._progress: trio.Event | None = None  # set by the next service, for waiters
 
     def send_stream_data(self, stream_id: int, data: bytes, end_stream: bool = False) -> None:
         """Queue bytes on a stream; they leave at the next flush.
@@ -216,6 +220,38 @@ class QuicLink:
         self._sending = True
         self._endpoint.mark_dirty(self)
 
+    def hold_received(self, size: int) -> None:
+        """The application keeps ``size`` bytes it received (e.g. a blob's bytes on their way
+        to the store): they count as not yet consumed, so the peer may not send beyond the
+        receive window on top of them (transport/flow_control.py)."""
+        self._held_received += size
+
+    def release_received(self, size: int) -> None:
+        """``size`` bytes counted by ``hold_received`` are consumed: the window may slide."""
+        self._held_received -= size
+        if not self.closed.is_set():
+            self._endpoint.mark_dirty(self)
+
+    @property
+    def held_received(self) -> int:
+        """Bytes the application holds (``hold_received`` minus ``release_received``)."""
+        return self._held_received
+
+    def send_buffered(self, stream_id: int) -> int:
+        """Bytes written on a stream of ours that the peer has not acknowledged yet: what
+        aioquic holds for it (0 for a stream that is gone)."""
+        stream = self.quic._streams.get(stream_id)
+        return 0 if stream is None else len(stream.sender._buffer)
+
+    async def wait_send_room(self, stream_id: int, at_most: int) -> None:
+        """Return once the stream holds at most ``at_most`` unacknowledged bytes, the stream
+        is gone, or the connection closed: how a writer streams a large body without letting
+        the send buffer grow with it. Acknowledgements are seen as the link is serviced."""
+        while (self.send_buffered(stream_id) > at_most and not self.closed.is_set()
+               and not (self._stopped is not None and stream_id in self._stopped)):
+            if self._progress is None:
+                self._progress = trio.Event()
+            await self._progress.wait()
     def send_datagram(self, data: bytes) -> bool:
         """Queue one QUIC DATAGRAM (RFC 9221); it leaves at the next flush, or never.
 
@@ -238,7 +274,8 @@ class QuicLink:
         return self.quic.get_next_available_stream_id(is_unidirectional=unidirectional)
 
     def reset_stream(self, stream_id: int, error_code: int) -> None:
-        if self.closed.is_set():
+        """Abandon our side of a stream (RESET_STREAM); nothing for a stream already gone."""
+        if self.closed.is_set() or self.quic._stream_is_discarded(stream_id):
             return
         self.quic.reset_stream(stream_id, error_code)
         self._endpoint.mark_dirty(self)
@@ -246,8 +283,8 @@ class QuicLink:
     def stop_stream(self, stream_id: int, error_code: int) -> None:
         """Ask the peer to stop sending on one of its streams (STOP_SENDING, RFC 9000 §3.5):
         how an endpoint refuses a stream it cannot answer on, such as a peer's unidirectional
-        one."""
-        if self.closed.is_set():
+        one. Nothing for a stream already gone (both sides finished)."""
+        if self.closed.is_set() or stream_id not in self.quic._streams:
             return
         self.quic.stop_stream(stream_id, error_code)
         self._endpoint.mark_dirty(self)
@@ -383,11 +420,18 @@ class QuicEndpoint:
             await self._receive_loop()
 
     def connect(self, address: NetworkAddress, configuration: QuicConfiguration,
-                handler: ConnectionHandler) -> QuicLink:
-        """Start a client connection; its handler sees HandshakeCompleted when it is up."""
+                handler: ConnectionHandler, *, receive_window: int | None = None) -> QuicLink:
+        """Start a client connection; its handler sees HandshakeCompleted when it is up.
+
+        ``receive_window``: as the server's (bytes the relay may send beyond what has left the
+        receive buffers and the application); None keeps aioquic's doubling windows.
+        """
         quic = QuicConnection(configuration=configuration)
         quic._ack_delay = ACK_DELAY_SECONDS  # no public knob (see ACK_DELAY_SECONDS)
         link = QuicLink(self, quic, handler, address)
+        if receive_window is not None:
+            install_receive_window(quic, receive_window)
+            link._receive_window = receive_window
         self._live_links += 1
         self._route(quic.host_cid, link)
         quic.connect(address, now=self._clock())
@@ -522,6 +566,7 @@ class QuicEndpoint:
         if self._receive_window is not None:
             install_receive_window(quic, self._receive_window)
         link = QuicLink(self, quic, None, address)
+        link._receive_window = self._receive_window
         link._address_key = key
         self._per_address[key] = held + 1
         self._live_links += 1
@@ -584,13 +629,16 @@ class QuicEndpoint:
                 # One connection's bug must not stop the endpoint serving the others.
                 log.exception("connection_handler_failed", connection_id=link.connection_id)
                 quic.close(error_code=INTERNAL_ERROR_CODE, reason_phrase="internal error")
-        if self._receive_window is not None:
-            slide_receive_window(quic, self._receive_window)  # a MAX_DATA in this flush
+        if link._receive_window is not None:  # a MAX_DATA in this flush
+            slide_receive_window(quic, link._receive_window, link._held_received)
         if link._sending:
             link._sending = False
             _piggyback_ack(quic, now)
         for data, address in quic.datagrams_to_send(now=now):
             self._send(data, address)
+        progress, link._progress = link._progress, None
+        if progress is not None:  # acknowledgements may have made room (wait_send_room)
+            progress.set()
         if link.terminated_by is not None:
             self._forget(link)
             return
@@ -634,6 +682,8 @@ class QuicEndpoint:
                 del self._per_address[key]
         link.handler = None  # the handler saw ConnectionTerminated; nothing calls it again
         link.closed.set()
+        if link._progress is not None:
+            link._progress.set()
 
     async def _timer_loop(self) -> None:
         timers = self._timers

@@ -48,6 +48,10 @@ class FrameType(IntEnum):
     LINK_OPEN = 17
     LINK_POST = 18
     LINK_FETCH = 19
+    BLOB_CREATE = 24
+    BLOB_UPLOAD = 25
+    BLOB_STATUS = 26
+    BLOB_DOWNLOAD = 27
     CALL_OPEN = 40
     CALL_JOIN = 41
     CALL_LEAVE = 42
@@ -69,6 +73,10 @@ class FrameType(IntEnum):
     LINK_OPENED = 81
     LINK_POSTED = 82
     LINK_MESSAGES = 83
+    BLOB_CREATED = 88
+    BLOB_UPLOADED = 89
+    BLOB_STATE = 90
+    BLOB_DATA = 91
     CALL_OPENED = 104
     CALL_JOINED = 105
     CALL_LEFT = 106
@@ -89,7 +97,7 @@ class ErrorCode(IntEnum):
 
     Grouped by tens: framing 1-9, authentication 10-19, enrolment and requests 20-29,
     delivery 30-39, organisation 40-49, server and connection 50-59, prekeys 60-69,
-    accounts and linking 70-79, calls 100-109, wake-up pushes 120-129.
+    accounts and linking 70-79, attachments 80-89, calls 100-109, wake-up pushes 120-129.
     """
 
     NO_ERROR = 0  # normal close
@@ -120,6 +128,10 @@ class ErrorCode(IntEnum):
     STALE_DEVICE_LIST = 70  # a published device list's version is not above the stored one
     INVALID_DEVICE_LIST = 71  # malformed, badly signed, another account's, or drops its publisher
     LINK_CHANNEL_UNKNOWN = 72  # no such link channel: unknown, expired, exhausted or not yours
+    BLOB_UNKNOWN = 80  # no such blob: unknown, wrong, expired, incomplete or not yours
+    BLOB_TOO_LARGE = 81  # the blob's size exceeds the relay's maximum (or its bytes its size)
+    BLOB_QUOTA_EXCEEDED = 82  # the organisation's blobs would exceed its quota; nothing stored
+    BLOB_OFFSET_MISMATCH = 83  # an upload's offset is not what the relay holds; ask BLOB_STATUS
     CALL_UNKNOWN = 100  # no such call: unknown, ended, or not one this device was invited to
     CALL_FULL = 101  # the call already holds MAX_CALL_PARTICIPANTS devices
     CALLS_UNAVAILABLE = 102  # this relay carries no calls (it runs several worker processes)
@@ -164,8 +176,9 @@ RESERVED_BLOCKS: tuple[FeatureBlock, ...] = (
     # Linked devices assigned requests 16-19, responses 80-83 and errors 70-72 (issue 13).
     FeatureBlock(feature="linked devices", requests=range(20, 24), responses=range(84, 88),
                  pushes=range(136, 140), errors=range(73, 80)),
-    FeatureBlock(feature="attachments", requests=range(24, 32), responses=range(88, 96),
-                 pushes=range(140, 144), errors=range(80, 90)),
+    # Attachments assigned requests 24-27, responses 88-91 and errors 80-83 (issue 18).
+    FeatureBlock(feature="attachments", requests=range(28, 32), responses=range(92, 96),
+                 pushes=range(140, 144), errors=range(84, 90)),
     FeatureBlock(feature="groups (multi-recipient sends)", requests=range(32, 40),
                  responses=range(96, 104), pushes=range(144, 148), errors=range(90, 100)),
     # Calls assigned requests 40-42, responses 104-107, pushes 148-149 and errors 100-102

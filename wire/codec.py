@@ -16,6 +16,7 @@ from typing import Any, Final
 import msgpack
 
 from wire.account_frames import ACCOUNT_FRAME_CLASSES, AddedDevice
+from wire.blob_frames import BLOB_FRAME_CLASSES
 from wire.call_frames import CALL_FRAME_CLASSES
 from wire.frames import (
     LENGTH_PREFIX_SIZE,
@@ -62,6 +63,7 @@ _FRAME_CLASSES: Final[tuple[type[Any], ...]] = (
     EnrolStart, EnrolVerify, Hello, Authenticate, Lookup, Send, Ack,
     EnrolStarted, Enrolled, Challenge, Authenticated, LookupResult, SendAccepted, Acked, Error,
     Deliver, QueueEmpty, *PREKEY_FRAME_CLASSES, *ACCOUNT_FRAME_CLASSES, *PUSH_FRAME_CLASSES,
+    *BLOB_FRAME_CLASSES,
     *CALL_FRAME_CLASSES,
 )  # fmt: skip
 _CLASS_BY_TYPE: Final[dict[int, type[Any]]] = {cls.frame_type: cls for cls in _FRAME_CLASSES}
@@ -237,11 +239,23 @@ class FrameDecoder:
     is poisoned: every later call raises the same error.
     """
 
-    __slots__ = ("_buffer", "_error")
+    __slots__ = ("_buffer", "_error", "_rest")
 
     def __init__(self) -> None:
         self._buffer = bytearray()  # the incomplete frame's bytes, prefix included
         self._error: RemoteProtocolError | None = None
+        self._rest: bytes | None = None  # set once ``stop_after`` stopped the decoding
+
+    @property
+    def stopped(self) -> bool:
+        """Whether a frame ``stop_after`` chose ended the framing: the rest is raw bytes."""
+        return self._rest is not None
+
+    def take_rest(self) -> bytes:
+        """The bytes that followed the stopping frame in the data fed (raw, not frames); each
+        byte is handed over once."""
+        rest, self._rest = self._rest or b"", b""
+        return rest
 
     @property
     def error(self) -> RemoteProtocolError | None:
@@ -268,7 +282,8 @@ class FrameDecoder:
         return LENGTH_PREFIX_SIZE + int(length)
 
     def feed(self, data: bytes, *, max_frame_size: int = MAX_FRAME_SIZE,
-             limit_after: Callable[[Frame], int] | None = None) -> list[Frame]:
+             limit_after: Callable[[Frame], int] | None = None,
+             stop_after: Callable[[Frame], bool] | None = None) -> list[Frame]:
         """Add received bytes; return the frames they complete, in order.
 
         If garbage follows complete frames in ``data``, those frames are returned and the error
@@ -280,6 +295,9 @@ class FrameDecoder:
                 MAX_FRAME_SIZE; a smaller one bounds what an unauthenticated peer may send.
             limit_after: given each frame decoded, the limit for the frames behind it in
                 ``data`` (a frame may lift the limit: AUTHENTICATE); None keeps it.
+            stop_after: given each frame decoded, whether the stream's framing ends with it
+                (a frame opening a raw stream); the bytes behind it are then kept for
+                ``take_rest`` and the decoder is ``stopped``: feeding it again is an error.
 
         Raises:
             RemoteProtocolError: FRAME_TOO_LARGE as soon as a length prefix exceeds the limit
@@ -287,6 +305,9 @@ class FrameDecoder:
         """
         if self._error is not None:
             raise self._error
+        if self._rest is not None:
+            raise LocalProtocolError(ErrorCode.UNEXPECTED_FRAME,
+                                     "the stream's framing ended: its bytes are raw")
         buffer = self._buffer
         if buffer:
             buffer += data
@@ -311,6 +332,10 @@ class FrameDecoder:
                 frame = decode_body(view[offset + LENGTH_PREFIX_SIZE : frame_end])
                 frames.append(frame)
                 offset = frame_end
+                if stop_after is not None and stop_after(frame):
+                    self._rest = bytes(view[offset:end_of_data])
+                    offset = end_of_data  # consumed: handed over by take_rest
+                    break
                 if limit_after is not None:
                     max_frame_size = limit_after(frame)
         except RemoteProtocolError as error:

@@ -16,6 +16,7 @@ from types import MappingProxyType
 from typing import ClassVar
 
 from wire.account_frames import AccountFrame
+from wire.blob_frames import BlobFrame
 from wire.call_frames import CallFrame
 from wire.catalogue import ErrorCode, FrameType
 from wire.checks import (
@@ -402,8 +403,8 @@ class QueueEmpty:
     frame_type: ClassVar[FrameType] = FrameType.QUEUE_EMPTY
 
 
-# Every frame of the protocol, the prekey service's, the accounts', the pushes' and the calls'
-# included.
+# Every frame of the protocol: the prekey service's, the accounts', the attachments', the
+# pushes' and the calls' included.
 Frame = (
     EnrolStart
     | EnrolVerify
@@ -425,6 +426,7 @@ Frame = (
     | PrekeyFrame
     | AccountFrame
     | PushFrame
+    | BlobFrame
     | CallFrame
 )
 

@@ -9,12 +9,14 @@ from crypto.device_list import MAX_DEVICE_LIST_SIZE
 
 __all__ = [
     "ALPN",
+    "BLOB_ID_SIZE",
     "IDENTITY_KEY_SIZE",
     "LENGTH_PREFIX_SIZE",
     "LINK_CHANNEL_ID_SIZE",
     "LINK_CHANNEL_TTL_MS",
     "LINK_FETCH_WAIT_MS",
     "MAX_ACK_IDS",
+    "MAX_BLOB_OFFSET",
     "MAX_BUFFERED_BYTES_BEFORE_AUTHENTICATION",
     "MAX_BUFFERED_BYTES_PER_CONNECTION",
     "MAX_CIPHERTEXT_SIZE",
@@ -68,6 +70,9 @@ MAX_LINK_PAYLOAD_SIZE = 8 * 1024  # bytes of one provisioning message: keys and 
 MAX_LINK_POSTS_PER_SIDE = 4  # messages each side may post over a channel's life (and per fetch)
 LINK_CHANNEL_TTL_MS = 10 * 60 * 1000  # a link channel lives 10 minutes after LINK_OPEN
 LINK_FETCH_WAIT_MS = 20_000  # a LINK_FETCH with nothing waiting is answered after at most 20 s
+BLOB_ID_SIZE = 32  # bytes of a blob id: 256 random bits, the capability to read the blob
+MAX_BLOB_OFFSET = 2**63 - 1  # bytes of a blob's size or an offset in it: fits a signed 64-bit
+# column (the relay's own maximum, its setting blob_max_bytes, is far lower: BLOB_TOO_LARGE)
 MAX_RETRY_AFTER_MS = 24 * 60 * 60 * 1000  # an ERROR's retry_after_ms: a day, the longest period
 # Connection budgets (PROTOCOL.md "Connection budgets"): what one client may make the relay hold.
 MAX_CONCURRENT_STREAMS = 32  # client request streams open at once (QUIC MAX_STREAMS, per kind)

@@ -6,6 +6,12 @@ here does I/O, reads the clock or draws random numbers. PROTOCOL.md is the contr
 
 Streams (RFC 9000 section 2.1): requests travel only on client-initiated bidirectional streams,
 pushes only on server-initiated unidirectional streams.
+
+Raw streams (PROTOCOL.md "Attachments"): a BLOB_UPLOAD (to the relay) or a BLOB_DATA (to the
+client), as the first frame of a stream, ends that direction's framing: every later byte until
+FIN is the blob's, reported as ``StreamBytes`` and never buffered here. Such a frame anywhere
+but first is refused (UNEXPECTED_FRAME), and so is any frame after a BLOB_DOWNLOAD, which must
+be its stream's only one (the answer is raw). Every other stream keeps its framing and budgets.
 """
 
 from __future__ import annotations
@@ -49,8 +55,11 @@ __all__ = [
     "MAX_HELD_BYTES",
     "MAX_HELD_FRAMES",
     "PUSH_FRAME_TYPES",
+    "RAW_OPENING_REQUESTS",
+    "RAW_OPENING_RESPONSES",
     "RESPONSE_FRAME_TYPES",
     "SMALL_FRAME_STATES",
+    "SOLE_REQUESTS",
     "TRANSITIONS",
     "AuthenticationRequested",
     "ClientEvent",
@@ -62,6 +71,7 @@ __all__ = [
     "ResponseReceived",
     "ServerEvent",
     "ServerProtocol",
+    "StreamBytes",
     "StreamEnded",
     "StreamFailed",
     "is_client_bidirectional",
@@ -97,6 +107,8 @@ ALLOWED_REQUESTS: dict[ConnectionState, frozenset[FrameType]] = {
         FrameType.LOOKUP, FrameType.SEND, FrameType.ACK, FrameType.UPLOAD_PREKEYS,
         FrameType.FETCH_BUNDLE, FrameType.GET_PREKEY_COUNTS, FrameType.LIST_DEVICES,
         FrameType.PUBLISH_DEVICE_LIST, FrameType.PUSH_SET, FrameType.PUSH_CLEAR, FrameType.PUSH_GET,
+        FrameType.BLOB_CREATE, FrameType.BLOB_UPLOAD, FrameType.BLOB_STATUS,
+        FrameType.BLOB_DOWNLOAD,
         FrameType.CALL_OPEN, FrameType.CALL_JOIN, FrameType.CALL_LEAVE,
     }) | _LINKING,
     ConnectionState.CLOSED: frozenset(),
@@ -127,6 +139,9 @@ BUFFER_BUDGETS: dict[ConnectionState, int] = {
 SMALL_FRAME_STATES = frozenset({ConnectionState.NEW, ConnectionState.CHALLENGED})
 
 RESPONSE_FRAME_TYPES = frozenset(frame_type for frame_type in FrameType if 64 <= frame_type < 128)
+RAW_OPENING_REQUESTS = frozenset({FrameType.BLOB_UPLOAD})  # the client's bytes after it are raw
+RAW_OPENING_RESPONSES = frozenset({FrameType.BLOB_DATA})  # the relay's bytes after it are raw
+SOLE_REQUESTS = frozenset({FrameType.BLOB_DOWNLOAD})  # its stream's only frame: the answer is raw
 PUSH_FRAME_TYPES = frozenset({FrameType.DELIVER, FrameType.QUEUE_EMPTY, FrameType.PREKEYS_LOW,
                               FrameType.CALL_MEMBERS, FrameType.CALL_ENDED})
 
@@ -178,6 +193,14 @@ class StreamEnded:
 
 
 @dataclass(frozen=True, slots=True)
+class StreamBytes:
+    """Raw bytes of a stream whose framing an opening frame ended (a blob's bytes, in order)."""
+
+    stream_id: int  #: the raw stream
+    data: bytes  #: the next bytes, never empty
+
+
+@dataclass(frozen=True, slots=True)
 class ResponseReceived:
     """Client side: a response on the stream that carried the request."""
 
@@ -197,8 +220,8 @@ class PushReceived:
     frame: Deliver | QueueEmpty | PrekeysLow | CallMembers | CallEnded  #: the push
 
 
-ServerEvent = RequestReceived | AuthenticationRequested | StreamFailed | StreamEnded
-ClientEvent = ResponseReceived | PushReceived | StreamFailed | StreamEnded
+ServerEvent = RequestReceived | AuthenticationRequested | StreamBytes | StreamFailed | StreamEnded
+ClientEvent = ResponseReceived | PushReceived | StreamBytes | StreamFailed | StreamEnded
 Event = ServerEvent | ClientEvent
 
 
@@ -207,10 +230,17 @@ class _StreamReader:
     """One FrameDecoder per receiving stream; a failed stream is reported once, then ignored.
 
     Each stream's incomplete frame is counted at its declared size (``buffered_bytes``);
-    ``_reserve`` may refuse more, which fails the stream that asked.
+    ``_reserve`` may refuse more, which fails the stream that asked. A stream opened by one of
+    ``_raw_openers`` is raw from then on (``_raw_events``); ``_first_only`` frames must open
+    their stream, and ``_sole`` ones must be its only frame.
     """
 
+    _raw_openers: frozenset[FrameType] = frozenset()
+    _sole: frozenset[FrameType] = frozenset()
+
     def __init__(self) -> None:
+        self._raw: set[int] = set()  # streams whose framing ended: their bytes are raw
+        self._opened_by: dict[int, FrameType] = {}  # stream -> the type of its first frame
         self._decoders: dict[int, FrameDecoder] = {}
         # Failed streams, forgotten when the peer ends or resets them (QUIC sends nothing after).
         self._failed: set[int] = set()
@@ -237,9 +267,37 @@ class _StreamReader:
     def _release(self, size: int) -> None:
         """``size`` bytes counted by ``_reserve`` are no longer held."""
 
+    def _opens_raw(self, frame: Frame) -> bool:
+        return frame.frame_type in self._raw_openers
+
+    def _raw_events(self, stream_id: int, data: bytes, end_stream: bool) -> list[StreamBytes
+                                                                               | StreamEnded]:
+        """A raw stream's bytes, as they come; its end forgets it."""
+        events: list[StreamBytes | StreamEnded] = []
+        if data:
+            events.append(StreamBytes(stream_id, data))
+        if end_stream:
+            self._raw.discard(stream_id)
+            events.append(StreamEnded(stream_id))
+        return events
+
+    def _misplaced(self, stream_id: int, frames: list[Frame]) -> int | None:
+        """The index of the first frame out of place on its stream (an opening frame that is
+        not the stream's first, a frame behind a sole one), or None; remembers the first."""
+        opened_by = self._opened_by.get(stream_id)
+        for index, frame in enumerate(frames):
+            frame_type = frame.frame_type
+            if opened_by is None:
+                opened_by = self._opened_by[stream_id] = frame_type
+            elif opened_by in self._sole or frame_type in self._raw_openers | self._sole:
+                return index
+        return None
+
     def _receive(
         self, stream_id: int, data: bytes, end_stream: bool
-    ) -> tuple[list[Frame], ProtocolError | None]:
+    ) -> tuple[list[Frame], ProtocolError | None, bytes | None]:
+        """The frames completed by ``data``, the error that ended the stream if any, and the
+        bytes behind a raw stream's opening frame (None unless the framing ended here)."""
         decoder = self._decoders.get(stream_id)
         if decoder is None:
             decoder = self._decoders[stream_id] = FrameDecoder()
@@ -247,7 +305,19 @@ class _StreamReader:
         try:
             if data:
                 frames = decoder.feed(data, max_frame_size=self._frame_size_limit(),
-                                      limit_after=self._limit_after)
+                                      limit_after=self._limit_after, stop_after=self._opens_raw)
+            misplaced = self._misplaced(stream_id, frames)
+            if misplaced is not None:
+                frame = frames[misplaced]
+                del frames[misplaced:]
+                reason = (f"{frame.frame_type.name} may not follow "
+                          f"{self._opened_by_name(stream_id, frame)} on stream {stream_id}")
+                self._fail(stream_id, end_stream)
+                return frames, _unexpected(reason), None
+            if decoder.stopped:
+                rest = decoder.take_rest()
+                self._drop(stream_id)
+                return frames, None, rest
             if decoder.error is not None:
                 raise decoder.error  # garbage after the frames returned
             if end_stream:
@@ -260,11 +330,17 @@ class _StreamReader:
             # error it replaced (a msgpack or field error), whose own traceback does the same.
             error.__traceback__ = None
             error.__context__ = error.__cause__ = None
-            return frames, self._explain(error)
+            return frames, self._explain(error), None
         refusal = self._count(stream_id, decoder.incomplete_frame_size)
         if refusal is not None:
             self._fail(stream_id, end_stream)
-        return frames, refusal
+        return frames, refusal, None
+
+    def _opened_by_name(self, stream_id: int, frame: Frame) -> str:
+        opened_by = self._opened_by.get(stream_id)
+        if opened_by is None or frame.frame_type in self._raw_openers | self._sole:
+            return "another frame (it must open a fresh stream)"
+        return f"{opened_by.name} (its stream's only frame)"
 
     def _explain(self, error: RemoteProtocolError) -> ProtocolError:
         """The error to report for a stream's bad bytes (a subclass may say more)."""
@@ -289,6 +365,7 @@ class _StreamReader:
     def _drop(self, stream_id: int) -> None:
         """Forget the stream's decoder and what was counted for it."""
         self._decoders.pop(stream_id, None)
+        self._opened_by.pop(stream_id, None)
         counted = self._counted.pop(stream_id, 0)
         if counted:
             self._buffered_bytes -= counted
@@ -297,6 +374,8 @@ class _StreamReader:
     def _drop_all(self) -> None:
         for stream_id in list(self._decoders):
             self._drop(stream_id)
+        self._raw.clear()
+        self._opened_by.clear()
 
     def _ignores(self, stream_id: int, end_stream: bool) -> bool:
         """True for a stream that already failed: its data is dropped without a word."""
@@ -308,6 +387,7 @@ class _StreamReader:
 
     def _fail(self, stream_id: int, end_stream: bool) -> None:
         self._drop(stream_id)
+        self._raw.discard(stream_id)
         if not end_stream:
             self._failed.add(stream_id)
 
@@ -323,6 +403,7 @@ class _StreamReader:
         """The peer reset the stream: forget its partial frame; nothing is reported."""
         self._drop(stream_id)
         self._failed.discard(stream_id)
+        self._raw.discard(stream_id)
 
 
 def _unexpected(reason: str) -> RemoteProtocolError:
@@ -364,6 +445,9 @@ class ServerProtocol(_StreamReader):
         buffers: the relay's shared pool; None counts this connection alone.
     """
 
+    _raw_openers = RAW_OPENING_REQUESTS
+    _sole = SOLE_REQUESTS
+
     def __init__(self, *, buffers: BufferPool | None = None) -> None:
         super().__init__()
         self.state = ConnectionState.NEW
@@ -371,7 +455,7 @@ class ServerProtocol(_StreamReader):
         self._nonce: bytes | None = None
         self._challenge_issued = False
         self._signature_verified = False
-        self._held: list[tuple[int, Frame | StreamFailed | StreamEnded]] = []
+        self._held: list[tuple[int, Frame | StreamBytes | StreamFailed | StreamEnded]] = []
         self._held_bytes = 0
         self._pool = buffers
         self._pooled_as_authenticated = False  # which share of the pool our bytes are counted in
@@ -436,7 +520,8 @@ class ServerProtocol(_StreamReader):
     @property
     def held_frames(self) -> int:
         """Frames received behind AUTHENTICATE and held until the shell decides."""
-        return sum(1 for _, item in self._held if not isinstance(item, StreamFailed | StreamEnded))
+        return sum(1 for _, item in self._held
+                   if not isinstance(item, StreamBytes | StreamFailed | StreamEnded))
 
     def receive_stream_data(
         self, stream_id: int, data: bytes, end_stream: bool
@@ -447,25 +532,35 @@ class ServerProtocol(_StreamReader):
         and returned by ``confirm_authentication``.
         """
         events: list[ServerEvent] = []
+        if stream_id in self._raw:
+            if self.state in HOLDING_STATES:
+                self._hold(stream_id, [], None, end_stream, len(data), raw=data)
+            elif self.state is not ConnectionState.CLOSED:
+                events.extend(self._raw_events(stream_id, data, end_stream))
+            return events
         if self._ignores(stream_id, end_stream):
             return events
         if not is_client_bidirectional(stream_id):
             events.extend(self._refuse_stream(stream_id, data, end_stream))
             return events
-        frames, error = self._receive(stream_id, data, end_stream)
+        frames, error, rest = self._receive(stream_id, data, end_stream)
         for index, frame in enumerate(frames):
             if self.state in HOLDING_STATES:  # from the start, or behind this chunk's AUTHENTICATE
-                self._hold(stream_id, frames[index:], error, end_stream, len(data))
+                self._hold(stream_id, frames[index:], error, end_stream, len(data), raw=rest)
                 return events
             try:
                 events.append(self._accept(stream_id, frame))
             except RemoteProtocolError as refusal:
                 # The requests before it stand; the stream is finished for everything after.
                 self._fail(stream_id, end_stream)
-                error = refusal
+                error, rest = refusal, None
                 break
         if self.state in HOLDING_STATES:
             self._hold(stream_id, [], error, end_stream, len(data))
+            return events
+        if rest is not None:  # the BLOB_UPLOAD was accepted: the rest is the blob's
+            self._raw.add(stream_id)
+            events.extend(self._raw_events(stream_id, rest, end_stream))
             return events
         _finish(events, stream_id, end_stream, error)
         return events
@@ -481,21 +576,35 @@ class ServerProtocol(_StreamReader):
         return RequestReceived(stream_id, frame)
 
     def _hold(self, stream_id: int, frames: list[Frame], error: ProtocolError | None,
-              end_stream: bool, size: int) -> None:
-        """Keep what arrived while authenticating, within MAX_HELD_FRAMES and MAX_HELD_BYTES."""
+              end_stream: bool, size: int, *, raw: bytes | None = None) -> None:
+        """Keep what arrived while authenticating, within MAX_HELD_FRAMES and MAX_HELD_BYTES.
+
+        ``raw``: bytes of a raw stream (behind its BLOB_UPLOAD, held among ``frames`` or
+        earlier), kept in order like frames; the stream is raw from now on.
+        """
         self._held_bytes += size
+        over = RemoteProtocolError(
+            ErrorCode.RATE_LIMITED,
+            "too many requests before authentication completed; retry once authenticated",
+            retry_after_ms=RETRY_AFTER_BUFFERS_MS)
         for frame in frames:
             if len(self._held) >= MAX_HELD_FRAMES or self._held_bytes > MAX_HELD_BYTES:
                 self._fail(stream_id, end_stream)
-                error = RemoteProtocolError(
-                    ErrorCode.RATE_LIMITED,
-                    "too many requests before authentication completed; retry once authenticated",
-                    retry_after_ms=RETRY_AFTER_BUFFERS_MS)
+                error, raw = over, None
                 break
             self._held.append((stream_id, frame))
+        if error is None and raw is not None:
+            if self._held_bytes > MAX_HELD_BYTES:
+                self._fail(stream_id, end_stream)
+                error = over
+            else:
+                self._raw.add(stream_id)
+                if raw:
+                    self._held.append((stream_id, StreamBytes(stream_id, raw)))
         if error is not None:
             self._held.append((stream_id, StreamFailed(stream_id, error)))
         elif end_stream:
+            self._raw.discard(stream_id)
             self._held.append((stream_id, StreamEnded(stream_id)))
 
     def issue_challenge(self, nonce: bytes) -> bytes:
@@ -572,7 +681,7 @@ class ServerProtocol(_StreamReader):
                 if isinstance(item, StreamEnded):
                     self._failed.discard(stream_id)  # as _ignores does when the peer ends it
                 continue
-            if isinstance(item, StreamFailed | StreamEnded):
+            if isinstance(item, StreamBytes | StreamFailed | StreamEnded):
                 events.append(item)
                 continue
             try:
@@ -605,18 +714,26 @@ class ServerProtocol(_StreamReader):
 class ClientProtocol(_StreamReader):
     """The reference client's view: responses on its own streams, pushes on the relay's."""
 
+    _raw_openers = RAW_OPENING_RESPONSES
+
     def receive_stream_data(
         self, stream_id: int, data: bytes, end_stream: bool
     ) -> list[ClientEvent]:
         """Feed bytes received on a stream; return what they mean, in stream order."""
         events: list[ClientEvent] = []
+        if stream_id in self._raw:
+            events.extend(self._raw_events(stream_id, data, end_stream))
+            return events
         if self._ignores(stream_id, end_stream):
             return events
         pushes = is_server_unidirectional(stream_id)
         if not (pushes or is_client_bidirectional(stream_id)):
             events.extend(self._refuse_stream(stream_id, data, end_stream))
             return events
-        frames, error = self._receive(stream_id, data, end_stream)
+        frames, error, rest = self._receive(stream_id, data, end_stream)
+        if rest is not None and pushes:  # a BLOB_DATA is no push: refused below
+            self._fail(stream_id, end_stream)
+            rest = None
         for frame in frames:
             # The class check is the PUSH_FRAME_TYPES check, in a form mypy narrows.
             if pushes and isinstance(frame, Deliver | QueueEmpty | PrekeysLow | CallMembers
@@ -628,5 +745,10 @@ class ClientProtocol(_StreamReader):
                 self._fail(stream_id, end_stream)
                 error = _unexpected(f"{frame.frame_type.name} is not allowed on stream {stream_id}")
                 break
+        else:
+            if rest is not None:  # a BLOB_DATA opened the stream: the rest is the blob's
+                self._raw.add(stream_id)
+                events.extend(self._raw_events(stream_id, rest, end_stream))
+                return events
         _finish(events, stream_id, end_stream, error)
         return events

@@ -56,12 +56,15 @@ from storage.base import (
     AdminStore,
     AlreadyExists,
     Device,
+    DeviceActivity,
     Directory,
     NotFound,
     Organisation,
+    OrganisationPolicy,
     OrganisationState,
     SeatLimitReached,
     User,
+    UserState,
 )
 from wire.phone import national_format
 
@@ -181,19 +184,24 @@ class UserView:
 
     user: User
     devices: tuple[Device, ...]
+    last_seen: dict[int, datetime.date]
+    """Device id -> the day it last authenticated (absent: not since the relay records it)."""
 
     def as_json(self) -> dict[str, Any]:
-        registered = [device.registered_at for device in self.devices]
+        seen = [self.last_seen[device.device_id] for device in self.devices
+                if device.device_id in self.last_seen]
         return {
             "phone": self.user.phone,
             "phone_national": national_format(self.user.phone),
             "status": self.user.state.value,
             "declared_on": _day(self.user.declared_at),
             "enrolled_on": None if self.user.enrolled_at is None else _day(self.user.enrolled_at),
-            # Devices do not report activity to the store yet: the newest registration is the
-            # last day the relay knows the user was seen.
-            "last_seen_on": _day(max(registered)) if registered else None,
-            "devices": [{"device_id": device.device_id, "registered_on": _day(device.registered_at)}
+            # The day any of its devices last authenticated (relay.last_seen).
+            "last_seen_on": max(seen).isoformat() if seen else None,
+            "devices": [{"device_id": device.device_id,
+                         "registered_on": _day(device.registered_at),
+                         "last_seen_on": self.last_seen[device.device_id].isoformat()
+                         if device.device_id in self.last_seen else None}
                         for device in self.devices],
         }
 
@@ -212,8 +220,9 @@ class NewSession:
     (``PasswordChangeRequired`` otherwise)."""
 
 
-class AdminServiceStore(AdminStore, Directory, Protocol):
-    """What administration needs of the store: the administrative side and the directory."""
+class AdminServiceStore(AdminStore, Directory, OrganisationPolicy, DeviceActivity, Protocol):
+    """What administration needs of the store: the administrative side, the directory, the
+    cross-organisation policy, and when devices were last seen."""
 
 
 def _day(ms: int) -> str:
@@ -489,7 +498,9 @@ class AdminService:
             subject=subject, address=caller.address, now=self._now_ms())
 
     async def _view(self, user: User) -> UserView:
-        return UserView(user=user, devices=tuple(await self._store.list_devices(user.user_id)))
+        devices = tuple(await self._store.list_devices(user.user_id))
+        last_seen = await self._store.devices_last_seen(user.user_id) if devices else {}
+        return UserView(user=user, devices=devices, last_seen=last_seen)
 
     # -- users -------------------------------------------------------------------------
 
@@ -657,6 +668,26 @@ class AdminService:
         await self._audit(caller, organisation, "licence.add", f"{added} seats")
         return licence
 
+    async def set_licence_terms(self, caller: Caller, name: str, *, offer: LicenceOffer,
+                                contract_start: datetime.date) -> Licence:
+        """Operators: the offer and the contract start (the commitment periods count from
+        it). Audited as ``licence.terms``, as on creation. Raises InvalidRequest (the start
+        is out of range), Forbidden, NotFound."""
+        organisation = await self._operator_organisation(caller, name)
+        check_contract_start(contract_start, today=self.today())
+        licence = await self._store.set_licence_terms(organisation=name, offer=offer,
+                                                      period_start=contract_start)
+        await self._audit(caller, organisation, "licence.terms",
+                          f"{licence.seats} seats, {offer.value} from "
+                          f"{contract_start.isoformat()}")
+        return licence
+
+    async def seat_use(self, caller: Caller, name: str) -> tuple[int, int]:
+        """(declared, enrolled): the users holding a seat, and those with a device."""
+        await self.organisation(caller, name)
+        users = await self._store.list_users(name)
+        return len(users), sum(user.state is UserState.ENROLLED for user in users)
+
     # -- audit -------------------------------------------------------------------------
 
     async def audit(self, caller: Caller, name: str, *, action: str | None = None,
@@ -693,6 +724,11 @@ class AdminService:
         else:
             await self._store.set_organisation_state(name=name, state=state)
         await self._audit(caller, organisation, f"organisation.{state.value}", name)
+
+    async def cross_organisation(self, caller: Caller, name: str) -> bool:
+        """Whether the organisation's users may reach other organisations' users."""
+        organisation = await self.organisation(caller, name)
+        return await self._store.cross_organisation_allowed(organisation.organisation_id)
 
     async def set_cross_organisation(self, caller: Caller, name: str, allowed: bool) -> None:
         organisation = await self._operator_organisation(caller, name)

@@ -5,9 +5,9 @@ Each module holds one capability and states its rules on its methods:
 the cross-organisation policy), ``enrolment`` (SMS codes, device registration, secrets),
 ``accounts`` (account keys, device lists, revocation notices, link channels), ``prekeys``,
 ``rate_limits``, ``administration`` (organisations, users, accounts, sessions, tokens, audit,
-licences), ``lifecycle`` and ``cluster`` (what a shared database offers the
-relay nodes). ``storage.base.Store`` composes them all; a caller that needs one capability
-asks for that protocol only.
+licences), ``blobs`` (encrypted files' ciphertext), ``lifecycle`` and ``cluster`` (what a
+shared database offers the relay nodes). ``storage.base.Store`` composes them all; a caller
+that needs one capability asks for that protocol only.
 """
 
 from __future__ import annotations
