@@ -22,7 +22,7 @@ import trio
 
 from client.call_media import CallElsewhereError, CallEndedError
 from client.calls import Call, CallManager
-from client.errors import RelayError
+from client.errors import HandshakeFailed, RelayError, RelayUnreachable
 
 __all__ = [
     "ANSWER_TIMEOUT_SECONDS",
@@ -216,8 +216,12 @@ async def answer_and_echo(manager: CallManager,
         except RelayError as error:  # the call ended before we joined (CALL_UNKNOWN)
             report({"call": "missed", "from": incoming.caller_phone, "reason": error.code.name})
             continue
-        except CallElsewhereError:  # held by another cluster node: not followed here yet
+        except CallElsewhereError:  # sent on by the node it was sent to: not followed twice
             report({"call": "missed", "from": incoming.caller_phone, "reason": "CALL_ELSEWHERE"})
+            continue
+        except (RelayUnreachable, HandshakeFailed):  # the node holding the call did not answer
+            report({"call": "missed", "from": incoming.caller_phone,
+                    "reason": "NODE_UNREACHABLE"})
             continue
         report({"call": "answered", "from": incoming.caller_phone,
                 "group": bool(incoming.members)})

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 
 import trio
 
-from client.call_media import CallEndedError, CallHandle
+from client.call_media import CallElsewhereError, CallEndedError, CallHandle
 from client.message_content import CallSignal
 from client.messenger import Messenger, ReceivedCallSignal
 from crypto.device import DeviceAddress
@@ -45,8 +45,8 @@ from crypto.sframe import (
 )
 from wire.call_frames import CALL_SIGNAL_TTL_MS
 
-__all__ = ["CALL_SUITE", "MAX_PENDING_CALLS", "SIGNAL_BUFFER", "Call", "CallManager",
-           "IncomingCall"]
+__all__ = ["CALL_SUITE", "MAX_PENDING_CALLS", "RING_TIMEOUT_MS", "SIGNAL_BUFFER", "Call",
+           "CallManager", "IncomingCall"]
 
 CALL_SUITE = CipherSuite.AES_128_GCM_SHA256_128
 """The SFrame cipher suite of every call (RFC 9605's AES_128_GCM_SHA256_128)."""
@@ -55,6 +55,10 @@ MAX_PENDING_CALLS = 16
 offer): the oldest are forgotten first."""
 SIGNAL_BUFFER = 256
 """Call messages waiting for the manager; more are dropped (a flood, never a real call)."""
+RING_TIMEOUT_MS = CALL_SIGNAL_TTL_MS
+"""A call rings at most this long after its offer was sent (by the older of the caller's
+send time and the relay's acceptance time), then stops as "missed": a caller that vanished
+without hanging up does not leave a phone ringing. Its offer would no longer be rung by then."""
 
 
 @dataclass(eq=False, kw_only=True)
@@ -67,7 +71,7 @@ class IncomingCall:
     members: tuple[str, ...]  #: the other invited numbers of a group call
     offered_at_ms: int  #: the caller's clock when it sent the offer
     stopped: trio.Event = field(default_factory=trio.Event)  #: set when it stops ringing
-    stop_reason: str = ""  #: "answered elsewhere", "hung up", "answered", "declined"
+    stop_reason: str = ""  #: "answered elsewhere", "hung up", "answered", "declined", "missed"
 
 
 @dataclass(eq=False)
@@ -162,6 +166,7 @@ class CallManager:
             SIGNAL_BUFFER)
         self._incoming_in, self.incoming = trio.open_memory_channel[IncomingCall](
             MAX_PENDING_CALLS)
+        self._timers: trio.Nursery | None = None
         messenger.on_call_signal = self._hand_over
 
     def _hand_over(self, received: ReceivedCallSignal) -> None:
@@ -169,9 +174,24 @@ class CallManager:
             self._signals_in.send_nowait(received)
 
     async def run(self) -> None:
-        """Handle call messages until cancelled."""
-        async for received in self._signals_out:
-            await self._handle(received)
+        """Handle call messages, and stop ringing calls after RING_TIMEOUT_MS, until
+        cancelled."""
+        async with trio.open_nursery() as timers:
+            self._timers = timers
+            try:
+                async for received in self._signals_out:
+                    await self._handle(received)
+            finally:
+                self._timers = None
+                timers.cancel_scope.cancel()
+
+    async def _ring_until(self, incoming: IncomingCall, seconds: float) -> None:
+        """Stop ``incoming`` ringing as "missed" after ``seconds``, unless it stopped before."""
+        with trio.move_on_after(seconds):
+            await incoming.stopped.wait()
+            return
+        if self.ringing.get(incoming.call_id) is incoming:
+            self._stop_ringing(incoming.call_id, "missed")
 
     async def wait_handled(self, count: int) -> None:
         """Return once ``count`` call messages were handled in all."""
@@ -217,7 +237,7 @@ class CallManager:
     async def answer(self, incoming: IncomingCall) -> Call:
         """Join the call, send this device's key to every participant, and tell this
         account's other devices to stop ringing."""
-        session = await self.messenger.client.join_call(incoming.call_id)
+        session = await self._join(incoming.call_id)
         sender, key_id, base_key = _new_sender()
         phones = {incoming.caller.user_id: incoming.caller_phone}
         for phone in incoming.members:
@@ -238,6 +258,15 @@ class CallManager:
         await self.messenger.send_call_signal(self.messenger.phone, self._signal(
             "handled", call.call_id, by_device=self.messenger.device_id))
         return call
+
+    async def _join(self, call_id: bytes) -> CallHandle:
+        """Join the call's media session, following CALL_ELSEWHERE once: the messenger moves
+        this device's connection to the cluster node that holds the call, and joins there."""
+        try:
+            return await self.messenger.client.join_call(call_id)
+        except CallElsewhereError as elsewhere:
+            await self.messenger.move_to(elsewhere.address)
+        return await self.messenger.client.join_call(call_id)
 
     async def decline(self, incoming: IncomingCall) -> None:
         """Refuse a ringing call: the caller hears "hangup", this account's devices stop."""
@@ -328,6 +357,9 @@ class CallManager:
         except trio.WouldBlock:
             del self.ringing[signal.call_id]
             return
+        if self._timers is not None:
+            self._timers.start_soon(self._ring_until, incoming,
+                                    max(0, RING_TIMEOUT_MS - age) / 1000)
         await self.messenger.send_call_signal(signal.sender_phone,
                                               self._signal("ringing", signal.call_id))
 

@@ -44,6 +44,7 @@ from client.connection import (
     RelayClient,
     RelayError,
     connect_any,
+    connect_relay,
 )
 from client.contacts import AccountView, Contact, decode_contacts, encode_contacts
 from client.downloads import FileRefused, download_file
@@ -228,6 +229,9 @@ class Messenger:
         self.on_call_signal: Callable[[ReceivedCallSignal], None] | None = None
         """Called (without blocking) with every call message received; without it, call
         messages are read and dropped (client.calls sets it)."""
+        self._nursery: trio.Nursery | None = None
+        self._held: trio.CancelScope | None = None
+        self._moving: trio.Event | None = None
 
     @classmethod
     @asynccontextmanager
@@ -290,11 +294,51 @@ class Messenger:
         await messenger.refresh_prekeys()
         await messenger.own_devices()
         async with trio.open_nursery() as nursery:
+            messenger._nursery = nursery
             nursery.start_soon(messenger._refill_when_told)
             try:
                 yield messenger
             finally:
                 nursery.cancel_scope.cancel()
+
+    async def move_to(self, address: str) -> None:
+        """Carry on through the relay node at ``address`` ("HOST:PORT", a node of the same
+        cluster, which CALL_ELSEWHERE names): connect there and authenticate as this device.
+        The relay keeps one connection per device, so the new one takes over (the old one is
+        closed REPLACED); `messages` goes on reading from the new one, and every later request
+        uses it. It stays open until this messenger's block ends (docs/CALLS.md "Calls on a
+        cluster").
+
+        Raises:
+            ValueError: ``address`` is not HOST:PORT.
+            RelayUnreachable, HandshakeFailed, CertificateFileError: see `connect_relay`
+                (this messenger keeps its connection).
+        """
+        if self._nursery is None:
+            raise RuntimeError("move_to needs a messenger made by Messenger.attach")
+        [(host, port)] = parse_relay_list(address)
+        moving = self._moving = trio.Event()
+        try:
+            client, held = await self._nursery.start(self._hold, host, port)
+            previous, self._held, self.client = self._held, held, client
+        finally:
+            self._moving = None
+            moving.set()  # `messages` carries on with the new connection
+        if previous is not None:
+            previous.cancel()  # an earlier move's connection, replaced by now
+        self._nursery.start_soon(self._refill_when_told)
+
+    async def _hold(self, host: str, port: int, *,
+                    task_status: trio.TaskStatus[tuple[RelayClient, trio.CancelScope]]
+                    = trio.TASK_STATUS_IGNORED) -> None:
+        """Open and authenticate `move_to`'s connection, and keep it open until cancelled
+        (in this messenger's nursery, so that it closes with the messenger)."""
+        ca = self.profile.data.ca
+        async with connect_relay(host, port, ca=Path(ca) if ca else None) as client:
+            await client.authenticate(self.user_id, self.device_id, self.profile.signing_key())
+            with trio.CancelScope() as held:
+                task_status.started((client, held))
+                await trio.sleep_forever()
 
     # -- the state, one writer at a time -----------------------------------------------
 
@@ -650,27 +694,44 @@ class Messenger:
         """
         handed_over: Deliver | None = None
         try:
-            async for delivery in self.client.deliveries():
-                if isinstance(delivery, QueueEmpty):
-                    if stop_when_empty:
-                        return
-                    continue
-                async with self.exclusive():
-                    message = await self._open(delivery)
-                if message is None:  # Already handed over and acknowledged, or a control one.
-                    await self._commit(delivery)
-                    continue
-                if download_dir is not None and isinstance(message.content, FileMessage):
-                    message = await self._fetch(message, message.content, download_dir,
-                                                progress)
-                handed_over = delivery
-                yield message
-                await self._commit(delivery)
-                handed_over = None
+            while True:
+                client = self.client
+                try:
+                    async for delivery in client.deliveries():
+                        if isinstance(delivery, QueueEmpty):
+                            if stop_when_empty:
+                                return
+                            continue
+                        async with self.exclusive():
+                            message = await self._open(delivery)
+                        if message is None:  # Handed over and acknowledged, or a control one.
+                            await self._commit(delivery)
+                            continue
+                        if download_dir is not None and isinstance(message.content,
+                                                                   FileMessage):
+                            message = await self._fetch(message, message.content,
+                                                        download_dir, progress)
+                        handed_over = delivery
+                        yield message
+                        await self._commit(delivery)
+                        handed_over = None
+                except ConnectionClosed:
+                    if not await self._moved_from(client):
+                        raise
+                    # What the old connection delivered without an acknowledgement comes
+                    # again on the new one; what was already decrypted is recognised.
         finally:
             if handed_over is not None:
                 with trio.CancelScope(shield=True):
                     await self._commit(handed_over)
+
+    async def _moved_from(self, client: RelayClient) -> bool:
+        """Whether ``client``, now closed, was replaced by `move_to`'s new connection
+        (waiting for a move under way to finish)."""
+        moving = self._moving
+        if moving is not None:
+            await moving.wait()
+        return self.client is not client
 
     async def _fetch(self, message: ReceivedMessage, file: FileMessage, directory: Path,
                      progress: TransferProgress | None) -> ReceivedMessage:

@@ -8,8 +8,10 @@ on an answer, a datagram or a push, each bounded.
 
 from __future__ import annotations
 
+import shutil
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,9 +19,15 @@ import psycopg
 import pytest
 import trio
 
+from bench.enrol_devices import OutboxCodes
 from bench.spawn import SpawnedRelay, spawn_relay
+from client.account_setup import verify_enrolment
 from client.call_media import CallElsewhereError, CallHandle
+from client.calls import Call, CallManager
 from client.connection import ConnectionClosed, RelayError, connect_relay
+from client.message_content import TextMessage
+from client.messenger import Messenger
+from client.profile import Profile
 from storage.postgres_calls import find_call, forget_call, publish_call
 from storage.store_url import open_store, parse_store_url
 from tests.postgres_schemas import conninfo, fresh_schema, store_url
@@ -61,6 +69,22 @@ async def cluster(cluster_url: str, tmp_path: Path) -> AsyncIterator[Cluster]:
             spawn_relay(tmp_path / "node-2", store=cluster_url,
                         node_name=f"node-2-{uuid.uuid4().hex[:6]}") as second:
         yield Cluster(url=cluster_url, nodes=[first, second])
+
+
+@pytest.fixture
+async def one_certificate_cluster(cluster_url: str, tmp_path: Path) -> AsyncIterator[Cluster]:
+    """Two nodes serving one certificate, which a profile trusts (``--ca``) as a cluster's
+    clients do: a device moved from one node to the other checks the same name and key."""
+    await declare(cluster_url, tmp_path, (PHONE_A, PHONE_B), organisation="acme")
+    async with spawn_relay(tmp_path / "node-1", store=cluster_url,
+                           node_name=f"node-1-{uuid.uuid4().hex[:6]}") as first:
+        tls = tmp_path / "node-2" / "tls"
+        tls.mkdir(parents=True)
+        for name in ("cert.pem", "key.pem"):
+            shutil.copy2(first.cert.parent / name, tls / name)
+        async with spawn_relay(tmp_path / "node-2", store=cluster_url,
+                               node_name=f"node-2-{uuid.uuid4().hex[:6]}") as second:
+            yield Cluster(url=cluster_url, nodes=[first, second])
 
 
 async def exchange(sender: CallHandle, receiver: CallHandle, payload: bytes) -> None:
@@ -150,3 +174,85 @@ async def test_a_call_route_names_its_node_to_invited_users_only_until_it_ends(
                      expires_at=20_000, now=10_000)
         (count,) = connection.execute("SELECT count(*) FROM call_routes").fetchone() or (0,)
         assert count == 1
+
+
+# -- the client library follows CALL_ELSEWHERE ---------------------------------------------
+
+
+async def enrolled_on(node: SpawnedRelay, directory: Path, phone: str, ca: Path) -> Profile:
+    """A new profile for ``phone`` whose relay is ``node``, trusting ``ca`` (every node's
+    certificate, as a cluster's clients trust the cluster's)."""
+    profile = Profile(directory)
+    profile.signing_key(create=True)
+    profile.data.relay, profile.data.ca, profile.data.phone = (
+        f"127.0.0.1:{node.port}", str(ca), phone)
+    profile.save()
+    codes = OutboxCodes(node)
+    codes.expect(phone)
+    async with connect(node) as client:
+        await client.enrol_start(phone)
+    await verify_enrolment(profile, await codes.code_for(phone))
+    return profile
+
+
+@asynccontextmanager
+async def device(profile: Profile) -> AsyncIterator[tuple[CallManager,
+                                                          trio.MemoryReceiveChannel[str]]]:
+    """A device connected to its profile's node, reading its messages (texts go to the
+    channel) with its call manager running."""
+    texts_in, texts_out = trio.open_memory_channel[str](16)
+    async with Messenger.connect(profile) as messenger, trio.open_nursery() as nursery:
+        manager = CallManager(messenger)
+
+        async def read() -> None:
+            async with aclosing(messenger.messages()) as messages:
+                async for message in messages:
+                    if isinstance(message.content, TextMessage):
+                        await texts_in.send(message.content.text)
+
+        nursery.start_soon(manager.run)
+        nursery.start_soon(read)
+        yield manager, texts_out
+        nursery.cancel_scope.cancel()
+
+
+async def secure_exchange(sender: Call, receiver: Call, payload: bytes) -> None:
+    """``payload`` SFrame-encrypted by ``sender`` reaches ``receiver`` (sent again if lost)."""
+    with trio.fail_after(WAIT_S):
+        while True:
+            sender.send_media(payload)
+            with trio.move_on_after(RESEND_S):
+                while (await receiver.receive_media())[1] != payload:
+                    pass
+                return
+
+
+async def test_a_callee_on_another_node_answers_through_the_call_manager_and_keeps_receiving(
+        one_certificate_cluster: Cluster, tmp_path: Path) -> None:
+    first, second = one_certificate_cluster.nodes
+    ca = first.cert
+    with trio.fail_after(WAIT_S):
+        alice = await enrolled_on(first, tmp_path / "alice", PHONE_A, ca)
+        bob = await enrolled_on(second, tmp_path / "bob", PHONE_B, ca)
+        async with device(alice) as (caller, _), device(bob) as (callee, bob_texts):
+            bob_node = callee.messenger.client
+            call = await caller.place_call([PHONE_B])
+            incoming = await callee.incoming.receive()
+            bob_call = await callee.answer(incoming)  # CALL_ELSEWHERE, followed
+            assert callee.messenger.client is not bob_node  # bob's device moved to node 1
+            await call.wait_for_peers(1)
+            assert bob_call.session.participants == 2
+            await secure_exchange(call, bob_call, b"from alice, on node 1")
+            await secure_exchange(bob_call, call, b"from bob, moved from node 2")
+
+            # Messages keep reaching bob's device on its new connection.
+            await caller.messenger.send_text(PHONE_B, "during the call")
+            assert await bob_texts.receive() == "during the call"
+
+            await caller.hang_up(call)
+            await bob_call.ended.wait()
+            await bob_call.session.ended.wait()  # the relay of node 1 ended the session
+            assert bob_call.session.end_reason == "alone"
+            await callee.hang_up(bob_call)
+            await caller.messenger.send_text(PHONE_B, "after the call")
+            assert await bob_texts.receive() == "after the call"
