@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import secrets
 import time
+from collections.abc import Callable
 from contextlib import aclosing
 from pathlib import Path
+from typing import cast
 
 import msgpack
 import pytest
 import trio
+from trio.testing import MockClock, wait_all_tasks_blocked
 
-from client.calls import CallManager
+from client.calls import RING_TIMEOUT_MS, CallManager
 from client.message_content import (
     MAX_CALL_KEY_BYTES,
     CallSignal,
@@ -20,7 +23,8 @@ from client.message_content import (
     decode_content,
     encode_call_signal,
 )
-from client.messenger import Messenger
+from client.messenger import Messenger, ReceivedCallSignal
+from crypto.device import DeviceAddress
 from tests.account_support import TIMEOUT_S, enrolled_profile
 from tests.conftest import RelayUnderTest
 
@@ -101,3 +105,72 @@ async def test_a_call_from_a_number_the_sender_does_not_hold_never_rings(
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
+
+
+# -- a caller that vanishes without hanging up ---------------------------------------------
+
+
+class _OfflineMessenger:
+    """What a call manager uses of a messenger, recording the call messages it sends: the
+    ring timeout is about the manager's clock alone, so no relay is needed."""
+
+    phone, user_id, device_id = BOB, "u-bob", 1
+
+    def __init__(self) -> None:
+        self.on_call_signal: Callable[[ReceivedCallSignal], None] | None = None
+        self.sent: list[tuple[str, str]] = []
+
+    async def send_call_signal(self, phone: str, signal: CallSignal) -> tuple[int, ...]:
+        self.sent.append((phone, signal.kind))
+        return (1,)
+
+
+@pytest.mark.parametrize("age_s", [0, 50])
+async def test_a_call_whose_caller_vanished_stops_ringing_as_missed(
+        mock_clock: MockClock, age_s: int) -> None:
+    epoch_ms = 1_700_000_000_000
+
+    def now_ms() -> int:
+        return epoch_ms + int(trio.current_time() * 1000)
+
+    messenger = _OfflineMessenger()
+    manager = CallManager(cast(Messenger, messenger), clock_ms=now_ms)
+    caller = DeviceAddress(user_id="u-alice", device_id=1)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(manager.run)
+        sent_at = now_ms() - age_s * 1000
+        assert messenger.on_call_signal is not None
+        messenger.on_call_signal(ReceivedCallSignal(
+            sender=caller, accepted_at=sent_at, signal=_offer(sent_at_ms=sent_at, members=())))
+        incoming = await manager.incoming.receive()
+        await wait_all_tasks_blocked()
+        assert messenger.sent == [(ALICE, "ringing")]
+        # The caller never hangs up: the phone rings until the offer is RING_TIMEOUT_MS old.
+        mock_clock.jump(RING_TIMEOUT_MS / 1000 - age_s - 1)
+        await wait_all_tasks_blocked()
+        assert not incoming.stopped.is_set() and CALL_ID in manager.ringing
+        mock_clock.jump(1)
+        await wait_all_tasks_blocked()
+        assert incoming.stopped.is_set() and incoming.stop_reason == "missed"
+        assert CALL_ID not in manager.ringing
+        assert messenger.sent == [(ALICE, "ringing")]  # nothing is sent for a missed call
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_call_declined_in_time_is_not_reported_missed_later(
+        mock_clock: MockClock) -> None:
+    messenger = _OfflineMessenger()
+    manager = CallManager(cast(Messenger, messenger),
+                          clock_ms=lambda: int(trio.current_time() * 1000))
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(manager.run)
+        assert messenger.on_call_signal is not None
+        messenger.on_call_signal(ReceivedCallSignal(
+            sender=DeviceAddress(user_id="u-alice", device_id=1), accepted_at=0,
+            signal=_offer(sent_at_ms=0, members=())))
+        incoming = await manager.incoming.receive()
+        await manager.decline(incoming)
+        mock_clock.jump(RING_TIMEOUT_MS / 1000 + 1)
+        await wait_all_tasks_blocked()
+        assert incoming.stop_reason == "declined"
+        nursery.cancel_scope.cancel()
