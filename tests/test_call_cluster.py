@@ -8,7 +8,9 @@ on an answer, a datagram or a push, each bounded.
 
 from __future__ import annotations
 
+import json
 import shutil
+import subprocess
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import aclosing, asynccontextmanager
@@ -20,7 +22,7 @@ import pytest
 import trio
 
 from bench.enrol_devices import OutboxCodes
-from bench.spawn import SpawnedRelay, spawn_relay
+from bench.spawn import BIN, SpawnedRelay, spawn_relay
 from client.account_setup import verify_enrolment
 from client.call_media import CallElsewhereError, CallHandle
 from client.calls import Call, CallManager
@@ -32,6 +34,7 @@ from storage.postgres_calls import find_call, forget_call, publish_call
 from storage.store_url import open_store, parse_store_url
 from tests.postgres_schemas import conninfo, fresh_schema, store_url
 from tests.relay_processes import connect, declare, enrol
+from tests.test_cli_calls import Answering
 from transport.addresses import parse_host_port
 from wire.call_frames import CALL_ID_SIZE
 from wire.frames import ErrorCode
@@ -256,3 +259,47 @@ async def test_a_callee_on_another_node_answers_through_the_call_manager_and_kee
             await callee.hang_up(bob_call)
             await caller.messenger.send_text(PHONE_B, "after the call")
             assert await bob_texts.receive() == "after the call"
+
+
+async def cryptopass(profile: Path, *args: str) -> str:
+    """Run the ``cryptopass`` command for ``profile`` to completion; its standard output."""
+    with trio.fail_after(WAIT_S * 4):
+        result = await trio.run_process(
+            [str(BIN / "cryptopass"), "--profile", str(profile), *args],
+            capture_stdout=True, capture_stderr=True, check=False)
+    assert result.returncode == 0, result.stderr.decode()
+    return result.stdout.decode()
+
+
+async def test_the_cli_answers_a_call_held_by_the_other_node_and_keeps_receiving(
+        one_certificate_cluster: Cluster, tmp_path: Path) -> None:
+    first, second = one_certificate_cluster.nodes
+    with trio.fail_after(WAIT_S):
+        alice = await enrolled_on(first, tmp_path / "alice", PHONE_A, first.cert)
+        bob = await enrolled_on(second, tmp_path / "bob", PHONE_B, first.cert)
+    bob_lines = Answering()
+    async with trio.open_nursery() as nursery:
+        follower = await trio.lowlevel.open_process(
+            [str(BIN / "cryptopass"), "--profile", str(bob.directory), "receive", "--follow",
+             "--accept-calls"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        assert follower.stdout is not None
+        nursery.start_soon(bob_lines.read, follower.stdout)
+        try:
+            result = json.loads(await cryptopass(alice.directory, "call", PHONE_B,
+                                                 "--seconds", "1"))
+            assert result["peers"] == 1 and result["undecryptable"] == 0
+            assert 0 < result["packets_received"] <= result["packets_sent"] == 50
+            with trio.fail_after(WAIT_S):
+                await bob_lines.wait_for(1, "ended")
+            assert [line["call"] for line in bob_lines.lines] == ["answered", "ended"]
+            # Bob's follower now reads from node 1, and still gets his messages.
+            await cryptopass(alice.directory, "send", PHONE_B, "after the call")
+            with trio.fail_after(WAIT_S):
+                await bob_lines.wait_for_text("after the call")
+        finally:
+            follower.terminate()
+            with trio.move_on_after(WAIT_S):
+                await follower.wait()
+            if follower.returncode is None:
+                follower.kill()
+        nursery.cancel_scope.cancel()

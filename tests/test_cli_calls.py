@@ -38,6 +38,11 @@ class Answering:
         while sum(line.get("call") == kind for line in self.lines) < count:
             await self._changed.wait()
 
+    async def wait_for_text(self, text: str) -> None:
+        """Until a message line with ``text`` was printed."""
+        while not any(line.get("text") == text for line in self.lines):
+            await self._changed.wait()
+
 
 @asynccontextmanager
 async def answering(cli: Cli, name: str) -> AsyncIterator[Answering]:
