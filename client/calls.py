@@ -265,7 +265,10 @@ class CallManager:
         try:
             return await self.messenger.client.join_call(call_id)
         except CallElsewhereError as elsewhere:
-            await self.messenger.move_to(elsewhere.address)
+            try:
+                await self.messenger.move_to(elsewhere.address)
+            except ValueError:
+                raise elsewhere from None  # not HOST:PORT: nowhere this device can go
         return await self.messenger.client.join_call(call_id)
 
     async def decline(self, incoming: IncomingCall) -> None:
