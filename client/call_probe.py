@@ -190,7 +190,7 @@ async def probe_call(manager: CallManager, phones: list[str], seconds: float, *,
     finally:
         await manager.hang_up(call)
     return {"to": phones} | stats.result(peers=len(call.peers)) | {
-        "undecryptable": call.undecryptable}
+        "undecryptable": call.undecryptable, "unknown_key": call.unknown_key}
 
 
 async def _answered_or_busy(call: Call, count: int) -> None:
@@ -229,4 +229,4 @@ async def answer_and_echo(manager: CallManager,
         if call.call_id in manager.calls:
             await manager.hang_up(call)
         report({"call": "ended", "from": incoming.caller_phone, "echoed": echoed,
-                "undecryptable": call.undecryptable})
+                "undecryptable": call.undecryptable, "unknown_key": call.unknown_key})

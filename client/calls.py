@@ -41,6 +41,7 @@ from crypto.sframe import (
     SFrameError,
     SFrameReceiver,
     SFrameSender,
+    UnknownKeyIdError,
     new_base_key,
 )
 from wire.call_frames import CALL_SIGNAL_TTL_MS
@@ -92,7 +93,11 @@ class Call:
     hung_up_by_peer: bool = False  #: the other side ended it (nothing more to tell them)
     peers_changed: trio.Event = field(default_factory=trio.Event)  #: replaced at each change
     rekeys: int = 0  #: new sending keys drawn after someone left
-    undecryptable: int = 0  #: media datagrams refused (forged, replayed, or an old key)
+    undecryptable: int = 0  #: media datagrams refused by SFrame's checks (forged, replayed)
+    unknown_key: int = 0
+    """Media datagrams under a KID this device holds no key for, refused: the sender's key
+    has not arrived yet (it travels as a message, the media as datagrams, and in a group call
+    a newcomer's media can come first) or was replaced by a rekey; a forger's, too."""
 
     @property
     def call_id(self) -> bytes:
@@ -132,6 +137,8 @@ class Call:
                 raise
             try:
                 return self.receiver.decrypt(payload, metadata=self.call_id)
+            except UnknownKeyIdError:
+                self.unknown_key += 1
             except SFrameError:
                 self.undecryptable += 1
 

@@ -636,8 +636,8 @@ def call(phone: Annotated[str | None, typer.Argument(
     SFrame, which a callee running `receive --follow --accept-calls` echoes back. Prints one
     JSON object: {"to": [PHONE, ...], "packets_sent": N, "packets_received": N, "peers": P,
     "loss": FRACTION, "jitter_ms": MS, "round_trip_p50_ms": MS, "one_way_delay_ms": MS,
-    "undecryptable": N}; in a group call each callee echoes, so N received is up to P x sent.
-    Messages that arrive during the call are printed as JSON lines on stderr.
+    "undecryptable": N, "unknown_key": N}; in a group call each callee echoes, so N received
+    is up to P x sent. Messages that arrive during the call are printed as JSON lines on stderr.
     """
     profile = _enrolled_profile()
     if (phone is None) == (group is None):

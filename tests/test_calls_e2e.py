@@ -16,12 +16,12 @@ import pytest
 import trio
 
 from client.call_probe import echo_media, probe_packet, run_probe
-from client.calls import Call, CallManager, IncomingCall
+from client.calls import CALL_SUITE, Call, CallManager, IncomingCall
 from client.message_content import CallSignal
 from client.messenger import Messenger
 from client.profile import Profile
 from crypto.device import DeviceAddress
-from crypto.sframe import SFrameError
+from crypto.sframe import SFrameError, SFrameSender, new_base_key
 from relay.calls import CallParticipant, CallService
 from tests.account_support import TIMEOUT_S, enrolled_profile, linked_profile
 from tests.conftest import RelayUnderTest, declare
@@ -276,3 +276,28 @@ async def test_a_callee_already_in_a_call_answers_busy(relay: RelayUnderTest,
             assert not second.peers and len(callee.calls) == 1
             await other.hang_up(second)
             await caller.hang_up(first)
+
+
+async def test_media_under_an_unknown_key_is_counted_apart_from_forged_and_replayed_media(
+        relay: RelayUnderTest, tmp_path: Path) -> None:
+    alice = await enrolled_profile(relay, tmp_path / "alice", ALICE)
+    bob = await enrolled_profile(relay, tmp_path / "bob", BOB)
+    with trio.fail_after(TIMEOUT_S):
+        async with online(alice) as caller, online(bob) as callee:
+            call = await caller.place_call([BOB])
+            _, bob_call = await answered(callee)
+            await call.wait_for_peers(1)
+            stranger = SFrameSender(CALL_SUITE, call.sender.key_id + 1,
+                                    new_base_key(CALL_SUITE))
+            call.session.send(stranger.encrypt(b"under a key bob never got",
+                                               metadata=call.call_id))
+            genuine = call.sender.encrypt(b"said once", metadata=call.call_id)
+            tampered = bytearray(call.sender.encrypt(b"altered", metadata=call.call_id))
+            tampered[-1] ^= 1
+            for payload in (genuine, genuine, bytes(tampered)):  # the second is a replay
+                call.session.send(payload)
+            call.send_media(b"the real one")
+            received = [(await bob_call.receive_media())[1] for _ in range(2)]
+            assert received == [b"said once", b"the real one"]
+            assert (bob_call.unknown_key, bob_call.undecryptable) == (1, 2)
+            await caller.hang_up(call)

@@ -110,7 +110,7 @@ async def test_a_call_and_a_group_call_are_answered_echoed_and_measured(
         answered = [line for line in bob.lines if line["call"] == "answered"]
         assert [line["group"] for line in answered] == [False, True]
         assert all(line["undecryptable"] == 0 for line in bob.lines + carol.lines
-                   if line["call"] == "ended")
+                   if line["call"] == "ended"), (bob.lines, carol.lines)
         nursery.cancel_scope.cancel()
 
 
