@@ -22,6 +22,7 @@ import typer
 
 from bench import connection_memory, crypto_cost, internal, scenarios, store_cost
 from bench.admin_provisioner import ProvisioningError
+from bench.calls import run_calls
 from bench.cli_options import (
     JsonOption,
     RelayCpuOption,
@@ -207,6 +208,27 @@ def transport(devices: Annotated[int, typer.Option(help="Connected clients.", mi
                                    window=window, time_limit=timeout, compare=compare,
                                    relay_cpu=relay_cpu)
     _run(work, as_json, "transport", relay_cpu=relay_cpu)
+
+
+@app.command()
+@with_options("target", target_options)
+def calls(calls: Annotated[int, typer.Option(help="Concurrent 1:1 calls measured.",
+                                             min=1)] = 20,
+          seconds: Annotated[float, typer.Option(help="Seconds of media measured.",
+                                                 min=0.1)] = 5.0,
+          ramp: Annotated[bool, typer.Option(
+              help="Then double the calls until more than 1 % of datagrams are lost.")] = True,
+          ramp_max: Annotated[int, typer.Option(help="The most calls the ramp tries.",
+                                                min=1)] = 160,
+          ramp_seconds: Annotated[float, typer.Option(help="Seconds per ramp step.",
+                                                      min=0.1)] = 2.0,
+          timeout: TimeoutOption = 120, as_json: JsonOption = False, *,
+          target: TargetOptions) -> None:
+    """Calls through the media relay (50 datagrams/s each way): forwarded datagrams/s,
+    latency added over a bare QUIC datagram echo, loss, and the calls carried below 1 %."""
+    _run_on_target(lambda relay: run_calls(
+        relay, calls=calls, seconds=seconds, ramp=ramp, ramp_max=ramp_max,
+        ramp_seconds=ramp_seconds, time_limit=timeout), target, as_json, "calls")
 
 
 @app.command()

@@ -1,4 +1,5 @@
-"""The transport ceiling's server: bare aioquic streams, every byte echoed back.
+"""The transport ceiling's server: bare aioquic streams, every byte echoed back, and every
+QUIC DATAGRAM echoed back as a datagram (the ``calls`` scenario's baseline).
 
 It runs the same trio QUIC shell as the relay (``transport.quic``) with a handler
 that only echoes, so the relay's cost above it is the relay's own work.
@@ -22,7 +23,7 @@ from aioquic.quic import events
 from aioquic.quic.configuration import QuicConfiguration
 
 from relay.tls import ensure_development_certificate
-from transport.quic import QuicEndpoint, QuicLink, open_udp_socket
+from transport.quic import DATAGRAM_FRAME_SIZE, QuicEndpoint, QuicLink, open_udp_socket
 from wire.frames import ALPN
 
 __all__ = ["EchoHandler", "serve"]
@@ -33,6 +34,8 @@ class EchoHandler:
         for event in batch:
             if isinstance(event, events.StreamDataReceived):
                 link.send_stream_data(event.stream_id, event.data, event.end_stream)
+            elif isinstance(event, events.DatagramFrameReceived):
+                link.send_datagram(event.data)
 
 
 async def serve(tls_dir: Path, port: int = 0) -> None:
@@ -41,6 +44,7 @@ async def serve(tls_dir: Path, port: int = 0) -> None:
     cert, key, _ = ensure_development_certificate(tls_dir,
                                                   now=datetime.datetime.now(datetime.UTC))
     configuration = QuicConfiguration(is_client=False, alpn_protocols=[ALPN],
+                                      max_datagram_frame_size=DATAGRAM_FRAME_SIZE,
                                       max_stream_data=4 * 1024 * 1024, max_data=16 * 1024 * 1024)
     configuration.load_cert_chain(str(cert), str(key))
     sock = open_udp_socket("127.0.0.1", port)

@@ -32,6 +32,13 @@ import typer
 
 from client.account_setup import verify_enrolment
 from client.attachments import FileUnreadable
+from client.call_probe import (
+    ANSWER_TIMEOUT_SECONDS,
+    CallNotAnswered,
+    answer_and_echo,
+    probe_call,
+)
+from client.calls import CallManager
 from client.connection import (
     CertificateFileError,
     ConnectionClosed,
@@ -44,7 +51,7 @@ from client.connection import (
 )
 from client.file_names import announced_name, safe_file_name
 from client.linking import LinkFailed, approve_link, link_new_device, remove_device
-from client.message_content import MAX_TEXT_BYTES, FileMessage
+from client.message_content import MAX_CALL_MEMBERS, MAX_TEXT_BYTES, FileMessage
 from client.messenger import (
     DeviceListProblem,
     IdentityChangedError,
@@ -76,6 +83,8 @@ EXAMPLE_PHONE = "+33612345678"
 EXAMPLE_CA = "cryptopass-data/tls/cert.pem"
 """Where `scripts/run-relay` and ``cryptopass-relay serve`` keep the relay's certificate."""
 PHONE_HINT = f"use the international form, e.g. {EXAMPLE_PHONE}"
+MAX_CALL_SECONDS = 3600.0
+"""Longest synthetic stream ``call`` sends: a probe, not a conversation."""
 MAX_FOLLOW_RECONNECTS = 5
 """Times in a row ``receive --follow`` reconnects after another command of the same profile
 took the device's connection (REPLACED) without a message in between; beyond, two followers
@@ -158,7 +167,8 @@ def _explain(error: BaseException) -> str | None:
     at = f"the relay at {_invocation.relay}" if _invocation.relay else "the relay"
     match error:
         case (ProfileError() | UnknownContactError() | MissingPrekeysError() | LinkFailed()
-              | ProfileBusyError() | DeviceListProblem() | LinkCodeError() | FileUnreadable()):
+              | ProfileBusyError() | DeviceListProblem() | LinkCodeError() | CallNotAnswered()
+              | FileUnreadable()):
             return str(error)
         case ProvisioningError():
             return (f"link refused: {error}. Nothing was added to the account; if the new "
@@ -493,6 +503,10 @@ def receive(follow: Annotated[bool, typer.Option(
             timeout: Annotated[float | None, typer.Option(
                 help="Exit after this many seconds (default: no limit); a relay that has "
                      "not answered by then is an error.", min=0, show_default=False)] = None,
+            accept_calls: Annotated[bool, typer.Option(
+                help="Answer every call at once and echo its audio back (a test peer for "
+                     "`cryptopass call`); prints a JSON line when a call is answered and "
+                     "when it ends.", show_default=True)] = False,
             push_wait: Annotated[bool, typer.Option(
                 "--push-wait",
                 help="Wait disconnected for a wake-up push, as a phone does: serve a Web Push "
@@ -518,13 +532,17 @@ def receive(follow: Annotated[bool, typer.Option(
     identity key changed. With --download-dir, each file is downloaded, decrypted and
     checked first (an interrupted download resumes on the next run; a file that fails its
     check is not saved, and its line has "error"); a progress bar shows on stderr when it
-    is a terminal.
+    is a terminal. Calls are ignored (they ring nowhere) unless
+    --accept-calls.
     """
     profile = _enrolled_profile()
     if push_wait:
         if follow:
             _fail("--push-wait and --follow exclude each other: --push-wait waits "
                   "disconnected, --follow connected")
+        if accept_calls:
+            _fail("--push-wait and --accept-calls exclude each other: a call is answered "
+                  "connected (--follow)")
         if download_dir is not None:
             _fail("--push-wait does not fetch files yet: run `receive --download-dir DIR` "
                   "once it has woken you")
@@ -541,10 +559,13 @@ def receive(follow: Annotated[bool, typer.Option(
             while True:
                 try:
                     async with Messenger.connect(profile, reached=reached,
-                                                 hold_profile=not follow) as messenger, aclosing(
+                                                 hold_profile=not follow) as messenger, \
+                            trio.open_nursery() as calls, aclosing(
                             messenger.messages(stop_when_empty=not follow,
                                                download_dir=download_dir,
                                                progress=progress)) as messages:
+                        if accept_calls:
+                            _answer_calls(calls, messenger)
                         ready = True
                         async for message in messages:
                             replaced = 0
@@ -556,6 +577,7 @@ def receive(follow: Annotated[bool, typer.Option(
                             received += 1
                             if count is not None and received >= count:
                                 break
+                        calls.cancel_scope.cancel()
                     break
                 except* ConnectionClosed as closed:
                     # Another command on this profile (a send) took the device's connection:
@@ -580,6 +602,71 @@ def _print_message(message: ReceivedMessage) -> None:
     sys.stdout.flush()
     if message.identity_changed and message.content is not None:
         _warn_identity_changed(message, message.content.sender_phone)
+
+
+def _answer_calls(nursery: trio.Nursery, messenger: Messenger) -> None:
+    manager = CallManager(messenger)
+
+    def report(line: dict[str, Any]) -> None:
+        typer.echo(json.dumps(line, ensure_ascii=False))
+        sys.stdout.flush()
+
+    nursery.start_soon(manager.run)
+    nursery.start_soon(answer_and_echo, manager, report)
+
+
+@app.command()
+def call(phone: Annotated[str | None, typer.Argument(
+             metavar="PHONE", help=f"The number to call, e.g. {EXAMPLE_PHONE}.",
+             show_default=False)] = None,
+         group: Annotated[str | None, typer.Option(
+             "--group", metavar="NAME", help=f"Start a group call. Until named groups "
+             f"exist, NAME is a comma-separated list of 2 to {MAX_CALL_MEMBERS} numbers.",
+             show_default=False)] = None,
+         seconds: Annotated[float, typer.Option(
+             help="How long to send the synthetic audio stream.", min=0.02,
+             max=MAX_CALL_SECONDS)] = 5.0,
+         answer_timeout: Annotated[float, typer.Option(
+             help="How long to ring before giving up.", min=1,
+             max=60)] = ANSWER_TIMEOUT_SECONDS) -> None:
+    """Call PHONE (or a group) and measure the line with a synthetic audio stream.
+
+    Every device of each callee rings; the first to answer takes the call. This sends 50
+    packets a second of 160 bytes (like 20 ms Opus frames), each end-to-end encrypted with
+    SFrame, which a callee running `receive --follow --accept-calls` echoes back. Prints one
+    JSON object: {"to": [PHONE, ...], "packets_sent": N, "packets_received": N, "peers": P,
+    "loss": FRACTION, "jitter_ms": MS, "round_trip_p50_ms": MS, "one_way_delay_ms": MS,
+    "undecryptable": N, "unknown_key": N}; in a group call each callee echoes, so N received
+    is up to P x sent. Messages that arrive during the call are printed as JSON lines on stderr.
+    """
+    profile = _enrolled_profile()
+    if (phone is None) == (group is None):
+        _fail("give either PHONE or --group NAME (a comma-separated list of numbers)")
+    phones = [_phone(phone)] if phone is not None else [
+        _phone(entry) for entry in (group or "").split(",") if entry.strip()]
+    if group is not None and not 2 <= len(phones) <= MAX_CALL_MEMBERS:
+        _fail(f"a group call takes 2 to {MAX_CALL_MEMBERS} numbers, comma-separated")
+    if len(set(phones)) != len(phones) or profile.data.phone in phones:
+        _fail("each number once, and not this device's own")
+
+    async def work() -> None:
+        async with Messenger.connect(profile) as messenger, trio.open_nursery() as nursery:
+            manager = CallManager(messenger)
+            nursery.start_soon(manager.run)
+            nursery.start_soon(_texts_to_stderr, messenger)
+            result = await probe_call(manager, phones, seconds,
+                                      answer_timeout=answer_timeout)
+            nursery.cancel_scope.cancel()
+        typer.echo(json.dumps(result))
+
+    _run(work)
+
+
+async def _texts_to_stderr(messenger: Messenger) -> None:
+    """Read deliveries during a call (call messages arrive among them); texts go to stderr."""
+    async with aclosing(messenger.messages()) as messages:
+        async for message in messages:
+            typer.echo(json.dumps(message_line(message), ensure_ascii=False), err=True)
 
 
 @app.command("safety-number")

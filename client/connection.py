@@ -49,6 +49,7 @@ from aioquic.quic.configuration import QuicConfiguration
 from nacl.signing import SigningKey
 
 from client.blob_streams import RawChunks
+from client.call_media import CallElsewhereError, CallHandle
 from client.errors import (
     CertificateFileError,
     ConnectionClosed,
@@ -60,7 +61,7 @@ from client.errors import (
 )
 from crypto.device_list import sign_device_list
 from crypto.primitives import Ed25519KeyPair
-from transport.quic import QuicEndpoint, QuicLink, open_udp_socket
+from transport.quic import DATAGRAM_FRAME_SIZE, QuicEndpoint, QuicLink, open_udp_socket
 from wire.account_frames import (
     DeviceListPublished,
     LinkFetch,
@@ -80,6 +81,18 @@ from wire.blob_frames import (
     BlobStatus,
     BlobUpload,
     BlobUploaded,
+)
+from wire.call_frames import (
+    CallElsewhere,
+    CallEnded,
+    CallJoin,
+    CallJoined,
+    CallLeave,
+    CallLeft,
+    CallMembers,
+    CallOpen,
+    CallOpened,
+    unpack_media,
 )
 from wire.codec import encode_frame
 from wire.frames import (
@@ -226,6 +239,7 @@ class RelayClient:
         self._downloads: dict[int, RawChunks] = {}  # download stream -> its raw bytes
         self.user_id: str | None = None
         self.device_id: int | None = None
+        self._calls: dict[int, CallHandle] = {}  # by this connection's tag
 
     # -- the handler side (called by the endpoint) --------------------------------
 
@@ -245,6 +259,8 @@ class RelayClient:
                     self._stream_broken(event.stream_id, RemoteProtocolError(
                         ErrorCode.UNEXPECTED_FRAME,
                         f"the relay reset stream {event.stream_id} (code {event.error_code})"))
+                case quic_events.DatagramFrameReceived():
+                    self._media(event.data)
                 case quic_events.ConnectionTerminated():
                     self._fail_all(ConnectionClosed(event.error_code, event.reason_phrase))
                 case _:
@@ -279,7 +295,7 @@ class RelayClient:
         if not queue and stream_id not in (self._send_stream, self._ack_stream):
             del self._waiters[stream_id]  # a one-request stream is done
 
-    def _push(self, frame: Deliver | QueueEmpty | PrekeysLow) -> None:
+    def _push(self, frame: Deliver | QueueEmpty | PrekeysLow | CallMembers | CallEnded) -> None:
         if self._closed is not None:
             return  # the channels are closed; unacknowledged, it comes again next connection
         match frame:
@@ -287,6 +303,13 @@ class RelayClient:
                 self._deliveries_in.send_nowait(frame)  # never full: PUSH_BUFFER
             case PrekeysLow():
                 self._prekeys_low_in.send_nowait(frame)
+            case CallMembers():
+                if (handle := self._call_by_id(frame.call_id)) is not None:
+                    handle.members(frame.participants)
+            case CallEnded():
+                if (handle := self._call_by_id(frame.call_id)) is not None:
+                    self._calls.pop(handle.tag, None)
+                    handle.end(frame.reason)
             case _:
                 assert_never(frame)
 
@@ -349,6 +372,19 @@ class RelayClient:
             download.fail(self._closed)
         self._deliveries_in.close()
         self._prekeys_low_in.close()
+        calls, self._calls = self._calls, {}
+        for handle in calls.values():
+            handle.end("disconnected")
+
+    def _media(self, datagram: bytes) -> None:
+        """A media datagram: to its call's handle; one for no call of ours is dropped."""
+        unpacked = unpack_media(datagram)
+        if unpacked is not None and (handle := self._calls.get(unpacked[0])) is not None:
+            handle.deliver(unpacked[1])
+
+    def _call_by_id(self, call_id: bytes) -> CallHandle | None:
+        return next((handle for handle in self._calls.values() if handle.call_id == call_id),
+                    None)
 
     @property
     def link(self) -> QuicLink:
@@ -693,6 +729,49 @@ class RelayClient:
             return None
         return (answer.provider, answer.token)
 
+    # -- calls (PROTOCOL.md "Calls") ------------------------------------------------------
+
+    async def open_call(self, invitees: Sequence[str]) -> CallHandle:
+        """Ask the relay for a media session with these users (1 to 7 user ids); this device
+        joins it at once. Put ``handle.call_id`` in the end-to-end encrypted offer.
+
+        Raises:
+            RelayError: UNKNOWN_RECIPIENT (an invitee is unknown or out of reach under the
+                organisations' policy), RATE_LIMITED, CALLS_UNAVAILABLE.
+        """
+        opened = await self._ask(CallOpen(invitees=tuple(invitees)), CallOpened)
+        return self._joined(opened.call_id, opened.tag)
+
+    async def join_call(self, call_id: bytes) -> CallHandle:
+        """Join the call ``call_id`` (from an offer) as a device of an invited user.
+
+        Raises:
+            RelayError: CALL_UNKNOWN (wrong id, ended, or not invited), CALL_FULL,
+                RATE_LIMITED, CALLS_UNAVAILABLE.
+            CallElsewhereError: the call lives on another node of the cluster: connect there
+                and join again.
+        """
+        answer = await self.request(CallJoin(call_id=call_id))
+        if isinstance(answer, CallElsewhere):
+            raise CallElsewhereError(answer.call_id, answer.address)
+        joined = expect_answer(answer, CallJoined)
+        existing = self._calls.get(joined.tag)
+        if existing is not None and existing.call_id == call_id:
+            return existing
+        return self._joined(call_id, joined.tag, joined.participants)
+
+    def _joined(self, call_id: bytes, tag: int, participants: int = 1) -> CallHandle:
+        handle = CallHandle(call_id=call_id, tag=tag, link=self._require_link(),
+                            leave=self._leave_call)
+        handle.participants = participants
+        self._calls[tag] = handle
+        return handle
+
+    async def _leave_call(self, handle: CallHandle) -> None:
+        self._calls.pop(handle.tag, None)
+        if self._closed is None:
+            await self._ask(CallLeave(call_id=handle.call_id), CallLeft)
+
     async def send(self, recipient_user_id: str, payloads: Mapping[int, bytes], *,
                    client_message_id: int, urgent: bool = False) -> bool:
         """Send one envelope per recipient device; returns True if it was a re-send.
@@ -781,6 +860,7 @@ class RelayClient:
 def client_configuration(*, ca: Path | None, server_name: str | None = None,
                          verify: bool = True) -> QuicConfiguration:
     configuration = QuicConfiguration(is_client=True, alpn_protocols=[ALPN],
+                                      max_datagram_frame_size=DATAGRAM_FRAME_SIZE,
                                       max_stream_data=4 * 1024 * 1024,
                                       max_data=16 * 1024 * 1024, server_name=server_name)
     if ca is not None:

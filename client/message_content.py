@@ -16,6 +16,13 @@ TEXT, "type": TEXT or nil}``: the relay's id of the encrypted blob, the file's k
 SHA-256 of its ciphertext, its plaintext size and chunk size (`crypto.attachments`), the name
 the sender gave it (the receiver sanitises it before use) and its media type if known. The
 key and the blob id travel only here, end to end encrypted.
+
+A fourth kind is call signalling (docs/CALLS.md): ``{"v": 1, "kind": "call", "type": TYPE,
+"call": CALL_ID, "from": PHONE, "sent_at": MS, "kid": INT, "key": BYTES, "members":
+[PHONE, ...]}``, where TYPE is one of `CALL_SIGNAL_TYPES`; ``kid`` and ``key`` (the sender's
+SFrame key id and base key, `crypto.sframe`) travel in an offer, answer, join or rekey only,
+``members`` (the other invited numbers of a group call) in an offer only, ``by`` (the
+device that answered) in a "handled" only.
 """
 
 from __future__ import annotations
@@ -32,9 +39,11 @@ from crypto.attachments import (
     ciphertext_size,
 )
 
-__all__ = ["CONTENT_VERSION", "MAX_FILE_NAME_BYTES", "MAX_FILE_SIZE", "MAX_TEXT_BYTES",
-           "ContentError", "DeviceListUpdate", "FileMessage", "TextMessage", "decode_content",
-           "encode_content", "encode_device_list_update", "encode_file_content"]
+__all__ = ["CALL_SIGNAL_TYPES", "CONTENT_VERSION", "MAX_CALL_KEY_BYTES", "MAX_CALL_MEMBERS",
+           "MAX_FILE_NAME_BYTES", "MAX_FILE_SIZE", "MAX_TEXT_BYTES", "CallSignal", "ContentError",
+           "DeviceListUpdate", "FileMessage", "TextMessage", "decode_content",
+           "encode_call_signal", "encode_content", "encode_device_list_update",
+           "encode_file_content"]
 
 CONTENT_VERSION = 1
 MAX_TEXT_BYTES = 60 * 1024
@@ -51,6 +60,17 @@ far above any relay's blob limit (blob_max_bytes, 100 MiB by default), which dec
 _MAX_MEDIA_TYPE_CHARS = 127  # RFC 6838 caps a type and a subtype at 127 characters each.
 _MIN_BLOB_ID_BYTES = 16  # an unguessable id has at least 128 bits
 _MAX_BLOB_ID_BYTES = 64  # the relay draws 32 bytes; room for a longer id, not for a payload
+CALL_SIGNAL_TYPES = frozenset({"offer", "ringing", "answer", "busy", "hangup", "handled",
+                               "join", "leave", "rekey"})
+"""What a call message says: "handled" tells the sender's own other devices that the call was
+answered (or declined) here, so they stop ringing; "rekey" hands out a new media key after a
+participant left a group call."""
+MAX_CALL_KEY_BYTES = 32
+"""Longest SFrame base key a call message carries (AES-256's key size)."""
+MAX_CALL_MEMBERS = 7
+"""Numbers an offer names besides the caller's: the relay's MAX_CALL_INVITEES."""
+_CALL_ID_BYTES = 16  # wire.call_frames.CALL_ID_SIZE
+_MAX_KEY_ID = 2**64 - 1  # crypto.sframe.MAX_KEY_ID
 
 
 class ContentError(ValueError):
@@ -98,6 +118,73 @@ class DeviceListUpdate:
     device_list: bytes
 
 
+@dataclass(frozen=True, kw_only=True)
+class CallSignal:
+    """One call message (docs/CALLS.md); who sent it is the relay-authenticated device."""
+
+    kind: str  #: one of CALL_SIGNAL_TYPES
+    call_id: bytes  #: the relay's call id, 16 bytes
+    sender_phone: str  #: the sender's number, as the sender states it (check it against LOOKUP)
+    sent_at_ms: int  #: the sender's clock when sending, ms since the Unix epoch
+    key_id: int | None = None  #: the sender's SFrame KID (offer, answer, join, rekey)
+    key: bytes | None = None  #: the sender's SFrame base key, under that KID
+    members: tuple[str, ...] = ()  #: an offer's other invited numbers (a group call)
+    by_device: int | None = None  #: "handled": the device of the callee that answered
+
+
+def encode_call_signal(signal: CallSignal) -> bytes:
+    """The plaintext of a call message.
+
+    Raises:
+        ValueError: a field is out of its limits (the same checks `decode_content` makes).
+    """
+    value: dict[str, object] = {"v": CONTENT_VERSION, "kind": "call", "type": signal.kind,
+                                "call": signal.call_id, "from": signal.sender_phone,
+                                "sent_at": signal.sent_at_ms}
+    if signal.key_id is not None and signal.key is not None:
+        value["kid"], value["key"] = signal.key_id, signal.key
+    if signal.members:
+        value["members"] = list(signal.members)
+    if signal.by_device is not None:
+        value["by"] = signal.by_device
+    packed: bytes = msgpack.packb(value)
+    _decode_call(msgpack.unpackb(packed, raw=False))  # one set of limits for both directions
+    return packed
+
+
+def _decode_call(value: dict[str, object]) -> CallSignal:
+    kind, call_id, phone = value.get("type"), value.get("call"), value.get("from")
+    sent_at, key_id, key = value.get("sent_at"), value.get("kid"), value.get("key")
+    members, by_device = value.get("members", []), value.get("by")
+    if kind not in CALL_SIGNAL_TYPES:
+        raise ContentError("call content of an unknown type")
+    if not isinstance(call_id, bytes) or len(call_id) != _CALL_ID_BYTES:
+        raise ContentError("call content field 'call' is not a call id")
+    if not isinstance(phone, str) or len(phone) > _MAX_PHONE_CHARS:
+        raise ContentError("call content field 'from' is missing, not text or too long")
+    if not isinstance(sent_at, int) or sent_at < 0:
+        raise ContentError("call content field 'sent_at' is not a time")
+    if (key_id is None) != (key is None) or (key_id is None and kind in _KEYED_TYPES):
+        raise ContentError("call content has a key id without a key, or lacks both")
+    if key_id is not None and (not isinstance(key_id, int) or not 0 <= key_id <= _MAX_KEY_ID
+                               or not isinstance(key, bytes)
+                               or not 16 <= len(key) <= MAX_CALL_KEY_BYTES):
+        raise ContentError("call content fields 'kid' and 'key' are out of range")
+    if (not isinstance(members, list) or len(members) > MAX_CALL_MEMBERS
+            or not all(isinstance(m, str) and len(m) <= _MAX_PHONE_CHARS for m in members)):
+        raise ContentError("call content field 'members' is not a short list of numbers")
+    if by_device is not None and (not isinstance(by_device, int) or not 0 <= by_device < 2**32):
+        raise ContentError("call content field 'by' is not a device id")
+    return CallSignal(kind=str(kind), call_id=call_id, sender_phone=phone, sent_at_ms=sent_at,
+                      key_id=key_id if isinstance(key_id, int) else None,
+                      key=key if isinstance(key, bytes) else None,
+                      members=tuple(str(member) for member in members),
+                      by_device=by_device if isinstance(by_device, int) else None)
+
+
+_KEYED_TYPES = frozenset({"offer", "answer", "join", "rekey"})
+
+
 def encode_device_list_update(device_list: bytes) -> bytes:
     """The plaintext that tells the account's other devices about a new signed list."""
     packed: bytes = msgpack.packb({"v": CONTENT_VERSION, "kind": "device_list",
@@ -140,7 +227,7 @@ def encode_file_content(*, sender_phone: str, recipient_phone: str, sent_at: dat
     return packed
 
 
-def decode_content(data: bytes) -> TextMessage | FileMessage | DeviceListUpdate:
+def decode_content(data: bytes) -> TextMessage | FileMessage | DeviceListUpdate | CallSignal:
     """Parse a decrypted plaintext.
 
     Raises:
@@ -160,6 +247,8 @@ def decode_content(data: bytes) -> TextMessage | FileMessage | DeviceListUpdate:
         return DeviceListUpdate(device_list=device_list)
     if kind == "file":
         return _decode_file(value)
+    if kind == "call":
+        return _decode_call(value)
     if kind != "text":
         raise ContentError("content of an unknown kind")
     fields = _texts(value, {"from": _MAX_PHONE_CHARS, "to": _MAX_PHONE_CHARS,

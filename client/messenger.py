@@ -29,7 +29,7 @@ import datetime
 import mimetypes
 import secrets
 import time
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,16 +44,19 @@ from client.connection import (
     RelayClient,
     RelayError,
     connect_any,
+    connect_relay,
 )
 from client.contacts import AccountView, Contact, decode_contacts, encode_contacts
 from client.downloads import FileRefused, download_file
 from client.file_names import announced_name
 from client.message_content import (
+    CallSignal,
     ContentError,
     DeviceListUpdate,
     FileMessage,
     TextMessage,
     decode_content,
+    encode_call_signal,
     encode_content,
     encode_device_list_update,
     encode_file_content,
@@ -75,7 +78,8 @@ from transport.quic import QuicEndpoint
 from wire.frames import Deliver, ErrorCode, QueueEmpty
 
 __all__ = ["MAX_MISMATCH_RETRIES", "DeviceListProblem", "IdentityChangedError", "Messenger",
-           "ReceivedMessage", "SendReceipt", "UnknownContactError", "create_device_state"]
+           "ReceivedCallSignal", "ReceivedMessage", "SendReceipt", "UnknownContactError",
+           "create_device_state"]
 
 STATE_VERSION = 2
 MAX_MISMATCH_RETRIES = 3
@@ -136,6 +140,15 @@ class ReceivedMessage:
     file: Path | None = None  #: where a file message's file was saved, if it was fetched
     sender_confirmed: bool = False  #: the relay gives content.sender_phone to this sender
     identity_changed: bool = False  #: the sender's account key is not the accepted one: warn
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReceivedCallSignal:
+    """A call message (client.calls), decrypted, from a sender the relay confirmed."""
+
+    sender: DeviceAddress  #: the sending device, as the relay authenticated it
+    accepted_at: int  #: when the relay accepted it, ms since the Unix epoch
+    signal: CallSignal  #: what it says
 
 
 def create_device_state(profile: Profile, *, contacts: dict[str, Contact] | None = None
@@ -213,6 +226,12 @@ class Messenger:
         self.persist_state = persist_state
         self._stamp = profile.device_state_stamp() if persist_state else None
         self._depth = 0
+        self.on_call_signal: Callable[[ReceivedCallSignal], None] | None = None
+        """Called (without blocking) with every call message received; without it, call
+        messages are read and dropped (client.calls sets it)."""
+        self._nursery: trio.Nursery | None = None
+        self._held: trio.CancelScope | None = None
+        self._moving: trio.Event | None = None
 
     @classmethod
     @asynccontextmanager
@@ -275,11 +294,51 @@ class Messenger:
         await messenger.refresh_prekeys()
         await messenger.own_devices()
         async with trio.open_nursery() as nursery:
+            messenger._nursery = nursery
             nursery.start_soon(messenger._refill_when_told)
             try:
                 yield messenger
             finally:
                 nursery.cancel_scope.cancel()
+
+    async def move_to(self, address: str) -> None:
+        """Carry on through the relay node at ``address`` ("HOST:PORT", a node of the same
+        cluster, which CALL_ELSEWHERE names): connect there and authenticate as this device.
+        The relay keeps one connection per device, so the new one takes over (the old one is
+        closed REPLACED); `messages` goes on reading from the new one, and every later request
+        uses it. It stays open until this messenger's block ends (docs/CALLS.md "Calls on a
+        cluster").
+
+        Raises:
+            ValueError: ``address`` is not HOST:PORT.
+            RelayUnreachable, HandshakeFailed, CertificateFileError: see `connect_relay`
+                (this messenger keeps its connection).
+        """
+        if self._nursery is None:
+            raise RuntimeError("move_to needs a messenger made by Messenger.attach")
+        [(host, port)] = parse_relay_list(address)
+        moving = self._moving = trio.Event()
+        try:
+            client, held = await self._nursery.start(self._hold, host, port)
+            previous, self._held, self.client = self._held, held, client
+        finally:
+            self._moving = None
+            moving.set()  # `messages` carries on with the new connection
+        if previous is not None:
+            previous.cancel()  # an earlier move's connection, replaced by now
+        self._nursery.start_soon(self._refill_when_told)
+
+    async def _hold(self, host: str, port: int, *,
+                    task_status: trio.TaskStatus[tuple[RelayClient, trio.CancelScope]]
+                    = trio.TASK_STATUS_IGNORED) -> None:
+        """Open and authenticate `move_to`'s connection, and keep it open until cancelled
+        (in this messenger's nursery, so that it closes with the messenger)."""
+        ca = self.profile.data.ca
+        async with connect_relay(host, port, ca=Path(ca) if ca else None) as client:
+            await client.authenticate(self.user_id, self.device_id, self.profile.signing_key())
+            with trio.CancelScope() as held:
+                task_status.started((client, held))
+                await trio.sleep_forever()
 
     # -- the state, one writer at a time -----------------------------------------------
 
@@ -539,8 +598,24 @@ class Messenger:
                            own_devices=own_devices, mismatch_retries=retries,
                            own_copy_problem=problem)
 
-    async def _deliver(self, contact: Contact, content: bytes,
-                       message_id: int) -> tuple[tuple[int, ...], int]:
+    async def send_call_signal(self, phone: str, signal: CallSignal) -> tuple[int, ...]:
+        """Send a call message to every device of ``phone`` (or, for this account's own
+        number, its other devices), urgent and ephemeral: the relay wakes absent devices at
+        once and drops the envelope after CALL_SIGNAL_TTL_MS. Returns the devices addressed.
+
+        Raises:
+            the errors of `send_text`.
+        """
+        content = encode_call_signal(signal)
+        async with self.exclusive():
+            contact = self._own() if phone == self.phone else await self.contact(phone)
+            await self._ready(contact)
+            told, _ = await self._deliver(contact, content,
+                                          secrets.randbelow(MAX_CLIENT_MESSAGE_ID), urgent=True)
+            return told
+
+    async def _deliver(self, contact: Contact, content: bytes, message_id: int, *,
+                       urgent: bool = False) -> tuple[tuple[int, ...], int]:
         """Send to the contact's accepted devices (`_accepted_view` ran just before)."""
         retries = 0
         while True:
@@ -555,7 +630,7 @@ class Messenger:
             try:
                 await self.client.send(contact.user_id, {
                     address.device_id: ciphertext for address, ciphertext in ciphertexts.items()},
-                    client_message_id=message_id)
+                    client_message_id=message_id, urgent=urgent)
             except RelayError as error:
                 if error.code == ErrorCode.UNKNOWN_RECIPIENT:
                     await self._check_number_owner(contact)  # a new account for the number?
@@ -619,27 +694,44 @@ class Messenger:
         """
         handed_over: Deliver | None = None
         try:
-            async for delivery in self.client.deliveries():
-                if isinstance(delivery, QueueEmpty):
-                    if stop_when_empty:
-                        return
-                    continue
-                async with self.exclusive():
-                    message = await self._open(delivery)
-                if message is None:  # Already handed over and acknowledged, or a control one.
-                    await self._commit(delivery)
-                    continue
-                if download_dir is not None and isinstance(message.content, FileMessage):
-                    message = await self._fetch(message, message.content, download_dir,
-                                                progress)
-                handed_over = delivery
-                yield message
-                await self._commit(delivery)
-                handed_over = None
+            while True:
+                client = self.client
+                try:
+                    async for delivery in client.deliveries():
+                        if isinstance(delivery, QueueEmpty):
+                            if stop_when_empty:
+                                return
+                            continue
+                        async with self.exclusive():
+                            message = await self._open(delivery)
+                        if message is None:  # Handed over and acknowledged, or a control one.
+                            await self._commit(delivery)
+                            continue
+                        if download_dir is not None and isinstance(message.content,
+                                                                   FileMessage):
+                            message = await self._fetch(message, message.content,
+                                                        download_dir, progress)
+                        handed_over = delivery
+                        yield message
+                        await self._commit(delivery)
+                        handed_over = None
+                except ConnectionClosed:
+                    if not await self._moved_from(client):
+                        raise
+                    # What the old connection delivered without an acknowledgement comes
+                    # again on the new one; what was already decrypted is recognised.
         finally:
             if handed_over is not None:
                 with trio.CancelScope(shield=True):
                     await self._commit(handed_over)
+
+    async def _moved_from(self, client: RelayClient) -> bool:
+        """Whether ``client``, now closed, was replaced by `move_to`'s new connection
+        (waiting for a move under way to finish)."""
+        moving = self._moving
+        if moving is not None:
+            await moving.wait()
+        return self.client is not client
 
     async def _fetch(self, message: ReceivedMessage, file: FileMessage, directory: Path,
                      progress: TransferProgress | None) -> ReceivedMessage:
@@ -677,8 +769,11 @@ class Messenger:
             except CryptoError as error:
                 return unreadable(f"cannot decrypt: {type(error).__name__}")
             plaintext = decrypted.plaintext
-            self.inbox[delivery.envelope_id] = plaintext
-            _drop_oldest(self.inbox, MAX_INBOX)
+            if not _is_call_signal(plaintext):
+                # A call message carries a media key: never written to disk. Lost if this
+                # process dies before handling it, which an ephemeral call message may be.
+                self.inbox[delivery.envelope_id] = plaintext
+                _drop_oldest(self.inbox, MAX_INBOX)
             self.save()
         try:
             content = decode_content(plaintext)
@@ -688,12 +783,30 @@ class Messenger:
             if sender.user_id == self.user_id:
                 await self._apply_own_list(content.device_list)
             return None
+        if isinstance(content, CallSignal):
+            await self._hand_call_signal(sender, delivery.accepted_at, content)
+            return None
         contact = await self._contact_of_sender(sender, content.sender_phone)
         identity_changed = contact is None or contact.changed
         return ReceivedMessage(envelope_id=delivery.envelope_id, sender=sender,
                                accepted_at=delivery.accepted_at, content=content,
                                sender_confirmed=contact is not None,
                                identity_changed=identity_changed)
+
+    async def _hand_call_signal(self, sender: DeviceAddress, accepted_at: int,
+                                signal: CallSignal) -> None:
+        """Give a call message to the handler if the relay confirms the sender holds the
+        number it states (a call from an unconfirmed number is never rung)."""
+        if self.on_call_signal is None:
+            return
+        if sender.user_id == self.user_id:
+            confirmed = signal.sender_phone == self.phone
+        else:
+            contact = await self._contact_of_sender(sender, signal.sender_phone)
+            confirmed = contact is not None and not contact.changed
+        if confirmed:
+            self.on_call_signal(ReceivedCallSignal(sender=sender, accepted_at=accepted_at,
+                                                   signal=signal))
 
     async def _expected_identity(self, sender: DeviceAddress) -> bytes | None:
         """The identity key the sender device must have: the one its account's signed list
@@ -766,6 +879,13 @@ class Messenger:
             contact.trust_pending()
             self._observe(contact, await self.account_view(contact.user_id))
             return number
+
+
+def _is_call_signal(plaintext: bytes) -> bool:
+    try:
+        return isinstance(decode_content(plaintext), CallSignal)
+    except ContentError:
+        return False
 
 
 def _drop_oldest(inbox: dict[int, bytes], keep: int) -> None:

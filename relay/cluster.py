@@ -363,6 +363,11 @@ class ClusterNode:
         pool.open(wait=True, timeout=CONNECT_TIMEOUT_S)
         return pool
 
+    async def in_transaction(self, work: Callable[..., T], *args: Any) -> T:
+        """Run ``work(connection, *args)`` in one transaction of this node's pool, in a
+        thread (relay/call_routes.py uses it for the cluster's call routes)."""
+        return await self._in_transaction(work, *args)
+
     async def _in_transaction(self, work: Callable[..., T], *args: Any) -> T:
         pool = self._pool
         assert pool is not None

@@ -53,7 +53,7 @@ _SECRET_NAME = re.compile(r"token|password|secret|passphrase", re.IGNORECASE)
 _LIBPQ_PASSWORD = re.compile(r"(password\s*=\s*)(\S+)", re.IGNORECASE)
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off"})
-_HOST_PORT_FIELDS = frozenset({"metrics_listen", "admin_listen"})
+_HOST_PORT_FIELDS = frozenset({"metrics_listen", "admin_listen", "call_address"})
 _PORT_FIELDS = frozenset({"listen_port"})
 _MAX_PORT = 65535
 

@@ -15,6 +15,7 @@ from typing import Protocol
 import trio
 
 from enrolment.service import EnrolmentService
+from relay.calls import CallService
 from relay.cluster import ClusterNode
 from relay.delivery import CommitPipeline, Presence
 from relay.last_seen import LastSeen
@@ -184,6 +185,8 @@ class RelayContext:
     """The wake-up scheduler (relay/wakeups.py); ``serve`` sets it."""
     blobs: BlobRequests = field(init=False)
     """The blob service (relay/blobs.py); ``serve`` sets it."""
+    calls: CallService = field(init=False)
+    """The media sessions of calls (relay/calls.py); ``serve`` sets it."""
     send_budgets: SendBudgets = field(init=False)
     """Each sender device's SENDs and bytes per minute (``settings``), checked before a SEND
     is submitted (relay/send_budgets.py)."""

@@ -160,9 +160,13 @@ class DeliveryPump:
 
     def _push(self, envelopes: list[Envelope]) -> None:
         chunks, pushed = [], []
+        now = self._now_ms()
         for envelope in envelopes:
             if envelope.envelope_id <= self._cursor:
                 continue  # already pushed (read from the store and offered live)
+            if envelope.expires_at <= now:
+                continue  # never delivered late (an urgent call offer lives a minute); swept
+
             pushed.append(envelope)
             self._cursor = envelope.envelope_id
             self._unacknowledged.add(envelope.envelope_id)

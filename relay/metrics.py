@@ -105,6 +105,23 @@ class RelayMetrics:
     admin_requests: Counter[str] = field(default_factory=Counter)
     """Admin console and API responses by outcome: "ok" (2xx, 3xx), "client_error" (4xx),
     "server_error" (5xx) (relay/admin_http.py)."""
+    calls: Counter[tuple[str, str]] = field(default_factory=Counter)
+    """(operation, outcome) -> call requests and ends; e.g. ("open", "ok"), ("join",
+    "unknown"), ("end", "idle") (relay/calls.py)."""
+    calls_open: int = 0
+    """Calls this relay process holds now (set by relay/calls.py)."""
+    call_datagrams_received: int = 0
+    """Media datagrams accepted from participants (within their call's limits)."""
+    call_bytes_received: int = 0
+    """Their payload bytes."""
+    call_datagrams_forwarded: int = 0
+    """Media datagrams handed to another participant's connection."""
+    call_bytes_forwarded: int = 0
+    """Their payload bytes."""
+    call_datagrams_dropped: Counter[str] = field(default_factory=Counter)
+    """Reason -> media datagrams dropped: "unknown_tag" (not a call this connection joined),
+    "too_large", "rate_limited" (over the sender's limits), "congested" (the receiver's
+    connection could take no more now)."""
     delivery_latency: LatencyHistogram = field(
         default_factory=lambda: LatencyHistogram(DELIVERY_LATENCY_BUCKETS))
     commit_latency: LatencyHistogram = field(

@@ -23,6 +23,8 @@ from enrolment.limits import EnrolmentLimits
 from enrolment.service import EnrolmentService
 from enrolment.sms import HttpGateway, OutboxGateway, SmsDispatcher, SmsGateway, SmsMessage
 from relay.blobs import BlobService
+from relay.call_routes import ClusterCallRoutes, call_address
+from relay.calls import CallService
 from relay.cluster import cluster_node_for, presence_for
 from relay.context import RelayContext
 from relay.control import serve_control_socket
@@ -43,7 +45,7 @@ from relay.tls import ensure_development_certificate
 from relay.wakeups import WakeupScheduler, lease_for
 from storage.base import Store
 from storage.store_url import open_store, parse_store_url
-from transport.quic import QuicEndpoint, QuicLink, open_udp_socket
+from transport.quic import DATAGRAM_FRAME_SIZE, QuicEndpoint, QuicLink, open_udp_socket
 from wire.frames import ALPN, ErrorCode
 from wire.limits import MAX_CONCURRENT_STREAMS
 
@@ -95,7 +97,7 @@ def _sms_gateway(settings: RelaySettings) -> SmsGateway:
 def _quic_configuration(settings: RelaySettings, cert: Path, key: Path) -> QuicConfiguration:
     configuration = QuicConfiguration(
         is_client=False, alpn_protocols=[ALPN], idle_timeout=settings.idle_timeout_s,
-        max_datagram_frame_size=65_536,  # reserved for call media (DATAGRAM frames)
+        max_datagram_frame_size=DATAGRAM_FRAME_SIZE,  # call media (relay/calls.py)
         max_stream_data=4 * 1024 * 1024, max_data=RECEIVE_WINDOW_BYTES)
     configuration.load_cert_chain(str(cert), str(key))
     return configuration
@@ -193,11 +195,7 @@ async def _serve_holding(settings: RelaySettings, data_dir_lock: DataDirLock,
                 context.endpoint = endpoint
                 await nursery.start(dispatcher.run)
                 nursery.start_soon(context.pipeline.run)
-                context.cluster = cluster_node_for(
-                    store=store, presence=context.presence, dsn=location.postgres_dsn,
-                    node_name=settings.node_name, now_ms=now_ms)
-                if context.cluster is not None:  # listening before any device can claim
-                    await nursery.start(context.cluster.run)
+                await _join_cluster(nursery, context, endpoint, location.postgres_dsn)
                 await _start_background_work(nursery, context, scheduler)
                 await _start_local_services(nursery, context, worker, data_dir_lock)
                 await nursery.start(endpoint.run)
@@ -228,6 +226,21 @@ async def _serve_holding(settings: RelaySettings, data_dir_lock: DataDirLock,
     log.info("relay_stopped")
 
 
+async def _join_cluster(nursery: trio.Nursery, context: RelayContext, endpoint: QuicEndpoint,
+                        dsn: str | None) -> None:
+    """Make this relay a cluster node when its store is shared (PostgreSQL): listening before
+    any device can claim, and the calls it opens routed to it from the other nodes."""
+    settings, now_ms = context.settings, context.now_ms
+    context.cluster = cluster_node_for(
+        store=context.store, presence=context.presence, dsn=dsn,
+        node_name=settings.node_name, now_ms=now_ms)
+    if context.cluster is not None:
+        await nursery.start(context.cluster.run)
+        context.calls.routes = ClusterCallRoutes(
+            context.cluster, now_ms=now_ms,
+            address=call_address(settings, endpoint.local_address[1]))
+
+
 def _relay_context(settings: RelaySettings, store: Store, enrolment: EnrolmentService,
                    nursery: trio.Nursery, now_ms: Callable[[], int]) -> RelayContext:
     """The context every session shares, with its services (some read the context)."""
@@ -239,6 +252,7 @@ def _relay_context(settings: RelaySettings, store: Store, enrolment: EnrolmentSe
     context.device_lists = DeviceListService(context)
     context.linking = LinkChannelService(store, now_ms=now_ms, metrics=context.metrics)
     context.blobs = BlobService(store, settings=settings, metrics=context.metrics, now_ms=now_ms)
+    context.calls = CallService(store=store, metrics=context.metrics, now_ms=now_ms)
     return context
 
 
@@ -268,7 +282,12 @@ async def _start_background_work(nursery: trio.Nursery, context: RelayContext,
 async def _start_local_services(nursery: trio.Nursery, context: RelayContext,
                                 worker: Worker | None, data_dir_lock: DataDirLock) -> None:
     """The control socket (one per data directory, served under its lock: worker 0
-    serves it) and, in a worker, the datagrams other workers forward to it."""
+    serves it) and, in a worker, the datagrams other workers forward to it; the calls'
+    sweeper."""
+    # Worker processes share one UDP port, and a call's participants may land on different
+    # ones: such a relay refuses calls (docs/CLUSTER.md "Calls").
+    context.calls.enabled = worker is None
+    nursery.start_soon(context.calls.run)
     if worker is None or worker.index == 0:
         await nursery.start(serve_control_socket, data_dir_lock, context)
     if worker is not None:
@@ -287,6 +306,9 @@ def _operations_registry(context: RelayContext, dispatcher: SmsDispatcher,
 async def _close_gracefully(endpoint: QuicEndpoint, context: RelayContext) -> None:
     """Stop accepting; tell every client to go elsewhere; let the close frames leave."""
     endpoint.stop_accepting()
+    context.calls.end_all("shutdown")
+    with trio.move_on_after(SHUTDOWN_GRACE_SECONDS):  # so that no node sends joiners here
+        await context.calls.forget_ended_routes()
     links = endpoint.links
     for link in links:
         link.close(int(ErrorCode.GOING_AWAY), "relay shutting down")

@@ -62,6 +62,7 @@ from storage.interfaces.rate_limits import RateLimits
 from transport.quic import QuicLink
 from wire.account_frames import LinkFetch, LinkOpen, LinkPost, PublishDeviceList
 from wire.blob_frames import BlobCreate, BlobDownload, BlobStatus, BlobUpload
+from wire.call_frames import CALL_SIGNAL_TTL_MS, CallJoin, CallLeave, CallOpen
 from wire.codec import encode_frame
 from wire.frames import (
     Ack,
@@ -219,6 +220,11 @@ class DeviceSession:
                 for core_event in self._core.receive_stream_data(
                         event.stream_id, event.data, event.end_stream):
                     self._dispatch(core_event)
+            elif isinstance(event, quic_events.DatagramFrameReceived):
+                if self._authenticated is not None:  # media only from a joined connection
+                    self._relay.calls.media(self, event.data)
+                else:
+                    self._relay.metrics.call_datagrams_dropped["unknown_tag"] += 1
             elif isinstance(event, quic_events.StopSendingReceived):
                 if self._blobs.owns(event.stream_id):
                     self._blobs.stopped(event.stream_id)
@@ -323,6 +329,12 @@ class DeviceSession:
             case BlobDownload():
                 self._slots.pop(stream_id, None)
                 self._blobs.download(stream_id, frame)
+            case CallOpen():
+                self._spawn(stream_id, slot, self._relay.calls.open(self, frame))
+            case CallJoin():
+                self._spawn(stream_id, slot, self._relay.calls.join(self, frame))
+            case CallLeave():
+                self._fill(stream_id, slot, self._relay.calls.leave(self, frame))
             case _:  # the core's state table lets nothing else through
                 self._fill(stream_id, slot, _error(ErrorCode.UNEXPECTED_FRAME,
                                                    f"{type(frame).__name__} is not a request"))
@@ -444,7 +456,7 @@ class DeviceSession:
             sender_user_id=user_id, sender_device_id=device_id,
             recipient_user_id=frame.recipient_user_id,
             client_message_id=frame.client_message_id, payloads=frame.payloads,
-            accepted_at=now, expires_at=now + settings.envelope_ttl_ms,
+            accepted_at=now, expires_at=now + _envelope_ttl_ms(frame, settings.envelope_ttl_ms),
             max_queue_depth=settings.max_queue_depth,
             max_sender_share=sender_queue_share(settings.max_queue_depth,
                                                 settings.sender_queue_share_percent),
@@ -537,6 +549,15 @@ class DeviceSession:
         """Write an encoded push frame (not a DELIVER) on this device's push stream."""
         if self._push_stream is not None and not self._link.closed.is_set():
             self._link.send_stream_data(self._push_stream, data)
+
+    @property
+    def connected(self) -> bool:
+        """False once the connection ended."""
+        return self._core.state is not ConnectionState.CLOSED
+
+    def send_datagram(self, data: bytes) -> bool:
+        """Queue one QUIC DATAGRAM (call media); False if it was dropped."""
+        return self._link.send_datagram(data)
 
     def _start_pump(self, device: AuthenticatedDevice) -> None:
         stream_id = self._link.new_stream(unidirectional=True)
@@ -695,11 +716,18 @@ class DeviceSession:
         if self._pump is not None:
             self._pump.close()
             self._relay.presence.detach(self._pump)
+        self._relay.calls.disconnect(self)
         if self.device is not None and self._relay.cluster is not None:
             self._relay.cluster.release(self.device, self)
         self._relay.detach(self)
         if not keep_answers:
             self._slots.clear()
+
+
+def _envelope_ttl_ms(frame: Send, envelope_ttl_ms: int) -> int:
+    """How long the envelopes of ``frame`` wait for their devices: an urgent one (call
+    signalling) is ephemeral, CALL_SIGNAL_TTL_MS at most (PROTOCOL.md "Calls")."""
+    return min(CALL_SIGNAL_TTL_MS, envelope_ttl_ms) if frame.urgent else envelope_ttl_ms
 
 
 def _error(code: ErrorCode, reason: str, *, retry_after_ms: int | None = None) -> bytes:

@@ -140,6 +140,10 @@ class RelaySettings:
     admin_listen: str | None = None
     """TCP HOST:PORT serving the admin console and API over HTTPS (relay.admin_http);
     off if unset."""
+    call_address: str | None = None
+    """HOST:PORT devices reach this node at, told to devices joining one of its calls from
+    another node of a PostgreSQL cluster (CALL_ELSEWHERE); None is the listening address, the
+    host name standing in for a wildcard (docs/CLUSTER.md "Calls")."""
     workers: int = 1
     """Relay processes sharing the UDP port (SO_REUSEPORT), each a node of the
     PostgreSQL cluster; more than 1 needs a PostgreSQL store (relay/supervisor.py)."""

@@ -29,7 +29,8 @@ from relay.metrics import LatencyHistogram, RelayMetrics
 if TYPE_CHECKING:
     from enrolment.sms import SmsOutcomes
 
-__all__ = ["ADMIN_OUTCOMES", "PUSH_FAMILIES", "RelayCollector", "relay_registry"]
+__all__ = ["ADMIN_OUTCOMES", "CALL_DROP_REASONS", "PUSH_FAMILIES", "RelayCollector",
+           "relay_registry"]
 
 ADMIN_OUTCOMES = ("ok", "client_error", "server_error")
 """The outcomes of admin responses, each exported (0 until it happens) so rates exist."""
@@ -136,6 +137,7 @@ class RelayCollector(Collector):
                      context.settings.max_queue_depth)
         yield from self._pushes()
         yield from self._health()
+        yield from _calls(metrics)
         admin = CounterMetricFamily("cryptopass_admin_requests",
                                     "Admin console and API responses by outcome.",
                                     labels=["outcome"])
@@ -204,6 +206,36 @@ class RelayCollector(Collector):
         yield listening
         yield notifications
         yield reconnections
+
+
+CALL_DROP_REASONS = ("unknown_tag", "too_large", "rate_limited", "congested")
+"""Why a media datagram is dropped (relay/calls.py), each exported (0 until it happens)."""
+
+
+def _calls(metrics: RelayMetrics) -> Iterator[Metric]:
+    """Calls and their media (relay/calls.py): what `cryptopass-bench calls` reads too."""
+    yield _gauge("cryptopass_calls_open", "Calls this relay process holds now.",
+                 metrics.calls_open)
+    requests = CounterMetricFamily("cryptopass_call_requests",
+                                   "Call requests and call ends by operation and outcome.",
+                                   labels=["operation", "outcome"])
+    for (operation, outcome), count in sorted(metrics.calls.items()):
+        requests.add_metric([operation, outcome], count)
+    yield requests
+    yield _counter("cryptopass_call_datagrams_received",
+                   "Media datagrams accepted from call participants.",
+                   metrics.call_datagrams_received)
+    yield _counter("cryptopass_call_datagrams_forwarded",
+                   "Media datagrams handed to another participant's connection.",
+                   metrics.call_datagrams_forwarded)
+    yield _counter("cryptopass_call_bytes_forwarded",
+                   "Payload bytes of the media datagrams forwarded.",
+                   metrics.call_bytes_forwarded)
+    dropped = CounterMetricFamily("cryptopass_call_datagrams_dropped",
+                                  "Media datagrams dropped, by reason.", labels=["reason"])
+    for reason in CALL_DROP_REASONS:
+        dropped.add_metric([reason], metrics.call_datagrams_dropped[reason])
+    yield dropped
 
 
 def relay_registry(context: RelayContext, sms_outcomes: SmsOutcomes) -> CollectorRegistry:

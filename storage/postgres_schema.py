@@ -120,9 +120,27 @@ _VERSION_12 = Migration(version=12, statements=POSTGRES_PUSH_TABLES)
 _VERSION_13 = Migration(version=13, statements=(*POSTGRES_BLOB_TABLES,
                                                 *POSTGRES_BLOB_CHUNK_TABLES))
 
+# Calls: which node holds each call, for the others to send its invitees there
+# (storage.postgres_calls). Cluster only, like presence.
+_VERSION_14 = Migration(
+    version=14,
+    statements=(
+        """
+        CREATE TABLE call_routes (
+            call_id BYTEA PRIMARY KEY,
+            address TEXT NOT NULL,
+            invited TEXT[] NOT NULL,
+            expires_at BIGINT NOT NULL
+        )
+        """,
+        "CREATE INDEX call_routes_by_expiry ON call_routes (expires_at)",
+    ),
+)
+
 MIGRATIONS: tuple[Migration, ...] = (_VERSION_1, _VERSION_2, _VERSION_3, _VERSION_4,
                                      _VERSION_5, _VERSION_6, _VERSION_7, _VERSION_8, _VERSION_9,
-                                     _VERSION_10, _VERSION_11, _VERSION_12, _VERSION_13)
+                                     _VERSION_10, _VERSION_11, _VERSION_12, _VERSION_13,
+                                     _VERSION_14)
 """Every migration, oldest first; versions are consecutive from 1."""
 
 LATEST_SCHEMA_VERSION = MIGRATIONS[-1].version

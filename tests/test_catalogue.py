@@ -15,6 +15,7 @@ import pytest
 from wire import frames
 from wire.account_frames import ACCOUNT_FRAME_CLASSES
 from wire.blob_frames import BLOB_FRAME_CLASSES
+from wire.call_frames import CALL_FRAME_CLASSES
 from wire.catalogue import (
     ERROR_CODE_RANGE,
     PUSH_RANGE,
@@ -72,7 +73,8 @@ def test_assigned_error_codes_sit_outside_every_block() -> None:
 
 def test_every_frame_class_has_a_distinct_assigned_type() -> None:
     classes = [*PREKEY_FRAME_CLASSES, *ACCOUNT_FRAME_CLASSES, *PUSH_FRAME_CLASSES,
-               *BLOB_FRAME_CLASSES, *(getattr(frames, name) for name in frames.__all__
+               *BLOB_FRAME_CLASSES, *CALL_FRAME_CLASSES,
+               *(getattr(frames, name) for name in frames.__all__
                                         if hasattr(getattr(frames, name), "frame_type"))]
     types = [cls.frame_type for cls in classes]
     assert len(types) == len(set(types))

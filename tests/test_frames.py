@@ -17,6 +17,7 @@ from crypto.device_list import sign_device_list
 from crypto.primitives import SeededRandom, ed25519_generate
 from tests.account_samples import ACCOUNT_SAMPLE_FRAMES, CHANNEL_ID
 from tests.blob_samples import BLOB_SAMPLE_FRAMES
+from tests.call_samples import CALL_SAMPLE_FRAMES
 from tests.prekey_samples import PREKEY_SAMPLE_FRAMES
 from tests.push_samples import PUSH_SAMPLE_FRAMES
 from wire.account_frames import (
@@ -113,6 +114,7 @@ SAMPLE_FRAMES: dict[FrameType, Frame] = {
     **ACCOUNT_SAMPLE_FRAMES,
     **PUSH_SAMPLE_FRAMES,
     **BLOB_SAMPLE_FRAMES,
+    **CALL_SAMPLE_FRAMES,
 }
 
 
@@ -194,6 +196,9 @@ def test_frame_type_and_error_code_numbers_are_stable() -> None:
         "PUSH_CLEARED": 121, "PUSH_TARGET": 122,
         "BLOB_CREATE": 24, "BLOB_UPLOAD": 25, "BLOB_STATUS": 26, "BLOB_DOWNLOAD": 27,
         "BLOB_CREATED": 88, "BLOB_UPLOADED": 89, "BLOB_STATE": 90, "BLOB_DATA": 91,
+        "CALL_OPEN": 40, "CALL_JOIN": 41, "CALL_LEAVE": 42, "CALL_OPENED": 104,
+        "CALL_JOINED": 105, "CALL_LEFT": 106, "CALL_ELSEWHERE": 107, "CALL_MEMBERS": 148,
+        "CALL_ENDED": 149,
     }  # fmt: skip
     assert {c.name: c.value for c in ErrorCode} == {
         "NO_ERROR": 0, "MALFORMED_FRAME": 1, "FRAME_TOO_LARGE": 2, "UNSUPPORTED_VERSION": 3,
@@ -208,6 +213,7 @@ def test_frame_type_and_error_code_numbers_are_stable() -> None:
         "PUSH_PROVIDER_UNAVAILABLE": 120, "INVALID_PUSH_TARGET": 121,
         "BLOB_UNKNOWN": 80, "BLOB_TOO_LARGE": 81, "BLOB_QUOTA_EXCEEDED": 82,
         "BLOB_OFFSET_MISMATCH": 83,
+        "CALL_UNKNOWN": 100, "CALL_FULL": 101, "CALLS_UNAVAILABLE": 102,
     }  # fmt: skip
 
 

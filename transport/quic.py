@@ -62,7 +62,10 @@ from transport.flow_control import (
 )
 
 __all__ = [
+    "DATAGRAM_FRAME_SIZE",
     "MAX_CONNECTIONS_PER_ADDRESS",
+    "MAX_PENDING_DATAGRAMS",
+    "MAX_SENDABLE_DATAGRAM",
     "ConnectionHandler",
     "ConnectionIdRouting",
     "QuicEndpoint",
@@ -120,6 +123,24 @@ A device holds one; a household or an office behind one NAT address holds dozens
 
 REFUSAL_REASON_BYTES = 256
 """Longest reason phrase of a refusal at the handshake (it rides in one small packet)."""
+
+DATAGRAM_FRAME_SIZE = 1200
+"""The ``max_datagram_frame_size`` transport parameter (RFC 9221 §3) both ends advertise:
+the largest DATAGRAM frame each accepts. Call media (a 4-byte tag and at most 1,000 bytes of
+payload) fits with room to spare."""
+
+MAX_SENDABLE_DATAGRAM = 1100
+"""The largest datagram payload ``QuicLink.send_datagram`` hands to aioquic: one that does not
+fit in a packet is never sent and blocks every datagram queued behind it, so a larger one is
+dropped here instead (a packet of the 1,200-byte minimum path MTU holds ~1,150)."""
+
+DATAGRAM_FRAME_OVERHEAD = 3
+"""A DATAGRAM frame's type byte and length varint (two bytes below 16,384) around its data."""
+
+MAX_PENDING_DATAGRAMS = 64
+"""Datagrams a connection may have waiting in aioquic for congestion window: a quarter of a
+second of audio at 50 packets/s in each of 4 calls. More are dropped, never queued without
+bound (media is useless late, and a slow receiver must not make the relay hold memory)."""
 
 TIMER_HEAP_SLACK = 64
 """Superseded timer entries tolerated beyond two per connection before the heap is rebuilt."""
@@ -231,6 +252,22 @@ class QuicLink:
             if self._progress is None:
                 self._progress = trio.Event()
             await self._progress.wait()
+    def send_datagram(self, data: bytes) -> bool:
+        """Queue one QUIC DATAGRAM (RFC 9221); it leaves at the next flush, or never.
+
+        Unreliable by design: the datagram is dropped (False) when the connection is closed,
+        the peer did not offer DATAGRAM support or a frame this large, ``data`` is over
+        MAX_SENDABLE_DATAGRAM, or MAX_PENDING_DATAGRAMS already wait for congestion window.
+        """
+        quic = self.quic
+        peer_limit = quic._remote_max_datagram_frame_size
+        if (self.closed.is_set() or peer_limit is None or len(data) > MAX_SENDABLE_DATAGRAM
+                or len(data) + DATAGRAM_FRAME_OVERHEAD > peer_limit
+                or len(quic._datagrams_pending) >= MAX_PENDING_DATAGRAMS):
+            return False
+        quic.send_datagram_frame(data)
+        self._endpoint.mark_dirty(self)
+        return True
 
     def new_stream(self, *, unidirectional: bool = False) -> int:
         """Open a stream of ours and return its id."""

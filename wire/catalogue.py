@@ -52,6 +52,9 @@ class FrameType(IntEnum):
     BLOB_UPLOAD = 25
     BLOB_STATUS = 26
     BLOB_DOWNLOAD = 27
+    CALL_OPEN = 40
+    CALL_JOIN = 41
+    CALL_LEAVE = 42
     PUSH_SET = 56
     PUSH_CLEAR = 57
     PUSH_GET = 58
@@ -74,6 +77,10 @@ class FrameType(IntEnum):
     BLOB_UPLOADED = 89
     BLOB_STATE = 90
     BLOB_DATA = 91
+    CALL_OPENED = 104
+    CALL_JOINED = 105
+    CALL_LEFT = 106
+    CALL_ELSEWHERE = 107
     PUSH_TARGET_SET = 120
     PUSH_CLEARED = 121
     PUSH_TARGET = 122
@@ -81,6 +88,8 @@ class FrameType(IntEnum):
     DELIVER = 128
     QUEUE_EMPTY = 129
     PREKEYS_LOW = 130
+    CALL_MEMBERS = 148
+    CALL_ENDED = 149
 
 
 class ErrorCode(IntEnum):
@@ -88,7 +97,7 @@ class ErrorCode(IntEnum):
 
     Grouped by tens: framing 1-9, authentication 10-19, enrolment and requests 20-29,
     delivery 30-39, organisation 40-49, server and connection 50-59, prekeys 60-69,
-    accounts and linking 70-79, attachments 80-89, wake-up pushes 120-129.
+    accounts and linking 70-79, attachments 80-89, calls 100-109, wake-up pushes 120-129.
     """
 
     NO_ERROR = 0  # normal close
@@ -123,6 +132,9 @@ class ErrorCode(IntEnum):
     BLOB_TOO_LARGE = 81  # the blob's size exceeds the relay's maximum (or its bytes its size)
     BLOB_QUOTA_EXCEEDED = 82  # the organisation's blobs would exceed its quota; nothing stored
     BLOB_OFFSET_MISMATCH = 83  # an upload's offset is not what the relay holds; ask BLOB_STATUS
+    CALL_UNKNOWN = 100  # no such call: unknown, ended, or not one this device was invited to
+    CALL_FULL = 101  # the call already holds MAX_CALL_PARTICIPANTS devices
+    CALLS_UNAVAILABLE = 102  # this relay carries no calls (it runs several worker processes)
     PUSH_PROVIDER_UNAVAILABLE = 120  # this relay has no such push provider configured
     INVALID_PUSH_TARGET = 121  # the provider refused the target (the reason says why)
 
@@ -169,8 +181,10 @@ RESERVED_BLOCKS: tuple[FeatureBlock, ...] = (
                  pushes=range(140, 144), errors=range(84, 90)),
     FeatureBlock(feature="groups (multi-recipient sends)", requests=range(32, 40),
                  responses=range(96, 104), pushes=range(144, 148), errors=range(90, 100)),
-    FeatureBlock(feature="calls", requests=range(40, 48), responses=range(104, 112),
-                 pushes=range(148, 152), errors=range(100, 110)),
+    # Calls assigned requests 40-42, responses 104-107, pushes 148-149 and errors 100-102
+    # (issue 20).
+    FeatureBlock(feature="calls", requests=range(43, 48), responses=range(108, 112),
+                 pushes=range(150, 152), errors=range(103, 110)),
     FeatureBlock(feature="sealed sender", requests=range(48, 56), responses=range(112, 120),
                  pushes=range(152, 156), errors=range(110, 120)),
     # Wake-up pushes assigned requests 56-58, responses 120-122 and errors 120-121 (issue 22).

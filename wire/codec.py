@@ -17,6 +17,7 @@ import msgpack
 
 from wire.account_frames import ACCOUNT_FRAME_CLASSES, AddedDevice
 from wire.blob_frames import BLOB_FRAME_CLASSES
+from wire.call_frames import CALL_FRAME_CLASSES
 from wire.frames import (
     LENGTH_PREFIX_SIZE,
     MAX_ACK_IDS,
@@ -63,6 +64,7 @@ _FRAME_CLASSES: Final[tuple[type[Any], ...]] = (
     EnrolStarted, Enrolled, Challenge, Authenticated, LookupResult, SendAccepted, Acked, Error,
     Deliver, QueueEmpty, *PREKEY_FRAME_CLASSES, *ACCOUNT_FRAME_CLASSES, *PUSH_FRAME_CLASSES,
     *BLOB_FRAME_CLASSES,
+    *CALL_FRAME_CLASSES,
 )  # fmt: skip
 _CLASS_BY_TYPE: Final[dict[int, type[Any]]] = {cls.frame_type: cls for cls in _FRAME_CLASSES}
 # Values nested inside frames, encoded as maps like frame bodies.

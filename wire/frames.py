@@ -17,6 +17,7 @@ from typing import ClassVar
 
 from wire.account_frames import AccountFrame
 from wire.blob_frames import BlobFrame
+from wire.call_frames import CallFrame
 from wire.catalogue import ErrorCode, FrameType
 from wire.checks import (
     check_bytes,
@@ -402,8 +403,8 @@ class QueueEmpty:
     frame_type: ClassVar[FrameType] = FrameType.QUEUE_EMPTY
 
 
-# Every frame of the protocol: the prekey service's, the accounts', the attachments' and the
-# pushes' included.
+# Every frame of the protocol: the prekey service's, the accounts', the attachments', the
+# pushes' and the calls' included.
 Frame = (
     EnrolStart
     | EnrolVerify
@@ -426,6 +427,7 @@ Frame = (
     | AccountFrame
     | PushFrame
     | BlobFrame
+    | CallFrame
 )
 
 # --- Authentication transcript --------------------------------------------------------------------

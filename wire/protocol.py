@@ -23,6 +23,7 @@ import nacl.exceptions
 import nacl.signing
 
 from wire.buffers import BufferPool
+from wire.call_frames import CallEnded, CallMembers
 from wire.codec import FrameDecoder, encode_frame
 from wire.frames import (
     Authenticate,
@@ -108,6 +109,7 @@ ALLOWED_REQUESTS: dict[ConnectionState, frozenset[FrameType]] = {
         FrameType.PUBLISH_DEVICE_LIST, FrameType.PUSH_SET, FrameType.PUSH_CLEAR, FrameType.PUSH_GET,
         FrameType.BLOB_CREATE, FrameType.BLOB_UPLOAD, FrameType.BLOB_STATUS,
         FrameType.BLOB_DOWNLOAD,
+        FrameType.CALL_OPEN, FrameType.CALL_JOIN, FrameType.CALL_LEAVE,
     }) | _LINKING,
     ConnectionState.CLOSED: frozenset(),
 }
@@ -140,7 +142,8 @@ RESPONSE_FRAME_TYPES = frozenset(frame_type for frame_type in FrameType if 64 <=
 RAW_OPENING_REQUESTS = frozenset({FrameType.BLOB_UPLOAD})  # the client's bytes after it are raw
 RAW_OPENING_RESPONSES = frozenset({FrameType.BLOB_DATA})  # the relay's bytes after it are raw
 SOLE_REQUESTS = frozenset({FrameType.BLOB_DOWNLOAD})  # its stream's only frame: the answer is raw
-PUSH_FRAME_TYPES = frozenset({FrameType.DELIVER, FrameType.QUEUE_EMPTY, FrameType.PREKEYS_LOW})
+PUSH_FRAME_TYPES = frozenset({FrameType.DELIVER, FrameType.QUEUE_EMPTY, FrameType.PREKEYS_LOW,
+                              FrameType.CALL_MEMBERS, FrameType.CALL_ENDED})
 
 
 def is_client_bidirectional(stream_id: int) -> bool:
@@ -207,13 +210,14 @@ class ResponseReceived:
 
 @dataclass(frozen=True, slots=True)
 class PushReceived:
-    """Client side: a DELIVER, QUEUE_EMPTY or PREKEYS_LOW from the relay's push stream.
+    """Client side: a DELIVER, QUEUE_EMPTY, PREKEYS_LOW, CALL_MEMBERS or CALL_ENDED from the
+    relay's push stream.
 
     ``frame`` is typed as exactly those classes (PUSH_FRAME_TYPES), so a client can dispatch
     on it with ``match`` and ``typing.assert_never``.
     """
 
-    frame: Deliver | QueueEmpty | PrekeysLow  #: the push
+    frame: Deliver | QueueEmpty | PrekeysLow | CallMembers | CallEnded  #: the push
 
 
 ServerEvent = RequestReceived | AuthenticationRequested | StreamBytes | StreamFailed | StreamEnded
@@ -732,7 +736,8 @@ class ClientProtocol(_StreamReader):
             rest = None
         for frame in frames:
             # The class check is the PUSH_FRAME_TYPES check, in a form mypy narrows.
-            if pushes and isinstance(frame, Deliver | QueueEmpty | PrekeysLow):
+            if pushes and isinstance(frame, Deliver | QueueEmpty | PrekeysLow | CallMembers
+                                     | CallEnded):
                 events.append(PushReceived(frame))
             elif not pushes and frame.frame_type in RESPONSE_FRAME_TYPES:
                 events.append(ResponseReceived(stream_id, frame))
