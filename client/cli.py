@@ -307,9 +307,12 @@ PhoneArgument = Annotated[str, typer.Argument(
 def message_line(message: ReceivedMessage) -> dict[str, Any]:
     """The JSON line ``receive`` prints for one message (never logs it anywhere else)."""
     sent_at = datetime.datetime.fromtimestamp(message.accepted_at / 1000, datetime.UTC)
+    accepted_at = sent_at.isoformat(timespec="milliseconds")
+    if message.sender is None:  # a sealed envelope refused: a warning, never a message
+        return {"warning": message.problem, "accepted_at": accepted_at}
     line: dict[str, Any] = {"sender_user_id": message.sender.user_id,
                             "sender_device_id": message.sender.device_id,
-                            "accepted_at": sent_at.isoformat(timespec="milliseconds")}
+                            "accepted_at": accepted_at, "sealed": message.sealed}
     if message.content is None:
         return {"error": message.problem, **line}
     content = message.content
@@ -328,7 +331,7 @@ def send_line(phone: str, receipt: SendReceipt) -> dict[str, Any]:
     encrypted for, ``copies`` how many of this user's other devices got a copy."""
     return {"sent": bool(receipt.recipient_devices), "to": phone,
             "message_id": receipt.message_id, "devices": len(receipt.recipient_devices),
-            "copies": len(receipt.own_devices)}
+            "copies": len(receipt.own_devices), "sealed": receipt.sealed}
 
 
 @app.command()
