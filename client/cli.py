@@ -54,6 +54,7 @@ from client.prekey_upkeep import MissingPrekeysError
 from client.profile import Profile, ProfileError
 from client.profile_files import ProfileBusyError
 from client.push_cli import CommandKit, push_commands, receive_push_wait
+from client.sealed_cli import delivery_token_commands
 from crypto.primitives import CryptoError
 from crypto.provisioning import LinkCodeError, ProvisioningError
 from crypto.safety_number import format_safety_number
@@ -619,6 +620,7 @@ def devices_remove(device_id: Annotated[int, typer.Argument(
 _kit = CommandKit(run=_run, enrolled_profile=_enrolled_profile, fail=_fail, command=_command,
                   print_message=_print_message)
 app.add_typer(push_commands(_kit), name="push")
+app.add_typer(delivery_token_commands(_kit), name="delivery-token")
 
 
 @app.command()
