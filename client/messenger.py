@@ -605,10 +605,14 @@ class Messenger:
         hash with the relay if it does not have it yet."""
         async with self.exclusive():
             now_ms = _now_ms()
-            made = self.sealed.ensure_profile_key(now_ms)
+            others = sorted(device_id for device_id in self._own().devices
+                            if device_id != self.device_id)
+            if all(self.device_id < device_id for device_id in others):
+                # The account's first device makes the key; the others wait for its share.
+                self.sealed.ensure_profile_key(now_ms)
             await refresh_relay_keys(self.client, self.sealed, now_ms=now_ms)
             await register_token(self.client, self.sealed)
-            if made:
+            if set(others) - set(self.sealed.shared_with):
                 await self._share_with_own_devices()
 
     def _profile_key_share(self) -> bytes:
@@ -620,12 +624,15 @@ class Messenger:
                                         created_ms=self.sealed.created_ms)
 
     async def _share_with_own_devices(self) -> None:
+        """Give the account's profile key to its other devices (best effort)."""
         own = self._own()
-        if any(device_id != self.device_id for device_id in own.devices):
-            with contextlib.suppress(RelayError, MissingPrekeysError, IdentityChangedError,
-                                     DeviceListProblem):
-                await self._deliver(own, self._profile_key_share(),
-                                    secrets.randbelow(MAX_CLIENT_MESSAGE_ID))
+        if self.sealed.profile_key is None:
+            return
+        with contextlib.suppress(RelayError, MissingPrekeysError, IdentityChangedError,
+                                 DeviceListProblem):
+            told, _, _ = await self._deliver(own, self._profile_key_share(),
+                                             secrets.randbelow(MAX_CLIENT_MESSAGE_ID))
+            self.sealed.shared_with = sorted(set(self.sealed.shared_with) | set(told))
 
     async def _share_profile_key(self, contact: Contact) -> bool:
         """Send the account's profile key to ``contact`` unless it has it already (best
@@ -858,6 +865,8 @@ class Messenger:
         if sender.user_id == self.user_id:
             if self.sealed.adopt(share.profile_key, share.generation, share.created_ms):
                 await register_token(self.client, self.sealed)
+            elif self.sealed.profile_key != share.profile_key:
+                await self._share_with_own_devices()  # ours wins: the sharer adopts it
             return
         contact = await self._contact_of_sender(sender, share.sender_phone)
         if contact is not None and not contact.changed and contact.user_id == sender.user_id:

@@ -33,6 +33,7 @@ from client.connection import (
     ConnectionClosed,
     HandshakeFailed,
     RelayClient,
+    RelayError,
     RelayUnreachable,
     connect_anonymous,
 )
@@ -73,6 +74,7 @@ class SealedSettings:
     relay_keys_checked_ms: int = 0  #: when the relay's list was last compared
     certificate: bytes | None = None  #: the cached sender certificate
     certificate_expires_ms: int = 0  #: its expiry
+    shared_with: list[int] = field(default_factory=list)  #: own devices given the current key
 
     def ensure_profile_key(self, now_ms: int) -> bool:
         """Make the account's profile key if there is none yet; True if one was made."""
@@ -85,6 +87,7 @@ class SealedSettings:
         """A new profile key: contacts holding the old one can no longer send sealed."""
         self.profile_key, self.created_ms = new_profile_key(SystemRandom()), now_ms
         self.generation += 1
+        self.shared_with = []
 
     def adopt(self, profile_key: bytes, generation: int, created_ms: int) -> bool:
         """Take a profile key another device of this account shared, if it wins (a higher
@@ -94,6 +97,7 @@ class SealedSettings:
                                                  and created_ms >= self.created_ms)):
             return False
         self.profile_key, self.generation, self.created_ms = profile_key, generation, created_ms
+        self.shared_with = []
         return True
 
     @property
@@ -115,7 +119,8 @@ class SealedSettings:
                                for key in self.relay_keys],
                 "relay_keys_checked_ms": self.relay_keys_checked_ms,
                 "certificate": self.certificate,
-                "certificate_expires_ms": self.certificate_expires_ms}
+                "certificate_expires_ms": self.certificate_expires_ms,
+                "shared_with": self.shared_with}
 
     @classmethod
     def from_state(cls, value: object) -> SealedSettings:
@@ -138,7 +143,8 @@ class SealedSettings:
                             for key_id, key, not_after in value["relay_keys"]],
                 relay_keys_checked_ms=int(value["relay_keys_checked_ms"]),
                 certificate=value["certificate"],
-                certificate_expires_ms=int(value["certificate_expires_ms"]))
+                certificate_expires_ms=int(value["certificate_expires_ms"]),
+                shared_with=[int(device_id) for device_id in value.get("shared_with", [])])
         except (KeyError, TypeError) as error:
             raise ValueError(f"the sealed-sender settings are damaged: {error}") from error
         if settings.mode not in MODES:
@@ -149,6 +155,8 @@ class SealedSettings:
 async def register_token(client: RelayClient, settings: SealedSettings) -> bool:
     """Tell the relay this account's current token hash (or organisation mode) if it does
     not have it yet; True if it was sent."""
+    if settings.mode == "token" and settings.token is None:
+        return False  # another device of the account registers its key's token
     wanted = settings.wanted_registration()
     if settings.registered is not None and secrets.compare_digest(settings.registered, wanted):
         return False
@@ -231,15 +239,23 @@ async def send_sealed(addresses: list[tuple[str, int]], ca: Path | None, recipie
                     continue
                 if attempt < SEALED_SEND_ATTEMPTS and _closed_before_answer(error):
                     break  # the answer was lost: the same send again, stored once
+                sole = _sole(error)
+                if isinstance(sole, RelayError):
+                    raise sole from None  # the relay's answer, out of the connection's nurseries
                 raise
     if failure is None:
         raise ValueError("no relay address to send to")
     raise failure
 
 
-def _closed_before_answer(error: BaseException) -> bool:
+def _sole(error: BaseException) -> BaseException:
     while isinstance(error, BaseExceptionGroup) and len(error.exceptions) == 1:
         error = error.exceptions[0]
+    return error
+
+
+def _closed_before_answer(error: BaseException) -> bool:
+    error = _sole(error)
     return isinstance(error, ConnectionClosed) and not isinstance(
         error, RelayUnreachable | HandshakeFailed)
 
