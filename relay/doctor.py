@@ -438,11 +438,11 @@ def check_enrolment_secret(path: Path) -> Check:
 
 def check_sender_keys(directory: Path) -> Check:
     """The sender-certificate keys (relay/sender_certificates.py): readable, one signs, and the
-    files are their owner's only. Missing is a warning: a relay makes the first key at start."""
+    files are their owner's only. None yet is fine: a relay makes the first key at start."""
     name = "sender-keys"
     if not directory.is_dir():
-        return Check(name, "warn", f"no {directory}: the relay makes the first key at start; "
-                                   "in a cluster, copy one node's directory to the others")
+        return Check(name, "ok", f"none yet in {directory}: the relay makes the first key at "
+                                 "start (a cluster's nodes must share one: docs/CLUSTER.md)")
     try:
         keyring = load_keyring(directory, now_ms=int(time.time() * 1000), create=False)
     except (SenderKeyError, OSError) as error:
