@@ -242,6 +242,10 @@ async def _relay_context(settings: RelaySettings, store: Store, enrolment: Enrol
     context.linking = LinkChannelService(store, now_ms=now_ms, metrics=context.metrics)
     key_directory = sender_key_directory(settings.data_dir)
     keyring = await trio.to_thread.run_sync(lambda: load_keyring(key_directory, now_ms=now_ms()))
+    # The public key's fingerprint, so that an operator can see every node signs with one key.
+    log.info("sender_keys_loaded", signing_key_id=keyring.signing.key_id,
+             signing_key_fingerprint=keyring.signing.public_key.hex()[:16],
+             published=len(keyring.accepted))
     context.sealed = SealedService(context, keyring, key_directory)
     return context
 
