@@ -6,8 +6,11 @@ from __future__ import annotations
 import secrets
 
 import pytest
+from prometheus_client import generate_latest
 
 from client.connection import RelayError
+from enrolment.sms import SmsOutcomes
+from relay.telemetry import relay_registry
 from tests.conftest import RelayUnderTest, enrol
 from tests.sealed_support import (
     anonymous,
@@ -53,6 +56,10 @@ async def test_a_sealed_send_from_an_anonymous_connection_is_delivered_without_s
         assert PHONE_A not in line
     metrics = relay.running.context.metrics.sealed
     assert metrics["accepted"] == 1 and metrics["duplicate"] == 1
+    scraped = generate_latest(relay_registry(relay.running.context, SmsOutcomes())).decode()
+    assert 'cryptopass_sealed_sender_total{outcome="accepted"} 1.0' in scraped
+    for secret in (alice.user_id, bob.user_id, PHONE_A, PHONE_B):
+        assert secret not in scraped
 
 
 async def test_every_authorisation_refusal_is_one_answer(relay: RelayUnderTest) -> None:
