@@ -21,6 +21,7 @@ from tests.sealed_support import (
     token_and_hash,
 )
 from wire.catalogue import ErrorCode
+from wire.limits import MAX_FRAME_SIZE_BEFORE_AUTHENTICATION
 
 PHONE_A, PHONE_B, PHONE_C = "+33612345678", "+33698765432", "+33611111111"
 
@@ -168,3 +169,27 @@ async def test_an_anonymous_connection_refuses_to_authenticate(relay: RelayUnder
             await sealed.authenticate(alice.user_id, alice.device_id, alice.key)
         keys = await sealed.get_sender_keys()
     assert len(keys) == 1 and keys[0].not_after_ms is None
+
+
+async def test_an_anonymous_sealed_send_is_bounded_by_the_frame_limit_before_authentication(
+        relay: RelayUnderTest) -> None:
+    alice, bob = await enrol(relay, PHONE_A), await enrol(relay, PHONE_B)
+    token, token_hash = token_and_hash()
+    async with relay.connect() as bob_client:
+        await bob_client.authenticate(bob.user_id, bob.device_id, bob.key)
+        await bob_client.set_delivery_token(token_hash)
+    large = {bob.device_id: b"s" * MAX_FRAME_SIZE_BEFORE_AUTHENTICATION}
+    async with anonymous(relay) as sealed:
+        with pytest.raises(RelayError) as refused:
+            await sealed.sealed_send(bob.user_id, large, delivery_token=token,
+                                     client_message_id=secrets.token_bytes(16))
+        assert refused.value.code is ErrorCode.FRAME_TOO_LARGE
+        # The connection goes on: a small one passes.
+        await sealed.sealed_send(bob.user_id, {bob.device_id: b"small"}, delivery_token=token,
+                                 client_message_id=secrets.token_bytes(16))
+    # On an authenticated connection the full frame size applies, and still no sender is kept.
+    async with relay.connect() as alice_client:
+        await alice_client.authenticate(alice.user_id, alice.device_id, alice.key)
+        await alice_client.sealed_send(bob.user_id, large, delivery_token=token,
+                                       client_message_id=secrets.token_bytes(16))
+    assert_no_row_links(dump_sqlite(relay.data_dir / "relay.db"), alice.user_id, bob.user_id)
