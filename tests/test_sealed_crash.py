@@ -1,7 +1,7 @@
 """Crash safety of sealed sends: the relay SIGKILLed at random moments of a stream of them.
 
 The scenario of ``tests/test_crash_safety.py`` (whose nodes, ledger and checks this reuses),
-with sealed sends over a connection that never authenticates: the sender streams SEALED_SENDs,
+with sealed sends over a connection that never authenticates, on SQLite and on PostgreSQL: the sender streams SEALED_SENDs,
 the recipient receives and acknowledges, the relay is killed after a random number of answers
 or deliveries and started again on the same store, and the sender sends again, with the same
 random ``client_message_id``, every message whose answer it did not get. Every accepted sealed
@@ -12,14 +12,18 @@ from __future__ import annotations
 
 import hashlib
 import random
+import uuid
+from collections.abc import Iterator
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 
+import pytest
 import trio
 
 from bench.provision import BenchDevice
 from bench.spawn import SpawnedRelay
 from client.connection import RelayClient, connect_anonymous
+from tests.postgres_schemas import fresh_schema, store_url
 from tests.relay_processes import connect, declare, enrol
 from tests.sealed_support import token_and_hash
 from tests.test_crash_safety import (
@@ -152,6 +156,34 @@ async def test_sigkill_at_random_moments_loses_and_duplicates_no_sealed_send_on_
     data_dir = tmp_path / "relay"
     await declare(None, data_dir, (SENDER_PHONE, RECIPIENT_PHONE), organisation="acme")
     node = Node(data_dir)
+    token, token_hash = token_and_hash()
+    rng = random.Random(SEED)
+    async with kept_running(node):
+        relay = await node.running()
+        recipient = await enrol(relay, RECIPIENT_PHONE)
+        async with connect(relay) as client:
+            await authenticated(client, recipient)
+            await client.set_delivery_token(token_hash)
+        ledger = Ledger()
+        for _ in range(KILLS):
+            await stream_until_killed(node, moment=KillMoment.draw(rng), recipient=recipient,
+                                      token=token, ledger=ledger)
+        await drain(node, recipient=recipient, token=token, ledger=ledger)
+    assert node.starts == KILLS + 1
+    check_exactly_once(ledger)
+
+
+@pytest.fixture
+def cluster_url() -> Iterator[str]:
+    with fresh_schema() as schema:
+        yield store_url(schema)
+
+
+async def test_sigkill_at_random_moments_loses_and_duplicates_no_sealed_send_on_postgresql(
+        cluster_url: str, tmp_path: Path) -> None:
+    await declare(cluster_url, tmp_path, (SENDER_PHONE, RECIPIENT_PHONE), organisation="acme")
+    node = Node(tmp_path / "node", store=cluster_url,
+                node_name=f"sealed-crash-{uuid.uuid4().hex[:8]}")
     token, token_hash = token_and_hash()
     rng = random.Random(SEED)
     async with kept_running(node):
