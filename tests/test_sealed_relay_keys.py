@@ -5,8 +5,10 @@ keys and signs with the new one; certificates bind the device."""
 from __future__ import annotations
 
 import secrets
+import stat
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 import trio
@@ -18,6 +20,8 @@ from relay.sealed_limits import TokenBuckets
 from relay.sender_certificates import (
     CERTIFICATE_LIFETIME_MS,
     RELOAD_INTERVAL_MS,
+    SenderKeyError,
+    load_keyring,
     rotate_keys,
     sender_key_directory,
 )
@@ -163,3 +167,39 @@ async def test_a_rotation_publishes_both_keys_and_the_new_one_signs(
         assert [key.key_id for key in await client.get_sender_keys()] == [keys[0].key_id]
     files = sorted(sender_key_directory(timed_relay.data_dir).iterdir())
     assert all(path.stat().st_mode & 0o777 == 0o600 for path in files)
+
+
+def test_key_files_are_private_and_a_rotation_prunes_keys_past_their_overlap(
+        tmp_path: Path) -> None:
+    directory = tmp_path / "sender-cert-keys"
+    first = load_keyring(directory, now_ms=START_MS)
+    assert stat.S_IMODE(directory.stat().st_mode) == 0o700
+    assert load_keyring(directory, now_ms=START_MS).signing.seed == first.signing.seed  # kept
+    second = rotate_keys(directory, now_ms=START_MS)
+    assert [key.key_id for key in second.accepted] == [2, 1]
+    after_overlap = START_MS + CERTIFICATE_LIFETIME_MS
+    third = rotate_keys(directory, now_ms=after_overlap)
+    assert [key.key_id for key in third.accepted] == [3, 2]
+    assert sorted(path.name for path in directory.iterdir()) == ["key-2.json", "key-3.json"]
+    assert all(stat.S_IMODE(path.stat().st_mode) == 0o600 for path in directory.iterdir())
+    assert third.signing.seed.hex() not in repr(third.signing)  # never in a log or traceback
+
+
+def test_two_processes_making_the_first_key_agree(tmp_path: Path) -> None:
+    directory = tmp_path / "sender-cert-keys"
+    directory.mkdir(mode=0o700)
+    made = load_keyring(directory, now_ms=START_MS)
+    # A second process that looked before the first wrote: its exclusive write loses, and it
+    # reads the winner's key instead of replacing it.
+    assert load_keyring(directory, now_ms=START_MS).signing == made.signing
+    assert [path.name for path in directory.iterdir()] == ["key-1.json"]
+
+
+def test_a_damaged_key_file_is_refused_by_name(tmp_path: Path) -> None:
+    directory = tmp_path / "sender-cert-keys"
+    load_keyring(directory, now_ms=START_MS)
+    (directory / "key-1.json").write_text('{"key_id": 1, "seed": "00", "retired_at_ms": null}')
+    with pytest.raises(SenderKeyError, match=r"key-1\.json"):
+        load_keyring(directory, now_ms=START_MS)
+    with pytest.raises(SenderKeyError, match="no signing key"):
+        load_keyring(tmp_path / "empty", now_ms=START_MS, create=False)
