@@ -189,8 +189,8 @@ def test_two_processes_making_the_first_key_agree(tmp_path: Path) -> None:
     directory = tmp_path / "sender-cert-keys"
     directory.mkdir(mode=0o700)
     made = load_keyring(directory, now_ms=START_MS)
-    # A second process that looked before the first wrote: its exclusive write loses, and it
-    # reads the winner's key instead of replacing it.
+    # Another worker process of the relay starting later reads that key, never makes its own
+    # (and one racing it would lose the exclusive link of key-1.json, then read the winner's).
     assert load_keyring(directory, now_ms=START_MS).signing == made.signing
     assert [path.name for path in directory.iterdir()] == ["key-1.json"]
 
