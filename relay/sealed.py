@@ -38,7 +38,7 @@ from relay.sender_certificates import (
     SenderKeyring,
     load_keyring,
 )
-from storage.base import NewSend, SendOutcome, SendStatus
+from storage.base import EnrolmentStore, NewSend, SendOutcome, SendStatus
 from storage.sealed_sql import SEALED_SENDER_USER, DeliveryAccess
 from wire.catalogue import ErrorCode
 from wire.codec import encode_frame
@@ -57,7 +57,7 @@ from wire.sealed_frames import (
     SetDeliveryToken,
 )
 
-__all__ = ["TOKEN_REFUSED_REASON", "SealedService", "sealed_message_id"]
+__all__ = ["TOKEN_REFUSED_REASON", "SealedService", "check_cluster_keys", "sealed_message_id"]
 
 log = structlog.get_logger("relay.sealed")
 
@@ -120,6 +120,7 @@ class SealedService:
             try:
                 self._keyring = await trio.to_thread.run_sync(
                     lambda: load_keyring(self._key_directory, now_ms=now, create=False))
+                await check_cluster_keys(self._relay.store, self._keyring)
             except (SenderKeyError, OSError):
                 log.exception("sender_keys_unreadable")  # keep signing with what was read
             finally:
@@ -240,6 +241,25 @@ class SealedService:
                                   missing_devices=outcome.missing_devices,
                                   extra_devices=outcome.extra_devices,
                                   full_devices=outcome.full_devices))
+
+
+async def check_cluster_keys(store: EnrolmentStore, keyring: SenderKeyring) -> bool:
+    """Whether every node sharing ``store`` signs with the same keys as this one.
+
+    The store keeps, per key id, the SHA-256 of the first public key a node announced under it
+    (``keep_secret_fingerprint``, name ``sender-cert-key-<id>``: a public value; the seed never
+    leaves the key files). A node whose key differs logs ``sender_key_differs_in_cluster``:
+    clients that pinned the others' key would refuse its certificates (docs/CLUSTER.md).
+    """
+    agreed = True
+    for key in keyring.accepted:
+        mine = hashlib.sha256(key.public_key).digest()
+        kept = await store.keep_secret_fingerprint(f"sender-cert-key-{key.key_id}", mine)
+        if not hmac.compare_digest(kept, mine):
+            agreed = False
+            log.error("sender_key_differs_in_cluster", key_id=key.key_id,
+                      this_node=mine.hex()[:16], cluster=kept.hex()[:16])
+    return agreed
 
 
 def _authorised(access: DeliveryAccess | None, token_hash: bytes | None,

@@ -35,7 +35,7 @@ from relay.prekeys import PrekeyService
 from relay.push_factory import build_providers, close_providers
 from relay.push_providers import PushProvider
 from relay.push_registry import PushRegistry
-from relay.sealed import SealedService
+from relay.sealed import SealedService, check_cluster_keys
 from relay.sender_certificates import load_keyring, sender_key_directory
 from relay.session import DeviceSession
 from relay.settings import RelaySettings
@@ -246,6 +246,7 @@ async def _relay_context(settings: RelaySettings, store: Store, enrolment: Enrol
     log.info("sender_keys_loaded", signing_key_id=keyring.signing.key_id,
              signing_key_fingerprint=keyring.signing.public_key.hex()[:16],
              published=len(keyring.accepted))
+    await check_cluster_keys(store, keyring)
     context.sealed = SealedService(context, keyring, key_directory)
     return context
 

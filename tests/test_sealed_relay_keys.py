@@ -15,7 +15,7 @@ import trio
 
 from client.connection import RelayClient, RelayError
 from crypto.sender_certificate import RelayCertificateKey, verify_sender_certificate
-from relay.sealed import SealedService
+from relay.sealed import SealedService, check_cluster_keys
 from relay.sealed_limits import TokenBuckets
 from relay.sender_certificates import (
     CERTIFICATE_LIFETIME_MS,
@@ -27,6 +27,7 @@ from relay.sender_certificates import (
 )
 from relay.server import RunningRelay, serve
 from relay.settings import RelaySettings
+from storage.sqlite import open_sqlite_store
 from tests.conftest import RelayUnderTest, SmsInbox, declare, enrol
 from tests.sealed_support import anonymous, token_and_hash
 from wire.catalogue import ErrorCode
@@ -203,3 +204,13 @@ def test_a_damaged_key_file_is_refused_by_name(tmp_path: Path) -> None:
         load_keyring(directory, now_ms=START_MS)
     with pytest.raises(SenderKeyError, match="no signing key"):
         load_keyring(tmp_path / "empty", now_ms=START_MS, create=False)
+
+
+async def test_a_node_whose_keys_differ_from_the_clusters_is_found_out(tmp_path: Path) -> None:
+    async with open_sqlite_store(tmp_path / "relay.db") as store:
+        first = load_keyring(tmp_path / "node-1", now_ms=START_MS)
+        same = load_keyring(tmp_path / "node-1", now_ms=START_MS)
+        other = load_keyring(tmp_path / "node-2", now_ms=START_MS)  # made its own key 1
+        assert await check_cluster_keys(store, first)
+        assert await check_cluster_keys(store, same)
+        assert not await check_cluster_keys(store, other)
