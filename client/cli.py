@@ -328,8 +328,9 @@ def message_line(message: ReceivedMessage) -> dict[str, Any]:
 
 def send_line(phone: str, receipt: SendReceipt) -> dict[str, Any]:
     """The JSON line ``send`` prints once the relay stored the message: ``message_id`` is
-    the SEND's client_message_id, ``devices`` how many of the recipient's devices it was
-    encrypted for, ``copies`` how many of this user's other devices got a copy."""
+    the SEND's client_message_id (a SEALED_SEND's 16-byte id in hex when sealed), ``devices``
+    how many of the recipient's devices it was encrypted for, ``copies`` how many of this
+    user's other devices got a copy, ``sealed`` whether it went sealed."""
     return {"sent": bool(receipt.recipient_devices), "to": phone,
             "message_id": receipt.message_id, "devices": len(receipt.recipient_devices),
             "copies": len(receipt.own_devices), "sealed": receipt.sealed}
@@ -420,8 +421,10 @@ def send(phone: PhoneArgument,
     """Send TEXT, end-to-end encrypted, to the user with PHONE.
 
     Copies go to this user's other devices; the relay stores the message while they are
-    offline. Prints one JSON line once the relay stored it: {"sent": true, "to": PHONE,
-    "message_id": N, "devices": K, "copies": C}.
+    offline. Sent sealed (the relay is not told who sent it) when the contact shared its
+    profile key, identified otherwise. Prints one JSON line once the relay stored it:
+    {"sent": true, "to": PHONE, "message_id": N (a hex id when sealed), "devices": K,
+    "copies": C, "sealed": true|false}.
     """
     profile = _enrolled_profile()
     number = _phone(phone)

@@ -70,7 +70,12 @@ from crypto.device_list import (
     decode_device_list,
 )
 from crypto.errors import DuplicateMessageError
-from crypto.primitives import CryptoError, SystemRandom, ed25519_keypair_from_private
+from crypto.primitives import (
+    CryptoError,
+    Ed25519KeyPair,
+    SystemRandom,
+    ed25519_keypair_from_private,
+)
 from crypto.safety_number import safety_number
 from crypto.sealed_sender import (
     OpenedEnvelope,
@@ -229,12 +234,20 @@ class Messenger:
         self.inbox: dict[int, bytes] = {}
         self.inbox_senders: dict[int, DeviceAddress] = {}  #: senders of sealed inbox entries
         self.sealed = sealed or SealedSettings()
-        self.identity = ed25519_keypair_from_private(bytes(profile.signing_key()))
+        self._identity: Ed25519KeyPair | None = None
         self.seal_by_default = True  #: send sealed to contacts whose profile key is known
         self.user_id, self.device_id, self.phone = user_id, device_id, profile.data.phone
         self.persist_state = persist_state
         self._stamp = profile.device_state_stamp() if persist_state else None
         self._depth = 0
+
+    @property
+    def identity(self) -> Ed25519KeyPair:
+        """This device's identity key pair (the profile's ``identity.key``): it seals and
+        opens sealed envelopes."""
+        if self._identity is None:
+            self._identity = ed25519_keypair_from_private(bytes(self.profile.signing_key()))
+        return self._identity
 
     @classmethod
     @asynccontextmanager
