@@ -19,7 +19,7 @@ from relay.cluster import ClusterNode
 from relay.delivery import CommitPipeline, Presence
 from relay.last_seen import LastSeen
 from relay.metrics import RelayMetrics
-from relay.sealed_limits import TokenBuckets
+from relay.sealed_limits import SealedConnection
 from relay.send_budgets import SendBudgets
 from relay.settings import RelaySettings
 from storage.base import Envelope, Store
@@ -93,14 +93,12 @@ class PushRequests(Protocol):
 class SealedRequests(Protocol):
     """Answers sealed sender's requests (relay/sealed.py)."""
 
-    def connection_budget(self) -> TokenBuckets:
-        """A new connection's budget of sealed sends."""
 
     async def handle(self, device: tuple[str, int] | None,
                      frame: GetSenderKeys | GetSenderCertificate | SetDeliveryToken) -> bytes:
         """Answer one request of the keys, a certificate or a token registration."""
 
-    async def send(self, frame: SealedSend, *, connection: TokenBuckets,
+    async def send(self, frame: SealedSend, *, connection: SealedConnection,
                    organisation_id: int | None) -> bytes:
         """Authorise, limit and commit one sealed send."""
 

@@ -9,9 +9,11 @@ authenticated as a device of an organisation that may reach the recipient. Every
 authorisation, an unknown recipient's included, is the one DELIVERY_TOKEN_REFUSED, so that the
 answer tells no prober which users exist or which token is close.
 
-What it stores: envelopes with no sender (``storage.sealed_sql.SEALED_SENDER_USER``, device 0);
-an idempotency record keyed by a hash of (recipient, the client's random id), which names
-neither user; no rate-limit row (``relay.sealed_limits`` keeps its buckets in memory). Nothing
+What it stores: envelopes with no sender (``storage.sealed_sql.SEALED_SENDER_USER``, device 0),
+whose queue share is counted by a key derived from the token shown (``_share_key``) and, in
+memory, by connection (``SealedConnection``); an idempotency record keyed by a hash of
+(recipient, the client's random id), which names neither user; no rate-limit row
+(``relay.sealed_limits`` keeps its buckets in memory). Nothing
 is logged per sealed send: a log line with the recipient beside the connection would be the
 link the store does not keep.
 """
@@ -26,10 +28,11 @@ import structlog
 import trio
 
 from relay.context import RelayContext
+from relay.limits import sender_queue_share
 from relay.sealed_limits import (
-    SEALED_SENDS_PER_CONNECTION,
     SEALED_SENDS_PER_RECIPIENT,
     SEALED_SENDS_PER_TOKEN,
+    SealedConnection,
     TokenBuckets,
 )
 from relay.sender_certificates import (
@@ -70,16 +73,29 @@ _NO_TOKEN_HASH = bytes(DELIVERY_TOKEN_HASH_SIZE)
 """Compared against when there is nothing to compare with, so that every refusal does the same
 work."""
 
+_SHARE_USED = ("the share of a recipient device's queue open to sealed sends with this token, or "
+               "from this connection, is used up; retry once it has read some")
+
 _REFUSALS: dict[SendStatus, tuple[ErrorCode, str]] = {
     SendStatus.UNKNOWN_RECIPIENT: (ErrorCode.DELIVERY_TOKEN_REFUSED, TOKEN_REFUSED_REASON),
     SendStatus.MISMATCHED_DEVICES: (ErrorCode.MISMATCHED_DEVICES,
                                     "the payloads do not address the recipient's devices"),
     SendStatus.QUEUE_FULL: (ErrorCode.QUEUE_FULL,
                             "a recipient device's queue is full; retry later"),
-    SendStatus.SENDER_SHARE_FULL: (ErrorCode.QUEUE_FULL,
-                                   "a recipient device's queue is full; retry later"),
+    SendStatus.SENDER_SHARE_FULL: (ErrorCode.QUEUE_FULL, _SHARE_USED),
     SendStatus.ORGANISATION_SUSPENDED: (ErrorCode.DELIVERY_TOKEN_REFUSED, TOKEN_REFUSED_REASON),
 }
+
+
+def _share_key(token_hash: bytes | None) -> str:
+    """What a sealed envelope's queue share is counted by (its ``share_key`` column):
+    derived from the token shown (every contact holding it shares the share), or one value
+    for the sends of organisation mode. It names no user; it tells only which of the
+    recipient's tokens was shown."""
+    if token_hash is None:
+        return "sealed organisation"
+    digest = hashlib.sha256(b"cryptopass sealed share v1\x00" + token_hash).hexdigest()
+    return f"sealed {digest[:32]}"
 
 
 def sealed_message_id(recipient_user_id: str, client_message_id: bytes) -> int:
@@ -104,11 +120,6 @@ class SealedService:
         self._reloading = False
         self.per_token = TokenBuckets(capacity=SEALED_SENDS_PER_TOKEN)
         self.per_recipient = TokenBuckets(capacity=SEALED_SENDS_PER_RECIPIENT)
-
-    @staticmethod
-    def connection_budget() -> TokenBuckets:
-        """A new connection's budget of sealed sends (one bucket; the session keeps it)."""
-        return TokenBuckets(capacity=SEALED_SENDS_PER_CONNECTION, max_keys=1)
 
     # -- keys and certificates ---------------------------------------------------------
 
@@ -169,18 +180,19 @@ class SealedService:
 
     # -- sealed sends -------------------------------------------------------------------
 
-    async def send(self, frame: SealedSend, *, connection: TokenBuckets,
+    async def send(self, frame: SealedSend, *, connection: SealedConnection,
                    organisation_id: int | None) -> bytes:
         """Authorise, limit and commit one sealed send; the encoded answer.
 
-        ``connection``: the connection's budget (``connection_budget``); ``organisation_id``:
-        the organisation of the device the connection authenticated as, None if it did not.
+        ``connection``: what the connection's sealed sends are counted against;
+        ``organisation_id``: the organisation of the device the connection authenticated as,
+        None if it did not.
         """
         relay, metrics = self._relay, self._relay.metrics
         now = relay.now_ms()
         token_hash = (None if frame.delivery_token is None
                       else hashlib.sha256(frame.delivery_token).digest())
-        for buckets, key, what in ((connection, None, "on this connection"),
+        for buckets, key, what in ((connection.budget, None, "on this connection"),
                                    (self.per_token, token_hash, "with this delivery token")):
             wait_ms = buckets.take(key, now=now)
             if wait_ms is not None:
@@ -194,13 +206,18 @@ class SealedService:
             return self._rate_limited("to this recipient", wait_ms)
         organisation_mode = access is not None and access.mode == "organisation"
         settings = relay.settings
+        share = sender_queue_share(settings.max_queue_depth, settings.sender_queue_share_percent)
+        if connection.accepted[frame.recipient_user_id] >= share:
+            metrics.sealed["queue_full"] += 1
+            return _error(ErrorCode.QUEUE_FULL, _SHARE_USED)
         pending = relay.store.submit_send(NewSend(
             sender_user_id=SEALED_SENDER_USER, sender_device_id=_SEALED_DEVICE,
             recipient_user_id=frame.recipient_user_id,
             client_message_id=sealed_message_id(frame.recipient_user_id,
                                                 frame.client_message_id),
             payloads=frame.payloads, accepted_at=now, expires_at=now + settings.envelope_ttl_ms,
-            max_queue_depth=settings.max_queue_depth,
+            max_queue_depth=settings.max_queue_depth, max_sender_share=share,
+            queue_share_key=_share_key(None if organisation_mode else token_hash),
             # In organisation mode the send's transaction checks that the sender's organisation
             # may reach the recipient; with a token, the recipient chose its senders.
             sender_organisation_id=organisation_id if organisation_mode else None))
@@ -216,7 +233,10 @@ class SealedService:
 
         relay.pipeline.submit(pending, answer)
         await committed.wait()
-        return self._answer(result[0])
+        outcome = result[0]
+        if isinstance(outcome, SendOutcome) and outcome.status is SendStatus.ACCEPTED:
+            connection.note_accepted(frame.recipient_user_id)
+        return self._answer(outcome)
 
     def _rate_limited(self, what: str, wait_ms: int) -> bytes:
         self._relay.metrics.sealed["rate_limited"] += 1

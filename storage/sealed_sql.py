@@ -4,9 +4,11 @@
 "organisation") and the SHA-256 of its current delivery token (never the token itself, which
 only the user's contacts hold). One row per user, naming that user alone: nothing here links
 two users. Sealed envelopes themselves go through ``storage.envelope_sql`` with no sender (an
-empty sender user and device 0), so that nothing the relay stores names who sent them.
+empty sender user and device 0) and a ``share_key`` derived from the token they showed, so that
+nothing the relay stores names who sent them.
 
-The DDL is a migration of both stores (SQLite version 11, PostgreSQL version 13).
+The DDL is a migration of both stores (SQLite version 11, PostgreSQL version 13, with
+``envelope_sql.ENVELOPE_SHARE_KEYS``).
 """
 
 from __future__ import annotations
