@@ -5,7 +5,7 @@ A sealed send arrives, by default, on a connection that never authenticated: the
 its recipient and its size, and nothing of its sender, which is inside the sealed envelopes.
 It is authorised by the recipient's delivery token (its SHA-256 compared in constant time with
 the one the recipient registered), or, in the recipient's "organisation" mode, by a connection
-authenticated as a device of an organisation that may reach the recipient. Every refusal of
+authenticated as a device of the recipient's own organisation. Every refusal of
 authorisation, an unknown recipient's included, is the one DELIVERY_TOKEN_REFUSED, so that the
 answer tells no prober which users exist or which token is close.
 
@@ -218,8 +218,8 @@ class SealedService:
             payloads=frame.payloads, accepted_at=now, expires_at=now + settings.envelope_ttl_ms,
             max_queue_depth=settings.max_queue_depth, max_sender_share=share,
             queue_share_key=_share_key(None if organisation_mode else token_hash),
-            # In organisation mode the send's transaction checks that the sender's organisation
-            # may reach the recipient; with a token, the recipient chose its senders.
+            # In organisation mode the send's transaction checks again that the organisations
+            # are active and may reach each other; with a token, the recipient chose.
             sender_organisation_id=organisation_id if organisation_mode else None))
         committed = trio.Event()
         result: list[SendOutcome | BaseException] = []
@@ -285,12 +285,12 @@ async def check_cluster_keys(store: EnrolmentStore, keyring: SenderKeyring) -> b
 def _authorised(access: DeliveryAccess | None, token_hash: bytes | None,
                 organisation_id: int | None) -> bool:
     """Whether the send may go on: the token matches (constant time), or organisation mode on
-    an authenticated connection (the transaction checks the organisations)."""
+    a connection authenticated in the recipient's own organisation."""
     registered = None if access is None else access.token_hash
     # Always one comparison of full-size values, whatever is missing.
     matches = hmac.compare_digest(registered or _NO_TOKEN_HASH, token_hash or _NO_TOKEN_HASH)
     if access is None:
         return False
     if access.mode == "organisation":
-        return organisation_id is not None
+        return organisation_id is not None and organisation_id == access.organisation_id
     return matches and registered is not None and token_hash is not None
