@@ -216,7 +216,8 @@ class Messenger:
 
     def __init__(self, client: RelayClient, profile: Profile, device: DeviceCrypto,
                  contacts: dict[str, Contact], *, persist_state: bool = True,
-                 sealed: SealedSettings | None = None) -> None:
+                 sealed: SealedSettings | None = None,
+                 identity: Ed25519KeyPair | None = None) -> None:
         """Args:
             persist_state: keep the end-to-end state in the profile, under its lock (the
                 default, and the only safe choice for a real device: a crash or a second
@@ -234,7 +235,7 @@ class Messenger:
         self.inbox: dict[int, bytes] = {}
         self.inbox_senders: dict[int, DeviceAddress] = {}  #: senders of sealed inbox entries
         self.sealed = sealed or SealedSettings()
-        self._identity: Ed25519KeyPair | None = None
+        self._identity = identity
         self.seal_by_default = True  #: send sealed to contacts whose profile key is known
         self.user_id, self.device_id, self.phone = user_id, device_id, profile.data.phone
         self.persist_state = persist_state
@@ -299,14 +300,25 @@ class Messenger:
     @asynccontextmanager
     async def attach(cls, client: RelayClient, profile: Profile, device: DeviceCrypto,
                      contacts: dict[str, Contact], *, persist_state: bool = True,
-                     sealed: SealedSettings | None = None) -> AsyncIterator[Messenger]:
+                     sealed: SealedSettings | None = None,
+                     identity: Ed25519KeyPair | None = None,
+                     seal: bool = True) -> AsyncIterator[Messenger]:
         """Run a messenger on ``client``, already authenticated as the profile's device:
         publish missing prekeys (rotating them when due), learn this account's other
         devices, and keep refilling prekeys until the block ends. `connect` uses it; a load
         generator that opens its own connections (many devices on one endpoint) calls it
-        directly."""
+        directly.
+
+        Args:
+            identity: this device's identity key pair, when the profile keeps none in a file
+                (a load generator's devices); read from ``identity.key`` otherwise.
+            seal: send sealed to contacts whose profile key is known (the default); False
+                sends everything identified (what ``cryptopass-bench`` measures unless told
+                ``--sealed``).
+        """
         messenger = cls(client, profile, device, contacts, persist_state=persist_state,
-                        sealed=sealed)
+                        sealed=sealed, identity=identity)
+        messenger.seal_by_default = seal
         await messenger.refresh_prekeys()
         await messenger.own_devices()
         await messenger.prepare_sealed()
