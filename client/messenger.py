@@ -237,6 +237,7 @@ class Messenger:
         self.sealed = sealed or SealedSettings()
         self._identity = identity
         self.seal_by_default = True  #: send sealed to contacts whose profile key is known
+        self._asked_keys_for_unknown = False  #: one look at the relay's keys per connection
         self.user_id, self.device_id, self.phone = user_id, device_id, profile.data.phone
         self.persist_state = persist_state
         self._stamp = profile.device_state_stamp() if persist_state else None
@@ -839,15 +840,18 @@ class Messenger:
 
     async def _open_envelope(self, delivery: Deliver) -> OpenedEnvelope:
         """`open_envelope` at the time the relay accepted it; a certificate key not pinned
-        yet makes one refresh of the relay's keys (a rotation since the last look)."""
+        yet makes one refresh of the relay's keys (a rotation since the last look), once per
+        connection, so that a stream of envelopes naming unknown keys costs one request."""
         for refreshed in (False, True):
             try:
                 return open_envelope(delivery.ciphertext, recipient_identity=self.identity,
                                      pinned_relay_keys=self.sealed.relay_keys,
                                      now_ms=delivery.accepted_at)
             except CertificateError as error:
-                if refreshed or error.problem is not CertificateProblem.UNKNOWN_KEY:
+                if (refreshed or self._asked_keys_for_unknown
+                        or error.problem is not CertificateProblem.UNKNOWN_KEY):
                     raise
+                self._asked_keys_for_unknown = True
                 await refresh_relay_keys(self.client, self.sealed, now_ms=_now_ms(),
                                          force=True)
         raise RuntimeError("unreachable")  # the loop returns or raises
