@@ -89,7 +89,10 @@ async def test_sealed_sends_rotation_and_organisation_mode_through_the_cli(
         # The relay's log of the whole run never names a sealed sender's user.
         bob_user = bob.data.user_id
         assert bob_user is not None
-        assert relay.events and bob_user not in json.dumps(relay.events)
+        alice_user = alice.data.user_id
+        assert relay.events and alice_user is not None
+        assert bob_user not in json.dumps(relay.events)
+        assert alice_user not in json.dumps(relay.events)
         nursery.cancel_scope.cancel()
 
 
