@@ -261,7 +261,8 @@ def messenger(runs: Annotated[int, typer.Option(help="Rounds (encrypted, sealed,
 
     One message at a time; encrypted texts go through Messenger (Double Ratchet, the
     end-to-end state written after every change), identified; sealed ones too, then sealed
-    (sender certificate, two layers) and sent on a fresh unauthenticated connection each;
+    (sender certificate, two layers) and sent on a fresh unauthenticated connection each
+    (at most 100 per run: the relay admits 120 sealed sends a minute per delivery token);
     plaintext through RelayClient."""
     _run_on_target(lambda relay: messenger_cost(relay, runs=runs, messages=messages,
                                                 size=size, time_limit=timeout),
