@@ -592,17 +592,25 @@ class Messenger:
                              keys: dict[int, bytes], message_id: int,
                              sealed_id: bytes | None) -> bool:
         """Send the ratchet messages sealed if the contact shared its profile key (on a
-        connection of their own) or switched tokens off (on this one), else identified; a
-        refused token falls back along that order. True if they went sealed."""
-        while (sealed_id is not None and self.seal_by_default
-               and (contact.profile_key is not None or contact.organisation)):
+        connection of their own) or switched tokens off (on this one), else identified. A
+        refused route gives way to the other one once; when both are refused, the profile
+        key is stale (rotated): it is dropped until the contact shares a new one. True if
+        they went sealed."""
+        tried: set[str] = set()
+        while sealed_id is not None and self.seal_by_default:
+            route = ("organisation" if contact.organisation
+                     else "token" if contact.profile_key is not None else None)
+            if route is None or route in tried:
+                contact.organisation, contact.profile_key = False, None
+                break
+            tried.add(route)
             now_ms = _now_ms()
             certificate = await current_certificate(self.client, self.sealed, now_ms=now_ms)
             self.save()
             payloads = seal_payloads(messages, keys, certificate=certificate,
                                      identity=self.identity)
             try:
-                if contact.organisation or contact.profile_key is None:
+                if route == "organisation" or contact.profile_key is None:
                     await self.client.sealed_send(contact.user_id, payloads,
                                                   client_message_id=sealed_id,
                                                   delivery_token=None)
@@ -616,10 +624,9 @@ class Messenger:
             except RelayError as error:
                 if error.code != ErrorCode.DELIVERY_TOKEN_REFUSED:
                     raise
-                if contact.organisation:  # neither route is open: send identified
-                    contact.organisation, contact.profile_key = False, None
-                else:  # a rotated token, or tokens switched off: try as a colleague
-                    contact.organisation = True
+                # A rotated token, or tokens switched off: try as a colleague; refused as a
+                # colleague, tokens are back on: try the token.
+                contact.organisation = route == "token"
         await self.client.send(contact.user_id, messages, client_message_id=message_id)
         return False
 

@@ -76,6 +76,10 @@ async def test_sealed_sends_rotation_and_organisation_mode_through_the_cli(
         [colleague] = await cli.receive("A")
         assert (colleague["from"], colleague["sealed"]) == (BOB, True)
         assert await token(cli, "A", "on") == {"mode": "token"}
+        # Tokens back on: refused as a colleague, Bob's client goes back to the token it holds.
+        assert (await send(cli, "B", ALICE, "tokens back on"))["sealed"] is True
+        [back_on] = await cli.receive("A")
+        assert (back_on["text"], back_on["sealed"]) == ("tokens back on", True)
 
         # A forged certificate: refused, printed as a warning, never as a message.
         bob, alice = Profile(Path(cli.profile("B"))), Profile(Path(cli.profile("A")))
