@@ -37,7 +37,7 @@ from crypto.sender_certificate import issue_sender_certificate
 from relay.sender_certificates import load_keyring, sender_key_directory
 from tests.account_support import TIMEOUT_S, enrolled_profile, linked_profile, received
 from tests.conftest import RelayUnderTest
-from wire.sealed_frames import SenderKey
+from wire.sealed_frames import SenderCertificateIssued, SenderKey
 
 ALICE, BOB, CAROL = "+33612345678", "+33698765432", "+33611111111"
 
@@ -272,3 +272,26 @@ async def test_an_accounts_devices_share_one_profile_key_and_all_receive_sealed(
             async with Messenger.connect(profile) as messenger:
                 keys.append(messenger.sealed.profile_key)
     assert keys[0] is not None and keys[0] == keys[1]
+
+
+class _Issuing:
+    """A relay's SENDER_CERTIFICATE answers, counted."""
+
+    def __init__(self) -> None:
+        self.issued = 0
+
+    async def get_sender_certificate(self) -> SenderCertificateIssued:
+        self.issued += 1
+        return SenderCertificateIssued(certificate=bytes([self.issued]) * 200,
+                                       expires_ms=self.issued * 86_400_000)
+
+
+async def test_the_sender_certificate_is_cached_and_renewed_an_hour_before_it_expires() -> None:
+    relay, settings = _Issuing(), SealedSettings()
+    client = cast(RelayClient, relay)
+    first = await current_certificate(client, settings, now_ms=0)
+    assert await current_certificate(client, settings, now_ms=86_400_000 - 3_600_000) == first
+    assert relay.issued == 1
+    renewed = await current_certificate(client, settings, now_ms=86_400_000 - 3_599_999)
+    assert renewed != first and relay.issued == 2
+    assert settings.certificate == renewed and settings.certificate_expires_ms == 2 * 86_400_000
