@@ -56,6 +56,7 @@ from client.sealed import (
     SEALED_MESSAGE_ID_SIZE,
     SealedSettings,
     current_certificate,
+    fits_anonymous_connection,
     refresh_relay_keys,
     register_token,
     seal_payloads,
@@ -610,16 +611,18 @@ class Messenger:
             payloads = seal_payloads(messages, keys, certificate=certificate,
                                      identity=self.identity)
             try:
-                if route == "organisation" or contact.profile_key is None:
-                    await self.client.sealed_send(contact.user_id, payloads,
-                                                  client_message_id=sealed_id,
-                                                  delivery_token=None)
-                else:
+                token = (None if route == "organisation" or contact.profile_key is None
+                         else delivery_token(contact.profile_key))
+                if token is not None and fits_anonymous_connection(
+                        contact.user_id, payloads, token=token, client_message_id=sealed_id):
                     _, _, relay, ca = self.profile.require_enrolled()
                     await send_sealed(parse_relay_list(relay), Path(ca) if ca else None,
-                                      contact.user_id, payloads,
-                                      token=delivery_token(contact.profile_key),
+                                      contact.user_id, payloads, token=token,
                                       client_message_id=sealed_id)
+                else:  # organisation mode, or too large for an anonymous connection
+                    await self.client.sealed_send(contact.user_id, payloads,
+                                                  client_message_id=sealed_id,
+                                                  delivery_token=token)
                 return True
             except RelayError as error:
                 if error.code != ErrorCode.DELIVERY_TOKEN_REFUSED:

@@ -43,10 +43,22 @@ from crypto.delivery_token import delivery_token, delivery_token_hash, new_profi
 from crypto.primitives import Ed25519KeyPair, SystemRandom
 from crypto.sealed_sender import seal
 from crypto.sender_certificate import RelayCertificateKey
+from wire.codec import encode_frame
+from wire.limits import MAX_FRAME_SIZE_BEFORE_AUTHENTICATION
+from wire.sealed_frames import SealedSend
 
-__all__ = ["CERTIFICATE_RENEWAL_MARGIN_MS", "RELAY_KEYS_REFRESH_MS", "SEALED_MESSAGE_ID_SIZE",
-           "SealedSettings", "current_certificate", "refresh_relay_keys", "register_token",
-           "seal_payloads", "send_sealed"]
+__all__ = [
+    "CERTIFICATE_RENEWAL_MARGIN_MS",
+    "RELAY_KEYS_REFRESH_MS",
+    "SEALED_MESSAGE_ID_SIZE",
+    "SealedSettings",
+    "current_certificate",
+    "fits_anonymous_connection",
+    "refresh_relay_keys",
+    "register_token",
+    "seal_payloads",
+    "send_sealed",
+]
 
 CERTIFICATE_RENEWAL_MARGIN_MS = 3_600_000
 """A cached sender certificate is renewed an hour before it expires, so that an envelope
@@ -215,6 +227,18 @@ def seal_payloads(messages: Mapping[int, bytes], recipient_keys: Mapping[int, by
                             recipient_identity_key=recipient_keys[device_id],
                             random=SystemRandom())
             for device_id, message in messages.items()}
+
+
+def fits_anonymous_connection(recipient_user_id: str, payloads: Mapping[int, bytes], *,
+                              token: bytes, client_message_id: bytes) -> bool:
+    """Whether the SEALED_SEND fits the frame limit of a connection that has not
+    authenticated (16 KiB, PROTOCOL.md): a larger one (a long text) goes sealed on the
+    device's own connection instead, which ties it to the device there and then but still
+    leaves no sender in the store."""
+    frame = encode_frame(SealedSend(recipient_user_id=recipient_user_id,
+                                    client_message_id=client_message_id, payloads=payloads,
+                                    delivery_token=token))
+    return len(frame) <= MAX_FRAME_SIZE_BEFORE_AUTHENTICATION
 
 
 async def send_sealed(addresses: list[tuple[str, int]], ca: Path | None, recipient_user_id: str,

@@ -295,3 +295,14 @@ async def test_the_sender_certificate_is_cached_and_renewed_an_hour_before_it_ex
     renewed = await current_certificate(client, settings, now_ms=86_400_000 - 3_599_999)
     assert renewed != first and relay.issued == 2
     assert settings.certificate == renewed and settings.certificate_expires_ms == 2 * 86_400_000
+
+
+async def test_a_sealed_text_over_the_anonymous_frame_limit_goes_sealed_on_the_own_connection(
+        relay: RelayUnderTest, tmp_path: Path) -> None:
+    alice, bob = await introduced(relay, tmp_path)
+    long_text = "x" * 30_000  # over the 16 KiB a connection may send before authenticating
+    assert await send_text(bob, ALICE, long_text)
+    assert rows_naming(relay.data_dir / "relay.db", user_id(bob), user_id(alice)) == []
+    [message] = await received(alice)
+    assert message.sealed and message.sender == DeviceAddress(user_id(bob), 1)
+    assert message.content is not None and message.content.text == long_text
