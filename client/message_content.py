@@ -23,6 +23,12 @@ A fourth kind is call signalling (docs/CALLS.md): ``{"v": 1, "kind": "call", "ty
 SFrame key id and base key, `crypto.sframe`) travel in an offer, answer, join or rekey only,
 ``members`` (the other invited numbers of a group call) in an offer only, ``by`` (the
 device that answered) in a "handled" only.
+
+A fifth kind shares the account's **profile key** (`client.sealed`): ``{"v": 1, "kind":
+"profile_key", "from": PHONE, "key": 32 BYTES, "generation": INT, "created_ms": INT}``. It goes
+to the account's own devices when the key is made or rotated, and to a contact with the first
+message written to it and after each rotation; its delivery token lets the contact send
+sealed. Only end-to-end encrypted content ever carries it.
 """
 
 from __future__ import annotations
@@ -41,9 +47,9 @@ from crypto.attachments import (
 
 __all__ = ["CALL_SIGNAL_TYPES", "CONTENT_VERSION", "MAX_CALL_KEY_BYTES", "MAX_CALL_MEMBERS",
            "MAX_FILE_NAME_BYTES", "MAX_FILE_SIZE", "MAX_TEXT_BYTES", "CallSignal", "ContentError",
-           "DeviceListUpdate", "FileMessage", "TextMessage", "decode_content",
+           "DeviceListUpdate", "FileMessage", "ProfileKeyShare", "TextMessage", "decode_content",
            "encode_call_signal", "encode_content", "encode_device_list_update",
-           "encode_file_content"]
+           "encode_file_content", "encode_profile_key_share"]
 
 CONTENT_VERSION = 1
 MAX_TEXT_BYTES = 60 * 1024
@@ -71,6 +77,8 @@ MAX_CALL_MEMBERS = 7
 """Numbers an offer names besides the caller's: the relay's MAX_CALL_INVITEES."""
 _CALL_ID_BYTES = 16  # wire.call_frames.CALL_ID_SIZE
 _MAX_KEY_ID = 2**64 - 1  # crypto.sframe.MAX_KEY_ID
+_PROFILE_KEY_BYTES = 32  # crypto.delivery_token.PROFILE_KEY_SIZE
+_MAX_U63 = 2**63 - 1
 
 
 class ContentError(ValueError):
@@ -185,6 +193,46 @@ def _decode_call(value: dict[str, object]) -> CallSignal:
 _KEYED_TYPES = frozenset({"offer", "answer", "join", "rekey"})
 
 
+@dataclass(frozen=True, kw_only=True, repr=False)
+class ProfileKeyShare:
+    """A profile key shared by a contact, or by another device of this account."""
+
+    sender_phone: str  #: the sharer's number, as stated (check it against LOOKUP)
+    profile_key: bytes  #: 32 bytes: its delivery token lets the holder send sealed
+    generation: int  #: rotations so far (the account's devices adopt the highest)
+    created_ms: int  #: when the key was made, ms since the Unix epoch
+
+    def __repr__(self) -> str:
+        return f"ProfileKeyShare(sender_phone={self.sender_phone!r}, <key redacted>)"
+
+
+def encode_profile_key_share(*, sender_phone: str, profile_key: bytes, generation: int,
+                             created_ms: int) -> bytes:
+    """The plaintext that shares the account's profile key."""
+    packed: bytes = msgpack.packb({"v": CONTENT_VERSION, "kind": "profile_key",
+                                   "from": sender_phone, "key": profile_key,
+                                   "generation": generation, "created_ms": created_ms})
+    return packed
+
+
+def _decode_profile_key_share(value: dict[str, object]) -> ProfileKeyShare:
+    phone, key = value.get("from"), value.get("key")
+    generation, created_ms = value.get("generation"), value.get("created_ms")
+    if not isinstance(phone, str) or len(phone) > _MAX_PHONE_CHARS:
+        raise ContentError("content field 'from' is missing, not text or too long")
+    if not isinstance(key, bytes) or len(key) != _PROFILE_KEY_BYTES:
+        raise ContentError("content field 'key' is not a 32-byte profile key")
+    numbers = [number for number in (generation, created_ms)
+               if isinstance(number, int) and not isinstance(number, bool)
+               and 0 <= number <= _MAX_U63]
+    if len(numbers) != 2:
+        raise ContentError("content fields 'generation' and 'created_ms' are not "
+                           "non-negative integers")
+    generation, created_ms = numbers
+    return ProfileKeyShare(sender_phone=phone, profile_key=key, generation=generation,
+                           created_ms=created_ms)
+
+
 def encode_device_list_update(device_list: bytes) -> bytes:
     """The plaintext that tells the account's other devices about a new signed list."""
     packed: bytes = msgpack.packb({"v": CONTENT_VERSION, "kind": "device_list",
@@ -227,7 +275,9 @@ def encode_file_content(*, sender_phone: str, recipient_phone: str, sent_at: dat
     return packed
 
 
-def decode_content(data: bytes) -> TextMessage | FileMessage | DeviceListUpdate | CallSignal:
+def decode_content(
+        data: bytes,
+) -> TextMessage | FileMessage | DeviceListUpdate | CallSignal | ProfileKeyShare:
     """Parse a decrypted plaintext.
 
     Raises:
@@ -249,6 +299,8 @@ def decode_content(data: bytes) -> TextMessage | FileMessage | DeviceListUpdate 
         return _decode_file(value)
     if kind == "call":
         return _decode_call(value)
+    if kind == "profile_key":
+        return _decode_profile_key_share(value)
     if kind != "text":
         raise ContentError("content of an unknown kind")
     fields = _texts(value, {"from": _MAX_PHONE_CHARS, "to": _MAX_PHONE_CHARS,

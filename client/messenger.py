@@ -54,15 +54,28 @@ from client.message_content import (
     ContentError,
     DeviceListUpdate,
     FileMessage,
+    ProfileKeyShare,
     TextMessage,
     decode_content,
     encode_call_signal,
     encode_content,
     encode_device_list_update,
     encode_file_content,
+    encode_profile_key_share,
 )
 from client.prekey_upkeep import MissingPrekeysError, bundle_from_wire, publish_prekeys
 from client.profile import Profile, ProfileError
+from client.sealed import (
+    SEALED_MESSAGE_ID_SIZE,
+    SealedSettings,
+    current_certificate,
+    fits_anonymous_connection,
+    refresh_relay_keys,
+    register_token,
+    seal_payloads,
+    send_sealed,
+)
+from crypto.delivery_token import delivery_token
 from crypto.device import DeviceAddress, DeviceCrypto
 from crypto.device_list import (
     DeviceListError,
@@ -71,8 +84,20 @@ from crypto.device_list import (
     decode_device_list,
 )
 from crypto.errors import DuplicateMessageError
-from crypto.primitives import CryptoError, SystemRandom, ed25519_keypair_from_private
+from crypto.primitives import (
+    CryptoError,
+    Ed25519KeyPair,
+    SystemRandom,
+    ed25519_keypair_from_private,
+)
 from crypto.safety_number import safety_number
+from crypto.sealed_sender import (
+    OpenedEnvelope,
+    SealedSenderError,
+    check_pinned_sender,
+    open_envelope,
+)
+from crypto.sender_certificate import CertificateError, CertificateProblem
 from transport.addresses import parse_relay_list
 from transport.quic import QuicEndpoint
 from wire.frames import Deliver, ErrorCode, QueueEmpty
@@ -120,11 +145,12 @@ class UnknownContactError(Exception):
 class SendReceipt:
     """What `Messenger.send_text` addressed."""
 
-    message_id: int  #: the client_message_id of the SEND to the recipient (PROTOCOL.md)
+    message_id: int | str  #: the SEND's client_message_id, or a SEALED_SEND's id in hex
     recipient_devices: tuple[int, ...]  #: the recipient's devices that got the message
     own_devices: tuple[int, ...]  #: this user's other devices that got a copy
     mismatch_retries: int  #: SENDs repeated after MISMATCHED_DEVICES
     own_copy_problem: str | None = None  #: why the own devices' copy failed, if it did
+    sealed: bool = False  #: sent sealed: the relay was not told who sent it
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -132,7 +158,7 @@ class ReceivedMessage:
     """One delivery, decrypted (or the reason it could not be read)."""
 
     envelope_id: int  #: the relay's id of the envelope
-    sender: DeviceAddress  #: the sending device, as the relay authenticated it
+    sender: DeviceAddress | None  #: the sending device (None: a sealed envelope refused)
     accepted_at: int  #: when the relay accepted it, ms since the Unix epoch
     content: TextMessage | FileMessage | None  #: the message, or None if it could not be read
     problem: str | None = None  #: why it could not be read, or its file refused (never the
@@ -140,6 +166,8 @@ class ReceivedMessage:
     file: Path | None = None  #: where a file message's file was saved, if it was fetched
     sender_confirmed: bool = False  #: the relay gives content.sender_phone to this sender
     identity_changed: bool = False  #: the sender's account key is not the accepted one: warn
+    sealed: bool = False  #: came sealed: the sender is the one its certificate names
+    refused: bool = False  #: a sealed envelope refused (``problem`` says why): not a message
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -160,7 +188,7 @@ def create_device_state(profile: Profile, *, contacts: dict[str, Contact] | None
     device = DeviceCrypto.create(identity, SystemRandom(),
                                  address=DeviceAddress(user_id=user_id, device_id=device_id),
                                  now_ms=_now_ms())
-    profile.save_device_state(_encode_state(device, contacts or {}, {}))
+    profile.save_device_state(_encode_state(device, contacts or {}, {}, SealedSettings(), {}))
     return device
 
 
@@ -174,15 +202,23 @@ def _now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-def _encode_state(device: DeviceCrypto, contacts: dict[str, Contact],
-                  inbox: dict[int, bytes]) -> bytes:
+_Loaded = tuple[DeviceCrypto, dict[str, Contact], dict[int, bytes], SealedSettings,
+                dict[int, DeviceAddress]]
+
+
+def _encode_state(device: DeviceCrypto, contacts: dict[str, Contact], inbox: dict[int, bytes],
+                  sealed: SealedSettings, inbox_senders: dict[int, DeviceAddress]) -> bytes:
     packed: bytes = msgpack.packb({"version": STATE_VERSION, "crypto": device.to_bytes(),
                                    "contacts": encode_contacts(contacts),
-                                   "inbox": sorted(inbox.items())})
+                                   "inbox": sorted(inbox.items()),
+                                   "sealed": sealed.to_state(),
+                                   "inbox_senders": [
+                                       [envelope_id, sender.user_id, sender.device_id]
+                                       for envelope_id, sender in inbox_senders.items()]})
     return packed
 
 
-def _load_state(profile: Profile) -> tuple[DeviceCrypto, dict[str, Contact], dict[int, bytes]]:
+def _load_state(profile: Profile) -> _Loaded:
     data = profile.device_state()
     if data is None:
         raise ProfileError(f"no end-to-end state in {profile.directory}; run 'cryptopass verify'")
@@ -191,8 +227,11 @@ def _load_state(profile: Profile) -> tuple[DeviceCrypto, dict[str, Contact], dic
         if not isinstance(value, dict) or value.get("version") != STATE_VERSION:
             raise ValueError("this state predates account keys: enrol this device again")
         inbox = {int(envelope_id): bytes(plaintext) for envelope_id, plaintext in value["inbox"]}
+        senders = {int(envelope_id): DeviceAddress(str(user_id), int(device_id))
+                   for envelope_id, user_id, device_id in value.get("inbox_senders", [])}
         return (DeviceCrypto.from_bytes(value["crypto"], SystemRandom()),
-                decode_contacts(value["contacts"]), inbox)
+                decode_contacts(value["contacts"]), inbox,
+                SealedSettings.from_state(value.get("sealed")), senders)
     except (ValueError, KeyError, TypeError, msgpack.UnpackException) as error:
         raise ProfileError(f"the end-to-end state in {profile.directory} is damaged: "
                            f"{error}") from error
@@ -203,7 +242,10 @@ class Messenger:
 
     def __init__(self, client: RelayClient, profile: Profile, device: DeviceCrypto,
                  contacts: dict[str, Contact], *, persist_state: bool = True,
-                 inbox: dict[int, bytes] | None = None) -> None:
+                 inbox: dict[int, bytes] | None = None,
+                 inbox_senders: dict[int, DeviceAddress] | None = None,
+                 sealed: SealedSettings | None = None,
+                 identity: Ed25519KeyPair | None = None) -> None:
         """Args:
             inbox: the decrypted messages not yet acknowledged, as the saved state holds
                 them (`connect` passes them on, so a message decrypted before a crash or an
@@ -222,6 +264,12 @@ class Messenger:
         self.device = device
         self.contacts = contacts
         self.inbox: dict[int, bytes] = dict(inbox or {})
+        self.inbox_senders: dict[int, DeviceAddress] = dict(inbox_senders or {})
+        """Senders of sealed inbox entries (a sealed envelope names none to the relay)."""
+        self.sealed = sealed or SealedSettings()
+        self._identity = identity
+        self.seal_by_default = True  #: send sealed to contacts whose profile key is known
+        self._asked_keys_for_unknown = False  #: one look at the relay's keys per connection
         self.user_id, self.device_id, self.phone = user_id, device_id, profile.data.phone
         self.persist_state = persist_state
         self._stamp = profile.device_state_stamp() if persist_state else None
@@ -232,6 +280,14 @@ class Messenger:
         self._nursery: trio.Nursery | None = None
         self._held: trio.CancelScope | None = None
         self._moving: trio.Event | None = None
+
+    @property
+    def identity(self) -> Ed25519KeyPair:
+        """This device's identity key pair (the profile's ``identity.key``): it seals and
+        opens sealed envelopes."""
+        if self._identity is None:
+            self._identity = ed25519_keypair_from_private(bytes(self.profile.signing_key()))
+        return self._identity
 
     @classmethod
     @asynccontextmanager
@@ -263,14 +319,15 @@ class Messenger:
         await profile.lock.acquire()
         held = True
         try:
-            device, contacts, inbox = _load_state(profile)
+            device, contacts, inbox, sealed, inbox_senders = _load_state(profile)
             async with connect_any(addresses, ca=Path(ca) if ca else None,
                                    connect_timeout=connect_timeout, endpoint=endpoint) as client:
                 if reached is not None:
                     reached.set()
                 await client.authenticate(user_id, device_id, profile.signing_key())
                 async with cls.attach(client, profile, device, contacts,
-                                      inbox=inbox) as messenger:
+                                      inbox=inbox, inbox_senders=inbox_senders,
+                                      sealed=sealed) as messenger:
                     if not hold_profile:
                         held = False
                         profile.lock.release()
@@ -283,16 +340,31 @@ class Messenger:
     @asynccontextmanager
     async def attach(cls, client: RelayClient, profile: Profile, device: DeviceCrypto,
                      contacts: dict[str, Contact], *, persist_state: bool = True,
-                     inbox: dict[int, bytes] | None = None) -> AsyncIterator[Messenger]:
+                     inbox: dict[int, bytes] | None = None,
+                     inbox_senders: dict[int, DeviceAddress] | None = None,
+                     sealed: SealedSettings | None = None,
+                     identity: Ed25519KeyPair | None = None,
+                     seal: bool = True) -> AsyncIterator[Messenger]:
         """Run a messenger on ``client``, already authenticated as the profile's device:
         publish missing prekeys (rotating them when due), learn this account's other
         devices, and keep refilling prekeys until the block ends. `connect` uses it; a load
         generator that opens its own connections (many devices on one endpoint) calls it
-        directly."""
+        directly.
+
+        Args:
+            identity: this device's identity key pair, when the profile keeps none in a file
+                (a load generator's devices); read from ``identity.key`` otherwise.
+            seal: send sealed to contacts whose profile key is known (the default); False
+                sends everything identified (what ``cryptopass-bench`` measures unless told
+                ``--sealed``).
+        """
         messenger = cls(client, profile, device, contacts, persist_state=persist_state,
-                        inbox=inbox)
+                        inbox=inbox, inbox_senders=inbox_senders, sealed=sealed,
+                        identity=identity)
+        messenger.seal_by_default = seal
         await messenger.refresh_prekeys()
         await messenger.own_devices()
+        await messenger.prepare_sealed()
         async with trio.open_nursery() as nursery:
             messenger._nursery = nursery
             nursery.start_soon(messenger._refill_when_told)
@@ -353,7 +425,8 @@ class Messenger:
         self._depth += 1
         try:
             if self._depth == 1 and self.profile.device_state_stamp() != self._stamp:
-                self.device, self.contacts, self.inbox = _load_state(self.profile)
+                (self.device, self.contacts, self.inbox, self.sealed,
+                 self.inbox_senders) = _load_state(self.profile)
                 self._stamp = self.profile.device_state_stamp()
             yield
         finally:
@@ -368,7 +441,8 @@ class Messenger:
         """Write the end-to-end state to the profile (atomic, mode 0600); nothing when the
         messenger keeps its state in memory only (``persist_state=False``)."""
         if self.persist_state:
-            self.profile.save_device_state(_encode_state(self.device, self.contacts, self.inbox))
+            self.profile.save_device_state(_encode_state(self.device, self.contacts, self.inbox,
+                                                         self.sealed, self.inbox_senders))
             self._stamp = self.profile.device_state_stamp()
 
     def _address(self, user_id: str, device_id: int) -> DeviceAddress:
@@ -583,20 +657,24 @@ class Messenger:
         async with self.exclusive():
             contact, own = await self._check_ready(phone)
             message_id = secrets.randbelow(MAX_CLIENT_MESSAGE_ID)
-            recipient_devices, retries = await self._deliver(contact, content, message_id)
+            sealed_id = secrets.token_bytes(SEALED_MESSAGE_ID_SIZE)
+            recipient_devices, retries, sealed = await self._deliver(
+                contact, content, message_id, sealed_id=None if contact is own else sealed_id)
+            if contact is not own:
+                await self._share_profile_key(contact)
             own_devices: tuple[int, ...] = ()
             problem = None
             if contact is not own:
                 try:
-                    own_devices, own_retries = await self._deliver(
+                    own_devices, own_retries, _ = await self._deliver(
                         own, content, secrets.randbelow(MAX_CLIENT_MESSAGE_ID))
                     retries += own_retries
                 except (RelayError, IdentityChangedError, DeviceListProblem,
                         MissingPrekeysError) as error:
                     problem = str(error)  # the recipient's copy left: do not say otherwise
-        return SendReceipt(message_id=message_id, recipient_devices=recipient_devices,
-                           own_devices=own_devices, mismatch_retries=retries,
-                           own_copy_problem=problem)
+        return SendReceipt(message_id=sealed_id.hex() if sealed else message_id,
+                           recipient_devices=recipient_devices, own_devices=own_devices,
+                           mismatch_retries=retries, own_copy_problem=problem, sealed=sealed)
 
     async def send_call_signal(self, phone: str, signal: CallSignal) -> tuple[int, ...]:
         """Send a call message to every device of ``phone`` (or, for this account's own
@@ -610,27 +688,35 @@ class Messenger:
         async with self.exclusive():
             contact = self._own() if phone == self.phone else await self.contact(phone)
             await self._ready(contact)
-            told, _ = await self._deliver(contact, content,
-                                          secrets.randbelow(MAX_CLIENT_MESSAGE_ID), urgent=True)
+            # Identified: a call offer must ring at once, and sealed sends go through a
+            # second connection (docs/PRIVACY.md says what the relay learns of calls).
+            told, _, _ = await self._deliver(contact, content,
+                                             secrets.randbelow(MAX_CLIENT_MESSAGE_ID),
+                                             urgent=True)
             return told
 
     async def _deliver(self, contact: Contact, content: bytes, message_id: int, *,
-                       urgent: bool = False) -> tuple[tuple[int, ...], int]:
-        """Send to the contact's accepted devices (`_accepted_view` ran just before)."""
+                       sealed_id: bytes | None = None,
+                       urgent: bool = False) -> tuple[tuple[int, ...], int, bool]:
+        """Send to the contact's accepted devices (`_accepted_view` ran just before): sealed
+        (with ``sealed_id`` as its idempotency id) if the contact can take it, else
+        identified (``urgent``: a call message, always identified). Returns the devices, the
+        mismatch retries, and whether it went sealed."""
         retries = 0
         while True:
             targets = {device_id: key for device_id, key in contact.devices.items()
                        if not (contact.user_id == self.user_id and device_id == self.device_id)}
             await self._start_sessions(contact, targets)
             if not targets:
-                return (), retries
+                return (), retries, False
             addresses = [self._address(contact.user_id, device_id) for device_id in targets]
             ciphertexts = self.device.encrypt(content, addresses)
             self.save()  # Before the ciphertexts leave: their message keys are now used.
+            messages = {address.device_id: ciphertext
+                        for address, ciphertext in ciphertexts.items()}
             try:
-                await self.client.send(contact.user_id, {
-                    address.device_id: ciphertext for address, ciphertext in ciphertexts.items()},
-                    client_message_id=message_id, urgent=urgent)
+                sealed = await self._send_messages(contact, messages, targets, message_id,
+                                                   sealed_id, urgent=urgent)
             except RelayError as error:
                 if error.code == ErrorCode.UNKNOWN_RECIPIENT:
                     await self._check_number_owner(contact)  # a new account for the number?
@@ -640,7 +726,126 @@ class Messenger:
                 retries += 1
                 await self._accepted_view(contact)  # the list may have changed: follow it
                 continue
-            return tuple(sorted(targets)), retries
+            return tuple(sorted(targets)), retries, sealed
+
+    async def _send_messages(self, contact: Contact, messages: dict[int, bytes],
+                             keys: dict[int, bytes], message_id: int,
+                             sealed_id: bytes | None, *, urgent: bool = False) -> bool:
+        """Send the ratchet messages sealed if the contact shared its profile key (on a
+        connection of their own) or switched tokens off (on this one), else identified. A
+        refused route gives way to the other one once; when both are refused, the profile
+        key is stale (rotated): it is dropped until the contact shares a new one. True if
+        they went sealed."""
+        tried: set[str] = set()
+        while sealed_id is not None and self.seal_by_default:
+            route = ("organisation" if contact.organisation
+                     else "token" if contact.profile_key is not None else None)
+            if route is None or route in tried:
+                contact.organisation, contact.profile_key = False, None
+                break
+            tried.add(route)
+            now_ms = _now_ms()
+            certificate = await current_certificate(self.client, self.sealed, now_ms=now_ms)
+            self.save()
+            payloads = seal_payloads(messages, keys, certificate=certificate,
+                                     identity=self.identity)
+            try:
+                token = (None if route == "organisation" or contact.profile_key is None
+                         else delivery_token(contact.profile_key))
+                if token is not None and fits_anonymous_connection(
+                        contact.user_id, payloads, token=token, client_message_id=sealed_id):
+                    _, _, relay, ca = self.profile.require_enrolled()
+                    await send_sealed(parse_relay_list(relay), Path(ca) if ca else None,
+                                      contact.user_id, payloads, token=token,
+                                      client_message_id=sealed_id)
+                else:  # organisation mode, or too large for an anonymous connection
+                    await self.client.sealed_send(contact.user_id, payloads,
+                                                  client_message_id=sealed_id,
+                                                  delivery_token=token)
+                return True
+            except RelayError as error:
+                if error.code != ErrorCode.DELIVERY_TOKEN_REFUSED:
+                    raise
+                # A rotated token, or tokens switched off: try as a colleague; refused as a
+                # colleague, tokens are back on: try the token.
+                contact.organisation = route == "token"
+        await self.client.send(contact.user_id, messages, client_message_id=message_id,
+                               urgent=urgent)
+        return False
+
+    # -- sealed sender: the profile key and the delivery token ----------------------------
+
+    async def prepare_sealed(self) -> None:
+        """Make the account's profile key on first use (and share it with this account's
+        other devices), pin the relay's certificate keys, and register the delivery token's
+        hash with the relay if it does not have it yet."""
+        async with self.exclusive():
+            now_ms = _now_ms()
+            others = sorted(device_id for device_id in self._own().devices
+                            if device_id != self.device_id)
+            if all(self.device_id < device_id for device_id in others):
+                # The account's first device makes the key; the others wait for its share.
+                self.sealed.ensure_profile_key(now_ms)
+            await refresh_relay_keys(self.client, self.sealed, now_ms=now_ms)
+            await register_token(self.client, self.sealed)
+            if set(others) - set(self.sealed.shared_with):
+                await self._share_with_own_devices()
+
+    def _profile_key_share(self) -> bytes:
+        if self.sealed.profile_key is None:
+            raise ValueError("no profile key yet")
+        return encode_profile_key_share(sender_phone=self.phone,
+                                        profile_key=self.sealed.profile_key,
+                                        generation=self.sealed.generation,
+                                        created_ms=self.sealed.created_ms)
+
+    async def _share_with_own_devices(self) -> None:
+        """Give the account's profile key to its other devices (best effort)."""
+        own = self._own()
+        if self.sealed.profile_key is None:
+            return
+        with contextlib.suppress(RelayError, MissingPrekeysError, IdentityChangedError,
+                                 DeviceListProblem):
+            told, _, _ = await self._deliver(own, self._profile_key_share(),
+                                             secrets.randbelow(MAX_CLIENT_MESSAGE_ID))
+            self.sealed.shared_with = sorted(set(self.sealed.shared_with) | set(told))
+
+    async def _share_profile_key(self, contact: Contact) -> bool:
+        """Send the account's profile key to ``contact`` unless it has it already (best
+        effort: a failure is tried again with the next message). True if sent."""
+        key = self.sealed.profile_key
+        if (key is None or contact is self._own() or (contact.shared_profile_key is not None
+                                                      and contact.shared_profile_key == key)):
+            return False
+        try:
+            await self._deliver(contact, self._profile_key_share(),
+                                secrets.randbelow(MAX_CLIENT_MESSAGE_ID),
+                                sealed_id=secrets.token_bytes(SEALED_MESSAGE_ID_SIZE))
+        except (RelayError, MissingPrekeysError, IdentityChangedError, DeviceListProblem):
+            return False
+        contact.shared_profile_key = key
+        return True
+
+    async def rotate_profile_key(self) -> int:
+        """A new profile key: its token's hash replaces the old one at the relay (which then
+        refuses the old token), and it goes to this account's other devices and to every
+        contact that had the old one. Returns how many contacts got it."""
+        async with self.exclusive():
+            self.sealed.rotate(_now_ms())
+            await register_token(self.client, self.sealed)
+            await self._share_with_own_devices()
+            shared = 0
+            for contact in list(self.contacts.values()):
+                if contact.shared_profile_key is not None and contact.user_id != self.user_id:
+                    shared += await self._share_profile_key(contact)
+            return shared
+
+    async def set_delivery_mode(self, mode: str) -> None:
+        """"token" (only holders of the delivery token send sealed) or "organisation"
+        (tokens switched off: any device of this account's organisation may send sealed)."""
+        async with self.exclusive():
+            self.sealed.mode = mode
+            await register_token(self.client, self.sealed)
 
     async def _start_sessions(self, contact: Contact, targets: dict[int, bytes]) -> None:
         """Start a session with every target device that has none, from a bundle whose
@@ -669,7 +874,7 @@ class Messenger:
         async with self.exclusive():
             own = self._own()
             await self._accepted_view(own)
-            told, _ = await self._deliver(own, encode_device_list_update(
+            told, _, _ = await self._deliver(own, encode_device_list_update(
                 device_list.encoded), secrets.randbelow(MAX_CLIENT_MESSAGE_ID))
             return told
 
@@ -748,7 +953,10 @@ class Messenger:
         self.client.acknowledge(delivery.envelope_id)
 
     async def _open(self, delivery: Deliver) -> ReceivedMessage | None:
-        sender = self._address(delivery.sender_user_id, delivery.sender_device_id)
+        user_id, device_id = delivery.sender_user_id, delivery.sender_device_id
+        if user_id is None or device_id is None:
+            return await self._open_sealed(delivery)
+        sender = self._address(user_id, device_id)
 
         def unreadable(problem: str) -> ReceivedMessage:
             return ReceivedMessage(envelope_id=delivery.envelope_id, sender=sender,
@@ -769,16 +977,98 @@ class Messenger:
             except CryptoError as error:
                 return unreadable(f"cannot decrypt: {type(error).__name__}")
             plaintext = decrypted.plaintext
-            if not _is_call_signal(plaintext):
-                # A call message carries a media key: never written to disk. Lost if this
-                # process dies before handling it, which an ephemeral call message may be.
-                self.inbox[delivery.envelope_id] = plaintext
-                _drop_oldest(self.inbox, MAX_INBOX)
-            self.save()
+            self._keep(delivery.envelope_id, plaintext, None)
+        return await self._read(delivery, sender, plaintext, sealed=False)
+
+    def _keep(self, envelope_id: int, plaintext: bytes, sender: DeviceAddress | None) -> None:
+        """Keep a decrypted plaintext until it is handed over (saved at once). A call message
+        carries a media key: it is never written to disk, and is lost if this process dies
+        before handling it, which an ephemeral call message may be."""
+        if _is_call_signal(plaintext):
+            self.save()  # the ratchet state moved
+            return
+        self.inbox[envelope_id] = plaintext
+        if sender is not None:
+            self.inbox_senders[envelope_id] = sender
+        _drop_oldest(self.inbox, MAX_INBOX)
+        for kept in [kept for kept in self.inbox_senders if kept not in self.inbox]:
+            del self.inbox_senders[kept]
+        self.save()
+
+    async def _open_sealed(self, delivery: Deliver) -> ReceivedMessage | None:
+        """Open a sealed envelope, check its certificate against the pinned relay keys and
+        the sender against the keys pinned for it, then decrypt the inner message as one
+        from that device. Any failure is a refusal, never a message."""
+
+        def refused(reason: str) -> ReceivedMessage:
+            return ReceivedMessage(envelope_id=delivery.envelope_id, sender=None,
+                                   accepted_at=delivery.accepted_at, content=None,
+                                   problem=f"sealed message refused: {reason}", sealed=True,
+                                   refused=True)
+
+        plaintext = self.inbox.get(delivery.envelope_id)
+        sender = self.inbox_senders.get(delivery.envelope_id)
+        if plaintext is None or sender is None:
+            try:
+                opened = await self._open_envelope(delivery)
+                certificate = opened.certificate
+                sender = self._address(certificate.user_id, certificate.device_id)
+                expected = await self._expected_identity(sender)
+                check_pinned_sender(certificate, identity_key=expected,
+                                    account_key=await self._pinned_account_key(sender.user_id))
+            except (SealedSenderError, CertificateError) as error:
+                return refused(str(error))
+            except UnknownContactError:
+                return refused("the certificate names a user the relay does not know")
+            if expected is None:  # check_pinned_sender refused a None already
+                return refused("the sending device is not on its account's signed list")
+            try:
+                decrypted = self.device.decrypt(sender, opened.message,
+                                                expected_identity_key=expected)
+            except DuplicateMessageError:
+                return None
+            except CryptoError as error:
+                return refused(f"the inner message does not decrypt: {type(error).__name__}")
+            plaintext = decrypted.plaintext
+            self._keep(delivery.envelope_id, plaintext, sender)
+        return await self._read(delivery, sender, plaintext, sealed=True)
+
+    async def _open_envelope(self, delivery: Deliver) -> OpenedEnvelope:
+        """`open_envelope` at the time the relay accepted it; a certificate key not pinned
+        yet makes one refresh of the relay's keys (a rotation since the last look), once per
+        connection, so that a stream of envelopes naming unknown keys costs one request."""
+        for refreshed in (False, True):
+            try:
+                return open_envelope(delivery.ciphertext, recipient_identity=self.identity,
+                                     pinned_relay_keys=self.sealed.relay_keys,
+                                     now_ms=delivery.accepted_at)
+            except CertificateError as error:
+                if (refreshed or self._asked_keys_for_unknown
+                        or error.problem is not CertificateProblem.UNKNOWN_KEY):
+                    raise
+                self._asked_keys_for_unknown = True
+                await refresh_relay_keys(self.client, self.sealed, now_ms=_now_ms(),
+                                         force=True)
+        raise RuntimeError("unreachable")  # the loop returns or raises
+
+    async def _pinned_account_key(self, user_id: str) -> bytes | None:
+        """The account key accepted for ``user_id``: a contact's pinned key, else the one
+        the relay shows now (first contact, as for an identified message)."""
+        for contact in self.contacts.values():
+            if (contact.user_id == user_id and not contact.changed
+                    and contact.account_key is not None):
+                return contact.account_key
+        return (await self.account_view(user_id)).account_key
+
+    async def _read(self, delivery: Deliver, sender: DeviceAddress, plaintext: bytes, *,
+                    sealed: bool) -> ReceivedMessage | None:
+        """Act on a decrypted content: a message to hand over, or a control one (None)."""
         try:
             content = decode_content(plaintext)
         except ContentError as error:
-            return unreadable(str(error))
+            return ReceivedMessage(envelope_id=delivery.envelope_id, sender=sender,
+                                   accepted_at=delivery.accepted_at, content=None,
+                                   problem=str(error), sealed=sealed)
         if isinstance(content, DeviceListUpdate):
             if sender.user_id == self.user_id:
                 await self._apply_own_list(content.device_list)
@@ -786,12 +1076,28 @@ class Messenger:
         if isinstance(content, CallSignal):
             await self._hand_call_signal(sender, delivery.accepted_at, content)
             return None
+        if isinstance(content, ProfileKeyShare):
+            await self._take_profile_key(sender, content)
+            return None
         contact = await self._contact_of_sender(sender, content.sender_phone)
         identity_changed = contact is None or contact.changed
         return ReceivedMessage(envelope_id=delivery.envelope_id, sender=sender,
                                accepted_at=delivery.accepted_at, content=content,
                                sender_confirmed=contact is not None,
-                               identity_changed=identity_changed)
+                               identity_changed=identity_changed, sealed=sealed)
+
+    async def _take_profile_key(self, sender: DeviceAddress, share: ProfileKeyShare) -> None:
+        """A contact's profile key (it may now be sent sealed), or this account's from
+        another of its devices (adopted if it wins, and its token registered)."""
+        if sender.user_id == self.user_id:
+            if self.sealed.adopt(share.profile_key, share.generation, share.created_ms):
+                await register_token(self.client, self.sealed)
+            elif self.sealed.profile_key != share.profile_key:
+                await self._share_with_own_devices()  # ours wins: the sharer adopts it
+            return
+        contact = await self._contact_of_sender(sender, share.sender_phone)
+        if contact is not None and not contact.changed and contact.user_id == sender.user_id:
+            contact.profile_key, contact.organisation = share.profile_key, False
 
     async def _hand_call_signal(self, sender: DeviceAddress, accepted_at: int,
                                 signal: CallSignal) -> None:

@@ -20,6 +20,7 @@ from relay.cluster import ClusterNode
 from relay.delivery import CommitPipeline, Presence
 from relay.last_seen import LastSeen
 from relay.metrics import RelayMetrics
+from relay.sealed_limits import SealedConnection
 from relay.send_budgets import SendBudgets
 from relay.settings import RelaySettings
 from storage.base import Envelope, Store
@@ -30,9 +31,11 @@ from wire.buffers import BufferPool
 from wire.catalogue import ErrorCode
 from wire.prekey_frames import PrekeyRequest
 from wire.push_frames import PushRequest
+from wire.sealed_frames import GetSenderCertificate, GetSenderKeys, SealedSend, SetDeliveryToken
 
 __all__ = ["BlobRequests", "DeviceListRequests", "LinkRequests", "LiveSession", "PrekeyRequests",
-           "PushRequests", "RelayContext", "RequestDevice", "UploadSource", "WakeupNotes"]
+           "PushRequests", "RelayContext", "RequestDevice", "SealedRequests", "UploadSource",
+           "WakeupNotes"]
 
 
 class LiveSession(Protocol):
@@ -88,6 +91,19 @@ class PushRequests(Protocol):
 
     async def handle(self, device: tuple[str, int], frame: PushRequest) -> bytes:
         """Answer one request with an encoded frame."""
+
+
+class SealedRequests(Protocol):
+    """Answers sealed sender's requests (relay/sealed.py)."""
+
+
+    async def handle(self, device: tuple[str, int] | None,
+                     frame: GetSenderKeys | GetSenderCertificate | SetDeliveryToken) -> bytes:
+        """Answer one request of the keys, a certificate or a token registration."""
+
+    async def send(self, frame: SealedSend, *, connection: SealedConnection,
+                   organisation_id: int | None) -> bytes:
+        """Authorise, limit and commit one sealed send."""
 
 
 class WakeupNotes(Protocol):
@@ -187,6 +203,8 @@ class RelayContext:
     """The blob service (relay/blobs.py); ``serve`` sets it."""
     calls: CallService = field(init=False)
     """The media sessions of calls (relay/calls.py); ``serve`` sets it."""
+    sealed: SealedRequests = field(init=False)
+    """Sealed sender (relay/sealed.py); ``serve`` sets it."""
     send_budgets: SendBudgets = field(init=False)
     """Each sender device's SENDs and bytes per minute (``settings``), checked before a SEND
     is submitted (relay/send_budgets.py)."""

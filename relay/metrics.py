@@ -133,6 +133,11 @@ class RelayMetrics:
     push_targets: Counter[tuple[str, str]] = field(default_factory=Counter)
     """(outcome, provider) -> PUSH_SET and PUSH_CLEAR requests (relay/push_registry.py): "set",
     "cleared" (provider ""), "rate_limited", "provider_unavailable", "invalid_target"."""
+    sealed: Counter[str] = field(default_factory=Counter)
+    """Sealed sender's requests by outcome, never by user (relay/sealed.py): sealed sends
+    "accepted", "duplicate", "token_refused" (bad, rotated or absent token, or no such
+    recipient), "rate_limited", "mismatched_devices", "queue_full", "error"; and
+    "certificate_issued", "token_set", "organisation_mode"."""
     push_delay: LatencyHistogram = field(
         default_factory=lambda: LatencyHistogram(PUSH_DELAY_BUCKETS))
     """From the commit of the first envelope a wake-up announces to its push."""

@@ -120,6 +120,7 @@ class RelayCollector(Collector):
             device_lists.add_metric([outcome], count)
         yield device_lists
         yield from _blob_families(metrics)
+        yield _sealed_family(metrics)
         yield _counter("cryptopass_revoked_device_connections",
                        "Connections closed because their device was revoked by a "
                        "re-enrolment or a published device list.", metrics.revoked_devices)
@@ -243,6 +244,17 @@ def relay_registry(context: RelayContext, sms_outcomes: SmsOutcomes) -> Collecto
     registry = CollectorRegistry(auto_describe=False)
     registry.register(RelayCollector(context, sms_outcomes))
     return registry
+
+
+def _sealed_family(metrics: RelayMetrics) -> Metric:
+    """Sealed sender requests by outcome, with no ids (relay/sealed.py)."""
+    sealed = CounterMetricFamily("cryptopass_sealed_sender",
+                                 "Sealed sender requests by outcome (sealed sends accepted, "
+                                 "duplicate or refused by reason; certificates; tokens).",
+                                 labels=["outcome"])
+    for outcome, count in sorted(metrics.sealed.items()):
+        sealed.add_metric([outcome], count)
+    return sealed
 
 
 def _blob_families(metrics: RelayMetrics) -> Iterator[Metric]:

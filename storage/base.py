@@ -42,6 +42,7 @@ from storage.interfaces.pending import PendingResult
 from storage.interfaces.prekeys import PrekeyStore
 from storage.interfaces.push import PushTargetStore, WakeupQueue
 from storage.interfaces.rate_limits import RateLimits
+from storage.interfaces.sealed import DeliveryAccessStore
 from storage.records import (
     AlreadyExists,
     BlobInfo,
@@ -119,7 +120,8 @@ __all__ = [
 
 class Store(StoreLifecycle, ClusterCapable, EnvelopeQueue, Directory, OrganisationPolicy,
             EnrolmentStore, AccountKeyStore, LinkChannelStore, PrekeyStore, RateLimits,
-            AdminStore, DeviceActivity, PushTargetStore, WakeupQueue, BlobStore, Protocol):
+            AdminStore, DeviceActivity, PushTargetStore, WakeupQueue, BlobStore,
+            DeliveryAccessStore, Protocol):
     """The relay's whole persistent state: every capability of ``storage.interfaces``.
 
     All methods are safe to call concurrently.

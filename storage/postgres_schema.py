@@ -33,13 +33,14 @@ from storage.admin_sql import ONE_TIME_PASSWORDS, POSTGRES_ADMIN_TABLES
 from storage.blob_postgres import POSTGRES_BLOB_CHUNK_TABLES
 from storage.blob_sql import POSTGRES_BLOB_TABLES
 from storage.enrolment_sql import POSTGRES_ENROLMENT_GUESS_TABLES, POSTGRES_ENROLMENT_TABLES
-from storage.envelope_sql import ENVELOPES_BY_SENDER, POSTGRES_ENVELOPE_TABLES
+from storage.envelope_sql import ENVELOPE_SHARE_KEYS, ENVELOPES_BY_SENDER, POSTGRES_ENVELOPE_TABLES
 from storage.last_seen_sql import LAST_SEEN_COLUMN
 from storage.link_sql import POSTGRES_LINK_TABLES
 from storage.login_attempt_sql import POSTGRES_LOGIN_ATTEMPT_TABLES
 from storage.prekey_sql import POSTGRES_PREKEY_TABLES
 from storage.push_sql import POSTGRES_PUSH_TABLES
 from storage.rate_limits import POSTGRES_RATE_LIMIT_TABLES
+from storage.sealed_sql import POSTGRES_SEALED_TABLES
 from storage.sqlite_schema import Migration, SchemaVersionTooNew
 
 __all__ = [
@@ -137,10 +138,14 @@ _VERSION_14 = Migration(
     ),
 )
 
+# Sealed sender: each user's delivery-token registration (storage.sealed_sql), and the
+# envelopes' share keys, which count sealed sends' queue share (storage.envelope_sql).
+_VERSION_15 = Migration(version=15, statements=(*POSTGRES_SEALED_TABLES, *ENVELOPE_SHARE_KEYS))
+
 MIGRATIONS: tuple[Migration, ...] = (_VERSION_1, _VERSION_2, _VERSION_3, _VERSION_4,
                                      _VERSION_5, _VERSION_6, _VERSION_7, _VERSION_8, _VERSION_9,
                                      _VERSION_10, _VERSION_11, _VERSION_12, _VERSION_13,
-                                     _VERSION_14)
+                                     _VERSION_14, _VERSION_15)
 """Every migration, oldest first; versions are consecutive from 1."""
 
 LATEST_SCHEMA_VERSION = MIGRATIONS[-1].version

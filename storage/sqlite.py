@@ -26,6 +26,7 @@ from storage.group_commit import GroupCommitWriter
 from storage.push_store import PushStoreMethods
 from storage.rate_limits import MemoryBuckets
 from storage.records import User
+from storage.sealed_store import SealedStoreMethods
 from storage.sql_dialect import SQLITE
 from storage.sqlite_schema import SchemaVersionTooNew, apply_migrations
 from storage.sqlite_threads import ReaderPool, sqlite_writer
@@ -93,7 +94,7 @@ def _truncate_wal(path: pathlib.Path) -> None:
 
 
 class SqliteStore(CoreStoreMethods, AdminStoreMethods, AccountStoreMethods,
-                  PushStoreMethods, FileBlobMethods):
+                  PushStoreMethods, FileBlobMethods, SealedStoreMethods):
     """``storage.base.Store`` on one SQLite file. Create with ``open_sqlite_store``.
 
     The SQL is shared with PostgreSQL (``storage.core_store`` and the modules it names); the

@@ -16,13 +16,14 @@ from storage.admin_sql import ONE_TIME_PASSWORDS, SQLITE_ADMIN_TABLES
 from storage.blob_files import SQLITE_BLOB_FILE_TABLES
 from storage.blob_sql import SQLITE_BLOB_TABLES
 from storage.enrolment_sql import SQLITE_ENROLMENT_GUESS_TABLES, SQLITE_ENROLMENT_TABLES
-from storage.envelope_sql import ENVELOPES_BY_SENDER, SQLITE_ENVELOPE_TABLES
+from storage.envelope_sql import ENVELOPE_SHARE_KEYS, ENVELOPES_BY_SENDER, SQLITE_ENVELOPE_TABLES
 from storage.last_seen_sql import LAST_SEEN_COLUMN
 from storage.link_sql import SQLITE_LINK_TABLES
 from storage.login_attempt_sql import SQLITE_LOGIN_ATTEMPT_TABLES
 from storage.prekey_sql import SQLITE_PREKEY_TABLES
 from storage.push_sql import SQLITE_PUSH_TABLES
 from storage.records import StoreError
+from storage.sealed_sql import SQLITE_SEALED_TABLES
 
 __all__ = [
     "LATEST_SCHEMA_VERSION",
@@ -95,9 +96,14 @@ _VERSION_10 = Migration(version=10, statements=SQLITE_PUSH_TABLES)
 # files are still to be removed after their rows went (storage.blob_files).
 _VERSION_11 = Migration(version=11, statements=(*SQLITE_BLOB_TABLES, *SQLITE_BLOB_FILE_TABLES))
 
+# Sealed sender: each user's delivery-token registration (storage.sealed_sql), and the
+# envelopes' share keys, which count sealed sends' queue share (storage.envelope_sql).
+_VERSION_12 = Migration(version=12, statements=(*SQLITE_SEALED_TABLES, *ENVELOPE_SHARE_KEYS))
+
 MIGRATIONS: tuple[Migration, ...] = (_VERSION_1, _VERSION_2, _VERSION_3, _VERSION_4,
                                      _VERSION_5, _VERSION_6, _VERSION_7,
-                                     _VERSION_8, _VERSION_9, _VERSION_10, _VERSION_11)
+                                     _VERSION_8, _VERSION_9, _VERSION_10, _VERSION_11,
+                                     _VERSION_12)
 """Every migration, oldest first; versions are consecutive from 1."""
 
 LATEST_SCHEMA_VERSION = MIGRATIONS[-1].version

@@ -87,7 +87,7 @@ async def test_readme_scenario_survives_sigkill(tmp_path: Path) -> None:
         assert (Path(profile_a) / "identity.key").stat().st_mode & 0o777 == 0o600
         sent = json.loads(await run("cryptopass", "--profile", profile_a, "send", BOB, "hello"))
         assert sent == {"sent": True, "to": BOB, "message_id": sent["message_id"],
-                        "devices": 1, "copies": 0}
+                        "devices": 1, "copies": 0, "sealed": False}  # no token of Bob's yet
         assert isinstance(sent["message_id"], int)
         relay.process.send_signal(signal.SIGKILL)
         await relay.process.wait()

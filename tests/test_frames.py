@@ -20,6 +20,7 @@ from tests.blob_samples import BLOB_SAMPLE_FRAMES
 from tests.call_samples import CALL_SAMPLE_FRAMES
 from tests.prekey_samples import PREKEY_SAMPLE_FRAMES
 from tests.push_samples import PUSH_SAMPLE_FRAMES
+from tests.sealed_samples import SEALED_SAMPLE_FRAMES
 from wire.account_frames import (
     AddedDevice,
     DeviceListPublished,
@@ -115,6 +116,7 @@ SAMPLE_FRAMES: dict[FrameType, Frame] = {
     **PUSH_SAMPLE_FRAMES,
     **BLOB_SAMPLE_FRAMES,
     **CALL_SAMPLE_FRAMES,
+    **SEALED_SAMPLE_FRAMES,
 }
 
 
@@ -199,6 +201,9 @@ def test_frame_type_and_error_code_numbers_are_stable() -> None:
         "CALL_OPEN": 40, "CALL_JOIN": 41, "CALL_LEAVE": 42, "CALL_OPENED": 104,
         "CALL_JOINED": 105, "CALL_LEFT": 106, "CALL_ELSEWHERE": 107, "CALL_MEMBERS": 148,
         "CALL_ENDED": 149,
+        "GET_SENDER_KEYS": 48, "GET_SENDER_CERTIFICATE": 49, "SET_DELIVERY_TOKEN": 50,
+        "SEALED_SEND": 51, "SENDER_KEYS": 112, "SENDER_CERTIFICATE": 113,
+        "DELIVERY_TOKEN_SET": 114, "SEALED_SEND_ACCEPTED": 115,
     }  # fmt: skip
     assert {c.name: c.value for c in ErrorCode} == {
         "NO_ERROR": 0, "MALFORMED_FRAME": 1, "FRAME_TOO_LARGE": 2, "UNSUPPORTED_VERSION": 3,
@@ -214,6 +219,7 @@ def test_frame_type_and_error_code_numbers_are_stable() -> None:
         "BLOB_UNKNOWN": 80, "BLOB_TOO_LARGE": 81, "BLOB_QUOTA_EXCEEDED": 82,
         "BLOB_OFFSET_MISMATCH": 83,
         "CALL_UNKNOWN": 100, "CALL_FULL": 101, "CALLS_UNAVAILABLE": 102,
+        "DELIVERY_TOKEN_REFUSED": 110,
     }  # fmt: skip
 
 

@@ -55,6 +55,10 @@ class FrameType(IntEnum):
     CALL_OPEN = 40
     CALL_JOIN = 41
     CALL_LEAVE = 42
+    GET_SENDER_KEYS = 48
+    GET_SENDER_CERTIFICATE = 49
+    SET_DELIVERY_TOKEN = 50
+    SEALED_SEND = 51
     PUSH_SET = 56
     PUSH_CLEAR = 57
     PUSH_GET = 58
@@ -81,6 +85,10 @@ class FrameType(IntEnum):
     CALL_JOINED = 105
     CALL_LEFT = 106
     CALL_ELSEWHERE = 107
+    SENDER_KEYS = 112
+    SENDER_CERTIFICATE = 113
+    DELIVERY_TOKEN_SET = 114
+    SEALED_SEND_ACCEPTED = 115
     PUSH_TARGET_SET = 120
     PUSH_CLEARED = 121
     PUSH_TARGET = 122
@@ -97,7 +105,8 @@ class ErrorCode(IntEnum):
 
     Grouped by tens: framing 1-9, authentication 10-19, enrolment and requests 20-29,
     delivery 30-39, organisation 40-49, server and connection 50-59, prekeys 60-69,
-    accounts and linking 70-79, attachments 80-89, calls 100-109, wake-up pushes 120-129.
+    accounts and linking 70-79, attachments 80-89, calls 100-109, sealed sender 110-119,
+    wake-up pushes 120-129.
     """
 
     NO_ERROR = 0  # normal close
@@ -135,6 +144,8 @@ class ErrorCode(IntEnum):
     CALL_UNKNOWN = 100  # no such call: unknown, ended, or not one this device was invited to
     CALL_FULL = 101  # the call already holds MAX_CALL_PARTICIPANTS devices
     CALLS_UNAVAILABLE = 102  # this relay carries no calls (it runs several worker processes)
+    DELIVERY_TOKEN_REFUSED = 110  # a sealed send's token is bad, rotated or absent, or no such
+    # recipient: one answer for all, so that it tells no prober who exists
     PUSH_PROVIDER_UNAVAILABLE = 120  # this relay has no such push provider configured
     INVALID_PUSH_TARGET = 121  # the provider refused the target (the reason says why)
 
@@ -185,8 +196,9 @@ RESERVED_BLOCKS: tuple[FeatureBlock, ...] = (
     # (issue 20).
     FeatureBlock(feature="calls", requests=range(43, 48), responses=range(108, 112),
                  pushes=range(150, 152), errors=range(103, 110)),
-    FeatureBlock(feature="sealed sender", requests=range(48, 56), responses=range(112, 120),
-                 pushes=range(152, 156), errors=range(110, 120)),
+    # Sealed sender assigned requests 48-51, responses 112-115 and error 110 (issue 21).
+    FeatureBlock(feature="sealed sender", requests=range(52, 56), responses=range(116, 120),
+                 pushes=range(152, 156), errors=range(111, 120)),
     # Wake-up pushes assigned requests 56-58, responses 120-122 and errors 120-121 (issue 22).
     FeatureBlock(feature="wake-up pushes", requests=range(59, 60), responses=range(123, 124),
                  pushes=range(156, 160), errors=range(122, 130)),

@@ -56,6 +56,7 @@ from wire.prekey_frames import (
     SignedPrekey,
 )
 from wire.push_frames import MAX_PUSH_TOKEN_SIZE, PUSH_FRAME_CLASSES
+from wire.sealed_frames import SEALED_FRAME_CLASSES, SenderKey
 
 __all__ = ["FrameDecoder", "decode_body", "encode_frame"]
 
@@ -65,12 +66,13 @@ _FRAME_CLASSES: Final[tuple[type[Any], ...]] = (
     Deliver, QueueEmpty, *PREKEY_FRAME_CLASSES, *ACCOUNT_FRAME_CLASSES, *PUSH_FRAME_CLASSES,
     *BLOB_FRAME_CLASSES,
     *CALL_FRAME_CLASSES,
+    *SEALED_FRAME_CLASSES,
 )  # fmt: skip
 _CLASS_BY_TYPE: Final[dict[int, type[Any]]] = {cls.frame_type: cls for cls in _FRAME_CLASSES}
 # Values nested inside frames, encoded as maps like frame bodies.
 _NESTED_CLASSES: Final[tuple[type[Any], ...]] = (
     DirectoryEntry, SignedPrekey, OneTimePrekey, KemPrekey, DeviceBundle, DeviceInfo,
-    AddedDevice,
+    AddedDevice, SenderKey,
 )
 # Field names in declaration order, computed once: encode_frame runs once per message.
 _FIELD_NAMES: Final[dict[type[Any], tuple[str, ...]]] = {
@@ -162,6 +164,7 @@ _CONVERTERS: Final[dict[str, Callable[[object], object]]] = {
     "bundles": _nested_tuple(DeviceBundle),
     "devices": _nested_tuple(DeviceInfo),
     "added": _nested_tuple(AddedDevice),
+    "keys": _nested_tuple(SenderKey),
 }
 
 

@@ -93,8 +93,11 @@ class ConnectionState(Enum):
 # device's side of a link channel; LINK_POST and LINK_FETCH serve the approver once
 # authenticated).
 _LINKING = frozenset({FrameType.LINK_POST, FrameType.LINK_FETCH})
+# Sealed sender: its keys, and sealed sends, which by default travel on a connection that never
+# authenticates (so that it names no sender); they are allowed once authenticated too.
+_ANONYMOUS = frozenset({FrameType.GET_SENDER_KEYS, FrameType.SEALED_SEND})
 _UNAUTHENTICATED = frozenset({FrameType.ENROL_START, FrameType.ENROL_VERIFY,
-                              FrameType.LINK_OPEN}) | _LINKING
+                              FrameType.LINK_OPEN}) | _LINKING | _ANONYMOUS
 
 # The whole state machine: which requests each state accepts...
 ALLOWED_REQUESTS: dict[ConnectionState, frozenset[FrameType]] = {
@@ -110,7 +113,8 @@ ALLOWED_REQUESTS: dict[ConnectionState, frozenset[FrameType]] = {
         FrameType.BLOB_CREATE, FrameType.BLOB_UPLOAD, FrameType.BLOB_STATUS,
         FrameType.BLOB_DOWNLOAD,
         FrameType.CALL_OPEN, FrameType.CALL_JOIN, FrameType.CALL_LEAVE,
-    }) | _LINKING,
+        FrameType.GET_SENDER_CERTIFICATE, FrameType.SET_DELIVERY_TOKEN,
+    }) | _LINKING | _ANONYMOUS,
     ConnectionState.CLOSED: frozenset(),
 }
 # ...and which accepted requests move it (the others leave the state as it is). The moves out of
