@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import secrets
 import ssl
 from collections import deque
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -68,6 +69,7 @@ from wire.account_frames import (
 from wire.codec import encode_frame
 from wire.frames import (
     ALPN,
+    MAX_CLIENT_MESSAGE_ID,
     Ack,
     Acked,
     Authenticate,
@@ -92,6 +94,7 @@ from wire.frames import (
     SendAccepted,
     auth_transcript,
 )
+from wire.group_frames import MultiSend, MultiSendAccepted, MultiSendRecipient
 from wire.prekey_frames import (
     Bundle,
     DeviceBundle,
@@ -126,8 +129,8 @@ from wire.push_frames import (
 )
 
 __all__ = ["CONNECT_TIMEOUT_SECONDS", "PUSH_BUFFER", "CertificateFileError", "ConnectionClosed",
-           "HandshakeFailed", "NoRelayReached", "RelayClient", "RelayError", "RelayUnreachable",
-           "check_ca_file", "connect_any", "connect_relay"]
+           "HandshakeFailed", "MismatchedDevices", "NoRelayReached", "RelayClient", "RelayError",
+           "RelayUnreachable", "check_ca_file", "connect_any", "connect_relay"]
 
 CONNECT_TIMEOUT_SECONDS = 10.0
 """How long a handshake may go unanswered before the relay counts as unreachable (and a
@@ -175,6 +178,20 @@ class _Waiter:
 
 
 Delivery = Deliver | QueueEmpty
+
+
+class MismatchedDevices(RelayError):
+    """A MULTI_SEND did not address exactly its users' current devices; nothing was stored.
+
+    ``users`` maps each user concerned to (current devices not addressed, addressed devices
+    that do not exist): fetch the missing ones' bundles, drop the others, and send again.
+    """
+
+    def __init__(self, error: Error) -> None:
+        super().__init__(error)
+        self.users: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {
+            entry.user_id: (entry.missing_devices, entry.extra_devices)
+            for entry in error.users}
 
 
 class RelayClient:
@@ -549,6 +566,40 @@ class RelayClient:
             Send(recipient_user_id=recipient_user_id, client_message_id=client_message_id,
                  payloads=dict(payloads), urgent=urgent), SendAccepted,
             stream_id=self._send_stream)
+        return answer.duplicate
+
+    async def multi_send(self, recipients: Mapping[str, Mapping[int, bytes]], shared: bytes, *,
+                         client_message_id: int | None = None, urgent: bool = False) -> bool:
+        """Send one shared ciphertext to many devices, with each device's own key material.
+
+        ``recipients`` maps each recipient user to its devices' key material (every current
+        device of the user, as ``send`` requires; the sender's own user may leave out this
+        device). The relay stores ``shared`` once, and queues one envelope per device whose
+        DELIVER carries ``shared`` too; it is accepted for every device or for none. Returns
+        True if it was a re-send. Ordered with this client's ``send`` calls. A
+        ``client_message_id`` of None draws a random one (no retry can then be recognised).
+
+        Raises:
+            MismatchedDevices: a user's device set is not its current one (``users`` says how).
+            RelayError: QUEUE_FULL (``error.users`` names the full devices; nothing stored),
+                UNKNOWN_RECIPIENT, RATE_LIMITED, PAYLOAD_TOO_LARGE and the like.
+            LocalProtocolError: the request breaks a limit (MAX_MULTI_SEND_DEVICES,
+                MAX_KEY_MATERIAL_SIZE, MAX_CIPHERTEXT_SIZE); nothing was sent.
+        """
+        if client_message_id is None:
+            client_message_id = secrets.randbelow(MAX_CLIENT_MESSAGE_ID + 1)
+        frame = MultiSend(client_message_id=client_message_id, shared=shared, urgent=urgent,
+                          recipients=tuple(MultiSendRecipient(user_id=user_id,
+                                                              devices=dict(devices))
+                                           for user_id, devices in recipients.items()))
+        if self._send_stream is None:
+            self._send_stream = self._require_link().new_stream()
+        try:
+            answer = await self._ask(frame, MultiSendAccepted, stream_id=self._send_stream)
+        except RelayError as refusal:
+            if refusal.code is ErrorCode.MISMATCHED_DEVICES:
+                raise MismatchedDevices(refusal.error) from None
+            raise
         return answer.duplicate
 
     def acknowledge(self, envelope_id: int) -> None:

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from crypto.device_list import sign_device_list
 from crypto.primitives import SeededRandom, ed25519_generate
 from tests.account_samples import ACCOUNT_SAMPLE_FRAMES, CHANNEL_ID
+from tests.group_samples import GROUP_SAMPLE_FRAMES
 from tests.prekey_samples import PREKEY_SAMPLE_FRAMES
 from tests.push_samples import PUSH_SAMPLE_FRAMES
 from wire.account_frames import (
@@ -111,6 +112,7 @@ SAMPLE_FRAMES: dict[FrameType, Frame] = {
     **PREKEY_SAMPLE_FRAMES,
     **ACCOUNT_SAMPLE_FRAMES,
     **PUSH_SAMPLE_FRAMES,
+    **GROUP_SAMPLE_FRAMES,
 }
 
 
@@ -189,7 +191,7 @@ def test_frame_type_and_error_code_numbers_are_stable() -> None:
         "PUBLISH_DEVICE_LIST": 16, "LINK_OPEN": 17, "LINK_POST": 18, "LINK_FETCH": 19,
         "DEVICE_LIST_PUBLISHED": 80, "LINK_OPENED": 81, "LINK_POSTED": 82, "LINK_MESSAGES": 83,
         "PUSH_SET": 56, "PUSH_CLEAR": 57, "PUSH_GET": 58, "PUSH_TARGET_SET": 120,
-        "PUSH_CLEARED": 121, "PUSH_TARGET": 122,
+        "PUSH_CLEARED": 121, "PUSH_TARGET": 122, "MULTI_SEND": 32, "MULTI_SEND_ACCEPTED": 96,
     }  # fmt: skip
     assert {c.name: c.value for c in ErrorCode} == {
         "NO_ERROR": 0, "MALFORMED_FRAME": 1, "FRAME_TOO_LARGE": 2, "UNSUPPORTED_VERSION": 3,

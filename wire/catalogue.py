@@ -48,6 +48,7 @@ class FrameType(IntEnum):
     LINK_OPEN = 17
     LINK_POST = 18
     LINK_FETCH = 19
+    MULTI_SEND = 32
     PUSH_SET = 56
     PUSH_CLEAR = 57
     PUSH_GET = 58
@@ -66,6 +67,7 @@ class FrameType(IntEnum):
     LINK_OPENED = 81
     LINK_POSTED = 82
     LINK_MESSAGES = 83
+    MULTI_SEND_ACCEPTED = 96
     PUSH_TARGET_SET = 120
     PUSH_CLEARED = 121
     PUSH_TARGET = 122
@@ -154,8 +156,9 @@ RESERVED_BLOCKS: tuple[FeatureBlock, ...] = (
                  pushes=range(136, 140), errors=range(73, 80)),
     FeatureBlock(feature="attachments", requests=range(24, 32), responses=range(88, 96),
                  pushes=range(140, 144), errors=range(80, 90)),
-    FeatureBlock(feature="groups (multi-recipient sends)", requests=range(32, 40),
-                 responses=range(96, 104), pushes=range(144, 148), errors=range(90, 100)),
+    # Groups assigned request 32 and response 96 (issue 19).
+    FeatureBlock(feature="groups (multi-recipient sends)", requests=range(33, 40),
+                 responses=range(97, 104), pushes=range(144, 148), errors=range(90, 100)),
     FeatureBlock(feature="calls", requests=range(40, 48), responses=range(104, 112),
                  pushes=range(148, 152), errors=range(100, 110)),
     FeatureBlock(feature="sealed sender", requests=range(48, 56), responses=range(112, 120),

@@ -45,6 +45,7 @@ from wire.frames import (
     Send,
     SendAccepted,
 )
+from wire.group_frames import GROUP_FRAME_CLASSES, MultiSendRecipient, UserDevices
 from wire.prekey_frames import (
     PREKEY_FRAME_CLASSES,
     DeviceBundle,
@@ -61,12 +62,13 @@ _FRAME_CLASSES: Final[tuple[type[Any], ...]] = (
     EnrolStart, EnrolVerify, Hello, Authenticate, Lookup, Send, Ack,
     EnrolStarted, Enrolled, Challenge, Authenticated, LookupResult, SendAccepted, Acked, Error,
     Deliver, QueueEmpty, *PREKEY_FRAME_CLASSES, *ACCOUNT_FRAME_CLASSES, *PUSH_FRAME_CLASSES,
+    *GROUP_FRAME_CLASSES,
 )  # fmt: skip
 _CLASS_BY_TYPE: Final[dict[int, type[Any]]] = {cls.frame_type: cls for cls in _FRAME_CLASSES}
 # Values nested inside frames, encoded as maps like frame bodies.
 _NESTED_CLASSES: Final[tuple[type[Any], ...]] = (
     DirectoryEntry, SignedPrekey, OneTimePrekey, KemPrekey, DeviceBundle, DeviceInfo,
-    AddedDevice,
+    AddedDevice, MultiSendRecipient, UserDevices,
 )
 # Field names in declaration order, computed once: encode_frame runs once per message.
 _FIELD_NAMES: Final[dict[type[Any], tuple[str, ...]]] = {
@@ -79,6 +81,14 @@ _OPTIONAL_FIELDS: Final[dict[type[Any], frozenset[str]]] = {
         field.name for field in dataclasses.fields(cls) if field.default is not dataclasses.MISSING
     )
     for cls in _FIELD_NAMES
+}
+
+# Fields left out of the encoding while they hold their default, so that frames without them
+# encode as they did before the field existed (DELIVER without a MULTI_SEND's shared ciphertext,
+# ERROR without per-user detail).
+_OMITTED_AT_DEFAULT: Final[dict[type[Any], tuple[tuple[str, object], ...]]] = {
+    Deliver: (("shared", None),),
+    Error: (("users", ()),),
 }
 
 _U32: Final = struct.Struct(">I")
@@ -115,6 +125,9 @@ def encode_frame(frame: Frame) -> bytes:
             ErrorCode.MALFORMED_FRAME, f"{type(frame).__name__} is not a frame"
         )
     body = {name: getattr(frame, name) for name in names}
+    for name, default in _OMITTED_AT_DEFAULT.get(type(frame), ()):
+        if body[name] == default:
+            del body[name]
     packed: bytes = msgpack.packb((PROTOCOL_VERSION, frame.frame_type, body), default=_pack_default)
     if len(packed) > MAX_FRAME_SIZE:
         raise LocalProtocolError(
@@ -158,6 +171,8 @@ _CONVERTERS: Final[dict[str, Callable[[object], object]]] = {
     "bundles": _nested_tuple(DeviceBundle),
     "devices": _nested_tuple(DeviceInfo),
     "added": _nested_tuple(AddedDevice),
+    "recipients": _nested_tuple(MultiSendRecipient),
+    "users": _nested_tuple(UserDevices),
 }
 
 

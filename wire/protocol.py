@@ -96,6 +96,7 @@ ALLOWED_REQUESTS: dict[ConnectionState, frozenset[FrameType]] = {
         FrameType.LOOKUP, FrameType.SEND, FrameType.ACK, FrameType.UPLOAD_PREKEYS,
         FrameType.FETCH_BUNDLE, FrameType.GET_PREKEY_COUNTS, FrameType.LIST_DEVICES,
         FrameType.PUBLISH_DEVICE_LIST, FrameType.PUSH_SET, FrameType.PUSH_CLEAR, FrameType.PUSH_GET,
+        FrameType.MULTI_SEND,
     }) | _LINKING,
     ConnectionState.CLOSED: frozenset(),
 }
