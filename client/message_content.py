@@ -9,6 +9,11 @@ A second kind travels only between the devices of one account: ``{"v": 1, "kind"
 "device_list", "list": BYTES}`` carries the account's newly signed device list, so the other
 devices learn at once, end to end, that a device joined or left (they check the signature
 with the account key, and refuse a list older than one they have seen).
+
+Groups add three kinds (client/groups.py): ``group_key`` (a member device's sender key,
+pairwise), ``group_header`` (a MULTI_SEND's per-device key material: which group and chain
+its shared ciphertext is) and ``group_opened`` (never sent: how the profile's inbox keeps a
+group message it opened until it is acknowledged).
 """
 
 from __future__ import annotations
@@ -18,8 +23,12 @@ from dataclasses import dataclass
 
 import msgpack
 
+from client.groups import GroupContentError, GroupHeader, GroupKey, decode_group_pairwise
+from crypto.sender_keys import GROUP_ID_SIZE
+
 __all__ = ["CONTENT_VERSION", "MAX_TEXT_BYTES", "ContentError", "DeviceListUpdate",
-           "TextMessage", "decode_content", "encode_content", "encode_device_list_update"]
+           "GroupOpened", "TextMessage", "decode_content", "encode_content",
+           "encode_device_list_update", "encode_group_opened"]
 
 CONTENT_VERSION = 1
 MAX_TEXT_BYTES = 60 * 1024
@@ -28,6 +37,7 @@ MAX_TEXT_BYTES = 60 * 1024
 _MAX_PHONE_CHARS = 32  # PROTOCOL.md's phone number limit.
 _MAX_TIMESTAMP_CHARS = 64  # An ISO-8601 time with offset is about 30 characters.
 _MAX_DEVICE_LIST_BYTES = 1024  # crypto.device_list.MAX_DEVICE_LIST_SIZE is 642.
+_MAX_GROUP_PLAINTEXT_BYTES = 65_536  # crypto.device.MAX_PLAINTEXT_SIZE: what a sender sends.
 
 
 class ContentError(ValueError):
@@ -49,6 +59,20 @@ class DeviceListUpdate:
     """Another device of this account signed a new device list (check it before use)."""
 
     device_list: bytes
+
+
+@dataclass(frozen=True, kw_only=True)
+class GroupOpened:
+    """A group message this device opened, kept in the inbox until it is acknowledged."""
+
+    group_id: bytes
+    plaintext: bytes  #: the group content (client.groups.decode_group_content)
+
+
+def encode_group_opened(group_id: bytes, plaintext: bytes) -> bytes:
+    packed: bytes = msgpack.packb({"v": CONTENT_VERSION, "kind": "group_opened",
+                                   "group": group_id, "content": plaintext})
+    return packed
 
 
 def encode_device_list_update(device_list: bytes) -> bytes:
@@ -73,7 +97,8 @@ def encode_content(*, sender_phone: str, recipient_phone: str, text: str,
     return packed
 
 
-def decode_content(data: bytes) -> TextMessage | DeviceListUpdate:
+def decode_content(data: bytes) -> (TextMessage | DeviceListUpdate | GroupKey | GroupHeader
+                                    | GroupOpened):
     """Parse a decrypted plaintext.
 
     Raises:
@@ -86,6 +111,18 @@ def decode_content(data: bytes) -> TextMessage | DeviceListUpdate:
     if not isinstance(value, dict) or value.get("v") != CONTENT_VERSION:
         raise ContentError("content of an unsupported version")
     kind = value.get("kind", "text")
+    if kind in ("group_key", "group_header"):
+        try:
+            return decode_group_pairwise(value)
+        except GroupContentError as error:
+            raise ContentError(str(error)) from error
+    if kind == "group_opened":
+        group_id, plaintext = value.get("group"), value.get("content")
+        if (not isinstance(group_id, bytes) or len(group_id) != GROUP_ID_SIZE
+                or not isinstance(plaintext, bytes)
+                or len(plaintext) > _MAX_GROUP_PLAINTEXT_BYTES):
+            raise ContentError("an opened group message is damaged")
+        return GroupOpened(group_id=group_id, plaintext=plaintext)
     if kind == "device_list":
         device_list = value.get("list")
         if not isinstance(device_list, bytes) or len(device_list) > _MAX_DEVICE_LIST_BYTES:

@@ -40,13 +40,16 @@ from client.connection import (
     connect_any,
 )
 from client.contacts import AccountView, Contact, decode_contacts, encode_contacts
+from client.groups import GroupBook, GroupHeader, GroupKey
 from client.message_content import (
     ContentError,
     DeviceListUpdate,
+    GroupOpened,
     TextMessage,
     decode_content,
     encode_content,
     encode_device_list_update,
+    encode_group_opened,
 )
 from client.prekey_upkeep import MissingPrekeysError, bundle_from_wire, publish_prekeys
 from client.profile import Profile, ProfileError
@@ -124,6 +127,7 @@ class ReceivedMessage:
     problem: str | None = None  #: why it could not be read (never the plaintext)
     sender_confirmed: bool = False  #: the relay gives content.sender_phone to this sender
     identity_changed: bool = False  #: the sender's account key is not the accepted one: warn
+    group: str | None = None  #: the group's local name, for a group message
 
 
 def create_device_state(profile: Profile, *, contacts: dict[str, Contact] | None = None
@@ -135,7 +139,7 @@ def create_device_state(profile: Profile, *, contacts: dict[str, Contact] | None
     device = DeviceCrypto.create(identity, SystemRandom(),
                                  address=DeviceAddress(user_id=user_id, device_id=device_id),
                                  now_ms=_now_ms())
-    profile.save_device_state(_encode_state(device, contacts or {}, {}))
+    profile.save_device_state(_encode_state(device, contacts or {}, {}, GroupBook()))
     return device
 
 
@@ -150,14 +154,16 @@ def _now_ms() -> int:
 
 
 def _encode_state(device: DeviceCrypto, contacts: dict[str, Contact],
-                  inbox: dict[int, bytes]) -> bytes:
+                  inbox: dict[int, bytes], groups: GroupBook) -> bytes:
     packed: bytes = msgpack.packb({"version": STATE_VERSION, "crypto": device.to_bytes(),
                                    "contacts": encode_contacts(contacts),
-                                   "inbox": sorted(inbox.items())})
+                                   "inbox": sorted(inbox.items()),
+                                   "groups": groups.to_state()})
     return packed
 
 
-def _load_state(profile: Profile) -> tuple[DeviceCrypto, dict[str, Contact], dict[int, bytes]]:
+def _load_state(profile: Profile) -> tuple[DeviceCrypto, dict[str, Contact], dict[int, bytes],
+                                           GroupBook]:
     data = profile.device_state()
     if data is None:
         raise ProfileError(f"no end-to-end state in {profile.directory}; run 'cryptopass verify'")
@@ -167,7 +173,8 @@ def _load_state(profile: Profile) -> tuple[DeviceCrypto, dict[str, Contact], dic
             raise ValueError("this state predates account keys: enrol this device again")
         inbox = {int(envelope_id): bytes(plaintext) for envelope_id, plaintext in value["inbox"]}
         return (DeviceCrypto.from_bytes(value["crypto"], SystemRandom()),
-                decode_contacts(value["contacts"]), inbox)
+                decode_contacts(value["contacts"]), inbox,
+                GroupBook.from_state(value.get("groups", [])))  # none before groups came
     except (ValueError, KeyError, TypeError, msgpack.UnpackException) as error:
         raise ProfileError(f"the end-to-end state in {profile.directory} is damaged: "
                            f"{error}") from error
@@ -193,6 +200,7 @@ class Messenger:
         self.device = device
         self.contacts = contacts
         self.inbox: dict[int, bytes] = {}
+        self.groups = GroupBook()  #: this device's groups (client.groups), saved with the state
         self.user_id, self.device_id, self.phone = user_id, device_id, profile.data.phone
         self.persist_state = persist_state
         self._stamp = profile.device_state_stamp() if persist_state else None
@@ -228,13 +236,14 @@ class Messenger:
         await profile.lock.acquire()
         held = True
         try:
-            device, contacts, _ = _load_state(profile)
+            device, contacts, _, groups = _load_state(profile)
             async with connect_any(addresses, ca=Path(ca) if ca else None,
                                    connect_timeout=connect_timeout, endpoint=endpoint) as client:
                 if reached is not None:
                     reached.set()
                 await client.authenticate(user_id, device_id, profile.signing_key())
-                async with cls.attach(client, profile, device, contacts) as messenger:
+                async with cls.attach(client, profile, device, contacts,
+                                      groups=groups) as messenger:
                     if not hold_profile:
                         held = False
                         profile.lock.release()
@@ -246,14 +255,15 @@ class Messenger:
     @classmethod
     @asynccontextmanager
     async def attach(cls, client: RelayClient, profile: Profile, device: DeviceCrypto,
-                     contacts: dict[str, Contact], *,
-                     persist_state: bool = True) -> AsyncIterator[Messenger]:
+                     contacts: dict[str, Contact], *, persist_state: bool = True,
+                     groups: GroupBook | None = None) -> AsyncIterator[Messenger]:
         """Run a messenger on ``client``, already authenticated as the profile's device:
         publish missing prekeys (rotating them when due), learn this account's other
         devices, and keep refilling prekeys until the block ends. `connect` uses it; a load
         generator that opens its own connections (many devices on one endpoint) calls it
         directly."""
         messenger = cls(client, profile, device, contacts, persist_state=persist_state)
+        messenger.groups = groups or GroupBook()
         await messenger.refresh_prekeys()
         await messenger.own_devices()
         async with trio.open_nursery() as nursery:
@@ -276,7 +286,7 @@ class Messenger:
         self._depth += 1
         try:
             if self._depth == 1 and self.profile.device_state_stamp() != self._stamp:
-                self.device, self.contacts, self.inbox = _load_state(self.profile)
+                self.device, self.contacts, self.inbox, self.groups = _load_state(self.profile)
                 self._stamp = self.profile.device_state_stamp()
             yield
         finally:
@@ -291,7 +301,8 @@ class Messenger:
         """Write the end-to-end state to the profile (atomic, mode 0600); nothing when the
         messenger keeps its state in memory only (``persist_state=False``)."""
         if self.persist_state:
-            self.profile.save_device_state(_encode_state(self.device, self.contacts, self.inbox))
+            self.profile.save_device_state(_encode_state(self.device, self.contacts, self.inbox,
+                                                         self.groups))
             self._stamp = self.profile.device_state_stamp()
 
     def _address(self, user_id: str, device_id: int) -> DeviceAddress:
@@ -366,7 +377,7 @@ class Messenger:
                 self.device.trust_identity(address, key)
         return True
 
-    async def _accepted_view(self, contact: Contact) -> AccountView:
+    async def accepted_view(self, contact: Contact) -> AccountView:
         """The contact's current devices, if its account key is the accepted one.
 
         Raises:
@@ -383,7 +394,7 @@ class Messenger:
                 return view
         raise IdentityChangedError(contact.phone, user_changed=contact.pending_user_id is not None)
 
-    async def _ready(self, contact: Contact) -> None:
+    async def ready(self, contact: Contact) -> None:
         """Make sure the contact may be sent to: its account key is the accepted one, and its
         devices are known (read from its signed list the first time; after that the relay's
         MISMATCHED_DEVICES says when they changed, so a send costs no extra round trip).
@@ -395,12 +406,12 @@ class Messenger:
             raise IdentityChangedError(contact.phone,
                                        user_changed=contact.pending_user_id is not None)
         if contact.first_contact or not contact.devices:
-            await self._accepted_view(contact)
+            await self.accepted_view(contact)
 
     async def _check_number_owner(self, contact: Contact) -> None:
         """The contact's user is gone: if the number now belongs to another user, record
         that user and its account key as pending, and refuse."""
-        if contact is self._own():
+        if contact is self.own():
             return
         entries = await self.client.lookup([contact.phone])
         if entries and entries[0].user_id != contact.user_id:
@@ -408,7 +419,7 @@ class Messenger:
             contact.observe(view)
             raise IdentityChangedError(contact.phone, user_changed=True)
 
-    def _own(self) -> Contact:
+    def own(self) -> Contact:
         return self.contacts.setdefault(self.phone, Contact(phone=self.phone,
                                                             user_id=self.user_id))
 
@@ -421,7 +432,7 @@ class Messenger:
                 older than one this device has seen.
         """
         async with self.exclusive():
-            own = self._own()
+            own = self.own()
             view = await self.account_view(self.user_id)
             if own.account_key is not None and view.account_key != own.account_key:
                 raise DeviceListProblem("the relay's device list for this account is signed "
@@ -464,17 +475,17 @@ class Messenger:
                                  sent_at=datetime.datetime.now(datetime.UTC))
         async with self.exclusive():
             contact = await self.contact(phone)
-            own = self._own()
-            await self._ready(contact)  # both checked before anything leaves
+            own = self.own()
+            await self.ready(contact)  # both checked before anything leaves
             if contact is not own:
-                await self._ready(own)
+                await self.ready(own)
             message_id = secrets.randbelow(MAX_CLIENT_MESSAGE_ID)
-            recipient_devices, retries = await self._deliver(contact, content, message_id)
+            recipient_devices, retries = await self.deliver(contact, content, message_id)
             own_devices: tuple[int, ...] = ()
             problem = None
             if contact is not own:
                 try:
-                    own_devices, own_retries = await self._deliver(
+                    own_devices, own_retries = await self.deliver(
                         own, content, secrets.randbelow(MAX_CLIENT_MESSAGE_ID))
                     retries += own_retries
                 except (RelayError, IdentityChangedError, DeviceListProblem,
@@ -484,14 +495,14 @@ class Messenger:
                            own_devices=own_devices, mismatch_retries=retries,
                            own_copy_problem=problem)
 
-    async def _deliver(self, contact: Contact, content: bytes,
+    async def deliver(self, contact: Contact, content: bytes,
                        message_id: int) -> tuple[tuple[int, ...], int]:
-        """Send to the contact's accepted devices (`_accepted_view` ran just before)."""
+        """Send to the contact's accepted devices (`accepted_view` ran just before)."""
         retries = 0
         while True:
             targets = {device_id: key for device_id, key in contact.devices.items()
                        if not (contact.user_id == self.user_id and device_id == self.device_id)}
-            await self._start_sessions(contact, targets)
+            await self.start_sessions(contact, targets)
             if not targets:
                 return (), retries
             addresses = [self._address(contact.user_id, device_id) for device_id in targets]
@@ -508,11 +519,11 @@ class Messenger:
                         or retries >= MAX_MISMATCH_RETRIES):
                     raise
                 retries += 1
-                await self._accepted_view(contact)  # the list may have changed: follow it
+                await self.accepted_view(contact)  # the list may have changed: follow it
                 continue
             return tuple(sorted(targets)), retries
 
-    async def _start_sessions(self, contact: Contact, targets: dict[int, bytes]) -> None:
+    async def start_sessions(self, contact: Contact, targets: dict[int, bytes]) -> None:
         """Start a session with every target device that has none, from a bundle whose
         identity key is the listed one."""
         missing = sorted(device_id for device_id in targets
@@ -537,9 +548,9 @@ class Messenger:
         """Tell this account's other devices, end to end, about a newly signed list; return
         the devices told."""
         async with self.exclusive():
-            own = self._own()
-            await self._accepted_view(own)
-            told, _ = await self._deliver(own, encode_device_list_update(
+            own = self.own()
+            await self.accepted_view(own)
+            told, _ = await self.deliver(own, encode_device_list_update(
                 device_list.encoded), secrets.randbelow(MAX_CLIENT_MESSAGE_ID))
             return told
 
@@ -599,6 +610,15 @@ class Messenger:
             except CryptoError as error:
                 return unreadable(f"cannot decrypt: {type(error).__name__}")
             plaintext = decrypted.plaintext
+            if delivery.shared is not None:  # a MULTI_SEND: the plaintext names the group
+                try:
+                    plaintext = self._open_shared(sender, plaintext, delivery.shared)
+                except DuplicateMessageError:
+                    self.save()  # the pairwise step moved on: keep it
+                    return None
+                except (ContentError, CryptoError) as error:
+                    self.save()
+                    return unreadable(f"cannot open the group message: {error}")
             self.inbox[delivery.envelope_id] = plaintext
             _drop_oldest(self.inbox, MAX_INBOX)
             self.save()
@@ -610,12 +630,41 @@ class Messenger:
             if sender.user_id == self.user_id:
                 await self._apply_own_list(content.device_list)
             return None
+        if isinstance(content, GroupKey):
+            self.groups.accept_key((sender.user_id, sender.device_id), content,
+                                   own_user_id=self.user_id)
+            return None
+        group = None
+        if isinstance(content, GroupOpened):
+            shown = self.groups.opened((sender.user_id, sender.device_id), content.group_id,
+                                       content.plaintext)
+            if shown is None:  # a membership change, applied
+                return None
+            group, text = shown
+            content = TextMessage(sender_phone=text.sender_phone, recipient_phone="",
+                                  text=text.text, sent_at=text.sent_at)
+        elif isinstance(content, GroupHeader):
+            return unreadable("group key material without a shared ciphertext")
         contact = await self._contact_of_sender(sender, content.sender_phone)
         identity_changed = contact is None or contact.changed
         return ReceivedMessage(envelope_id=delivery.envelope_id, sender=sender,
                                accepted_at=delivery.accepted_at, content=content,
                                sender_confirmed=contact is not None,
-                               identity_changed=identity_changed)
+                               identity_changed=identity_changed, group=group)
+
+    def _open_shared(self, sender: DeviceAddress, record: bytes, shared: bytes) -> bytes:
+        """A MULTI_SEND's envelope: its record names the group and the sender's chain; open
+        the shared ciphertext with it (`GroupBook.open_shared`).
+
+        Raises:
+            ContentError: the record is not a group header.
+            CryptoError: no such group or chain here, or the ciphertext does not open.
+        """
+        header = decode_content(record)
+        if not isinstance(header, GroupHeader):
+            raise ContentError("key material that is not a group header")
+        plaintext = self.groups.open_shared((sender.user_id, sender.device_id), header, shared)
+        return encode_group_opened(header.group_id, plaintext)
 
     async def _expected_identity(self, sender: DeviceAddress) -> bytes | None:
         """The identity key the sender device must have: the one its account's signed list
@@ -633,7 +682,7 @@ class Messenger:
 
     async def _apply_own_list(self, device_list: bytes) -> None:
         """Another device of this account signed a new list: check it, then follow it."""
-        own = self._own()
+        own = self.own()
         try:
             pushed = decode_device_list(device_list, account_key=own.account_key)
             check_successor(own.seen_list(), pushed)
@@ -663,9 +712,9 @@ class Messenger:
             contact = await self.contact(phone)
             if contact.first_contact or not contact.changed:
                 with contextlib.suppress(IdentityChangedError):  # now pending: compare it
-                    await self._accepted_view(contact)
+                    await self.accepted_view(contact)
             key = contact.pending_account_key or contact.account_key
-            own = self._own()
+            own = self.own()
             if key is None or own.account_key is None:
                 raise UnknownContactError(f"{phone} has no account key yet")
             return safety_number(self.user_id, own.account_key, contact.current_user_id, key)
