@@ -40,6 +40,8 @@ from client.connection import (
     check_ca_file,
     connect_any,
 )
+from client.group_cli import group_commands
+from client.group_messaging import GroupError
 from client.linking import LinkFailed, approve_link, link_new_device, remove_device
 from client.message_content import MAX_TEXT_BYTES
 from client.messenger import (
@@ -153,7 +155,7 @@ def _explain(error: BaseException) -> str | None:
     at = f"the relay at {_invocation.relay}" if _invocation.relay else "the relay"
     match error:
         case (ProfileError() | UnknownContactError() | MissingPrekeysError() | LinkFailed()
-              | ProfileBusyError() | DeviceListProblem() | LinkCodeError()):
+              | ProfileBusyError() | DeviceListProblem() | LinkCodeError() | GroupError()):
             return str(error)
         case ProvisioningError():
             return (f"link refused: {error}. Nothing was added to the account; if the new "
@@ -318,7 +320,11 @@ def message_line(message: ReceivedMessage) -> dict[str, Any]:
         line["claimed_from"] = content.sender_phone
     else:
         line["from"] = content.sender_phone
-    return {**line, "to": content.recipient_phone, "text": content.text,
+    if message.group is not None:  # this device's name for the group
+        line["group"] = message.group
+    else:
+        line["to"] = content.recipient_phone
+    return {**line, "text": content.text,
             "sent_at": content.sent_at, "identity_changed": message.identity_changed}
 
 
@@ -616,6 +622,7 @@ def devices_remove(device_id: Annotated[int, typer.Argument(
 _kit = CommandKit(run=_run, enrolled_profile=_enrolled_profile, fail=_fail, command=_command,
                   print_message=_print_message)
 app.add_typer(push_commands(_kit), name="push")
+app.add_typer(group_commands(_kit, _phone), name="group")
 
 
 @app.command()

@@ -68,7 +68,8 @@ from transport.quic import QuicEndpoint
 from wire.frames import Deliver, ErrorCode, QueueEmpty
 
 __all__ = ["MAX_MISMATCH_RETRIES", "DeviceListProblem", "IdentityChangedError", "Messenger",
-           "ReceivedMessage", "SendReceipt", "UnknownContactError", "create_device_state"]
+           "ReceivedMessage", "SendReceipt", "UnknownContactError", "create_device_state",
+           "saved_groups"]
 
 STATE_VERSION = 2
 MAX_MISMATCH_RETRIES = 3
@@ -147,6 +148,11 @@ def own_contact(phone: str, user_id: str, device_list: SignedDeviceList) -> Cont
     """This account as a contact, pinned to its own account key from the start."""
     return Contact(phone=phone, user_id=user_id, account_key=device_list.account_key,
                    device_list=device_list.encoded)
+
+
+def saved_groups(profile: Profile) -> GroupBook:
+    """The groups kept in the profile's end-to-end state (hold ``profile.lock``)."""
+    return _load_state(profile)[3]
 
 
 def _now_ms() -> int:
