@@ -36,6 +36,7 @@ from storage.interfaces.cluster import ClusterCapable, ClusterWakeups
 from storage.interfaces.directory import Directory, OrganisationPolicy
 from storage.interfaces.enrolment import EnrolmentStore
 from storage.interfaces.envelope_queue import EnvelopeQueue
+from storage.interfaces.fanout import FanOutQueue
 from storage.interfaces.lifecycle import StoreLifecycle
 from storage.interfaces.pending import PendingResult
 from storage.interfaces.prekeys import PrekeyStore
@@ -78,6 +79,7 @@ __all__ = [
     "EnrolmentStore",
     "Envelope",
     "EnvelopeQueue",
+    "FanOutQueue",
     "LinkChannelStore",
     "LinkPostResult",
     "NewSend",
@@ -107,9 +109,9 @@ __all__ = [
 ]
 
 
-class Store(StoreLifecycle, ClusterCapable, EnvelopeQueue, Directory, OrganisationPolicy,
-            EnrolmentStore, AccountKeyStore, LinkChannelStore, PrekeyStore, RateLimits,
-            AdminStore, DeviceActivity, PushTargetStore, WakeupQueue, Protocol):
+class Store(StoreLifecycle, ClusterCapable, EnvelopeQueue, FanOutQueue, Directory,
+            OrganisationPolicy, EnrolmentStore, AccountKeyStore, LinkChannelStore, PrekeyStore,
+            RateLimits, AdminStore, DeviceActivity, PushTargetStore, WakeupQueue, Protocol):
     """The relay's whole persistent state: every capability of ``storage.interfaces``.
 
     All methods are safe to call concurrently.

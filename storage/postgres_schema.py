@@ -32,6 +32,7 @@ from storage.account_sql import POSTGRES_ACCOUNT_TABLES
 from storage.admin_sql import ONE_TIME_PASSWORDS, POSTGRES_ADMIN_TABLES
 from storage.enrolment_sql import POSTGRES_ENROLMENT_GUESS_TABLES, POSTGRES_ENROLMENT_TABLES
 from storage.envelope_sql import ENVELOPES_BY_SENDER, POSTGRES_ENVELOPE_TABLES
+from storage.fanout_sql import POSTGRES_FANOUT_TABLES
 from storage.last_seen_sql import LAST_SEEN_COLUMN
 from storage.link_sql import POSTGRES_LINK_TABLES
 from storage.login_attempt_sql import POSTGRES_LOGIN_ATTEMPT_TABLES
@@ -113,9 +114,13 @@ _VERSION_11 = Migration(version=11, statements=LAST_SEEN_COLUMN)
 # (storage.push_sql).
 _VERSION_12 = Migration(version=12, statements=POSTGRES_PUSH_TABLES)
 
+# Multi-recipient sends: a shared ciphertext stored once for many envelopes, counted by a
+# trigger on envelopes (storage.fanout_sql).
+_VERSION_13 = Migration(version=13, statements=POSTGRES_FANOUT_TABLES)
+
 MIGRATIONS: tuple[Migration, ...] = (_VERSION_1, _VERSION_2, _VERSION_3, _VERSION_4,
                                      _VERSION_5, _VERSION_6, _VERSION_7, _VERSION_8, _VERSION_9,
-                                     _VERSION_10, _VERSION_11, _VERSION_12)
+                                     _VERSION_10, _VERSION_11, _VERSION_12, _VERSION_13)
 """Every migration, oldest first; versions are consecutive from 1."""
 
 LATEST_SCHEMA_VERSION = MIGRATIONS[-1].version

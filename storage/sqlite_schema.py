@@ -15,6 +15,7 @@ from storage.account_sql import SQLITE_ACCOUNT_TABLES
 from storage.admin_sql import ONE_TIME_PASSWORDS, SQLITE_ADMIN_TABLES
 from storage.enrolment_sql import SQLITE_ENROLMENT_GUESS_TABLES, SQLITE_ENROLMENT_TABLES
 from storage.envelope_sql import ENVELOPES_BY_SENDER, SQLITE_ENVELOPE_TABLES
+from storage.fanout_sql import SQLITE_FANOUT_TABLES
 from storage.last_seen_sql import LAST_SEEN_COLUMN
 from storage.link_sql import SQLITE_LINK_TABLES
 from storage.login_attempt_sql import SQLITE_LOGIN_ATTEMPT_TABLES
@@ -89,9 +90,13 @@ _VERSION_9 = Migration(version=9, statements=LAST_SEEN_COLUMN)
 # (storage.push_sql).
 _VERSION_10 = Migration(version=10, statements=SQLITE_PUSH_TABLES)
 
+# Multi-recipient sends: a shared ciphertext stored once for many envelopes, counted by a
+# trigger on envelopes (storage.fanout_sql).
+_VERSION_11 = Migration(version=11, statements=SQLITE_FANOUT_TABLES)
+
 MIGRATIONS: tuple[Migration, ...] = (_VERSION_1, _VERSION_2, _VERSION_3, _VERSION_4,
                                      _VERSION_5, _VERSION_6, _VERSION_7,
-                                     _VERSION_8, _VERSION_9, _VERSION_10)
+                                     _VERSION_8, _VERSION_9, _VERSION_10, _VERSION_11)
 """Every migration, oldest first; versions are consecutive from 1."""
 
 LATEST_SCHEMA_VERSION = MIGRATIONS[-1].version
