@@ -15,6 +15,7 @@ sets its ``AuthenticatedDevice`` record, in one step, just before confirming.
 
 from __future__ import annotations
 
+import functools
 import secrets
 from collections import deque
 from collections.abc import Awaitable
@@ -44,6 +45,7 @@ from relay.account_audit import ENROLMENT_ACTOR, audit_device_changes
 from relay.cluster import DeviceGone
 from relay.context import RelayContext
 from relay.delivery import DeliveryPump
+from relay.fanout import FanOutSender, fan_out
 from relay.limits import (
     LOOKUP_PERIOD_MS,
     LOOKUPS_PER_MINUTE,
@@ -79,6 +81,7 @@ from wire.frames import (
     Send,
     SendAccepted,
 )
+from wire.group_frames import MultiSend
 from wire.limits import MAX_RETRY_AFTER_MS, NONCE_SIZE
 from wire.phone import InvalidPhoneNumber, parse_phone
 from wire.prekey_frames import FetchBundle, GetPrekeyCounts, ListDevices, UploadPrekeys
@@ -282,6 +285,11 @@ class DeviceSession:
         match frame:
             case Send():
                 self._submit_send(stream_id, slot, device, frame)
+            case MultiSend():
+                fan_out(self._relay, FanOutSender(user_id=device.user_id,
+                                                  device_id=device.device_id,
+                                                  organisation_id=device.organisation_id),
+                        frame, functools.partial(self._fill, stream_id, slot))
             case Ack():
                 self._submit_acknowledge(stream_id, slot, device, frame)
             case Lookup():
