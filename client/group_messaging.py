@@ -55,7 +55,7 @@ class GroupReceipt:
     message_id: int  #: the MULTI_SEND's client_message_id
     devices: int  #: recipient devices of the MULTI_SEND (this device excluded)
     keys_sent: int  #: devices handed this device's chain (pairwise) before it
-    rekeyed: bool  #: a new chain was started first (a member or device had left)
+    rekeyed: bool  #: a new chain was started first (the first, or a member or device left)
     mismatch_retries: int  #: MULTI_SENDs repeated after MISMATCHED_DEVICES
 
 
@@ -172,6 +172,7 @@ async def _send(messenger: Messenger, group: Group, content: bytes) -> GroupRece
         rekeyed |= group.follow_devices({(user_id, device_id)
                                          for user_id, devices in targets.items()
                                          for device_id in devices})
+        rekeyed |= group.own_chain is None
         chain = group.sending_chain(SystemRandom())
         for contact in contacts:
             lacking = {(contact.user_id, device_id) for device_id in targets[contact.user_id]
