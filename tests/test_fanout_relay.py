@@ -7,6 +7,7 @@ ciphertext once and drops it with the last acknowledgement; refusals store nothi
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import sqlite3
 from collections.abc import AsyncIterator
@@ -54,7 +55,7 @@ async def connected(relay: RelayUnderTest, device: EnrolledDevice) -> AsyncItera
 
 def _rows(relay: RelayUnderTest, query: str) -> list[tuple[object, ...]]:
     """Read the relay's SQLite file (WAL: a reader beside the running relay)."""
-    with sqlite3.connect(relay.data_dir / "relay.db") as connection:
+    with contextlib.closing(sqlite3.connect(relay.data_dir / "relay.db")) as connection:
         return connection.execute(query).fetchall()
 
 
