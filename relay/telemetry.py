@@ -84,6 +84,15 @@ class RelayCollector(Collector):
         for outcome, count in sorted(metrics.send_outcomes().items()):
             sends.add_metric([outcome], count)
         yield sends
+        multi_sends = CounterMetricFamily("cryptopass_multi_sends",
+                                          "MULTI_SEND requests by outcome (each also a send).",
+                                          labels=["outcome"])
+        for outcome, count in sorted(metrics.multi_sends.items()):
+            multi_sends.add_metric([outcome], count)
+        yield multi_sends
+        yield _counter("cryptopass_envelopes_fanned_out",
+                       "Envelopes queued by accepted MULTI_SENDs, one per recipient device.",
+                       metrics.fanned_out)
         yield _counter("cryptopass_envelopes_delivered",
                        "Envelopes pushed to connected devices.", metrics.delivered)
         yield _counter("cryptopass_envelopes_acknowledged",
