@@ -1,13 +1,14 @@
 """MULTI_SEND: one shared ciphertext fanned out to many devices, checked as SEND checks.
 
 A device session hands its MULTI_SEND frames here. The checks are SEND's, made for every
-recipient user: the sender device's send budget first (one SEND's worth of messages, and the
-bytes it uploaded: the shared ciphertext once plus every device's key material), before any
-store work; then, in the store's one transaction, each user's reachability, its exact device
-set, its queues' depth and the sender's share of them. The submission is synchronous and goes
-through the same commit pipeline as SEND, so a device's sends and multi-sends are committed and
-answered in the order they arrived, and answered only once durable; the committed envelopes are
-then offered to the connected recipients' pumps, whose DELIVER carries the shared ciphertext.
+recipient user: the sender device's send budget first (``budget_cost``: the SENDs it would
+take to queue as many envelopes, and the bytes it uploaded: the shared ciphertext once plus
+every device's key material), before any store work; then, in the store's one transaction,
+each user's reachability, its exact device set, its queues' depth and the sender's share of
+them. The submission is synchronous and goes through the same commit pipeline as SEND, so a
+device's sends and multi-sends are committed and answered in the order they arrived, and
+answered only once durable; the committed envelopes are then offered to the connected
+recipients' pumps, whose DELIVER carries the shared ciphertext.
 
 Only the per-sender checks (the budget, the idempotency key, the queue share) know the sender:
 ``fan_out`` takes them as a ``FanOutSender``, so that a sender-less variant keyed by delivery
@@ -28,8 +29,9 @@ from storage.fanout_records import MultiSendOutcome, NewMultiSend
 from wire.codec import encode_frame
 from wire.frames import Error, ErrorCode
 from wire.group_frames import MultiSend, MultiSendAccepted, UserDevices
+from wire.limits import MAX_DEVICES_PER_SEND
 
-__all__ = ["FanOutSender", "fan_out", "multi_send_answer"]
+__all__ = ["FanOutSender", "budget_cost", "fan_out", "multi_send_answer"]
 
 _REFUSALS: dict[SendStatus, tuple[ErrorCode, str]] = {
     SendStatus.UNKNOWN_RECIPIENT: (ErrorCode.UNKNOWN_RECIPIENT,
@@ -56,10 +58,17 @@ class FanOutSender:
     organisation_id: int | None
 
 
-def uploaded_bytes(frame: MultiSend) -> int:
-    """What the sender uploaded: the shared ciphertext once and every device's key material."""
-    return len(frame.shared) + sum(len(material) for recipient in frame.recipients
-                                   for material in recipient.devices.values())
+def budget_cost(frame: MultiSend) -> tuple[int, int]:
+    """What a MULTI_SEND takes from its sender's send budget: (SENDs, bytes).
+
+    Bytes: what the sender uploaded, the shared ciphertext once and every device's key
+    material. SENDs: as many as it would take to queue as many envelopes (each SEND reaches at
+    most MAX_DEVICES_PER_SEND devices), so that one device cannot make the relay write more
+    envelope rows a minute through MULTI_SENDs than through SENDs.
+    """
+    uploaded = len(frame.shared) + sum(len(material) for recipient in frame.recipients
+                                       for material in recipient.devices.values())
+    return -(-frame.device_count() // MAX_DEVICES_PER_SEND), uploaded
 
 
 def fan_out(relay: RelayContext, sender: FanOutSender, frame: MultiSend,
@@ -68,8 +77,9 @@ def fan_out(relay: RelayContext, sender: FanOutSender, frame: MultiSend,
     encoded response once it is committed (or at once, when refused before the store)."""
     settings, metrics = relay.settings, relay.metrics
     now = relay.now_ms()
-    wait_ms = relay.send_budgets.take((sender.user_id, sender.device_id),
-                                      payload_bytes=uploaded_bytes(frame), now=now)
+    messages, uploaded = budget_cost(frame)
+    wait_ms = relay.send_budgets.take((sender.user_id, sender.device_id), messages=messages,
+                                      payload_bytes=uploaded, now=now)
     if wait_ms is not None:
         metrics.rate_limited += 1
         metrics.count_multi_send(None)

@@ -18,11 +18,19 @@ import pytest
 import trio
 
 from client.connection import MismatchedDevices, RelayClient, RelayError
+from relay.fanout import budget_cost
+from relay.send_budgets import SendBudgets
 from relay.server import RunningRelay, serve
 from relay.settings import RelaySettings
 from tests.conftest import EnrolledDevice, RelayUnderTest, SmsInbox, declare, enrol, link_device
 from wire.frames import Deliver, ErrorCode, QueueEmpty
-from wire.group_frames import UserDevices
+from wire.group_frames import (
+    MAX_MULTI_SEND_DEVICES,
+    MultiSend,
+    MultiSendRecipient,
+    UserDevices,
+)
+from wire.limits import MAX_DEVICES_PER_SEND
 
 WAIT_S = 120
 """Bound on anything that could hang (50 connections on a loaded machine), not a timing
@@ -212,3 +220,23 @@ async def test_the_send_budget_counts_the_shared_ciphertext_once(tmp_path: Path)
         assert refused.value.retry_after_ms is not None
         assert _rows(relay, "SELECT COUNT(*) FROM shared_payloads") == [(1,)]
         assert relay.running.context.metrics.multi_sends == {"accepted": 1, "rate_limited": 1}
+
+
+def test_a_multi_send_costs_the_sends_its_envelopes_would_take_and_its_upload() -> None:
+    def frame(devices: int) -> MultiSend:
+        users = -(-devices // MAX_DEVICES_PER_SEND)
+        return MultiSend(client_message_id=1, shared=SHARED, recipients=tuple(
+            MultiSendRecipient(user_id=f"u-{user}", devices={
+                device: b"k" * 100 for device in range(
+                    1, min(MAX_DEVICES_PER_SEND, devices - user * MAX_DEVICES_PER_SEND) + 1)})
+            for user in range(users)))
+
+    assert budget_cost(frame(3)) == (1, len(SHARED) + 3 * 100)
+    assert budget_cost(frame(MAX_DEVICES_PER_SEND)) == (1, len(SHARED) + 16 * 100)
+    assert budget_cost(frame(50)) == (4, len(SHARED) + 50 * 100)
+    assert budget_cost(frame(MAX_MULTI_SEND_DEVICES))[0] == 63
+    # The budget takes that many SENDs at once, or none.
+    budgets = SendBudgets(messages=5, payload_bytes=10**9)
+    assert budgets.take(("u", 1), payload_bytes=1, messages=4, now=0) is None
+    assert budgets.take(("u", 1), payload_bytes=1, messages=4, now=0) == 36_000
+    assert budgets.take(("u", 1), payload_bytes=1, now=0) is None
