@@ -11,6 +11,13 @@ of a device's deletion), in the deleting transaction, and deletes the shared row
 envelope: no code path can forget it. No column names a group: the store holds the shared
 bytes, the per-device rows and the usual envelope fields only.
 
+On PostgreSQL the decrement locks the shared row until commit. Two nodes deleting envelopes of
+the same two shared payloads in opposite orders (two sweeps, or acknowledgements batched
+differently) can deadlock; PostgreSQL then aborts one statement, whose savepoint undoes that one
+operation only: its acknowledgement is answered INTERNAL_ERROR (the envelope stays and is
+delivered again, under the same id), or the sweep takes the rows next time. Nothing is lost or
+counted twice.
+
 Every function runs inside the caller's transaction (the group-commit writer's savepoint).
 """
 
