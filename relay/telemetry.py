@@ -24,7 +24,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from relay.context import RelayContext
-from relay.metrics import LatencyHistogram
+from relay.metrics import LatencyHistogram, RelayMetrics
 
 if TYPE_CHECKING:
     from enrolment.sms import SmsOutcomes
@@ -84,15 +84,7 @@ class RelayCollector(Collector):
         for outcome, count in sorted(metrics.send_outcomes().items()):
             sends.add_metric([outcome], count)
         yield sends
-        multi_sends = CounterMetricFamily("cryptopass_multi_sends",
-                                          "MULTI_SEND requests by outcome (each also a send).",
-                                          labels=["outcome"])
-        for outcome, count in sorted(metrics.multi_sends.items()):
-            multi_sends.add_metric([outcome], count)
-        yield multi_sends
-        yield _counter("cryptopass_envelopes_fanned_out",
-                       "Envelopes queued by accepted MULTI_SENDs, one per recipient device.",
-                       metrics.fanned_out)
+        yield from _fan_out_metrics(metrics)
         yield _counter("cryptopass_envelopes_delivered",
                        "Envelopes pushed to connected devices.", metrics.delivered)
         yield _counter("cryptopass_envelopes_acknowledged",
@@ -233,3 +225,16 @@ def _histogram(name: str, documentation: str,
                histogram: LatencyHistogram) -> HistogramMetricFamily:
     return HistogramMetricFamily(name, documentation, buckets=histogram.cumulative(),
                                  sum_value=histogram.total)
+
+
+def _fan_out_metrics(metrics: RelayMetrics) -> Iterator[Metric]:
+    """MULTI_SENDs by outcome, and the envelopes they fanned out (relay/fanout.py)."""
+    multi_sends = CounterMetricFamily("cryptopass_multi_sends",
+                                      "MULTI_SEND requests by outcome (each also a send).",
+                                      labels=["outcome"])
+    for outcome, count in sorted(metrics.multi_sends.items()):
+        multi_sends.add_metric([outcome], count)
+    yield multi_sends
+    yield _counter("cryptopass_envelopes_fanned_out",
+                   "Envelopes queued by accepted MULTI_SENDs, one per recipient device.",
+                   metrics.fanned_out)
