@@ -383,7 +383,7 @@ class Messenger:
                 self.device.trust_identity(address, key)
         return True
 
-    async def accepted_view(self, contact: Contact) -> AccountView:
+    async def _accepted_view(self, contact: Contact) -> AccountView:
         """The contact's current devices, if its account key is the accepted one.
 
         Raises:
@@ -400,7 +400,7 @@ class Messenger:
                 return view
         raise IdentityChangedError(contact.phone, user_changed=contact.pending_user_id is not None)
 
-    async def ready(self, contact: Contact) -> None:
+    async def _ready(self, contact: Contact) -> None:
         """Make sure the contact may be sent to: its account key is the accepted one, and its
         devices are known (read from its signed list the first time; after that the relay's
         MISMATCHED_DEVICES says when they changed, so a send costs no extra round trip).
@@ -412,12 +412,12 @@ class Messenger:
             raise IdentityChangedError(contact.phone,
                                        user_changed=contact.pending_user_id is not None)
         if contact.first_contact or not contact.devices:
-            await self.accepted_view(contact)
+            await self._accepted_view(contact)
 
     async def _check_number_owner(self, contact: Contact) -> None:
         """The contact's user is gone: if the number now belongs to another user, record
         that user and its account key as pending, and refuse."""
-        if contact is self.own():
+        if contact is self._own():
             return
         entries = await self.client.lookup([contact.phone])
         if entries and entries[0].user_id != contact.user_id:
@@ -425,7 +425,7 @@ class Messenger:
             contact.observe(view)
             raise IdentityChangedError(contact.phone, user_changed=True)
 
-    def own(self) -> Contact:
+    def _own(self) -> Contact:
         return self.contacts.setdefault(self.phone, Contact(phone=self.phone,
                                                             user_id=self.user_id))
 
@@ -438,7 +438,7 @@ class Messenger:
                 older than one this device has seen.
         """
         async with self.exclusive():
-            own = self.own()
+            own = self._own()
             view = await self.account_view(self.user_id)
             if own.account_key is not None and view.account_key != own.account_key:
                 raise DeviceListProblem("the relay's device list for this account is signed "
@@ -481,17 +481,17 @@ class Messenger:
                                  sent_at=datetime.datetime.now(datetime.UTC))
         async with self.exclusive():
             contact = await self.contact(phone)
-            own = self.own()
-            await self.ready(contact)  # both checked before anything leaves
+            own = self._own()
+            await self._ready(contact)  # both checked before anything leaves
             if contact is not own:
-                await self.ready(own)
+                await self._ready(own)
             message_id = secrets.randbelow(MAX_CLIENT_MESSAGE_ID)
-            recipient_devices, retries = await self.deliver(contact, content, message_id)
+            recipient_devices, retries = await self._deliver(contact, content, message_id)
             own_devices: tuple[int, ...] = ()
             problem = None
             if contact is not own:
                 try:
-                    own_devices, own_retries = await self.deliver(
+                    own_devices, own_retries = await self._deliver(
                         own, content, secrets.randbelow(MAX_CLIENT_MESSAGE_ID))
                     retries += own_retries
                 except (RelayError, IdentityChangedError, DeviceListProblem,
@@ -501,14 +501,14 @@ class Messenger:
                            own_devices=own_devices, mismatch_retries=retries,
                            own_copy_problem=problem)
 
-    async def deliver(self, contact: Contact, content: bytes,
+    async def _deliver(self, contact: Contact, content: bytes,
                        message_id: int) -> tuple[tuple[int, ...], int]:
-        """Send to the contact's accepted devices (`accepted_view` ran just before)."""
+        """Send to the contact's accepted devices (`_accepted_view` ran just before)."""
         retries = 0
         while True:
             targets = {device_id: key for device_id, key in contact.devices.items()
                        if not (contact.user_id == self.user_id and device_id == self.device_id)}
-            await self.start_sessions(contact, targets)
+            await self._start_sessions(contact, targets)
             if not targets:
                 return (), retries
             addresses = [self._address(contact.user_id, device_id) for device_id in targets]
@@ -525,11 +525,11 @@ class Messenger:
                         or retries >= MAX_MISMATCH_RETRIES):
                     raise
                 retries += 1
-                await self.accepted_view(contact)  # the list may have changed: follow it
+                await self._accepted_view(contact)  # the list may have changed: follow it
                 continue
             return tuple(sorted(targets)), retries
 
-    async def start_sessions(self, contact: Contact, targets: dict[int, bytes]) -> None:
+    async def _start_sessions(self, contact: Contact, targets: dict[int, bytes]) -> None:
         """Start a session with every target device that has none, from a bundle whose
         identity key is the listed one."""
         missing = sorted(device_id for device_id in targets
@@ -554,11 +554,17 @@ class Messenger:
         """Tell this account's other devices, end to end, about a newly signed list; return
         the devices told."""
         async with self.exclusive():
-            own = self.own()
-            await self.accepted_view(own)
-            told, _ = await self.deliver(own, encode_device_list_update(
+            own = self._own()
+            await self._accepted_view(own)
+            told, _ = await self._deliver(own, encode_device_list_update(
                 device_list.encoded), secrets.randbelow(MAX_CLIENT_MESSAGE_ID))
             return told
+
+    # What client.group_messaging builds a group message's pairwise steps on.
+    ready = _ready
+    deliver = _deliver
+    start_sessions = _start_sessions
+    accepted_view = _accepted_view
 
     # -- receiving ----------------------------------------------------------------------
 
@@ -688,7 +694,7 @@ class Messenger:
 
     async def _apply_own_list(self, device_list: bytes) -> None:
         """Another device of this account signed a new list: check it, then follow it."""
-        own = self.own()
+        own = self._own()
         try:
             pushed = decode_device_list(device_list, account_key=own.account_key)
             check_successor(own.seen_list(), pushed)
@@ -718,9 +724,9 @@ class Messenger:
             contact = await self.contact(phone)
             if contact.first_contact or not contact.changed:
                 with contextlib.suppress(IdentityChangedError):  # now pending: compare it
-                    await self.accepted_view(contact)
+                    await self._accepted_view(contact)
             key = contact.pending_account_key or contact.account_key
-            own = self.own()
+            own = self._own()
             if key is None or own.account_key is None:
                 raise UnknownContactError(f"{phone} has no account key yet")
             return safety_number(self.user_id, own.account_key, contact.current_user_id, key)
