@@ -141,16 +141,26 @@ def live(devices: Annotated[int, typer.Option(help="Connected devices.", min=2)]
         processes=processes, time_limit=timeout, encrypted=encrypted), target, as_json, "live")
 
 
+def _group_sends(group: int, messages: int) -> int:
+    """What ``live --group`` takes of the sender's SEND budget: a key to each other device,
+    each group message as a MULTI_SEND (one SEND per 16 devices), each pairwise text one SEND
+    per other device."""
+    others = group - 1
+    return others + messages * (-(-others // 16) + others)
+
+
 def _live_group(group: int, messages: int, size: int, target: TargetOptions,
                 as_json: bool) -> None:
     if not 2 <= group <= MAX_GROUP_DEVICES:
         raise typer.BadParameter(f"a group of 2 to {MAX_GROUP_DEVICES} devices",
                                  param_hint="--group")
-    if (messages + 1) * (group - 1) > SENDS_PER_MINUTE:
+    if _group_sends(group, messages) > SENDS_PER_MINUTE:
+        fitting = max(number for number in range(SENDS_PER_MINUTE + 1)
+                      if number == 0 or _group_sends(group, number) <= SENDS_PER_MINUTE)
         raise typer.BadParameter(
-            f"the pairwise run sends --messages x (N - 1) SENDs from one device, more than "
-            f"the relay's {SENDS_PER_MINUTE} a minute: use --messages "
-            f"{SENDS_PER_MINUTE // (group - 1) - 1} or fewer", param_hint="--messages")
+            f"the run makes {_group_sends(group, messages)} SENDs' worth from one device, more "
+            f"than the relay's {SENDS_PER_MINUTE} a minute: use --messages {fitting} or fewer",
+            param_hint="--messages")
     if size > MAX_TEXT_BYTES:
         raise typer.BadParameter(f"a text is at most {MAX_TEXT_BYTES} bytes",
                                  param_hint="--size")

@@ -33,4 +33,4 @@ async def test_live_group_refuses_a_run_over_the_relays_send_budget() -> None:
             [BENCH, "live", "--group", "50", "--messages", "50"], capture_stdout=True,
             capture_stderr=True, check=False, env={**os.environ, "COLUMNS": "400"})
     assert completed.returncode != 0
-    assert b"--messages 11 or fewer" in completed.stderr
+    assert b"--messages 10 or fewer" in completed.stderr
