@@ -12,7 +12,8 @@ the sender runs in this process:
 - **pairwise**: the same texts sent to each member one by one (``send_text``: one SEND per
   member, each a Double Ratchet ciphertext).
 
-For each: the sender's CPU (this process), the payload bytes it uploaded (ciphertexts,
+Both go identified (not sealed), so that like is measured against like. For each: the
+sender's CPU (this process), the payload bytes it uploaded (ciphertexts,
 shared payload and per-device key material: what the frames carry), the relay's CPU to
 accept them (a relay the bench started) and the bytes its SQLite store then holds for them
 (envelope ciphertexts and shared payloads). The members then connect with the state they
@@ -41,6 +42,7 @@ from client.group_messaging import create_group, send_group_text
 from client.groups import GroupBook
 from client.messenger import Messenger
 from client.profile import Profile
+from client.profile_files import write_private
 from crypto.device import DeviceAddress, DeviceCrypto
 from crypto.primitives import SystemRandom, ed25519_keypair_from_private
 
@@ -58,7 +60,9 @@ class _Member:
     def __init__(self, device: BenchDevice, profiles: Path, relay: str,
                  ca: Path | None) -> None:
         self.device = device
-        self.profile = Profile(profiles / device.user_id)  # names the device; never written
+        self.profile = Profile(profiles / device.user_id)  # in the run's scratch directory
+        self.profile.directory.mkdir(mode=0o700)
+        write_private(self.profile.directory / "identity.key", device.seed)  # seals with it
         self.profile.data.relay, self.profile.data.ca = relay, str(ca) if ca else None
         self.profile.data.phone, self.profile.data.user_id = device.phone, device.user_id
         self.profile.data.device_id = device.device_id
@@ -159,6 +163,7 @@ async def group_cost(target: Target, *, group: int, messages: int,
 
         async def send_both(messengers: list[Messenger]) -> None:
             [messenger] = messengers
+            messenger.seal_by_default = False  # both kinds identified: like against like
             uploads = _Uploads(messenger.client)
             for kind in ("group", "pairwise"):
                 stored_before, uploaded_before = _stored_bytes(target), uploads.bytes

@@ -56,6 +56,7 @@ from client.prekey_upkeep import MissingPrekeysError
 from client.profile import Profile, ProfileError
 from client.profile_files import ProfileBusyError
 from client.push_cli import CommandKit, push_commands, receive_push_wait
+from client.sealed_cli import delivery_token_commands
 from crypto.primitives import CryptoError
 from crypto.provisioning import LinkCodeError, ProvisioningError
 from crypto.safety_number import format_safety_number
@@ -309,9 +310,12 @@ PhoneArgument = Annotated[str, typer.Argument(
 def message_line(message: ReceivedMessage) -> dict[str, Any]:
     """The JSON line ``receive`` prints for one message (never logs it anywhere else)."""
     sent_at = datetime.datetime.fromtimestamp(message.accepted_at / 1000, datetime.UTC)
+    accepted_at = sent_at.isoformat(timespec="milliseconds")
+    if message.sender is None:  # a sealed envelope refused: a warning, never a message
+        return {"warning": message.problem, "accepted_at": accepted_at}
     line: dict[str, Any] = {"sender_user_id": message.sender.user_id,
                             "sender_device_id": message.sender.device_id,
-                            "accepted_at": sent_at.isoformat(timespec="milliseconds")}
+                            "accepted_at": accepted_at, "sealed": message.sealed}
     if message.content is None:
         return {"error": message.problem, **line}
     content = message.content
@@ -330,11 +334,12 @@ def message_line(message: ReceivedMessage) -> dict[str, Any]:
 
 def send_line(phone: str, receipt: SendReceipt) -> dict[str, Any]:
     """The JSON line ``send`` prints once the relay stored the message: ``message_id`` is
-    the SEND's client_message_id, ``devices`` how many of the recipient's devices it was
-    encrypted for, ``copies`` how many of this user's other devices got a copy."""
+    the SEND's client_message_id (a SEALED_SEND's 16-byte id in hex when sealed), ``devices``
+    how many of the recipient's devices it was encrypted for, ``copies`` how many of this
+    user's other devices got a copy, ``sealed`` whether it went sealed."""
     return {"sent": bool(receipt.recipient_devices), "to": phone,
             "message_id": receipt.message_id, "devices": len(receipt.recipient_devices),
-            "copies": len(receipt.own_devices)}
+            "copies": len(receipt.own_devices), "sealed": receipt.sealed}
 
 
 @app.command()
@@ -422,8 +427,10 @@ def send(phone: PhoneArgument,
     """Send TEXT, end-to-end encrypted, to the user with PHONE.
 
     Copies go to this user's other devices; the relay stores the message while they are
-    offline. Prints one JSON line once the relay stored it: {"sent": true, "to": PHONE,
-    "message_id": N, "devices": K, "copies": C}.
+    offline. Sent sealed (the relay is not told who sent it) when the contact shared its
+    profile key, identified otherwise. Prints one JSON line once the relay stored it:
+    {"sent": true, "to": PHONE, "message_id": N (a hex id when sealed), "devices": K,
+    "copies": C, "sealed": true|false}.
     """
     profile = _enrolled_profile()
     number = _phone(phone)
@@ -623,6 +630,7 @@ _kit = CommandKit(run=_run, enrolled_profile=_enrolled_profile, fail=_fail, comm
                   print_message=_print_message)
 app.add_typer(push_commands(_kit), name="push")
 app.add_typer(group_commands(_kit, _phone), name="group")
+app.add_typer(delivery_token_commands(_kit), name="delivery-token")
 
 
 @app.command()

@@ -127,10 +127,22 @@ from wire.push_frames import (
     PushTargetSet,
     RegisteredPushTarget,
 )
+from wire.sealed_frames import (
+    DeliveryTokenSet,
+    GetSenderCertificate,
+    GetSenderKeys,
+    SealedSend,
+    SealedSendAccepted,
+    SenderCertificateIssued,
+    SenderKey,
+    SenderKeys,
+    SetDeliveryToken,
+)
 
 __all__ = ["CONNECT_TIMEOUT_SECONDS", "PUSH_BUFFER", "CertificateFileError", "ConnectionClosed",
            "HandshakeFailed", "MismatchedDevices", "NoRelayReached", "RelayClient", "RelayError",
-           "RelayUnreachable", "check_ca_file", "connect_any", "connect_relay"]
+           "RelayUnreachable", "check_ca_file", "connect_anonymous", "connect_any",
+           "connect_relay"]
 
 CONNECT_TIMEOUT_SECONDS = 10.0
 """How long a handshake may go unanswered before the relay counts as unreachable (and a
@@ -215,6 +227,8 @@ class RelayClient:
         self._pending_acks: list[int] = []
         self._nursery: trio.Nursery | None = None
         self._unconfirmed_ack: int | None = None  # last id sent in an unanswered ACK
+        self.anonymous = False
+        """Opened by ``connect_anonymous``: it never authenticates, so that it names no sender."""
         self.user_id: str | None = None
         self.device_id: int | None = None
 
@@ -418,7 +432,14 @@ class RelayClient:
                                            device_list=signed.encoded), Enrolled)
 
     async def authenticate(self, user_id: str, device_id: int, signing_key: SigningKey) -> None:
-        """Prove possession of the device key; the relay then starts delivering."""
+        """Prove possession of the device key; the relay then starts delivering.
+
+        Raises:
+            RuntimeError: this connection was opened by ``connect_anonymous`` (nothing sent).
+        """
+        if self.anonymous:
+            raise RuntimeError("an anonymous connection never authenticates: it would tie its "
+                               "sealed sends to the device")
         challenge = await self._ask(Hello(user_id=user_id, device_id=device_id), Challenge)
         transcript = auth_transcript(nonce=challenge.nonce, user_id=user_id, device_id=device_id)
         await self._ask(Authenticate(signature=signing_key.sign(transcript).signature),
@@ -551,6 +572,49 @@ class RelayClient:
         if answer.provider is None or answer.token is None:
             return None
         return (answer.provider, answer.token)
+
+    # -- sealed sender (PROTOCOL.md "Sealed sender") ------------------------------------
+
+    async def get_sender_keys(self) -> tuple[SenderKey, ...]:
+        """The relay's sender-certificate keys: the signing one (``not_after_ms`` None) and
+        those still accepted. Allowed on any connection, authenticated or not."""
+        return (await self._ask(GetSenderKeys(), SenderKeys)).keys
+
+    async def get_sender_certificate(self) -> SenderCertificateIssued:
+        """A fresh sender certificate for this authenticated device (its ``certificate`` bytes
+        and ``expires_ms``); renew it before it expires."""
+        return await self._ask(GetSenderCertificate(), SenderCertificateIssued)
+
+    async def set_delivery_token(self, token_hash: bytes | None, *,
+                                 mode: str = "token") -> None:
+        """Register how this user admits sealed sends, replacing the earlier registration.
+
+        Args:
+            token_hash: SHA-256 of the delivery token contacts will show (a new one rotates
+                it; the old token is refused from then on); None in "organisation" mode, or
+                in "token" mode to refuse every sealed send.
+            mode: "token", or "organisation" (tokens off: sealed sends are accepted from
+                authenticated devices of this user's organisation).
+
+        Raises:
+            LocalProtocolError: MALFORMED_FRAME for a hash of the wrong size or an unknown mode.
+        """
+        await self._ask(SetDeliveryToken(mode=mode, token_hash=token_hash), DeliveryTokenSet)
+
+    async def sealed_send(self, recipient_user_id: str, payloads: Mapping[int, bytes], *,
+                          client_message_id: bytes, delivery_token: bytes | None,
+                          urgent: bool = False) -> None:
+        """Send one sealed envelope per recipient device; a re-send with the same
+        ``client_message_id`` (16 random bytes) is accepted again and stored once.
+
+        Raises:
+            RelayError: DELIVERY_TOKEN_REFUSED (bad, rotated or absent token, or no such
+                recipient: one answer), MISMATCHED_DEVICES, QUEUE_FULL, RATE_LIMITED, ...
+        """
+        await self._ask(SealedSend(recipient_user_id=recipient_user_id,
+                                   client_message_id=client_message_id,
+                                   payloads=dict(payloads), delivery_token=delivery_token,
+                                   urgent=urgent), SealedSendAccepted)
 
     async def send(self, recipient_user_id: str, payloads: Mapping[int, bytes], *,
                    client_message_id: int, urgent: bool = False) -> bool:
@@ -773,6 +837,21 @@ async def connect_any(addresses: Sequence[tuple[str, int]], *, ca: Path | None,
                 break
         else:
             raise NoRelayReached(failures)
+        yield client
+
+
+@asynccontextmanager
+async def connect_anonymous(host: str, port: int, *, ca: Path | None,
+                            server_name: str | None = None,
+                            connect_timeout: float = CONNECT_TIMEOUT_SECONDS,
+                            ) -> AsyncIterator[RelayClient]:
+    """`connect_relay` on a socket of its own, for a connection that never authenticates: the
+    sealed sends made on it name no device (``RelayClient.authenticate`` refuses to run on it).
+    It is still one network address and one moment: PROTOCOL.md "Sealed sender" says what the
+    relay can correlate."""
+    async with connect_relay(host, port, ca=ca, server_name=server_name,
+                             connect_timeout=connect_timeout) as client:
+        client.anonymous = True
         yield client
 
 

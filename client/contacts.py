@@ -53,6 +53,9 @@ class Contact:
     pending_user_id: str | None = None  #: a new user id for the number, not yet accepted
     pending_account_key: bytes | None = None  #: a new account key seen, not yet accepted
     pending_list: bytes | None = None  #: the list that came with the pending key
+    profile_key: bytes | None = None  #: the contact's profile key (sealed sends), if shared
+    organisation: bool = False  #: the contact switched tokens off: seal on the own connection
+    shared_profile_key: bytes | None = None  #: this account's profile key last sent to it
 
     @property
     def first_contact(self) -> bool:
@@ -103,6 +106,9 @@ class Contact:
         if self.pending_account_key is not None:
             self.account_key, self.device_list = self.pending_account_key, self.pending_list
             self.devices = {}
+        # Another account now: its profile key is unknown, and ours is not shared with it.
+        self.profile_key = self.shared_profile_key = None
+        self.organisation = False
         self.pending_user_id = self.pending_account_key = self.pending_list = None
 
 
@@ -113,7 +119,9 @@ def encode_contacts(contacts: dict[str, Contact]) -> list[dict[str, Any]]:
              "devices": [[device_id, key] for device_id, key in sorted(contact.devices.items())],
              "pending_user_id": contact.pending_user_id,
              "pending_account_key": contact.pending_account_key,
-             "pending_list": contact.pending_list}
+             "pending_list": contact.pending_list, "profile_key": contact.profile_key,
+             "organisation": contact.organisation,
+             "shared_profile_key": contact.shared_profile_key}
             for contact in contacts.values()]
 
 
@@ -144,7 +152,10 @@ def decode_contacts(value: object) -> dict[str, Contact]:
                 pending_user_id=(None if item["pending_user_id"] is None
                                  else str(item["pending_user_id"])),
                 pending_account_key=_optional_bytes(item["pending_account_key"]),
-                pending_list=_optional_bytes(item["pending_list"]))
+                pending_list=_optional_bytes(item["pending_list"]),
+                profile_key=_optional_bytes(item.get("profile_key")),
+                organisation=bool(item.get("organisation", False)),
+                shared_profile_key=_optional_bytes(item.get("shared_profile_key")))
             contacts[contact.phone] = contact
     except (KeyError, TypeError, ValueError) as error:
         raise ValueError(f"contacts are damaged: {error}") from error

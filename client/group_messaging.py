@@ -178,7 +178,7 @@ async def _send(messenger: Messenger, group: Group, content: bytes) -> GroupRece
             lacking = {(contact.user_id, device_id) for device_id in targets[contact.user_id]
                        } - group.distributed
             if lacking:
-                told, _ = await messenger.deliver(
+                told, _, _ = await messenger.deliver(
                     contact, encode_group_key(group, chain.distribution()),
                     secrets.randbelow(MAX_CLIENT_MESSAGE_ID))
                 group.distributed |= {(contact.user_id, device_id) for device_id in told}

@@ -10,7 +10,13 @@ A second kind travels only between the devices of one account: ``{"v": 1, "kind"
 devices learn at once, end to end, that a device joined or left (they check the signature
 with the account key, and refuse a list older than one they have seen).
 
-Groups add three kinds (client/groups.py): ``group_key`` (a member device's sender key,
+A third kind shares the account's **profile key** (`client.sealed`): ``{"v": 1, "kind":
+"profile_key", "from": PHONE, "key": 32 BYTES, "generation": INT, "created_ms": INT}``. It goes
+to the account's own devices when the key is made or rotated, and to a contact with the first
+message written to it and after each rotation; its delivery token lets the contact send
+sealed. Only end-to-end encrypted content ever carries it.
+
+Groups add three more kinds (client/groups.py): ``group_key`` (a member device's sender key,
 pairwise), ``group_header`` (a MULTI_SEND's per-device key material: which group and chain
 its shared ciphertext is) and ``group_opened`` (never sent: how the profile's inbox keeps a
 group message it opened until it is acknowledged).
@@ -27,8 +33,8 @@ from client.groups import GroupContentError, GroupHeader, GroupKey, decode_group
 from crypto.sender_keys import GROUP_ID_SIZE
 
 __all__ = ["CONTENT_VERSION", "MAX_TEXT_BYTES", "ContentError", "DeviceListUpdate",
-           "GroupOpened", "TextMessage", "decode_content", "encode_content",
-           "encode_device_list_update", "encode_group_opened"]
+           "GroupOpened", "ProfileKeyShare", "TextMessage", "decode_content", "encode_content",
+           "encode_device_list_update", "encode_group_opened", "encode_profile_key_share"]
 
 CONTENT_VERSION = 1
 MAX_TEXT_BYTES = 60 * 1024
@@ -38,6 +44,8 @@ _MAX_PHONE_CHARS = 32  # PROTOCOL.md's phone number limit.
 _MAX_TIMESTAMP_CHARS = 64  # An ISO-8601 time with offset is about 30 characters.
 _MAX_DEVICE_LIST_BYTES = 1024  # crypto.device_list.MAX_DEVICE_LIST_SIZE is 642.
 _MAX_GROUP_PLAINTEXT_BYTES = 65_536  # crypto.device.MAX_PLAINTEXT_SIZE: what a sender sends.
+_PROFILE_KEY_BYTES = 32  # crypto.delivery_token.PROFILE_KEY_SIZE
+_MAX_U63 = 2**63 - 1
 
 
 class ContentError(ValueError):
@@ -75,6 +83,46 @@ def encode_group_opened(group_id: bytes, plaintext: bytes) -> bytes:
     return packed
 
 
+@dataclass(frozen=True, kw_only=True, repr=False)
+class ProfileKeyShare:
+    """A profile key shared by a contact, or by another device of this account."""
+
+    sender_phone: str  #: the sharer's number, as stated (check it against LOOKUP)
+    profile_key: bytes  #: 32 bytes: its delivery token lets the holder send sealed
+    generation: int  #: rotations so far (the account's devices adopt the highest)
+    created_ms: int  #: when the key was made, ms since the Unix epoch
+
+    def __repr__(self) -> str:
+        return f"ProfileKeyShare(sender_phone={self.sender_phone!r}, <key redacted>)"
+
+
+def encode_profile_key_share(*, sender_phone: str, profile_key: bytes, generation: int,
+                             created_ms: int) -> bytes:
+    """The plaintext that shares the account's profile key."""
+    packed: bytes = msgpack.packb({"v": CONTENT_VERSION, "kind": "profile_key",
+                                   "from": sender_phone, "key": profile_key,
+                                   "generation": generation, "created_ms": created_ms})
+    return packed
+
+
+def _decode_profile_key_share(value: dict[str, object]) -> ProfileKeyShare:
+    phone, key = value.get("from"), value.get("key")
+    generation, created_ms = value.get("generation"), value.get("created_ms")
+    if not isinstance(phone, str) or len(phone) > _MAX_PHONE_CHARS:
+        raise ContentError("content field 'from' is missing, not text or too long")
+    if not isinstance(key, bytes) or len(key) != _PROFILE_KEY_BYTES:
+        raise ContentError("content field 'key' is not a 32-byte profile key")
+    numbers = [number for number in (generation, created_ms)
+               if isinstance(number, int) and not isinstance(number, bool)
+               and 0 <= number <= _MAX_U63]
+    if len(numbers) != 2:
+        raise ContentError("content fields 'generation' and 'created_ms' are not "
+                           "non-negative integers")
+    generation, created_ms = numbers
+    return ProfileKeyShare(sender_phone=phone, profile_key=key, generation=generation,
+                           created_ms=created_ms)
+
+
 def encode_device_list_update(device_list: bytes) -> bytes:
     """The plaintext that tells the account's other devices about a new signed list."""
     packed: bytes = msgpack.packb({"v": CONTENT_VERSION, "kind": "device_list",
@@ -97,8 +145,8 @@ def encode_content(*, sender_phone: str, recipient_phone: str, text: str,
     return packed
 
 
-def decode_content(data: bytes) -> (TextMessage | DeviceListUpdate | GroupKey | GroupHeader
-                                    | GroupOpened):
+def decode_content(data: bytes) -> (TextMessage | DeviceListUpdate | ProfileKeyShare | GroupKey
+                                    | GroupHeader | GroupOpened):
     """Parse a decrypted plaintext.
 
     Raises:
@@ -128,6 +176,8 @@ def decode_content(data: bytes) -> (TextMessage | DeviceListUpdate | GroupKey | 
         if not isinstance(device_list, bytes) or len(device_list) > _MAX_DEVICE_LIST_BYTES:
             raise ContentError("content field 'list' is missing, not bytes or too long")
         return DeviceListUpdate(device_list=device_list)
+    if kind == "profile_key":
+        return _decode_profile_key_share(value)
     if kind != "text":
         raise ContentError("content of an unknown kind")
     fields = {name: value.get(name) for name in ("from", "to", "text", "sent_at")}

@@ -45,14 +45,26 @@ from client.message_content import (
     ContentError,
     DeviceListUpdate,
     GroupOpened,
+    ProfileKeyShare,
     TextMessage,
     decode_content,
     encode_content,
     encode_device_list_update,
     encode_group_opened,
+    encode_profile_key_share,
 )
 from client.prekey_upkeep import MissingPrekeysError, bundle_from_wire, publish_prekeys
 from client.profile import Profile, ProfileError
+from client.sealed import (
+    SEALED_MESSAGE_ID_SIZE,
+    SealedSettings,
+    current_certificate,
+    refresh_relay_keys,
+    register_token,
+    seal_payloads,
+    send_sealed,
+)
+from crypto.delivery_token import delivery_token
 from crypto.device import DeviceAddress, DeviceCrypto
 from crypto.device_list import (
     DeviceListError,
@@ -61,8 +73,20 @@ from crypto.device_list import (
     decode_device_list,
 )
 from crypto.errors import DuplicateMessageError
-from crypto.primitives import CryptoError, SystemRandom, ed25519_keypair_from_private
+from crypto.primitives import (
+    CryptoError,
+    Ed25519KeyPair,
+    SystemRandom,
+    ed25519_keypair_from_private,
+)
 from crypto.safety_number import safety_number
+from crypto.sealed_sender import (
+    OpenedEnvelope,
+    SealedSenderError,
+    check_pinned_sender,
+    open_envelope,
+)
+from crypto.sender_certificate import CertificateError, CertificateProblem
 from transport.addresses import parse_relay_list
 from transport.quic import QuicEndpoint
 from wire.frames import Deliver, ErrorCode, QueueEmpty
@@ -110,11 +134,12 @@ class UnknownContactError(Exception):
 class SendReceipt:
     """What `Messenger.send_text` addressed."""
 
-    message_id: int  #: the client_message_id of the SEND to the recipient (PROTOCOL.md)
+    message_id: int | str  #: the SEND's client_message_id, or a SEALED_SEND's id in hex
     recipient_devices: tuple[int, ...]  #: the recipient's devices that got the message
     own_devices: tuple[int, ...]  #: this user's other devices that got a copy
     mismatch_retries: int  #: SENDs repeated after MISMATCHED_DEVICES
     own_copy_problem: str | None = None  #: why the own devices' copy failed, if it did
+    sealed: bool = False  #: sent sealed: the relay was not told who sent it
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -122,13 +147,15 @@ class ReceivedMessage:
     """One delivery, decrypted (or the reason it could not be read)."""
 
     envelope_id: int  #: the relay's id of the envelope
-    sender: DeviceAddress  #: the sending device, as the relay authenticated it
+    sender: DeviceAddress | None  #: the sending device (None: a sealed envelope refused)
     accepted_at: int  #: when the relay accepted it, ms since the Unix epoch
     content: TextMessage | None  #: the message, or None if it could not be read
     problem: str | None = None  #: why it could not be read (never the plaintext)
     sender_confirmed: bool = False  #: the relay gives content.sender_phone to this sender
     identity_changed: bool = False  #: the sender's account key is not the accepted one: warn
     group: str | None = None  #: the group's local name, for a group message
+    sealed: bool = False  #: came sealed: the sender is the one its certificate names
+    refused: bool = False  #: a sealed envelope refused (``problem`` says why): not a message
 
 
 def create_device_state(profile: Profile, *, contacts: dict[str, Contact] | None = None
@@ -140,7 +167,8 @@ def create_device_state(profile: Profile, *, contacts: dict[str, Contact] | None
     device = DeviceCrypto.create(identity, SystemRandom(),
                                  address=DeviceAddress(user_id=user_id, device_id=device_id),
                                  now_ms=_now_ms())
-    profile.save_device_state(_encode_state(device, contacts or {}, {}, GroupBook()))
+    profile.save_device_state(_encode_state(device, contacts or {}, {}, SealedSettings(), {},
+                                            GroupBook()))
     return device
 
 
@@ -152,24 +180,32 @@ def own_contact(phone: str, user_id: str, device_list: SignedDeviceList) -> Cont
 
 def saved_groups(profile: Profile) -> GroupBook:
     """The groups kept in the profile's end-to-end state (hold ``profile.lock``)."""
-    return _load_state(profile)[3]
+    return _load_state(profile)[5]
 
 
 def _now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-def _encode_state(device: DeviceCrypto, contacts: dict[str, Contact],
-                  inbox: dict[int, bytes], groups: GroupBook) -> bytes:
+_Loaded = tuple[DeviceCrypto, dict[str, Contact], dict[int, bytes], SealedSettings,
+                dict[int, DeviceAddress], GroupBook]
+
+
+def _encode_state(device: DeviceCrypto, contacts: dict[str, Contact], inbox: dict[int, bytes],
+                  sealed: SealedSettings, inbox_senders: dict[int, DeviceAddress],
+                  groups: GroupBook) -> bytes:
     packed: bytes = msgpack.packb({"version": STATE_VERSION, "crypto": device.to_bytes(),
                                    "contacts": encode_contacts(contacts),
                                    "inbox": sorted(inbox.items()),
+                                   "sealed": sealed.to_state(),
+                                   "inbox_senders": [
+                                       [envelope_id, sender.user_id, sender.device_id]
+                                       for envelope_id, sender in inbox_senders.items()],
                                    "groups": groups.to_state()})
     return packed
 
 
-def _load_state(profile: Profile) -> tuple[DeviceCrypto, dict[str, Contact], dict[int, bytes],
-                                           GroupBook]:
+def _load_state(profile: Profile) -> _Loaded:
     data = profile.device_state()
     if data is None:
         raise ProfileError(f"no end-to-end state in {profile.directory}; run 'cryptopass verify'")
@@ -178,8 +214,11 @@ def _load_state(profile: Profile) -> tuple[DeviceCrypto, dict[str, Contact], dic
         if not isinstance(value, dict) or value.get("version") != STATE_VERSION:
             raise ValueError("this state predates account keys: enrol this device again")
         inbox = {int(envelope_id): bytes(plaintext) for envelope_id, plaintext in value["inbox"]}
+        senders = {int(envelope_id): DeviceAddress(str(user_id), int(device_id))
+                   for envelope_id, user_id, device_id in value.get("inbox_senders", [])}
         return (DeviceCrypto.from_bytes(value["crypto"], SystemRandom()),
                 decode_contacts(value["contacts"]), inbox,
+                SealedSettings.from_state(value.get("sealed")), senders,
                 GroupBook.from_state(value.get("groups", [])))  # none before groups came
     except (ValueError, KeyError, TypeError, msgpack.UnpackException) as error:
         raise ProfileError(f"the end-to-end state in {profile.directory} is damaged: "
@@ -190,7 +229,8 @@ class Messenger:
     """An authenticated, encrypting client. Use `Messenger.connect`."""
 
     def __init__(self, client: RelayClient, profile: Profile, device: DeviceCrypto,
-                 contacts: dict[str, Contact], *, persist_state: bool = True) -> None:
+                 contacts: dict[str, Contact], *, persist_state: bool = True,
+                 sealed: SealedSettings | None = None) -> None:
         """Args:
             persist_state: keep the end-to-end state in the profile, under its lock (the
                 default, and the only safe choice for a real device: a crash or a second
@@ -206,11 +246,23 @@ class Messenger:
         self.device = device
         self.contacts = contacts
         self.inbox: dict[int, bytes] = {}
+        self.inbox_senders: dict[int, DeviceAddress] = {}  #: senders of sealed inbox entries
+        self.sealed = sealed or SealedSettings()
+        self._identity: Ed25519KeyPair | None = None
+        self.seal_by_default = True  #: send sealed to contacts whose profile key is known
         self.groups = GroupBook()  #: this device's groups (client.groups), saved with the state
         self.user_id, self.device_id, self.phone = user_id, device_id, profile.data.phone
         self.persist_state = persist_state
         self._stamp = profile.device_state_stamp() if persist_state else None
         self._depth = 0
+
+    @property
+    def identity(self) -> Ed25519KeyPair:
+        """This device's identity key pair (the profile's ``identity.key``): it seals and
+        opens sealed envelopes."""
+        if self._identity is None:
+            self._identity = ed25519_keypair_from_private(bytes(self.profile.signing_key()))
+        return self._identity
 
     @classmethod
     @asynccontextmanager
@@ -242,14 +294,14 @@ class Messenger:
         await profile.lock.acquire()
         held = True
         try:
-            device, contacts, _, groups = _load_state(profile)
+            device, contacts, _, sealed, _, groups = _load_state(profile)
             async with connect_any(addresses, ca=Path(ca) if ca else None,
                                    connect_timeout=connect_timeout, endpoint=endpoint) as client:
                 if reached is not None:
                     reached.set()
                 await client.authenticate(user_id, device_id, profile.signing_key())
                 async with cls.attach(client, profile, device, contacts,
-                                      groups=groups) as messenger:
+                                      sealed=sealed, groups=groups) as messenger:
                     if not hold_profile:
                         held = False
                         profile.lock.release()
@@ -262,16 +314,19 @@ class Messenger:
     @asynccontextmanager
     async def attach(cls, client: RelayClient, profile: Profile, device: DeviceCrypto,
                      contacts: dict[str, Contact], *, persist_state: bool = True,
+                     sealed: SealedSettings | None = None,
                      groups: GroupBook | None = None) -> AsyncIterator[Messenger]:
         """Run a messenger on ``client``, already authenticated as the profile's device:
         publish missing prekeys (rotating them when due), learn this account's other
         devices, and keep refilling prekeys until the block ends. `connect` uses it; a load
         generator that opens its own connections (many devices on one endpoint) calls it
         directly."""
-        messenger = cls(client, profile, device, contacts, persist_state=persist_state)
+        messenger = cls(client, profile, device, contacts, persist_state=persist_state,
+                        sealed=sealed)
         messenger.groups = groups or GroupBook()
         await messenger.refresh_prekeys()
         await messenger.own_devices()
+        await messenger.prepare_sealed()
         async with trio.open_nursery() as nursery:
             nursery.start_soon(messenger._refill_when_told)
             try:
@@ -292,7 +347,8 @@ class Messenger:
         self._depth += 1
         try:
             if self._depth == 1 and self.profile.device_state_stamp() != self._stamp:
-                self.device, self.contacts, self.inbox, self.groups = _load_state(self.profile)
+                (self.device, self.contacts, self.inbox, self.sealed,
+                 self.inbox_senders, self.groups) = _load_state(self.profile)
                 self._stamp = self.profile.device_state_stamp()
             yield
         finally:
@@ -308,6 +364,7 @@ class Messenger:
         messenger keeps its state in memory only (``persist_state=False``)."""
         if self.persist_state:
             self.profile.save_device_state(_encode_state(self.device, self.contacts, self.inbox,
+                                                         self.sealed, self.inbox_senders,
                                                          self.groups))
             self._stamp = self.profile.device_state_stamp()
 
@@ -486,38 +543,45 @@ class Messenger:
             if contact is not own:
                 await self._ready(own)
             message_id = secrets.randbelow(MAX_CLIENT_MESSAGE_ID)
-            recipient_devices, retries = await self._deliver(contact, content, message_id)
+            sealed_id = secrets.token_bytes(SEALED_MESSAGE_ID_SIZE)
+            recipient_devices, retries, sealed = await self._deliver(
+                contact, content, message_id, sealed_id=None if contact is own else sealed_id)
+            if contact is not own:
+                await self._share_profile_key(contact)
             own_devices: tuple[int, ...] = ()
             problem = None
             if contact is not own:
                 try:
-                    own_devices, own_retries = await self._deliver(
+                    own_devices, own_retries, _ = await self._deliver(
                         own, content, secrets.randbelow(MAX_CLIENT_MESSAGE_ID))
                     retries += own_retries
                 except (RelayError, IdentityChangedError, DeviceListProblem,
                         MissingPrekeysError) as error:
                     problem = str(error)  # the recipient's copy left: do not say otherwise
-        return SendReceipt(message_id=message_id, recipient_devices=recipient_devices,
-                           own_devices=own_devices, mismatch_retries=retries,
-                           own_copy_problem=problem)
+        return SendReceipt(message_id=sealed_id.hex() if sealed else message_id,
+                           recipient_devices=recipient_devices, own_devices=own_devices,
+                           mismatch_retries=retries, own_copy_problem=problem, sealed=sealed)
 
-    async def _deliver(self, contact: Contact, content: bytes,
-                       message_id: int) -> tuple[tuple[int, ...], int]:
-        """Send to the contact's accepted devices (`_accepted_view` ran just before)."""
+    async def _deliver(self, contact: Contact, content: bytes, message_id: int, *,
+                       sealed_id: bytes | None = None) -> tuple[tuple[int, ...], int, bool]:
+        """Send to the contact's accepted devices (`_accepted_view` ran just before): sealed
+        (with ``sealed_id`` as its idempotency id) if the contact can take it, else
+        identified. Returns the devices, the mismatch retries, and whether it went sealed."""
         retries = 0
         while True:
             targets = {device_id: key for device_id, key in contact.devices.items()
                        if not (contact.user_id == self.user_id and device_id == self.device_id)}
             await self._start_sessions(contact, targets)
             if not targets:
-                return (), retries
+                return (), retries, False
             addresses = [self._address(contact.user_id, device_id) for device_id in targets]
             ciphertexts = self.device.encrypt(content, addresses)
             self.save()  # Before the ciphertexts leave: their message keys are now used.
+            messages = {address.device_id: ciphertext
+                        for address, ciphertext in ciphertexts.items()}
             try:
-                await self.client.send(contact.user_id, {
-                    address.device_id: ciphertext for address, ciphertext in ciphertexts.items()},
-                    client_message_id=message_id)
+                sealed = await self._send_messages(contact, messages, targets, message_id,
+                                                   sealed_id)
             except RelayError as error:
                 if error.code == ErrorCode.UNKNOWN_RECIPIENT:
                     await self._check_number_owner(contact)  # a new account for the number?
@@ -527,7 +591,116 @@ class Messenger:
                 retries += 1
                 await self._accepted_view(contact)  # the list may have changed: follow it
                 continue
-            return tuple(sorted(targets)), retries
+            return tuple(sorted(targets)), retries, sealed
+
+    async def _send_messages(self, contact: Contact, messages: dict[int, bytes],
+                             keys: dict[int, bytes], message_id: int,
+                             sealed_id: bytes | None) -> bool:
+        """Send the ratchet messages sealed if the contact shared its profile key (on a
+        connection of their own) or switched tokens off (on this one), else identified; a
+        refused token falls back along that order. True if they went sealed."""
+        while (sealed_id is not None and self.seal_by_default
+               and (contact.profile_key is not None or contact.organisation)):
+            now_ms = _now_ms()
+            certificate = await current_certificate(self.client, self.sealed, now_ms=now_ms)
+            self.save()
+            payloads = seal_payloads(messages, keys, certificate=certificate,
+                                     identity=self.identity)
+            try:
+                if contact.organisation or contact.profile_key is None:
+                    await self.client.sealed_send(contact.user_id, payloads,
+                                                  client_message_id=sealed_id,
+                                                  delivery_token=None)
+                else:
+                    _, _, relay, ca = self.profile.require_enrolled()
+                    await send_sealed(parse_relay_list(relay), Path(ca) if ca else None,
+                                      contact.user_id, payloads,
+                                      token=delivery_token(contact.profile_key),
+                                      client_message_id=sealed_id)
+                return True
+            except RelayError as error:
+                if error.code != ErrorCode.DELIVERY_TOKEN_REFUSED:
+                    raise
+                if contact.organisation:  # neither route is open: send identified
+                    contact.organisation, contact.profile_key = False, None
+                else:  # a rotated token, or tokens switched off: try as a colleague
+                    contact.organisation = True
+        await self.client.send(contact.user_id, messages, client_message_id=message_id)
+        return False
+
+    # -- sealed sender: the profile key and the delivery token ----------------------------
+
+    async def prepare_sealed(self) -> None:
+        """Make the account's profile key on first use (and share it with this account's
+        other devices), pin the relay's certificate keys, and register the delivery token's
+        hash with the relay if it does not have it yet."""
+        async with self.exclusive():
+            now_ms = _now_ms()
+            others = sorted(device_id for device_id in self._own().devices
+                            if device_id != self.device_id)
+            if all(self.device_id < device_id for device_id in others):
+                # The account's first device makes the key; the others wait for its share.
+                self.sealed.ensure_profile_key(now_ms)
+            await refresh_relay_keys(self.client, self.sealed, now_ms=now_ms)
+            await register_token(self.client, self.sealed)
+            if set(others) - set(self.sealed.shared_with):
+                await self._share_with_own_devices()
+
+    def _profile_key_share(self) -> bytes:
+        if self.sealed.profile_key is None:
+            raise ValueError("no profile key yet")
+        return encode_profile_key_share(sender_phone=self.phone,
+                                        profile_key=self.sealed.profile_key,
+                                        generation=self.sealed.generation,
+                                        created_ms=self.sealed.created_ms)
+
+    async def _share_with_own_devices(self) -> None:
+        """Give the account's profile key to its other devices (best effort)."""
+        own = self._own()
+        if self.sealed.profile_key is None:
+            return
+        with contextlib.suppress(RelayError, MissingPrekeysError, IdentityChangedError,
+                                 DeviceListProblem):
+            told, _, _ = await self._deliver(own, self._profile_key_share(),
+                                             secrets.randbelow(MAX_CLIENT_MESSAGE_ID))
+            self.sealed.shared_with = sorted(set(self.sealed.shared_with) | set(told))
+
+    async def _share_profile_key(self, contact: Contact) -> bool:
+        """Send the account's profile key to ``contact`` unless it has it already (best
+        effort: a failure is tried again with the next message). True if sent."""
+        key = self.sealed.profile_key
+        if (key is None or contact is self._own() or (contact.shared_profile_key is not None
+                                                      and contact.shared_profile_key == key)):
+            return False
+        try:
+            await self._deliver(contact, self._profile_key_share(),
+                                secrets.randbelow(MAX_CLIENT_MESSAGE_ID),
+                                sealed_id=secrets.token_bytes(SEALED_MESSAGE_ID_SIZE))
+        except (RelayError, MissingPrekeysError, IdentityChangedError, DeviceListProblem):
+            return False
+        contact.shared_profile_key = key
+        return True
+
+    async def rotate_profile_key(self) -> int:
+        """A new profile key: its token's hash replaces the old one at the relay (which then
+        refuses the old token), and it goes to this account's other devices and to every
+        contact that had the old one. Returns how many contacts got it."""
+        async with self.exclusive():
+            self.sealed.rotate(_now_ms())
+            await register_token(self.client, self.sealed)
+            await self._share_with_own_devices()
+            shared = 0
+            for contact in list(self.contacts.values()):
+                if contact.shared_profile_key is not None and contact.user_id != self.user_id:
+                    shared += await self._share_profile_key(contact)
+            return shared
+
+    async def set_delivery_mode(self, mode: str) -> None:
+        """"token" (only holders of the delivery token send sealed) or "organisation"
+        (tokens switched off: any device of this account's organisation may send sealed)."""
+        async with self.exclusive():
+            self.sealed.mode = mode
+            await register_token(self.client, self.sealed)
 
     async def _start_sessions(self, contact: Contact, targets: dict[int, bytes]) -> None:
         """Start a session with every target device that has none, from a bundle whose
@@ -556,7 +729,7 @@ class Messenger:
         async with self.exclusive():
             own = self._own()
             await self._accepted_view(own)
-            told, _ = await self._deliver(own, encode_device_list_update(
+            told, _, _ = await self._deliver(own, encode_device_list_update(
                 device_list.encoded), secrets.randbelow(MAX_CLIENT_MESSAGE_ID))
             return told
 
@@ -601,7 +774,10 @@ class Messenger:
         self.client.acknowledge(delivery.envelope_id)
 
     async def _open(self, delivery: Deliver) -> ReceivedMessage | None:
-        sender = self._address(delivery.sender_user_id, delivery.sender_device_id)
+        user_id, device_id = delivery.sender_user_id, delivery.sender_device_id
+        if user_id is None or device_id is None:
+            return await self._open_sealed(delivery)
+        sender = self._address(user_id, device_id)
 
         def unreadable(problem: str) -> ReceivedMessage:
             return ReceivedMessage(envelope_id=delivery.envelope_id, sender=sender,
@@ -631,16 +807,105 @@ class Messenger:
                 except (ContentError, CryptoError) as error:
                     self.save()
                     return unreadable(f"cannot open the group message: {error}")
-            self.inbox[delivery.envelope_id] = plaintext
-            _drop_oldest(self.inbox, MAX_INBOX)
-            self.save()
+            self._keep(delivery.envelope_id, plaintext, None)
+        return await self._read(delivery, sender, plaintext, sealed=False)
+
+    def _keep(self, envelope_id: int, plaintext: bytes, sender: DeviceAddress | None) -> None:
+        """Keep a decrypted plaintext until it is handed over (saved at once)."""
+        self.inbox[envelope_id] = plaintext
+        if sender is not None:
+            self.inbox_senders[envelope_id] = sender
+        _drop_oldest(self.inbox, MAX_INBOX)
+        for kept in [kept for kept in self.inbox_senders if kept not in self.inbox]:
+            del self.inbox_senders[kept]
+        self.save()
+
+    async def _open_sealed(self, delivery: Deliver) -> ReceivedMessage | None:
+        """Open a sealed envelope, check its certificate against the pinned relay keys and
+        the sender against the keys pinned for it, then decrypt the inner message as one
+        from that device. Any failure is a refusal, never a message."""
+
+        def refused(reason: str) -> ReceivedMessage:
+            return ReceivedMessage(envelope_id=delivery.envelope_id, sender=None,
+                                   accepted_at=delivery.accepted_at, content=None,
+                                   problem=f"sealed message refused: {reason}", sealed=True,
+                                   refused=True)
+
+        plaintext = self.inbox.get(delivery.envelope_id)
+        sender = self.inbox_senders.get(delivery.envelope_id)
+        if plaintext is None or sender is None:
+            try:
+                opened = await self._open_envelope(delivery)
+                certificate = opened.certificate
+                sender = self._address(certificate.user_id, certificate.device_id)
+                expected = await self._expected_identity(sender)
+                check_pinned_sender(certificate, identity_key=expected,
+                                    account_key=await self._pinned_account_key(sender.user_id))
+            except (SealedSenderError, CertificateError) as error:
+                return refused(str(error))
+            except UnknownContactError:
+                return refused("the certificate names a user the relay does not know")
+            if expected is None:  # check_pinned_sender refused a None already
+                return refused("the sending device is not on its account's signed list")
+            try:
+                decrypted = self.device.decrypt(sender, opened.message,
+                                                expected_identity_key=expected)
+            except DuplicateMessageError:
+                return None
+            except CryptoError as error:
+                return refused(f"the inner message does not decrypt: {type(error).__name__}")
+            plaintext = decrypted.plaintext
+            if delivery.shared is not None:  # a sealed MULTI_SEND: the plaintext names the group
+                try:
+                    plaintext = self._open_shared(sender, plaintext, delivery.shared)
+                except DuplicateMessageError:
+                    self.save()  # the pairwise step moved on: keep it
+                    return None
+                except (ContentError, CryptoError) as error:
+                    self.save()
+                    return refused(f"the group message does not open: {error}")
+            self._keep(delivery.envelope_id, plaintext, sender)
+        return await self._read(delivery, sender, plaintext, sealed=True)
+
+    async def _open_envelope(self, delivery: Deliver) -> OpenedEnvelope:
+        """`open_envelope` at the time the relay accepted it; a certificate key not pinned
+        yet makes one refresh of the relay's keys (a rotation since the last look)."""
+        for refreshed in (False, True):
+            try:
+                return open_envelope(delivery.ciphertext, recipient_identity=self.identity,
+                                     pinned_relay_keys=self.sealed.relay_keys,
+                                     now_ms=delivery.accepted_at)
+            except CertificateError as error:
+                if refreshed or error.problem is not CertificateProblem.UNKNOWN_KEY:
+                    raise
+                await refresh_relay_keys(self.client, self.sealed, now_ms=_now_ms(),
+                                         force=True)
+        raise RuntimeError("unreachable")  # the loop returns or raises
+
+    async def _pinned_account_key(self, user_id: str) -> bytes | None:
+        """The account key accepted for ``user_id``: a contact's pinned key, else the one
+        the relay shows now (first contact, as for an identified message)."""
+        for contact in self.contacts.values():
+            if (contact.user_id == user_id and not contact.changed
+                    and contact.account_key is not None):
+                return contact.account_key
+        return (await self.account_view(user_id)).account_key
+
+    async def _read(self, delivery: Deliver, sender: DeviceAddress, plaintext: bytes, *,
+                    sealed: bool) -> ReceivedMessage | None:
+        """Act on a decrypted content: a message to hand over, or a control one (None)."""
         try:
             content = decode_content(plaintext)
         except ContentError as error:
-            return unreadable(str(error))
+            return ReceivedMessage(envelope_id=delivery.envelope_id, sender=sender,
+                                   accepted_at=delivery.accepted_at, content=None,
+                                   problem=str(error), sealed=sealed)
         if isinstance(content, DeviceListUpdate):
             if sender.user_id == self.user_id:
                 await self._apply_own_list(content.device_list)
+            return None
+        if isinstance(content, ProfileKeyShare):
+            await self._take_profile_key(sender, content)
             return None
         if isinstance(content, GroupKey):
             self.groups.accept_key((sender.user_id, sender.device_id), content,
@@ -656,13 +921,17 @@ class Messenger:
             content = TextMessage(sender_phone=text.sender_phone, recipient_phone="",
                                   text=text.text, sent_at=text.sent_at)
         elif isinstance(content, GroupHeader):
-            return unreadable("group key material without a shared ciphertext")
+            return ReceivedMessage(envelope_id=delivery.envelope_id, sender=sender,
+                                   accepted_at=delivery.accepted_at, content=None,
+                                   problem="group key material without a shared ciphertext",
+                                   sealed=sealed)
         contact = await self._contact_of_sender(sender, content.sender_phone)
         identity_changed = contact is None or contact.changed
         return ReceivedMessage(envelope_id=delivery.envelope_id, sender=sender,
                                accepted_at=delivery.accepted_at, content=content,
                                sender_confirmed=contact is not None,
-                               identity_changed=identity_changed, group=group)
+                               identity_changed=identity_changed, sealed=sealed,
+                               group=group)
 
     def _open_shared(self, sender: DeviceAddress, record: bytes, shared: bytes) -> bytes:
         """A MULTI_SEND's envelope: its record names the group and the sender's chain; open
@@ -677,6 +946,19 @@ class Messenger:
             raise ContentError("key material that is not a group header")
         plaintext = self.groups.open_shared((sender.user_id, sender.device_id), header, shared)
         return encode_group_opened(header.group_id, plaintext)
+
+    async def _take_profile_key(self, sender: DeviceAddress, share: ProfileKeyShare) -> None:
+        """A contact's profile key (it may now be sent sealed), or this account's from
+        another of its devices (adopted if it wins, and its token registered)."""
+        if sender.user_id == self.user_id:
+            if self.sealed.adopt(share.profile_key, share.generation, share.created_ms):
+                await register_token(self.client, self.sealed)
+            elif self.sealed.profile_key != share.profile_key:
+                await self._share_with_own_devices()  # ours wins: the sharer adopts it
+            return
+        contact = await self._contact_of_sender(sender, share.sender_phone)
+        if contact is not None and not contact.changed and contact.user_id == sender.user_id:
+            contact.profile_key, contact.organisation = share.profile_key, False
 
     async def _expected_identity(self, sender: DeviceAddress) -> bytes | None:
         """The identity key the sender device must have: the one its account's signed list

@@ -44,6 +44,7 @@ from relay.enrolment_secret import (
 from relay.lifecycle import run_until_signalled
 from relay.logs import configure_logging
 from relay.operations_cli import register_operations_commands
+from relay.sender_keys_cli import register_sender_key_commands
 from relay.settings import (
     DEFAULT_DATA_DIR,
     DEFAULT_ENVELOPE_TTL_MS,
@@ -73,6 +74,7 @@ admin_app.add_typer(org_app, name="org")
 admin_app.add_typer(user_app, name="user")
 register_operations_commands(app)
 register_doctor_command(app)
+register_sender_key_commands(app)
 
 # Help texts are Rich markup: a literal "[" is written "\\[" (else "[default: x]" vanishes).
 StoreOption = Annotated[str | None, typer.Option(

@@ -19,6 +19,7 @@ from relay.cluster import ClusterNode
 from relay.delivery import CommitPipeline, Presence
 from relay.last_seen import LastSeen
 from relay.metrics import RelayMetrics
+from relay.sealed_limits import TokenBuckets
 from relay.send_budgets import SendBudgets
 from relay.settings import RelaySettings
 from storage.base import Envelope, Store
@@ -28,9 +29,10 @@ from wire.buffers import BufferPool
 from wire.catalogue import ErrorCode
 from wire.prekey_frames import PrekeyRequest
 from wire.push_frames import PushRequest
+from wire.sealed_frames import GetSenderCertificate, GetSenderKeys, SealedSend, SetDeliveryToken
 
 __all__ = ["DeviceListRequests", "LinkRequests", "LiveSession", "PrekeyRequests",
-           "PushRequests", "RelayContext", "WakeupNotes"]
+           "PushRequests", "RelayContext", "SealedRequests", "WakeupNotes"]
 
 
 class LiveSession(Protocol):
@@ -88,6 +90,21 @@ class PushRequests(Protocol):
         """Answer one request with an encoded frame."""
 
 
+class SealedRequests(Protocol):
+    """Answers sealed sender's requests (relay/sealed.py)."""
+
+    def connection_budget(self) -> TokenBuckets:
+        """A new connection's budget of sealed sends."""
+
+    async def handle(self, device: tuple[str, int] | None,
+                     frame: GetSenderKeys | GetSenderCertificate | SetDeliveryToken) -> bytes:
+        """Answer one request of the keys, a certificate or a token registration."""
+
+    async def send(self, frame: SealedSend, *, connection: TokenBuckets,
+                   organisation_id: int | None) -> bytes:
+        """Authorise, limit and commit one sealed send."""
+
+
 class WakeupNotes(Protocol):
     """What the wake-up scheduler (relay/wakeups.py) is told, synchronously, never blocking."""
 
@@ -134,6 +151,8 @@ class RelayContext:
     requests are refused as unavailable)."""
     wakeups: WakeupNotes | None = None
     """The wake-up scheduler (relay/wakeups.py); ``serve`` sets it."""
+    sealed: SealedRequests = field(init=False)
+    """Sealed sender (relay/sealed.py); ``serve`` sets it."""
     send_budgets: SendBudgets = field(init=False)
     """Each sender device's SENDs and bytes per minute (``settings``), checked before a SEND
     is submitted (relay/send_budgets.py)."""

@@ -167,9 +167,11 @@ class DeliveryPump:
             pushed.append(envelope)
             self._cursor = envelope.envelope_id
             self._unacknowledged.add(envelope.envelope_id)
+            sealed = envelope.sender_device_id == 0  # stored with no sender (relay/sealed.py)
             chunks.append(encode_frame(Deliver(
-                envelope_id=envelope.envelope_id, sender_user_id=envelope.sender_user_id,
-                sender_device_id=envelope.sender_device_id,
+                envelope_id=envelope.envelope_id,
+                sender_user_id=None if sealed else envelope.sender_user_id,
+                sender_device_id=None if sealed else envelope.sender_device_id,
                 client_message_id=envelope.client_message_id,
                 accepted_at=envelope.accepted_at, ciphertext=envelope.ciphertext,
                 shared=envelope.shared)))

@@ -47,6 +47,12 @@ from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from relay.config import ConfigError, load_config, parse_assignment
 from relay.data_dir import DATA_DIR_MODE, DATA_FILE_MODE, LOCK_FILE_NAME
 from relay.enrolment_secret import CREATE_COMMAND, SECRET_FILE_MODE, enrolment_secret_path
+from relay.sender_certificates import (
+    KEY_FILE_MODE,
+    SenderKeyError,
+    load_keyring,
+    sender_key_directory,
+)
 from relay.settings import DEFAULT_DATA_DIR, RelaySettings
 from storage import postgres_schema, sqlite_schema
 from storage.store_url import StoreLocation, parse_store_url
@@ -430,6 +436,25 @@ def check_enrolment_secret(path: Path) -> Check:
     return Check(name, "ok", f"{path} is {_mode(status)}")
 
 
+def check_sender_keys(directory: Path) -> Check:
+    """The sender-certificate keys (relay/sender_certificates.py): readable, one signs, and the
+    files are their owner's only. None yet is fine: a relay makes the first key at start."""
+    name = "sender-keys"
+    if not directory.is_dir():
+        return Check(name, "ok", f"none yet in {directory}: the relay makes the first key at "
+                                 "start (a cluster's nodes must share one: docs/CLUSTER.md)")
+    try:
+        keyring = load_keyring(directory, now_ms=int(time.time() * 1000), create=False)
+    except (SenderKeyError, OSError) as error:
+        return Check(name, "fail", str(error))
+    for path in directory.iterdir():
+        if path.is_file() and stat.S_IMODE(path.stat().st_mode) & 0o077:
+            return Check(name, "fail", f"{path} is mode {_mode(path.stat())}: others can read "
+                                       f"the relay's signing key (should be {oct(KEY_FILE_MODE)})")
+    return Check(name, "ok", f"key {keyring.signing.key_id} signs, {len(keyring.accepted)} "
+                             f"published, in {directory}; every node must hold the same")
+
+
 def check_sms_gateway(settings: RelaySettings) -> Check:
     """Which gateway sends the codes, and whether an HTTP one is reached over TLS."""
     name = "sms-gateway"
@@ -477,6 +502,7 @@ def run_checks(settings: RelaySettings, *, now: datetime.datetime | None = None)
         check_data_dir(settings.data_dir),
         check_enrolment_secret(enrolment_secret_path(settings.data_dir,
                                                      settings.enrolment_secret_file)),
+        check_sender_keys(sender_key_directory(settings.data_dir)),
         check_sms_gateway(settings),
         check_admin_accounts(location) if store.status != "fail"
         else Check("admin-accounts", "fail", "not checked: the store check failed"),

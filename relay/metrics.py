@@ -113,6 +113,11 @@ class RelayMetrics:
     "rate_limited", "error"); each also counts once among the sends."""
     fanned_out: int = 0
     """Envelopes queued by accepted MULTI_SENDs, one per recipient device."""
+    sealed: Counter[str] = field(default_factory=Counter)
+    """Sealed sender's requests by outcome, never by user (relay/sealed.py): sealed sends
+    "accepted", "duplicate", "token_refused" (bad, rotated or absent token, or no such
+    recipient), "rate_limited", "mismatched_devices", "queue_full", "error"; and
+    "certificate_issued", "token_set", "organisation_mode"."""
     push_delay: LatencyHistogram = field(
         default_factory=lambda: LatencyHistogram(PUSH_DELAY_BUCKETS))
     """From the commit of the first envelope a wake-up announces to its push."""

@@ -24,6 +24,7 @@ import structlog
 
 from crypto.prekey_format import PrekeyKind, verify_prekey_signature
 from relay.context import RelayContext
+from relay.pair_keys import PairKeys
 from relay.reachability import may_reach
 from storage.base import (
     AccountKeyStore,
@@ -182,6 +183,8 @@ class PrekeyService:
         than ``PrekeyServiceStore`` names."""
         self._relay = relay
         self._store: PrekeyServiceStore = relay.store if store is None else store
+        self._pairs = PairKeys()
+        """Names the per-target buckets without naming requester and target (relay/pair_keys.py)."""
 
     async def handle(self, device: tuple[str, int], frame: PrekeyRequest) -> bytes:
         """Answer one prekey request of the authenticated ``device``."""
@@ -259,10 +262,13 @@ class PrekeyService:
         if devices is None:
             return _error(ErrorCode.UNKNOWN_RECIPIENT, "no such user, or not reachable")
         # Only now, for a target that exists: at most one new bucket per fetch granted above.
+        # Keyed by an HMAC of the pair, never by both ids: no rate-limit row links two users.
+        now = relay.now_ms()
         if not await store.take_tokens(
-                key=f"bundle {requester[0]} {requester[1]} {frame.user_id}", cost=1,
+                key=self._pairs.key("bundle-pair", requester[0], str(requester[1]),
+                                    frame.user_id, now=now), cost=1,
                 capacity=BUNDLE_FETCHES_PER_TARGET, period_ms=BUNDLE_FETCH_PERIOD_MS,
-                now=relay.now_ms()):
+                now=now):
             relay.metrics.rate_limited += 1
             return _rate_limited("for this user", BUNDLE_FETCHES_PER_TARGET)
         wanted = {device.device_id for device in devices}

@@ -35,6 +35,8 @@ from relay.prekeys import PrekeyService
 from relay.push_factory import build_providers, close_providers
 from relay.push_providers import PushProvider
 from relay.push_registry import PushRegistry
+from relay.sealed import SealedService, check_cluster_keys
+from relay.sender_certificates import load_keyring, sender_key_directory
 from relay.session import DeviceSession
 from relay.settings import RelaySettings
 from relay.telemetry import relay_registry
@@ -177,7 +179,7 @@ async def _serve_holding(settings: RelaySettings, data_dir_lock: DataDirLock,
                 starts_per_address=settings.enrol_starts_per_address,
                 verifies_per_address=settings.enrol_verifies_per_address))
             async with trio.open_nursery() as nursery:
-                context = _relay_context(settings, store, enrolment, nursery, now_ms)
+                context = await _relay_context(settings, store, enrolment, nursery, now_ms)
                 scheduler = _wakeup_services(context, push_providers)
 
                 def on_connection(link: QuicLink) -> DeviceSession:
@@ -227,9 +229,10 @@ async def _serve_holding(settings: RelaySettings, data_dir_lock: DataDirLock,
     log.info("relay_stopped")
 
 
-def _relay_context(settings: RelaySettings, store: Store, enrolment: EnrolmentService,
-                   nursery: trio.Nursery, now_ms: Callable[[], int]) -> RelayContext:
-    """The context every session shares, with its services (some read the context)."""
+async def _relay_context(settings: RelaySettings, store: Store, enrolment: EnrolmentService,
+                         nursery: trio.Nursery, now_ms: Callable[[], int]) -> RelayContext:
+    """The context every session shares, with its services (some read the context); the
+    sender-certificate keys are read (the first one made) from the data directory."""
     presence = presence_for(store)
     context = RelayContext(settings=settings, store=store, enrolment=enrolment, nursery=nursery,
                            presence=presence, pipeline=CommitPipeline(store, presence),
@@ -237,6 +240,14 @@ def _relay_context(settings: RelaySettings, store: Store, enrolment: EnrolmentSe
     context.prekeys = PrekeyService(context)
     context.device_lists = DeviceListService(context)
     context.linking = LinkChannelService(store, now_ms=now_ms, metrics=context.metrics)
+    key_directory = sender_key_directory(settings.data_dir)
+    keyring = await trio.to_thread.run_sync(lambda: load_keyring(key_directory, now_ms=now_ms()))
+    # The public key's fingerprint, so that an operator can see every node signs with one key.
+    log.info("sender_keys_loaded", signing_key_id=keyring.signing.key_id,
+             signing_key_fingerprint=keyring.signing.public_key.hex()[:16],
+             published=len(keyring.accepted))
+    await check_cluster_keys(store, keyring)
+    context.sealed = SealedService(context, keyring, key_directory)
     return context
 
 

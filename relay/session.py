@@ -54,6 +54,7 @@ from relay.limits import (
 )
 from relay.linking import address_key
 from relay.reachability import may_reach
+from relay.sealed_limits import TokenBuckets
 from storage.base import NewSend, OrganisationState, SendOutcome, SendStatus, UserState
 from storage.interfaces.accounts import AccountKeyStore
 from storage.interfaces.administration import AuditLog
@@ -96,6 +97,7 @@ from wire.protocol import (
     is_client_bidirectional,
 )
 from wire.push_frames import PushClear, PushGet, PushSet
+from wire.sealed_frames import GetSenderCertificate, GetSenderKeys, SealedSend, SetDeliveryToken
 
 __all__ = ["AuthenticatedDevice", "DeviceSession", "SessionStore"]
 
@@ -180,6 +182,8 @@ class DeviceSession:
         """LINK_FETCHes of this connection in flight (MAX_WAITING_LINK_FETCHES)."""
         self._enrolment_allowances: dict[str, Allowance] = {}
         """"start" and "verify" -> this connection's allowance (``enrolment.limits``)."""
+        self._sealed_budget: TokenBuckets | None = None
+        """This connection's budget of sealed sends, made at its first one."""
         self._log = log.bind(connection_id=link.connection_id)
         relay.metrics.connections_opened += 1
 
@@ -274,6 +278,15 @@ class DeviceSession:
                 self._spawn(stream_id, slot, self._relay.linking.post(self._approver(), frame))
             case LinkFetch():
                 self._link_fetch(stream_id, slot, frame)
+            case GetSenderKeys():
+                self._spawn(stream_id, slot, self._relay.sealed.handle(self.device, frame))
+            case SealedSend():
+                # Allowed authenticated or not; either way nothing of this connection's device
+                # goes with the send but its organisation, for "organisation" mode.
+                if self._sealed_budget is None:
+                    self._sealed_budget = self._relay.sealed.connection_budget()
+                self._spawn(stream_id, slot, self._relay.sealed.send(
+                    frame, connection=self._sealed_budget, organisation_id=self.organisation_id))
             case _ if self._authenticated is not None:
                 self._device_request(stream_id, slot, self._authenticated, frame)
             case _:  # the core releases a device's requests only once authenticated
@@ -299,6 +312,8 @@ class DeviceSession:
             case PublishDeviceList():
                 self._spawn(stream_id, slot, self._relay.device_lists.publish(
                     device.key, frame, self._peer_host()))
+            case GetSenderCertificate() | SetDeliveryToken():
+                self._spawn(stream_id, slot, self._relay.sealed.handle(device.key, frame))
             case PushSet() | PushClear() | PushGet() if self._relay.push is not None:
                 self._spawn(stream_id, slot, self._relay.push.handle(device.key, frame))
             case PushSet() | PushClear() | PushGet():

@@ -119,6 +119,13 @@ class RelayCollector(Collector):
         for outcome, count in sorted(metrics.device_lists.items()):
             device_lists.add_metric([outcome], count)
         yield device_lists
+        sealed = CounterMetricFamily("cryptopass_sealed_sender",
+                                     "Sealed sender requests by outcome (sealed sends accepted, "
+                                     "duplicate or refused by reason; certificates; tokens).",
+                                     labels=["outcome"])
+        for outcome, count in sorted(metrics.sealed.items()):
+            sealed.add_metric([outcome], count)
+        yield sealed
         yield _counter("cryptopass_revoked_device_connections",
                        "Connections closed because their device was revoked by a "
                        "re-enrolment or a published device list.", metrics.revoked_devices)

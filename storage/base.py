@@ -42,6 +42,7 @@ from storage.interfaces.pending import PendingResult
 from storage.interfaces.prekeys import PrekeyStore
 from storage.interfaces.push import PushTargetStore, WakeupQueue
 from storage.interfaces.rate_limits import RateLimits
+from storage.interfaces.sealed import DeliveryAccessStore
 from storage.records import (
     AlreadyExists,
     Device,
@@ -111,7 +112,8 @@ __all__ = [
 
 class Store(StoreLifecycle, ClusterCapable, EnvelopeQueue, FanOutQueue, Directory,
             OrganisationPolicy, EnrolmentStore, AccountKeyStore, LinkChannelStore, PrekeyStore,
-            RateLimits, AdminStore, DeviceActivity, PushTargetStore, WakeupQueue, Protocol):
+            RateLimits, AdminStore, DeviceActivity, PushTargetStore, WakeupQueue,
+            DeliveryAccessStore, Protocol):
     """The relay's whole persistent state: every capability of ``storage.interfaces``.
 
     All methods are safe to call concurrently.

@@ -1,7 +1,7 @@
 """Multi-recipient sends: the shared payloads table, its reference count, and the fan-out.
 
 This module owns the ``shared_payloads`` table and the ``envelopes.shared_id`` column that
-refers to it (a migration of both stores: SQLite version 11, PostgreSQL version 13; exported
+refers to it (a migration of both stores: SQLite version 12, PostgreSQL version 14; exported
 as ``SQLITE_FANOUT_TABLES`` and ``POSTGRES_FANOUT_TABLES``). A multi-recipient send stores its
 shared ciphertext once, in one ``shared_payloads`` row whose ``remaining`` counts the envelopes
 referring to it, and one ordinary envelope per device (``storage.envelope_sql``'s table, the
@@ -63,7 +63,7 @@ SQLITE_FANOUT_TABLES = (
     END
     """,
 )
-"""SQLite's DDL of the shared payloads (schema version 11)."""
+"""SQLite's DDL of the shared payloads (schema version 12)."""
 
 POSTGRES_FANOUT_TABLES = (
     """
@@ -97,7 +97,7 @@ POSTGRES_FANOUT_TABLES = (
     EXECUTE FUNCTION envelopes_release_shared()
     """,
 )
-"""PostgreSQL's DDL of the shared payloads (schema version 13)."""
+"""PostgreSQL's DDL of the shared payloads (schema version 14)."""
 
 RecipientsQueued = Callable[[Any, str, list[int], int], None]
 """Called with (connection, recipient user id, device ids, accepted_at) in the sending

@@ -49,6 +49,7 @@ from storage.postgres_schema import Connection, SchemaVersionTooNew, apply_migra
 from storage.push_store import PushStoreMethods
 from storage.rate_limits import forget_idle_buckets, take_tokens
 from storage.records import NewSend, SendOutcome
+from storage.sealed_store import SealedStoreMethods
 from storage.sql_dialect import POSTGRES
 
 __all__ = [
@@ -113,7 +114,7 @@ def postgres_writer(pool: ConnectionPool[Connection],
 
 
 class PostgresStore(CoreStoreMethods, AdminStoreMethods, AccountStoreMethods,
-                    PushStoreMethods):
+                    PushStoreMethods, SealedStoreMethods):
     """``storage.base.Store`` on PostgreSQL. Create with ``open_postgres_store``.
 
     The SQL is shared with SQLite (``storage.core_store`` and the modules it names); this

@@ -39,6 +39,7 @@ from storage.login_attempt_sql import POSTGRES_LOGIN_ATTEMPT_TABLES
 from storage.prekey_sql import POSTGRES_PREKEY_TABLES
 from storage.push_sql import POSTGRES_PUSH_TABLES
 from storage.rate_limits import POSTGRES_RATE_LIMIT_TABLES
+from storage.sealed_sql import POSTGRES_SEALED_TABLES
 from storage.sqlite_schema import Migration, SchemaVersionTooNew
 
 __all__ = [
@@ -114,13 +115,17 @@ _VERSION_11 = Migration(version=11, statements=LAST_SEEN_COLUMN)
 # (storage.push_sql).
 _VERSION_12 = Migration(version=12, statements=POSTGRES_PUSH_TABLES)
 
+# Sealed sender: each user's delivery-token registration (storage.sealed_sql).
+_VERSION_13 = Migration(version=13, statements=POSTGRES_SEALED_TABLES)
+
 # Multi-recipient sends: a shared ciphertext stored once for many envelopes, counted by a
 # trigger on envelopes (storage.fanout_sql).
-_VERSION_13 = Migration(version=13, statements=POSTGRES_FANOUT_TABLES)
+_VERSION_14 = Migration(version=14, statements=POSTGRES_FANOUT_TABLES)
 
 MIGRATIONS: tuple[Migration, ...] = (_VERSION_1, _VERSION_2, _VERSION_3, _VERSION_4,
                                      _VERSION_5, _VERSION_6, _VERSION_7, _VERSION_8, _VERSION_9,
-                                     _VERSION_10, _VERSION_11, _VERSION_12, _VERSION_13)
+                                     _VERSION_10, _VERSION_11, _VERSION_12, _VERSION_13,
+                                     _VERSION_14)
 """Every migration, oldest first; versions are consecutive from 1."""
 
 LATEST_SCHEMA_VERSION = MIGRATIONS[-1].version

@@ -23,6 +23,7 @@ from storage.core_store import CoreStoreMethods
 from storage.group_commit import GroupCommitWriter
 from storage.push_store import PushStoreMethods
 from storage.rate_limits import MemoryBuckets
+from storage.sealed_store import SealedStoreMethods
 from storage.sql_dialect import SQLITE
 from storage.sqlite_schema import SchemaVersionTooNew, apply_migrations
 from storage.sqlite_threads import ReaderPool, sqlite_writer
@@ -90,7 +91,7 @@ def _truncate_wal(path: pathlib.Path) -> None:
 
 
 class SqliteStore(CoreStoreMethods, AdminStoreMethods, AccountStoreMethods,
-                  PushStoreMethods):
+                  PushStoreMethods, SealedStoreMethods):
     """``storage.base.Store`` on one SQLite file. Create with ``open_sqlite_store``.
 
     The SQL is shared with PostgreSQL (``storage.core_store`` and the modules it names).

@@ -22,6 +22,7 @@ from storage.login_attempt_sql import SQLITE_LOGIN_ATTEMPT_TABLES
 from storage.prekey_sql import SQLITE_PREKEY_TABLES
 from storage.push_sql import SQLITE_PUSH_TABLES
 from storage.records import StoreError
+from storage.sealed_sql import SQLITE_SEALED_TABLES
 
 __all__ = [
     "LATEST_SCHEMA_VERSION",
@@ -90,13 +91,17 @@ _VERSION_9 = Migration(version=9, statements=LAST_SEEN_COLUMN)
 # (storage.push_sql).
 _VERSION_10 = Migration(version=10, statements=SQLITE_PUSH_TABLES)
 
+# Sealed sender: each user's delivery-token registration (storage.sealed_sql).
+_VERSION_11 = Migration(version=11, statements=SQLITE_SEALED_TABLES)
+
 # Multi-recipient sends: a shared ciphertext stored once for many envelopes, counted by a
 # trigger on envelopes (storage.fanout_sql).
-_VERSION_11 = Migration(version=11, statements=SQLITE_FANOUT_TABLES)
+_VERSION_12 = Migration(version=12, statements=SQLITE_FANOUT_TABLES)
 
 MIGRATIONS: tuple[Migration, ...] = (_VERSION_1, _VERSION_2, _VERSION_3, _VERSION_4,
                                      _VERSION_5, _VERSION_6, _VERSION_7,
-                                     _VERSION_8, _VERSION_9, _VERSION_10, _VERSION_11)
+                                     _VERSION_8, _VERSION_9, _VERSION_10, _VERSION_11,
+                                     _VERSION_12)
 """Every migration, oldest first; versions are consecutive from 1."""
 
 LATEST_SCHEMA_VERSION = MIGRATIONS[-1].version

@@ -240,4 +240,4 @@ def test_the_send_line_is_documented_json() -> None:
     line = send_line(BOB, SendReceipt(message_id=7, recipient_devices=(1, 2), own_devices=(3,),
                                       mismatch_retries=0))
     assert json.loads(json.dumps(line)) == {"sent": True, "to": BOB, "message_id": 7,
-                                            "devices": 2, "copies": 1}
+                                            "devices": 2, "copies": 1, "sealed": False}

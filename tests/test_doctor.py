@@ -50,7 +50,7 @@ from tests.postgres_schemas import conninfo, fresh_schema, store_url
 runner = CliRunner()
 NOW = datetime.datetime(2026, 6, 1, tzinfo=datetime.UTC)
 NAMES = ["certificate", "listen-port", "store", "postgres-listen", "clock-skew", "data-dir",
-         "enrolment-secret", "sms-gateway", "admin-accounts"]
+         "enrolment-secret", "sender-keys", "sms-gateway", "admin-accounts"]
 
 
 def invoke(*arguments: str) -> tuple[int, str]:

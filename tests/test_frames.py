@@ -19,6 +19,7 @@ from tests.account_samples import ACCOUNT_SAMPLE_FRAMES, CHANNEL_ID
 from tests.group_samples import GROUP_SAMPLE_FRAMES
 from tests.prekey_samples import PREKEY_SAMPLE_FRAMES
 from tests.push_samples import PUSH_SAMPLE_FRAMES
+from tests.sealed_samples import SEALED_SAMPLE_FRAMES
 from wire.account_frames import (
     AddedDevice,
     DeviceListPublished,
@@ -113,6 +114,7 @@ SAMPLE_FRAMES: dict[FrameType, Frame] = {
     **ACCOUNT_SAMPLE_FRAMES,
     **PUSH_SAMPLE_FRAMES,
     **GROUP_SAMPLE_FRAMES,
+    **SEALED_SAMPLE_FRAMES,
 }
 
 
@@ -192,6 +194,9 @@ def test_frame_type_and_error_code_numbers_are_stable() -> None:
         "DEVICE_LIST_PUBLISHED": 80, "LINK_OPENED": 81, "LINK_POSTED": 82, "LINK_MESSAGES": 83,
         "PUSH_SET": 56, "PUSH_CLEAR": 57, "PUSH_GET": 58, "PUSH_TARGET_SET": 120,
         "PUSH_CLEARED": 121, "PUSH_TARGET": 122, "MULTI_SEND": 32, "MULTI_SEND_ACCEPTED": 96,
+        "GET_SENDER_KEYS": 48, "GET_SENDER_CERTIFICATE": 49, "SET_DELIVERY_TOKEN": 50,
+        "SEALED_SEND": 51, "SENDER_KEYS": 112, "SENDER_CERTIFICATE": 113,
+        "DELIVERY_TOKEN_SET": 114, "SEALED_SEND_ACCEPTED": 115,
     }  # fmt: skip
     assert {c.name: c.value for c in ErrorCode} == {
         "NO_ERROR": 0, "MALFORMED_FRAME": 1, "FRAME_TOO_LARGE": 2, "UNSUPPORTED_VERSION": 3,
@@ -204,6 +209,7 @@ def test_frame_type_and_error_code_numbers_are_stable() -> None:
         "INVALID_PREKEY_SIGNATURE": 60, "PREKEY_POOL_FULL": 61,
         "STALE_DEVICE_LIST": 70, "INVALID_DEVICE_LIST": 71, "LINK_CHANNEL_UNKNOWN": 72,
         "PUSH_PROVIDER_UNAVAILABLE": 120, "INVALID_PUSH_TARGET": 121,
+        "DELIVERY_TOKEN_REFUSED": 110,
     }  # fmt: skip
 
 

@@ -118,6 +118,7 @@ async def test_a_removed_member_and_a_removed_device_read_nothing_later(
         assert await group_texts(profile) == [("Team", BOB, "bob after carol left")]
 
     # Bob removes his second device: Alice's next message re-keys, and B2 cannot read it.
+    assert await received(bob_1) == []  # what B2 sent its own account first (control only)
     bob_2_id = bob_2.data.device_id
     assert bob_2_id is not None
     with trio.fail_after(TIMEOUT_S):

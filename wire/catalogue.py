@@ -49,6 +49,10 @@ class FrameType(IntEnum):
     LINK_POST = 18
     LINK_FETCH = 19
     MULTI_SEND = 32
+    GET_SENDER_KEYS = 48
+    GET_SENDER_CERTIFICATE = 49
+    SET_DELIVERY_TOKEN = 50
+    SEALED_SEND = 51
     PUSH_SET = 56
     PUSH_CLEAR = 57
     PUSH_GET = 58
@@ -68,6 +72,10 @@ class FrameType(IntEnum):
     LINK_POSTED = 82
     LINK_MESSAGES = 83
     MULTI_SEND_ACCEPTED = 96
+    SENDER_KEYS = 112
+    SENDER_CERTIFICATE = 113
+    DELIVERY_TOKEN_SET = 114
+    SEALED_SEND_ACCEPTED = 115
     PUSH_TARGET_SET = 120
     PUSH_CLEARED = 121
     PUSH_TARGET = 122
@@ -82,7 +90,7 @@ class ErrorCode(IntEnum):
 
     Grouped by tens: framing 1-9, authentication 10-19, enrolment and requests 20-29,
     delivery 30-39, organisation 40-49, server and connection 50-59, prekeys 60-69,
-    accounts and linking 70-79, wake-up pushes 120-129.
+    accounts and linking 70-79, sealed sender 110-119, wake-up pushes 120-129.
     """
 
     NO_ERROR = 0  # normal close
@@ -113,6 +121,8 @@ class ErrorCode(IntEnum):
     STALE_DEVICE_LIST = 70  # a published device list's version is not above the stored one
     INVALID_DEVICE_LIST = 71  # malformed, badly signed, another account's, or drops its publisher
     LINK_CHANNEL_UNKNOWN = 72  # no such link channel: unknown, expired, exhausted or not yours
+    DELIVERY_TOKEN_REFUSED = 110  # a sealed send's token is bad, rotated or absent, or no such
+    # recipient: one answer for all, so that it tells no prober who exists
     PUSH_PROVIDER_UNAVAILABLE = 120  # this relay has no such push provider configured
     INVALID_PUSH_TARGET = 121  # the provider refused the target (the reason says why)
 
@@ -161,8 +171,9 @@ RESERVED_BLOCKS: tuple[FeatureBlock, ...] = (
                  responses=range(97, 104), pushes=range(144, 148), errors=range(90, 100)),
     FeatureBlock(feature="calls", requests=range(40, 48), responses=range(104, 112),
                  pushes=range(148, 152), errors=range(100, 110)),
-    FeatureBlock(feature="sealed sender", requests=range(48, 56), responses=range(112, 120),
-                 pushes=range(152, 156), errors=range(110, 120)),
+    # Sealed sender assigned requests 48-51, responses 112-115 and error 110 (issue 21).
+    FeatureBlock(feature="sealed sender", requests=range(52, 56), responses=range(116, 120),
+                 pushes=range(152, 156), errors=range(111, 120)),
     # Wake-up pushes assigned requests 56-58, responses 120-122 and errors 120-121 (issue 22).
     FeatureBlock(feature="wake-up pushes", requests=range(59, 60), responses=range(123, 124),
                  pushes=range(156, 160), errors=range(122, 130)),

@@ -55,6 +55,7 @@ from wire.prekey_frames import (
     SignedPrekey,
 )
 from wire.push_frames import MAX_PUSH_TOKEN_SIZE, PUSH_FRAME_CLASSES
+from wire.sealed_frames import SEALED_FRAME_CLASSES, SenderKey
 
 __all__ = ["FrameDecoder", "decode_body", "encode_frame"]
 
@@ -62,13 +63,13 @@ _FRAME_CLASSES: Final[tuple[type[Any], ...]] = (
     EnrolStart, EnrolVerify, Hello, Authenticate, Lookup, Send, Ack,
     EnrolStarted, Enrolled, Challenge, Authenticated, LookupResult, SendAccepted, Acked, Error,
     Deliver, QueueEmpty, *PREKEY_FRAME_CLASSES, *ACCOUNT_FRAME_CLASSES, *PUSH_FRAME_CLASSES,
-    *GROUP_FRAME_CLASSES,
+    *GROUP_FRAME_CLASSES, *SEALED_FRAME_CLASSES,
 )  # fmt: skip
 _CLASS_BY_TYPE: Final[dict[int, type[Any]]] = {cls.frame_type: cls for cls in _FRAME_CLASSES}
 # Values nested inside frames, encoded as maps like frame bodies.
 _NESTED_CLASSES: Final[tuple[type[Any], ...]] = (
     DirectoryEntry, SignedPrekey, OneTimePrekey, KemPrekey, DeviceBundle, DeviceInfo,
-    AddedDevice, MultiSendRecipient, UserDevices,
+    AddedDevice, MultiSendRecipient, UserDevices, SenderKey,
 )
 # Field names in declaration order, computed once: encode_frame runs once per message.
 _FIELD_NAMES: Final[dict[type[Any], tuple[str, ...]]] = {
@@ -173,6 +174,7 @@ _CONVERTERS: Final[dict[str, Callable[[object], object]]] = {
     "added": _nested_tuple(AddedDevice),
     "recipients": _nested_tuple(MultiSendRecipient),
     "users": _nested_tuple(UserDevices),
+    "keys": _nested_tuple(SenderKey),
 }
 
 

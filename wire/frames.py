@@ -53,6 +53,7 @@ from wire.limits import (
 )
 from wire.prekey_frames import PrekeyFrame
 from wire.push_frames import PushFrame
+from wire.sealed_frames import SealedFrame
 
 __all__ = [
     "ALPN",
@@ -386,19 +387,27 @@ class Deliver:
 
     frame_type: ClassVar[FrameType] = FrameType.DELIVER
     envelope_id: int  #: relay-assigned id, stable across redeliveries: deduplicate and ACK by it
-    sender_user_id: str  #: the authenticated sender user
-    sender_device_id: int  #: the authenticated sender device
-    client_message_id: int  #: the sender's idempotency key
+    client_message_id: int  #: the sender's idempotency key (for a sealed send, one derived from it)
     accepted_at: int  #: when the relay committed the SEND, milliseconds since the Unix epoch
     ciphertext: bytes  #: the opaque payload addressed to this device
     #: a MULTI_SEND's shared ciphertext, the same for every device it went to; absent for a
     #: SEND's envelope (then ``ciphertext`` is the whole message, else this device's key material)
+    sender_user_id: str | None = None  #: the authenticated sender user; absent: a sealed envelope
+    sender_device_id: int | None = None  #: the authenticated sender device; absent when sealed
     shared: bytes | None = None
+
+    @property
+    def sealed(self) -> bool:
+        """A sealed envelope: the relay does not know its sender (it is inside the ciphertext)."""
+        return self.sender_user_id is None
 
     def __post_init__(self) -> None:
         check_int(self, "envelope_id", 0, MAX_ENVELOPE_ID)
-        check_str(self, "sender_user_id", MAX_USER_ID_LENGTH)
-        check_int(self, "sender_device_id", 1, MAX_DEVICE_ID)
+        if (self.sender_user_id is None) != (self.sender_device_id is None):
+            raise field_error(self, "sender_device_id", "present exactly when sender_user_id is")
+        if self.sender_user_id is not None:
+            check_str(self, "sender_user_id", MAX_USER_ID_LENGTH)
+            check_int(self, "sender_device_id", 1, MAX_DEVICE_ID)
         check_int(self, "client_message_id", 0, MAX_CLIENT_MESSAGE_ID)
         check_int(self, "accepted_at", 0, MAX_TIMESTAMP_MS)
         check_bytes(self, "ciphertext", 1, MAX_CIPHERTEXT_SIZE, ErrorCode.PAYLOAD_TOO_LARGE)
@@ -413,7 +422,8 @@ class QueueEmpty:
     frame_type: ClassVar[FrameType] = FrameType.QUEUE_EMPTY
 
 
-# Every frame of the protocol, the prekey service's, the accounts' and the pushes' included.
+# Every frame of the protocol, the prekey service's, the accounts', the pushes' and sealed
+# sender's included.
 Frame = (
     EnrolStart
     | EnrolVerify
@@ -436,6 +446,7 @@ Frame = (
     | AccountFrame
     | PushFrame
     | GroupFrame
+    | SealedFrame
 )
 
 # --- Authentication transcript --------------------------------------------------------------------

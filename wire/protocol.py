@@ -82,8 +82,11 @@ class ConnectionState(Enum):
 # device's side of a link channel; LINK_POST and LINK_FETCH serve the approver once
 # authenticated).
 _LINKING = frozenset({FrameType.LINK_POST, FrameType.LINK_FETCH})
+# Sealed sender: its keys, and sealed sends, which by default travel on a connection that never
+# authenticates (so that it names no sender); they are allowed once authenticated too.
+_ANONYMOUS = frozenset({FrameType.GET_SENDER_KEYS, FrameType.SEALED_SEND})
 _UNAUTHENTICATED = frozenset({FrameType.ENROL_START, FrameType.ENROL_VERIFY,
-                              FrameType.LINK_OPEN}) | _LINKING
+                              FrameType.LINK_OPEN}) | _LINKING | _ANONYMOUS
 
 # The whole state machine: which requests each state accepts...
 ALLOWED_REQUESTS: dict[ConnectionState, frozenset[FrameType]] = {
@@ -96,8 +99,8 @@ ALLOWED_REQUESTS: dict[ConnectionState, frozenset[FrameType]] = {
         FrameType.LOOKUP, FrameType.SEND, FrameType.ACK, FrameType.UPLOAD_PREKEYS,
         FrameType.FETCH_BUNDLE, FrameType.GET_PREKEY_COUNTS, FrameType.LIST_DEVICES,
         FrameType.PUBLISH_DEVICE_LIST, FrameType.PUSH_SET, FrameType.PUSH_CLEAR, FrameType.PUSH_GET,
-        FrameType.MULTI_SEND,
-    }) | _LINKING,
+        FrameType.MULTI_SEND, FrameType.GET_SENDER_CERTIFICATE, FrameType.SET_DELIVERY_TOKEN,
+    }) | _LINKING | _ANONYMOUS,
     ConnectionState.CLOSED: frozenset(),
 }
 # ...and which accepted requests move it (the others leave the state as it is). The moves out of
