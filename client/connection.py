@@ -94,7 +94,13 @@ from wire.frames import (
     SendAccepted,
     auth_transcript,
 )
-from wire.group_frames import MultiSend, MultiSendAccepted, MultiSendRecipient
+from wire.group_frames import (
+    MultiSend,
+    MultiSendAccepted,
+    MultiSendRecipient,
+    SealedMultiSend,
+    SealedMultiSendAccepted,
+)
 from wire.prekey_frames import (
     Bundle,
     DeviceBundle,
@@ -665,6 +671,34 @@ class RelayClient:
                 raise MismatchedDevices(refusal.error) from None
             raise
         return answer.duplicate
+
+    async def sealed_multi_send(self, recipients: Mapping[str, Mapping[int, bytes]],
+                                shared: bytes, *, delivery_tokens: Mapping[str, bytes | None],
+                                client_message_id: bytes, urgent: bool = False) -> None:
+        """``multi_send`` sealed: no sender is named to the relay or stored (the shared
+        ciphertext and each device's key material are sealed envelopes). Each recipient user
+        admits it with its delivery token (``delivery_tokens[user_id]``; None for a user in
+        "organisation" mode, which needs this connection authenticated in a reachable
+        organisation). A re-send with the same ``client_message_id`` (16 random bytes) to the
+        same users is accepted again and stored once. Use a ``connect_anonymous`` connection
+        so that nothing ties the send to this device.
+
+        Raises:
+            MismatchedDevices: a user's device set is not its current one.
+            RelayError: DELIVERY_TOKEN_REFUSED (one answer for every user's bad, rotated or
+                absent token, or unknown user: nothing stored), QUEUE_FULL, RATE_LIMITED, ...
+        """
+        frame = SealedMultiSend(
+            client_message_id=client_message_id, shared=shared, urgent=urgent,
+            recipients=tuple(MultiSendRecipient(user_id=user_id, devices=dict(devices),
+                                                delivery_token=delivery_tokens.get(user_id))
+                             for user_id, devices in recipients.items()))
+        try:
+            await self._ask(frame, SealedMultiSendAccepted)
+        except RelayError as refusal:
+            if refusal.code is ErrorCode.MISMATCHED_DEVICES:
+                raise MismatchedDevices(refusal.error) from None
+            raise
 
     def acknowledge(self, envelope_id: int) -> None:
         """Mark a delivery handed over; acknowledgements leave in batches."""

@@ -93,6 +93,11 @@ class PushRequests(Protocol):
 class SealedRequests(Protocol):
     """Answers sealed sender's requests (relay/sealed.py)."""
 
+    per_token: TokenBuckets
+    """Sealed sends per delivery token (SEALED_MULTI_SEND's too: relay/sealed_fanout.py)."""
+    per_recipient: TokenBuckets
+    """Sealed sends per recipient user (SEALED_MULTI_SEND's too)."""
+
     def connection_budget(self) -> TokenBuckets:
         """A new connection's budget of sealed sends."""
 

@@ -57,7 +57,8 @@ from wire.sealed_frames import (
     SetDeliveryToken,
 )
 
-__all__ = ["TOKEN_REFUSED_REASON", "SealedService", "check_cluster_keys", "sealed_message_id"]
+__all__ = ["TOKEN_REFUSED_REASON", "SealedService", "authorised", "check_cluster_keys",
+           "sealed_message_id"]
 
 log = structlog.get_logger("relay.sealed")
 
@@ -186,7 +187,7 @@ class SealedService:
             if wait_ms is not None:
                 return self._rate_limited(what, wait_ms)
         access = await relay.store.delivery_access(frame.recipient_user_id)
-        if not _authorised(access, token_hash, organisation_id):
+        if not authorised(access, token_hash, organisation_id):
             metrics.sealed["token_refused"] += 1
             return _error(ErrorCode.DELIVERY_TOKEN_REFUSED, TOKEN_REFUSED_REASON)
         wait_ms = self.per_recipient.take(frame.recipient_user_id, now=now)
@@ -262,7 +263,7 @@ async def check_cluster_keys(store: EnrolmentStore, keyring: SenderKeyring) -> b
     return agreed
 
 
-def _authorised(access: DeliveryAccess | None, token_hash: bytes | None,
+def authorised(access: DeliveryAccess | None, token_hash: bytes | None,
                 organisation_id: int | None) -> bool:
     """Whether the send may go on: the token matches (constant time), or organisation mode on
     an authenticated connection (the transaction checks the organisations)."""

@@ -54,6 +54,7 @@ from relay.limits import (
 )
 from relay.linking import address_key
 from relay.reachability import may_reach
+from relay.sealed_fanout import sealed_fan_out
 from relay.sealed_limits import TokenBuckets
 from storage.base import NewSend, OrganisationState, SendOutcome, SendStatus, UserState
 from storage.interfaces.accounts import AccountKeyStore
@@ -82,7 +83,7 @@ from wire.frames import (
     Send,
     SendAccepted,
 )
-from wire.group_frames import MultiSend
+from wire.group_frames import MultiSend, SealedMultiSend
 from wire.limits import MAX_RETRY_AFTER_MS, NONCE_SIZE
 from wire.phone import InvalidPhoneNumber, parse_phone
 from wire.prekey_frames import FetchBundle, GetPrekeyCounts, ListDevices, UploadPrekeys
@@ -280,6 +281,12 @@ class DeviceSession:
                 self._link_fetch(stream_id, slot, frame)
             case GetSenderKeys():
                 self._spawn(stream_id, slot, self._relay.sealed.handle(self.device, frame))
+            case SealedMultiSend():
+                if self._sealed_budget is None:
+                    self._sealed_budget = self._relay.sealed.connection_budget()
+                self._spawn(stream_id, slot, sealed_fan_out(
+                    self._relay, frame, connection=self._sealed_budget,
+                    organisation_id=self.organisation_id))
             case SealedSend():
                 # Allowed authenticated or not; either way nothing of this connection's device
                 # goes with the send but its organisation, for "organisation" mode.

@@ -35,6 +35,10 @@ class NewMultiSend:
     max_queue_depth: int
     max_sender_share: int | None = None
     sender_organisation_id: int | None = None
+    """As ``NewSend``'s, checked for each recipient user in ``organisation_checked``."""
+    organisation_checked: frozenset[str] | None = None
+    """The users ``sender_organisation_id`` is checked against; None: every one. A sealed
+    send checks only the users that admit it by organisation rather than by token."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -196,7 +196,8 @@ def _refusal(connection: Connection, dialect: Dialect, send: NewMultiSend,
     for user_id in sorted(recipients):
         if not depths[user_id]:
             return MultiSendOutcome(status=SendStatus.UNKNOWN_RECIPIENT)
-        if send.sender_organisation_id is not None:
+        checked = send.organisation_checked
+        if send.sender_organisation_id is not None and (checked is None or user_id in checked):
             status = send_refusal(connection, dialect,
                                   sender_organisation_id=send.sender_organisation_id,
                                   recipient_user_id=user_id)

@@ -27,9 +27,10 @@ from wire.group_frames import (
     MAX_MULTI_SEND_DEVICES,
     MultiSend,
     MultiSendRecipient,
+    SealedMultiSend,
     UserDevices,
 )
-from wire.protocol import ServerProtocol, StreamFailed
+from wire.protocol import RequestReceived, ServerProtocol, StreamFailed
 
 
 def _recipients(users: int, devices: int, size: int = 8) -> list[dict[str, Any]]:
@@ -146,3 +147,45 @@ def test_multi_send_needs_authentication() -> None:
     failure = events[0]
     assert isinstance(failure, StreamFailed)
     assert failure.error.code is ErrorCode.UNEXPECTED_FRAME
+
+
+def test_a_multi_send_carries_no_delivery_token_and_a_sealed_one_may() -> None:
+    body = {"client_message_id": 1, "shared": b"s",
+            "recipients": [{"user_id": "u", "devices": {1: b"k"}, "delivery_token": b"t" * 16}]}
+    reason = assert_rejected_every_way(raw_frame(FrameType.MULTI_SEND, body),
+                                       ErrorCode.MALFORMED_FRAME)
+    assert "MultiSend.recipients" in reason
+    sealed = SealedMultiSend(client_message_id=b"i" * 16, shared=b"s", recipients=(
+        MultiSendRecipient(user_id="u", devices={1: b"k"}, delivery_token=b"t" * 16),
+        MultiSendRecipient(user_id="v", devices={1: b"k"})))
+    assert decode_every_way(encode_frame(sealed)) == [sealed]
+    # A recipient without a token encodes without the field.
+    plain = MultiSend(client_message_id=1, shared=b"s",
+                      recipients=(MultiSendRecipient(user_id="u", devices={1: b"k"}),))
+    assert "delivery_token" not in body_of(plain)["recipients"][0]
+
+
+@pytest.mark.parametrize(("changes", "named"), [
+    ({"client_message_id": b"short"}, "SealedMultiSend.client_message_id"),
+    ({"client_message_id": 7}, "SealedMultiSend.client_message_id"),
+    ({"recipients": [{"user_id": "u", "devices": {1: b"k"}, "delivery_token": b"t" * 15}]},
+     "MultiSendRecipient.delivery_token"),
+    ({"recipients": []}, "SealedMultiSend.recipients"),
+])
+def test_a_bad_sealed_multi_send_is_refused_by_the_field_named(changes: dict[str, object],
+                                                               named: str) -> None:
+    body: dict[str, object] = {"client_message_id": b"i" * 16, "shared": b"s",
+                               "recipients": [{"user_id": "u", "devices": {1: b"k"}}]}
+    body.update(changes)
+    reason = assert_rejected_every_way(raw_frame(FrameType.SEALED_MULTI_SEND, body),
+                                       ErrorCode.MALFORMED_FRAME)
+    assert named in reason
+
+
+def test_a_sealed_multi_send_is_allowed_before_authentication() -> None:
+    server = ServerProtocol()
+    frame = SealedMultiSend(client_message_id=b"i" * 16, shared=b"s", recipients=(
+        MultiSendRecipient(user_id="u", devices={1: b"k"}, delivery_token=b"t" * 16),))
+    event, *_ = server.receive_stream_data(0, encode_frame(frame), end_stream=True)
+    assert isinstance(event, RequestReceived)
+    assert event.frame == frame

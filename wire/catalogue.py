@@ -49,6 +49,7 @@ class FrameType(IntEnum):
     LINK_POST = 18
     LINK_FETCH = 19
     MULTI_SEND = 32
+    SEALED_MULTI_SEND = 33
     GET_SENDER_KEYS = 48
     GET_SENDER_CERTIFICATE = 49
     SET_DELIVERY_TOKEN = 50
@@ -72,6 +73,7 @@ class FrameType(IntEnum):
     LINK_POSTED = 82
     LINK_MESSAGES = 83
     MULTI_SEND_ACCEPTED = 96
+    SEALED_MULTI_SEND_ACCEPTED = 97
     SENDER_KEYS = 112
     SENDER_CERTIFICATE = 113
     DELIVERY_TOKEN_SET = 114
@@ -166,9 +168,9 @@ RESERVED_BLOCKS: tuple[FeatureBlock, ...] = (
                  pushes=range(136, 140), errors=range(73, 80)),
     FeatureBlock(feature="attachments", requests=range(24, 32), responses=range(88, 96),
                  pushes=range(140, 144), errors=range(80, 90)),
-    # Groups assigned request 32 and response 96 (issue 19).
-    FeatureBlock(feature="groups (multi-recipient sends)", requests=range(33, 40),
-                 responses=range(97, 104), pushes=range(144, 148), errors=range(90, 100)),
+    # Groups assigned requests 32-33 and responses 96-97 (issue 19).
+    FeatureBlock(feature="groups (multi-recipient sends)", requests=range(34, 40),
+                 responses=range(98, 104), pushes=range(144, 148), errors=range(90, 100)),
     FeatureBlock(feature="calls", requests=range(40, 48), responses=range(104, 112),
                  pushes=range(148, 152), errors=range(100, 110)),
     # Sealed sender assigned requests 48-51, responses 112-115 and error 110 (issue 21).

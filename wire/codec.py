@@ -90,6 +90,7 @@ _OPTIONAL_FIELDS: Final[dict[type[Any], frozenset[str]]] = {
 _OMITTED_AT_DEFAULT: Final[dict[type[Any], tuple[tuple[str, object], ...]]] = {
     Deliver: (("shared", None),),
     Error: (("users", ()),),
+    MultiSendRecipient: (("delivery_token", None),),
 }
 
 _U32: Final = struct.Struct(">I")
@@ -105,12 +106,21 @@ _MAX_STR_SIZE: Final = max(4 * MAX_REASON_LENGTH, MAX_PUSH_TOKEN_SIZE + 1)
 _MAX_ARRAY_ITEMS: Final = MAX_ACK_IDS + 1
 
 
+def _body(value: object) -> dict[str, object]:
+    """A frame's or nested value's fields by name, those at an omitted default left out."""
+    body = {name: getattr(value, name) for name in _FIELD_NAMES[type(value)]}
+    for name, default in _OMITTED_AT_DEFAULT.get(type(value), ()):
+        if body[name] == default:
+            del body[name]
+    return body
+
+
 def _pack_default(value: object) -> object:
     """msgpack hook for the two non-native values frames hold."""
     if isinstance(value, MappingProxyType):
         return dict(value)
     if type(value) in _NESTED_CLASSES:
-        return {name: getattr(value, name) for name in _FIELD_NAMES[type(value)]}
+        return _body(value)
     raise TypeError(f"cannot encode {type(value).__name__}")
 
 
@@ -125,10 +135,7 @@ def encode_frame(frame: Frame) -> bytes:
         raise LocalProtocolError(
             ErrorCode.MALFORMED_FRAME, f"{type(frame).__name__} is not a frame"
         )
-    body = {name: getattr(frame, name) for name in names}
-    for name, default in _OMITTED_AT_DEFAULT.get(type(frame), ()):
-        if body[name] == default:
-            del body[name]
+    body = _body(frame)
     packed: bytes = msgpack.packb((PROTOCOL_VERSION, frame.frame_type, body), default=_pack_default)
     if len(packed) > MAX_FRAME_SIZE:
         raise LocalProtocolError(

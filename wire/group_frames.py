@@ -4,7 +4,9 @@ Sans-IO like :mod:`wire.frames`, whose field checks (:mod:`wire.checks`) and num
 (:mod:`wire.catalogue`) these frames share; :mod:`wire.codec` encodes and decodes them like every
 other frame. A MULTI_SEND names only users and devices: what ties them together (a group, its
 name, its members) lives inside the end-to-end encrypted payloads, never in a field the relay
-reads. PROTOCOL.md "Multi-recipient sends" is the contract.
+reads. SEALED_MULTI_SEND is the same fan-out sent sealed (PROTOCOL.md "Sealed sender"): no
+sender is named or stored, and each recipient user admits it with its own delivery token.
+PROTOCOL.md "Multi-recipient sends" is the contract.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from wire.limits import (
     MAX_DEVICES_PER_SEND,
     MAX_USER_ID_LENGTH,
 )
+from wire.sealed_frames import DELIVERY_TOKEN_SIZE, SEALED_MESSAGE_ID_SIZE
 
 __all__ = [
     "GROUP_FRAME_CLASSES",
@@ -32,6 +35,8 @@ __all__ = [
     "MultiSend",
     "MultiSendAccepted",
     "MultiSendRecipient",
+    "SealedMultiSend",
+    "SealedMultiSendAccepted",
     "UserDevices",
 ]
 
@@ -68,10 +73,16 @@ class MultiSendRecipient:
 
     user_id: str  #: the recipient user
     devices: Mapping[int, bytes]  #: device id -> that device's key material (pairwise encrypted)
+    #: SEALED_MULTI_SEND only: the user's DELIVERY_TOKEN_SIZE-byte delivery token (absent in
+    #: the user's "organisation" mode); always absent in a MULTI_SEND
+    delivery_token: bytes | None = None
 
     def __post_init__(self) -> None:
         check_str(self, "user_id", MAX_USER_ID_LENGTH)
         _check_devices(self, "devices", value_limit=MAX_KEY_MATERIAL_SIZE)
+        if self.delivery_token is not None:
+            check_bytes(self, "delivery_token", DELIVERY_TOKEN_SIZE, DELIVERY_TOKEN_SIZE,
+                        ErrorCode.MALFORMED_FRAME)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -109,13 +120,48 @@ class MultiSend:
         if type(self.urgent) is not bool:
             raise field_error(self, "urgent", "a bool")
         recipients = self.recipients
-        if (type(recipients) is not tuple or not recipients
-                or any(type(recipient) is not MultiSendRecipient for recipient in recipients)):
-            raise field_error(self, "recipients", "1 or more recipients")
-        if len({recipient.user_id for recipient in recipients}) != len(recipients):
-            raise field_error(self, "recipients", "each user at most once")
-        if sum(len(recipient.devices) for recipient in recipients) > MAX_MULTI_SEND_DEVICES:
-            raise field_error(self, "recipients", f"at most {MAX_MULTI_SEND_DEVICES} devices")
+        _check_recipients(self)
+        if any(recipient.delivery_token is not None for recipient in recipients):
+            raise field_error(self, "recipients", "no delivery tokens (SEALED_MULTI_SEND's)")
+
+    def device_count(self) -> int:
+        """The recipient devices addressed, across every user."""
+        return sum(len(recipient.devices) for recipient in self.recipients)
+
+
+def _check_recipients(owner: MultiSend | SealedMultiSend) -> None:
+    recipients = owner.recipients
+    if (type(recipients) is not tuple or not recipients
+            or any(type(recipient) is not MultiSendRecipient for recipient in recipients)):
+        raise field_error(owner, "recipients", "1 or more recipients")
+    if len({recipient.user_id for recipient in recipients}) != len(recipients):
+        raise field_error(owner, "recipients", "each user at most once")
+    if sum(len(recipient.devices) for recipient in recipients) > MAX_MULTI_SEND_DEVICES:
+        raise field_error(owner, "recipients", f"at most {MAX_MULTI_SEND_DEVICES} devices")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class SealedMultiSend:
+    """MULTI_SEND sealed: no sender named or stored (the shared ciphertext and each device's
+    key material are sealed envelopes), each user admitting it with its delivery token.
+
+    Allowed before and without authentication, as SEALED_SEND is.
+    """
+
+    frame_type: ClassVar[FrameType] = FrameType.SEALED_MULTI_SEND
+    client_message_id: bytes  #: SEALED_MESSAGE_ID_SIZE random bytes: the idempotency key
+    shared: bytes  #: the sealed ciphertext every device receives, at most MAX_CIPHERTEXT_SIZE
+    recipients: tuple[MultiSendRecipient, ...]  #: as MULTI_SEND's, each with its token
+    urgent: bool = False  #: wake absent recipient devices at once; optional
+
+    def __post_init__(self) -> None:
+        value = self.client_message_id
+        if type(value) is not bytes or len(value) != SEALED_MESSAGE_ID_SIZE:
+            raise field_error(self, "client_message_id", f"{SEALED_MESSAGE_ID_SIZE} random bytes")
+        check_bytes(self, "shared", 1, MAX_CIPHERTEXT_SIZE, ErrorCode.PAYLOAD_TOO_LARGE)
+        if type(self.urgent) is not bool:
+            raise field_error(self, "urgent", "a bool")
+        _check_recipients(self)
 
     def device_count(self) -> int:
         """The recipient devices addressed, across every user."""
@@ -135,8 +181,16 @@ class MultiSendAccepted:
             raise field_error(self, "duplicate", "a bool")
 
 
-GroupFrame = MultiSend | MultiSendAccepted
+@dataclass(frozen=True, kw_only=True, slots=True)
+class SealedMultiSendAccepted:
+    """The SEALED_MULTI_SEND is committed for every device (or was already: a re-send)."""
+
+    frame_type: ClassVar[FrameType] = FrameType.SEALED_MULTI_SEND_ACCEPTED
+
+
+GroupFrame = MultiSend | MultiSendAccepted | SealedMultiSend | SealedMultiSendAccepted
 """The frames of multi-recipient sends."""
 
-GROUP_FRAME_CLASSES: tuple[type[GroupFrame], ...] = (MultiSend, MultiSendAccepted)
+GROUP_FRAME_CLASSES: tuple[type[GroupFrame], ...] = (MultiSend, MultiSendAccepted,
+                                                     SealedMultiSend, SealedMultiSendAccepted)
 """Every frame class of this module, for the codec's catalogue."""

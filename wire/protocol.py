@@ -84,7 +84,8 @@ class ConnectionState(Enum):
 _LINKING = frozenset({FrameType.LINK_POST, FrameType.LINK_FETCH})
 # Sealed sender: its keys, and sealed sends, which by default travel on a connection that never
 # authenticates (so that it names no sender); they are allowed once authenticated too.
-_ANONYMOUS = frozenset({FrameType.GET_SENDER_KEYS, FrameType.SEALED_SEND})
+_ANONYMOUS = frozenset({FrameType.GET_SENDER_KEYS, FrameType.SEALED_SEND,
+                        FrameType.SEALED_MULTI_SEND})
 _UNAUTHENTICATED = frozenset({FrameType.ENROL_START, FrameType.ENROL_VERIFY,
                               FrameType.LINK_OPEN}) | _LINKING | _ANONYMOUS
 

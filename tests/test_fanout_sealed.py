@@ -1,0 +1,115 @@
+"""SEALED_MULTI_SEND on a real relay over QUIC, with a real SQLite file: one sealed upload
+reaches every device of several users, each admitting it with its own delivery token; the
+relay stores the shared ciphertext once and no sender anywhere; one refusal stores nothing."""
+
+from __future__ import annotations
+
+import contextlib
+import secrets
+import sqlite3
+
+import pytest
+
+from client.connection import MismatchedDevices, RelayError
+from tests.conftest import EnrolledDevice, RelayUnderTest, enrol, link_device
+from tests.sealed_support import anonymous, assert_no_row_links, dump_sqlite, receive
+from tests.sealed_support import token_and_hash as new_token
+from wire.catalogue import ErrorCode
+
+PHONE_A, PHONE_B, PHONE_C = "+33612345678", "+33698765432", "+33611111111"
+SHARED = b"sealed group ciphertext" * 40
+
+
+def _count(relay: RelayUnderTest, table: str) -> int:
+    with contextlib.closing(sqlite3.connect(relay.data_dir / "relay.db")) as connection:
+        row = connection.execute(f"SELECT COUNT(*) FROM {table}").fetchone()
+        return int(row[0])
+
+
+async def _register(relay: RelayUnderTest, device: EnrolledDevice, token_hash: bytes) -> None:
+    async with relay.connect() as client:
+        await client.authenticate(device.user_id, device.device_id, device.key)
+        await client.set_delivery_token(token_hash)
+
+
+async def _recipients(relay: RelayUnderTest) -> tuple[
+        EnrolledDevice, list[EnrolledDevice], dict[str, bytes]]:
+    """Alice (the sender), Bob with two devices and Carol with one, each with a token."""
+    alice, bob, carol = (await enrol(relay, PHONE_A), await enrol(relay, PHONE_B),
+                         await enrol(relay, PHONE_C))
+    bob_2 = await link_device(relay, bob)
+    tokens = {}
+    for user in (bob, carol):
+        token, token_hash = new_token()
+        await _register(relay, user, token_hash)
+        tokens[user.user_id] = token
+    return alice, [bob, bob_2, carol], tokens
+
+
+def _material(devices: list[EnrolledDevice]) -> dict[str, dict[int, bytes]]:
+    recipients: dict[str, dict[int, bytes]] = {}
+    for device in devices:
+        recipients.setdefault(device.user_id, {})[device.device_id] = (
+            f"sealed key {device.user_id}/{device.device_id}".encode())
+    return recipients
+
+
+async def test_a_sealed_multi_send_reaches_every_device_and_names_no_sender(
+        relay: RelayUnderTest) -> None:
+    alice, devices, tokens = await _recipients(relay)
+    message_id = secrets.token_bytes(16)
+    async with anonymous(relay) as sealed:
+        await sealed.sealed_multi_send(_material(devices), SHARED, delivery_tokens=tokens,
+                                       client_message_id=message_id)
+        # A re-send (a lost answer) is accepted again and stored once.
+        await sealed.sealed_multi_send(_material(devices), SHARED, delivery_tokens=tokens,
+                                       client_message_id=message_id)
+    assert _count(relay, "shared_payloads") == 1
+    assert _count(relay, "envelopes") == 3
+    rows = dump_sqlite(relay.data_dir / "relay.db")
+    for device in devices:
+        assert_no_row_links(rows, alice.user_id, device.user_id)
+    for device in devices:
+        async with relay.connect() as client:
+            await client.authenticate(device.user_id, device.device_id, device.key)
+            [delivered] = await receive(client, 1)
+            await client.settle()
+        assert delivered.sealed
+        assert delivered.sender_user_id is None and delivered.sender_device_id is None
+        assert delivered.shared == SHARED
+        assert delivered.ciphertext == _material([device])[device.user_id][device.device_id]
+    assert _count(relay, "shared_payloads") == 0
+    assert relay.running.context.metrics.multi_sends["sealed_accepted"] == 1
+    assert relay.running.context.metrics.multi_sends["sealed_duplicate"] == 1
+
+
+async def test_one_bad_token_refuses_the_whole_send_and_stores_nothing(
+        relay: RelayUnderTest) -> None:
+    _, devices, tokens = await _recipients(relay)
+    carol = devices[2]
+    for wrong in ({**tokens, carol.user_id: secrets.token_bytes(16)},  # a wrong token
+                  {**tokens, carol.user_id: None},  # none, and Carol is not in organisation mode
+                  tokens):  # right tokens, but a made-up recipient among them
+        recipients = _material(devices)
+        if wrong is tokens:
+            recipients["u-made-up"] = {1: b"key"}
+        async with anonymous(relay) as sealed:
+            with pytest.raises(RelayError) as refused:
+                await sealed.sealed_multi_send(recipients, SHARED, delivery_tokens=wrong,
+                                               client_message_id=secrets.token_bytes(16))
+        assert refused.value.code is ErrorCode.DELIVERY_TOKEN_REFUSED
+        assert refused.value.error.users == ()  # it names nobody
+    assert _count(relay, "shared_payloads") == 0
+    assert _count(relay, "envelopes") == 0
+
+
+async def test_a_sealed_multi_send_must_address_every_device(relay: RelayUnderTest) -> None:
+    _, devices, tokens = await _recipients(relay)
+    bob, bob_2 = devices[0], devices[1]
+    async with anonymous(relay) as sealed:
+        with pytest.raises(MismatchedDevices) as refused:
+            await sealed.sealed_multi_send(_material([bob, devices[2]]), SHARED,
+                                           delivery_tokens=tokens,
+                                           client_message_id=secrets.token_bytes(16))
+    assert refused.value.users == {bob.user_id: ((bob_2.device_id,), ())}
+    assert _count(relay, "envelopes") == 0
