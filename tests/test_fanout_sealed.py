@@ -113,3 +113,32 @@ async def test_a_sealed_multi_send_must_address_every_device(relay: RelayUnderTe
                                            client_message_id=secrets.token_bytes(16))
     assert refused.value.users == {bob.user_id: ((bob_2.device_id,), ())}
     assert _count(relay, "envelopes") == 0
+
+
+async def test_organisation_mode_admits_an_authenticated_sender_of_the_organisation(
+        relay: RelayUnderTest) -> None:
+    alice, devices, tokens = await _recipients(relay)
+    carol = devices[2]
+    async with relay.connect() as client:  # Carol switches tokens off
+        await client.authenticate(carol.user_id, carol.device_id, carol.key)
+        await client.set_delivery_token(None, mode="organisation")
+    without_carols_token = {**tokens, carol.user_id: None}
+    # Not from an anonymous connection: it has no organisation to check.
+    async with anonymous(relay) as sealed:
+        with pytest.raises(RelayError) as refused:
+            await sealed.sealed_multi_send(_material(devices), SHARED,
+                                           delivery_tokens=without_carols_token,
+                                           client_message_id=secrets.token_bytes(16))
+    assert refused.value.code is ErrorCode.DELIVERY_TOKEN_REFUSED
+    assert _count(relay, "envelopes") == 0
+    # From Alice's authenticated connection (same organisation): Bob by token, Carol by
+    # organisation, and still no sender stored.
+    async with relay.connect() as client:
+        await client.authenticate(alice.user_id, alice.device_id, alice.key)
+        await client.sealed_multi_send(_material(devices), SHARED,
+                                       delivery_tokens=without_carols_token,
+                                       client_message_id=secrets.token_bytes(16))
+    assert _count(relay, "envelopes") == 3
+    rows = dump_sqlite(relay.data_dir / "relay.db")
+    for device in devices:
+        assert_no_row_links(rows, alice.user_id, device.user_id)

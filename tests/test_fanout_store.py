@@ -311,3 +311,24 @@ async def _columns(store: Store, table: str) -> set[str]:
                  if isinstance(store, PostgresStore)
                  else f"SELECT name FROM pragma_table_info('{table}')")
     return {str(name) for (name,) in await _query(store, statement)}
+
+
+async def test_the_organisation_check_applies_to_the_users_named_for_it(store: Store) -> None:
+    # A sealed fan-out checks the sender's organisation only for the users that admit it by
+    # organisation; the others admitted it by their delivery token.
+    home, away = await _organisation(store), await _organisation(store)
+    sender, _ = await _enrolled(store, organisation=home)
+    near, near_devices = await _enrolled(store, organisation=home)
+    far, far_devices = await _enrolled(store, organisation=away)
+    await store.set_cross_organisation_allowed(organisation=away, allowed=False)
+    organisation = sender.organisation_id
+    recipients = {near: near_devices, far: far_devices}
+    checked_all = dataclasses.replace(_multi(sender, recipients, 1),
+                                      sender_organisation_id=organisation)
+    assert (await _multi_now(store, checked_all)).status is SendStatus.UNKNOWN_RECIPIENT
+    checked_near = dataclasses.replace(checked_all, organisation_checked=frozenset({
+        near.user_id}))
+    assert (await _multi_now(store, checked_near)).status is SendStatus.ACCEPTED
+    checked_far = dataclasses.replace(checked_all, client_message_id=2,
+                                      organisation_checked=frozenset({far.user_id}))
+    assert (await _multi_now(store, checked_far)).status is SendStatus.UNKNOWN_RECIPIENT
