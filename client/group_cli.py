@@ -35,7 +35,7 @@ def group_line(action: str, receipt: GroupReceipt) -> dict[str, object]:
     """The JSON line a group command prints once the relay stored its message."""
     return {action: True, "group": receipt.group, "message_id": receipt.message_id,
             "devices": receipt.devices, "keys_sent": receipt.keys_sent,
-            "rekeyed": receipt.rekeyed}
+            "rekeyed": receipt.rekeyed, "sealed": receipt.sealed}
 
 
 def _change(kit: CommandKit, action: str,

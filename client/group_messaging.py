@@ -24,6 +24,12 @@ from dataclasses import dataclass
 
 from client.connection import MismatchedDevices
 from client.contacts import Contact
+from client.group_sealed import (
+    SealedRefused,
+    delivery_tokens,
+    seal_records,
+    send_sealed_group,
+)
 from client.groups import (
     MAX_GROUP_MEMBERS,
     MAX_GROUP_NAME_CHARS,
@@ -34,6 +40,7 @@ from client.groups import (
     encode_group_text,
 )
 from client.messenger import MAX_MISMATCH_RETRIES, Messenger
+from client.sealed import SEALED_MESSAGE_ID_SIZE
 from crypto.device import MAX_RECIPIENTS_PER_MESSAGE, DeviceAddress
 from crypto.primitives import SystemRandom
 from crypto.sender_keys import GROUP_ID_SIZE
@@ -57,6 +64,7 @@ class GroupReceipt:
     keys_sent: int  #: devices handed this device's chain (pairwise) before it
     rekeyed: bool  #: a new chain was started first (the first, or a member or device left)
     mismatch_retries: int  #: MULTI_SENDs repeated after MISMATCHED_DEVICES
+    sealed: bool = False  #: sent sealed: the relay was not told who sent it
 
 
 def _group(messenger: Messenger, name: str) -> Group:
@@ -160,8 +168,10 @@ def _batches(addresses: list[DeviceAddress]) -> list[list[DeviceAddress]]:
 
 
 async def _send(messenger: Messenger, group: Group, content: bytes) -> GroupReceipt:
-    """Hand the chain to the member devices that lack it, then one MULTI_SEND."""
+    """Hand the chain (and this account's profile key) to the member devices that lack it,
+    then one MULTI_SEND: sealed when every recipient's delivery token is known."""
     message_id = secrets.randbelow(MAX_CLIENT_MESSAGE_ID)
+    sealed_id = secrets.token_bytes(SEALED_MESSAGE_ID_SIZE)
     retries, keys_sent, rekeyed = 0, 0, False
     while True:
         contacts = [await _member(messenger, phone) for phone in sorted(group.members)]
@@ -183,6 +193,8 @@ async def _send(messenger: Messenger, group: Group, content: bytes) -> GroupRece
                     secrets.randbelow(MAX_CLIENT_MESSAGE_ID))
                 group.distributed |= {(contact.user_id, device_id) for device_id in told}
                 keys_sent += len(told)
+            if contact.user_id != messenger.user_id:
+                await messenger.share_profile_key(contact)  # so members can seal to us
         message = chain.encrypt(content)
         shared = message.body()
         header = encode_group_header(group.group_id, message, shared)
@@ -198,10 +210,11 @@ async def _send(messenger: Messenger, group: Group, content: bytes) -> GroupRece
                 for address, record in messenger.device.encrypt(header, batch).items():
                     recipients.setdefault(contact.user_id, {})[address.device_id] = record
         messenger.save()  # Before anything leaves: the chain and the sessions moved on.
+        sealed = False
         if recipients:
             try:
-                await messenger.client.multi_send(recipients, shared,
-                                                  client_message_id=message_id)
+                sealed = await _multi_send(messenger, contacts, recipients, shared,
+                                           message_id=message_id, sealed_id=sealed_id)
             except MismatchedDevices as error:
                 if retries >= MAX_MISMATCH_RETRIES:
                     raise
@@ -212,4 +225,32 @@ async def _send(messenger: Messenger, group: Group, content: bytes) -> GroupRece
                 continue
         return GroupReceipt(group=group.name, message_id=message_id,
                             devices=sum(map(len, recipients.values())), keys_sent=keys_sent,
-                            rekeyed=rekeyed, mismatch_retries=retries)
+                            rekeyed=rekeyed, mismatch_retries=retries, sealed=sealed)
+
+
+async def _multi_send(messenger: Messenger, contacts: list[Contact],
+                      recipients: dict[str, dict[int, bytes]], shared: bytes, *,
+                      message_id: int, sealed_id: bytes) -> bool:
+    """Sealed to the members if every one's delivery token is known and the relay takes
+    them, else identified; True if it went sealed. This account's other devices get theirs
+    identified in either case: a sealed send cannot leave out the device that makes it, as
+    one that names its sender can."""
+    others = {user_id: devices for user_id, devices in recipients.items()
+              if user_id != messenger.user_id}
+    tokens = delivery_tokens(messenger, contacts, others) if others else None
+    if tokens is not None:
+        sealed_records = await seal_records(messenger, others, contacts)
+        messenger.save()  # the certificate, if it was renewed
+        try:
+            await send_sealed_group(messenger, sealed_records, shared, tokens,
+                                    client_message_id=sealed_id)
+        except SealedRefused:
+            pass  # a rotated or withdrawn token: this one goes identified
+        else:
+            own = recipients.get(messenger.user_id)
+            if own:
+                await messenger.client.multi_send({messenger.user_id: own}, shared,
+                                                  client_message_id=message_id)
+            return True
+    await messenger.client.multi_send(recipients, shared, client_message_id=message_id)
+    return False

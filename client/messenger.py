@@ -738,6 +738,7 @@ class Messenger:
     deliver = _deliver
     start_sessions = _start_sessions
     accepted_view = _accepted_view
+    share_profile_key = _share_profile_key
 
     # -- receiving ----------------------------------------------------------------------
 

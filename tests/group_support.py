@@ -1,5 +1,5 @@
-"""Group helpers for end-to-end tests: send through a real relay while keeping what a relay
-operator could see of a group message (its shared payload) and what the sender's own state
+"""Group helpers for end-to-end tests: send through a real relay (identified or sealed)
+while keeping what a relay operator could see of a group message (its shared payload) and what the sender's own state
 says of it (group id, chain, iteration), so a test can hand that message to a device that
 should not be able to read it.
 
@@ -16,6 +16,7 @@ from pathlib import Path
 
 import trio
 
+from client import group_messaging
 from client.group_messaging import GroupReceipt, create_group, send_group_text
 from client.groups import GroupBook, GroupHeader
 from client.messenger import Messenger, saved_groups
@@ -38,24 +39,38 @@ class SentGroupMessage:
 async def group_send(profile: Profile, name: str, text: str) -> SentGroupMessage:
     """Send ``text`` to the group; keep the shared payload the relay got."""
     shared_sent: list[bytes] = []
-    with trio.fail_after(TIMEOUT_S):
-        async with Messenger.connect(profile) as messenger:
-            original = messenger.client.multi_send
+    send_sealed = group_messaging.send_sealed_group  # type: ignore[attr-defined]
 
-            async def recording(recipients: Mapping[str, Mapping[int, bytes]], shared: bytes,
-                                **options: object) -> bool:
-                shared_sent.append(shared)
-                return await original(recipients, shared, **options)  # type: ignore[arg-type]
+    async def recording_sealed(messenger: Messenger,
+                               recipients: Mapping[str, Mapping[int, bytes]], shared: bytes,
+                               tokens: Mapping[str, bytes], *, client_message_id: bytes) -> None:
+        shared_sent.append(shared)
+        await send_sealed(messenger, recipients, shared, tokens,
+                          client_message_id=client_message_id)
 
-            messenger.client.multi_send = recording  # type: ignore[method-assign]
-            receipt = await send_group_text(messenger, name, text)
-            group = messenger.groups.named(name)
-            if group is None or group.own_chain is None:
-                raise AssertionError(f"the sender has no chain for {name!r}")
-            header = GroupHeader(group_id=group.group_id, chain_id=group.own_chain.chain_id,
-                                 iteration=group.own_chain.iteration - 1,
-                                 digest=hashlib.sha256(shared_sent[-1]).digest())
-            sender = (messenger.user_id, messenger.device_id)
+    group_messaging.send_sealed_group = recording_sealed  # type: ignore[attr-defined]
+    try:
+        with trio.fail_after(TIMEOUT_S):
+            async with Messenger.connect(profile) as messenger:
+                original = messenger.client.multi_send
+
+                async def recording(recipients: Mapping[str, Mapping[int, bytes]],
+                                    shared: bytes, **options: object) -> bool:
+                    shared_sent.append(shared)
+                    return await original(recipients, shared, **options)  # type: ignore[arg-type]
+
+                messenger.client.multi_send = recording  # type: ignore[method-assign]
+                receipt = await send_group_text(messenger, name, text)
+                group = messenger.groups.named(name)
+                if group is None or group.own_chain is None:
+                    raise AssertionError(f"the sender has no chain for {name!r}")
+                header = GroupHeader(group_id=group.group_id,
+                                     chain_id=group.own_chain.chain_id,
+                                     iteration=group.own_chain.iteration - 1,
+                                     digest=hashlib.sha256(shared_sent[-1]).digest())
+                sender = (messenger.user_id, messenger.device_id)
+    finally:
+        group_messaging.send_sealed_group = send_sealed  # type: ignore[attr-defined]
     return SentGroupMessage(sender=sender, header=header, shared=shared_sent[-1],
                             receipt=receipt)
 

@@ -18,6 +18,7 @@ from client.group_messaging import add_member, remove_member
 from client.groups import GroupHeader
 from client.linking import remove_device
 from client.messenger import Messenger
+from client.profile import Profile
 from crypto.errors import DuplicateMessageError
 from crypto.primitives import CryptoError
 from relay.settings import RelaySettings
@@ -208,3 +209,43 @@ async def test_a_group_of_fifty_devices(relay: RelayUnderTest, tmp_path: Path) -
             nursery.start_soon(read, index)
     assert readers == {index: [("Fifty", phones[0], "to all fifty")]
                        for index in range(1, GROUP_SIZE)}
+
+
+def user_of(profile: Profile) -> str:
+    user_id = profile.data.user_id
+    assert user_id is not None
+    return user_id
+
+
+async def test_a_group_message_goes_sealed_once_every_member_can_be_sealed_to(
+        relay: RelayUnderTest, tmp_path: Path) -> None:
+    """Members share their profile keys as they hand over their chains; once the sender holds
+    every recipient's delivery token, the group message goes sealed: the envelopes the relay
+    stores name no sender, and the members still read it as the sender's, in the group."""
+    alice = await enrolled_profile(relay, tmp_path / "A", ALICE)
+    bob = await enrolled_profile(relay, tmp_path / "B", BOB)
+    carol = await enrolled_profile(relay, tmp_path / "C", CAROL)
+    created = await start_group(alice, "Team", [BOB, CAROL])
+    assert not created.sealed  # Alice holds no member's token yet
+    for profile in (bob, carol):
+        assert await group_texts(profile) == []
+    for profile, text in ((bob, "from bob"), (carol, "from carol")):  # each shares its key
+        await group_send(profile, "Team", text)
+    assert await group_texts(bob) == [("Team", CAROL, "from carol")]
+    assert await group_texts(carol) == [("Team", BOB, "from bob")]
+    assert await group_texts(alice) == [("Team", BOB, "from bob"), ("Team", CAROL, "from carol")]
+
+    sealed = await group_send(alice, "Team", "sealed to the team")
+    assert sealed.receipt.sealed and sealed.receipt.devices == 2
+    with sqlite3.connect(f"file:{relay.data_dir / 'relay.db'}?mode=ro", uri=True) as database:
+        envelopes = database.execute(
+            "SELECT * FROM envelopes WHERE shared_id IN (SELECT shared_id FROM shared_payloads"
+            " WHERE payload = ?)", (sealed.shared,)).fetchall()
+    assert len(envelopes) == 2  # one per device, the shared payload once
+    assert not any(user_of(alice) in row for row in envelopes), envelopes
+    for profile in (bob, carol):
+        [message] = await received(profile)
+        assert message.sealed and message.group == "Team" and message.content is not None
+        assert (message.content.sender_phone, message.content.text) == (
+            ALICE, "sealed to the team")
+        assert message.sender is not None and message.sender.user_id == user_of(alice)
