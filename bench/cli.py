@@ -286,7 +286,7 @@ def cluster(nodes: Annotated[int, typer.Option(
 
 @app.command()
 @with_options("target", target_options)
-def messenger(runs: Annotated[int, typer.Option(help="Rounds (encrypted, then plaintext).",
+def messenger(runs: Annotated[int, typer.Option(help="Rounds (encrypted, sealed, plaintext).",
                                                 min=1)] = 3,
               messages: Annotated[int, typer.Option(help="Messages per run.", min=1)] = 500,
               size: Annotated[int, typer.Option(
@@ -294,10 +294,13 @@ def messenger(runs: Annotated[int, typer.Option(help="Rounds (encrypted, then pl
               timeout: Annotated[float, typer.Option(
                   help="Seconds each run may take.")] = 120,
               as_json: JsonOption = False, *, target: TargetOptions) -> None:
-    """Messages/s between two devices through the client library, encrypted and plaintext.
+    """Messages/s between two devices through the client library: encrypted, sealed and
+    plaintext.
 
     One message at a time; encrypted texts go through Messenger (Double Ratchet, the
-    end-to-end state written after every change), plaintext through RelayClient."""
+    end-to-end state written after every change), identified; sealed ones too, then sealed
+    (sender certificate, two layers) and sent on a fresh unauthenticated connection each;
+    plaintext through RelayClient."""
     _run_on_target(lambda relay: messenger_cost(relay, runs=runs, messages=messages,
                                                 size=size, time_limit=timeout),
                    target, as_json, "messenger")

@@ -109,7 +109,8 @@ async def open_encrypted_links(stack: AsyncExitStack, clients: dict[int, RelayCl
                     address=DeviceAddress(user_id=device.user_id, device_id=device.device_id),
                     now_ms=time.time_ns() // 1_000_000)
                 messenger = await running.enter_async_context(Messenger.attach(
-                    client, profile, crypto, {}, persist_state=False))
+                    client, profile, crypto, {}, persist_state=False,
+                    identity=ed25519_keypair_from_private(device.seed), seal=False))
             links[index] = EncryptedLink(messenger)
             task_status.started()
             await trio.sleep_forever()

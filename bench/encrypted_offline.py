@@ -119,8 +119,10 @@ async def _messenger(endpoint: QuicEndpoint, host: str, port: int, ca: Path | No
                              endpoint=endpoint) as client:
         await client.authenticate(device.credentials.user_id, device.credentials.device_id,
                                   device.credentials.key)
-        async with Messenger.attach(client, device.profile, device.crypto, device.contacts,
-                                    persist_state=False) as messenger:
+        async with Messenger.attach(
+                client, device.profile, device.crypto, device.contacts, persist_state=False,
+                identity=ed25519_keypair_from_private(device.credentials.seed),
+                seal=False) as messenger:
             yield messenger
 
 

@@ -1,4 +1,4 @@
-"""The ``messenger`` scenario: messages/s between two devices, encrypted versus plaintext.
+"""The ``messenger`` scenario: messages/s between two devices, encrypted, sealed, plaintext.
 
 Two devices, Alice's and Bob's, provisioned on the relay under test. Each run sends
 ``messages`` texts of ``size`` bytes from Alice to Bob while Bob receives and
@@ -8,6 +8,10 @@ acknowledges them, and times first send to last receipt:
   Ratchet encrypt and decrypt, and each profile's end-to-end state written (fsync) after
   every change, as ``cryptopass`` does. The session exists already (the first PQXDH
   happens in a warm-up of WARM_UP_MESSAGES).
+- ``sealed``: the same as ``encrypted``, sent sealed (Alice holds Bob's profile key): each
+  message is sealed to Bob's device with Alice's sender certificate and sent on a fresh
+  connection that never authenticates (`client.sealed`), and Bob opens and checks it; the
+  difference from ``encrypted`` is sealed sender's cost per message.
 - ``plaintext``: `RelayClient.send` of the same content bytes, unencrypted, and
   `RelayClient.deliveries` + `acknowledge` on Bob's side.
 
@@ -36,6 +40,7 @@ from bench.provision import BenchDevice
 from client.connection import RelayClient, connect_relay
 from client.message_content import encode_content
 from client.messenger import Messenger
+from crypto.primitives import ed25519_keypair_from_private
 from wire.frames import Deliver
 
 if TYPE_CHECKING:
@@ -62,13 +67,20 @@ async def _connected(target: Target, device: BenchDevice) -> AsyncIterator[Relay
 
 
 async def _encrypted_run(target: Target, alice: EncryptedDevice, bob: EncryptedDevice,
-                         messages: int, size: int) -> float:
+                         messages: int, size: int, *, sealed: bool = False) -> float:
     text = "x" * size
     done = trio.Event()
     async with _connected(target, alice.credentials) as sending, \
             _connected(target, bob.credentials) as receiving, \
-            Messenger.attach(sending, alice.profile, alice.crypto, alice.contacts) as sender, \
-            Messenger.attach(receiving, bob.profile, bob.crypto, bob.contacts) as receiver:
+            Messenger.attach(sending, alice.profile, alice.crypto, alice.contacts,
+                             identity=ed25519_keypair_from_private(alice.credentials.seed),
+                             seal=sealed) as sender, \
+            Messenger.attach(receiving, bob.profile, bob.crypto, bob.contacts,
+                             identity=ed25519_keypair_from_private(bob.credentials.seed)
+                             ) as receiver:
+        if sealed:  # as if Bob had written first: Alice holds his profile key
+            contact = await sender.contact(bob.credentials.phone)
+            contact.profile_key = receiver.sealed.profile_key
         async def receive() -> None:
             received = 0
             async with aclosing(receiver.messages()) as stream:
@@ -85,6 +97,11 @@ async def _encrypted_run(target: Target, alice: EncryptedDevice, bob: EncryptedD
                 await sender.send_text(bob.credentials.phone, text)
             await done.wait()
             return time.perf_counter() - started
+
+
+async def _sealed_run(target: Target, alice: EncryptedDevice, bob: EncryptedDevice,
+                      messages: int, size: int) -> float:
+    return await _encrypted_run(target, alice, bob, messages, size, sealed=True)
 
 
 async def _plaintext_run(target: Target, alice: EncryptedDevice, bob: EncryptedDevice,
@@ -119,7 +136,7 @@ async def _plaintext_run(target: Target, alice: EncryptedDevice, bob: EncryptedD
 async def messenger_cost(target: Target, *, runs: int, messages: int, size: int,
                          time_limit: float) -> dict[str, Any]:
     """``runs`` rounds of an encrypted then a plaintext run; each run within ``time_limit``."""
-    rates: dict[str, list[float]] = {"encrypted": [], "plaintext": []}
+    rates: dict[str, list[float]] = {"encrypted": [], "sealed": [], "plaintext": []}
     alice_credentials, bob_credentials = await target.provisioner.provision(2)
     with tempfile.TemporaryDirectory(prefix="bench-profiles-") as temporary:
         alice = _device(alice_credentials, Path(temporary) / "A", target)
@@ -127,7 +144,8 @@ async def messenger_cost(target: Target, *, runs: int, messages: int, size: int,
         with trio.fail_after(time_limit):
             await _encrypted_run(target, alice, bob, WARM_UP_MESSAGES, size)
         for run in range(1, runs + 1):
-            for kind, measure in (("encrypted", _encrypted_run), ("plaintext", _plaintext_run)):
+            for kind, measure in (("encrypted", _encrypted_run), ("sealed", _sealed_run),
+                                  ("plaintext", _plaintext_run)):
                 with trio.fail_after(time_limit):
                     seconds = await measure(target, alice, bob, messages, size)
                 rates[kind].append(round(messages / seconds, 1))
@@ -135,7 +153,9 @@ async def messenger_cost(target: Target, *, runs: int, messages: int, size: int,
                       file=sys.stderr, flush=True)
     return {"scenario": "messenger", "runs": runs, "messages": messages, "size": size,
             "encrypted_per_second": rates["encrypted"],
+            "sealed_per_second": rates["sealed"],
             "plaintext_per_second": rates["plaintext"],
             "median_encrypted_per_second": round(statistics.median(rates["encrypted"]), 1),
+            "median_sealed_per_second": round(statistics.median(rates["sealed"]), 1),
             "median_plaintext_per_second": round(statistics.median(rates["plaintext"]), 1),
             "errors": 0}

@@ -230,7 +230,8 @@ class Messenger:
 
     def __init__(self, client: RelayClient, profile: Profile, device: DeviceCrypto,
                  contacts: dict[str, Contact], *, persist_state: bool = True,
-                 sealed: SealedSettings | None = None) -> None:
+                 sealed: SealedSettings | None = None,
+                 identity: Ed25519KeyPair | None = None) -> None:
         """Args:
             persist_state: keep the end-to-end state in the profile, under its lock (the
                 default, and the only safe choice for a real device: a crash or a second
@@ -248,9 +249,10 @@ class Messenger:
         self.inbox: dict[int, bytes] = {}
         self.inbox_senders: dict[int, DeviceAddress] = {}  #: senders of sealed inbox entries
         self.sealed = sealed or SealedSettings()
-        self._identity: Ed25519KeyPair | None = None
+        self._identity = identity
         self.seal_by_default = True  #: send sealed to contacts whose profile key is known
         self.groups = GroupBook()  #: this device's groups (client.groups), saved with the state
+        self._asked_keys_for_unknown = False  #: one look at the relay's keys per connection
         self.user_id, self.device_id, self.phone = user_id, device_id, profile.data.phone
         self.persist_state = persist_state
         self._stamp = profile.device_state_stamp() if persist_state else None
@@ -315,14 +317,25 @@ class Messenger:
     async def attach(cls, client: RelayClient, profile: Profile, device: DeviceCrypto,
                      contacts: dict[str, Contact], *, persist_state: bool = True,
                      sealed: SealedSettings | None = None,
+                     identity: Ed25519KeyPair | None = None,
+                     seal: bool = True,
                      groups: GroupBook | None = None) -> AsyncIterator[Messenger]:
         """Run a messenger on ``client``, already authenticated as the profile's device:
         publish missing prekeys (rotating them when due), learn this account's other
         devices, and keep refilling prekeys until the block ends. `connect` uses it; a load
         generator that opens its own connections (many devices on one endpoint) calls it
-        directly."""
+        directly.
+
+        Args:
+            identity: this device's identity key pair, when the profile keeps none in a file
+                (a load generator's devices); read from ``identity.key`` otherwise.
+            seal: send sealed to contacts whose profile key is known (the default); False
+                sends everything identified (what ``cryptopass-bench`` measures unless told
+                ``--sealed``).
+        """
         messenger = cls(client, profile, device, contacts, persist_state=persist_state,
-                        sealed=sealed)
+                        sealed=sealed, identity=identity)
+        messenger.seal_by_default = seal
         messenger.groups = groups or GroupBook()
         await messenger.refresh_prekeys()
         await messenger.own_devices()
@@ -870,15 +883,18 @@ class Messenger:
 
     async def _open_envelope(self, delivery: Deliver) -> OpenedEnvelope:
         """`open_envelope` at the time the relay accepted it; a certificate key not pinned
-        yet makes one refresh of the relay's keys (a rotation since the last look)."""
+        yet makes one refresh of the relay's keys (a rotation since the last look), once per
+        connection, so that a stream of envelopes naming unknown keys costs one request."""
         for refreshed in (False, True):
             try:
                 return open_envelope(delivery.ciphertext, recipient_identity=self.identity,
                                      pinned_relay_keys=self.sealed.relay_keys,
                                      now_ms=delivery.accepted_at)
             except CertificateError as error:
-                if refreshed or error.problem is not CertificateProblem.UNKNOWN_KEY:
+                if (refreshed or self._asked_keys_for_unknown
+                        or error.problem is not CertificateProblem.UNKNOWN_KEY):
                     raise
+                self._asked_keys_for_unknown = True
                 await refresh_relay_keys(self.client, self.sealed, now_ms=_now_ms(),
                                          force=True)
         raise RuntimeError("unreachable")  # the loop returns or raises

@@ -9,9 +9,11 @@ pinned, its sender certificate, and the sealing and opening of envelopes.
   generation, and at one generation the oldest key (so a newly linked device adopts the key
   its account already gave out).
 - **Relay keys**: the keys that sign sender certificates, fetched over the relay's
-  TLS-authenticated connection at first use and refreshed daily; a key once pinned keeps the
-  ``not_after_ms`` first seen for it (a relay cannot extend a retired key). A certificate
-  signed by any other key is refused (docs/PRIVACY.md).
+  TLS-authenticated connection at enrolment (the first connection) and compared with the
+  relay's list daily, or at once when a certificate names a key not pinned; a pinned key keeps
+  the earliest end announced for it (a relay cannot extend a retired key), and a key the relay
+  no longer publishes is dropped. A certificate signed by any other key is refused
+  (docs/PRIVACY.md).
 - **Sender certificate**: asked of the relay on the authenticated connection, cached in the
   state, renewed `CERTIFICATE_RENEWAL_MARGIN_MS` before it expires.
 - **Sending sealed**: the inner ratchet messages are sealed one per device
@@ -177,16 +179,18 @@ async def refresh_relay_keys(client: RelayClient, settings: SealedSettings, *, n
     if not force and now_ms - settings.relay_keys_checked_ms < RELAY_KEYS_REFRESH_MS:
         return False
     announced = await client.get_sender_keys()
-    pinned = {key.key_id: key for key in settings.relay_keys}
-    for key in announced:
+    known = {key.key_id: key for key in settings.relay_keys}
+    pinned: dict[int, RelayCertificateKey] = {}
+    for key in announced:  # a key the relay no longer publishes is no longer accepted
         end = _FOREVER_MS if key.not_after_ms is None else key.not_after_ms
-        known = pinned.get(key.key_id)
-        if known is None:
+        earlier = known.get(key.key_id)
+        if earlier is not None and earlier.public_key == key.public_key:
+            # Retired: the end first seen stands, never extended.
+            pinned[key.key_id] = replace(earlier, not_after_ms=min(end, earlier.not_after_ms))
+        else:
             pinned[key.key_id] = RelayCertificateKey(key_id=key.key_id,
                                                      public_key=key.public_key,
                                                      not_after_ms=end)
-        elif known.public_key == key.public_key and end < known.not_after_ms:
-            pinned[key.key_id] = replace(known, not_after_ms=end)  # retired: never extended
     settings.relay_keys = sorted((key for key in pinned.values() if key.not_after_ms > now_ms),
                                  key=lambda key: key.key_id)
     settings.relay_keys_checked_ms = now_ms

@@ -19,7 +19,7 @@ from relay.cluster import ClusterNode
 from relay.delivery import CommitPipeline, Presence
 from relay.last_seen import LastSeen
 from relay.metrics import RelayMetrics
-from relay.sealed_limits import TokenBuckets
+from relay.sealed_limits import SealedConnection, TokenBuckets
 from relay.send_budgets import SendBudgets
 from relay.settings import RelaySettings
 from storage.base import Envelope, Store
@@ -98,14 +98,11 @@ class SealedRequests(Protocol):
     per_recipient: TokenBuckets
     """Sealed sends per recipient user (SEALED_MULTI_SEND's too)."""
 
-    def connection_budget(self) -> TokenBuckets:
-        """A new connection's budget of sealed sends."""
-
     async def handle(self, device: tuple[str, int] | None,
                      frame: GetSenderKeys | GetSenderCertificate | SetDeliveryToken) -> bytes:
         """Answer one request of the keys, a certificate or a token registration."""
 
-    async def send(self, frame: SealedSend, *, connection: TokenBuckets,
+    async def send(self, frame: SealedSend, *, connection: SealedConnection,
                    organisation_id: int | None) -> bytes:
         """Authorise, limit and commit one sealed send."""
 

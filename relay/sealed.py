@@ -5,13 +5,15 @@ A sealed send arrives, by default, on a connection that never authenticated: the
 its recipient and its size, and nothing of its sender, which is inside the sealed envelopes.
 It is authorised by the recipient's delivery token (its SHA-256 compared in constant time with
 the one the recipient registered), or, in the recipient's "organisation" mode, by a connection
-authenticated as a device of an organisation that may reach the recipient. Every refusal of
+authenticated as a device of the recipient's own organisation. Every refusal of
 authorisation, an unknown recipient's included, is the one DELIVERY_TOKEN_REFUSED, so that the
 answer tells no prober which users exist or which token is close.
 
-What it stores: envelopes with no sender (``storage.sealed_sql.SEALED_SENDER_USER``, device 0);
-an idempotency record keyed by a hash of (recipient, the client's random id), which names
-neither user; no rate-limit row (``relay.sealed_limits`` keeps its buckets in memory). Nothing
+What it stores: envelopes with no sender (``storage.sealed_sql.SEALED_SENDER_USER``, device 0),
+whose queue share is counted by a key derived from the token shown (``_share_key``) and, in
+memory, by connection (``SealedConnection``); an idempotency record keyed by a hash of
+(recipient, the client's random id), which names neither user; no rate-limit row
+(``relay.sealed_limits`` keeps its buckets in memory). Nothing
 is logged per sealed send: a log line with the recipient beside the connection would be the
 link the store does not keep.
 """
@@ -26,10 +28,11 @@ import structlog
 import trio
 
 from relay.context import RelayContext
+from relay.limits import sender_queue_share
 from relay.sealed_limits import (
-    SEALED_SENDS_PER_CONNECTION,
     SEALED_SENDS_PER_RECIPIENT,
     SEALED_SENDS_PER_TOKEN,
+    SealedConnection,
     TokenBuckets,
 )
 from relay.sender_certificates import (
@@ -58,7 +61,7 @@ from wire.sealed_frames import (
 )
 
 __all__ = ["TOKEN_REFUSED_REASON", "SealedService", "authorised", "check_cluster_keys",
-           "sealed_message_id"]
+           "sealed_message_id", "share_key"]
 
 log = structlog.get_logger("relay.sealed")
 
@@ -71,16 +74,29 @@ _NO_TOKEN_HASH = bytes(DELIVERY_TOKEN_HASH_SIZE)
 """Compared against when there is nothing to compare with, so that every refusal does the same
 work."""
 
+_SHARE_USED = ("the share of a recipient device's queue open to sealed sends with this token, or "
+               "from this connection, is used up; retry once it has read some")
+
 _REFUSALS: dict[SendStatus, tuple[ErrorCode, str]] = {
     SendStatus.UNKNOWN_RECIPIENT: (ErrorCode.DELIVERY_TOKEN_REFUSED, TOKEN_REFUSED_REASON),
     SendStatus.MISMATCHED_DEVICES: (ErrorCode.MISMATCHED_DEVICES,
                                     "the payloads do not address the recipient's devices"),
     SendStatus.QUEUE_FULL: (ErrorCode.QUEUE_FULL,
                             "a recipient device's queue is full; retry later"),
-    SendStatus.SENDER_SHARE_FULL: (ErrorCode.QUEUE_FULL,
-                                   "a recipient device's queue is full; retry later"),
+    SendStatus.SENDER_SHARE_FULL: (ErrorCode.QUEUE_FULL, _SHARE_USED),
     SendStatus.ORGANISATION_SUSPENDED: (ErrorCode.DELIVERY_TOKEN_REFUSED, TOKEN_REFUSED_REASON),
 }
+
+
+def share_key(token_hash: bytes | None) -> str:
+    """What a sealed envelope's queue share is counted by (its ``share_key`` column):
+    derived from the token shown (every contact holding it shares the share), or one value
+    for the sends of organisation mode. It names no user; it tells only which of the
+    recipient's tokens was shown."""
+    if token_hash is None:
+        return "sealed organisation"
+    digest = hashlib.sha256(b"cryptopass sealed share v1\x00" + token_hash).hexdigest()
+    return f"sealed {digest[:32]}"
 
 
 def sealed_message_id(recipient_user_id: str, client_message_id: bytes) -> int:
@@ -105,11 +121,6 @@ class SealedService:
         self._reloading = False
         self.per_token = TokenBuckets(capacity=SEALED_SENDS_PER_TOKEN)
         self.per_recipient = TokenBuckets(capacity=SEALED_SENDS_PER_RECIPIENT)
-
-    @staticmethod
-    def connection_budget() -> TokenBuckets:
-        """A new connection's budget of sealed sends (one bucket; the session keeps it)."""
-        return TokenBuckets(capacity=SEALED_SENDS_PER_CONNECTION, max_keys=1)
 
     # -- keys and certificates ---------------------------------------------------------
 
@@ -170,18 +181,19 @@ class SealedService:
 
     # -- sealed sends -------------------------------------------------------------------
 
-    async def send(self, frame: SealedSend, *, connection: TokenBuckets,
+    async def send(self, frame: SealedSend, *, connection: SealedConnection,
                    organisation_id: int | None) -> bytes:
         """Authorise, limit and commit one sealed send; the encoded answer.
 
-        ``connection``: the connection's budget (``connection_budget``); ``organisation_id``:
-        the organisation of the device the connection authenticated as, None if it did not.
+        ``connection``: what the connection's sealed sends are counted against;
+        ``organisation_id``: the organisation of the device the connection authenticated as,
+        None if it did not.
         """
         relay, metrics = self._relay, self._relay.metrics
         now = relay.now_ms()
         token_hash = (None if frame.delivery_token is None
                       else hashlib.sha256(frame.delivery_token).digest())
-        for buckets, key, what in ((connection, None, "on this connection"),
+        for buckets, key, what in ((connection.budget, None, "on this connection"),
                                    (self.per_token, token_hash, "with this delivery token")):
             wait_ms = buckets.take(key, now=now)
             if wait_ms is not None:
@@ -195,15 +207,20 @@ class SealedService:
             return self._rate_limited("to this recipient", wait_ms)
         organisation_mode = access is not None and access.mode == "organisation"
         settings = relay.settings
+        share = sender_queue_share(settings.max_queue_depth, settings.sender_queue_share_percent)
+        if connection.accepted[frame.recipient_user_id] >= share:
+            metrics.sealed["queue_full"] += 1
+            return _error(ErrorCode.QUEUE_FULL, _SHARE_USED)
         pending = relay.store.submit_send(NewSend(
             sender_user_id=SEALED_SENDER_USER, sender_device_id=_SEALED_DEVICE,
             recipient_user_id=frame.recipient_user_id,
             client_message_id=sealed_message_id(frame.recipient_user_id,
                                                 frame.client_message_id),
             payloads=frame.payloads, accepted_at=now, expires_at=now + settings.envelope_ttl_ms,
-            max_queue_depth=settings.max_queue_depth,
-            # In organisation mode the send's transaction checks that the sender's organisation
-            # may reach the recipient; with a token, the recipient chose its senders.
+            max_queue_depth=settings.max_queue_depth, max_sender_share=share,
+            queue_share_key=share_key(None if organisation_mode else token_hash),
+            # In organisation mode the send's transaction checks again that the organisations
+            # are active and may reach each other; with a token, the recipient chose.
             sender_organisation_id=organisation_id if organisation_mode else None))
         committed = trio.Event()
         result: list[SendOutcome | BaseException] = []
@@ -217,7 +234,10 @@ class SealedService:
 
         relay.pipeline.submit(pending, answer)
         await committed.wait()
-        return self._answer(result[0])
+        outcome = result[0]
+        if isinstance(outcome, SendOutcome) and outcome.status is SendStatus.ACCEPTED:
+            connection.note_accepted(frame.recipient_user_id)
+        return self._answer(outcome)
 
     def _rate_limited(self, what: str, wait_ms: int) -> bytes:
         self._relay.metrics.sealed["rate_limited"] += 1
@@ -266,12 +286,12 @@ async def check_cluster_keys(store: EnrolmentStore, keyring: SenderKeyring) -> b
 def authorised(access: DeliveryAccess | None, token_hash: bytes | None,
                 organisation_id: int | None) -> bool:
     """Whether the send may go on: the token matches (constant time), or organisation mode on
-    an authenticated connection (the transaction checks the organisations)."""
+    a connection authenticated in the recipient's own organisation."""
     registered = None if access is None else access.token_hash
     # Always one comparison of full-size values, whatever is missing.
     matches = hmac.compare_digest(registered or _NO_TOKEN_HASH, token_hash or _NO_TOKEN_HASH)
     if access is None:
         return False
     if access.mode == "organisation":
-        return organisation_id is not None
+        return organisation_id is not None and organisation_id == access.organisation_id
     return matches and registered is not None and token_hash is not None

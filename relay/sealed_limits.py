@@ -10,7 +10,7 @@ written to the store, so no rate-limit row links the recipient to anything of th
 
 from __future__ import annotations
 
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Hashable
 
 __all__ = [
@@ -18,6 +18,7 @@ __all__ = [
     "SEALED_SENDS_PER_CONNECTION",
     "SEALED_SENDS_PER_RECIPIENT",
     "SEALED_SENDS_PER_TOKEN",
+    "SealedConnection",
     "TokenBuckets",
 ]
 
@@ -68,3 +69,24 @@ class TokenBuckets:
             return max(1, int(-(-(1 - left) * self.period_ms // self.capacity)))
         self._buckets[key] = (left - 1, last)
         return None
+
+
+class SealedConnection:
+    """What one connection's sealed sends are counted against, in its session's memory: its
+    budget of sends per minute, and the sends it got accepted per recipient, capped at the
+    per-sender share of a queue (the connection-keyed half of the share; the token-keyed half
+    is counted in the store, ``NewSend.queue_share_key``). Forgotten with the connection."""
+
+    def __init__(self) -> None:
+        self.budget = TokenBuckets(capacity=SEALED_SENDS_PER_CONNECTION, max_keys=1)
+        self.accepted: Counter[str] = Counter()
+        """Recipient user -> sends accepted on this connection (at most MAX_RECIPIENTS)."""
+
+    MAX_RECIPIENTS = 1024
+    """Recipients counted per connection; past it, the least counted are forgotten first."""
+
+    def note_accepted(self, recipient_user_id: str) -> None:
+        if recipient_user_id not in self.accepted and len(self.accepted) >= self.MAX_RECIPIENTS:
+            least, _ = self.accepted.most_common()[-1]
+            del self.accepted[least]
+        self.accepted[recipient_user_id] += 1

@@ -55,7 +55,7 @@ from relay.limits import (
 from relay.linking import address_key
 from relay.reachability import may_reach
 from relay.sealed_fanout import sealed_fan_out
-from relay.sealed_limits import TokenBuckets
+from relay.sealed_limits import SealedConnection
 from storage.base import NewSend, OrganisationState, SendOutcome, SendStatus, UserState
 from storage.interfaces.accounts import AccountKeyStore
 from storage.interfaces.administration import AuditLog
@@ -183,8 +183,8 @@ class DeviceSession:
         """LINK_FETCHes of this connection in flight (MAX_WAITING_LINK_FETCHES)."""
         self._enrolment_allowances: dict[str, Allowance] = {}
         """"start" and "verify" -> this connection's allowance (``enrolment.limits``)."""
-        self._sealed_budget: TokenBuckets | None = None
-        """This connection's budget of sealed sends, made at its first one."""
+        self._sealed: SealedConnection | None = None
+        """What this connection's sealed sends are counted against, made at its first one."""
         self._log = log.bind(connection_id=link.connection_id)
         relay.metrics.connections_opened += 1
 
@@ -282,18 +282,18 @@ class DeviceSession:
             case GetSenderKeys():
                 self._spawn(stream_id, slot, self._relay.sealed.handle(self.device, frame))
             case SealedMultiSend():
-                if self._sealed_budget is None:
-                    self._sealed_budget = self._relay.sealed.connection_budget()
+                if self._sealed is None:
+                    self._sealed = SealedConnection()
                 self._spawn(stream_id, slot, sealed_fan_out(
-                    self._relay, frame, connection=self._sealed_budget,
+                    self._relay, frame, connection=self._sealed,
                     organisation_id=self.organisation_id))
             case SealedSend():
                 # Allowed authenticated or not; either way nothing of this connection's device
                 # goes with the send but its organisation, for "organisation" mode.
-                if self._sealed_budget is None:
-                    self._sealed_budget = self._relay.sealed.connection_budget()
+                if self._sealed is None:
+                    self._sealed = SealedConnection()
                 self._spawn(stream_id, slot, self._relay.sealed.send(
-                    frame, connection=self._sealed_budget, organisation_id=self.organisation_id))
+                    frame, connection=self._sealed, organisation_id=self.organisation_id))
             case _ if self._authenticated is not None:
                 self._device_request(stream_id, slot, self._authenticated, frame)
             case _:  # the core releases a device's requests only once authenticated

@@ -30,6 +30,7 @@ from storage.sql_dialect import POSTGRES, SQLITE, Connection, Dialect
 
 __all__ = [
     "ENVELOPES_BY_SENDER",
+    "ENVELOPE_SHARE_KEYS",
     "POSTGRES_ENVELOPE_TABLES",
     "SQLITE_ENVELOPE_TABLES",
     "EnvelopesQueued",
@@ -96,6 +97,20 @@ ENVELOPES_BY_SENDER = (
 """The index of the per-sender queue share: a migration of both stores (SQLite version 6,
 PostgreSQL version 8)."""
 
+ENVELOPE_SHARE_KEYS = (
+    # The queue share of sends that name no sender (sealed sends): the key their share is
+    # counted by (NewSend.queue_share_key), NULL for every other envelope, and a partial
+    # index over the envelopes that have one. The same DDL in both dialects.
+    "ALTER TABLE envelopes ADD COLUMN share_key TEXT",
+    """
+    CREATE INDEX envelopes_by_share_key
+        ON envelopes (recipient_user_id, recipient_device_id, share_key)
+        WHERE share_key IS NOT NULL
+    """,
+)
+"""The column and index of the share keys: a migration of both stores (SQLite version 11,
+PostgreSQL version 13, with sealed sender's table)."""
+
 EnvelopesQueued = Callable[[Any, NewSend, list[int]], None]
 """Called with (connection, send, device ids) in the sending transaction once the envelopes
 are queued: the PostgreSQL store wakes the nodes holding those devices (NOTIFY fires on
@@ -123,10 +138,13 @@ class _Statements:
         self.sender_envelopes = sql(
             "SELECT COUNT(*) FROM (SELECT 1 FROM envelopes WHERE recipient_user_id = ?"
             " AND recipient_device_id = ? AND sender_user_id = ? LIMIT ?) AS queued")
+        self.share_key_envelopes = sql(
+            "SELECT COUNT(*) FROM (SELECT 1 FROM envelopes WHERE recipient_user_id = ?"
+            " AND recipient_device_id = ? AND share_key = ? LIMIT ?) AS queued")
         self.insert_envelope = sql(
             "INSERT INTO envelopes (recipient_user_id, recipient_device_id, sender_user_id,"
-            " sender_device_id, client_message_id, ciphertext, accepted_at, expires_at)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+            " sender_device_id, client_message_id, ciphertext, accepted_at, expires_at,"
+            " share_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
             + ("" if dialect.has_lastrowid else " RETURNING envelope_id"))
         self.count_queued_ids = sql(
             "UPDATE devices SET queue_depth = queue_depth + 1 WHERE user_id = ?"
@@ -231,7 +249,7 @@ def commit_send(connection: Connection, dialect: Dialect, send: NewSend,
     for device_id in device_ids:
         cursor = connection.execute(statements.insert_envelope, (
             send.recipient_user_id, device_id, *sender, payloads[device_id], send.accepted_at,
-            send.expires_at))
+            send.expires_at, send.queue_share_key))
         envelope_id = (cast(_WithLastRowId, cursor).lastrowid if dialect.has_lastrowid
                        else cursor.fetchone()[0])
         envelopes.append(Envelope(
@@ -258,10 +276,13 @@ def _shares_used(connection: Connection, statements: _Statements, send: NewSend,
     share = send.max_sender_share
     if share is None or send.sender_user_id == send.recipient_user_id:
         return ()
+    key, counted = ((send.sender_user_id, statements.sender_envelopes)
+                    if send.queue_share_key is None
+                    else (send.queue_share_key, statements.share_key_envelopes))
     return tuple(
         device_id for device_id in device_ids
-        if depths[device_id] >= share and connection.execute(statements.sender_envelopes, (
-            send.recipient_user_id, device_id, send.sender_user_id, share)).fetchone()[0] >= share)
+        if depths[device_id] >= share and connection.execute(counted, (
+            send.recipient_user_id, device_id, key, share)).fetchone()[0] >= share)
 
 
 def fetch_queue(connection: Connection, dialect: Dialect, *, user_id: str, device_id: int,

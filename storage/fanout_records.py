@@ -34,6 +34,10 @@ class NewMultiSend:
     expires_at: int
     max_queue_depth: int
     max_sender_share: int | None = None
+    queue_share_keys: Mapping[str, str] | None = None
+    """Recipient user -> what ``max_sender_share`` counts in that user's queues in place of
+    the sender user (``NewSend.queue_share_key``, kept in the envelopes' ``share_key``): a
+    sealed send's share is keyed by its delivery token, never by a user. None: the sender."""
     sender_organisation_id: int | None = None
     """As ``NewSend``'s, checked for each recipient user in ``organisation_checked``."""
     organisation_checked: frozenset[str] | None = None

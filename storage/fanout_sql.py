@@ -126,8 +126,11 @@ class _Statements:
         self.insert_envelope = sql(
             "INSERT INTO envelopes (recipient_user_id, recipient_device_id, sender_user_id,"
             " sender_device_id, client_message_id, ciphertext, accepted_at, expires_at,"
-            " shared_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            " shared_id, share_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
             + (returning and returning + "envelope_id"))
+        self.share_key_envelopes = sql(
+            "SELECT COUNT(*) FROM (SELECT 1 FROM envelopes WHERE recipient_user_id = ?"
+            " AND recipient_device_id = ? AND share_key = ? LIMIT ?) AS queued")
         self.count_queued = sql(
             "UPDATE devices SET queue_depth = queue_depth + 1 WHERE user_id = ? AND device_id = ?")
         self.remember_send = sql(
@@ -168,13 +171,15 @@ def commit_multi_send(connection: Connection, dialect: Dialect, send: NewMultiSe
     shared_id = _inserted_id(dialect, connection.execute(statements.insert_shared, (
         send.shared, sum(map(len, recipients.values())), send.expires_at)))
     envelopes = []
+    share_keys = send.queue_share_keys or {}
     for user_id in users:
         devices = sorted(recipients[user_id])
+        share_key = share_keys.get(user_id)
         for device_id in devices:
             material = recipients[user_id][device_id]
             envelope_id = _inserted_id(dialect, connection.execute(statements.insert_envelope, (
                 user_id, device_id, *sender, material, send.accepted_at, send.expires_at,
-                shared_id)))
+                shared_id, share_key)))
             envelopes.append(Envelope(
                 envelope_id=envelope_id, recipient_user_id=user_id, recipient_device_id=device_id,
                 sender_user_id=send.sender_user_id, sender_device_id=send.sender_device_id,
@@ -234,8 +239,11 @@ def _shares_used(connection: Connection, dialect: Dialect, send: NewMultiSend, u
     share = send.max_sender_share
     if share is None or user_id == send.sender_user_id:
         return ()
-    statement = _STATEMENTS[dialect].sender_envelopes
+    statements = _STATEMENTS[dialect]
+    share_key = (send.queue_share_keys or {}).get(user_id)
+    key, statement = ((send.sender_user_id, statements.sender_envelopes) if share_key is None
+                      else (share_key, statements.share_key_envelopes))
     return tuple(
         device_id for device_id in sorted(devices)
         if depths[device_id] >= share and connection.execute(statement, (
-            user_id, device_id, send.sender_user_id, share)).fetchone()[0] >= share)
+            user_id, device_id, key, share)).fetchone()[0] >= share)

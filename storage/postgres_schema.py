@@ -31,7 +31,7 @@ import psycopg
 from storage.account_sql import POSTGRES_ACCOUNT_TABLES
 from storage.admin_sql import ONE_TIME_PASSWORDS, POSTGRES_ADMIN_TABLES
 from storage.enrolment_sql import POSTGRES_ENROLMENT_GUESS_TABLES, POSTGRES_ENROLMENT_TABLES
-from storage.envelope_sql import ENVELOPES_BY_SENDER, POSTGRES_ENVELOPE_TABLES
+from storage.envelope_sql import ENVELOPE_SHARE_KEYS, ENVELOPES_BY_SENDER, POSTGRES_ENVELOPE_TABLES
 from storage.fanout_sql import POSTGRES_FANOUT_TABLES
 from storage.last_seen_sql import LAST_SEEN_COLUMN
 from storage.link_sql import POSTGRES_LINK_TABLES
@@ -115,8 +115,9 @@ _VERSION_11 = Migration(version=11, statements=LAST_SEEN_COLUMN)
 # (storage.push_sql).
 _VERSION_12 = Migration(version=12, statements=POSTGRES_PUSH_TABLES)
 
-# Sealed sender: each user's delivery-token registration (storage.sealed_sql).
-_VERSION_13 = Migration(version=13, statements=POSTGRES_SEALED_TABLES)
+# Sealed sender: each user's delivery-token registration (storage.sealed_sql), and the
+# envelopes' share keys, which count sealed sends' queue share (storage.envelope_sql).
+_VERSION_13 = Migration(version=13, statements=(*POSTGRES_SEALED_TABLES, *ENVELOPE_SHARE_KEYS))
 
 # Multi-recipient sends: a shared ciphertext stored once for many envelopes, counted by a
 # trigger on envelopes (storage.fanout_sql).

@@ -183,6 +183,10 @@ class NewSend:
     this many envelopes from the sender's user (any of its devices), so that one sender cannot
     fill a queue its recipient's other contacts need. Sends to one's own user are exempt; None
     sets no share."""
+    queue_share_key: str | None = None
+    """What ``max_sender_share`` counts in place of the sender user, kept in the envelopes'
+    ``share_key`` column: a sealed send's share is keyed by a value derived from the delivery
+    token it showed, never by a user (relay/sealed.py). None: the sender user."""
     sender_organisation_id: int | None = None
     """The sender's organisation: the send is refused as ORGANISATION_SUSPENDED if it is not
     active, and as UNKNOWN_RECIPIENT unless the recipient belongs to it or both organisations

@@ -4,9 +4,11 @@
 "organisation") and the SHA-256 of its current delivery token (never the token itself, which
 only the user's contacts hold). One row per user, naming that user alone: nothing here links
 two users. Sealed envelopes themselves go through ``storage.envelope_sql`` with no sender (an
-empty sender user and device 0), so that nothing the relay stores names who sent them.
+empty sender user and device 0) and a ``share_key`` derived from the token they showed, so that
+nothing the relay stores names who sent them.
 
-The DDL is a migration of both stores (SQLite version 11, PostgreSQL version 13).
+The DDL is a migration of both stores (SQLite version 11, PostgreSQL version 13, with
+``envelope_sql.ENVELOPE_SHARE_KEYS``).
 """
 
 from __future__ import annotations
@@ -53,12 +55,15 @@ class DeliveryAccess:
     """"token" or "organisation"."""
     token_hash: bytes | None
     """SHA-256 of the current delivery token; None: no token is accepted."""
+    organisation_id: int | None = None
+    """The user's organisation, as read (``get_delivery_access``); not stored here."""
 
 
 class _Statements:
     def __init__(self, dialect: Dialect) -> None:
         sql = dialect.sql
-        self.get = sql("SELECT mode, token_hash FROM delivery_access WHERE user_id = ?")
+        self.get = sql("SELECT a.mode, a.token_hash, u.organisation_id FROM delivery_access AS a"
+                       " JOIN users AS u ON u.user_id = a.user_id WHERE a.user_id = ?")
         self.user_exists = sql("SELECT 1 FROM users WHERE user_id = ?")
         self.set = sql(
             "INSERT INTO delivery_access (user_id, mode, token_hash, updated_at)"
@@ -71,12 +76,13 @@ _STATEMENTS = {dialect: _Statements(dialect) for dialect in (SQLITE, POSTGRES)}
 
 def get_delivery_access(connection: Connection, dialect: Dialect, *,
                         user_id: str) -> DeliveryAccess | None:
-    """The user's registration; None if it registered none (or there is no such user)."""
+    """The user's registration, with its organisation; None if it registered none (or there
+    is no such user)."""
     row = connection.execute(_STATEMENTS[dialect].get, (user_id,)).fetchone()
     if row is None:
         return None
-    return DeliveryAccess(mode=str(row[0]),
-                          token_hash=None if row[1] is None else bytes(row[1]))
+    return DeliveryAccess(mode=str(row[0]), token_hash=None if row[1] is None else bytes(row[1]),
+                          organisation_id=int(row[2]))
 
 
 def set_delivery_access(connection: Connection, dialect: Dialect, *, user_id: str,

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from storage.account_sql import SQLITE_ACCOUNT_TABLES
 from storage.admin_sql import ONE_TIME_PASSWORDS, SQLITE_ADMIN_TABLES
 from storage.enrolment_sql import SQLITE_ENROLMENT_GUESS_TABLES, SQLITE_ENROLMENT_TABLES
-from storage.envelope_sql import ENVELOPES_BY_SENDER, SQLITE_ENVELOPE_TABLES
+from storage.envelope_sql import ENVELOPE_SHARE_KEYS, ENVELOPES_BY_SENDER, SQLITE_ENVELOPE_TABLES
 from storage.fanout_sql import SQLITE_FANOUT_TABLES
 from storage.last_seen_sql import LAST_SEEN_COLUMN
 from storage.link_sql import SQLITE_LINK_TABLES
@@ -91,8 +91,9 @@ _VERSION_9 = Migration(version=9, statements=LAST_SEEN_COLUMN)
 # (storage.push_sql).
 _VERSION_10 = Migration(version=10, statements=SQLITE_PUSH_TABLES)
 
-# Sealed sender: each user's delivery-token registration (storage.sealed_sql).
-_VERSION_11 = Migration(version=11, statements=SQLITE_SEALED_TABLES)
+# Sealed sender: each user's delivery-token registration (storage.sealed_sql), and the
+# envelopes' share keys, which count sealed sends' queue share (storage.envelope_sql).
+_VERSION_11 = Migration(version=11, statements=(*SQLITE_SEALED_TABLES, *ENVELOPE_SHARE_KEYS))
 
 # Multi-recipient sends: a shared ciphertext stored once for many envelopes, counted by a
 # trigger on envelopes (storage.fanout_sql).

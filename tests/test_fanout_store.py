@@ -302,7 +302,7 @@ async def test_the_tables_hold_no_more_than_bytes_devices_and_envelope_fields(
         "shared_id", "payload", "remaining", "expires_at"}
     assert await _columns(store, "envelopes") == {"envelope_id", "recipient_user_id", "recipient_device_id",
                        "sender_user_id", "sender_device_id", "client_message_id", "ciphertext",
-                       "accepted_at", "expires_at", "shared_id"}
+                       "accepted_at", "expires_at", "shared_id", "share_key"}
 
 
 async def _columns(store: Store, table: str) -> set[str]:

@@ -15,20 +15,29 @@ import secrets
 import sqlite3
 import time
 from pathlib import Path
+from typing import cast
 
 import structlog
 import trio
 
+from client.connection import RelayClient
 from client.messenger import Messenger, ReceivedMessage
 from client.profile import Profile
-from client.sealed import current_certificate, seal_payloads, send_sealed
+from client.sealed import (
+    SealedSettings,
+    current_certificate,
+    refresh_relay_keys,
+    seal_payloads,
+    send_sealed,
+)
 from crypto.delivery_token import delivery_token
 from crypto.device import DeviceAddress
 from crypto.primitives import SystemRandom, ed25519_generate, ed25519_keypair_from_private
 from crypto.sender_certificate import issue_sender_certificate
 from relay.sender_certificates import load_keyring, sender_key_directory
-from tests.account_support import TIMEOUT_S, enrolled_profile, received
+from tests.account_support import TIMEOUT_S, enrolled_profile, linked_profile, received
 from tests.conftest import RelayUnderTest
+from wire.sealed_frames import SenderKey
 
 ALICE, BOB, CAROL = "+33612345678", "+33698765432", "+33611111111"
 
@@ -204,3 +213,62 @@ async def test_a_sealed_send_repeated_after_a_lost_answer_is_delivered_once(
                                   client_message_id=message_id)
     messages = await received(alice)
     assert len(messages) == 1 and messages[0].sealed and messages[0].sender is not None
+
+
+class _Announcing:
+    """A relay's SENDER_KEYS answers, in turn."""
+
+    def __init__(self, *answers: tuple[SenderKey, ...]) -> None:
+        self.answers = list(answers)
+
+    async def get_sender_keys(self) -> tuple[SenderKey, ...]:
+        return self.answers.pop(0)
+
+
+async def test_pinned_relay_keys_follow_a_rotation_and_a_retired_key_is_never_extended() -> None:
+    day = 86_400_000
+    old, new = b"o" * 32, b"n" * 32
+    relay = _Announcing(
+        (SenderKey(key_id=1, public_key=old),),
+        (SenderKey(key_id=2, public_key=new), SenderKey(key_id=1, public_key=old,
+                                                        not_after_ms=50 * day)),
+        (SenderKey(key_id=2, public_key=new), SenderKey(key_id=1, public_key=old,
+                                                        not_after_ms=90 * day)),
+        (SenderKey(key_id=2, public_key=new),))
+    settings = SealedSettings()
+    client = cast(RelayClient, relay)
+    assert await refresh_relay_keys(client, settings, now_ms=10 * day)
+    assert [key.key_id for key in settings.relay_keys] == [1]
+    assert not await refresh_relay_keys(client, settings, now_ms=10 * day + 1)  # not due
+    assert await refresh_relay_keys(client, settings, now_ms=11 * day)  # due: daily
+    assert [(key.key_id, key.not_after_ms) for key in settings.relay_keys] == [
+        (1, 50 * day), (2, 2**63 - 1)]
+    assert await refresh_relay_keys(client, settings, now_ms=11 * day, force=True)
+    assert settings.relay_keys[0].not_after_ms == 50 * day  # a later end is not taken
+    assert await refresh_relay_keys(client, settings, now_ms=11 * day, force=True)
+    assert [key.key_id for key in settings.relay_keys] == [2]  # no longer published
+
+
+async def test_an_accounts_devices_share_one_profile_key_and_all_receive_sealed(
+        relay: RelayUnderTest, tmp_path: Path) -> None:
+    alice_1 = await enrolled_profile(relay, tmp_path / "A1", ALICE)
+    alice_2 = await linked_profile(relay, alice_1, tmp_path / "A2")
+    bob = await enrolled_profile(relay, tmp_path / "bob", BOB)
+    assert not await send_text(alice_1, BOB, "hi")  # also gives Alice's key to her phone 2
+    assert [m.content.text for m in await received(alice_2) if m.content] == ["hi"]
+    assert [m.content.text for m in await received(bob) if m.content] == ["hi"]
+    assert await send_text(bob, ALICE, "to both of Alice's")
+    for profile in (alice_1, alice_2):
+        [message] = await received(profile)
+        assert message.sealed and message.sender == DeviceAddress(user_id(bob), 1)
+        assert message.content is not None and message.content.text == "to both of Alice's"
+    # Phone 2 holds Bob's key (his share reached every device of Alice's) and Alice's own.
+    assert await send_text(alice_2, BOB, "from phone 2")
+    [message] = await received(bob)
+    assert message.sealed and message.sender is not None and message.sender.device_id == 2
+    keys = []
+    for profile in (alice_1, alice_2):
+        with trio.fail_after(TIMEOUT_S):
+            async with Messenger.connect(profile) as messenger:
+                keys.append(messenger.sealed.profile_key)
+    assert keys[0] is not None and keys[0] == keys[1]

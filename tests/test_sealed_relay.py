@@ -10,8 +10,9 @@ from prometheus_client import generate_latest
 
 from client.connection import RelayError
 from enrolment.sms import SmsOutcomes
+from relay.sealed import TOKEN_REFUSED_REASON
 from relay.telemetry import relay_registry
-from tests.conftest import RelayUnderTest, enrol
+from tests.conftest import RelayUnderTest, declare, enrol
 from tests.sealed_support import (
     anonymous,
     assert_no_row_links,
@@ -193,3 +194,23 @@ async def test_an_anonymous_sealed_send_is_bounded_by_the_frame_limit_before_aut
         await alice_client.sealed_send(bob.user_id, large, delivery_token=token,
                                        client_message_id=secrets.token_bytes(16))
     assert_no_row_links(dump_sqlite(relay.data_dir / "relay.db"), alice.user_id, bob.user_id)
+
+
+async def test_organisation_mode_refuses_a_device_of_another_organisation(
+        relay: RelayUnderTest) -> None:
+    outsider_phone = "+33600000009"
+    await declare(relay.data_dir, "elsewhere", outsider_phone)
+    outsider, bob = await enrol(relay, outsider_phone), await enrol(relay, PHONE_B)
+    async with relay.connect() as bob_client:
+        await bob_client.authenticate(bob.user_id, bob.device_id, bob.key)
+        await bob_client.set_delivery_token(None, mode="organisation")
+    async with relay.connect() as outsider_client:
+        await outsider_client.authenticate(outsider.user_id, outsider.device_id, outsider.key)
+        with pytest.raises(RelayError) as refused:
+            await outsider_client.sealed_send(bob.user_id, {bob.device_id: b"x"},
+                                              client_message_id=secrets.token_bytes(16),
+                                              delivery_token=None)
+    assert refused.value.code is ErrorCode.DELIVERY_TOKEN_REFUSED
+    assert refused.value.reason == TOKEN_REFUSED_REASON  # the same answer as a bad token
+    assert not [row for row in dump_sqlite(relay.data_dir / "relay.db")["envelopes"]
+                if mentions(row, bob.user_id)]

@@ -4,6 +4,7 @@ keys and signs with the new one; certificates bind the device."""
 
 from __future__ import annotations
 
+import dataclasses
 import secrets
 import stat
 from collections.abc import AsyncIterator
@@ -15,6 +16,7 @@ import trio
 
 from client.connection import RelayClient, RelayError
 from crypto.sender_certificate import RelayCertificateKey, verify_sender_certificate
+from relay.limits import sender_queue_share
 from relay.sealed import SealedService, check_cluster_keys
 from relay.sealed_limits import TokenBuckets
 from relay.sender_certificates import (
@@ -29,7 +31,7 @@ from relay.server import RunningRelay, serve
 from relay.settings import RelaySettings
 from storage.sqlite import open_sqlite_store
 from tests.conftest import RelayUnderTest, SmsInbox, declare, enrol
-from tests.sealed_support import anonymous, token_and_hash
+from tests.sealed_support import anonymous, receive, token_and_hash
 from wire.catalogue import ErrorCode
 from wire.sealed_frames import SenderKey
 
@@ -50,17 +52,22 @@ def clock() -> Clock:
     return Clock()
 
 
+async def _start(settings: RelaySettings, clock: Clock, nursery: trio.Nursery) -> RelayUnderTest:
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    await declare(settings.data_dir, "acme", PHONE_A, PHONE_B)
+    sms = SmsInbox()
+    running: RunningRelay = await nursery.start(
+        lambda task_status: serve(settings, task_status=task_status, on_sms_sent=sms,
+                                  now_ms=clock))
+    return RelayUnderTest(data_dir=settings.data_dir, running=running, sms=sms)
+
+
 @pytest.fixture
 async def timed_relay(relay_settings: RelaySettings, clock: Clock,
                       nursery: trio.Nursery) -> AsyncIterator[RelayUnderTest]:
-    relay_settings.data_dir.mkdir(parents=True, exist_ok=True)
-    await declare(relay_settings.data_dir, "acme", PHONE_A, PHONE_B)
-    sms = SmsInbox()
-    running: RunningRelay = await nursery.start(
-        lambda task_status: serve(relay_settings, task_status=task_status, on_sms_sent=sms,
-                                  now_ms=clock))
-    yield RelayUnderTest(data_dir=relay_settings.data_dir, running=running, sms=sms)
-    running.stop()
+    relay = await _start(relay_settings, clock, nursery)
+    yield relay
+    relay.running.stop()
 
 
 def _pinned(keys: tuple[SenderKey, ...]) -> list[RelayCertificateKey]:
@@ -118,9 +125,6 @@ async def test_sealed_rate_limits_trip_and_recover(timed_relay: RelayUnderTest,
         assert limited.value.code is ErrorCode.RATE_LIMITED
         clock.now += 60_000
         await send(sealed)
-    # Per connection: a new connection's budget, spent then refilled.
-    budget = sealed_service.connection_budget()
-    assert budget.capacity > 1
     metrics = timed_relay.running.context.metrics.sealed
     assert metrics["rate_limited"] == 2 and metrics["accepted"] == 5
 
@@ -214,3 +218,40 @@ async def test_a_node_whose_keys_differ_from_the_clusters_is_found_out(tmp_path:
         assert await check_cluster_keys(store, first)
         assert await check_cluster_keys(store, same)
         assert not await check_cluster_keys(store, other)
+
+
+async def test_the_queue_share_of_sealed_sends_is_keyed_by_token_and_by_connection(
+        relay_settings: RelaySettings, clock: Clock, nursery: trio.Nursery) -> None:
+    # The smallest share: 100 envelopes per device queue (10 % of 1000).
+    timed_relay = await _start(dataclasses.replace(
+        relay_settings, max_queue_depth=1000, sender_queue_share_percent=10), clock, nursery)
+    limits_share = sender_queue_share(1000, 10)
+    assert limits_share == 100
+    bob = await enrol(timed_relay, PHONE_B)
+    token, token_hash = token_and_hash()
+    async with timed_relay.connect() as bob_client:
+        await bob_client.authenticate(bob.user_id, bob.device_id, bob.key)
+        await bob_client.set_delivery_token(token_hash)
+
+    async def send(client: RelayClient) -> None:
+        await client.sealed_send(bob.user_id, {bob.device_id: b"x"}, delivery_token=token,
+                                 client_message_id=secrets.token_bytes(16))
+
+    async with anonymous(timed_relay) as first:
+        for _ in range(limits_share):
+            await send(first)
+        with pytest.raises(RelayError) as full:
+            await send(first)  # this connection's share
+        assert full.value.code is ErrorCode.QUEUE_FULL and "share" in full.value.reason
+    async with anonymous(timed_relay) as second:
+        # A new connection with the same token: the token's share, counted in the queue.
+        with pytest.raises(RelayError) as full:
+            await send(second)
+        assert full.value.code is ErrorCode.QUEUE_FULL
+        async with timed_relay.connect() as bob_client:
+            await bob_client.authenticate(bob.user_id, bob.device_id, bob.key)
+            received = await receive(bob_client, limits_share)
+            await bob_client.settle()
+        assert all(delivery.sealed for delivery in received)
+        await send(second)  # read, so the token's share is free again
+    timed_relay.running.stop()
