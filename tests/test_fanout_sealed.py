@@ -7,10 +7,13 @@ from __future__ import annotations
 import contextlib
 import secrets
 import sqlite3
+from pathlib import Path
 
 import pytest
 
 from client.connection import MismatchedDevices, RelayError
+from relay.limits import sender_queue_share
+from relay.settings import RelaySettings
 from tests.conftest import EnrolledDevice, RelayUnderTest, enrol, link_device
 from tests.sealed_support import anonymous, assert_no_row_links, dump_sqlite, receive
 from tests.sealed_support import token_and_hash as new_token
@@ -18,6 +21,13 @@ from wire.catalogue import ErrorCode
 
 PHONE_A, PHONE_B, PHONE_C = "+33612345678", "+33698765432", "+33611111111"
 SHARED = b"sealed group ciphertext" * 40
+
+
+@pytest.fixture
+def relay_settings(tmp_path: Path) -> RelaySettings:
+    # Queues of 1000 envelopes: the per-sender share is its floor, 100 (relay.limits), which
+    # a test reaches within the sealed budgets per minute.
+    return RelaySettings(data_dir=tmp_path / "relay", listen_port=0, max_queue_depth=1000)
 
 
 def _count(relay: RelayUnderTest, table: str) -> int:
@@ -142,3 +152,28 @@ async def test_organisation_mode_admits_an_authenticated_sender_of_the_organisat
     rows = dump_sqlite(relay.data_dir / "relay.db")
     for device in devices:
         assert_no_row_links(rows, alice.user_id, device.user_id)
+
+
+async def test_the_queue_share_is_counted_by_connection_and_by_token(
+        relay: RelayUnderTest) -> None:
+    # Sealed sends name no sender, so their share of each recipient device's queue is counted,
+    # as SEALED_SEND's, by the connection (in memory) and by the token shown (in the store).
+    _, devices, tokens = await _recipients(relay)
+    settings = relay.running.context.settings
+    share = sender_queue_share(settings.max_queue_depth, settings.sender_queue_share_percent)
+    async with anonymous(relay) as sealed:
+        for _ in range(share):
+            await sealed.sealed_multi_send(_material(devices), SHARED, delivery_tokens=tokens,
+                                           client_message_id=secrets.token_bytes(16))
+        with pytest.raises(RelayError) as by_connection:
+            await sealed.sealed_multi_send(_material(devices), SHARED, delivery_tokens=tokens,
+                                           client_message_id=secrets.token_bytes(16))
+    assert by_connection.value.code is ErrorCode.QUEUE_FULL
+    async with anonymous(relay) as sealed:  # a new connection, the same tokens
+        with pytest.raises(RelayError) as by_token:
+            await sealed.sealed_multi_send(_material(devices), SHARED, delivery_tokens=tokens,
+                                           client_message_id=secrets.token_bytes(16))
+    assert by_token.value.code is ErrorCode.QUEUE_FULL
+    assert {user.user_id for user in by_token.value.error.users} == set(tokens)
+    assert _count(relay, "shared_payloads") == share
+    assert _count(relay, "envelopes") == share * len(devices)
