@@ -16,5 +16,6 @@ pytest.register_assert_rewrite(
     "tests.prekey_samples",
     "tests.push_conformance",
     "tests.relay_processes",
+    "tests.sealed_support",
     "tests.storage_conformance",
 )
