@@ -42,7 +42,7 @@ from client.group_messaging import create_group, send_group_text
 from client.groups import GroupBook
 from client.messenger import Messenger
 from client.profile import Profile
-from client.profile_files import write_private
+from client.sealed import SealedSettings
 from crypto.device import DeviceAddress, DeviceCrypto
 from crypto.primitives import SystemRandom, ed25519_keypair_from_private
 
@@ -60,9 +60,7 @@ class _Member:
     def __init__(self, device: BenchDevice, profiles: Path, relay: str,
                  ca: Path | None) -> None:
         self.device = device
-        self.profile = Profile(profiles / device.user_id)  # in the run's scratch directory
-        self.profile.directory.mkdir(mode=0o700)
-        write_private(self.profile.directory / "identity.key", device.seed)  # seals with it
+        self.profile = Profile(profiles / device.user_id)  # names the device; never written
         self.profile.data.relay, self.profile.data.ca = relay, str(ca) if ca else None
         self.profile.data.phone, self.profile.data.user_id = device.phone, device.user_id
         self.profile.data.device_id = device.device_id
@@ -72,10 +70,13 @@ class _Member:
             now_ms=time.time_ns() // 1_000_000)
         self.contacts: dict[str, Contact] = {}
         self.groups = GroupBook()
+        self.sealed = SealedSettings()  # its profile key, kept across its connections
 
     def attach(self, client: RelayClient) -> Any:
         return Messenger.attach(client, self.profile, self.crypto, self.contacts,
-                                persist_state=False, groups=self.groups)
+                                persist_state=False, groups=self.groups, sealed=self.sealed,
+                                identity=ed25519_keypair_from_private(self.device.seed),
+                                seal=False)  # identified: like against like
 
 
 async def _online(members: Sequence[_Member], target: Target, work: Any) -> Any:
@@ -163,7 +164,6 @@ async def group_cost(target: Target, *, group: int, messages: int,
 
         async def send_both(messengers: list[Messenger]) -> None:
             [messenger] = messengers
-            messenger.seal_by_default = False  # both kinds identified: like against like
             uploads = _Uploads(messenger.client)
             for kind in ("group", "pairwise"):
                 stored_before, uploaded_before = _stored_bytes(target), uploads.bytes
