@@ -4,7 +4,9 @@ A group message costs its sender one upload whatever the group's size: the conte
 encrypted once under this device's sender key (`crypto.sender_keys`) and goes in ONE
 MULTI_SEND as the shared ciphertext; each recipient device also gets its own small record,
 pairwise encrypted (`client.groups.GroupHeader`), naming the group and chain. The relay sees
-the set of devices an envelope goes to, never a group id, name or member list.
+the set of devices an envelope goes to, never a group id, name or member list; once every
+member's delivery token is known, the MULTI_SEND goes sealed and the relay does not learn the
+sender either (`client.group_sealed`).
 
 Before a message, every member device (each member's signed device list, and this
 account's other devices) that lacks this device's current chain gets it pairwise (an
