@@ -249,3 +249,24 @@ async def test_a_group_message_goes_sealed_once_every_member_can_be_sealed_to(
         assert (message.content.sender_phone, message.content.text) == (
             ALICE, "sealed to the team")
         assert message.sender is not None and message.sender.user_id == user_of(alice)
+
+
+async def test_a_refused_token_sends_the_group_message_identified(relay: RelayUnderTest,
+                                                                  tmp_path: Path) -> None:
+    """Bob rotates his profile key before Alice learns the new one: the relay refuses her
+    sealed send (his old token), nothing is stored for it, and the message goes identified."""
+    alice = await enrolled_profile(relay, tmp_path / "A", ALICE)
+    bob = await enrolled_profile(relay, tmp_path / "B", BOB)
+    await start_group(alice, "Pair", [BOB])
+    assert await group_texts(bob) == []
+    await group_send(bob, "Pair", "bob's key comes with this")
+    assert await group_texts(alice) == [("Pair", BOB, "bob's key comes with this")]
+    assert (await group_send(alice, "Pair", "sealed")).receipt.sealed
+    with trio.fail_after(TIMEOUT_S):
+        async with Messenger.connect(bob) as messenger:
+            await messenger.rotate_profile_key()  # Alice's copy of the new key waits unread
+    fallback = await group_send(alice, "Pair", "after the rotation")
+    assert not fallback.receipt.sealed and fallback.receipt.devices == 1
+    assert [(message.content.text if message.content else None, message.sealed)
+            for message in await received(bob)] == [("sealed", True),
+                                                     ("after the rotation", False)]
