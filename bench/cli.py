@@ -35,12 +35,14 @@ from bench.cluster import DEFAULT_POSTGRES, ClusterSetup, Placement, StoreKind, 
 from bench.encrypted_link import check_text_size
 from bench.exchange import ExchangeLoad, exchange_on
 from bench.files import run_files
+from bench.group_cost import MAX_GROUP_DEVICES, group_cost
 from bench.messenger_cost import messenger_cost
 from bench.push_wake import PUSH_RELAY_ARGS, push_wakeups
 from bench.report import print_result
 from bench.target import Target, TargetOptions, check_options, open_target
 from bench.transport import run_transport
 from client.message_content import MAX_TEXT_BYTES
+from relay.limits import SENDS_PER_MINUTE
 from relay.logs import configure_logging
 
 __all__ = ["Target", "app", "main"]
@@ -120,8 +122,17 @@ def live(devices: Annotated[int, typer.Option(help="Connected devices.", min=2)]
          encrypted: Annotated[bool, typer.Option(
              "--encrypted", help="End-to-end encrypted texts of --size bytes through the "
              "client library (sessions set up in a warm-up).")] = False,
+         group: Annotated[int | None, typer.Option(
+             "--group", metavar="N",
+             help=f"Instead: the cost of one group message to N devices (2 to "
+                  f"{MAX_GROUP_DEVICES}) against the same text sent pairwise, --messages "
+                  f"times each (bench/group_cost.py): sender CPU and bytes uploaded, relay "
+                  f"CPU and bytes stored.", show_default=False)] = None,
          as_json: JsonOption = False, *, target: TargetOptions) -> None:
     """Devices send to random others; delivered messages/s and end-to-end latency."""
+    if group is not None:
+        _live_group(group, messages, size, target, as_json)
+        return
     if encrypted:
         try:
             check_text_size(size)
@@ -130,6 +141,33 @@ def live(devices: Annotated[int, typer.Option(help="Connected devices.", min=2)]
     _run_on_target(lambda relay: scenarios.live(
         relay, devices=devices, messages=messages, size=size, rate=rate, window=window,
         processes=processes, time_limit=timeout, encrypted=encrypted), target, as_json, "live")
+
+
+def _group_sends(group: int, messages: int) -> int:
+    """What ``live --group`` takes of the sender's SEND budget: a key to each other device,
+    each group message as a MULTI_SEND (one SEND per 16 devices), each pairwise text one SEND
+    per other device."""
+    others = group - 1
+    return others + messages * (-(-others // 16) + others)
+
+
+def _live_group(group: int, messages: int, size: int, target: TargetOptions,
+                as_json: bool) -> None:
+    if not 2 <= group <= MAX_GROUP_DEVICES:
+        raise typer.BadParameter(f"a group of 2 to {MAX_GROUP_DEVICES} devices",
+                                 param_hint="--group")
+    if _group_sends(group, messages) > SENDS_PER_MINUTE:
+        fitting = max(number for number in range(SENDS_PER_MINUTE + 1)
+                      if number == 0 or _group_sends(group, number) <= SENDS_PER_MINUTE)
+        raise typer.BadParameter(
+            f"the run makes {_group_sends(group, messages)} SENDs' worth from one device, more "
+            f"than the relay's {SENDS_PER_MINUTE} a minute: use --messages {fitting} or fewer",
+            param_hint="--messages")
+    if size > MAX_TEXT_BYTES:
+        raise typer.BadParameter(f"a text is at most {MAX_TEXT_BYTES} bytes",
+                                 param_hint="--size")
+    _run_on_target(lambda relay: group_cost(relay, group=group, messages=messages, size=size),
+                   target, as_json, "live --group")
 
 
 @app.command()

@@ -50,6 +50,8 @@ from client.connection import (
     connect_any,
 )
 from client.file_names import announced_name, safe_file_name
+from client.group_cli import group_commands
+from client.group_messaging import GroupError
 from client.linking import LinkFailed, approve_link, link_new_device, remove_device
 from client.message_content import MAX_CALL_MEMBERS, MAX_TEXT_BYTES, FileMessage
 from client.messenger import (
@@ -169,7 +171,7 @@ def _explain(error: BaseException) -> str | None:
     match error:
         case (ProfileError() | UnknownContactError() | MissingPrekeysError() | LinkFailed()
               | ProfileBusyError() | DeviceListProblem() | LinkCodeError() | CallNotAnswered()
-              | FileUnreadable()):
+              | FileUnreadable() | GroupError()):
             return str(error)
         case ProvisioningError():
             return (f"link refused: {error}. Nothing was added to the account; if the new "
@@ -341,7 +343,10 @@ def message_line(message: ReceivedMessage) -> dict[str, Any]:
     if problems:
         line["error"] = "; ".join(problems)
     line["from" if message.sender_confirmed else "claimed_from"] = content.sender_phone
-    line["to"] = content.recipient_phone
+    if message.group is not None:  # this device's name for the group
+        line["group"] = message.group
+    else:
+        line["to"] = content.recipient_phone
     if isinstance(content, FileMessage):
         line |= {"name": safe_file_name(content.name), "size": content.size,
                  "media_type": content.media_type}
@@ -772,6 +777,7 @@ def devices_remove(device_id: Annotated[int, typer.Argument(
 _kit = CommandKit(run=_run, enrolled_profile=_enrolled_profile, fail=_fail, command=_command,
                   print_message=_print_message)
 app.add_typer(push_commands(_kit), name="push")
+app.add_typer(group_commands(_kit, _phone), name="group")
 app.add_typer(delivery_token_commands(_kit), name="delivery-token")
 
 

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import secrets
 import ssl
 from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Mapping, Sequence
@@ -97,6 +98,7 @@ from wire.call_frames import (
 from wire.codec import encode_frame
 from wire.frames import (
     ALPN,
+    MAX_CLIENT_MESSAGE_ID,
     Ack,
     Acked,
     Authenticate,
@@ -120,6 +122,13 @@ from wire.frames import (
     Send,
     SendAccepted,
     auth_transcript,
+)
+from wire.group_frames import (
+    MultiSend,
+    MultiSendAccepted,
+    MultiSendRecipient,
+    SealedMultiSend,
+    SealedMultiSendAccepted,
 )
 from wire.prekey_frames import (
     Bundle,
@@ -167,8 +176,9 @@ from wire.sealed_frames import (
 )
 
 __all__ = ["CONNECT_TIMEOUT_SECONDS", "PUSH_BUFFER", "CertificateFileError", "ConnectionClosed",
-           "HandshakeFailed", "NoRelayReached", "RelayClient", "RelayError", "RelayUnreachable",
-           "check_ca_file", "connect_anonymous", "connect_any", "connect_relay"]
+           "HandshakeFailed", "MismatchedDevices", "NoRelayReached", "RelayClient", "RelayError",
+           "RelayUnreachable", "check_ca_file", "connect_anonymous", "connect_any",
+           "connect_relay"]
 
 CONNECT_TIMEOUT_SECONDS = 10.0
 """How long a handshake may go unanswered before the relay counts as unreachable (and a
@@ -224,6 +234,20 @@ class _Waiter:
 
 
 Delivery = Deliver | QueueEmpty
+
+
+class MismatchedDevices(RelayError):
+    """A MULTI_SEND did not address exactly its users' current devices; nothing was stored.
+
+    ``users`` maps each user concerned to (current devices not addressed, addressed devices
+    that do not exist): fetch the missing ones' bundles, drop the others, and send again.
+    """
+
+    def __init__(self, error: Error) -> None:
+        super().__init__(error)
+        self.users: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {
+            entry.user_id: (entry.missing_devices, entry.extra_devices)
+            for entry in error.users}
 
 
 class RelayClient:
@@ -850,6 +874,68 @@ class RelayClient:
                  payloads=dict(payloads), urgent=urgent), SendAccepted,
             stream_id=self._send_stream)
         return answer.duplicate
+
+    async def multi_send(self, recipients: Mapping[str, Mapping[int, bytes]], shared: bytes, *,
+                         client_message_id: int | None = None, urgent: bool = False) -> bool:
+        """Send one shared ciphertext to many devices, with each device's own key material.
+
+        ``recipients`` maps each recipient user to its devices' key material (every current
+        device of the user, as ``send`` requires; the sender's own user may leave out this
+        device). The relay stores ``shared`` once, and queues one envelope per device whose
+        DELIVER carries ``shared`` too; it is accepted for every device or for none. Returns
+        True if it was a re-send. Ordered with this client's ``send`` calls. A
+        ``client_message_id`` of None draws a random one (no retry can then be recognised).
+
+        Raises:
+            MismatchedDevices: a user's device set is not its current one (``users`` says how).
+            RelayError: QUEUE_FULL (``error.users`` names the full devices; nothing stored),
+                UNKNOWN_RECIPIENT, RATE_LIMITED, PAYLOAD_TOO_LARGE and the like.
+            LocalProtocolError: the request breaks a limit (MAX_MULTI_SEND_DEVICES,
+                MAX_KEY_MATERIAL_SIZE, MAX_CIPHERTEXT_SIZE); nothing was sent.
+        """
+        if client_message_id is None:
+            client_message_id = secrets.randbelow(MAX_CLIENT_MESSAGE_ID + 1)
+        frame = MultiSend(client_message_id=client_message_id, shared=shared, urgent=urgent,
+                          recipients=tuple(MultiSendRecipient(user_id=user_id,
+                                                              devices=dict(devices))
+                                           for user_id, devices in recipients.items()))
+        if self._send_stream is None:
+            self._send_stream = self._require_link().new_stream()
+        try:
+            answer = await self._ask(frame, MultiSendAccepted, stream_id=self._send_stream)
+        except RelayError as refusal:
+            if refusal.code is ErrorCode.MISMATCHED_DEVICES:
+                raise MismatchedDevices(refusal.error) from None
+            raise
+        return answer.duplicate
+
+    async def sealed_multi_send(self, recipients: Mapping[str, Mapping[int, bytes]],
+                                shared: bytes, *, delivery_tokens: Mapping[str, bytes | None],
+                                client_message_id: bytes, urgent: bool = False) -> None:
+        """``multi_send`` sealed: no sender is named to the relay or stored (the shared
+        ciphertext and each device's key material are sealed envelopes). Each recipient user
+        admits it with its delivery token (``delivery_tokens[user_id]``; None for a user in
+        "organisation" mode, which needs this connection authenticated in a reachable
+        organisation). A re-send with the same ``client_message_id`` (16 random bytes) to the
+        same users is accepted again and stored once. Use a ``connect_anonymous`` connection
+        so that nothing ties the send to this device.
+
+        Raises:
+            MismatchedDevices: a user's device set is not its current one.
+            RelayError: DELIVERY_TOKEN_REFUSED (one answer for every user's bad, rotated or
+                absent token, or unknown user: nothing stored), QUEUE_FULL, RATE_LIMITED, ...
+        """
+        frame = SealedMultiSend(
+            client_message_id=client_message_id, shared=shared, urgent=urgent,
+            recipients=tuple(MultiSendRecipient(user_id=user_id, devices=dict(devices),
+                                                delivery_token=delivery_tokens.get(user_id))
+                             for user_id, devices in recipients.items()))
+        try:
+            await self._ask(frame, SealedMultiSendAccepted)
+        except RelayError as refusal:
+            if refusal.code is ErrorCode.MISMATCHED_DEVICES:
+                raise MismatchedDevices(refusal.error) from None
+            raise
 
     def acknowledge(self, envelope_id: int) -> None:
         """Mark a delivery handed over; acknowledgements leave in batches."""

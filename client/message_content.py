@@ -29,6 +29,11 @@ A fifth kind shares the account's **profile key** (`client.sealed`): ``{"v": 1, 
 to the account's own devices when the key is made or rotated, and to a contact with the first
 message written to it and after each rotation; its delivery token lets the contact send
 sealed. Only end-to-end encrypted content ever carries it.
+
+Groups add three more kinds (client/groups.py): ``group_key`` (a member device's sender key,
+pairwise), ``group_header`` (a MULTI_SEND's per-device key material: which group and chain
+its shared ciphertext is) and ``group_opened`` (never sent: how the profile's inbox keeps a
+group message it opened until it is acknowledged).
 """
 
 from __future__ import annotations
@@ -38,18 +43,20 @@ from dataclasses import dataclass
 
 import msgpack
 
+from client.groups import GroupContentError, GroupHeader, GroupKey, decode_group_pairwise
 from crypto.attachments import (
     ATTACHMENT_DIGEST_SIZE,
     ATTACHMENT_KEY_SIZE,
     MAX_CHUNK_SIZE,
     ciphertext_size,
 )
+from crypto.sender_keys import GROUP_ID_SIZE
 
 __all__ = ["CALL_SIGNAL_TYPES", "CONTENT_VERSION", "MAX_CALL_KEY_BYTES", "MAX_CALL_MEMBERS",
            "MAX_FILE_NAME_BYTES", "MAX_FILE_SIZE", "MAX_TEXT_BYTES", "CallSignal", "ContentError",
-           "DeviceListUpdate", "FileMessage", "ProfileKeyShare", "TextMessage", "decode_content",
-           "encode_call_signal", "encode_content", "encode_device_list_update",
-           "encode_file_content", "encode_profile_key_share"]
+           "DeviceListUpdate", "FileMessage", "GroupOpened", "ProfileKeyShare", "TextMessage",
+           "decode_content", "encode_call_signal", "encode_content", "encode_device_list_update",
+           "encode_file_content", "encode_group_opened", "encode_profile_key_share"]
 
 CONTENT_VERSION = 1
 MAX_TEXT_BYTES = 60 * 1024
@@ -77,6 +84,7 @@ MAX_CALL_MEMBERS = 7
 """Numbers an offer names besides the caller's: the relay's MAX_CALL_INVITEES."""
 _CALL_ID_BYTES = 16  # wire.call_frames.CALL_ID_SIZE
 _MAX_KEY_ID = 2**64 - 1  # crypto.sframe.MAX_KEY_ID
+_MAX_GROUP_PLAINTEXT_BYTES = 65_536  # crypto.device.MAX_PLAINTEXT_SIZE: what a sender sends.
 _PROFILE_KEY_BYTES = 32  # crypto.delivery_token.PROFILE_KEY_SIZE
 _MAX_U63 = 2**63 - 1
 
@@ -193,6 +201,20 @@ def _decode_call(value: dict[str, object]) -> CallSignal:
 _KEYED_TYPES = frozenset({"offer", "answer", "join", "rekey"})
 
 
+@dataclass(frozen=True, kw_only=True)
+class GroupOpened:
+    """A group message this device opened, kept in the inbox until it is acknowledged."""
+
+    group_id: bytes
+    plaintext: bytes  #: the group content (client.groups.decode_group_content)
+
+
+def encode_group_opened(group_id: bytes, plaintext: bytes) -> bytes:
+    packed: bytes = msgpack.packb({"v": CONTENT_VERSION, "kind": "group_opened",
+                                   "group": group_id, "content": plaintext})
+    return packed
+
+
 @dataclass(frozen=True, kw_only=True, repr=False)
 class ProfileKeyShare:
     """A profile key shared by a contact, or by another device of this account."""
@@ -277,7 +299,8 @@ def encode_file_content(*, sender_phone: str, recipient_phone: str, sent_at: dat
 
 def decode_content(
         data: bytes,
-) -> TextMessage | FileMessage | DeviceListUpdate | CallSignal | ProfileKeyShare:
+) -> (TextMessage | FileMessage | DeviceListUpdate | CallSignal | ProfileKeyShare | GroupKey
+      | GroupHeader | GroupOpened):
     """Parse a decrypted plaintext.
 
     Raises:
@@ -290,6 +313,18 @@ def decode_content(
     if not isinstance(value, dict) or value.get("v") != CONTENT_VERSION:
         raise ContentError("content of an unsupported version")
     kind = value.get("kind", "text")
+    if kind in ("group_key", "group_header"):
+        try:
+            return decode_group_pairwise(value)
+        except GroupContentError as error:
+            raise ContentError(str(error)) from error
+    if kind == "group_opened":
+        group_id, plaintext = value.get("group"), value.get("content")
+        if (not isinstance(group_id, bytes) or len(group_id) != GROUP_ID_SIZE
+                or not isinstance(plaintext, bytes)
+                or len(plaintext) > _MAX_GROUP_PLAINTEXT_BYTES):
+            raise ContentError("an opened group message is damaged")
+        return GroupOpened(group_id=group_id, plaintext=plaintext)
     if kind == "device_list":
         device_list = value.get("list")
         if not isinstance(device_list, bytes) or len(device_list) > _MAX_DEVICE_LIST_BYTES:

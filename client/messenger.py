@@ -49,11 +49,13 @@ from client.connection import (
 from client.contacts import AccountView, Contact, decode_contacts, encode_contacts
 from client.downloads import FileRefused, download_file
 from client.file_names import announced_name
+from client.groups import GroupBook, GroupHeader, GroupKey
 from client.message_content import (
     CallSignal,
     ContentError,
     DeviceListUpdate,
     FileMessage,
+    GroupOpened,
     ProfileKeyShare,
     TextMessage,
     decode_content,
@@ -61,6 +63,7 @@ from client.message_content import (
     encode_content,
     encode_device_list_update,
     encode_file_content,
+    encode_group_opened,
     encode_profile_key_share,
 )
 from client.prekey_upkeep import MissingPrekeysError, bundle_from_wire, publish_prekeys
@@ -104,7 +107,7 @@ from wire.frames import Deliver, ErrorCode, QueueEmpty
 
 __all__ = ["MAX_MISMATCH_RETRIES", "DeviceListProblem", "IdentityChangedError", "Messenger",
            "ReceivedCallSignal", "ReceivedMessage", "SendReceipt", "UnknownContactError",
-           "create_device_state"]
+           "create_device_state", "saved_groups"]
 
 STATE_VERSION = 2
 MAX_MISMATCH_RETRIES = 3
@@ -166,6 +169,7 @@ class ReceivedMessage:
     file: Path | None = None  #: where a file message's file was saved, if it was fetched
     sender_confirmed: bool = False  #: the relay gives content.sender_phone to this sender
     identity_changed: bool = False  #: the sender's account key is not the accepted one: warn
+    group: str | None = None  #: the group's local name, for a group message
     sealed: bool = False  #: came sealed: the sender is the one its certificate names
     refused: bool = False  #: a sealed envelope refused (``problem`` says why): not a message
 
@@ -188,7 +192,8 @@ def create_device_state(profile: Profile, *, contacts: dict[str, Contact] | None
     device = DeviceCrypto.create(identity, SystemRandom(),
                                  address=DeviceAddress(user_id=user_id, device_id=device_id),
                                  now_ms=_now_ms())
-    profile.save_device_state(_encode_state(device, contacts or {}, {}, SealedSettings(), {}))
+    profile.save_device_state(_encode_state(device, contacts or {}, {}, SealedSettings(), {},
+                                            GroupBook()))
     return device
 
 
@@ -198,23 +203,30 @@ def own_contact(phone: str, user_id: str, device_list: SignedDeviceList) -> Cont
                    device_list=device_list.encoded)
 
 
+def saved_groups(profile: Profile) -> GroupBook:
+    """The groups kept in the profile's end-to-end state (hold ``profile.lock``)."""
+    return _load_state(profile)[5]
+
+
 def _now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
 _Loaded = tuple[DeviceCrypto, dict[str, Contact], dict[int, bytes], SealedSettings,
-                dict[int, DeviceAddress]]
+                dict[int, DeviceAddress], GroupBook]
 
 
 def _encode_state(device: DeviceCrypto, contacts: dict[str, Contact], inbox: dict[int, bytes],
-                  sealed: SealedSettings, inbox_senders: dict[int, DeviceAddress]) -> bytes:
+                  sealed: SealedSettings, inbox_senders: dict[int, DeviceAddress],
+                  groups: GroupBook) -> bytes:
     packed: bytes = msgpack.packb({"version": STATE_VERSION, "crypto": device.to_bytes(),
                                    "contacts": encode_contacts(contacts),
                                    "inbox": sorted(inbox.items()),
                                    "sealed": sealed.to_state(),
                                    "inbox_senders": [
                                        [envelope_id, sender.user_id, sender.device_id]
-                                       for envelope_id, sender in inbox_senders.items()]})
+                                       for envelope_id, sender in inbox_senders.items()],
+                                   "groups": groups.to_state()})
     return packed
 
 
@@ -231,7 +243,8 @@ def _load_state(profile: Profile) -> _Loaded:
                    for envelope_id, user_id, device_id in value.get("inbox_senders", [])}
         return (DeviceCrypto.from_bytes(value["crypto"], SystemRandom()),
                 decode_contacts(value["contacts"]), inbox,
-                SealedSettings.from_state(value.get("sealed")), senders)
+                SealedSettings.from_state(value.get("sealed")), senders,
+                GroupBook.from_state(value.get("groups", [])))  # none before groups came
     except (ValueError, KeyError, TypeError, msgpack.UnpackException) as error:
         raise ProfileError(f"the end-to-end state in {profile.directory} is damaged: "
                            f"{error}") from error
@@ -269,6 +282,7 @@ class Messenger:
         self.sealed = sealed or SealedSettings()
         self._identity = identity
         self.seal_by_default = True  #: send sealed to contacts whose profile key is known
+        self.groups = GroupBook()  #: this device's groups (client.groups), saved with the state
         self._asked_keys_for_unknown = False  #: one look at the relay's keys per connection
         self.user_id, self.device_id, self.phone = user_id, device_id, profile.data.phone
         self.persist_state = persist_state
@@ -319,7 +333,7 @@ class Messenger:
         await profile.lock.acquire()
         held = True
         try:
-            device, contacts, inbox, sealed, inbox_senders = _load_state(profile)
+            device, contacts, inbox, sealed, inbox_senders, groups = _load_state(profile)
             async with connect_any(addresses, ca=Path(ca) if ca else None,
                                    connect_timeout=connect_timeout, endpoint=endpoint) as client:
                 if reached is not None:
@@ -327,7 +341,7 @@ class Messenger:
                 await client.authenticate(user_id, device_id, profile.signing_key())
                 async with cls.attach(client, profile, device, contacts,
                                       inbox=inbox, inbox_senders=inbox_senders,
-                                      sealed=sealed) as messenger:
+                                      sealed=sealed, groups=groups) as messenger:
                     if not hold_profile:
                         held = False
                         profile.lock.release()
@@ -344,7 +358,8 @@ class Messenger:
                      inbox_senders: dict[int, DeviceAddress] | None = None,
                      sealed: SealedSettings | None = None,
                      identity: Ed25519KeyPair | None = None,
-                     seal: bool = True) -> AsyncIterator[Messenger]:
+                     seal: bool = True,
+                     groups: GroupBook | None = None) -> AsyncIterator[Messenger]:
         """Run a messenger on ``client``, already authenticated as the profile's device:
         publish missing prekeys (rotating them when due), learn this account's other
         devices, and keep refilling prekeys until the block ends. `connect` uses it; a load
@@ -362,6 +377,7 @@ class Messenger:
                         inbox=inbox, inbox_senders=inbox_senders, sealed=sealed,
                         identity=identity)
         messenger.seal_by_default = seal
+        messenger.groups = groups or GroupBook()
         await messenger.refresh_prekeys()
         await messenger.own_devices()
         await messenger.prepare_sealed()
@@ -426,7 +442,7 @@ class Messenger:
         try:
             if self._depth == 1 and self.profile.device_state_stamp() != self._stamp:
                 (self.device, self.contacts, self.inbox, self.sealed,
-                 self.inbox_senders) = _load_state(self.profile)
+                 self.inbox_senders, self.groups) = _load_state(self.profile)
                 self._stamp = self.profile.device_state_stamp()
             yield
         finally:
@@ -442,7 +458,8 @@ class Messenger:
         messenger keeps its state in memory only (``persist_state=False``)."""
         if self.persist_state:
             self.profile.save_device_state(_encode_state(self.device, self.contacts, self.inbox,
-                                                         self.sealed, self.inbox_senders))
+                                                         self.sealed, self.inbox_senders,
+                                                         self.groups))
             self._stamp = self.profile.device_state_stamp()
 
     def _address(self, user_id: str, device_id: int) -> DeviceAddress:
@@ -878,6 +895,13 @@ class Messenger:
                 device_list.encoded), secrets.randbelow(MAX_CLIENT_MESSAGE_ID))
             return told
 
+    # What client.group_messaging builds a group message's pairwise steps on.
+    ready = _ready
+    deliver = _deliver
+    start_sessions = _start_sessions
+    accepted_view = _accepted_view
+    share_profile_key = _share_profile_key
+
     # -- receiving ----------------------------------------------------------------------
 
     async def messages(self, *, stop_when_empty: bool = False,
@@ -977,6 +1001,15 @@ class Messenger:
             except CryptoError as error:
                 return unreadable(f"cannot decrypt: {type(error).__name__}")
             plaintext = decrypted.plaintext
+            if delivery.shared is not None:  # a MULTI_SEND: the plaintext names the group
+                try:
+                    plaintext = self._open_shared(sender, plaintext, delivery.shared)
+                except DuplicateMessageError:
+                    self.save()  # the pairwise step moved on: keep it
+                    return None
+                except (ContentError, CryptoError) as error:
+                    self.save()
+                    return unreadable(f"cannot open the group message: {error}")
             self._keep(delivery.envelope_id, plaintext, None)
         return await self._read(delivery, sender, plaintext, sealed=False)
 
@@ -1030,6 +1063,15 @@ class Messenger:
             except CryptoError as error:
                 return refused(f"the inner message does not decrypt: {type(error).__name__}")
             plaintext = decrypted.plaintext
+            if delivery.shared is not None:  # a sealed MULTI_SEND: the plaintext names the group
+                try:
+                    plaintext = self._open_shared(sender, plaintext, delivery.shared)
+                except DuplicateMessageError:
+                    self.save()  # the pairwise step moved on: keep it
+                    return None
+                except (ContentError, CryptoError) as error:
+                    self.save()
+                    return refused(f"the group message does not open: {error}")
             self._keep(delivery.envelope_id, plaintext, sender)
         return await self._read(delivery, sender, plaintext, sealed=True)
 
@@ -1079,12 +1121,45 @@ class Messenger:
         if isinstance(content, ProfileKeyShare):
             await self._take_profile_key(sender, content)
             return None
+        if isinstance(content, GroupKey):
+            self.groups.accept_key((sender.user_id, sender.device_id), content,
+                                   own_user_id=self.user_id)
+            return None
+        group = None
+        if isinstance(content, GroupOpened):
+            shown = self.groups.opened((sender.user_id, sender.device_id), content.group_id,
+                                       content.plaintext)
+            if shown is None:  # a membership change, applied
+                return None
+            group, text = shown
+            content = TextMessage(sender_phone=text.sender_phone, recipient_phone="",
+                                  text=text.text, sent_at=text.sent_at)
+        elif isinstance(content, GroupHeader):
+            return ReceivedMessage(envelope_id=delivery.envelope_id, sender=sender,
+                                   accepted_at=delivery.accepted_at, content=None,
+                                   problem="group key material without a shared ciphertext",
+                                   sealed=sealed)
         contact = await self._contact_of_sender(sender, content.sender_phone)
         identity_changed = contact is None or contact.changed
         return ReceivedMessage(envelope_id=delivery.envelope_id, sender=sender,
                                accepted_at=delivery.accepted_at, content=content,
                                sender_confirmed=contact is not None,
-                               identity_changed=identity_changed, sealed=sealed)
+                               identity_changed=identity_changed, sealed=sealed,
+                               group=group)
+
+    def _open_shared(self, sender: DeviceAddress, record: bytes, shared: bytes) -> bytes:
+        """A MULTI_SEND's envelope: its record names the group and the sender's chain; open
+        the shared ciphertext with it (`GroupBook.open_shared`).
+
+        Raises:
+            ContentError: the record is not a group header.
+            CryptoError: no such group or chain here, or the ciphertext does not open.
+        """
+        header = decode_content(record)
+        if not isinstance(header, GroupHeader):
+            raise ContentError("key material that is not a group header")
+        plaintext = self.groups.open_shared((sender.user_id, sender.device_id), header, shared)
+        return encode_group_opened(header.group_id, plaintext)
 
     async def _take_profile_key(self, sender: DeviceAddress, share: ProfileKeyShare) -> None:
         """A contact's profile key (it may now be sent sealed), or this account's from

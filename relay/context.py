@@ -20,7 +20,7 @@ from relay.cluster import ClusterNode
 from relay.delivery import CommitPipeline, Presence
 from relay.last_seen import LastSeen
 from relay.metrics import RelayMetrics
-from relay.sealed_limits import SealedConnection
+from relay.sealed_limits import SealedConnection, TokenBuckets
 from relay.send_budgets import SendBudgets
 from relay.settings import RelaySettings
 from storage.base import Envelope, Store
@@ -96,6 +96,10 @@ class PushRequests(Protocol):
 class SealedRequests(Protocol):
     """Answers sealed sender's requests (relay/sealed.py)."""
 
+    per_token: TokenBuckets
+    """Sealed sends per delivery token (SEALED_MULTI_SEND's too: relay/sealed_fanout.py)."""
+    per_recipient: TokenBuckets
+    """Sealed sends per recipient user (SEALED_MULTI_SEND's too)."""
 
     async def handle(self, device: tuple[str, int] | None,
                      frame: GetSenderKeys | GetSenderCertificate | SetDeliveryToken) -> bytes:

@@ -27,6 +27,7 @@ import structlog
 import trio
 
 from storage.base import Envelope, EnvelopeQueue, PendingResult, SendOutcome
+from storage.fanout_records import MultiSendOutcome
 from wire.codec import encode_frame
 from wire.frames import (
     Deliver,
@@ -176,7 +177,8 @@ class DeliveryPump:
                 sender_user_id=None if sealed else envelope.sender_user_id,
                 sender_device_id=None if sealed else envelope.sender_device_id,
                 client_message_id=envelope.client_message_id,
-                accepted_at=envelope.accepted_at, ciphertext=envelope.ciphertext)))
+                accepted_at=envelope.accepted_at, ciphertext=envelope.ciphertext,
+                shared=envelope.shared)))
         if chunks:
             self.delivered += len(chunks)
             self._write(b"".join(chunks))
@@ -246,6 +248,12 @@ class CommitPipeline:
         self._queue.append(_Submitted(pending, answer, True))
         self._wakeup.set()
 
+    def submit_fan_out(self, pending: PendingResult[MultiSendOutcome],
+                       answer: Callable[[MultiSendOutcome | BaseException], None]) -> None:
+        """``submit`` for a multi-recipient send (relay/fanout.py)."""
+        self._queue.append(_Submitted(pending, answer, True))
+        self._wakeup.set()
+
     def submit_write(self, pending: PendingResult[T],
                      answer: Callable[[T | BaseException], None]) -> None:
         """Register any other submitted write; ``answer`` is called once it commits."""
@@ -280,7 +288,8 @@ class CommitPipeline:
             submitted.answer(outcome)
         except Exception:  # one connection's bug must not stop every other answer
             log.exception("commit_answer_failed")
-        if submitted.is_send and isinstance(outcome, SendOutcome) and outcome.envelopes:
+        if (submitted.is_send and isinstance(outcome, SendOutcome | MultiSendOutcome)
+                and outcome.envelopes):
             try:
                 self._presence.offer(outcome.envelopes)
             except Exception:  # the envelopes are stored: a pump re-reads them later

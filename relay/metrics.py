@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from storage.base import Envelope, SendOutcome, SendStatus
+from storage.fanout_records import MultiSendOutcome
 
 __all__ = [
     "DELIVERY_LATENCY_BUCKETS",
@@ -133,6 +134,11 @@ class RelayMetrics:
     push_targets: Counter[tuple[str, str]] = field(default_factory=Counter)
     """(outcome, provider) -> PUSH_SET and PUSH_CLEAR requests (relay/push_registry.py): "set",
     "cleared" (provider ""), "rate_limited", "provider_unavailable", "invalid_target"."""
+    multi_sends: Counter[str] = field(default_factory=Counter)
+    """MULTI_SEND requests by outcome ("accepted", "duplicate", a refusal's SendStatus name,
+    "rate_limited", "error"); each also counts once among the sends."""
+    fanned_out: int = 0
+    """Envelopes queued by accepted MULTI_SENDs, one per recipient device."""
     sealed: Counter[str] = field(default_factory=Counter)
     """Sealed sender's requests by outcome, never by user (relay/sealed.py): sealed sends
     "accepted", "duplicate", "token_refused" (bad, rotated or absent token, or no such
@@ -142,7 +148,7 @@ class RelayMetrics:
         default_factory=lambda: LatencyHistogram(PUSH_DELAY_BUCKETS))
     """From the commit of the first envelope a wake-up announces to its push."""
 
-    def count_send(self, outcome: SendOutcome | BaseException) -> None:
+    def count_send(self, outcome: SendOutcome | MultiSendOutcome | BaseException) -> None:
         if isinstance(outcome, BaseException):
             self.refused += 1
             self.refusals["error"] += 1
@@ -153,6 +159,20 @@ class RelayMetrics:
         else:
             self.refused += 1
             self.refusals[outcome.status.name.lower()] += 1
+
+    def count_multi_send(self, outcome: MultiSendOutcome | BaseException | None) -> None:
+        """Count a MULTI_SEND's outcome (None: refused by the send budget, before the store)
+        as a send, and the envelopes it fanned out."""
+        self.multi_sends["rate_limited" if outcome is None else "error"
+                         if isinstance(outcome, BaseException)
+                         else outcome.status.name.lower()] += 1
+        if outcome is None:
+            self.refused += 1
+            self.refusals["rate_limited"] += 1
+            return
+        self.count_send(outcome)
+        if not isinstance(outcome, BaseException):
+            self.fanned_out += len(outcome.envelopes)
 
     def send_outcomes(self) -> dict[str, int]:
         """Sends by outcome: accepted, duplicate, and each refusal reason."""

@@ -60,7 +60,8 @@ from wire.sealed_frames import (
     SetDeliveryToken,
 )
 
-__all__ = ["TOKEN_REFUSED_REASON", "SealedService", "check_cluster_keys", "sealed_message_id"]
+__all__ = ["TOKEN_REFUSED_REASON", "SealedService", "authorised", "check_cluster_keys",
+           "sealed_message_id", "share_key"]
 
 log = structlog.get_logger("relay.sealed")
 
@@ -87,7 +88,7 @@ _REFUSALS: dict[SendStatus, tuple[ErrorCode, str]] = {
 }
 
 
-def _share_key(token_hash: bytes | None) -> str:
+def share_key(token_hash: bytes | None) -> str:
     """What a sealed envelope's queue share is counted by (its ``share_key`` column):
     derived from the token shown (every contact holding it shares the share), or one value
     for the sends of organisation mode. It names no user; it tells only which of the
@@ -198,7 +199,7 @@ class SealedService:
             if wait_ms is not None:
                 return self._rate_limited(what, wait_ms)
         access = await relay.store.delivery_access(frame.recipient_user_id)
-        if not _authorised(access, token_hash, organisation_id):
+        if not authorised(access, token_hash, organisation_id):
             metrics.sealed["token_refused"] += 1
             return _error(ErrorCode.DELIVERY_TOKEN_REFUSED, TOKEN_REFUSED_REASON)
         wait_ms = self.per_recipient.take(frame.recipient_user_id, now=now)
@@ -217,7 +218,7 @@ class SealedService:
                                                 frame.client_message_id),
             payloads=frame.payloads, accepted_at=now, expires_at=now + settings.envelope_ttl_ms,
             max_queue_depth=settings.max_queue_depth, max_sender_share=share,
-            queue_share_key=_share_key(None if organisation_mode else token_hash),
+            queue_share_key=share_key(None if organisation_mode else token_hash),
             # In organisation mode the send's transaction checks again that the organisations
             # are active and may reach each other; with a token, the recipient chose.
             sender_organisation_id=organisation_id if organisation_mode else None))
@@ -282,7 +283,7 @@ async def check_cluster_keys(store: EnrolmentStore, keyring: SenderKeyring) -> b
     return agreed
 
 
-def _authorised(access: DeliveryAccess | None, token_hash: bytes | None,
+def authorised(access: DeliveryAccess | None, token_hash: bytes | None,
                 organisation_id: int | None) -> bool:
     """Whether the send may go on: the token matches (constant time), or organisation mode on
     a connection authenticated in the recipient's own organisation."""

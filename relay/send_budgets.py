@@ -54,8 +54,10 @@ class SendBudgets:
     def __len__(self) -> int:
         return len(self._buckets)
 
-    def take(self, device: tuple[str, int], *, payload_bytes: int, now: int) -> int | None:
-        """Take one SEND of ``payload_bytes`` bytes from ``device``'s budget.
+    def take(self, device: tuple[str, int], *, payload_bytes: int, now: int,
+             messages: int = 1) -> int | None:
+        """Take ``messages`` SENDs (one, or what a MULTI_SEND counts as) of ``payload_bytes``
+        bytes from ``device``'s budget.
 
         A SEND larger than the whole byte budget costs the whole budget (it passes once a period,
         rather than never). A clock behind the last take adds nothing.
@@ -64,6 +66,7 @@ class SendBudgets:
             None if taken; otherwise the milliseconds until the SEND would be (nothing taken).
         """
         cost = min(payload_bytes, self.payload_bytes)
+        count = float(min(messages, self.messages))
         bucket = self._buckets.get(device)
         if bucket is None:
             if len(self._buckets) >= self.MAX_DEVICES:
@@ -78,10 +81,11 @@ class SendBudgets:
             bytes_left = min(float(self.payload_bytes),
                              bytes_left + elapsed * self.payload_bytes / self.period_ms)
             last = max(now, last)
-        if sends_left < 1 - _ROUNDING or bytes_left < cost - _ROUNDING:
+        if sends_left < count - _ROUNDING or bytes_left < cost - _ROUNDING:
             self._buckets[device] = (sends_left, bytes_left, last)
-            wait = max((1 - sends_left) * self.period_ms / self.messages,
+            wait = max((count - sends_left) * self.period_ms / self.messages,
                        (cost - bytes_left) * self.period_ms / self.payload_bytes)
             return max(1, math.ceil(wait - _ROUNDING))
-        self._buckets[device] = (max(0.0, sends_left - 1), max(0.0, bytes_left - cost), last)
+        self._buckets[device] = (max(0.0, sends_left - count), max(0.0, bytes_left - cost),
+                                 last)
         return None

@@ -15,6 +15,7 @@ sets its ``AuthenticatedDevice`` record, in one step, just before confirming.
 
 from __future__ import annotations
 
+import functools
 import secrets
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -45,6 +46,7 @@ from relay.blob_streams import ConnectionBlobs
 from relay.cluster import DeviceGone
 from relay.context import RelayContext
 from relay.delivery import DeliveryPump
+from relay.fanout import FanOutSender, fan_out
 from relay.limits import (
     LOOKUP_PERIOD_MS,
     LOOKUPS_PER_MINUTE,
@@ -53,6 +55,7 @@ from relay.limits import (
 )
 from relay.linking import address_key
 from relay.reachability import may_reach
+from relay.sealed_fanout import sealed_fan_out
 from relay.sealed_limits import SealedConnection
 from storage.base import NewSend, OrganisationState, SendOutcome, SendStatus, UserState
 from storage.interfaces.accounts import AccountKeyStore
@@ -83,6 +86,7 @@ from wire.frames import (
     Send,
     SendAccepted,
 )
+from wire.group_frames import MultiSend, SealedMultiSend
 from wire.limits import MAX_RETRY_AFTER_MS, NONCE_SIZE
 from wire.phone import InvalidPhoneNumber, parse_phone
 from wire.prekey_frames import FetchBundle, GetPrekeyCounts, ListDevices, UploadPrekeys
@@ -300,6 +304,12 @@ class DeviceSession:
                 self._link_fetch(stream_id, slot, frame)
             case GetSenderKeys():
                 self._spawn(stream_id, slot, self._relay.sealed.handle(self.device, frame))
+            case SealedMultiSend():
+                if self._sealed is None:
+                    self._sealed = SealedConnection()
+                self._spawn(stream_id, slot, sealed_fan_out(
+                    self._relay, frame, connection=self._sealed,
+                    organisation_id=self.organisation_id))
             case SealedSend():
                 # Allowed authenticated or not; either way nothing of this connection's device
                 # goes with the send but its organisation, for "organisation" mode.
@@ -318,6 +328,11 @@ class DeviceSession:
         match frame:
             case Send():
                 self._submit_send(stream_id, slot, device, frame)
+            case MultiSend():
+                fan_out(self._relay, FanOutSender(user_id=device.user_id,
+                                                  device_id=device.device_id,
+                                                  organisation_id=device.organisation_id),
+                        frame, functools.partial(self._fill, stream_id, slot))
             case Ack():
                 self._submit_acknowledge(stream_id, slot, device, frame)
             case Lookup():

@@ -85,6 +85,7 @@ class RelayCollector(Collector):
         for outcome, count in sorted(metrics.send_outcomes().items()):
             sends.add_metric([outcome], count)
         yield sends
+        yield from _fan_out_metrics(metrics)
         yield _counter("cryptopass_envelopes_delivered",
                        "Envelopes pushed to connected devices.", metrics.delivered)
         yield _counter("cryptopass_envelopes_acknowledged",
@@ -284,3 +285,16 @@ def _histogram(name: str, documentation: str,
                histogram: LatencyHistogram) -> HistogramMetricFamily:
     return HistogramMetricFamily(name, documentation, buckets=histogram.cumulative(),
                                  sum_value=histogram.total)
+
+
+def _fan_out_metrics(metrics: RelayMetrics) -> Iterator[Metric]:
+    """MULTI_SENDs by outcome, and the envelopes they fanned out (relay/fanout.py)."""
+    multi_sends = CounterMetricFamily("cryptopass_multi_sends",
+                                      "MULTI_SEND requests by outcome (each also a send).",
+                                      labels=["outcome"])
+    for outcome, count in sorted(metrics.multi_sends.items()):
+        multi_sends.add_metric([outcome], count)
+    yield multi_sends
+    yield _counter("cryptopass_envelopes_fanned_out",
+                   "Envelopes queued by accepted MULTI_SENDs, one per recipient device.",
+                   metrics.fanned_out)

@@ -37,6 +37,7 @@ from storage.interfaces.cluster import ClusterCapable, ClusterWakeups
 from storage.interfaces.directory import Directory, OrganisationPolicy
 from storage.interfaces.enrolment import EnrolmentStore
 from storage.interfaces.envelope_queue import EnvelopeQueue
+from storage.interfaces.fanout import FanOutQueue
 from storage.interfaces.lifecycle import StoreLifecycle
 from storage.interfaces.pending import PendingResult
 from storage.interfaces.prekeys import PrekeyStore
@@ -89,6 +90,7 @@ __all__ = [
     "EnrolmentStore",
     "Envelope",
     "EnvelopeQueue",
+    "FanOutQueue",
     "LinkChannelStore",
     "LinkPostResult",
     "NewSend",
@@ -118,9 +120,9 @@ __all__ = [
 ]
 
 
-class Store(StoreLifecycle, ClusterCapable, EnvelopeQueue, Directory, OrganisationPolicy,
-            EnrolmentStore, AccountKeyStore, LinkChannelStore, PrekeyStore, RateLimits,
-            AdminStore, DeviceActivity, PushTargetStore, WakeupQueue, BlobStore,
+class Store(StoreLifecycle, ClusterCapable, EnvelopeQueue, FanOutQueue, Directory,
+            OrganisationPolicy, EnrolmentStore, AccountKeyStore, LinkChannelStore, PrekeyStore,
+            RateLimits, AdminStore, DeviceActivity, PushTargetStore, WakeupQueue, BlobStore,
             DeliveryAccessStore, Protocol):
     """The relay's whole persistent state: every capability of ``storage.interfaces``.
 

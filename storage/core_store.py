@@ -18,9 +18,10 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import trio
 
-from storage import enrolment_sql, envelope_sql, prekey_sql
+from storage import enrolment_sql, envelope_sql, fanout_sql, prekey_sql
 from storage.account_records import Registration
 from storage.base import PendingResult
+from storage.fanout_records import MultiSendOutcome, NewMultiSend
 from storage.group_commit import GroupCommitWriter
 from storage.prekey_records import ClaimedBundle, PrekeyCounts, PrekeyUpload
 from storage.records import (
@@ -187,6 +188,12 @@ class CoreStoreMethods(BackendHooks):
         dialect = self._dialect
         return self._writer.submit(lambda connection: envelope_sql.commit_send(
             connection, dialect, send, payloads), locks=(send.recipient_user_id,))
+
+    def submit_multi_send(self, send: NewMultiSend) -> PendingResult[MultiSendOutcome]:
+        recipients = {user_id: dict(devices) for user_id, devices in send.recipients.items()}
+        dialect = self._dialect
+        return self._writer.submit(lambda connection: fanout_sql.commit_multi_send(
+            connection, dialect, send, recipients), locks=tuple(sorted(recipients)))
 
     async def fetch_queue(self, *, user_id: str, device_id: int, after_envelope_id: int,
                           limit: int, now: int) -> list[Envelope]:

@@ -118,6 +118,7 @@ commit only, so never for a send that rolls back)."""
 
 _ENVELOPE_COLUMNS = ("envelope_id, recipient_user_id, recipient_device_id, sender_user_id,"
                      " sender_device_id, client_message_id, ciphertext, accepted_at, expires_at")
+_ENVELOPE_COLUMNS_OF_E = ", ".join(f"e.{name.strip()}" for name in _ENVELOPE_COLUMNS.split(","))
 _SENDER_KEY = "sender_user_id, sender_device_id, client_message_id"
 
 
@@ -151,10 +152,13 @@ class _Statements:
         self.remember_send = sql(
             f"INSERT INTO idempotency_records ({_SENDER_KEY}, expires_at) VALUES (?, ?, ?, ?)"
             f" ON CONFLICT ({_SENDER_KEY}) DO UPDATE SET expires_at = excluded.expires_at")
+        # With a multi-recipient send's shared ciphertext (storage.fanout_sql), read once per
+        # row from its one stored copy; NULLs for an ordinary envelope.
         self.envelopes_after = sql(
-            f"SELECT {_ENVELOPE_COLUMNS} FROM envelopes WHERE recipient_user_id = ?"
-            " AND recipient_device_id = ? AND envelope_id > ? AND expires_at > ?"
-            " ORDER BY envelope_id LIMIT ?")
+            f"SELECT {_ENVELOPE_COLUMNS_OF_E}, e.shared_id, s.payload FROM envelopes AS e"
+            " LEFT JOIN shared_payloads AS s ON s.shared_id = e.shared_id"
+            " WHERE e.recipient_user_id = ? AND e.recipient_device_id = ? AND e.envelope_id > ?"
+            " AND e.expires_at > ? ORDER BY e.envelope_id LIMIT ?")
         # The recipient columns in the WHERE clause are the ownership check.
         self.delete_acknowledged_ids = sql(
             "DELETE FROM envelopes WHERE recipient_user_id = ? AND recipient_device_id = ?"
@@ -191,14 +195,14 @@ def _for_ids(connection: Connection, dialect: Dialect, statement: str,
     return cursor.rowcount
 
 
-def _envelope(row: Sequence[Any]) -> Envelope:
+def _envelope(row: Sequence[Any], shared: bytes | None = None) -> Envelope:
     (envelope_id, recipient_user_id, recipient_device_id, sender_user_id, sender_device_id,
      client_message_id, ciphertext, accepted_at, expires_at) = row
     return Envelope(envelope_id=int(envelope_id), recipient_user_id=str(recipient_user_id),
                     recipient_device_id=int(recipient_device_id),
                     sender_user_id=str(sender_user_id), sender_device_id=int(sender_device_id),
                     client_message_id=int(client_message_id), ciphertext=bytes(ciphertext),
-                    accepted_at=int(accepted_at), expires_at=int(expires_at))
+                    accepted_at=int(accepted_at), expires_at=int(expires_at), shared=shared)
 
 
 def commit_send(connection: Connection, dialect: Dialect, send: NewSend,
@@ -286,7 +290,14 @@ def fetch_queue(connection: Connection, dialect: Dialect, *, user_id: str, devic
     """See ``Store.fetch_queue``."""
     rows = connection.execute(_STATEMENTS[dialect].envelopes_after,
                               (user_id, device_id, after_envelope_id, now, limit)).fetchall()
-    return [_envelope(row) for row in rows]
+    shared: dict[int, bytes] = {}  # one bytes object per shared payload, however many rows
+    envelopes = []
+    for row in rows:
+        shared_id, payload = row[-2], row[-1]
+        if shared_id is not None and payload is not None:
+            payload = shared.setdefault(int(shared_id), bytes(payload))
+        envelopes.append(_envelope(row[:-2], None if payload is None else payload))
+    return envelopes
 
 
 def acknowledge(connection: Connection, dialect: Dialect, *, user_id: str, device_id: int,

@@ -37,13 +37,14 @@ import psycopg
 import trio
 from psycopg_pool import ConnectionPool
 
-from storage import envelope_sql
+from storage import envelope_sql, fanout_sql
 from storage.account_store import AccountStoreMethods
 from storage.admin_store import AdminStoreMethods
 from storage.base import PendingResult
 from storage.blob_postgres import PostgresBlobMethods
 from storage.blob_sql import BLOB_SWEEP_LIMIT
 from storage.core_store import CoreStoreMethods
+from storage.fanout_records import MultiSendOutcome, NewMultiSend
 from storage.group_commit import GroupCommitWriter, Outcome, WriteOperation
 from storage.postgres_presence import notify_recipient_nodes, notify_revoked_devices
 from storage.postgres_schema import Connection, SchemaVersionTooNew, apply_migrations
@@ -173,6 +174,12 @@ class PostgresStore(CoreStoreMethods, AdminStoreMethods, AccountStoreMethods,
             lambda connection: _commit_send(connection, send, payloads, skip_channel),
             locks=(send.recipient_user_id,))
 
+    def submit_multi_send(self, send: NewMultiSend) -> PendingResult[MultiSendOutcome]:
+        recipients = {user_id: dict(devices) for user_id, devices in send.recipients.items()}
+        wake = functools.partial(_wake_recipient, skip_channel=self.node_channel)
+        return self._writer.submit(lambda connection: fanout_sql.commit_multi_send(
+            connection, POSTGRES, send, recipients, wake), locks=tuple(sorted(recipients)))
+
     async def expire(self, *, now: int, limit: int) -> int:
         # The shared sweep, and in the same transaction the buckets idle long enough to be
         # full again (SQLite's live in memory).
@@ -197,6 +204,12 @@ def _commit_send(connection: Connection, send: NewSend, payloads: Mapping[int, b
     that hold the recipient's devices, except ``skip_channel``'s."""
     return envelope_sql.commit_send(connection, POSTGRES, send, payloads, functools.partial(
         _wake_holders, skip_channel=skip_channel))
+
+
+def _wake_recipient(connection: Connection, user_id: str, device_ids: list[int], now: int, *,
+                    skip_channel: str | None) -> None:
+    notify_recipient_nodes(connection, user_id=user_id, device_ids=device_ids, now=now,
+                           skip_channel=skip_channel)
 
 
 def _wake_holders(connection: Connection, send: NewSend, device_ids: list[int], *,

@@ -34,6 +34,7 @@ from storage.blob_postgres import POSTGRES_BLOB_CHUNK_TABLES
 from storage.blob_sql import POSTGRES_BLOB_TABLES
 from storage.enrolment_sql import POSTGRES_ENROLMENT_GUESS_TABLES, POSTGRES_ENROLMENT_TABLES
 from storage.envelope_sql import ENVELOPE_SHARE_KEYS, ENVELOPES_BY_SENDER, POSTGRES_ENVELOPE_TABLES
+from storage.fanout_sql import POSTGRES_FANOUT_TABLES
 from storage.last_seen_sql import LAST_SEEN_COLUMN
 from storage.link_sql import POSTGRES_LINK_TABLES
 from storage.login_attempt_sql import POSTGRES_LOGIN_ATTEMPT_TABLES
@@ -142,10 +143,14 @@ _VERSION_14 = Migration(
 # envelopes' share keys, which count sealed sends' queue share (storage.envelope_sql).
 _VERSION_15 = Migration(version=15, statements=(*POSTGRES_SEALED_TABLES, *ENVELOPE_SHARE_KEYS))
 
+# Multi-recipient sends: a shared ciphertext stored once for many envelopes, counted by a
+# trigger on envelopes (storage.fanout_sql).
+_VERSION_16 = Migration(version=16, statements=POSTGRES_FANOUT_TABLES)
+
 MIGRATIONS: tuple[Migration, ...] = (_VERSION_1, _VERSION_2, _VERSION_3, _VERSION_4,
                                      _VERSION_5, _VERSION_6, _VERSION_7, _VERSION_8, _VERSION_9,
                                      _VERSION_10, _VERSION_11, _VERSION_12, _VERSION_13,
-                                     _VERSION_14, _VERSION_15)
+                                     _VERSION_14, _VERSION_15, _VERSION_16)
 """Every migration, oldest first; versions are consecutive from 1."""
 
 LATEST_SCHEMA_VERSION = MIGRATIONS[-1].version

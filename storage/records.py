@@ -189,6 +189,9 @@ class Envelope:
     """Milliseconds since the epoch, when the relay committed it."""
     expires_at: int
     """Milliseconds since the epoch; the sweeper deletes it after that."""
+    shared: bytes | None = None
+    """A multi-recipient send's shared ciphertext (stored once for all its envelopes; then
+    ``ciphertext`` is this device's key material); None for an ordinary send's envelope."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -17,6 +17,7 @@ from storage.blob_files import SQLITE_BLOB_FILE_TABLES
 from storage.blob_sql import SQLITE_BLOB_TABLES
 from storage.enrolment_sql import SQLITE_ENROLMENT_GUESS_TABLES, SQLITE_ENROLMENT_TABLES
 from storage.envelope_sql import ENVELOPE_SHARE_KEYS, ENVELOPES_BY_SENDER, SQLITE_ENVELOPE_TABLES
+from storage.fanout_sql import SQLITE_FANOUT_TABLES
 from storage.last_seen_sql import LAST_SEEN_COLUMN
 from storage.link_sql import SQLITE_LINK_TABLES
 from storage.login_attempt_sql import SQLITE_LOGIN_ATTEMPT_TABLES
@@ -100,10 +101,14 @@ _VERSION_11 = Migration(version=11, statements=(*SQLITE_BLOB_TABLES, *SQLITE_BLO
 # envelopes' share keys, which count sealed sends' queue share (storage.envelope_sql).
 _VERSION_12 = Migration(version=12, statements=(*SQLITE_SEALED_TABLES, *ENVELOPE_SHARE_KEYS))
 
+# Multi-recipient sends: a shared ciphertext stored once for many envelopes, counted by a
+# trigger on envelopes (storage.fanout_sql).
+_VERSION_13 = Migration(version=13, statements=SQLITE_FANOUT_TABLES)
+
 MIGRATIONS: tuple[Migration, ...] = (_VERSION_1, _VERSION_2, _VERSION_3, _VERSION_4,
                                      _VERSION_5, _VERSION_6, _VERSION_7,
                                      _VERSION_8, _VERSION_9, _VERSION_10, _VERSION_11,
-                                     _VERSION_12)
+                                     _VERSION_12, _VERSION_13)
 """Every migration, oldest first; versions are consecutive from 1."""
 
 LATEST_SCHEMA_VERSION = MIGRATIONS[-1].version

@@ -27,6 +27,7 @@ from wire.catalogue import (
     FrameType,
 )
 from wire.codec import decode_body
+from wire.group_frames import GROUP_FRAME_CLASSES
 from wire.prekey_frames import PREKEY_FRAME_CLASSES
 from wire.push_frames import PUSH_FRAME_CLASSES
 from wire.sealed_frames import SEALED_FRAME_CLASSES
@@ -74,7 +75,8 @@ def test_assigned_error_codes_sit_outside_every_block() -> None:
 
 def test_every_frame_class_has_a_distinct_assigned_type() -> None:
     classes = [*PREKEY_FRAME_CLASSES, *ACCOUNT_FRAME_CLASSES, *PUSH_FRAME_CLASSES,
-               *BLOB_FRAME_CLASSES, *CALL_FRAME_CLASSES, *SEALED_FRAME_CLASSES,
+               *BLOB_FRAME_CLASSES, *GROUP_FRAME_CLASSES, *CALL_FRAME_CLASSES,
+               *SEALED_FRAME_CLASSES,
                *(getattr(frames, name) for name in frames.__all__
                                         if hasattr(getattr(frames, name), "frame_type"))]
     types = [cls.frame_type for cls in classes]

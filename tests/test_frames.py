@@ -18,6 +18,7 @@ from crypto.primitives import SeededRandom, ed25519_generate
 from tests.account_samples import ACCOUNT_SAMPLE_FRAMES, CHANNEL_ID
 from tests.blob_samples import BLOB_SAMPLE_FRAMES
 from tests.call_samples import CALL_SAMPLE_FRAMES
+from tests.group_samples import GROUP_SAMPLE_FRAMES
 from tests.prekey_samples import PREKEY_SAMPLE_FRAMES
 from tests.push_samples import PUSH_SAMPLE_FRAMES
 from tests.sealed_samples import SEALED_SAMPLE_FRAMES
@@ -116,6 +117,7 @@ SAMPLE_FRAMES: dict[FrameType, Frame] = {
     **PUSH_SAMPLE_FRAMES,
     **BLOB_SAMPLE_FRAMES,
     **CALL_SAMPLE_FRAMES,
+    **GROUP_SAMPLE_FRAMES,
     **SEALED_SAMPLE_FRAMES,
 }
 
@@ -201,6 +203,8 @@ def test_frame_type_and_error_code_numbers_are_stable() -> None:
         "CALL_OPEN": 40, "CALL_JOIN": 41, "CALL_LEAVE": 42, "CALL_OPENED": 104,
         "CALL_JOINED": 105, "CALL_LEFT": 106, "CALL_ELSEWHERE": 107, "CALL_MEMBERS": 148,
         "CALL_ENDED": 149,
+        "MULTI_SEND": 32, "MULTI_SEND_ACCEPTED": 96, "SEALED_MULTI_SEND": 33,
+        "SEALED_MULTI_SEND_ACCEPTED": 97,
         "GET_SENDER_KEYS": 48, "GET_SENDER_CERTIFICATE": 49, "SET_DELIVERY_TOKEN": 50,
         "SEALED_SEND": 51, "SENDER_KEYS": 112, "SENDER_CERTIFICATE": 113,
         "DELIVERY_TOKEN_SET": 114, "SEALED_SEND_ACCEPTED": 115,

@@ -52,6 +52,8 @@ class FrameType(IntEnum):
     BLOB_UPLOAD = 25
     BLOB_STATUS = 26
     BLOB_DOWNLOAD = 27
+    MULTI_SEND = 32
+    SEALED_MULTI_SEND = 33
     CALL_OPEN = 40
     CALL_JOIN = 41
     CALL_LEAVE = 42
@@ -81,6 +83,8 @@ class FrameType(IntEnum):
     BLOB_UPLOADED = 89
     BLOB_STATE = 90
     BLOB_DATA = 91
+    MULTI_SEND_ACCEPTED = 96
+    SEALED_MULTI_SEND_ACCEPTED = 97
     CALL_OPENED = 104
     CALL_JOINED = 105
     CALL_LEFT = 106
@@ -190,8 +194,9 @@ RESERVED_BLOCKS: tuple[FeatureBlock, ...] = (
     # Attachments assigned requests 24-27, responses 88-91 and errors 80-83 (issue 18).
     FeatureBlock(feature="attachments", requests=range(28, 32), responses=range(92, 96),
                  pushes=range(140, 144), errors=range(84, 90)),
-    FeatureBlock(feature="groups (multi-recipient sends)", requests=range(32, 40),
-                 responses=range(96, 104), pushes=range(144, 148), errors=range(90, 100)),
+    # Groups assigned requests 32-33 and responses 96-97 (issue 19).
+    FeatureBlock(feature="groups (multi-recipient sends)", requests=range(34, 40),
+                 responses=range(98, 104), pushes=range(144, 148), errors=range(90, 100)),
     # Calls assigned requests 40-42, responses 104-107, pushes 148-149 and errors 100-102
     # (issue 20).
     FeatureBlock(feature="calls", requests=range(43, 48), responses=range(108, 112),

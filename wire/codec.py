@@ -47,6 +47,7 @@ from wire.frames import (
     Send,
     SendAccepted,
 )
+from wire.group_frames import GROUP_FRAME_CLASSES, MultiSendRecipient, UserDevices
 from wire.prekey_frames import (
     PREKEY_FRAME_CLASSES,
     DeviceBundle,
@@ -65,6 +66,7 @@ _FRAME_CLASSES: Final[tuple[type[Any], ...]] = (
     EnrolStarted, Enrolled, Challenge, Authenticated, LookupResult, SendAccepted, Acked, Error,
     Deliver, QueueEmpty, *PREKEY_FRAME_CLASSES, *ACCOUNT_FRAME_CLASSES, *PUSH_FRAME_CLASSES,
     *BLOB_FRAME_CLASSES,
+    *GROUP_FRAME_CLASSES,
     *CALL_FRAME_CLASSES,
     *SEALED_FRAME_CLASSES,
 )  # fmt: skip
@@ -72,7 +74,7 @@ _CLASS_BY_TYPE: Final[dict[int, type[Any]]] = {cls.frame_type: cls for cls in _F
 # Values nested inside frames, encoded as maps like frame bodies.
 _NESTED_CLASSES: Final[tuple[type[Any], ...]] = (
     DirectoryEntry, SignedPrekey, OneTimePrekey, KemPrekey, DeviceBundle, DeviceInfo,
-    AddedDevice, SenderKey,
+    AddedDevice, MultiSendRecipient, UserDevices, SenderKey,
 )
 # Field names in declaration order, computed once: encode_frame runs once per message.
 _FIELD_NAMES: Final[dict[type[Any], tuple[str, ...]]] = {
@@ -85,6 +87,15 @@ _OPTIONAL_FIELDS: Final[dict[type[Any], frozenset[str]]] = {
         field.name for field in dataclasses.fields(cls) if field.default is not dataclasses.MISSING
     )
     for cls in _FIELD_NAMES
+}
+
+# Fields left out of the encoding while they hold their default, so that frames without them
+# encode as they did before the field existed (DELIVER without a MULTI_SEND's shared ciphertext,
+# ERROR without per-user detail).
+_OMITTED_AT_DEFAULT: Final[dict[type[Any], tuple[tuple[str, object], ...]]] = {
+    Deliver: (("shared", None),),
+    Error: (("users", ()),),
+    MultiSendRecipient: (("delivery_token", None),),
 }
 
 _U32: Final = struct.Struct(">I")
@@ -100,12 +111,21 @@ _MAX_STR_SIZE: Final = max(4 * MAX_REASON_LENGTH, MAX_PUSH_TOKEN_SIZE + 1)
 _MAX_ARRAY_ITEMS: Final = MAX_ACK_IDS + 1
 
 
+def _body(value: object) -> dict[str, object]:
+    """A frame's or nested value's fields by name, those at an omitted default left out."""
+    body = {name: getattr(value, name) for name in _FIELD_NAMES[type(value)]}
+    for name, default in _OMITTED_AT_DEFAULT.get(type(value), ()):
+        if body[name] == default:
+            del body[name]
+    return body
+
+
 def _pack_default(value: object) -> object:
     """msgpack hook for the two non-native values frames hold."""
     if isinstance(value, MappingProxyType):
         return dict(value)
     if type(value) in _NESTED_CLASSES:
-        return {name: getattr(value, name) for name in _FIELD_NAMES[type(value)]}
+        return _body(value)
     raise TypeError(f"cannot encode {type(value).__name__}")
 
 
@@ -120,7 +140,7 @@ def encode_frame(frame: Frame) -> bytes:
         raise LocalProtocolError(
             ErrorCode.MALFORMED_FRAME, f"{type(frame).__name__} is not a frame"
         )
-    body = {name: getattr(frame, name) for name in names}
+    body = _body(frame)
     packed: bytes = msgpack.packb((PROTOCOL_VERSION, frame.frame_type, body), default=_pack_default)
     if len(packed) > MAX_FRAME_SIZE:
         raise LocalProtocolError(
@@ -164,6 +184,8 @@ _CONVERTERS: Final[dict[str, Callable[[object], object]]] = {
     "bundles": _nested_tuple(DeviceBundle),
     "devices": _nested_tuple(DeviceInfo),
     "added": _nested_tuple(AddedDevice),
+    "recipients": _nested_tuple(MultiSendRecipient),
+    "users": _nested_tuple(UserDevices),
     "keys": _nested_tuple(SenderKey),
 }
 

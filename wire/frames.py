@@ -28,6 +28,7 @@ from wire.checks import (
     field_error,
 )
 from wire.errors import LocalProtocolError, ProtocolError, RemoteProtocolError
+from wire.group_frames import MAX_MULTI_SEND_DEVICES, GroupFrame, UserDevices
 from wire.limits import (
     ALPN,
     IDENTITY_KEY_SIZE,
@@ -357,6 +358,8 @@ class Error:
     #: RATE_LIMITED (and other "later" refusals): milliseconds to wait before trying again; None
     #: when the relay names no time (absent from older relays' frames too)
     retry_after_ms: int | None = None
+    #: MULTI_SEND's MISMATCHED_DEVICES and QUEUE_FULL: the devices concerned, per user
+    users: tuple[UserDevices, ...] = ()
 
     def __post_init__(self) -> None:
         if not isinstance(self.code, ErrorCode):
@@ -373,6 +376,10 @@ class Error:
                 minimum=1,
                 maximum=MAX_DEVICE_ID,
             )
+        users = self.users
+        if (type(users) is not tuple or len(users) > MAX_MULTI_SEND_DEVICES
+                or any(type(user) is not UserDevices for user in users)):
+            raise field_error(self, "users", f"at most {MAX_MULTI_SEND_DEVICES} user entries")
 
 
 # --- Pushes (relay -> client, on the relay's unidirectional stream) -------------------------------
@@ -385,8 +392,11 @@ class Deliver:
     client_message_id: int  #: the sender's idempotency key (for a sealed send, one derived from it)
     accepted_at: int  #: when the relay committed the SEND, milliseconds since the Unix epoch
     ciphertext: bytes  #: the opaque payload addressed to this device
+    #: a MULTI_SEND's shared ciphertext, the same for every device it went to; absent for a
+    #: SEND's envelope (then ``ciphertext`` is the whole message, else this device's key material)
     sender_user_id: str | None = None  #: the authenticated sender user; absent: a sealed envelope
     sender_device_id: int | None = None  #: the authenticated sender device; absent when sealed
+    shared: bytes | None = None
 
     @property
     def sealed(self) -> bool:
@@ -403,6 +413,8 @@ class Deliver:
         check_int(self, "client_message_id", 0, MAX_CLIENT_MESSAGE_ID)
         check_int(self, "accepted_at", 0, MAX_TIMESTAMP_MS)
         check_bytes(self, "ciphertext", 1, MAX_CIPHERTEXT_SIZE, ErrorCode.PAYLOAD_TOO_LARGE)
+        if self.shared is not None:
+            check_bytes(self, "shared", 1, MAX_CIPHERTEXT_SIZE, ErrorCode.PAYLOAD_TOO_LARGE)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -436,6 +448,7 @@ Frame = (
     | AccountFrame
     | PushFrame
     | BlobFrame
+    | GroupFrame
     | CallFrame
     | SealedFrame
 )

@@ -95,7 +95,8 @@ class ConnectionState(Enum):
 _LINKING = frozenset({FrameType.LINK_POST, FrameType.LINK_FETCH})
 # Sealed sender: its keys, and sealed sends, which by default travel on a connection that never
 # authenticates (so that it names no sender); they are allowed once authenticated too.
-_ANONYMOUS = frozenset({FrameType.GET_SENDER_KEYS, FrameType.SEALED_SEND})
+_ANONYMOUS = frozenset({FrameType.GET_SENDER_KEYS, FrameType.SEALED_SEND,
+                        FrameType.SEALED_MULTI_SEND})
 _UNAUTHENTICATED = frozenset({FrameType.ENROL_START, FrameType.ENROL_VERIFY,
                               FrameType.LINK_OPEN}) | _LINKING | _ANONYMOUS
 
@@ -111,7 +112,7 @@ ALLOWED_REQUESTS: dict[ConnectionState, frozenset[FrameType]] = {
         FrameType.FETCH_BUNDLE, FrameType.GET_PREKEY_COUNTS, FrameType.LIST_DEVICES,
         FrameType.PUBLISH_DEVICE_LIST, FrameType.PUSH_SET, FrameType.PUSH_CLEAR, FrameType.PUSH_GET,
         FrameType.BLOB_CREATE, FrameType.BLOB_UPLOAD, FrameType.BLOB_STATUS,
-        FrameType.BLOB_DOWNLOAD,
+        FrameType.BLOB_DOWNLOAD, FrameType.MULTI_SEND,
         FrameType.CALL_OPEN, FrameType.CALL_JOIN, FrameType.CALL_LEAVE,
         FrameType.GET_SENDER_CERTIFICATE, FrameType.SET_DELIVERY_TOKEN,
     }) | _LINKING | _ANONYMOUS,
