@@ -1,0 +1,91 @@
+"""``cryptopass group send-file`` and ``receive --download-dir`` through the real CLI (one
+process per command) against a real relay subprocess: a file sent to a group of three is
+uploaded once, stored once, and every other member saves the same bytes; the refusals a user
+can cause send nothing."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import stat
+from contextlib import closing
+from pathlib import Path
+
+import trio
+
+from tests.test_cli_encryption import Cli, declare
+from tests.test_cli_groups import ALICE, BOB, CAROL, group
+from tests.test_cli_scenario import free_udp_port, run, start_relay
+
+
+async def receive_into(cli: Cli, name: str, downloads: Path | None) -> list[dict[str, object]]:
+    where = [] if downloads is None else ["--download-dir", str(downloads)]
+    output = await run("cryptopass", "--profile", cli.profile(name), "receive", *where,
+                       "--timeout", "10")
+    return [json.loads(line) for line in output.splitlines()]
+
+
+def stored_blobs(data: Path) -> tuple[int, list[Path]]:
+    """Rows of the relay's ``blobs`` table and the files under its blob directory."""
+    with closing(sqlite3.connect(data / "relay.db")) as database:
+        [(rows,)] = database.execute("SELECT COUNT(*) FROM blobs").fetchall()
+    return rows, sorted(path for path in (data / "blobs").rglob("*") if path.is_file())
+
+
+async def test_a_file_sent_to_a_group_is_stored_once_and_saved_by_every_member(
+        tmp_path: Path) -> None:
+    data = tmp_path / "D"
+    await declare(data, ALICE, BOB, CAROL)
+    port = free_udp_port()
+    async with trio.open_nursery() as nursery:
+        cli = Cli(tmp_path, await start_relay(nursery, data, port), port)
+        for name, phone in (("A", ALICE), ("B", BOB), ("C", CAROL)):
+            await cli.enrol(name, phone)
+        await group(cli, "A", "create", "Crew", BOB, CAROL)
+        for name in ("B", "C"):
+            assert await cli.receive(name) == []  # the creation, applied
+        report = tmp_path / "report.pdf"
+        report.write_bytes(os.urandom(150_000))
+
+        sent = await group(cli, "A", "send-file", "Crew", str(report))
+        assert sent == {"sent": True, "group": "Crew", "message_id": sent["message_id"],
+                        "devices": 2, "keys_sent": 0, "rekeyed": False,
+                        "sealed": sent["sealed"], "name": "report.pdf", "size": 150_000}
+        rows, files = stored_blobs(data)
+        assert (rows, len(files)) == (1, 1)  # one upload for the whole group
+
+        for name in ("B", "C"):
+            downloads = tmp_path / f"downloads-{name}"
+            downloads.mkdir()
+            [line] = await receive_into(cli, name, downloads)
+            assert (line["group"], line["from"], line["name"], line["size"],
+                    line["media_type"]) == ("Crew", ALICE, "report.pdf", 150_000,
+                                            "application/pdf")
+            assert "error" not in line and "to" not in line
+            saved = Path(str(line["file"]))
+            assert saved == downloads / "report.pdf"
+            assert saved.read_bytes() == report.read_bytes()
+            assert stat.S_IMODE(saved.stat().st_mode) == 0o600
+        assert stored_blobs(data)[0] == 1  # still one blob, fetched twice
+
+        await group(cli, "B", "send-file", "Crew", str(report))  # without --download-dir
+        [line] = await receive_into(cli, "C", None)
+        assert (line["group"], line["from"], line["name"], line["size"]) == (
+            "Crew", BOB, "report.pdf", 150_000)
+        assert "file" not in line and "error" not in line
+
+        for words, problem in (
+                (("Nope", str(report)), "no group named 'Nope'"),
+                (("Crew", str(tmp_path / "missing.bin")), "missing.bin"),
+                (("Crew", str(tmp_path)), "is not a regular file")):
+            refusal = await cli.refused("--profile", cli.profile("A"), "group", "send-file",
+                                        *words)
+            assert refusal.startswith("error: ") and problem in refusal, refusal
+            assert len(refusal.splitlines()) == 1, refusal
+        assert await receive_into(cli, "B", None) == []  # nothing was announced
+        assert stored_blobs(data)[0] == 2  # A's one and B's one: nothing uploaded since
+        cli.relay.process.terminate()
+        with trio.fail_after(10):
+            await cli.relay.process.wait()
+        nursery.cancel_scope.cancel()
