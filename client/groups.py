@@ -112,6 +112,9 @@ class GroupFile:
 
     announcement: bytes  #: decoded by client.message_content.decode_content
 
+    def __repr__(self) -> str:
+        return f"GroupFile(bytes={len(self.announcement)})"
+
 
 @dataclass(frozen=True, kw_only=True)
 class GroupMembership:

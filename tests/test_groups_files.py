@@ -5,6 +5,7 @@ can cause send nothing."""
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import sqlite3
@@ -12,11 +13,57 @@ import stat
 from contextlib import closing
 from pathlib import Path
 
+import msgpack
+import pytest
 import trio
 
+from client.groups import (
+    MAX_GROUP_FILE_ANNOUNCEMENT_BYTES,
+    GroupContentError,
+    GroupFile,
+    decode_group_content,
+    encode_group_file,
+)
+from client.message_content import FileMessage, encode_content, encode_file_content
+from client.messenger import _group_file
 from tests.test_cli_encryption import Cli, declare
 from tests.test_cli_groups import ALICE, BOB, CAROL, group
 from tests.test_cli_scenario import free_udp_port, run, start_relay
+
+
+def largest_announcement() -> bytes:
+    """A file announcement with every field at its limit."""
+    return encode_file_content(
+        sender_phone="+" + "1" * 31, recipient_phone="",
+        sent_at=datetime.datetime.now(datetime.UTC), blob_id=bytes(64), key=bytes(32),
+        digest=bytes(32), size=2**40, chunk_size=1024 * 1024, name="\u00e9" * 127 + "x",
+        media_type="a" * 127)
+
+
+def test_a_group_file_carries_the_announcement_within_its_limit() -> None:
+    announcement = largest_announcement()
+    assert len(announcement) < MAX_GROUP_FILE_ANNOUNCEMENT_BYTES // 2
+    decoded = decode_group_content(encode_group_file(announcement))
+    assert decoded == GroupFile(announcement=announcement)
+    file = _group_file(decoded)
+    assert isinstance(file, FileMessage) and file.size == 2**40
+    assert repr(decoded) == f"GroupFile(bytes={len(announcement)})"  # the key and blob id never reach a log line
+
+    too_long = bytes(MAX_GROUP_FILE_ANNOUNCEMENT_BYTES + 1)
+    with pytest.raises(ValueError, match="longer than"):
+        encode_group_file(too_long)
+    for value in (too_long, "text", None):
+        with pytest.raises(GroupContentError, match="'file'"):
+            decode_group_content(msgpack.packb({"v": 1, "kind": "file", "file": value}))
+
+
+def test_a_group_file_that_announces_no_file_is_shown_as_a_problem() -> None:
+    text = encode_content(sender_phone="+33612345678", recipient_phone="", text="hi",
+                          sent_at=datetime.datetime.now(datetime.UTC))
+    assert _group_file(GroupFile(announcement=text)) == (
+        "a group file message that announces no file")
+    problem = _group_file(GroupFile(announcement=b"\xc1"))
+    assert isinstance(problem, str) and problem.startswith("a group file announcement that")
 
 
 async def receive_into(cli: Cli, name: str, downloads: Path | None) -> list[dict[str, object]]:
