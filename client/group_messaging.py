@@ -176,10 +176,14 @@ async def send_group_file(messenger: Messenger, name: str, path: Path, *,
     `send_group_text` sends a text: every member device fetches the same blob.
 
     Raises:
-        GroupError: no such group (checked before the upload). Else as `Messenger.send_file`.
+        GroupError: no such group. Else as `Messenger.send_file`; like it, every member's
+            trust is checked before the upload.
     """
     async with messenger.exclusive():
-        group_id = _group(messenger, name).group_id
+        group = _group(messenger, name)
+        group_id = group.group_id
+        for phone in sorted(group.members):
+            await _member(messenger, phone)
     announcement, uploaded = await messenger.upload_announced(
         path, records_key=f"group {group_id.hex()}", recipient_phone="", progress=progress)
     content = encode_group_file(announcement)
