@@ -17,6 +17,7 @@ import msgpack
 import pytest
 import trio
 
+from client.group_messaging import send_group_file, send_group_text
 from client.groups import (
     MAX_GROUP_FILE_ANNOUNCEMENT_BYTES,
     GroupContentError,
@@ -25,7 +26,10 @@ from client.groups import (
     encode_group_file,
 )
 from client.message_content import FileMessage, encode_content, encode_file_content
-from client.messenger import _group_file
+from client.messenger import IdentityChangedError, Messenger, _group_file
+from tests.account_support import TIMEOUT_S, enrolled_profile
+from tests.conftest import RelayUnderTest
+from tests.group_support import start_group
 from tests.test_cli_encryption import Cli, declare
 from tests.test_cli_groups import ALICE, BOB, CAROL, group
 from tests.test_cli_scenario import free_udp_port, run, start_relay
@@ -136,3 +140,21 @@ async def test_a_file_sent_to_a_group_is_stored_once_and_saved_by_every_member(
         with trio.fail_after(10):
             await cli.relay.process.wait()
         nursery.cancel_scope.cancel()
+
+
+async def test_a_member_whose_safety_number_changed_stops_a_file_before_its_upload(
+        relay: RelayUnderTest, tmp_path: Path) -> None:
+    alice = await enrolled_profile(relay, tmp_path / "A", ALICE)
+    await enrolled_profile(relay, tmp_path / "B", BOB)
+    await enrolled_profile(relay, tmp_path / "C", CAROL)
+    await start_group(alice, "Crew", [BOB, CAROL])
+    await enrolled_profile(relay, tmp_path / "C2", CAROL)  # a new identity on Carol's number
+    report = tmp_path / "report.pdf"
+    report.write_bytes(os.urandom(10_000))
+    with trio.fail_after(TIMEOUT_S):
+        async with Messenger.connect(alice) as messenger:
+            with pytest.raises(IdentityChangedError):  # the relay's answer tells of the change
+                await send_group_text(messenger, "Crew", "still there?")
+            with pytest.raises(IdentityChangedError):  # known now: refused before the upload
+                await send_group_file(messenger, "Crew", report)
+    assert stored_blobs(relay.data_dir) == (0, [])  # nothing uploaded
