@@ -4,22 +4,27 @@ whose members only the members' devices know (docs/GROUPS.md)."""
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from client.file_names import announced_name
 from client.group_messaging import (
     GroupReceipt,
     add_member,
     create_group,
     remove_member,
+    send_group_file,
     send_group_text,
 )
 from client.groups import MAX_GROUP_MEMBERS, MAX_GROUP_NAME_CHARS
 from client.message_content import MAX_TEXT_BYTES
 from client.messenger import Messenger, saved_groups
 from client.push_cli import CommandKit
+from client.transfer_bars import transfer_bars
 
 __all__ = ["group_commands", "group_line"]
 
@@ -94,6 +99,29 @@ def group_commands(kit: CommandKit, parse_phone: Callable[[str], str]) -> typer.
         if len(text.encode()) > MAX_TEXT_BYTES:
             kit.fail(f"the text is longer than {MAX_TEXT_BYTES} bytes")
         _change(kit, "sent", lambda messenger: send_group_text(messenger, name, text))
+
+    @group_app.command("send-file")
+    def send_file(name: NameArgument,
+                  path: Annotated[Path, typer.Argument(
+                      metavar="PATH", help="The file to send (the relay's limit applies: "
+                                           "100 MiB by default).", show_default=False)]) -> None:
+        """Send the file at PATH to every member of group NAME: encrypted with a fresh key as
+        it is read and uploaded once, whatever the group's size; its key and digest then go
+        to every member device in one group message, and each fetches the same copy. Prints
+        one JSON line once the relay stored the message: {"sent": true, "group": NAME,
+        "devices": N, ..., "name": FILE_NAME, "size": BYTES}. A progress bar shows on stderr
+        when it is a terminal."""
+        profile = kit.enrolled_profile()
+
+        async def work() -> None:
+            with transfer_bars(terminal=sys.stderr.isatty()) as progress:
+                async with Messenger.connect(profile) as messenger:
+                    receipt = await send_group_file(messenger, name, path, progress=progress)
+            line = group_line("sent", receipt) | {"name": announced_name(path),
+                                                  "size": path.stat().st_size}
+            typer.echo(json.dumps(line, ensure_ascii=False))
+
+        kit.run(work)
 
     @group_app.command("list")
     def list_groups() -> None:

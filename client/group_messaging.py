@@ -23,7 +23,11 @@ from __future__ import annotations
 import datetime
 import secrets
 from dataclasses import dataclass
+from pathlib import Path
 
+import trio
+
+from client.attachments import TransferProgress, forget_upload
 from client.connection import MismatchedDevices
 from client.contacts import Contact
 from client.group_sealed import (
@@ -36,6 +40,7 @@ from client.groups import (
     MAX_GROUP_MEMBERS,
     MAX_GROUP_NAME_CHARS,
     Group,
+    encode_group_file,
     encode_group_header,
     encode_group_key,
     encode_group_membership,
@@ -49,7 +54,7 @@ from crypto.sender_keys import GROUP_ID_SIZE
 from wire.frames import MAX_CLIENT_MESSAGE_ID
 
 __all__ = ["GroupError", "GroupReceipt", "add_member", "create_group", "remove_member",
-           "send_group_text"]
+           "send_group_file", "send_group_text"]
 
 
 class GroupError(Exception):
@@ -162,6 +167,30 @@ async def send_group_text(messenger: Messenger, name: str, text: str) -> GroupRe
         sent_at=datetime.datetime.now(datetime.UTC).isoformat(timespec="milliseconds"))
     async with messenger.exclusive():
         return await _send(messenger, _group(messenger, name), content)
+
+
+async def send_group_file(messenger: Messenger, name: str, path: Path, *,
+                          progress: TransferProgress | None = None) -> GroupReceipt:
+    """Upload the file at ``path`` once, encrypted as it is read (`Messenger.upload_announced`),
+    then send its announcement (blob id, key, digest, size, name) to the group as
+    `send_group_text` sends a text: every member device fetches the same blob.
+
+    Raises:
+        GroupError: no such group. Else as `Messenger.send_file`; like it, every member's
+            trust is checked before the upload.
+    """
+    async with messenger.exclusive():
+        group = _group(messenger, name)
+        group_id = group.group_id
+        for phone in sorted(group.members):
+            await _member(messenger, phone)
+    announcement, uploaded = await messenger.upload_announced(
+        path, records_key=f"group {group_id.hex()}", recipient_phone="", progress=progress)
+    content = encode_group_file(announcement)
+    async with messenger.exclusive():
+        receipt = await _send(messenger, _group(messenger, name), content)
+    await trio.to_thread.run_sync(forget_upload, uploaded)
+    return receipt
 
 
 def _batches(addresses: list[DeviceAddress]) -> list[list[DeviceAddress]]:

@@ -14,9 +14,11 @@ Three formats travel end to end (msgpack maps, version 1):
   ``{"kind": "group_header", "group", "chain", "iteration", "digest"}``: which group and
   chain the shared ciphertext belongs to, and its SHA-256, so the shared payload carries no
   group id in clear and cannot be swapped for another.
-- **group content** (inside the sender-key ciphertext): ``{"kind": "text" | "membership",
-  ...}``: a text, or a membership change (every member applies it; a removal makes every
-  remaining member start a new chain, so the removed never reads what follows).
+- **group content** (inside the sender-key ciphertext): ``{"kind": "text" | "file" |
+  "membership", ...}``: a text; a file, ``{"kind": "file", "file": BYTES}`` carrying the
+  pairwise file content (client/message_content.py) whose blob every member device fetches;
+  or a membership change (every member applies it; a removal makes every remaining member
+  start a new chain, so the removed never reads what follows).
 
 Pure: no I/O. `GroupBook.to_state`/`from_state` give the saved form (kept in the profile's
 end-to-end state, client/messenger.py).
@@ -40,11 +42,12 @@ from crypto.sender_keys import (
     SendingChain,
 )
 
-__all__ = ["GROUP_CONTENT_VERSION", "MAX_CHAINS_PER_DEVICE", "MAX_GROUPS", "MAX_GROUP_MEMBERS",
-           "MAX_GROUP_NAME_CHARS", "Group", "GroupBook", "GroupContentError", "GroupHeader",
-           "GroupKey", "GroupMembership", "GroupText", "NoSenderKeyError", "decode_group_content",
-           "decode_group_pairwise", "encode_group_header", "encode_group_key",
-           "encode_group_membership", "encode_group_text"]
+__all__ = ["GROUP_CONTENT_VERSION", "MAX_CHAINS_PER_DEVICE", "MAX_GROUPS",
+           "MAX_GROUP_FILE_ANNOUNCEMENT_BYTES", "MAX_GROUP_MEMBERS", "MAX_GROUP_NAME_CHARS",
+           "Group", "GroupBook", "GroupContentError", "GroupFile", "GroupHeader", "GroupKey",
+           "GroupMembership", "GroupText", "NoSenderKeyError", "decode_group_content",
+           "decode_group_pairwise", "encode_group_file", "encode_group_header",
+           "encode_group_key", "encode_group_membership", "encode_group_text"]
 
 GROUP_CONTENT_VERSION = 1
 MAX_GROUP_MEMBERS = 256
@@ -61,6 +64,10 @@ _MAX_PHONE_CHARS = 32
 _MAX_USER_ID_CHARS = 64
 _MAX_TEXT_BYTES = 60 * 1024  # client.message_content.MAX_TEXT_BYTES
 _MAX_TIMESTAMP_CHARS = 64
+MAX_GROUP_FILE_ANNOUNCEMENT_BYTES = 2048
+"""Bytes of a file announcement in a group message: its largest legal form (a 255-byte name,
+a 127-character media type, a 64-byte blob id, key, digest, numbers and times) is under 1 KiB;
+the file itself is a blob, never in the message."""
 
 Device = tuple[str, int]
 """(user id, device id)."""
@@ -98,6 +105,17 @@ class GroupText:
     sent_at: str
 
 
+@dataclass(frozen=True, kw_only=True, repr=False)
+class GroupFile:
+    """A file sent to the group: the pairwise file content announcing its blob (its key and
+    blob id are secrets: never in a log line)."""
+
+    announcement: bytes  #: decoded by client.message_content.decode_content
+
+    def __repr__(self) -> str:
+        return f"GroupFile(bytes={len(self.announcement)})"
+
+
 @dataclass(frozen=True, kw_only=True)
 class GroupMembership:
     sender_phone: str
@@ -130,6 +148,14 @@ def encode_group_text(*, sender_phone: str, text: str, sent_at: str) -> bytes:
     if len(text.encode()) > _MAX_TEXT_BYTES:
         raise ValueError(f"the text is longer than {_MAX_TEXT_BYTES} bytes")
     return _pack({"kind": "text", "from": sender_phone, "text": text, "sent_at": sent_at})
+
+
+def encode_group_file(announcement: bytes) -> bytes:
+    """``announcement``: the file's content as `encode_file_content` made it."""
+    if len(announcement) > MAX_GROUP_FILE_ANNOUNCEMENT_BYTES:
+        raise ValueError(f"the file announcement is longer than "
+                         f"{MAX_GROUP_FILE_ANNOUNCEMENT_BYTES} bytes")
+    return _pack({"kind": "file", "file": announcement})
 
 
 def encode_group_membership(group: Group, *, sender_phone: str) -> bytes:
@@ -209,7 +235,7 @@ def decode_group_pairwise(value: dict[str, Any]) -> GroupKey | GroupHeader:
                     distribution=distribution)
 
 
-def decode_group_content(data: bytes) -> GroupText | GroupMembership:
+def decode_group_content(data: bytes) -> GroupText | GroupFile | GroupMembership:
     """A decrypted group plaintext.
 
     Raises:
@@ -223,6 +249,12 @@ def decode_group_content(data: bytes) -> GroupText | GroupMembership:
             raise GroupContentError("group field 'text' is missing, not text or too long")
         return GroupText(sender_phone=_text(value, "from", _MAX_PHONE_CHARS), text=text,
                          sent_at=_text(value, "sent_at", _MAX_TIMESTAMP_CHARS))
+    if kind == "file":
+        announcement = value.get("file")
+        if (not isinstance(announcement, bytes)
+                or len(announcement) > MAX_GROUP_FILE_ANNOUNCEMENT_BYTES):
+            raise GroupContentError("group field 'file' is missing, not bytes or too long")
+        return GroupFile(announcement=announcement)
     if kind == "membership":
         return GroupMembership(sender_phone=_text(value, "from", _MAX_PHONE_CHARS),
                                name=_text(value, "name", MAX_GROUP_NAME_CHARS),
@@ -391,8 +423,8 @@ class GroupBook:
             group.accept_chain(sender, key.distribution)
 
     def opened(self, sender: Device, group_id: bytes,
-               plaintext: bytes) -> tuple[str, GroupText] | None:
-        """An opened group message: a text to show with the group's local name, or a
+               plaintext: bytes) -> tuple[str, GroupText | GroupFile] | None:
+        """An opened group message: a text or file to show with the group's local name, or a
         membership change from a member, applied (None: nothing to show)."""
         group = self.groups.get(group_id)
         if group is None:

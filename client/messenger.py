@@ -37,7 +37,7 @@ from pathlib import Path
 import msgpack
 import trio
 
-from client.attachments import TransferProgress, forget_upload, upload_file
+from client.attachments import TransferProgress, UploadedFile, forget_upload, upload_file
 from client.connection import (
     CONNECT_TIMEOUT_SECONDS,
     ConnectionClosed,
@@ -49,7 +49,7 @@ from client.connection import (
 from client.contacts import AccountView, Contact, decode_contacts, encode_contacts
 from client.downloads import FileRefused, download_file
 from client.file_names import announced_name
-from client.groups import GroupBook, GroupHeader, GroupKey
+from client.groups import GroupBook, GroupFile, GroupHeader, GroupKey
 from client.message_content import (
     CallSignal,
     ContentError,
@@ -647,18 +647,33 @@ class Messenger:
         """
         async with self.exclusive():
             await self._check_ready(phone)
+        content, uploaded = await self.upload_announced(path, records_key=phone,
+                                                        recipient_phone=phone,
+                                                        progress=progress)
+        receipt = await self._send(phone, content)
+        await trio.to_thread.run_sync(forget_upload, uploaded)
+        return receipt
+
+    async def upload_announced(self, path: Path, *, records_key: str, recipient_phone: str,
+                               progress: TransferProgress | None = None,
+                               ) -> tuple[bytes, UploadedFile]:
+        """Encrypt the file at ``path`` as it is read and upload it once (resuming an upload
+        of it under the same ``records_key``); return the file content that announces it
+        and the upload, whose record `forget_upload` removes once that content was sent.
+
+        Raises:
+            FileUnreadable, OSError, RelayError: as `send_file`.
+        """
         uploaded = await upload_file(self.client, path, records=self.profile.directory,
-                                     recipient=phone, progress=progress)
+                                     recipient=records_key, progress=progress)
         media_type, _ = mimetypes.guess_type(path.name, strict=False)
         content = encode_file_content(
-            sender_phone=self.phone, recipient_phone=phone,
+            sender_phone=self.phone, recipient_phone=recipient_phone,
             sent_at=datetime.datetime.now(datetime.UTC), blob_id=uploaded.blob_id,
             key=uploaded.key, digest=uploaded.digest, size=uploaded.size,
             chunk_size=uploaded.chunk_size, name=announced_name(path),
             media_type=media_type)
-        receipt = await self._send(phone, content)
-        await trio.to_thread.run_sync(forget_upload, uploaded)
-        return receipt
+        return content, uploaded
 
     async def _check_ready(self, phone: str) -> tuple[Contact, Contact]:
         """The contact and this account, both checked before anything leaves."""
@@ -1131,9 +1146,18 @@ class Messenger:
                                        content.plaintext)
             if shown is None:  # a membership change, applied
                 return None
-            group, text = shown
-            content = TextMessage(sender_phone=text.sender_phone, recipient_phone="",
-                                  text=text.text, sent_at=text.sent_at)
+            group, shown_content = shown
+            if isinstance(shown_content, GroupFile):
+                announced = _group_file(shown_content)
+                if isinstance(announced, str):
+                    return ReceivedMessage(envelope_id=delivery.envelope_id, sender=sender,
+                                           accepted_at=delivery.accepted_at, content=None,
+                                           problem=announced, sealed=sealed)
+                content = announced
+            else:
+                content = TextMessage(sender_phone=shown_content.sender_phone,
+                                      recipient_phone="", text=shown_content.text,
+                                      sent_at=shown_content.sent_at)
         elif isinstance(content, GroupHeader):
             return ReceivedMessage(envelope_id=delivery.envelope_id, sender=sender,
                                    accepted_at=delivery.accepted_at, content=None,
@@ -1260,6 +1284,17 @@ class Messenger:
             contact.trust_pending()
             self._observe(contact, await self.account_view(contact.user_id))
             return number
+
+
+def _group_file(file: GroupFile) -> FileMessage | str:
+    """The file a group message announces, or why it is not one."""
+    try:
+        content = decode_content(file.announcement)
+    except ContentError as error:
+        return f"a group file announcement that does not read: {error}"
+    if not isinstance(content, FileMessage):
+        return "a group file message that announces no file"
+    return content
 
 
 def _is_call_signal(plaintext: bytes) -> bool:

@@ -52,7 +52,8 @@ async def test_send_file_and_receive_with_and_without_a_download_directory(
         assert (code, err) == (0, "")  # no progress bar: stderr is not a terminal
         sent = json.loads(out)
         assert sent == {"sent": True, "to": BOB, "message_id": sent["message_id"],
-                        "devices": 1, "copies": 0, "name": "notes.txt", "size": 100_000}
+                        "devices": 1, "copies": 0, "sealed": False, "name": "notes.txt",
+                        "size": 100_000}  # no delivery token of Bob's yet: not sealed
         [line] = [json.loads(text) for text in (await run(
             "cryptopass", "--profile", profile_b, "receive", "--timeout", "10")).splitlines()]
         assert (line["from"], line["name"], line["size"], line["media_type"]) == (
