@@ -71,6 +71,8 @@ class Received:
 async def _endless(*, trickle: bool) -> AsyncIterator[bytes]:
     while True:
         if trickle:
+            # A pace, not a wait: a push service that trickles its answer one byte at a time,
+            # which the provider must cut at its deadline (test_push_providers.py).
             await trio.sleep(0.05)
             yield b"x"
         else:
