@@ -25,7 +25,8 @@ FROM ${BASE}
 # A fixed non-root uid/gid, so that a host directory mounted at /data can be chowned to it.
 RUN groupadd --system --gid 10001 relay \
     && useradd --system --uid 10001 --gid relay --home-dir /data --no-create-home relay \
-    && mkdir -p /data && chown relay:relay /data
+    && mkdir -p /data/sender-cert-keys && chown -R relay:relay /data \
+    && chmod 0700 /data/sender-cert-keys
 COPY --from=build /opt/relay /opt/relay
 ENV PATH=/opt/relay/bin:$PATH \
     PYTHONUNBUFFERED=1 \
