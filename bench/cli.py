@@ -360,11 +360,15 @@ def crypto(runs: Annotated[int, typer.Option(help="Runs.", min=1)] = 5,
 def store_cost_command(
         runs: Annotated[int, typer.Option(help="Runs.", min=1)] = 3,
         messages: Annotated[int, typer.Option(help="Sends (then acknowledgements) per run.",
-                                              min=1)] = 5000,
-        batch: Annotated[int, typer.Option(help="Writes in flight.", min=1)] = 50,
+                                              min=1)] = 2000,
+        batch: Annotated[list[int] | None, typer.Option(
+            help="Writes in flight; repeat for several (default: 1, 4, 16 and 64).",
+            min=1)] = None,
         as_json: JsonOption = False) -> None:
-    """The embedded store's CPU per send and per acknowledgement, with no network."""
-    _run(lambda: store_cost.measure(runs=runs, messages=messages, batch=batch), as_json,
+    """The embedded store's CPU per send and per acknowledgement, with no network, for each
+    batch size (writes in flight)."""
+    batches = tuple(batch) if batch else store_cost.BATCHES
+    _run(lambda: store_cost.measure(runs=runs, messages=messages, batches=batches), as_json,
          "store-cost")
 
 

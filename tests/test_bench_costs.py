@@ -7,15 +7,20 @@ from tests.bench_support import run_bench
 
 
 async def test_store_cost_acknowledges_every_envelope_and_groups_commits() -> None:
-    result = await run_bench("store-cost", "--runs", "2", "--messages", "100", "--batch", "10")
-    sends, acknowledgements = result["send_cpu_us"], result["ack_cpu_us"]
-    assert isinstance(sends, list) and isinstance(acknowledgements, list)
-    assert len(sends) == len(acknowledgements) == 2
-    per_message = result["median_cpu_us_per_message"]
-    assert isinstance(per_message, float) and per_message > 0
-    # 10 writes in flight share commits: far fewer commits than the 200 writes per run.
-    commits = result["commits_per_run"]
-    assert isinstance(commits, float) and commits < 100
+    result = await run_bench("store-cost", "--runs", "2", "--messages", "40", "--batch", "1",
+                             "--batch", "10")
+    batches = result["batches"]
+    assert isinstance(batches, dict) and set(batches) == {"1", "10"}
+    for figures in batches.values():
+        sends, acknowledgements = figures["send_cpu_us"], figures["ack_cpu_us"]
+        assert isinstance(sends, list) and isinstance(acknowledgements, list)
+        assert len(sends) == len(acknowledgements) == 2
+        per_message = figures["median_cpu_us_per_message"]
+        assert isinstance(per_message, float) and per_message > 0
+    # One write in flight commits alone (40 sends + 40 acknowledgements per run); 10 in
+    # flight share commits: far fewer than the 80 writes per run.
+    assert batches["1"]["commits_per_run"] == 80
+    assert batches["10"]["commits_per_run"] < 40
 
 
 async def test_crypto_reports_every_run_and_the_medians() -> None:
