@@ -27,7 +27,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from relay.settings import MAX_WORKERS, RelaySettings, allowed_push_hosts
+from relay.settings import (
+    MAX_COMMIT_GATHER_US,
+    MAX_WORKERS,
+    RelaySettings,
+    allowed_push_hosts,
+)
 from transport.addresses import parse_host_port
 
 __all__ = [
@@ -55,6 +60,8 @@ _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off"})
 _HOST_PORT_FIELDS = frozenset({"metrics_listen", "admin_listen", "call_address"})
 _PORT_FIELDS = frozenset({"listen_port"})
+_MAY_BE_ZERO = frozenset({"commit_gather_us"})
+"""Numbers where 0 means "off" rather than nonsense."""
 _MAX_PORT = 65535
 
 
@@ -248,7 +255,7 @@ def _check(settings: RelaySettings, sources: Mapping[str, str]) -> None:
         if isinstance(value, int | float) and not isinstance(value, bool):
             # Every number here is a size, count, duration or port: none is negative,
             # and only a port may be 0 ("any free port").
-            if value < 0 or (value == 0 and name not in _PORT_FIELDS):
+            if value < 0 or (value == 0 and name not in _PORT_FIELDS | _MAY_BE_ZERO):
                 fail(name, f"must be positive, got {value}")
             if name in _PORT_FIELDS and value > _MAX_PORT:
                 fail(name, f"port {value} is out of range 0-{_MAX_PORT}")
@@ -263,6 +270,8 @@ def _check(settings: RelaySettings, sources: Mapping[str, str]) -> None:
         for name in ("sms_http_url", "sms_http_token"):
             if getattr(settings, name) is None:
                 fail(name, "required when sms_gateway is http")
+    if settings.commit_gather_us > MAX_COMMIT_GATHER_US:
+        fail("commit_gather_us", f"at most {MAX_COMMIT_GATHER_US}, got {settings.commit_gather_us}")
     _check_workers(settings, fail)
     _check_push(settings, fail)
 

@@ -172,7 +172,8 @@ async def _serve_holding(settings: RelaySettings, data_dir_lock: DataDirLock,
     try:
         location = parse_store_url(settings.store, data_dir=data_dir)
         log.info("store_opening", store=location.describe())
-        async with open_store(location) as store:
+        async with open_store(location,
+                              commit_gather_s=settings.commit_gather_us / 1e6) as store:
             gateway = _sms_gateway(settings)
             dispatcher = SmsDispatcher(gateway, on_sent=on_sms_sent)
             secret = await load_enrolment_secret(

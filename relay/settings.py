@@ -15,6 +15,7 @@ __all__ = [
     "DEFAULT_BLOB_QUOTA_PER_ORGANISATION_BYTES",
     "DEFAULT_BLOB_TTL_MS",
     "DEFAULT_BLOB_UPLOAD_DEADLINE_MS",
+    "DEFAULT_COMMIT_GATHER_US",
     "DEFAULT_DATA_DIR",
     "DEFAULT_ENVELOPE_TTL_MS",
     "DEFAULT_LISTEN",
@@ -24,6 +25,7 @@ __all__ = [
     "DEFAULT_PUSH_TIMEOUT_S",
     "DEFAULT_PUSH_TTL_S",
     "DEFAULT_PUSH_WEBPUSH_ALLOWED_HOSTS",
+    "MAX_COMMIT_GATHER_US",
     "MAX_WORKERS",
     "RelaySettings",
     "allowed_push_hosts",
@@ -60,6 +62,14 @@ MAX_WORKERS = 64
 """Worker processes per relay (``workers``). The index fits the first byte of a
 connection id with room to spare; more processes than cores only add contention,
 and each is a cluster node with up to 8 PostgreSQL connections."""
+
+
+DEFAULT_COMMIT_GATHER_US = 1000
+"""How long a busy writer gathers writes into one commit (storage/group_commit.py): paced
+traffic then shares each fsync among several sends, for at most this much added latency
+(docs/BENCHMARKS.md, "Paced traffic")."""
+MAX_COMMIT_GATHER_US = 20_000
+"""Beyond this, gathering would add more latency than any commit it saves is worth."""
 
 
 DEFAULT_PUSH_WEBPUSH_ALLOWED_HOSTS = ("fcm.googleapis.com,push.services.mozilla.com,"
@@ -119,6 +129,9 @@ class RelaySettings:
     expires then (its quota given back)."""
     sweep_interval_s: float = 60.0
     """Seconds between expiry sweeps."""
+    commit_gather_us: int = DEFAULT_COMMIT_GATHER_US
+    """Microseconds a busy store writer waits for more writes to share its commit (0: never
+    waits; at most ``MAX_COMMIT_GATHER_US``). An idle writer commits at once."""
     sms_gateway: Literal["outbox", "http"] = "outbox"
     sms_http_url: str | None = None
     sms_http_token: str | None = None

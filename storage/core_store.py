@@ -209,9 +209,11 @@ class CoreStoreMethods(BackendHooks):
     def submit_acknowledge(self, *, user_id: str, device_id: int,
                            envelope_ids: Sequence[int]) -> PendingResult[int]:
         unique_ids, dialect = sorted(set(envelope_ids)), self._dialect
+        # Not durable: an acknowledgement lost to a power failure only means the envelopes
+        # come again, with their ids, which clients deduplicate (docs/PROTOCOL.md).
         return self._writer.submit(lambda connection: envelope_sql.acknowledge(
             connection, dialect, user_id=user_id, device_id=device_id,
-            envelope_ids=unique_ids), locks=(user_id,))
+            envelope_ids=unique_ids), locks=(user_id,), durable=False)
 
     async def queue_depth(self, *, user_id: str, device_id: int) -> int:
         return await self._read(lambda connection: envelope_sql.queue_depth(

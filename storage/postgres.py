@@ -86,6 +86,10 @@ def run_postgres_batch(pool: ConnectionPool[Connection],
     outcomes: list[Outcome] = []
     users = sorted({user_id for operation in batch for user_id in operation.locks})
     with pool.connection(timeout=CONNECT_TIMEOUT_S) as connection, connection.transaction():
+        if not any(operation.durable for operation in batch):
+            # Only acknowledgements (WriteOperation.durable): a crash of the database may
+            # lose this commit, never corrupt; the envelopes are then delivered again.
+            connection.execute("SET LOCAL synchronous_commit = off")
         if users:
             # Every node's writer takes the device rows its batch will lock up front,
             # in one global order: taken one operation at a time, in batch order, two
@@ -108,11 +112,13 @@ def run_postgres_batch(pool: ConnectionPool[Connection],
     return outcomes
 
 
-def postgres_writer(pool: ConnectionPool[Connection],
-                    trio_token: trio.lowlevel.TrioToken) -> GroupCommitWriter[Connection]:
-    """The group-commit writer on ``pool`` (one connection is enough); closes it when done."""
+def postgres_writer(pool: ConnectionPool[Connection], trio_token: trio.lowlevel.TrioToken, *,
+                    gather_s: float = 0.0) -> GroupCommitWriter[Connection]:
+    """The group-commit writer on ``pool`` (one connection is enough); closes it when done;
+    ``gather_s`` as ``GroupCommitWriter``'s."""
     return GroupCommitWriter(functools.partial(run_postgres_batch, pool), close=pool.close,
-                             trio_token=trio_token, thread_name="postgres-writer")
+                             trio_token=trio_token, thread_name="postgres-writer",
+                             gather_s=gather_s)
 
 
 class PostgresStore(CoreStoreMethods, AdminStoreMethods, AccountStoreMethods,
@@ -247,7 +253,8 @@ def _open_pools(dsn: str) -> tuple[ConnectionPool[Connection], ConnectionPool[Co
 
 
 @asynccontextmanager
-async def open_postgres_store(dsn: str) -> AsyncIterator[PostgresStore]:
+async def open_postgres_store(dsn: str, *,
+                              commit_gather_s: float = 0.0) -> AsyncIterator[PostgresStore]:
     """Open the store in the database ``dsn`` names (migrating it); close it on exit.
 
     The tables live in the first schema of the connection's ``search_path``
@@ -256,6 +263,8 @@ async def open_postgres_store(dsn: str) -> AsyncIterator[PostgresStore]:
 
     Args:
         dsn: A libpq connection string or URI.
+        commit_gather_s: how long a busy writer gathers writes into one commit
+            (``storage.group_commit``; 0, the default for tools and tests: never).
 
     Raises:
         SchemaVersionTooNew: The database was written by a newer release.
@@ -263,7 +272,7 @@ async def open_postgres_store(dsn: str) -> AsyncIterator[PostgresStore]:
     """
     trio_token = trio.lowlevel.current_trio_token()
     writer_pool, reader_pool = await trio.to_thread.run_sync(_open_pools, dsn)
-    writer = postgres_writer(writer_pool, trio_token)
+    writer = postgres_writer(writer_pool, trio_token, gather_s=commit_gather_s)
     store = PostgresStore(writer=writer, readers=reader_pool)
     writer.start()
     try:

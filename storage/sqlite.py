@@ -165,7 +165,8 @@ class SqliteStore(CoreStoreMethods, AdminStoreMethods, AccountStoreMethods,
 
 @asynccontextmanager
 async def open_sqlite_store(path: pathlib.Path, *, synchronous: str = "FULL",
-                            blob_dir: pathlib.Path | None = None) -> AsyncIterator[SqliteStore]:
+                            blob_dir: pathlib.Path | None = None,
+                            commit_gather_s: float = 0.0) -> AsyncIterator[SqliteStore]:
     """Open (creating if needed) the store in ``path``; close it on exit.
 
     Must run inside trio: results are handed back to this trio run.
@@ -176,6 +177,8 @@ async def open_sqlite_store(path: pathlib.Path, *, synchronous: str = "FULL",
             accepted envelope survive power loss; NORMAL only a process crash.
         blob_dir: Where the blobs' files live (created 0700 if need be); by default
             ``blobs`` beside ``path`` (``storage.blob_files.blob_dir_for``).
+        commit_gather_s: how long a busy writer gathers writes into one commit
+            (``storage.group_commit``; 0, the default for tools and tests: never).
 
     Raises:
         ValueError: Unknown ``synchronous`` level.
@@ -188,7 +191,8 @@ async def open_sqlite_store(path: pathlib.Path, *, synchronous: str = "FULL",
     trio_token = trio.lowlevel.current_trio_token()
     write_connection = await trio.to_thread.run_sync(
         _open_writer_connection, path, synchronous_pragma)
-    writer = sqlite_writer(write_connection, trio_token)
+    writer = sqlite_writer(write_connection, trio_token, synchronous_pragma=synchronous_pragma,
+                           gather_s=commit_gather_s)
     readers = ReaderPool(lambda: _connect(path, synchronous_pragma), size=READER_POOL_SIZE)
     blobs = blob_dir_for(path) if blob_dir is None else blob_dir
     store = SqliteStore(path=path, writer=writer, readers=readers, blob_dir=blobs)

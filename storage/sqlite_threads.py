@@ -11,7 +11,6 @@ the writer commits.
 from __future__ import annotations
 
 import contextlib
-import functools
 import sqlite3
 import threading
 from collections.abc import Callable, Sequence
@@ -21,14 +20,47 @@ import trio
 
 from storage.group_commit import GroupCommitWriter, Outcome, WriteOperation
 
-__all__ = ["ReaderPool", "run_sqlite_batch", "sqlite_writer"]
+__all__ = ["RELAXED_SYNCHRONOUS", "ReaderPool", "SqliteBatchRunner", "run_sqlite_batch",
+           "sqlite_writer"]
 
 T = TypeVar("T")
 
 
+RELAXED_SYNCHRONOUS = "PRAGMA synchronous = NORMAL"
+"""The level of a batch that need not reach the disk (``WriteOperation.durable``): in WAL
+mode, NORMAL commits without an fsync and loses nothing on a process crash; the next
+commit at the configured level (or a checkpoint) makes it durable too, since WAL frames
+reach the disk in order."""
+
+
+class SqliteBatchRunner:
+    """The SQLite ``BatchRunner``: one IMMEDIATE transaction, a SAVEPOINT per operation;
+    a batch of operations that need not be durable commits at ``RELAXED_SYNCHRONOUS``."""
+
+    def __init__(self, connection: sqlite3.Connection, synchronous_pragma: str) -> None:
+        """Args:
+        connection: the writer's connection, in autocommit mode, at ``synchronous_pragma``.
+        synchronous_pragma: the configured ``PRAGMA synchronous = ...`` statement.
+        """
+        self._connection = connection
+        self._strict = synchronous_pragma
+        # Relaxing helps only a level that syncs on every commit (FULL, EXTRA).
+        level = synchronous_pragma.rsplit(maxsplit=1)[-1]
+        self._relaxed = RELAXED_SYNCHRONOUS if level in {"FULL", "EXTRA"} else synchronous_pragma
+        self._current = synchronous_pragma
+
+    def __call__(self, batch: Sequence[WriteOperation[Any]]) -> list[Outcome]:
+        wanted = (self._strict if any(operation.durable for operation in batch)
+                  else self._relaxed)
+        if wanted != self._current:
+            self._connection.execute(wanted)  # outside a transaction, as SQLite requires
+            self._current = wanted
+        return run_sqlite_batch(self._connection, batch)
+
+
 def run_sqlite_batch(connection: sqlite3.Connection,
                      batch: Sequence[WriteOperation[Any]]) -> list[Outcome]:
-    """The SQLite ``BatchRunner``: one IMMEDIATE transaction, a SAVEPOINT per operation."""
+    """One IMMEDIATE transaction, a SAVEPOINT per operation, at the connection's level."""
     outcomes: list[Outcome] = []
     try:
         # IMMEDIATE takes the write lock now (waiting up to busy_timeout for
@@ -59,12 +91,14 @@ def run_sqlite_batch(connection: sqlite3.Connection,
     return outcomes
 
 
-def sqlite_writer(connection: sqlite3.Connection,
-                  trio_token: trio.lowlevel.TrioToken) -> GroupCommitWriter[sqlite3.Connection]:
-    """The group-commit writer owning ``connection`` (autocommit mode) from now on."""
-    return GroupCommitWriter(functools.partial(run_sqlite_batch, connection),
+def sqlite_writer(connection: sqlite3.Connection, trio_token: trio.lowlevel.TrioToken, *,
+                  synchronous_pragma: str = "PRAGMA synchronous = FULL",
+                  gather_s: float = 0.0) -> GroupCommitWriter[sqlite3.Connection]:
+    """The group-commit writer owning ``connection`` (autocommit mode, at
+    ``synchronous_pragma``) from now on; ``gather_s`` as ``GroupCommitWriter``'s."""
+    return GroupCommitWriter(SqliteBatchRunner(connection, synchronous_pragma),
                              close=connection.close, trio_token=trio_token,
-                             thread_name="sqlite-writer")
+                             thread_name="sqlite-writer", gather_s=gather_s)
 
 
 class ReaderPool:

@@ -65,15 +65,19 @@ def parse_store_url(url: str | None, *, data_dir: Path) -> StoreLocation:
 
 
 @asynccontextmanager
-async def open_store(location: StoreLocation) -> AsyncIterator[Store]:
-    """Open (and migrate) the store; close it on exit."""
+async def open_store(location: StoreLocation, *,
+                     commit_gather_s: float = 0.0) -> AsyncIterator[Store]:
+    """Open (and migrate) the store; close it on exit. ``commit_gather_s``: how long a busy
+    writer gathers writes into one commit (``storage.group_commit``; 0: never)."""
     if location.kind == "sqlite":
         from storage.sqlite import open_sqlite_store  # noqa: PLC0415 (one backend per process)
         assert location.sqlite_path is not None
-        async with open_sqlite_store(location.sqlite_path) as sqlite_store:
+        async with open_sqlite_store(location.sqlite_path,
+                                     commit_gather_s=commit_gather_s) as sqlite_store:
             yield sqlite_store
     else:
         from storage.postgres import open_postgres_store  # noqa: PLC0415
         assert location.postgres_dsn is not None
-        async with open_postgres_store(location.postgres_dsn) as postgres_store:
+        async with open_postgres_store(location.postgres_dsn,
+                                       commit_gather_s=commit_gather_s) as postgres_store:
             yield postgres_store
