@@ -35,6 +35,7 @@ from bench.cluster import DEFAULT_POSTGRES, ClusterSetup, Placement, StoreKind, 
 from bench.encrypted_link import check_text_size
 from bench.exchange import ExchangeLoad, exchange_on
 from bench.files import run_files
+from bench.forward import run_forward
 from bench.group_cost import MAX_GROUP_DEVICES, group_cost
 from bench.messenger_cost import messenger_cost
 from bench.push_wake import PUSH_RELAY_ARGS, push_wakeups
@@ -233,18 +234,45 @@ def connections(devices: Annotated[int, typer.Option(help="Idle devices.", min=1
 
 @app.command()
 def transport(devices: Annotated[int, typer.Option(help="Connected clients.", min=1)] = 20,
-              messages: Annotated[int, typer.Option(help="Frames each client sends.")] = 50,
+              messages: Annotated[int, typer.Option(
+                  help="Frames (--forward: messages) each client sends.")] = 50,
               size: Annotated[int, typer.Option(help="Payload bytes per frame.", min=16)] = 256,
               window: Annotated[int, typer.Option(help="Frames in flight per client.")] = 8,
               timeout: TimeoutOption = 120,
-              compare: Annotated[bool, typer.Option(
-                  help="Also run `live` with the same shape and print the ratios.")] = True,
+              compare: Annotated[bool | None, typer.Option(
+                  "--compare/--no-compare",
+                  help="Also run `live` with the same shape and print the ratios (default: "
+                       "yes for the echo ceiling, no with --forward).",
+                  show_default=False)] = None,
+              forward: Annotated[bool, typer.Option(
+                  "--forward", help="Instead of the echo server: the `live` load through the "
+                  "client library to a server that forwards each SEND as a DELIVER and keeps "
+                  "nothing (the relay's traffic shape without its work; bench/forward.py).")
+              ] = False,
+              rate: Annotated[float, typer.Option(
+                  help="With --forward: total messages/s to send (0: flat out).", min=0)] = 0,
               relay_cpu: RelayCpuOption = None, as_json: JsonOption = False) -> None:
-    """The ceiling: the same traffic over bare aioquic streams to an echo server."""
+    """The ceiling: the same traffic over bare aioquic streams to an echo server, or
+    (--forward) through a server that forwards without storing, checking or authenticating."""
+    if forward:
+        if devices < 2:
+            raise typer.BadParameter("the live load needs at least 2 devices",
+                                     param_hint="--devices")
+
+        async def forward_work() -> dict[str, Any]:
+            return await run_forward(devices=devices, messages=messages, size=size,
+                                     window=window, rate=rate, time_limit=timeout,
+                                     compare=bool(compare), relay_cpu=relay_cpu)
+        _run(forward_work, as_json, "transport --forward", relay_cpu=relay_cpu)
+        return
+    if rate:
+        raise typer.BadParameter("the echo ceiling sends flat out: --rate goes with --forward",
+                                 param_hint="--rate")
+
     async def work() -> dict[str, Any]:
         return await run_transport(devices=devices, messages=messages, size=size,
-                                   window=window, time_limit=timeout, compare=compare,
-                                   relay_cpu=relay_cpu)
+                                   window=window, time_limit=timeout,
+                                   compare=compare is not False, relay_cpu=relay_cpu)
     _run(work, as_json, "transport", relay_cpu=relay_cpu)
 
 

@@ -3,7 +3,8 @@
 Not for users: each is the other end of a scenario, which starts it and reads what it
 prints. ``live-worker`` is one load process of ``live --processes N``
 (bench/worker.py); ``echo-server`` is the transport ceiling's server
-(bench/transport.py); ``bulk-server`` is the bare bulk-transfer server of ``files``
+(bench/transport.py), ``forward-server`` the forward ceiling's (bench/forward.py);
+``bulk-server`` is the bare bulk-transfer server of ``files``
 (bench/bulk_server.py); ``hold-devices`` and ``native-costs`` are the ``memory``
 scenario's client process and fresh process (bench/connection_memory.py).
 """
@@ -44,6 +45,17 @@ def echo_server_command(
     """The transport ceiling's QUIC echo server, until SIGTERM."""
     _quiet_logs()
     trio.run(echo_server.serve, tls_dir)
+
+
+@app.command("forward-server")
+def forward_server_command(
+        tls_dir: Annotated[Path, typer.Argument(help="Where to make its certificate.")]) -> None:
+    """The forward ceiling's server (SEND forwarded as DELIVER, nothing kept), until SIGTERM."""
+    # Imported here: it reads the relay's QUIC settings from relay.server, whose imports would
+    # slow every other cryptopass-bench command's start by about half a second.
+    from bench import forward_server  # noqa: PLC0415
+    _quiet_logs()
+    trio.run(forward_server.serve, tls_dir)
 
 
 @app.command("bulk-server")

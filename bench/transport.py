@@ -4,7 +4,8 @@ The same traffic shape as ``live`` (each client keeps ``window`` frames of the
 same size in flight on one stream), sent over bare aioquic streams to the echo
 server (bench/echo_server.py, in a process of its own), which runs the relay's own
 QUIC shell and echoes every byte. Its CPU per echoed frame is what the relay's CPU per
-delivered message is compared with, in the same run.
+delivered message is compared with, in the same run. ``transport --forward``
+(bench/forward.py) is the other ceiling: the relay's traffic shape without its work.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from wire.frames import (
     Send,
 )
 
-__all__ = ["EchoClient", "run_transport"]
+__all__ = ["EchoClient", "run_transport", "with_relay"]
 
 
 class EchoClient:
@@ -150,6 +151,12 @@ async def run_transport(*, devices: int, messages: int, size: int, window: int,
         relay = await scenarios.live(target, devices=devices, messages=messages, size=size,
                                      rate=0, window=window, processes=1,
                                      time_limit=time_limit)
+    return with_relay(ceiling, relay)
+
+
+def with_relay(ceiling: dict[str, Any], relay: dict[str, Any]) -> dict[str, Any]:
+    """A ceiling's result with the relay's run of the same load beside it (``relay``), their
+    ratios (``relay_over_ceiling``) and the errors of both."""
     ratios: dict[str, float | None] = {
         field: _ratio(relay.get(field), ceiling.get(field))
         for field in ("server_cpu_us_per_message", "server_datagrams_per_message",
