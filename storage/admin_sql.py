@@ -70,6 +70,7 @@ __all__ = [
     "list_organisations",
     "list_seat_reductions",
     "load_admin_session",
+    "refusal_of",
     "remove_all_users",
     "request_seat_reduction",
     "revoke_api_token",
@@ -604,7 +605,15 @@ def send_refusal(connection: Connection, dialect: Dialect, *, sender_organisatio
         " LEFT JOIN organisation_policies AS recipient_policy"
         " ON recipient_policy.organisation_id = u.organisation_id"
         " WHERE u.user_id = ?"), (sender_organisation_id, recipient_user_id)).fetchone()
-    if row is None:
+    return refusal_of(row, sender_organisation_id)
+
+
+def refusal_of(row: Sequence[Any] | None, sender_organisation_id: int) -> SendStatus | None:
+    """``send_refusal``'s answer from its row: (recipient's organisation id, sender's
+    organisation state, recipient's organisation state, sender's and recipient's
+    cross-organisation policies), None where the user or the sender's organisation is
+    missing. The send path reads the same columns with its device rows (one statement)."""
+    if row is None or row[1] is None:
         return SendStatus.UNKNOWN_RECIPIENT
     (recipient_organisation_id, sender_state, recipient_state, sender_allows,
      recipient_allows) = row

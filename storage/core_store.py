@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import trio
 
-from storage import enrolment_sql, envelope_sql, fanout_sql, prekey_sql
+from storage import enrolment_sql, envelope_sql, fanout_sql, prekey_sql, send_sql
 from storage.account_records import Registration
 from storage.base import PendingResult
 from storage.fanout_records import MultiSendOutcome, NewMultiSend
@@ -182,18 +182,22 @@ class CoreStoreMethods(BackendHooks):
     # -- envelopes -------------------------------------------------------------
     # ``locks`` names the users whose device rows a write locks: PostgreSQL's writer locks a
     # whole batch's rows up front, in one order (SQLite's single writer has no use for it).
+    # Sends and acknowledgements act only through the connection: ``replayable`` (a batch of
+    # them runs without a savepoint each; storage.group_commit).
 
     def submit_send(self, send: NewSend) -> PendingResult[SendOutcome]:
         payloads = dict(send.payloads)  # a snapshot: the caller may reuse its mapping
         dialect = self._dialect
-        return self._writer.submit(lambda connection: envelope_sql.commit_send(
-            connection, dialect, send, payloads), locks=(send.recipient_user_id,))
+        return self._writer.submit(lambda connection: send_sql.commit_send(
+            connection, dialect, send, payloads), locks=(send.recipient_user_id,),
+            replayable=True)
 
     def submit_multi_send(self, send: NewMultiSend) -> PendingResult[MultiSendOutcome]:
         recipients = {user_id: dict(devices) for user_id, devices in send.recipients.items()}
         dialect = self._dialect
         return self._writer.submit(lambda connection: fanout_sql.commit_multi_send(
-            connection, dialect, send, recipients), locks=tuple(sorted(recipients)))
+            connection, dialect, send, recipients), locks=tuple(sorted(recipients)),
+            replayable=True)
 
     async def fetch_queue(self, *, user_id: str, device_id: int, after_envelope_id: int,
                           limit: int, now: int) -> list[Envelope]:
@@ -213,7 +217,7 @@ class CoreStoreMethods(BackendHooks):
         # come again, with their ids, which clients deduplicate (docs/PROTOCOL.md).
         return self._writer.submit(lambda connection: envelope_sql.acknowledge(
             connection, dialect, user_id=user_id, device_id=device_id,
-            envelope_ids=unique_ids), locks=(user_id,), durable=False)
+            envelope_ids=unique_ids), locks=(user_id,), durable=False, replayable=True)
 
     async def queue_depth(self, *, user_id: str, device_id: int) -> int:
         return await self._read(lambda connection: envelope_sql.queue_depth(

@@ -9,9 +9,10 @@ both dialects, exported here and appended to ``MIGRATIONS`` in ``storage.sqlite_
 created with it would not see the change.
 
 Every function runs inside the caller's transaction (a write's savepoint in the group-commit
-writer, or a read's snapshot), so whatever it raises undoes everything it did. The send and
-acknowledgement are the hot paths: each statement is built once per dialect, at import, and
-only the dialect's constant clauses are ever joined into one (every value is a parameter).
+writer, or a read's snapshot), so whatever it raises undoes everything it did. The send (in
+``storage.send_sql``) and the acknowledgement are the hot paths: each statement is built once
+per dialect, at import, and only the dialect's constant clauses are ever joined into one
+(every value is a parameter).
 """
 
 # S608 (SQL built from strings): the statements join only constant text, column lists and the
@@ -21,11 +22,10 @@ only the dialect's constant clauses are ever joined into one (every value is a p
 from __future__ import annotations
 
 import collections
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Protocol, cast
+from collections.abc import Sequence
+from typing import Any
 
-from storage.admin_sql import send_refusal
-from storage.records import Envelope, NewSend, SendOutcome, SendStatus
+from storage.records import Envelope
 from storage.sql_dialect import POSTGRES, SQLITE, Connection, Dialect
 
 __all__ = [
@@ -33,9 +33,7 @@ __all__ = [
     "ENVELOPE_SHARE_KEYS",
     "POSTGRES_ENVELOPE_TABLES",
     "SQLITE_ENVELOPE_TABLES",
-    "EnvelopesQueued",
     "acknowledge",
-    "commit_send",
     "deepest_queue",
     "expire",
     "fetch_queue",
@@ -111,11 +109,6 @@ ENVELOPE_SHARE_KEYS = (
 """The column and index of the share keys: a migration of both stores (SQLite version 11,
 PostgreSQL version 13, with sealed sender's table)."""
 
-EnvelopesQueued = Callable[[Any, NewSend, list[int]], None]
-"""Called with (connection, send, device ids) in the sending transaction once the envelopes
-are queued: the PostgreSQL store wakes the nodes holding those devices (NOTIFY fires on
-commit only, so never for a send that rolls back)."""
-
 _ENVELOPE_COLUMNS = ("envelope_id, recipient_user_id, recipient_device_id, sender_user_id,"
                      " sender_device_id, client_message_id, ciphertext, accepted_at, expires_at")
 _ENVELOPE_COLUMNS_OF_E = ", ".join(f"e.{name.strip()}" for name in _ENVELOPE_COLUMNS.split(","))
@@ -128,30 +121,6 @@ class _Statements:
     def __init__(self, dialect: Dialect) -> None:
         sql = dialect.sql
         ids = "= ANY(?)" if dialect.binds_arrays else "= ?"
-        self.recipient_depths = sql(
-            "SELECT device_id, queue_depth FROM devices WHERE user_id = ?"
-            " ORDER BY device_id" + dialect.for_update)
-        self.remembered_send = sql(
-            "SELECT expires_at FROM idempotency_records WHERE sender_user_id = ?"
-            " AND sender_device_id = ? AND client_message_id = ?")
-        # Stops at ``limit``: the count is compared with the share and never needs to go past it.
-        self.sender_envelopes = sql(
-            "SELECT COUNT(*) FROM (SELECT 1 FROM envelopes WHERE recipient_user_id = ?"
-            " AND recipient_device_id = ? AND sender_user_id = ? LIMIT ?) AS queued")
-        self.share_key_envelopes = sql(
-            "SELECT COUNT(*) FROM (SELECT 1 FROM envelopes WHERE recipient_user_id = ?"
-            " AND recipient_device_id = ? AND share_key = ? LIMIT ?) AS queued")
-        self.insert_envelope = sql(
-            "INSERT INTO envelopes (recipient_user_id, recipient_device_id, sender_user_id,"
-            " sender_device_id, client_message_id, ciphertext, accepted_at, expires_at,"
-            " share_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
-            + ("" if dialect.has_lastrowid else " RETURNING envelope_id"))
-        self.count_queued_ids = sql(
-            "UPDATE devices SET queue_depth = queue_depth + 1 WHERE user_id = ?"
-            " AND device_id " + ids)
-        self.remember_send = sql(
-            f"INSERT INTO idempotency_records ({_SENDER_KEY}, expires_at) VALUES (?, ?, ?, ?)"
-            f" ON CONFLICT ({_SENDER_KEY}) DO UPDATE SET expires_at = excluded.expires_at")
         # With a multi-recipient send's shared ciphertext (storage.fanout_sql), read once per
         # row from its one stored copy; NULLs for an ordinary envelope.
         self.envelopes_after = sql(
@@ -165,6 +134,15 @@ class _Statements:
             " AND envelope_id " + ids)
         self.uncount = sql("UPDATE devices SET queue_depth = queue_depth - ?"
                            " WHERE user_id = ? AND device_id = ?")
+        # PostgreSQL: the deletion and the count in one statement (one round trip, not two);
+        # returns the number deleted, or no row when none was.
+        self.delete_and_uncount = sql(
+            "WITH gone AS (DELETE FROM envelopes WHERE recipient_user_id = ?"
+            " AND recipient_device_id = ? AND envelope_id = ANY(?) RETURNING 1),"
+            " counted AS (SELECT COUNT(*) AS deleted FROM gone)"
+            " UPDATE devices SET queue_depth = queue_depth - counted.deleted FROM counted"
+            " WHERE user_id = ? AND device_id = ? AND counted.deleted > 0"
+            " RETURNING counted.deleted") if dialect.binds_arrays else ""
         self.queue_depth = sql(
             "SELECT queue_depth FROM devices WHERE user_id = ? AND device_id = ?")
         self.deepest_queue = sql("SELECT COALESCE(MAX(queue_depth), 0) FROM devices")
@@ -179,10 +157,6 @@ class _Statements:
 
 
 _STATEMENTS = {dialect: _Statements(dialect) for dialect in (SQLITE, POSTGRES)}
-
-
-class _WithLastRowId(Protocol):
-    lastrowid: int  # set by every INSERT (None only before the cursor's first one)
 
 
 def _for_ids(connection: Connection, dialect: Dialect, statement: str,
@@ -203,86 +177,6 @@ def _envelope(row: Sequence[Any], shared: bytes | None = None) -> Envelope:
                     sender_user_id=str(sender_user_id), sender_device_id=int(sender_device_id),
                     client_message_id=int(client_message_id), ciphertext=bytes(ciphertext),
                     accepted_at=int(accepted_at), expires_at=int(expires_at), shared=shared)
-
-
-def commit_send(connection: Connection, dialect: Dialect, send: NewSend,
-                payloads: Mapping[int, bytes],
-                on_queued: EnvelopesQueued | None = None) -> SendOutcome:
-    """Check and insert one send (see ``Store.submit_send``), all or nothing.
-
-    ``payloads`` is the caller's snapshot of ``send.payloads`` (taken when it was submitted).
-    """
-    statements = _STATEMENTS[dialect]
-    sender = (send.sender_user_id, send.sender_device_id, send.client_message_id)
-    # The recipient's device rows first, locked: the device set and the queue depths cannot
-    # change on another node before this commits, a concurrent identical send elsewhere is
-    # seen by the idempotency check below, and the ids drawn here follow those of any
-    # earlier send to these devices (the delivery cursor relies on it).
-    depths: dict[int, int] = dict(connection.execute(
-        statements.recipient_depths, (send.recipient_user_id,)).fetchall())
-    # Idempotency first: a retry after the recipient changed devices is still the same
-    # message, already delivered, not a device mismatch.
-    remembered = connection.execute(statements.remembered_send, sender).fetchone()
-    if remembered is not None and remembered[0] > send.accepted_at:
-        return SendOutcome(status=SendStatus.DUPLICATE)
-    if not depths:
-        return SendOutcome(status=SendStatus.UNKNOWN_RECIPIENT)
-    if send.sender_organisation_id is not None:
-        refusal = send_refusal(connection, dialect,
-                               sender_organisation_id=send.sender_organisation_id,
-                               recipient_user_id=send.recipient_user_id)
-        if refusal is not None:
-            return SendOutcome(status=refusal)
-    missing = sorted(set(depths) - {send.exclude_device_id} - payloads.keys())
-    extra = sorted(payloads.keys() - depths.keys())
-    if missing or extra:
-        return SendOutcome(status=SendStatus.MISMATCHED_DEVICES,
-                           missing_devices=tuple(missing), extra_devices=tuple(extra))
-    device_ids = sorted(payloads)
-    full = [device for device in device_ids if depths[device] >= send.max_queue_depth]
-    if full:
-        return SendOutcome(status=SendStatus.QUEUE_FULL, full_devices=tuple(full))
-    shares_used = _shares_used(connection, statements, send, depths, device_ids)
-    if shares_used:
-        return SendOutcome(status=SendStatus.SENDER_SHARE_FULL, full_devices=shares_used)
-    envelopes = []
-    for device_id in device_ids:
-        cursor = connection.execute(statements.insert_envelope, (
-            send.recipient_user_id, device_id, *sender, payloads[device_id], send.accepted_at,
-            send.expires_at, send.queue_share_key))
-        envelope_id = (cast(_WithLastRowId, cursor).lastrowid if dialect.has_lastrowid
-                       else cursor.fetchone()[0])
-        envelopes.append(Envelope(
-            envelope_id=int(envelope_id), recipient_user_id=send.recipient_user_id,
-            recipient_device_id=device_id, sender_user_id=send.sender_user_id,
-            sender_device_id=send.sender_device_id, client_message_id=send.client_message_id,
-            ciphertext=payloads[device_id], accepted_at=send.accepted_at,
-            expires_at=send.expires_at))
-    _for_ids(connection, dialect, statements.count_queued_ids, (send.recipient_user_id,),
-             device_ids)
-    if on_queued is not None:
-        on_queued(connection, send, device_ids)
-    # The record lives as long as the envelopes it guards against duplicating.
-    connection.execute(statements.remember_send, (*sender, send.expires_at))
-    return SendOutcome(status=SendStatus.ACCEPTED, envelopes=tuple(envelopes))
-
-
-def _shares_used(connection: Connection, statements: _Statements, send: NewSend,
-                 depths: Mapping[int, int], device_ids: Sequence[int]) -> tuple[int, ...]:
-    """The addressed devices whose queue holds ``send.max_sender_share`` envelopes of the
-    sender's user already. Exact, since the device rows are locked (PostgreSQL) or the writer is
-    alone (SQLite); and cheap: a queue shallower than the share cannot hold that many of one
-    sender, so only deeper queues are counted, each in at most that many index entries."""
-    share = send.max_sender_share
-    if share is None or send.sender_user_id == send.recipient_user_id:
-        return ()
-    key, counted = ((send.sender_user_id, statements.sender_envelopes)
-                    if send.queue_share_key is None
-                    else (send.queue_share_key, statements.share_key_envelopes))
-    return tuple(
-        device_id for device_id in device_ids
-        if depths[device_id] >= share and connection.execute(counted, (
-            send.recipient_user_id, device_id, key, share)).fetchone()[0] >= share)
 
 
 def fetch_queue(connection: Connection, dialect: Dialect, *, user_id: str, device_id: int,
@@ -306,6 +200,10 @@ def acknowledge(connection: Connection, dialect: Dialect, *, user_id: str, devic
     if not envelope_ids:
         return 0
     statements = _STATEMENTS[dialect]
+    if dialect.binds_arrays:
+        row = connection.execute(statements.delete_and_uncount, (
+            user_id, device_id, list(envelope_ids), user_id, device_id)).fetchone()
+        return 0 if row is None else int(row[0])
     deleted = _for_ids(connection, dialect, statements.delete_acknowledged_ids,
                        (user_id, device_id), envelope_ids)
     if deleted:

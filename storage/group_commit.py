@@ -34,7 +34,7 @@ from typing import Any, Generic, TypeVar
 import trio
 
 __all__ = ["BUSY_WINDOW_S", "GATHER_MAX", "BatchRunner", "GroupCommitWriter", "Outcome",
-           "WriteOperation"]
+           "Replay", "WriteOperation"]
 
 T = TypeVar("T")
 C = TypeVar("C")
@@ -53,6 +53,11 @@ BatchRunner = Callable[[Sequence["WriteOperation[Any]"]], list[Outcome]]
 raises if the transaction itself failed (then nothing of the batch is durable)."""
 
 
+class Replay(Exception):
+    """An operation of a batch run without savepoints raised (``WriteOperation.replayable``):
+    the runner rolls the transaction back and runs the batch again, a savepoint each."""
+
+
 class WriteOperation(Generic[T]):
     """A unit of work submitted to the writer; ``wait()`` returns after its commit.
 
@@ -60,10 +65,10 @@ class WriteOperation(Generic[T]):
     committed (or fails) with its batch.
     """
 
-    __slots__ = ("_done", "_error", "_result", "durable", "locks", "work")
+    __slots__ = ("_done", "_error", "_result", "durable", "locks", "replayable", "work")
 
     def __init__(self, work: Callable[[Any], T], locks: tuple[str, ...] = (),
-                 durable: bool = True) -> None:
+                 durable: bool = True, replayable: bool = False) -> None:
         self.work = work
         self.locks = locks
         """Users whose device rows ``work`` locks: a backend shared by several writers
@@ -71,6 +76,10 @@ class WriteOperation(Generic[T]):
         self.durable = durable
         """Whether the commit must reach the disk before ``wait()`` returns (see the module
         docstring); a batch is durable if any of its operations is."""
+        self.replayable = replayable
+        """Whether ``work`` acts only through the connection, so that it may run again after
+        its transaction rolled back: a batch of such operations runs without a savepoint
+        each, and only if one of them raises is it rolled back and run again with them."""
         self._done = trio.Event()
         self._result: T | None = None
         self._error: BaseException | None = None
@@ -152,17 +161,17 @@ class GroupCommitWriter(Generic[C]):
         self._thread.start()
 
     def submit(self, work: Callable[[C], T], *, locks: tuple[str, ...] = (),
-               durable: bool = True) -> WriteOperation[T]:
+               durable: bool = True, replayable: bool = False) -> WriteOperation[T]:
         """Queue ``work`` to run in the writer's next transaction. Synchronous.
 
         ``locks`` names the users whose device rows ``work`` will lock (see
         ``WriteOperation.locks``); ``durable=False`` lets its commit skip waiting for the disk
-        (see the module docstring).
+        (see the module docstring); ``replayable`` as ``WriteOperation.replayable``.
 
         Raises:
             RuntimeError: The writer is stopping (the store is closed).
         """
-        operation = WriteOperation(work, locks, durable)
+        operation = WriteOperation(work, locks, durable, replayable)
         with self._condition:
             if self._stopping:
                 raise RuntimeError("the store is closed")

@@ -28,6 +28,7 @@ their recipients (``storage.postgres_presence``), on commit.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -37,7 +38,7 @@ import psycopg
 import trio
 from psycopg_pool import ConnectionPool
 
-from storage import envelope_sql, fanout_sql
+from storage import envelope_sql, fanout_sql, send_sql
 from storage.account_store import AccountStoreMethods
 from storage.admin_store import AdminStoreMethods
 from storage.base import PendingResult
@@ -45,7 +46,7 @@ from storage.blob_postgres import PostgresBlobMethods
 from storage.blob_sql import BLOB_SWEEP_LIMIT
 from storage.core_store import CoreStoreMethods
 from storage.fanout_records import MultiSendOutcome, NewMultiSend
-from storage.group_commit import GroupCommitWriter, Outcome, WriteOperation
+from storage.group_commit import GroupCommitWriter, Outcome, Replay, WriteOperation
 from storage.postgres_presence import notify_recipient_nodes, notify_revoked_devices
 from storage.postgres_schema import Connection, SchemaVersionTooNew, apply_migrations
 from storage.push_store import PushStoreMethods
@@ -78,14 +79,39 @@ Work = Callable[[Connection], T]
 
 def run_postgres_batch(pool: ConnectionPool[Connection],
                        batch: Sequence[WriteOperation[Any]]) -> list[Outcome]:
-    """The PostgreSQL ``BatchRunner``: one transaction, a SAVEPOINT per operation.
+    """The PostgreSQL ``BatchRunner``: one transaction, a SAVEPOINT per operation; or, for a
+    batch of replayable operations (``WriteOperation.replayable``), no savepoint unless one of
+    them raises, which saves two round trips to the server per operation.
 
     The pool replaces a connection found broken, so one lost connection fails
     one batch, not the writer.
     """
+    if all(operation.replayable for operation in batch):
+        try:
+            return _run_batch(pool, batch, savepoints=False)
+        except Replay as replay:
+            if len(batch) == 1:  # rolled back: nothing else to keep
+                return [(None, replay.__cause__)]
+        except psycopg.OperationalError:
+            raise  # the connection, not a statement: whether it committed is unknown
+        except psycopg.DatabaseError:
+            # A pipelined statement's error surfaced at COMMIT, which then rolled back: run
+            # the batch again one statement at a time, which tells which operation it was.
+            pass
+    return _run_batch(pool, batch, savepoints=True)
+
+
+def _run_batch(pool: ConnectionPool[Connection], batch: Sequence[WriteOperation[Any]], *,
+               savepoints: bool) -> list[Outcome]:
     outcomes: list[Outcome] = []
     users = sorted({user_id for operation in batch for user_id in operation.locks})
-    with pool.connection(timeout=CONNECT_TIMEOUT_S) as connection, connection.transaction():
+    with pool.connection(timeout=CONNECT_TIMEOUT_S) as connection, \
+            (contextlib.nullcontext() if savepoints else connection.pipeline()), \
+            connection.transaction():
+        # Without savepoints, in a pipeline: a statement whose result nobody reads (BEGIN,
+        # the locks, a send's writes, a NOTIFY) costs no round trip of its own; an error
+        # surfaces at the next read or at COMMIT, and the batch is then run again with
+        # savepoints, one statement at a time (``Replay``).
         if not any(operation.durable for operation in batch):
             # Only acknowledgements (WriteOperation.durable): a crash of the database may
             # lose this commit, never corrupt; the envelopes are then delivered again.
@@ -98,6 +124,12 @@ def run_postgres_batch(pool: ConnectionPool[Connection],
                 "SELECT 1 FROM devices WHERE user_id = ANY(%s) ORDER BY user_id, device_id"
                 " FOR UPDATE", (users,))
         for operation in batch:
+            if not savepoints:
+                try:
+                    outcomes.append((operation.work(connection), None))
+                except Exception as error:
+                    raise Replay from error  # leaving the block rolls everything back
+                continue
             try:
                 # A nested transaction() is a SAVEPOINT: an operation that
                 # raises undoes only its own changes.
@@ -178,13 +210,14 @@ class PostgresStore(CoreStoreMethods, AdminStoreMethods, AccountStoreMethods,
         skip_channel = self.node_channel  # this node's pumps are woken directly
         return self._writer.submit(
             lambda connection: _commit_send(connection, send, payloads, skip_channel),
-            locks=(send.recipient_user_id,))
+            locks=(send.recipient_user_id,), replayable=True)
 
     def submit_multi_send(self, send: NewMultiSend) -> PendingResult[MultiSendOutcome]:
         recipients = {user_id: dict(devices) for user_id, devices in send.recipients.items()}
         wake = functools.partial(_wake_recipient, skip_channel=self.node_channel)
         return self._writer.submit(lambda connection: fanout_sql.commit_multi_send(
-            connection, POSTGRES, send, recipients, wake), locks=tuple(sorted(recipients)))
+            connection, POSTGRES, send, recipients, wake), locks=tuple(sorted(recipients)),
+            replayable=True)
 
     async def expire(self, *, now: int, limit: int) -> int:
         # The shared sweep, and in the same transaction the buckets idle long enough to be
@@ -206,10 +239,10 @@ class PostgresStore(CoreStoreMethods, AdminStoreMethods, AccountStoreMethods,
 
 def _commit_send(connection: Connection, send: NewSend, payloads: Mapping[int, bytes],
                  skip_channel: str | None = None) -> SendOutcome:
-    """The shared send (``storage.envelope_sql.commit_send``) waking, on commit, the nodes
+    """The shared send (``storage.send_sql.commit_send``) waking, on commit, the nodes
     that hold the recipient's devices, except ``skip_channel``'s."""
-    return envelope_sql.commit_send(connection, POSTGRES, send, payloads, functools.partial(
-        _wake_holders, skip_channel=skip_channel))
+    return send_sql.commit_send(connection, POSTGRES, send, payloads, functools.partial(
+        _wake_holders, skip_channel=skip_channel), skip_channel=skip_channel)
 
 
 def _wake_recipient(connection: Connection, user_id: str, device_ids: list[int], now: int, *,
