@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
 import trio
@@ -76,29 +76,19 @@ def _run_without_savepoints(connection: sqlite3.Connection,
     """Two statements fewer per operation (SAVEPOINT, RELEASE): the common case, where
     nothing raises. Raises ``Replay``, with the batch rolled back, if an operation did."""
     outcomes: list[Outcome] = []
-    try:
-        connection.execute("BEGIN IMMEDIATE")
+    with _immediate_transaction(connection):
         for operation in batch:
             try:
                 outcomes.append((operation.work(connection), None))
             except Exception as error:
                 raise Replay from error
-        connection.execute("COMMIT")
-    except Exception:
-        if connection.in_transaction:
-            with contextlib.suppress(sqlite3.Error):
-                connection.execute("ROLLBACK")
-        raise
     return outcomes
 
 
 def _run_with_savepoints(connection: sqlite3.Connection,
                          batch: Sequence[WriteOperation[Any]]) -> list[Outcome]:
     outcomes: list[Outcome] = []
-    try:
-        # IMMEDIATE takes the write lock now (waiting up to busy_timeout for
-        # another process) rather than failing half-way through the batch.
-        connection.execute("BEGIN IMMEDIATE")
+    with _immediate_transaction(connection):
         for operation in batch:
             connection.execute("SAVEPOINT operation")
             try:
@@ -114,6 +104,19 @@ def _run_with_savepoints(connection: sqlite3.Connection,
             else:
                 connection.execute("RELEASE operation")
                 outcomes.append((result, None))
+    return outcomes
+
+
+@contextlib.contextmanager
+def _immediate_transaction(connection: sqlite3.Connection) -> Iterator[None]:
+    """BEGIN IMMEDIATE ... COMMIT, rolled back if anything raises inside or at the commit.
+
+    IMMEDIATE takes the write lock now (waiting up to busy_timeout for another process)
+    rather than failing half-way through the batch.
+    """
+    try:
+        connection.execute("BEGIN IMMEDIATE")
+        yield
         connection.execute("COMMIT")
     except Exception:
         if connection.in_transaction:
@@ -121,7 +124,6 @@ def _run_with_savepoints(connection: sqlite3.Connection,
             with contextlib.suppress(sqlite3.Error):
                 connection.execute("ROLLBACK")
         raise
-    return outcomes
 
 
 def sqlite_writer(connection: sqlite3.Connection, trio_token: trio.lowlevel.TrioToken, *,
